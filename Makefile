@@ -1,0 +1,31 @@
+# Everything a fresh machine needs is built here: only Python 3.11+ and make are assumed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,html]'
+	touch $(STAMP)
+
+## The main job: a demo storm comparing the framework examples (table + report).
+demo: $(STAMP)
+	$(BIN)/pytest-storm demo
+
+## The test suite, with the type and lint checks.
+test: $(STAMP)
+	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff format --check src tests examples benchmarks
+	$(BIN)/mypy
+	$(BIN)/python -m pytest
+
+## Overhead benchmark (ratios against floors measured in the same run).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

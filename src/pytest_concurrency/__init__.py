@@ -1,0 +1,30 @@
+"""pytest-storm: fire concurrent request storms at in-process ASGI/WSGI apps and hold budgets.
+
+Import package ``pytest_concurrency``; the pytest plugin is ``pytest_concurrency.plugin``
+(entry point ``concurrency``), with the marker ``concurrency`` and the fixture ``storm``.
+"""
+
+from ._api import arun_storm, run_storm
+from ._errors import BudgetExceeded, ConcurrencyWarning, ConfigError, StormError
+from ._metrics import ErrorSummary, LatencyStats
+from ._result import EndpointStats, PoolStats, StormResult, TimelinePoint, Verdict
+from ._version import __version__
+from ._workload import Request
+
+__all__ = [
+    "BudgetExceeded",
+    "ConcurrencyWarning",
+    "ConfigError",
+    "EndpointStats",
+    "ErrorSummary",
+    "LatencyStats",
+    "PoolStats",
+    "Request",
+    "StormError",
+    "StormResult",
+    "TimelinePoint",
+    "Verdict",
+    "__version__",
+    "arun_storm",
+    "run_storm",
+]

@@ -1,0 +1,207 @@
+"""In-process ASGI driver: prebuilt scopes, receive/send, lifespan, streaming bodies, TTFB.
+
+Nothing here knows about pytest. One :class:`AsgiDriver` serves one storm: scopes
+are built once per request spec (from an :class:`httpx.Request`) and copied per
+request; :meth:`AsgiDriver.call` runs one request on the caller's task, without
+any thread hop or extra task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from time import perf_counter
+from typing import Any
+from urllib.parse import unquote
+
+import anyio
+import httpx
+
+from ._apps import as_asgi3
+from ._errors import StormError
+from ._workload import Request
+
+__all__ = ["AsgiDriver", "Exchange", "build_scope"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_ASGI = {"version": "3.0", "spec_version": "2.3"}
+_CLIENT = ("127.0.0.1", 50000)
+_SERVER = ("testserver", 80)
+
+
+def build_scope(request: httpx.Request) -> tuple[dict[str, Any], list[tuple[bytes, bytes]], bytes]:
+    """HTTP scope template, header list and body of *request*, encoded once."""
+    body = request.read()
+    url = request.url
+    raw_path = url.raw_path
+    path_part, _, _ = raw_path.partition(b"?")
+    headers = [(key.lower(), value) for key, value in request.headers.raw]
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": _ASGI,
+        "http_version": "1.1",
+        "method": request.method,
+        "scheme": url.scheme,
+        "path": unquote(path_part.decode("ascii")),
+        "raw_path": path_part,
+        "query_string": url.query,
+        "root_path": "",
+        "headers": headers,
+        "client": _CLIENT,
+        "server": _SERVER,
+        "extensions": {},
+    }
+    return scope, headers, body
+
+
+class Exchange:
+    """One request/response exchange: the receive/send pair handed to the app."""
+
+    __slots__ = ("_body", "_closed", "_sent", "first_byte", "nbytes", "status")
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self._sent = False
+        self._closed: anyio.Event | None = None
+        self.status = 0
+        self.first_byte = 0.0
+        self.nbytes = 0
+
+    async def receive(self) -> Message:
+        """First call: the request body; later calls wait for the end of the exchange."""
+        if not self._sent:
+            self._sent = True
+            return {"type": "http.request", "body": self._body, "more_body": False}
+        # Apps such as Starlette's StreamingResponse listen for a disconnect while they
+        # send; like a server, answer only once the response is complete.
+        if self._closed is None:
+            self._closed = anyio.Event()
+        await self._closed.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        """Consume the app's response messages chunk by chunk."""
+        kind = message["type"]
+        if kind == "http.response.body":
+            body = message.get("body", b"")
+            if body:
+                if not self.first_byte:
+                    self.first_byte = perf_counter()
+                self.nbytes += len(body)
+            if not message.get("more_body", False) and not self.first_byte:
+                self.first_byte = perf_counter()
+        elif kind == "http.response.start":
+            self.status = message["status"]
+
+    def close(self) -> None:
+        """Release any receive() still waiting (the client has gone)."""
+        if self._closed is not None:
+            self._closed.set()
+
+
+class AsgiDriver:
+    """Runs requests of a fixed set of specs against one ASGI app, in the caller's task."""
+
+    def __init__(self, app: Any, requests: list[Request], *, lifespan: str = "auto") -> None:
+        self.app: ASGIApp = as_asgi3(app)
+        self._templates = [build_scope(spec.to_httpx()) for spec in requests]
+        self._lifespan = lifespan
+        self._state: dict[str, Any] | None = None
+        self._startup_done = anyio.Event()
+        self._shutdown_requested = anyio.Event()
+        self._shutdown_done = anyio.Event()
+        self._startup_error: str | None = None
+        self._shutdown_error: str | None = None
+        self._lifespan_supported = False
+        self.lifespan_ran = False
+
+    async def call(self, index: int) -> Exchange:
+        """Send request spec *index* to the app and consume the whole response."""
+        scope_template, headers, body = self._templates[index]
+        scope = scope_template.copy()
+        scope["headers"] = headers.copy()
+        if self._state is not None:
+            scope["state"] = self._state.copy()
+        exchange = Exchange(body)
+        try:
+            await self.app(scope, exchange.receive, exchange.send)
+        finally:
+            exchange.close()
+        return exchange
+
+    # -- lifespan -------------------------------------------------------------------------
+
+    async def startup(self, task_group: anyio.abc.TaskGroup, timeout: float) -> None:
+        """Run lifespan startup (once per storm); raise :class:`StormError` if it fails."""
+        if self._lifespan == "off":
+            return
+        self._state = {}
+        task_group.start_soon(self._lifespan_main)
+        with anyio.move_on_after(timeout) as scope:
+            await self._startup_done.wait()
+        if scope.cancelled_caught:
+            raise StormError(f"the app's lifespan startup did not complete within {timeout:g} s")
+        if self._startup_error is not None:
+            raise StormError(f"the app's lifespan startup failed: {self._startup_error}")
+        if not self._lifespan_supported:
+            self._state = None
+            if self._lifespan == "on":
+                raise StormError(
+                    "lifespan='on' but the app does not support the ASGI lifespan protocol"
+                )
+        else:
+            self.lifespan_ran = True
+
+    async def shutdown(self, timeout: float) -> None:
+        """Run lifespan shutdown; raise :class:`StormError` if the app reports a failure."""
+        if not self._lifespan_supported:
+            return
+        self._shutdown_requested.set()
+        with anyio.move_on_after(timeout):
+            await self._shutdown_done.wait()
+        if self._shutdown_error is not None:
+            raise StormError(f"the app's lifespan shutdown failed: {self._shutdown_error}")
+
+    async def _lifespan_main(self) -> None:
+        scope = {"type": "lifespan", "asgi": _ASGI, "state": self._state}
+        started = False
+
+        async def receive() -> Message:
+            nonlocal started
+            if not started:
+                started = True
+                return {"type": "lifespan.startup"}
+            await self._shutdown_requested.wait()
+            return {"type": "lifespan.shutdown"}
+
+        async def send(message: Message) -> None:
+            kind = message["type"]
+            if kind == "lifespan.startup.complete":
+                self._lifespan_supported = True
+                self._startup_done.set()
+            elif kind == "lifespan.startup.failed":
+                self._lifespan_supported = True
+                self._startup_error = message.get("message") or "lifespan.startup.failed"
+                self._startup_done.set()
+            elif kind == "lifespan.shutdown.complete":
+                self._shutdown_done.set()
+            elif kind == "lifespan.shutdown.failed":
+                self._shutdown_error = message.get("message") or "lifespan.shutdown.failed"
+                self._shutdown_done.set()
+
+        try:
+            await self.app(scope, receive, send)
+        except Exception as exc:
+            if self._lifespan_supported and not self._startup_done.is_set():
+                self._startup_error = f"{type(exc).__name__}: {exc}"
+            elif self._lifespan_supported and not self._shutdown_done.is_set():
+                self._shutdown_error = f"{type(exc).__name__}: {exc}"
+            # An app that raises on a lifespan scope before answering does not support
+            # lifespan (Django does this); like uvicorn's "auto", carry on without it.
+        finally:
+            self._startup_done.set()
+            self._shutdown_done.set()

@@ -1,0 +1,144 @@
+"""Budgets: what each one measures, the verdicts, and the table a person reads in one glance."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+from ._params import BUDGET_NAMES
+from ._result import StormResult, Verdict
+
+__all__ = ["BUDGET_NAMES", "evaluate", "format_number", "verdict_table"]
+
+_Measure = Callable[[StormResult], float]
+
+
+def _queue_p99(r: StormResult) -> float:
+    return r.queue_wait.p99 if r.queue_wait is not None else math.nan
+
+
+def _saturation(r: StormResult) -> float:
+    return r.pool.saturation if r.pool is not None else math.nan
+
+
+def _loop_lag(r: StormResult) -> float:
+    lag = getattr(r, "loop_lag_max_ms", None)
+    return float(lag) if lag is not None else math.nan
+
+
+#: name -> (measure, True when the limit is a floor rather than a ceiling)
+_MEASURES: dict[str, tuple[_Measure, bool]] = {
+    "p50_ms": (lambda r: r.latency.p50, False),
+    "p90_ms": (lambda r: r.latency.p90, False),
+    "p95_ms": (lambda r: r.latency.p95, False),
+    "p99_ms": (lambda r: r.latency.p99, False),
+    "p999_ms": (lambda r: r.latency.p999, False),
+    "max_ms": (lambda r: r.latency.max, False),
+    "mean_ms": (lambda r: r.latency.mean, False),
+    "ttfb_p99_ms": (lambda r: r.ttfb.p99, False),
+    "min_rps": (lambda r: r.throughput, True),
+    "max_error_rate": (lambda r: r.error_rate, False),
+    "max_queue_p99_ms": (_queue_p99, False),
+    "max_saturation": (_saturation, False),
+    "max_loop_lag_ms": (_loop_lag, False),
+}
+
+if set(_MEASURES) != set(BUDGET_NAMES):  # pragma: no cover - guards the two tables
+    raise RuntimeError("budget tables disagree")
+
+
+def evaluate(result: StormResult, budgets: Mapping[str, float]) -> list[Verdict]:
+    """Judge *result* against *budgets*; a figure that was not measured is reported, not failed."""
+    verdicts = []
+    for name in BUDGET_NAMES:
+        if name not in budgets:
+            continue
+        measure, is_floor = _MEASURES[name]
+        limit = budgets[name]
+        measured = measure(result)
+        if math.isnan(measured):
+            ok = True
+        elif is_floor:
+            ok = measured >= limit
+        else:
+            ok = measured <= limit
+        verdicts.append(Verdict(name, limit, measured, ok))
+    return verdicts
+
+
+def format_number(value: float) -> str:
+    """1,412.6 / 0.02 / 160 — readable at a glance."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if math.isinf(value):
+        return "∞"
+    if value == int(value) and abs(value) >= 1:
+        return f"{int(value):,}"
+    if abs(value) >= 100:
+        return f"{value:,.1f}"
+    if abs(value) >= 1:
+        return f"{value:,.2f}".rstrip("0").rstrip(".")
+    return f"{value:.3g}"
+
+
+def _verdict_word(v: Verdict) -> str:
+    if math.isnan(v.measured):
+        return "– not measured for this app"
+    if v.ok:
+        return "✓"
+    if v.name == "min_rps":
+        short = 1 - v.measured / v.limit if v.limit else 1.0
+        return f"✗ {short:.0%} short"
+    if v.limit == 0:
+        return "✗ over"
+    return f"✗ {v.ratio:.1f}x over"
+
+
+def headline(result: StormResult) -> str:
+    """``storm GET /io on app (WSGI, 8 sync workers) — 50 users, 3.0 s, 480 requests``."""
+    return (
+        f"storm {result.label} on {result.app} ({result.interface}, {result.server}) — "
+        f"{result.users:,} users, {result.duration:.1f} s, {result.requests:,} requests"
+    )
+
+
+def diagnosis(result: StormResult) -> list[str]:
+    """Lines that say why the figures are what they are."""
+    lines = []
+    pool = result.pool
+    if pool is not None and result.requests:
+        lines.append(
+            f"workers were saturated {pool.saturation:.0%} of the time "
+            f"(all {pool.size} busy with requests queued; {pool.mean_busy:.1f} busy on average); "
+            "mean queue wait "
+            f"{format_number(pool.mean_queue_ms)} ms ({pool.queue_share:.0%} of latency)"
+        )
+    if result.failed:
+        kinds = ", ".join(f"{name} ×{e.count:,}" for name, e in list(result.errors.items())[:3])
+        statuses = sum(n for s, n in result.status_counts.items() if s >= 400)
+        parts = [f"{result.failed:,} failed ({result.error_rate:.1%})"]
+        if kinds:
+            parts.append(kinds)
+        if statuses:
+            parts.append(f"{statuses:,} responses with status >= 400")
+        lines.append("; ".join(parts))
+    lines.extend(result.warnings)
+    return lines
+
+
+def verdict_table(result: StormResult, *, indent: str = "  ") -> str:
+    """The budget table of DESIGN.md: limit, measured, verdict, and a line of diagnosis."""
+    rows = [("budget", "limit", "measured", "verdict")]
+    for v in result.verdicts:
+        rows.append((v.name, format_number(v.limit), format_number(v.measured), _verdict_word(v)))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [indent + headline(result)]
+    for row in rows:
+        lines.append(
+            indent
+            + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3]))
+            + "  "
+            + row[3]
+        )
+    lines.extend(indent + line for line in diagnosis(result))
+    return "\n".join(line.rstrip() for line in lines)

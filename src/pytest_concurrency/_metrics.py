@@ -1,0 +1,202 @@
+"""Raw per-request records, folded after the storm into HDR histograms and a timeline.
+
+The hot path only appends integers to ``array('q')`` buffers (≈ 0.07 µs each);
+histograms are filled afterwards, one ``record_value(value, count)`` per distinct
+value, and queried for all percentiles in one pass.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import traceback
+from array import array
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+__all__ = [
+    "HISTOGRAM_MAX_US",
+    "ErrorBook",
+    "ErrorSummary",
+    "LatencyStats",
+    "Recorder",
+    "latency_stats",
+    "new_histogram",
+    "record_many",
+]
+
+HISTOGRAM_MIN_US = 1
+HISTOGRAM_MAX_US = 3_600_000_000  # one hour
+HISTOGRAM_DIGITS = 3
+
+#: Status code stored for a request cut off by its timeout.
+STATUS_TIMEOUT = 0
+#: Status code stored for a request whose app raised before answering.
+STATUS_EXCEPTION = 500
+
+_PERCENTILES = (50.0, 75.0, 90.0, 95.0, 99.0, 99.9)
+
+
+def new_histogram() -> HdrHistogram:
+    """An empty latency histogram in microseconds, 1 µs to one hour, 3 significant digits."""
+    return HdrHistogram(HISTOGRAM_MIN_US, HISTOGRAM_MAX_US, HISTOGRAM_DIGITS)
+
+
+def record_many(histogram: HdrHistogram, values: Iterable[int]) -> int:
+    """Record *values* (µs); return how many were out of range (clamped, never dropped)."""
+    out_of_range = 0
+    for raw, count in Counter(values).items():
+        value = raw
+        if raw < HISTOGRAM_MIN_US:
+            value = HISTOGRAM_MIN_US
+        elif raw > HISTOGRAM_MAX_US:
+            out_of_range += count
+            value = HISTOGRAM_MAX_US
+        if not histogram.record_value(value, count):
+            out_of_range += count
+    return out_of_range
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Percentiles of one distribution, in milliseconds."""
+
+    count: int = 0
+    min: float = math.nan
+    mean: float = math.nan
+    stdev: float = math.nan
+    p50: float = math.nan
+    p75: float = math.nan
+    p90: float = math.nan
+    p95: float = math.nan
+    p99: float = math.nan
+    p999: float = math.nan
+    max: float = math.nan
+
+    def to_dict(self) -> dict[str, float | int]:
+        """Plain dict for JSON."""
+        return {
+            "count": self.count,
+            "min": self.min,
+            "mean": self.mean,
+            "stdev": self.stdev,
+            "p50": self.p50,
+            "p75": self.p75,
+            "p90": self.p90,
+            "p95": self.p95,
+            "p99": self.p99,
+            "p999": self.p999,
+            "max": self.max,
+        }
+
+
+def latency_stats(histogram: HdrHistogram) -> LatencyStats:
+    """Query all percentiles of a µs histogram in one pass; figures in ms."""
+    count = int(histogram.get_total_count())
+    if count == 0:
+        return LatencyStats()
+    values = histogram.get_percentile_to_value_dict(list(_PERCENTILES))
+    ms = 1000.0
+    return LatencyStats(
+        count=count,
+        min=histogram.get_min_value() / ms,
+        mean=histogram.get_mean_value() / ms,
+        stdev=histogram.get_stddev() / ms,
+        p50=values[50.0] / ms,
+        p75=values[75.0] / ms,
+        p90=values[90.0] / ms,
+        p95=values[95.0] / ms,
+        p99=values[99.0] / ms,
+        p999=values[99.9] / ms,
+        max=histogram.get_max_value() / ms,
+    )
+
+
+@dataclass
+class ErrorSummary:
+    """Failures of one kind: how many, and one example traceback."""
+
+    type: str
+    count: int
+    example: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return {"type": self.type, "count": self.count, "example": self.example}
+
+
+class ErrorBook:
+    """Kinds of failure seen in a storm, shared by all its recorders (cold path, locked)."""
+
+    TIMEOUT = "Timeout"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.kinds: list[str] = [""]
+        self.examples: list[str] = [""]
+        self._index: dict[str, int] = {}
+
+    def kind(self, exc: BaseException | None, name: str | None = None) -> int:
+        """Index of the failure kind of *exc* (or *name*), registering it with its traceback."""
+        key = name or (type(exc).__qualname__ if exc is not None else "Error")
+        index = self._index.get(key)
+        if index is not None:
+            return index
+        with self._lock:
+            index = self._index.get(key)
+            if index is None:
+                example = "".join(traceback.format_exception(exc)) if exc is not None else key
+                self.kinds.append(key)
+                self.examples.append(example)
+                index = len(self.kinds) - 1
+                self._index[key] = index
+        return index
+
+    def summaries(self, indices: Iterable[int]) -> dict[str, ErrorSummary]:
+        """Count failures by kind among the given per-request kind indices."""
+        counts = Counter(i for i in indices if i)
+        return {
+            self.kinds[i]: ErrorSummary(self.kinds[i], n, self.examples[i])
+            for i, n in sorted(counts.items(), key=lambda item: -item[1])
+        }
+
+
+@dataclass
+class Recorder:
+    """Per-request raw records of one user group or worker thread (not shared across threads).
+
+    Times are integer microseconds relative to the storm's origin; ``start`` is the
+    intended send time. ``ttfb`` and ``queue`` are -1 where they do not apply;
+    ``error`` is 0 or an index into the storm's :class:`ErrorBook`.
+    """
+
+    start: array[int] = field(default_factory=lambda: array("q"))
+    latency: array[int] = field(default_factory=lambda: array("q"))
+    ttfb: array[int] = field(default_factory=lambda: array("q"))
+    queue: array[int] = field(default_factory=lambda: array("q"))
+    status: array[int] = field(default_factory=lambda: array("i"))
+    endpoint: array[int] = field(default_factory=lambda: array("H"))
+    error: array[int] = field(default_factory=lambda: array("H"))
+
+    def __len__(self) -> int:
+        return len(self.latency)
+
+    @classmethod
+    def merge(cls, recorders: Sequence[Recorder]) -> Recorder:
+        """Concatenate several recorders (for example, one per worker thread)."""
+        if len(recorders) == 1:
+            return recorders[0]
+        merged = cls()
+        for rec in recorders:
+            merged.start.extend(rec.start)
+            merged.latency.extend(rec.latency)
+            merged.ttfb.extend(rec.ttfb)
+            merged.queue.extend(rec.queue)
+            merged.status.extend(rec.status)
+            merged.endpoint.extend(rec.endpoint)
+            merged.error.extend(rec.error)
+        return merged

@@ -1,0 +1,220 @@
+"""The result of one storm: what was sent, how long it took, and whether budgets held."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+from ._metrics import ErrorSummary, LatencyStats
+
+__all__ = ["EndpointStats", "PoolStats", "StormResult", "TimelinePoint", "Verdict"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One budget's limit, the measured figure and whether it held."""
+
+    name: str
+    limit: float
+    measured: float
+    ok: bool
+    unit: str = ""
+
+    @property
+    def ratio(self) -> float:
+        """How many times the limit the measured figure is (for "over" budgets)."""
+        if self.limit == 0:
+            return math.inf if self.measured > 0 else 1.0
+        return self.measured / self.limit
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return {
+            "name": self.name,
+            "limit": self.limit,
+            "measured": _finite(self.measured),
+            "ok": self.ok,
+        }
+
+
+@dataclass(frozen=True)
+class TimelinePoint:
+    """Figures of one second of the storm (by completion time, from the start of measurement)."""
+
+    second: int
+    requests: int
+    errors: int
+    p50: float
+    p99: float
+    max: float
+    busy_workers: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return {
+            "second": self.second,
+            "requests": self.requests,
+            "errors": self.errors,
+            "p50": _finite(self.p50),
+            "p99": _finite(self.p99),
+            "max": _finite(self.max),
+            "busy_workers": self.busy_workers,
+        }
+
+
+@dataclass(frozen=True)
+class EndpointStats:
+    """Per-endpoint breakdown of a request mix."""
+
+    name: str
+    requests: int
+    errors: int
+    latency: LatencyStats
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return {
+            "name": self.name,
+            "requests": self.requests,
+            "errors": self.errors,
+            "latency": _finite_dict(self.latency.to_dict()),
+        }
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """How busy the pool that served the storm was."""
+
+    description: str
+    size: int
+    saturation: float
+    mean_busy: float
+    mean_queue_ms: float
+    queue_share: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return {
+            "description": self.description,
+            "size": self.size,
+            "saturation": self.saturation,
+            "mean_busy": self.mean_busy,
+            "mean_queue_ms": _finite(self.mean_queue_ms),
+            "queue_share": _finite(self.queue_share),
+        }
+
+
+@dataclass
+class StormResult:
+    """Figures of one storm; latencies in milliseconds, throughput in requests per second."""
+
+    label: str
+    app: str
+    interface: str
+    server: str
+    method: str
+    path: str
+    users: int
+    requests: int
+    duration: float
+    throughput: float
+    latency: LatencyStats
+    ttfb: LatencyStats
+    queue_wait: LatencyStats | None
+    service_time: LatencyStats | None
+    status_counts: Counter[int]
+    errors: dict[str, ErrorSummary]
+    failed: int
+    timeouts: int
+    pool: PoolStats | None
+    timeline: list[TimelinePoint]
+    endpoints: dict[str, EndpointStats]
+    histograms: dict[str, HdrHistogram]
+    params: dict[str, Any]
+    budgets: dict[str, float]
+    verdicts: list[Verdict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    loop_cpu_share: float | None = None
+    harness_share: float | None = None
+    discarded: int = 0
+    bytes_received: int = 0
+
+    @property
+    def error_rate(self) -> float:
+        """Fraction of measured requests that failed (exception, timeout or status >= 400)."""
+        return self.failed / self.requests if self.requests else 0.0
+
+    @property
+    def saturation(self) -> float | None:
+        """Fraction of the storm during which every worker of the pool was busy."""
+        return self.pool.saturation if self.pool is not None else None
+
+    @property
+    def passed(self) -> bool:
+        """True when every budget held."""
+        return all(v.ok for v in self.verdicts)
+
+    @property
+    def failed_verdicts(self) -> list[Verdict]:
+        """The budgets that did not hold."""
+        return [v for v in self.verdicts if not v.ok]
+
+    def to_dict(self, *, histograms: bool = True) -> dict[str, Any]:
+        """Everything as plain JSON-ready data; histograms as HdrHistogram base64 encodings."""
+        data: dict[str, Any] = {
+            "label": self.label,
+            "app": self.app,
+            "interface": self.interface,
+            "server": self.server,
+            "method": self.method,
+            "path": self.path,
+            "users": self.users,
+            "requests": self.requests,
+            "duration": self.duration,
+            "throughput": self.throughput,
+            "latency": _finite_dict(self.latency.to_dict()),
+            "ttfb": _finite_dict(self.ttfb.to_dict()),
+            "queue_wait": _finite_dict(self.queue_wait.to_dict()) if self.queue_wait else None,
+            "service_time": _finite_dict(self.service_time.to_dict())
+            if self.service_time
+            else None,
+            "status_counts": {str(k): v for k, v in sorted(self.status_counts.items())},
+            "errors": {k: v.to_dict() for k, v in self.errors.items()},
+            "failed": self.failed,
+            "timeouts": self.timeouts,
+            "error_rate": self.error_rate,
+            "pool": self.pool.to_dict() if self.pool else None,
+            "timeline": [p.to_dict() for p in self.timeline],
+            "endpoints": {k: v.to_dict() for k, v in self.endpoints.items()},
+            "params": {k: v for k, v in self.params.items() if _jsonable(v)},
+            "budgets": self.budgets,
+            "verdicts": [v.to_dict() for v in self.verdicts],
+            "passed": self.passed,
+            "warnings": self.warnings,
+            "loop_cpu_share": self.loop_cpu_share,
+            "harness_share": self.harness_share,
+            "discarded": self.discarded,
+            "bytes_received": self.bytes_received,
+        }
+        if histograms:
+            # HdrHistogram's encoding is already compressed and base64: text as it is.
+            data["histograms"] = {
+                name: h.encode().decode("ascii") for name, h in self.histograms.items()
+            }
+        return data
+
+
+def _finite(value: float) -> float | None:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _finite_dict(data: dict[str, float | int]) -> dict[str, float | int | None]:
+    return {k: _finite(v) if isinstance(v, float) else v for k, v in data.items()}
+
+
+def _jsonable(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool | list | dict)

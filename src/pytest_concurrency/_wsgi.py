@@ -1,0 +1,272 @@
+"""In-process WSGI driver and the bounded worker pool that models a WSGI server.
+
+The pool is ``workers × threads`` OS threads taking requests from one FIFO queue,
+the socket backlog of a gunicorn-like server. A closed-model user is a token in
+that queue: the thread that completes a user's request puts the user's next
+request back itself, so no request crosses between an event loop and a thread.
+Each request records its queue wait (intended send → picked by a thread) and its
+service time (picked → response fully consumed).
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import itertools
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from queue import SimpleQueue
+from time import perf_counter, process_time, sleep
+from typing import Any
+
+import httpx
+from werkzeug.test import EnvironBuilder
+
+from ._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
+from ._workload import Request
+
+__all__ = ["PoolRun", "WsgiDriver", "WsgiPool", "build_environ"]
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class _NullErrors(io.StringIO):
+    """``wsgi.errors`` that keeps nothing: storms must not fill memory with app logging."""
+
+    def write(self, s: str) -> int:
+        return len(s)
+
+
+_ERRORS = _NullErrors()
+
+
+def build_environ(request: httpx.Request) -> tuple[dict[str, Any], bytes]:
+    """WSGI environ template (built by werkzeug) and body of *request*, encoded once."""
+    body = request.read()
+    url = request.url
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
+    builder = EnvironBuilder(
+        path=url.path,
+        base_url="http://testserver",
+        query_string=url.query.decode("ascii"),
+        method=request.method,
+        headers=headers,
+        data=body,
+    )
+    try:
+        environ = builder.get_environ()
+    finally:
+        builder.close()
+    environ["wsgi.errors"] = _ERRORS
+    environ["wsgi.multithread"] = True
+    environ["REMOTE_ADDR"] = "127.0.0.1"
+    environ["REMOTE_PORT"] = "50000"
+    return environ, body
+
+
+class _StartResponse:
+    __slots__ = ("status",)
+
+    def __init__(self) -> None:
+        self.status = 0
+
+    def __call__(self, status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], Any]:
+        if exc_info is not None and self.status:
+            raise exc_info[1].with_traceback(exc_info[2])
+        self.status = int(status[:3])
+        return _discard
+
+
+def _discard(data: bytes) -> None:
+    return None
+
+
+class WsgiDriver:
+    """Calls a WSGI app with prebuilt environs and consumes the whole response."""
+
+    def __init__(self, app: WSGIApp, requests: list[Request]) -> None:
+        self.app = app
+        self._templates = [build_environ(spec.to_httpx()) for spec in requests]
+
+    def call(self, index: int) -> tuple[int, float]:
+        """Run request spec *index*; return (status, time of the first body byte)."""
+        template, body = self._templates[index]
+        environ = template.copy()
+        environ["wsgi.input"] = io.BytesIO(body)
+        start_response = _StartResponse()
+        first_byte = 0.0
+        result = self.app(environ, start_response)
+        try:
+            for chunk in result:
+                if chunk and not first_byte:
+                    first_byte = perf_counter()
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        if not first_byte:
+            first_byte = perf_counter()
+        return start_response.status, first_byte
+
+
+@dataclass
+class PoolRun:
+    """What a pool run produced: records per thread and how the run ended."""
+
+    recorders: list[Recorder]
+    stuck_threads: list[str] = field(default_factory=list)
+    cpu_seconds: float = 0.0
+
+
+class WsgiPool:
+    """``workers × threads`` threads serving closed-model users from one FIFO backlog."""
+
+    def __init__(self, driver: WsgiDriver, *, workers: int, threads: int) -> None:
+        self.driver = driver
+        self.workers = workers
+        self.threads = threads
+        self.size = workers * threads
+
+    def describe(self) -> str:
+        """The server model, in gunicorn's words."""
+        if self.threads == 1:
+            return f"{self.workers} sync worker{'s' if self.workers != 1 else ''}"
+        return f"{self.workers} worker{'s' if self.workers != 1 else ''} × {self.threads} threads"
+
+    def run(
+        self,
+        *,
+        origin: float,
+        first_sends: list[float],
+        pick: Callable[[], int],
+        book: ErrorBook,
+        stop_at: float | None,
+        total: int | None,
+        think: float,
+        timeout: float,
+        deadline: float,
+    ) -> PoolRun:
+        """Serve users until *stop_at* (or *total* requests); join every thread before returning.
+
+        Times are ``perf_counter()`` values; *first_sends* holds each user's first
+        intended send time. Think time and staggered starts go through one timer
+        thread; with neither, threads hand users straight back to the backlog.
+        """
+        backlog: SimpleQueue[tuple[float, int] | None] = SimpleQueue()
+        issued = itertools.count()
+        stop = threading.Event()
+        call = self.driver.call
+        timers: list[tuple[float, int]] = []
+        timer_cv = threading.Condition()
+        end = stop_at if stop_at is not None else float("inf")
+        limit = total if total is not None else sys.maxsize
+        timed_out_kind = book.kind(None, ErrorBook.TIMEOUT)
+        recorders = [Recorder() for _ in range(self.size)]
+        done_count = [0] * self.size
+        # One counter per thread (no lock): a user retires when its next send would fall
+        # after the end of the storm; the run is over when every user has retired.
+        retired = [0] * (self.size + 1)
+
+        def later(when: float, user: int) -> None:
+            with timer_cv:
+                heapq.heappush(timers, (when, user))
+                timer_cv.notify()
+
+        def timer_main() -> None:
+            with timer_cv:
+                while not stop.is_set():
+                    if not timers:
+                        timer_cv.wait(0.05)
+                        continue
+                    when, user = timers[0]
+                    wait = when - perf_counter()
+                    if wait > 0:
+                        timer_cv.wait(min(wait, 0.05))
+                        continue
+                    heapq.heappop(timers)
+                    if when >= end:
+                        retired[-1] += 1
+                    else:
+                        backlog.put((when, user))
+
+        def worker_main(slot: int) -> None:
+            rec = recorders[slot]
+            a_start, a_lat, a_ttfb = rec.start.append, rec.latency.append, rec.ttfb.append
+            a_queue, a_status = rec.queue.append, rec.status.append
+            a_end, a_err = rec.endpoint.append, rec.error.append
+            while True:
+                item = backlog.get()
+                if item is None:
+                    return
+                intended, user = item
+                picked = perf_counter()
+                # Requests meant to be sent before the end are still served (the backlog
+                # drains, as a real server's would); later ones are not sent.
+                if intended >= end or stop.is_set() or next(issued) >= limit:
+                    retired[slot] += 1
+                    continue
+                index = pick()
+                error = 0
+                try:
+                    status, first_byte = call(index)
+                except Exception as exc:
+                    status, first_byte, error = STATUS_EXCEPTION, 0.0, book.kind(exc)
+                finished = perf_counter()
+                latency = finished - intended
+                if latency > timeout:
+                    # The client gave up at its deadline; the worker stayed busy until now.
+                    status, error, latency = STATUS_TIMEOUT, timed_out_kind, timeout
+                a_start(int((intended - origin) * 1e6))
+                a_lat(int(latency * 1e6))
+                a_ttfb(int((first_byte - intended) * 1e6) if first_byte else -1)
+                a_queue(int((picked - intended) * 1e6))
+                a_status(status)
+                a_end(index)
+                a_err(error)
+                done_count[slot] += 1
+                if finished + think >= end or stop.is_set():
+                    retired[slot] += 1
+                elif think > 0:
+                    later(finished + think, user)
+                else:
+                    backlog.put((finished, user))
+
+        timer = threading.Thread(target=timer_main, name="storm-wsgi-timer", daemon=True)
+        workers = [
+            threading.Thread(
+                target=worker_main, args=(slot,), name=f"storm-wsgi-{slot}", daemon=True
+            )
+            for slot in range(self.size)
+        ]
+        cpu_before = process_time()
+        timer.start()
+        for thread in workers:
+            thread.start()
+        now = perf_counter()
+        for user, when in enumerate(first_sends):
+            if when <= now:
+                backlog.put((when, user))
+            else:
+                later(when, user)
+        users = len(first_sends)
+        try:
+            while perf_counter() < deadline:
+                if sum(retired) >= users:
+                    break
+                if total is not None and sum(done_count) >= total:
+                    break
+                sleep(0.005)
+        finally:
+            stop.set()
+            for _ in workers:
+                backlog.put(None)
+            with timer_cv:
+                timer_cv.notify_all()
+            stuck: list[str] = []
+            for thread in [*workers, timer]:
+                thread.join(max(1.0, deadline - perf_counter()))
+                if thread.is_alive():
+                    stuck.append(thread.name)
+        return PoolRun(recorders, stuck, process_time() - cpu_before)

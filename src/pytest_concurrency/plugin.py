@@ -1,0 +1,263 @@
+"""pytest wiring: options and ini twins, the ``concurrency`` marker, the ``storm`` fixture,
+per-test figures in ``user_properties`` and a terminal summary of every storm.
+
+Precedence of storm parameters: keyword argument > marker > command-line option > ini
+> default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from ._api import check_budgets, warn_about
+from ._budget import format_number
+from ._errors import ConfigError
+from ._params import BUDGET_NAMES, WORKLOAD_NAMES, Layer, check_names
+from ._result import StormResult
+from ._storm import plan_storm, run_plan, run_plan_async
+from ._workload import Request
+
+__all__ = ["StormFixture"]
+
+#: Parameters that can also be set for the whole run: option --concurrency-NAME, ini concurrency_NAME.
+_RUN_DEFAULTS: dict[str, tuple[type, str]] = {
+    "duration": (
+        float,
+        "default storm duration in seconds when a storm gives neither duration nor requests",
+    ),
+    "timeout_ms": (float, "default per-request timeout in milliseconds"),
+    "warmup": (float, "default warm-up in seconds, discarded from the figures"),
+    "users": (int, "default number of virtual users"),
+    "workers": (int, "default WSGI worker count (server model)"),
+    "threads": (int, "default threads per WSGI worker (server model)"),
+    "seed": (int, "default seed for request mixes and simulated latency"),
+}
+
+
+@dataclass
+class _SessionStorms:
+    rows: list[tuple[str, StormResult]] = field(default_factory=list)
+
+
+_storms_key = pytest.StashKey[_SessionStorms]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Options ``--concurrency-*`` with their ini twins ``concurrency_*``."""
+    group = parser.getgroup("concurrency", "request storms (pytest-storm)")
+    for name, (kind, help_text) in _RUN_DEFAULTS.items():
+        option = "--concurrency-" + name.replace("_", "-")
+        group.addoption(
+            option,
+            dest=f"concurrency_{name}",
+            default=None,
+            metavar=kind.__name__.upper(),
+            help=help_text,
+        )
+        parser.addini(f"concurrency_{name}", help_text, default=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the marker (documented by ``pytest --markers``) and the session store."""
+    workload = ", ".join(f"{name}=…" for name in WORKLOAD_NAMES)
+    budgets = ", ".join(BUDGET_NAMES)
+    config.addinivalue_line(
+        "markers",
+        f"concurrency({workload}, <budget>=…): parameters of the storms fired by the `storm` "
+        f"fixture in this test. Budgets: {budgets}. Keyword arguments of storm() override it.",
+    )
+    config.stash[_storms_key] = _SessionStorms()
+
+
+def _marker_layer(item: pytest.Item) -> Layer:
+    values: dict[str, Any] = {}
+    origin = f"@pytest.mark.concurrency on {item.nodeid}"
+    # Closest marker first: a function's marker overrides its class's and module's.
+    for marker in item.iter_markers("concurrency"):
+        if marker.args:
+            raise ConfigError(
+                f"@pytest.mark.concurrency{marker.args!r} on {item.nodeid} takes keyword arguments "
+                "only, such as @pytest.mark.concurrency(users=50, p99_ms=100)"
+            )
+        check_names(marker.kwargs, origin)
+        for key, value in marker.kwargs.items():
+            values.setdefault(key, value)
+    return Layer(origin, values)
+
+
+def _run_layers(config: pytest.Config) -> list[Layer]:
+    option_values: dict[str, Any] = {}
+    ini_values: dict[str, Any] = {}
+    for name, (kind, _) in _RUN_DEFAULTS.items():
+        raw = config.getoption(f"concurrency_{name}", None)
+        flag = "--concurrency-" + name.replace("_", "-")
+        if raw is not None:
+            option_values[name] = _convert(name, raw, kind, f"command-line option {flag}")
+        raw_ini = config.getini(f"concurrency_{name}")
+        if raw_ini not in (None, "", []):
+            ini_values[name] = _convert(
+                name, raw_ini, kind, f"ini option concurrency_{name} in {config.inipath}"
+            )
+    return [Layer("command-line options", option_values), Layer("ini options", ini_values)]
+
+
+def _convert(name: str, raw: Any, kind: type, origin: str) -> Any:
+    try:
+        return kind(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={raw!r} (from {origin}) must be a {kind.__name__}") from None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Reject a bad marker before the test runs (no load is ever fired for it)."""
+    if item.get_closest_marker("concurrency") is None:
+        return
+    try:
+        _marker_layer(item)
+        _run_layers(item.config)
+    except ConfigError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+class StormFixture:
+    """The ``storm`` fixture: ``storm(app, method="GET", path="/", **params) -> StormResult``."""
+
+    def __init__(self, item: pytest.Item) -> None:
+        self._item = item
+        self.results: list[StormResult] = []
+
+    def _plan(
+        self,
+        app: Any,
+        method: str | None,
+        path: str | None,
+        requests: Sequence[Request] | None,
+        params: dict[str, Any],
+    ) -> Any:
+        layers = [
+            Layer("keyword argument", params),
+            _marker_layer(self._item),
+            *_run_layers(self._item.config),
+        ]
+        return plan_storm(app, method, path, requests=requests, layers=layers)
+
+    def __call__(
+        self,
+        app: Any,
+        method: str | None = None,
+        path: str | None = None,
+        *,
+        requests: Sequence[Request] | None = None,
+        **params: Any,
+    ) -> StormResult:
+        """Fire a storm at *app*; budgets from the marker and *params* are enforced on return."""
+        __tracebackhide__ = True
+        plan = self._plan(app, method, path, requests, params)
+        return self._finish(run_plan(plan))
+
+    async def arun(
+        self,
+        app: Any,
+        method: str | None = None,
+        path: str | None = None,
+        *,
+        requests: Sequence[Request] | None = None,
+        **params: Any,
+    ) -> StormResult:
+        """Async form of the fixture, for async tests (``await storm.arun(app, "GET", "/")``)."""
+        __tracebackhide__ = True
+        plan = self._plan(app, method, path, requests, params)
+        return self._finish(await run_plan_async(plan))
+
+    def _finish(self, result: StormResult) -> StormResult:
+        __tracebackhide__ = True
+        index = len(self.results)
+        self.results.append(result)
+        self._item.config.stash[_storms_key].rows.append((self._item.nodeid, result))
+        prefix = "storm" if index == 0 else f"storm[{index}]"
+        for key, value in _figures(result).items():
+            self._item.user_properties.append((f"{prefix}.{key}", value))
+        warn_about(result, stacklevel=4)
+        check_budgets(result)
+        return result
+
+
+def _figures(result: StormResult) -> dict[str, Any]:
+    figures: dict[str, Any] = {
+        "label": result.label,
+        "interface": result.interface,
+        "server": result.server,
+        "users": result.users,
+        "requests": result.requests,
+        "rps": round(result.throughput, 2),
+        "p50_ms": round(result.latency.p50, 3),
+        "p90_ms": round(result.latency.p90, 3),
+        "p99_ms": round(result.latency.p99, 3),
+        "max_ms": round(result.latency.max, 3),
+        "mean_ms": round(result.latency.mean, 3),
+        "error_rate": round(result.error_rate, 5),
+        "passed": result.passed,
+    }
+    if result.saturation is not None:
+        figures["saturation"] = round(result.saturation, 4)
+    if result.queue_wait is not None:
+        figures["queue_p99_ms"] = round(result.queue_wait.p99, 3)
+    return figures
+
+
+@pytest.fixture
+def storm(request: pytest.FixtureRequest) -> StormFixture:
+    """Fire request storms at an ASGI or WSGI app: ``storm(app, "GET", "/path", users=50, p99_ms=100)``."""
+    return StormFixture(request.node)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """One row per storm of the session (never fails the run: budgets fail their own test)."""
+    rows = config.stash[_storms_key].rows if _storms_key in config.stash else []
+    if not rows:
+        return
+    terminalreporter.section("storms")
+    header = (
+        "test",
+        "storm",
+        "app",
+        "users",
+        "requests",
+        "rps",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "errors",
+        "saturation",
+        "verdict",
+    )
+    table = [header]
+    for nodeid, r in rows:
+        table.append(
+            (
+                nodeid,
+                r.label,
+                f"{r.interface} {r.server}",
+                f"{r.users:,}",
+                f"{r.requests:,}",
+                format_number(r.throughput),
+                format_number(r.latency.p50),
+                format_number(r.latency.p99),
+                format_number(r.latency.max),
+                f"{r.error_rate:.1%}",
+                f"{r.saturation:.0%}" if r.saturation is not None else "-",
+                "pass" if r.passed else "FAIL " + ",".join(v.name for v in r.failed_verdicts),
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    numeric = set(range(3, 11))
+    for row in table:
+        cells = [
+            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        terminalreporter.write_line("  ".join(cells).rstrip())

@@ -1,0 +1,17 @@
+"""The public surface is deliberate: everything exported is listed, and nothing else."""
+
+from __future__ import annotations
+
+import pytest_concurrency
+
+
+def test_all_names_exist_and_are_documented() -> None:
+    for name in pytest_concurrency.__all__:
+        member = getattr(pytest_concurrency, name)
+        if name != "__version__":
+            assert member.__doc__, f"{name} has no docstring"
+
+
+def test_public_surface() -> None:
+    public = {n for n in dir(pytest_concurrency) if n.isidentifier() and not n.startswith("_")}
+    assert public - {"plugin"} == set(pytest_concurrency.__all__) - {"__version__"}

@@ -1,0 +1,108 @@
+"""Bad input is a clear error before any load: parameter, value and origin are named."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_concurrency import ConfigError, Request, run_storm
+from pytest_concurrency._params import Layer, resolve
+from pytest_concurrency._storm import plan_storm
+
+from .apps import asgi_hello, wsgi_hello
+
+
+def plan(app: object = asgi_hello, path: str = "/", **params: object) -> object:
+    return plan_storm(app, "GET", path, layers=[Layer("keyword argument", params)])
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"users": 0}, r"users=0 \(from keyword argument\) must be at least 1"),
+        ({"users": -5}, r"users=-5 \(from keyword argument\) must be at least 1"),
+        ({"users": 2.5}, r"users=2.5 \(from keyword argument\) must be a whole number"),
+        ({"workers": 0}, r"workers=0 \(from keyword argument\) must be at least 1"),
+        ({"duration": 0}, r"duration=0 \(from keyword argument\) must be greater than 0"),
+        ({"duration": 1, "requests": 10}, r"duration=1 and requests=10 are both set"),
+        ({"p99_ms": "fast"}, r"budget p99_ms='fast' \(from keyword argument\) must be a number, not str"),
+        ({"max_error_rate": 2}, r"max_error_rate=2 .* is a fraction between 0 and 1"),
+        ({"p99": 100}, r"unknown storm parameter 'p99' \(from keyword argument\); did you mean 'p99_ms'\?"),
+        ({"user": 10}, r"did you mean 'users'\?"),
+        ({"timeout_ms": float("nan")}, r"timeout_ms=nan .* must be a finite number"),
+        ({"interface": "wsgi3"}, r"interface='wsgi3' .* must be one of 'asgi', 'wsgi'"),
+    ],
+)
+def test_bad_parameter_names_value_and_origin(params: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        plan(**params)
+
+
+def test_path_without_leading_slash() -> None:
+    with pytest.raises(ConfigError, match=r"path='items' \(from storm\(\) arguments\) must start with '/'"):
+        plan(path="items")
+
+
+def test_not_callable_app() -> None:
+    with pytest.raises(ConfigError, match=r"app=42 \(from argument app\) is not callable"):
+        plan(app=42)
+
+
+def test_neither_asgi_nor_wsgi() -> None:
+    def one(x: object, y: object, z: object, w: object) -> None: ...
+
+    with pytest.raises(ConfigError, match=r"is neither ASGI nor WSGI.*interface='asgi'"):
+        plan(app=one)
+
+
+def test_explicit_interface_overrides_detection() -> None:
+    p = plan(app=wsgi_hello, interface="wsgi")
+    assert p.interface == "wsgi"  # type: ignore[attr-defined]
+
+
+def test_precedence_keyword_over_marker_over_options() -> None:
+    config = resolve(
+        [
+            Layer("keyword argument", {"users": 3}),
+            Layer("marker", {"users": 5, "duration": 1.5}),
+            Layer("command-line options", {"duration": 9.0, "timeout_ms": 500.0}),
+            Layer("ini options", {"timeout_ms": 100.0, "warmup": 0.5}),
+        ]
+    )
+    assert (config.users, config.duration, config.timeout_ms, config.warmup) == (3, 1.5, 500.0, 0.5)
+    assert config.origin_of("users") == "keyword argument"
+    assert config.origin_of("duration") == "marker"
+    assert config.origin_of("warmup") == "ini options"
+
+
+def test_requests_in_a_higher_layer_replaces_duration_from_a_lower_one() -> None:
+    config = resolve([Layer("keyword argument", {"requests": 50}), Layer("marker", {"duration": 2.0})])
+    assert config.requests == 50
+    assert config.duration is None
+
+
+def test_default_duration_applies_when_neither_is_given() -> None:
+    config = resolve([Layer("marker", {"users": 500, "p99_ms": 100})])
+    assert config.duration == 2.0
+    assert config.requests is None
+
+
+def test_request_mix_validation() -> None:
+    with pytest.raises(ConfigError, match=r"requests\[1\]='nope'"):
+        plan_storm(asgi_hello, requests=[Request("GET", "/"), "nope"])  # type: ignore[list-item]
+    with pytest.raises(ConfigError, match=r"path='x' \(from requests\[0\]\)"):
+        plan_storm(asgi_hello, requests=[Request("GET", "x")])
+    with pytest.raises(ConfigError, match=r"weight=0"):
+        plan_storm(asgi_hello, requests=[Request("GET", "/", weight=0)])
+    with pytest.raises(ConfigError, match=r"replaces method and path"):
+        plan_storm(asgi_hello, "GET", "/", requests=[Request("GET", "/")])
+
+
+def test_no_load_is_fired_for_bad_input() -> None:
+    calls = []
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        calls.append(scope["type"])
+
+    with pytest.raises(ConfigError):
+        run_storm(app, "GET", "/", users=0)
+    assert calls == []
