@@ -24,9 +24,15 @@ def plan(app: object = asgi_hello, path: str = "/", **params: object) -> object:
         ({"workers": 0}, r"workers=0 \(from keyword argument\) must be at least 1"),
         ({"duration": 0}, r"duration=0 \(from keyword argument\) must be greater than 0"),
         ({"duration": 1, "requests": 10}, r"duration=1 and requests=10 are both set"),
-        ({"p99_ms": "fast"}, r"budget p99_ms='fast' \(from keyword argument\) must be a number, not str"),
+        (
+            {"p99_ms": "fast"},
+            r"budget p99_ms='fast' \(from keyword argument\) must be a number, not str",
+        ),
         ({"max_error_rate": 2}, r"max_error_rate=2 .* is a fraction between 0 and 1"),
-        ({"p99": 100}, r"unknown storm parameter 'p99' \(from keyword argument\); did you mean 'p99_ms'\?"),
+        (
+            {"p99": 100},
+            r"unknown storm parameter 'p99' \(from keyword argument\); did you mean 'p99_ms'\?",
+        ),
         ({"user": 10}, r"did you mean 'users'\?"),
         ({"timeout_ms": float("nan")}, r"timeout_ms=nan .* must be a finite number"),
         ({"interface": "wsgi3"}, r"interface='wsgi3' .* must be one of 'asgi', 'wsgi'"),
@@ -38,7 +44,9 @@ def test_bad_parameter_names_value_and_origin(params: dict[str, object], message
 
 
 def test_path_without_leading_slash() -> None:
-    with pytest.raises(ConfigError, match=r"path='items' \(from storm\(\) arguments\) must start with '/'"):
+    with pytest.raises(
+        ConfigError, match=r"path='items' \(from storm\(\) arguments\) must start with '/'"
+    ):
         plan(path="items")
 
 
@@ -75,7 +83,9 @@ def test_precedence_keyword_over_marker_over_options() -> None:
 
 
 def test_requests_in_a_higher_layer_replaces_duration_from_a_lower_one() -> None:
-    config = resolve([Layer("keyword argument", {"requests": 50}), Layer("marker", {"duration": 2.0})])
+    config = resolve(
+        [Layer("keyword argument", {"requests": 50}), Layer("marker", {"duration": 2.0})]
+    )
     assert config.requests == 50
     assert config.duration is None
 

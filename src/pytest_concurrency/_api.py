@@ -11,7 +11,7 @@ from ._errors import BudgetExceeded, ConcurrencyWarning
 from ._params import Layer
 from ._result import StormResult
 from ._storm import StormPlan, plan_storm, run_plan, run_plan_async
-from ._workload import Request
+from ._workload import Request, split_requests
 
 __all__ = ["arun_storm", "check_budgets", "run_storm", "warn_about"]
 
@@ -33,12 +33,11 @@ def _plan(
     app: Any,
     method: str | None,
     path: str | None,
-    requests: Sequence[Request] | None,
+    requests: int | Sequence[Request] | None,
     params: dict[str, Any],
 ) -> StormPlan:
-    return plan_storm(
-        app, method, path, requests=requests, layers=[Layer("keyword argument", params)]
-    )
+    mix, params = split_requests(requests, params)
+    return plan_storm(app, method, path, requests=mix, layers=[Layer("keyword argument", params)])
 
 
 def run_storm(
@@ -46,7 +45,7 @@ def run_storm(
     method: str | None = None,
     path: str | None = None,
     *,
-    requests: Sequence[Request] | None = None,
+    requests: int | Sequence[Request] | None = None,
     check: bool = True,
     **params: Any,
 ) -> StormResult:
@@ -63,7 +62,7 @@ async def arun_storm(
     method: str | None = None,
     path: str | None = None,
     *,
-    requests: Sequence[Request] | None = None,
+    requests: int | Sequence[Request] | None = None,
     check: bool = True,
     **params: Any,
 ) -> StormResult:

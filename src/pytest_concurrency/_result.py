@@ -141,7 +141,6 @@ class StormResult:
     loop_cpu_share: float | None = None
     harness_share: float | None = None
     discarded: int = 0
-    bytes_received: int = 0
 
     @property
     def error_rate(self) -> float:
@@ -198,7 +197,6 @@ class StormResult:
             "loop_cpu_share": self.loop_cpu_share,
             "harness_share": self.harness_share,
             "discarded": self.discarded,
-            "bytes_received": self.bytes_received,
         }
         if histograms:
             # HdrHistogram's encoding is already compressed and base64: text as it is.

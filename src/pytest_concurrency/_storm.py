@@ -165,14 +165,24 @@ async def _run_asgi(plan: StormPlan) -> StormResult:
     config = plan.config
     driver = AsgiDriver(plan.app, list(plan.requests), lifespan=config.lifespan)
     timeout = config.timeout_ms / 1000
+    failure: StormError | None = None
     async with anyio.create_task_group() as lifespan_group:
-        await driver.startup(lifespan_group, timeout=max(timeout, 10.0))
         try:
+            await driver.startup(lifespan_group, timeout=max(timeout, 10.0))
             rec, book, window, cpu, wall = await _asgi_users(plan, driver)
+        except StormError as exc:
+            # Raised after the task group, so that callers see the error itself rather
+            # than an exception group.
+            failure = exc
         finally:
             with anyio.CancelScope(shield=True):
-                await driver.shutdown(timeout=max(timeout, 10.0))
+                try:
+                    await driver.shutdown(timeout=max(timeout, 10.0))
+                except StormError as exc:
+                    failure = failure or exc
             lifespan_group.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
     result = _fold(plan, rec, book, window, server=_loop_name(), pool=None)
     result.loop_cpu_share = cpu / wall if wall > 0 else None
     if result.loop_cpu_share is not None and result.loop_cpu_share >= _SATURATED_CPU:

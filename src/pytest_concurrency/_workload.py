@@ -12,7 +12,7 @@ import httpx
 
 from ._errors import ConfigError
 
-__all__ = ["Request", "RequestMix", "build_mix", "start_offsets"]
+__all__ = ["Request", "RequestMix", "build_mix", "split_requests", "start_offsets"]
 
 _BASE_URL = "http://testserver"
 
@@ -103,6 +103,17 @@ class RequestMix:
             return min(bisect.bisect_right(cumulative, uniform() * total), last)
 
         return pick
+
+
+def split_requests(
+    requests: int | Sequence[Request] | None, params: Mapping[str, Any]
+) -> tuple[Sequence[Request] | None, dict[str, Any]]:
+    """``requests=`` is either a stop condition (a count) or a request mix (a list of specs)."""
+    if requests is None or (
+        isinstance(requests, Sequence) and not isinstance(requests, str | bytes)
+    ):
+        return requests, dict(params)
+    return None, {**params, "requests": requests}
 
 
 def build_mix(

@@ -8,7 +8,6 @@ Precedence of storm parameters: keyword argument > marker > command-line option 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -16,10 +15,11 @@ import pytest
 from ._api import check_budgets, warn_about
 from ._budget import format_number
 from ._errors import ConfigError
-from ._params import BUDGET_NAMES, WORKLOAD_NAMES, Layer, check_names
+from ._params import BUDGET_NAMES, WORKLOAD_NAMES, Layer, check_names, resolve
 from ._result import StormResult
+from ._session import STORMS_KEY, SessionStorms
 from ._storm import plan_storm, run_plan, run_plan_async
-from ._workload import Request
+from ._workload import Request, split_requests
 
 __all__ = ["StormFixture"]
 
@@ -36,14 +36,6 @@ _RUN_DEFAULTS: dict[str, tuple[type, str]] = {
     "threads": (int, "default threads per WSGI worker (server model)"),
     "seed": (int, "default seed for request mixes and simulated latency"),
 }
-
-
-@dataclass
-class _SessionStorms:
-    rows: list[tuple[str, StormResult]] = field(default_factory=list)
-
-
-_storms_key = pytest.StashKey[_SessionStorms]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -70,7 +62,7 @@ def pytest_configure(config: pytest.Config) -> None:
         f"concurrency({workload}, <budget>=…): parameters of the storms fired by the `storm` "
         f"fixture in this test. Budgets: {budgets}. Keyword arguments of storm() override it.",
     )
-    config.stash[_storms_key] = _SessionStorms()
+    config.stash[STORMS_KEY] = SessionStorms()
 
 
 def _marker_layer(item: pytest.Item) -> Layer:
@@ -80,7 +72,8 @@ def _marker_layer(item: pytest.Item) -> Layer:
     for marker in item.iter_markers("concurrency"):
         if marker.args:
             raise ConfigError(
-                f"@pytest.mark.concurrency{marker.args!r} on {item.nodeid} takes keyword arguments "
+                f"@pytest.mark.concurrency({', '.join(map(repr, marker.args))}) on {item.nodeid} "
+                "takes keyword arguments "
                 "only, such as @pytest.mark.concurrency(users=50, p99_ms=100)"
             )
         check_names(marker.kwargs, origin)
@@ -117,10 +110,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("concurrency") is None:
         return
     try:
-        _marker_layer(item)
-        _run_layers(item.config)
+        resolve([_marker_layer(item), *_run_layers(item.config)])
     except ConfigError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        message = str(exc)
+    else:
+        return
+    pytest.fail(message, pytrace=False)
 
 
 class StormFixture:
@@ -135,15 +130,16 @@ class StormFixture:
         app: Any,
         method: str | None,
         path: str | None,
-        requests: Sequence[Request] | None,
+        requests: int | Sequence[Request] | None,
         params: dict[str, Any],
     ) -> Any:
+        mix, params = split_requests(requests, params)
         layers = [
             Layer("keyword argument", params),
             _marker_layer(self._item),
             *_run_layers(self._item.config),
         ]
-        return plan_storm(app, method, path, requests=requests, layers=layers)
+        return plan_storm(app, method, path, requests=mix, layers=layers)
 
     def __call__(
         self,
@@ -151,7 +147,7 @@ class StormFixture:
         method: str | None = None,
         path: str | None = None,
         *,
-        requests: Sequence[Request] | None = None,
+        requests: int | Sequence[Request] | None = None,
         **params: Any,
     ) -> StormResult:
         """Fire a storm at *app*; budgets from the marker and *params* are enforced on return."""
@@ -165,7 +161,7 @@ class StormFixture:
         method: str | None = None,
         path: str | None = None,
         *,
-        requests: Sequence[Request] | None = None,
+        requests: int | Sequence[Request] | None = None,
         **params: Any,
     ) -> StormResult:
         """Async form of the fixture, for async tests (``await storm.arun(app, "GET", "/")``)."""
@@ -177,7 +173,7 @@ class StormFixture:
         __tracebackhide__ = True
         index = len(self.results)
         self.results.append(result)
-        self._item.config.stash[_storms_key].rows.append((self._item.nodeid, result))
+        self._item.config.stash[STORMS_KEY].rows.append((self._item.nodeid, result))
         prefix = "storm" if index == 0 else f"storm[{index}]"
         for key, value in _figures(result).items():
             self._item.user_properties.append((f"{prefix}.{key}", value))
@@ -217,7 +213,7 @@ def storm(request: pytest.FixtureRequest) -> StormFixture:
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     """One row per storm of the session (never fails the run: budgets fail their own test)."""
-    rows = config.stash[_storms_key].rows if _storms_key in config.stash else []
+    rows = config.stash[STORMS_KEY].rows if STORMS_KEY in config.stash else []
     if not rows:
         return
     terminalreporter.section("storms")

@@ -1,0 +1,102 @@
+"""The in-process WSGI driver and its worker-pool model."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+
+from pytest_concurrency import StormError, run_storm
+
+from .apps import ClosingBody, wsgi_hello, wsgi_sleep
+
+
+def test_environ_is_built_by_werkzeug_from_the_spec() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        seen.append({**environ, "body": environ["wsgi.input"].read()})
+        start_response("201 Created", [])
+        return [b""]
+
+    result = run_storm(app, "POST", "/items", json={"a": 1}, query={"q": "x"}, requests=3)
+    environ = seen[0]
+    assert environ["REQUEST_METHOD"] == "POST"
+    assert environ["PATH_INFO"] == "/items"
+    assert environ["QUERY_STRING"] == "q=x"
+    assert environ["CONTENT_TYPE"] == "application/json"
+    assert environ["body"] == b'{"a":1}'
+    assert seen[1]["body"] == b'{"a":1}'  # each request reads a fresh input stream
+    assert result.status_counts[201] == 3
+    assert result.server == "1 sync worker"
+
+
+def test_iterable_is_consumed_and_closed() -> None:
+    ClosingBody.closed = 0
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        return ClosingBody([b"a", b"b"])
+
+    run_storm(app, "GET", "/", users=2, requests=25, workers=2)
+    assert ClosingBody.closed == 25
+
+
+def test_exception_is_a_recorded_500() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        raise KeyError("missing")
+
+    result = run_storm(app, "GET", "/", requests=10, check=False)
+    assert result.status_counts[500] == 10
+    assert "KeyError" in result.errors
+    assert "missing" in result.errors["KeyError"].example
+
+
+def test_pool_describes_the_server_model() -> None:
+    result = run_storm(wsgi_hello, "GET", "/", requests=10, workers=2, threads=4)
+    assert result.server == "2 workers × 4 threads"
+    assert result.pool is not None
+    assert result.pool.size == 8
+
+
+@pytest.mark.usefixtures("no_leaked_threads")
+def test_no_worker_thread_outlives_its_storm() -> None:
+    before = threading.active_count()
+    run_storm(wsgi_sleep(0.001), "GET", "/", users=20, workers=4, threads=2, duration=0.3)
+    assert threading.active_count() == before
+
+
+def test_slow_handler_is_counted_as_timeout_and_storm_ends() -> None:
+    started = time.perf_counter()
+    result = run_storm(
+        wsgi_sleep(0.3), "GET", "/", users=2, workers=2, duration=0.2, timeout_ms=100, check=False
+    )
+    assert result.timeouts == result.requests >= 2
+    assert result.latency.max == pytest.approx(100, abs=1)
+    assert time.perf_counter() - started < 0.2 + 0.3 + 2.0
+
+
+def test_handler_that_never_returns_is_reported_not_hung() -> None:
+    release = threading.Event()
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        release.wait(10)
+        start_response("200 OK", [])
+        return [b""]
+
+    started = time.perf_counter()
+    try:
+        with pytest.raises(StormError, match=r"still running the app"):
+            run_storm(app, "GET", "/", users=1, duration=0.1, timeout_ms=50)
+    finally:
+        release.set()
+    # duration + timeout + grace, plus the join allowance
+    assert time.perf_counter() - started < 0.1 + 0.05 + 2.0 + 1.5
+
+
+def test_requests_stop_condition_with_threads() -> None:
+    result = run_storm(wsgi_hello, "GET", "/", users=10, workers=4, requests=500)
+    assert result.requests == 500
