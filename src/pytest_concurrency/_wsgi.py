@@ -196,15 +196,18 @@ class WsgiPool:
             a_start, a_lat, a_ttfb = rec.start.append, rec.latency.append, rec.ttfb.append
             a_queue, a_status = rec.queue.append, rec.status.append
             a_end, a_err = rec.endpoint.append, rec.error.append
+            limited = total is not None
+            stopped = False
             while True:
                 item = backlog.get()
                 if item is None:
                     return
+                stopped = stop.is_set()
                 intended, user = item
                 picked = perf_counter()
                 # Requests meant to be sent before the end are still served (the backlog
                 # drains, as a real server's would); later ones are not sent.
-                if intended >= end or stop.is_set() or next(issued) >= limit:
+                if intended >= end or stopped or (limited and next(issued) >= limit):
                     retired[slot] += 1
                     continue
                 index = pick()
@@ -226,7 +229,7 @@ class WsgiPool:
                 a_end(index)
                 a_err(error)
                 done_count[slot] += 1
-                if finished + think >= end or stop.is_set():
+                if finished + think >= end or stopped:
                     retired[slot] += 1
                 elif think > 0:
                     later(finished + think, user)

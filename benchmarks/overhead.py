@@ -1,0 +1,248 @@
+"""Per-request overhead of a storm, next to floors and peers measured in the same run.
+
+    python benchmarks/overhead.py [--requests N] [--json PATH]
+
+ASGI: a storm against a minimal app (no I/O) with 1 and 100 users, against
+  - floor 1: a bare loop awaiting the app with a prebuilt scope (no concurrency at all),
+  - floor 2: the same with one asyncio task per request (what any concurrent storm pays),
+  - httpx.ASGITransport and Starlette's TestClient (peers that serve one request at a time).
+WSGI: a storm with 8 workers against a minimal app, against
+  - floor: 8 bare threads calling the app directly with a prebuilt environ,
+  - loop → thread pool → loop round trips (`run_in_executor`, 8 threads).
+Absolute times wobble on a shared machine; the ratios are the result. Each figure is the
+median of several rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import io
+import json
+import statistics
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from pytest_concurrency import ConcurrencyWarning, run_storm
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # starlette's note on its httpx dependency
+    from starlette.testclient import TestClient
+from pytest_concurrency._asgi import build_scope
+from pytest_concurrency._workload import Request
+from pytest_concurrency._wsgi import build_environ
+
+BODY = b"hello"
+
+
+async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": BODY})
+
+
+def wsgi_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    start_response("200 OK", [])
+    return [BODY]
+
+
+async def _receive() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _send(message: dict[str, Any]) -> None:
+    return None
+
+
+def floor_direct(n: int) -> float:
+    scope, _, _ = build_scope(Request("GET", "/").to_httpx())
+
+    async def main() -> float:
+        started = time.perf_counter()
+        for _ in range(n):
+            await asgi_app(dict(scope), _receive, _send)
+        return time.perf_counter() - started
+
+    return asyncio.run(main()) / n
+
+
+def floor_task_per_request(n: int, concurrency: int = 100) -> float:
+    scope, _, _ = build_scope(Request("GET", "/").to_httpx())
+
+    async def main() -> float:
+        started = time.perf_counter()
+        for _ in range(n // concurrency):
+            tasks = [asyncio.ensure_future(asgi_app(dict(scope), _receive, _send)) for _ in range(concurrency)]
+            await asyncio.gather(*tasks)
+        return time.perf_counter() - started
+
+    return asyncio.run(main()) / n
+
+
+def peer_httpx(n: int) -> float:
+    async def main() -> float:
+        transport = httpx.ASGITransport(app=asgi_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            started = time.perf_counter()
+            for _ in range(n):
+                await client.get("/")
+            return time.perf_counter() - started
+
+    return asyncio.run(main()) / n
+
+
+def peer_testclient(n: int) -> float:
+    client = TestClient(asgi_app)  # the app has no lifespan: no `with` block needed
+    started = time.perf_counter()
+    for _ in range(n):
+        client.get("/")
+    return (time.perf_counter() - started) / n
+
+
+def storm_asgi(n: int, users: int) -> float:
+    result = run_storm(asgi_app, "GET", "/", users=users, requests=n, lifespan="off")
+    return result.duration / result.requests
+
+
+def storm_wsgi(n: int, workers: int = 8, app: Any = wsgi_app) -> float:
+    result = run_storm(app, "GET", "/", users=workers * 2, workers=workers, requests=n)
+    return result.duration / result.requests
+
+
+def _flask_app() -> Any:
+    from flask import Flask
+
+    app = Flask("bench")
+
+    @app.get("/")
+    def index() -> bytes:
+        return BODY
+
+    return app
+
+
+FLASK = _flask_app()
+
+
+def floor_wsgi_threads(n: int, threads: int = 8, app: Any = wsgi_app) -> float:
+    environ, body = build_environ(Request("GET", "/").to_httpx())
+    per_thread = n // threads
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+        return None
+
+    def work() -> None:
+        for _ in range(per_thread):
+            env = environ.copy()
+            env["wsgi.input"] = io.BytesIO(body)
+            result = app(env, start_response)
+            for _chunk in result:
+                pass
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    started = time.perf_counter()
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return (time.perf_counter() - started) / (per_thread * threads)
+
+
+def peer_run_in_executor(n: int, threads: int = 8, concurrency: int = 16) -> float:
+    environ, body = build_environ(Request("GET", "/").to_httpx())
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+        return None
+
+    def call() -> None:
+        env = environ.copy()
+        env["wsgi.input"] = io.BytesIO(body)
+        for _chunk in wsgi_app(env, start_response):
+            pass
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(threads) as pool:
+
+            async def user(count: int) -> None:
+                for _ in range(count):
+                    await loop.run_in_executor(pool, call)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(user(n // concurrency) for _ in range(concurrency)))
+            return time.perf_counter() - started
+
+    return asyncio.run(main()) / n
+
+
+def median_us(fn: Callable[[], float], rounds: int) -> float:
+    values = []
+    for _ in range(rounds):
+        gc.collect()
+        values.append(fn() * 1e6)
+    return statistics.median(values)
+
+
+def main() -> None:
+    # The minimal app makes the harness the busiest part of the loop: that is the point here.
+    warnings.simplefilter("ignore", ConcurrencyWarning)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    n, rounds = args.requests, args.rounds
+    slow_n = max(200, n // 20)
+
+    figures = {
+        "asgi floor: direct await": median_us(lambda: floor_direct(n), rounds),
+        "asgi floor: task per request": median_us(lambda: floor_task_per_request(n), rounds),
+        "asgi storm, 1 user": median_us(lambda: storm_asgi(n, 1), rounds),
+        "asgi storm, 100 users": median_us(lambda: storm_asgi(n, 100), rounds),
+        "httpx.ASGITransport": median_us(lambda: peer_httpx(slow_n), rounds),
+        "starlette TestClient": median_us(lambda: peer_testclient(slow_n // 4), rounds),
+        "wsgi floor: 8 bare threads": median_us(lambda: floor_wsgi_threads(n), rounds),
+        "wsgi storm, 8 workers": median_us(lambda: storm_wsgi(n), rounds),
+        "run_in_executor, 8 threads": median_us(lambda: peer_run_in_executor(slow_n), rounds),
+        "flask floor: 8 bare threads": median_us(lambda: floor_wsgi_threads(slow_n, app=FLASK), rounds),
+        "flask storm, 8 workers": median_us(lambda: storm_wsgi(slow_n, app=FLASK), rounds),
+    }
+    ratios = {
+        "asgi storm 100 users / task-per-request floor": figures["asgi storm, 100 users"]
+        / figures["asgi floor: task per request"],
+        "httpx.ASGITransport / asgi storm 100 users": figures["httpx.ASGITransport"]
+        / figures["asgi storm, 100 users"],
+        "starlette TestClient / asgi storm 100 users": figures["starlette TestClient"]
+        / figures["asgi storm, 100 users"],
+        "wsgi storm 8 workers / 8-thread floor": figures["wsgi storm, 8 workers"]
+        / figures["wsgi floor: 8 bare threads"],
+        "run_in_executor / wsgi storm 8 workers": figures["run_in_executor, 8 threads"]
+        / figures["wsgi storm, 8 workers"],
+        "flask storm 8 workers / flask 8-thread floor": figures["flask storm, 8 workers"]
+        / figures["flask floor: 8 bare threads"],
+    }
+    width = max(map(len, [*figures, *ratios]))
+    print(f"per-request wall time, median of {rounds} rounds ({n:,} requests; peers {slow_n:,})")
+    for name, value in figures.items():
+        print(f"  {name:<{width}}  {value:9.2f} µs")
+    print("ratios")
+    for name, value in ratios.items():
+        print(f"  {name:<{width}}  {value:9.2f}x")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump({"per_request_us": figures, "ratios": ratios}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
