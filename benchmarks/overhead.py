@@ -80,7 +80,10 @@ def floor_task_per_request(n: int, concurrency: int = 100) -> float:
     async def main() -> float:
         started = time.perf_counter()
         for _ in range(n // concurrency):
-            tasks = [asyncio.ensure_future(asgi_app(dict(scope), _receive, _send)) for _ in range(concurrency)]
+            tasks = [
+                asyncio.ensure_future(asgi_app(dict(scope), _receive, _send))
+                for _ in range(concurrency)
+            ]
             await asyncio.gather(*tasks)
         return time.perf_counter() - started
 
@@ -215,7 +218,9 @@ def main() -> None:
         "wsgi floor: 8 bare threads": median_us(lambda: floor_wsgi_threads(n), rounds),
         "wsgi storm, 8 workers": median_us(lambda: storm_wsgi(n), rounds),
         "run_in_executor, 8 threads": median_us(lambda: peer_run_in_executor(slow_n), rounds),
-        "flask floor: 8 bare threads": median_us(lambda: floor_wsgi_threads(slow_n, app=FLASK), rounds),
+        "flask floor: 8 bare threads": median_us(
+            lambda: floor_wsgi_threads(slow_n, app=FLASK), rounds
+        ),
         "flask storm, 8 workers": median_us(lambda: storm_wsgi(slow_n, app=FLASK), rounds),
     }
     ratios = {

@@ -37,7 +37,9 @@ def load_app(spec: str) -> Any:
     """Import ``module:attr`` or ``path/to/file.py:attr`` and return the app object."""
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
-        raise ConfigError(f"app={spec!r} (from the command line) must look like MODULE:APP or path/to/file.py:APP")
+        raise ConfigError(
+            f"app={spec!r} (from the command line) must look like MODULE:APP or path/to/file.py:APP"
+        )
     if target.endswith(".py") or os.sep in target:
         path = Path(target).resolve()
         if not path.exists():
@@ -58,7 +60,9 @@ def load_app(spec: str) -> Any:
         try:
             obj = getattr(obj, name)
         except AttributeError:
-            raise ConfigError(f"app={spec!r} (from the command line): {module.__name__} has no {attr!r}") from None
+            raise ConfigError(
+                f"app={spec!r} (from the command line): {module.__name__} has no {attr!r}"
+            ) from None
     return obj
 
 
@@ -90,7 +94,16 @@ def _add_storm_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("users", "duration", "requests", "warmup", "think_ms", "timeout_ms", "workers", "threads")
+    names = (
+        "users",
+        "duration",
+        "requests",
+        "warmup",
+        "think_ms",
+        "timeout_ms",
+        "workers",
+        "threads",
+    )
     params = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     params.update(dict(args.budget))
     return params
@@ -118,15 +131,25 @@ def side_by_side(results: Sequence[StormResult]) -> str:
         row(f"{pct} ms", [format_number(getattr(r.latency, pct)) for r in results])
     row("errors", [f"{r.error_rate:.1%}" for r in results])
     row("saturation", [f"{r.saturation:.0%}" if r.saturation is not None else "-" for r in results])
-    row("verdict", ["pass" if r.passed else "FAIL " + ",".join(v.name for v in r.failed_verdicts) for r in results])
+    row(
+        "verdict",
+        [
+            "pass" if r.passed else "FAIL " + ",".join(v.name for v in r.failed_verdicts)
+            for r in results
+        ],
+    )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
-        "  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(r)).rstrip()
+        "  ".join(
+            cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(r)
+        ).rstrip()
         for r in rows
     )
 
 
-def _write_json(path: str, results: Sequence[StormResult], extra: dict[str, Any] | None = None) -> None:
+def _write_json(
+    path: str, results: Sequence[StormResult], extra: dict[str, Any] | None = None
+) -> None:
     doc = {"machine": machine_line(), "storms": [r.to_dict() for r in results], **(extra or {})}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(doc, indent=2), encoding="utf-8")
@@ -177,14 +200,62 @@ def demo_scenarios(scale: float) -> list[Scenario]:
     d = max(0.5, 2.0 * scale)
     io_users = 200
     return [
-        Scenario("Starlette", "examples/starlette_app.py:app", "/io", {"users": io_users, "duration": d}, "async: ≈ users / 50 ms"),
-        Scenario("FastAPI", "examples/fastapi_app.py:app", "/io", {"users": io_users, "duration": d}, "async: ≈ users / 50 ms"),
-        Scenario("FastAPI def", "examples/fastapi_app.py:app", "/sync-io", {"users": io_users, "duration": d}, "40 threads: ≈ 40 / 50 ms"),
-        Scenario("Flask", "examples/flask_app.py:app", "/io", {"users": io_users, "duration": d, "workers": 8}, "8 workers: ≈ 8 / 50 ms"),
-        Scenario("Django WSGI", "examples/django_app.py:wsgi_app", "/io", {"users": io_users, "duration": d, "workers": 8}, "8 workers: ≈ 8 / 50 ms"),
-        Scenario("Django ASGI", "examples/django_app.py:asgi_app", "/async-io", {"users": io_users, "duration": d}, "async view"),
-        Scenario("Starlette", "examples/starlette_app.py:app", "/blocking-in-async", {"users": 50, "duration": d, "warmup": 1.0}, "loop blocked: ≈ 1 / 50 ms"),
-        Scenario("FastAPI", "examples/fastapi_app.py:app", "/blocking-in-async", {"users": 50, "duration": d, "warmup": 1.0}, "loop blocked: ≈ 1 / 50 ms"),
+        Scenario(
+            "Starlette",
+            "examples/starlette_app.py:app",
+            "/io",
+            {"users": io_users, "duration": d},
+            "async: ≈ users / 50 ms",
+        ),
+        Scenario(
+            "FastAPI",
+            "examples/fastapi_app.py:app",
+            "/io",
+            {"users": io_users, "duration": d},
+            "async: ≈ users / 50 ms",
+        ),
+        Scenario(
+            "FastAPI def",
+            "examples/fastapi_app.py:app",
+            "/sync-io",
+            {"users": io_users, "duration": d},
+            "40 threads: ≈ 40 / 50 ms",
+        ),
+        Scenario(
+            "Flask",
+            "examples/flask_app.py:app",
+            "/io",
+            {"users": io_users, "duration": d, "workers": 8},
+            "8 workers: ≈ 8 / 50 ms",
+        ),
+        Scenario(
+            "Django WSGI",
+            "examples/django_app.py:wsgi_app",
+            "/io",
+            {"users": io_users, "duration": d, "workers": 8},
+            "8 workers: ≈ 8 / 50 ms",
+        ),
+        Scenario(
+            "Django ASGI",
+            "examples/django_app.py:asgi_app",
+            "/async-io",
+            {"users": io_users, "duration": d},
+            "async view",
+        ),
+        Scenario(
+            "Starlette",
+            "examples/starlette_app.py:app",
+            "/blocking-in-async",
+            {"users": 50, "duration": d, "warmup": 1.0},
+            "loop blocked: ≈ 1 / 50 ms",
+        ),
+        Scenario(
+            "FastAPI",
+            "examples/fastapi_app.py:app",
+            "/blocking-in-async",
+            {"users": 50, "duration": d, "warmup": 1.0},
+            "loop blocked: ≈ 1 / 50 ms",
+        ),
     ]
 
 
@@ -198,7 +269,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             app = load_app(scenario.app)
             plan = plan_storm(app, "GET", scenario.path, layers=[Layer("demo", scenario.params)])
             plan.app_name = scenario.app
-            print(f"  storming {scenario.framework} {scenario.path} ({scenario.params['users']} users) …", flush=True)
+            print(
+                f"  storming {scenario.framework} {scenario.path} ({scenario.params['users']} users) …",
+                flush=True,
+            )
             result = run_plan(plan)
             warn_about(result)
             rows.append((scenario, result))
@@ -211,7 +285,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    markdown = [f"# pytest-storm demo, {stamp}", "", f"Machine: {machine_line()}.", "", "```", table, "```", ""]
+    markdown = [
+        f"# pytest-storm demo, {stamp}",
+        "",
+        f"Machine: {machine_line()}.",
+        "",
+        "```",
+        table,
+        "```",
+        "",
+    ]
     markdown += [f"- {note}" for note in notes]
     (out / "demo.md").write_text("\n".join(markdown) + "\n", encoding="utf-8")
     _write_json(str(out / "demo.json"), [r for _, r in rows], {"date": stamp})
@@ -221,7 +304,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def demo_table(rows: Sequence[tuple[Scenario, StormResult]]) -> str:
     """The demo's comparison: framework, endpoint, server model, figures and the model's expectation."""
-    header = ("framework", "endpoint", "served by", "users", "rps", "p50 ms", "p99 ms", "queue p99 ms", "expected")
+    header = (
+        "framework",
+        "endpoint",
+        "served by",
+        "users",
+        "rps",
+        "p50 ms",
+        "p99 ms",
+        "queue p99 ms",
+        "expected",
+    )
     table: list[tuple[str, ...]] = [header]
     for scenario, r in rows:
         queue = format_number(r.queue_wait.p99) if r.queue_wait is not None else "-"
@@ -241,14 +334,18 @@ def demo_table(rows: Sequence[tuple[Scenario, StormResult]]) -> str:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     numeric = {3, 4, 5, 6, 7}
     return "\n".join(
-        "  ".join(c.rjust(widths[i]) if i in numeric else c.ljust(widths[i]) for i, c in enumerate(row)).rstrip()
+        "  ".join(
+            c.rjust(widths[i]) if i in numeric else c.ljust(widths[i]) for i, c in enumerate(row)
+        ).rstrip()
         for row in table
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``pytest-storm``."""
-    parser = argparse.ArgumentParser(prog="pytest-storm", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="pytest-storm", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="storm one app and print its figures")
     run.add_argument("app", help="MODULE:APP or path/to/file.py:APP")
@@ -258,8 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("apps", nargs="+", help="MODULE:APP or path/to/file.py:APP")
     _add_storm_options(compare)
     compare.set_defaults(func=_cmd_compare)
-    demo = sub.add_parser("demo", help="compare the framework examples (run from the repository root)")
-    demo.add_argument("--scale", type=float, default=1.0, help="scale storm durations (default 1.0)")
+    demo = sub.add_parser(
+        "demo", help="compare the framework examples (run from the repository root)"
+    )
+    demo.add_argument(
+        "--scale", type=float, default=1.0, help="scale storm durations (default 1.0)"
+    )
     demo.add_argument("--out", default="reports", help="directory for demo.md and demo.json")
     demo.set_defaults(func=_cmd_demo)
     return parser
