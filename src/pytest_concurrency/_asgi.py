@@ -61,27 +61,47 @@ def build_scope(request: httpx.Request) -> tuple[dict[str, Any], list[tuple[byte
 class Exchange:
     """One request/response exchange: the receive/send pair handed to the app."""
 
-    __slots__ = ("_body", "_closed", "_sent", "first_byte", "nbytes", "status")
+    __slots__ = (
+        "_body",
+        "_closed",
+        "_gone",
+        "_sent",
+        "disconnect_seen",
+        "first_byte",
+        "nbytes",
+        "status",
+    )
 
     def __init__(self, body: bytes) -> None:
         self._body = body
         self._sent = False
+        self._gone = False
         self._closed: anyio.Event | None = None
         self.status = 0
         self.first_byte = 0.0
         self.nbytes = 0
+        self.disconnect_seen = False
 
     async def receive(self) -> Message:
         """First call: the request body; later calls wait for the end of the exchange."""
-        if not self._sent:
+        if not self._sent and not self._gone:
             self._sent = True
             return {"type": "http.request", "body": self._body, "more_body": False}
         # Apps such as Starlette's StreamingResponse listen for a disconnect while they
-        # send; like a server, answer only once the response is complete.
-        if self._closed is None:
-            self._closed = anyio.Event()
-        await self._closed.wait()
+        # send; like a server, answer only once the response is complete or the client
+        # has gone (its timeout).
+        if not self._gone:
+            if self._closed is None:
+                self._closed = anyio.Event()
+            await self._closed.wait()
+        self.disconnect_seen = True
         return {"type": "http.disconnect"}
+
+    def disconnect(self) -> None:
+        """The client gave up (timeout): pending and later receive() calls say so."""
+        self._gone = True
+        if self._closed is not None:
+            self._closed.set()
 
     async def send(self, message: Message) -> None:
         """Consume the app's response messages chunk by chunk."""
@@ -119,14 +139,30 @@ class AsgiDriver:
         self._lifespan_supported = False
         self.lifespan_ran = False
 
-    async def call(self, index: int) -> Exchange:
-        """Send request spec *index* to the app and consume the whole response."""
-        scope_template, headers, body = self._templates[index]
+    async def call(self, index: int, holder: Any = None) -> Exchange:
+        """Send request spec *index* to the app and consume the whole response.
+
+        *holder*, when given, gets the exchange as its ``exchange`` attribute before the
+        app runs, so that a timeout can tell the app that the client has gone.
+        """
+        return await self.call_prepared(self._templates[index], holder)
+
+    async def call_request(self, request: Request, holder: Any = None) -> Exchange:
+        """Send a request built on the fly (templated requests pay for encoding it)."""
+        return await self.call_prepared(build_scope(request.to_httpx()), holder)
+
+    async def call_prepared(
+        self, prepared: tuple[dict[str, Any], list[tuple[bytes, bytes]], bytes], holder: Any = None
+    ) -> Exchange:
+        """Send a prepared (scope template, headers, body) request."""
+        scope_template, headers, body = prepared
         scope = scope_template.copy()
         scope["headers"] = headers.copy()
         if self._state is not None:
             scope["state"] = self._state.copy()
         exchange = Exchange(body)
+        if holder is not None:
+            holder.exchange = exchange
         try:
             await self.app(scope, exchange.receive, exchange.send)
         finally:

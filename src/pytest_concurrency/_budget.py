@@ -6,9 +6,9 @@ import math
 from collections.abc import Callable, Mapping
 
 from ._params import BUDGET_NAMES
-from ._result import StormResult, Verdict
+from ._result import EndpointStats, StormResult, Verdict
 
-__all__ = ["BUDGET_NAMES", "evaluate", "format_number", "verdict_table"]
+__all__ = ["BUDGET_NAMES", "evaluate", "evaluate_endpoint", "format_number", "verdict_table"]
 
 _Measure = Callable[[StormResult], float]
 
@@ -41,6 +41,7 @@ _MEASURES: dict[str, tuple[_Measure, bool]] = {
     "max_queue_p99_ms": (_queue_p99, False),
     "max_saturation": (_saturation, False),
     "max_loop_lag_ms": (_loop_lag, False),
+    "max_dropped": (lambda r: float(r.dropped) if r.model == "open" else math.nan, False),
 }
 
 if set(_MEASURES) != set(BUDGET_NAMES):  # pragma: no cover - guards the two tables
@@ -66,6 +67,36 @@ def evaluate(result: StormResult, budgets: Mapping[str, float]) -> list[Verdict]
     return verdicts
 
 
+_ENDPOINT_MEASURES: dict[str, tuple[Callable[[EndpointStats], float], bool]] = {
+    "p50_ms": (lambda e: e.latency.p50, False),
+    "p90_ms": (lambda e: e.latency.p90, False),
+    "p95_ms": (lambda e: e.latency.p95, False),
+    "p99_ms": (lambda e: e.latency.p99, False),
+    "p999_ms": (lambda e: e.latency.p999, False),
+    "max_ms": (lambda e: e.latency.max, False),
+    "mean_ms": (lambda e: e.latency.mean, False),
+    "max_error_rate": (lambda e: e.error_rate, False),
+    "min_rps": (lambda e: e.throughput, True),
+}
+
+
+def evaluate_endpoint(
+    result: StormResult, endpoint: str, budgets: Mapping[str, float]
+) -> list[Verdict]:
+    """Judge one endpoint of a request mix; an endpoint that never ran fails its budgets."""
+    stats = result.endpoints.get(endpoint)
+    verdicts = []
+    for name, limit in budgets.items():
+        measure, is_floor = _ENDPOINT_MEASURES[name]
+        if stats is None or stats.requests == 0:
+            verdicts.append(Verdict(f"{endpoint} {name}", limit, math.inf, False))
+            continue
+        measured = measure(stats)
+        ok = measured >= limit if is_floor else measured <= limit
+        verdicts.append(Verdict(f"{endpoint} {name}", limit, measured, ok))
+    return verdicts
+
+
 def format_number(value: float) -> str:
     """1,412.6 / 0.02 / 160 — readable at a glance."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -86,7 +117,7 @@ def _verdict_word(v: Verdict) -> str:
         return "– not measured for this app"
     if v.ok:
         return "✓"
-    if v.name == "min_rps":
+    if v.name.endswith("min_rps"):
         short = 1 - v.measured / v.limit if v.limit else 1.0
         return f"✗ {short:.0%} short"
     if v.limit == 0:

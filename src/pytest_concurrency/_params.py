@@ -18,6 +18,7 @@ from ._errors import ConfigError
 __all__ = [
     "BUDGET_NAMES",
     "DEFAULT_DURATION",
+    "ENDPOINT_BUDGETS",
     "DEFAULT_TIMEOUT_MS",
     "WORKLOAD_NAMES",
     "Layer",
@@ -44,15 +45,33 @@ BUDGET_NAMES: dict[str, str] = {
     "max_queue_p99_ms": "99th percentile wait for a free worker, ms",
     "max_saturation": "largest fraction of the storm with every worker busy",
     "max_loop_lag_ms": "longest time the event loop could not run, ms",
+    "max_dropped": "most open-model arrivals dropped because max_in_flight was reached",
 }
+
+#: Budgets that also apply to one endpoint of a request mix (``budgets={"GET /a": {...}}``).
+ENDPOINT_BUDGETS = (
+    "p50_ms",
+    "p90_ms",
+    "p95_ms",
+    "p99_ms",
+    "p999_ms",
+    "max_ms",
+    "mean_ms",
+    "max_error_rate",
+    "min_rps",
+)
 
 #: Workload parameter name -> one line of help (shown by `pytest --markers` and the docs).
 WORKLOAD_NAMES: dict[str, str] = {
     "users": f"concurrent virtual users, closed model (default {DEFAULT_USERS})",
     "duration": f"seconds of load after warm-up (default {DEFAULT_DURATION:g}); exclusive with requests",
     "requests": "stop after this many measured requests; exclusive with duration",
+    "rate": "open model: arrivals per second (latency from each scheduled arrival); exclusive with users",
+    "arrivals": "'constant' (default) or 'poisson' spacing of open-model arrivals",
+    "max_in_flight": "open model: cap on requests in flight; arrivals beyond it are dropped (default 10000)",
+    "stages": "k6-style [(seconds, target), ...] ramping users (closed) or rate (open); sets the duration",
     "ramp": "seconds over which users start (default: staggered over a few ms)",
-    "think_ms": "pause of each user between its requests, ms (default 0)",
+    "think_ms": "pause of each user between its requests, ms, or a latency distribution (default 0)",
     "warmup": "seconds of load before measuring; those requests are discarded (default 0)",
     "warmup_requests": "number of first requests discarded (default 0)",
     "timeout_ms": f"per-request timeout, ms (default {DEFAULT_TIMEOUT_MS:g})",
@@ -63,6 +82,9 @@ WORKLOAD_NAMES: dict[str, str] = {
     "lifespan": "'auto' (default), 'on' or 'off': run ASGI lifespan startup/shutdown",
     "gc": "'off' (default: the cyclic collector paused during the storm) or 'on'",
     "name": "label of the storm in reports",
+    "rounds": "repeat the storm and judge budgets on the aggregate round (default 1)",
+    "aggregate": "'median' (default), 'worst' or 'best' round, for rounds > 1",
+    "budgets": "per-endpoint budgets of a request mix: {'POST /items': {'p99_ms': 200}}",
 }
 
 REQUEST_NAMES = ("headers", "json", "content", "data", "query")
@@ -83,6 +105,14 @@ class StormConfig:
     """Validated parameters of one storm."""
 
     users: int = DEFAULT_USERS
+    rate: float | None = None
+    arrivals: str = "constant"
+    max_in_flight: int = 10_000
+    stages: tuple[tuple[float, float], ...] = ()
+    rounds: int = 1
+    aggregate: str = "median"
+    endpoint_budgets: dict[str, dict[str, float]] = field(default_factory=dict)
+    think: Any = None
     duration: float | None = DEFAULT_DURATION
     requests: int | None = None
     ramp: float = 0.0
@@ -107,7 +137,7 @@ class StormConfig:
 
     def workload(self) -> dict[str, Any]:
         """Workload parameters as a plain dict (for reports)."""
-        skip = {"budgets", "origins", "request_options"}
+        skip = {"budgets", "origins", "request_options", "endpoint_budgets", "think"}
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
 
@@ -153,6 +183,46 @@ def _choice(name: str, value: Any, origin: str, choices: Iterable[str]) -> str:
             f"{_where(name, value, origin)} must be one of {', '.join(map(repr, options))}"
         )
     return str(value)
+
+
+def _stages(value: Any, origin: str) -> tuple[tuple[float, float], ...]:
+    where = _where("stages", value, origin)
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise ConfigError(f"{where} must be a list of (seconds, target) pairs")
+    stages = []
+    for i, stage in enumerate(value):
+        if not isinstance(stage, tuple | list) or len(stage) != 2:
+            raise ConfigError(f"{where}: stage {i} must be a (seconds, target) pair, not {stage!r}")
+        seconds, target = stage
+        if not _is_number(seconds) or seconds <= 0:
+            raise ConfigError(f"{where}: stage {i} lasts {seconds!r} s; it must be a number > 0")
+        if not _is_number(target) or target < 0:
+            raise ConfigError(f"{where}: stage {i} targets {target!r}; it must be a number >= 0")
+        stages.append((float(seconds), float(target)))
+    if not stages:
+        raise ConfigError(f"{where} is empty")
+    return tuple(stages)
+
+
+def _endpoint_budgets(value: Any, origin: str) -> dict[str, dict[str, float]]:
+    where = _where("budgets", value, origin)
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must map an endpoint ('POST /items') to its budgets")
+    result: dict[str, dict[str, float]] = {}
+    for endpoint, budgets in value.items():
+        if not isinstance(endpoint, str) or not isinstance(budgets, Mapping):
+            raise ConfigError(f"{where}: {endpoint!r} must map to a dict of budgets")
+        result[endpoint] = {}
+        for name, limit in budgets.items():
+            if name not in ENDPOINT_BUDGETS:
+                raise ConfigError(
+                    f"{where}: {name!r} is not a per-endpoint budget{_suggest(name)}; "
+                    f"per-endpoint budgets: {', '.join(ENDPOINT_BUDGETS)}"
+                )
+            if not _is_number(limit) or limit < 0:
+                raise ConfigError(f"{where}: {endpoint} {name}={limit!r} must be a number >= 0")
+            result[endpoint][name] = float(limit)
+    return result
 
 
 def check_names(values: Mapping[str, Any], origin: str) -> None:
@@ -212,7 +282,42 @@ def resolve(layers: Iterable[Layer]) -> StormConfig:
     if (item := take("ramp")) is not None:
         config.ramp = _number("ramp", *item)
     if (item := take("think_ms")) is not None:
-        config.think_ms = _number("think_ms", *item)
+        if hasattr(item[0], "sample") and callable(item[0].sample):
+            config.think = item[0]
+            mean = getattr(item[0], "mean_ms", None)
+            config.think_ms = float(mean) if isinstance(mean, int | float) else 0.0
+        else:
+            config.think_ms = _number("think_ms", *item)
+    if (item := take("rate")) is not None and item[0] is not None:
+        config.rate = _number("rate", *item)
+        if (users := take("users")) is not None and users[1] == item[1]:
+            raise ConfigError(
+                f"users={users[0]!r} and rate={item[0]!r} are both set (from {item[1]}): users is "
+                "the closed model, rate the open model; give one"
+            )
+    if (item := take("arrivals")) is not None:
+        config.arrivals = _choice("arrivals", *item, ("constant", "poisson"))
+    if (item := take("max_in_flight")) is not None:
+        config.max_in_flight = _positive_int("max_in_flight", *item)
+    if (item := take("stages")) is not None and item[0] is not None:
+        config.stages = _stages(*item)
+        config.duration = None
+        config.requests = None
+        for clash in ("duration", "requests"):
+            other = take(clash)
+            if other is not None and other[0] is not None and other[1] == item[1]:
+                raise ConfigError(
+                    f"stages and {clash}={other[0]!r} are both set (from {item[1]}): the stages "
+                    "set the length of the storm"
+                )
+        if config.rate is None and config.origins.get("users") is None:
+            config.users = 0
+    if (item := take("rounds")) is not None:
+        config.rounds = _positive_int("rounds", *item)
+    if (item := take("aggregate")) is not None:
+        config.aggregate = _choice("aggregate", *item, ("median", "worst", "best"))
+    if (item := take("budgets")) is not None and item[0] is not None:
+        config.endpoint_budgets = _endpoint_budgets(*item)
     if (item := take("warmup")) is not None:
         config.warmup = _number("warmup", *item)
     if (item := take("warmup_requests")) is not None:

@@ -11,7 +11,7 @@ from hdrh.histogram import HdrHistogram
 
 from ._metrics import ErrorSummary, LatencyStats
 
-__all__ = ["EndpointStats", "PoolStats", "StormResult", "TimelinePoint", "Verdict"]
+__all__ = ["EndpointStats", "Knee", "PoolStats", "StormResult", "TimelinePoint", "Verdict"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,9 @@ class TimelinePoint:
     p99: float
     max: float
     busy_workers: float | None = None
+    target: float | None = None
+    dropped: int = 0
+    in_flight: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
@@ -63,6 +66,28 @@ class TimelinePoint:
             "p99": _finite(self.p99),
             "max": _finite(self.max),
             "busy_workers": self.busy_workers,
+            "target": self.target,
+            "dropped": self.dropped,
+            "in_flight": self.in_flight,
+        }
+
+
+@dataclass(frozen=True)
+class Knee:
+    """Where the latency curve broke as load rose: the second, its target load and p99."""
+
+    second: int
+    target: float | None
+    p99: float
+    calm_p99: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return {
+            "second": self.second,
+            "target": self.target,
+            "p99": self.p99,
+            "calm_p99": self.calm_p99,
         }
 
 
@@ -74,6 +99,12 @@ class EndpointStats:
     requests: int
     errors: int
     latency: LatencyStats
+    throughput: float = 0.0
+
+    @property
+    def error_rate(self) -> float:
+        """Fraction of this endpoint's requests that failed."""
+        return self.errors / self.requests if self.requests else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
@@ -81,6 +112,7 @@ class EndpointStats:
             "name": self.name,
             "requests": self.requests,
             "errors": self.errors,
+            "throughput": self.throughput,
             "latency": _finite_dict(self.latency.to_dict()),
         }
 
@@ -141,6 +173,12 @@ class StormResult:
     loop_cpu_share: float | None = None
     harness_share: float | None = None
     discarded: int = 0
+    model: str = "closed"
+    rate: float | None = None
+    dropped: int = 0
+    knee: Knee | None = None
+    rounds: list[dict[str, float]] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def error_rate(self) -> float:
@@ -197,6 +235,12 @@ class StormResult:
             "loop_cpu_share": self.loop_cpu_share,
             "harness_share": self.harness_share,
             "discarded": self.discarded,
+            "model": self.model,
+            "rate": self.rate,
+            "dropped": self.dropped,
+            "knee": self.knee.to_dict() if self.knee else None,
+            "rounds": self.rounds,
+            "extras": self.extras,
         }
         if histograms:
             # HdrHistogram's encoding is already compressed and base64: text as it is.

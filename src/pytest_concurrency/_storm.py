@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
+import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -27,7 +29,7 @@ import anyio.lowlevel
 
 from ._apps import Interface, app_label, detect_interface
 from ._asgi import AsgiDriver
-from ._budget import evaluate
+from ._budget import evaluate, evaluate_endpoint
 from ._errors import ConfigError, StormError
 from ._metrics import (
     STATUS_EXCEPTION,
@@ -40,8 +42,8 @@ from ._metrics import (
     record_many,
 )
 from ._params import Layer, StormConfig, resolve
-from ._result import EndpointStats, PoolStats, StormResult, TimelinePoint
-from ._workload import Request, RequestMix, build_mix, start_offsets
+from ._result import EndpointStats, Knee, PoolStats, StormResult, TimelinePoint
+from ._workload import Profile, Request, RequestMix, build_mix, start_offsets
 from ._wsgi import WsgiDriver, WsgiPool
 
 __all__ = ["StormPlan", "plan_storm", "run_plan", "run_plan_async"]
@@ -104,18 +106,77 @@ def run_plan(plan: StormPlan) -> StormResult:
             "storm() was called inside a running event loop; in an async test use "
             "`await storm.arun(...)` instead"
         )
-    with _collector(plan.config):
-        if plan.interface == "wsgi":
-            return _run_wsgi(plan)
-        return anyio.run(_run_asgi, plan)
+    rounds = []
+    for _ in range(plan.config.rounds):
+        with _collector(plan.config):
+            if plan.interface == "wsgi":
+                rounds.append(_run_wsgi(plan))
+            else:
+                rounds.append(anyio.run(_run_asgi, plan))
+    return _judge(plan, rounds)
 
 
 async def run_plan_async(plan: StormPlan) -> StormResult:
     """Fire the storm from async code: ASGI on the running loop, WSGI on a helper thread."""
-    with _collector(plan.config):
-        if plan.interface == "wsgi":
-            return await anyio.to_thread.run_sync(_run_wsgi, plan)
-        return await _run_asgi(plan)
+    rounds = []
+    for _ in range(plan.config.rounds):
+        with _collector(plan.config):
+            if plan.interface == "wsgi":
+                rounds.append(await anyio.to_thread.run_sync(_run_wsgi, plan))
+            else:
+                rounds.append(await _run_asgi(plan))
+    return _judge(plan, rounds)
+
+
+def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
+    """Pick the round to report (median by p99 unless told otherwise) and judge its budgets."""
+    config = plan.config
+    if len(rounds) == 1:
+        chosen = rounds[0]
+    else:
+        ordered = sorted(rounds, key=lambda r: (r.latency.p99, -r.throughput))
+        if config.aggregate == "worst":
+            chosen = ordered[-1]
+        elif config.aggregate == "best":
+            chosen = ordered[0]
+        else:
+            chosen = ordered[(len(ordered) - 1) // 2]
+        chosen.rounds = [
+            {
+                "p50": r.latency.p50,
+                "p99": r.latency.p99,
+                "max": r.latency.max,
+                "rps": r.throughput,
+                "error_rate": r.error_rate,
+            }
+            for r in rounds
+        ]
+        p99s = [r.latency.p99 for r in rounds]
+        rps = [r.throughput for r in rounds]
+        chosen.warnings.append(
+            f"{len(rounds)} rounds, judged on the {config.aggregate} one: p99 "
+            f"{min(p99s):.1f}–{max(p99s):.1f} ms, {min(rps):,.0f}–{max(rps):,.0f} rps"
+        )
+    chosen.verdicts = evaluate(chosen, config.budgets)
+    for endpoint, budgets in config.endpoint_budgets.items():
+        chosen.verdicts.extend(evaluate_endpoint(chosen, endpoint, budgets))
+    if chosen.knee is not None:
+        knee = chosen.knee
+        load = (
+            f"{knee.target:,.0f} {'rps' if chosen.model == 'open' else 'users'}"
+            if knee.target is not None
+            else "?"
+        )
+        chosen.warnings.append(
+            f"knee: p99 broke at ≈{load} (second {knee.second}: {knee.p99:,.1f} ms against "
+            f"{knee.calm_p99:,.1f} ms at low load)"
+        )
+    if chosen.dropped:
+        chosen.warnings.append(
+            f"{chosen.dropped:,} arrivals dropped: max_in_flight={config.max_in_flight:,} requests "
+            "were already in flight"
+        )
+    return chosen
 
 
 @contextmanager
@@ -144,10 +205,15 @@ class _Window:
     deadline: float
 
 
-def _window(config: StormConfig, origin: float) -> _Window:
+def _window(config: StormConfig, origin: float, profile: Profile) -> _Window:
     measure_from = origin + config.warmup
     timeout = config.timeout_ms / 1000
-    if config.duration is not None:
+    if config.stages:
+        # Stages set the whole run; warm-up, if any, is its first seconds.
+        stop_at = origin + profile.end
+        deadline = stop_at + timeout + _GRACE
+        total = None
+    elif config.duration is not None:
         stop_at = measure_from + config.duration
         deadline = stop_at + timeout + _GRACE
         total = None
@@ -166,10 +232,11 @@ async def _run_asgi(plan: StormPlan) -> StormResult:
     driver = AsgiDriver(plan.app, list(plan.requests), lifespan=config.lifespan)
     timeout = config.timeout_ms / 1000
     failure: StormError | None = None
+    figures: _RunFigures | None = None
     async with anyio.create_task_group() as lifespan_group:
         try:
             await driver.startup(lifespan_group, timeout=max(timeout, 10.0))
-            rec, book, window, cpu, wall = await _asgi_users(plan, driver)
+            figures = await _AsgiEngine(plan, driver).run()
         except StormError as exc:
             # Raised after the task group, so that callers see the error itself rather
             # than an exception group.
@@ -183,11 +250,11 @@ async def _run_asgi(plan: StormPlan) -> StormResult:
             lifespan_group.cancel_scope.cancel()
     if failure is not None:
         raise failure
-    result = _fold(plan, rec, book, window, server=_loop_name(), pool=None)
-    result.loop_cpu_share = cpu / wall if wall > 0 else None
+    assert figures is not None
+    result = _fold(plan, figures, server=_loop_name(), pool=None)
+    result.loop_cpu_share = figures.cpu / figures.wall if figures.wall > 0 else None
     if result.loop_cpu_share is not None and result.loop_cpu_share >= _SATURATED_CPU:
-        await _warn_harness_bound(result, cpu)
-    result.verdicts = evaluate(result, plan.config.budgets)
+        await _warn_harness_bound(result, figures.cpu)
     return result
 
 
@@ -206,125 +273,299 @@ def _loop_name() -> str:
     return "event loop (uvloop)" if module == "uvloop" else "event loop (asyncio)"
 
 
-async def _asgi_users(
-    plan: StormPlan, driver: AsgiDriver, *, users_override: int | None = None
-) -> tuple[Recorder, ErrorBook, _Window, float, float]:
-    config = plan.config
-    users = users_override or config.users
-    timeout = config.timeout_ms / 1000
-    think = config.think_ms / 1000
-    rec = Recorder()
-    book = ErrorBook()
-    timeout_kind = book.kind(None, ErrorBook.TIMEOUT)
-    pick = plan.mix.picker()
-    call = driver.call
-    kind = book.kind
-    a_start, a_lat, a_ttfb = rec.start.append, rec.latency.append, rec.ttfb.append
-    a_queue, a_status = rec.queue.append, rec.status.append
-    a_end, a_err = rec.endpoint.append, rec.error.append
-    yield_now = asyncio.sleep if _running_loop() is not None else _checkpoint
+class _Flight:
+    """One virtual user's (or open-model connection's) request in flight."""
 
-    origin = perf_counter() + 0.001
-    window = _window(config, origin)
-    stop_at, total = window.stop_at, window.total
-    offsets = start_offsets(users, config.ramp)
-    since = [0.0] * users  # intended send time of the request in flight, 0.0 when idle
-    timed_out = [False] * users
-    scopes: list[anyio.CancelScope | None] = [None] * users
-    state = {"issued": 0, "alive": 0}
+    __slots__ = ("cancel_at", "exchange", "scope", "since", "timed_out", "uid")
+
+    def __init__(self, uid: int = 0) -> None:
+        self.uid = uid
+        self.since = 0.0  # intended send time of the request in flight, 0.0 when idle
+        self.timed_out = False
+        self.cancel_at = 0.0
+        self.exchange: Any = None
+        self.scope = anyio.CancelScope()
+
+
+@dataclass
+class _RunFigures:
+    """What a run measured besides the per-request records."""
+
+    rec: Recorder
+    book: ErrorBook
+    window: _Window
+    cpu: float
+    wall: float
+    dropped: list[float]
+    in_flight: list[tuple[float, int]]
+    profile: Profile | None
+
+
+#: After a timeout, how long the app may take to notice the disconnect before it is cancelled.
+_DISCONNECT_GRACE = 0.02
+
+
+class _AsgiEngine:
+    """Virtual users (closed model) or arrivals (open model) as tasks on the app's own loop."""
+
+    def __init__(self, plan: StormPlan, driver: AsgiDriver, *, users: int | None = None) -> None:
+        config = plan.config
+        self.plan = plan
+        self.config = config
+        self.driver = driver
+        self.mix = plan.mix
+        self.timeout = config.timeout_ms / 1000
+        self.rec = Recorder()
+        self.book = ErrorBook()
+        self.timeout_kind = self.book.kind(None, ErrorBook.TIMEOUT)
+        self.pick = plan.mix.picker()
+        self.think_rng = random.Random(config.seed)
+        self.open = config.rate is not None
+        self.profile = load_profile(config)
+        self.users = users or (0 if self.open else max(config.users, math.ceil(self.profile.peak)))
+        self.flights: set[_Flight] = set()
+        self.issued = 0
+        self.alive = 0
+        self.dropped: list[float] = []
+        self.in_flight: list[tuple[float, int]] = []
+        self.origin = 0.0
+        self.window: _Window | None = None
+        self.yield_now: Any = asyncio.sleep if _running_loop() is not None else _checkpoint
+        self.iterations: dict[int, int] = {}
+
+    # -- recording --------------------------------------------------------------------
 
     def record(
-        intended: float, latency: float, first: float, status: int, error: int, index: int
+        self, intended: float, latency: float, first: float, status: int, error: int, index: int
     ) -> None:
-        a_start(int((intended - origin) * 1e6))
-        a_lat(int(latency * 1e6))
-        a_ttfb(int((first - intended) * 1e6) if first else -1)
-        a_queue(-1)
-        a_status(status)
-        a_end(index)
-        a_err(error)
+        rec, origin = self.rec, self.origin
+        rec.start.append(int((intended - origin) * 1e6))
+        rec.latency.append(int(latency * 1e6))
+        rec.ttfb.append(int((first - intended) * 1e6) if first else -1)
+        rec.queue.append(-1)
+        rec.status.append(status)
+        rec.endpoint.append(index)
+        rec.error.append(error)
 
-    async def user(uid: int, intended: float) -> None:
-        scope = anyio.CancelScope()
-        scopes[uid] = scope
-        timed_out[uid] = False
+    def think(self) -> float:
+        config = self.config
+        if config.think is not None:
+            return float(config.think.sample(self.think_rng))
+        return config.think_ms / 1000
+
+    async def serve(self, flight: _Flight, intended: float, user: int) -> float:
+        """Send one request and record it; return when it completed."""
+        mix = self.mix
+        if mix.factory is None:
+            index = self.pick()
+            call = self.driver.call(index, flight)
+        else:
+            iteration = self.iterations.get(user, 0)
+            self.iterations[user] = iteration + 1
+            request = mix.build(user, iteration)
+            index = mix.intern(request.label)
+            call = self.driver.call_request(request, flight)
+        if perf_counter() - intended >= self.timeout:
+            # The client gave up before the loop let it send.
+            call.close()
+            self.record(intended, self.timeout, 0.0, STATUS_TIMEOUT, self.timeout_kind, index)
+            return intended + self.timeout
+        flight.since = intended
+        error = 0
         try:
-            with scope:
+            exchange = await call
+        except Exception as exc:
+            status, first, error = STATUS_EXCEPTION, 0.0, self.book.kind(exc)
+        else:
+            status, first = exchange.status, exchange.first_byte
+            if not status:
+                status, error = STATUS_EXCEPTION, self.book.kind(None, "NoResponse")
+        done = perf_counter()
+        flight.since = 0.0
+        if flight.timed_out:
+            return done  # the monitor counted it at its deadline
+        latency = done - intended
+        if latency >= self.timeout:
+            status, error, latency, first = STATUS_TIMEOUT, self.timeout_kind, self.timeout, 0.0
+        self.record(intended, latency, first, status, error, index)
+        return done
+
+    # -- closed model -------------------------------------------------------------------
+
+    async def user(self, uid: int, intended: float, flight: _Flight) -> None:
+        window = self.window
+        assert window is not None
+        stop_at, total, origin = window.stop_at, window.total, self.origin
+        profile = self.profile if self.profile.varies else None
+        try:
+            with flight.scope:
                 delay = intended - perf_counter()
                 if delay > 0:
                     await anyio.sleep(delay)
                 while intended < stop_at:
-                    await yield_now(0)
-                    if total is not None:
-                        if state["issued"] >= total:
+                    if profile is not None and profile.value(intended - origin) <= uid:
+                        # Fewer users wanted now: wait until the stages want this one again.
+                        later = profile.next_above(uid, intended - origin)
+                        if later is None or origin + later >= stop_at:
                             break
-                        state["issued"] += 1
-                    index = pick()
-                    if perf_counter() - intended >= timeout:
-                        # The client gave up before the loop let it send.
-                        record(intended, timeout, 0.0, STATUS_TIMEOUT, timeout_kind, index)
-                        intended += timeout + think
+                        intended = origin + later
+                        await anyio.sleep(max(0.0, intended - perf_counter()))
                         continue
-                    since[uid] = intended
-                    error = 0
-                    try:
-                        exchange = await call(index)
-                    except Exception as exc:
-                        status, first, error = STATUS_EXCEPTION, 0.0, kind(exc)
-                    else:
-                        status, first = exchange.status, exchange.first_byte
-                        if not status:
-                            status, error = STATUS_EXCEPTION, kind(None, "NoResponse")
-                    done = perf_counter()
-                    since[uid] = 0.0
-                    if timed_out[uid]:
+                    await self.yield_now(0)
+                    if total is not None:
+                        if self.issued >= total:
+                            break
+                        self.issued += 1
+                    done = await self.serve(flight, intended, uid)
+                    if flight.timed_out:
                         return
-                    latency = done - intended
-                    if latency >= timeout:
-                        status, error, latency, first = STATUS_TIMEOUT, timeout_kind, timeout, 0.0
-                    record(intended, latency, first, status, error, index)
-                    intended = done + think
-                    if think > 0:
-                        await anyio.sleep(think)
+                    pause = self.think()
+                    intended = done + pause
+                    if pause > 0:
+                        await anyio.sleep(max(0.0, intended - perf_counter()))
         finally:
-            state["alive"] -= 1
+            self.flights.discard(flight)
+            self.alive -= 1
 
-    def spawn(group: anyio.abc.TaskGroup, uid: int, intended: float) -> None:
-        state["alive"] += 1
-        group.start_soon(user, uid, intended)
+    def spawn_user(self, group: anyio.abc.TaskGroup, uid: int, intended: float) -> None:
+        flight = _Flight(uid)
+        self.flights.add(flight)
+        self.alive += 1
+        group.start_soon(self.user, uid, intended, flight)
 
-    async def monitor(group: anyio.abc.TaskGroup) -> None:
+    # -- open model ---------------------------------------------------------------------
+
+    async def connection(
+        self, first: float, flight: _Flight, idle: list[asyncio.Future[float | None]]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        intended: float | None = first
+        try:
+            with flight.scope:
+                while intended is not None:
+                    await self.serve(flight, intended, 0)
+                    if flight.timed_out:
+                        return
+                    waiter: asyncio.Future[float | None] = loop.create_future()
+                    idle.append(waiter)
+                    intended = await waiter
+        finally:
+            self.flights.discard(flight)
+            self.alive -= 1
+
+    async def arrivals(self, group: anyio.abc.TaskGroup) -> None:
+        window = self.window
+        assert window is not None
+        config = self.config
+        idle: list[asyncio.Future[float | None]] = []
+        end = window.stop_at - self.origin
+        rng = random.Random(config.seed)
+        schedule = self.profile.arrivals(end, poisson=config.arrivals == "poisson", rng=rng)
+        cap = config.max_in_flight
+        total = window.total
+        origin = self.origin
+        try:
+            for offset in schedule:
+                at = origin + offset
+                now = perf_counter()
+                if at > now:
+                    await anyio.sleep(at - now)
+                if total is not None:
+                    if self.issued >= total:
+                        break
+                    self.issued += 1
+                # Late arrivals keep their scheduled time: if the loop was blocked, the
+                # requests that should have arrived meanwhile are sent now but timed from
+                # their schedule (no coordinated omission).
+                while idle and idle[-1].done():  # cancelled connection
+                    idle.pop()
+                if idle:
+                    idle.pop().set_result(at)
+                elif len(self.flights) < cap:
+                    flight = _Flight()
+                    self.flights.add(flight)
+                    self.alive += 1
+                    group.start_soon(self.connection, at, flight, idle)
+                else:
+                    self.dropped.append(at)
+        finally:
+            for waiter in idle:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self.alive -= 1
+
+    # -- timeouts and sampling ----------------------------------------------------------
+
+    async def monitor(self, group: anyio.abc.TaskGroup) -> None:
+        timeout = self.timeout
         tick = min(0.05, timeout / 4)
-        while state["alive"] > 0:
+        think = self.config.think_ms / 1000
+        while self.alive > 0:
             await anyio.sleep(tick)
             now = perf_counter()
-            for uid in range(users):
-                started = since[uid]
-                if started and now - started >= timeout and not timed_out[uid]:
-                    # Cancel the user's request as a client would on its deadline; a fresh
-                    # user takes its place so the closed model keeps its population.
-                    timed_out[uid] = True
-                    since[uid] = 0.0
-                    record(started, timeout, 0.0, STATUS_TIMEOUT, timeout_kind, 0)
-                    scope = scopes[uid]
-                    if scope is not None:
-                        scope.cancel()
-                    spawn(group, uid, started + timeout + think)
+            busy = 0
+            for flight in list(self.flights):
+                started = flight.since
+                if started:
+                    busy += 1
+                if flight.timed_out:
+                    if flight.cancel_at and now >= flight.cancel_at:
+                        flight.cancel_at = 0.0
+                        flight.scope.cancel()
+                elif started and now - started >= timeout:
+                    # The client gives up at its deadline: the app is told (http.disconnect)
+                    # and, if it does not finish soon after, cancelled as a server would.
+                    flight.timed_out = True
+                    flight.since = 0.0
+                    flight.cancel_at = now + _DISCONNECT_GRACE
+                    self.record(started, timeout, 0.0, STATUS_TIMEOUT, self.timeout_kind, 0)
+                    if flight.exchange is not None:
+                        flight.exchange.disconnect()
+                    if not self.open:
+                        # A fresh user takes the place of the one that timed out, so the
+                        # closed model keeps its population.
+                        self.spawn_user(group, flight.uid, started + timeout + think)
+            self.in_flight.append((now, busy))
 
-    cpu_before = time.thread_time()
-    wall_before = perf_counter()
-    with anyio.move_on_after(max(0.0, window.deadline - perf_counter())) as hard:
-        async with anyio.create_task_group() as group:
-            for uid in range(users):
-                spawn(group, uid, origin + offsets[uid])
-            group.start_soon(monitor, group)
-    if hard.cancelled_caught:
-        for uid in range(users):
-            if since[uid]:
-                record(since[uid], timeout, 0.0, STATUS_TIMEOUT, timeout_kind, 0)
-    cpu = time.thread_time() - cpu_before
-    wall = perf_counter() - wall_before
-    return rec, book, window, cpu, wall
+    async def run(self) -> _RunFigures:
+        self.origin = origin = perf_counter() + 0.001
+        self.window = window = _window(self.config, origin, self.profile)
+        cpu_before = time.thread_time()
+        wall_before = perf_counter()
+        with anyio.move_on_after(max(0.0, window.deadline - perf_counter())) as hard:
+            async with anyio.create_task_group() as group:
+                if self.open:
+                    self.alive += 1
+                    group.start_soon(self.arrivals, group)
+                else:
+                    offsets = start_offsets(self.users, 0.0)
+                    for uid in range(self.users):
+                        first = self.profile.next_above(uid, 0.0) if self.profile.varies else 0.0
+                        if first is None:
+                            continue
+                        self.spawn_user(group, uid, origin + first + offsets[uid])
+                group.start_soon(self.monitor, group)
+        if hard.cancelled_caught:
+            for flight in self.flights:
+                if flight.since:
+                    self.record(
+                        flight.since, self.timeout, 0.0, STATUS_TIMEOUT, self.timeout_kind, 0
+                    )
+        cpu = time.thread_time() - cpu_before
+        wall = perf_counter() - wall_before
+        return _RunFigures(
+            self.rec, self.book, window, cpu, wall, self.dropped, self.in_flight, self.profile
+        )
+
+
+def load_profile(config: StormConfig) -> Profile:
+    """The target over time: users (closed model) or arrivals per second (open model)."""
+    base = config.rate if config.rate is not None else float(config.users)
+    if config.stages:
+        return Profile.stages(base, config.stages)
+    if config.ramp > 0:
+        return Profile.ramp(base, config.ramp)
+    return Profile.constant(base)
 
 
 async def _checkpoint(_: float) -> None:
@@ -350,8 +591,8 @@ async def harness_cost_us() -> float:
             _null_app, "GET", "/", layers=[Layer("calibration", {"users": 100, "requests": 5000})]
         )
         driver = AsgiDriver(_null_app, list(plan.requests), lifespan="off")
-        rec, *_rest, cpu, _wall = await _asgi_users(plan, driver)
-        _HARNESS_COST["asgi"] = cpu / max(1, len(rec)) * 1e6
+        figures = await _AsgiEngine(plan, driver).run()
+        _HARNESS_COST["asgi"] = figures.cpu / max(1, len(figures.rec)) * 1e6
     return _HARNESS_COST["asgi"]
 
 
@@ -377,24 +618,64 @@ def _run_wsgi(plan: StormPlan) -> StormResult:
     driver = WsgiDriver(plan.app, list(plan.requests))
     pool = WsgiPool(driver, workers=config.workers, threads=config.threads)
     book = ErrorBook()
+    profile = load_profile(config)
     origin = perf_counter() + 0.001
-    window = _window(config, origin)
-    offsets = start_offsets(config.users, config.ramp) if config.ramp > 0 else [0.0] * config.users
+    window = _window(config, origin, profile)
+    open_model = config.rate is not None
+    think_rng = random.Random(config.seed)
+    first_sends: list[float] = []
+    if not open_model:
+        for uid in range(max(config.users, math.ceil(profile.peak))):
+            first = profile.next_above(uid, 0.0) if profile.varies else 0.0
+            if first is not None:
+                first_sends.append(origin + first)
+
+    def think() -> float:
+        if config.think is not None:
+            return float(config.think.sample(think_rng))
+        return config.think_ms / 1000
+
+    def wanted(user: int, at: float) -> float | None:
+        later = profile.next_above(user, at - origin)
+        return None if later is None else origin + later
+
+    build = None
+    if plan.mix.factory is not None:
+        lock = threading.Lock()
+        mix = plan.mix
+
+        def build_request(user: int, iteration: int) -> tuple[int, Request]:
+            request = mix.build(user, iteration)
+            with lock:
+                return mix.intern(request.label), request
+
+        build = build_request
+    arrivals = None
+    if open_model:
+        end = window.stop_at - origin
+        rng = random.Random(config.seed)
+        arrivals = profile.arrivals(end, poisson=config.arrivals == "poisson", rng=rng)
     wall_before = perf_counter()
     run = pool.run(
         origin=origin,
-        first_sends=[origin + o for o in offsets],
+        first_sends=first_sends,
         pick=plan.mix.picker(),
         book=book,
         stop_at=None if math.isinf(window.stop_at) else window.stop_at,
         total=window.total,
-        think=config.think_ms / 1000,
+        think=think,
         timeout=config.timeout_ms / 1000,
         deadline=window.deadline,
+        arrivals=arrivals,
+        max_in_flight=config.max_in_flight,
+        wanted=wanted if profile.varies and not open_model else None,
+        build=build,
     )
     wall = perf_counter() - wall_before
-    rec = Recorder.merge(run.recorders)
-    result = _fold(plan, rec, book, window, server=pool.describe(), pool=pool)
+    figures = _RunFigures(
+        Recorder.merge(run.recorders), book, window, run.cpu_seconds, wall, run.dropped, [], profile
+    )
+    result = _fold(plan, figures, server=pool.describe(), pool=pool)
     result.loop_cpu_share = run.cpu_seconds / wall if wall > 0 else None
     if run.stuck_threads:
         raise StormError(
@@ -408,7 +689,6 @@ def _run_wsgi(plan: StormPlan) -> StormResult:
             f"the process used {result.loop_cpu_share:.0%} of a core during the storm: "
             "Python threads share one interpreter lock, so latency includes waiting for it"
         )
-    result.verdicts = evaluate(result, config.budgets)
     return result
 
 
@@ -416,15 +696,10 @@ def _run_wsgi(plan: StormPlan) -> StormResult:
 
 
 def _fold(
-    plan: StormPlan,
-    rec: Recorder,
-    book: ErrorBook,
-    window: _Window,
-    *,
-    server: str,
-    pool: WsgiPool | None,
+    plan: StormPlan, figures: _RunFigures, *, server: str, pool: WsgiPool | None
 ) -> StormResult:
     config = plan.config
+    rec, book, window = figures.rec, figures.book, figures.window
     n = len(rec)
     starts = rec.start
     lats = rec.latency
@@ -457,9 +732,11 @@ def _fold(
     status_counts: Counter[int] = Counter(statuses[i] for i in keep)
     timeouts = status_counts.pop(STATUS_TIMEOUT, 0)
     errors_idx = rec.error
-    failed = sum(
-        1 for i in keep if errors_idx[i] or statuses[i] >= 400 or statuses[i] == STATUS_TIMEOUT
-    )
+
+    def failed_at(i: int) -> bool:
+        return bool(errors_idx[i]) or statuses[i] >= 400 or statuses[i] == STATUS_TIMEOUT
+
+    failed = sum(1 for i in keep if failed_at(i))
     errors = book.summaries(errors_idx[i] for i in keep)
 
     # Throughput: completions inside the measurement window over its length, whenever
@@ -481,34 +758,39 @@ def _fold(
     throughput = completed / duration if duration > 0 else 0.0
 
     endpoints: dict[str, EndpointStats] = {}
-    if len(plan.requests) > 1:
+    labels = plan.mix.labels
+    if len(labels) > 1 or plan.mix.factory is not None:
         ends = rec.endpoint
-        for index, spec in enumerate(plan.requests):
-            chosen = [i for i in keep if ends[i] == index]
+        chosen_by: dict[int, list[int]] = {}
+        for i in keep:
+            chosen_by.setdefault(ends[i], []).append(i)
+        for index, label in enumerate(labels):
+            chosen = chosen_by.get(index, [])
             h = new_histogram()
             record_many(h, (lats[i] for i in chosen))
-            bad = sum(
-                1
-                for i in chosen
-                if errors_idx[i] or statuses[i] >= 400 or statuses[i] == STATUS_TIMEOUT
-            )
-            endpoints[spec.label] = EndpointStats(spec.label, len(chosen), bad, latency_stats(h))
-            histograms[f"latency:{spec.label}"] = h
+            bad = sum(1 for i in chosen if failed_at(i))
+            rps = len(chosen) / duration if duration > 0 else 0.0
+            endpoints[label] = EndpointStats(label, len(chosen), bad, latency_stats(h), rps)
+            histograms[f"latency:{label}"] = h
 
     busy_by_second: list[float] = []
     if pool is not None:
         pool_stats, busy_by_second = _pool_figures(rec, keep, window, pool, queue_stats, latency_h)
 
-    timeline = _timeline(rec, keep, window, busy_by_second)
-    spec0 = plan.requests[0]
-    return StormResult(
+    dropped = [t for t in figures.dropped if t >= window.measure_from]
+    profile = figures.profile
+    timeline = _timeline(rec, keep, window, busy_by_second, dropped, figures.in_flight, profile)
+    spec0 = plan.requests[0] if plan.requests else None
+    single = spec0 is not None and len(plan.requests) == 1
+    open_model = config.rate is not None
+    result = StormResult(
         label=plan.label,
         app=plan.app_name,
         interface=plan.interface.upper(),
         server=server,
-        method=spec0.method.upper() if len(plan.requests) == 1 else "MIX",
-        path=spec0.path if len(plan.requests) == 1 else "*",
-        users=config.users,
+        method=spec0.method.upper() if single and spec0 is not None else "MIX",
+        path=spec0.path if single and spec0 is not None else "*",
+        users=config.users if not open_model else max((b for _, b in figures.in_flight), default=0),
         requests=len(keep),
         duration=duration,
         throughput=throughput,
@@ -527,7 +809,25 @@ def _fold(
         params=config.workload(),
         budgets=dict(config.budgets),
         discarded=discarded,
+        model="open" if open_model else "closed",
+        rate=config.rate,
+        dropped=len(dropped),
     )
+    if profile is not None and profile.varies:
+        result.knee = _knee(timeline)
+    return result
+
+
+def _knee(timeline: list[TimelinePoint]) -> Knee | None:
+    """First second whose p99 is more than twice (and 10 ms above) the calm seconds' p99."""
+    calm = [p.p99 for p in timeline[:3] if p.requests]
+    if not calm or len(timeline) < 4:
+        return None
+    base = min(calm)
+    for point in timeline[3:]:
+        if point.requests and point.p99 > max(2 * base, base + 10):
+            return Knee(point.second, point.target, point.p99, base)
+    return None
 
 
 def _pool_figures(
@@ -603,7 +903,13 @@ def _spread(buckets: list[float], a: int, b: int, weight: int) -> None:
 
 
 def _timeline(
-    rec: Recorder, keep: list[int], window: _Window, busy: list[float]
+    rec: Recorder,
+    keep: list[int],
+    window: _Window,
+    busy: list[float],
+    dropped: list[float],
+    in_flight: list[tuple[float, int]],
+    profile: Profile | None,
 ) -> list[TimelinePoint]:
     starts, lats, statuses, errors = rec.start, rec.latency, rec.status, rec.error
     lo = int((window.measure_from - window.origin) * 1e6)
@@ -614,19 +920,31 @@ def _timeline(
         by_second.setdefault(second, []).append(lats[i])
         if errors[i] or statuses[i] >= 400 or statuses[i] == STATUS_TIMEOUT:
             bad[second] += 1
+    drops: Counter[int] = Counter(int(t - window.measure_from) for t in dropped)
+    flight_sum: Counter[int] = Counter()
+    flight_n: Counter[int] = Counter()
+    for at, count in in_flight:
+        second = int(at - window.measure_from)
+        if second >= 0:
+            flight_sum[second] += count
+            flight_n[second] += 1
+    offset = window.measure_from - window.origin
     points = []
-    for second in sorted(by_second):
-        values = sorted(by_second[second])
+    for second in sorted(set(by_second) | set(drops)):
+        values = sorted(by_second.get(second, []))
         count = len(values)
         points.append(
             TimelinePoint(
                 second=int(second),
                 requests=count,
                 errors=bad[second],
-                p50=values[int(0.5 * (count - 1))] / 1000,
-                p99=values[int(0.99 * (count - 1))] / 1000,
-                max=values[-1] / 1000,
+                p50=values[int(0.5 * (count - 1))] / 1000 if count else math.nan,
+                p99=values[int(0.99 * (count - 1))] / 1000 if count else math.nan,
+                max=values[-1] / 1000 if count else math.nan,
                 busy_workers=busy[second] if second < len(busy) else None,
+                target=profile.value(offset + second + 0.5) if profile is not None else None,
+                dropped=drops[second],
+                in_flight=flight_sum[second] / flight_n[second] if flight_n[second] else None,
             )
         )
     return points

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import bisect
+import itertools
+import math
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +14,7 @@ import httpx
 
 from ._errors import ConfigError
 
-__all__ = ["Request", "RequestMix", "build_mix", "split_requests", "start_offsets"]
+__all__ = ["Profile", "Request", "RequestMix", "build_mix", "split_requests", "start_offsets"]
 
 _BASE_URL = "http://testserver"
 
@@ -75,19 +77,50 @@ class Request:
         )
 
 
+RequestFactory = Callable[[int, int], Request]
+
+
 @dataclass
 class RequestMix:
-    """Weighted choice among request specs, seeded; O(log n) per pick, free for a single spec."""
+    """Weighted choice among request specs, seeded; O(log n) per pick, free for a single spec.
+
+    With a *factory*, each request is built by ``factory(user_index, iteration)`` instead
+    (unique ids, templated bodies), and endpoints are named by the labels it returns.
+    """
 
     requests: Sequence[Request]
     seed: int | None = None
+    factory: RequestFactory | None = None
+    labels: list[str] = field(default_factory=list, init=False)
     _cumulative: list[float] = field(default_factory=list, init=False)
+    _index: dict[str, int] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         total = 0.0
         for request in self.requests:
             total += float(request.weight)
             self._cumulative.append(total)
+            self.labels.append(request.label)
+
+    def intern(self, label: str) -> int:
+        """Endpoint index of a label produced by the factory."""
+        index = self._index.get(label)
+        if index is None:
+            index = self._index[label] = len(self.labels)
+            self.labels.append(label)
+        return index
+
+    def build(self, user: int, iteration: int) -> Request:
+        """Call the factory, checking what it returns."""
+        if self.factory is None:  # pragma: no cover - guarded by callers
+            raise RuntimeError("not a templated mix")
+        request = self.factory(user, iteration)
+        if not isinstance(request, Request):
+            raise ConfigError(
+                f"requests={self.factory!r} returned {request!r} for user {user}, iteration "
+                f"{iteration}; it must return a pytest_concurrency.Request"
+            )
+        return request
 
     def picker(self) -> Callable[[], int]:
         """Return a function that picks the index of the next request (one per user or thread)."""
@@ -119,11 +152,19 @@ def split_requests(
 def build_mix(
     method: str | None,
     path: str | None,
-    requests: Sequence[Request] | None,
+    requests: Sequence[Request] | RequestFactory | None,
     request_options: Mapping[str, Any],
     seed: int | None,
 ) -> RequestMix:
     """Validate the storm's request arguments and return its mix."""
+    if callable(requests):
+        if method is not None or path is not None:
+            raise ConfigError(
+                "requests=<factory> (from keyword argument) replaces method and path: pass one or the other"
+            )
+        mix = RequestMix([], seed, factory=requests)
+        mix.build(0, 0).validate("requests=<factory>(0, 0)")
+        return mix
     if requests is not None:
         if method is not None or path is not None:
             raise ConfigError(
@@ -158,3 +199,111 @@ def start_offsets(users: int, ramp: float) -> list[float]:
         return [0.0] * users
     step = window / users
     return [i * step for i in range(users)]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Target load over time (users or arrivals per second), piecewise linear.
+
+    ``points`` are ``(seconds, value)`` knots from 0 upwards; the value holds after the
+    last knot. Used for ramps, k6-style stages and the open model's arrival schedule.
+    """
+
+    points: tuple[tuple[float, float], ...]
+
+    @classmethod
+    def constant(cls, value: float) -> Profile:
+        """The same target all the time."""
+        return cls(((0.0, float(value)),))
+
+    @classmethod
+    def ramp(cls, value: float, seconds: float) -> Profile:
+        """From 0 to *value* over *seconds*, then steady."""
+        if seconds <= 0:
+            return cls.constant(value)
+        return cls(((0.0, 0.0), (seconds, float(value))))
+
+    @classmethod
+    def stages(cls, start: float, stages: Sequence[tuple[float, float]]) -> Profile:
+        """k6 stages: from *start*, reach each ``target`` linearly over its ``seconds``."""
+        points = [(0.0, float(start))]
+        t = 0.0
+        for seconds, target in stages:
+            t += float(seconds)
+            points.append((t, float(target)))
+        return cls(tuple(points))
+
+    @property
+    def end(self) -> float:
+        """Time of the last knot."""
+        return self.points[-1][0]
+
+    @property
+    def peak(self) -> float:
+        """Largest target."""
+        return max(v for _, v in self.points)
+
+    @property
+    def varies(self) -> bool:
+        """True when the target changes over time."""
+        return len({v for _, v in self.points}) > 1
+
+    def value(self, t: float) -> float:
+        """Target at *t* seconds."""
+        points = self.points
+        if t <= points[0][0]:
+            return points[0][1]
+        for (t0, v0), (t1, v1) in itertools.pairwise(points):
+            if t < t1:
+                return v0 + (v1 - v0) * (t - t0) / (t1 - t0) if t1 > t0 else v1
+        return points[-1][1]
+
+    def next_above(self, level: float, t: float) -> float | None:
+        """Earliest time from *t* on at which the target exceeds *level*, or None."""
+        if self.value(t) > level:
+            return t
+        points = self.points
+        for (t0, v0), (t1, v1) in itertools.pairwise(points):
+            if t1 <= t or v1 <= level:
+                continue
+            # Rising through level on [t0, t1]: solve v(x) = level, step just past it.
+            start = max(t, t0)
+            if v1 == v0:
+                return start
+            x = t0 + (level - v0) * (t1 - t0) / (v1 - v0)
+            return max(start, x + 1e-9)
+        return None
+
+    def arrivals(self, end: float, *, poisson: bool, rng: random.Random) -> Iterator[float]:
+        """Arrival times in ``[0, end)`` for an arrival rate following this profile.
+
+        Arrivals are placed where the integrated rate crosses 0, 1, 2, … (constant
+        spacing) or the points of a unit-rate Poisson process (time rescaling), so the
+        same code serves steady, ramping and random arrivals.
+        """
+        target = 0.0 if not poisson else rng.expovariate(1.0)
+        knots = [*self.points, (math.inf, self.points[-1][1])]
+        area = 0.0  # integrated rate at the start of the segment
+        for (t0, v0), (t1, v1) in itertools.pairwise(knots):
+            if t0 >= end:
+                return
+            width = t1 - t0
+            slope = (v1 - v0) / width if math.isfinite(width) and width > 0 else 0.0
+            seg_end = min(t1, end)
+            seg_area = v0 * (seg_end - t0) + 0.5 * slope * (seg_end - t0) ** 2
+            while target <= area + seg_area:
+                need = target - area
+                if slope == 0.0:
+                    if v0 <= 0:
+                        break
+                    d = need / v0
+                else:
+                    d = (-v0 + math.sqrt(max(0.0, v0 * v0 + 2 * slope * need))) / slope
+                at = t0 + d
+                if at >= end:
+                    return
+                yield at
+                target += rng.expovariate(1.0) if poisson else 1.0
+            area += seg_area
+            if seg_end >= end:
+                return

@@ -15,7 +15,7 @@ import io
 import itertools
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from queue import SimpleQueue
 from time import perf_counter, process_time, sleep
@@ -92,7 +92,15 @@ class WsgiDriver:
 
     def call(self, index: int) -> tuple[int, float]:
         """Run request spec *index*; return (status, time of the first body byte)."""
-        template, body = self._templates[index]
+        return self.call_prepared(self._templates[index])
+
+    def call_request(self, request: Request) -> tuple[int, float]:
+        """Run a request built on the fly (templated requests pay for encoding it)."""
+        return self.call_prepared(build_environ(request.to_httpx()))
+
+    def call_prepared(self, prepared: tuple[dict[str, Any], bytes]) -> tuple[int, float]:
+        """Run a prepared (environ template, body) request."""
+        template, body = prepared
         environ = template.copy()
         environ["wsgi.input"] = io.BytesIO(body)
         start_response = _StartResponse()
@@ -118,6 +126,7 @@ class PoolRun:
     recorders: list[Recorder]
     stuck_threads: list[str] = field(default_factory=list)
     cpu_seconds: float = 0.0
+    dropped: list[float] = field(default_factory=list)
 
 
 class WsgiPool:
@@ -144,15 +153,23 @@ class WsgiPool:
         book: ErrorBook,
         stop_at: float | None,
         total: int | None,
-        think: float,
+        think: Callable[[], float],
         timeout: float,
         deadline: float,
+        arrivals: Iterator[float] | None = None,
+        max_in_flight: int = sys.maxsize,
+        wanted: Callable[[int, float], float | None] | None = None,
+        build: Callable[[int, int], tuple[int, Request]] | None = None,
     ) -> PoolRun:
         """Serve users until *stop_at* (or *total* requests); join every thread before returning.
 
-        Times are ``perf_counter()`` values; *first_sends* holds each user's first
-        intended send time. Think time and staggered starts go through one timer
-        thread; with neither, threads hand users straight back to the backlog.
+        Times are ``perf_counter()`` values. Closed model: *first_sends* holds each
+        user's first intended send time; think time, ramps and stages go through one
+        timer thread, and without them threads hand users straight back to the backlog.
+        Open model: *arrivals* (seconds after *origin*) are put in the backlog on
+        schedule by a dispatcher thread; beyond *max_in_flight* they are dropped.
+        *wanted(user, t)* returns when a user is wanted again by the stages (None: never);
+        *build(user, iteration)* makes templated requests.
         """
         backlog: SimpleQueue[tuple[float, int] | None] = SimpleQueue()
         issued = itertools.count()
@@ -168,6 +185,9 @@ class WsgiPool:
         # One counter per thread (no lock): a user retires when its next send would fall
         # after the end of the storm; the run is over when every user has retired.
         retired = [0] * (self.size + 1)
+        dropped: list[float] = []
+        dispatched = [0, 0]  # arrivals put in the backlog; 1 once the dispatcher is done
+        iterations: dict[int, int] = {}
 
         def later(when: float, user: int) -> None:
             with timer_cv:
@@ -191,29 +211,59 @@ class WsgiPool:
                     else:
                         backlog.put((when, user))
 
+        def dispatcher_main(schedule: Iterator[float]) -> None:
+            try:
+                for offset in schedule:
+                    at = origin + offset
+                    wait = at - perf_counter()
+                    if wait > 0 and stop.wait(wait):
+                        return
+                    if dispatched[0] >= limit:
+                        return
+                    # In flight: put in the backlog and not yet completed.
+                    if dispatched[0] - sum(done_count) >= max_in_flight:
+                        dropped.append(at)
+                        continue
+                    dispatched[0] += 1
+                    backlog.put((at, -1))
+            finally:
+                dispatched[1] = 1
+
         def worker_main(slot: int) -> None:
             rec = recorders[slot]
             a_start, a_lat, a_ttfb = rec.start.append, rec.latency.append, rec.ttfb.append
             a_queue, a_status = rec.queue.append, rec.status.append
             a_end, a_err = rec.endpoint.append, rec.error.append
-            limited = total is not None
-            stopped = False
+            limited = total is not None and arrivals is None
             while True:
                 item = backlog.get()
                 if item is None:
                     return
-                stopped = stop.is_set()
                 intended, user = item
                 picked = perf_counter()
                 # Requests meant to be sent before the end are still served (the backlog
                 # drains, as a real server's would); later ones are not sent.
-                if intended >= end or stopped or (limited and next(issued) >= limit):
+                if intended >= end or stop.is_set() or (limited and next(issued) >= limit):
                     retired[slot] += 1
                     continue
-                index = pick()
+                if wanted is not None and user >= 0:
+                    again = wanted(user, intended)
+                    if again is None:
+                        retired[slot] += 1
+                        continue
+                    if again > intended:
+                        later(again, user)
+                        continue
                 error = 0
                 try:
-                    status, first_byte = call(index)
+                    if build is None:
+                        index = pick()
+                        status, first_byte = call(index)
+                    else:
+                        iteration = iterations.get(user, 0)
+                        iterations[user] = iteration + 1
+                        index, request = build(user, iteration)
+                        status, first_byte = self.driver.call_request(request)
                 except Exception as exc:
                     status, first_byte, error = STATUS_EXCEPTION, 0.0, book.kind(exc)
                 finished = perf_counter()
@@ -229,14 +279,27 @@ class WsgiPool:
                 a_end(index)
                 a_err(error)
                 done_count[slot] += 1
-                if finished + think >= end or stopped:
+                if user < 0:
+                    continue
+                pause = think()
+                if finished + pause >= end or stop.is_set():
                     retired[slot] += 1
-                elif think > 0:
-                    later(finished + think, user)
+                elif pause > 0:
+                    later(finished + pause, user)
                 else:
                     backlog.put((finished, user))
 
         timer = threading.Thread(target=timer_main, name="storm-wsgi-timer", daemon=True)
+        helpers = [timer]
+        if arrivals is not None:
+            helpers.append(
+                threading.Thread(
+                    target=dispatcher_main,
+                    args=(arrivals,),
+                    name="storm-wsgi-arrivals",
+                    daemon=True,
+                )
+            )
         workers = [
             threading.Thread(
                 target=worker_main, args=(slot,), name=f"storm-wsgi-{slot}", daemon=True
@@ -244,8 +307,7 @@ class WsgiPool:
             for slot in range(self.size)
         ]
         cpu_before = process_time()
-        timer.start()
-        for thread in workers:
+        for thread in [*helpers, *workers]:
             thread.start()
         now = perf_counter()
         for user, when in enumerate(first_sends):
@@ -256,7 +318,10 @@ class WsgiPool:
         users = len(first_sends)
         try:
             while perf_counter() < deadline:
-                if sum(retired) >= users:
+                if arrivals is not None:
+                    if dispatched[1] and sum(done_count) >= dispatched[0]:
+                        break
+                elif sum(retired) >= users:
                     break
                 if total is not None and sum(done_count) >= total:
                     break
@@ -268,8 +333,8 @@ class WsgiPool:
             with timer_cv:
                 timer_cv.notify_all()
             stuck: list[str] = []
-            for thread in [*workers, timer]:
+            for thread in [*workers, *helpers]:
                 thread.join(max(1.0, deadline - perf_counter()))
                 if thread.is_alive():
                     stuck.append(thread.name)
-        return PoolRun(recorders, stuck, process_time() - cpu_before)
+        return PoolRun(recorders, stuck, process_time() - cpu_before, dropped)
