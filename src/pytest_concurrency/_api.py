@@ -11,7 +11,7 @@ from ._errors import BudgetExceeded, ConcurrencyWarning
 from ._params import Layer
 from ._result import StormResult
 from ._storm import StormPlan, plan_storm, run_plan, run_plan_async
-from ._workload import Request, split_requests
+from ._workload import Request, RequestFactory, split_requests
 
 __all__ = ["arun_storm", "check_budgets", "run_storm", "warn_about"]
 
@@ -33,7 +33,7 @@ def _plan(
     app: Any,
     method: str | None,
     path: str | None,
-    requests: int | Sequence[Request] | None,
+    requests: int | Sequence[Request] | RequestFactory | None,
     params: dict[str, Any],
 ) -> StormPlan:
     mix, params = split_requests(requests, params)
@@ -45,7 +45,7 @@ def run_storm(
     method: str | None = None,
     path: str | None = None,
     *,
-    requests: int | Sequence[Request] | None = None,
+    requests: int | Sequence[Request] | RequestFactory | None = None,
     check: bool = True,
     **params: Any,
 ) -> StormResult:
@@ -62,7 +62,7 @@ async def arun_storm(
     method: str | None = None,
     path: str | None = None,
     *,
-    requests: int | Sequence[Request] | None = None,
+    requests: int | Sequence[Request] | RequestFactory | None = None,
     check: bool = True,
     **params: Any,
 ) -> StormResult:

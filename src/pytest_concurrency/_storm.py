@@ -36,6 +36,7 @@ from ._metrics import (
     STATUS_TIMEOUT,
     ErrorBook,
     LatencyStats,
+    Moments,
     Recorder,
     latency_stats,
     new_histogram,
@@ -43,7 +44,7 @@ from ._metrics import (
 )
 from ._params import Layer, StormConfig, resolve
 from ._result import EndpointStats, Knee, PoolStats, StormResult, TimelinePoint
-from ._workload import Profile, Request, RequestMix, build_mix, start_offsets
+from ._workload import Profile, Request, RequestFactory, RequestMix, build_mix, start_offsets
 from ._wsgi import WsgiDriver, WsgiPool
 
 __all__ = ["StormPlan", "plan_storm", "run_plan", "run_plan_async"]
@@ -76,7 +77,7 @@ def plan_storm(
     method: str | None = None,
     path: str | None = None,
     *,
-    requests: Sequence[Request] | None = None,
+    requests: Sequence[Request] | RequestFactory | None = None,
     layers: Sequence[Layer] = (),
 ) -> StormPlan:
     """Validate everything about a storm before any load is fired."""
@@ -88,7 +89,9 @@ def plan_storm(
         interface: Interface = "asgi" if config.interface == "asgi" else "wsgi"
     else:
         interface = detect_interface(app)
-    if len(mix.requests) == 1:
+    if mix.factory is not None:
+        label = f"templated requests ({mix.labels[0] if mix.labels else '?'} …)"
+    elif len(mix.requests) == 1:
         label = mix.requests[0].label
     else:
         label = f"mix of {len(mix.requests)} requests"
@@ -332,6 +335,7 @@ class _AsgiEngine:
         self.window: _Window | None = None
         self.yield_now: Any = asyncio.sleep if _running_loop() is not None else _checkpoint
         self.iterations: dict[int, int] = {}
+        self.arrivals_done = False
 
     # -- recording --------------------------------------------------------------------
 
@@ -444,7 +448,7 @@ class _AsgiEngine:
             with flight.scope:
                 while intended is not None:
                     await self.serve(flight, intended, 0)
-                    if flight.timed_out:
+                    if flight.timed_out or self.arrivals_done:
                         return
                     waiter: asyncio.Future[float | None] = loop.create_future()
                     idle.append(waiter)
@@ -489,6 +493,8 @@ class _AsgiEngine:
                 else:
                     self.dropped.append(at)
         finally:
+            # Connections still busy will see the flag; idle ones are woken to leave.
+            self.arrivals_done = True
             for waiter in idle:
                 if not waiter.done():
                     waiter.set_result(None)
@@ -711,9 +717,9 @@ def _fold(
     discarded = n - len(keep)
 
     latency_h, ttfb_h, queue_h, service_h = (new_histogram() for _ in range(4))
-    record_many(latency_h, (lats[i] for i in keep))
+    latency_m = record_many(latency_h, (lats[i] for i in keep))
     ttfbs = rec.ttfb
-    record_many(ttfb_h, (ttfbs[i] for i in keep if ttfbs[i] >= 0))
+    ttfb_m = record_many(ttfb_h, (ttfbs[i] for i in keep if ttfbs[i] >= 0))
     histograms = {"latency": latency_h, "ttfb": ttfb_h}
     queue_stats: LatencyStats | None = None
     service_stats: LatencyStats | None = None
@@ -722,12 +728,12 @@ def _fold(
     statuses = rec.status
     if pool is not None:
         served = [i for i in keep if statuses[i] != STATUS_TIMEOUT]
-        record_many(queue_h, (queues[i] for i in keep))
-        record_many(service_h, (lats[i] - queues[i] for i in served))
+        queue_m = record_many(queue_h, (queues[i] for i in keep))
+        service_m = record_many(service_h, (lats[i] - queues[i] for i in served))
         histograms["queue_wait"] = queue_h
         histograms["service_time"] = service_h
-        queue_stats = latency_stats(queue_h)
-        service_stats = latency_stats(service_h)
+        queue_stats = latency_stats(queue_h, queue_m)
+        service_stats = latency_stats(service_h, service_m)
 
     status_counts: Counter[int] = Counter(statuses[i] for i in keep)
     timeouts = status_counts.pop(STATUS_TIMEOUT, 0)
@@ -767,15 +773,17 @@ def _fold(
         for index, label in enumerate(labels):
             chosen = chosen_by.get(index, [])
             h = new_histogram()
-            record_many(h, (lats[i] for i in chosen))
+            moments = record_many(h, (lats[i] for i in chosen))
             bad = sum(1 for i in chosen if failed_at(i))
             rps = len(chosen) / duration if duration > 0 else 0.0
-            endpoints[label] = EndpointStats(label, len(chosen), bad, latency_stats(h), rps)
+            endpoints[label] = EndpointStats(
+                label, len(chosen), bad, latency_stats(h, moments), rps
+            )
             histograms[f"latency:{label}"] = h
 
     busy_by_second: list[float] = []
     if pool is not None:
-        pool_stats, busy_by_second = _pool_figures(rec, keep, window, pool, queue_stats, latency_h)
+        pool_stats, busy_by_second = _pool_figures(rec, keep, window, pool, queue_stats, latency_m)
 
     dropped = [t for t in figures.dropped if t >= window.measure_from]
     profile = figures.profile
@@ -794,8 +802,8 @@ def _fold(
         requests=len(keep),
         duration=duration,
         throughput=throughput,
-        latency=latency_stats(latency_h),
-        ttfb=latency_stats(ttfb_h),
+        latency=latency_stats(latency_h, latency_m),
+        ttfb=latency_stats(ttfb_h, ttfb_m),
         queue_wait=queue_stats,
         service_time=service_stats,
         status_counts=status_counts,
@@ -836,7 +844,7 @@ def _pool_figures(
     window: _Window,
     pool: WsgiPool,
     queue_stats: LatencyStats | None,
-    latency_h: Any,
+    latency_m: Moments,
 ) -> tuple[PoolStats, list[float]]:
     """Saturation (share of the window with every worker busy) and busy workers per second."""
     starts, lats, queues, statuses = rec.start, rec.latency, rec.queue, rec.status
@@ -878,7 +886,7 @@ def _pool_figures(
         busy += d_busy
         waiting += d_waiting
     mean_queue = queue_stats.mean if queue_stats is not None else math.nan
-    mean_latency = latency_h.get_mean_value() / 1000 if latency_h.get_total_count() else math.nan
+    mean_latency = latency_m.mean / 1000
     share = mean_queue / mean_latency if mean_latency and not math.isnan(mean_latency) else math.nan
     stats = PoolStats(
         description=pool.describe(),

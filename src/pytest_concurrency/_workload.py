@@ -79,6 +79,10 @@ class Request:
 
 RequestFactory = Callable[[int, int], Request]
 
+#: Distinct endpoints a templated mix reports separately; give requests a ``name`` to group them.
+MAX_ENDPOINTS = 50
+OTHER_ENDPOINT = "(other)"
+
 
 @dataclass
 class RequestMix:
@@ -103,9 +107,15 @@ class RequestMix:
             self.labels.append(request.label)
 
     def intern(self, label: str) -> int:
-        """Endpoint index of a label produced by the factory."""
+        """Endpoint index of a label produced by the factory.
+
+        Past :data:`MAX_ENDPOINTS` distinct labels (a factory that puts ids in paths
+        without naming its requests), the rest are counted together as ``(other)``.
+        """
         index = self._index.get(label)
         if index is None:
+            if len(self.labels) >= MAX_ENDPOINTS and label != OTHER_ENDPOINT:
+                return self.intern(OTHER_ENDPOINT)
             index = self._index[label] = len(self.labels)
             self.labels.append(label)
         return index
@@ -124,7 +134,7 @@ class RequestMix:
 
     def picker(self) -> Callable[[], int]:
         """Return a function that picks the index of the next request (one per user or thread)."""
-        if len(self.requests) == 1:
+        if len(self.requests) <= 1:
             return lambda: 0
         rng = random.Random(self.seed)
         cumulative = self._cumulative
@@ -139,12 +149,13 @@ class RequestMix:
 
 
 def split_requests(
-    requests: int | Sequence[Request] | None, params: Mapping[str, Any]
-) -> tuple[Sequence[Request] | None, dict[str, Any]]:
-    """``requests=`` is either a stop condition (a count) or a request mix (a list of specs)."""
-    if requests is None or (
-        isinstance(requests, Sequence) and not isinstance(requests, str | bytes)
-    ):
+    requests: Any, params: Mapping[str, Any]
+) -> tuple[Sequence[Request] | RequestFactory | None, dict[str, Any]]:
+    """``requests=`` is a stop condition (a count), a request mix (a list of specs) or a
+    factory ``(user_index, iteration) -> Request``."""
+    if requests is None or callable(requests):
+        return requests, dict(params)
+    if isinstance(requests, Sequence) and not isinstance(requests, str | bytes):
         return requests, dict(params)
     return None, {**params, "requests": requests}
 

@@ -19,7 +19,7 @@ from ._params import BUDGET_NAMES, WORKLOAD_NAMES, Layer, check_names, resolve
 from ._result import StormResult
 from ._session import STORMS_KEY, SessionStorms
 from ._storm import plan_storm, run_plan, run_plan_async
-from ._workload import Request, split_requests
+from ._workload import Request, RequestFactory, split_requests
 
 __all__ = ["StormFixture"]
 
@@ -130,7 +130,7 @@ class StormFixture:
         app: Any,
         method: str | None,
         path: str | None,
-        requests: int | Sequence[Request] | None,
+        requests: int | Sequence[Request] | RequestFactory | None,
         params: dict[str, Any],
     ) -> Any:
         mix, params = split_requests(requests, params)
@@ -147,7 +147,7 @@ class StormFixture:
         method: str | None = None,
         path: str | None = None,
         *,
-        requests: int | Sequence[Request] | None = None,
+        requests: int | Sequence[Request] | RequestFactory | None = None,
         **params: Any,
     ) -> StormResult:
         """Fire a storm at *app*; budgets from the marker and *params* are enforced on return."""
@@ -161,7 +161,7 @@ class StormFixture:
         method: str | None = None,
         path: str | None = None,
         *,
-        requests: int | Sequence[Request] | None = None,
+        requests: int | Sequence[Request] | RequestFactory | None = None,
         **params: Any,
     ) -> StormResult:
         """Async form of the fixture, for async tests (``await storm.arun(app, "GET", "/")``)."""
