@@ -7,7 +7,10 @@ timer overshoot of about 2 ms for a thousand concurrent sleeps).
 
 from __future__ import annotations
 
+import random
+import time
 import warnings
+from typing import Any
 
 import pytest
 
@@ -73,3 +76,68 @@ def test_async_handler_serves_hundreds_of_waiting_users() -> None:
     else:
         assert result.harness_share is not None
     assert result.failed == 0
+
+
+def test_open_model_shows_the_queue_a_closed_model_hides() -> None:
+    # 4 workers × 50 ms serve 80 rps. Arrivals at 160 rps pile up: the request arriving at
+    # time a completes when the 160·a requests before it are served, at 2a, so its latency
+    # is ≈ a and the p50 of requests completing in second c grows like c / 2.
+    app = wsgi_sleep(SERVICE)
+    opened = run_storm(app, "GET", "/io", rate=160, workers=4, duration=3.0, check=False)
+    assert opened.throughput == pytest.approx(80, rel=0.15)
+    assert opened.latency.p99 > 2000
+    early = [p.p50 for p in opened.timeline[:2]]
+    late = [p.p50 for p in opened.timeline[-2:]]
+    assert min(late) > max(early) + 1000  # the queue grew over the run
+    # The same server under 4 closed users (one per worker) looks perfectly healthy.
+    closed = run_storm(app, "GET", "/io", users=4, workers=4, duration=2.0)
+    assert closed.latency.p99 < 100
+    assert closed.throughput == pytest.approx(80, rel=0.15)
+
+
+def test_open_model_below_capacity_does_not_queue() -> None:
+    result = run_storm(wsgi_sleep(SERVICE), "GET", "/io", rate=40, workers=4, duration=3.0)
+    assert result.dropped == 0
+    assert result.latency.p50 == pytest.approx(50, abs=5)
+    assert result.latency.p99 < 50 + 30
+    assert result.throughput == pytest.approx(40, rel=0.1)
+
+
+def test_poisson_arrivals_on_one_worker_follow_queueing_theory() -> None:
+    # M/M/1 at ρ = 0.5: service exponential with mean 2 ms, Poisson arrivals at 250/s.
+    # Pollaczek–Khinchine with the *measured* service moments (sleep overshoot included):
+    # W = E[S] + λ·E[S²] / (2·(1 − λ·E[S])). Over 10 s the busy-period correlation time is
+    # about 1 / (μ(1 − √ρ)²) ≈ 23 ms, so ≈ 200 independent stretches: a standard error of
+    # ≈ 7 % on the mean; 20 % is about three of them.
+    rng = random.Random(11)
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        time.sleep(rng.expovariate(500))
+        start_response("200 OK", [])
+        return [b""]
+
+    result = run_storm(
+        app, "GET", "/", rate=250, arrivals="poisson", workers=1, duration=10.0, seed=5
+    )
+    assert result.service_time is not None
+    lam = result.requests / result.duration / 1000  # per ms
+    es = result.service_time.mean
+    es2 = result.service_time.stdev**2 + es**2
+    rho = lam * es
+    assert 0.4 < rho < 0.6
+    expected = es + lam * es2 / (2 * (1 - rho))
+    assert result.latency.mean == pytest.approx(expected, rel=0.2)
+
+
+def test_stages_show_the_knee_of_a_saturating_app() -> None:
+    # 4 workers × 10 ms serve 400 rps: up to 4 users nobody waits; from then on every extra
+    # user adds 2.5 ms. Calm at 2 users for 3 s, then users ramp to 100 over 3 s; p99
+    # doubles (20 ms) around 8 users.
+    result = run_storm(
+        wsgi_sleep(0.01), "GET", "/", users=2, stages=[(3, 2), (3, 100)], workers=4, check=False
+    )
+    assert result.knee is not None
+    assert result.knee.target is not None
+    assert 4 <= result.knee.target <= 60
+    assert any(w.startswith("knee: p99 broke at") for w in result.warnings)
+    assert [p.target for p in result.timeline[:3]] == [2, 2, 2]
