@@ -1,21 +1,39 @@
-"""The example API in FastAPI: async I/O, a sync endpoint on the thread pool, the mistake."""
+"""The example API in FastAPI: async I/O, a sync endpoint on the thread pool, the mistake,
+and an LLM endpoint that forwards to a model server with httpx (answered by `upstream`)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
 import anyio
-from fastapi import FastAPI
+import httpx
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 IO_SECONDS = 0.05
+MODEL_URL = "http://model-server/generate"
+STREAM_URL = "http://model-server/stream"
 
 app = FastAPI()
+# One client for the app's lifetime, as the httpx docs recommend.
+model_client = httpx.AsyncClient(timeout=30.0)
 
 
 class Item(BaseModel):
     id: int
     name: str
+
+
+class Prompt(BaseModel):
+    prompt: str
+    max_tokens: int = 64
+
+
+class Completion(BaseModel):
+    text: str
+    tokens: int
 
 
 @app.get("/io")
@@ -44,3 +62,21 @@ async def cpu() -> dict[str, int]:
 @app.get("/items/{item_id}")
 async def read_item(item_id: int) -> Item:
     return Item(id=item_id, name="widget")
+
+
+@app.post("/llm")
+async def llm(prompt: Prompt) -> Completion:
+    response = await model_client.post(MODEL_URL, json=prompt.model_dump())
+    if response.status_code != 200:
+        raise HTTPException(status_code=502, detail="model server error")
+    return Completion.model_validate(response.json())
+
+
+@app.post("/stream")
+async def stream(prompt: Prompt) -> StreamingResponse:
+    async def tokens() -> AsyncIterator[bytes]:
+        async with model_client.stream("POST", STREAM_URL, json=prompt.model_dump()) as upstream:
+            async for chunk in upstream.aiter_text():
+                yield f"data: {chunk}\n\n".encode()
+
+    return StreamingResponse(tokens(), media_type="text/event-stream")

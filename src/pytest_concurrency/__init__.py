@@ -6,8 +6,23 @@ Import package ``pytest_concurrency``; the pytest plugin is ``pytest_concurrency
 
 from ._api import arun_storm, run_storm
 from ._errors import BudgetExceeded, ConcurrencyWarning, ConfigError, StormError
+from ._latency import (
+    Latency,
+    Route,
+    UndeclaredUpstreamError,
+    Upstream,
+    blocking_io,
+    constant,
+    empirical,
+    exponential,
+    lognormal,
+    normal,
+    simulated_io,
+    uniform,
+    with_latency,
+)
 from ._metrics import ErrorSummary, LatencyStats
-from ._result import EndpointStats, PoolStats, StormResult, TimelinePoint, Verdict
+from ._result import EndpointStats, Knee, PoolStats, StormResult, TimelinePoint, Verdict
 from ._version import __version__
 from ._workload import Request
 
@@ -17,14 +32,28 @@ __all__ = [
     "ConfigError",
     "EndpointStats",
     "ErrorSummary",
+    "Knee",
+    "Latency",
     "LatencyStats",
     "PoolStats",
     "Request",
+    "Route",
     "StormError",
     "StormResult",
     "TimelinePoint",
+    "UndeclaredUpstreamError",
+    "Upstream",
     "Verdict",
     "__version__",
     "arun_storm",
+    "blocking_io",
+    "constant",
+    "empirical",
+    "exponential",
+    "lognormal",
+    "normal",
     "run_storm",
+    "simulated_io",
+    "uniform",
+    "with_latency",
 ]

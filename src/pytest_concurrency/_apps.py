@@ -73,6 +73,9 @@ def as_asgi3(app: Any) -> Any:
 
 def app_label(app: Any) -> str:
     """A short human name for *app*: ``module:name`` where it can be found."""
+    wrapped = getattr(app, "__wrapped__", None)
+    if wrapped is not None and wrapped is not app:
+        return f"{app_label(wrapped)} (wrapped by {type(app).__name__})"
     if inspect.isfunction(app) or inspect.isclass(app) or inspect.ismethod(app):
         return f"{app.__module__}:{app.__qualname__}"
     cls = type(app)

@@ -18,7 +18,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from time import perf_counter
@@ -31,6 +31,8 @@ from ._apps import Interface, app_label, detect_interface
 from ._asgi import AsgiDriver
 from ._budget import evaluate, evaluate_endpoint
 from ._errors import ConfigError, StormError
+from ._latency import INSTALLED as UPSTREAMS
+from ._latency import seed_latency, wait_recorder
 from ._metrics import (
     STATUS_EXCEPTION,
     STATUS_TIMEOUT,
@@ -111,11 +113,11 @@ def run_plan(plan: StormPlan) -> StormResult:
         )
     rounds = []
     for _ in range(plan.config.rounds):
-        with _collector(plan.config):
+        with _collector(plan.config), _simulated_io(plan) as attach:
             if plan.interface == "wsgi":
-                rounds.append(_run_wsgi(plan))
+                rounds.append(attach(_run_wsgi(plan)))
             else:
-                rounds.append(anyio.run(_run_asgi, plan))
+                rounds.append(attach(anyio.run(_run_asgi, plan)))
     return _judge(plan, rounds)
 
 
@@ -123,11 +125,11 @@ async def run_plan_async(plan: StormPlan) -> StormResult:
     """Fire the storm from async code: ASGI on the running loop, WSGI on a helper thread."""
     rounds = []
     for _ in range(plan.config.rounds):
-        with _collector(plan.config):
+        with _collector(plan.config), _simulated_io(plan) as attach:
             if plan.interface == "wsgi":
-                rounds.append(await anyio.to_thread.run_sync(_run_wsgi, plan))
+                rounds.append(attach(await anyio.to_thread.run_sync(_run_wsgi, plan)))
             else:
-                rounds.append(await _run_asgi(plan))
+                rounds.append(attach(await _run_asgi(plan)))
     return _judge(plan, rounds)
 
 
@@ -180,6 +182,45 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
             "were already in flight"
         )
     return chosen
+
+
+@contextmanager
+def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResult]]:
+    """Seed simulated latency, record the simulated waits' own error, snapshot upstreams."""
+    if plan.config.seed is not None:
+        seed_latency(plan.config.seed)
+    before = {id(u): {k: v.get("calls", 0) for k, v in u.stats().items()} for u in UPSTREAMS}
+    undeclared_before = {id(u): u.undeclared_calls for u in UPSTREAMS}
+    wait_recorder.start()
+    report: list[Any] = []
+    results: list[StormResult] = []
+
+    def attach(result: StormResult) -> StormResult:
+        results.append(result)
+        return result
+
+    try:
+        yield attach
+    finally:
+        report.append(wait_recorder.stop())
+    waits = report[0]
+    for result in results:
+        if waits.async_waits.count or waits.blocking_waits.count:
+            result.extras["simulated_waits"] = waits.to_dict()
+        routes: dict[str, Any] = {}
+        for upstream in UPSTREAMS:
+            for name, stats in upstream.stats().items():
+                calls_before = before.get(id(upstream), {}).get(name, 0)
+                routes[name] = {**stats, "calls_in_storm": stats.get("calls", 0) - calls_before}
+            missed = upstream.undeclared_calls - undeclared_before.get(id(upstream), 0)
+            if missed:
+                hosts = ", ".join(upstream.undeclared[:5])
+                result.warnings.append(
+                    f"the app made {missed:,} call(s) to undeclared upstream hosts ({hosts}): "
+                    "declare them with upstream.route(...)"
+                )
+        if routes:
+            result.extras["upstream"] = routes
 
 
 @contextmanager

@@ -7,7 +7,7 @@ Precedence of storm parameters: keyword argument > marker > command-line option 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -15,6 +15,7 @@ import pytest
 from ._api import check_budgets, warn_about
 from ._budget import format_number
 from ._errors import ConfigError
+from ._latency import Upstream
 from ._params import BUDGET_NAMES, WORKLOAD_NAMES, Layer, check_names, resolve
 from ._result import StormResult
 from ._session import STORMS_KEY, SessionStorms
@@ -203,6 +204,13 @@ def _figures(result: StormResult) -> dict[str, Any]:
     if result.queue_wait is not None:
         figures["queue_p99_ms"] = round(result.queue_wait.p99, 3)
     return figures
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    """Answer the app's own outbound httpx calls in-process: ``upstream.route(url, latency=...)``."""
+    with Upstream() as fake:
+        yield fake
 
 
 @pytest.fixture

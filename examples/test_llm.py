@@ -1,0 +1,80 @@
+"""An LLM endpoint under load, written as a user of pytest-storm would write it.
+
+The model server is simulated by the `upstream` fixture: lognormal latency with the
+median and tail people quote for a small model, scaled down 10× to keep the suite fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from examples import fastapi_app, flask_app
+from pytest_concurrency import Request, lognormal
+
+MODEL = lognormal(p50_ms=80, p99_ms=200)  # 800 ms / 2 s, scaled down 10×
+PROMPT = Request("POST", "/llm", json={"prompt": "Say hello", "max_tokens": 16})
+
+
+@pytest.fixture
+def model_server(upstream: Any) -> Any:
+    upstream.route(fastapi_app.MODEL_URL, latency=MODEL, json={"text": "Hello!", "tokens": 3})
+    upstream.route(
+        fastapi_app.STREAM_URL,
+        latency=lognormal(p50_ms=20, p99_ms=60),
+        stream=["Hel", "lo", " th", "ere", "!"],
+        chunk_latency=10,
+    )
+    return upstream
+
+
+@pytest.mark.concurrency(users=50, duration=2.0, warmup=0.3, max_error_rate=0)
+def test_async_llm_endpoint_tracks_the_model_latency(storm: Any, model_server: Any) -> None:
+    result = storm(fastapi_app.app, requests=[PROMPT])
+    # Async all the way: each request waits only for its own model call, so the app's
+    # percentiles are the model's plus a few ms of framework time.
+    assert result.latency.p50 == pytest.approx(80, rel=0.10, abs=5)
+    assert result.latency.p99 == pytest.approx(200, rel=0.15, abs=5)
+    route = result.extras["upstream"][fastapi_app.MODEL_URL]
+    assert route["max_in_flight"] > 25  # the calls overlapped
+
+
+@pytest.mark.concurrency(users=50, duration=2.0, warmup=0.3, workers=8, max_error_rate=0)
+def test_sync_llm_endpoint_queues_behind_eight_workers(storm: Any, model_server: Any) -> None:
+    result = storm(flask_app.app, requests=[PROMPT])
+    # 8 workers each blocked ~ mean 90 ms on the model: ≈ 8 / 0.09 ≈ 90 rps; 50 users wait
+    # in the backlog for most of their latency (Little's law: 50 / 90 rps ≈ 0.56 s).
+    assert result.queue_wait is not None
+    assert result.queue_wait.mean > result.service_time.mean  # type: ignore[union-attr]
+    assert result.latency.p50 > 300
+    route = result.extras["upstream"][fastapi_app.MODEL_URL]
+    assert route["max_in_flight"] <= 8  # never more calls than workers
+
+
+@pytest.mark.concurrency(users=20, requests=2000, max_error_rate=0.2)
+def test_model_errors_show_up_as_bad_gateway(storm: Any, upstream: Any) -> None:
+    upstream.route(
+        fastapi_app.MODEL_URL, latency=1, json={"text": "x", "tokens": 1}, error_rate=0.1, seed=3
+    )
+    result = storm(fastapi_app.app, requests=[PROMPT])
+    # 2,000 Bernoulli(0.1) draws: sigma = sqrt(2000·0.1·0.9) ≈ 13.4, i.e. 0.67 %; ±3 % is 4.5 sigma.
+    assert result.status_counts[502] / result.requests == pytest.approx(0.1, abs=0.03)
+
+
+@pytest.mark.concurrency(users=5, requests=50)
+def test_undeclared_host_is_named(storm: Any, upstream: Any) -> None:
+    result = storm(fastapi_app.app, requests=[PROMPT], max_error_rate=1.0)
+    assert result.errors  # the app's httpx call failed inside the app
+    assert any("model-server" in w and "undeclared" in w for w in result.warnings)
+    example = next(iter(result.errors.values())).example
+    assert "undeclared upstream host 'model-server'" in example
+
+
+@pytest.mark.concurrency(users=20, duration=1.0, warmup=0.2, max_error_rate=0)
+def test_stream_serves_tokens_as_they_arrive(storm: Any, model_server: Any) -> None:
+    request = Request("POST", "/stream", json={"prompt": "hi"})
+    result = storm(fastapi_app.app, requests=[request])
+    # First token after the model's first byte (≈ 20 ms); the whole answer after 4 more
+    # chunks of 10 ms: time to first byte is well below the total.
+    assert result.ttfb.p50 < result.latency.p50 - 25
