@@ -18,8 +18,8 @@ from ._errors import ConfigError
 __all__ = [
     "BUDGET_NAMES",
     "DEFAULT_DURATION",
-    "ENDPOINT_BUDGETS",
     "DEFAULT_TIMEOUT_MS",
+    "ENDPOINT_BUDGETS",
     "WORKLOAD_NAMES",
     "Layer",
     "StormConfig",
