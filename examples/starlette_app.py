@@ -1,16 +1,22 @@
-"""The example API in Starlette: async I/O, the blocking-in-async mistake, and CPU work."""
+"""The example API in Starlette: async I/O, the blocking-in-async mistake, CPU work, and an
+LLM endpoint forwarding to a model server with httpx (answered by `upstream` in tests)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
 import anyio
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
 IO_SECONDS = 0.05
+MODEL_URL = "http://model-server/generate"
+STREAM_URL = "http://model-server/stream"
+model_client = httpx.AsyncClient(timeout=30.0)
 
 
 async def io(request: Request) -> JSONResponse:
@@ -32,11 +38,31 @@ async def item(request: Request) -> JSONResponse:
     return JSONResponse({"id": request.path_params["item_id"], "name": "widget"})
 
 
+async def llm(request: Request) -> JSONResponse:
+    response = await model_client.post(MODEL_URL, content=await request.body())
+    if response.status_code != 200:
+        return JSONResponse({"detail": "model server error"}, status_code=502)
+    return JSONResponse(response.json())
+
+
+async def stream(request: Request) -> StreamingResponse:
+    body = await request.body()
+
+    async def tokens() -> AsyncIterator[bytes]:
+        async with model_client.stream("POST", STREAM_URL, content=body) as upstream:
+            async for chunk in upstream.aiter_text():
+                yield f"data: {chunk}\n\n".encode()
+
+    return StreamingResponse(tokens(), media_type="text/event-stream")
+
+
 app = Starlette(
     routes=[
         Route("/io", io),
         Route("/blocking-in-async", blocking_in_async),
         Route("/cpu", cpu),
         Route("/items/{item_id:int}", item),
+        Route("/llm", llm, methods=["POST"]),
+        Route("/stream", stream, methods=["POST"]),
     ]
 )

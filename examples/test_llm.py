@@ -78,3 +78,24 @@ def test_stream_serves_tokens_as_they_arrive(storm: Any, model_server: Any) -> N
     # First token after the model's first byte (≈ 20 ms); the whole answer after 4 more
     # chunks of 10 ms: time to first byte is well below the total.
     assert result.ttfb.p50 < result.latency.p50 - 25
+
+
+@pytest.mark.concurrency(users=20, duration=1.0, warmup=0.2, max_error_rate=0)
+@pytest.mark.parametrize("framework", ["starlette", "django-asgi"])
+def test_other_async_frameworks_forward_to_the_model(
+    storm: Any, model_server: Any, framework: str
+) -> None:
+    from examples import django_app, starlette_app
+
+    app = starlette_app.app if framework == "starlette" else django_app.asgi_app
+    result = storm(app, requests=[PROMPT])
+    assert result.status_counts[200] == result.requests
+    assert result.latency.p50 >= 75  # at least the model's median (80 ms; sleeps never end early)
+
+
+@pytest.mark.concurrency(users=20, duration=1.0, max_error_rate=0)
+def test_django_async_view_funnels_the_orm_through_threads(storm: Any) -> None:
+    from examples import django_app
+
+    result = storm(django_app.asgi_app, "GET", "/orm/3")
+    assert result.status_counts[200] == result.requests > 0
