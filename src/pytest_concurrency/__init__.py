@@ -4,7 +4,8 @@ Import package ``pytest_concurrency``; the pytest plugin is ``pytest_concurrency
 (entry point ``concurrency``), with the marker ``concurrency`` and the fixture ``storm``.
 """
 
-from ._api import arun_storm, run_storm
+from ._api import arun_storm, capacity, run_storm
+from ._capacity import CapacityResult, CapacityTrial
 from ._errors import BudgetExceeded, ConcurrencyWarning, ConfigError, StormError
 from ._latency import (
     Latency,
@@ -28,6 +29,8 @@ from ._workload import Request
 
 __all__ = [
     "BudgetExceeded",
+    "CapacityResult",
+    "CapacityTrial",
     "ConcurrencyWarning",
     "ConfigError",
     "EndpointStats",
@@ -47,6 +50,7 @@ __all__ = [
     "__version__",
     "arun_storm",
     "blocking_io",
+    "capacity",
     "constant",
     "empirical",
     "exponential",

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ._budget import verdict_table
-from ._errors import BudgetExceeded, ConcurrencyWarning
+from ._capacity import CapacityResult, search_capacity
+from ._errors import BudgetExceeded, ConcurrencyWarning, ConfigError
 from ._params import Layer
 from ._result import StormResult
 from ._storm import StormPlan, plan_storm, run_plan, run_plan_async
 from ._workload import Request, RequestFactory, split_requests
 
-__all__ = ["arun_storm", "check_budgets", "run_storm", "warn_about"]
+__all__ = ["arun_storm", "capacity", "check_budgets", "plan_capacity", "run_storm", "warn_about"]
 
 
 def warn_about(result: StormResult, *, stacklevel: int = 3) -> None:
@@ -72,3 +73,68 @@ async def arun_storm(
     if check:
         check_budgets(result)
     return result
+
+
+def plan_capacity(
+    app: Any,
+    method: str | None,
+    path: str | None,
+    requests: int | Sequence[Request] | RequestFactory | None,
+    workers: Iterable[int],
+    layers: Sequence[Layer],
+) -> tuple[StormPlan, list[int], dict[str, float]]:
+    """Validate a capacity search before any storm: the base plan, candidates and budgets."""
+    mix, params = split_requests(requests, {})
+    base = plan_storm(app, method, path, requests=mix, layers=[*layers, Layer("capacity", params)])
+    try:
+        candidates = sorted({int(w) for w in workers})
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"workers={workers!r} (from capacity()) must be whole numbers, e.g. range(1, 65)"
+        ) from None
+    if not candidates or candidates[0] < 1:
+        raise ConfigError(
+            f"workers={workers!r} (from capacity()) must hold worker counts of at least 1"
+        )
+    budgets = dict(base.config.budgets)
+    if not budgets:
+        raise ConfigError("capacity() needs at least one budget to meet, e.g. p99_ms=200")
+    if base.interface == "asgi":
+        # In-process, an ASGI app runs on one event loop whatever the worker count: one
+        # storm answers whether a single worker suffices.
+        candidates = candidates[:1]
+    return base, candidates, budgets
+
+
+def run_capacity(
+    base: StormPlan, candidates: list[int], budgets: dict[str, float], layers: Sequence[Layer]
+) -> CapacityResult:
+    """Bisect the worker counts with as few storms as possible."""
+
+    def run(workers: int) -> StormResult:
+        plan = plan_storm(
+            base.app,
+            requests=base.mix.factory or list(base.mix.requests),
+            layers=[Layer("capacity search", {"workers": workers}), *layers],
+        )
+        plan.app_name, plan.label = base.app_name, base.label
+        result = run_plan(plan)
+        warn_about(result, stacklevel=4)
+        return result
+
+    return search_capacity(run, candidates, budgets=budgets, is_async_app=base.interface == "asgi")
+
+
+def capacity(
+    app: Any,
+    method: str | None = None,
+    path: str | None = None,
+    *,
+    workers: Iterable[int] = range(1, 129),
+    requests: int | Sequence[Request] | RequestFactory | None = None,
+    **params: Any,
+) -> CapacityResult:
+    """Smallest WSGI worker count (of *workers*) whose storm meets the budgets in *params*."""
+    layers = [Layer("keyword argument", params)]
+    base, candidates, budgets = plan_capacity(app, method, path, requests, workers, layers)
+    return run_capacity(base, candidates, budgets, layers)

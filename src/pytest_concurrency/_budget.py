@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 
+from ._blocking import diagnose
 from ._params import BUDGET_NAMES
 from ._result import EndpointStats, StormResult, Verdict
 
@@ -14,11 +15,20 @@ _Measure = Callable[[StormResult], float]
 
 
 def _queue_p99(r: StormResult) -> float:
-    return r.queue_wait.p99 if r.queue_wait is not None else math.nan
+    if r.queue_wait is not None:
+        return r.queue_wait.p99
+    # ASGI: the wait for a thread of the app's own pool (FastAPI `def` endpoints, Django).
+    pool = r.busiest_pool
+    if pool is not None and pool.wait_p99_ms is not None:
+        return float(pool.wait_p99_ms)
+    return math.nan
 
 
 def _saturation(r: StormResult) -> float:
-    return r.pool.saturation if r.pool is not None else math.nan
+    if r.pool is not None:
+        return r.pool.saturation
+    pool = r.busiest_pool
+    return pool.saturation if pool is not None else math.nan
 
 
 def _loop_lag(r: StormResult) -> float:
@@ -153,6 +163,7 @@ def diagnosis(result: StormResult) -> list[str]:
         if statuses:
             parts.append(f"{statuses:,} responses with status >= 400")
         lines.append("; ".join(parts))
+    lines.extend(diagnose(result.loop_lag, result.thread_pools))
     lines.extend(result.warnings)
     return lines
 

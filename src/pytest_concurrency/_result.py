@@ -9,6 +9,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from ._blocking import LoopLag, PoolUsage
 from ._metrics import ErrorSummary, LatencyStats
 
 __all__ = ["EndpointStats", "Knee", "PoolStats", "StormResult", "TimelinePoint", "Verdict"]
@@ -179,6 +180,19 @@ class StormResult:
     knee: Knee | None = None
     rounds: list[dict[str, float]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
+    loop_lag: LoopLag | None = None
+    thread_pools: list[PoolUsage] = field(default_factory=list)
+
+    @property
+    def loop_lag_max_ms(self) -> float | None:
+        """Longest time the event loop could not run during the storm (ASGI only)."""
+        return self.loop_lag.max_ms if self.loop_lag is not None else None
+
+    @property
+    def busiest_pool(self) -> PoolUsage | None:
+        """The thread pool inside an ASGI app that was closest to saturation, if any ran."""
+        used = [p for p in self.thread_pools if p.max_busy > 0]
+        return max(used, key=lambda p: (p.saturation, p.mean_busy)) if used else None
 
     @property
     def error_rate(self) -> float:
@@ -241,6 +255,8 @@ class StormResult:
             "knee": self.knee.to_dict() if self.knee else None,
             "rounds": self.rounds,
             "extras": self.extras,
+            "loop_lag": self.loop_lag.to_dict(histogram=histograms) if self.loop_lag else None,
+            "thread_pools": [p.to_dict() for p in self.thread_pools],
         }
         if histograms:
             # HdrHistogram's encoding is already compressed and base64: text as it is.

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
@@ -29,6 +29,7 @@ import anyio.lowlevel
 
 from ._apps import Interface, app_label, detect_interface
 from ._asgi import AsgiDriver
+from ._blocking import LoopMonitor, ThreadPoolProbe
 from ._budget import evaluate, evaluate_endpoint
 from ._errors import ConfigError, StormError
 from ._latency import INSTALLED as UPSTREAMS
@@ -277,10 +278,17 @@ async def _run_asgi(plan: StormPlan) -> StormResult:
     timeout = config.timeout_ms / 1000
     failure: StormError | None = None
     figures: _RunFigures | None = None
+    monitor: LoopMonitor | None = None
+    probe: ThreadPoolProbe | None = None
     async with anyio.create_task_group() as lifespan_group:
         try:
             await driver.startup(lifespan_group, timeout=max(timeout, 10.0))
-            figures = await _AsgiEngine(plan, driver).run()
+            # Lifespan is not monitored: only the storm itself.
+            async with AsyncExitStack() as stack:
+                if _running_loop() is not None:  # asyncio only
+                    monitor = await stack.enter_async_context(LoopMonitor(threshold_ms=5.0))
+                    probe = await stack.enter_async_context(ThreadPoolProbe())
+                figures = await _AsgiEngine(plan, driver).run()
         except StormError as exc:
             # Raised after the task group, so that callers see the error itself rather
             # than an exception group.
@@ -296,6 +304,8 @@ async def _run_asgi(plan: StormPlan) -> StormResult:
         raise failure
     assert figures is not None
     result = _fold(plan, figures, server=_loop_name(), pool=None)
+    result.loop_lag = monitor.result if monitor is not None else None
+    result.thread_pools = list(probe.result or []) if probe is not None else []
     result.loop_cpu_share = figures.cpu / figures.wall if figures.wall > 0 else None
     if result.loop_cpu_share is not None and result.loop_cpu_share >= _SATURATED_CPU:
         await _warn_harness_bound(result, figures.cpu)

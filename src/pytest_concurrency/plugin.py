@@ -7,16 +7,19 @@ Precedence of storm parameters: keyword argument > marker > command-line option 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import pytest
 
-from ._api import check_budgets, warn_about
+from ._api import check_budgets, plan_capacity, run_capacity, warn_about
 from ._budget import format_number
+from ._capacity import CapacityResult
 from ._errors import ConfigError
 from ._latency import Upstream
 from ._params import BUDGET_NAMES, WORKLOAD_NAMES, Layer, check_names, resolve
+from ._report._options import STORM_JSON_PROPERTY, ReportSession, add_options
 from ._result import StormResult
 from ._session import STORMS_KEY, SessionStorms
 from ._storm import plan_storm, run_plan, run_plan_async
@@ -52,6 +55,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             help=help_text,
         )
         parser.addini(f"concurrency_{name}", help_text, default=None)
+    add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -64,6 +68,7 @@ def pytest_configure(config: pytest.Config) -> None:
         f"fixture in this test. Budgets: {budgets}. Keyword arguments of storm() override it.",
     )
     config.stash[STORMS_KEY] = SessionStorms()
+    config.pluginmanager.register(ReportSession(config), "concurrency-report")
 
 
 def _marker_layer(item: pytest.Item) -> Layer:
@@ -170,16 +175,47 @@ class StormFixture:
         plan = self._plan(app, method, path, requests, params)
         return self._finish(await run_plan_async(plan))
 
+    def capacity(
+        self,
+        app: Any,
+        method: str | None = None,
+        path: str | None = None,
+        *,
+        workers: Iterable[int] = range(1, 129),
+        requests: int | Sequence[Request] | RequestFactory | None = None,
+        **params: Any,
+    ) -> CapacityResult:
+        """Smallest worker count of *workers* that meets the budgets (bisection, few storms)."""
+        __tracebackhide__ = True
+        layers = [
+            Layer("keyword argument", params),
+            _marker_layer(self._item),
+            *_run_layers(self._item.config),
+        ]
+        base, candidates, budgets = plan_capacity(app, method, path, requests, workers, layers)
+        found = run_capacity(base, candidates, budgets, layers)
+        prefix = "capacity" if not self.results else f"capacity[{len(self.results)}]"
+        self._item.user_properties.append((f"{prefix}.best_workers", found.best))
+        self._item.user_properties.append((f"{prefix}.storms", found.storms))
+        return found
+
     def _finish(self, result: StormResult) -> StormResult:
         __tracebackhide__ = True
         index = len(self.results)
         self.results.append(result)
         self._item.config.stash[STORMS_KEY].rows.append((self._item.nodeid, result))
+        if hasattr(self._item.config, "workerinput"):
+            # An xdist worker: the controller rebuilds the storm from this property.
+            self._item.user_properties.append((STORM_JSON_PROPERTY, json.dumps(result.to_dict())))
         prefix = "storm" if index == 0 else f"storm[{index}]"
         for key, value in _figures(result).items():
             self._item.user_properties.append((f"{prefix}.{key}", value))
         warn_about(result, stacklevel=4)
         check_budgets(result)
+        report = self._item.config.pluginmanager.get_plugin("concurrency-report")
+        message = report.check_regression(self._item.nodeid, index, result) if report else None
+        if message:
+            pytest.fail(message, pytrace=False)
         return result
 
 

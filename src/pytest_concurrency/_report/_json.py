@@ -1,0 +1,338 @@
+"""The session document: every storm of a run as JSON, with the HDR histograms to re-merge them.
+
+A document is what ``--concurrency-json`` writes and what ``--concurrency-save`` keeps as a
+baseline. Its shape is :data:`JSON_SCHEMA`; ``schema_version`` changes only when a reader
+of the old shape would misread the new one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import platform
+import socket
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+from .._errors import ConfigError
+from .._version import __version__
+from ._records import StormRecord, StormRow, as_records
+
+__all__ = [
+    "JSON_SCHEMA",
+    "SCHEMA_VERSION",
+    "document_records",
+    "load_json",
+    "machine_info",
+    "merge_histograms",
+    "session_document",
+    "write_json",
+]
+
+SCHEMA_VERSION = 1
+
+_NUMBER_OR_NULL: dict[str, Any] = {"type": ["number", "null"]}
+
+#: JSON Schema (draft 2020-12) of a session document.
+JSON_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "urn:pytest-storm:session-document:1",
+    "title": "pytest-storm session document",
+    "description": (
+        "Every storm of a pytest session: workload, budgets, verdicts, percentiles (ms), "
+        "per-second timeline and HdrHistogram encodings (µs) that can be decoded and merged. "
+        "A figure that is not a finite number (nothing measured) is null."
+    ),
+    "type": "object",
+    "required": ["schema_version", "generator", "created", "machine", "scaled", "storms"],
+    "properties": {
+        "schema_version": {"const": SCHEMA_VERSION},
+        "generator": {
+            "type": "object",
+            "required": ["name", "version"],
+            "properties": {"name": {"type": "string"}, "version": {"type": "string"}},
+        },
+        "created": {"type": "string", "description": "ISO 8601 time, UTC"},
+        "machine": {"$ref": "#/$defs/machine"},
+        "scaled": {
+            "type": ["number", "null"],
+            "description": "load scale factor applied from the command line, if any",
+        },
+        "storms": {"type": "array", "items": {"$ref": "#/$defs/storm"}},
+    },
+    "$defs": {
+        "machine": {
+            "type": "object",
+            "required": [
+                "python",
+                "implementation",
+                "platform",
+                "machine",
+                "cpu_count",
+                "cpu_model",
+                "host",
+            ],
+            "properties": {
+                "python": {"type": "string"},
+                "implementation": {"type": "string"},
+                "platform": {"type": "string"},
+                "machine": {"type": "string"},
+                "cpu_count": {"type": ["integer", "null"]},
+                "cpu_usable": {"type": ["integer", "null"]},
+                "cpu_model": {"type": ["string", "null"]},
+                "host": {"type": "string", "description": "hash of the host name"},
+                "noise": {"type": ["object", "null"]},
+            },
+        },
+        "latency": {
+            "type": "object",
+            "description": "percentiles in milliseconds; null when nothing was measured",
+            "required": ["count", "mean", "p50", "p90", "p99", "max"],
+            "properties": {
+                "count": {"type": "integer", "minimum": 0},
+                "min": _NUMBER_OR_NULL,
+                "mean": _NUMBER_OR_NULL,
+                "stdev": _NUMBER_OR_NULL,
+                "p50": _NUMBER_OR_NULL,
+                "p75": _NUMBER_OR_NULL,
+                "p90": _NUMBER_OR_NULL,
+                "p95": _NUMBER_OR_NULL,
+                "p99": _NUMBER_OR_NULL,
+                "p999": _NUMBER_OR_NULL,
+                "max": _NUMBER_OR_NULL,
+            },
+        },
+        "verdict": {
+            "type": "object",
+            "required": ["name", "limit", "measured", "ok"],
+            "properties": {
+                "name": {"type": "string"},
+                "limit": {"type": "number"},
+                "measured": _NUMBER_OR_NULL,
+                "ok": {"type": "boolean"},
+            },
+        },
+        "second": {
+            "type": "object",
+            "required": ["second", "requests", "errors", "p50", "p99", "max"],
+            "properties": {
+                "second": {"type": "integer", "minimum": 0},
+                "requests": {"type": "integer", "minimum": 0},
+                "errors": {"type": "integer", "minimum": 0},
+                "p50": _NUMBER_OR_NULL,
+                "p99": _NUMBER_OR_NULL,
+                "max": _NUMBER_OR_NULL,
+                "busy_workers": _NUMBER_OR_NULL,
+            },
+        },
+        "storm": {
+            "type": "object",
+            "required": [
+                "nodeid",
+                "index",
+                "label",
+                "app",
+                "interface",
+                "server",
+                "users",
+                "requests",
+                "duration",
+                "throughput",
+                "latency",
+                "status_counts",
+                "errors",
+                "failed",
+                "error_rate",
+                "timeline",
+                "params",
+                "budgets",
+                "verdicts",
+                "passed",
+                "histograms",
+            ],
+            "properties": {
+                "nodeid": {"type": "string"},
+                "index": {"type": "integer", "minimum": 0},
+                "label": {"type": "string"},
+                "app": {"type": "string"},
+                "interface": {"type": "string"},
+                "server": {"type": "string"},
+                "method": {"type": "string"},
+                "path": {"type": "string"},
+                "users": {"type": "integer"},
+                "requests": {"type": "integer", "minimum": 0},
+                "duration": _NUMBER_OR_NULL,
+                "throughput": {
+                    "type": ["number", "null"],
+                    "description": "requests per second",
+                },
+                "latency": {"$ref": "#/$defs/latency"},
+                "ttfb": {"$ref": "#/$defs/latency"},
+                "queue_wait": {"anyOf": [{"$ref": "#/$defs/latency"}, {"type": "null"}]},
+                "service_time": {"anyOf": [{"$ref": "#/$defs/latency"}, {"type": "null"}]},
+                "status_counts": {
+                    "type": "object",
+                    "additionalProperties": {"type": "integer"},
+                },
+                "errors": {"type": "object"},
+                "failed": {"type": "integer", "minimum": 0},
+                "timeouts": {"type": "integer", "minimum": 0},
+                "error_rate": {"type": "number", "minimum": 0},
+                "pool": {"type": ["object", "null"]},
+                "timeline": {"type": "array", "items": {"$ref": "#/$defs/second"}},
+                "endpoints": {"type": "object"},
+                "params": {"type": "object"},
+                "budgets": {"type": "object", "additionalProperties": {"type": "number"}},
+                "verdicts": {"type": "array", "items": {"$ref": "#/$defs/verdict"}},
+                "passed": {"type": "boolean"},
+                "warnings": {"type": "array", "items": {"type": "string"}},
+                "histograms": {
+                    "type": "object",
+                    "description": "HdrHistogram encodings (compressed, base64) of values in µs",
+                    "required": ["latency"],
+                    "additionalProperties": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                # x86 says "model name"; some ARM kernels only say "Hardware" or "Model".
+                if key.strip() in ("model name", "Hardware", "Model") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def machine_info() -> dict[str, Any]:
+    """What this machine is, to tell whether two runs' figures are comparable at all."""
+    try:
+        usable: int | None = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count()
+    # A hash, not the name: documents get attached to CI artefacts and pull requests.
+    host = hashlib.sha256(socket.gethostname().encode("utf-8")).hexdigest()[:12]
+    return {
+        "python": platform.python_version(),
+        "implementation": sys.implementation.name,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cpu_usable": usable,
+        "cpu_model": _cpu_model(),
+        "host": host,
+    }
+
+
+def session_document(
+    rows: Sequence[StormRow | StormRecord],
+    *,
+    machine: Mapping[str, Any],
+    scaled: float | None = None,
+) -> dict[str, Any]:
+    """Every storm of *rows* as a session document (see :data:`JSON_SCHEMA`)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "generator": {"name": "pytest-storm", "version": __version__},
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "machine": dict(machine),
+        "scaled": scaled,
+        "storms": [_plain(record.document_entry()) for record in as_records(rows)],
+    }
+
+
+def _plain(value: Any) -> Any:
+    # JSON has no NaN or infinity, and a storm parameter may hold an object (a latency
+    # distribution, say): the document keeps null and the object's text instead.
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+def write_json(path: str | os.PathLike[str], doc: Mapping[str, Any]) -> Path:
+    """Write *doc* to *path* (parent directories created; replaced atomically)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # allow_nan=False: NaN is not JSON; StormResult.to_dict() already turns it into null.
+    text = json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        partial.write_text(text + "\n", encoding="utf-8")
+        partial.replace(target)
+    except OSError:
+        partial.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def load_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a session document; :class:`ConfigError` when it is unreadable or of another version."""
+    source = Path(path)
+    try:
+        doc = json.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{source}: not a readable JSON file ({exc})") from None
+    if not isinstance(doc, dict) or "schema_version" not in doc or "storms" not in doc:
+        raise ConfigError(f"{source}: not a pytest-storm session document (no schema_version)")
+    version = doc["schema_version"]
+    if version != SCHEMA_VERSION:
+        raise ConfigError(
+            f"{source}: session document schema_version {version!r}; this pytest-storm "
+            f"({__version__}) reads version {SCHEMA_VERSION}"
+        )
+    if not isinstance(doc["storms"], list):
+        raise ConfigError(f"{source}: 'storms' must be a list")
+    return doc
+
+
+def document_records(doc: Mapping[str, Any]) -> list[StormRecord]:
+    """The storms of a session document as report rows."""
+    return [
+        StormRecord.from_dict(str(entry.get("nodeid", "")), int(entry.get("index", 0)), entry)
+        for entry in doc.get("storms", [])
+    ]
+
+
+def merge_histograms(
+    docs: Iterable[Mapping[str, Any]],
+    *,
+    match: Callable[[Mapping[str, Any]], bool] | None = None,
+) -> dict[str, HdrHistogram]:
+    """Merge the histograms of every storm (or those *match* accepts) of *docs*, by name.
+
+    Percentiles of the merged ``latency`` histogram are those of all the requests
+    together, exactly as if they had been recorded into one histogram.
+    """
+    merged: dict[str, HdrHistogram] = {}
+    for doc in docs:
+        for storm in doc.get("storms", []):
+            if match is not None and not match(storm):
+                continue
+            for name, encoded in (storm.get("histograms") or {}).items():
+                if name in merged:
+                    merged[name].decode_and_add(encoded)
+                else:
+                    merged[name] = HdrHistogram.decode(encoded)
+    return merged

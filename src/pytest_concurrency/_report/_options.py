@@ -1,0 +1,319 @@
+"""Report options (``--concurrency-json`` and friends) and the session object that acts on them.
+
+Paths given on the command line are relative to the directory pytest was started in;
+paths from the ini file are relative to the ini file. The option wins over its ini twin.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .._errors import ConfigError
+from .._result import StormResult
+from .._session import STORMS_KEY
+from ._baseline import (
+    DEFAULT_DIRECTORY,
+    Threshold,
+    baseline_path,
+    compare,
+    comparison_table,
+    load,
+    machine_warning,
+    parse_compare_fail,
+    regression_messages,
+    regressions,
+    save,
+)
+from ._json import machine_info, session_document, write_json
+from ._records import StormRecord, as_records
+from ._terminal import noise_figures, noise_statement, storms_table
+
+__all__ = ["OPTIONS", "STORM_JSON_PROPERTY", "ReportSession", "add_options"]
+
+#: Key of the ``user_properties`` entry that carries a storm from an xdist worker.
+STORM_JSON_PROPERTY = "storm.json"
+
+#: name -> (metavar, help); option ``--concurrency-NAME``, ini ``concurrency_NAME``.
+OPTIONS: dict[str, tuple[str, str]] = {
+    "json": (
+        "PATH",
+        "write every storm of the session (figures, timeline, HDR histograms) as JSON to PATH",
+    ),
+    "html": (
+        "PATH",
+        "write a self-contained HTML report with charts to PATH "
+        "(needs plotly: pip install 'pytest-storm[html]')",
+    ),
+    "save": ("NAME", "save this session's storms as the baseline NAME in the storage directory"),
+    "compare": ("NAME", "compare this session's storms with the saved baseline NAME"),
+    "compare_fail": (
+        "EXPR",
+        "fail a storm's test when it regressed against the --concurrency-compare baseline "
+        "beyond EXPR, such as p99:10%,rps:5%,mean:5ms (N% relative, Nms absolute)",
+    ),
+    "storage": ("DIR", f"directory of saved baselines (default {DEFAULT_DIRECTORY})"),
+}
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Add the report options and their ini twins to the ``concurrency`` group."""
+    group = parser.getgroup("concurrency")
+    for name, (metavar, help_text) in OPTIONS.items():
+        group.addoption(
+            "--concurrency-" + name.replace("_", "-"),
+            dest=f"concurrency_{name}",
+            default=None,
+            metavar=metavar,
+            # argparse %-formats option help (not ini help): "p99:10%" must be escaped there.
+            help=help_text.replace("%", "%%"),
+        )
+        parser.addini(f"concurrency_{name}", help_text, default=None)
+
+
+@dataclass(frozen=True)
+class _Setting:
+    value: str
+    origin: str
+    base: Path
+
+    def path(self) -> Path:
+        return (self.base / self.value).resolve()
+
+
+def _setting(config: pytest.Config, name: str) -> _Setting | None:
+    flag = "--concurrency-" + name.replace("_", "-")
+    raw = config.getoption(f"concurrency_{name}", None)
+    if raw not in (None, ""):
+        return _Setting(str(raw), flag, config.invocation_params.dir)
+    raw_ini = config.getini(f"concurrency_{name}")
+    if raw_ini not in (None, "", []):
+        base = config.inipath.parent if config.inipath else config.rootpath
+        origin = f"ini option concurrency_{name} in {config.inipath}"
+        return _Setting(str(raw_ini).strip(), origin, base)
+    return None
+
+
+def _scale(config: pytest.Config) -> float | None:
+    # Load scaling is a run-wide option of the plugin; read it only if it is defined.
+    raw = config.getoption("concurrency_scale", None)
+    try:
+        return float(raw) if raw is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+class ReportSession:
+    """Writes the JSON and HTML reports, saves and compares baselines, gathers xdist storms.
+
+    Registered by the plugin as ``concurrency-report``. Every option is checked when it
+    is built, so a bad value is a usage error before any storm is fired.
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.is_worker = _is_worker(config)
+        self._transported: list[StormRecord] = []
+        self._workers_with_storms: set[str] = set()
+        self._final: list[StormRecord] | None = None
+        self._written: list[str] = []
+        self._problems: list[str] = []
+        self._machine_cache: dict[str, Any] | None = None
+        self.json = _setting(config, "json")
+        self.html = _setting(config, "html")
+        self.save_as = _setting(config, "save")
+        self.compare_with = _setting(config, "compare")
+        storage = _setting(config, "storage")
+        self.storage = (
+            storage.path() if storage else (config.invocation_params.dir / DEFAULT_DIRECTORY)
+        )
+        self.baseline: dict[str, Any] | None = None
+        self.thresholds: list[Threshold] = []
+        try:
+            self._check()
+        except ConfigError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+    def _check(self) -> None:
+        if self.save_as is not None:
+            baseline_path(self.save_as.value, self.storage, option=self.save_as.origin)
+        if (
+            self.html is not None
+            and not self.is_worker
+            and importlib.util.find_spec("plotly") is None
+        ):
+            raise ConfigError(
+                f"{self.html.origin}={self.html.value!r} needs plotly, which is not installed: "
+                "pip install 'pytest-storm[html]'"
+            )
+        fail = _setting(self.config, "compare_fail")
+        if fail is not None:
+            self.thresholds = parse_compare_fail(fail.value, origin=fail.origin)
+            if self.compare_with is None:
+                raise ConfigError(
+                    f"{fail.origin}={fail.value!r} needs a baseline to compare with: "
+                    "add --concurrency-compare=NAME"
+                )
+        if self.compare_with is not None:
+            self.baseline = load(self.compare_with.value, self.storage)
+
+    # -- pytest hooks ------------------------------------------------------------------
+
+    def _xdist_controller(self) -> bool:
+        return not self.is_worker and self.config.pluginmanager.hasplugin("dsession")
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """On an xdist controller, collect the storms a worker attached to a test's report."""
+        if report.when != "teardown" or not self._xdist_controller():
+            return
+        # The teardown report carries every property the test set, in setup, call or
+        # teardown, exactly once.
+        kept: list[tuple[str, object]] = []
+        index = 0
+        for key, value in report.user_properties:
+            if key != STORM_JSON_PROPERTY:
+                kept.append((key, value))
+                continue
+            data = json.loads(str(value))
+            self._transported.append(StormRecord.from_dict(report.nodeid, index, data))
+            index += 1
+            self._workers_with_storms.add(str(getattr(report, "worker_id", "")))
+        # The encoded histograms are a transport, not figures: keep them out of JUnit XML.
+        report.user_properties[:] = kept
+
+    def session_records(self) -> list[StormRecord]:
+        """This session's storms: from the workers under xdist, else from the plugin's store."""
+        if self._final is not None:
+            return self._final
+        if self._transported or self._xdist_controller():
+            return list(self._transported)
+        store = self.config.stash.get(STORMS_KEY, None)
+        return as_records(store.rows) if store is not None else []
+
+    def _machine_now(self) -> dict[str, Any]:
+        if self._machine_cache is None:
+            self._machine_cache = machine_info()
+        return self._machine_cache
+
+    def _machine(self, with_noise: bool) -> dict[str, Any]:
+        machine = dict(self._machine_now())
+        if with_noise:
+            machine["noise"] = noise_figures()
+        return machine
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        """Write the JSON and HTML reports and save the baseline (controller only)."""
+        if self.is_worker:
+            return
+        records = self._final = self.session_records()
+        if self.json is None and self.html is None and self.save_as is None:
+            return
+        machine = self._machine(with_noise=bool(records))
+        doc = session_document(records, machine=machine, scaled=_scale(self.config))
+        if self.json is not None:
+            self._attempt("JSON report", self.json, lambda p: write_json(p, doc))
+        if self.html is not None:
+            from ._html import write_html
+
+            title = f"pytest-storm report: {self.config.rootpath.name}"
+            self._attempt(
+                "HTML report",
+                self.html,
+                lambda p: write_html(p, records, title=title, machine=machine),
+            )
+        if self.save_as is not None:
+            name = self.save_as.value
+            self._attempt(
+                f"baseline {name!r}", self.save_as, lambda _: save(name, doc, self.storage)
+            )
+
+    def _attempt(self, what: str, setting: _Setting, write: Callable[[Path], Path]) -> None:
+        target = setting.path()
+        try:
+            written = write(target)
+        except (OSError, ConfigError) as exc:
+            # An INTERNALERROR would hide the test outcomes; say what failed instead.
+            self._problems.append(f"could not write the {what} ({setting.origin}): {exc}")
+        else:
+            self._written.append(f"{what} written to {written}")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_terminal_summary(
+        self, terminalreporter: Any, exitstatus: int, config: pytest.Config
+    ) -> None:
+        """Baseline comparison, files written and the machine's noise (never fails the run)."""
+        if self.is_worker:
+            return
+        records = self.session_records()
+        tr = terminalreporter
+        if self._transported:
+            tr.section("storms")
+            for line in storms_table(records):
+                tr.write_line(line)
+            workers = len(getattr(config.option, "tx", None) or []) or len(
+                self._workers_with_storms
+            )
+            tr.write_line(
+                f"storms ran on {workers} pytest-xdist workers in parallel: they shared the CPU "
+                "with each other and with other tests, so their latency is inflated; run the "
+                "storm tests with -n 0 when their figures are gated",
+                yellow=True,
+            )
+        if self.baseline is not None and self.compare_with is not None:
+            self._write_comparison(tr, records, self.compare_with.value, self.baseline)
+        for line in self._written:
+            tr.write_line(line)
+        for line in self._problems:
+            tr.write_line(line, red=True)
+        if records:
+            tr.write_line(noise_statement())
+
+    def _write_comparison(
+        self, tr: Any, records: list[StormRecord], name: str, baseline: dict[str, Any]
+    ) -> None:
+        tr.section(f"storms compared with baseline {name} (saved {baseline.get('created', '?')})")
+        warning = machine_warning(baseline, self._machine_now())
+        if warning:
+            tr.write_line(warning, yellow=True)
+        comparisons = compare(records, baseline)
+        if not comparisons:
+            tr.write_line("no storms ran in this session")
+            return
+        for line in comparison_table(comparisons).splitlines():
+            tr.write_line(line)
+        for line in regressions(comparisons, self.thresholds):
+            tr.write_line(f"regressed: {line}", red=True)
+
+    # -- called by the plugin -----------------------------------------------------------
+
+    def check_regression(self, nodeid: str, index: int, result: StormResult) -> str | None:
+        """The failure message when this storm regressed beyond ``--concurrency-compare-fail``."""
+        if self.baseline is None or not self.thresholds or self.compare_with is None:
+            return None
+        record = StormRecord(nodeid, index, result.to_dict(histograms=False), result)
+        (comparison,) = compare([record], self.baseline)
+        lines = regression_messages(comparison, self.thresholds)
+        if not lines:
+            return None
+        name = self.compare_with.value
+        path = baseline_path(name, self.storage)
+        message = [
+            f"storm {result.label} regressed against baseline {name!r} "
+            f"({path}, saved {self.baseline.get('created', '?')}):",
+            *(f"  {line}" for line in lines),
+        ]
+        warning = machine_warning(self.baseline, self._machine_now())
+        if warning:
+            message.append(f"  note: {warning}")
+        return "\n".join(message)

@@ -1,0 +1,258 @@
+"""Terminal output: the storms table, a statement of this machine's timer noise, a live line."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TextIO
+
+from .._budget import format_number
+from ._records import StormRecord, StormRow, as_records
+
+__all__ = ["LiveProgress", "noise_figures", "noise_statement", "storms_table"]
+
+_NOISE_SAMPLES = 200
+_NOISE_SLEEP_S = 0.001
+
+
+def _cell(value: Any, fmt: Callable[[float], str] = format_number) -> str:
+    return fmt(float(value)) if isinstance(value, int | float) else "n/a"
+
+
+def storms_table(rows: Sequence[StormRow | StormRecord]) -> list[str]:
+    """One line per storm (test, storm, app, users, requests, rps, p50/p99/max, errors, verdict)."""
+    header = (
+        "test",
+        "storm",
+        "app",
+        "users",
+        "requests",
+        "rps",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "errors",
+        "saturation",
+        "verdict",
+    )
+    table = [header]
+    for record in as_records(rows):
+        d = record.data
+        latency = d.get("latency") or {}
+        pool = d.get("pool")
+        failed = [v["name"] for v in d.get("verdicts", []) if not v.get("ok", True)]
+        table.append(
+            (
+                record.nodeid,
+                record.label,
+                f"{d.get('interface', '')} {d.get('server', '')}".strip(),
+                f"{d.get('users', 0):,}",
+                f"{d.get('requests', 0):,}",
+                _cell(d.get("throughput")),
+                _cell(latency.get("p50")),
+                _cell(latency.get("p99")),
+                _cell(latency.get("max")),
+                _cell(d.get("error_rate"), lambda v: f"{v:.1%}"),
+                _cell(pool.get("saturation"), lambda v: f"{v:.0%}") if pool else "-",
+                "FAIL " + ",".join(failed) if failed else "pass",
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    numeric = set(range(3, 11))
+    return [
+        "  ".join(
+            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ).rstrip()
+        for row in table
+    ]
+
+
+def _p(values: list[float], percentile: float) -> float:
+    ordered = sorted(values)
+    rank = max(0, math.ceil(percentile / 100 * len(ordered)) - 1)
+    return ordered[rank]
+
+
+def _sleep_overshoots_ms() -> list[float]:
+    out = []
+    for _ in range(_NOISE_SAMPLES):
+        start = time.perf_counter()
+        time.sleep(_NOISE_SLEEP_S)
+        out.append((time.perf_counter() - start - _NOISE_SLEEP_S) * 1e3)
+    return out
+
+
+async def _asyncio_overshoots_ms() -> list[float]:
+    out = []
+    for _ in range(_NOISE_SAMPLES):
+        start = time.perf_counter()
+        await asyncio.sleep(_NOISE_SLEEP_S)
+        out.append((time.perf_counter() - start - _NOISE_SLEEP_S) * 1e3)
+    return out
+
+
+def _measure_asyncio() -> list[float]:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_asyncio_overshoots_ms())
+    # A loop already runs in this thread: asyncio.run would refuse, so measure on another.
+    box: list[list[float]] = []
+    thread = threading.Thread(
+        target=lambda: box.append(asyncio.run(_asyncio_overshoots_ms())),
+        name="pytest-storm-noise",
+    )
+    thread.start()
+    thread.join()
+    return box[0]
+
+
+@functools.cache
+def noise_figures() -> dict[str, float]:
+    """How late 1 ms sleeps wake on this machine (ms over, p50 and p99); measured once (≈0.5 s)."""
+    blocking = _sleep_overshoots_ms()
+    awaited = _measure_asyncio()
+    return {
+        "samples": float(_NOISE_SAMPLES),
+        "sleep_p50_ms": round(_p(blocking, 50), 3),
+        "sleep_p99_ms": round(_p(blocking, 99), 3),
+        "asyncio_p50_ms": round(_p(awaited, 50), 3),
+        "asyncio_p99_ms": round(_p(awaited, 99), 3),
+    }
+
+
+def noise_statement() -> str:
+    """One sentence on this machine's timer and scheduler noise, from :func:`noise_figures`."""
+    f = noise_figures()
+    floor = max(f["sleep_p99_ms"], f["asyncio_p99_ms"])
+    return (
+        f"timer noise on this machine: {int(f['samples'])} × 1 ms sleeps overshoot by "
+        f"{f['sleep_p50_ms']:.2f} ms at p50 and {f['sleep_p99_ms']:.2f} ms at p99 (time.sleep), "
+        f"{f['asyncio_p50_ms']:.2f} ms and {f['asyncio_p99_ms']:.2f} ms (asyncio.sleep), "
+        f"so latency differences under {floor:.2f} ms are within noise."
+    )
+
+
+def _progress_wanted(stream: TextIO) -> bool:
+    # A rewritten line is noise in a CI log and garbage in a file or a pipe.
+    if os.environ.get("CI") or os.environ.get("TERM") == "dumb":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # closed stream
+        return False
+
+
+class LiveProgress:
+    """A single live status line for a running storm, rewritten in place on a terminal.
+
+    *snapshot* returns the storm's figures so far; the keys shown when present are
+    ``elapsed`` (s), ``requests``, ``rps``, ``p99_ms``, ``in_flight`` and ``errors``.
+    It is called from a daemon thread, at most four times a second, so it must be cheap
+    and thread-safe. The line is cleared on :meth:`stop`. Nothing is shown when ``CI``
+    is set or *stream* is not a terminal.
+    """
+
+    MIN_INTERVAL = 0.25
+
+    def __init__(
+        self,
+        snapshot: Callable[[], Mapping[str, Any]],
+        *,
+        label: str = "storm",
+        total: float | None = None,
+        stream: TextIO | None = None,
+        interval: float = MIN_INTERVAL,
+        enabled: bool | None = None,
+    ) -> None:
+        self._snapshot = snapshot
+        self._label = label
+        self._total = total
+        self._stream: TextIO = stream if stream is not None else sys.stderr
+        self._interval = max(interval, self.MIN_INTERVAL)
+        self.enabled = _progress_wanted(self._stream) if enabled is None else enabled
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._shown = 0
+
+    def render(self, figures: Mapping[str, Any]) -> str:
+        """The status line for *figures* (without the carriage return)."""
+        parts = [self._label]
+        elapsed = figures.get("elapsed")
+        if isinstance(elapsed, int | float):
+            total = f"/{self._total:.1f}" if self._total else ""
+            parts.append(f"{elapsed:.1f}{total} s")
+        if isinstance(figures.get("requests"), int):
+            parts.append(f"{figures['requests']:,} requests")
+        if isinstance(figures.get("rps"), int | float):
+            parts.append(f"{format_number(round(figures['rps']))} rps")
+        if isinstance(figures.get("p99_ms"), int | float):
+            parts.append(f"p99 {format_number(figures['p99_ms'])} ms")
+        if isinstance(figures.get("in_flight"), int):
+            parts.append(f"{figures['in_flight']:,} in flight")
+        if isinstance(figures.get("errors"), int):
+            parts.append(f"{figures['errors']:,} errors")
+        return "  ".join(parts)
+
+    def _write(self, text: str) -> None:
+        # Wider than the terminal would wrap, and \r only returns to the last row.
+        width = shutil.get_terminal_size((80, 24)).columns - 1
+        line = text[:width]
+        padding = " " * max(0, self._shown - len(line))
+        self._stream.write("\r" + line + padding)
+        self._stream.flush()
+        self._shown = len(line)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._write(self.render(self._snapshot()))
+            except Exception:
+                # The live line is a courtesy: it must never break or slow the storm.
+                return
+
+    def start(self) -> LiveProgress:
+        """Start refreshing the line (no-op when disabled)."""
+        if self.enabled and self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._run, name="pytest-storm-progress", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop refreshing, wait for the thread, and clear the line."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stop.set()
+        thread.join()
+        if self._shown:
+            try:
+                self._stream.write("\r" + " " * self._shown + "\r")
+                self._stream.flush()
+            except (OSError, ValueError):
+                pass
+            self._shown = 0
+
+    def __enter__(self) -> LiveProgress:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

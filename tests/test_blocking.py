@@ -1,0 +1,457 @@
+"""Loop-lag monitor, the watchdog that names the blocking line, and the thread-pool probe.
+
+Each scenario runs on its own event loop with ``anyio.run``. Bounds are one-sided
+where the machine can only make things slower: a blocked loop lags *at least* as long
+as the blocking call; an unblocked loop's lag is only bounded loosely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import httpx
+import pytest
+from asgiref.sync import SyncToAsync, ThreadSensitiveContext, sync_to_async
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from pytest_concurrency._blocking import (
+    ANYIO_LIMITER,
+    ASGIREF_THREADS,
+    BlockingSite,
+    LoopLag,
+    LoopMonitor,
+    PoolUsage,
+    ThreadPoolProbe,
+    diagnose,
+)
+from pytest_concurrency._metrics import new_histogram
+
+BLOCK_S = 0.02
+USERS = 20
+WATCHDOG = "pytest-storm loop watchdog"
+
+
+def line_of(func: Callable[..., Any], text: str) -> int:
+    """Line number of the first line of *func* that contains *text*."""
+    lines, first = inspect.getsourcelines(func)
+    for offset, line in enumerate(lines):
+        if text in line:
+            return first + offset
+    raise AssertionError(f"{text!r} not in {func.__name__}")
+
+
+async def storm(
+    handler: Callable[[], Awaitable[None]], *, rounds: int = 1, **options: Any
+) -> LoopLag:
+    """USERS tasks call *handler* *rounds* times each, under a LoopMonitor."""
+
+    async def user() -> None:
+        for _ in range(rounds):
+            await handler()
+            await anyio.sleep(0)
+
+    monitor = LoopMonitor(threshold_ms=5.0, **options)
+    async with monitor, anyio.create_task_group() as group:
+        for _ in range(USERS):
+            group.start_soon(user)
+    return monitor.result
+
+
+def only_site(lag: LoopLag) -> BlockingSite:
+    assert lag.sites, f"no blocking site named; {lag.unattributed} unattributed stalls"
+    return max(lag.sites, key=lambda s: s.total_s)
+
+
+# -- handlers the monitor must name (module level: their names are stable) -----------------
+
+
+async def sleeping_handler() -> None:
+    time.sleep(BLOCK_S)  # the comment is not part of the call
+
+
+async def awaiting_handler() -> None:
+    await anyio.sleep(BLOCK_S)
+
+
+def upstream(request: httpx.Request) -> httpx.Response:
+    time.sleep(BLOCK_S)
+    return httpx.Response(200, text="upstream")
+
+
+async def sync_client_handler(client: httpx.Client) -> None:
+    client.get("http://upstream.test/items/1")
+
+
+async def cpu_handler() -> None:
+    end = time.perf_counter() + BLOCK_S
+    while time.perf_counter() < end:
+        pass
+
+
+# -- LoopMonitor ----------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("no_leaked_threads")
+def test_time_sleep_in_async_def_is_named() -> None:
+    lag = anyio.run(storm, sleeping_handler)
+
+    assert lag.max_ms >= 15
+    assert lag.stalls >= 1
+    # Every one of the 20 sleeps held the loop: the stalls add up to at least their sum.
+    assert lag.total_blocked_s >= USERS * BLOCK_S * 0.9
+    site = only_site(lag)
+    assert Path(site.file).name == "test_blocking.py"
+    assert site.line == line_of(sleeping_handler, "time.sleep")
+    assert site.function == "sleeping_handler"
+    assert site.call == "time.sleep(BLOCK_S)"
+    assert str(site).startswith(
+        f"{site.file}:{site.line} in sleeping_handler → time.sleep(BLOCK_S): blocked "
+    )
+    assert lag.unattributed == 0
+
+
+def test_packages_declared_infrastructure_are_never_blamed() -> None:
+    # This module is `tests.test_blocking`: declared infrastructure, the stall has no site.
+    lag = anyio.run(functools.partial(storm, sleeping_handler, infrastructure=["tests"]))
+
+    assert lag.max_ms >= 15
+    assert lag.sites == []
+    assert lag.unattributed == lag.stalls >= 1
+
+
+@pytest.mark.usefixtures("no_leaked_threads")
+def test_awaited_sleep_does_not_block() -> None:
+    lag = anyio.run(functools.partial(storm, awaiting_handler, rounds=3))
+
+    assert lag.ticks >= 20  # three rounds of 20 ms with a 1 ms probe
+    # One blocking call would hold the loop for the whole 20 ms; scheduling noise on a
+    # shared machine stays well below that.
+    assert lag.p99_ms < 15
+    assert lag.sites == []
+
+
+def test_sync_http_client_in_async_def_is_named() -> None:
+    with httpx.Client(transport=httpx.MockTransport(upstream)) as client:
+        lag = anyio.run(storm, functools.partial(sync_client_handler, client))
+
+    assert lag.max_ms >= 15
+    site = only_site(lag)
+    # The innermost app frame on the loop's stack is the transport's handler, reached
+    # through httpx from the endpoint.
+    assert Path(site.file).name == "test_blocking.py"
+    assert site.line == line_of(upstream, "time.sleep")
+    assert site.function == "upstream"
+
+
+def test_cpu_bound_loop_is_named() -> None:
+    lag = anyio.run(storm, cpu_handler)
+
+    assert lag.max_ms >= 15
+    site = only_site(lag)
+    assert site.function == "cpu_handler"
+    loop_lines = {line_of(cpu_handler, "while "), line_of(cpu_handler, "pass")}
+    assert site.line in loop_lines
+
+
+def test_sqlite_query_in_async_def_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "items.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None)
+    # A writer holds the database: the reader waits out its busy timeout in sqlite's C
+    # code, on the loop thread — a stand-in for a slow query.
+    reader = sqlite3.connect(path, timeout=BLOCK_S)
+    try:
+        holder.execute("CREATE TABLE items (id INTEGER)")
+        holder.execute("BEGIN EXCLUSIVE")
+
+        async def query_handler() -> None:
+            # "database is locked" after the wait: the wait is what counts.
+            with contextlib.suppress(sqlite3.OperationalError):
+                reader.execute("SELECT count(*) FROM items").fetchall()
+
+        lag = anyio.run(storm, query_handler)
+    finally:
+        reader.close()
+        holder.close()
+
+    assert lag.max_ms >= 15
+    site = only_site(lag)
+    assert site.line == line_of(query_handler, "reader.execute")
+    assert site.function.endswith("query_handler")
+    assert site.call.startswith("reader.execute(")
+
+
+@pytest.mark.usefixtures("no_leaked_threads")
+def test_watchdog_thread_lives_only_while_the_monitor_runs() -> None:
+    seen: list[threading.Thread] = []
+
+    async def main() -> None:
+        monitor = LoopMonitor()
+        await monitor.start()
+        assert monitor.watchdog_thread is not None
+        seen.append(monitor.watchdog_thread)
+        assert monitor.watchdog_thread.is_alive()
+        assert monitor.watchdog_thread.name == WATCHDOG
+        await monitor.stop()
+        assert monitor.watchdog_thread is None
+        with pytest.raises(RuntimeError, match="started once"):
+            await monitor.start()
+
+    anyio.run(main)
+    assert not seen[0].is_alive()
+    assert WATCHDOG not in {t.name for t in threading.enumerate()}
+
+
+@pytest.mark.usefixtures("no_leaked_threads")
+def test_watchdog_stops_when_the_storm_raises() -> None:
+    monitor = LoopMonitor()
+
+    async def failing_storm() -> None:
+        async with monitor:
+            await anyio.sleep(0.005)
+            raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        anyio.run(failing_storm)
+    assert monitor.result.ticks >= 1
+    assert WATCHDOG not in {t.name for t in threading.enumerate()}
+
+
+def test_monitor_without_watchdog_still_measures_lag() -> None:
+    async def main() -> LoopLag:
+        async with LoopMonitor(threshold_ms=5.0, watchdog=False) as monitor:
+            await anyio.sleep(0.005)
+            time.sleep(BLOCK_S)
+            await anyio.sleep(0.005)
+        assert monitor.watchdog_thread is None
+        return monitor.result
+
+    lag = anyio.run(main)
+    assert lag.stalls >= 1
+    assert lag.max_ms >= 15
+    assert lag.sites == []
+    assert lag.unattributed == lag.stalls
+
+
+def test_result_is_json_ready_and_diagnosed() -> None:
+    lag = anyio.run(storm, sleeping_handler)
+
+    data = json.loads(json.dumps(lag.to_dict()))
+    assert data["stalls"] == lag.stalls
+    assert data["sites"][0]["function"] == "sleeping_handler"
+    assert isinstance(data["histogram"], str)
+    assert "histogram" not in lag.to_dict(histogram=False)
+    assert lag.histogram.get_total_count() == lag.ticks
+
+    lines = diagnose(lag, [])
+    assert lines[0].startswith("event loop blocked ")
+    assert "for more than 5 ms" in lines[0]
+    assert lines[1] == f"  {lag.sites[0]}"
+
+
+def test_diagnosis_blames_the_interpreter_lock_only_when_threads_ran() -> None:
+    histogram = new_histogram()
+    lag = LoopLag(
+        p50_ms=0.1,
+        p99_ms=30.0,
+        max_ms=39.0,
+        mean_ms=2.0,
+        total_blocked_s=0.57,
+        stalls=39,
+        threshold_ms=5.0,
+        interval_ms=1.0,
+        duration_s=1.16,
+        ticks=900,
+        unattributed=39,
+        sites=[],
+        histogram=histogram,
+    )
+    threads = PoolUsage(
+        name=ASGIREF_THREADS,
+        size=None,
+        mean_busy=70.2,
+        max_busy=100,
+        full=0.0,
+        saturation=0.0,
+        mean_waiting=None,
+        wait_p99_ms=None,
+        samples=900,
+        timeline=[],
+    )
+    idle_limiter = PoolUsage(ANYIO_LIMITER, 40, 0.01, 1, 0.0, 0.0, 0.0, None, 900, [])
+
+    assert diagnose(lag, [threads, idle_limiter]) == [
+        "event loop blocked 39 times for more than 5 ms, 0.57 s in total (49% of the storm; "
+        "longest 39.0 ms)",
+        "  39 stalls not traced to app code (probably the loop waiting for the interpreter "
+        "lock while ≈70 app threads ran)",
+        "asgiref SyncToAsync threads: 70.2 threads busy on average, at most 100 at once",
+    ]
+    assert diagnose(lag, [idle_limiter])[1] == (
+        "  39 stalls not traced to app code (framework or load-generator code, or too short "
+        "to sample)"
+    )
+    assert diagnose(None, [idle_limiter]) == []
+
+
+def test_monitor_rejects_bad_settings_and_early_reads() -> None:
+    with pytest.raises(ValueError, match=r"threshold_ms=0 must be a number greater than 0"):
+        LoopMonitor(threshold_ms=0)
+    with pytest.raises(ValueError, match=r"interval_ms=nan"):
+        LoopMonitor(interval_ms=float("nan"))
+    monitor = LoopMonitor()
+    with pytest.raises(RuntimeError, match="not been stopped"):
+        _ = monitor.result
+
+    async def stop_unstarted() -> None:
+        await monitor.stop()
+
+    with pytest.raises(RuntimeError, match="not started"):
+        anyio.run(stop_unstarted)
+
+
+def test_monitor_needs_a_running_asyncio_loop() -> None:
+    # Stepping the coroutine by hand runs it with no event loop at all.
+    coro = LoopMonitor().start()
+    with pytest.raises(RuntimeError, match="running asyncio event loop"):
+        coro.send(None)
+
+
+# -- ThreadPoolProbe ------------------------------------------------------------------------
+
+
+def slow_sync_endpoint(request: Request) -> PlainTextResponse:
+    time.sleep(0.01)
+    return PlainTextResponse("ok")
+
+
+STARLETTE_APP = Starlette(routes=[Route("/", slow_sync_endpoint)])
+
+
+async def asgi_get(app: Any, path: str = "/") -> int:
+    """One in-process GET; returns the status."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    await app(scope, receive, send)
+    return statuses[0]
+
+
+def test_probe_sees_anyio_limiter_saturated_by_def_endpoint() -> None:
+    original = anyio.to_thread.run_sync
+    statuses: list[int] = []
+
+    async def main() -> list[PoolUsage]:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 4
+
+        async def client() -> None:
+            statuses.append(await asgi_get(STARLETTE_APP))
+
+        async with ThreadPoolProbe() as probe, anyio.create_task_group() as group:
+            for _ in range(60):
+                group.start_soon(client)
+        return probe.result
+
+    pools = anyio.run(main)
+
+    assert statuses == [200] * 60
+    assert anyio.to_thread.run_sync is original
+    limiter = next(p for p in pools if p.name == ANYIO_LIMITER)
+    assert limiter.size == 4
+    assert limiter.max_busy == 4
+    # 60 requests of 10 ms on 4 threads: ≈ 150 ms with a queue, only the last batch
+    # (≈ 10 ms) without one.
+    assert limiter.saturation > 0.5
+    assert limiter.mean_waiting is not None
+    assert limiter.mean_waiting > 4
+    # Requests queued behind 14 batches of 10 ms: the slowest waited ≥ 100 ms for a thread.
+    assert limiter.wait_p99_ms is not None
+    assert limiter.wait_p99_ms >= 100
+    assert limiter.timeline
+    assert limiter.timeline[0].max_busy == 4
+    text = limiter.describe()
+    assert text.startswith("anyio default thread limiter: 4 of 4 busy ")
+    assert "requests waiting on average" in text
+    lines = diagnose(None, pools)
+    assert lines[0].startswith(text)
+    assert "async def" in lines[0]
+    assert json.loads(json.dumps(limiter.to_dict()))["size"] == 4
+
+
+def test_probe_counts_asgiref_threads() -> None:
+    original = SyncToAsync.thread_handler
+
+    def blocking_view() -> None:
+        time.sleep(0.05)
+
+    async def request() -> None:
+        # Django under ASGI gives each request a thread-sensitive context of its own.
+        async with ThreadSensitiveContext():
+            await sync_to_async(blocking_view)()
+
+    async def main() -> list[PoolUsage]:
+        async with ThreadPoolProbe() as probe, anyio.create_task_group() as group:
+            for _ in range(8):
+                group.start_soon(request)
+        return probe.result
+
+    pools = anyio.run(main)
+
+    assert SyncToAsync.thread_handler is original
+    threads = next(p for p in pools if p.name == ASGIREF_THREADS)
+    assert threads.size is None
+    assert threads.saturation == 0
+    assert 4 <= threads.max_busy <= 8
+    assert threads.mean_waiting is None
+    assert threads.describe().startswith("asgiref SyncToAsync threads: ")
+    assert "at most" in threads.describe()
+    # The anyio limiter was never used: diagnose() leaves it out.
+    assert [line.split(":")[0] for line in diagnose(None, pools)] == [ASGIREF_THREADS]
+
+
+def test_probe_without_wrappers_leaves_frameworks_alone() -> None:
+    original = anyio.to_thread.run_sync
+
+    async def main() -> list[PoolUsage]:
+        async with ThreadPoolProbe(measure_wait=False, asgiref=False) as probe:
+            assert anyio.to_thread.run_sync is original
+            await anyio.to_thread.run_sync(time.sleep, 0.005)
+        return probe.result
+
+    pools = anyio.run(main)
+    assert [p.name for p in pools] == [ANYIO_LIMITER]
+    assert pools[0].wait_p99_ms is None
+    assert pools[0].size == 40

@@ -1,0 +1,307 @@
+"""Report options in real pytest sessions: JSON, HTML, baselines, regressions, pytest-xdist."""
+
+from __future__ import annotations
+
+import json
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hdrh.histogram import HdrHistogram
+
+from pytest_concurrency._report._json import merge_histograms
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestAssertRewriteWarning")
+
+# The app's service time comes from the environment, so two runs of the same tests can
+# differ by a known amount (a regression on purpose).
+STORM_APPS = """
+import os
+import time
+
+DELAY = float(os.environ.get("STORM_TEST_DELAY", "0.005"))
+
+def sleepy_wsgi(environ, start_response):
+    time.sleep(DELAY)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+"""
+
+TESTS = """
+from storm_apps import sleepy_wsgi
+
+def test_one(storm):
+    storm(sleepy_wsgi, "GET", "/one", users=4, workers=4, duration=0.3)
+
+def test_two(storm):
+    storm(sleepy_wsgi, "GET", "/two", users=4, workers=4, duration=0.3)
+    storm(sleepy_wsgi, "GET", "/three", users=4, workers=4, duration=0.3)
+"""
+
+ONE = """
+from storm_apps import sleepy_wsgi
+
+def test_one(storm):
+    storm(sleepy_wsgi, "GET", "/one", users=4, workers=4, duration=0.3)
+"""
+
+Run = Callable[..., pytest.RunResult]
+
+
+@pytest.fixture
+def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Run:
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.delenv("STORM_TEST_DELAY", raising=False)
+    pytester.makepyfile(storm_apps=STORM_APPS)
+
+    def runner(*args: str) -> pytest.RunResult:
+        return pytester.runpytest(
+            "-p", "pytest_concurrency.plugin", "-p", "no:cacheprovider", *args
+        )
+
+    return runner
+
+
+def _storms(path: Path) -> list[dict[str, object]]:
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    assert doc["schema_version"] == 1
+    storms: list[dict[str, object]] = doc["storms"]
+    return storms
+
+
+def test_options_are_documented(run: Run) -> None:
+    result = run("--help")
+    result.stdout.fnmatch_lines(
+        [
+            "*--concurrency-json=PATH*",
+            "*--concurrency-html=PATH*",
+            "*--concurrency-save=NAME*",
+            "*--concurrency-compare=NAME*",
+            "*--concurrency-compare-fail=EXPR*",
+            "*--concurrency-storage=DIR*",
+            "*concurrency_compare_fail (string):*",
+        ]
+    )
+
+
+def test_json_report_has_every_storm(pytester: pytest.Pytester, run: Run) -> None:
+    pytester.makepyfile(test_storms=TESTS)
+    result = run("--concurrency-json=out/storms.json")
+    result.assert_outcomes(passed=2)
+    path = pytester.path / "out" / "storms.json"
+    result.stdout.fnmatch_lines(
+        [f"JSON report written to {path}", "timer noise on this machine: *within noise."]
+    )
+    storms = _storms(path)
+    assert [(s["nodeid"], s["index"], s["label"]) for s in storms] == [
+        ("test_storms.py::test_one", 0, "GET /one"),
+        ("test_storms.py::test_two", 0, "GET /two"),
+        ("test_storms.py::test_two", 1, "GET /three"),
+    ]
+    doc = json.loads(path.read_text())
+    assert set(doc["machine"]["noise"]) >= {"sleep_p99_ms", "asyncio_p99_ms"}
+    for storm in storms:
+        histograms = storm["histograms"]
+        assert isinstance(histograms, dict)
+        latency = HdrHistogram.decode(histograms["latency"])
+        assert latency.get_total_count() == storm["requests"]
+        # Simulated I/O is 5 ms; nothing can answer faster.
+        assert latency.get_value_at_percentile(50) >= 5000
+
+
+def test_ini_twins_are_relative_to_the_ini_file(pytester: pytest.Pytester, run: Run) -> None:
+    pytester.makeini(
+        "[pytest]\n"
+        "concurrency_json = reports/storms.json\n"
+        "concurrency_storage = baselines\n"
+        "concurrency_save = nightly\n"
+    )
+    pytester.makepyfile(test_storms=ONE)
+    (pytester.path / "sub").mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(pytester.path / "sub")
+        result = run(str(pytester.path))
+    result.assert_outcomes(passed=1)
+    assert len(_storms(pytester.path / "reports" / "storms.json")) == 1
+    assert len(_storms(pytester.path / "baselines" / "nightly.json")) == 1
+
+
+def test_html_report(pytester: pytest.Pytester, run: Run) -> None:
+    pytester.makepyfile(test_storms=ONE)
+    result = run("--concurrency-html=report.html")
+    result.assert_outcomes(passed=1)
+    page = (pytester.path / "report.html").read_text(encoding="utf-8")
+    result.stdout.fnmatch_lines([f"HTML report written to {pytester.path / 'report.html'}"])
+    assert page.count("Plotly.newPlot(") == 1 + 2
+    assert "test_storms.py::test_one · GET /one" in page
+
+
+def test_html_without_plotly_is_a_usage_error(
+    pytester: pytest.Pytester, run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "plotly", None)
+    pytester.makepyfile(test_storms=TESTS)
+    result = run("--concurrency-html=report.html")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: --concurrency-html='report.html' needs plotly*pip install 'pytest-storm[[]html]'"]
+    )
+    assert "passed" not in result.stdout.str()
+
+
+def test_save_then_compare(pytester: pytest.Pytester, run: Run) -> None:
+    pytester.makepyfile(test_storms=TESTS)
+    saved = run("--concurrency-save=main", "-k", "test_one")
+    saved.assert_outcomes(passed=1, deselected=1)
+    path = pytester.path / ".storms" / "main.json"
+    saved.stdout.fnmatch_lines([f"baseline 'main' written to {path}"])
+
+    result = run("--concurrency-compare=main")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*= storms compared with baseline main (saved *) =*",
+            "test*storm*p50*p99*max*rps*errors",
+            "test_storms.py::test_one*GET /one*ms (*%)*ms (*%)*ms (*%)*rps (*%)*0.00% (+0.00pp)",
+            "test_storms.py::test_two*GET /two*new: not in the baseline",
+            "test_storms.py::test_two*GET /three [[]1]*new: not in the baseline",
+        ]
+    )
+
+
+def test_compare_fail_fails_the_storm_that_regressed(
+    pytester: pytest.Pytester, run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(test_storms=ONE)
+    run("--concurrency-save=main").assert_outcomes(passed=1)
+    # Four times the service time, on a pool large enough never to queue: p50 grows ~4x.
+    monkeypatch.setenv("STORM_TEST_DELAY", "0.02")
+    result = run("--concurrency-compare=main", "--concurrency-compare-fail=p50:50%")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*storm GET /one regressed against baseline 'main' (*main.json, saved *):",
+            "*p50 grew from * ms to * ms (+*%; allowed p50:50%)",
+            "*regressed: test_storms.py::test_one · GET /one: p50 grew from*",
+        ]
+    )
+
+
+def test_compare_fail_passes_within_its_threshold(
+    pytester: pytest.Pytester, run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(test_storms=ONE)
+    run("--concurrency-save=main").assert_outcomes(passed=1)
+    # The same app again: p50 stays near 5 ms, far from 3x; throughput far from a 90% drop.
+    result = run("--concurrency-compare=main", "--concurrency-compare-fail=p50:200%,rps:90%")
+    result.assert_outcomes(passed=1)
+    assert "regressed" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["test_storms.py::test_one*GET /one*ms (*%)*rps (*%)*"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--concurrency-compare=main", "--concurrency-compare-fail=p99:lots"],
+            "ERROR: --concurrency-compare-fail='p99:lots': 'lots' for p99 is not an amount*",
+        ),
+        (
+            ["--concurrency-compare-fail=p99:10%"],
+            "ERROR: --concurrency-compare-fail='p99:10%' needs a baseline to compare with: "
+            "add --concurrency-compare=NAME",
+        ),
+        (
+            ["--concurrency-compare=nope"],
+            "ERROR: --concurrency-compare='nope': no baseline *nope.json (saved baselines: main; "
+            "save one with --concurrency-save=NAME)",
+        ),
+        (
+            ["--concurrency-save=../up"],
+            "ERROR: --concurrency-save='../up': a baseline name is letters, digits*",
+        ),
+    ],
+)
+def test_bad_report_options_are_usage_errors(
+    pytester: pytest.Pytester, run: Run, args: list[str], message: str
+) -> None:
+    storage = pytester.path / ".storms"
+    storage.mkdir()
+    (storage / "main.json").write_text(json.dumps({"schema_version": 1, "storms": []}))
+    pytester.makepyfile(test_storms=TESTS)
+    result = run(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_bad_ini_compare_fail_names_the_ini_file(pytester: pytest.Pytester, run: Run) -> None:
+    pytester.makeini("[pytest]\nconcurrency_compare_fail = p99=10%\n")
+    pytester.makepyfile(test_storms=TESTS)
+    result = run()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: ini option concurrency_compare_fail in *tox.ini='p99=10%': 'p99=10%' has no ':'*"]
+    )
+
+
+def test_storage_option(pytester: pytest.Pytester, run: Run) -> None:
+    pytester.makepyfile(test_storms=ONE)
+    run("--concurrency-storage=ci/baselines", "--concurrency-save=py311")
+    assert len(_storms(pytester.path / "ci" / "baselines" / "py311.json")) == 1
+    result = run("--concurrency-storage=ci/baselines", "--concurrency-compare=py311")
+    result.stdout.fnmatch_lines(["*storms compared with baseline py311*", "*test_one*GET /one*%*"])
+
+
+def test_a_session_without_storms_writes_an_empty_document(
+    pytester: pytest.Pytester, run: Run
+) -> None:
+    pytester.makepyfile(test_plain="def test_nothing():\n    pass\n")
+    result = run("--concurrency-json=storms.json")
+    result.assert_outcomes(passed=1)
+    assert _storms(pytester.path / "storms.json") == []
+    assert "timer noise" not in result.stdout.str()
+
+
+def test_xdist_workers_send_their_storms_to_the_controller(
+    pytester: pytest.Pytester, run: Run
+) -> None:
+    pytester.makepyfile(test_storms=TESTS)
+    junit = pytester.path / "junit.xml"
+    result = run("-p", "xdist", "-n", "2", "--concurrency-json=storms.json", f"--junitxml={junit}")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*= storms =*",
+            "test*storm*app*users*requests*rps*",
+            "storms ran on 2 pytest-xdist workers in parallel*run the storm tests with -n 0*",
+        ]
+    )
+    doc = json.loads((pytester.path / "storms.json").read_text())
+    storms = sorted(doc["storms"], key=lambda s: (s["nodeid"], s["index"]))
+    assert [(s["nodeid"], s["index"], s["label"]) for s in storms] == [
+        ("test_storms.py::test_one", 0, "GET /one"),
+        ("test_storms.py::test_two", 0, "GET /two"),
+        ("test_storms.py::test_two", 1, "GET /three"),
+    ]
+    merged = merge_histograms([doc])["latency"]
+    assert merged.get_total_count() == sum(s["requests"] for s in storms) > 0
+    # The transport stays out of the JUnit XML; the figures stay in.
+    names = {p.get("name") for p in ET.parse(junit).iter("property")}
+    assert "storm.json" not in names
+    assert "storm.p99_ms" in names
+
+
+def test_an_unwritable_report_is_reported_not_an_internal_error(
+    pytester: pytest.Pytester, run: Run
+) -> None:
+    pytester.makepyfile(test_plain="def test_nothing():\n    pass\n")
+    (pytester.path / "taken").mkdir()
+    result = run("--concurrency-json=taken")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(
+        ["could not write the JSON report (--concurrency-json): *Is a directory*"]
+    )
+    assert [p.name for p in pytester.path.iterdir() if p.name.startswith("taken")] == ["taken"]
