@@ -266,3 +266,46 @@ def test_concurrency_warning_is_a_pytest_warning(pytester: pytest.Pytester, run)
         """
     )
     run().assert_outcomes(passed=1)
+
+
+def test_scale_shrinks_the_load_and_says_so(pytester: pytest.Pytester, run) -> None:  # type: ignore[no-untyped-def]
+    pytester.makepyfile(
+        test_scale="""
+        import pytest
+        from apps import fast_app
+
+        @pytest.mark.concurrency(users=40, duration=2.0, p99_ms=1000)
+        def test_it(storm):
+            result = storm(fast_app, "GET", "/")
+            assert result.users == 4
+            assert result.duration == pytest.approx(0.2)
+            assert any("scaled ×0.1" in w for w in result.warnings)
+        """
+    )
+    run("--concurrency-scale=0.1").assert_outcomes(passed=1)
+    result = run("--concurrency-scale=zero")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*scale='zero' (from command-line option --concurrency-scale) must be a number greater than 0*"
+        ]
+    )
+
+
+def test_disable_skips_storms_with_a_reason(pytester: pytest.Pytester, run) -> None:  # type: ignore[no-untyped-def]
+    pytester.makepyfile(
+        test_disable="""
+        from apps import fast_app
+
+        def test_storm(storm):
+            storm(fast_app, "GET", "/")
+
+        def test_plain():
+            pass
+        """
+    )
+    result = run("--concurrency-disable", "-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*storms disabled (--concurrency-disable)*"])
+    pytester.makeini("[pytest]\nconcurrency_disable = true\n")
+    run().assert_outcomes(passed=1, skipped=1)

@@ -131,6 +131,24 @@ class StormConfig:
     origins: dict[str, str] = field(default_factory=dict)
     request_options: dict[str, Any] = field(default_factory=dict)
 
+    scale: float | None = None
+
+    def scaled(self, factor: float, origin: str) -> None:
+        """Scale users, rates, durations and request counts by *factor* (budgets unchanged)."""
+        if not _is_number(factor) or factor <= 0:
+            raise ConfigError(f"scale={factor!r} (from {origin}) must be a number greater than 0")
+        self.scale = factor
+        self.users = max(1, math.ceil(self.users * factor)) if self.users else 0
+        if self.rate is not None:
+            self.rate *= factor
+        if self.duration is not None:
+            self.duration *= factor
+        if self.requests is not None:
+            self.requests = max(1, math.ceil(self.requests * factor))
+        self.warmup *= factor
+        self.ramp *= factor
+        self.stages = tuple((seconds * factor, target * factor) for seconds, target in self.stages)
+
     def origin_of(self, name: str) -> str:
         """Where the value of *name* came from."""
         return self.origins.get(name, "default")

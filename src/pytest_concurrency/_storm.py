@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AsyncExitStack, contextmanager
+from contextlib import AbstractContextManager, AsyncExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
@@ -50,7 +50,7 @@ from ._result import EndpointStats, Knee, PoolStats, StormResult, TimelinePoint
 from ._workload import Profile, Request, RequestFactory, RequestMix, build_mix, start_offsets
 from ._wsgi import WsgiDriver, WsgiPool
 
-__all__ = ["StormPlan", "plan_storm", "run_plan", "run_plan_async"]
+__all__ = ["LiveFigures", "Progress", "StormPlan", "plan_storm", "run_plan", "run_plan_async"]
 
 #: Extra seconds a storm may run past its stop time plus one request timeout.
 _GRACE = 2.0
@@ -82,9 +82,15 @@ def plan_storm(
     *,
     requests: Sequence[Request] | RequestFactory | None = None,
     layers: Sequence[Layer] = (),
+    scale: tuple[float, str] | None = None,
 ) -> StormPlan:
-    """Validate everything about a storm before any load is fired."""
+    """Validate everything about a storm before any load is fired.
+
+    *scale* is ``(factor, origin)``: users, rates and durations scaled for a quick run.
+    """
     config = resolve(layers)
+    if scale is not None and scale[0] != 1:
+        config.scaled(*scale)
     mix = build_mix(method, path, requests, config.request_options, config.seed)
     if config.interface is not None:
         if not callable(app):
@@ -101,7 +107,57 @@ def plan_storm(
     return StormPlan(app, interface, config.name or label, app_label(app), mix, config)
 
 
-def run_plan(plan: StormPlan) -> StormResult:
+class LiveFigures:
+    """Figures of the storm in progress, for a live status line (read from another thread).
+
+    Reads only lengths and the tail of the record arrays, which the storm appends to:
+    cheap, and safe under the GIL.
+    """
+
+    def __init__(self, plan: StormPlan) -> None:
+        self.plan = plan
+        self.recorders: list[Recorder] = []
+        self.started = perf_counter()
+        self.in_flight: Callable[[], int] | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        """Elapsed seconds, requests, rps, p99 of the latest requests, in flight, errors."""
+        elapsed = perf_counter() - self.started
+        requests = errors = 0
+        tail: list[int] = []
+        for rec in list(self.recorders):
+            n = len(rec.latency)
+            requests += n
+            start = max(0, n - 500)
+            tail.extend(rec.latency[start:n])
+            statuses = rec.status[start:n]
+            errors += sum(1 for st in statuses if st >= 400 or st == STATUS_TIMEOUT)
+        tail.sort()
+        figures: dict[str, Any] = {"elapsed": elapsed, "requests": requests, "errors": errors}
+        if elapsed > 0:
+            figures["rps"] = requests / elapsed
+        if tail:
+            figures["p99_ms"] = tail[int(0.99 * (len(tail) - 1))] / 1000
+        if self.in_flight is not None:
+            figures["in_flight"] = self.in_flight()
+        return figures
+
+    @property
+    def expected_seconds(self) -> float | None:
+        """How long the storm should take, when known."""
+        config = self.plan.config
+        if config.stages:
+            return sum(seconds for seconds, _ in config.stages)
+        if config.duration is not None:
+            return config.duration + config.warmup
+        return None
+
+
+#: A progress line: called with the live figures, returns a context manager around the storm.
+Progress = Callable[[LiveFigures], AbstractContextManager[Any]]
+
+
+def run_plan(plan: StormPlan, progress: Progress | None = None) -> StormResult:
     """Fire the storm from synchronous code (no event loop may be running in this thread)."""
     try:
         asyncio.get_running_loop()
@@ -114,23 +170,33 @@ def run_plan(plan: StormPlan) -> StormResult:
         )
     rounds = []
     for _ in range(plan.config.rounds):
-        with _collector(plan.config), _simulated_io(plan) as attach:
+        live = LiveFigures(plan)
+        with (
+            _collector(plan.config),
+            _simulated_io(plan) as attach,
+            progress(live) if progress is not None else nullcontext(),
+        ):
             if plan.interface == "wsgi":
-                rounds.append(attach(_run_wsgi(plan)))
+                rounds.append(attach(_run_wsgi(plan, live)))
             else:
-                rounds.append(attach(anyio.run(_run_asgi, plan)))
+                rounds.append(attach(anyio.run(_run_asgi, plan, live)))
     return _judge(plan, rounds)
 
 
-async def run_plan_async(plan: StormPlan) -> StormResult:
+async def run_plan_async(plan: StormPlan, progress: Progress | None = None) -> StormResult:
     """Fire the storm from async code: ASGI on the running loop, WSGI on a helper thread."""
     rounds = []
     for _ in range(plan.config.rounds):
-        with _collector(plan.config), _simulated_io(plan) as attach:
+        live = LiveFigures(plan)
+        with (
+            _collector(plan.config),
+            _simulated_io(plan) as attach,
+            progress(live) if progress is not None else nullcontext(),
+        ):
             if plan.interface == "wsgi":
-                rounds.append(attach(await anyio.to_thread.run_sync(_run_wsgi, plan)))
+                rounds.append(attach(await anyio.to_thread.run_sync(_run_wsgi, plan, live)))
             else:
-                rounds.append(attach(await _run_asgi(plan)))
+                rounds.append(attach(await _run_asgi(plan, live)))
     return _judge(plan, rounds)
 
 
@@ -163,6 +229,11 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
             f"{len(rounds)} rounds, judged on the {config.aggregate} one: p99 "
             f"{min(p99s):.1f}–{max(p99s):.1f} ms, {min(rps):,.0f}–{max(rps):,.0f} rps"
         )
+    if config.scale is not None:
+        chosen.warnings.append(
+            f"load scaled ×{config.scale:g} for a quick run (--concurrency-scale); budgets unchanged"
+        )
+        chosen.extras["scale"] = config.scale
     chosen.verdicts = evaluate(chosen, config.budgets)
     for endpoint, budgets in config.endpoint_budgets.items():
         chosen.verdicts.extend(evaluate_endpoint(chosen, endpoint, budgets))
@@ -272,7 +343,7 @@ def _window(config: StormConfig, origin: float, profile: Profile) -> _Window:
 # -- ASGI: users as tasks on the event loop -----------------------------------------------
 
 
-async def _run_asgi(plan: StormPlan) -> StormResult:
+async def _run_asgi(plan: StormPlan, live: LiveFigures | None = None) -> StormResult:
     config = plan.config
     driver = AsgiDriver(plan.app, list(plan.requests), lifespan=config.lifespan)
     timeout = config.timeout_ms / 1000
@@ -288,7 +359,7 @@ async def _run_asgi(plan: StormPlan) -> StormResult:
                 if _running_loop() is not None:  # asyncio only
                     monitor = await stack.enter_async_context(LoopMonitor(threshold_ms=5.0))
                     probe = await stack.enter_async_context(ThreadPoolProbe())
-                figures = await _AsgiEngine(plan, driver).run()
+                figures = await _AsgiEngine(plan, driver, live=live).run()
         except StormError as exc:
             # Raised after the task group, so that callers see the error itself rather
             # than an exception group.
@@ -362,7 +433,14 @@ _DISCONNECT_GRACE = 0.02
 class _AsgiEngine:
     """Virtual users (closed model) or arrivals (open model) as tasks on the app's own loop."""
 
-    def __init__(self, plan: StormPlan, driver: AsgiDriver, *, users: int | None = None) -> None:
+    def __init__(
+        self,
+        plan: StormPlan,
+        driver: AsgiDriver,
+        *,
+        users: int | None = None,
+        live: LiveFigures | None = None,
+    ) -> None:
         config = plan.config
         self.plan = plan
         self.config = config
@@ -370,6 +448,9 @@ class _AsgiEngine:
         self.mix = plan.mix
         self.timeout = config.timeout_ms / 1000
         self.rec = Recorder()
+        if live is not None:
+            live.recorders.append(self.rec)
+            live.in_flight = lambda: len(self.flights)
         self.book = ErrorBook()
         self.timeout_kind = self.book.kind(None, ErrorBook.TIMEOUT)
         self.pick = plan.mix.picker()
@@ -670,7 +751,7 @@ async def _warn_harness_bound(result: StormResult, loop_cpu: float) -> None:
 # -- WSGI: a pool of threads ---------------------------------------------------------------
 
 
-def _run_wsgi(plan: StormPlan) -> StormResult:
+def _run_wsgi(plan: StormPlan, live: LiveFigures | None = None) -> StormResult:
     config = plan.config
     driver = WsgiDriver(plan.app, list(plan.requests))
     pool = WsgiPool(driver, workers=config.workers, threads=config.threads)
@@ -727,6 +808,7 @@ def _run_wsgi(plan: StormPlan) -> StormResult:
         max_in_flight=config.max_in_flight,
         wanted=wanted if profile.varies and not open_model else None,
         build=build,
+        live=live.recorders if live is not None else None,
     )
     wall = perf_counter() - wall_before
     figures = _RunFigures(

@@ -160,6 +160,7 @@ class WsgiPool:
         max_in_flight: int = sys.maxsize,
         wanted: Callable[[int, float], float | None] | None = None,
         build: Callable[[int, int], tuple[int, Request]] | None = None,
+        live: list[Recorder] | None = None,
     ) -> PoolRun:
         """Serve users until *stop_at* (or *total* requests); join every thread before returning.
 
@@ -181,6 +182,8 @@ class WsgiPool:
         limit = total if total is not None else sys.maxsize
         timed_out_kind = book.kind(None, ErrorBook.TIMEOUT)
         recorders = [Recorder() for _ in range(self.size)]
+        if live is not None:
+            live.extend(recorders)  # read (lengths and tails only) by a progress line
         done_count = [0] * self.size
         # One counter per thread (no lock): a user retires when its next send would fall
         # after the end of the storm; the run is over when every user has retired.

@@ -8,7 +8,9 @@ Precedence of storm parameters: keyword argument > marker > command-line option 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -20,9 +22,10 @@ from ._errors import ConfigError
 from ._latency import Upstream
 from ._params import BUDGET_NAMES, WORKLOAD_NAMES, Layer, check_names, resolve
 from ._report._options import STORM_JSON_PROPERTY, ReportSession, add_options
+from ._report._terminal import LiveProgress
 from ._result import StormResult
 from ._session import STORMS_KEY, SessionStorms
-from ._storm import plan_storm, run_plan, run_plan_async
+from ._storm import LiveFigures, Progress, plan_storm, run_plan, run_plan_async
 from ._workload import Request, RequestFactory, split_requests
 
 __all__ = ["StormFixture"]
@@ -55,7 +58,54 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             help=help_text,
         )
         parser.addini(f"concurrency_{name}", help_text, default=None)
+    group.addoption(
+        "--concurrency-scale",
+        dest="concurrency_scale",
+        default=None,
+        metavar="FACTOR",
+        help=_SCALE_HELP,
+    )
+    parser.addini("concurrency_scale", _SCALE_HELP, default=None)
+    group.addoption(
+        "--concurrency-disable",
+        dest="concurrency_disable",
+        action="store_true",
+        default=None,
+        help=_DISABLE_HELP,
+    )
+    parser.addini("concurrency_disable", _DISABLE_HELP, type="bool", default=False)
     add_options(parser)
+
+
+_SCALE_HELP = (
+    "scale users, rates, durations and request counts of every storm by FACTOR for a quick "
+    "local run (budgets unchanged; reports say so)"
+)
+_DISABLE_HELP = "skip every test that uses the storm fixture (with a reason)"
+
+
+def _scale(config: pytest.Config) -> tuple[float, str] | None:
+    raw = config.getoption("concurrency_scale", None)
+    origin = "command-line option --concurrency-scale"
+    if raw is None:
+        raw = config.getini("concurrency_scale")
+        origin = f"ini option concurrency_scale in {config.inipath}"
+    if raw in (None, ""):
+        return None
+    try:
+        factor = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"scale={raw!r} (from {origin}) must be a number greater than 0"
+        ) from None
+    if not factor > 0:
+        raise ConfigError(f"scale={raw!r} (from {origin}) must be a number greater than 0")
+    return factor, origin
+
+
+def _disabled(config: pytest.Config) -> bool:
+    flag = config.getoption("concurrency_disable", None)
+    return bool(flag) if flag is not None else bool(config.getini("concurrency_disable"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -117,6 +167,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         return
     try:
         resolve([_marker_layer(item), *_run_layers(item.config)])
+        _scale(item.config)
     except ConfigError as exc:
         message = str(exc)
     else:
@@ -140,12 +191,14 @@ class StormFixture:
         params: dict[str, Any],
     ) -> Any:
         mix, params = split_requests(requests, params)
-        layers = [
+        layers: list[Layer] = [
             Layer("keyword argument", params),
             _marker_layer(self._item),
             *_run_layers(self._item.config),
         ]
-        return plan_storm(app, method, path, requests=mix, layers=layers)
+        return plan_storm(
+            app, method, path, requests=mix, layers=layers, scale=_scale(self._item.config)
+        )
 
     def __call__(
         self,
@@ -159,7 +212,7 @@ class StormFixture:
         """Fire a storm at *app*; budgets from the marker and *params* are enforced on return."""
         __tracebackhide__ = True
         plan = self._plan(app, method, path, requests, params)
-        return self._finish(run_plan(plan))
+        return self._finish(run_plan(plan, self._progress()))
 
     async def arun(
         self,
@@ -173,7 +226,7 @@ class StormFixture:
         """Async form of the fixture, for async tests (``await storm.arun(app, "GET", "/")``)."""
         __tracebackhide__ = True
         plan = self._plan(app, method, path, requests, params)
-        return self._finish(await run_plan_async(plan))
+        return self._finish(await run_plan_async(plan, self._progress()))
 
     def capacity(
         self,
@@ -198,6 +251,33 @@ class StormFixture:
         self._item.user_properties.append((f"{prefix}.best_workers", found.best))
         self._item.user_properties.append((f"{prefix}.storms", found.storms))
         return found
+
+    def _progress(self) -> Progress | None:
+        config = self._item.config
+        capman = config.pluginmanager.getplugin("capturemanager")
+        reporter = config.pluginmanager.getplugin("terminalreporter")
+        if reporter is None or config.option.verbose < -1:
+            return None
+
+        @contextmanager
+        def show(live: LiveFigures) -> Iterator[None]:
+            line = LiveProgress(
+                live.snapshot,
+                label=f"storm {live.plan.label}",
+                total=live.expected_seconds,
+                stream=sys.__stderr__,
+                capture=capman,
+            )
+            if (live.expected_seconds or 0) < 1.0:
+                yield  # too short to be worth a live line
+                return
+            line.start()
+            try:
+                yield
+            finally:
+                line.stop()
+
+        return show
 
     def _finish(self, result: StormResult) -> StormResult:
         __tracebackhide__ = True
@@ -252,6 +332,8 @@ def upstream() -> Iterator[Upstream]:
 @pytest.fixture
 def storm(request: pytest.FixtureRequest) -> StormFixture:
     """Fire request storms at an ASGI or WSGI app: ``storm(app, "GET", "/path", users=50, p99_ms=100)``."""
+    if _disabled(request.config):
+        pytest.skip("storms disabled (--concurrency-disable)")
     return StormFixture(request.node)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
 import os
@@ -174,13 +175,18 @@ class LiveProgress:
         stream: TextIO | None = None,
         interval: float = MIN_INTERVAL,
         enabled: bool | None = None,
+        capture: Any = None,
     ) -> None:
+        # pytest's capture manager, when output is captured: each refresh briefly lets the
+        # line through to the real terminal, the way pytest's own reporter does.
+        self._capture = capture
         self._snapshot = snapshot
         self._label = label
         self._total = total
         self._stream: TextIO = stream if stream is not None else sys.stderr
         self._interval = max(interval, self.MIN_INTERVAL)
-        self.enabled = _progress_wanted(self._stream) if enabled is None else enabled
+        with self._uncaptured():
+            self.enabled = _progress_wanted(self._stream) if enabled is None else enabled
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._shown = 0
@@ -204,13 +210,19 @@ class LiveProgress:
             parts.append(f"{figures['errors']:,} errors")
         return "  ".join(parts)
 
+    def _uncaptured(self) -> Any:
+        if self._capture is None:
+            return contextlib.nullcontext()
+        return self._capture.global_and_fixture_disabled()
+
     def _write(self, text: str) -> None:
         # Wider than the terminal would wrap, and \r only returns to the last row.
         width = shutil.get_terminal_size((80, 24)).columns - 1
         line = text[:width]
         padding = " " * max(0, self._shown - len(line))
-        self._stream.write("\r" + line + padding)
-        self._stream.flush()
+        with self._uncaptured():
+            self._stream.write("\r" + line + padding)
+            self._stream.flush()
         self._shown = len(line)
 
     def _run(self) -> None:
@@ -240,8 +252,9 @@ class LiveProgress:
         thread.join()
         if self._shown:
             try:
-                self._stream.write("\r" + " " * self._shown + "\r")
-                self._stream.flush()
+                with self._uncaptured():
+                    self._stream.write("\r" + " " * self._shown + "\r")
+                    self._stream.flush()
             except (OSError, ValueError):
                 pass
             self._shown = 0
