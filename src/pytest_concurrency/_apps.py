@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Any, Literal
 
 from asgiref.compatibility import guarantee_single_callable, is_double_callable
@@ -78,9 +79,30 @@ def app_label(app: Any) -> str:
         return f"{app_label(wrapped)} (wrapped by {type(app).__name__})"
     if inspect.isfunction(app) or inspect.isclass(app) or inspect.ismethod(app):
         return f"{app.__module__}:{app.__qualname__}"
+    found = _module_attribute(app)
+    if found is not None:
+        return found
     cls = type(app)
     for attr in ("import_name", "name"):
         value = getattr(app, attr, None)
         if isinstance(value, str) and value and attr == "import_name":
             return f"{value}:{cls.__name__}"
     return f"{cls.__module__}.{cls.__qualname__} instance"
+
+
+def _module_attribute(app: Any) -> str | None:
+    """``module:name`` of a module-level variable holding *app* (``examples.api:app``).
+
+    Looks through the modules already imported, the user's own first (not installed
+    packages), so a FastAPI or Flask instance is named the way a server command names it.
+    """
+    candidates: list[tuple[bool, str]] = []
+    for module_name, module in list(sys.modules.items()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        for attr, value in list(namespace.items()):
+            if value is app and not attr.startswith("_"):
+                installed = "site-packages" in str(getattr(module, "__file__", "") or "")
+                candidates.append((installed, f"{module_name}:{attr}"))
+    return min(candidates)[1] if candidates else None
