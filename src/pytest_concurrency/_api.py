@@ -25,6 +25,7 @@ def warn_about(result: StormResult, *, stacklevel: int = 3) -> None:
 
 def check_budgets(result: StormResult) -> None:
     """Raise :class:`BudgetExceeded` with the verdict table when a budget did not hold."""
+    __tracebackhide__ = True
     if not result.passed:
         broken = ", ".join(v.name for v in result.failed_verdicts)
         raise BudgetExceeded(f"storm broke its budget ({broken})\n{verdict_table(result)}", result)

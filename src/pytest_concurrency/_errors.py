@@ -26,3 +26,8 @@ class BudgetExceeded(AssertionError):
     def __init__(self, message: str, result: object = None) -> None:
         super().__init__(message)
         self.result = result
+
+
+# Shown as pytest_concurrency.BudgetExceeded (their public home) in tracebacks.
+for _cls in (ConcurrencyWarning, ConfigError, StormError, BudgetExceeded):
+    _cls.__module__ = "pytest_concurrency"

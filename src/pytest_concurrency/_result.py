@@ -141,7 +141,7 @@ class PoolStats:
         }
 
 
-@dataclass
+@dataclass(repr=False)
 class StormResult:
     """Figures of one storm; latencies in milliseconds, throughput in requests per second."""
 
@@ -193,6 +193,13 @@ class StormResult:
         """The thread pool inside an ASGI app that was closest to saturation, if any ran."""
         used = [p for p in self.thread_pools if p.max_busy > 0]
         return max(used, key=lambda p: (p.saturation, p.mean_busy)) if used else None
+
+    def __repr__(self) -> str:
+        return (
+            f"<StormResult {self.label} on {self.app}: {self.requests:,} requests, "
+            f"{self.throughput:,.1f} rps, p50 {self.latency.p50:,.2f} ms, p99 {self.latency.p99:,.2f} ms, "
+            f"{'passed' if self.passed else 'FAILED'}>"
+        )
 
     @property
     def error_rate(self) -> float:
