@@ -16,13 +16,12 @@ from typing import Any
 import pytest
 
 from ._api import check_budgets, plan_capacity, run_capacity, warn_about
-from ._budget import format_number
 from ._capacity import CapacityResult
 from ._errors import ConfigError
 from ._latency import Upstream
 from ._params import BUDGET_NAMES, WORKLOAD_NAMES, Layer, check_names, resolve
 from ._report._options import STORM_JSON_PROPERTY, ReportSession, add_options
-from ._report._terminal import LiveProgress
+from ._report._terminal import LiveProgress, storms_table
 from ._result import StormResult
 from ._session import STORMS_KEY, SessionStorms
 from ._storm import LiveFigures, Progress, plan_storm, run_plan, run_plan_async
@@ -343,43 +342,5 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if not rows:
         return
     terminalreporter.section("storms")
-    header = (
-        "test",
-        "storm",
-        "app",
-        "users",
-        "requests",
-        "rps",
-        "p50 ms",
-        "p99 ms",
-        "max ms",
-        "errors",
-        "saturation",
-        "verdict",
-    )
-    table = [header]
-    for nodeid, r in rows:
-        table.append(
-            (
-                nodeid,
-                r.label,
-                f"{r.interface} {r.server}",
-                f"{r.users:,}",
-                f"{r.requests:,}",
-                format_number(r.throughput),
-                format_number(r.latency.p50),
-                format_number(r.latency.p99),
-                format_number(r.latency.max),
-                f"{r.error_rate:.1%}",
-                f"{r.saturation:.0%}" if r.saturation is not None else "-",
-                "pass" if r.passed else "FAIL " + ",".join(v.name for v in r.failed_verdicts),
-            )
-        )
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    numeric = set(range(3, 11))
-    for row in table:
-        cells = [
-            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
-            for i, cell in enumerate(row)
-        ]
-        terminalreporter.write_line("  ".join(cells).rstrip())
+    for line in storms_table(rows):
+        terminalreporter.write_line(line)
