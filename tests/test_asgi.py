@@ -192,3 +192,12 @@ def test_warmup_requests_are_discarded() -> None:
     result = run_storm(asgi_hello, "GET", "/", users=4, requests=100, warmup_requests=40)
     assert result.requests == 100
     assert result.discarded == 40
+
+
+@pytest.mark.usefixtures("no_leaked_threads")
+def test_no_thread_outlives_an_asgi_storm() -> None:
+    # The loop-lag watchdog and the thread-pool probe run only while the storm does.
+    from examples import fastapi_app
+
+    run_storm(fastapi_app.app, "GET", "/sync-io", users=10, duration=0.3)
+    run_storm(asgi_hello, "GET", "/", users=10, duration=0.2, timeout_ms=50)
