@@ -8,6 +8,7 @@ as the blocking call; an unblocked loop's lag is only bounded loosely.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import json
@@ -36,6 +37,7 @@ from pytest_concurrency._blocking import (
     LoopMonitor,
     PoolUsage,
     ThreadPoolProbe,
+    _Stall,
     diagnose,
 )
 from pytest_concurrency._metrics import new_histogram
@@ -119,9 +121,22 @@ def test_time_sleep_in_async_def_is_named() -> None:
     assert site.function == "sleeping_handler"
     assert site.call == "time.sleep(BLOCK_S)"
     assert str(site).startswith(
-        f"{site.file}:{site.line} in sleeping_handler → time.sleep(BLOCK_S): blocked "
+        f"{site.file}:{site.line} in sleeping_handler → time.sleep(BLOCK_S): "
     )
+    assert " calls held the loop " in str(site)
     assert lag.unattributed == 0
+    # Twenty frames, twenty calls: one missed only if the watchdog slept through it.
+    assert USERS - 3 <= site.count <= USERS
+    # Each call held the loop 20 ms, measured within one 1 ms sampling interval; the upper
+    # margin allows time.sleep oversleeping on a busy machine.
+    assert BLOCK_S * 1000 * 0.9 <= site.per_call_p50_ms <= BLOCK_S * 1000 + 10
+    assert site.per_call_p50_ms <= site.per_call_p99_ms <= site.per_call_max_ms
+    assert site.total_s == pytest.approx(site.count * BLOCK_S, rel=0.25)
+    assert lag.calls == site.count
+    # The users' calls ran back to back: the timer waited for several of them at once.
+    assert lag.longest_stall_calls >= 2
+    assert lag.back_to_back
+    assert site.p99_stall_ms >= 2 * site.per_call_max_ms
 
 
 def test_packages_declared_infrastructure_are_never_blamed() -> None:
@@ -150,11 +165,12 @@ def test_sync_http_client_in_async_def_is_named() -> None:
 
     assert lag.max_ms >= 15
     site = only_site(lag)
-    # The innermost app frame on the loop's stack is the transport's handler, reached
-    # through httpx from the endpoint.
+    # The transport's handler answers in place of the network: the site is the endpoint's
+    # call into httpx, and the handler is named as what it called.
     assert Path(site.file).name == "test_blocking.py"
-    assert site.line == line_of(upstream, "time.sleep")
-    assert site.function == "upstream"
+    assert site.line == line_of(sync_client_handler, "client.get")
+    assert site.function == "sync_client_handler"
+    assert site.call == 'client.get("http://upstream.test/items/1") → tests.test_blocking.upstream'
 
 
 def test_cpu_bound_loop_is_named() -> None:
@@ -192,6 +208,129 @@ def test_sqlite_query_in_async_def_is_named(tmp_path: Path) -> None:
     assert site.line == line_of(query_handler, "reader.execute")
     assert site.function.endswith("query_handler")
     assert site.call.startswith("reader.execute(")
+
+
+async def one_user_calls_in_a_row(calls: int) -> LoopLag:
+    """One task awaits *calls* handlers that never yield: back to back in one step."""
+    async with LoopMonitor(threshold_ms=5.0) as monitor:
+        await anyio.sleep(0.005)
+        for _ in range(calls):
+            await sleeping_handler()
+        await anyio.sleep(0.005)
+    return monitor.result
+
+
+def test_calls_in_a_row_from_one_task_are_told_apart() -> None:
+    # Each handler's frame is freed before the next one is made, which may reuse its
+    # memory; the watchdog holds the last frame it saw, so identity still tells them apart.
+    lag = anyio.run(one_user_calls_in_a_row, 5)
+
+    site = only_site(lag)
+    assert lag.stalls >= 1
+    # One stall of five calls: the timer waited for all of them.
+    assert lag.max_ms >= 5 * BLOCK_S * 1000 * 0.9
+    # Five calls, unless the watchdog slept through one on a busy machine.
+    assert 4 <= site.count <= 5
+    # Merged calls would last 40 ms or more; one call is 20 ms within one 1 ms sampling
+    # interval, plus time.sleep oversleeping.
+    assert site.per_call_max_ms < 2 * BLOCK_S * 1000
+    assert lag.longest_stall_calls == site.count
+    assert lag.longest_stall_call_ms == pytest.approx(site.per_call_max_ms)
+
+
+def test_stall_samples_fold_into_calls() -> None:
+    # Samples every 1 ms from 5 ms after the beat at 100.0: call A for 50 ms (seen first,
+    # so timed from the beat), then call B at the same site, then framework code, then C.
+    a, b, c = ("app.py", 6, "bad"), ("app.py", 6, "bad"), ("app.py", 9, "other")
+    stall = _Stall(100.0)
+    at = 100.005
+    for i in range(45):
+        stall.add(at, a, i > 0)
+        at += 0.001
+    for i in range(50):
+        stall.add(at, b, i > 0)
+        at += 0.001
+    stall.add(at, None, False)
+    at += 0.001
+    stall.add(at, c, False)
+
+    durations = list(stall.calls(poll=0.001))
+    assert [key for key, _ in durations] == [a, b, c]
+    # A: beat .. last sample + half a gap = 44 ms + 5 ms + 0.5 ms.
+    assert durations[0][1] == pytest.approx(0.0495)
+    # B: first to last sample plus one gap = 49 ms + 1 ms.
+    assert durations[1][1] == pytest.approx(0.050)
+    # C: a single sample counts one gap.
+    assert durations[2][1] == pytest.approx(0.001)
+    # Seen once only, C is not named: it may be the OS pausing the process.
+    assert stall.named() == {a}
+
+
+def test_blocking_site_renders_calls_and_totals() -> None:
+    site = BlockingSite(
+        file="app.py",
+        line=12,
+        function="read_item",
+        call="time.sleep(0.05)",
+        count=812,
+        total_s=40.63,
+        per_call_p50_ms=50.1,
+        per_call_p99_ms=50.6,
+        per_call_max_ms=52.0,
+        stalls=8,
+        p99_stall_ms=5012.0,
+    )
+    assert str(site) == (
+        "app.py:12 in read_item → time.sleep(0.05): 812 calls held the loop 50.1 ms each "
+        "(p99 50.6 ms), 40.6 s in total"
+    )
+    data = json.loads(json.dumps(site.to_dict()))
+    assert data["per_call_p50_ms"] == 50.1
+    assert data["per_call_p99_ms"] == 50.6
+    assert data["text"] == str(site)
+    one = dataclasses.replace(site, count=1, total_s=0.0501)
+    assert str(one) == "app.py:12 in read_item → time.sleep(0.05): 1 call held the loop 50.1 ms"
+    few = dataclasses.replace(site, count=3, total_s=0.1503)
+    assert str(few).endswith("3 calls held the loop 50.1 ms each (p99 50.6 ms), 150 ms in total")
+
+
+def test_diagnosis_explains_a_stall_of_calls_in_a_row() -> None:
+    site = BlockingSite(
+        "app.py", 12, "read_item", "time.sleep(0.05)", 812, 40.6, 50.1, 50.6, 51.0, 8, 5012.0
+    )
+    lag = LoopLag(
+        p50_ms=5012.0,
+        p99_ms=5012.0,
+        max_ms=5012.0,
+        mean_ms=2500.0,
+        total_blocked_s=40.1,
+        stalls=8,
+        threshold_ms=5.0,
+        interval_ms=1.0,
+        duration_s=40.1,
+        ticks=8,
+        unattributed=0,
+        sites=[site],
+        histogram=new_histogram(),
+        calls=812,
+        longest_stall_calls=100,
+        longest_stall_call_ms=50.9,
+    )
+    assert lag.back_to_back
+    assert diagnose(lag, []) == [
+        "event loop blocked 8 times for more than 5 ms, 40.10 s in total (100% of the storm; "
+        "longest 5,012.0 ms):",
+        f"  {site}",
+        "  timers waited up to 5,012.0 ms: 100 blocking calls, none longer than 50.9 ms, ran "
+        "back to back before the loop got back to its timers",
+    ]
+    # One long call is its own explanation.
+    alone = dataclasses.replace(lag, longest_stall_calls=1, longest_stall_call_ms=5010.0)
+    assert not alone.back_to_back
+    assert len(diagnose(alone, [])) == 2
+    data = lag.to_dict(histogram=False)
+    assert data["calls"] == 812
+    assert data["longest_stall_calls"] == 100
 
 
 @pytest.mark.usefixtures("no_leaked_threads")
@@ -252,6 +391,8 @@ def test_result_is_json_ready_and_diagnosed() -> None:
     data = json.loads(json.dumps(lag.to_dict()))
     assert data["stalls"] == lag.stalls
     assert data["sites"][0]["function"] == "sleeping_handler"
+    assert data["sites"][0]["per_call_p99_ms"] == lag.sites[0].per_call_p99_ms
+    assert data["calls"] == lag.calls
     assert isinstance(data["histogram"], str)
     assert "histogram" not in lag.to_dict(histogram=False)
     assert lag.histogram.get_total_count() == lag.ticks

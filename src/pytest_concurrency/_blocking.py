@@ -4,9 +4,25 @@
 loop and records how late each one ran (the loop's lag) into a list of integers,
 folded into an HDR histogram when the monitor stops. Each callback also stamps a
 heartbeat. A daemon watchdog thread reads that heartbeat; while the loop has not beaten
-for longer than ``threshold_ms`` it samples the loop thread's stack and keeps the
-innermost frame of the app's own code. A stall (one continuous period without a
-heartbeat) is attributed to the site seen in most of its samples.
+for longer than ``threshold_ms`` it samples the loop thread's stack every
+``sample_interval_ms`` and keeps the innermost frame of the app's own code (a handler
+that ``httpx.MockTransport`` calls in place of the network is not the app's: the app's
+call into the client is).
+
+Two figures come out of that, and they differ when calls queue up. A *stall* is one
+continuous period without a heartbeat: the loop lag a timer sees. asyncio runs every
+callback that is ready in one pass of the loop before it looks at its timers again, so
+100 users each calling ``time.sleep(0.05)`` in an ``async def`` stall the timers for
+5 s. A *blocking call* is one run of consecutive samples in which the innermost app
+frame is the same frame object on the same line: how long that one call held the
+loop (50 ms there). The watchdog keeps the frame of the previous sample alive until
+the next sample, so that a frame freed meanwhile cannot hand its address to a new one
+and identity is exact; a frame that calls the same line again between two samples (a
+loop around a short call) counts as one call. A call lasts from its first to its last
+sample plus one sampling interval, so each duration is within one sampling interval
+(the observed spacing of the samples, about ``sample_interval_ms``) of the truth; the
+first call of a stall is counted from the last heartbeat, because sampling only starts
+once the loop is overdue.
 
 ``ThreadPoolProbe`` samples, on the loop, how many tokens of anyio's default thread
 limiter are borrowed and how many tasks wait for one (FastAPI and Starlette run ``def``
@@ -21,6 +37,7 @@ import io
 import linecache
 import math
 import os
+import re
 import sys
 import sysconfig
 import threading
@@ -30,7 +47,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from time import perf_counter
-from types import CodeType, TracebackType
+from types import CodeType, FrameType, TracebackType
 from typing import Any, Protocol
 
 import anyio.to_thread
@@ -95,9 +112,14 @@ _CALL_TEXT_MAX = 80
 #: callback being run (``Handle._run``), or, under uvloop whose loop has no Python
 #: frames, the runner.
 _LOOP_MODULES = frozenset({"asyncio.events", "asyncio.base_events", "asyncio.runners"})
+#: Modules that call back into test code to answer a request in place of the network
+#: (``httpx.MockTransport``'s handler): the app's own call into the client is the site.
+_STAND_INS = frozenset({"httpx._transports.mock"})
 #: Samples a site needs within one stall to be named: a single sample may be the OS
 #: pausing the process while the loop happened to run app code.
 _MIN_SAMPLES = 2
+#: A stall this many times longer than its longest call is explained as calls in a row.
+_BACK_TO_BACK = 1.5
 
 
 def _roots(*names: str) -> tuple[str, ...]:
@@ -148,9 +170,23 @@ def _rank(code: CodeType, module: str, infrastructure: frozenset[str]) -> int:
 _SiteKey = tuple[str, int, str]
 
 
+def _shown_path(path: str) -> str:
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive
+        return path
+    return path if relative.startswith("..") else relative
+
+
 @dataclass(frozen=True)
 class BlockingSite:
-    """A line of app code that held the event loop, and how long it held it across the storm."""
+    """A line of app code that held the event loop: its blocking calls and the stalls they caused.
+
+    ``count`` calls held the loop ``per_call_p50_ms`` each (the median), ``total_s``
+    together; each call's duration is within one sampling interval of the truth.
+    ``stalls`` and ``p99_stall_ms`` are the timer's view: the stalls the site took part
+    in, which are longer than one call when calls ran back to back.
+    """
 
     file: str
     line: int
@@ -158,20 +194,27 @@ class BlockingSite:
     call: str
     count: int
     total_s: float
+    per_call_p50_ms: float
+    per_call_p99_ms: float
+    per_call_max_ms: float
+    stalls: int
     p99_stall_ms: float
 
     @property
     def location(self) -> str:
-        """``app/main.py:12 in read_item``."""
-        return f"{self.file}:{self.line} in {self.function}"
+        """``app/main.py:12 in read_item`` (relative to the working directory when inside it)."""
+        return f"{_shown_path(self.file)}:{self.line} in {self.function}"
 
     def __str__(self) -> str:
-        times = "1 time" if self.count == 1 else f"{self.count:,} times"
         call = f" → {self.call}" if self.call else ""
-        return (
-            f"{self.location}{call}: blocked {times}, {self.total_s:,.1f} s total, "
-            f"p99 stall {self.p99_stall_ms:,.1f} ms"
-        )
+        if self.count == 1:
+            held = f"1 call held the loop {self.per_call_p50_ms:,.1f} ms"
+        else:
+            held = (
+                f"{self.count:,} calls held the loop {self.per_call_p50_ms:,.1f} ms each "
+                f"(p99 {self.per_call_p99_ms:,.1f} ms), {_seconds(self.total_s)} in total"
+            )
+        return f"{self.location}{call}: {held}"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
@@ -182,13 +225,27 @@ class BlockingSite:
             "call": self.call,
             "count": self.count,
             "total_s": self.total_s,
+            "per_call_p50_ms": self.per_call_p50_ms,
+            "per_call_p99_ms": self.per_call_p99_ms,
+            "per_call_max_ms": self.per_call_max_ms,
+            "stalls": self.stalls,
             "p99_stall_ms": self.p99_stall_ms,
+            "text": str(self),
         }
+
+
+def _seconds(value: float) -> str:
+    return f"{value:,.1f} s" if value >= 1 else f"{value * 1000:,.0f} ms"
 
 
 @dataclass(frozen=True)
 class LoopLag:
-    """How late the event loop ran a timer during a storm, and what held it when it stalled."""
+    """How late the event loop ran a timer during a storm, and what held it when it stalled.
+
+    ``max_ms`` is the longest a timer waited. When blocking calls ran back to back,
+    that wait spans ``longest_stall_calls`` calls, none longer than
+    ``longest_stall_call_ms``; ``sites`` gives each call's own duration.
+    """
 
     p50_ms: float
     p99_ms: float
@@ -203,6 +260,18 @@ class LoopLag:
     unattributed: int
     sites: list[BlockingSite]
     histogram: HdrHistogram = field(repr=False, compare=False)
+    calls: int = 0
+    longest_stall_calls: int = 0
+    longest_stall_call_ms: float = math.nan
+
+    @property
+    def back_to_back(self) -> bool:
+        """True when the longest stall was several blocking calls in a row, not one long call."""
+        return (
+            self.longest_stall_calls >= 2
+            and math.isfinite(self.longest_stall_call_ms)
+            and self.max_ms > _BACK_TO_BACK * self.longest_stall_call_ms
+        )
 
     @property
     def blocked_share(self) -> float:
@@ -224,6 +293,9 @@ class LoopLag:
             "ticks": self.ticks,
             "unattributed": self.unattributed,
             "sites": [s.to_dict() for s in self.sites],
+            "calls": self.calls,
+            "longest_stall_calls": self.longest_stall_calls,
+            "longest_stall_call_ms": _finite(self.longest_stall_call_ms),
         }
         if histogram:
             data["histogram"] = self.histogram.encode().decode("ascii")
@@ -241,11 +313,6 @@ def _percentiles_ms(histogram: HdrHistogram, *percentiles: float) -> list[float]
         return [math.nan for _ in percentiles]
     values = histogram.get_percentile_to_value_dict(list(percentiles))
     return [values[p] / 1000 for p in percentiles]
-
-
-def _p99(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
 
 
 def _display_path(filename: str) -> str:
@@ -271,7 +338,8 @@ def _call_text(file: str, line: int, callee: str | None) -> str:
     text = " ".join(source.split()).rstrip(":")
     if len(text) > _CALL_TEXT_MAX:
         text = text[: _CALL_TEXT_MAX - 1] + "…"
-    if callee and callee.rpartition(".")[2] not in text:
+    # The callee is news unless the line calls it by name (a word, not part of a URL).
+    if callee and not re.search(rf"\b{re.escape(callee.rpartition('.')[2])}\s*\(", text):
         text = f"{text} → {callee}" if text else callee
     return text
 
@@ -336,7 +404,7 @@ class LoopMonitor:
         self._stop_event = threading.Event()
         self._go = threading.Event()
         # Written by the watchdog thread only; read after it has been joined.
-        self._stall_samples: list[tuple[float, Counter[_SiteKey | None]]] = []
+        self._stalls: list[_Stall] = []
         self._callees: Counter[tuple[_SiteKey, str | None]] = Counter()
         self._ranks: dict[CodeType, int] = {}
         self._result: LoopLag | None = None
@@ -439,19 +507,29 @@ class LoopMonitor:
         # seen at least twice (one sample alone may be the OS pausing the whole process).
         start = max(0.0, self._threshold - poll)
         wait = self._stop_event.wait
-        stall_beat: float | None = None
-        samples: Counter[_SiteKey | None] = Counter()
+        stall: _Stall | None = None
+        key: _SiteKey | None = None
+        # The frame of the call being timed, held until the next sample only: while it
+        # is alive no new frame can take its address, so `is` tells calls apart exactly.
+        frame: FrameType | None = None
         self._go.wait()
         while not self._stop_event.is_set():
             beat = self._beat
-            overdue = perf_counter() - beat - interval
-            if stall_beat is not None and beat != stall_beat:
-                self._stall_samples.append((stall_beat, samples))
-                stall_beat = None
+            now = perf_counter()
+            overdue = now - beat - interval
+            if stall is not None and beat != stall.beat:
+                self._stalls.append(stall)
+                stall = key = frame = None
             if overdue > start:
-                if stall_beat is None:
-                    stall_beat, samples = beat, Counter()
-                samples[self._sample()] += 1
+                if stall is None:
+                    stall = _Stall(beat)
+                previous = frame
+                sampled, frame = self._sample()
+                stall.add(
+                    now, sampled, sampled is not None and sampled == key and frame is previous
+                )
+                key = sampled
+                previous = None
                 pause = poll
             else:
                 # While the loop beats on time, sleep until the earliest moment a stall
@@ -459,10 +537,11 @@ class LoopMonitor:
                 pause = max(poll, start - overdue)
             if wait(pause):
                 break
-        if stall_beat is not None:
-            self._stall_samples.append((stall_beat, samples))
+        frame = None
+        if stall is not None:
+            self._stalls.append(stall)
 
-    def _sample(self) -> _SiteKey | None:
+    def _sample(self) -> tuple[_SiteKey | None, FrameType | None]:
         frame = sys._current_frames().get(self._loop_thread)
         innermost = frame
         library = simulated = None
@@ -476,7 +555,12 @@ class LoopMonitor:
                     _LOOP if module in _LOOP_MODULES else _rank(code, module, self._infrastructure)
                 )
             if rank == _APP:
-                break
+                caller = frame.f_back
+                if caller is None or caller.f_globals.get("__name__") not in _STAND_INS:
+                    break
+                # A handler that answers for the network: the app's call into the
+                # client, further out, is the site.
+                rank = _SIMULATED_RANK
             if rank == _LOOP:
                 # Outside the callback the loop is running: the runner, pytest and the test
                 # that started the storm. None of it blocks the loop (when the loop itself
@@ -491,7 +575,7 @@ class LoopMonitor:
             frame = frame.f_back
         site = frame or library or simulated
         if site is None:
-            return None
+            return None, None
         code = site.f_code
         key = (code.co_filename, site.f_lineno, code.co_qualname)
         callee = None
@@ -499,7 +583,7 @@ class LoopMonitor:
             module = str(innermost.f_globals.get("__name__", "?"))
             callee = f"{module}.{innermost.f_code.co_qualname}"
         self._callees[key, callee] += 1
-        return key
+        return key, site
 
     # -- folding -----------------------------------------------------------------------------
 
@@ -509,33 +593,48 @@ class LoopMonitor:
         record_many(histogram, lags)
         p50, p99 = _percentiles_ms(histogram, 50.0, 99.0)
         late = self._late
-        per_site: dict[_SiteKey, list[float]] = {}
-        attributed = 0
-        for beat, samples in self._stall_samples:
-            lag = late.get(beat)
-            if lag is None or not samples:
+        calls: dict[_SiteKey, list[float]] = {}
+        stalls: dict[_SiteKey, list[float]] = {}
+        # Stall (by its heartbeat) -> durations of the named calls in it.
+        stall_calls: dict[float, list[float]] = {}
+        for stall in self._stalls:
+            lag = late.get(stall.beat)
+            if lag is None:
                 continue
-            key, seen = samples.most_common(1)[0]
-            if key is None or seen < _MIN_SAMPLES:
+            named = stall.named()
+            if not named:
                 continue
-            per_site.setdefault(key, []).append(lag)
-            attributed += 1
+            for key in named:
+                stalls.setdefault(key, []).append(lag)
+            durations = stall_calls[stall.beat] = []
+            for key, seconds in stall.calls(self._poll):
+                if key in named:
+                    calls.setdefault(key, []).append(seconds)
+                    durations.append(seconds)
         callee_of: dict[_SiteKey, str | None] = {}
         for (key, callee), _count in self._callees.most_common():
             callee_of.setdefault(key, callee)
-        sites = [
-            BlockingSite(
-                file=_display_path(file),
-                line=line,
-                function=function,
-                call=_call_text(file, line, callee_of.get((file, line, function))),
-                count=len(stalls),
-                total_s=sum(stalls),
-                p99_stall_ms=_p99(stalls) * 1000,
+        sites = []
+        for key, durations in calls.items():
+            file, line, function = key
+            ordered = sorted(durations)
+            sites.append(
+                BlockingSite(
+                    file=_display_path(file),
+                    line=line,
+                    function=function,
+                    call=_call_text(file, line, callee_of.get(key)),
+                    count=len(ordered),
+                    total_s=sum(ordered),
+                    per_call_p50_ms=_nearest_rank(ordered, 0.50) * 1000,
+                    per_call_p99_ms=_nearest_rank(ordered, 0.99) * 1000,
+                    per_call_max_ms=ordered[-1] * 1000,
+                    stalls=len(stalls[key]),
+                    p99_stall_ms=_nearest_rank(sorted(stalls[key]), 0.99) * 1000,
+                )
             )
-            for (file, line, function), stalls in per_site.items()
-        ]
         sites.sort(key=lambda s: -s.total_s)
+        longest = stall_calls.get(max(late, key=late.__getitem__), []) if late else []
         return LoopLag(
             p50_ms=p50,
             p99_ms=p99,
@@ -547,10 +646,62 @@ class LoopMonitor:
             interval_ms=self.interval_ms,
             duration_s=duration,
             ticks=len(lags),
-            unattributed=len(late) - attributed,
+            unattributed=len(late) - len(stall_calls),
             sites=sites,
             histogram=histogram,
+            calls=sum(s.count for s in sites),
+            longest_stall_calls=len(longest),
+            longest_stall_call_ms=max(longest) * 1000 if longest else math.nan,
         )
+
+
+class _Stall:
+    """The watchdog's samples of one stall, and the blocking calls they make up."""
+
+    __slots__ = ("beat", "ends", "first", "keys", "last", "n", "samples", "starts")
+
+    def __init__(self, beat: float) -> None:
+        self.beat = beat
+        self.samples: Counter[_SiteKey | None] = Counter()
+        self.first = self.last = 0.0
+        self.n = 0
+        # One entry per call: its site, and the times of its first and last sample.
+        self.keys: list[_SiteKey] = []
+        self.starts = array("d")
+        self.ends = array("d")
+
+    def add(self, at: float, key: _SiteKey | None, same_call: bool) -> None:
+        self.samples[key] += 1
+        if not self.n:
+            self.first = at
+        self.last = at
+        self.n += 1
+        if same_call:
+            self.ends[-1] = at
+        elif key is not None:
+            self.keys.append(key)
+            self.starts.append(at)
+            self.ends.append(at)
+
+    def named(self) -> set[_SiteKey]:
+        """Sites seen often enough in this stall to be named."""
+        return {k for k, seen in self.samples.items() if k is not None and seen >= _MIN_SAMPLES}
+
+    def calls(self, poll: float) -> Iterable[tuple[_SiteKey, float]]:
+        """Each call's site and duration in seconds, within one sampling interval."""
+        # The spacing the samples really had: wider than asked when the loop thread
+        # holds the interpreter lock and the watchdog waits for it.
+        gap = (self.last - self.first) / (self.n - 1) if self.n > 1 else poll
+        for key, start, end in zip(self.keys, self.starts, self.ends, strict=True):
+            # A call runs from half a gap before its first sample to half a gap after its
+            # last. Sampling starts only once the loop is overdue: the call seen first
+            # began when the loop last beat.
+            began = self.beat if start == self.first else start - gap / 2
+            yield key, end + gap / 2 - began
+
+
+def _nearest_rank(ordered: list[float], quantile: float) -> float:
+    return ordered[max(0, math.ceil(quantile * len(ordered)) - 1)]
 
 
 # -- thread pools ----------------------------------------------------------------------------
@@ -959,6 +1110,14 @@ def diagnose(loop_lag: LoopLag | None, pools: Iterable[PoolUsage]) -> list[str]:
         lines.extend(f"  {site}" for site in loop_lag.sites[:_MAX_SITES])
         if len(loop_lag.sites) > _MAX_SITES:
             lines.append(f"  … and {len(loop_lag.sites) - _MAX_SITES} more sites")
+        if loop_lag.back_to_back:
+            # asyncio runs every ready callback before it looks at its timers again.
+            lines.append(
+                f"  timers waited up to {loop_lag.max_ms:,.1f} ms: "
+                f"{loop_lag.longest_stall_calls:,} blocking calls, none longer than "
+                f"{loop_lag.longest_stall_call_ms:,.1f} ms, ran back to back before the loop "
+                "got back to its timers"
+            )
         unattributed = loop_lag.unattributed
         if unattributed:
             threads = sum(p.mean_busy for p in busy)
