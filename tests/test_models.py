@@ -147,8 +147,9 @@ def test_simulated_wait_error_is_reported() -> None:
     # 1,000 users each awaiting simulated_io(constant(50 ms)): ≈ 19,000 rps on one loop.
     # Each wait's own error (actual − requested) is reported so harness noise can be told
     # from app behaviour. Measured here: p99 4.8–8.5 ms at ≈ 40 % loop load (a timer that
-    # fires behind a batch of other callbacks waits for them); 15 ms leaves room for a
-    # busy CI machine while still catching a broken timer or a blocked loop (≥ 50 ms).
+    # fires behind a batch of other callbacks waits for them). 40 ms leaves room for a
+    # busy CI machine while still catching a broken timer or a loop blocked for a whole
+    # wait (≥ 50 ms).
     from pytest_concurrency import constant, simulated_io
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -158,10 +159,12 @@ def test_simulated_wait_error_is_reported() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConcurrencyWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConcurrencyWarning)
         result = run_storm(app, "GET", "/", users=1000, duration=1.5, warmup=0.3)
     waits = result.extras["simulated_waits"]["async"]
     assert waits["count"] >= result.requests
-    assert 0 <= waits["p50_ms"] <= waits["p99_ms"] < 15
-    assert result.latency.p50 == pytest.approx(50 + waits["p50_ms"], abs=5)
+    assert 0 <= waits["p50_ms"] <= waits["p99_ms"] < 40
+    if not any("load generator" in str(w.message) for w in caught):
+        # The request's latency is its wait plus a little framework-free handling.
+        assert result.latency.p50 == pytest.approx(50 + waits["p50_ms"], abs=5)
