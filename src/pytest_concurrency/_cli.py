@@ -1,99 +1,218 @@
-"""``pytest-storm``: ad hoc storms, side-by-side comparisons and the framework demo.
+"""``pytest-storm``: ad hoc storms, side-by-side comparisons, capacity searches and the demo.
 
     pytest-storm run examples/fastapi_app.py:app --path /io --users 200
-    pytest-storm compare examples/fastapi_app.py:app examples/flask_app.py:app --path /io --users 200
-    pytest-storm demo
+    pytest-storm compare examples/fastapi_app.py:app examples/flask_app.py:app --path /io
+    pytest-storm capacity examples/flask_app.py:app --method POST --path /llm \\
+        --body-json '{"prompt": "hi"}' --upstream 'http://model-server/generate=lognormal:80:200' \\
+        --upstream-json '{"text": "Hello!", "tokens": 3}' --users 50 --budget p99_ms=500
+    pytest-storm demo [--quick]
 
-It uses the same engine, budgets and tables as the pytest plugin.
+It uses the same engine, budgets and tables as the pytest plugin. Every storm runs with
+an in-process upstream installed: the app's own httpx calls are answered by the
+``--upstream`` routes, and a call to any other host fails inside the app instead of
+reaching the network.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import json
+import math
 import os
 import platform
 import sys
+import time
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ._api import warn_about
+from ._api import plan_capacity, run_capacity
 from ._budget import format_number, verdict_table
+from ._claims import (
+    DemoSettings,
+    claims_markdown,
+    claims_table,
+    run_claims,
+    storms_table,
+)
 from ._errors import ConcurrencyWarning, ConfigError, StormError
+from ._latency import (
+    Latency,
+    Upstream,
+    constant,
+    exponential,
+    lognormal,
+    normal,
+    uniform,
+)
 from ._params import BUDGET_NAMES, Layer
 from ._result import StormResult
 from ._storm import plan_storm, run_plan
 
-__all__ = ["load_app", "main"]
+__all__ = ["build_parser", "load_app", "machine_line", "main", "side_by_side"]
+
+#: Exit status for bad input (argparse's own, so every usage error looks the same).
+USAGE_ERROR = 2
 
 
 def load_app(spec: str) -> Any:
     """Import ``module:attr`` or ``path/to/file.py:attr`` and return the app object."""
+    where = f"app={spec!r} (from the command line)"
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
-        raise ConfigError(
-            f"app={spec!r} (from the command line) must look like MODULE:APP or path/to/file.py:APP"
-        )
+        raise ConfigError(f"{where} must look like MODULE:APP or path/to/file.py:APP")
     if target.endswith(".py") or os.sep in target:
         path = Path(target).resolve()
-        if not path.exists():
-            raise ConfigError(f"app={spec!r} (from the command line): no file {path}")
+        if not path.is_file():
+            raise ConfigError(f"{where}: no file {path}")
         # Import as a module of its package when it is one, so relative imports work.
         root = path.parent
         parts = [path.stem]
         while (root / "__init__.py").exists():
             parts.insert(0, root.name)
             root = root.parent
-        sys.path.insert(0, str(root))
-        module = importlib.import_module(".".join(parts))
+        _prepend_path(str(root))
+        name = ".".join(parts)
     else:
-        sys.path.insert(0, os.getcwd())
-        module = importlib.import_module(target)
+        _prepend_path(os.getcwd())
+        name = target
+    try:
+        module = importlib.import_module(name)
+    except Exception as exc:
+        raise ConfigError(f"{where}: importing {name} failed: {type(exc).__name__}: {exc}") from exc
     obj: Any = module
-    for name in attr.split("."):
+    for part in attr.split("."):
         try:
-            obj = getattr(obj, name)
+            obj = getattr(obj, part)
         except AttributeError:
-            raise ConfigError(
-                f"app={spec!r} (from the command line): {module.__name__} has no {attr!r}"
-            ) from None
+            raise ConfigError(f"{where}: {module.__name__} has no {attr!r}") from None
     return obj
+
+
+def _prepend_path(entry: str) -> None:
+    if entry not in sys.path:
+        sys.path.insert(0, entry)
+
+
+# -- option parsing --------------------------------------------------------------------------
 
 
 def _budget(text: str) -> tuple[str, float]:
     name, sep, value = text.partition("=")
     if not sep or name not in BUDGET_NAMES:
         raise argparse.ArgumentTypeError(
-            f"--budget {text!r}: expected NAME=VALUE with NAME one of {', '.join(BUDGET_NAMES)}"
+            f"{text!r}: expected NAME=VALUE with NAME one of {', '.join(BUDGET_NAMES)}"
         )
     try:
         return name, float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--budget {text!r}: {value!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: {value!r} is not a number") from None
 
 
-def _add_storm_options(parser: argparse.ArgumentParser) -> None:
+def _worker_range(text: str) -> list[int]:
+    """``8``, ``1-64`` or ``1,2,4,8`` as a list of worker counts."""
+    try:
+        counts: list[int] = []
+        for part in text.split(","):
+            low, dash, high = part.strip().partition("-")
+            counts += range(int(low), int(high) + 1) if dash else [int(low)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a count (8), a range (1-64) or a list (1,2,4,8)"
+        ) from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: worker counts must be at least 1")
+    return counts
+
+
+_DISTRIBUTIONS = {
+    "constant": (constant, 1),
+    "uniform": (uniform, 2),
+    "normal": (normal, 2),
+    "lognormal": (lognormal, 2),
+    "exponential": (exponential, 1),
+}
+
+
+def _latency(text: str) -> Latency:
+    name, _, rest = text.partition(":")
+    if name not in _DISTRIBUTIONS:
+        try:
+            return constant(float(text))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"latency {text!r}: expected milliseconds (80) or "
+                f"{'|'.join(_DISTRIBUTIONS)}:MS[:MS], e.g. lognormal:80:200"
+            ) from None
+    make, count = _DISTRIBUTIONS[name]
+    try:
+        values = [float(v) for v in rest.split(":")] if rest else []
+    except ValueError:
+        values = []
+    if len(values) != count:
+        raise argparse.ArgumentTypeError(f"latency {text!r}: {name} takes {count} number(s) of ms")
+    try:
+        made: Latency = make(*values)  # type: ignore[operator]
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(f"latency {text!r}: {exc}") from None
+    return made
+
+
+def _upstream(text: str) -> tuple[str, Latency]:
+    url, sep, latency = text.rpartition("=")
+    if not sep or not url.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected URL=LATENCY, e.g. http://model-server/generate=lognormal:80:200"
+        )
+    return url, _latency(latency)
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON: {exc}") from None
+
+
+def _add_storm_options(parser: argparse.ArgumentParser, *, workers: bool = True) -> None:
     parser.add_argument("--method", default="GET")
     parser.add_argument("--path", default="/")
+    parser.add_argument("--body-json", type=_json_value, dest="body_json", metavar="JSON")
     parser.add_argument("--users", type=int)
     parser.add_argument("--duration", type=float)
     parser.add_argument("--requests", type=int)
     parser.add_argument("--warmup", type=float)
     parser.add_argument("--think-ms", type=float, dest="think_ms")
     parser.add_argument("--timeout-ms", type=float, dest="timeout_ms")
-    parser.add_argument("--workers", type=int, help="WSGI worker processes of the server model")
+    if workers:
+        parser.add_argument("--workers", type=int, help="WSGI worker processes of the server model")
     parser.add_argument("--threads", type=int, help="threads per WSGI worker")
+    parser.add_argument("--seed", type=int)
     parser.add_argument("--budget", type=_budget, action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument(
+        "--upstream",
+        type=_upstream,
+        action="append",
+        default=[],
+        metavar="URL=LATENCY",
+        help="answer the app's httpx calls to URL after LATENCY (80, lognormal:80:200, …)",
+    )
+    parser.add_argument(
+        "--upstream-json",
+        type=_json_value,
+        dest="upstream_json",
+        default={},
+        metavar="JSON",
+        help="body every --upstream route answers with (default {})",
+    )
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
 
 
-def _params(args: argparse.Namespace) -> dict[str, Any]:
+def _params(args: argparse.Namespace, *, workers: bool = True) -> dict[str, Any]:
     names = (
         "users",
         "duration",
@@ -103,10 +222,23 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
         "timeout_ms",
         "workers",
         "threads",
+        "seed",
     )
-    params = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    # A capacity search sets the worker count itself (its --workers lists candidates).
+    params = {name: getattr(args, name, None) for name in names if workers or name != "workers"}
+    params = {name: value for name, value in params.items() if value is not None}
+    if args.body_json is not None:
+        params["json"] = args.body_json
     params.update(dict(args.budget))
     return params
+
+
+@contextmanager
+def _upstreams(args: argparse.Namespace) -> Iterator[Upstream]:
+    with Upstream() as upstream:
+        for url, latency in args.upstream:
+            upstream.route(url, latency=latency, json=args.upstream_json)
+        yield upstream
 
 
 def _storm(app_spec: str, args: argparse.Namespace) -> StormResult:
@@ -114,6 +246,36 @@ def _storm(app_spec: str, args: argparse.Namespace) -> StormResult:
     plan = plan_storm(app, args.method, args.path, layers=[Layer("command line", _params(args))])
     plan.app_name = app_spec
     return run_plan(plan)
+
+
+def _notes(results: Sequence[StormResult]) -> None:
+    """Print each storm's caveats once, on stderr, in the command line's words."""
+    seen: set[str] = set()
+    for result in results:
+        messages = list(result.warnings)
+        if result.failed and "max_error_rate" not in result.budgets:
+            statuses = ", ".join(
+                f"{count:,} × {status}"
+                for status, count in sorted(result.status_counts.items())
+                if status >= 400 or status < 100
+            )
+            messages.append(
+                f"{result.error_rate:.0%} of the requests failed ({statuses or 'exceptions'}); "
+                "add --budget max_error_rate=0 to hold them against the budget"
+            )
+        for message in messages:
+            hint = (
+                " (on the command line: --upstream URL=LATENCY)"
+                if "upstream.route" in message
+                else ""
+            )
+            line = f"note: {result.app}: {message}{hint}"
+            if line not in seen:
+                seen.add(line)
+                print(line, file=sys.stderr)
+
+
+# -- output ------------------------------------------------------------------------------------
 
 
 def side_by_side(results: Sequence[StormResult]) -> str:
@@ -147,12 +309,26 @@ def side_by_side(results: Sequence[StormResult]) -> str:
     )
 
 
-def _write_json(
-    path: str, results: Sequence[StormResult], extra: dict[str, Any] | None = None
-) -> None:
-    doc = {"machine": machine_line(), "storms": [r.to_dict() for r in results], **(extra or {})}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(doc, indent=2), encoding="utf-8")
+def _plain(value: Any) -> Any:
+    # JSON has no NaN or infinity: a figure that was not measured is null.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _write_json(path: str | Path, doc: dict[str, Any]) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_plain(doc), indent=2, allow_nan=False, default=str)
+    target.write_text(text + "\n", encoding="utf-8")
+
+
+def _storms_doc(results: Sequence[StormResult]) -> dict[str, Any]:
+    return {"machine": machine_line(), "storms": [r.to_dict() for r in results]}
 
 
 def machine_line() -> str:
@@ -163,182 +339,92 @@ def machine_line() -> str:
     )
 
 
+# -- commands ----------------------------------------------------------------------------------
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    result = _storm(args.app, args)
-    warn_about(result)
+    with _upstreams(args):
+        result = _storm(args.app, args)
+    _notes([result])
     print(verdict_table(result, indent=""))
     print(side_by_side([result]))
     if args.json:
-        _write_json(args.json, [result])
+        _write_json(args.json, _storms_doc([result]))
     return 0 if result.passed else 1
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     results = []
-    for spec in args.apps:
-        results.append(_storm(spec, args))
-        warn_about(results[-1])
+    with _upstreams(args):
+        for spec in args.apps:
+            results.append(_storm(spec, args))
+    _notes(results)
     print(side_by_side(results))
     if args.json:
-        _write_json(args.json, results)
+        _write_json(args.json, _storms_doc(results))
     return 0 if all(r.passed for r in results) else 1
 
 
-@dataclass(frozen=True)
-class Scenario:
-    """One row of the demo: an app, an endpoint and the storm that shows its behaviour."""
-
-    framework: str
-    app: str
-    path: str
-    params: dict[str, Any]
-    expect: str
-
-
-def demo_scenarios(scale: float) -> list[Scenario]:
-    """The demo's storms: the same waiting endpoint across frameworks, then the mistake."""
-    d = max(0.5, 2.0 * scale)
-    io_users = 200
-    return [
-        Scenario(
-            "Starlette",
-            "examples/starlette_app.py:app",
-            "/io",
-            {"users": io_users, "duration": d},
-            "async: ≈ users / 50 ms",
-        ),
-        Scenario(
-            "FastAPI",
-            "examples/fastapi_app.py:app",
-            "/io",
-            {"users": io_users, "duration": d},
-            "async: ≈ users / 50 ms",
-        ),
-        Scenario(
-            "FastAPI def",
-            "examples/fastapi_app.py:app",
-            "/sync-io",
-            {"users": io_users, "duration": d},
-            "40 threads: ≈ 40 / 50 ms",
-        ),
-        Scenario(
-            "Flask",
-            "examples/flask_app.py:app",
-            "/io",
-            {"users": io_users, "duration": d, "workers": 8},
-            "8 workers: ≈ 8 / 50 ms",
-        ),
-        Scenario(
-            "Django WSGI",
-            "examples/django_app.py:wsgi_app",
-            "/io",
-            {"users": io_users, "duration": d, "workers": 8},
-            "8 workers: ≈ 8 / 50 ms",
-        ),
-        Scenario(
-            "Django ASGI",
-            "examples/django_app.py:asgi_app",
-            "/async-io",
-            {"users": io_users, "duration": d},
-            "async view",
-        ),
-        Scenario(
-            "Starlette",
-            "examples/starlette_app.py:app",
-            "/blocking-in-async",
-            {"users": 50, "duration": d, "warmup": 1.0},
-            "loop blocked: ≈ 1 / 50 ms",
-        ),
-        Scenario(
-            "FastAPI",
-            "examples/fastapi_app.py:app",
-            "/blocking-in-async",
-            {"users": 50, "duration": d, "warmup": 1.0},
-            "loop blocked: ≈ 1 / 50 ms",
-        ),
-    ]
+def _cmd_capacity(args: argparse.Namespace) -> int:
+    app = load_app(args.app)
+    layers = [Layer("command line", _params(args, workers=False))]
+    base, candidates, budgets = plan_capacity(
+        app, args.method, args.path, None, args.workers, layers
+    )
+    base.app_name = args.app
+    print(
+        f"capacity of {args.app} {base.label}: smallest of {len(candidates)} worker "
+        f"count(s) that meets {', '.join(f'{k}={format_number(v)}' for k, v in budgets.items())}",
+        flush=True,
+    )
+    with _upstreams(args):
+        found = run_capacity(base, candidates, budgets, layers)
+    _notes(list(found.results.values()))
+    print(found.table())
+    if args.json:
+        _write_json(args.json, {"machine": machine_line(), "capacity": found.to_dict()})
+    return 0 if found.best is not None else 1
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    scenarios = demo_scenarios(args.scale)
-    rows: list[tuple[Scenario, StormResult]] = []
-    print(f"pytest-storm demo — {machine_line()}; each endpoint waits 50 ms on I/O")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConcurrencyWarning)
-        for scenario in scenarios:
-            app = load_app(scenario.app)
-            plan = plan_storm(app, "GET", scenario.path, layers=[Layer("demo", scenario.params)])
-            plan.app_name = scenario.app
-            print(
-                f"  storming {scenario.framework} {scenario.path} ({scenario.params['users']} users) …",
-                flush=True,
-            )
-            result = run_plan(plan)
-            warn_about(result)
-            rows.append((scenario, result))
-    table = demo_table(rows)
+    settings = DemoSettings.quick_run() if args.quick else DemoSettings.full_run()
+    mode = "quick run" if args.quick else "full run"
+    started = time.perf_counter()
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"pytest-storm demo ({mode}), {stamp} — {machine_line()}", flush=True)
+    print("claims from framework-comparison articles, measured in-process:", flush=True)
+    rows, storms = run_claims(
+        settings, root=Path.cwd(), progress=lambda line: print(line, flush=True)
+    )
+    elapsed = time.perf_counter() - started
+    heading = (
+        f"# pytest-storm demo: framework claims, {stamp}\n\n"
+        f"{machine_line()}; {mode}, {len(storms)} storms in {elapsed:,.0f} s."
+    )
     print()
-    print(table)
-    notes = sorted({str(w.message) for w in caught})
-    for note in notes:
-        print(f"note: {note}")
+    print(claims_table(rows))
+    print()
+    print("every storm:")
+    print(storms_table(storms))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    markdown = [
-        f"# pytest-storm demo, {stamp}",
-        "",
-        f"Machine: {machine_line()}.",
-        "",
-        "```",
-        table,
-        "```",
-        "",
-    ]
-    markdown += [f"- {note}" for note in notes]
-    (out / "demo.md").write_text("\n".join(markdown) + "\n", encoding="utf-8")
-    _write_json(str(out / "demo.json"), [r for _, r in rows], {"date": stamp})
-    print(f"\nwrote {out / 'demo.md'} and {out / 'demo.json'}")
+    (out / "claims.md").write_text(claims_markdown(rows, storms, heading), encoding="utf-8")
+    _write_json(
+        out / "claims.json",
+        {
+            "date": stamp,
+            "machine": machine_line(),
+            "mode": mode,
+            "seconds": round(elapsed, 1),
+            "claims": [row.to_dict() for row in rows],
+            "storms": [s.to_dict() for s in storms],
+        },
+    )
+    print(
+        f"\n{len(storms)} storms in {elapsed:,.0f} s; wrote {out / 'claims.md'} and "
+        f"{out / 'claims.json'}"
+    )
     return 0
-
-
-def demo_table(rows: Sequence[tuple[Scenario, StormResult]]) -> str:
-    """The demo's comparison: framework, endpoint, server model, figures and the model's expectation."""
-    header = (
-        "framework",
-        "endpoint",
-        "served by",
-        "users",
-        "rps",
-        "p50 ms",
-        "p99 ms",
-        "queue p99 ms",
-        "expected",
-    )
-    table: list[tuple[str, ...]] = [header]
-    for scenario, r in rows:
-        queue = format_number(r.queue_wait.p99) if r.queue_wait is not None else "-"
-        table.append(
-            (
-                scenario.framework,
-                scenario.path,
-                f"{r.interface}, {r.server}",
-                f"{r.users:,}",
-                format_number(round(r.throughput)),
-                format_number(r.latency.p50),
-                format_number(r.latency.p99),
-                queue,
-                scenario.expect,
-            )
-        )
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    numeric = {3, 4, 5, 6, 7}
-    return "\n".join(
-        "  ".join(
-            c.rjust(widths[i]) if i in numeric else c.ljust(widths[i]) for i, c in enumerate(row)
-        ).rstrip()
-        for row in table
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,25 +441,44 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("apps", nargs="+", help="MODULE:APP or path/to/file.py:APP")
     _add_storm_options(compare)
     compare.set_defaults(func=_cmd_compare)
+    cap = sub.add_parser(
+        "capacity", help="smallest WSGI worker count that meets the budgets (bisection)"
+    )
+    cap.add_argument("app", help="MODULE:APP or path/to/file.py:APP")
+    _add_storm_options(cap, workers=False)
+    cap.add_argument(
+        "--workers",
+        type=_worker_range,
+        default=_worker_range("1-64"),
+        help="candidate worker counts: 1-64 (default), 8, or 1,2,4,8",
+    )
+    cap.set_defaults(func=_cmd_capacity)
     demo = sub.add_parser(
-        "demo", help="compare the framework examples (run from the repository root)"
+        "demo",
+        help="measure popular framework claims on the examples (run from the repository root)",
     )
     demo.add_argument(
-        "--scale", type=float, default=1.0, help="scale storm durations (default 1.0)"
+        "--quick", action="store_true", help="smaller scales and shorter storms (under a minute)"
     )
-    demo.add_argument("--out", default="reports", help="directory for demo.md and demo.json")
+    demo.add_argument("--out", default="reports", help="directory for claims.md and claims.json")
     demo.set_defaults(func=_cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``pytest-storm`` command."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``pytest-storm`` command; returns the exit status."""
     try:
-        code: int = args.func(args)
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage error (or --help)
+        return exc.code if isinstance(exc.code, int) else USAGE_ERROR
+    try:
+        with warnings.catch_warnings():
+            # The storms' caveats are printed as notes in the command line's words.
+            warnings.simplefilter("ignore", ConcurrencyWarning)
+            code: int = args.func(args)
     except (ConfigError, StormError) as exc:
         print(f"pytest-storm: {exc}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR if isinstance(exc, ConfigError) else 1
     return code
 
 

@@ -1,0 +1,236 @@
+"""The ``pytest-storm`` command: run, compare, capacity and demo, and its errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_concurrency._cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A module of tiny apps, written where no test package can shadow it.
+APPS = '''
+import httpx
+
+from tests.apps import asgi_hello, asgi_sleep, wsgi_sleep
+
+fast = asgi_sleep(0.01)
+slow = wsgi_sleep(0.01)
+hello = asgi_hello
+not_an_app = 42
+client = httpx.AsyncClient()
+
+
+async def calls_model(scope, receive, send):
+    """ASGI app that forwards each request to a model server with httpx."""
+    if scope["type"] != "http":
+        return
+    response = await client.get("http://model-server/generate")
+    await send({"type": "http.response.start", "status": response.status_code, "headers": []})
+    await send({"type": "http.response.body", "body": response.content})
+'''
+
+
+@pytest.fixture(scope="module")
+def apps(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Path of the module of tiny apps, for MODULE:APP specs."""
+    path = tmp_path_factory.mktemp("cli") / "storm_cli_apps.py"
+    path.write_text(APPS, encoding="utf-8")
+    return str(path)
+
+
+def test_run_prints_the_verdicts_and_writes_json(
+    apps: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run.json"
+    code = main(
+        [
+            "run",
+            f"{apps}:fast",
+            "--path",
+            "/io",
+            "--users",
+            "5",
+            "--duration",
+            "0.3",
+            "--budget",
+            "p99_ms=1000",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "p99_ms" in printed
+    assert "5 users" in printed
+    storm = json.loads(out.read_text())["storms"][0]
+    assert storm["users"] == 5
+    assert storm["passed"] is True
+    # 5 users, each request waiting 10 ms: at most 500 rps (Little's law).
+    assert 0 < storm["throughput"] <= 520
+
+
+def test_run_exits_1_when_a_budget_breaks(apps: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # One sync worker, 5 users, 10 ms each: every request queues behind the others (≈ 50 ms).
+    code = main(
+        ["run", f"{apps}:slow", "--users", "5", "--requests", "40", "--budget", "p99_ms=15"]
+    )
+    assert code == 1
+    assert "✗" in capsys.readouterr().out
+
+
+def test_compare_puts_the_storms_side_by_side(
+    apps: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["compare", f"{apps}:fast", f"{apps}:slow", "--users", "4", "--requests", "40"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"{apps}:fast" in printed
+    assert f"{apps}:slow" in printed
+    assert "WSGI, 1 sync worker" in printed
+
+
+def test_capacity_finds_the_worker_count(
+    apps: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "capacity.json"
+    code = main(
+        [
+            "capacity",
+            f"{apps}:slow",
+            "--users",
+            "8",
+            "--duration",
+            "0.3",
+            "--budget",
+            "p99_ms=45",
+            "--workers",
+            "1-16",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "smallest worker count that meets p99_ms ≤ 45" in printed
+    found = json.loads(out.read_text())["capacity"]
+    # 8 users on W workers of 10 ms: mean latency ≈ 80 / W ms, so 1 worker (80 ms) fails
+    # and 8 (10 ms, no queue) passes.
+    assert 2 <= found["best"] <= 8
+    assert found["storms"] <= 5  # bisection over 16 candidates
+
+
+def test_upstream_answers_the_apps_calls_in_process(
+    apps: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "run",
+            f"{apps}:calls_model",
+            "--users",
+            "4",
+            "--requests",
+            "40",
+            "--upstream",
+            "http://model-server/generate=lognormal:5:10",
+            "--upstream-json",
+            '{"text": "hi"}',
+            "--budget",
+            "max_error_rate=0",
+        ]
+    )
+    assert code == 0
+    assert "✗" not in capsys.readouterr().out
+
+
+def test_undeclared_upstream_fails_inside_the_app_not_on_the_network(
+    apps: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["run", f"{apps}:calls_model", "--users", "2", "--requests", "4", "--budget", "p99_ms=1000"]
+    )
+    captured = capsys.readouterr()
+    assert code == 0  # the p99 budget held; the errors are counted and noted
+    assert "model-server" in captured.err
+    assert "--upstream URL=LATENCY" in captured.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "nocolon"], "must look like MODULE:APP or path/to/file.py:APP"),
+        (["run", "no_such_module_xyz:app"], "importing no_such_module_xyz failed"),
+        (["run", "{apps}:missing"], "storm_cli_apps has no 'missing'"),
+        (["run", "{apps}:not_an_app"], "is not callable"),
+        (["run", "missing_dir/app.py:app"], "no file"),
+        (["run", "{apps}:fast", "--users", "-3"], "users=-3 (from command line)"),
+        (["run", "{apps}:fast", "--budget", "p99=5"], "expected NAME=VALUE with NAME one of"),
+        (["run", "{apps}:fast", "--budget", "p99_ms=fast"], "'fast' is not a number"),
+        (["capacity", "{apps}:slow", "--workers", "0-3"], "worker counts must be at least 1"),
+        (["capacity", "{apps}:slow", "--workers", "a-b"], "expected a count (8), a range"),
+        (["capacity", "{apps}:slow"], "needs at least one budget"),
+        (["run", "{apps}:fast", "--upstream", "model-server"], "expected URL=LATENCY"),
+        (["run", "{apps}:fast", "--upstream", "http://m/x=gamma:1"], "expected milliseconds"),
+        (["run", "{apps}:fast", "--upstream", "http://m/x=lognormal:9"], "takes 2 number(s)"),
+        (["run", "{apps}:fast", "--body-json", "{oops"], "is not JSON"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(
+    apps: str, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main([arg.replace("{apps}", apps) for arg in argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_demo_outside_the_repository_says_where_to_run_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--quick", "--out", str(tmp_path / "out")]) == 2
+    assert "run `pytest-storm demo` from the repository root" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.timing
+def test_quick_demo_writes_the_claims_table(tmp_path: Path) -> None:
+    started = time.perf_counter()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest_concurrency._cli",
+            "demo",
+            "--quick",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    elapsed = time.perf_counter() - started
+    assert done.returncode == 0, done.stderr
+    assert elapsed < 90
+    doc = json.loads((tmp_path / "claims.json").read_text())
+    numbers = [claim["number"] for claim in doc["claims"]]
+    assert numbers == ["1", "2a", "2b", "3", "4a", "4b", "5"]
+    for claim in doc["claims"]:
+        assert claim["verdict"] in ("holds", "holds partly", "does not hold here")
+        assert claim["reason"]
+        assert claim["figures"]
+    # The examples show each behaviour plainly even in the quick run.
+    verdicts = {claim["number"]: claim["verdict"] for claim in doc["claims"]}
+    assert verdicts["4a"] == verdicts["4b"] == "holds"
+    markdown = (tmp_path / "claims.md").read_text()
+    assert "| # | claim | source | scenario | measured | verdict |" in markdown
+    for claim in doc["claims"]:
+        assert claim["claim"] in done.stdout  # the table is printed as well as written
