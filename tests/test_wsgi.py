@@ -75,6 +75,7 @@ def test_slow_handler_is_counted_as_timeout_and_storm_ends() -> None:
         wsgi_sleep(0.3), "GET", "/", users=2, workers=2, duration=0.2, timeout_ms=100, check=False
     )
     assert result.timeouts == result.requests >= 2
+    assert result.throughput == 0  # nothing completed for its client
     assert result.latency.max == pytest.approx(100, abs=1)
     assert time.perf_counter() - started < 0.2 + 0.3 + 2.0
 
@@ -100,3 +101,10 @@ def test_handler_that_never_returns_is_reported_not_hung() -> None:
 def test_requests_stop_condition_with_threads() -> None:
     result = run_storm(wsgi_hello, "GET", "/", users=10, workers=4, requests=500)
     assert result.requests == 500
+
+
+def test_window_shorter_than_a_round_of_users_is_flagged() -> None:
+    # 50 users on 2 workers × 50 ms: one round takes 1.25 s, the window is 0.3 s.
+    result = run_storm(wsgi_sleep(0.05), "GET", "/", users=50, workers=2, duration=0.3)
+    assert result.requests < 50
+    assert any("shorter than one round of users" in w for w in result.warnings)

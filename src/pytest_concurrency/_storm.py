@@ -891,8 +891,11 @@ def _fold(
     else:
         duration = window.stop_at - window.measure_from
         stop_us = int((window.stop_at - window.origin) * 1e6)
+        # A timed-out request did not complete for its client, whenever its worker finished.
         completed = sum(
-            1 for s, lat in zip(starts, lats, strict=True) if measure_from_us <= s + lat <= stop_us
+            1
+            for s, lat, st in zip(starts, lats, statuses, strict=True)
+            if measure_from_us <= s + lat <= stop_us and st != STATUS_TIMEOUT
         )
     throughput = completed / duration if duration > 0 else 0.0
 
@@ -956,6 +959,12 @@ def _fold(
     )
     if profile is not None and profile.varies:
         result.knee = _knee(timeline)
+    if not open_model and not config.stages and len(keep) < config.users:
+        result.warnings.append(
+            f"only {len(keep):,} requests were measured for {config.users:,} users: the window is "
+            "shorter than one round of users, so the figures describe a start-up transient; "
+            "lengthen duration or warmup"
+        )
     return result
 
 
