@@ -959,12 +959,16 @@ def _fold(
     )
     if profile is not None and profile.varies:
         result.knee = _knee(timeline)
-    if not open_model and not config.stages and len(keep) < config.users:
-        result.warnings.append(
-            f"only {len(keep):,} requests were measured for {config.users:,} users: the window is "
-            "shorter than one round of users, so the figures describe a start-up transient; "
-            "lengthen duration or warmup"
-        )
+    if not open_model and not config.stages and duration > 0:
+        # Little's law: one round of every user takes users / throughput seconds.
+        round_s = config.users / throughput if throughput > 0 else math.inf
+        if round_s > duration:
+            shown = f"≈{round_s:,.2f} s" if math.isfinite(round_s) else "longer than the storm"
+            result.warnings.append(
+                f"the measured window ({duration:.2f} s) is shorter than one round of users "
+                f"({shown}: {config.users:,} users / {throughput:,.1f} rps): the figures describe "
+                "a start-up transient; lengthen duration or warmup"
+            )
     return result
 
 
