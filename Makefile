@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,html]'
 	touch $(STAMP)
 
-## The main job: a demo storm comparing the framework examples (table + report).
+## The main job: measure framework-comparison claims on the examples (table + reports/claims.*).
 demo: $(STAMP)
 	$(BIN)/pytest-storm demo
 
