@@ -48,7 +48,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from time import perf_counter
 from types import CodeType, FrameType, TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import anyio.to_thread
 from hdrh.histogram import HdrHistogram
@@ -358,7 +358,29 @@ def _running_asyncio_loop(what: str) -> asyncio.AbstractEventLoop:
         ) from None
 
 
-class LoopMonitor:
+class _StartStop:
+    """``async with`` for a probe with ``start()`` and ``stop()`` coroutines."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> Any:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+class LoopMonitor(_StartStop):
     """Measures event-loop lag during a storm and names the app code that blocked the loop.
 
     Use ``async with LoopMonitor(threshold_ms=5.0) as monitor:`` (or ``await start()`` /
@@ -471,18 +493,6 @@ class LoopMonitor:
             self._thread = None
         self._result = self._fold(now - self._started)
         return self._result
-
-    async def __aenter__(self) -> LoopMonitor:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # -- on the loop ------------------------------------------------------------------------
 
@@ -979,7 +989,7 @@ ANYIO_LIMITER = "anyio default thread limiter"
 ASGIREF_THREADS = "asgiref SyncToAsync threads"
 
 
-class ThreadPoolProbe:
+class ThreadPoolProbe(_StartStop):
     """Samples how busy the app's thread pools are during a storm: anyio's limiter, asgiref.
 
     Use ``async with ThreadPoolProbe() as probe:`` on the loop that runs the app;
@@ -1056,18 +1066,6 @@ class ThreadPoolProbe:
             series.append(self._asgiref_series)
         self._result = [s.usage() for s in series]
         return self._result
-
-    async def __aenter__(self) -> ThreadPoolProbe:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def _tick(self, reschedule: bool = True) -> None:
         at = int((perf_counter() - self._started) * 1e6)

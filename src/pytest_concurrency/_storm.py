@@ -170,12 +170,7 @@ def run_plan(plan: StormPlan, progress: Progress | None = None) -> StormResult:
         )
     rounds = []
     for _ in range(plan.config.rounds):
-        live = LiveFigures(plan)
-        with (
-            _collector(plan.config),
-            _simulated_io(plan) as attach,
-            progress(live) if progress is not None else nullcontext(),
-        ):
+        with _round(plan, progress) as (live, attach):
             if plan.interface == "wsgi":
                 rounds.append(attach(_run_wsgi(plan, live)))
             else:
@@ -187,17 +182,26 @@ async def run_plan_async(plan: StormPlan, progress: Progress | None = None) -> S
     """Fire the storm from async code: ASGI on the running loop, WSGI on a helper thread."""
     rounds = []
     for _ in range(plan.config.rounds):
-        live = LiveFigures(plan)
-        with (
-            _collector(plan.config),
-            _simulated_io(plan) as attach,
-            progress(live) if progress is not None else nullcontext(),
-        ):
+        with _round(plan, progress) as (live, attach):
             if plan.interface == "wsgi":
                 rounds.append(attach(await anyio.to_thread.run_sync(_run_wsgi, plan, live)))
             else:
                 rounds.append(attach(await _run_asgi(plan, live)))
     return _judge(plan, rounds)
+
+
+@contextmanager
+def _round(
+    plan: StormPlan, progress: Progress | None
+) -> Iterator[tuple[LiveFigures, Callable[[StormResult], StormResult]]]:
+    """Everything around one round of a storm: collector paused, simulated I/O, live line."""
+    live = LiveFigures(plan)
+    with (
+        _collector(plan.config),
+        _simulated_io(plan) as attach,
+        progress(live) if progress is not None else nullcontext(),
+    ):
+        yield live, attach
 
 
 def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
