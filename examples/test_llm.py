@@ -38,6 +38,7 @@ def test_async_llm_endpoint_tracks_the_model_latency(storm: Any, model_server: A
     assert result.latency.p99 == pytest.approx(200, rel=0.15, abs=5)
     route = result.extras["upstream"][fastapi_app.MODEL_URL]
     assert route["max_in_flight"] > 25  # the calls overlapped
+    assert result.busiest_pool is None  # no thread pool was involved
 
 
 @pytest.mark.concurrency(users=50, duration=2.0, warmup=0.3, workers=8, max_error_rate=0)
