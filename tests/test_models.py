@@ -163,7 +163,8 @@ def test_simulated_wait_error_is_reported() -> None:
         warnings.simplefilter("always", ConcurrencyWarning)
         result = run_storm(app, "GET", "/", users=1000, duration=1.5, warmup=0.3)
     waits = result.extras["simulated_waits"]["async"]
-    assert waits["count"] >= result.requests
+    # Waits that ended inside the measured window: about one per measured request.
+    assert waits["count"] == pytest.approx(result.requests, rel=0.1)
     assert 0 <= waits["p50_ms"] <= waits["p99_ms"] < 40
     if not any("load generator" in str(w.message) for w in caught):
         # The request's latency is its wait plus a little framework-free handling.

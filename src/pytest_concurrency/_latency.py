@@ -520,6 +520,9 @@ class WaitRecorder:
         self._active = False
         self._async_us: list[int] = []
         self._blocking_us: list[int] = []
+        # When each wait ended (perf_counter), so a storm can keep its measured window.
+        self._async_at: list[float] = []
+        self._blocking_at: list[float] = []
         self._lock = threading.Lock()
 
     @property
@@ -532,14 +535,28 @@ class WaitRecorder:
         with self._lock:
             self._async_us = []
             self._blocking_us = []
+            self._async_at = []
+            self._blocking_at = []
             self._active = True
 
-    def stop(self) -> WaitReport:
-        """Stop recording and summarise the waits since ``start()``."""
+    def stop(self, window: tuple[float, float] | None = None) -> WaitReport:
+        """Stop recording and summarise the waits since ``start()``.
+
+        With *window* (``perf_counter()`` start and end), only waits that ended inside it
+        count: a storm's warm-up and drain are left out, as they are from its latency.
+        """
         with self._lock:
             self._active = False
             async_us, self._async_us = self._async_us, []
             blocking_us, self._blocking_us = self._blocking_us, []
+            async_at, self._async_at = self._async_at, []
+            blocking_at, self._blocking_at = self._blocking_at, []
+        if window is not None:
+            lo, hi = window
+            async_us = [e for e, at in zip(async_us, async_at, strict=False) if lo <= at <= hi]
+            blocking_us = [
+                e for e, at in zip(blocking_us, blocking_at, strict=False) if lo <= at <= hi
+            ]
         return WaitReport(WaitErrors.from_us(async_us), WaitErrors.from_us(blocking_us))
 
 
@@ -555,9 +572,11 @@ _perf_counter = time.perf_counter
 async def _wait_async(seconds: float) -> float:
     start = _perf_counter()
     await anyio.sleep(seconds)
-    waited = _perf_counter() - start
+    end = _perf_counter()
+    waited = end - start
     if wait_recorder._active:
         wait_recorder._async_us.append(round((waited - seconds) * 1_000_000))
+        wait_recorder._async_at.append(end)
     return waited
 
 
@@ -567,9 +586,11 @@ def _wait_blocking(seconds: float) -> float:
         return 0.0
     start = _perf_counter()
     time.sleep(seconds)
-    waited = _perf_counter() - start
+    end = _perf_counter()
+    waited = end - start
     if wait_recorder._active:
         wait_recorder._blocking_us.append(round((waited - seconds) * 1_000_000))
+        wait_recorder._blocking_at.append(end)
     return waited
 
 

@@ -174,6 +174,8 @@ class StormResult:
     loop_cpu_share: float | None = None
     harness_share: float | None = None
     discarded: int = 0
+    #: perf_counter() times of the measured window (start, stop): for joining other records.
+    window: tuple[float, float] | None = field(default=None, compare=False)
     model: str = "closed"
     rate: float | None = None
     dropped: int = 0

@@ -278,7 +278,8 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
     try:
         yield attach
     finally:
-        report.append(wait_recorder.stop())
+        window = results[0].window if results else None
+        report.append(wait_recorder.stop(window))
     waits = report[0]
     for result in results:
         if waits.async_waits.count or waits.blocking_waits.count:
@@ -957,6 +958,7 @@ def _fold(
         params=config.workload(),
         budgets=dict(config.budgets),
         discarded=discarded,
+        window=(window.measure_from, window.stop_at if math.isfinite(window.stop_at) else math.inf),
         model="open" if open_model else "closed",
         rate=config.rate,
         dropped=len(dropped),
