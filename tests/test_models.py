@@ -146,7 +146,7 @@ def test_stages_show_the_knee_of_a_saturating_app() -> None:
 def test_simulated_wait_error_is_reported() -> None:
     # 1,000 users each awaiting simulated_io(constant(50 ms)): ≈ 19,000 rps on one loop.
     # Each wait's own error (actual − requested) is reported so harness noise can be told
-    # from app behaviour. Measured here: p99 4.8–8.5 ms at ≈ 40 % loop load (a timer that
+    # from app behaviour. Measured here: p99 2.1–2.5 ms at ≈ 40 % loop load (a timer that
     # fires behind a batch of other callbacks waits for them). 40 ms leaves room for a
     # busy CI machine while still catching a broken timer or a loop blocked for a whole
     # wait (≥ 50 ms).
