@@ -88,11 +88,11 @@ class WsgiDriver:
 
     def __init__(self, app: WSGIApp, requests: list[Request]) -> None:
         self.app = app
-        self._templates = [build_environ(spec.to_httpx()) for spec in requests]
+        self.templates = [build_environ(spec.to_httpx()) for spec in requests]
 
     def call(self, index: int) -> tuple[int, float]:
         """Run request spec *index*; return (status, time of the first body byte)."""
-        return self.call_prepared(self._templates[index])
+        return self.call_prepared(self.templates[index])
 
     def call_request(self, request: Request) -> tuple[int, float]:
         """Run a request built on the fly (templated requests pay for encoding it)."""
@@ -153,7 +153,7 @@ class WsgiPool:
         book: ErrorBook,
         stop_at: float | None,
         total: int | None,
-        think: Callable[[], float],
+        think: Callable[[], float] | None,
         timeout: float,
         deadline: float,
         arrivals: Iterator[float] | None = None,
@@ -175,7 +175,10 @@ class WsgiPool:
         backlog: SimpleQueue[tuple[float, int] | None] = SimpleQueue()
         issued = itertools.count()
         stop = threading.Event()
-        call = self.driver.call
+        call_prepared = self.driver.call_prepared
+        templates = self.driver.templates
+        # A plain list read is cheaper than Event.is_set() on the per-request path.
+        halt = [False]
         timers: list[tuple[float, int]] = []
         timer_cv = threading.Condition()
         end = stop_at if stop_at is not None else float("inf")
@@ -246,7 +249,7 @@ class WsgiPool:
                 picked = perf_counter()
                 # Requests meant to be sent before the end are still served (the backlog
                 # drains, as a real server's would); later ones are not sent.
-                if intended >= end or stop.is_set() or (limited and next(issued) >= limit):
+                if intended >= end or halt[0] or (limited and next(issued) >= limit):
                     retired[slot] += 1
                     continue
                 if wanted is not None and user >= 0:
@@ -261,7 +264,7 @@ class WsgiPool:
                 try:
                     if build is None:
                         index = pick()
-                        status, first_byte = call(index)
+                        status, first_byte = call_prepared(templates[index])
                     else:
                         iteration = iterations.get(user, 0)
                         iterations[user] = iteration + 1
@@ -284,8 +287,8 @@ class WsgiPool:
                 done_count[slot] += 1
                 if user < 0:
                     continue
-                pause = think()
-                if finished + pause >= end or stop.is_set():
+                pause = think() if think is not None else 0.0
+                if finished + pause >= end or halt[0]:
                     retired[slot] += 1
                 elif pause > 0:
                     later(finished + pause, user)
@@ -330,6 +333,7 @@ class WsgiPool:
                     break
                 sleep(0.005)
         finally:
+            halt[0] = True
             stop.set()
             for _ in workers:
                 backlog.put(None)
