@@ -83,10 +83,9 @@ def app_label(app: Any) -> str:
     if found is not None:
         return found
     cls = type(app)
-    for attr in ("import_name", "name"):
-        value = getattr(app, attr, None)
-        if isinstance(value, str) and value and attr == "import_name":
-            return f"{value}:{cls.__name__}"
+    import_name = getattr(app, "import_name", None)  # Flask
+    if isinstance(import_name, str) and import_name:
+        return f"{import_name}:{cls.__name__}"
     return f"{cls.__module__}.{cls.__qualname__} instance"
 
 

@@ -32,19 +32,29 @@ def _saturation(r: StormResult) -> float:
 
 
 def _loop_lag(r: StormResult) -> float:
-    lag = getattr(r, "loop_lag_max_ms", None)
+    lag = r.loop_lag_max_ms
     return float(lag) if lag is not None else math.nan
+
+
+#: Latency budgets -> the LatencyStats field they limit (for storms and endpoints alike).
+_LATENCY_FIELDS = {
+    "p50_ms": "p50",
+    "p90_ms": "p90",
+    "p95_ms": "p95",
+    "p99_ms": "p99",
+    "p999_ms": "p999",
+    "max_ms": "max",
+    "mean_ms": "mean",
+}
+
+
+def _latency(field: str) -> Callable[[StormResult | EndpointStats], float]:
+    return lambda r: float(getattr(r.latency, field))
 
 
 #: name -> (measure, True when the limit is a floor rather than a ceiling)
 _MEASURES: dict[str, tuple[_Measure, bool]] = {
-    "p50_ms": (lambda r: r.latency.p50, False),
-    "p90_ms": (lambda r: r.latency.p90, False),
-    "p95_ms": (lambda r: r.latency.p95, False),
-    "p99_ms": (lambda r: r.latency.p99, False),
-    "p999_ms": (lambda r: r.latency.p999, False),
-    "max_ms": (lambda r: r.latency.max, False),
-    "mean_ms": (lambda r: r.latency.mean, False),
+    **{name: (_latency(field), False) for name, field in _LATENCY_FIELDS.items()},
     "ttfb_p99_ms": (lambda r: r.ttfb.p99, False),
     "min_rps": (lambda r: r.throughput, True),
     "max_error_rate": (lambda r: r.error_rate, False),
@@ -65,26 +75,22 @@ def evaluate(result: StormResult, budgets: Mapping[str, float]) -> list[Verdict]
         if name not in budgets:
             continue
         measure, is_floor = _MEASURES[name]
-        limit = budgets[name]
-        measured = measure(result)
-        if math.isnan(measured):
-            ok = True
-        elif is_floor:
-            ok = measured >= limit
-        else:
-            ok = measured <= limit
-        verdicts.append(Verdict(name, limit, measured, ok))
+        verdicts.append(_verdict(name, budgets[name], measure(result), is_floor))
     return verdicts
 
 
+def _verdict(name: str, limit: float, measured: float, is_floor: bool) -> Verdict:
+    if math.isnan(measured):
+        ok = True  # not measured for this app: reported, not failed
+    elif is_floor:
+        ok = measured >= limit
+    else:
+        ok = measured <= limit
+    return Verdict(name, limit, measured, ok)
+
+
 _ENDPOINT_MEASURES: dict[str, tuple[Callable[[EndpointStats], float], bool]] = {
-    "p50_ms": (lambda e: e.latency.p50, False),
-    "p90_ms": (lambda e: e.latency.p90, False),
-    "p95_ms": (lambda e: e.latency.p95, False),
-    "p99_ms": (lambda e: e.latency.p99, False),
-    "p999_ms": (lambda e: e.latency.p999, False),
-    "max_ms": (lambda e: e.latency.max, False),
-    "mean_ms": (lambda e: e.latency.mean, False),
+    **{name: (_latency(field), False) for name, field in _LATENCY_FIELDS.items()},
     "max_error_rate": (lambda e: e.error_rate, False),
     "min_rps": (lambda e: e.throughput, True),
 }
@@ -101,9 +107,7 @@ def evaluate_endpoint(
         if stats is None or stats.requests == 0:
             verdicts.append(Verdict(f"{endpoint} {name}", limit, math.inf, False))
             continue
-        measured = measure(stats)
-        ok = measured >= limit if is_floor else measured <= limit
-        verdicts.append(Verdict(f"{endpoint} {name}", limit, measured, ok))
+        verdicts.append(_verdict(f"{endpoint} {name}", limit, measure(stats), is_floor))
     return verdicts
 
 

@@ -18,7 +18,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, AsyncExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from time import perf_counter
@@ -131,7 +131,7 @@ class LiveFigures:
             start = max(0, n - 500)
             tail.extend(rec.latency[start:n])
             statuses = rec.status[start:n]
-            errors += sum(1 for st in statuses if st >= 400 or st == STATUS_TIMEOUT)
+            errors += sum(1 for st in statuses if _failed(st, 0))
         tail.sort()
         figures: dict[str, Any] = {"elapsed": elapsed, "requests": requests, "errors": errors}
         if elapsed > 0:
@@ -268,7 +268,6 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
     before = {id(u): {k: v.get("calls", 0) for k, v in u.stats().items()} for u in UPSTREAMS}
     undeclared_before = {id(u): u.undeclared_calls for u in UPSTREAMS}
     wait_recorder.start()
-    report: list[Any] = []
     results: list[StormResult] = []
 
     def attach(result: StormResult) -> StormResult:
@@ -278,9 +277,7 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
     try:
         yield attach
     finally:
-        window = results[0].window if results else None
-        report.append(wait_recorder.stop(window))
-    waits = report[0]
+        waits = wait_recorder.stop(results[0].window if results else None)
     for result in results:
         if waits.async_waits.count or waits.blocking_waits.count:
             result.extras["simulated_waits"] = waits.to_dict()
@@ -839,6 +836,11 @@ def _run_wsgi(plan: StormPlan, live: LiveFigures | None = None) -> StormResult:
 # -- folding records into a result ---------------------------------------------------------
 
 
+def _failed(status: int, error: int) -> bool:
+    """A request failed for its client: an exception, a timeout or a status >= 400."""
+    return bool(error) or status >= 400 or status == STATUS_TIMEOUT
+
+
 def _fold(
     plan: StormPlan, figures: _RunFigures, *, server: str, pool: WsgiPool | None
 ) -> StormResult:
@@ -878,7 +880,7 @@ def _fold(
     errors_idx = rec.error
 
     def failed_at(i: int) -> bool:
-        return bool(errors_idx[i]) or statuses[i] >= 400 or statuses[i] == STATUS_TIMEOUT
+        return _failed(statuses[i], errors_idx[i])
 
     failed = sum(1 for i in keep if failed_at(i))
     errors = book.summaries(errors_idx[i] for i in keep)
@@ -1078,7 +1080,7 @@ def _timeline(
     for i in keep:
         second = max(0, (starts[i] + lats[i] - lo) // 1_000_000)
         by_second.setdefault(second, []).append(lats[i])
-        if errors[i] or statuses[i] >= 400 or statuses[i] == STATUS_TIMEOUT:
+        if _failed(statuses[i], errors[i]):
             bad[second] += 1
     drops: Counter[int] = Counter(int(t - window.measure_from) for t in dropped)
     flight_sum: Counter[int] = Counter()
@@ -1108,8 +1110,3 @@ def _timeline(
             )
         )
     return points
-
-
-def describe_layers(values: Mapping[str, Any]) -> str:  # pragma: no cover - debugging aid
-    """Compact ``k=v`` rendering of parameter values."""
-    return ", ".join(f"{k}={v!r}" for k, v in values.items())

@@ -90,10 +90,6 @@ class WsgiDriver:
         self.app = app
         self.templates = [build_environ(spec.to_httpx()) for spec in requests]
 
-    def call(self, index: int) -> tuple[int, float]:
-        """Run request spec *index*; return (status, time of the first body byte)."""
-        return self.call_prepared(self.templates[index])
-
     def call_request(self, request: Request) -> tuple[int, float]:
         """Run a request built on the fly (templated requests pay for encoding it)."""
         return self.call_prepared(build_environ(request.to_httpx()))

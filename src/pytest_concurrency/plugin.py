@@ -24,7 +24,7 @@ from ._report._options import STORM_JSON_PROPERTY, ReportSession, add_options
 from ._report._terminal import LiveProgress, storms_table
 from ._result import StormResult
 from ._session import STORMS_KEY, SessionStorms
-from ._storm import LiveFigures, Progress, plan_storm, run_plan, run_plan_async
+from ._storm import LiveFigures, Progress, StormPlan, plan_storm, run_plan, run_plan_async
 from ._workload import Request, RequestFactory, split_requests
 
 __all__ = ["StormFixture"]
@@ -188,16 +188,24 @@ class StormFixture:
         path: str | None,
         requests: int | Sequence[Request] | RequestFactory | None,
         params: dict[str, Any],
-    ) -> Any:
+    ) -> StormPlan:
         mix, params = split_requests(requests, params)
-        layers: list[Layer] = [
+        return plan_storm(
+            app,
+            method,
+            path,
+            requests=mix,
+            layers=self._layers(params),
+            scale=_scale(self._item.config),
+        )
+
+    def _layers(self, params: dict[str, Any]) -> list[Layer]:
+        """Parameter layers in precedence order: keyword, marker, command line, ini."""
+        return [
             Layer("keyword argument", params),
             _marker_layer(self._item),
             *_run_layers(self._item.config),
         ]
-        return plan_storm(
-            app, method, path, requests=mix, layers=layers, scale=_scale(self._item.config)
-        )
 
     def __call__(
         self,
@@ -239,11 +247,7 @@ class StormFixture:
     ) -> CapacityResult:
         """Smallest worker count of *workers* that meets the budgets (bisection, few storms)."""
         __tracebackhide__ = True
-        layers = [
-            Layer("keyword argument", params),
-            _marker_layer(self._item),
-            *_run_layers(self._item.config),
-        ]
+        layers = self._layers(params)
         base, candidates, budgets = plan_capacity(app, method, path, requests, workers, layers)
         found = run_capacity(base, candidates, budgets, layers)
         prefix = "capacity" if not self.results else f"capacity[{len(self.results)}]"
@@ -260,6 +264,9 @@ class StormFixture:
 
         @contextmanager
         def show(live: LiveFigures) -> Iterator[None]:
+            if (live.expected_seconds or 0) < 1.0:
+                yield  # too short to be worth a live line
+                return
             line = LiveProgress(
                 live.snapshot,
                 label=f"storm {live.plan.label}",
@@ -267,9 +274,6 @@ class StormFixture:
                 stream=sys.__stderr__,
                 capture=capman,
             )
-            if (live.expected_seconds or 0) < 1.0:
-                yield  # too short to be worth a live line
-                return
             line.start()
             try:
                 yield
