@@ -29,18 +29,17 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from pytest_concurrency._blocking import (
+from pytest_concurrency._metrics import new_histogram
+from pytest_concurrency._probes.loop import LoopMonitor, _Stall
+from pytest_concurrency._probes.pools import ThreadPoolProbe
+from pytest_concurrency._probes.results import (
     ANYIO_LIMITER,
     ASGIREF_THREADS,
     BlockingSite,
     LoopLag,
-    LoopMonitor,
     PoolUsage,
-    ThreadPoolProbe,
-    _Stall,
-    diagnose,
 )
-from pytest_concurrency._metrics import new_histogram
+from pytest_concurrency._report._blocking_text import diagnose
 
 BLOCK_S = 0.02
 USERS = 20

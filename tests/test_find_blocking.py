@@ -22,7 +22,7 @@ import pytest
 from examples import fastapi_app
 
 from pytest_concurrency import BudgetExceeded, ConcurrencyWarning, StormResult, run_storm
-from pytest_concurrency._blocking import ANYIO_LIMITER, BlockingSite
+from pytest_concurrency._probes.results import ANYIO_LIMITER, BlockingSite
 
 HOLD_S = 0.05
 Scope = dict[str, Any]

@@ -40,7 +40,9 @@ from ._claims import (
     storms_table,
 )
 from ._errors import ConcurrencyWarning, ConfigError, StormError
-from ._latency import (
+from ._params import BUDGET_NAMES, Layer
+from ._result import StormResult
+from ._simio import (
     Latency,
     Upstream,
     constant,
@@ -49,8 +51,6 @@ from ._latency import (
     normal,
     uniform,
 )
-from ._params import BUDGET_NAMES, Layer
-from ._result import StormResult
 from ._storm import plan_storm, run_plan
 
 __all__ = ["build_parser", "load_app", "machine_line", "main", "side_by_side"]

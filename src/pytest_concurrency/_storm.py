@@ -29,11 +29,8 @@ import anyio.lowlevel
 
 from ._apps import Interface, app_label, detect_interface
 from ._asgi import AsgiDriver
-from ._blocking import LoopMonitor, ThreadPoolProbe
 from ._budget import evaluate, evaluate_endpoint
 from ._errors import ConfigError, StormError
-from ._latency import INSTALLED as UPSTREAMS
-from ._latency import seed_latency, wait_recorder
 from ._metrics import (
     STATUS_EXCEPTION,
     STATUS_TIMEOUT,
@@ -46,7 +43,11 @@ from ._metrics import (
     record_many,
 )
 from ._params import Layer, StormConfig, resolve
+from ._probes.loop import LoopMonitor
+from ._probes.pools import ThreadPoolProbe
 from ._result import EndpointStats, Knee, PoolStats, StormResult, TimelinePoint
+from ._simio import INSTALLED as UPSTREAMS
+from ._simio import seed_latency, wait_recorder
 from ._workload import Profile, Request, RequestFactory, RequestMix, build_mix, start_offsets
 from ._wsgi import WsgiDriver, WsgiPool
 
