@@ -46,7 +46,6 @@ __all__ = ["INSTALLED", "Route", "UndeclaredUpstreamError", "Upstream"]
 INSTALLED: list[Upstream] = []
 """Upstreams currently answering httpx calls, so that storms can report on them."""
 
-# ----------------------------------------------------------------------------- upstream
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _ERROR_STATUS = 503

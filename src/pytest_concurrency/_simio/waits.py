@@ -141,6 +141,7 @@ class WaitRecorder:
 
 wait_recorder = WaitRecorder()
 """The process-wide recorder every simulated wait reports to."""
+
 _perf_counter = time.perf_counter
 
 
