@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 
-from ._blocking import diagnose
 from ._params import BUDGET_NAMES
 from ._result import EndpointStats, StormResult, Verdict
 
@@ -149,6 +148,9 @@ def headline(result: StormResult) -> str:
 
 def diagnosis(result: StormResult) -> list[str]:
     """Lines that say why the figures are what they are."""
+    # Imported here: the _report package imports this module while it loads.
+    from ._report._blocking_text import diagnose
+
     lines = []
     pool = result.pool
     if pool is not None and result.requests:

@@ -41,7 +41,9 @@ from ._claims import (
 )
 from ._engine import plan_storm, run_plan
 from ._errors import ConcurrencyWarning, ConfigError, StormError
-from ._latency import (
+from ._params import BUDGET_NAMES, Layer
+from ._result import StormResult
+from ._simio import (
     Latency,
     Upstream,
     constant,
@@ -50,8 +52,6 @@ from ._latency import (
     normal,
     uniform,
 )
-from ._params import BUDGET_NAMES, Layer
-from ._result import StormResult
 
 __all__ = ["build_parser", "load_app", "machine_line", "main", "side_by_side"]
 
