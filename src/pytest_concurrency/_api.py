@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._capacity import CapacityResult, search_capacity
+from ._engine import StormPlan, plan_storm, run_plan, run_plan_async
 from ._errors import BudgetExceeded, ConcurrencyWarning, ConfigError
 from ._params import Layer
 from ._report._text import budget_failure
 from ._result import StormResult
-from ._storm import StormPlan, plan_storm, run_plan, run_plan_async
 from ._workload import Request, RequestFactory, split_requests
 
 __all__ = [

@@ -36,6 +36,7 @@ from ._claims import (
     run_claims,
     storms_table,
 )
+from ._engine import plan_storm, run_plan
 from ._errors import ConcurrencyWarning, ConfigError, StormError
 from ._latency import (
     Latency,
@@ -52,7 +53,6 @@ from ._report._json import write_json as _write_json
 from ._report._text import failure_lines, format_number, side_by_side, verdict_table
 from ._report._text import machine_line as describe_machine
 from ._result import StormResult
-from ._storm import plan_storm, run_plan
 from ._workload import split_requests
 
 __all__ = ["build_parser", "load_app", "machine_line", "main", "side_by_side"]

@@ -12,12 +12,12 @@ import pytest
 
 from ._api import check_budgets, plan_capacity, run_capacity, warn_about
 from ._capacity import CapacityResult
+from ._engine import LiveFigures, Progress, StormPlan, plan_storm, run_plan, run_plan_async
 from ._options import scale, storm_layers
 from ._report._options import STORM_JSON_PROPERTY
 from ._report._terminal import LiveProgress
 from ._result import StormResult
 from ._session import STORMS_KEY
-from ._storm import LiveFigures, Progress, StormPlan, plan_storm, run_plan, run_plan_async
 from ._workload import Request, RequestFactory, split_requests
 
 __all__ = ["StormFixture"]
