@@ -23,7 +23,6 @@ class Verdict:
     limit: float
     measured: float
     ok: bool
-    unit: str = ""
 
     @property
     def ratio(self) -> float:
