@@ -13,6 +13,7 @@ import pytest
 from ._api import check_budgets, plan_capacity, run_capacity, warn_about
 from ._capacity import CapacityResult
 from ._engine import LiveFigures, Progress, StormPlan, plan_storm, run_plan, run_plan_async
+from ._engine.websocket import WebSocketResult, plan_websocket, run_websocket_plan
 from ._options import scale, storm_layers
 from ._report._options import STORM_JSON_PROPERTY
 from ._report._terminal import LiveProgress
@@ -76,6 +77,17 @@ class StormFixture:
         __tracebackhide__ = True
         plan = self._plan(app, method, path, requests, params)
         return self._finish(await run_plan_async(plan, self._progress()))
+
+    def websocket(self, app: Any, path: str = "/", **params: Any) -> WebSocketResult:
+        """Fire a WebSocket storm at an ASGI *app* (one connection per user); budgets from
+        the marker and *params* are enforced on return (see ``run_websocket_storm``)."""
+        __tracebackhide__ = True
+        plan = plan_websocket(
+            app, path, layers=storm_layers(self._item, params), scale=scale(self._item.config)
+        )
+        result = run_websocket_plan(plan, self._progress())
+        self._finish(result)
+        return result
 
     def capacity(
         self,

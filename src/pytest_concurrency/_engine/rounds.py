@@ -21,6 +21,7 @@ import anyio.abc
 
 from .._drivers.asgi import AsgiDriver
 from .._drivers.base import AsyncDriver
+from .._drivers.websocket import WebSocketDriver
 from .._drivers.wsgi import WsgiDriver, WsgiPool
 from .._errors import StormError
 from .._metrics import ErrorBook, Recorder
@@ -63,6 +64,9 @@ async def _soon() -> float:
 #: When the first request of a round is due; called once the driver is ready, so that
 #: start-up (lifespan, a shard's start) stays out of the round.
 AsyncOrigin = Callable[[], Awaitable[float]]
+#: Makes the runner of a round from its schedule and live recorders (a WebSocket round
+#: runs its own subclass of :class:`AsyncRunner` with its own driver).
+RunnerFactory = Callable[[Schedule, list[Recorder] | None], AsyncRunner]
 
 
 @dataclass
@@ -85,11 +89,19 @@ class RoundOutput:
 
 
 async def execute_async(
-    plan: StormPlan, live: LiveFigures | None = None, origin: AsyncOrigin = _soon
+    plan: StormPlan,
+    live: LiveFigures | None = None,
+    origin: AsyncOrigin = _soon,
+    *,
+    driver: AsyncDriver | WebSocketDriver | None = None,
+    runner_factory: RunnerFactory | None = None,
 ) -> RoundOutput:
-    """Run one round with the plan's async driver on the running event loop."""
+    """Run one round with the plan's async driver (or *driver* and the runner that
+    *runner_factory* makes for it) on the running event loop."""
     config = plan.config
-    driver = async_driver(plan)
+    http: AsyncDriver | None = None
+    if driver is None:
+        http = driver = async_driver(plan)
     timeout = config.timeout_ms / 1000
     failure: StormError | None = None
     figures: RunFigures | None = None
@@ -104,12 +116,13 @@ async def execute_async(
                     monitor = await stack.enter_async_context(LoopMonitor(threshold_ms=5.0))
                     probe = await stack.enter_async_context(ThreadPoolProbe())
                 schedule = Schedule(config, await origin())
-                runner = AsyncRunner(
-                    schedule,
-                    driver,
-                    plan.mix,
-                    recorders=live.recorders if live is not None else None,
-                )
+                recorders = live.recorders if live is not None else None
+                if runner_factory is not None:
+                    runner = runner_factory(schedule, recorders)
+                elif http is not None:
+                    runner = AsyncRunner(schedule, http, plan.mix, recorders=recorders)
+                else:
+                    raise StormError("a driver given to execute_async() needs its runner_factory")
                 if live is not None:
                     live.in_flight = lambda: len(runner.slots)
                 figures = await runner.run()
