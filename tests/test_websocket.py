@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -69,7 +70,6 @@ def test_bytes_echo() -> None:
     replies: list[Any] = []
 
     @websocket_only
-
     async def app(scope: Scope, receive: Any, send: Any) -> None:
         await receive()
         await send({"type": "websocket.accept"})
@@ -79,14 +79,14 @@ def test_bytes_echo() -> None:
 
     result = run_websocket_storm(app, "/ws", users=3, messages=30, message=b"\x00\x01abc")
     assert result.messages == 30
-    assert replies and all(r == b"\x00\x01abc" for r in replies)
+    assert replies
+    assert all(r == b"\x00\x01abc" for r in replies)
 
 
 def test_factory_builds_each_users_messages() -> None:
     seen: list[str] = []
 
     @websocket_only
-
     async def app(scope: Scope, receive: Any, send: Any) -> None:
         await receive()
         await send({"type": "websocket.accept"})
@@ -102,7 +102,6 @@ def test_scope_carries_path_query_headers_and_subprotocols() -> None:
     scopes: list[Scope] = []
 
     @websocket_only
-
     async def app(scope: Scope, receive: Any, send: Any) -> None:
         scopes.append(scope)
         await echo(scope, receive, send)
@@ -199,7 +198,6 @@ def test_the_app_hears_the_client_leave() -> None:
     disconnects: list[Any] = []
 
     @websocket_only
-
     async def app(scope: Scope, receive: Any, send: Any) -> None:
         await receive()
         await send({"type": "websocket.accept"})
@@ -246,10 +244,8 @@ def test_protocol_violations_are_recorded_by_kind(message: dict[str, Any], kind:
         if message.get("type") != "websocket.send" or "early" not in str(message.get("text")):
             await send({"type": "websocket.accept"})
             await receive()
-        try:
+        with contextlib.suppress(Exception):  # swallowed: recorded all the same
             await send(message)
-        except Exception:
-            pass  # swallowed: the violation is recorded all the same
 
     result = run_websocket_storm(app, "/ws", users=1, messages=2, check=False)
     assert result.failed == 2
@@ -319,7 +315,6 @@ def test_a_broadcast_room_delivers_every_message_to_every_listener() -> None:
     received: dict[int, int] = {}
 
     @websocket_only
-
     async def room(scope: Scope, receive: Any, send: Any) -> None:
         await receive()
         await send({"type": "websocket.accept"})
@@ -456,4 +451,53 @@ def test_a_blocking_wait_serialises_round_trips() -> None:
     assert many.throughput <= 1.1 / wait
     assert few.round_trip.p50 >= 10 * wait * 1000 * 0.8
     assert many.round_trip.p50 >= 3 * few.round_trip.p50
-    assert few.loop_lag_max_ms is not None and few.loop_lag_max_ms >= wait * 1000 * 0.8
+    assert few.loop_lag_max_ms is not None
+    assert few.loop_lag_max_ms >= wait * 1000 * 0.8
+
+
+FIXTURE_TESTS = """
+import pytest
+from pytest_concurrency import BudgetExceeded
+
+async def echo(scope, receive, send):
+    if scope["type"] != "websocket":
+        return
+    await receive()
+    await send({"type": "websocket.accept"})
+    while (message := await receive())["type"] == "websocket.receive":
+        await send({"type": "websocket.send", "text": message["text"]})
+
+@pytest.mark.concurrency(users=4, duration=0.3, p99_ms=5000)
+def test_chat(storm):
+    result = storm.websocket(echo, "/ws", message="hi", connect_p99_ms=5000)
+    assert result.messages > 0
+    assert result.peak_connections == 4
+    assert {v.name for v in result.verdicts} >= {"p99_ms", "connect_p99_ms", "max_error_rate"}
+
+def test_chat_budget_fails(storm):
+    storm.websocket(echo, "/ws", users=2, messages=10, p50_ms=0)
+"""
+
+
+def test_storm_fixture_fires_websocket_storms_into_the_reports(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    pytester.makepyfile(test_ws=FIXTURE_TESTS)
+    report = pytester.path / "storms.json"
+    result = pytester.runpytest_subprocess(
+        "-p", "pytest_concurrency.plugin", "-p", "no:cacheprovider",
+        f"--concurrency-json={report}",
+    )  # fmt: skip
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*storm broke its budget (p50_ms)*",
+            "*storm WEBSOCKET /ws on *(ASGI, event loop (asyncio), WebSocket) — 2 users*",
+            "*= storms =*",
+            "test_ws.py::test_chat*WEBSOCKET /ws*ASGI event loop (asyncio), WebSocket*4*pass",
+            "test_ws.py::test_chat_budget_fails*WEBSOCKET /ws*2*10*FAIL p50_ms",
+        ]
+    )
+    storms = json.loads(report.read_text())["storms"]
+    assert [s["extras"]["websocket"]["peak_connections"] for s in storms] == [4, 2]
