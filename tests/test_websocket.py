@@ -501,3 +501,24 @@ def test_storm_fixture_fires_websocket_storms_into_the_reports(
     )
     storms = json.loads(report.read_text())["storms"]
     assert [s["extras"]["websocket"]["peak_connections"] for s in storms] == [4, 2]
+
+
+def test_a_blocking_handler_is_named_by_the_loop_monitor() -> None:
+    result = run_websocket_storm(
+        fastapi_app.app, "/ws/blocking", users=5, duration=0.3, check=False
+    )
+    assert result.loop_lag is not None
+    sites = {(site.file.rsplit("/", 1)[-1], site.function) for site in result.loop_lag.sites}
+    assert ("fastapi_app.py", "_echo") in sites
+
+
+def test_a_django_sync_consumer_runs_on_one_shared_thread() -> None:
+    result = run_websocket_storm(
+        django_channels_app.application, "/ws/sync", users=5, duration=0.5, check=False
+    )
+    pools = {pool.name: pool for pool in result.thread_pools}
+    sync = pools["asgiref SyncToAsync threads"]
+    assert sync.max_busy == 1
+    assert sync.mean_busy > 0.8  # one thread, busy nearly all the time
+    # One message at a time for all five connections: ≈ 5 waits per round trip.
+    assert result.throughput <= 1.1 / django_channels_app.CHAT_WAIT_SECONDS
