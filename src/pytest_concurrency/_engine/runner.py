@@ -26,6 +26,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from .._checks import NO_CHECKS, SAMPLE_BYTES, Checks, Response, Samples, headers_text
 from .._drivers.base import AsyncDriver
 from .._errors import ConfigError, StormError
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
@@ -33,6 +34,7 @@ from .._metrics.fold import RunFigures
 from .._workload import RequestMix
 from .interrupts import app_interrupt
 from .schedule import Schedule
+from .users import User
 
 __all__ = ["AsyncRunner", "Slot", "running_loop"]
 
@@ -45,10 +47,23 @@ _DISCONNECT_GRACE = 0.02
 class Slot:
     """One virtual user's (or open-model connection's) slot: its request in flight, if any."""
 
-    __slots__ = ("cancel_at", "conn", "exchange", "index", "scope", "since", "timed_out", "uid")
+    __slots__ = (
+        "cancel_at",
+        "capture",
+        "conn",
+        "exchange",
+        "index",
+        "scope",
+        "since",
+        "timed_out",
+        "uid",
+        "user",
+    )
 
-    def __init__(self, uid: int = 0) -> None:
+    def __init__(self, uid: int = 0, user: User | None = None, capture: bool = False) -> None:
         self.uid = uid
+        self.user = user
+        self.capture = capture  # keep headers and body (checks, cookies)
         self.since = 0.0  # intended send time of the request in flight, 0.0 when idle
         self.index = 0  # endpoint of the request in flight
         self.timed_out = False
@@ -87,8 +102,16 @@ class AsyncRunner:
         mix: RequestMix,
         *,
         recorders: list[Recorder] | None = None,
+        users: list[User] | None = None,
+        checks: Checks = NO_CHECKS,
     ) -> None:
         self.schedule = schedule
+        self.users = users
+        self.checks = checks
+        self.endpoint_checks = [checks.merged(request.parsed_checks) for request in mix.requests]
+        self.capture = users is not None or any(c.needs_body for c in self.endpoint_checks)
+        self.inspect = users is not None or any(self.endpoint_checks)
+        self.samples = Samples()
         self.driver = driver
         self.mix = mix
         self.timeout = schedule.timeout
@@ -127,12 +150,14 @@ class AsyncRunner:
         mix = self.mix
         if mix.factory is None:
             index = self.pick()
+            checks = self.endpoint_checks[index] if self.inspect else NO_CHECKS
             call = self.driver.call(index, slot)
         else:
             iteration = self.iterations.get(user, 0)
             self.iterations[user] = iteration + 1
-            request = mix.build(user, iteration)
+            request = mix.build(slot.user if slot.user is not None else user, iteration)
             index = mix.intern(request.label)
+            checks = self.checks.merged(request.parsed_checks)
             call = self.driver.call_request(request, slot)
         slot.index = index
         if perf_counter() - intended >= self.timeout:
@@ -155,6 +180,8 @@ class AsyncRunner:
             status, first = exchange.status, exchange.first_byte
             if not status:
                 status, error = STATUS_EXCEPTION, self.book.kind(None, "NoResponse")
+            elif exchange.headers is not None:
+                error = self.look_at(slot, index, checks, status, exchange.headers, exchange.body)
         done = perf_counter()
         slot.since = 0.0
         if slot.timed_out:
@@ -164,6 +191,31 @@ class AsyncRunner:
             status, error, latency, first = STATUS_TIMEOUT, self.timeout_kind, self.timeout, 0.0
         self.record(intended, latency, first, status, error, index)
         return done
+
+    def look_at(
+        self,
+        slot: Slot,
+        index: int,
+        checks: Checks,
+        status: int,
+        raw_headers: Any,
+        chunks: list[bytes] | None,
+    ) -> int:
+        """Cookies for the user, a sample of an error body, the checks; the error kind or 0."""
+        body = b"".join(chunks) if chunks else b""
+        headers = headers_text(raw_headers)
+        if slot.user is not None:
+            slot.user.absorb(headers)
+        if status >= 400:
+            self.samples.keep(status, body)
+        if not checks:
+            return 0
+        failure = checks.judge(Response(status, headers, body))
+        if failure is None:
+            return 0
+        label = self.mix.labels[index] if index < len(self.mix.labels) else "?"
+        sample = body[:SAMPLE_BYTES].decode("utf-8", "replace")
+        return self.book.adopt("CheckFailed", f"{label}: {failure}\nbody: {sample}")
 
     # -- closed model -------------------------------------------------------------------
 
@@ -187,7 +239,7 @@ class AsyncRunner:
             self.alive -= 1
 
     def spawn_user(self, group: anyio.abc.TaskGroup, uid: int, intended: float | None) -> None:
-        slot = Slot(uid)
+        slot = Slot(uid, self.users[uid] if self.users is not None else None, self.capture)
         self.slots.add(slot)
         self.alive += 1
         group.start_soon(self.user, uid, intended, slot)
@@ -236,7 +288,7 @@ class AsyncRunner:
                 if idle:
                     idle.pop().set_result(at)
                 elif schedule.admits_arrival(at, len(self.slots)):
-                    slot = Slot(-1)
+                    slot = Slot(-1, None, self.capture)
                     self.slots.add(slot)
                     self.alive += 1
                     group.start_soon(self.connection, at, slot, idle)
