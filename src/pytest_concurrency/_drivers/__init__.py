@@ -1,0 +1,1 @@
+"""Protocol drivers: how a request reaches the app under test."""
