@@ -28,7 +28,7 @@ SERVER_KINDS: tuple[ServerKind, ...] = ("uvicorn", "hypercorn", "granian", "guni
 EXTRA_HINT = "pip install 'pytest-storm[servers]'"
 
 #: Seconds between SIGTERM to the process group and SIGKILL.
-STOP_GRACE = 5.0
+STOP_GRACE = 3.0
 _TAIL_LINES = 20
 _PORT_ATTEMPTS = 3
 
@@ -67,7 +67,9 @@ class ServerSpec:
                 "that the server process can import"
             )
         if self.interface not in ("asgi", "wsgi"):
-            raise ConfigError(f"interface={self.interface!r} (from {origin}) must be 'asgi' or 'wsgi'")
+            raise ConfigError(
+                f"interface={self.interface!r} (from {origin}) must be 'asgi' or 'wsgi'"
+            )
         for name in ("workers", "threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -112,7 +114,9 @@ def _modules_needed(spec: ServerSpec) -> list[str]:
 class RunningServer:
     """A server process group started by :func:`serve`: its URL, its processes, its stop."""
 
-    def __init__(self, spec: ServerSpec, process: subprocess.Popen[bytes], port: int, log: IO[bytes]):
+    def __init__(
+        self, spec: ServerSpec, process: subprocess.Popen[bytes], port: int, log: IO[bytes]
+    ):
         self.spec = spec
         self.process = process
         self.port = port
@@ -280,7 +284,8 @@ def _start(spec: ServerSpec, startup_timeout: float) -> RunningServer:
     last_error: StormError | None = None
     for _attempt in range(_PORT_ATTEMPTS):
         port = _free_port()
-        log = tempfile.TemporaryFile(prefix="pytest-storm-server-")
+        # Closed by RunningServer.stop(); the server writes to it for its whole life.
+        log = tempfile.TemporaryFile(prefix="pytest-storm-server-")  # noqa: SIM115
         process = subprocess.Popen(
             _command(spec, port),
             cwd=spec.cwd,
