@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import Iterator
@@ -235,3 +236,70 @@ def test_encode_request_once() -> None:
 def test_base_url_must_be_an_http_root(url: str) -> None:
     with pytest.raises(ConfigError, match="must be an http:// URL"):
         HttpDriver(url, REQUESTS)
+
+
+@pytest.mark.parametrize(
+    ("kind", "interface"),
+    [
+        ("uvicorn", "wsgi"),
+        ("hypercorn", "asgi"),
+        ("hypercorn", "wsgi"),
+        ("granian", "asgi"),
+        ("granian", "wsgi"),
+        ("gunicorn", "asgi"),
+    ],
+)
+def test_every_server_kind_answers_get_post_and_stream(kind: str, interface: str) -> None:
+    app = "tests.apps:asgi_routes" if interface == "asgi" else "tests.apps:wsgi_routes"
+    spec = ServerSpec(kind, app, interface=interface, cwd=ROOT)  # type: ignore[arg-type]
+    with serve(spec) as server:
+        user = Holder()
+        get, post, stream = run(HttpDriver(server.url, REQUESTS), (0, user), (1, user), (2, user))
+    assert [get.status, post.status, stream.status] == [200, 200, 200]
+    assert [get.nbytes, post.nbytes, stream.nbytes] == [
+        5,
+        len(b'{"received": %d}' % POST_LENGTH),
+        3000,
+    ]
+
+
+def test_connection_close_from_an_async_server_reconnects(uvicorn_server: RunningServer) -> None:
+    driver = HttpDriver(uvicorn_server.url, [Request(path="/close"), Request(path="/")])
+    user = Holder()
+    bye, hello = run(driver, (0, user), (1, user))
+    assert (bye.status, bye.nbytes, hello.status, hello.nbytes) == (200, 3, 200, 5)
+    assert user.conn.used == 1  # the second request went out on a new connection
+
+
+def test_a_stale_keep_alive_connection_is_retried_once() -> None:
+    """A server that drops an idle connection as the next request goes out: retried, not failed."""
+    accepted = 0
+
+    async def main() -> list[Exchange]:
+        async def handle(reader: Any, writer: Any) -> None:
+            nonlocal accepted
+            accepted += 1
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+                await reader.readuntil(b"\r\n\r\n")  # the second request: dropped unanswered
+            except asyncio.IncompleteReadError:
+                pass  # the client closed it at shutdown
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        driver = HttpDriver(f"http://127.0.0.1:{port}", [Request(path="/")])
+        user = Holder()
+        try:
+            return [await driver.call(0, user), await driver.call(0, user)]
+        finally:
+            await driver.shutdown(1.0)
+            server.close()
+            await server.wait_closed()
+
+    first, second = anyio.run(main)
+    assert (first.status, second.status, second.nbytes) == (200, 200, 2)
+    assert accepted == 2
