@@ -11,6 +11,8 @@ script reports requests per second and the client's own CPU time per request (µ
   - wrk (if installed; requests per second only, as the reference of a C client).
 The server, not the client, limits the rate on a small machine, so the ratio that
 matters is client CPU per request; rps ratios show how close each client drives the server.
+Without ``sniffio`` installed, httpcore retries ``import sniffio`` on every request, which
+makes httpx look slower still; install it for a fair httpx figure.
 """
 
 from __future__ import annotations
