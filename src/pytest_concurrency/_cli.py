@@ -39,6 +39,7 @@ from ._claims import (
     run_claims,
     storms_table,
 )
+from ._engine import plan_storm, run_plan
 from ._errors import ConcurrencyWarning, ConfigError, StormError
 from ._latency import (
     Latency,
@@ -51,7 +52,6 @@ from ._latency import (
 )
 from ._params import BUDGET_NAMES, Layer
 from ._result import StormResult
-from ._storm import plan_storm, run_plan
 
 __all__ = ["build_parser", "load_app", "machine_line", "main", "side_by_side"]
 

@@ -1,1 +1,1 @@
-"""Protocol drivers: how a request reaches the app under test."""
+"""Protocol drivers: each turns one request into one response and reports its timings."""

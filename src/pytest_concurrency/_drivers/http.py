@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -21,6 +21,7 @@ import httptools
 
 from .._errors import ConfigError, StormError
 from .._workload import Request
+from .base import AsyncDriver
 
 __all__ = ["Exchange", "HttpDriver", "encode_request"]
 
@@ -174,7 +175,9 @@ class HttpDriver:
     a timeout can call ``holder.exchange.disconnect()``.
     """
 
-    def __init__(self, base_url: str, requests: list[Request]) -> None:
+    def __init__(
+        self, base_url: str, requests: list[Request], *, server: str | None = None
+    ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
             raise ConfigError(
@@ -186,6 +189,13 @@ class HttpDriver:
         self._host_header = parts.netloc
         self._templates = [encode_request(spec, self._host_header) for spec in requests]
         self._connections: set[_Connection] = set()
+        self._server = server
+        self.base_url = base_url
+
+    def describe(self) -> str:
+        """What serves the requests: the server's description (when given) and its URL."""
+        where = f"{self._server} at {self.base_url}" if self._server else self.base_url
+        return f"{where} (HTTP/1.1, one keep-alive connection per user)"
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -263,3 +273,7 @@ class HttpDriver:
         self._connections.discard(conn)
         if holder is not None and getattr(holder, "conn", None) is conn:
             holder.conn = None
+
+
+if TYPE_CHECKING:
+    _conforms: type[AsyncDriver] = HttpDriver
