@@ -14,7 +14,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Literal
 
@@ -365,10 +365,4 @@ def serve(spec: ServerSpec, *, startup_timeout: float = 30.0) -> Iterator[Runnin
     try:
         yield server
     finally:
-        server.stop()
-
-
-def stop_all(servers: Sequence[RunningServer] | None = None) -> None:
-    """Stop *servers* (default: every live one)."""
-    for server in servers if servers is not None else live_servers():
         server.stop()
