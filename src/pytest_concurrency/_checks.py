@@ -167,7 +167,7 @@ class Samples:
             self.by_status[status] = body[:SAMPLE_BYTES].decode("utf-8", "replace")
 
 
-def headers_text(pairs: Iterable[tuple[bytes, bytes]] | Mapping[str, str]) -> list[tuple[str, str]]:
+def headers_text(pairs: Iterable[tuple[Any, Any]] | Mapping[str, str]) -> list[tuple[str, str]]:
     """Response headers as text pairs (ASGI sends bytes)."""
     items = pairs.items() if isinstance(pairs, Mapping) else pairs
     return [

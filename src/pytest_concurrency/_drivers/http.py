@@ -27,6 +27,10 @@ from .base import AsyncDriver
 __all__ = ["Exchange", "HttpDriver", "encode_request"]
 
 
+#: Body chunks kept as a sample of an error response.
+_SAMPLE_CHUNKS = 4
+
+
 class ServerClosed(ConnectionResetError):
     """The server closed the connection before the response was complete."""
 
@@ -47,13 +51,17 @@ def encode_request(request: Request, host: str) -> tuple[bytes, bool]:
 class Exchange:
     """One request/response on a connection: status, first-byte time, body size."""
 
-    __slots__ = ("_conn", "first_byte", "nbytes", "status")
+    __slots__ = ("_conn", "body", "capture", "first_byte", "headers", "nbytes", "status")
 
-    def __init__(self, conn: _Connection) -> None:
+    def __init__(self, conn: _Connection, capture: bool = False) -> None:
         self._conn = conn
         self.status = 0
         self.first_byte = 0.0
         self.nbytes = 0
+        self.capture = capture
+        #: Headers and body chunks, kept when asked (checks, cookies) or for an error status.
+        self.headers: list[tuple[bytes, bytes]] | None = [] if capture else None
+        self.body: list[bytes] | None = [] if capture else None
 
     def disconnect(self) -> None:
         """The client gave up (timeout): drop the connection; the user's next call reconnects."""
@@ -104,11 +112,18 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks --------------------------------------------------------------
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        exchange = self.exchange
+        if exchange is not None and exchange.headers is not None:
+            exchange.headers.append((name, value))
+
     def on_headers_complete(self) -> None:
         exchange = self.exchange
         if exchange is None:
             return
         exchange.status = self.parser.get_status_code()
+        if exchange.status >= 400 and exchange.body is None:
+            exchange.headers, exchange.body = [], []
         self.keep_alive = self.parser.should_keep_alive()
         if self.head:
             # llhttp cannot be told that a HEAD response has no body: start afresh.
@@ -121,6 +136,9 @@ class _Connection(asyncio.Protocol):
             if not exchange.first_byte:
                 exchange.first_byte = perf_counter()
             exchange.nbytes += len(body)
+            kept = exchange.body
+            if kept is not None and (exchange.capture or len(kept) < _SAMPLE_CHUNKS):
+                kept.append(bytes(body))
 
     def on_message_complete(self) -> None:
         self.keep_alive = self.parser.should_keep_alive()
@@ -240,7 +258,14 @@ class HttpDriver:
             conn = await self._connect()
             if holder is not None:
                 holder.conn = conn
-        exchange = Exchange(conn)
+        capture = getattr(holder, "capture", False)
+        user = getattr(holder, "user", None)
+        if user is not None and (user.headers or user.cookies):
+            # The user's own headers and cookies go just before the blank line.
+            end = raw.index(b"\r\n\r\n") + 2
+            extra = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in user.header_pairs())
+            raw = raw[:end] + extra + raw[end:]
+        exchange = Exchange(conn, capture)
         if holder is not None:
             holder.exchange = exchange
         try:
@@ -253,7 +278,7 @@ class HttpDriver:
             conn = await self._connect()
             if holder is not None:
                 holder.conn = conn
-            exchange = Exchange(conn)
+            exchange = Exchange(conn, capture)
             if holder is not None:
                 holder.exchange = exchange
             try:

@@ -26,12 +26,13 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from .._checks import NO_CHECKS, SAMPLE_BYTES, Checks, Response, Samples, headers_text
+from .._checks import NO_CHECKS, Checks
 from .._drivers.base import AsyncDriver
 from .._errors import ConfigError, StormError
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
 from .._metrics.fold import RunFigures
 from .._workload import RequestMix
+from .inspect import Inspector
 from .interrupts import app_interrupt
 from .schedule import Schedule
 from .users import User
@@ -107,11 +108,6 @@ class AsyncRunner:
     ) -> None:
         self.schedule = schedule
         self.users = users
-        self.checks = checks
-        self.endpoint_checks = [checks.merged(request.parsed_checks) for request in mix.requests]
-        self.capture = users is not None or any(c.needs_body for c in self.endpoint_checks)
-        self.inspect = users is not None or any(self.endpoint_checks)
-        self.samples = Samples()
         self.driver = driver
         self.mix = mix
         self.timeout = schedule.timeout
@@ -120,6 +116,9 @@ class AsyncRunner:
             recorders.append(self.rec)  # read (lengths and tails only) by a live line
         self.book = ErrorBook()
         self.timeout_kind = self.book.kind(None, ErrorBook.TIMEOUT)
+        self.inspector = Inspector(self.book, mix, checks, users is not None)
+        self.capture = self.inspector.capture
+        self.judges = self.inspector.judges
         self.pick = mix.picker()
         self.slots: set[Slot] = set()
         self.alive = 0
@@ -150,14 +149,14 @@ class AsyncRunner:
         mix = self.mix
         if mix.factory is None:
             index = self.pick()
-            checks = self.endpoint_checks[index] if self.inspect else NO_CHECKS
+            checks = self.inspector.checks_for(index) if self.judges else NO_CHECKS
             call = self.driver.call(index, slot)
         else:
             iteration = self.iterations.get(user, 0)
             self.iterations[user] = iteration + 1
             request = mix.build(slot.user if slot.user is not None else user, iteration)
             index = mix.intern(request.label)
-            checks = self.checks.merged(request.parsed_checks)
+            checks = self.inspector.checks_for(index, request)
             call = self.driver.call_request(request, slot)
         slot.index = index
         if perf_counter() - intended >= self.timeout:
@@ -181,7 +180,11 @@ class AsyncRunner:
             if not status:
                 status, error = STATUS_EXCEPTION, self.book.kind(None, "NoResponse")
             elif exchange.headers is not None:
-                error = self.look_at(slot, index, checks, status, exchange.headers, exchange.body)
+                error = self.inspector.look(
+                    slot.user, index, checks, status, exchange.headers, exchange.body
+                )
+            elif checks:
+                error = self.inspector.look(None, index, checks, status, None, None)
         done = perf_counter()
         slot.since = 0.0
         if slot.timed_out:
@@ -191,31 +194,6 @@ class AsyncRunner:
             status, error, latency, first = STATUS_TIMEOUT, self.timeout_kind, self.timeout, 0.0
         self.record(intended, latency, first, status, error, index)
         return done
-
-    def look_at(
-        self,
-        slot: Slot,
-        index: int,
-        checks: Checks,
-        status: int,
-        raw_headers: Any,
-        chunks: list[bytes] | None,
-    ) -> int:
-        """Cookies for the user, a sample of an error body, the checks; the error kind or 0."""
-        body = b"".join(chunks) if chunks else b""
-        headers = headers_text(raw_headers)
-        if slot.user is not None:
-            slot.user.absorb(headers)
-        if status >= 400:
-            self.samples.keep(status, body)
-        if not checks:
-            return 0
-        failure = checks.judge(Response(status, headers, body))
-        if failure is None:
-            return 0
-        label = self.mix.labels[index] if index < len(self.mix.labels) else "?"
-        sample = body[:SAMPLE_BYTES].decode("utf-8", "replace")
-        return self.book.adopt("CheckFailed", f"{label}: {failure}\nbody: {sample}")
 
     # -- closed model -------------------------------------------------------------------
 
