@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from werkzeug.test import EnvironBuilder
 
+from .._checks import NO_CHECKS
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
 from .._workload import Request
 from .base import BadHeaders, BadStatus, BodyNotBytes, NoStartResponse, StartedTwice
@@ -247,7 +248,7 @@ class WsgiPool:
         build: Callable[[int, int], tuple[int, Request]] | None = None,
         live: list[Recorder] | None = None,
         users: list[Any] | None = None,
-        inspector: Any = None,
+        inspector: Any,
     ) -> PoolRun:
         """Serve the round's schedule; join every thread before returning.
 
@@ -256,12 +257,11 @@ class WsgiPool:
         otherwise the thread that completes a user's request puts its next one straight
         back in the backlog. Open model: a dispatcher thread puts arrivals in the backlog
         on schedule, dropping those that find ``max_in_flight`` requests out.
-        *build(user, iteration)* makes templated requests. With *inspector* (checks,
-        stateful *users*), responses are run as their user and looked at.
+        *build(user, iteration)* makes templated requests. Requests run as their user
+        (stateful *users*); the *inspector* looks at the responses it asks to keep.
         """
         backlog: SimpleQueue[tuple[float, int] | None] = SimpleQueue()
         stop = threading.Event()
-        call_prepared = self.driver.call_prepared
         templates = self.driver.templates
         window = schedule.window
         origin = schedule.origin
@@ -284,7 +284,9 @@ class WsgiPool:
         dispatched = [0, 0]  # arrivals put in the backlog; 1 once the dispatcher is done
         iterations: dict[int, int] = {}
         failures: list[BaseException] = []
-        capture = inspector is not None and inspector.capture
+        capture = inspector.capture
+        judges = inspector.judges
+        call_as = self.driver.call_as
 
         def fail(exc: BaseException) -> None:
             failures.append(exc)
@@ -352,20 +354,15 @@ class WsgiPool:
                         fail(exc)
                         return
                 try:
-                    if inspector is None:
-                        if build is None:
-                            status, first_byte = call_prepared(templates[index])
-                        else:
-                            status, first_byte = self.driver.call_request(request)
-                    else:
-                        person = users[user] if users is not None and user >= 0 else None
+                    prepared = templates[index] if build is None else request_environ(request)
+                    person = users[user] if users is not None and user >= 0 else None
+                    status, first_byte, kept, chunks = call_as(prepared, person, capture)
+                    if judges:
                         checks = inspector.checks_for(index, None if build is None else request)
-                        prepared = templates[index] if build is None else request_environ(request)
-                        status, first_byte, kept, chunks = self.driver.call_as(
-                            prepared, person, capture
-                        )
-                        if kept is not None or checks:
-                            error = inspector.look(person, index, checks, status, kept, chunks)
+                        error = inspector.look(person, index, checks, status, kept, chunks)
+                    elif kept is not None:
+                        # An error status: keep a sample body for the report.
+                        error = inspector.look(person, index, NO_CHECKS, status, kept, chunks)
                 except Exception as exc:
                     status, first_byte, error = STATUS_EXCEPTION, 0.0, book.kind(exc)
                 except (SystemExit, KeyboardInterrupt) as exc:

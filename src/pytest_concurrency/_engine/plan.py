@@ -72,8 +72,16 @@ def plan_storm(
     config = resolve(layers)
     if scale is not None and scale[0] != 1:
         config.scaled(*scale)
-    mix = build_mix(method, path, requests, config.request_options, config.seed)
-    if isinstance(app, str) and ":" in app:
+    mix = build_mix(
+        method,
+        path,
+        requests,
+        config.request_options,
+        config.seed,
+        probe_factory=config.on_start is None,
+    )
+    if isinstance(app, str) and ":" in app and config.server != "inprocess":
+        # A real server imports the app by name; in-process needs the object itself.
         app = _import_app(app)
     if config.interface is not None:
         if not callable(app):

@@ -320,7 +320,6 @@ def execute_pool(
         users, started = _start_users_sync(plan, driver, count)
         extras["on_start"] = started.to_dict(count)
     inspector = Inspector(book, plan.mix, plan.checks, users is not None)
-    active = inspector if users is not None or inspector.judges else None
     schedule = Schedule(config, origin() if origin is not None else perf_counter() + _LEAD)
     wall_before = perf_counter()
     run = pool.run(
@@ -330,7 +329,7 @@ def execute_pool(
         build=build,
         live=live.recorders if live is not None else None,
         users=users,
-        inspector=active,
+        inspector=inspector,
     )
     if inspector.samples.by_status:
         extras["samples"] = dict(inspector.samples.by_status)
