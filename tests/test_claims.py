@@ -26,6 +26,7 @@ from examples.claims.scale import (
     UNKNOWN,
     ScalePoint,
     ScaleSeries,
+    _ladder_line,
     judge_choose_fastapi,
     judge_scale,
 )
@@ -339,3 +340,14 @@ def test_the_demo_names_a_missing_framework() -> None:
     assert done.returncode == 2, done.stderr
     assert "the demo needs flask" in done.stderr
     assert "pip install 'pytest-storm[examples]'" in done.stderr
+
+
+def test_a_scale_storm_without_a_completed_request_is_written_not_crashed() -> None:
+    # A storm that completed no request has an infinite p99 (and no cost per request).
+    series = ScaleSeries("Flask", (ScalePoint(100, 650, 160), ScalePoint(5000, math.inf, 0, 1.0)))
+    assert (
+        _ladder_line(series)
+        == "Flask p99 ms — 100: 650 · 5k: ∞ (100% errors) → over from the start"
+    )
+    judged = judge_sync_to_async(900.0, math.inf, 140.0, threads=0)
+    assert "/orm costs ∞ µs" in judged.reason

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ __all__ = [
     "count",
     "format_number",
     "peak_rss_growth",
+    "rounded",
     "users_text",
 ]
 
@@ -162,6 +164,12 @@ class DemoStorm:
         if self.rss_growth_mb is not None:
             data["rss_growth_mb"] = self.rss_growth_mb
         return StormRecord(f"{self.claim} {self.framework}", 0, data, self.result)
+
+
+def rounded(value: float) -> str:
+    """*value* to the unit, as ``format_number`` writes it; ∞ and NaN (not measured) as such."""
+    # round() raises on both, and a scale storm that completed no request has an infinite p99.
+    return format_number(round(value)) if math.isfinite(value) else format_number(value)
 
 
 def users_text(n: int) -> str:

@@ -6,7 +6,17 @@ import math
 
 from pytest_concurrency import StormResult
 
-from .base import HOLDS, IO_WAIT_MS, NOT_HERE, PARTLY, ClaimRow, Demo, Judgement, format_number
+from .base import (
+    HOLDS,
+    IO_WAIT_MS,
+    NOT_HERE,
+    PARTLY,
+    ClaimRow,
+    Demo,
+    Judgement,
+    format_number,
+    rounded,
+)
 
 __all__ = [
     "ASYNC_HOLDS_SHARE",
@@ -38,8 +48,8 @@ def judge_async_not_blocking(
     share = rps / ideal if ideal > 0 else 0.0
     lag_limit = ASYNC_MAX_LAG_SHARE * wait_ms
     figures = (
-        f"{format_number(round(rps))} rps = {share:.0%} of users / wait "
-        f"({format_number(round(ideal))} rps); longest loop stall {format_number(loop_lag_max_ms)} ms"
+        f"{rounded(rps)} rps = {share:.0%} of users / wait "
+        f"({rounded(ideal)} rps); longest loop stall {format_number(loop_lag_max_ms)} ms"
     )
     stalled = not loop_lag_max_ms < lag_limit  # NaN (not measured) counts as a stall
     if share >= ASYNC_HOLDS_SHARE and not stalled:
@@ -62,7 +72,7 @@ def judge_blocking_in_async(
     concurrent = users * serial
     figures = (
         f"{format_number(round(rps, 1))} rps against {format_number(serial)} for one request at a "
-        f"time and {format_number(round(concurrent))} if concurrent; loop blocked "
+        f"time and {rounded(concurrent)} if concurrent; loop blocked "
         f"{blocked_share:.0%} of the storm"
     )
     if rps <= SERIAL_MAX_MULTIPLE * serial and blocked_share >= BLOCKED_MIN_SHARE:

@@ -21,6 +21,7 @@ from .base import (
     Judgement,
     available_memory_mb,
     format_number,
+    rounded,
     users_text,
 )
 
@@ -430,9 +431,9 @@ def _choice_lines(series: dict[str, ScaleSeries], from_users: int) -> list[str]:
             if p99 is None or how == UNKNOWN:
                 cells.append(f"{name} –")
             elif how == ESTIMATED:
-                cells.append(f"{name} ≈ {format_number(round(p99))} (Little's law)")
+                cells.append(f"{name} ≈ {rounded(p99)} (Little's law)")
             else:
-                cells.append(f"{name} {format_number(round(p99))}")
+                cells.append(f"{name} {rounded(p99)}")
         lines.append(f"p99 ms at {users_text(users)} users: " + " · ".join(cells))
     return lines
 
@@ -444,7 +445,7 @@ def _ladder_line(series: ScaleSeries) -> str:
             cells.append(f"{_short(p.users)}: –")
         else:
             errors = f" ({p.error_rate:.0%} errors)" if p.error_rate > SCALE_MAX_ERROR_RATE else ""
-            cells.append(f"{_short(p.users)}: {format_number(round(p.p99_ms))}{errors}")
+            cells.append(f"{_short(p.users)}: {rounded(p.p99_ms)}{errors}")
     held = series.held_up_to()
     tail = f"≤ {SCALE_P99_MS:g} ms up to {users_text(held)}" if held else "over from the start"
     return f"{series.framework} p99 ms — " + " · ".join(cells) + f" → {tail}"
@@ -467,7 +468,7 @@ def _scale_notes(
         if held:
             cores += f"–{CLAIMED_FASTAPI_USERS / held:,.0f}"
         notes.append(
-            f"FastAPI peaked at {format_number(round(rps))} rps on one core (loop busy "
+            f"FastAPI peaked at {rounded(rps)} rps on one core (loop busy "
             f"{(peak.result.loop_cpu_share or 0):.0%}); by Little's law at most ≈ {fits:,.0f} "
             f"users fit in {SCALE_P99_MS:g} ms at that rate, and it held {users_text(held)}: "
             f"{users_text(CLAIMED_FASTAPI_USERS)} users at that p99 would take {cores} such cores "

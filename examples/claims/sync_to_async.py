@@ -8,7 +8,7 @@ from typing import Any
 
 from pytest_concurrency import StormResult
 
-from .base import HOLDS, NOT_HERE, PARTLY, ClaimRow, Demo, Judgement, count, format_number
+from .base import HOLDS, NOT_HERE, PARTLY, ClaimRow, Demo, Judgement, count, format_number, rounded
 
 __all__ = ["HOP_HOLDS_US", "HOP_NOISE_US", "judge_sync_to_async", "run"]
 
@@ -27,7 +27,7 @@ def judge_sync_to_async(
     figures = (
         f"/orm costs {format_number(orm_view_us)} µs a request against "
         f"{format_number(async_view_us)} µs without the hop; minus the query itself "
-        f"({format_number(query_us)} µs) the hop costs {format_number(round(hop))} µs "
+        f"({format_number(query_us)} µs) the hop costs {rounded(hop)} µs "
         f"({share:.0%} of the request), on up to {count(threads, 'thread')}"
     )
     if hop >= HOP_HOLDS_US:
@@ -52,12 +52,12 @@ def run(demo: Demo) -> ClaimRow:
     judgement = judge_sync_to_async(cost["plain"], cost["orm"], query_us, threads=threads["orm"])
     figures = [
         f"Django ASGI /async-item/3 (async view, no hop of its own): "
-        f"{format_number(round(cost['plain']))} µs a request, "
-        f"{format_number(round(plain.result.throughput))} rps, p50 "
+        f"{rounded(cost['plain'])} µs a request, "
+        f"{rounded(plain.result.throughput)} rps, p50 "
         f"{format_number(plain.result.latency.p50)} ms, up to {count(threads['plain'], 'asgiref thread')}",
         f"Django ASGI /orm/3 (sync_to_async around Item.objects.get): "
-        f"{format_number(round(cost['orm']))} µs a request, "
-        f"{format_number(round(orm.result.throughput))} rps, p50 "
+        f"{rounded(cost['orm'])} µs a request, "
+        f"{rounded(orm.result.throughput)} rps, p50 "
         f"{format_number(orm.result.latency.p50)} ms, up to {count(threads['orm'], 'asgiref thread')}",
         f"the SQLite query alone, called directly: {format_number(round(query_us, 1))} µs",
         f"reference, Starlette /items/3 (no hop): {format_number(round(base_us, 1))} µs a request",

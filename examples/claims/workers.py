@@ -5,7 +5,7 @@ from __future__ import annotations
 from examples.fastapi_app import MODEL_URL
 from pytest_concurrency import CapacityResult, Request, Upstream, capacity, lognormal
 
-from .base import HOLDS, NOT_HERE, PARTLY, ClaimRow, Demo, Judgement, format_number
+from .base import HOLDS, NOT_HERE, PARTLY, ClaimRow, Demo, Judgement, format_number, rounded
 
 __all__ = [
     "CLAIMED_WORKER_RATIO",
@@ -139,7 +139,7 @@ def _capacity_line(name: str, found: CapacityResult) -> str:
     best = found.trial(found.best)
     text = f"{name}: {found.best} worker{'s' if found.best != 1 else ''}"
     if best is not None:
-        text += f" (p99 {format_number(best.p99)} ms, {format_number(round(best.throughput))} rps)"
+        text += f" (p99 {format_number(best.p99)} ms, {rounded(best.throughput)} rps)"
     below = [t for t in found.tried if t.workers < found.best]
     if below:
         near = below[-1]
