@@ -35,9 +35,9 @@ from pytest_concurrency import ConcurrencyWarning, run_storm
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's note on its httpx dependency
     from starlette.testclient import TestClient
-from pytest_concurrency._asgi import build_scope
+from pytest_concurrency._drivers.asgi import build_scope
+from pytest_concurrency._drivers.wsgi import build_environ
 from pytest_concurrency._workload import Request
-from pytest_concurrency._wsgi import build_environ
 
 BODY = b"hello"
 

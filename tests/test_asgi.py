@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from pytest_concurrency import StormError, run_storm
-from pytest_concurrency._asgi import AsgiDriver
+from pytest_concurrency._drivers.asgi import AsgiDriver
 from pytest_concurrency._workload import Request
 
 from .apps import asgi_hello

@@ -202,3 +202,36 @@ def test_rounds_are_judged_on_the_median() -> None:
     p99s = sorted(r["p99"] for r in result.rounds)
     assert result.latency.p99 == p99s[1]
     assert any("3 rounds, judged on the median one" in w for w in result.warnings)
+
+
+def _fast_or_slow_asgi() -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/slow":
+            await anyio.sleep(1.0)
+        await asgi_hello(scope, receive, send)
+
+    return app
+
+
+def _fast_or_slow_wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    if environ["PATH_INFO"] == "/slow":
+        time.sleep(0.3)
+    start_response("200 OK", [])
+    return [b"ok"]
+
+
+@pytest.mark.parametrize("interface", ["asgi", "wsgi"])
+def test_timeouts_are_booked_to_their_own_endpoint(interface: str) -> None:
+    mix = [Request("GET", "/fast", weight=1), Request("GET", "/slow", weight=1)]
+    app = _fast_or_slow_asgi() if interface == "asgi" else _fast_or_slow_wsgi
+    result = run_storm(
+        app, requests=mix, users=4, workers=4, duration=0.6, timeout_ms=100, check=False, seed=3
+    )
+    slow, fast = result.endpoints["GET /slow"], result.endpoints["GET /fast"]
+    # Every /slow request outlives the 100 ms timeout; no /fast request does.
+    assert slow.requests > 0
+    assert slow.errors == slow.requests
+    assert fast.errors == 0
+    assert result.timeouts == slow.requests

@@ -8,10 +8,10 @@ from typing import Any
 
 from ._budget import verdict_table
 from ._capacity import CapacityResult, search_capacity
+from ._engine import StormPlan, plan_storm, run_plan, run_plan_async
 from ._errors import BudgetExceeded, ConcurrencyWarning, ConfigError
 from ._params import Layer
 from ._result import StormResult
-from ._storm import StormPlan, plan_storm, run_plan, run_plan_async
 from ._workload import Request, RequestFactory, split_requests
 
 __all__ = ["arun_storm", "capacity", "check_budgets", "plan_capacity", "run_storm", "warn_about"]

@@ -31,6 +31,7 @@ from typing import Any
 
 from ._api import plan_capacity, run_capacity
 from ._budget import format_number, verdict_table
+from ._engine import plan_storm, run_plan
 from ._errors import ConcurrencyWarning, ConfigError, StormError
 from ._latency import (
     Latency,
@@ -43,7 +44,6 @@ from ._latency import (
 )
 from ._params import BUDGET_NAMES, Layer
 from ._result import StormResult
-from ._storm import plan_storm, run_plan
 
 __all__ = ["build_parser", "load_app", "machine_line", "main", "side_by_side"]
 

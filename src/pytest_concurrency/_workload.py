@@ -14,7 +14,7 @@ import httpx
 
 from ._errors import ConfigError
 
-__all__ = ["Profile", "Request", "RequestMix", "build_mix", "split_requests", "start_offsets"]
+__all__ = ["Profile", "Request", "RequestMix", "build_mix", "split_requests"]
 
 _BASE_URL = "http://testserver"
 
@@ -196,20 +196,6 @@ def build_mix(
     spec = Request(method=method or "GET", path="/" if path is None else path, **request_options)
     spec.validate("storm() arguments")
     return RequestMix([spec], seed)
-
-
-def start_offsets(users: int, ramp: float) -> list[float]:
-    """Seconds after the storm's start at which each user sends its first request.
-
-    Without a ramp, starts are still staggered over up to 100 ms: thousands of timers
-    expiring in one instant take several milliseconds just to wake, which would show
-    up as latency of the scheduler rather than of the app.
-    """
-    window = ramp if ramp > 0 else min(0.1, users * 20e-6)
-    if users <= 1 or window <= 0:
-        return [0.0] * users
-    step = window / users
-    return [i * step for i in range(users)]
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import pytest
 
 from ._api import check_budgets, plan_capacity, run_capacity, warn_about
 from ._capacity import CapacityResult
+from ._engine import LiveFigures, Progress, StormPlan, plan_storm, run_plan, run_plan_async
 from ._errors import ConfigError
 from ._latency import Upstream
 from ._params import BUDGET_NAMES, WORKLOAD_NAMES, Layer, check_names, resolve
@@ -24,7 +25,6 @@ from ._report._options import STORM_JSON_PROPERTY, ReportSession, add_options
 from ._report._terminal import LiveProgress, storms_table
 from ._result import StormResult
 from ._session import STORMS_KEY, SessionStorms
-from ._storm import LiveFigures, Progress, StormPlan, plan_storm, run_plan, run_plan_async
 from ._workload import Request, RequestFactory, split_requests
 
 __all__ = ["StormFixture"]

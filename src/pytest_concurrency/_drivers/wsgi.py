@@ -1,4 +1,4 @@
-"""In-process WSGI driver and the bounded worker pool that models a WSGI server.
+"""In-process WSGI driver and its executor, the bounded worker pool that models a WSGI server.
 
 The pool is ``workers × threads`` OS threads taking requests from one FIFO queue,
 the socket backlog of a gunicorn-like server. A closed-model user is a token in
@@ -12,20 +12,21 @@ from __future__ import annotations
 
 import heapq
 import io
-import itertools
-import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from queue import SimpleQueue
 from time import perf_counter, process_time, sleep
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from werkzeug.test import EnvironBuilder
 
-from ._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
-from ._workload import Request
+from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
+from .._workload import Request
+
+if TYPE_CHECKING:
+    from .._engine.schedule import Schedule
 
 __all__ = ["PoolRun", "WsgiDriver", "WsgiPool", "build_environ"]
 
@@ -122,11 +123,15 @@ class PoolRun:
     recorders: list[Recorder]
     stuck_threads: list[str] = field(default_factory=list)
     cpu_seconds: float = 0.0
-    dropped: list[float] = field(default_factory=list)
 
 
 class WsgiPool:
-    """``workers × threads`` threads serving closed-model users from one FIFO backlog."""
+    """``workers × threads`` threads serving a round's schedule from one FIFO backlog.
+
+    The pool is the WSGI driver's executor: it follows the engine's :class:`Schedule`
+    from its own threads, so a closed-model user costs no hop between an event loop
+    and a thread per request.
+    """
 
     def __init__(self, driver: WsgiDriver, *, workers: int, threads: int) -> None:
         self.driver = driver
@@ -142,52 +147,44 @@ class WsgiPool:
 
     def run(
         self,
+        schedule: Schedule,
         *,
-        origin: float,
-        first_sends: list[float],
         pick: Callable[[], int],
         book: ErrorBook,
-        stop_at: float | None,
-        total: int | None,
-        think: Callable[[], float] | None,
-        timeout: float,
-        deadline: float,
-        arrivals: Iterator[float] | None = None,
-        max_in_flight: int = sys.maxsize,
-        wanted: Callable[[int, float], float | None] | None = None,
         build: Callable[[int, int], tuple[int, Request]] | None = None,
         live: list[Recorder] | None = None,
     ) -> PoolRun:
-        """Serve users until *stop_at* (or *total* requests); join every thread before returning.
+        """Serve the round's schedule; join every thread before returning.
 
-        Times are ``perf_counter()`` values. Closed model: *first_sends* holds each
-        user's first intended send time; think time, ramps and stages go through one
-        timer thread, and without them threads hand users straight back to the backlog.
-        Open model: *arrivals* (seconds after *origin*) are put in the backlog on
-        schedule by a dispatcher thread; beyond *max_in_flight* they are dropped.
-        *wanted(user, t)* returns when a user is wanted again by the stages (None: never);
+        Times are ``perf_counter()`` values. Closed model: users sent before their
+        intended time (think time, stages, staggered starts) wait in one timer thread;
+        otherwise the thread that completes a user's request puts its next one straight
+        back in the backlog. Open model: a dispatcher thread puts arrivals in the backlog
+        on schedule, dropping those that find ``max_in_flight`` requests out.
         *build(user, iteration)* makes templated requests.
         """
         backlog: SimpleQueue[tuple[float, int] | None] = SimpleQueue()
-        issued = itertools.count()
         stop = threading.Event()
         call_prepared = self.driver.call_prepared
         templates = self.driver.templates
+        window = schedule.window
+        origin = schedule.origin
+        timeout = schedule.timeout
+        deadline = window.deadline
+        next_send = schedule.next_send
+        take = schedule.take
         # A plain list read is cheaper than Event.is_set() on the per-request path.
         halt = [False]
         timers: list[tuple[float, int]] = []
         timer_cv = threading.Condition()
-        end = stop_at if stop_at is not None else float("inf")
-        limit = total if total is not None else sys.maxsize
         timed_out_kind = book.kind(None, ErrorBook.TIMEOUT)
         recorders = [Recorder() for _ in range(self.size)]
         if live is not None:
             live.extend(recorders)  # read (lengths and tails only) by a progress line
         done_count = [0] * self.size
-        # One counter per thread (no lock): a user retires when its next send would fall
-        # after the end of the storm; the run is over when every user has retired.
-        retired = [0] * (self.size + 1)
-        dropped: list[float] = []
+        # One counter per thread (no lock): a user retires when the schedule has no next
+        # send for it; the run is over when every user has retired.
+        retired = [0] * self.size
         dispatched = [0, 0]  # arrivals put in the backlog; 1 once the dispatcher is done
         iterations: dict[int, int] = {}
 
@@ -208,26 +205,20 @@ class WsgiPool:
                         timer_cv.wait(min(wait, 0.05))
                         continue
                     heapq.heappop(timers)
-                    if when >= end:
-                        retired[-1] += 1
-                    else:
-                        backlog.put((when, user))
+                    backlog.put((when, user))
 
-        def dispatcher_main(schedule: Iterator[float]) -> None:
+        def dispatcher_main() -> None:
             try:
-                for offset in schedule:
-                    at = origin + offset
+                for at in schedule.arrivals():
                     wait = at - perf_counter()
                     if wait > 0 and stop.wait(wait):
                         return
-                    if dispatched[0] >= limit:
+                    if not take():
                         return
                     # In flight: put in the backlog and not yet completed.
-                    if dispatched[0] - sum(done_count) >= max_in_flight:
-                        dropped.append(at)
-                        continue
-                    dispatched[0] += 1
-                    backlog.put((at, -1))
+                    if schedule.admits_arrival(at, dispatched[0] - sum(done_count)):
+                        dispatched[0] += 1
+                        backlog.put((at, -1))
             finally:
                 dispatched[1] = 1
 
@@ -236,7 +227,6 @@ class WsgiPool:
             a_start, a_lat, a_ttfb = rec.start.append, rec.latency.append, rec.ttfb.append
             a_queue, a_status = rec.queue.append, rec.status.append
             a_end, a_err = rec.endpoint.append, rec.error.append
-            limited = total is not None and arrivals is None
             while True:
                 item = backlog.get()
                 if item is None:
@@ -245,17 +235,9 @@ class WsgiPool:
                 picked = perf_counter()
                 # Requests meant to be sent before the end are still served (the backlog
                 # drains, as a real server's would); later ones are not sent.
-                if intended >= end or halt[0] or (limited and next(issued) >= limit):
+                if halt[0] or (user >= 0 and not take()):
                     retired[slot] += 1
                     continue
-                if wanted is not None and user >= 0:
-                    again = wanted(user, intended)
-                    if again is None:
-                        retired[slot] += 1
-                        continue
-                    if again > intended:
-                        later(again, user)
-                        continue
                 error = 0
                 try:
                     if build is None:
@@ -283,24 +265,19 @@ class WsgiPool:
                 done_count[slot] += 1
                 if user < 0:
                     continue
-                pause = think() if think is not None else 0.0
-                if finished + pause >= end or halt[0]:
+                again = next_send(user, finished)
+                if again is None or halt[0]:
                     retired[slot] += 1
-                elif pause > 0:
-                    later(finished + pause, user)
+                elif again > finished:
+                    later(again, user)
                 else:
-                    backlog.put((finished, user))
+                    backlog.put((again, user))
 
         timer = threading.Thread(target=timer_main, name="storm-wsgi-timer", daemon=True)
         helpers = [timer]
-        if arrivals is not None:
+        if schedule.open:
             helpers.append(
-                threading.Thread(
-                    target=dispatcher_main,
-                    args=(arrivals,),
-                    name="storm-wsgi-arrivals",
-                    daemon=True,
-                )
+                threading.Thread(target=dispatcher_main, name="storm-wsgi-arrivals", daemon=True)
             )
         workers = [
             threading.Thread(
@@ -311,16 +288,18 @@ class WsgiPool:
         cpu_before = process_time()
         for thread in [*helpers, *workers]:
             thread.start()
+        first_sends = schedule.first_sends()
         now = perf_counter()
-        for user, when in enumerate(first_sends):
+        for user, when in first_sends:
             if when <= now:
                 backlog.put((when, user))
             else:
                 later(when, user)
         users = len(first_sends)
+        total = window.total
         try:
             while perf_counter() < deadline:
-                if arrivals is not None:
+                if schedule.open:
                     if dispatched[1] and sum(done_count) >= dispatched[0]:
                         break
                 elif sum(retired) >= users:
@@ -340,4 +319,4 @@ class WsgiPool:
                 thread.join(max(1.0, deadline - perf_counter()))
                 if thread.is_alive():
                     stuck.append(thread.name)
-        return PoolRun(recorders, stuck, process_time() - cpu_before, dropped)
+        return PoolRun(recorders, stuck, process_time() - cpu_before)

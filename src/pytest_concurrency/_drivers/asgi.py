@@ -8,6 +8,7 @@ any thread hop or extra task.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter
 from typing import Any
@@ -16,11 +17,11 @@ from urllib.parse import unquote
 import anyio
 import httpx
 
-from ._apps import as_asgi3
-from ._errors import StormError
-from ._workload import Request
+from .._apps import as_asgi3
+from .._errors import StormError
+from .._workload import Request
 
-__all__ = ["AsgiDriver", "Exchange", "build_scope"]
+__all__ = ["AsgiDriver", "Exchange", "build_scope", "loop_name"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -31,6 +32,16 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _CLIENT = ("127.0.0.1", 50000)
 _SERVER = ("testserver", 80)
+
+
+def loop_name() -> str:
+    """The event loop running in this thread, in the words of a server line."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # another backend (trio)
+        return "event loop (trio)"
+    module = type(loop).__module__.split(".")[0]
+    return "event loop (uvloop)" if module == "uvloop" else "event loop (asyncio)"
 
 
 def build_scope(request: httpx.Request) -> tuple[dict[str, Any], list[tuple[bytes, bytes]], bytes]:
@@ -61,16 +72,7 @@ def build_scope(request: httpx.Request) -> tuple[dict[str, Any], list[tuple[byte
 class Exchange:
     """One request/response exchange: the receive/send pair handed to the app."""
 
-    __slots__ = (
-        "_body",
-        "_closed",
-        "_gone",
-        "_sent",
-        "disconnect_seen",
-        "first_byte",
-        "nbytes",
-        "status",
-    )
+    __slots__ = ("_body", "_closed", "_gone", "_sent", "first_byte", "status")
 
     def __init__(self, body: bytes) -> None:
         self._body = body
@@ -79,8 +81,6 @@ class Exchange:
         self._closed: anyio.Event | None = None
         self.status = 0
         self.first_byte = 0.0
-        self.nbytes = 0
-        self.disconnect_seen = False
 
     async def receive(self) -> Message:
         """First call: the request body; later calls wait for the end of the exchange."""
@@ -94,7 +94,6 @@ class Exchange:
             if self._closed is None:
                 self._closed = anyio.Event()
             await self._closed.wait()
-        self.disconnect_seen = True
         return {"type": "http.disconnect"}
 
     def disconnect(self) -> None:
@@ -107,12 +106,8 @@ class Exchange:
         """Consume the app's response messages chunk by chunk."""
         kind = message["type"]
         if kind == "http.response.body":
-            body = message.get("body", b"")
-            if body:
-                if not self.first_byte:
-                    self.first_byte = perf_counter()
-                self.nbytes += len(body)
-            if not message.get("more_body", False) and not self.first_byte:
+            # First body byte, or the end of an empty body.
+            if not self.first_byte and (message.get("body") or not message.get("more_body")):
                 self.first_byte = perf_counter()
         elif kind == "http.response.start":
             self.status = message["status"]
@@ -137,7 +132,10 @@ class AsgiDriver:
         self._startup_error: str | None = None
         self._shutdown_error: str | None = None
         self._lifespan_supported = False
-        self.lifespan_ran = False
+
+    def describe(self) -> str:
+        """The event loop that serves the app in-process."""
+        return loop_name()
 
     async def call(self, index: int, holder: Any = None) -> Exchange:
         """Send request spec *index* to the app and consume the whole response.
@@ -189,8 +187,6 @@ class AsgiDriver:
                 raise StormError(
                     "lifespan='on' but the app does not support the ASGI lifespan protocol"
                 )
-        else:
-            self.lifespan_ran = True
 
     async def shutdown(self, timeout: float) -> None:
         """Run lifespan shutdown; raise :class:`StormError` if the app reports a failure."""

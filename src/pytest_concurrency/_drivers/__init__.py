@@ -1,0 +1,1 @@
+"""Protocol drivers: each turns one request into one response and reports its timings."""

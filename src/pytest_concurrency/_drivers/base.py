@@ -1,0 +1,61 @@
+"""What a driver is: the protocol side of a storm, turning a request into a response.
+
+Drivers know nothing of pytest, of budgets or of the load model. The engine's
+schedule decides who sends what and when; a driver only carries one request out and
+says when the first body byte came back. Two kinds plug into the engine:
+
+- an :class:`AsyncDriver` runs each request on the caller's task, on the engine's
+  event loop (the in-process ASGI driver; an HTTP client for real servers);
+- a pool executor runs requests on threads of its own and follows the same schedule
+  from those threads (the in-process WSGI pool, where a hop between an event loop
+  and a thread per request would cost more than the request).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+import anyio.abc
+
+from .._workload import Request
+
+__all__ = ["AsyncDriver", "Exchange", "Slot"]
+
+
+class Exchange(Protocol):
+    """The outcome of one request: its status (0 if none was sent) and first-byte time."""
+
+    status: int
+    #: ``perf_counter()`` when the first body byte came back (the end, for an empty body).
+    first_byte: float
+
+
+class Slot(Protocol):
+    """A virtual user's (or open-model connection's) slot, living across its requests.
+
+    A driver sets ``exchange`` before the app runs to an object with a ``disconnect()``
+    method, which the engine calls when the request times out; it may keep per-user
+    state such as a keep-alive connection on other attributes of its own.
+    """
+
+    exchange: Any
+
+
+class AsyncDriver(Protocol):
+    """A driver whose requests run on the engine's event loop."""
+
+    def describe(self) -> str:
+        """What serves the requests, in the field's words (for example "event loop (asyncio)")."""
+
+    async def startup(self, group: anyio.abc.TaskGroup, timeout: float) -> None:
+        """Prepare before the first request (lifespan startup, a connection check)."""
+
+    async def shutdown(self, timeout: float) -> None:
+        """Release everything after the last request."""
+
+    def call(self, index: int, slot: Slot) -> Coroutine[Any, Any, Exchange]:
+        """Send request spec *index* of the storm's mix and consume the whole response."""
+
+    def call_request(self, request: Request, slot: Slot) -> Coroutine[Any, Any, Exchange]:
+        """Send a request built on the fly (templated requests)."""

@@ -1,0 +1,189 @@
+"""One round of a storm: choose the driver, run the schedule with it, fold the records.
+
+This is the one place where a plan meets a driver. An async driver (in-process ASGI;
+an HTTP client for real servers) runs under :class:`AsyncRunner` on an event loop,
+with the loop-lag monitor and thread-pool probe around it; the in-process WSGI pool
+runs the same :class:`Schedule` from its own threads. Both fold into a
+:class:`StormResult` through :func:`fold`.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import AsyncExitStack
+from time import perf_counter
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from .._blocking import LoopMonitor, ThreadPoolProbe
+from .._drivers.asgi import AsgiDriver
+from .._drivers.base import AsyncDriver
+from .._drivers.wsgi import WsgiDriver, WsgiPool
+from .._errors import StormError
+from .._metrics import ErrorBook, Recorder
+from .._metrics.fold import PoolModel, RunFigures, fold
+from .._params import Layer
+from .._result import StormResult
+from .._workload import Request
+from .plan import LiveFigures, StormPlan, plan_storm
+from .runner import AsyncRunner, running_loop
+from .schedule import Schedule
+
+__all__ = ["harness_cost_us", "run_async_round", "run_pool_round"]
+
+#: Loop-thread CPU share above which the event loop counts as saturated.
+_SATURATED_CPU = 0.85
+#: The first request is sent this long after the schedule is made.
+_LEAD = 0.001
+
+
+def async_driver(plan: StormPlan) -> AsyncDriver:
+    """The async driver that serves *plan*."""
+    return AsgiDriver(plan.app, list(plan.requests), lifespan=plan.config.lifespan)
+
+
+async def run_async_round(plan: StormPlan, live: LiveFigures | None = None) -> StormResult:
+    """Run one round with the plan's async driver on the running event loop."""
+    config = plan.config
+    driver = async_driver(plan)
+    timeout = config.timeout_ms / 1000
+    failure: StormError | None = None
+    figures: RunFigures | None = None
+    monitor: LoopMonitor | None = None
+    probe: ThreadPoolProbe | None = None
+    async with anyio.create_task_group() as lifespan_group:
+        try:
+            await driver.startup(lifespan_group, timeout=max(timeout, 10.0))
+            # Lifespan is not monitored: only the storm itself.
+            async with AsyncExitStack() as stack:
+                if running_loop() is not None:  # asyncio only
+                    monitor = await stack.enter_async_context(LoopMonitor(threshold_ms=5.0))
+                    probe = await stack.enter_async_context(ThreadPoolProbe())
+                schedule = Schedule(config, perf_counter() + _LEAD)
+                runner = AsyncRunner(
+                    schedule,
+                    driver,
+                    plan.mix,
+                    recorders=live.recorders if live is not None else None,
+                )
+                if live is not None:
+                    live.in_flight = lambda: len(runner.slots)
+                figures = await runner.run()
+        except StormError as exc:
+            # Raised after the task group, so that callers see the error itself rather
+            # than an exception group.
+            failure = exc
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await driver.shutdown(timeout=max(timeout, 10.0))
+                except StormError as exc:
+                    failure = failure or exc
+            lifespan_group.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    if figures is None:  # pragma: no cover - the task group re-raises anything else
+        raise StormError("the storm ended without figures")
+    result = fold(plan, figures, server=driver.describe(), pool=None)
+    result.loop_lag = monitor.result if monitor is not None else None
+    result.thread_pools = list(probe.result or []) if probe is not None else []
+    result.loop_cpu_share = figures.cpu / figures.wall if figures.wall > 0 else None
+    if result.loop_cpu_share is not None and result.loop_cpu_share >= _SATURATED_CPU:
+        await _warn_harness_bound(result, figures.cpu)
+    return result
+
+
+def run_pool_round(plan: StormPlan, live: LiveFigures | None = None) -> StormResult:
+    """Run one round on the in-process WSGI pool (blocks the calling thread)."""
+    config = plan.config
+    driver = WsgiDriver(plan.app, list(plan.requests))
+    pool = WsgiPool(driver, workers=config.workers, threads=config.threads)
+    book = ErrorBook()
+    build = None
+    if plan.mix.factory is not None:
+        lock = threading.Lock()
+        mix = plan.mix
+
+        def build_request(user: int, iteration: int) -> tuple[int, Request]:
+            request = mix.build(user, iteration)
+            with lock:
+                return mix.intern(request.label), request
+
+        build = build_request
+    schedule = Schedule(config, perf_counter() + _LEAD)
+    wall_before = perf_counter()
+    run = pool.run(
+        schedule,
+        pick=plan.mix.picker(),
+        book=book,
+        build=build,
+        live=live.recorders if live is not None else None,
+    )
+    wall = perf_counter() - wall_before
+    figures = RunFigures(
+        Recorder.merge(run.recorders),
+        book,
+        schedule.window,
+        run.cpu_seconds,
+        wall,
+        schedule.dropped,
+        [],
+        schedule.profile,
+    )
+    result = fold(plan, figures, server=pool.describe(), pool=PoolModel(pool.describe(), pool.size))
+    result.loop_cpu_share = run.cpu_seconds / wall if wall > 0 else None
+    window = schedule.window
+    if run.stuck_threads:
+        raise StormError(
+            f"{len(run.stuck_threads)} worker thread(s) were still running the app "
+            f"{window.deadline - window.stop_at:.1f} s after the storm's end "
+            f"({', '.join(run.stuck_threads[:4])}): a handler that never returns? "
+            "Lower its wait or raise timeout_ms"
+        )
+    if result.loop_cpu_share is not None and result.loop_cpu_share >= _SATURATED_CPU:
+        result.warnings.append(
+            f"the process used {result.loop_cpu_share:.0%} of a core during the storm: "
+            "Python threads share one interpreter lock, so latency includes waiting for it"
+        )
+    return result
+
+
+# -- harness self-measurement --------------------------------------------------------------
+
+_HARNESS_COST: dict[str, float] = {}
+
+
+async def _null_app(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def harness_cost_us() -> float:
+    """CPU µs the storm engine itself spends per request (measured once per process)."""
+    if "asgi" not in _HARNESS_COST:
+        plan = plan_storm(
+            _null_app, "GET", "/", layers=[Layer("calibration", {"users": 100, "requests": 5000})]
+        )
+        driver = AsgiDriver(_null_app, list(plan.requests), lifespan="off")
+        schedule = Schedule(plan.config, perf_counter() + _LEAD)
+        figures = await AsyncRunner(schedule, driver, plan.mix).run()
+        _HARNESS_COST["asgi"] = figures.cpu / max(1, len(figures.rec)) * 1e6
+    return _HARNESS_COST["asgi"]
+
+
+async def _warn_harness_bound(result: StormResult, loop_cpu: float) -> None:
+    cost = await harness_cost_us()
+    # Requests discarded by warm-up also cost the loop: count everything that was sent.
+    sent = result.requests + result.discarded
+    share = min(1.0, sent * cost / 1e6 / loop_cpu) if loop_cpu > 0 else 0.0
+    result.harness_share = share
+    result.warnings.append(
+        f"the event loop shared by the app and the load generator was busy "
+        f"{result.loop_cpu_share:.0%} of the storm; the load generator itself took ≈{share:.0%} "
+        f"of that (≈{cost:.0f} µs per request): latency includes queueing for the CPU, "
+        f"so the app may do better than this on a server of its own"
+    )

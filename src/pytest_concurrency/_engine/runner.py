@@ -1,0 +1,293 @@
+"""Carry a round's schedule out with any async driver: users and arrivals as tasks on one loop.
+
+The timing rule: a request's latency counts from its *intended* send time — for a
+closed-model user, the moment its previous response completed plus think time; for
+an open-model arrival, its scheduled instant — never from when the user's code
+happened to run. In-process, the users share the event loop (and the GIL) with the
+app, so a handler that blocks the loop also stops the users from sending; a clock
+started when a user resumes would hide the queue that real clients would see. Each
+user also yields to the loop before it sends, so users interleave first come, first
+served, like clients queued on a socket.
+
+Timeouts cost nothing per request: one monitor task scans the requests in flight a
+few times per timeout, tells a driver whose request ran out of time that its client
+has gone (``disconnect()``), cancels it shortly after, and puts a fresh user in its
+place so a closed model keeps its population.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from time import perf_counter
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from .._drivers.base import AsyncDriver
+from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
+from .._metrics.fold import RunFigures
+from .._workload import RequestMix
+from .schedule import Schedule
+
+__all__ = ["AsyncRunner", "Slot", "running_loop"]
+
+#: After a timeout, how long the app may take to notice the disconnect before it is cancelled.
+_DISCONNECT_GRACE = 0.02
+
+
+class Slot:
+    """One virtual user's (or open-model connection's) slot: its request in flight, if any."""
+
+    __slots__ = ("cancel_at", "conn", "exchange", "index", "scope", "since", "timed_out", "uid")
+
+    def __init__(self, uid: int = 0) -> None:
+        self.uid = uid
+        self.since = 0.0  # intended send time of the request in flight, 0.0 when idle
+        self.index = 0  # endpoint of the request in flight
+        self.timed_out = False
+        self.cancel_at = 0.0
+        self.exchange: Any = None
+        self.conn: Any = None  # a driver's per-user state (a keep-alive connection)
+        self.scope = anyio.CancelScope()
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop, or None under another backend (trio)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+async def _checkpoint(_: float) -> None:
+    await anyio.lowlevel.checkpoint()
+
+
+class AsyncRunner:
+    """Executes a :class:`Schedule` with an :class:`AsyncDriver` on the running loop."""
+
+    def __init__(
+        self,
+        schedule: Schedule,
+        driver: AsyncDriver,
+        mix: RequestMix,
+        *,
+        recorders: list[Recorder] | None = None,
+    ) -> None:
+        self.schedule = schedule
+        self.driver = driver
+        self.mix = mix
+        self.timeout = schedule.timeout
+        self.rec = Recorder()
+        if recorders is not None:
+            recorders.append(self.rec)  # read (lengths and tails only) by a live line
+        self.book = ErrorBook()
+        self.timeout_kind = self.book.kind(None, ErrorBook.TIMEOUT)
+        self.pick = mix.picker()
+        self.slots: set[Slot] = set()
+        self.alive = 0
+        self.in_flight: list[tuple[float, int]] = []
+        self.yield_now: Any = asyncio.sleep if running_loop() is not None else _checkpoint
+        self.iterations: dict[int, int] = {}
+        self.arrivals_done = False
+
+    # -- recording --------------------------------------------------------------------
+
+    def record(
+        self, intended: float, latency: float, first: float, status: int, error: int, index: int
+    ) -> None:
+        rec, origin = self.rec, self.schedule.origin
+        rec.start.append(int((intended - origin) * 1e6))
+        rec.latency.append(int(latency * 1e6))
+        rec.ttfb.append(int((first - intended) * 1e6) if first else -1)
+        rec.queue.append(-1)
+        rec.status.append(status)
+        rec.endpoint.append(index)
+        rec.error.append(error)
+
+    def record_timeout(self, slot: Slot, intended: float) -> None:
+        self.record(intended, self.timeout, 0.0, STATUS_TIMEOUT, self.timeout_kind, slot.index)
+
+    async def serve(self, slot: Slot, intended: float, user: int) -> float:
+        """Send one request and record it; return when it completed."""
+        mix = self.mix
+        if mix.factory is None:
+            index = self.pick()
+            call = self.driver.call(index, slot)
+        else:
+            iteration = self.iterations.get(user, 0)
+            self.iterations[user] = iteration + 1
+            request = mix.build(user, iteration)
+            index = mix.intern(request.label)
+            call = self.driver.call_request(request, slot)
+        slot.index = index
+        if perf_counter() - intended >= self.timeout:
+            # The client gave up before the loop let it send.
+            call.close()
+            self.record_timeout(slot, intended)
+            return intended + self.timeout
+        slot.since = intended
+        error = 0
+        try:
+            exchange = await call
+        except Exception as exc:
+            status, first, error = STATUS_EXCEPTION, 0.0, self.book.kind(exc)
+        else:
+            status, first = exchange.status, exchange.first_byte
+            if not status:
+                status, error = STATUS_EXCEPTION, self.book.kind(None, "NoResponse")
+        done = perf_counter()
+        slot.since = 0.0
+        if slot.timed_out:
+            return done  # the monitor counted it at its deadline
+        latency = done - intended
+        if latency >= self.timeout:
+            status, error, latency, first = STATUS_TIMEOUT, self.timeout_kind, self.timeout, 0.0
+        self.record(intended, latency, first, status, error, index)
+        return done
+
+    # -- closed model -------------------------------------------------------------------
+
+    async def user(self, uid: int, intended: float | None, slot: Slot) -> None:
+        schedule = self.schedule
+        try:
+            with slot.scope:
+                while intended is not None:
+                    delay = intended - perf_counter()
+                    if delay > 0:
+                        await anyio.sleep(delay)
+                    await self.yield_now(0)
+                    if not schedule.take():
+                        break
+                    done = await self.serve(slot, intended, uid)
+                    if slot.timed_out:
+                        return
+                    intended = schedule.next_send(uid, done)
+        finally:
+            self.slots.discard(slot)
+            self.alive -= 1
+
+    def spawn_user(self, group: anyio.abc.TaskGroup, uid: int, intended: float | None) -> None:
+        slot = Slot(uid)
+        self.slots.add(slot)
+        self.alive += 1
+        group.start_soon(self.user, uid, intended, slot)
+
+    # -- open model ---------------------------------------------------------------------
+
+    async def connection(
+        self, first: float, slot: Slot, idle: list[asyncio.Future[float | None]]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        intended: float | None = first
+        try:
+            with slot.scope:
+                while intended is not None:
+                    await self.serve(slot, intended, -1)
+                    if slot.timed_out or self.arrivals_done:
+                        return
+                    waiter: asyncio.Future[float | None] = loop.create_future()
+                    idle.append(waiter)
+                    intended = await waiter
+        finally:
+            self.slots.discard(slot)
+            self.alive -= 1
+
+    async def arrivals(self, group: anyio.abc.TaskGroup) -> None:
+        schedule = self.schedule
+        idle: list[asyncio.Future[float | None]] = []
+        try:
+            for at in schedule.arrivals():
+                now = perf_counter()
+                if at > now:
+                    await anyio.sleep(at - now)
+                if not schedule.take():
+                    break
+                # Late arrivals keep their scheduled time: if the loop was blocked, the
+                # requests that should have arrived meanwhile are sent now but timed from
+                # their schedule (no coordinated omission).
+                while idle and idle[-1].done():  # cancelled connection
+                    idle.pop()
+                if idle:
+                    idle.pop().set_result(at)
+                elif schedule.admits_arrival(at, len(self.slots)):
+                    slot = Slot(-1)
+                    self.slots.add(slot)
+                    self.alive += 1
+                    group.start_soon(self.connection, at, slot, idle)
+        finally:
+            # Connections still busy will see the flag; idle ones are woken to leave.
+            self.arrivals_done = True
+            for waiter in idle:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self.alive -= 1
+
+    # -- timeouts and sampling ----------------------------------------------------------
+
+    async def monitor(self, group: anyio.abc.TaskGroup) -> None:
+        timeout = self.timeout
+        tick = min(0.05, timeout / 4)
+        schedule = self.schedule
+        while self.alive > 0:
+            await anyio.sleep(tick)
+            now = perf_counter()
+            busy = 0
+            for slot in list(self.slots):
+                started = slot.since
+                if started:
+                    busy += 1
+                if slot.timed_out:
+                    if slot.cancel_at and now >= slot.cancel_at:
+                        slot.cancel_at = 0.0
+                        slot.scope.cancel()
+                elif started and now - started >= timeout:
+                    # The client gives up at its deadline: the app is told (http.disconnect)
+                    # and, if it does not finish soon after, cancelled as a server would.
+                    slot.timed_out = True
+                    slot.since = 0.0
+                    slot.cancel_at = now + _DISCONNECT_GRACE
+                    self.record_timeout(slot, started)
+                    if slot.exchange is not None:
+                        slot.exchange.disconnect()
+                    if not schedule.open:
+                        # A fresh user takes the place of the one that timed out, so the
+                        # closed model keeps its population.
+                        again = schedule.next_send(slot.uid, started + timeout)
+                        self.spawn_user(group, slot.uid, again)
+            self.in_flight.append((now, busy))
+
+    async def run(self) -> RunFigures:
+        """Run the round to its end (or its deadline); return the records and figures."""
+        schedule = self.schedule
+        window = schedule.window
+        cpu_before = time.thread_time()
+        wall_before = perf_counter()
+        with anyio.move_on_after(max(0.0, window.deadline - perf_counter())) as hard:
+            async with anyio.create_task_group() as group:
+                if schedule.open:
+                    self.alive += 1
+                    group.start_soon(self.arrivals, group)
+                else:
+                    for uid, first in schedule.first_sends():
+                        self.spawn_user(group, uid, first)
+                group.start_soon(self.monitor, group)
+        if hard.cancelled_caught:
+            for slot in self.slots:
+                if slot.since:
+                    self.record_timeout(slot, slot.since)
+        cpu = time.thread_time() - cpu_before
+        wall = perf_counter() - wall_before
+        return RunFigures(
+            self.rec,
+            self.book,
+            window,
+            cpu,
+            wall,
+            schedule.dropped,
+            self.in_flight,
+            schedule.profile,
+        )

@@ -1,0 +1,185 @@
+"""Fire a plan: rounds, the context around each round, and judging the chosen round.
+
+Around every round the cyclic garbage collector is paused (past a few thousand
+in-flight requests its full collections re-scan every live coroutine), simulated
+latency is seeded and its own error recorded, and the live line runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from .._budget import evaluate, evaluate_endpoint
+from .._errors import ConfigError
+from .._latency import INSTALLED as UPSTREAMS
+from .._latency import seed_latency, wait_recorder
+from .._params import StormConfig
+from .._result import StormResult
+from .plan import LiveFigures, Progress, StormPlan
+from .rounds import run_async_round, run_pool_round
+
+__all__ = ["run_plan", "run_plan_async"]
+
+
+def run_plan(plan: StormPlan, progress: Progress | None = None) -> StormResult:
+    """Fire the storm from synchronous code (no event loop may be running in this thread)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise ConfigError(
+            "storm() was called inside a running event loop; in an async test use "
+            "`await storm.arun(...)` instead"
+        )
+    rounds = []
+    for _ in range(plan.config.rounds):
+        with _round(plan, progress) as (live, attach):
+            if plan.interface == "wsgi":
+                rounds.append(attach(run_pool_round(plan, live)))
+            else:
+                rounds.append(attach(anyio.run(run_async_round, plan, live)))
+    return _judge(plan, rounds)
+
+
+async def run_plan_async(plan: StormPlan, progress: Progress | None = None) -> StormResult:
+    """Fire the storm from async code: ASGI on the running loop, WSGI on a helper thread."""
+    rounds = []
+    for _ in range(plan.config.rounds):
+        with _round(plan, progress) as (live, attach):
+            if plan.interface == "wsgi":
+                rounds.append(attach(await anyio.to_thread.run_sync(run_pool_round, plan, live)))
+            else:
+                rounds.append(attach(await run_async_round(plan, live)))
+    return _judge(plan, rounds)
+
+
+@contextmanager
+def _round(
+    plan: StormPlan, progress: Progress | None
+) -> Iterator[tuple[LiveFigures, Callable[[StormResult], StormResult]]]:
+    """Everything around one round of a storm: collector paused, simulated I/O, live line."""
+    live = LiveFigures(plan)
+    with (
+        _collector(plan.config),
+        _simulated_io(plan) as attach,
+        progress(live) if progress is not None else nullcontext(),
+    ):
+        yield live, attach
+
+
+def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
+    """Pick the round to report (median by p99 unless told otherwise) and judge its budgets."""
+    config = plan.config
+    if len(rounds) == 1:
+        chosen = rounds[0]
+    else:
+        ordered = sorted(rounds, key=lambda r: (r.latency.p99, -r.throughput))
+        if config.aggregate == "worst":
+            chosen = ordered[-1]
+        elif config.aggregate == "best":
+            chosen = ordered[0]
+        else:
+            chosen = ordered[(len(ordered) - 1) // 2]
+        chosen.rounds = [
+            {
+                "p50": r.latency.p50,
+                "p99": r.latency.p99,
+                "max": r.latency.max,
+                "rps": r.throughput,
+                "error_rate": r.error_rate,
+            }
+            for r in rounds
+        ]
+        p99s = [r.latency.p99 for r in rounds]
+        rps = [r.throughput for r in rounds]
+        chosen.warnings.append(
+            f"{len(rounds)} rounds, judged on the {config.aggregate} one: p99 "
+            f"{min(p99s):.1f}–{max(p99s):.1f} ms, {min(rps):,.0f}–{max(rps):,.0f} rps"
+        )
+    if config.scale is not None:
+        chosen.warnings.append(
+            f"load scaled ×{config.scale:g} for a quick run (--concurrency-scale); budgets unchanged"
+        )
+        chosen.extras["scale"] = config.scale
+    chosen.verdicts = evaluate(chosen, config.budgets)
+    for endpoint, budgets in config.endpoint_budgets.items():
+        chosen.verdicts.extend(evaluate_endpoint(chosen, endpoint, budgets))
+    if chosen.knee is not None:
+        knee = chosen.knee
+        load = (
+            f"{knee.target:,.0f} {'rps' if chosen.model == 'open' else 'users'}"
+            if knee.target is not None
+            else "?"
+        )
+        chosen.warnings.append(
+            f"knee: p99 broke at ≈{load} (second {knee.second}: {knee.p99:,.1f} ms against "
+            f"{knee.calm_p99:,.1f} ms at low load)"
+        )
+    if chosen.dropped:
+        chosen.warnings.append(
+            f"{chosen.dropped:,} arrivals dropped: max_in_flight={config.max_in_flight:,} requests "
+            "were already in flight"
+        )
+    return chosen
+
+
+@contextmanager
+def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResult]]:
+    """Seed simulated latency, record the simulated waits' own error, snapshot upstreams."""
+    if plan.config.seed is not None:
+        seed_latency(plan.config.seed)
+    before = {id(u): {k: v.get("calls", 0) for k, v in u.stats().items()} for u in UPSTREAMS}
+    undeclared_before = {id(u): u.undeclared_calls for u in UPSTREAMS}
+    wait_recorder.start()
+    results: list[StormResult] = []
+
+    def attach(result: StormResult) -> StormResult:
+        results.append(result)
+        return result
+
+    try:
+        yield attach
+    finally:
+        waits = wait_recorder.stop(results[0].window if results else None)
+    for result in results:
+        if waits.async_waits.count or waits.blocking_waits.count:
+            result.extras["simulated_waits"] = waits.to_dict()
+        routes: dict[str, Any] = {}
+        for upstream in UPSTREAMS:
+            for name, stats in upstream.stats().items():
+                calls_before = before.get(id(upstream), {}).get(name, 0)
+                routes[name] = {**stats, "calls_in_storm": stats.get("calls", 0) - calls_before}
+            missed = upstream.undeclared_calls - undeclared_before.get(id(upstream), 0)
+            if missed:
+                hosts = ", ".join(upstream.undeclared[:5])
+                result.warnings.append(
+                    f"the app made {missed:,} call(s) to undeclared upstream hosts ({hosts}): "
+                    "declare them with upstream.route(...)"
+                )
+        if routes:
+            result.extras["upstream"] = routes
+
+
+@contextmanager
+def _collector(config: StormConfig) -> Any:
+    # Past a few thousand in-flight requests, every full collection re-scans every live
+    # coroutine and throughput collapses; pause the cyclic collector for the storm.
+    if config.gc == "on" or not gc.isenabled():
+        yield
+        return
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
