@@ -24,11 +24,25 @@ def _modules() -> dict[str, Path]:
     return {_module_name(p): p for p in sorted((SRC / PACKAGE).rglob("*.py"))}
 
 
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of *tree* but those under ``if TYPE_CHECKING:`` (imports a type checker reads)."""
+    found: list[ast.AST] = []
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        found.append(node)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+    return found
+
+
 def _imports(name: str, path: Path) -> set[str]:
-    """Every module *name* imports, at module level or inside functions, resolved to full names."""
+    """Every module *name* imports when it runs, at module level or in functions, by full name."""
     is_package = path.name == "__init__.py"
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -86,6 +100,22 @@ def test_cycle_finder_finds_a_cycle_through_a_lazy_import() -> None:
     assert _cycle(graph) == ["p._claims", "p._cli", "p._claims"]
     graph["p._claims"].discard("p._cli")
     assert _cycle(graph) is None
+
+
+def test_imports_for_the_type_checker_only_are_not_followed(tmp_path: Path) -> None:
+    module = tmp_path / "fold.py"
+    module.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "from .records import Recorder\n"
+        "if TYPE_CHECKING:\n"
+        "    from .._engine.plan import StormPlan\n"
+        "def later():\n"
+        "    from .._cli import load_app\n",
+        encoding="utf-8",
+    )
+    found = _imports("p._metrics.fold", module)
+    assert {"p._metrics.records", "p._cli", "p._cli.load_app"} <= found
+    assert not [name for name in found if "_engine" in name]
 
 
 def test_the_package_has_no_import_cycle() -> None:
