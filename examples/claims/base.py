@@ -12,7 +12,7 @@ from typing import Any
 
 from examples.fastapi_app import IO_SECONDS
 from pytest_concurrency import StormResult, run_storm
-from pytest_concurrency._budget import format_number
+from pytest_concurrency._report._text import format_number
 from pytest_concurrency._report import StormRecord
 
 __all__ = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -21,9 +21,12 @@ __all__ = [
     "DEFAULT_DURATION",
     "DEFAULT_TIMEOUT_MS",
     "ENDPOINT_BUDGETS",
+    "FLOOR_BUDGETS",
     "WORKLOAD_NAMES",
     "Layer",
     "StormConfig",
+    "budget_limit",
+    "check_budget_name",
     "resolve",
 ]
 
@@ -32,7 +35,7 @@ DEFAULT_TIMEOUT_MS = 10_000.0
 DEFAULT_USERS = 10
 _MAX_PROCESSES = 256
 
-#: Budget name -> (description, unit) — the order is the order of the verdict table.
+#: Budget name -> description; the order is the order of the verdict table.
 BUDGET_NAMES: dict[str, str] = {
     "p50_ms": "50th percentile latency, ms",
     "p90_ms": "90th percentile latency, ms",
@@ -49,6 +52,12 @@ BUDGET_NAMES: dict[str, str] = {
     "max_loop_lag_ms": "longest time the event loop could not run, ms",
     "max_dropped": "most open-model arrivals dropped because max_in_flight was reached",
 }
+
+#: Budgets whose limit is a floor (the measured figure must reach it), not a ceiling.
+FLOOR_BUDGETS = frozenset({"min_rps"})
+
+#: Budgets that are a fraction of the storm, between 0 and 1.
+_FRACTION_BUDGETS = frozenset({"max_error_rate", "max_saturation"})
 
 #: Budgets that also apply to one endpoint of a request mix (``budgets={"GET /a": {...}}``).
 ENDPOINT_BUDGETS = (
@@ -253,15 +262,40 @@ def _endpoint_budgets(value: Any, origin: str) -> dict[str, dict[str, float]]:
             raise ConfigError(f"{where}: {endpoint!r} must map to a dict of budgets")
         result[endpoint] = {}
         for name, limit in budgets.items():
-            if name not in ENDPOINT_BUDGETS:
-                raise ConfigError(
-                    f"{where}: {name!r} is not a per-endpoint budget{_suggest(name)}; "
-                    f"per-endpoint budgets: {', '.join(ENDPOINT_BUDGETS)}"
-                )
-            if not _is_number(limit) or limit < 0:
-                raise ConfigError(f"{where}: {endpoint} {name}={limit!r} must be a number >= 0")
-            result[endpoint][name] = float(limit)
+            check_budget_name(name, where, endpoint=True)
+            result[endpoint][name] = budget_limit(f"{endpoint} {name}", limit, origin)
     return result
+
+
+def _from(origin: str) -> str:
+    return f" (from {origin})" if origin else ""
+
+
+def check_budget_name(name: Any, where: str, *, endpoint: bool = False) -> str:
+    """Raise :class:`ConfigError` unless *name* is a budget (of one endpoint, if *endpoint*)."""
+    known = ENDPOINT_BUDGETS if endpoint else tuple(BUDGET_NAMES)
+    if name in known:
+        return str(name)
+    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    if endpoint:
+        raise ConfigError(
+            f"{where}: {name!r} is not a per-endpoint budget{hint}; "
+            f"per-endpoint budgets: {', '.join(known)}"
+        )
+    raise ConfigError(f"unknown budget {name!r} {where}; known: {', '.join(known)}{hint}")
+
+
+def budget_limit(name: str, value: Any, origin: str = "") -> float:
+    """The limit of budget *name* as a float; :class:`ConfigError` when it is no valid limit."""
+    where = f"budget {name}={value!r}{_from(origin)}"
+    if not _is_number(value):
+        raise ConfigError(f"{where} must be a number, not {type(value).__name__}")
+    if value < 0:
+        raise ConfigError(f"{where} must not be negative")
+    if name in _FRACTION_BUDGETS and value > 1:
+        raise ConfigError(f"{where} is a fraction between 0 and 1")
+    return float(value)
 
 
 def check_names(values: Mapping[str, Any], origin: str) -> None:
@@ -272,6 +306,25 @@ def check_names(values: Mapping[str, Any], origin: str) -> None:
                 f"unknown storm parameter {name!r} (from {origin}){_suggest(name)}; "
                 f"known: {', '.join(_ALL_NAMES)}"
             )
+
+
+def _choose_model(layers: Sequence[Layer], merged: dict[str, tuple[Any, str]]) -> None:
+    """The highest layer that picks a workload model overrides a lower layer's other model.
+
+    ``rate`` is the open model; ``users`` or ``stages`` without ``rate`` the closed one. A
+    keyword ``users=50`` under a marker's ``rate=100`` runs 50 users, not the marker's rate.
+    """
+    for layer in layers:
+        picks_open = layer.values.get("rate") is not None
+        picks_closed = not picks_open and any(
+            layer.values.get(name) is not None for name in ("users", "stages")
+        )
+        if not (picks_open or picks_closed):
+            continue
+        other = "users" if picks_open else "rate"
+        if other in merged and merged[other][1] != layer.origin:
+            del merged[other]
+        return
 
 
 def resolve(layers: Iterable[Layer]) -> StormConfig:
@@ -285,6 +338,7 @@ def resolve(layers: Iterable[Layer]) -> StormConfig:
             if value is None and name in BUDGET_NAMES:
                 continue
             merged.setdefault(name, (value, layer.origin))
+    _choose_model(layers, merged)
 
     config = StormConfig()
     for name, (_, origin) in merged.items():
@@ -382,18 +436,8 @@ def resolve(layers: Iterable[Layer]) -> StormConfig:
             raise ConfigError(f"{_where('name', *item)} must be a string")
         config.name = item[0]
     for name in BUDGET_NAMES:
-        if (item := take(name)) is None:
-            continue
-        value, origin = item
-        if not _is_number(value):
-            raise ConfigError(
-                f"budget {_where(name, value, origin)} must be a number, not {type(value).__name__}"
-            )
-        if value < 0:
-            raise ConfigError(f"budget {_where(name, value, origin)} must not be negative")
-        if name in ("max_error_rate", "max_saturation") and value > 1:
-            raise ConfigError(f"budget {_where(name, value, origin)} is a fraction between 0 and 1")
-        config.budgets[name] = float(value)
+        if (item := take(name)) is not None:
+            config.budgets[name] = budget_limit(name, *item)
     for name in REQUEST_NAMES:
         if (item := take(name)) is not None and item[0] is not None:
             config.request_options[name] = item[0]

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from ._errors import ConfigError
+from ._errors import ConfigError, StormError
 
 __all__ = ["Profile", "Request", "RequestMix", "build_mix", "split_requests"]
 
@@ -124,7 +124,13 @@ class RequestMix:
         """Call the factory, checking what it returns."""
         if self.factory is None:  # pragma: no cover - guarded by callers
             raise RuntimeError("not a templated mix")
-        request = self.factory(user, iteration)
+        try:
+            request = self.factory(user, iteration)
+        except Exception as exc:
+            raise StormError(
+                f"requests={self.factory!r} raised {type(exc).__name__}: {exc} for user {user}, "
+                f"iteration {iteration}; the storm was stopped"
+            ) from exc
         if not isinstance(request, Request):
             raise ConfigError(
                 f"requests={self.factory!r} returned {request!r} for user {user}, iteration "
@@ -174,7 +180,15 @@ def build_mix(
                 "requests=<factory> (from keyword argument) replaces method and path: pass one or the other"
             )
         mix = RequestMix([], seed, factory=requests)
-        mix.build(0, 0).validate("requests=<factory>(0, 0)")
+        try:
+            first = mix.build(0, 0)
+        except StormError as exc:
+            raise ConfigError(
+                f"requests={requests!r} (from keyword argument) raised "
+                f"{type(exc.__cause__).__name__}: {exc.__cause__} when called with (0, 0) "
+                "before the storm"
+            ) from exc.__cause__
+        first.validate("requests=<factory>(0, 0)")
         return mix
     if requests is not None:
         if method is not None or path is not None:

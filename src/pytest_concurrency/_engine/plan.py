@@ -13,6 +13,7 @@ from .._metrics import Recorder
 from .._metrics.fold import is_failure
 from .._params import Layer, StormConfig, resolve
 from .._workload import Request, RequestFactory, RequestMix, build_mix
+from .limits import check_limits
 
 __all__ = ["LiveFigures", "Progress", "StormPlan", "plan_storm"]
 
@@ -57,6 +58,7 @@ def plan_storm(
         interface: Interface = "asgi" if config.interface == "asgi" else "wsgi"
     else:
         interface = detect_interface(app)
+    check_limits(config, interface)
     if mix.factory is not None:
         label = f"templated requests ({mix.labels[0] if mix.labels else '?'} …)"
     elif len(mix.requests) == 1:

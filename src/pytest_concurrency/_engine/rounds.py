@@ -19,7 +19,6 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from .._blocking import LoopLag, LoopMonitor, PoolUsage, ThreadPoolProbe
 from .._drivers.asgi import AsgiDriver
 from .._drivers.base import AsyncDriver
 from .._drivers.wsgi import WsgiDriver, WsgiPool
@@ -27,6 +26,9 @@ from .._errors import StormError
 from .._metrics import ErrorBook, Recorder
 from .._metrics.fold import PoolModel, RunFigures, fold
 from .._params import Layer
+from .._probes.loop import LoopMonitor
+from .._probes.pools import ThreadPoolProbe
+from .._probes.results import LoopLag, PoolUsage
 from .._result import StormResult
 from .._workload import Request
 from .plan import LiveFigures, StormPlan, plan_storm

@@ -27,13 +27,17 @@ import anyio.abc
 import anyio.lowlevel
 
 from .._drivers.base import AsyncDriver
+from .._errors import ConfigError, StormError
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
 from .._metrics.fold import RunFigures
 from .._workload import RequestMix
+from .interrupts import app_interrupt
 from .schedule import Schedule
 
 __all__ = ["AsyncRunner", "Slot", "running_loop"]
 
+#: Arrivals sent behind schedule between two turns given to the rest of the loop.
+_LATE_PER_TURN = 64
 #: After a timeout, how long the app may take to notice the disconnect before it is cancelled.
 _DISCONNECT_GRACE = 0.02
 
@@ -60,6 +64,13 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
 
 
 async def _checkpoint(_: float) -> None:
@@ -135,6 +146,11 @@ class AsyncRunner:
             exchange = await call
         except Exception as exc:
             status, first, error = STATUS_EXCEPTION, 0.0, self.book.kind(exc)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # The app's own exit or interrupt is the app's failure; a real Ctrl-C is not.
+            if not app_interrupt(exc):
+                raise
+            status, first, error = STATUS_EXCEPTION, 0.0, self.book.kind(exc)
         else:
             status, first = exchange.status, exchange.first_byte
             if not status:
@@ -200,10 +216,16 @@ class AsyncRunner:
         schedule = self.schedule
         idle: list[asyncio.Future[float | None]] = []
         try:
+            late = 0
             for at in schedule.arrivals():
                 now = perf_counter()
                 if at > now:
                     await anyio.sleep(at - now)
+                else:
+                    # Behind schedule: still give the connections a turn now and then.
+                    late += 1
+                    if late % _LATE_PER_TURN == 0:
+                        await anyio.lowlevel.checkpoint()
                 if not schedule.take():
                     break
                 # Late arrivals keep their scheduled time: if the loop was blocked, the
@@ -266,15 +288,23 @@ class AsyncRunner:
         window = schedule.window
         cpu_before = time.thread_time()
         wall_before = perf_counter()
-        with anyio.move_on_after(max(0.0, window.deadline - perf_counter())) as hard:
-            async with anyio.create_task_group() as group:
-                if schedule.open:
-                    self.alive += 1
-                    group.start_soon(self.arrivals, group)
-                else:
-                    for uid, first in schedule.first_sends():
-                        self.spawn_user(group, uid, first)
-                group.start_soon(self.monitor, group)
+        try:
+            with anyio.move_on_after(max(0.0, window.deadline - perf_counter())) as hard:
+                async with anyio.create_task_group() as group:
+                    if schedule.open:
+                        self.alive += 1
+                        group.start_soon(self.arrivals, group)
+                    else:
+                        for uid, first in schedule.first_sends():
+                            self.spawn_user(group, uid, first)
+                    group.start_soon(self.monitor, group)
+        except BaseExceptionGroup as failures:
+            # The storm's own input failed (a request factory, a think-time sampler):
+            # raise that error itself, not a group of them.
+            ours = failures.subgroup(lambda e: isinstance(e, StormError | ConfigError))
+            if ours is not None:
+                raise _first(ours) from None
+            raise
         if hard.cancelled_caught:
             for slot in self.slots:
                 if slot.since:

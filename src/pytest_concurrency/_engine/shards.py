@@ -212,6 +212,7 @@ def _receive(started: list[tuple[Any, Any]], expect: str, deadline: float) -> li
                     f"stopped\n{detail}"
                 )
             if kind == "died":
+                process.join(1.0)  # the pipe closes just before the exit code is known
                 raise StormError(
                     f"shard {index} of {len(started)} (pid {process.pid}) died with exit code "
                     f"{process.exitcode} before it {'started' if expect == 'ready' else 'finished'}; "

@@ -18,10 +18,11 @@ import anyio.to_thread
 
 from .._budget import evaluate, evaluate_endpoint
 from .._errors import ConfigError
-from .._latency import INSTALLED as UPSTREAMS
-from .._latency import seed_latency, wait_recorder
 from .._params import StormConfig
 from .._result import StormResult
+from .._simio import INSTALLED as UPSTREAMS
+from .._simio import seed_latency, wait_recorder
+from .interrupts import watch_interrupts
 from .plan import LiveFigures, Progress, StormPlan
 from .rounds import run_async_round, run_pool_round
 from .shards import run_sharded_round
@@ -74,6 +75,7 @@ def _round(
     """Everything around one round of a storm: collector paused, simulated I/O, live line."""
     live = LiveFigures(plan)
     with (
+        watch_interrupts(),
         _collector(plan.config),
         _simulated_io(plan) as attach,
         progress(live) if progress is not None else nullcontext(),
