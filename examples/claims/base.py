@@ -12,8 +12,8 @@ from typing import Any
 
 from examples.fastapi_app import IO_SECONDS
 from pytest_concurrency import StormResult, run_storm
-from pytest_concurrency._report._text import format_number
 from pytest_concurrency._report import StormRecord
+from pytest_concurrency._report._text import format_number
 
 __all__ = [
     "EXAMPLES",
