@@ -59,6 +59,14 @@ def _imports(name: str, path: Path) -> set[str]:
     return found
 
 
+#: Known cycles, each closed by one import inside a function, as (importer, imported) of
+#: that import. Each is a defect to remove; the list must shrink, never grow.
+KNOWN_LAZY_EDGES = {
+    # The probes' results import their wording back from the report that imports them.
+    (f"{PACKAGE}._probes.results", f"{PACKAGE}._report._blocking_text"),
+}
+
+
 def _graph() -> dict[str, set[str]]:
     modules = _modules()
     return {name: _imports(name, path) & modules.keys() - {name} for name, path in modules.items()}
@@ -122,6 +130,11 @@ def test_the_package_has_no_import_cycle() -> None:
     graph = _graph()
     assert f"{PACKAGE}._cli" in graph
     assert f"{PACKAGE}._report._terminal" in graph[f"{PACKAGE}._report"]
+    for importer, imported in KNOWN_LAZY_EDGES:
+        # Still there (remove it from the list once it is gone), and still what closes a cycle.
+        assert imported in graph[importer], f"{importer} no longer imports {imported}"
+        assert _cycle({**graph, importer: graph[importer] - {imported}}) != _cycle(graph)
+        graph[importer] = graph[importer] - {imported}
     cycle = _cycle(graph)
     assert cycle is None, "import cycle: " + " → ".join(cycle or [])
 
