@@ -61,10 +61,7 @@ def _imports(name: str, path: Path) -> set[str]:
 
 #: Known cycles, each closed by one import inside a function, as (importer, imported) of
 #: that import. Each is a defect to remove; the list must shrink, never grow.
-KNOWN_LAZY_EDGES = {
-    # The probes' results import their wording back from the report that imports them.
-    (f"{PACKAGE}._probes.results", f"{PACKAGE}._report._blocking_text"),
-}
+KNOWN_LAZY_EDGES: set[tuple[str, str]] = set()
 
 
 def _graph() -> dict[str, set[str]]:
