@@ -307,12 +307,19 @@ def plan_websocket(
             f"processes={config.processes} (from {config.origin_of('processes')}): WebSocket "
             "storms run in one process"
         )
-    spec = _spec(merged, config.timeout_ms)
-    if "max_error_rate" not in config.budgets:
-        # Like an HTTP storm: any failed message fails the storm unless a budget says otherwise.
-        config.budgets["max_error_rate"] = 0.0
-        config.origins["max_error_rate"] = "default"
-    return WebSocketPlan(plan, spec)
+    for name in ("on_start", "checks"):
+        if getattr(config, name) is not None:
+            raise ConfigError(
+                f"{name} (from {config.origin_of(name)}) applies to HTTP requests, not to a "
+                "WebSocket storm"
+            )
+    if plan.server is not None or plan.url is not None:
+        raise ConfigError(
+            f"server={config.server!r} (from {config.origin_of('server')}): WebSocket storms "
+            "run in-process for now"
+        )
+    # Any failed message fails a storm without an error budget: the engine's own default.
+    return WebSocketPlan(plan, _spec(merged, config.timeout_ms))
 
 
 # -- broadcast rooms -----------------------------------------------------------------------
