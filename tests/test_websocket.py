@@ -376,7 +376,6 @@ def test_a_wsgi_app_is_refused_before_any_load() -> None:
         ({"max_disconnect_rate": 2}, "fraction between 0 and 1"),
         ({"processes": 2}, "WebSocket storms run in one process"),
         ({"on_start": print}, "applies to HTTP requests"),
-        ({"server": "http://127.0.0.1:9"}, "run in-process for now"),
     ],
 )
 def test_bad_websocket_parameters_fail_before_any_load(
@@ -524,3 +523,42 @@ def test_a_django_sync_consumer_runs_on_one_shared_thread() -> None:
     assert sync.mean_busy > 0.8  # one thread, busy nearly all the time
     # One message at a time for all five connections: ≈ 5 waits per round trip.
     assert result.throughput <= 1.1 / django_channels_app.CHAT_WAIT_SECONDS
+
+
+async def answer_once_then_close(scope: Scope, receive: Any, send: Any) -> None:
+    """Module level, so that a server process can import it: refuses ?deny, else one answer."""
+    if scope["type"] != "websocket":
+        return
+    await receive()
+    if b"deny" in scope["query_string"]:
+        await send({"type": "websocket.close", "code": 4003})
+        return
+    await send({"type": "websocket.accept"})
+    message = await receive()
+    await send({"type": "websocket.send", "text": message["text"]})
+    await send({"type": "websocket.close", "code": 4001})
+
+
+def test_a_real_server_holds_the_connections_over_sockets() -> None:
+    result = run_websocket_storm(
+        "examples.fastapi_app:app", "/ws", server="uvicorn", users=10, duration=0.5
+    )
+    assert result.server.startswith("uvicorn")
+    assert result.server.endswith("WebSocket")
+    assert result.messages > 10
+    assert result.peak_connections == result.held_connections == 10
+    assert result.loop_lag is None  # behind a real server the loop is the client's
+
+
+def test_a_real_server_reports_refusals_and_close_codes() -> None:
+    app = "tests.test_websocket:answer_once_then_close"
+    closing = run_websocket_storm(app, "/ws", server="uvicorn", users=2, messages=10, check=False)
+    # Over a socket a message may cross the server's close on the wire: it is lost.
+    assert set(closing.errors) <= {"ConnectionClosed"}
+    assert closing.disconnects >= 4
+    assert closing.close_codes[4001] == closing.disconnects
+    refused = run_websocket_storm(
+        app, "/ws", server="uvicorn", users=1, messages=3, query={"deny": "1"}, check=False
+    )
+    assert refused.refused == 3
+    assert refused.status_counts == {403: 3}

@@ -8,8 +8,8 @@ the caller's event loop, holding the app to the ASGI WebSocket spec (asgiref, sp
 not allow raises a :class:`~.base.ProtocolViolation` in the app, as a server would,
 and is kept on the connection so that the engine records it by kind.
 
-A client over a real socket (the ``websockets`` library against a server on loopback)
-plugs in as a second driver with the same two protocols.
+:class:`SocketWebSocketDriver` is the same two protocols over a real socket: the
+``websockets`` client against a server on loopback.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ __all__ = [
     "MessageAfterClose",
     "NoHandshake",
     "SendBeforeAccept",
+    "SocketConnection",
+    "SocketWebSocketDriver",
     "WebSocketConnection",
     "WebSocketDriver",
 ]
@@ -585,3 +587,250 @@ def _websocket_scope(request: Request, subprotocols: tuple[str, ...]) -> dict[st
     scope["subprotocols"] = list(subprotocols)
     scope["extensions"] = {"websocket.http.response": {}}
     return scope
+
+
+# -- a client over a real socket ------------------------------------------------------------
+
+
+class SocketConnection:
+    """One WebSocket connection to a real server, with the ``websockets`` library.
+
+    A reader task per connection hands each message to ``on_message`` or the inbox, the
+    way the in-process connection does, and notes who closed the connection and how.
+    """
+
+    __slots__ = (
+        "_client_wake",
+        "_close_code",
+        "_counts",
+        "_inbox",
+        "_leaving",
+        "_loop",
+        "_open",
+        "_ws",
+        "by_server",
+        "close_reason",
+        "failure",
+        "handshake",
+        "on_message",
+        "reader",
+    )
+
+    def __init__(self, counts: ConnectionCounts) -> None:
+        self._counts = counts
+        self._loop = asyncio.get_running_loop()
+        self._inbox: deque[Data] = deque()
+        self._client_wake: asyncio.Future[None] | None = None
+        self._ws: Any = None
+        self._open = False
+        self._leaving = False
+        self._close_code: int | None = None
+        self.close_reason = ""
+        self.by_server = False
+        self.handshake = Handshake()
+        self.on_message: OnMessage | None = None
+        self.failure: BaseException | None = None
+        self.reader = anyio.CancelScope()
+
+    @property
+    def open(self) -> bool:
+        """True between an accepted handshake and a close from either side."""
+        return self._open
+
+    @property
+    def close_code(self) -> int | None:
+        """The code the connection closed with, None while it is open."""
+        return None if self._open else self._close_code
+
+    async def send(self, data: Data) -> None:
+        """Send one message (a text frame for str, binary for bytes)."""
+        if not self._open:
+            raise self._closed()
+        try:
+            await self._ws.send(data)
+        except Exception as exc:
+            self._ended(exc)
+            raise self._closed() from exc
+
+    async def receive(self) -> Data:
+        """The next message from the server; :class:`ConnectionClosed` once it closed."""
+        inbox = self._inbox
+        while not inbox:
+            if not self._open:
+                raise self._closed()
+            wake = self._client_wake = self._loop.create_future()
+            await wake
+        return inbox.popleft()
+
+    def drain(self) -> int:
+        """Discard messages received and not yet read; return how many there were."""
+        count = len(self._inbox)
+        self._inbox.clear()
+        return count
+
+    def disconnect(self, code: int = ABNORMAL_CLOSURE) -> None:
+        """Leave now: a closing handshake with *code*, or a dropped socket for 1006."""
+        if not self._open:
+            return
+        self._leaving = True
+        self._set_closed(code, by_server=False)
+        ws = self._ws
+        if code == ABNORMAL_CLOSURE:
+            ws.transport.abort()  # 1006 is never sent: the client just goes
+        else:
+            self._loop.create_task(ws.close(code))
+
+    async def aclose(self, code: int, timeout: float) -> None:
+        """Close with *code* and wait (up to *timeout*) for the server's answer."""
+        if self._open:
+            self._leaving = True
+            self._set_closed(code, by_server=False)
+        with anyio.move_on_after(timeout):
+            await self._ws.close(code)
+        self.reader.cancel()
+
+    def _closed(self) -> ConnectionClosed:
+        code = self._close_code if self._close_code is not None else ABNORMAL_CLOSURE
+        return ConnectionClosed(code, self.close_reason, by_server=self.by_server)
+
+    def _set_closed(self, code: int, *, by_server: bool) -> None:
+        if self._open:
+            self._counts.open -= 1
+        self._open = False
+        self._close_code = code
+        self.by_server = by_server
+        wake = self._client_wake
+        if wake is not None:
+            self._client_wake = None
+            if not wake.done():
+                wake.set_result(None)
+
+    def _ended(self, error: BaseException | None) -> None:
+        if not self._open or self._leaving:
+            return
+        ws = self._ws
+        code = ws.close_code if ws.close_code is not None else ABNORMAL_CLOSURE
+        self.close_reason = ws.close_reason or ""
+        counts = self._counts
+        counts.disconnects += 1
+        counts.close_codes[code] += 1
+        self._set_closed(code, by_server=True)
+
+    async def read(self) -> None:
+        """The reader task: every message the server sends, until the connection closes."""
+        error: BaseException | None = None
+        with self.reader:
+            try:
+                async for data in self._ws:
+                    callback = self.on_message
+                    if callback is not None:
+                        callback(data, perf_counter())
+                        continue
+                    self._inbox.append(data)
+                    wake = self._client_wake
+                    if wake is not None:
+                        self._client_wake = None
+                        if not wake.done():
+                            wake.set_result(None)
+            except Exception as exc:  # ConnectionClosedError and socket errors
+                error = exc
+        self._ended(error)
+
+
+class SocketWebSocketDriver:
+    """Opens WebSocket connections to a real server on loopback (the ``websockets`` client)."""
+
+    def __init__(
+        self,
+        url: str,
+        request: Request,
+        *,
+        subprotocols: tuple[str, ...] = (),
+        served_by: str | None = None,
+    ) -> None:
+        built = request.to_httpx()
+        base = url.rstrip("/").replace("http://", "ws://", 1)
+        self.uri = base + built.url.raw_path.decode("ascii")
+        self._headers = [
+            (key.decode("latin-1"), value.decode("latin-1"))
+            for key, value in built.headers.raw
+            if key.lower() not in (b"host", b"content-length", b"accept-encoding", b"connection")
+        ]
+        self._subprotocols = subprotocols
+        self._served_by = served_by or f"server at {url}"
+        self._counts = ConnectionCounts()
+        self._connections: set[SocketConnection] = set()
+        self._group: anyio.abc.TaskGroup | None = None
+
+    def describe(self) -> str:
+        """The server that holds the connections."""
+        return f"{self._served_by}, WebSocket"
+
+    @property
+    def counts(self) -> ConnectionCounts:
+        """Handshakes, connections open (now and at the peak), closes and their codes."""
+        return self._counts
+
+    async def startup(self, group: anyio.abc.TaskGroup, timeout: float) -> None:
+        """Remember the task group that runs the connections' readers."""
+        self._group = group
+
+    async def shutdown(self, timeout: float) -> None:
+        """Close every connection (code 1000), waiting a moment for the server's answers."""
+        connections = list(self._connections)
+        if connections:
+            async with anyio.create_task_group() as group:
+                for conn in connections:
+                    group.start_soon(conn.aclose, NORMAL_CLOSURE, min(timeout, 1.0))
+
+    async def connect(self, timeout: float) -> SocketConnection:
+        """Open a connection; refused (``handshake.accepted`` False) or open."""
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import InvalidStatus
+        from websockets.typing import Subprotocol
+
+        group = self._group
+        if group is None:
+            raise RuntimeError("connect() before startup()")
+        conn = SocketConnection(self._counts)
+        handshake = conn.handshake
+        try:
+            with anyio.fail_after(timeout):
+                ws = await connect(
+                    self.uri,
+                    subprotocols=[Subprotocol(p) for p in self._subprotocols] or None,
+                    additional_headers=self._headers or None,
+                    compression=None,
+                    proxy=None,
+                    open_timeout=None,
+                    ping_interval=None,
+                    max_size=None,
+                )
+        except TimeoutError:
+            raise TimeoutError(
+                f"the server did not answer the handshake within {timeout * 1000:g} ms"
+            ) from None
+        except InvalidStatus as exc:
+            handshake.status = exc.response.status_code
+            handshake.done = perf_counter()
+            self._counts.refused += 1
+            return conn
+        except Exception as exc:  # refused socket, a malformed handshake
+            conn.failure = exc
+            handshake.status = HANDSHAKE_FAILED
+            handshake.done = perf_counter()
+            self._counts.refused += 1
+            return conn
+        handshake.accepted = True
+        handshake.status = 101
+        handshake.subprotocol = ws.subprotocol
+        handshake.done = perf_counter()
+        conn._ws = ws
+        conn._open = True
+        counts = self._counts
+        counts.accepted += 1
+        counts.open += 1
+        counts.peak = max(counts.peak, counts.open)
+        self._connections.add(conn)
+        group.start_soon(conn.read)
+        return conn

@@ -21,6 +21,7 @@ and with which codes, and how many handshakes it refused.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from array import array
 from collections import Counter
@@ -39,6 +40,7 @@ from .._drivers.websocket import (
     ConnectionClosed,
     ConnectionCounts,
     Data,
+    SocketWebSocketDriver,
     WebSocketConnection,
     WebSocketDriver,
 )
@@ -61,7 +63,7 @@ from .plan import LiveFigures, Progress, StormPlan, plan_storm
 from .rounds import execute_async, finish
 from .runner import AsyncRunner, Slot
 from .schedule import Schedule
-from .storm import _judge, _round
+from .storm import _judge, _round, _sampled, _served
 
 __all__ = [
     "WEBSOCKET_BUDGETS",
@@ -313,11 +315,6 @@ def plan_websocket(
                 f"{name} (from {config.origin_of(name)}) applies to HTTP requests, not to a "
                 "WebSocket storm"
             )
-    if plan.server is not None or plan.url is not None:
-        raise ConfigError(
-            f"server={config.server!r} (from {config.origin_of('server')}): WebSocket storms "
-            "run in-process for now"
-        )
     # Any failed message fails a storm without an error budget: the engine's own default.
     return WebSocketPlan(plan, _spec(merged, config.timeout_ms))
 
@@ -590,9 +587,15 @@ async def run_websocket_round(
     """Run one round of a WebSocket storm on the running event loop."""
     plan, spec = wplan.plan, wplan.spec
     config = plan.config
-    driver = AsgiWebSocketDriver(
-        plan.app, plan.requests[0], subprotocols=spec.subprotocols, lifespan=config.lifespan
-    )
+    driver: WebSocketDriver
+    if plan.url is not None:
+        driver = SocketWebSocketDriver(
+            plan.url, plan.requests[0], subprotocols=spec.subprotocols, served_by=plan.served_by
+        )
+    else:
+        driver = AsgiWebSocketDriver(
+            plan.app, plan.requests[0], subprotocols=spec.subprotocols, lifespan=config.lifespan
+        )
     room = Room(spec.listeners) if spec.listeners else None
     connect_start: array[int] = array("q")
     connect_us: array[int] = array("q")
@@ -625,7 +628,8 @@ async def run_websocket_round(
     result = finish(plan, output)
     ws = _websocket_result(result, figures, room)
     busy = ws.loop_cpu_share
-    if busy is not None and busy >= _SATURATED_CPU:
+    # Behind a real server the client's own share is judged with the server's usage.
+    if plan.url is None and busy is not None and busy >= _SATURATED_CPU:
         ws.warnings.append(
             f"the event loop shared by the app and the load generator was busy {busy:.0%} of "
             "the storm: latency includes queueing for the CPU, so the app may do better on a "
@@ -679,9 +683,12 @@ def run_websocket_plan(wplan: WebSocketPlan, progress: Progress | None = None) -
         )
     plan = wplan.plan
     rounds: list[StormResult] = []
-    for _ in range(plan.config.rounds):
-        with _round(plan, progress) as (live, attach):
-            rounds.append(attach(anyio.run(run_websocket_round, wplan, live)))
+    with _served(plan) as served:
+        splan = dataclasses.replace(wplan, plan=served)
+        for _ in range(served.config.rounds):
+            with _round(served, progress) as (live, attach), _sampled(served) as sampled:
+                result = anyio.run(run_websocket_round, splan, live)
+                rounds.append(attach(sampled(result)))
     chosen = _judge(plan, rounds)
     if not isinstance(chosen, WebSocketResult):  # pragma: no cover - every round is one
         raise StormError("a WebSocket storm ended without its WebSocket figures")
