@@ -393,6 +393,8 @@ def test_a_failing_factory_stops_the_storm_with_its_error() -> None:
 
     with pytest.raises(StormError, match=r"out of words when called with \(0, 2\)"):
         run_websocket_storm(echo, "/ws", users=1, messages=10, factory=factory)
+    with pytest.raises(ConfigError, match=r"division by zero when called with \(0, 0\).*before"):
+        run_websocket_storm(echo, "/ws", factory=lambda user, i: 1 / 0 and "x")
 
 
 def test_reports_show_a_websocket_storm() -> None:
@@ -405,6 +407,10 @@ def test_reports_show_a_websocket_storm() -> None:
     lines = storms_table([("test_chat", result)])
     assert "WEBSOCKET /ws" in lines[1]
     assert "20" in lines[1]
+    pytest.importorskip("plotly")
+    from pytest_concurrency._report._html import render_html
+
+    assert "WEBSOCKET /ws" in render_html([("test_chat", result)])
 
 
 @pytest.mark.parametrize(

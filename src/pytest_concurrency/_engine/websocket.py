@@ -16,6 +16,9 @@ listener's message matches when it equals or contains a pending one.
 Connections stay open to the end of the round (a chat keeps its connections): the
 figures say how many the server held at the peak and at the end, how many it closed
 and with which codes, and how many handshakes it refused.
+
+In-process, the app runs on the round's event loop (loop lag and thread pools probed
+as for HTTP); with ``server=``, the same round drives a real server over sockets.
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ WEBSOCKET_BUDGETS: dict[str, str] = {
     "max_disconnect_rate": "largest fraction of accepted connections the server closed",
 }
 #: HTTP parameters a WebSocket storm has no use for.
-_HTTP_ONLY = ("requests", "json", "content", "data", "workers", "threads", "budgets")
+_HTTP_ONLY = ("requests", "json", "content", "data", "budgets")
 
 #: Status recorded for a message whose round trip completed (the connection's 101).
 STATUS_MESSAGE = 101
@@ -238,8 +241,10 @@ def _spec(merged: Mapping[str, tuple[Any, str]], timeout_ms: float) -> WebSocket
                 f"message and factory are both set (from {item[1]}): give one or the other"
             )
         factory = item[0]
-        first = _call_factory(factory, 0, 0)
-        del first
+        try:
+            _call_factory(factory, 0, 0)
+        except StormError as exc:
+            raise ConfigError(f"{exc} (from {item[1]}), before the storm") from exc.__cause__
     connect_timeout = timeout_ms / 1000
     if (item := merged.get("connect_timeout_ms")) is not None:
         value, origin = item
