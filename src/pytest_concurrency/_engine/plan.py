@@ -9,6 +9,7 @@ from time import perf_counter
 from typing import Any
 
 from .._apps import Interface, app_label, detect_interface
+from .._apps import _module_attribute as importable_name
 from .._checks import NO_CHECKS, Checks, parse_checks
 from .._errors import ConfigError
 from .._metrics import Recorder
@@ -143,7 +144,8 @@ def _real_server(
     if config.server.startswith("http://"):
         return None, config.server
     origin = config.origin_of("server")
-    target = app_label(app)
+    # A closure is found by the module variable that holds it, as a server would import it.
+    target = importable_name(app) or app_label(app)
     module, sep, attr = target.partition(":")
     if not sep or " " in target or module == "__main__" or not attr.isidentifier():
         raise ConfigError(
