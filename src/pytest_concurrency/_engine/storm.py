@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -22,6 +23,9 @@ from .._errors import ConfigError
 from .._params import StormConfig
 from .._result import StormResult
 from .._servers import ResourceSampler, ResourceUsage, serve
+from .._servers.simio import ENV as SIMIO_ENV
+from .._servers.simio import SETUP as SIMIO_SETUP
+from .._servers.simio import ship_upstreams
 from .._simio import INSTALLED as UPSTREAMS
 from .._simio import seed_latency, wait_recorder
 from .interrupts import watch_interrupts
@@ -85,8 +89,18 @@ def _served(plan: StormPlan) -> Iterator[StormPlan]:
         else:
             yield plan
         return
-    with serve(plan.server) as server:
-        yield dataclasses.replace(plan, url=server.url, served_by=server.describe(), running=server)
+    spec = plan.server
+    shipped = ship_upstreams(UPSTREAMS)
+    if shipped is not None:
+        spec = dataclasses.replace(spec, setup=SIMIO_SETUP, env={**spec.env, SIMIO_ENV: shipped})
+    try:
+        with serve(spec) as server:
+            yield dataclasses.replace(
+                plan, url=server.url, served_by=server.describe(), running=server
+            )
+    finally:
+        if shipped is not None:
+            os.unlink(shipped)
 
 
 @contextmanager
