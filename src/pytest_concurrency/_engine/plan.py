@@ -20,7 +20,7 @@ from .._servers._target import resolve as resolve_import
 from .._workload import Request, RequestFactory, RequestMix, build_mix
 from .limits import check_limits
 
-__all__ = ["LiveFigures", "Progress", "StormPlan", "plan_storm"]
+__all__ = ["LiveFigures", "Progress", "StormPlan", "import_app", "plan_storm"]
 
 
 @dataclass
@@ -83,7 +83,7 @@ def plan_storm(
     )
     if isinstance(app, str) and ":" in app and config.server != "inprocess":
         # A real server imports the app by name; in-process needs the object itself.
-        app = _import_app(app)
+        app = import_app(app)
     if config.interface is not None:
         if not callable(app):
             detect_interface(app)  # raises the not-callable error
@@ -125,7 +125,7 @@ def plan_storm(
     )
 
 
-def _import_app(spec: str) -> Any:
+def import_app(spec: str) -> Any:
     """An app given as an import string ``module:attr``."""
     try:
         return resolve_import(spec)
