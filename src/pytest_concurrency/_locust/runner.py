@@ -459,22 +459,29 @@ def run_locust(
 
 
 def _parse_json(stdout: str, stderr: str) -> list[LocustEntry]:
-    # --json prints one array of entries at exit; anything else on stdout comes before it.
-    start = stdout.find("[")
-    while start != -1:
+    """The master's ``--json`` array: the last non-empty one on stdout.
+
+    Workers forked by ``--processes`` share the master's stdout and print their own,
+    empty, arrays (their figures went to the master) before the master prints its own.
+    """
+    decoder = json.JSONDecoder()
+    found: list[list[dict[str, Any]]] = []
+    for start in (
+        i for i, c in enumerate(stdout) if c == "[" and (i == 0 or stdout[i - 1] == "\n")
+    ):
         try:
-            data = json.loads(stdout[start:])
+            data, _ = decoder.raw_decode(stdout, start)
         except json.JSONDecodeError:
-            start = stdout.find("\n[", start + 1)
-            start = start + 1 if start != -1 else -1
             continue
-        if isinstance(data, list):
-            return [LocustEntry.from_json(item) for item in data if isinstance(item, dict)]
-        break
-    raise StormError(
-        "Locust exited without its --json statistics on stdout. Its stderr ends with:\n"
-        f"{_error_tail(stderr)}"
-    )
+        if isinstance(data, list) and all(isinstance(item, dict) for item in data):
+            found.append(data)
+    if not found:
+        raise StormError(
+            "Locust exited without its --json statistics on stdout. Its stderr ends with:\n"
+            f"{_error_tail(stderr)}"
+        )
+    chosen = next((data for data in reversed(found) if data), found[-1])
+    return [LocustEntry.from_json(item) for item in chosen]
 
 
 def _read_report(path: Path) -> tuple[Counter[int], list[dict[str, Any]] | None]:
