@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = [
 DEFAULT_DURATION = 2.0
 DEFAULT_TIMEOUT_MS = 10_000.0
 DEFAULT_USERS = 10
+_MAX_PROCESSES = 256
 
 #: Budget name -> (description, unit) — the order is the order of the verdict table.
 BUDGET_NAMES: dict[str, str] = {
@@ -78,6 +80,7 @@ WORKLOAD_NAMES: dict[str, str] = {
     "workers": "WSGI server model: worker processes, like gunicorn -w (default 1)",
     "threads": "WSGI server model: threads per worker, like gunicorn --threads (default 1)",
     "seed": "seed for request mixes and simulated latency",
+    "processes": "shard the storm over this many processes, each with its own event loop and copy of the app, like N server worker processes; 'auto' = the cores available (default 1)",
     "interface": "'asgi' or 'wsgi' when the app's kind cannot be detected",
     "lifespan": "'auto' (default), 'on' or 'off': run ASGI lifespan startup/shutdown",
     "gc": "'off' (default: the cyclic collector paused during the storm) or 'on'",
@@ -122,6 +125,7 @@ class StormConfig:
     timeout_ms: float = DEFAULT_TIMEOUT_MS
     workers: int = 1
     threads: int = 1
+    processes: int = 1
     seed: int | None = None
     interface: str | None = None
     lifespan: str = "auto"
@@ -201,6 +205,23 @@ def _choice(name: str, value: Any, origin: str, choices: Iterable[str]) -> str:
             f"{_where(name, value, origin)} must be one of {', '.join(map(repr, options))}"
         )
     return str(value)
+
+
+def _processes(value: Any, origin: str) -> int:
+    if value == "auto":
+        return max(
+            1,
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1),
+        )
+    count = _positive_int("processes", value, origin)
+    if count > _MAX_PROCESSES:
+        raise ConfigError(
+            f"{_where('processes', value, origin)} is more than {_MAX_PROCESSES} processes; "
+            "past the machine's cores, shards only compete for them"
+        )
+    return count
 
 
 def _stages(value: Any, origin: str) -> tuple[tuple[float, float], ...]:
@@ -346,6 +367,8 @@ def resolve(layers: Iterable[Layer]) -> StormConfig:
         config.workers = _positive_int("workers", *item)
     if (item := take("threads")) is not None:
         config.threads = _positive_int("threads", *item)
+    if (item := take("processes")) is not None and item[0] is not None:
+        config.processes = _processes(*item)
     if (item := take("seed")) is not None and item[0] is not None:
         config.seed = _positive_int("seed", *item, minimum=0)
     if (item := take("interface")) is not None and item[0] is not None:

@@ -10,14 +10,16 @@ runs the same :class:`Schedule` from its own threads. Both fold into a
 from __future__ import annotations
 
 import threading
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
 
 import anyio
 import anyio.abc
 
-from .._blocking import LoopMonitor, ThreadPoolProbe
+from .._blocking import LoopLag, LoopMonitor, PoolUsage, ThreadPoolProbe
 from .._drivers.asgi import AsgiDriver
 from .._drivers.base import AsyncDriver
 from .._drivers.wsgi import WsgiDriver, WsgiPool
@@ -31,7 +33,15 @@ from .plan import LiveFigures, StormPlan, plan_storm
 from .runner import AsyncRunner, running_loop
 from .schedule import Schedule
 
-__all__ = ["harness_cost_us", "run_async_round", "run_pool_round"]
+__all__ = [
+    "RoundOutput",
+    "execute_async",
+    "execute_pool",
+    "finish",
+    "harness_cost_us",
+    "run_async_round",
+    "run_pool_round",
+]
 
 #: Loop-thread CPU share above which the event loop counts as saturated.
 _SATURATED_CPU = 0.85
@@ -44,7 +54,37 @@ def async_driver(plan: StormPlan) -> AsyncDriver:
     return AsgiDriver(plan.app, list(plan.requests), lifespan=plan.config.lifespan)
 
 
-async def run_async_round(plan: StormPlan, live: LiveFigures | None = None) -> StormResult:
+async def _soon() -> float:
+    return perf_counter() + _LEAD
+
+
+#: When the first request of a round is due; called once the driver is ready, so that
+#: start-up (lifespan, a shard's start) stays out of the round.
+AsyncOrigin = Callable[[], Awaitable[float]]
+
+
+@dataclass
+class RoundOutput:
+    """One round's raw figures and probe results, before folding (picklable for shards)."""
+
+    figures: RunFigures
+    server: str
+    pool: PoolModel | None = None
+    loop_lag: LoopLag | None = None
+    thread_pools: list[PoolUsage] = field(default_factory=list)
+    stuck_threads: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def cpu_share(self) -> float | None:
+        """Share of one core the executing thread(s) used during the round."""
+        figures = self.figures
+        return figures.cpu / figures.wall if figures.wall > 0 else None
+
+
+async def execute_async(
+    plan: StormPlan, live: LiveFigures | None = None, origin: AsyncOrigin = _soon
+) -> RoundOutput:
     """Run one round with the plan's async driver on the running event loop."""
     config = plan.config
     driver = async_driver(plan)
@@ -61,7 +101,7 @@ async def run_async_round(plan: StormPlan, live: LiveFigures | None = None) -> S
                 if running_loop() is not None:  # asyncio only
                     monitor = await stack.enter_async_context(LoopMonitor(threshold_ms=5.0))
                     probe = await stack.enter_async_context(ThreadPoolProbe())
-                schedule = Schedule(config, perf_counter() + _LEAD)
+                schedule = Schedule(config, await origin())
                 runner = AsyncRunner(
                     schedule,
                     driver,
@@ -86,16 +126,26 @@ async def run_async_round(plan: StormPlan, live: LiveFigures | None = None) -> S
         raise failure
     if figures is None:  # pragma: no cover - the task group re-raises anything else
         raise StormError("the storm ended without figures")
-    result = fold(plan, figures, server=driver.describe(), pool=None)
-    result.loop_lag = monitor.result if monitor is not None else None
-    result.thread_pools = list(probe.result or []) if probe is not None else []
-    result.loop_cpu_share = figures.cpu / figures.wall if figures.wall > 0 else None
+    return RoundOutput(
+        figures,
+        driver.describe(),
+        loop_lag=monitor.result if monitor is not None else None,
+        thread_pools=list(probe.result or []) if probe is not None else [],
+    )
+
+
+async def run_async_round(plan: StormPlan, live: LiveFigures | None = None) -> StormResult:
+    """Run one round with the plan's async driver and fold it into a result."""
+    output = await execute_async(plan, live)
+    result = finish(plan, output)
     if result.loop_cpu_share is not None and result.loop_cpu_share >= _SATURATED_CPU:
-        await _warn_harness_bound(result, figures.cpu)
+        await _warn_harness_bound(result, output.figures.cpu)
     return result
 
 
-def run_pool_round(plan: StormPlan, live: LiveFigures | None = None) -> StormResult:
+def execute_pool(
+    plan: StormPlan, live: LiveFigures | None = None, origin: Callable[[], float] | None = None
+) -> RoundOutput:
     """Run one round on the in-process WSGI pool (blocks the calling thread)."""
     config = plan.config
     driver = WsgiDriver(plan.app, list(plan.requests))
@@ -112,7 +162,7 @@ def run_pool_round(plan: StormPlan, live: LiveFigures | None = None) -> StormRes
                 return mix.intern(request.label), request
 
         build = build_request
-    schedule = Schedule(config, perf_counter() + _LEAD)
+    schedule = Schedule(config, origin() if origin is not None else perf_counter() + _LEAD)
     wall_before = perf_counter()
     run = pool.run(
         schedule,
@@ -132,19 +182,40 @@ def run_pool_round(plan: StormPlan, live: LiveFigures | None = None) -> StormRes
         [],
         schedule.profile,
     )
-    result = fold(plan, figures, server=pool.describe(), pool=PoolModel(pool.describe(), pool.size))
-    result.loop_cpu_share = run.cpu_seconds / wall if wall > 0 else None
-    window = schedule.window
-    if run.stuck_threads:
+    description = pool.describe()
+    return RoundOutput(
+        figures,
+        description,
+        pool=PoolModel(description, pool.size),
+        stuck_threads=run.stuck_threads,
+    )
+
+
+def run_pool_round(plan: StormPlan, live: LiveFigures | None = None) -> StormResult:
+    """Run one round on the in-process WSGI pool and fold it into a result."""
+    return finish(plan, execute_pool(plan, live))
+
+
+def finish(plan: StormPlan, output: RoundOutput) -> StormResult:
+    """Fold a round's output into a result and add what the round itself noticed."""
+    figures = output.figures
+    window = figures.window
+    if output.stuck_threads:
         raise StormError(
-            f"{len(run.stuck_threads)} worker thread(s) were still running the app "
+            f"{len(output.stuck_threads)} worker thread(s) were still running the app "
             f"{window.deadline - window.stop_at:.1f} s after the storm's end "
-            f"({', '.join(run.stuck_threads[:4])}): a handler that never returns? "
+            f"({', '.join(output.stuck_threads[:4])}): a handler that never returns? "
             "Lower its wait or raise timeout_ms"
         )
-    if result.loop_cpu_share is not None and result.loop_cpu_share >= _SATURATED_CPU:
+    result = fold(plan, figures, server=output.server, pool=output.pool)
+    result.loop_lag = output.loop_lag
+    result.thread_pools = list(output.thread_pools)
+    result.loop_cpu_share = output.cpu_share
+    result.warnings.extend(output.warnings)
+    busy = result.loop_cpu_share
+    if output.pool is not None and busy is not None and busy >= _SATURATED_CPU:
         result.warnings.append(
-            f"the process used {result.loop_cpu_share:.0%} of a core during the storm: "
+            f"the process used {busy:.0%} of a core during the storm: "
             "Python threads share one interpreter lock, so latency includes waiting for it"
         )
     return result

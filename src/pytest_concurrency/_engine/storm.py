@@ -24,6 +24,7 @@ from .._params import StormConfig
 from .._result import StormResult
 from .plan import LiveFigures, Progress, StormPlan
 from .rounds import run_async_round, run_pool_round
+from .shards import run_sharded_round
 
 __all__ = ["run_plan", "run_plan_async"]
 
@@ -42,7 +43,9 @@ def run_plan(plan: StormPlan, progress: Progress | None = None) -> StormResult:
     rounds = []
     for _ in range(plan.config.rounds):
         with _round(plan, progress) as (live, attach):
-            if plan.interface == "wsgi":
+            if plan.config.processes > 1:
+                rounds.append(attach(run_sharded_round(plan, live)))
+            elif plan.interface == "wsgi":
                 rounds.append(attach(run_pool_round(plan, live)))
             else:
                 rounds.append(attach(anyio.run(run_async_round, plan, live)))
@@ -54,7 +57,10 @@ async def run_plan_async(plan: StormPlan, progress: Progress | None = None) -> S
     rounds = []
     for _ in range(plan.config.rounds):
         with _round(plan, progress) as (live, attach):
-            if plan.interface == "wsgi":
+            if plan.config.processes > 1:
+                sharded = await anyio.to_thread.run_sync(run_sharded_round, plan, live)
+                rounds.append(attach(sharded))
+            elif plan.interface == "wsgi":
                 rounds.append(attach(await anyio.to_thread.run_sync(run_pool_round, plan, live)))
             else:
                 rounds.append(attach(await run_async_round(plan, live)))

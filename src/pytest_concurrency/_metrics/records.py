@@ -198,6 +198,24 @@ class ErrorBook:
                 self._index[key] = index
         return index
 
+    def adopt(self, kind: str, example: str) -> int:
+        """Index of *kind* in this book, registering it with *example* (merging books)."""
+        index = self._index.get(kind)
+        if index is None:
+            with self._lock:
+                self.kinds.append(kind)
+                self.examples.append(example)
+                index = self._index[kind] = len(self.kinds) - 1
+        return index
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"kinds": self.kinds, "examples": self.examples}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+        for kind, example in zip(state["kinds"][1:], state["examples"][1:], strict=True):
+            self.adopt(kind, example)
+
     def summaries(self, indices: Iterable[int]) -> dict[str, ErrorSummary]:
         """Count failures by kind among the given per-request kind indices."""
         counts = Counter(i for i in indices if i)
