@@ -113,16 +113,22 @@ def server_url() -> Iterator[str]:
             proc.stdout.close()
 
 
-def _alive(pids: list[int]) -> list[int]:
+def _alive(pids: list[int], timeout: float = 0) -> list[str]:
+    """The processes among *pids* still running after *timeout* (zombies count as gone)."""
     psutil = pytest.importorskip("psutil")
-    alive = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
+    deadline = time.monotonic() + timeout
+    while True:
+        alive: list[str] = []
+        for pid in pids:
+            try:
+                process = psutil.Process(pid)
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(f"{pid} {process.status()} {process.cmdline()[-4:]}")
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -534,3 +540,16 @@ def test_the_masters_json_is_read_past_the_workers_empty_arrays() -> None:
     assert [(e.name, e.requests, e.response_times) for e in entries] == [("GET /", 3, {5: 3})]
     with pytest.raises(StormError, match="without its --json statistics"):
         locust_runner._parse_json("Traceback ...\n", "boom")
+
+
+@needs_locust
+def test_stages_drive_a_single_locust_process(server_url: str) -> None:
+    locustfile = build_locustfile(MIX[:1], stages=[(1, 2), (1, 2)], think_ms=10)
+    run = run_locust(locustfile, server_url, processes=0, timeout=60)
+    # The shape sets users and length: no -u, -r or -t, and no workers.
+    assert not {"-u", "-r", "-t", "--processes"} & set(run.command)
+    result = run.result()
+    assert result.requests > 0
+    assert result.status_counts[200] == result.requests
+    assert result.server.endswith("(1 process, FastHttpUser)")
+    assert (result.method, result.path) == ("GET", "/items/1")

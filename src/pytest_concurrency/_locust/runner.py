@@ -254,7 +254,8 @@ def _command(
         "WARNING",
     ]
     if not shape:
-        # Locust's -t takes whole seconds; a shape sets its own length.
+        # Locust's -t takes whole seconds. A shape sets users and length itself (and ends
+        # by returning None); the run's timeout bounds it all the same.
         command += [
             "-u",
             str(users),
@@ -263,9 +264,6 @@ def _command(
             "-t",
             f"{max(1, math.ceil(duration))}s",
         ]
-    else:
-        # Stop a shape that never returns None, as -t would.
-        command += ["-t", f"{max(1, math.ceil(duration)) + 1}s"]
     if expect_workers_from_elsewhere:
         command += [
             "--master",
@@ -284,7 +282,7 @@ def _command(
 
 
 def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM the process group, SIGKILL it after *grace*, then sweep it once more."""
+    """SIGTERM the process group, SIGKILL it after *grace*, and wait until none of it runs."""
     pgid = proc.pid  # start_new_session=True: the master leads its own group
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -292,10 +290,31 @@ def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace)
     # Workers forked by the master stay in its group and may outlive it.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=grace)
+    deadline = time.monotonic() + grace
+    while True:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+        # A killed orphan takes a moment to die; return only once none of the group runs.
+        if not _running_in_group(pgid) or time.monotonic() > deadline:
+            return
+        time.sleep(0.02)
+
+
+def _running_in_group(pgid: int) -> bool:
+    """True while a process of group *pgid* runs (zombies waiting for init do not count)."""
+    try:
+        import psutil  # a dependency of Locust, and free of gevent
+    except ImportError:  # pragma: no cover - Locust brings it
+        return False
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (psutil.Error, OSError):
+            continue
+    return False
 
 
 def _wait(proc: subprocess.Popen[bytes], deadline: float) -> int:
