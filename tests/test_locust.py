@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import math
 import os
+import random
 import selectors
 import signal
 import subprocess
@@ -22,8 +23,18 @@ from typing import Any
 
 import pytest
 
-from pytest_concurrency import ConfigError, Request, StormError, lognormal
+from pytest_concurrency import (
+    ConfigError,
+    Request,
+    StormError,
+    empirical,
+    exponential,
+    lognormal,
+    normal,
+    uniform,
+)
 from pytest_concurrency._budget import evaluate
+from pytest_concurrency._latency import UniformLatency
 from pytest_concurrency._locust import (
     LocustRun,
     build_locustfile,
@@ -241,7 +252,7 @@ def test_stages_become_a_linear_load_shape_with_k6_semantics() -> None:
     # Spawn rate keeps up with the ramp (2 users/s up, 8 users/s down).
     assert ticks[1][1] >= 2
     assert ticks[4][1] >= 8
-    assert (locustfile.duration, locustfile.peak_users) == (20.0, 40)
+    assert (locustfile.duration, locustfile.users) == (20.0, 40)
 
 
 def test_think_time_and_plain_runs_use_locust_wait_helpers() -> None:
@@ -250,6 +261,43 @@ def test_think_time_and_plain_runs_use_locust_wait_helpers() -> None:
     assert "wait_time = constant(0.25)" in text
     assert "-u 5 -r 5 -t 3s" in text
     assert "LoadTestShape" not in text
+
+
+@pytest.mark.parametrize(
+    "think",
+    [normal(20, 5), lognormal(10, 50), exponential(15), empirical([5, 10, 30]), uniform(10, 30)],
+    ids=lambda think: type(think).__name__,
+)
+def test_think_time_distributions_are_inlined_with_their_mean(think: Any) -> None:
+    text = build_locustfile(MIX, users=1, duration=1, think_ms=think).text
+    compile(text, "storm_locustfile.py", "exec")
+    assert "pytest_concurrency" not in text  # the file needs Locust only
+    tree = ast.parse(text)
+    user = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "StormUser")
+    wait = next(
+        n
+        for n in user.body
+        if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "wait_time"
+    )
+    if isinstance(think, UniformLatency):
+        assert ast.unparse(wait.value) == "between(0.01, 0.03)"
+        return
+    helper = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "think_time")
+    samples = next(
+        (
+            ast.literal_eval(n.value)
+            for n in user.body
+            if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "think_samples_ms"
+        ),
+        None,
+    )
+    rng = random.Random(7)
+    namespace: dict[str, Any] = {"random": rng}
+    exec(compile(ast.Module([helper], []), "think", "exec"), namespace)
+    user_stub = type("User", (), {"think_samples_ms": samples})()
+    draws = [namespace["think_time"](user_stub) for _ in range(20_000)]
+    assert min(draws) >= 0
+    assert sum(draws) / len(draws) * 1000 == pytest.approx(think.mean_ms, rel=0.05)
 
 
 def test_locustfile_parameters_are_checked_before_anything_runs() -> None:

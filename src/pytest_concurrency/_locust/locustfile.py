@@ -51,10 +51,9 @@ class Locustfile:
     users: int
     duration: float
     endpoints: tuple[str, ...]
-    #: True when stages drive the users (a ``LoadTestShape``): ``-u``, ``-r`` and ``-t`` do not apply.
+    #: True when stages drive the users (a ``LoadTestShape``): ``-u``, ``-r`` and ``-t`` do not apply;
+    #: ``users`` is then the stages' peak and ``duration`` their length.
     has_shape: bool = False
-    #: Most users at any time (the shape's peak, or ``users``).
-    peak_users: int = 0
 
     def write(self, path: str | os.PathLike[str]) -> Path:
         """Write the locustfile to *path* and return it."""
@@ -116,8 +115,7 @@ def build_locustfile(
     knots = _knots(start_users, stages)
     weights = task_weights(requests)
     parts = [
-        _header(label, requests, users, duration, knots),
-        _imports(think_ms, bool(knots)),
+        _header(label, requests, users, duration, knots) + "\n\n" + _imports(think_ms, bool(knots)),
         _user_class(requests, weights, think_ms, timeout_ms),
         _status_counts(),
     ]
@@ -132,7 +130,6 @@ def build_locustfile(
         duration=length,
         endpoints=tuple(dict.fromkeys(r.label for r in requests)),
         has_shape=bool(knots),
-        peak_users=math.ceil(peak),
     )
 
 
@@ -175,8 +172,8 @@ def _header(
 ) -> str:
     if knots:
         run = (
-            f"# The users follow the stages of StormShape below (k6 semantics), {knots[-1][0]:g} s in all:\n"
-            "#   locust -f THIS_FILE --headless --host http://HOST:PORT"
+            "#   locust -f THIS_FILE --headless --host http://HOST:PORT\n"
+            f"# The users follow the stages of StormShape below (k6 semantics), {knots[-1][0]:g} s in all."
         )
     else:
         run = (
@@ -188,7 +185,8 @@ def _header(
 
 # Run it on one machine:
 {run}
-# or over many: add --processes N, or start `--master` here and `--worker --master-host HOST` elsewhere.
+# or over many: add --processes N, or start --master here and, on other machines,
+#   locust -f THIS_FILE --worker --master-host MASTER_HOST
 # Endpoints (Locust's "Name" column):
 {endpoints}'''
 
@@ -199,7 +197,10 @@ def _run_time(seconds: float) -> str:
 
 
 def _imports(think: float | Latency | None, shape: bool) -> str:
-    lines = ["import json", "import os", "import random", "from collections import Counter", ""]
+    lines = ["import json", "import os"]
+    if isinstance(think, Latency) and not isinstance(think, ConstantLatency | UniformLatency):
+        lines.append("import random")
+    lines += ["from collections import Counter", ""]
     names = ["FastHttpUser", "events", "task"]
     if shape:
         names.append("LoadTestShape")
@@ -250,15 +251,13 @@ def _wait_time(think: float | Latency | None) -> tuple[str, str]:
     elif isinstance(think, ExponentialLatency):
         body = f"    # {think.describe()}\n    return random.expovariate(1000 / {think.scale_ms!r})"
     elif isinstance(think, EmpiricalLatency):
-        samples = pprint.pformat(list(think.samples_ms), width=96, compact=True)
+        samples = _wrapped_list(think.samples_ms).replace("\n", "\n    ")
         body = (
             f"    # {think.describe()}: one recorded value, uniformly.\n"
-            "    return random.choice(THINK_SAMPLES_MS) / 1000"
+            "    return random.choice(user.think_samples_ms) / 1000"
         )
-        return "wait_time = think_time", (
-            f"THINK_SAMPLES_MS = {samples}\n\n\ndef think_time(user):\n"
-            '    """Seconds a user pauses between requests."""\n' + body
-        )
+        helper = 'def think_time(user):\n    """Seconds a user pauses between requests."""\n' + body
+        return f"wait_time = think_time\n    think_samples_ms = {samples}", helper
     else:
         raise ConfigError(
             f"think_ms={think!r} (from keyword argument): {type(think).__name__} cannot be "
@@ -268,6 +267,21 @@ def _wait_time(think: float | Latency | None) -> tuple[str, str]:
     return "wait_time = think_time", (
         'def think_time(user):\n    """Seconds a user pauses between requests."""\n' + body
     )
+
+
+def _wrapped_list(values: Sequence[float]) -> str:
+    """A list literal of numbers, a few to a line."""
+    lines: list[str] = []
+    line = ""
+    for value in values:
+        item = f"{value!r}, "
+        if len(line) + len(item) > 88:
+            lines.append(line.rstrip())
+            line = ""
+        line += item
+    if line:
+        lines.append(line.rstrip())
+    return "[\n" + "\n".join(f"    {text}" for text in lines) + "\n]"
 
 
 def _literal(value: Any) -> str:
