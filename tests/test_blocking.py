@@ -7,6 +7,7 @@ as the blocking call; an unblocked loop's lag is only bounded loosely.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import functools
@@ -16,6 +17,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +31,18 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from pytest_concurrency._blocking import (
+from pytest_concurrency._metrics import new_histogram
+from pytest_concurrency._probes.loop import LoopMonitor, _Stall
+from pytest_concurrency._probes.pools import ThreadPoolProbe
+from pytest_concurrency._probes.results import (
     ANYIO_LIMITER,
     ASGIREF_THREADS,
+    DEFAULT_EXECUTOR,
     BlockingSite,
     LoopLag,
-    LoopMonitor,
     PoolUsage,
-    ThreadPoolProbe,
-    _Stall,
-    diagnose,
 )
-from pytest_concurrency._metrics import new_histogram
+from pytest_concurrency._report._blocking_text import diagnose
 
 BLOCK_S = 0.02
 USERS = 20
@@ -596,3 +598,72 @@ def test_probe_without_wrappers_leaves_frameworks_alone() -> None:
     assert [p.name for p in pools] == [ANYIO_LIMITER]
     assert pools[0].wait_p99_ms is None
     assert pools[0].size == 40
+
+
+def test_probe_sees_the_default_executor_saturated() -> None:
+    calls, threads, hold_s = 20, 2, 0.01
+
+    async def main() -> list[PoolUsage]:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=threads))
+
+        async def view() -> None:
+            # What Quart does with a `def` view, and asyncio.to_thread with anything.
+            await loop.run_in_executor(None, time.sleep, hold_s)
+
+        async with ThreadPoolProbe() as probe, anyio.create_task_group() as group:
+            for _ in range(calls):
+                group.start_soon(view)
+        assert "run_in_executor" not in vars(loop)
+        return probe.result
+
+    pools = anyio.run(main)
+
+    executor = next(p for p in pools if p.name == DEFAULT_EXECUTOR)
+    assert executor.size == threads
+    assert executor.max_busy == threads
+    # 20 calls of 10 ms on 2 threads: ≈ 100 ms with a queue, only the last pair without.
+    assert executor.saturation > 0.5
+    assert executor.mean_waiting is not None
+    assert executor.mean_waiting > 2
+    # The last pair waited for 9 pairs of 10 ms before it: the p99 of 20 waits is ≥ 80 ms.
+    assert executor.wait_p99_ms is not None
+    assert executor.wait_p99_ms >= 80
+    lines = diagnose(None, pools)
+    line = next(line for line in lines if line.startswith(DEFAULT_EXECUTOR))
+    assert line.startswith(f"{DEFAULT_EXECUTOR}: 2 of 2 busy ")
+    assert "set_default_executor" in line
+
+
+def test_probe_leaves_an_unused_default_executor_out_and_counts_cancelled_work() -> None:
+    async def idle() -> list[PoolUsage]:
+        async with ThreadPoolProbe() as probe:
+            await anyio.sleep(0.005)
+        return probe.result
+
+    assert DEFAULT_EXECUTOR not in [p.name for p in anyio.run(idle)]
+
+    async def cancelled() -> ThreadPoolProbe:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+        async with ThreadPoolProbe() as probe:
+            busy = loop.run_in_executor(None, time.sleep, 0.03)
+            queued = [loop.run_in_executor(None, time.sleep, 0.03) for _ in range(5)]
+            await anyio.sleep(0.005)
+            for future in queued:
+                future.cancel()
+            await busy
+            await asyncio.gather(*queued, return_exceptions=True)
+            await anyio.sleep(0.005)
+        return probe
+
+    probe = anyio.run(cancelled)
+    series = probe._executor_series
+    assert series is not None
+    # Five were queued behind the one running; once cancelled they leave the queue.
+    assert max(series.waiting) == 5
+    assert series.waiting[-1] == 0
+    assert series.busy[-1] == 0
+    # Only the call that ran waited for a thread.
+    assert series.waits is not None
+    assert len(series.waits) == 1

@@ -277,3 +277,16 @@ def test_real_storms_find_the_pool_size_littles_law_predicts() -> None:
     # Little's law on the throughput of the failing pool: W / 20 ms, within 15%.
     expected_rps = below.workers / (SERVICE_MS / 1000)
     assert below.throughput == pytest.approx(expected_rps, rel=0.15)
+
+
+@pytest.mark.usefixtures("no_leaked_threads")
+def test_capacity_keeps_the_requests_stop_condition() -> None:
+    from pytest_concurrency._api import capacity
+
+    app = wsgi_sleep(0.001)
+    found = capacity(app, "GET", "/", workers=[1, 2, 3], users=2, requests=20, p99_ms=10_000)
+
+    assert found.best == 1
+    assert [r.requests for r in found.results.values()] == [20] * found.storms
+    # Twenty 1 ms requests, not the default 2 s storm.
+    assert all(r.duration < 1.0 for r in found.results.values())

@@ -8,6 +8,7 @@ makes each of *n* closed-model users wait for the *n* - 1 before it (mean latenc
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import sqlite3
 import time
@@ -22,7 +23,7 @@ import pytest
 from examples import fastapi_app
 
 from pytest_concurrency import BudgetExceeded, ConcurrencyWarning, StormResult, run_storm
-from pytest_concurrency._blocking import ANYIO_LIMITER, BlockingSite
+from pytest_concurrency._probes.results import ANYIO_LIMITER, DEFAULT_EXECUTOR, BlockingSite
 
 HOLD_S = 0.05
 Scope = dict[str, Any]
@@ -231,3 +232,57 @@ def test_def_endpoint_saturates_anyio_thread_limiter() -> None:
     assert "max_saturation" in table
     assert f"{ANYIO_LIMITER}: 40 of 40 busy " in table
     assert "make them `async def`" in table
+
+
+# -- 6. `def` views on the loop's default executor (Quart, asyncio.to_thread) -------------
+
+EXECUTOR_S = 0.02
+#: Threads of the default executor the app's calls ran on, as the app saw it.
+executor_threads: list[int] = []
+
+
+async def executor_app(scope: Scope, receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    loop = asyncio.get_running_loop()
+    # What Quart does with every `def` view.
+    await loop.run_in_executor(None, time.sleep, EXECUTOR_S)
+    if not executor_threads:
+        executor_threads.append(loop._default_executor._max_workers)  # type: ignore[attr-defined]
+    await respond(send)
+
+
+def test_default_executor_is_measured_like_anyio_limiter() -> None:
+    executor_threads.clear()
+    # More users than the largest default executor (32 threads): work always queues.
+    users = 64
+    with pytest.raises(BudgetExceeded) as caught:
+        run_storm(
+            executor_app,
+            "GET",
+            "/",
+            users=users,
+            duration=1.0,
+            max_saturation=0.1,
+            max_queue_p99_ms=EXECUTOR_S * 1000 / 4,
+        )
+    result = result_of(caught)
+    pool = next(p for p in result.thread_pools if p.name == DEFAULT_EXECUTOR)
+    threads = executor_threads[0]
+
+    assert result.failed == 0
+    assert pool.size == threads
+    assert pool.max_busy == threads
+    # With at least twice as many users as threads, every thread is busy and work queues
+    # at every instant but the first and last few milliseconds.
+    assert pool.saturation > 0.5
+    # Each request waits for (users / threads - 1) calls ahead of it: at least one call.
+    assert pool.wait_p99_ms is not None
+    assert pool.wait_p99_ms >= EXECUTOR_S * 1000 / 2
+    assert result.busiest_pool is pool
+    verdicts = {v.name: v for v in result.verdicts}
+    assert verdicts["max_saturation"].measured == pool.saturation
+    assert verdicts["max_queue_p99_ms"].measured == pool.wait_p99_ms
+    table = str(caught.value)
+    assert f"{DEFAULT_EXECUTOR}: {threads} of {threads} busy " in table
+    assert "set_default_executor" in table

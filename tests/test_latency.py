@@ -20,7 +20,7 @@ import pytest
 
 from pytest_concurrency._apps import detect_interface
 from pytest_concurrency._errors import ConfigError
-from pytest_concurrency._latency import (
+from pytest_concurrency._simio import (
     ConstantLatency,
     Latency,
     UndeclaredUpstreamError,

@@ -116,3 +116,36 @@ def test_no_load_is_fired_for_bad_input() -> None:
     with pytest.raises(ConfigError):
         run_storm(app, "GET", "/", users=0)
     assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("higher", "lower", "model"),
+    [
+        ({"users": 50}, {"rate": 100}, "closed"),
+        ({"stages": [(1, 20)]}, {"rate": 100}, "closed"),
+        ({"rate": 100}, {"users": 50}, "open"),
+        ({"rate": 100, "stages": [(1, 200)]}, {"users": 50}, "open"),
+    ],
+)
+def test_a_higher_layer_choosing_the_workload_model_wins(
+    higher: dict[str, object], lower: dict[str, object], model: str
+) -> None:
+    config = resolve([Layer("keyword argument", higher), Layer("marker", lower)])
+    if model == "closed":
+        assert config.rate is None
+        if "users" in higher:
+            assert config.users == higher["users"]
+    else:
+        assert config.rate == 100
+        assert config.origin_of("users") == "default"
+
+
+def test_a_higher_layer_choosing_the_stop_condition_wins() -> None:
+    config = resolve(
+        [Layer("keyword argument", {"requests": 50}), Layer("marker", {"duration": 3})]
+    )
+    assert (config.requests, config.duration) == (50, None)
+    config = resolve(
+        [Layer("keyword argument", {"duration": 3}), Layer("marker", {"requests": 50})]
+    )
+    assert (config.requests, config.duration) == (None, 3.0)

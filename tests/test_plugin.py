@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -309,3 +310,47 @@ def test_disable_skips_storms_with_a_reason(pytester: pytest.Pytester, run) -> N
     result.stdout.fnmatch_lines(["*storms disabled (--concurrency-disable)*"])
     pytester.makeini("[pytest]\nconcurrency_disable = true\n")
     run().assert_outcomes(passed=1, skipped=1)
+
+
+def test_capacity_storms_are_scaled_and_reported(pytester: pytest.Pytester, run) -> None:  # type: ignore[no-untyped-def]
+    pytester.makepyfile(
+        test_capacity="""
+        from apps import slow_wsgi
+
+        def test_it(storm):
+            found = storm.capacity(
+                slow_wsgi, "GET", "/", workers=[1, 2], users=20, requests=40, p99_ms=10_000
+            )
+            assert found.storms == 2  # bisection: 2 workers pass, then 1 does
+            for result in found.results.values():
+                assert (result.users, result.requests) == (2, 4)
+        """
+    )
+    result = run("--concurrency-scale=0.1", "--concurrency-json=storms.json")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*= storms =*",
+            "test*",
+            "test_capacity.py::test_it*GET /*2 sync workers*",
+            "test_capacity.py::test_it*GET /*1 sync worker*",
+        ]
+    )
+    doc = json.loads((pytester.path / "storms.json").read_text())
+    assert [s["nodeid"] for s in doc["storms"]] == ["test_capacity.py::test_it"] * 2
+    assert doc["scaled"] == 0.1
+
+
+def test_ini_scale_is_the_scale_of_the_reports(pytester: pytest.Pytester, run) -> None:  # type: ignore[no-untyped-def]
+    pytester.makeini("[pytest]\nconcurrency_scale = 0.5\n")
+    pytester.makepyfile(
+        test_ini="""
+        from apps import fast_app
+
+        def test_it(storm):
+            assert storm(fast_app, "GET", "/", users=4, requests=10).requests == 5
+        """
+    )
+    run("--concurrency-json=storms.json").assert_outcomes(passed=1)
+    doc = json.loads((pytester.path / "storms.json").read_text())
+    assert doc["scaled"] == 0.5

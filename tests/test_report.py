@@ -620,3 +620,61 @@ def test_document_is_plain_json_whatever_the_storm_held() -> None:
     assert storm["params"]["latency"]["upstream"].startswith("<object object")
     assert storm["params"]["stages"] == [[1.0, 10]]
     json.dumps(doc, allow_nan=False)
+
+
+# -- wording shared by the failure message, the terminal and the HTML page -------------------
+
+
+def failing_result(*, exceptions_counted_as_500: bool) -> StormResult:
+    """100 requests: 3 raised TypeError, 12 got 404, 1 got 503; the rest 200."""
+    from pytest_concurrency._metrics import ErrorSummary
+
+    result = make_result([10.0] * 100, failed=16, budgets={"max_error_rate": 0.0})
+    statuses = Counter({200: 84, 404: 12, 503: 1})
+    if exceptions_counted_as_500:
+        statuses[500] = 3
+    result.status_counts = statuses
+    trace = 'Traceback (most recent call last):\n  File "app.py", line 3\nTypeError: bad input'
+    result.errors = {"TypeError": ErrorSummary("TypeError", 3, trace)}
+    result.verdicts = evaluate(result, result.budgets)
+    return result
+
+
+@pytest.mark.parametrize("counted_as_500", [True, False])
+def test_failure_diagnosis_tells_exceptions_from_error_statuses(counted_as_500: bool) -> None:
+    from pytest_concurrency._report._text import verdict_table
+
+    result = failing_result(exceptions_counted_as_500=counted_as_500)
+    expected = (
+        "16 failed (16.0%); 3 requests raised (TypeError: bad input ×3); "
+        "13 responses with status ≥ 400 (404 ×12, 503 ×1)"
+    )
+    assert expected in verdict_table(result).splitlines()[-1]
+
+
+def test_html_diagnosis_is_the_failure_message_diagnosis() -> None:
+    from pytest_concurrency._report._text import diagnosis
+
+    pytest.importorskip("plotly")
+    result = failing_result(exceptions_counted_as_500=False)
+    result.warnings = ["a storm shorter than a second"]
+    page = _html.render_html([("t.py::test", result)])
+    for line in diagnosis(result.to_dict(histograms=False), result):
+        assert f"<li>{_html._e(line)}</li>" in page
+
+
+def test_a_verdict_just_over_its_limit_shows_two_decimals() -> None:
+    from pytest_concurrency._report._text import verdict_word
+    from pytest_concurrency._result import Verdict
+
+    assert verdict_word(Verdict("p99_ms", 200.0, 202.8, False)) == "✗ 1.01x over"
+    assert verdict_word(Verdict("p99_ms", 200.0, 2820.0, False)) == "✗ 14.1x over"
+    assert verdict_word(Verdict("GET /a min_rps", 100.0, 70.0, False)) == "✗ 30% short"
+
+
+def test_verdict_holds_only_what_is_used() -> None:
+    import dataclasses
+
+    from pytest_concurrency._result import Verdict
+
+    assert [f.name for f in dataclasses.fields(Verdict)] == ["name", "limit", "measured", "ok"]

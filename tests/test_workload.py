@@ -114,7 +114,7 @@ def test_templated_requests_on_wsgi() -> None:
 
 
 def test_think_time_as_a_distribution() -> None:
-    from pytest_concurrency._latency import constant
+    from pytest_concurrency._simio import constant
 
     # 10 users, each thinking 20 ms between near-instant requests: 10 / 0.02 = 500 rps.
     result = run_storm(asgi_hello, "GET", "/", users=10, think_ms=constant(20), duration=1.0)

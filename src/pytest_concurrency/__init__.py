@@ -7,7 +7,9 @@ Import package ``pytest_concurrency``; the pytest plugin is ``pytest_concurrency
 from ._api import arun_storm, capacity, run_storm
 from ._capacity import CapacityResult, CapacityTrial
 from ._errors import BudgetExceeded, ConcurrencyWarning, ConfigError, StormError
-from ._latency import (
+from ._metrics import ErrorSummary, LatencyStats
+from ._result import EndpointStats, Knee, PoolStats, StormResult, TimelinePoint, Verdict
+from ._simio import (
     Latency,
     Route,
     UndeclaredUpstreamError,
@@ -22,8 +24,6 @@ from ._latency import (
     uniform,
     with_latency,
 )
-from ._metrics import ErrorSummary, LatencyStats
-from ._result import EndpointStats, Knee, PoolStats, StormResult, TimelinePoint, Verdict
 from ._version import __version__
 from ._workload import Request
 

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from ._budget import verdict_table
 from ._capacity import CapacityResult, search_capacity
 from ._engine import StormPlan, plan_storm, run_plan, run_plan_async
 from ._errors import BudgetExceeded, ConcurrencyWarning, ConfigError
 from ._params import Layer
+from ._report._text import budget_failure
 from ._result import StormResult
 from ._workload import Request, RequestFactory, split_requests
 
-__all__ = ["arun_storm", "capacity", "check_budgets", "plan_capacity", "run_storm", "warn_about"]
+__all__ = [
+    "CapacityPlan",
+    "arun_storm",
+    "capacity",
+    "check_budgets",
+    "plan_capacity",
+    "run_capacity",
+    "run_storm",
+    "warn_about",
+]
 
 
 def warn_about(result: StormResult, *, stacklevel: int = 3) -> None:
@@ -27,8 +37,7 @@ def check_budgets(result: StormResult) -> None:
     """Raise :class:`BudgetExceeded` with the verdict table when a budget did not hold."""
     __tracebackhide__ = True
     if not result.passed:
-        broken = ", ".join(v.name for v in result.failed_verdicts)
-        raise BudgetExceeded(f"storm broke its budget ({broken})\n{verdict_table(result)}", result)
+        raise BudgetExceeded(budget_failure(result), result)
 
 
 def _plan(
@@ -76,17 +85,33 @@ async def arun_storm(
     return result
 
 
+@dataclass(frozen=True)
+class CapacityPlan:
+    """A validated capacity search: every trial is *base* with another worker count."""
+
+    base: StormPlan
+    candidates: list[int]
+    budgets: dict[str, float]
+    layers: Sequence[Layer]
+    scale: tuple[float, str] | None = None
+
+
 def plan_capacity(
     app: Any,
     method: str | None,
     path: str | None,
-    requests: int | Sequence[Request] | RequestFactory | None,
+    mix: Sequence[Request] | RequestFactory | None,
     workers: Iterable[int],
     layers: Sequence[Layer],
-) -> tuple[StormPlan, list[int], dict[str, float]]:
-    """Validate a capacity search before any storm: the base plan, candidates and budgets."""
-    mix, params = split_requests(requests, {})
-    base = plan_storm(app, method, path, requests=mix, layers=[*layers, Layer("capacity", params)])
+    *,
+    scale: tuple[float, str] | None = None,
+) -> CapacityPlan:
+    """Validate a capacity search before any storm: the base plan, candidates and budgets.
+
+    *layers* hold every parameter, a ``requests`` count among them (see ``split_requests``);
+    *mix* is the request mix, if any. *scale* scales each trial as any storm.
+    """
+    base = plan_storm(app, method, path, requests=mix, layers=layers, scale=scale)
     try:
         candidates = sorted({int(w) for w in workers})
     except (TypeError, ValueError):
@@ -104,26 +129,32 @@ def plan_capacity(
         # In-process, an ASGI app runs on one event loop whatever the worker count: one
         # storm answers whether a single worker suffices.
         candidates = candidates[:1]
-    return base, candidates, budgets
+    return CapacityPlan(base, candidates, budgets, list(layers), scale)
 
 
 def run_capacity(
-    base: StormPlan, candidates: list[int], budgets: dict[str, float], layers: Sequence[Layer]
+    plan: CapacityPlan, *, on_storm: Callable[[StormResult], None] | None = None
 ) -> CapacityResult:
-    """Bisect the worker counts with as few storms as possible."""
+    """Bisect the worker counts with as few storms as possible; *on_storm* sees each storm."""
+    base = plan.base
 
     def run(workers: int) -> StormResult:
-        plan = plan_storm(
+        trial = plan_storm(
             base.app,
             requests=base.mix.factory or list(base.mix.requests),
-            layers=[Layer("capacity search", {"workers": workers}), *layers],
+            layers=[Layer("capacity search", {"workers": workers}), *plan.layers],
+            scale=plan.scale,
         )
-        plan.app_name, plan.label = base.app_name, base.label
-        result = run_plan(plan)
+        trial.app_name, trial.label = base.app_name, base.label
+        result = run_plan(trial)
         warn_about(result, stacklevel=4)
+        if on_storm is not None:
+            on_storm(result)
         return result
 
-    return search_capacity(run, candidates, budgets=budgets, is_async_app=base.interface == "asgi")
+    return search_capacity(
+        run, plan.candidates, budgets=plan.budgets, is_async_app=base.interface == "asgi"
+    )
 
 
 def capacity(
@@ -136,6 +167,6 @@ def capacity(
     **params: Any,
 ) -> CapacityResult:
     """Smallest WSGI worker count (of *workers*) whose storm meets the budgets in *params*."""
+    mix, params = split_requests(requests, params)
     layers = [Layer("keyword argument", params)]
-    base, candidates, budgets = plan_capacity(app, method, path, requests, workers, layers)
-    return run_capacity(base, candidates, budgets, layers)
+    return run_capacity(plan_capacity(app, method, path, mix, workers, layers))

@@ -12,14 +12,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._budget import BUDGET_NAMES, evaluate, format_number
+from ._budget import evaluate
 from ._errors import ConfigError
+from ._params import budget_limit, check_budget_name
+from ._report._text import capacity_summary, capacity_table
 from ._result import StormResult, Verdict
 
 __all__ = ["CapacityResult", "CapacityTrial", "search_capacity"]
-
-#: Budgets whose limit is a floor (measured must reach it) rather than a ceiling.
-_FLOORS = frozenset({"min_rps"})
 
 
 @dataclass(frozen=True)
@@ -65,66 +64,11 @@ class CapacityResult:
 
     def summary(self) -> list[str]:
         """Sentences that state the answer, under the table."""
-        budgets = ", ".join(_budget_text(name, limit) for name, limit in self.budgets.items())
-        low, high = self.candidates[0], self.candidates[-1]
-        searched = (
-            f"{self.storms} storm{'s' if self.storms != 1 else ''} over "
-            f"{len(self.candidates)} candidate{'s' if len(self.candidates) != 1 else ''}"
-            + (f" ({low}–{high})" if len(self.candidates) > 1 else "")
-        )
-        lines: list[str] = []
-        if self.best is None:
-            largest = self.trial(high)
-            still = ""
-            if largest is not None and largest.failed:
-                still = (
-                    ": at "
-                    + _workers(high)
-                    + " "
-                    + "; ".join(
-                        f"{v.name} is still {format_number(v.measured)} (limit {format_number(v.limit)})"
-                        for v in largest.failed
-                    )
-                )
-            lines.append(f"no candidate meets {budgets}{still} — {searched}")
-        elif self.best == low:
-            lines.append(
-                f"the smallest candidate, {_workers(low)}, already meets {budgets} — {searched}"
-            )
-        else:
-            lines.append(f"smallest worker count that meets {budgets}: {self.best} — {searched}")
-        if self.is_async_app and self.best == 1:
-            lines.append(
-                "one event-loop worker suffices: the app is async (ASGI), its concurrency "
-                "comes from the event loop, not from workers"
-            )
-        return lines
+        return capacity_summary(self)
 
     def table(self) -> str:
         """Aligned text table of the storms tried, in worker order, then the answer."""
-        rows = [("workers", "verdict", "throughput rps", "p50 ms", "p99 ms", "saturation")]
-        for t in self.tried:
-            verdict = "✓" if t.passed else "✗ " + ", ".join(v.name for v in t.failed)
-            rows.append(
-                (
-                    str(t.workers),
-                    verdict,
-                    format_number(t.throughput),
-                    format_number(t.p50),
-                    format_number(t.p99),
-                    f"{t.saturation:.0%}" if t.saturation is not None else "–",
-                )
-            )
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        lines = []
-        for row in rows:
-            cells = [
-                cell.ljust(widths[i]) if i == 1 else cell.rjust(widths[i])
-                for i, cell in enumerate(row)
-            ]
-            lines.append("  ".join(cells).rstrip())
-        lines.extend(self.summary())
-        return "\n".join(lines)
+        return capacity_table(self)
 
     def __str__(self) -> str:
         return self.table()
@@ -146,14 +90,6 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _workers(n: int) -> str:
-    return f"{n} worker{'s' if n != 1 else ''}"
-
-
-def _budget_text(name: str, limit: float) -> str:
-    return f"{name} {'≥' if name in _FLOORS else '≤'} {format_number(limit)}"
-
-
 def _check(candidates: Sequence[int], budgets: Mapping[str, float]) -> list[int]:
     if isinstance(candidates, str | bytes) or not candidates:
         raise ConfigError(
@@ -167,12 +103,7 @@ def _check(candidates: Sequence[int], budgets: Mapping[str, float]) -> list[int]
     if not budgets:
         raise ConfigError("search_capacity needs at least one budget, e.g. budgets={'p99_ms': 100}")
     for name, limit in budgets.items():
-        if name not in BUDGET_NAMES:
-            raise ConfigError(
-                f"unknown budget {name!r} in budgets; known: {', '.join(BUDGET_NAMES)}"
-            )
-        if isinstance(limit, bool) or not isinstance(limit, int | float) or math.isnan(limit):
-            raise ConfigError(f"budget {name}={limit!r} must be a number")
+        budget_limit(check_budget_name(name, "in budgets"), limit)
     return sorted(set(candidates))
 
 
@@ -190,7 +121,7 @@ def search_capacity(
     an ASGI app usually needs a single event-loop worker.
     """
     order = _check(candidates, budgets)
-    limits = {name: float(limit) for name, limit in budgets.items()}
+    limits = {name: budget_limit(name, limit) for name, limit in budgets.items()}
     trials: dict[int, CapacityTrial] = {}
     results: dict[int, StormResult] = {}
     detected: list[bool] = []

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from ._api import capacity, run_storm
-from ._budget import format_number
 from ._capacity import CapacityResult
 from ._errors import ConcurrencyWarning, ConfigError
-from ._latency import Upstream, lognormal
+from ._report._text import format_number
 from ._result import StormResult
+from ._simio import Upstream, lognormal
 from ._workload import Request
 
 __all__ = [

@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
 import os
-import platform
 import sys
 import time
 import warnings
@@ -31,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from ._api import plan_capacity, run_capacity
-from ._budget import format_number, verdict_table
 from ._claims import (
     DemoSettings,
     claims_markdown,
@@ -41,7 +38,13 @@ from ._claims import (
 )
 from ._engine import plan_storm, run_plan
 from ._errors import ConcurrencyWarning, ConfigError, StormError
-from ._latency import (
+from ._params import BUDGET_NAMES, Layer, budget_limit
+from ._report._json import machine_info
+from ._report._json import write_json as _write_json
+from ._report._text import failure_lines, format_number, side_by_side, verdict_table
+from ._report._text import machine_line as describe_machine
+from ._result import StormResult
+from ._simio import (
     Latency,
     Upstream,
     constant,
@@ -50,8 +53,7 @@ from ._latency import (
     normal,
     uniform,
 )
-from ._params import BUDGET_NAMES, Layer
-from ._result import StormResult
+from ._workload import split_requests
 
 __all__ = ["build_parser", "load_app", "machine_line", "main", "side_by_side"]
 
@@ -108,9 +110,13 @@ def _budget(text: str) -> tuple[str, float]:
             f"{text!r}: expected NAME=VALUE with NAME one of {', '.join(BUDGET_NAMES)}"
         )
     try:
-        return name, float(value)
+        number = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: {value!r} is not a number") from None
+    try:
+        return name, budget_limit(name, number, f"--budget {text}")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _worker_range(text: str) -> list[int]:
@@ -254,14 +260,9 @@ def _notes(results: Sequence[StormResult]) -> None:
     for result in results:
         messages = list(result.warnings)
         if result.failed and "max_error_rate" not in result.budgets:
-            statuses = ", ".join(
-                f"{count:,} × {status}"
-                for status, count in sorted(result.status_counts.items())
-                if status >= 400 or status < 100
-            )
-            messages.append(
-                f"{result.error_rate:.0%} of the requests failed ({statuses or 'exceptions'}); "
-                "add --budget max_error_rate=0 to hold them against the budget"
+            messages.extend(
+                f"{line}; add --budget max_error_rate=0 to hold them against the budget"
+                for line in failure_lines(result.to_dict(histograms=False))
             )
         for message in messages:
             hint = (
@@ -275,68 +276,13 @@ def _notes(results: Sequence[StormResult]) -> None:
                 print(line, file=sys.stderr)
 
 
-# -- output ------------------------------------------------------------------------------------
-
-
-def side_by_side(results: Sequence[StormResult]) -> str:
-    """One column per storm, one row per figure."""
-    rows: list[tuple[str, ...]] = [("", *[r.app for r in results])]
-
-    def row(name: str, values: Sequence[str]) -> None:
-        rows.append((name, *values))
-
-    row("kind", [f"{r.interface}, {r.server}" for r in results])
-    row("storm", [f"{r.label}, {r.users:,} users" for r in results])
-    row("requests", [f"{r.requests:,}" for r in results])
-    row("rps", [format_number(r.throughput) for r in results])
-    for pct in ("p50", "p90", "p99", "max"):
-        row(f"{pct} ms", [format_number(getattr(r.latency, pct)) for r in results])
-    row("errors", [f"{r.error_rate:.1%}" for r in results])
-    row("saturation", [f"{r.saturation:.0%}" if r.saturation is not None else "-" for r in results])
-    row(
-        "verdict",
-        [
-            "pass" if r.passed else "FAIL " + ",".join(v.name for v in r.failed_verdicts)
-            for r in results
-        ],
-    )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(
-            cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(r)
-        ).rstrip()
-        for r in rows
-    )
-
-
-def _plain(value: Any) -> Any:
-    # JSON has no NaN or infinity: a figure that was not measured is null.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _write_json(path: str | Path, doc: dict[str, Any]) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_plain(doc), indent=2, allow_nan=False, default=str)
-    target.write_text(text + "\n", encoding="utf-8")
-
-
 def _storms_doc(results: Sequence[StormResult]) -> dict[str, Any]:
-    return {"machine": machine_line(), "storms": [r.to_dict() for r in results]}
+    return {"machine": machine_info(), "storms": [r.to_dict() for r in results]}
 
 
 def machine_line() -> str:
     """Python, OS and core count of this machine, for reports."""
-    return (
-        f"{platform.python_implementation()} {platform.python_version()} on {platform.system()} "
-        f"{platform.machine()}, {os.cpu_count()} cores"
-    )
+    return describe_machine(machine_info())
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -367,22 +313,23 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_capacity(args: argparse.Namespace) -> int:
     app = load_app(args.app)
-    layers = [Layer("command line", _params(args, workers=False))]
-    base, candidates, budgets = plan_capacity(
-        app, args.method, args.path, None, args.workers, layers
+    mix, params = split_requests(None, _params(args, workers=False))
+    plan = plan_capacity(
+        app, args.method, args.path, mix, args.workers, [Layer("command line", params)]
     )
-    base.app_name = args.app
+    plan.base.app_name = args.app
     print(
-        f"capacity of {args.app} {base.label}: smallest of {len(candidates)} worker "
-        f"count(s) that meets {', '.join(f'{k}={format_number(v)}' for k, v in budgets.items())}",
+        f"capacity of {args.app} {plan.base.label}: smallest of {len(plan.candidates)} worker "
+        "count(s) that meets "
+        + ", ".join(f"{k}={format_number(v)}" for k, v in plan.budgets.items()),
         flush=True,
     )
     with _upstreams(args):
-        found = run_capacity(base, candidates, budgets, layers)
+        found = run_capacity(plan)
     _notes(list(found.results.values()))
     print(found.table())
     if args.json:
-        _write_json(args.json, {"machine": machine_line(), "capacity": found.to_dict()})
+        _write_json(args.json, {"machine": machine_info(), "capacity": found.to_dict()})
     return 0 if found.best is not None else 1
 
 

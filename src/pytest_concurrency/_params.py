@@ -10,9 +10,10 @@ from __future__ import annotations
 import difflib
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 from ._errors import ConfigError
 
@@ -21,9 +22,12 @@ __all__ = [
     "DEFAULT_DURATION",
     "DEFAULT_TIMEOUT_MS",
     "ENDPOINT_BUDGETS",
+    "FLOOR_BUDGETS",
     "WORKLOAD_NAMES",
     "Layer",
     "StormConfig",
+    "budget_limit",
+    "check_budget_name",
     "resolve",
 ]
 
@@ -32,7 +36,7 @@ DEFAULT_TIMEOUT_MS = 10_000.0
 DEFAULT_USERS = 10
 _MAX_PROCESSES = 256
 
-#: Budget name -> (description, unit) — the order is the order of the verdict table.
+#: Budget name -> description; the order is the order of the verdict table.
 BUDGET_NAMES: dict[str, str] = {
     "p50_ms": "50th percentile latency, ms",
     "p90_ms": "90th percentile latency, ms",
@@ -49,6 +53,12 @@ BUDGET_NAMES: dict[str, str] = {
     "max_loop_lag_ms": "longest time the event loop could not run, ms",
     "max_dropped": "most open-model arrivals dropped because max_in_flight was reached",
 }
+
+#: Budgets whose limit is a floor (the measured figure must reach it), not a ceiling.
+FLOOR_BUDGETS = frozenset({"min_rps"})
+
+#: Budgets that are a fraction of the storm, between 0 and 1.
+_FRACTION_BUDGETS = frozenset({"max_error_rate", "max_saturation"})
 
 #: Budgets that also apply to one endpoint of a request mix (``budgets={"GET /a": {...}}``).
 ENDPOINT_BUDGETS = (
@@ -80,6 +90,9 @@ WORKLOAD_NAMES: dict[str, str] = {
     "workers": "WSGI server model: worker processes, like gunicorn -w (default 1)",
     "threads": "WSGI server model: threads per worker, like gunicorn --threads (default 1)",
     "seed": "seed for request mixes and simulated latency",
+    "server": "'inprocess' (default), 'uvicorn', 'hypercorn', 'granian', 'gunicorn' (started on 127.0.0.1 for the storm), or the URL of a server already running on loopback",
+    "on_start": "per-user start hook, sync or async, called once with each virtual user (a login); its requests are recorded apart",
+    "checks": "checks on every response: a status, a set of statuses, a callable taking the response, or a list of those",
     "processes": "shard the storm over this many processes, each with its own event loop and copy of the app, like N server worker processes; 'auto' = the cores available (default 1)",
     "interface": "'asgi' or 'wsgi' when the app's kind cannot be detected",
     "lifespan": "'auto' (default), 'on' or 'off': run ASGI lifespan startup/shutdown",
@@ -126,6 +139,11 @@ class StormConfig:
     workers: int = 1
     threads: int = 1
     processes: int = 1
+    server: str = "inprocess"
+    on_start: Any = None
+    checks: Any = None
+    #: Index of this storm's first user (process shards number their users apart).
+    first_user: int = 0
     seed: int | None = None
     interface: str | None = None
     lifespan: str = "auto"
@@ -159,7 +177,15 @@ class StormConfig:
 
     def workload(self) -> dict[str, Any]:
         """Workload parameters as a plain dict (for reports)."""
-        skip = {"budgets", "origins", "request_options", "endpoint_budgets", "think"}
+        skip = {
+            "budgets",
+            "origins",
+            "request_options",
+            "endpoint_budgets",
+            "think",
+            "on_start",
+            "checks",
+        }
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
 
@@ -205,6 +231,36 @@ def _choice(name: str, value: Any, origin: str, choices: Iterable[str]) -> str:
             f"{_where(name, value, origin)} must be one of {', '.join(map(repr, options))}"
         )
     return str(value)
+
+
+SERVERS = ("inprocess", "uvicorn", "hypercorn", "granian", "gunicorn")
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _server(value: Any, origin: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{_where('server', value, origin)} must be a string")
+    if value in SERVERS:
+        return value
+    parts = urlsplit(value)
+    if parts.scheme in ("http", "https") and parts.hostname is not None:
+        if parts.scheme != "http":
+            raise ConfigError(f"{_where('server', value, origin)}: only http:// is supported")
+        if parts.hostname not in _LOOPBACK and not parts.hostname.startswith("127."):
+            raise ConfigError(
+                f"{_where('server', value, origin)} is not on loopback: storms are sent only "
+                "to in-process apps and to servers on this machine (127.0.0.1)"
+            )
+        if parts.path not in ("", "/") or parts.query:
+            raise ConfigError(
+                f"{_where('server', value, origin)} must be a server root such as "
+                "'http://127.0.0.1:8000' (paths come from the storm's requests)"
+            )
+        return value.rstrip("/")
+    raise ConfigError(
+        f"{_where('server', value, origin)} must be one of {', '.join(SERVERS)} or a loopback "
+        "URL such as 'http://127.0.0.1:8000'"
+    )
 
 
 def _processes(value: Any, origin: str) -> int:
@@ -253,15 +309,40 @@ def _endpoint_budgets(value: Any, origin: str) -> dict[str, dict[str, float]]:
             raise ConfigError(f"{where}: {endpoint!r} must map to a dict of budgets")
         result[endpoint] = {}
         for name, limit in budgets.items():
-            if name not in ENDPOINT_BUDGETS:
-                raise ConfigError(
-                    f"{where}: {name!r} is not a per-endpoint budget{_suggest(name)}; "
-                    f"per-endpoint budgets: {', '.join(ENDPOINT_BUDGETS)}"
-                )
-            if not _is_number(limit) or limit < 0:
-                raise ConfigError(f"{where}: {endpoint} {name}={limit!r} must be a number >= 0")
-            result[endpoint][name] = float(limit)
+            check_budget_name(name, where, endpoint=True)
+            result[endpoint][name] = budget_limit(f"{endpoint} {name}", limit, origin)
     return result
+
+
+def _from(origin: str) -> str:
+    return f" (from {origin})" if origin else ""
+
+
+def check_budget_name(name: Any, where: str, *, endpoint: bool = False) -> str:
+    """Raise :class:`ConfigError` unless *name* is a budget (of one endpoint, if *endpoint*)."""
+    known = ENDPOINT_BUDGETS if endpoint else tuple(BUDGET_NAMES)
+    if name in known:
+        return str(name)
+    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    if endpoint:
+        raise ConfigError(
+            f"{where}: {name!r} is not a per-endpoint budget{hint}; "
+            f"per-endpoint budgets: {', '.join(known)}"
+        )
+    raise ConfigError(f"unknown budget {name!r} {where}; known: {', '.join(known)}{hint}")
+
+
+def budget_limit(name: str, value: Any, origin: str = "") -> float:
+    """The limit of budget *name* as a float; :class:`ConfigError` when it is no valid limit."""
+    where = f"budget {name}={value!r}{_from(origin)}"
+    if not _is_number(value):
+        raise ConfigError(f"{where} must be a number, not {type(value).__name__}")
+    if value < 0:
+        raise ConfigError(f"{where} must not be negative")
+    if name in _FRACTION_BUDGETS and value > 1:
+        raise ConfigError(f"{where} is a fraction between 0 and 1")
+    return float(value)
 
 
 def check_names(values: Mapping[str, Any], origin: str) -> None:
@@ -272,6 +353,25 @@ def check_names(values: Mapping[str, Any], origin: str) -> None:
                 f"unknown storm parameter {name!r} (from {origin}){_suggest(name)}; "
                 f"known: {', '.join(_ALL_NAMES)}"
             )
+
+
+def _choose_model(layers: Sequence[Layer], merged: dict[str, tuple[Any, str]]) -> None:
+    """The highest layer that picks a workload model overrides a lower layer's other model.
+
+    ``rate`` is the open model; ``users`` or ``stages`` without ``rate`` the closed one. A
+    keyword ``users=50`` under a marker's ``rate=100`` runs 50 users, not the marker's rate.
+    """
+    for layer in layers:
+        picks_open = layer.values.get("rate") is not None
+        picks_closed = not picks_open and any(
+            layer.values.get(name) is not None for name in ("users", "stages")
+        )
+        if not (picks_open or picks_closed):
+            continue
+        other = "users" if picks_open else "rate"
+        if other in merged and merged[other][1] != layer.origin:
+            del merged[other]
+        return
 
 
 def resolve(layers: Iterable[Layer]) -> StormConfig:
@@ -285,6 +385,7 @@ def resolve(layers: Iterable[Layer]) -> StormConfig:
             if value is None and name in BUDGET_NAMES:
                 continue
             merged.setdefault(name, (value, layer.origin))
+    _choose_model(layers, merged)
 
     config = StormConfig()
     for name, (_, origin) in merged.items():
@@ -367,6 +468,12 @@ def resolve(layers: Iterable[Layer]) -> StormConfig:
         config.workers = _positive_int("workers", *item)
     if (item := take("threads")) is not None:
         config.threads = _positive_int("threads", *item)
+    if (item := take("on_start")) is not None and item[0] is not None:
+        config.on_start = item[0]
+    if (item := take("checks")) is not None and item[0] is not None:
+        config.checks = item[0]
+    if (item := take("server")) is not None and item[0] is not None:
+        config.server = _server(*item)
     if (item := take("processes")) is not None and item[0] is not None:
         config.processes = _processes(*item)
     if (item := take("seed")) is not None and item[0] is not None:
@@ -382,18 +489,8 @@ def resolve(layers: Iterable[Layer]) -> StormConfig:
             raise ConfigError(f"{_where('name', *item)} must be a string")
         config.name = item[0]
     for name in BUDGET_NAMES:
-        if (item := take(name)) is None:
-            continue
-        value, origin = item
-        if not _is_number(value):
-            raise ConfigError(
-                f"budget {_where(name, value, origin)} must be a number, not {type(value).__name__}"
-            )
-        if value < 0:
-            raise ConfigError(f"budget {_where(name, value, origin)} must not be negative")
-        if name in ("max_error_rate", "max_saturation") and value > 1:
-            raise ConfigError(f"budget {_where(name, value, origin)} is a fraction between 0 and 1")
-        config.budgets[name] = float(value)
+        if (item := take(name)) is not None:
+            config.budgets[name] = budget_limit(name, *item)
     for name in REQUEST_NAMES:
         if (item := take(name)) is not None and item[0] is not None:
             config.request_options[name] = item[0]

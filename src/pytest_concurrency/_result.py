@@ -9,8 +9,8 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from ._blocking import LoopLag, PoolUsage
 from ._metrics import ErrorSummary, LatencyStats
+from ._probes.results import LoopLag, PoolUsage
 
 __all__ = ["EndpointStats", "Knee", "PoolStats", "StormResult", "TimelinePoint", "Verdict"]
 
@@ -23,7 +23,6 @@ class Verdict:
     limit: float
     measured: float
     ok: bool
-    unit: str = ""
 
     @property
     def ratio(self) -> float:

@@ -12,7 +12,8 @@ from typing import Any
 
 import httpx
 
-from ._errors import ConfigError
+from ._checks import NO_CHECKS, Checks, parse_checks
+from ._errors import ConfigError, StormError
 
 __all__ = ["Profile", "Request", "RequestMix", "build_mix", "split_requests"]
 
@@ -32,6 +33,18 @@ class Request:
     query: Mapping[str, Any] | str | None = None
     weight: float = 1.0
     name: str | None = None
+    cookies: Mapping[str, str] | None = None
+    #: Checks on this request's responses (on top of the storm's ``checks=``).
+    checks: Any = None
+    _checks: Checks = field(default=NO_CHECKS, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_checks", parse_checks(self.checks, f"Request({self.label!r})"))
+
+    @property
+    def parsed_checks(self) -> Checks:
+        """This request's own checks, parsed."""
+        return self._checks
 
     @property
     def label(self) -> str:
@@ -74,6 +87,7 @@ class Request:
             json=self.json,
             content=self.content,
             data=dict(self.data) if self.data is not None else None,
+            cookies=dict(self.cookies) if self.cookies else None,
         )
 
 
@@ -124,7 +138,13 @@ class RequestMix:
         """Call the factory, checking what it returns."""
         if self.factory is None:  # pragma: no cover - guarded by callers
             raise RuntimeError("not a templated mix")
-        request = self.factory(user, iteration)
+        try:
+            request = self.factory(user, iteration)
+        except Exception as exc:
+            raise StormError(
+                f"requests={self.factory!r} raised {type(exc).__name__}: {exc} for user {user}, "
+                f"iteration {iteration}; the storm was stopped"
+            ) from exc
         if not isinstance(request, Request):
             raise ConfigError(
                 f"requests={self.factory!r} returned {request!r} for user {user}, iteration "
@@ -174,7 +194,15 @@ def build_mix(
                 "requests=<factory> (from keyword argument) replaces method and path: pass one or the other"
             )
         mix = RequestMix([], seed, factory=requests)
-        mix.build(0, 0).validate("requests=<factory>(0, 0)")
+        try:
+            first = mix.build(0, 0)
+        except StormError as exc:
+            raise ConfigError(
+                f"requests={requests!r} (from keyword argument) raised "
+                f"{type(exc.__cause__).__name__}: {exc.__cause__} when called with (0, 0) "
+                "before the storm"
+            ) from exc.__cause__
+        first.validate("requests=<factory>(0, 0)")
         return mix
     if requests is not None:
         if method is not None or path is not None:

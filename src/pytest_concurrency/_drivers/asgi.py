@@ -15,11 +15,23 @@ from typing import Any
 from urllib.parse import unquote
 
 import anyio
+import anyio.lowlevel
 import httpx
 
 from .._apps import as_asgi3
 from .._errors import StormError
 from .._workload import Request
+from .base import (
+    BadHeaders,
+    BadStatus,
+    BodyBeforeStart,
+    BodyNotBytes,
+    IncompleteResponse,
+    MessageAfterResponse,
+    ProtocolViolation,
+    StartedTwice,
+    UnknownMessage,
+)
 
 __all__ = ["AsgiDriver", "Exchange", "build_scope", "loop_name"]
 
@@ -69,18 +81,60 @@ def build_scope(request: httpx.Request) -> tuple[dict[str, Any], list[tuple[byte
     return scope, headers, body
 
 
+#: A streamed body gives the loop a turn every this many chunks, so that a body that never
+#: ends still meets its timeout (a real server's writes wait for the socket the same way).
+_CHUNKS_PER_TURN = 16
+
+
+#: Body chunks kept as a sample of an error response (the report shows the first ones).
+_SAMPLE_CHUNKS = 4
+
+
 class Exchange:
-    """One request/response exchange: the receive/send pair handed to the app."""
+    """One request/response exchange: the receive/send pair handed to the app.
 
-    __slots__ = ("_body", "_closed", "_gone", "_sent", "first_byte", "status")
+    ``send`` holds the app to the ASGI HTTP spec (message order, types): a violation
+    raises :class:`ProtocolViolation` in the app, as a server would, and is recorded by
+    its kind. ``receive`` answers ``http.disconnect`` once the response is complete or
+    the client has gone (its timeout), like a server.
+    """
 
-    def __init__(self, body: bytes) -> None:
+    __slots__ = (
+        "_body",
+        "_capture",
+        "_chunks",
+        "_closed",
+        "_gone",
+        "_sent",
+        "body",
+        "done",
+        "first_byte",
+        "headers",
+        "status",
+        "violation",
+    )
+
+    def __init__(self, body: bytes, capture: bool = False) -> None:
         self._body = body
+        self._capture = capture
+        #: Response headers and body chunks, kept when asked (checks, cookies) or when the
+        #: status is an error (a sample for the report); None otherwise.
+        self.headers: Any = None
+        self.body: list[bytes] | None = None
         self._sent = False
         self._gone = False
         self._closed: anyio.Event | None = None
+        self._chunks = 0
         self.status = 0
         self.first_byte = 0.0
+        self.done = False
+        self.violation: ProtocolViolation | None = None
+
+    def _broken(self, violation: ProtocolViolation) -> ProtocolViolation:
+        # Kept as well as raised: an app that swallows the error still broke the protocol.
+        if self.violation is None:
+            self.violation = violation
+        return violation
 
     async def receive(self) -> Message:
         """First call: the request body; later calls wait for the end of the exchange."""
@@ -90,7 +144,7 @@ class Exchange:
         # Apps such as Starlette's StreamingResponse listen for a disconnect while they
         # send; like a server, answer only once the response is complete or the client
         # has gone (its timeout).
-        if not self._gone:
+        if not self._gone and not self.done:
             if self._closed is None:
                 self._closed = anyio.Event()
             await self._closed.wait()
@@ -103,14 +157,67 @@ class Exchange:
             self._closed.set()
 
     async def send(self, message: Message) -> None:
-        """Consume the app's response messages chunk by chunk."""
-        kind = message["type"]
+        """Consume the app's response messages chunk by chunk, checking them."""
+        kind = message.get("type")
         if kind == "http.response.body":
+            if not self.status:
+                raise self._broken(
+                    BodyBeforeStart("http.response.body sent before http.response.start")
+                )
+            if self.done:
+                raise self._broken(
+                    MessageAfterResponse("http.response.body sent after the response was complete")
+                )
+            body = message.get("body", b"")
+            if not isinstance(body, bytes | bytearray | memoryview):
+                raise self._broken(
+                    BodyNotBytes(
+                        f"http.response.body 'body' must be bytes, not {type(body).__name__}"
+                    )
+                )
+            more = message.get("more_body", False)
+            kept = self.body
+            if kept is not None and body and (self._capture or len(kept) < _SAMPLE_CHUNKS):
+                kept.append(bytes(body))
             # First body byte, or the end of an empty body.
-            if not self.first_byte and (message.get("body") or not message.get("more_body")):
+            if not self.first_byte and (body or not more):
                 self.first_byte = perf_counter()
+            if not more:
+                self.done = True
+                if self._closed is not None:
+                    self._closed.set()
+            else:
+                self._chunks += 1
+                if self._chunks % _CHUNKS_PER_TURN == 0:
+                    await anyio.lowlevel.checkpoint()
         elif kind == "http.response.start":
-            self.status = message["status"]
+            if self.status:
+                raise self._broken(StartedTwice("http.response.start sent twice"))
+            status = message.get("status")
+            if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+                raise self._broken(
+                    BadStatus(
+                        f"http.response.start 'status' must be an int from 100 to 599, not {status!r}"
+                    )
+                )
+            for header in message.get("headers", ()):
+                if len(header) != 2 or not all(isinstance(part, bytes) for part in header):
+                    raise self._broken(
+                        BadHeaders(
+                            f"http.response.start headers must be [name, value] pairs of bytes, "
+                            f"not {header!r}"
+                        )
+                    )
+            self.status = status
+            if self._capture or status >= 400:
+                self.headers = message.get("headers", ())
+                self.body = []
+        elif self._gone:
+            return  # a server drops what a gone client cannot receive
+        else:
+            raise self._broken(
+                UnknownMessage(f"unexpected ASGI message type {kind!r} on an http scope")
+            )
 
     def close(self) -> None:
         """Release any receive() still waiting (the client has gone)."""
@@ -158,13 +265,29 @@ class AsgiDriver:
         scope["headers"] = headers.copy()
         if self._state is not None:
             scope["state"] = self._state.copy()
-        exchange = Exchange(body)
+        capture = False
+        if holder is not None:
+            user = getattr(holder, "user", None)
+            if user is not None and (user.headers or user.cookies):
+                scope["headers"].extend(
+                    (k.lower().encode("latin-1"), v.encode("latin-1"))
+                    for k, v in user.header_pairs()
+                )
+            capture = getattr(holder, "capture", False)
+        exchange = Exchange(body, capture)
         if holder is not None:
             holder.exchange = exchange
         try:
             await self.app(scope, exchange.receive, exchange.send)
         finally:
             exchange.close()
+        if exchange.violation is not None:
+            raise exchange.violation
+        if exchange.status and not exchange.done and not exchange._gone:
+            raise IncompleteResponse(
+                "the app returned after http.response.start without the last "
+                "http.response.body (more_body=False)"
+            )
         return exchange
 
     # -- lifespan -------------------------------------------------------------------------

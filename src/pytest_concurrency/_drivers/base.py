@@ -20,7 +20,62 @@ import anyio.abc
 
 from .._workload import Request
 
-__all__ = ["AsyncDriver", "Exchange", "Slot"]
+__all__ = [
+    "AsyncDriver",
+    "BadHeaders",
+    "BadStatus",
+    "BodyBeforeStart",
+    "BodyNotBytes",
+    "Exchange",
+    "IncompleteResponse",
+    "MessageAfterResponse",
+    "NoStartResponse",
+    "ProtocolViolation",
+    "Slot",
+    "StartedTwice",
+    "UnknownMessage",
+]
+
+
+class ProtocolViolation(Exception):
+    """The app broke its side of the ASGI or WSGI protocol; recorded under its own kind."""
+
+
+class BodyBeforeStart(ProtocolViolation):
+    """ASGI: a response body before ``http.response.start``."""
+
+
+class StartedTwice(ProtocolViolation):
+    """ASGI: a second ``http.response.start``; WSGI: ``start_response`` called twice
+    without ``exc_info``."""
+
+
+class BodyNotBytes(ProtocolViolation):
+    """A body chunk that is not bytes (ASGI ``body``, a WSGI iterable's item)."""
+
+
+class BadStatus(ProtocolViolation):
+    """A status that is not an int from 100 to 599 (ASGI), or not "NNN reason" (WSGI)."""
+
+
+class BadHeaders(ProtocolViolation):
+    """Response headers of the wrong shape or type."""
+
+
+class MessageAfterResponse(ProtocolViolation):
+    """ASGI: a message after the response was complete."""
+
+
+class UnknownMessage(ProtocolViolation):
+    """ASGI: a message type the http scope does not know."""
+
+
+class IncompleteResponse(ProtocolViolation):
+    """ASGI: the app returned after ``http.response.start`` without finishing the body."""
+
+
+class NoStartResponse(ProtocolViolation):
+    """WSGI: the app returned (or yielded a chunk) without calling ``start_response``."""
 
 
 class Exchange(Protocol):
@@ -29,6 +84,10 @@ class Exchange(Protocol):
     status: int
     #: ``perf_counter()`` when the first body byte came back (the end, for an empty body).
     first_byte: float
+    #: Response headers and body chunks when the slot asked to capture them (checks,
+    #: cookies) or the status was an error; None otherwise.
+    headers: Any
+    body: list[bytes] | None
 
 
 class Slot(Protocol):

@@ -24,6 +24,7 @@ from werkzeug.test import EnvironBuilder
 
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
 from .._workload import Request
+from .base import BadHeaders, BadStatus, BodyNotBytes, NoStartResponse, StartedTwice
 
 if TYPE_CHECKING:
     from .._engine.schedule import Schedule
@@ -31,6 +32,13 @@ if TYPE_CHECKING:
 __all__ = ["PoolRun", "WsgiDriver", "WsgiPool", "build_environ"]
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+#: Body chunks kept as a sample of an error response.
+_SAMPLE_CHUNKS = 4
+#: Seconds past one request timeout after which a request-count storm with no completion
+#: is given up.
+_STALL_GRACE = 2.0
 
 
 class _NullErrors(io.StringIO):
@@ -41,6 +49,11 @@ class _NullErrors(io.StringIO):
 
 
 _ERRORS = _NullErrors()
+
+
+def request_environ(request: Request) -> tuple[dict[str, Any], bytes]:
+    """The (environ template, body) of a request built on the fly."""
+    return build_environ(request.to_httpx())
 
 
 def build_environ(request: httpx.Request) -> tuple[dict[str, Any], bytes]:
@@ -68,20 +81,44 @@ def build_environ(request: httpx.Request) -> tuple[dict[str, Any], bytes]:
 
 
 class _StartResponse:
-    __slots__ = ("status",)
+    """``start_response`` held to PEP 3333: once per response unless ``exc_info`` replaces
+    headers not yet sent; a status "NNN reason"; headers as (str, str) pairs."""
+
+    __slots__ = ("first_byte", "headers", "sent", "status")
 
     def __init__(self) -> None:
         self.status = 0
+        self.sent = False
+        self.first_byte = 0.0
+        self.headers: list[tuple[str, str]] = []
 
     def __call__(self, status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], Any]:
-        if exc_info is not None and self.status:
-            raise exc_info[1].with_traceback(exc_info[2])
+        if exc_info is not None:
+            if self.sent:
+                raise exc_info[1].with_traceback(exc_info[2])
+        elif self.status:
+            raise StartedTwice("start_response called twice without exc_info")
+        if not isinstance(status, str) or len(status) < 4 or not status[:3].isdigit():
+            raise BadStatus(f"start_response status must be a str such as '200 OK', not {status!r}")
+        if not isinstance(headers, list) or not all(
+            isinstance(h, tuple) and len(h) == 2 and all(isinstance(p, str) for p in h)
+            for h in headers
+        ):
+            raise BadHeaders(
+                f"start_response headers must be a list of (str, str) tuples, not {headers!r}"
+            )
         self.status = int(status[:3])
-        return _discard
+        self.headers = headers
+        return self.write
 
-
-def _discard(data: bytes) -> None:
-    return None
+    def write(self, data: bytes) -> None:
+        """The legacy ``write()`` callable: the body sent before the iterable's."""
+        if not isinstance(data, bytes):
+            raise BodyNotBytes(f"write() takes bytes, not {type(data).__name__}")
+        if data:
+            self.sent = True
+            if not self.first_byte:
+                self.first_byte = perf_counter()
 
 
 class WsgiDriver:
@@ -93,27 +130,83 @@ class WsgiDriver:
 
     def call_request(self, request: Request) -> tuple[int, float]:
         """Run a request built on the fly (templated requests pay for encoding it)."""
-        return self.call_prepared(build_environ(request.to_httpx()))
+        return self.call_prepared(request_environ(request))
 
-    def call_prepared(self, prepared: tuple[dict[str, Any], bytes]) -> tuple[int, float]:
-        """Run a prepared (environ template, body) request."""
+    def call_as(
+        self, prepared: tuple[dict[str, Any], bytes], user: Any = None, capture: bool = False
+    ) -> tuple[int, float, list[tuple[str, str]] | None, list[bytes] | None]:
+        """Run a prepared request as *user* (its headers and cookies added); keep the headers
+        and body when *capture* or when the status is an error.
+
+        Returns (status, first byte, headers or None, body chunks or None).
+        """
         template, body = prepared
+        if user is not None and (user.headers or user.cookies):
+            template = template.copy()
+            for name, value in user.header_pairs():
+                key = name.upper().replace("-", "_")
+                if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                    key = "HTTP_" + key
+                template[key] = value
         environ = template.copy()
         environ["wsgi.input"] = io.BytesIO(body)
         start_response = _StartResponse()
-        first_byte = 0.0
         result = self.app(environ, start_response)
+        chunks: list[bytes] = []
         try:
             for chunk in result:
-                if chunk and not first_byte:
-                    first_byte = perf_counter()
+                if not isinstance(chunk, bytes):
+                    raise BodyNotBytes(
+                        f"the response iterable yielded {type(chunk).__name__}, not bytes"
+                    )
+                if chunk:
+                    if not start_response.status:
+                        raise NoStartResponse("a body chunk came before start_response")
+                    start_response.sent = True
+                    start_response.first_byte = start_response.first_byte or perf_counter()
+                    if capture or len(chunks) < _SAMPLE_CHUNKS:
+                        chunks.append(chunk)
         finally:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
-        if not first_byte:
-            first_byte = perf_counter()
-        return start_response.status, first_byte
+        status = start_response.status
+        if not status:
+            raise NoStartResponse("the app returned without calling start_response")
+        first = start_response.first_byte or perf_counter()
+        if capture or status >= 400:
+            return status, first, start_response.headers, chunks
+        return status, first, None, None
+
+    def call_prepared(self, prepared: tuple[dict[str, Any], bytes]) -> tuple[int, float]:
+        """Run a prepared (environ template, body) request; return (status, first byte).
+
+        Raises :class:`ProtocolViolation` where the app breaks PEP 3333 (a chunk that is
+        not bytes, no ``start_response`` before the body, ``start_response`` twice).
+        """
+        template, body = prepared
+        environ = template.copy()
+        environ["wsgi.input"] = io.BytesIO(body)
+        start_response = _StartResponse()
+        result = self.app(environ, start_response)
+        try:
+            for chunk in result:
+                if type(chunk) is not bytes and not isinstance(chunk, bytes):
+                    raise BodyNotBytes(
+                        f"the response iterable yielded {type(chunk).__name__}, not bytes"
+                    )
+                if chunk and not start_response.sent:
+                    if not start_response.status:
+                        raise NoStartResponse("a body chunk came before start_response")
+                    start_response.sent = True
+                    start_response.first_byte = start_response.first_byte or perf_counter()
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        if not start_response.status:
+            raise NoStartResponse("the app returned without calling start_response")
+        return start_response.status, start_response.first_byte or perf_counter()
 
 
 @dataclass
@@ -153,6 +246,8 @@ class WsgiPool:
         book: ErrorBook,
         build: Callable[[int, int], tuple[int, Request]] | None = None,
         live: list[Recorder] | None = None,
+        users: list[Any] | None = None,
+        inspector: Any = None,
     ) -> PoolRun:
         """Serve the round's schedule; join every thread before returning.
 
@@ -161,7 +256,8 @@ class WsgiPool:
         otherwise the thread that completes a user's request puts its next one straight
         back in the backlog. Open model: a dispatcher thread puts arrivals in the backlog
         on schedule, dropping those that find ``max_in_flight`` requests out.
-        *build(user, iteration)* makes templated requests.
+        *build(user, iteration)* makes templated requests. With *inspector* (checks,
+        stateful *users*), responses are run as their user and looked at.
         """
         backlog: SimpleQueue[tuple[float, int] | None] = SimpleQueue()
         stop = threading.Event()
@@ -187,6 +283,12 @@ class WsgiPool:
         retired = [0] * self.size
         dispatched = [0, 0]  # arrivals put in the backlog; 1 once the dispatcher is done
         iterations: dict[int, int] = {}
+        failures: list[BaseException] = []
+        capture = inspector is not None and inspector.capture
+
+        def fail(exc: BaseException) -> None:
+            failures.append(exc)
+            halt[0] = True
 
         def later(when: float, user: int) -> None:
             with timer_cv:
@@ -239,16 +341,36 @@ class WsgiPool:
                     retired[slot] += 1
                     continue
                 error = 0
-                try:
-                    if build is None:
-                        index = pick()
-                        status, first_byte = call_prepared(templates[index])
-                    else:
-                        iteration = iterations.get(user, 0)
-                        iterations[user] = iteration + 1
+                if build is None:
+                    index = pick()
+                else:
+                    iteration = iterations.get(user, 0)
+                    iterations[user] = iteration + 1
+                    try:
                         index, request = build(user, iteration)
-                        status, first_byte = self.driver.call_request(request)
+                    except BaseException as exc:  # the storm's own input failed: stop it
+                        fail(exc)
+                        return
+                try:
+                    if inspector is None:
+                        if build is None:
+                            status, first_byte = call_prepared(templates[index])
+                        else:
+                            status, first_byte = self.driver.call_request(request)
+                    else:
+                        person = users[user] if users is not None and user >= 0 else None
+                        checks = inspector.checks_for(index, None if build is None else request)
+                        prepared = templates[index] if build is None else request_environ(request)
+                        status, first_byte, kept, chunks = self.driver.call_as(
+                            prepared, person, capture
+                        )
+                        if kept is not None or checks:
+                            error = inspector.look(person, index, checks, status, kept, chunks)
                 except Exception as exc:
+                    status, first_byte, error = STATUS_EXCEPTION, 0.0, book.kind(exc)
+                except (SystemExit, KeyboardInterrupt) as exc:
+                    # Raised by the app in a worker thread (a real Ctrl-C reaches the main
+                    # thread only): the app's failure, recorded like any other.
                     status, first_byte, error = STATUS_EXCEPTION, 0.0, book.kind(exc)
                 finished = perf_counter()
                 latency = finished - intended
@@ -265,7 +387,11 @@ class WsgiPool:
                 done_count[slot] += 1
                 if user < 0:
                     continue
-                again = next_send(user, finished)
+                try:
+                    again = next_send(user, finished)
+                except BaseException as exc:  # a think-time sampler that failed
+                    fail(exc)
+                    return
                 if again is None or halt[0]:
                     retired[slot] += 1
                 elif again > finished:
@@ -295,18 +421,34 @@ class WsgiPool:
                 backlog.put((when, user))
             else:
                 later(when, user)
-        users = len(first_sends)
+        population = len(first_sends)
         total = window.total
+        # A request-count storm has no stop time: it also ends once nothing has completed
+        # for a whole timeout while requests wait (a handler that never returns).
+        stall_limit = timeout + _STALL_GRACE
+        completed, progress_at = 0, perf_counter()
+        interrupted = stalled = False
         try:
-            while perf_counter() < deadline:
+            while perf_counter() < deadline and not failures:
                 if schedule.open:
                     if dispatched[1] and sum(done_count) >= dispatched[0]:
                         break
-                elif sum(retired) >= users:
+                elif sum(retired) >= population:
                     break
-                if total is not None and sum(done_count) >= total:
-                    break
+                if total is not None:
+                    now_done = sum(done_count)
+                    if now_done >= total:
+                        break
+                    now = perf_counter()
+                    if now_done != completed:
+                        completed, progress_at = now_done, now
+                    elif now - progress_at > stall_limit:
+                        stalled = True
+                        break
                 sleep(0.005)
+        except BaseException:
+            interrupted = True
+            raise
         finally:
             halt[0] = True
             stop.set()
@@ -315,8 +457,17 @@ class WsgiPool:
             with timer_cv:
                 timer_cv.notify_all()
             stuck: list[str] = []
+            # Interrupted (Ctrl-C): do not wait for handlers; the threads are daemons.
+            if interrupted:
+                join_until = perf_counter() + 0.2
+            elif stalled:
+                join_until = perf_counter() + 1.0
+            else:
+                join_until = deadline
             for thread in [*workers, *helpers]:
-                thread.join(max(1.0, deadline - perf_counter()))
+                thread.join(max(0.05 if interrupted else 1.0, join_until - perf_counter()))
                 if thread.is_alive():
                     stuck.append(thread.name)
+        if failures:
+            raise failures[0]
         return PoolRun(recorders, stuck, process_time() - cpu_before)

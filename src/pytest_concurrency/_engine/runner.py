@@ -26,14 +26,21 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from .._checks import NO_CHECKS, Checks
 from .._drivers.base import AsyncDriver
+from .._errors import ConfigError, StormError
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
 from .._metrics.fold import RunFigures
 from .._workload import RequestMix
+from .inspect import Inspector
+from .interrupts import app_interrupt
 from .schedule import Schedule
+from .users import User
 
 __all__ = ["AsyncRunner", "Slot", "running_loop"]
 
+#: Arrivals sent behind schedule between two turns given to the rest of the loop.
+_LATE_PER_TURN = 64
 #: After a timeout, how long the app may take to notice the disconnect before it is cancelled.
 _DISCONNECT_GRACE = 0.02
 
@@ -41,10 +48,23 @@ _DISCONNECT_GRACE = 0.02
 class Slot:
     """One virtual user's (or open-model connection's) slot: its request in flight, if any."""
 
-    __slots__ = ("cancel_at", "conn", "exchange", "index", "scope", "since", "timed_out", "uid")
+    __slots__ = (
+        "cancel_at",
+        "capture",
+        "conn",
+        "exchange",
+        "index",
+        "scope",
+        "since",
+        "timed_out",
+        "uid",
+        "user",
+    )
 
-    def __init__(self, uid: int = 0) -> None:
+    def __init__(self, uid: int = 0, user: User | None = None, capture: bool = False) -> None:
         self.uid = uid
+        self.user = user
+        self.capture = capture  # keep headers and body (checks, cookies)
         self.since = 0.0  # intended send time of the request in flight, 0.0 when idle
         self.index = 0  # endpoint of the request in flight
         self.timed_out = False
@@ -62,6 +82,13 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
+
+
 async def _checkpoint(_: float) -> None:
     await anyio.lowlevel.checkpoint()
 
@@ -76,8 +103,11 @@ class AsyncRunner:
         mix: RequestMix,
         *,
         recorders: list[Recorder] | None = None,
+        users: list[User] | None = None,
+        checks: Checks = NO_CHECKS,
     ) -> None:
         self.schedule = schedule
+        self.users = users
         self.driver = driver
         self.mix = mix
         self.timeout = schedule.timeout
@@ -86,6 +116,9 @@ class AsyncRunner:
             recorders.append(self.rec)  # read (lengths and tails only) by a live line
         self.book = ErrorBook()
         self.timeout_kind = self.book.kind(None, ErrorBook.TIMEOUT)
+        self.inspector = Inspector(self.book, mix, checks, users is not None)
+        self.capture = self.inspector.capture
+        self.judges = self.inspector.judges
         self.pick = mix.picker()
         self.slots: set[Slot] = set()
         self.alive = 0
@@ -116,12 +149,14 @@ class AsyncRunner:
         mix = self.mix
         if mix.factory is None:
             index = self.pick()
+            checks = self.inspector.checks_for(index) if self.judges else NO_CHECKS
             call = self.driver.call(index, slot)
         else:
             iteration = self.iterations.get(user, 0)
             self.iterations[user] = iteration + 1
-            request = mix.build(user, iteration)
+            request = mix.build(slot.user if slot.user is not None else user, iteration)
             index = mix.intern(request.label)
+            checks = self.inspector.checks_for(index, request)
             call = self.driver.call_request(request, slot)
         slot.index = index
         if perf_counter() - intended >= self.timeout:
@@ -135,10 +170,21 @@ class AsyncRunner:
             exchange = await call
         except Exception as exc:
             status, first, error = STATUS_EXCEPTION, 0.0, self.book.kind(exc)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # The app's own exit or interrupt is the app's failure; a real Ctrl-C is not.
+            if not app_interrupt(exc):
+                raise
+            status, first, error = STATUS_EXCEPTION, 0.0, self.book.kind(exc)
         else:
             status, first = exchange.status, exchange.first_byte
             if not status:
                 status, error = STATUS_EXCEPTION, self.book.kind(None, "NoResponse")
+            elif exchange.headers is not None:
+                error = self.inspector.look(
+                    slot.user, index, checks, status, exchange.headers, exchange.body
+                )
+            elif checks:
+                error = self.inspector.look(None, index, checks, status, None, None)
         done = perf_counter()
         slot.since = 0.0
         if slot.timed_out:
@@ -171,7 +217,7 @@ class AsyncRunner:
             self.alive -= 1
 
     def spawn_user(self, group: anyio.abc.TaskGroup, uid: int, intended: float | None) -> None:
-        slot = Slot(uid)
+        slot = Slot(uid, self.users[uid] if self.users is not None else None, self.capture)
         self.slots.add(slot)
         self.alive += 1
         group.start_soon(self.user, uid, intended, slot)
@@ -200,10 +246,16 @@ class AsyncRunner:
         schedule = self.schedule
         idle: list[asyncio.Future[float | None]] = []
         try:
+            late = 0
             for at in schedule.arrivals():
                 now = perf_counter()
                 if at > now:
                     await anyio.sleep(at - now)
+                else:
+                    # Behind schedule: still give the connections a turn now and then.
+                    late += 1
+                    if late % _LATE_PER_TURN == 0:
+                        await anyio.lowlevel.checkpoint()
                 if not schedule.take():
                     break
                 # Late arrivals keep their scheduled time: if the loop was blocked, the
@@ -214,7 +266,7 @@ class AsyncRunner:
                 if idle:
                     idle.pop().set_result(at)
                 elif schedule.admits_arrival(at, len(self.slots)):
-                    slot = Slot(-1)
+                    slot = Slot(-1, None, self.capture)
                     self.slots.add(slot)
                     self.alive += 1
                     group.start_soon(self.connection, at, slot, idle)
@@ -266,15 +318,23 @@ class AsyncRunner:
         window = schedule.window
         cpu_before = time.thread_time()
         wall_before = perf_counter()
-        with anyio.move_on_after(max(0.0, window.deadline - perf_counter())) as hard:
-            async with anyio.create_task_group() as group:
-                if schedule.open:
-                    self.alive += 1
-                    group.start_soon(self.arrivals, group)
-                else:
-                    for uid, first in schedule.first_sends():
-                        self.spawn_user(group, uid, first)
-                group.start_soon(self.monitor, group)
+        try:
+            with anyio.move_on_after(max(0.0, window.deadline - perf_counter())) as hard:
+                async with anyio.create_task_group() as group:
+                    if schedule.open:
+                        self.alive += 1
+                        group.start_soon(self.arrivals, group)
+                    else:
+                        for uid, first in schedule.first_sends():
+                            self.spawn_user(group, uid, first)
+                    group.start_soon(self.monitor, group)
+        except BaseExceptionGroup as failures:
+            # The storm's own input failed (a request factory, a think-time sampler):
+            # raise that error itself, not a group of them.
+            ours = failures.subgroup(lambda e: isinstance(e, StormError | ConfigError))
+            if ours is not None:
+                raise _first(ours) from None
+            raise
         if hard.cancelled_caught:
             for slot in self.slots:
                 if slot.since:

@@ -106,6 +106,7 @@ def shard_configs(config: StormConfig) -> list[StormConfig]:
             max_in_flight=max(1, math.ceil(config.max_in_flight / n)),
             workers=max(1, _split(config.workers, n, i)),
             seed=config.seed + i if config.seed is not None else None,
+            first_user=config.first_user + sum(_split(config.users, n, j) for j in range(i)),
             budgets={},
             endpoint_budgets={},
         )
@@ -118,7 +119,7 @@ def _shard_main(conn: multiprocessing.connection.Connection, plan: StormPlan, in
     # The parent handles Ctrl-C and stops the shards itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        if plan.interface == "wsgi":
+        if not plan.on_loop:
 
             def origin_now() -> float:
                 conn.send(("ready", None))
@@ -212,6 +213,7 @@ def _receive(started: list[tuple[Any, Any]], expect: str, deadline: float) -> li
                     f"stopped\n{detail}"
                 )
             if kind == "died":
+                process.join(1.0)  # the pipe closes just before the exit code is known
                 raise StormError(
                     f"shard {index} of {len(started)} (pid {process.pid}) died with exit code "
                     f"{process.exitcode} before it {'started' if expect == 'ready' else 'finished'}; "

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._budget import format_number
 from .._errors import ConfigError
 from ._json import document_records, load_json, write_json
 from ._records import FIGURES, StormRecord, StormRow, as_records, figures
+from ._text import format_number
 
 __all__ = [
     "COMPARE_FAIL_OPTION",

@@ -19,11 +19,11 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from .._budget import _verdict_word, format_number
 from .._errors import ConfigError
 from .._result import Verdict
 from .._version import __version__
 from ._records import StormRecord, StormRow, as_records
+from ._text import diagnosis, format_number, headline, machine_line, verdict_word
 
 __all__ = ["PERCENTILE_TICKS", "percentile_curve", "render_html", "write_html"]
 
@@ -319,28 +319,8 @@ def _verdict_row(v: Mapping[str, Any]) -> str:
     return (
         f"<tr><td>{_e(verdict.name)}</td><td class='num'>{_num(verdict.limit)}</td>"
         f"<td class='num'>{_num(measured)}</td>"
-        f"<td class='{css}'>{_e(_verdict_word(verdict))}</td></tr>"
+        f"<td class='{css}'>{_e(verdict_word(verdict))}</td></tr>"
     )
-
-
-def _diagnosis(d: Mapping[str, Any]) -> list[str]:
-    lines = []
-    pool = d.get("pool")
-    if pool and d.get("requests"):
-        lines.append(
-            f"workers were saturated {pool.get('saturation', 0):.0%} of the time (all "
-            f"{pool.get('size')} busy with requests queued; {pool.get('mean_busy', 0):.1f} busy "
-            f"on average); mean queue wait {_num(pool.get('mean_queue_ms'))} ms "
-            f"({pool.get('queue_share') or 0:.0%} of latency)"
-        )
-    if d.get("failed"):
-        kinds = ", ".join(f"{name} ×{e.get('count', 0):,}" for name, e in d["errors"].items())
-        lines.append(
-            f"{d['failed']:,} failed ({d.get('error_rate', 0):.1%})"
-            + (f"; {kinds}" if kinds else "")
-        )
-    lines.extend(str(w) for w in d.get("warnings") or [])
-    return lines
 
 
 def _cards(d: Mapping[str, Any]) -> str:
@@ -371,18 +351,13 @@ def _cards(d: Mapping[str, Any]) -> str:
 
 def _storm_section(p: SimpleNamespace, number: int, record: StormRecord) -> str:
     d = record.data
-    headline = (
-        f"storm {d.get('label', '')} on {d.get('app', '')} ({d.get('interface', '')}, "
-        f"{d.get('server', '')}) — {d.get('users', 0):,} users, "
-        f"{float(d.get('duration') or 0):.1f} s, {d.get('requests', 0):,} requests"
-    )
     verdicts = d.get("verdicts") or []
     passed = all(v.get("ok", True) for v in verdicts)
     parts = [
         f'<section class="storm" id="storm-{number}">',
         f"<h2>{number}. {_e(record.title)} "
         f"<span class='{'ok' if passed else 'bad'}'>{'✓' if passed else '✗'}</span></h2>",
-        f"<p class='headline'>{_e(headline)}</p>",
+        f"<p class='headline'>{_e(headline(d))}</p>",
         _cards(d),
     ]
     if verdicts:
@@ -392,7 +367,7 @@ def _storm_section(p: SimpleNamespace, number: int, record: StormRecord) -> str:
         )
     else:
         parts.append("<p class='muted'>no budgets set</p>")
-    lines = _diagnosis(d)
+    lines = diagnosis(d, record.result)
     if lines:
         parts.append(
             "<ul class='diagnosis'>" + "".join(f"<li>{_e(x)}</li>" for x in lines) + "</ul>"
@@ -468,11 +443,7 @@ def render_html(
     about = [f"{len(records)} storm{'s' if len(records) != 1 else ''}", created]
     about.append(f"pytest-storm {__version__}")
     if machine:
-        about.append(
-            f"{machine.get('implementation', '')} {machine.get('python', '')} on "
-            f"{machine.get('cpu_model') or machine.get('machine', '')}, "
-            f"{machine.get('cpu_usable') or machine.get('cpu_count')} CPUs"
-        )
+        about.append(machine_line(machine))
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',

@@ -270,11 +270,13 @@ def _plain(value: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike[str], doc: Mapping[str, Any]) -> Path:
-    """Write *doc* to *path* (parent directories created; replaced atomically)."""
+    """Write *doc* to *path* (parent directories created; replaced atomically).
+
+    A figure that is not a finite number is written as null, an object as its text.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # allow_nan=False: NaN is not JSON; StormResult.to_dict() already turns it into null.
-    text = json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False)
+    text = json.dumps(_plain(doc), indent=1, ensure_ascii=False, allow_nan=False)
     partial = target.with_name(target.name + ".partial")
     try:
         partial.write_text(text + "\n", encoding="utf-8")

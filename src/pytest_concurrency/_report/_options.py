@@ -1,7 +1,6 @@
 """Report options (``--concurrency-json`` and friends) and the session object that acts on them.
 
-Paths given on the command line are relative to the directory pytest was started in;
-paths from the ini file are relative to the ini file. The option wins over its ini twin.
+Each option wins over its ini twin (resolved by :func:`pytest_concurrency._options.setting`).
 """
 
 from __future__ import annotations
@@ -9,13 +8,13 @@ from __future__ import annotations
 import importlib.util
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .._errors import ConfigError
+from .._options import Setting, scale, setting
 from .._result import StormResult
 from .._session import STORMS_KEY
 from ._baseline import (
@@ -77,36 +76,13 @@ def add_options(parser: pytest.Parser) -> None:
         parser.addini(f"concurrency_{name}", help_text, default=None)
 
 
-@dataclass(frozen=True)
-class _Setting:
-    value: str
-    origin: str
-    base: Path
-
-    def path(self) -> Path:
-        return (self.base / self.value).resolve()
-
-
-def _setting(config: pytest.Config, name: str) -> _Setting | None:
-    flag = "--concurrency-" + name.replace("_", "-")
-    raw = config.getoption(f"concurrency_{name}", None)
-    if raw not in (None, ""):
-        return _Setting(str(raw), flag, config.invocation_params.dir)
-    raw_ini = config.getini(f"concurrency_{name}")
-    if raw_ini not in (None, "", []):
-        base = config.inipath.parent if config.inipath else config.rootpath
-        origin = f"ini option concurrency_{name} in {config.inipath}"
-        return _Setting(str(raw_ini).strip(), origin, base)
-    return None
-
-
 def _scale(config: pytest.Config) -> float | None:
-    # Load scaling is a run-wide option of the plugin; read it only if it is defined.
-    raw = config.getoption("concurrency_scale", None)
+    # A bad factor already failed every storm's test at setup; the report just leaves it out.
     try:
-        return float(raw) if raw is not None else None
-    except (TypeError, ValueError):
+        found = scale(config)
+    except ConfigError:
         return None
+    return found[0] if found is not None else None
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -129,11 +105,11 @@ class ReportSession:
         self._written: list[str] = []
         self._problems: list[str] = []
         self._machine_cache: dict[str, Any] | None = None
-        self.json = _setting(config, "json")
-        self.html = _setting(config, "html")
-        self.save_as = _setting(config, "save")
-        self.compare_with = _setting(config, "compare")
-        storage = _setting(config, "storage")
+        self.json = setting(config, "json")
+        self.html = setting(config, "html")
+        self.save_as = setting(config, "save")
+        self.compare_with = setting(config, "compare")
+        storage = setting(config, "storage")
         self.storage = (
             storage.path() if storage else (config.invocation_params.dir / DEFAULT_DIRECTORY)
         )
@@ -146,26 +122,26 @@ class ReportSession:
 
     def _check(self) -> None:
         if self.save_as is not None:
-            baseline_path(self.save_as.value, self.storage, option=self.save_as.origin)
+            baseline_path(str(self.save_as.value), self.storage, option=self.save_as.label)
         if (
             self.html is not None
             and not self.is_worker
             and importlib.util.find_spec("plotly") is None
         ):
             raise ConfigError(
-                f"{self.html.origin}={self.html.value!r} needs plotly, which is not installed: "
+                f"{self.html.label}={self.html.value!r} needs plotly, which is not installed: "
                 "pip install 'pytest-storm[html]'"
             )
-        fail = _setting(self.config, "compare_fail")
+        fail = setting(self.config, "compare_fail")
         if fail is not None:
-            self.thresholds = parse_compare_fail(fail.value, origin=fail.origin)
+            self.thresholds = parse_compare_fail(str(fail.value), origin=fail.label)
             if self.compare_with is None:
                 raise ConfigError(
-                    f"{fail.origin}={fail.value!r} needs a baseline to compare with: "
+                    f"{fail.label}={fail.value!r} needs a baseline to compare with: "
                     "add --concurrency-compare=NAME"
                 )
         if self.compare_with is not None:
-            self.baseline = load(self.compare_with.value, self.storage)
+            self.baseline = load(str(self.compare_with.value), self.storage)
 
     # -- pytest hooks ------------------------------------------------------------------
 
@@ -233,18 +209,18 @@ class ReportSession:
                 lambda p: write_html(p, records, title=title, machine=machine),
             )
         if self.save_as is not None:
-            name = self.save_as.value
+            name = str(self.save_as.value)
             self._attempt(
                 f"baseline {name!r}", self.save_as, lambda _: save(name, doc, self.storage)
             )
 
-    def _attempt(self, what: str, setting: _Setting, write: Callable[[Path], Path]) -> None:
+    def _attempt(self, what: str, setting: Setting, write: Callable[[Path], Path]) -> None:
         target = setting.path()
         try:
             written = write(target)
         except (OSError, ConfigError) as exc:
             # An INTERNALERROR would hide the test outcomes; say what failed instead.
-            self._problems.append(f"could not write the {what} ({setting.origin}): {exc}")
+            self._problems.append(f"could not write the {what} ({setting.label}): {exc}")
         else:
             self._written.append(f"{what} written to {written}")
 
@@ -271,7 +247,7 @@ class ReportSession:
                 yellow=True,
             )
         if self.baseline is not None and self.compare_with is not None:
-            self._write_comparison(tr, records, self.compare_with.value, self.baseline)
+            self._write_comparison(tr, records, str(self.compare_with.value), self.baseline)
         for line in self._written:
             tr.write_line(line)
         for line in self._problems:
@@ -306,7 +282,7 @@ class ReportSession:
         lines = regression_messages(comparison, self.thresholds)
         if not lines:
             return None
-        name = self.compare_with.value
+        name = str(self.compare_with.value)
         path = baseline_path(name, self.storage)
         message = [
             f"storm {result.label} regressed against baseline {name!r} "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import math
 import os
 import shutil
 import sys
@@ -15,8 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TextIO
 
-from .._budget import format_number
+from .._metrics import latency_stats, new_histogram, record_many
 from ._records import StormRecord, StormRow, as_records
+from ._text import aligned, format_number
 
 __all__ = ["LiveProgress", "noise_figures", "noise_statement", "storms_table"]
 
@@ -66,21 +66,15 @@ def storms_table(rows: Sequence[StormRow | StormRecord]) -> list[str]:
                 "FAIL " + ",".join(failed) if failed else "pass",
             )
         )
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    numeric = set(range(3, 11))
-    return [
-        "  ".join(
-            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
-            for i, cell in enumerate(row)
-        ).rstrip()
-        for row in table
-    ]
+    return aligned(table, right=range(3, 11))
 
 
-def _p(values: list[float], percentile: float) -> float:
-    ordered = sorted(values)
-    rank = max(0, math.ceil(percentile / 100 * len(ordered)) - 1)
-    return ordered[rank]
+def _percentiles(overshoots_ms: list[float]) -> tuple[float, float]:
+    """p50 and p99 of the overshoots, through the same HDR histogram as storm latencies."""
+    histogram = new_histogram()
+    moments = record_many(histogram, (max(0, round(v * 1000)) for v in overshoots_ms))
+    stats = latency_stats(histogram, moments)
+    return stats.p50, stats.p99
 
 
 def _sleep_overshoots_ms() -> list[float]:
@@ -120,14 +114,14 @@ def _measure_asyncio() -> list[float]:
 @functools.cache
 def noise_figures() -> dict[str, float]:
     """How late 1 ms sleeps wake on this machine (ms over, p50 and p99); measured once (≈0.5 s)."""
-    blocking = _sleep_overshoots_ms()
-    awaited = _measure_asyncio()
+    sleep_p50, sleep_p99 = _percentiles(_sleep_overshoots_ms())
+    asyncio_p50, asyncio_p99 = _percentiles(_measure_asyncio())
     return {
         "samples": float(_NOISE_SAMPLES),
-        "sleep_p50_ms": round(_p(blocking, 50), 3),
-        "sleep_p99_ms": round(_p(blocking, 99), 3),
-        "asyncio_p50_ms": round(_p(awaited, 50), 3),
-        "asyncio_p99_ms": round(_p(awaited, 99), 3),
+        "sleep_p50_ms": round(sleep_p50, 3),
+        "sleep_p99_ms": round(sleep_p99, 3),
+        "asyncio_p50_ms": round(asyncio_p50, 3),
+        "asyncio_p99_ms": round(asyncio_p99, 3),
     }
 
 

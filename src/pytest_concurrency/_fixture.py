@@ -1,0 +1,183 @@
+"""The ``storm`` fixture: fires storms with the test's parameter layers and records them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from ._api import check_budgets, plan_capacity, run_capacity, warn_about
+from ._capacity import CapacityResult
+from ._engine import LiveFigures, Progress, StormPlan, plan_storm, run_plan, run_plan_async
+from ._options import scale, storm_layers
+from ._report._options import STORM_JSON_PROPERTY
+from ._report._terminal import LiveProgress
+from ._result import StormResult
+from ._session import STORMS_KEY
+from ._workload import Request, RequestFactory, split_requests
+
+__all__ = ["StormFixture"]
+
+
+class StormFixture:
+    """The ``storm`` fixture: ``storm(app, method="GET", path="/", **params) -> StormResult``."""
+
+    def __init__(self, item: pytest.Item) -> None:
+        self._item = item
+        self.results: list[StormResult] = []
+        self._recorded = 0
+
+    def _plan(
+        self,
+        app: Any,
+        method: str | None,
+        path: str | None,
+        requests: int | Sequence[Request] | RequestFactory | None,
+        params: dict[str, Any],
+    ) -> StormPlan:
+        mix, params = split_requests(requests, params)
+        return plan_storm(
+            app,
+            method,
+            path,
+            requests=mix,
+            layers=storm_layers(self._item, params),
+            scale=scale(self._item.config),
+        )
+
+    def __call__(
+        self,
+        app: Any,
+        method: str | None = None,
+        path: str | None = None,
+        *,
+        requests: int | Sequence[Request] | RequestFactory | None = None,
+        **params: Any,
+    ) -> StormResult:
+        """Fire a storm at *app*; budgets from the marker and *params* are enforced on return."""
+        __tracebackhide__ = True
+        plan = self._plan(app, method, path, requests, params)
+        return self._finish(run_plan(plan, self._progress()))
+
+    async def arun(
+        self,
+        app: Any,
+        method: str | None = None,
+        path: str | None = None,
+        *,
+        requests: int | Sequence[Request] | RequestFactory | None = None,
+        **params: Any,
+    ) -> StormResult:
+        """Async form of the fixture, for async tests (``await storm.arun(app, "GET", "/")``)."""
+        __tracebackhide__ = True
+        plan = self._plan(app, method, path, requests, params)
+        return self._finish(await run_plan_async(plan, self._progress()))
+
+    def capacity(
+        self,
+        app: Any,
+        method: str | None = None,
+        path: str | None = None,
+        *,
+        workers: Iterable[int] = range(1, 129),
+        requests: int | Sequence[Request] | RequestFactory | None = None,
+        **params: Any,
+    ) -> CapacityResult:
+        """Smallest worker count of *workers* that meets the budgets (bisection, few storms)."""
+        __tracebackhide__ = True
+        mix, params = split_requests(requests, params)
+        plan = plan_capacity(
+            app,
+            method,
+            path,
+            mix,
+            workers,
+            storm_layers(self._item, params),
+            scale=scale(self._item.config),
+        )
+        found = run_capacity(plan, on_storm=self._record)
+        prefix = "capacity" if not self.results else f"capacity[{len(self.results)}]"
+        self._item.user_properties.append((f"{prefix}.best_workers", found.best))
+        self._item.user_properties.append((f"{prefix}.storms", found.storms))
+        return found
+
+    def _progress(self) -> Progress | None:
+        config = self._item.config
+        capman = config.pluginmanager.getplugin("capturemanager")
+        reporter = config.pluginmanager.getplugin("terminalreporter")
+        if reporter is None or config.option.verbose < -1:
+            return None
+
+        @contextmanager
+        def show(live: LiveFigures) -> Iterator[None]:
+            if (live.expected_seconds or 0) < 1.0:
+                yield  # too short to be worth a live line
+                return
+            line = LiveProgress(
+                live.snapshot,
+                label=f"storm {live.plan.label}",
+                total=live.expected_seconds,
+                stream=sys.__stderr__,
+                capture=capman,
+            )
+            line.start()
+            try:
+                yield
+            finally:
+                line.stop()
+
+        return show
+
+    def _record(self, result: StormResult) -> None:
+        """Add a storm to the session's reports (terminal table, JSON, HTML, xdist transport)."""
+        self._recorded += 1
+        self._item.config.stash[STORMS_KEY].rows.append((self._item.nodeid, result))
+        if hasattr(self._item.config, "workerinput"):
+            # An xdist worker: the controller rebuilds the storm from this property.
+            self._item.user_properties.append((STORM_JSON_PROPERTY, json.dumps(result.to_dict())))
+
+    def _finish(self, result: StormResult) -> StormResult:
+        __tracebackhide__ = True
+        index = len(self.results)
+        self.results.append(result)
+        report_index = self._recorded
+        self._record(result)
+        prefix = "storm" if index == 0 else f"storm[{index}]"
+        for key, value in _figures(result).items():
+            self._item.user_properties.append((f"{prefix}.{key}", value))
+        warn_about(result, stacklevel=4)
+        check_budgets(result)
+        report = self._item.config.pluginmanager.get_plugin("concurrency-report")
+        message = (
+            report.check_regression(self._item.nodeid, report_index, result) if report else None
+        )
+        if message:
+            pytest.fail(message, pytrace=False)
+        return result
+
+
+def _figures(result: StormResult) -> dict[str, Any]:
+    figures: dict[str, Any] = {
+        "label": result.label,
+        "interface": result.interface,
+        "server": result.server,
+        "users": result.users,
+        "requests": result.requests,
+        "rps": round(result.throughput, 2),
+        "p50_ms": round(result.latency.p50, 3),
+        "p90_ms": round(result.latency.p90, 3),
+        "p99_ms": round(result.latency.p99, 3),
+        "max_ms": round(result.latency.max, 3),
+        "mean_ms": round(result.latency.mean, 3),
+        "error_rate": round(result.error_rate, 5),
+        "passed": result.passed,
+    }
+    if result.saturation is not None:
+        figures["saturation"] = round(result.saturation, 4)
+    if result.queue_wait is not None:
+        figures["queue_p99_ms"] = round(result.queue_wait.p99, 3)
+    return figures

@@ -1,0 +1,7 @@
+"""Probes that watch the app while a storm runs, and the registry of the patches they need.
+
+``loop`` measures event-loop lag and names the app code that blocked the loop; ``pools``
+samples the app's thread pools; ``patches`` is the one registry every process-wide patch
+goes through; ``results`` holds the plain data they produce. Nothing is imported here, so
+that importing the data classes does not load the probes.
+"""

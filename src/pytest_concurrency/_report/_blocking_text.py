@@ -1,0 +1,143 @@
+"""Wording of what the probes found: blocking sites, busy thread pools, the diagnosis lines.
+
+The probes measure (``_probes``); this module says it in sentences, for the failure table,
+the terminal and HTML reports and the ``text`` entries of the JSON document.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from .._probes.results import (
+    ANYIO_LIMITER,
+    DEFAULT_EXECUTOR,
+    BlockingSite,
+    LoopLag,
+    PoolUsage,
+)
+
+__all__ = ["back_to_back_line", "describe_pool", "describe_site", "diagnose", "site_location"]
+
+_MAX_SITES = 5
+
+#: Advice for a pool that kept requests queued for a thread, by pool name.
+_POOL_ADVICE = {
+    ANYIO_LIMITER: (
+        " — `def` endpoints queue for a thread: make them `async def` or raise "
+        "anyio.to_thread.current_default_thread_limiter().total_tokens"
+    ),
+    DEFAULT_EXECUTOR: (
+        " — `def` views queue for a thread of the loop's default executor: make them "
+        "`async def` or give the loop a larger one with "
+        "loop.set_default_executor(ThreadPoolExecutor(max_workers=...))"
+    ),
+}
+
+
+def _shown_path(path: str) -> str:
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive
+        return path
+    return path if relative.startswith("..") else relative
+
+
+def _seconds(value: float) -> str:
+    return f"{value:,.1f} s" if value >= 1 else f"{value * 1000:,.0f} ms"
+
+
+def site_location(site: BlockingSite) -> str:
+    """``app/main.py:12 in read_item`` (relative to the working directory when inside it)."""
+    return f"{_shown_path(site.file)}:{site.line} in {site.function}"
+
+
+def describe_site(site: BlockingSite) -> str:
+    """``app.py:12 in read_item → time.sleep(0.05): 812 calls held the loop 50.1 ms each …``."""
+    call = f" → {site.call}" if site.call else ""
+    if site.count == 1:
+        held = f"1 call held the loop {site.per_call_p50_ms:,.1f} ms"
+    else:
+        held = (
+            f"{site.count:,} calls held the loop {site.per_call_p50_ms:,.1f} ms each "
+            f"(p99 {site.per_call_p99_ms:,.1f} ms), {_seconds(site.total_s)} in total"
+        )
+    return f"{site_location(site)}{call}: {held}"
+
+
+def describe_pool(pool: PoolUsage) -> str:
+    """One sentence: ``anyio default thread limiter: 40 of 40 busy 96% of the time, …``."""
+    wait = (
+        f"; p99 wait for a thread {pool.wait_p99_ms:,.1f} ms"
+        if pool.wait_p99_ms is not None
+        else ""
+    )
+    if pool.size is None:
+        return (
+            f"{pool.name}: {pool.mean_busy:,.1f} threads busy on average, "
+            f"at most {pool.max_busy:,} at once{wait}"
+        )
+    if pool.full >= 0.01:
+        waiting = (
+            f", {pool.mean_waiting:,.0f} requests waiting on average"
+            if pool.mean_waiting is not None
+            else ""
+        )
+        return (
+            f"{pool.name}: {pool.size:,} of {pool.size:,} busy {pool.full:.0%} "
+            f"of the time{waiting}{wait}"
+        )
+    return (
+        f"{pool.name}: {pool.mean_busy:,.1f} of {pool.size:,} busy on average, "
+        f"at most {pool.max_busy:,}{wait}"
+    )
+
+
+def back_to_back_line(loop_lag: LoopLag) -> str | None:
+    """The "timers waited … ran back to back" line, when the longest stall was calls in a row."""
+    if not loop_lag.back_to_back:
+        return None
+    # asyncio runs every ready callback before it looks at its timers again.
+    return (
+        f"timers waited up to {loop_lag.max_ms:,.1f} ms: "
+        f"{loop_lag.longest_stall_calls:,} blocking calls, none longer than "
+        f"{loop_lag.longest_stall_call_ms:,.1f} ms, ran back to back before the loop "
+        "got back to its timers"
+    )
+
+
+def diagnose(loop_lag: LoopLag | None, pools: Iterable[PoolUsage]) -> list[str]:
+    """Lines for the budget table: what blocked the event loop, and which thread pools filled up."""
+    # A pool touched once (Django's own request_started signal, say) is not news.
+    busy = [p for p in pools if p.used and (p.mean_busy >= 1 or p.saturation > 0)]
+    lines: list[str] = []
+    if loop_lag is not None and loop_lag.stalls:
+        times = "once" if loop_lag.stalls == 1 else f"{loop_lag.stalls:,} times"
+        lines.append(
+            f"event loop blocked {times} for more than {loop_lag.threshold_ms:g} ms, "
+            f"{loop_lag.total_blocked_s:,.2f} s in total ({loop_lag.blocked_share:.0%} of the storm; "
+            f"longest {loop_lag.max_ms:,.1f} ms)" + (":" if loop_lag.sites else "")
+        )
+        lines.extend(f"  {describe_site(site)}" for site in loop_lag.sites[:_MAX_SITES])
+        if len(loop_lag.sites) > _MAX_SITES:
+            lines.append(f"  … and {len(loop_lag.sites) - _MAX_SITES} more sites")
+        in_a_row = back_to_back_line(loop_lag)
+        if in_a_row is not None:
+            lines.append(f"  {in_a_row}")
+        unattributed = loop_lag.unattributed
+        if unattributed:
+            threads = sum(p.mean_busy for p in busy)
+            cause = (
+                "probably the loop waiting for the interpreter lock while "
+                f"≈{threads:,.0f} app threads ran"
+                if threads >= 1
+                else "framework or load-generator code, or too short to sample"
+            )
+            stalls = "1 stall" if unattributed == 1 else f"{unattributed:,} stalls"
+            lines.append(f"  {stalls} not traced to app code ({cause})")
+    for pool in busy:
+        line = describe_pool(pool)
+        if pool.saturation >= 0.1:
+            line += _POOL_ADVICE.get(pool.name, "")
+        lines.append(line)
+    return lines

@@ -1,0 +1,292 @@
+"""The words of every report: numbers, verdicts, the storm headline, the failure table and
+its diagnosis, the capacity table, and aligned text tables.
+
+Shared by the failure message of :class:`BudgetExceeded`, the terminal, the command line
+and the HTML page, so a storm reads the same wherever it is shown. Everything here reads
+a storm in its dict form (``StormResult.to_dict()``), which live results and storms sent
+back by xdist workers or read from a saved file all have.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .._params import FLOOR_BUDGETS
+from .._result import StormResult, Verdict
+from ._blocking_text import diagnose
+
+if TYPE_CHECKING:
+    from .._capacity import CapacityResult
+
+__all__ = [
+    "aligned",
+    "budget_failure",
+    "capacity_summary",
+    "capacity_table",
+    "diagnosis",
+    "failure_lines",
+    "format_number",
+    "headline",
+    "machine_line",
+    "side_by_side",
+    "verdict_table",
+    "verdict_word",
+]
+
+#: Error kinds the engine records without an exception from the app.
+_TIMEOUT = "Timeout"
+#: How many kinds of exception and of status a failure line names before "…".
+_SHOWN = 3
+
+
+def format_number(value: float | None) -> str:
+    """1,412.6 / 0.02 / 160 — readable at a glance."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if math.isinf(value):
+        return "∞"
+    if value == int(value) and abs(value) >= 1:
+        return f"{int(value):,}"
+    if abs(value) >= 100:
+        return f"{value:,.1f}"
+    if abs(value) >= 1:
+        return f"{value:,.2f}".rstrip("0").rstrip(".")
+    return f"{value:.3g}"
+
+
+def aligned(rows: Sequence[Sequence[str]], *, right: Collection[int] = ()) -> list[str]:
+    """Rows as lines of aligned columns: columns in *right* right-justified, the rest left."""
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def _is_floor(name: str) -> bool:
+    # An endpoint's budget is named "GET /a min_rps".
+    return name.rsplit(" ", 1)[-1] in FLOOR_BUDGETS
+
+
+def verdict_word(v: Verdict) -> str:
+    """``✓``, ``✗ 14.1x over``, ``✗ 1.01x over``, ``✗ 30% short`` or ``– not measured``."""
+    if math.isnan(v.measured):
+        return "– not measured for this app"
+    if v.ok:
+        return "✓"
+    if _is_floor(v.name):
+        short = 1 - v.measured / v.limit if v.limit else 1.0
+        return f"✗ {short:.0%} short"
+    if v.limit == 0:
+        return "✗ over"
+    ratio = v.ratio
+    # One decimal would call 202.8 against 200 "1.0x over": near the limit, show two.
+    return f"✗ {ratio:.2f}x over" if ratio < 1.1 else f"✗ {ratio:.1f}x over"
+
+
+def headline(data: Mapping[str, Any]) -> str:
+    """``storm GET /io on app (WSGI, 8 sync workers) — 50 users, 3.0 s, 480 requests``."""
+    return (
+        f"storm {data.get('label', '')} on {data.get('app', '')} ({data.get('interface', '')}, "
+        f"{data.get('server', '')}) — {int(data.get('users') or 0):,} users, "
+        f"{float(data.get('duration') or 0):.1f} s, {int(data.get('requests') or 0):,} requests"
+    )
+
+
+def _error_message(kind: str, error: Mapping[str, Any]) -> str:
+    """``TypeError: message`` from the example traceback, else the kind alone."""
+    lines = [line.strip() for line in str(error.get("example") or "").splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    if last.startswith(kind.rsplit(".", 1)[-1]) and len(last) > len(kind):
+        return last if len(last) <= 120 else last[:119] + "…"
+    return kind
+
+
+def failure_lines(data: Mapping[str, Any]) -> list[str]:
+    """What failed: requests that raised, timed out, and responses with status ≥ 400.
+
+    Built from ``errors`` and ``status_counts``. An engine that also counts an exception
+    as a status 500 shows it once, as raised: the 500s beyond the requests that got a
+    response are those exceptions.
+    """
+    failed = int(data.get("failed") or 0)
+    if not failed:
+        return []
+    errors: Mapping[str, Mapping[str, Any]] = data.get("errors") or {}
+    statuses = {int(k): int(n) for k, n in (data.get("status_counts") or {}).items()}
+    requests = int(data.get("requests") or 0)
+    timeouts = int(data.get("timeouts") or 0)
+    raised = {k: e for k, e in errors.items() if k != _TIMEOUT}
+    raised_count = sum(int(e.get("count", 0)) for e in raised.values())
+    counted_twice = sum(statuses.values()) + timeouts - (requests - raised_count)
+    if counted_twice > 0 and 500 in statuses:
+        statuses[500] -= min(counted_twice, statuses[500])
+    bad = {s: n for s, n in sorted(statuses.items()) if s >= 400 and n}
+    parts = [f"{failed:,} failed ({float(data.get('error_rate') or 0):.1%})"]
+    if raised_count:
+        kinds = sorted(raised.items(), key=lambda item: -int(item[1].get("count", 0)))
+        shown = "; ".join(
+            f"{_error_message(kind, e)} ×{int(e.get('count', 0)):,}" for kind, e in kinds[:_SHOWN]
+        )
+        more = " …" if len(kinds) > _SHOWN else ""
+        parts.append(f"{_plural(raised_count, 'request')} raised ({shown}{more})")
+    if timeouts:
+        parts.append(f"{_plural(timeouts, 'request')} timed out")
+    if bad:
+        listed = ", ".join(f"{s} ×{n:,}" for s, n in list(bad.items())[:_SHOWN])
+        more = " …" if len(bad) > _SHOWN else ""
+        parts.append(f"{_plural(sum(bad.values()), 'response')} with status ≥ 400 ({listed}{more})")
+    return ["; ".join(parts)]
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+def _pool_line(data: Mapping[str, Any]) -> list[str]:
+    pool = data.get("pool")
+    if not pool or not data.get("requests"):
+        return []
+    return [
+        f"workers were saturated {float(pool.get('saturation') or 0):.0%} of the time "
+        f"(all {pool.get('size')} busy with requests queued; "
+        f"{float(pool.get('mean_busy') or 0):.1f} busy on average); mean queue wait "
+        f"{format_number(pool.get('mean_queue_ms'))} ms "
+        f"({float(pool.get('queue_share') or 0):.0%} of latency)"
+    ]
+
+
+def diagnosis(data: Mapping[str, Any], result: StormResult | None = None) -> list[str]:
+    """Lines that say why the figures are what they are.
+
+    What blocked the event loop needs the live *result*; a storm known only as a dict
+    (from an xdist worker or a file) is diagnosed without it.
+    """
+    lines = _pool_line(data) + failure_lines(data)
+    if result is not None:
+        lines.extend(diagnose(result.loop_lag, result.thread_pools))
+    lines.extend(str(w) for w in data.get("warnings") or [])
+    return lines
+
+
+def verdict_table(result: StormResult, *, indent: str = "  ") -> str:
+    """The budget table of DESIGN.md: headline, limit, measured, verdict, and diagnosis."""
+    data = result.to_dict(histograms=False)
+    rows = [("budget", "limit", "measured", "verdict")]
+    rows.extend(
+        (v.name, format_number(v.limit), format_number(v.measured), verdict_word(v))
+        for v in result.verdicts
+    )
+    lines = [headline(data), *aligned(rows), *diagnosis(data, result)]
+    return "\n".join((indent + line).rstrip() for line in lines)
+
+
+def budget_failure(result: StormResult) -> str:
+    """The message of :class:`BudgetExceeded`: which budgets broke, then the table."""
+    broken = ", ".join(v.name for v in result.failed_verdicts)
+    return f"storm broke its budget ({broken})\n{verdict_table(result)}"
+
+
+def side_by_side(results: Sequence[StormResult]) -> str:
+    """One column per storm, one row per figure."""
+    rows: list[tuple[str, ...]] = [("", *[r.app for r in results])]
+
+    def row(name: str, values: Iterable[str]) -> None:
+        rows.append((name, *values))
+
+    row("kind", [f"{r.interface}, {r.server}" for r in results])
+    row("storm", [f"{r.label}, {r.users:,} users" for r in results])
+    row("requests", [f"{r.requests:,}" for r in results])
+    row("rps", [format_number(r.throughput) for r in results])
+    for pct in ("p50", "p90", "p99", "max"):
+        row(f"{pct} ms", [format_number(getattr(r.latency, pct)) for r in results])
+    row("errors", [f"{r.error_rate:.1%}" for r in results])
+    row("saturation", [f"{r.saturation:.0%}" if r.saturation is not None else "-" for r in results])
+    row(
+        "verdict",
+        [
+            "pass" if r.passed else "FAIL " + ",".join(v.name for v in r.failed_verdicts)
+            for r in results
+        ],
+    )
+    return "\n".join(aligned(rows, right=range(1, len(rows[0]))))
+
+
+def machine_line(machine: Mapping[str, Any]) -> str:
+    """``cpython 3.12.1 on Linux-6.1-x86_64 (AMD EPYC 7B13), 8 cores`` from ``machine_info()``."""
+    cpu = machine.get("cpu_model") or machine.get("machine") or "?"
+    cores = machine.get("cpu_usable") or machine.get("cpu_count")
+    return (
+        f"{machine.get('implementation', '')} {machine.get('python', '')} on "
+        f"{machine.get('platform', '')} ({cpu}), {cores} cores"
+    )
+
+
+# -- capacity ------------------------------------------------------------------------------
+
+
+def _workers(n: int) -> str:
+    return f"{n} worker{'s' if n != 1 else ''}"
+
+
+def _budget_text(name: str, limit: float) -> str:
+    return f"{name} {'≥' if _is_floor(name) else '≤'} {format_number(limit)}"
+
+
+def capacity_summary(found: CapacityResult) -> list[str]:
+    """Sentences that state the answer of a capacity search."""
+    budgets = ", ".join(_budget_text(name, limit) for name, limit in found.budgets.items())
+    low, high = found.candidates[0], found.candidates[-1]
+    count = len(found.candidates)
+    searched = (
+        f"{found.storms} storm{'s' if found.storms != 1 else ''} over "
+        f"{count} candidate{'s' if count != 1 else ''}" + (f" ({low}–{high})" if count > 1 else "")
+    )
+    lines: list[str] = []
+    if found.best is None:
+        largest = found.trial(high)
+        still = ""
+        if largest is not None and largest.failed:
+            still = f": at {_workers(high)} " + "; ".join(
+                f"{v.name} is still {format_number(v.measured)} (limit {format_number(v.limit)})"
+                for v in largest.failed
+            )
+        lines.append(f"no candidate meets {budgets}{still} — {searched}")
+    elif found.best == low:
+        lines.append(
+            f"the smallest candidate, {_workers(low)}, already meets {budgets} — {searched}"
+        )
+    else:
+        lines.append(f"smallest worker count that meets {budgets}: {found.best} — {searched}")
+    if found.is_async_app and found.best == 1:
+        lines.append(
+            "one event-loop worker suffices: the app is async (ASGI), its concurrency "
+            "comes from the event loop, not from workers"
+        )
+    return lines
+
+
+def capacity_table(found: CapacityResult) -> str:
+    """The storms of a capacity search, in worker order, then the answer."""
+    rows = [("workers", "verdict", "throughput rps", "p50 ms", "p99 ms", "saturation")]
+    for t in found.tried:
+        rows.append(
+            (
+                str(t.workers),
+                "✓" if t.passed else "✗ " + ", ".join(v.name for v in t.failed),
+                format_number(t.throughput),
+                format_number(t.p50),
+                format_number(t.p99),
+                f"{t.saturation:.0%}" if t.saturation is not None else "–",
+            )
+        )
+    right = {0, 2, 3, 4, 5}
+    # The last column is right-justified: every row of the table has the same width.
+    return "\n".join([*aligned(rows, right=right), *capacity_summary(found)])

@@ -1,0 +1,584 @@
+"""A fake of the hosts an app calls with ``httpx``, answered in-process after simulated latency.
+
+``Upstream`` replaces ``httpx.HTTPTransport.handle_request`` and
+``httpx.AsyncHTTPTransport.handle_async_request``, as pytest-httpx does (respx patches the
+httpcore pools below them), so clients the app built before the storm are answered too.
+It is a small patch of its own, not a layer over either library, installed through the
+probes' patch registry so that upstreams nest and come off in any order. Per call, best
+of nine rounds of 10,000 sequential ``await client.get(...)`` with zero latency (CPython
+3.11, httpx 0.28, 2 cores): ``httpx.MockTransport`` 80 µs, this module 92 µs (+12 µs, 10 of
+them the ``anyio.sleep(0)`` checkpoint any real call makes), respx 0.23 172 µs (+92 µs;
+221 µs with an async side effect that sleeps), pytest-httpx 0.36 181 µs (+101 µs). With
+``httpx.Client`` this module adds nothing measurable (73 µs against 76 µs) and respx
+costs 157 µs. Neither library picks an async or a blocking wait by itself (a user callback
+must know which client called it), neither counts calls in flight, and pytest-httpx keeps
+every request for the life of its fixture, so neither is a dependency.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import numbers
+import random
+import threading
+from array import array
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from .._errors import ConfigError
+from .._probes.patches import Patch, patch, remove_all
+from .distributions import Latency, LatencyLike, _nearest_rank, _show, as_latency
+from .waits import _default_rng, _wait_async, _wait_blocking
+
+__all__ = ["INSTALLED", "Route", "UndeclaredUpstreamError", "Upstream"]
+
+INSTALLED: list[Upstream] = []
+"""Upstreams currently answering httpx calls, so that storms can report on them."""
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+_ERROR_STATUS = 503
+_ERROR_BODY = b"simulated upstream error"
+
+
+class UndeclaredUpstreamError(httpx.TransportError):
+    """The app called a host (or path) that the running ``Upstream`` has no route for."""
+
+
+def _origin(url: httpx.URL) -> str:
+    port = f":{url.port}" if url.port is not None else ""
+    return f"{url.scheme}://{url.host}{port}"
+
+
+def _body_from(value: Any, where: str) -> tuple[bytes, list[tuple[str, str]]]:
+    if isinstance(value, bytes):
+        return value, []
+    if isinstance(value, str):
+        return value.encode("utf-8"), [("content-type", "text/plain; charset=utf-8")]
+    if isinstance(value, dict | list):
+        body = jsonlib.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return body.encode("utf-8"), [("content-type", "application/json")]
+    raise TypeError(
+        f"{where} must give an httpx.Response, dict, list, str or bytes, got {type(value).__name__}"
+    )
+
+
+class _Chunks:
+    """Streamed response body: chunks with a sampled wait between them."""
+
+    def __init__(self, route: Route, chunks: tuple[bytes, ...], rng: random.Random) -> None:
+        self._route = route
+        self._chunks = chunks
+        self._rng = rng
+        self._open = True
+
+    def _finish(self) -> None:
+        # A streamed call stays in flight until its body ends or is closed.
+        if self._open:
+            self._open = False
+            self._route._exit()
+
+
+class _AsyncChunks(_Chunks, httpx.AsyncByteStream):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        latency = self._route.chunk_latency
+        for index, chunk in enumerate(self._chunks):
+            if index:
+                await _wait_async(latency.sample(self._rng))
+            yield chunk
+        # An abandoned iterator is not the end of the call: only the body's end or the
+        # response's close (aclose below) takes it out of flight, as with a real connection.
+        self._finish()
+
+    async def aclose(self) -> None:
+        self._finish()
+
+
+class _SyncChunks(_Chunks, httpx.SyncByteStream):
+    def __iter__(self) -> Iterator[bytes]:
+        latency = self._route.chunk_latency
+        for index, chunk in enumerate(self._chunks):
+            if index:
+                _wait_blocking(latency.sample(self._rng))
+            yield chunk
+        self._finish()
+
+    def close(self) -> None:
+        self._finish()
+
+
+class Route:
+    """One declared upstream endpoint and what it has seen; create with ``Upstream.route``."""
+
+    def __init__(
+        self,
+        url_prefix: str,
+        *,
+        method: str | None,
+        latency: Latency,
+        status: int,
+        json: Any,
+        content: str | bytes | None,
+        headers: Mapping[str, str] | Sequence[tuple[str, str]] | None,
+        handler: Callable[[httpx.Request], Any] | None,
+        stream: Sequence[bytes | str] | None,
+        chunk_latency: Latency,
+        error_rate: float,
+        timeout_rate: float,
+        rng: random.Random,
+    ) -> None:
+        where = f"upstream.route({url_prefix!r})"
+        url = httpx.URL(url_prefix)
+        if url.scheme not in _DEFAULT_PORTS or not url.host:
+            raise ConfigError(
+                f"{where}: url_prefix must be an absolute http(s) URL such as "
+                "'http://model-server/generate'"
+            )
+        if url.query:
+            raise ConfigError(f"{where}: url_prefix must not have a query; routes match paths")
+        bodies = [
+            name
+            for name, value in (
+                ("json", json),
+                ("content", content),
+                ("handler", handler),
+                ("stream", stream),
+            )
+            if value is not None
+        ]
+        if len(bodies) > 1:
+            raise ConfigError(f"{where}: give at most one of json, content, handler, stream")
+        if handler is not None and not callable(handler):
+            raise ConfigError(f"{where}: handler={handler!r} is not callable")
+        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+            raise ConfigError(f"{where}: status={status!r} must be an HTTP status (100-599)")
+        for name, rate in (("error_rate", error_rate), ("timeout_rate", timeout_rate)):
+            if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
+                raise ConfigError(f"{where}: {name}={rate!r} must be a fraction (0.0-1.0)")
+            if not 0.0 <= rate <= 1.0:
+                raise ConfigError(f"{where}: {name}={_show(rate)} must be between 0.0 and 1.0")
+        if error_rate + timeout_rate > 1.0:
+            raise ConfigError(
+                f"{where}: error_rate={_show(error_rate)} + timeout_rate={_show(timeout_rate)} "
+                "must not exceed 1.0"
+            )
+
+        self.url_prefix = url_prefix
+        self.method = method.upper() if method is not None else None
+        self.latency = latency
+        self.chunk_latency = chunk_latency
+        self.status = status
+        self.error_rate = float(error_rate)
+        self.timeout_rate = float(timeout_rate)
+        self.handler = handler
+
+        self._key = (url.scheme, url.host, url.port or _DEFAULT_PORTS[url.scheme])
+        path = url.path.rstrip("/")
+        self._path = path
+        self._path_dir = path + "/"
+        self._rng = rng
+        self._faults = error_rate > 0 or timeout_rate > 0
+        self._timeout_cut = self.timeout_rate
+        self._error_cut = self.timeout_rate + self.error_rate
+
+        user_headers = list(httpx.Headers(headers).multi_items()) if headers else []
+        user_names = {name.lower() for name, _ in user_headers}
+        self._user_headers = user_headers
+        self._chunks: tuple[bytes, ...] | None = None
+        if stream is not None:
+            self._chunks = tuple(c.encode("utf-8") if isinstance(c, str) else c for c in stream)
+            if not all(isinstance(c, bytes) for c in self._chunks):
+                raise ConfigError(f"{where}: stream chunks must be bytes or str")
+            self._stream_headers = [("transfer-encoding", "chunked"), *user_headers]
+        body, implied = (
+            (b"", [])
+            if json is None and content is None
+            else (_body_from(json if json is not None else content, f"{where} json/content"))
+        )
+        self._body = body
+        self._headers = [
+            *(h for h in implied if h[0] not in user_names),
+            ("content-length", str(len(body))),
+            *user_headers,
+        ]
+
+        self._lock = threading.Lock()
+        self.calls = 0
+        """Calls answered or refused by this route since the last reset."""
+        self.in_flight = 0
+        """Calls waiting or streaming right now."""
+        self.max_in_flight = 0
+        """The most calls in flight at once."""
+        self.errors = 0
+        """Calls answered with a simulated 503."""
+        self.timeouts = 0
+        """Calls that raised ``httpx.ReadTimeout``."""
+        self._waits_us: array[int] = array("q")
+
+    @property
+    def label(self) -> str:
+        """``METHOD url_prefix``, or just the prefix when any method matches."""
+        return f"{self.method} {self.url_prefix}" if self.method else self.url_prefix
+
+    @property
+    def waited_s(self) -> float:
+        """Total time calls spent in their latency wait, in seconds."""
+        return sum(self._waits_us) / 1_000_000
+
+    def _matches(self, method: str, path: str) -> bool:
+        if self.method is not None and self.method != method:
+            return False
+        return not self._path or path == self._path or path.startswith(self._path_dir)
+
+    def _enter(self) -> None:
+        with self._lock:
+            self.calls += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def _exit(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def _count_timeout(self) -> None:
+        with self._lock:
+            self.timeouts += 1
+
+    def _count_error(self) -> None:
+        with self._lock:
+            self.errors += 1
+
+    def _plan(self, request: httpx.Request) -> tuple[float, bool, bool]:
+        """Decide (wait seconds, time out?, answer 503?) for one call."""
+        rng = self._rng
+        draw = rng.random() if self._faults else 1.0
+        delay = self.latency.sample(rng)
+        timeouts = request.extensions.get("timeout")
+        read_timeout = timeouts.get("read") if isinstance(timeouts, dict) else None
+        if draw < self._timeout_cut:
+            # An unanswered call costs the client its whole read timeout.
+            return (read_timeout if read_timeout is not None else delay), True, False
+        if read_timeout is not None and delay > read_timeout:
+            return read_timeout, True, False
+        return delay, False, draw < self._error_cut
+
+    def _timeout(self, request: httpx.Request, waited: float) -> httpx.ReadTimeout:
+        self._count_timeout()
+        return httpx.ReadTimeout(
+            f"simulated read timeout after {waited * 1000:.1f} ms from {self.label}",
+            request=request,
+        )
+
+    def _handler_response(self, value: Any) -> httpx.Response:
+        if isinstance(value, httpx.Response):
+            return value
+        body, implied = _body_from(value, f"handler of {self.label}")
+        names = {name.lower() for name, _ in self._user_headers}
+        headers = [
+            *(h for h in implied if h[0] not in names),
+            ("content-length", str(len(body))),
+            *self._user_headers,
+        ]
+        return httpx.Response(self.status, headers=headers, stream=httpx.ByteStream(body))
+
+    def _respond(self, stream_cls: type[_AsyncChunks] | type[_SyncChunks]) -> httpx.Response:
+        if self._chunks is not None:
+            return httpx.Response(
+                self.status,
+                headers=self._stream_headers,
+                stream=stream_cls(self, self._chunks, self._rng),
+            )
+        return httpx.Response(
+            self.status, headers=self._headers, stream=httpx.ByteStream(self._body)
+        )
+
+    def _error_response(self) -> httpx.Response:
+        self._count_error()
+        return httpx.Response(
+            _ERROR_STATUS,
+            headers=[("content-length", str(len(_ERROR_BODY)))],
+            stream=httpx.ByteStream(_ERROR_BODY),
+        )
+
+    async def _handle_async(self, request: httpx.Request) -> httpx.Response:
+        self._enter()
+        streaming = False
+        try:
+            delay, times_out, fails = self._plan(request)
+            waited = await _wait_async(delay)
+            self._waits_us.append(round(waited * 1_000_000))
+            if times_out:
+                raise self._timeout(request, waited)
+            if fails:
+                return self._error_response()
+            if self.handler is not None:
+                await request.aread()
+                value = self.handler(request)
+                if isinstance(value, Awaitable):
+                    value = await value
+                return self._handler_response(value)
+            streaming = self._chunks is not None
+            return self._respond(_AsyncChunks)
+        finally:
+            if not streaming:
+                self._exit()
+
+    def _handle_sync(self, request: httpx.Request) -> httpx.Response:
+        self._enter()
+        streaming = False
+        try:
+            delay, times_out, fails = self._plan(request)
+            waited = _wait_blocking(delay)
+            self._waits_us.append(round(waited * 1_000_000))
+            if times_out:
+                raise self._timeout(request, waited)
+            if fails:
+                return self._error_response()
+            if self.handler is not None:
+                request.read()
+                value = self.handler(request)
+                if isinstance(value, Awaitable):
+                    if isinstance(value, Coroutine):
+                        value.close()  # never awaited; closing avoids a RuntimeWarning
+                    raise TypeError(
+                        f"handler of {self.label} returned an awaitable to a sync httpx.Client; "
+                        "use a plain function"
+                    )
+                return self._handler_response(value)
+            streaming = self._chunks is not None
+            return self._respond(_SyncChunks)
+        finally:
+            if not streaming:
+                self._exit()
+
+    def _reset(self) -> None:
+        with self._lock:
+            # Calls still in flight will leave through _exit(), so in_flight is kept.
+            self.calls = self.errors = self.timeouts = 0
+            self.max_in_flight = self.in_flight
+            self._waits_us = array("q")
+
+    def stats(self) -> dict[str, Any]:
+        """The route's counts and the latency its calls waited (ms), as a JSON-ready dict."""
+        ordered = sorted(self._waits_us)
+        return {
+            "latency": self.latency.describe(),
+            "calls": self.calls,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "errors": self.errors,
+            "timeouts": self.timeouts,
+            "waited_ms_total": sum(ordered) / 1000.0,
+            "waited_ms_mean": (sum(ordered) / len(ordered) / 1000.0) if ordered else 0.0,
+            "waited_ms_p50": _nearest_rank(ordered, 0.5) / 1000.0 if ordered else 0.0,
+            "waited_ms_p99": _nearest_rank(ordered, 0.99) / 1000.0 if ordered else 0.0,
+            "waited_ms_max": ordered[-1] / 1000.0 if ordered else 0.0,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Route {self.label} {self.latency} calls={self.calls}>"
+
+
+class Upstream:
+    """In-process fake of the hosts an app calls with ``httpx``; a context manager.
+
+    While installed, every ``httpx.Client`` and ``httpx.AsyncClient`` using the default
+    transport, including those created earlier, is answered from the declared routes after a
+    sampled wait: ``anyio.sleep`` for async clients, ``time.sleep`` for sync ones. Nothing
+    reaches the network; a call no route matches raises ``UndeclaredUpstreamError`` and is
+    listed in ``undeclared``. Only httpx is intercepted, and the client's connection-pool
+    limits are not modelled (every call proceeds at once). A call whose wait would exceed the
+    client's read timeout waits that timeout and raises ``httpx.ReadTimeout``; a call picked
+    by ``timeout_rate`` does the same (or waits one latency sample when the client has no
+    read timeout). A 503 picked by ``error_rate`` comes after the usual latency.
+    """
+
+    def __init__(self, *, max_undeclared: int = 100) -> None:
+        self._routes: dict[tuple[str, str, int], list[Route]] = {}
+        self._patches: tuple[Patch, ...] = ()
+        self._max_undeclared = max_undeclared
+        self._lock = threading.Lock()
+        self._undeclared_seen: set[str] = set()
+        self.undeclared: list[str] = []
+        """Distinct URLs called without a route (the first ``max_undeclared``)."""
+        self.undeclared_calls = 0
+        """How many calls had no route, including repeats."""
+
+    # -- declaring
+
+    def route(
+        self,
+        url_prefix: str,
+        *,
+        method: str | None = None,
+        latency: LatencyLike = None,
+        status: int = 200,
+        json: Any = None,
+        content: str | bytes | None = None,
+        headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        handler: Callable[[httpx.Request], Any] | None = None,
+        stream: Sequence[bytes | str] | None = None,
+        chunk_latency: LatencyLike = None,
+        error_rate: float = 0.0,
+        timeout_rate: float = 0.0,
+        seed: int | None = None,
+    ) -> Route:
+        """Declare an endpoint: calls to ``url_prefix`` (longest prefix wins) are answered here.
+
+        ``handler(request)`` may return an ``httpx.Response``, a dict or list (JSON), str or
+        bytes; ``stream`` sends its chunks with ``chunk_latency`` between them. A fraction
+        ``error_rate`` of calls get a 503 and ``timeout_rate`` raise ``httpx.ReadTimeout``.
+        """
+        new = Route(
+            url_prefix,
+            method=method,
+            latency=as_latency(latency),
+            status=status,
+            json=json,
+            content=content,
+            headers=headers,
+            handler=handler,
+            stream=stream,
+            chunk_latency=as_latency(chunk_latency),
+            error_rate=error_rate,
+            timeout_rate=timeout_rate,
+            rng=_default_rng if seed is None else random.Random(seed),
+        )
+        existing = self._routes.get(new._key, [])
+        for route in existing:
+            if route._path == new._path and route.method == new.method:
+                raise ConfigError(
+                    f"upstream.route({url_prefix!r}, method={method!r}) is already declared"
+                )
+        # Most specific first: longer prefixes, then routes that name a method. A new list
+        # replaces the old so threads answering calls never see one half-sorted.
+        self._routes[new._key] = sorted(
+            [*existing, new], key=lambda r: (-len(r._path), r.method is None)
+        )
+        return new
+
+    @property
+    def routes(self) -> list[Route]:
+        """Every declared route."""
+        return [route for routes in self._routes.values() for route in routes]
+
+    # -- installing
+
+    @property
+    def installed(self) -> bool:
+        """Whether this upstream's patches of httpx's transports are in place."""
+        return bool(self._patches)
+
+    def install(self) -> None:
+        """Patch httpx's default transports to answer from this upstream.
+
+        Upstreams nest: the one installed last answers, and uninstalling them in any order
+        leaves the one installed latest of those left (or httpx itself) answering.
+        """
+        if self._patches:
+            raise RuntimeError("this Upstream is already installed")
+        match = self._match
+
+        def handle_request(
+            transport: httpx.HTTPTransport, request: httpx.Request
+        ) -> httpx.Response:
+            return match(request)._handle_sync(request)
+
+        async def handle_async_request(
+            transport: httpx.AsyncHTTPTransport, request: httpx.Request
+        ) -> httpx.Response:
+            return await match(request)._handle_async(request)
+
+        first = patch(httpx.HTTPTransport, "handle_request", handle_request)
+        try:
+            second = patch(httpx.AsyncHTTPTransport, "handle_async_request", handle_async_request)
+        except BaseException:
+            first.remove()
+            raise
+        self._patches = (first, second)
+        INSTALLED.append(self)
+
+    def uninstall(self) -> None:
+        """Take this upstream's patches off httpx's transports (a no-op when not installed)."""
+        patches, self._patches = self._patches, ()
+        if self in INSTALLED:
+            INSTALLED.remove(self)
+        remove_all(patches)
+
+    def __enter__(self) -> Upstream:
+        self.install()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.uninstall()
+
+    # -- answering
+
+    def _match(self, request: httpx.Request) -> Route:
+        url = request.url
+        scheme = url.scheme
+        routes = self._routes.get((scheme, url.host, url.port or _DEFAULT_PORTS.get(scheme, 0)))
+        if routes is not None:
+            method, path = request.method, url.path
+            for route in routes:
+                if route._matches(method, path):
+                    return route
+        raise self._undeclared(request, routes)
+
+    def _undeclared(
+        self, request: httpx.Request, routes: list[Route] | None
+    ) -> UndeclaredUpstreamError:
+        url = str(request.url)
+        with self._lock:
+            self.undeclared_calls += 1
+            if url not in self._undeclared_seen and len(self.undeclared) < self._max_undeclared:
+                self._undeclared_seen.add(url)
+                self.undeclared.append(url)
+        origin = _origin(request.url)
+        if routes is None:
+            problem = f"undeclared upstream host {request.url.host!r}"
+            suggestion = f"{origin}/"
+        else:
+            declared = ", ".join(route.label for route in routes)
+            problem = f"no route for this path on {origin} (declared: {declared})"
+            suggestion = f"{origin}{request.url.path}"
+        return UndeclaredUpstreamError(
+            f"{problem}: {request.method} {url} was not answered, and no network is used "
+            f'during a storm; declare it with upstream.route("{suggestion}", latency=...)',
+            request=request,
+        )
+
+    # -- reporting
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per-route figures keyed by route label (see ``Route.stats``)."""
+        return {route.label: route.stats() for route in self.routes}
+
+    def reset(self) -> None:
+        """Zero every route's counts and forget undeclared calls."""
+        for route in self.routes:
+            route._reset()
+        with self._lock:
+            self.undeclared = []
+            self._undeclared_seen = set()
+            self.undeclared_calls = 0
+
+    def __repr__(self) -> str:
+        state = "installed" if self.installed else "not installed"
+        return f"<Upstream {state}, {len(self.routes)} routes>"
