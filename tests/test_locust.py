@@ -34,7 +34,6 @@ from pytest_concurrency import (
     uniform,
 )
 from pytest_concurrency._budget import evaluate
-from pytest_concurrency._latency import UniformLatency
 from pytest_concurrency._locust import (
     LocustRun,
     build_locustfile,
@@ -44,6 +43,7 @@ from pytest_concurrency._locust import (
 )
 from pytest_concurrency._locust import runner as locust_runner
 from pytest_concurrency._locust.runner import LocustEntry, read_back
+from pytest_concurrency._simio.distributions import UniformLatency
 
 needs_locust = pytest.mark.skipif(
     not locust_available(), reason="Locust is not installed (pip install 'pytest-storm[locust]')"

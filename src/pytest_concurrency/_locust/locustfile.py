@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import ConfigError
-from .._latency import (
+from .._simio.distributions import (
     ConstantLatency,
     EmpiricalLatency,
     ExponentialLatency,
