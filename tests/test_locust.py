@@ -601,3 +601,54 @@ def test_stages_drive_a_single_locust_process(server_url: str) -> None:
     assert result.status_counts[200] == result.requests
     assert result.server.endswith("(1 process, FastHttpUser)")
     assert (result.method, result.path) == ("GET", "/items/1")
+
+
+@needs_locust
+def test_engine_locust_runs_the_storm_behind_a_real_server_and_judges_budgets() -> None:
+    pytest.importorskip("uvicorn")
+    from pytest_concurrency import BudgetExceeded, run_storm
+    from pytest_concurrency._servers import live_servers
+
+    result = run_storm(
+        "tests.apps:asgi_routes",
+        "GET",
+        "/",
+        users=4,
+        duration=2.0,
+        engine="locust",
+        server="uvicorn",
+        processes=2,
+        p99_ms=2000,
+    )
+    assert result.requests > 0
+    assert result.server.startswith("Locust")
+    assert "uvicorn" in result.server
+    assert [v.name for v in result.verdicts] == ["p99_ms"]
+    with pytest.raises(BudgetExceeded, match="min_rps"):
+        run_storm(
+            "tests.apps:asgi_routes",
+            "GET",
+            "/",
+            users=2,
+            duration=1.0,
+            engine="locust",
+            server="uvicorn",
+            min_rps=10**9,
+        )
+    assert not live_servers()
+
+
+def test_engine_locust_needs_a_real_server_and_a_static_mix() -> None:
+    from pytest_concurrency import ConfigError, Request, run_storm
+
+    from .apps import asgi_hello
+
+    with pytest.raises(ConfigError, match=r"engine='locust' .* sends real HTTP"):
+        run_storm(asgi_hello, "GET", "/", engine="locust")
+    with pytest.raises(ConfigError, match="cannot carry requests=<factory>"):
+        run_storm(
+            asgi_hello,
+            requests=lambda u, i: Request("GET", "/"),
+            engine="locust",
+            server="http://127.0.0.1:9",
+        )
