@@ -140,3 +140,9 @@ def wsgi_routes(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]
         return chunks()
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"hello"]
+
+
+#: Module-level apps a real server can import by name (``tests.apps:io_asgi`` …).
+io_asgi = asgi_sleep(0.05)
+blocking_asgi = asgi_blocking(0.05)
+io_wsgi = wsgi_sleep(0.05)

@@ -376,6 +376,7 @@ def test_a_wsgi_app_is_refused_before_any_load() -> None:
         ({"max_disconnect_rate": 2}, "fraction between 0 and 1"),
         ({"processes": 2}, "WebSocket storms run in one process"),
         ({"on_start": print}, "applies to HTTP requests"),
+        ({"engine": "locust", "server": "http://127.0.0.1:9"}, "runs on the native engine"),
     ],
 )
 def test_bad_websocket_parameters_fail_before_any_load(

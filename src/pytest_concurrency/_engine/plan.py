@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from time import perf_counter
 from typing import Any
 
 from .._apps import Interface, app_label, detect_interface
+from .._apps import _module_attribute as importable_name
 from .._checks import NO_CHECKS, Checks, parse_checks
 from .._errors import ConfigError
 from .._metrics import Recorder
@@ -19,7 +21,7 @@ from .._servers._target import resolve as resolve_import
 from .._workload import Request, RequestFactory, RequestMix, build_mix
 from .limits import check_limits
 
-__all__ = ["LiveFigures", "Progress", "StormPlan", "plan_storm"]
+__all__ = ["LiveFigures", "Progress", "StormPlan", "import_app", "plan_storm"]
 
 
 @dataclass
@@ -82,7 +84,7 @@ def plan_storm(
     )
     if isinstance(app, str) and ":" in app and config.server != "inprocess":
         # A real server imports the app by name; in-process needs the object itself.
-        app = _import_app(app)
+        app = import_app(app)
     if config.interface is not None:
         if not callable(app):
             detect_interface(app)  # raises the not-callable error
@@ -104,6 +106,8 @@ def plan_storm(
                 "open-model arrivals are not users with a session; use users= or stages="
             )
     checks = parse_checks(config.checks, config.origin_of("checks"))
+    if config.engine == "locust":
+        _check_locust(config, mix, server, url)
     if mix.factory is not None:
         label = f"templated requests ({mix.labels[0] if mix.labels else '?'} …)"
     elif len(mix.requests) == 1:
@@ -124,7 +128,38 @@ def plan_storm(
     )
 
 
-def _import_app(spec: str) -> Any:
+def _check_locust(
+    config: StormConfig, mix: RequestMix, server: ServerSpec | None, url: str | None
+) -> None:
+    origin = config.origin_of("engine")
+    if server is None and url is None:
+        raise ConfigError(
+            f"engine='locust' (from {origin}) sends real HTTP: give server='uvicorn', "
+            "'gunicorn' … or the URL of a server on loopback"
+        )
+    if importlib.util.find_spec("locust") is None:
+        raise ConfigError(
+            f"engine='locust' (from {origin}) needs Locust: pip install 'pytest-storm[locust]'"
+        )
+    unsupported = [
+        name
+        for name, used in (
+            ("requests=<factory>", mix.factory is not None),
+            ("rate (Locust has no open model)", config.rate is not None),
+            ("on_start (a Python hook cannot be written into a locustfile)", config.on_start),
+            ("checks", config.checks is not None),
+            ("requests=<count>", config.requests is not None),
+        )
+        if used
+    ]
+    if unsupported:
+        raise ConfigError(
+            f"engine='locust' (from {origin}) cannot carry {', '.join(unsupported)}; run "
+            "those storms with the native engine"
+        )
+
+
+def import_app(spec: str) -> Any:
     """An app given as an import string ``module:attr``."""
     try:
         return resolve_import(spec)
@@ -143,7 +178,8 @@ def _real_server(
     if config.server.startswith("http://"):
         return None, config.server
     origin = config.origin_of("server")
-    target = app_label(app)
+    # A closure is found by the module variable that holds it, as a server would import it.
+    target = importable_name(app) or app_label(app)
     module, sep, attr = target.partition(":")
     if not sep or " " in target or module == "__main__" or not attr.isidentifier():
         raise ConfigError(

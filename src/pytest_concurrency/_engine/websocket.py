@@ -314,6 +314,11 @@ def plan_websocket(
             f"processes={config.processes} (from {config.origin_of('processes')}): WebSocket "
             "storms run in one process"
         )
+    if config.engine != "native":
+        raise ConfigError(
+            f"engine={config.engine!r} (from {config.origin_of('engine')}) sends HTTP requests; "
+            "a WebSocket storm runs on the native engine"
+        )
     for name in ("on_start", "checks"):
         if getattr(config, name) is not None:
             raise ConfigError(
