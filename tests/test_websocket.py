@@ -359,6 +359,15 @@ def test_budgets_on_connect_and_throughput() -> None:
     assert "WEBSOCKET /ws" in str(raised.value)
 
 
+def test_warm_up_discards_messages_but_keeps_the_handshakes() -> None:
+    result = run_websocket_storm(
+        echo, "/ws", users=5, warmup=0.2, duration=0.2, connect_p99_ms=5000
+    )
+    assert result.discarded > 0
+    assert result.connect.count == 5
+    assert result.passed
+
+
 def test_a_wsgi_app_is_refused_before_any_load() -> None:
     with pytest.raises(ConfigError, match="WSGI has no WebSockets"):
         run_websocket_storm(flask_app.app, "/ws", users=10, duration=1)

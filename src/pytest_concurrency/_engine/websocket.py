@@ -424,7 +424,6 @@ class _Client:
 class WebSocketFigures(RunFigures):
     """A WebSocket round's figures: the messages' records plus the connections'."""
 
-    connect_start: array[int] = field(default_factory=lambda: array("q"))
     connect: array[int] = field(default_factory=lambda: array("q"))
     counts: ConnectionCounts = field(default_factory=ConnectionCounts)
     held: int = 0
@@ -443,7 +442,6 @@ class WebSocketRunner(AsyncRunner):
         *,
         room: Room | None = None,
         recorders: list[Recorder] | None = None,
-        connect_start: array[int] | None = None,
         connect: array[int] | None = None,
     ) -> None:
         # serve() below replaces the HTTP exchange: the runner never calls an HTTP driver.
@@ -451,7 +449,6 @@ class WebSocketRunner(AsyncRunner):
         self.ws = driver
         self.spec = spec
         self.room = room
-        self.connect_start = connect_start if connect_start is not None else array("q")
         self.connect_us = connect if connect is not None else array("q")
         self.server_messages = 0
         self.sequence = 0
@@ -459,7 +456,6 @@ class WebSocketRunner(AsyncRunner):
 
     def note_connect(self, started: float, done: float) -> None:
         """Record one accepted handshake."""
-        self.connect_start.append(int((started - self.schedule.origin) * 1e6))
         self.connect_us.append(int((done - started) * 1e6))
 
     def payload(self, user: int) -> Data:
@@ -579,7 +575,6 @@ class WebSocketRunner(AsyncRunner):
             figures.dropped,
             figures.in_flight,
             figures.profile,
-            connect_start=self.connect_start,
             connect=self.connect_us,
             counts=counts,
             held=counts.open,
@@ -607,11 +602,9 @@ async def run_websocket_round(
             plan.app, plan.requests[0], subprotocols=spec.subprotocols, lifespan=config.lifespan
         )
     room = Room(spec.listeners) if spec.listeners else None
-    connect_start: array[int] = array("q")
     connect_us: array[int] = array("q")
 
     def note(started: float, done: float) -> None:
-        connect_start.append(-1)  # before the round: kept unless there is a warm-up
         connect_us.append(int((done - started) * 1e6))
 
     async def origin() -> float:
@@ -627,7 +620,6 @@ async def run_websocket_round(
             spec,
             room=room,
             recorders=recorders,
-            connect_start=connect_start,
             connect=connect_us,
         )
 
@@ -651,14 +643,8 @@ async def run_websocket_round(
 def _websocket_result(
     result: StormResult, figures: WebSocketFigures, room: Room | None
 ) -> WebSocketResult:
-    window = figures.window
-    measure_from_us = int((window.measure_from - window.origin) * 1e6)
-    warm = window.measure_from > window.origin
-    values = [
-        lat
-        for start, lat in zip(figures.connect_start, figures.connect, strict=True)
-        if not warm or start >= measure_from_us
-    ]
+    # Every handshake counts, warm-up or not: each connection is opened once.
+    values = figures.connect
     histogram = new_histogram()
     connect = latency_stats(histogram, record_many(histogram, values))
     base = {name: getattr(result, name) for name in result.__dataclass_fields__}
