@@ -277,8 +277,28 @@ def _command(
             str(bind_port),
         ]
     elif processes > 0:
-        command += ["--processes", str(processes)]
+        # Local workers: a free port on loopback, so that storms running side by side (xdist,
+        # two suites on one machine) do not fight over Locust's default 5557.
+        port = str(_free_port())
+        command += [
+            "--processes",
+            str(processes),
+            "--master-bind-host",
+            "127.0.0.1",
+            "--master-bind-port",
+            port,
+            "--master-host",
+            "127.0.0.1",
+            "--master-port",
+            port,
+        ]
     return command
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
