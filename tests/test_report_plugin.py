@@ -296,12 +296,14 @@ def test_xdist_workers_send_their_storms_to_the_controller(
 def test_an_unwritable_report_is_reported_not_an_internal_error(
     pytester: pytest.Pytester, run: Run
 ) -> None:
+    # A report asked for that cannot be written is a usage error before any test runs.
     pytester.makepyfile(test_plain="def test_nothing():\n    pass\n")
     (pytester.path / "taken").mkdir()
     result = run("--concurrency-json=taken")
-    result.assert_outcomes(passed=1)
-    assert result.ret == pytest.ExitCode.OK
-    result.stdout.fnmatch_lines(
-        ["could not write the JSON report (--concurrency-json): *Is a directory*"]
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: --concurrency-json='taken' (from command-line option --concurrency-json): "
+         f"cannot write {pytester.path / 'taken'}: *is a directory*"]
     )
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
     assert [p.name for p in pytester.path.iterdir() if p.name.startswith("taken")] == ["taken"]

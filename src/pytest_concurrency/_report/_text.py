@@ -166,8 +166,11 @@ def _pool_line(data: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def diagnosis(data: Mapping[str, Any], result: StormResult | None = None) -> list[str]:
-    """Lines that say why the figures are what they are.
+def diagnosis(
+    data: Mapping[str, Any], result: StormResult | None = None, *, remarks: bool = True
+) -> list[str]:
+    """Lines that say why the figures are what they are, then the storm's warnings and
+    notes (unless *remarks* is False: the caller shows them its own way).
 
     What blocked the event loop needs the live *result*; a storm known only as a dict
     (from an xdist worker or a file) is diagnosed without it.
@@ -175,6 +178,8 @@ def diagnosis(data: Mapping[str, Any], result: StormResult | None = None) -> lis
     lines = _pool_line(data) + failure_lines(data)
     if result is not None:
         lines.extend(diagnose(result.loop_lag, result.thread_pools))
+    if not remarks:
+        return lines
     lines.extend(str(w) for w in data.get("warnings") or [])
     # A storm saved before notes existed has none: .get, not [].
     lines.extend(f"note: {n}" for n in data.get("notes") or [])
@@ -214,15 +219,21 @@ def status_table(data: Mapping[str, Any], *, sample_width: int = _SAMPLE_WIDTH) 
     return aligned(rows, right={1})
 
 
-def verdict_table(result: StormResult, *, indent: str = "  ") -> str:
-    """The budget table of DESIGN.md: headline, limit, measured, verdict, and diagnosis."""
+def verdict_table(result: StormResult, *, indent: str = "  ", remarks: bool = True) -> str:
+    """The budget table of DESIGN.md: headline, limit, measured, verdict, status codes and
+    diagnosis (with the warnings and notes unless *remarks* is False)."""
     data = result.to_dict(histograms=False)
     rows = [("budget", "limit", "measured", "verdict")]
     rows.extend(
         (v.name, format_number(v.limit), format_number(v.measured), verdict_word(v))
         for v in result.verdicts
     )
-    lines = [headline(data), *aligned(rows), *status_table(data), *diagnosis(data, result)]
+    lines = [
+        headline(data),
+        *aligned(rows),
+        *status_table(data),
+        *diagnosis(data, result, remarks=remarks),
+    ]
     return "\n".join((indent + line).rstrip() for line in lines)
 
 
