@@ -327,7 +327,8 @@ def test_rate_header_stages_html_and_csv_options(
     assert [(r["Type"], r["Name"]) for r in rows] == [("GET", "/")]
     with (tmp_path / "run_stats_history.csv").open(newline="") as fh:
         history = list(csv.DictReader(fh))
-    assert history and history[0]["Target"] == "40"
+    assert history
+    assert history[0]["Target"] == "40"
 
     code = main(["run", f"{apps}:fast", "--stages", "0.5:4,0.5:8", "--json", str(out)])
     assert code == 0
@@ -378,7 +379,7 @@ def test_ctrl_c_during_a_storm_exits_130_without_a_traceback(apps: str) -> None:
     try:
         time.sleep(2.0)
         child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=30)
+        _, err = child.communicate(timeout=30)
     finally:
         if child.poll() is None:
             child.kill()

@@ -85,9 +85,10 @@ def fold(
     queues = rec.queue
     statuses = rec.status
     if pool is not None:
-        served = [i for i in keep if statuses[i] != STATUS_TIMEOUT]
         queue_m = record_many(queue_h, (queues[i] for i in keep))
-        service_m = record_many(service_h, (lats[i] - queues[i] for i in served))
+        service_m = record_many(
+            service_h, (lats[i] - queues[i] for i in keep if statuses[i] != STATUS_TIMEOUT)
+        )
         histograms["queue_wait"] = queue_h
         histograms["service_time"] = service_h
         queue_stats = latency_stats(queue_h, queue_m)
@@ -263,10 +264,15 @@ class _Sweep:
     peak_in_flight: int
 
 
-#: Event kinds of the pool sweep, in the two low bits of an event (time << 2 | kind).
-_BUSY_END, _WAIT_END, _WAIT_START, _BUSY_START = range(4)
-#: Time slices of the sweep's bucket sort; at most this many, and no finer than 1 ms.
+#: Event kinds of the pool sweep, in the three low bits of an event (time << 3 | kind). A
+#: request that queued and was then served has three events: it starts waiting, a worker
+#: takes it (one event for both counts), it ends.
+_BUSY_END, _WAIT_END, _TAKEN, _WAIT_START, _BUSY_START = range(5)
+_KIND_BITS = 3
+#: Time slices of the sweep's bucket sort: at most this many, no finer than 1 ms, and
+#: about one for every _PER_SLICE requests.
 _MAX_SLICES = 1 << 16
+_PER_SLICE = 64
 
 
 def _pool_figures(
@@ -281,12 +287,11 @@ def _pool_figures(
     workers and requests in flight per second, and the most requests ever in flight.
 
     Every served request, warm-up included, occupied a worker and may have waited for
-    one: the sweep uses them all. Its events are packed integers in one array, bucket-sorted
-    by time slice, so the fold holds 8 bytes per event and sorts one slice at a time instead
-    of a list of tuples for the whole storm.
+    one: the sweep uses them all. Its events are packed integers (time << 3 | kind) in one
+    array per time slice, so the fold holds 8 bytes per event (at most 3 a request) and
+    sorts one slice at a time, instead of a list of tuples for the whole storm.
     """
     starts, lats, queues, statuses = rec.start, rec.latency, rec.queue, rec.status
-    n = len(rec)
     lo = int((window.measure_from - window.origin) * 1e6)
     if math.isinf(window.stop_at):
         hi = max((starts[i] + lats[i] for i in keep), default=lo)
@@ -300,69 +305,64 @@ def _pool_figures(
     busy_total = 0.0
     peak = 0
 
-    def bounds(i: int) -> tuple[int, int, int]:
-        sent = starts[i]
-        begin = sent + max(0, queues[i])
-        end = sent + lats[i] if statuses[i] != STATUS_TIMEOUT else begin
-        return sent, begin, end
+    first = min(starts, default=0)
+    last = max((s + lat for s, lat in zip(starts, lats, strict=True)), default=0)
+    # About _PER_SLICE requests' events a slice: an array costs ≈ 80 bytes of its own.
+    slice_count = min(_MAX_SLICES, max(1, len(rec) // _PER_SLICE))
+    width = max(1000, (last - first) // slice_count + 1)
+    slices: list[array[int] | None] = [None] * ((last - first) // width + 1)
 
-    first = min((starts[i] for i in range(n)), default=0)
-    last = max((max(bounds(i)) for i in range(n)), default=0)
-    width = max(1000, (last - first) // _MAX_SLICES + 1)
-    slices = (last - first) // width + 1
-    counts = array("q", bytes(8 * (slices + 1)))
-    for i in range(n):
-        sent, begin, end = bounds(i)
+    def add(at: int, kind: int) -> None:
+        k = (at - first) // width
+        bucket = slices[k]
+        if bucket is None:
+            bucket = slices[k] = array("q")
+        bucket.append(((at - first) << _KIND_BITS) | kind)
+
+    for sent, queue, lat, status in zip(starts, queues, lats, statuses, strict=True):
+        begin = sent + queue if queue > 0 else sent
+        end = sent + lat if status != STATUS_TIMEOUT else begin
+        served = end > begin
         if begin > sent:
-            counts[(sent - first) // width] += 1
-            counts[(begin - first) // width] += 1
-        if end > begin:
-            counts[(begin - first) // width] += 1
-            counts[(end - first) // width] += 1
-    # Prefix sums: where each slice's events start in the packed array.
-    offsets = array("q", bytes(8 * (slices + 1)))
-    total = 0
-    for k in range(slices):
-        offsets[k] = total
-        total += counts[k]
-    offsets[slices] = total
-    del counts
-    fill = array("q", offsets)
-    events = array("q", bytes(8 * total))
-
-    for i in range(n):
-        sent, begin, end = bounds(i)
-        pairs: tuple[tuple[int, int], ...] = (
-            ((sent, _WAIT_START), (begin, _WAIT_END)) if begin > sent else ()
-        )
-        if end > begin:
-            pairs += ((begin, _BUSY_START), (end, _BUSY_END))
-        for at, kind in pairs:
-            k = (at - first) // width
-            events[fill[k]] = ((at - first) << 2) | kind
-            fill[k] += 1
+            add(sent, _WAIT_START)
+            add(begin, _TAKEN if served else _WAIT_END)
+        elif served:
+            add(begin, _BUSY_START)
+        if served:
+            add(end, _BUSY_END)
     busy = waiting = 0
     prev = lo
-    for k in range(slices):
-        for event in sorted(events[offsets[k] : offsets[k + 1]]):
-            at = (event >> 2) + first
+    for k, bucket in enumerate(slices):
+        if bucket is None:
+            continue
+        slices[k] = None  # each slice's memory goes as soon as it is swept
+        for event in sorted(bucket):
+            at = (event >> _KIND_BITS) + first
             a, b = max(prev, lo), min(at, hi)
             if b > a and (busy or waiting):
                 busy_total += busy * (b - a)
                 # Saturated: every worker busy and requests queued behind them.
                 if busy >= pool.size and waiting > 0:
                     saturated += b - a
-                _spread(busy_us, a - lo, b - lo, busy)
-                _spread(flight_us, a - lo, b - lo, busy + waiting)
+                second = (a - lo) // 1_000_000
+                if second == (b - lo - 1) // 1_000_000 and second < seconds:
+                    busy_us[second] += busy * (b - a)
+                    flight_us[second] += (busy + waiting) * (b - a)
+                else:
+                    _spread(busy_us, a - lo, b - lo, busy)
+                    _spread(flight_us, a - lo, b - lo, busy + waiting)
                 peak = max(peak, busy + waiting)
             prev = max(prev, at)
-            kind = event & 3
-            if kind == _BUSY_START:
-                busy += 1
-            elif kind == _BUSY_END:
+            kind = event & 7
+            if kind == _BUSY_END:
                 busy -= 1
+            elif kind == _TAKEN:
+                waiting -= 1
+                busy += 1
             elif kind == _WAIT_START:
                 waiting += 1
+            elif kind == _BUSY_START:
+                busy += 1
             else:
                 waiting -= 1
     mean_queue = queue_stats.mean if queue_stats is not None else math.nan
