@@ -37,11 +37,20 @@ def _endpoint_verdict(name: str, verdicts: Sequence[Mapping[str, Any]]) -> str:
     return "FAIL " + ",".join(failed) if failed else "pass"
 
 
-def storms_table(rows: Sequence[StormRow | StormRecord]) -> list[str]:
+def storms_table(
+    rows: Sequence[StormRow | StormRecord], *, first_header: str = "test"
+) -> list[str]:
     """One line per storm (test, storm, app, users, requests, rps, p50/p99/max, errors, verdict),
-    and under a request mix one indented line per endpoint with its own figures and budgets."""
+    and under a request mix one indented line per endpoint with its own figures and budgets.
+
+    *first_header* names the first column (the records' node ids) for callers whose storms
+    are not tests. A ``+RSS MB`` column is added when some record's data carries
+    ``rss_growth_mb`` (resident-memory growth over the storm, which the caller measures).
+    """
+    records = as_records(rows)
+    memory = any("rss_growth_mb" in record.data for record in records)
     header = (
-        "test",
+        first_header,
         "storm",
         "app",
         "users",
@@ -53,9 +62,9 @@ def storms_table(rows: Sequence[StormRow | StormRecord]) -> list[str]:
         "errors",
         "saturation",
         "verdict",
-    )
+    ) + (("+RSS MB",) if memory else ())
     table = [header]
-    for record in as_records(rows):
+    for record in records:
         d = record.data
         latency = d.get("latency") or {}
         pool = d.get("pool")
@@ -76,6 +85,7 @@ def storms_table(rows: Sequence[StormRow | StormRecord]) -> list[str]:
                 _cell(pool.get("saturation"), lambda v: f"{v:.0%}") if pool else "-",
                 "FAIL " + ",".join(failed) if failed else "pass",
             )
+            + ((_cell(d.get("rss_growth_mb"), lambda v: f"{v:,.0f}"),) if memory else ())
         )
         endpoints: Mapping[str, Mapping[str, Any]] = d.get("endpoints") or {}
         for name, endpoint in endpoints.items():
@@ -97,8 +107,9 @@ def storms_table(rows: Sequence[StormRow | StormRecord]) -> list[str]:
                     "",
                     _endpoint_verdict(name, verdicts),
                 )
+                + (("",) if memory else ())
             )
-    return aligned(table, right=range(3, 11))
+    return aligned(table, right=[*range(3, 11), 12])
 
 
 def storm_notes(rows: Sequence[StormRow | StormRecord]) -> list[str]:
