@@ -13,6 +13,7 @@ import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._budget import QUEUED_AFTER_MS, within_noise
 from .._params import FLOOR_BUDGETS
 from .._result import StormResult, Verdict
 from ._blocking_text import diagnose
@@ -31,6 +32,7 @@ __all__ = [
     "headline",
     "machine_line",
     "side_by_side",
+    "unmeasured_reason",
     "verdict_table",
     "verdict_word",
 ]
@@ -76,9 +78,9 @@ def _is_floor(name: str) -> bool:
 
 
 def verdict_word(v: Verdict) -> str:
-    """``✓``, ``✗ 14.1x over``, ``✗ 1.01x over``, ``✗ 30% short`` or ``– not measured``."""
+    """``✓``, ``✗ 14.1x over``, ``✗ 1.01x over``, ``✗ 30% short`` or ``✗ not measured``."""
     if math.isnan(v.measured):
-        return "– not measured for this app"
+        return "✗ not measured"
     if v.ok:
         return "✓"
     if _is_floor(v.name):
@@ -176,14 +178,78 @@ def diagnosis(data: Mapping[str, Any], result: StormResult | None = None) -> lis
     return lines
 
 
-def verdict_table(result: StormResult, *, indent: str = "  ") -> str:
-    """The budget table of DESIGN.md: headline, limit, measured, verdict, and diagnosis."""
-    data = result.to_dict(histograms=False)
-    rows = [("budget", "limit", "measured", "verdict")]
-    rows.extend(
-        (v.name, format_number(v.limit), format_number(v.measured), verdict_word(v))
-        for v in result.verdicts
+_NO_POOL = (
+    "no worker pool was busy: the app's handlers ran on its event loop and none of its "
+    "thread pools was used"
+)
+
+
+def unmeasured_reason(name: str, data: Mapping[str, Any]) -> str:
+    """Why budget *name* could not be measured on the storm *data* (its dict form)."""
+    budget = name.rsplit(" ", 1)[-1]
+    wsgi = str(data.get("interface", "")).upper() == "WSGI"
+    if not data.get("requests"):
+        return "no request completed in the measured window, so there is nothing to judge"
+    if budget in ("max_loop_lag_ms", "max_blocking_calls"):
+        if wsgi:
+            return "a WSGI app has no event loop to watch (use max_queued or max_threads_busy)"
+        return "the event-loop monitor did not run for this storm (it does not watch shards)"
+    if budget in ("max_queue_p99_ms", "max_saturation"):
+        return _NO_POOL if not wsgi else "the WSGI pool recorded no figures"
+    if budget == "max_dropped":
+        return "only an open-model storm (rate=) drops arrivals; this storm had users"
+    if budget == "max_in_flight_peak":
+        return "the storm kept no in-flight samples (its timeline has none)"
+    if budget == "max_threads_busy":
+        return "no worker pool or thread pool was watched during the storm"
+    if budget == "max_queued":
+        if wsgi:
+            return "the WSGI pool's queue-wait histogram is missing from this result"
+        return (
+            f"only the WSGI pool records each request's wait for a worker (queued: over "
+            f"{format_number(QUEUED_AFTER_MS)} ms); for an ASGI app use max_queue_p99_ms for "
+            "its thread pools and max_blocking_calls for its event loop"
+        )
+    if budget == "p99_ratio":
+        waits = (data.get("extras") or {}).get("simulated_waits") or {}
+        requested = waits.get("requested") or {}
+        if requested.get("count"):
+            return "the simulated waits were 0 ms long, so no ratio to them means anything"
+        return (
+            "the storm made no simulated waits (simulated_io, blocking_io, the latency "
+            "middleware or the upstream fixture) whose p99 its own could be compared with"
+        )
+    return "the storm recorded no such figure"
+
+
+def _noise_note(result: StormResult, v: Verdict, aggregate: str) -> str:
+    spread = within_noise(result, v)
+    if spread is None:
+        return ""
+    unit = "" if v.name in ("min_rps", "max_error_rate") else " ms"
+    return (
+        f" (within noise: over {len(result.rounds)} rounds it ranged "
+        f"{format_number(spread[0])}–{format_number(spread[1])}{unit}, across the limit; "
+        f"judged on the {aggregate} round)"
     )
+
+
+def verdict_table(result: StormResult, *, indent: str = "  ") -> str:
+    """The budget table of DESIGN.md: headline, limit, measured, verdict, and diagnosis.
+
+    A budget that was not measured says why; with ``rounds=``, a limit inside the rounds'
+    spread says "within noise" (the verdict still rests on the judged round).
+    """
+    data = result.to_dict(histograms=False)
+    aggregate = str((data.get("params") or {}).get("aggregate") or "median")
+    rows = [("budget", "limit", "measured", "verdict")]
+    for v in result.verdicts:
+        word = verdict_word(v)
+        if math.isnan(v.measured):
+            word += f": {unmeasured_reason(v.name, data)}"
+        else:
+            word += _noise_note(result, v, aggregate)
+        rows.append((v.name, format_number(v.limit), format_number(v.measured), word))
     lines = [headline(data), *aligned(rows), *diagnosis(data, result)]
     return "\n".join((indent + line).rstrip() for line in lines)
 

@@ -81,10 +81,16 @@ class WaitReport:
 
     async_waits: WaitErrors
     blocking_waits: WaitErrors
+    #: The waits as requested (both kinds): the model's own latency, for ``p99_ratio``.
+    requested: WaitErrors = WaitErrors(0, 0.0, 0.0, 0.0, 0.0)
 
     def to_dict(self) -> dict[str, dict[str, float]]:
         """The figures as a JSON-ready dict."""
-        return {"async": self.async_waits.to_dict(), "blocking": self.blocking_waits.to_dict()}
+        return {
+            "async": self.async_waits.to_dict(),
+            "blocking": self.blocking_waits.to_dict(),
+            "requested": self.requested.to_dict(),
+        }
 
 
 class WaitRecorder:
@@ -102,6 +108,8 @@ class WaitRecorder:
         # When each wait ended (perf_counter), so a storm can keep its measured window.
         self._async_at: list[float] = []
         self._blocking_at: list[float] = []
+        self._async_req: list[int] = []
+        self._blocking_req: list[int] = []
         self._lock = threading.Lock()
 
     @property
@@ -116,6 +124,8 @@ class WaitRecorder:
             self._blocking_us = []
             self._async_at = []
             self._blocking_at = []
+            self._async_req = []
+            self._blocking_req = []
             self._active = True
 
     def stop(self, window: tuple[float, float] | None = None) -> WaitReport:
@@ -130,13 +140,21 @@ class WaitRecorder:
             blocking_us, self._blocking_us = self._blocking_us, []
             async_at, self._async_at = self._async_at, []
             blocking_at, self._blocking_at = self._blocking_at, []
+            async_req, self._async_req = self._async_req, []
+            blocking_req, self._blocking_req = self._blocking_req, []
         if window is not None:
             lo, hi = window
-            async_us = [e for e, at in zip(async_us, async_at, strict=False) if lo <= at <= hi]
-            blocking_us = [
-                e for e, at in zip(blocking_us, blocking_at, strict=False) if lo <= at <= hi
-            ]
-        return WaitReport(WaitErrors.from_us(async_us), WaitErrors.from_us(blocking_us))
+            inside = [lo <= at <= hi for at in async_at]
+            async_us = [e for e, keep in zip(async_us, inside, strict=False) if keep]
+            async_req = [r for r, keep in zip(async_req, inside, strict=False) if keep]
+            inside = [lo <= at <= hi for at in blocking_at]
+            blocking_us = [e for e, keep in zip(blocking_us, inside, strict=False) if keep]
+            blocking_req = [r for r, keep in zip(blocking_req, inside, strict=False) if keep]
+        return WaitReport(
+            WaitErrors.from_us(async_us),
+            WaitErrors.from_us(blocking_us),
+            WaitErrors.from_us(async_req + blocking_req),
+        )
 
 
 wait_recorder = WaitRecorder()
@@ -152,6 +170,7 @@ async def _wait_async(seconds: float) -> float:
     waited = end - start
     if wait_recorder._active:
         wait_recorder._async_us.append(round((waited - seconds) * 1_000_000))
+        wait_recorder._async_req.append(round(seconds * 1_000_000))
         wait_recorder._async_at.append(end)
     return waited
 
@@ -166,6 +185,7 @@ def _wait_blocking(seconds: float) -> float:
     waited = end - start
     if wait_recorder._active:
         wait_recorder._blocking_us.append(round((waited - seconds) * 1_000_000))
+        wait_recorder._blocking_req.append(round(seconds * 1_000_000))
         wait_recorder._blocking_at.append(end)
     return waited
 
