@@ -68,26 +68,34 @@ def _queued(r: StormResult) -> float:
     histogram = r.histograms.get("queue_wait")
     if r.pool is None or histogram is None:
         return math.nan
+    if r.pool.saturation <= 0:
+        # Never were all workers busy with requests queued: a wait seen then is the hand-off
+        # to an idle worker (the first requests wait for the pool's threads to be scheduled
+        # on a loaded machine), not a shortage of workers.
+        return 0.0
     return float(_count_above(histogram, round(QUEUED_AFTER_MS * 1000)))
 
 
 def _in_flight_peak(r: StormResult) -> float:
-    samples = [p.in_flight for p in r.timeline if p.in_flight is not None]
+    samples = [float(p.in_flight) for p in r.timeline if p.in_flight is not None]
     # Open model: the result's user count is the largest in-flight sample of the storm;
     # otherwise the busiest second's mean is the closest figure the timeline keeps.
-    peak = float(r.users) if r.model == "open" else math.nan
-    if samples:
-        top = float(max(samples))
-        peak = top if math.isnan(peak) else max(peak, top)
-    return peak
+    if r.model == "open":
+        samples.append(float(r.users))
+    # Samples are taken on the event loop, so a loop held by a blocking call sees none of
+    # the requests it holds back. Little's law counts them, from the intended send time:
+    # the mean in flight (a floor for the peak) is throughput × mean latency.
+    if math.isfinite(r.latency.mean) and math.isfinite(r.throughput):
+        samples.append(r.throughput * r.latency.mean / 1000)
+    return max(samples) if samples else math.nan
 
 
 def _threads_busy(r: StormResult) -> float:
     if r.pool is not None:
-        queued = _queued(r)
-        if queued > 0:
-            # A request waited past the hand-off: every worker was busy at that moment.
+        if r.pool.saturation > 0:
+            # Requests queued while every worker was busy: all of them were, at that moment.
             return float(r.pool.size)
+        # Otherwise the busiest second's mean, rounded up (the timeline keeps no finer peak).
         busy = [p.busy_workers for p in r.timeline if p.busy_workers is not None]
         return float(min(r.pool.size, math.ceil(max(busy)))) if busy else math.nan
     if r.thread_pools:
@@ -102,8 +110,9 @@ def _blocking_calls(r: StormResult) -> float:
     lag = r.loop_lag
     if lag is None:
         return math.nan
-    # A stall whose stack named no call still held the loop: it counts as one.
-    return float(lag.calls + lag.unattributed)
+    # Only calls the watchdog named in the app's code: a stall with no named call is the
+    # machine's or the harness's, and counting it would make the budget flap.
+    return float(lag.calls)
 
 
 def _p99_ratio(r: StormResult) -> float:
