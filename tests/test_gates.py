@@ -14,6 +14,7 @@ import pytest
 
 from pytest_concurrency import blocking_io, run_storm, simulated_io
 from pytest_concurrency._budget import evaluate, measure
+from pytest_concurrency._capacity import search_capacity
 from pytest_concurrency._errors import ConfigError
 from pytest_concurrency._metrics import LatencyStats
 from pytest_concurrency._params import BUDGET_NAMES, Layer, budget_limit, resolve
@@ -253,7 +254,6 @@ def test_p99_ratio_passes_async_and_fails_the_blocking_twin() -> None:
 
 
 @pytest.mark.filterwarnings("ignore::pytest_concurrency.ConcurrencyWarning")
-@pytest.mark.usefixtures("no_leaked_threads")
 def test_threads_busy_counts_the_apps_own_thread_pool() -> None:
     assert _verdicts(asgi_sleep(0.01), {"max_threads_busy": 0}, users=8) == {
         "max_threads_busy": True
@@ -277,3 +277,87 @@ def test_queued_on_an_asgi_app_fails_with_the_reason() -> None:
     result = run_storm(asgi_sleep(0.001), "GET", "/", check=False, requests=20, max_queued=0)
     assert not result.passed
     assert "only the WSGI pool records each request's wait" in verdict_table(result)
+
+
+# -- capacity: confirmed at the boundary, never above what can matter --------------------
+
+
+def pool_result(workers: int, p99: float) -> StormResult:
+    result = synthetic(p99=p99, interface="WSGI")
+    result.server = f"{workers} workers"
+    return result
+
+
+class ScriptedRun:
+    """A fake ``run(workers)``: p99 from *verdicts* (a list of pass/fail per call) or a rule."""
+
+    def __init__(self, script: dict[int, list[bool]], needed: int) -> None:
+        self.script = {w: list(seq) for w, seq in script.items()}
+        self.needed = needed
+        self.calls: list[int] = []
+
+    def __call__(self, workers: int) -> StormResult:
+        self.calls.append(workers)
+        seq = self.script.get(workers)
+        ok = seq.pop(0) if seq else workers >= self.needed
+        return pool_result(workers, 10.0 if ok else 500.0)
+
+
+def test_capacity_never_answers_more_workers_than_users() -> None:
+    # 16 users: a 17th worker never has a request to serve. A noisy machine that fails
+    # the 16-worker storm must not push the answer to 17.
+    for seed in range(20):
+        flaky = {16: [seed % 2 == 0, seed % 3 == 0, True]}
+        run = ScriptedRun(flaky, needed=9)
+        found = search_capacity(
+            run, range(1, 129), budgets={"p99_ms": 100}, repeats=3, max_useful=16
+        )
+        assert found.best is not None
+        assert found.best <= 16, found.table()
+        assert max(run.calls) <= 16
+    assert found.left_out == list(range(17, 129))
+    assert "more than 16 workers cannot help" in found.table()
+
+
+def test_a_boundary_that_flips_is_confirmed_by_a_majority() -> None:
+    # 8 workers pass, then fail twice: by two of three, 8 is not enough.
+    run = ScriptedRun({8: [True, False, False]}, needed=8)
+    found = search_capacity(run, range(1, 17), budgets={"p99_ms": 100}, repeats=3)
+
+    assert found.best == 9
+    assert run.calls.count(8) == 3
+    trial = found.trial(8)
+    assert trial is not None
+    assert (trial.passed, trial.runs, trial.passes) == (False, 3, 1)
+    assert found.confidence == "uncertain"
+    assert found.answer_range == (8, 9)
+    summary = "\n".join(found.summary())
+    assert "confidence: uncertain" in summary
+    assert "the answer lies between 8 and 9 workers" in summary
+    assert "more to confirm the boundary" in summary
+
+
+def test_a_boundary_that_holds_states_high_confidence() -> None:
+    run = ScriptedRun({}, needed=8)
+    found = search_capacity(run, range(1, 17), budgets={"p99_ms": 100}, repeats=3)
+
+    assert found.best == 8
+    assert run.calls.count(8) == 2
+    assert run.calls.count(7) == 2
+    assert found.confidence == "high"
+    assert found.confirming == 2
+    assert "confidence: high — the storms at the boundary agreed" in found.table()
+    assert found.to_dict()["confidence"] == "high"
+
+
+@pytest.mark.filterwarnings("ignore::pytest_concurrency.ConcurrencyWarning")
+@pytest.mark.usefixtures("no_leaked_threads")
+def test_capacity_of_a_closed_model_is_capped_at_its_users() -> None:
+    from pytest_concurrency import capacity
+
+    found = capacity(wsgi_sleep(0.002), "GET", "/", users=3, requests=30, p99_ms=10_000)
+    assert found.best == 1
+    assert found.candidates == [1, 2, 3]
+    assert found.max_useful == 3
+    assert len(found.left_out) == 125
+    assert found.confidence == "high"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -94,6 +95,11 @@ class CapacityPlan:
     budgets: dict[str, float]
     layers: Sequence[Layer]
     scale: tuple[float, str] | None = None
+    #: Largest worker count that can matter (closed model), and the users that set it.
+    max_useful: int | None = None
+    users: int | None = None
+    #: Storms per worker count at the boundary, until a majority agrees.
+    repeats: int = 3
 
 
 def plan_capacity(
@@ -129,7 +135,23 @@ def plan_capacity(
         # In-process, an ASGI app runs on one event loop whatever the worker count: one
         # storm answers whether a single worker suffices.
         candidates = candidates[:1]
-    return CapacityPlan(base, candidates, budgets, list(layers), scale)
+    users, useful = _useful_workers(base)
+    return CapacityPlan(
+        base, candidates, budgets, list(layers), scale, max_useful=useful, users=users
+    )
+
+
+def _useful_workers(base: StormPlan) -> tuple[int | None, int | None]:
+    """Closed model: the users, and the most workers that can serve them all at once."""
+    config = base.config
+    if config.rate is not None:
+        return None, None  # open model: arrivals do not wait for responses
+    users = config.users
+    if config.stages:
+        users = max(users, math.ceil(max(target for _, target in config.stages)))
+    if users < 1:
+        return None, None
+    return users, max(1, math.ceil(users / max(1, config.threads)))
 
 
 def run_capacity(
@@ -152,9 +174,16 @@ def run_capacity(
             on_storm(result)
         return result
 
-    return search_capacity(
-        run, plan.candidates, budgets=plan.budgets, is_async_app=base.interface == "asgi"
+    found = search_capacity(
+        run,
+        plan.candidates,
+        budgets=plan.budgets,
+        is_async_app=base.interface == "asgi",
+        repeats=plan.repeats,
+        max_useful=plan.max_useful,
     )
+    found.users = plan.users
+    return found
 
 
 def capacity(

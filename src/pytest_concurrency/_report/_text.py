@@ -306,15 +306,42 @@ def _budget_text(name: str, limit: float) -> str:
     return f"{name} {'≥' if _is_floor(name) else '≤'} {format_number(limit)}"
 
 
+def _storms(n: int) -> str:
+    return f"{n} storm{'s' if n != 1 else ''}"
+
+
+def _confidence_line(found: CapacityResult) -> list[str]:
+    if not found.confidence:
+        return []
+    boundary = [t for t in found.tried if t.workers in (found.best, _below(found)) and t.runs > 1]
+    told = ", ".join(f"at {_workers(t.workers)} {t.votes} storms passed" for t in boundary)
+    if found.confidence == "high":
+        return [f"confidence: high — the storms at the boundary agreed ({told})"]
+    low, high = found.answer_range or (found.candidates[0], found.candidates[-1])
+    return [
+        f"confidence: uncertain — the storms at the boundary disagreed ({told}): on this "
+        f"machine the answer lies between {low} and {high} workers; a longer duration, more "
+        "users per worker or a quieter machine would settle it"
+    ]
+
+
+def _below(found: CapacityResult) -> int | None:
+    if found.best is None:
+        return found.candidates[-1]
+    index = found.candidates.index(found.best)
+    return found.candidates[index - 1] if index > 0 else None
+
+
 def capacity_summary(found: CapacityResult) -> list[str]:
-    """Sentences that state the answer of a capacity search."""
+    """Sentences that state the answer of a capacity search, and how sure it is."""
     budgets = ", ".join(_budget_text(name, limit) for name, limit in found.budgets.items())
     low, high = found.candidates[0], found.candidates[-1]
     count = len(found.candidates)
-    searched = (
-        f"{found.storms} storm{'s' if found.storms != 1 else ''} over "
-        f"{count} candidate{'s' if count != 1 else ''}" + (f" ({low}–{high})" if count > 1 else "")
+    searched = f"{_storms(found.storms)} over {count} candidate{'s' if count != 1 else ''}" + (
+        f" ({low}–{high})" if count > 1 else ""
     )
+    if found.confirming:
+        searched += f", and {found.confirming} more to confirm the boundary"
     lines: list[str] = []
     if found.best is None:
         largest = found.trial(high)
@@ -331,6 +358,15 @@ def capacity_summary(found: CapacityResult) -> list[str]:
         )
     else:
         lines.append(f"smallest worker count that meets {budgets}: {found.best} — {searched}")
+    if found.left_out:
+        users = f"{found.users:,} users" if found.users else "the storm's users"
+        lines.append(
+            f"more than {_workers(found.max_useful or high)} cannot help {users}: a user waits "
+            "for its response before sending again, so no more requests are ever in flight "
+            f"than {found.max_useful} workers serve; {len(found.left_out)} larger "
+            f"candidate{'s were' if len(found.left_out) != 1 else ' was'} left out"
+        )
+    lines.extend(_confidence_line(found))
     if found.is_async_app and found.best == 1:
         lines.append(
             "one event-loop worker suffices: the app is async (ASGI), its concurrency "
@@ -346,7 +382,8 @@ def capacity_table(found: CapacityResult) -> str:
         rows.append(
             (
                 str(t.workers),
-                "✓" if t.passed else "✗ " + ", ".join(v.name for v in t.failed),
+                ("✓" if t.passed else "✗ " + ", ".join(v.name for v in t.failed))
+                + (f" ({t.votes} passed)" if t.votes else ""),
                 format_number(t.throughput),
                 format_number(t.p50),
                 format_number(t.p99),
