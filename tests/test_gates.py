@@ -248,9 +248,7 @@ def test_p99_ratio_passes_async_and_fails_the_blocking_twin() -> None:
     # 10 users, 10 ms waits: awaited, p99 is about one wait; blocking the loop, the ten
     # users' waits run one after another, about ten waits.
     assert _verdicts(simulated_async(10), {"p99_ratio": 3}, users=10) == {"p99_ratio": True}
-    assert _verdicts(simulated_blocking(10), {"p99_ratio": 3}, users=10) == {
-        "p99_ratio": False
-    }
+    assert _verdicts(simulated_blocking(10), {"p99_ratio": 3}, users=10) == {"p99_ratio": False}
 
 
 @pytest.mark.filterwarnings("ignore::pytest_concurrency.ConcurrencyWarning")
@@ -258,9 +256,7 @@ def test_threads_busy_counts_the_apps_own_thread_pool() -> None:
     assert _verdicts(asgi_sleep(0.01), {"max_threads_busy": 0}, users=8) == {
         "max_threads_busy": True
     }
-    assert _verdicts(threaded(10), {"max_threads_busy": 2}, users=8) == {
-        "max_threads_busy": False
-    }
+    assert _verdicts(threaded(10), {"max_threads_busy": 2}, users=8) == {"max_threads_busy": False}
 
 
 @pytest.mark.filterwarnings("ignore::pytest_concurrency.ConcurrencyWarning")

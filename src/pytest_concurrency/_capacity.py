@@ -239,11 +239,9 @@ def search_capacity(
                 lo = mid + 1
         return lo
 
-    lo = 0
-    if is_async_app:
-        lo = 0 if passes(0) else bisect(1, len(order))
-    else:
-        lo = bisect(0, len(order))
+    # Told the app is async: its smallest count is the likely answer, so try it first.
+    first = 0 if is_async_app and passes(0) else None
+    lo = first if first is not None else bisect(1 if is_async_app else 0, len(order))
     # Settled verdicts never change again, so each round settles new counts: it ends.
     for _ in range(len(order) + 1):
         if repeats == 1:
