@@ -14,7 +14,7 @@ from ._api import check_budgets, plan_capacity, run_capacity, warn_about
 from ._capacity import CapacityResult
 from ._engine import LiveFigures, Progress, StormPlan, plan_storm, run_plan, run_plan_async
 from ._options import scale, storm_layers
-from ._report._options import STORM_JSON_PROPERTY
+from ._report._options import STORM_JSON_PROPERTY, compare_layers
 from ._report._terminal import LiveProgress
 from ._result import StormResult
 from ._session import STORMS_KEY
@@ -45,7 +45,7 @@ class StormFixture:
             method,
             path,
             requests=mix,
-            layers=storm_layers(self._item, params),
+            layers=[*storm_layers(self._item, params), *compare_layers(self._item.config)],
             scale=scale(self._item.config),
         )
 

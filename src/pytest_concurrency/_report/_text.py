@@ -17,9 +17,11 @@ from .._budget import QUEUED_AFTER_MS, within_noise
 from .._params import FLOOR_BUDGETS
 from .._result import StormResult, Verdict
 from ._blocking_text import diagnose
+from ._records import FIGURES
 
 if TYPE_CHECKING:
     from .._capacity import CapacityResult
+    from ._baseline import Judgement
 
 __all__ = [
     "aligned",
@@ -30,7 +32,11 @@ __all__ = [
     "failure_lines",
     "format_number",
     "headline",
+    "judgement_head",
+    "judgement_interval",
+    "judgement_line",
     "machine_line",
+    "show_figure",
     "side_by_side",
     "unmeasured_reason",
     "verdict_table",
@@ -393,3 +399,84 @@ def capacity_table(found: CapacityResult) -> str:
     right = {0, 2, 3, 4, 5}
     # The last column is right-justified: every row of the table has the same width.
     return "\n".join([*aligned(rows, right=right), *capacity_summary(found)])
+
+
+# -- baseline comparison -------------------------------------------------------------------
+
+
+def show_figure(figure: str, value: float) -> str:
+    """``12.01 ms``, ``1,000 rps``, ``2.00%`` — a compared figure with its unit."""
+    if figure == "error_rate":
+        return f"{value:.2%}"
+    unit = FIGURES[figure][1]
+    return f"{format_number(value)} {unit}".rstrip()
+
+
+def _signed(j: Judgement, worse: float) -> str:
+    """A worsening back in the figure's direction: ``+12.0%`` or ``-3 ms``."""
+    change = worse if FIGURES[j.figure][2] else -worse
+    if j.relative:
+        return f"{change:+.1%}"
+    if j.figure == "error_rate":
+        return f"{change:+g}"
+    unit = FIGURES[j.figure][1]
+    return f"{'+' if change >= 0 else '-'}{format_number(abs(change))} {unit}".rstrip()
+
+
+def _noise_source(j: Judgement) -> str:
+    noise = j.delta.noise
+    if noise is None:
+        return ""
+    if noise.source == "latencies":
+        return "from the recorded latencies, one round each"
+    if noise.rounds_now == noise.rounds_then:
+        return f"over {noise.rounds_now} rounds each"
+    return f"over {noise.rounds_now} rounds now and {noise.rounds_then} in the baseline"
+
+
+def judgement_head(j: Judgement) -> str:
+    """``p99 grew from 10 ms to 12 ms (+20.0%; allowed p99:10%)``."""
+    d = j.delta
+    verb = "grew" if d.current >= d.baseline else "fell"
+    change = f"{d.relative:+.1%}" if not math.isnan(d.relative) else f"{d.delta:+g}"
+    return (
+        f"{d.figure} {verb} from {show_figure(d.figure, d.baseline)} to "
+        f"{show_figure(d.figure, d.current)} ({change}; allowed {j.threshold.describe()})"
+    )
+
+
+def judgement_interval(j: Judgement) -> str:
+    """``90% interval of the change +12.0% … +30.0%, over 3 rounds each`` ('' without noise)."""
+    if not j.has_noise:
+        return ""
+    # In the figure's own direction: a fall in throughput is a negative change.
+    low, high = (j.low, j.high) if FIGURES[j.figure][2] else (j.high, j.low)
+    return f"90% interval of the change {_signed(j, low)} … {_signed(j, high)}, {_noise_source(j)}"
+
+
+def judgement_line(j: Judgement) -> str:
+    """The change, its interval and the verdict in one line; inconclusive says what would settle it."""
+    interval = judgement_interval(j)
+    line = judgement_head(j) + (f" — {interval}" if interval else "")
+    if j.verdict == "regressed":
+        return line
+    if j.verdict == "improved":
+        return f"{line}: improved beyond its noise"
+    if j.verdict == "unchanged":
+        return f"{line}: within its threshold"
+    half = (j.high - j.low) / 2
+    width = f"{half:.1%}" if j.relative else show_figure(j.figure, half)
+    if j.settle_rounds is not None:
+        advice = (
+            f"run {j.settle_rounds} rounds (rounds={j.settle_rounds} on the storm, and save the "
+            "baseline with as many) to settle it"
+        )
+    else:
+        advice = (
+            "the change sits on the threshold, so more rounds will not settle it soon: "
+            "lengthen the storm or loosen the threshold"
+        )
+    return (
+        f"{line}: inconclusive — the noise (±{width}) is wider than the margin to the "
+        f"threshold; {advice}"
+    )
