@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ._budget import evaluate
@@ -205,17 +205,8 @@ def search_capacity(
                 passes=passes,
             )
         else:
-            old = trials[workers]
-            trials[workers] = CapacityTrial(
-                old.workers,
-                majority,
-                old.throughput,
-                old.p50,
-                old.p99,
-                old.saturation,
-                old.failed,
-                len(seen),
-                passes,
+            trials[workers] = replace(
+                trials[workers], passed=majority, runs=len(seen), passes=passes
             )
 
     def passes(index: int) -> bool:

@@ -92,16 +92,22 @@ def add_options(parser: pytest.Parser) -> None:
 
 
 def compare_layers(config: pytest.Config) -> list[Layer]:
-    """``rounds=3`` for a storm whose comparison can fail its test (lowest precedence).
+    """``rounds=3`` for a storm whose comparison can fail its test, or that is saved as a
+    baseline for one (lowest precedence).
 
-    A single round has no spread to judge a difference against; a storm (marker or
-    keyword) that sets ``rounds`` keeps its own.
+    A single round has no spread to judge a difference against, on either side of the
+    comparison; a storm (marker or keyword) that sets ``rounds`` keeps its own.
     """
     report = config.pluginmanager.get_plugin("concurrency-report")
-    if not isinstance(report, ReportSession) or not report.thresholds:
+    if not isinstance(report, ReportSession):
         return []
-    origin = f"default of {report.compare_fail_label or '--concurrency-compare-fail'}"
-    return [Layer(origin, {"rounds": COMPARE_ROUNDS})]
+    if report.thresholds:
+        label = report.compare_fail_label or "--concurrency-compare-fail"
+    elif report.save_as is not None:
+        label = report.save_as.label or "--concurrency-save"
+    else:
+        return []
+    return [Layer(f"default of {label}", {"rounds": COMPARE_ROUNDS})]
 
 
 def _scale(config: pytest.Config) -> float | None:
