@@ -75,3 +75,74 @@ class ClosingBody:
 
     def close(self) -> None:
         type(self).closed += 1
+
+
+async def asgi_routes(scope: Scope, receive: Any, send: Any) -> None:
+    """ASGI app for real-server tests: ``/`` hello, ``/echo`` body size, ``/stream`` chunks, ``/slow``, ``/close``."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "http":
+        return
+    path = scope["path"]
+    headers: list[tuple[bytes, bytes]] = []
+    if path == "/echo":
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        payload = b'{"received": %d}' % len(body)
+    elif path == "/stream":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(3):
+            await send({"type": "http.response.body", "body": b"x" * 1000, "more_body": True})
+            await anyio.sleep(0.1)
+        await send({"type": "http.response.body", "body": b""})
+        return
+    elif path == "/slow":
+        await anyio.sleep(2.0)
+        payload = b"slow"
+    elif path == "/close":
+        headers.append((b"connection", b"close"))
+        payload = b"bye"
+    elif path == "/empty":
+        payload = b""
+    else:
+        payload = b"hello"
+    headers.append((b"content-length", str(len(payload)).encode()))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def wsgi_routes(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    """WSGI app for real-server tests: ``/`` hello, ``/echo`` body size, ``/stream`` a generator."""
+    path = environ["PATH_INFO"]
+    if path == "/echo":
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length)
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b'{"received": %d}' % len(body)]
+    if path == "/stream":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def chunks() -> Iterator[bytes]:
+            for _ in range(3):
+                yield b"x" * 1000
+                time.sleep(0.1)
+
+        return chunks()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+
+
+#: Module-level apps a real server can import by name (``tests.apps:io_asgi`` …).
+io_asgi = asgi_sleep(0.05)
+blocking_asgi = asgi_blocking(0.05)
+io_wsgi = wsgi_sleep(0.05)

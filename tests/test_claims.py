@@ -1,39 +1,45 @@
-"""The demo's verdicts: pure functions of the figures, pinned here with made-up figures."""
+"""The demo's verdicts (``examples/claims``): pure functions of the figures, pinned with made-up figures."""
 
 from __future__ import annotations
 
 import math
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-
-from pytest_concurrency import ConfigError, run_storm
-from pytest_concurrency._claims import (
-    ESTIMATED,
+from examples.claims.base import (
     HOLDS,
-    MEASURED,
     NOT_HERE,
     PARTLY,
-    UNKNOWN,
     ClaimRow,
+    DemoStorm,
     Judgement,
+    peak_rss_growth,
+)
+from examples.claims.blocking import judge_async_not_blocking, judge_blocking_in_async
+from examples.claims.render import claims_markdown, claims_table, storms_text
+from examples.claims.scale import (
+    ESTIMATED,
+    MEASURED,
+    UNKNOWN,
     ScalePoint,
     ScaleSeries,
-    StormRecord,
-    check_examples,
-    claims_markdown,
-    claims_table,
-    judge_async_not_blocking,
-    judge_blocking_in_async,
+    _ladder_line,
     judge_choose_fastapi,
     judge_scale,
-    judge_streaming,
-    judge_sync_to_async,
-    judge_worker_ratio,
-    peak_rss_growth,
-    storms_table,
 )
+from examples.claims.streaming import judge_streaming
+from examples.claims.sync_to_async import judge_sync_to_async
+from examples.claims.workers import judge_worker_ratio
+
+from pytest_concurrency import run_storm
+from pytest_concurrency._cli import main
+from pytest_concurrency._report import storms_table
 from tests.apps import asgi_hello
+
+REPO = Path(__file__).resolve().parent.parent
 
 # -- 1. worker ratio ---------------------------------------------------------------------
 
@@ -268,11 +274,11 @@ def test_claims_table_lists_every_claim_then_its_details() -> None:
 
 def test_claims_markdown_escapes_cells_and_includes_the_storms() -> None:
     result = run_storm(asgi_hello, "GET", "/", users=2, requests=20)
-    text = claims_markdown([row("1", PARTLY)], [StormRecord("1", "raw", result, 1.5)], "# T")
+    text = claims_markdown([row("1", PARTLY)], [DemoStorm("1", "raw", result, 1.5)], "# T")
     assert "claim 1 \\| with a pipe" in text
     assert "figure one<br>figure two" in text
     assert "**holds partly** — because of the figures" in text
-    assert storms_table([StormRecord("1", "raw", result, 1.5)]) in text
+    assert storms_text([DemoStorm("1", "raw", result, 1.5)]) in text
 
 
 def test_peak_rss_growth_sees_a_block_that_allocates() -> None:
@@ -285,6 +291,63 @@ def test_peak_rss_growth_sees_a_block_that_allocates() -> None:
     assert growth[0] >= 48
 
 
-def test_demo_outside_the_repository_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"run `pytest-storm demo` from the repository root"):
-        check_examples(tmp_path)
+def test_demo_outside_the_repository_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo"]) == 2  # a ConfigError, as the command line reports it
+    assert re.search(r"run `pytest-storm demo` from the repository root", capsys.readouterr().err)
+
+
+def test_storms_text_names_storms_by_claim_and_shows_their_memory() -> None:
+    result = run_storm(asgi_hello, "GET", "/", users=2, requests=20)
+    lines = storms_text([DemoStorm("2", "FastAPI", result, 1.5), DemoStorm("1", "x", result)])
+    assert lines.splitlines()[0].split()[:3] == ["claim", "storm", "app"]
+    assert lines.splitlines()[0].endswith("+RSS MB")
+    assert re.search(r"^2 FastAPI\s+GET /\s.*\s2$", lines.splitlines()[1])
+    assert lines.splitlines()[2].endswith("n/a")  # not measured (a capacity search's storm)
+    # Without memory figures the library's table keeps its own columns.
+    plain = storms_table([("t.py::x", result)])
+    assert plain[0].split()[0] == "test"
+    assert "+RSS MB" not in plain[0]
+
+
+def test_the_demo_takes_its_constants_from_the_example_apps() -> None:
+    from examples import django_app, fastapi_app, flask_app, starlette_app
+    from examples.claims import base, streaming, workers
+
+    apps = (fastapi_app, starlette_app, flask_app, django_app)
+    assert {app.IO_SECONDS * 1000 for app in apps} == {base.IO_WAIT_MS}
+    assert {app.MODEL_URL for app in apps} == {workers.MODEL_URL}
+    assert {app.STREAM_URL for app in (fastapi_app, flask_app)} == {streaming.STREAM_URL}
+
+
+def test_the_demo_names_a_missing_framework() -> None:
+    script = (
+        "import sys\n"
+        "sys.modules['flask'] = None  # as if it were not installed\n"
+        "from examples.claims.__main__ import main\n"
+        "sys.exit(main(['--quick']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "the demo needs flask" in done.stderr
+    assert "pip install 'pytest-storm[examples]'" in done.stderr
+
+
+def test_a_scale_storm_without_a_completed_request_is_written_not_crashed() -> None:
+    # A storm that completed no request has an infinite p99 (and no cost per request).
+    series = ScaleSeries("Flask", (ScalePoint(100, 650, 160), ScalePoint(5000, math.inf, 0, 1.0)))
+    assert (
+        _ladder_line(series)
+        == "Flask p99 ms — 100: 650 · 5k: ∞ (100% errors) → over from the start"
+    )
+    judged = judge_sync_to_async(900.0, math.inf, 140.0, threads=0)
+    assert "/orm costs ∞ µs" in judged.reason

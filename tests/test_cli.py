@@ -156,9 +156,14 @@ def test_undeclared_upstream_fails_inside_the_app_not_on_the_network(
         ["run", f"{apps}:calls_model", "--users", "2", "--requests", "4", "--budget", "p99_ms=1000"]
     )
     captured = capsys.readouterr()
-    assert code == 0  # the p99 budget held; the errors are counted and noted
+    # The p99 budget held, but every request failed and no error budget was set: like
+    # Locust, any failed request fails the storm (max_error_rate lifts it).
+    assert code == 1
+    assert "max_error_rate" in captured.out
     assert "model-server" in captured.err
     assert "--upstream URL=LATENCY" in captured.err
+    lifted = ["--budget", "max_error_rate=1"]
+    assert main(["run", f"{apps}:calls_model", "--users", "2", "--requests", "4", *lifted]) == 0
 
 
 @pytest.mark.parametrize(

@@ -19,23 +19,15 @@ import argparse
 import importlib
 import json
 import os
+import subprocess
 import sys
-import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ._api import plan_capacity, run_capacity
-from ._claims import (
-    DemoSettings,
-    claims_markdown,
-    claims_table,
-    run_claims,
-    storms_table,
-)
 from ._engine import plan_storm, run_plan
 from ._errors import ConcurrencyWarning, ConfigError, StormError
 from ._params import BUDGET_NAMES, Layer, budget_limit
@@ -334,44 +326,18 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    settings = DemoSettings.quick_run() if args.quick else DemoSettings.full_run()
-    mode = "quick run" if args.quick else "full run"
-    started = time.perf_counter()
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"pytest-storm demo ({mode}), {stamp} — {machine_line()}", flush=True)
-    print("claims from framework-comparison articles, measured in-process:", flush=True)
-    rows, storms = run_claims(
-        settings, root=Path.cwd(), progress=lambda line: print(line, flush=True)
-    )
-    elapsed = time.perf_counter() - started
-    heading = (
-        f"# pytest-storm demo: framework claims, {stamp}\n\n"
-        f"{machine_line()}; {mode}, {len(storms)} storms in {elapsed:,.0f} s."
-    )
-    print()
-    print(claims_table(rows))
-    print()
-    print("every storm:")
-    print(storms_table(storms))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "claims.md").write_text(claims_markdown(rows, storms, heading), encoding="utf-8")
-    _write_json(
-        out / "claims.json",
-        {
-            "date": stamp,
-            "machine": machine_line(),
-            "mode": mode,
-            "seconds": round(elapsed, 1),
-            "claims": [row.to_dict() for row in rows],
-            "storms": [s.to_dict() for s in storms],
-        },
-    )
-    print(
-        f"\n{len(storms)} storms in {elapsed:,.0f} s; wrote {out / 'claims.md'} and "
-        f"{out / 'claims.json'}"
-    )
-    return 0
+    # The demo is the repository's examples/claims package, not part of the wheel. A fresh
+    # interpreter in the checkout runs the checkout's examples, whatever this one imported.
+    root = Path.cwd()
+    if not (root / "examples" / "claims" / "__main__.py").is_file():
+        raise ConfigError(
+            f"the demo lives in the repository's examples/claims (it is not installed with "
+            f"pytest-storm), and {root} has no examples/claims: run `pytest-storm demo` from "
+            "the repository root, or `python -m examples.claims` there"
+        )
+    argv = [sys.executable, "-m", "examples.claims", "--out", args.out]
+    argv += ["--quick"] if args.quick else []
+    return subprocess.run(argv, cwd=root, check=False).returncode
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 from ._errors import ConfigError
 
@@ -100,6 +101,10 @@ WORKLOAD_NAMES: dict[str, str] = {
     "workers": "WSGI server model: worker processes, like gunicorn -w (default 1)",
     "threads": "WSGI server model: threads per worker, like gunicorn --threads (default 1)",
     "seed": "seed for request mixes and simulated latency",
+    "server": "'inprocess' (default), 'uvicorn', 'hypercorn', 'granian', 'gunicorn' (started on 127.0.0.1 for the storm), or the URL of a server already running on loopback",
+    "on_start": "per-user start hook, sync or async, called once with each virtual user (a login); its requests are recorded apart",
+    "checks": "checks on every response: a status, a set of statuses, a callable taking the response, or a list of those",
+    "engine": "'native' (default) or 'locust': run the storm as a generated locustfile with Locust's master and local workers (needs a real server and pip install 'pytest-storm[locust]')",
     "processes": "shard the storm over this many processes, each with its own event loop and copy of the app, like N server worker processes; 'auto' = the cores available (default 1)",
     "interface": "'asgi' or 'wsgi' when the app's kind cannot be detected",
     "lifespan": "'auto' (default), 'on' or 'off': run ASGI lifespan startup/shutdown",
@@ -146,6 +151,12 @@ class StormConfig:
     workers: int = 1
     threads: int = 1
     processes: int = 1
+    server: str = "inprocess"
+    engine: str = "native"
+    on_start: Any = None
+    checks: Any = None
+    #: Index of this storm's first user (process shards number their users apart).
+    first_user: int = 0
     seed: int | None = None
     interface: str | None = None
     lifespan: str = "auto"
@@ -179,7 +190,15 @@ class StormConfig:
 
     def workload(self) -> dict[str, Any]:
         """Workload parameters as a plain dict (for reports)."""
-        skip = {"budgets", "origins", "request_options", "endpoint_budgets", "think"}
+        skip = {
+            "budgets",
+            "origins",
+            "request_options",
+            "endpoint_budgets",
+            "think",
+            "on_start",
+            "checks",
+        }
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
 
@@ -225,6 +244,36 @@ def _choice(name: str, value: Any, origin: str, choices: Iterable[str]) -> str:
             f"{_where(name, value, origin)} must be one of {', '.join(map(repr, options))}"
         )
     return str(value)
+
+
+SERVERS = ("inprocess", "uvicorn", "hypercorn", "granian", "gunicorn")
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _server(value: Any, origin: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{_where('server', value, origin)} must be a string")
+    if value in SERVERS:
+        return value
+    parts = urlsplit(value)
+    if parts.scheme in ("http", "https") and parts.hostname is not None:
+        if parts.scheme != "http":
+            raise ConfigError(f"{_where('server', value, origin)}: only http:// is supported")
+        if parts.hostname not in _LOOPBACK and not parts.hostname.startswith("127."):
+            raise ConfigError(
+                f"{_where('server', value, origin)} is not on loopback: storms are sent only "
+                "to in-process apps and to servers on this machine (127.0.0.1)"
+            )
+        if parts.path not in ("", "/") or parts.query:
+            raise ConfigError(
+                f"{_where('server', value, origin)} must be a server root such as "
+                "'http://127.0.0.1:8000' (paths come from the storm's requests)"
+            )
+        return value.rstrip("/")
+    raise ConfigError(
+        f"{_where('server', value, origin)} must be one of {', '.join(SERVERS)} or a loopback "
+        "URL such as 'http://127.0.0.1:8000'"
+    )
 
 
 def _processes(value: Any, origin: str) -> int:
@@ -434,6 +483,14 @@ def resolve(layers: Iterable[Layer]) -> StormConfig:
         config.workers = _positive_int("workers", *item)
     if (item := take("threads")) is not None:
         config.threads = _positive_int("threads", *item)
+    if (item := take("on_start")) is not None and item[0] is not None:
+        config.on_start = item[0]
+    if (item := take("checks")) is not None and item[0] is not None:
+        config.checks = item[0]
+    if (item := take("engine")) is not None and item[0] is not None:
+        config.engine = _choice("engine", *item, ("native", "locust"))
+    if (item := take("server")) is not None and item[0] is not None:
+        config.server = _server(*item)
     if (item := take("processes")) is not None and item[0] is not None:
         config.processes = _processes(*item)
     if (item := take("seed")) is not None and item[0] is not None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from ._checks import NO_CHECKS, Checks, parse_checks
 from ._errors import ConfigError, StormError
 
 __all__ = ["Profile", "Request", "RequestMix", "build_mix", "split_requests"]
@@ -32,6 +33,18 @@ class Request:
     query: Mapping[str, Any] | str | None = None
     weight: float = 1.0
     name: str | None = None
+    cookies: Mapping[str, str] | None = None
+    #: Checks on this request's responses (on top of the storm's ``checks=``).
+    checks: Any = None
+    _checks: Checks = field(default=NO_CHECKS, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_checks", parse_checks(self.checks, f"Request({self.label!r})"))
+
+    @property
+    def parsed_checks(self) -> Checks:
+        """This request's own checks, parsed."""
+        return self._checks
 
     @property
     def label(self) -> str:
@@ -74,6 +87,7 @@ class Request:
             json=self.json,
             content=self.content,
             data=dict(self.data) if self.data is not None else None,
+            cookies=dict(self.cookies) if self.cookies else None,
         )
 
 
@@ -172,6 +186,8 @@ def build_mix(
     requests: Sequence[Request] | RequestFactory | None,
     request_options: Mapping[str, Any],
     seed: int | None,
+    *,
+    probe_factory: bool = True,
 ) -> RequestMix:
     """Validate the storm's request arguments and return its mix."""
     if callable(requests):
@@ -180,6 +196,9 @@ def build_mix(
                 "requests=<factory> (from keyword argument) replaces method and path: pass one or the other"
             )
         mix = RequestMix([], seed, factory=requests)
+        if not probe_factory:
+            # Users have no state before their start hook ran: requests are checked as built.
+            return mix
         try:
             first = mix.build(0, 0)
         except StormError as exc:

@@ -86,6 +86,10 @@ def build_scope(request: httpx.Request) -> tuple[dict[str, Any], list[tuple[byte
 _CHUNKS_PER_TURN = 16
 
 
+#: Body chunks kept as a sample of an error response (the report shows the first ones).
+_SAMPLE_CHUNKS = 4
+
+
 class Exchange:
     """One request/response exchange: the receive/send pair handed to the app.
 
@@ -97,18 +101,26 @@ class Exchange:
 
     __slots__ = (
         "_body",
+        "_capture",
         "_chunks",
         "_closed",
         "_gone",
         "_sent",
+        "body",
         "done",
         "first_byte",
+        "headers",
         "status",
         "violation",
     )
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, capture: bool = False) -> None:
         self._body = body
+        self._capture = capture
+        #: Response headers and body chunks, kept when asked (checks, cookies) or when the
+        #: status is an error (a sample for the report); None otherwise.
+        self.headers: Any = None
+        self.body: list[bytes] | None = None
         self._sent = False
         self._gone = False
         self._closed: anyio.Event | None = None
@@ -164,6 +176,9 @@ class Exchange:
                     )
                 )
             more = message.get("more_body", False)
+            kept = self.body
+            if kept is not None and body and (self._capture or len(kept) < _SAMPLE_CHUNKS):
+                kept.append(bytes(body))
             # First body byte, or the end of an empty body.
             if not self.first_byte and (body or not more):
                 self.first_byte = perf_counter()
@@ -194,6 +209,9 @@ class Exchange:
                         )
                     )
             self.status = status
+            if self._capture or status >= 400:
+                self.headers = message.get("headers", ())
+                self.body = []
         elif self._gone:
             return  # a server drops what a gone client cannot receive
         else:
@@ -247,7 +265,16 @@ class AsgiDriver:
         scope["headers"] = headers.copy()
         if self._state is not None:
             scope["state"] = self._state.copy()
-        exchange = Exchange(body)
+        capture = False
+        if holder is not None:
+            user = getattr(holder, "user", None)
+            if user is not None and (user.headers or user.cookies):
+                scope["headers"].extend(
+                    (k.lower().encode("latin-1"), v.encode("latin-1"))
+                    for k, v in user.header_pairs()
+                )
+            capture = getattr(holder, "capture", False)
+        exchange = Exchange(body, capture)
         if holder is not None:
             holder.exchange = exchange
         try:

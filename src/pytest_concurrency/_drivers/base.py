@@ -84,6 +84,10 @@ class Exchange(Protocol):
     status: int
     #: ``perf_counter()`` when the first body byte came back (the end, for an empty body).
     first_byte: float
+    #: Response headers and body chunks when the slot asked to capture them (checks,
+    #: cookies) or the status was an error; None otherwise.
+    headers: Any
+    body: list[bytes] | None
 
 
 class Slot(Protocol):

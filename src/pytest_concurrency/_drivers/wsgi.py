@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from werkzeug.test import EnvironBuilder
 
+from .._checks import NO_CHECKS
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
 from .._workload import Request
 from .base import BadHeaders, BadStatus, BodyNotBytes, NoStartResponse, StartedTwice
@@ -34,6 +35,8 @@ __all__ = ["PoolRun", "WsgiDriver", "WsgiPool", "build_environ"]
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
+#: Body chunks kept as a sample of an error response.
+_SAMPLE_CHUNKS = 4
 #: Seconds past one request timeout after which a request-count storm with no completion
 #: is given up.
 _STALL_GRACE = 2.0
@@ -47,6 +50,11 @@ class _NullErrors(io.StringIO):
 
 
 _ERRORS = _NullErrors()
+
+
+def request_environ(request: Request) -> tuple[dict[str, Any], bytes]:
+    """The (environ template, body) of a request built on the fly."""
+    return build_environ(request.to_httpx())
 
 
 def build_environ(request: httpx.Request) -> tuple[dict[str, Any], bytes]:
@@ -77,12 +85,13 @@ class _StartResponse:
     """``start_response`` held to PEP 3333: once per response unless ``exc_info`` replaces
     headers not yet sent; a status "NNN reason"; headers as (str, str) pairs."""
 
-    __slots__ = ("first_byte", "sent", "status")
+    __slots__ = ("first_byte", "headers", "sent", "status")
 
     def __init__(self) -> None:
         self.status = 0
         self.sent = False
         self.first_byte = 0.0
+        self.headers: list[tuple[str, str]] = []
 
     def __call__(self, status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], Any]:
         if exc_info is not None:
@@ -100,6 +109,7 @@ class _StartResponse:
                 f"start_response headers must be a list of (str, str) tuples, not {headers!r}"
             )
         self.status = int(status[:3])
+        self.headers = headers
         return self.write
 
     def write(self, data: bytes) -> None:
@@ -121,7 +131,53 @@ class WsgiDriver:
 
     def call_request(self, request: Request) -> tuple[int, float]:
         """Run a request built on the fly (templated requests pay for encoding it)."""
-        return self.call_prepared(build_environ(request.to_httpx()))
+        return self.call_prepared(request_environ(request))
+
+    def call_as(
+        self, prepared: tuple[dict[str, Any], bytes], user: Any = None, capture: bool = False
+    ) -> tuple[int, float, list[tuple[str, str]] | None, list[bytes] | None]:
+        """Run a prepared request as *user* (its headers and cookies added); keep the headers
+        and body when *capture* or when the status is an error.
+
+        Returns (status, first byte, headers or None, body chunks or None).
+        """
+        template, body = prepared
+        if user is not None and (user.headers or user.cookies):
+            template = template.copy()
+            for name, value in user.header_pairs():
+                key = name.upper().replace("-", "_")
+                if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                    key = "HTTP_" + key
+                template[key] = value
+        environ = template.copy()
+        environ["wsgi.input"] = io.BytesIO(body)
+        start_response = _StartResponse()
+        result = self.app(environ, start_response)
+        chunks: list[bytes] = []
+        try:
+            for chunk in result:
+                if not isinstance(chunk, bytes):
+                    raise BodyNotBytes(
+                        f"the response iterable yielded {type(chunk).__name__}, not bytes"
+                    )
+                if chunk:
+                    if not start_response.status:
+                        raise NoStartResponse("a body chunk came before start_response")
+                    start_response.sent = True
+                    start_response.first_byte = start_response.first_byte or perf_counter()
+                    if capture or len(chunks) < _SAMPLE_CHUNKS:
+                        chunks.append(chunk)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        status = start_response.status
+        if not status:
+            raise NoStartResponse("the app returned without calling start_response")
+        first = start_response.first_byte or perf_counter()
+        if capture or status >= 400:
+            return status, first, start_response.headers, chunks
+        return status, first, None, None
 
     def call_prepared(self, prepared: tuple[dict[str, Any], bytes]) -> tuple[int, float]:
         """Run a prepared (environ template, body) request; return (status, first byte).
@@ -191,6 +247,8 @@ class WsgiPool:
         book: ErrorBook,
         build: Callable[[int, int], tuple[int, Request]] | None = None,
         live: list[Recorder] | None = None,
+        users: list[Any] | None = None,
+        inspector: Any,
     ) -> PoolRun:
         """Serve the round's schedule; join every thread before returning.
 
@@ -199,11 +257,11 @@ class WsgiPool:
         otherwise the thread that completes a user's request puts its next one straight
         back in the backlog. Open model: a dispatcher thread puts arrivals in the backlog
         on schedule, dropping those that find ``max_in_flight`` requests out.
-        *build(user, iteration)* makes templated requests.
+        *build(user, iteration)* makes templated requests. Requests run as their user
+        (stateful *users*); the *inspector* looks at the responses it asks to keep.
         """
         backlog: SimpleQueue[tuple[float, int] | None] = SimpleQueue()
         stop = threading.Event()
-        call_prepared = self.driver.call_prepared
         templates = self.driver.templates
         window = schedule.window
         origin = schedule.origin
@@ -226,6 +284,9 @@ class WsgiPool:
         dispatched = [0, 0]  # arrivals put in the backlog; 1 once the dispatcher is done
         iterations: dict[int, int] = {}
         failures: list[BaseException] = []
+        capture = inspector.capture
+        judges = inspector.judges
+        call_as = self.driver.call_as
 
         def fail(exc: BaseException) -> None:
             failures.append(exc)
@@ -293,10 +354,15 @@ class WsgiPool:
                         fail(exc)
                         return
                 try:
-                    if build is None:
-                        status, first_byte = call_prepared(templates[index])
-                    else:
-                        status, first_byte = self.driver.call_request(request)
+                    prepared = templates[index] if build is None else request_environ(request)
+                    person = users[user] if users is not None and user >= 0 else None
+                    status, first_byte, kept, chunks = call_as(prepared, person, capture)
+                    if judges:
+                        checks = inspector.checks_for(index, None if build is None else request)
+                        error = inspector.look(person, index, checks, status, kept, chunks)
+                    elif kept is not None:
+                        # An error status: keep a sample body for the report.
+                        error = inspector.look(person, index, NO_CHECKS, status, kept, chunks)
                 except Exception as exc:
                     status, first_byte, error = STATUS_EXCEPTION, 0.0, book.kind(exc)
                 except (SystemExit, KeyboardInterrupt) as exc:
@@ -352,7 +418,7 @@ class WsgiPool:
                 backlog.put((when, user))
             else:
                 later(when, user)
-        users = len(first_sends)
+        population = len(first_sends)
         total = window.total
         # A request-count storm has no stop time: it also ends once nothing has completed
         # for a whole timeout while requests wait (a handler that never returns).
@@ -364,7 +430,7 @@ class WsgiPool:
                 if schedule.open:
                     if dispatched[1] and sum(done_count) >= dispatched[0]:
                         break
-                elif sum(retired) >= users:
+                elif sum(retired) >= population:
                     break
                 if total is not None:
                     now_done = sum(done_count)

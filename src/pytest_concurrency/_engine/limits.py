@@ -33,6 +33,8 @@ MAX_RATE = 1_000_000.0
 #: Worker threads per process: past ~50 threads a pool measures the interpreter lock, and
 #: the operating system's own limits come long before this one matters.
 MAX_THREADS = 10_000
+#: Open files kept free for everything else (logs, the server's own files).
+_FILES_SPARE = 200
 #: Longest per-request timeout, ms (a day): beyond it, deadlines overflow the clock.
 MAX_TIMEOUT_MS = 86_400_000.0
 
@@ -68,7 +70,12 @@ def _where(config: StormConfig, name: str) -> str:
     return f"{name}={getattr(config, name)!r} (from {config.origin_of(name)})"
 
 
-def check_limits(config: StormConfig, interface: str) -> None:
+def _open_files() -> int | None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def check_limits(config: StormConfig, interface: str, *, real_server: bool = False) -> None:
     """Raise :class:`ConfigError` for a storm this machine cannot carry."""
     if config.timeout_ms > MAX_TIMEOUT_MS:
         raise ConfigError(
@@ -87,8 +94,17 @@ def check_limits(config: StormConfig, interface: str) -> None:
     else:
         users = max(config.users, math.ceil(peak))
         unit = "stages" if config.stages and peak > config.users else "users"
-    per_user = ASGI_USER_BYTES if interface == "asgi" else WSGI_USER_BYTES
-    threads = config.workers * config.threads if interface == "wsgi" else 0
+    if real_server:
+        # One loopback connection per user costs two descriptors (client and server).
+        files = _open_files()
+        if files is not None and 2 * users + _FILES_SPARE > files:
+            raise ConfigError(
+                f"{unit}={users:,} over real connections needs ≈{2 * users + _FILES_SPARE:,} open "
+                f"files (two per loopback connection) but this process may open {files:,} "
+                "(ulimit -n): raise the limit or lower the load"
+            )
+    per_user = ASGI_USER_BYTES if interface == "asgi" or real_server else WSGI_USER_BYTES
+    threads = config.workers * config.threads if interface == "wsgi" and not real_server else 0
     if threads > (room := _thread_room()):
         raise ConfigError(
             f"workers={config.workers} × threads={config.threads} (from "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -9,13 +10,18 @@ from time import perf_counter
 from typing import Any
 
 from .._apps import Interface, app_label, detect_interface
+from .._apps import _module_attribute as importable_name
+from .._checks import NO_CHECKS, Checks, parse_checks
+from .._errors import ConfigError
 from .._metrics import Recorder
 from .._metrics.fold import is_failure
 from .._params import Layer, StormConfig, resolve
+from .._servers import RunningServer, ServerSpec
+from .._servers._target import resolve as resolve_import
 from .._workload import Request, RequestFactory, RequestMix, build_mix
 from .limits import check_limits
 
-__all__ = ["LiveFigures", "Progress", "StormPlan", "plan_storm"]
+__all__ = ["LiveFigures", "Progress", "StormPlan", "import_app", "plan_storm"]
 
 
 @dataclass
@@ -28,6 +34,23 @@ class StormPlan:
     app_name: str
     mix: RequestMix
     config: StormConfig
+    #: A real server to start for the storm (``server="uvicorn"`` …), or None.
+    server: ServerSpec | None = None
+    #: Where the storm is sent over HTTP (a loopback URL), or None for in-process.
+    url: str | None = None
+    #: What serves the app, in the field's words, once known.
+    served_by: str | None = None
+    #: The real server started for the storm, while it runs.
+    running: RunningServer | None = None
+    #: Per-user start hook (``on_start=``), or None.
+    on_start: Any = None
+    #: Checks on every response (``checks=``).
+    checks: Checks = NO_CHECKS
+
+    @property
+    def on_loop(self) -> bool:
+        """True when the storm runs on an event loop (ASGI in-process, or any real server)."""
+        return self.interface == "asgi" or self.url is not None or self.server is not None
 
     @property
     def requests(self) -> Sequence[Request]:
@@ -51,21 +74,128 @@ def plan_storm(
     config = resolve(layers)
     if scale is not None and scale[0] != 1:
         config.scaled(*scale)
-    mix = build_mix(method, path, requests, config.request_options, config.seed)
+    mix = build_mix(
+        method,
+        path,
+        requests,
+        config.request_options,
+        config.seed,
+        probe_factory=config.on_start is None,
+    )
+    if isinstance(app, str) and ":" in app and config.server != "inprocess":
+        # A real server imports the app by name; in-process needs the object itself.
+        app = import_app(app)
     if config.interface is not None:
         if not callable(app):
             detect_interface(app)  # raises the not-callable error
         interface: Interface = "asgi" if config.interface == "asgi" else "wsgi"
     else:
         interface = detect_interface(app)
-    check_limits(config, interface)
+    server, url = _real_server(app, interface, config)
+    check_limits(config, interface, real_server=url is not None or server is not None)
+    on_start = config.on_start
+    if on_start is not None:
+        if not callable(on_start):
+            raise ConfigError(
+                f"on_start={on_start!r} (from {config.origin_of('on_start')}) must be a callable "
+                "taking the virtual user"
+            )
+        if config.rate is not None:
+            raise ConfigError(
+                f"on_start (from {config.origin_of('on_start')}) needs the closed model: "
+                "open-model arrivals are not users with a session; use users= or stages="
+            )
+    checks = parse_checks(config.checks, config.origin_of("checks"))
+    if config.engine == "locust":
+        _check_locust(config, mix, server, url)
     if mix.factory is not None:
         label = f"templated requests ({mix.labels[0] if mix.labels else '?'} …)"
     elif len(mix.requests) == 1:
         label = mix.requests[0].label
     else:
         label = f"mix of {len(mix.requests)} requests"
-    return StormPlan(app, interface, config.name or label, app_label(app), mix, config)
+    return StormPlan(
+        app,
+        interface,
+        config.name or label,
+        app_label(app),
+        mix,
+        config,
+        server=server,
+        url=url,
+        on_start=on_start,
+        checks=checks,
+    )
+
+
+def _check_locust(
+    config: StormConfig, mix: RequestMix, server: ServerSpec | None, url: str | None
+) -> None:
+    origin = config.origin_of("engine")
+    if server is None and url is None:
+        raise ConfigError(
+            f"engine='locust' (from {origin}) sends real HTTP: give server='uvicorn', "
+            "'gunicorn' … or the URL of a server on loopback"
+        )
+    if importlib.util.find_spec("locust") is None:
+        raise ConfigError(
+            f"engine='locust' (from {origin}) needs Locust: pip install 'pytest-storm[locust]'"
+        )
+    unsupported = [
+        name
+        for name, used in (
+            ("requests=<factory>", mix.factory is not None),
+            ("rate (Locust has no open model)", config.rate is not None),
+            ("on_start (a Python hook cannot be written into a locustfile)", config.on_start),
+            ("checks", config.checks is not None),
+            ("requests=<count>", config.requests is not None),
+        )
+        if used
+    ]
+    if unsupported:
+        raise ConfigError(
+            f"engine='locust' (from {origin}) cannot carry {', '.join(unsupported)}; run "
+            "those storms with the native engine"
+        )
+
+
+def import_app(spec: str) -> Any:
+    """An app given as an import string ``module:attr``."""
+    try:
+        return resolve_import(spec)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"app={spec!r} (from argument app) could not be imported: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _real_server(
+    app: Any, interface: Interface, config: StormConfig
+) -> tuple[ServerSpec | None, str | None]:
+    """The server to start, or the URL to send to, for ``server=``."""
+    if config.server == "inprocess":
+        return None, None
+    if config.server.startswith("http://"):
+        return None, config.server
+    origin = config.origin_of("server")
+    # A closure is found by the module variable that holds it, as a server would import it.
+    target = importable_name(app) or app_label(app)
+    module, sep, attr = target.partition(":")
+    if not sep or " " in target or module == "__main__" or not attr.isidentifier():
+        raise ConfigError(
+            f"server={config.server!r} (from {origin}) starts a server process that imports the "
+            f"app, but {target} cannot be imported by name: give the app as a module-level "
+            "variable or as an import string 'module:attr'"
+        )
+    spec = ServerSpec(
+        kind=config.server,  # type: ignore[arg-type]
+        app=target,
+        interface=interface,
+        workers=config.workers,
+        threads=config.threads,
+    )
+    spec.validate(origin)
+    return spec, None
 
 
 class LiveFigures:

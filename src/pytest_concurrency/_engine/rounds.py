@@ -10,6 +10,7 @@ runs the same :class:`Schedule` from its own threads. Both fold into a
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -18,10 +19,14 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.from_thread
+import anyio.to_thread
 
+from .._checks import Response, headers_text
 from .._drivers.asgi import AsgiDriver
 from .._drivers.base import AsyncDriver
-from .._drivers.wsgi import WsgiDriver, WsgiPool
+from .._drivers.http import HttpDriver
+from .._drivers.wsgi import WsgiDriver, WsgiPool, request_environ
 from .._errors import StormError
 from .._metrics import ErrorBook, Recorder
 from .._metrics.fold import PoolModel, RunFigures, fold
@@ -31,9 +36,11 @@ from .._probes.pools import ThreadPoolProbe
 from .._probes.results import LoopLag, PoolUsage
 from .._result import StormResult
 from .._workload import Request
+from .inspect import Inspector
 from .plan import LiveFigures, StormPlan, plan_storm
-from .runner import AsyncRunner, running_loop
+from .runner import AsyncRunner, Slot, running_loop
 from .schedule import Schedule
+from .users import AsyncUser, SyncUser, User, is_async_hook
 
 __all__ = [
     "RoundOutput",
@@ -52,8 +59,136 @@ _LEAD = 0.001
 
 
 def async_driver(plan: StormPlan) -> AsyncDriver:
-    """The async driver that serves *plan*."""
+    """The async driver that serves *plan*: a real server over HTTP, or the app in-process."""
+    if plan.url is not None:
+        return HttpDriver(plan.url, list(plan.requests), server=plan.served_by)
     return AsgiDriver(plan.app, list(plan.requests), lifespan=plan.config.lifespan)
+
+
+class StartRecords:
+    """Requests made by ``on_start`` hooks: recorded apart from the storm's figures."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.statuses: Counter[int] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.hooks_failed: list[str] = []
+
+    def add(self, seconds: float, status: int, error: str | None = None) -> None:
+        """One start-hook request."""
+        self.latencies.append(seconds)
+        if error is not None:
+            self.errors[error] += 1
+        else:
+            self.statuses[status] += 1
+
+    def to_dict(self, users: int) -> dict[str, Any]:
+        """Plain figures for ``result.extras["on_start"]``."""
+        ordered = sorted(self.latencies)
+        count = len(ordered)
+        return {
+            "users": users,
+            "requests": count,
+            "failed": sum(self.errors.values())
+            + sum(n for status, n in self.statuses.items() if status >= 400),
+            "status_counts": dict(self.statuses),
+            "errors": dict(self.errors),
+            "hooks_failed": self.hooks_failed[:5],
+            "hooks_failed_count": len(self.hooks_failed),
+            "p50_ms": ordered[int(0.5 * (count - 1))] * 1000 if count else None,
+            "p99_ms": ordered[int(0.99 * (count - 1))] * 1000 if count else None,
+        }
+
+
+#: Start hooks that run at once (a login storm before the storm would distort nothing
+#: measured, but thousands at once would only queue).
+_START_CONCURRENCY = 64
+
+
+async def _start_users_async(
+    plan: StormPlan, driver: AsyncDriver, count: int
+) -> tuple[list[User], StartRecords]:
+    """Run ``on_start`` for *count* users through *driver*, before the round."""
+    hook = plan.on_start
+    records = StartRecords()
+    first = plan.config.first_user
+
+    async def send(user: User, request: Request) -> Response:
+        slot = Slot(int(user), user, capture=True)
+        started = perf_counter()
+        try:
+            exchange = await driver.call_request(request, slot)
+        except Exception as exc:
+            records.add(perf_counter() - started, 0, type(exc).__name__)
+            raise
+        headers = headers_text(exchange.headers or ())
+        user.absorb(headers)
+        records.add(perf_counter() - started, exchange.status)
+        return Response(exchange.status, headers, b"".join(exchange.body or ()))
+
+    if is_async_hook(hook):
+        users: list[User] = [AsyncUser(first + uid, send) for uid in range(count)]
+    else:
+
+        def send_sync(user: User, request: Request) -> Response:
+            return anyio.from_thread.run(send, user, request)
+
+        users = [SyncUser(first + uid, send_sync) for uid in range(count)]
+    limiter = anyio.Semaphore(_START_CONCURRENCY)
+
+    async def start(user: User) -> None:
+        async with limiter:
+            try:
+                if is_async_hook(hook):
+                    await hook(user)
+                else:
+                    await anyio.to_thread.run_sync(hook, user)
+            except Exception as exc:
+                records.hooks_failed.append(f"user {int(user)}: {type(exc).__name__}: {exc}")
+
+    async with anyio.create_task_group() as group:
+        for user in users:
+            group.start_soon(start, user)
+    return users, records
+
+
+def _start_users_sync(
+    plan: StormPlan, driver: WsgiDriver, count: int
+) -> tuple[list[User], StartRecords]:
+    """Run ``on_start`` for *count* users of the WSGI pool, one after another, before the round."""
+    hook = plan.on_start
+    records = StartRecords()
+    first = plan.config.first_user
+
+    def send(user: User, request: Request) -> Response:
+        started = perf_counter()
+        try:
+            status, _, headers, chunks = driver.call_as(request_environ(request), user, True)
+        except Exception as exc:
+            records.add(perf_counter() - started, 0, type(exc).__name__)
+            raise
+        pairs = headers_text(headers or ())
+        user.absorb(pairs)
+        records.add(perf_counter() - started, status)
+        return Response(status, pairs, b"".join(chunks or ()))
+
+    async def send_async(user: User, request: Request) -> Response:
+        return send(user, request)
+
+    asynchronous = is_async_hook(hook)
+    users: list[User] = [
+        AsyncUser(first + uid, send_async) if asynchronous else SyncUser(first + uid, send)
+        for uid in range(count)
+    ]
+    for user in users:
+        try:
+            if asynchronous:
+                anyio.run(hook, user)
+            else:
+                hook(user)
+        except Exception as exc:
+            records.hooks_failed.append(f"user {int(user)}: {type(exc).__name__}: {exc}")
+    return users, records
 
 
 async def _soon() -> float:
@@ -76,6 +211,7 @@ class RoundOutput:
     thread_pools: list[PoolUsage] = field(default_factory=list)
     stuck_threads: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def cpu_share(self) -> float | None:
@@ -91,6 +227,8 @@ async def execute_async(
     config = plan.config
     driver = async_driver(plan)
     timeout = config.timeout_ms / 1000
+    extras: dict[str, Any] = {}
+    runner: AsyncRunner | None = None
     failure: StormError | None = None
     figures: RunFigures | None = None
     monitor: LoopMonitor | None = None
@@ -99,8 +237,14 @@ async def execute_async(
         try:
             await driver.startup(lifespan_group, timeout=max(timeout, 10.0))
             # Lifespan is not monitored: only the storm itself.
+            users: list[User] | None = None
+            if plan.on_start is not None:
+                count = Schedule(config, 0.0).users
+                users, started = await _start_users_async(plan, driver, count)
+                extras["on_start"] = started.to_dict(count)
             async with AsyncExitStack() as stack:
-                if running_loop() is not None:  # asyncio only
+                # In-process only: behind a real server these would watch the client.
+                if running_loop() is not None and plan.url is None:  # asyncio only
                     monitor = await stack.enter_async_context(LoopMonitor(threshold_ms=5.0))
                     probe = await stack.enter_async_context(ThreadPoolProbe())
                 schedule = Schedule(config, await origin())
@@ -109,6 +253,8 @@ async def execute_async(
                     driver,
                     plan.mix,
                     recorders=live.recorders if live is not None else None,
+                    users=users,
+                    checks=plan.checks,
                 )
                 if live is not None:
                     live.in_flight = lambda: len(runner.slots)
@@ -126,13 +272,16 @@ async def execute_async(
             lifespan_group.cancel_scope.cancel()
     if failure is not None:
         raise failure
-    if figures is None:  # pragma: no cover - the task group re-raises anything else
+    if figures is None or runner is None:  # pragma: no cover - the group re-raises the rest
         raise StormError("the storm ended without figures")
+    if runner.inspector.samples.by_status:
+        extras["samples"] = dict(runner.inspector.samples.by_status)
     return RoundOutput(
         figures,
         driver.describe(),
         loop_lag=monitor.result if monitor is not None else None,
         thread_pools=list(probe.result or []) if probe is not None else [],
+        extras=extras,
     )
 
 
@@ -164,6 +313,13 @@ def execute_pool(
                 return mix.intern(request.label), request
 
         build = build_request
+    extras: dict[str, Any] = {}
+    users: list[User] | None = None
+    if plan.on_start is not None:
+        count = Schedule(config, 0.0).users
+        users, started = _start_users_sync(plan, driver, count)
+        extras["on_start"] = started.to_dict(count)
+    inspector = Inspector(book, plan.mix, plan.checks, users is not None)
     schedule = Schedule(config, origin() if origin is not None else perf_counter() + _LEAD)
     wall_before = perf_counter()
     run = pool.run(
@@ -172,7 +328,11 @@ def execute_pool(
         book=book,
         build=build,
         live=live.recorders if live is not None else None,
+        users=users,
+        inspector=inspector,
     )
+    if inspector.samples.by_status:
+        extras["samples"] = dict(inspector.samples.by_status)
     wall = perf_counter() - wall_before
     figures = RunFigures(
         Recorder.merge(run.recorders),
@@ -190,6 +350,7 @@ def execute_pool(
         description,
         pool=PoolModel(description, pool.size),
         stuck_threads=run.stuck_threads,
+        extras=extras,
     )
 
 
@@ -214,6 +375,7 @@ def finish(plan: StormPlan, output: RoundOutput) -> StormResult:
     result.thread_pools = list(output.thread_pools)
     result.loop_cpu_share = output.cpu_share
     result.warnings.extend(output.warnings)
+    result.extras.update(output.extras)
     busy = result.loop_cpu_share
     if output.pool is not None and busy is not None and busy >= _SATURATED_CPU:
         result.warnings.append(

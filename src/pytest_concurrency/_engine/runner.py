@@ -26,13 +26,16 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from .._checks import NO_CHECKS, Checks
 from .._drivers.base import AsyncDriver
 from .._errors import ConfigError, StormError
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
 from .._metrics.fold import RunFigures
 from .._workload import RequestMix
+from .inspect import Inspector
 from .interrupts import app_interrupt
 from .schedule import Schedule
+from .users import User
 
 __all__ = ["AsyncRunner", "Slot", "running_loop"]
 
@@ -45,10 +48,23 @@ _DISCONNECT_GRACE = 0.02
 class Slot:
     """One virtual user's (or open-model connection's) slot: its request in flight, if any."""
 
-    __slots__ = ("cancel_at", "conn", "exchange", "index", "scope", "since", "timed_out", "uid")
+    __slots__ = (
+        "cancel_at",
+        "capture",
+        "conn",
+        "exchange",
+        "index",
+        "scope",
+        "since",
+        "timed_out",
+        "uid",
+        "user",
+    )
 
-    def __init__(self, uid: int = 0) -> None:
+    def __init__(self, uid: int = 0, user: User | None = None, capture: bool = False) -> None:
         self.uid = uid
+        self.user = user
+        self.capture = capture  # keep headers and body (checks, cookies)
         self.since = 0.0  # intended send time of the request in flight, 0.0 when idle
         self.index = 0  # endpoint of the request in flight
         self.timed_out = False
@@ -87,8 +103,11 @@ class AsyncRunner:
         mix: RequestMix,
         *,
         recorders: list[Recorder] | None = None,
+        users: list[User] | None = None,
+        checks: Checks = NO_CHECKS,
     ) -> None:
         self.schedule = schedule
+        self.users = users
         self.driver = driver
         self.mix = mix
         self.timeout = schedule.timeout
@@ -97,6 +116,9 @@ class AsyncRunner:
             recorders.append(self.rec)  # read (lengths and tails only) by a live line
         self.book = ErrorBook()
         self.timeout_kind = self.book.kind(None, ErrorBook.TIMEOUT)
+        self.inspector = Inspector(self.book, mix, checks, users is not None)
+        self.capture = self.inspector.capture
+        self.judges = self.inspector.judges
         self.pick = mix.picker()
         self.slots: set[Slot] = set()
         self.alive = 0
@@ -127,12 +149,14 @@ class AsyncRunner:
         mix = self.mix
         if mix.factory is None:
             index = self.pick()
+            checks = self.inspector.checks_for(index) if self.judges else NO_CHECKS
             call = self.driver.call(index, slot)
         else:
             iteration = self.iterations.get(user, 0)
             self.iterations[user] = iteration + 1
-            request = mix.build(user, iteration)
+            request = mix.build(slot.user if slot.user is not None else user, iteration)
             index = mix.intern(request.label)
+            checks = self.inspector.checks_for(index, request)
             call = self.driver.call_request(request, slot)
         slot.index = index
         if perf_counter() - intended >= self.timeout:
@@ -155,6 +179,12 @@ class AsyncRunner:
             status, first = exchange.status, exchange.first_byte
             if not status:
                 status, error = STATUS_EXCEPTION, self.book.kind(None, "NoResponse")
+            elif exchange.headers is not None:
+                error = self.inspector.look(
+                    slot.user, index, checks, status, exchange.headers, exchange.body
+                )
+            elif checks:
+                error = self.inspector.look(None, index, checks, status, None, None)
         done = perf_counter()
         slot.since = 0.0
         if slot.timed_out:
@@ -187,7 +217,7 @@ class AsyncRunner:
             self.alive -= 1
 
     def spawn_user(self, group: anyio.abc.TaskGroup, uid: int, intended: float | None) -> None:
-        slot = Slot(uid)
+        slot = Slot(uid, self.users[uid] if self.users is not None else None, self.capture)
         self.slots.add(slot)
         self.alive += 1
         group.start_soon(self.user, uid, intended, slot)
@@ -236,7 +266,7 @@ class AsyncRunner:
                 if idle:
                     idle.pop().set_result(at)
                 elif schedule.admits_arrival(at, len(self.slots)):
-                    slot = Slot(-1)
+                    slot = Slot(-1, None, self.capture)
                     self.slots.add(slot)
                     self.alive += 1
                     group.start_soon(self.connection, at, slot, idle)

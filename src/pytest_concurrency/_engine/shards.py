@@ -106,6 +106,7 @@ def shard_configs(config: StormConfig) -> list[StormConfig]:
             max_in_flight=max(1, math.ceil(config.max_in_flight / n)),
             workers=max(1, _split(config.workers, n, i)),
             seed=config.seed + i if config.seed is not None else None,
+            first_user=config.first_user + sum(_split(config.users, n, j) for j in range(i)),
             budgets={},
             endpoint_budgets={},
         )
@@ -118,7 +119,7 @@ def _shard_main(conn: multiprocessing.connection.Connection, plan: StormPlan, in
     # The parent handles Ctrl-C and stops the shards itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        if plan.interface == "wsgi":
+        if not plan.on_loop:
 
             def origin_now() -> float:
                 conn.send(("ready", None))
@@ -277,14 +278,7 @@ def _merge(outputs: list[RoundOutput], n: int) -> RoundOutput:
             book.adopt(kind, example)
             for kind, example in zip(shard_book.kinds[1:], shard_book.examples[1:], strict=True)
         ]
-        rec = figures.rec
-        merged.start.extend(rec.start)
-        merged.latency.extend(rec.latency)
-        merged.ttfb.extend(rec.ttfb)
-        merged.queue.extend(rec.queue)
-        merged.status.extend(rec.status)
-        merged.endpoint.extend(rec.endpoint)
-        merged.error.extend(remap[e] for e in rec.error)
+        merged.extend(figures.rec, remap)
         cpu = max(cpu, figures.cpu)
         wall = max(wall, figures.wall)
         dropped.extend(figures.dropped)

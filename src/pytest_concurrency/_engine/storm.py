@@ -8,7 +8,9 @@ latency is seeded and its own error recorded, and the live line runs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -18,8 +20,13 @@ import anyio.to_thread
 
 from .._budget import evaluate, evaluate_endpoint
 from .._errors import ConfigError
+from .._locust import build_locustfile, read_back, run_locust
 from .._params import StormConfig
 from .._result import StormResult
+from .._servers import ResourceSampler, ResourceUsage, serve
+from .._servers.simio import ENV as SIMIO_ENV
+from .._servers.simio import SETUP as SIMIO_SETUP
+from .._servers.simio import ship_upstreams
 from .._simio import INSTALLED as UPSTREAMS
 from .._simio import seed_latency, wait_recorder
 from .interrupts import watch_interrupts
@@ -28,6 +35,9 @@ from .rounds import run_async_round, run_pool_round
 from .shards import run_sharded_round
 
 __all__ = ["run_plan", "run_plan_async"]
+
+#: Client CPU share (of one core) above which a real-server storm may be client-bound.
+_CLIENT_BOUND = 0.85
 
 
 def run_plan(plan: StormPlan, progress: Progress | None = None) -> StormResult:
@@ -42,30 +52,107 @@ def run_plan(plan: StormPlan, progress: Progress | None = None) -> StormResult:
             "`await storm.arun(...)` instead"
         )
     rounds = []
-    for _ in range(plan.config.rounds):
-        with _round(plan, progress) as (live, attach):
-            if plan.config.processes > 1:
-                rounds.append(attach(run_sharded_round(plan, live)))
-            elif plan.interface == "wsgi":
-                rounds.append(attach(run_pool_round(plan, live)))
-            else:
-                rounds.append(attach(anyio.run(run_async_round, plan, live)))
+    with _served(plan) as served:
+        for _ in range(served.config.rounds):
+            with _round(served, progress) as (live, attach), _sampled(served) as sampled:
+                if served.config.engine == "locust":
+                    result = run_locust_round(served)
+                elif served.config.processes > 1:
+                    result = run_sharded_round(served, live)
+                elif not served.on_loop:
+                    result = run_pool_round(served, live)
+                else:
+                    result = anyio.run(run_async_round, served, live)
+                rounds.append(attach(sampled(result)))
     return _judge(plan, rounds)
 
 
 async def run_plan_async(plan: StormPlan, progress: Progress | None = None) -> StormResult:
     """Fire the storm from async code: ASGI on the running loop, WSGI on a helper thread."""
     rounds = []
-    for _ in range(plan.config.rounds):
-        with _round(plan, progress) as (live, attach):
-            if plan.config.processes > 1:
-                sharded = await anyio.to_thread.run_sync(run_sharded_round, plan, live)
-                rounds.append(attach(sharded))
-            elif plan.interface == "wsgi":
-                rounds.append(attach(await anyio.to_thread.run_sync(run_pool_round, plan, live)))
-            else:
-                rounds.append(attach(await run_async_round(plan, live)))
+    with _served(plan) as served:
+        for _ in range(served.config.rounds):
+            with _round(served, progress) as (live, attach), _sampled(served) as sampled:
+                if served.config.engine == "locust":
+                    result = await anyio.to_thread.run_sync(run_locust_round, served)
+                elif served.config.processes > 1:
+                    result = await anyio.to_thread.run_sync(run_sharded_round, served, live)
+                elif not served.on_loop:
+                    result = await anyio.to_thread.run_sync(run_pool_round, served, live)
+                else:
+                    result = await run_async_round(served, live)
+                rounds.append(attach(sampled(result)))
     return _judge(plan, rounds)
+
+
+def run_locust_round(plan: StormPlan) -> StormResult:
+    """One round with Locust's master and local workers against the plan's server."""
+    config = plan.config
+    if plan.url is None:  # pragma: no cover - checked when the plan was made
+        raise ConfigError("engine='locust' needs a real server")
+    think: Any = config.think if config.think is not None else (config.think_ms or None)
+    duration = config.duration if config.duration is not None else 10.0
+    locustfile = build_locustfile(
+        list(plan.requests),
+        users=config.users,
+        duration=config.warmup + duration,
+        think_ms=think,
+        stages=config.stages,
+        timeout_ms=config.timeout_ms,
+        label=plan.label,
+    )
+    run = run_locust(
+        locustfile, plan.url, processes=config.processes if config.processes > 1 else 0
+    )
+    result = read_back(run, label=plan.label)
+    result.app = plan.app_name
+    result.server = f"{result.server} → {plan.served_by}"
+    result.budgets = dict(config.budgets)
+    return result
+
+
+@contextmanager
+def _served(plan: StormPlan) -> Iterator[StormPlan]:
+    """Start the plan's real server (if any) for the whole storm; stop it on every exit."""
+    if plan.server is None:
+        if plan.url is not None:
+            yield dataclasses.replace(plan, served_by=f"server at {plan.url}")
+        else:
+            yield plan
+        return
+    spec = plan.server
+    shipped = ship_upstreams(UPSTREAMS)
+    if shipped is not None:
+        spec = dataclasses.replace(spec, setup=SIMIO_SETUP, env={**spec.env, SIMIO_ENV: shipped})
+    try:
+        with serve(spec) as server:
+            yield dataclasses.replace(
+                plan, url=server.url, served_by=server.describe(), running=server
+            )
+    finally:
+        if shipped is not None:
+            os.unlink(shipped)
+
+
+@contextmanager
+def _sampled(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResult]]:
+    """CPU and memory of a real server's processes during one round (psutil)."""
+    running = plan.running
+    if running is None:
+        yield lambda result: result
+        return
+    sampler = ResourceSampler(running.pids).start()
+    usage: list[ResourceUsage] = []
+    try:
+        yield lambda result: _with_usage(result, usage)
+    finally:
+        usage.append(sampler.stop())
+
+
+def _with_usage(result: StormResult, usage: list[ResourceUsage]) -> StormResult:
+    # Called inside the block; the usage is filled in when the block ends, so defer.
+    result.extras["_usage_box"] = usage
+    return result
 
 
 @contextmanager
@@ -117,7 +204,12 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
             f"load scaled ×{config.scale:g} for a quick run (--concurrency-scale); budgets unchanged"
         )
         chosen.extras["scale"] = config.scale
-    chosen.verdicts = evaluate(chosen, config.budgets)
+    _settle_usage(chosen)
+    budgets = dict(config.budgets)
+    if "max_error_rate" not in budgets and chosen.failed:
+        # Like Locust's exit code: any failed request fails a storm that set no error budget.
+        budgets["max_error_rate"] = 0.0
+    chosen.verdicts = evaluate(chosen, budgets)
     for endpoint, budgets in config.endpoint_budgets.items():
         chosen.verdicts.extend(evaluate_endpoint(chosen, endpoint, budgets))
     if chosen.knee is not None:
@@ -137,6 +229,20 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
             "were already in flight"
         )
     return chosen
+
+
+def _settle_usage(result: StormResult) -> None:
+    box = result.extras.pop("_usage_box", None)
+    if not box:
+        return
+    usage: ResourceUsage = box[0]
+    result.extras["server_usage"] = usage.to_dict()
+    if usage.client_cpu_mean >= _CLIENT_BOUND:
+        result.warnings.append(
+            f"the load generator used {usage.client_cpu_mean:.0%} of a core while the server "
+            f"used {usage.server_cpu_mean:.0%}: the client may be the bottleneck, not the server "
+            "(spread the users over processes=)"
+        )
 
 
 @contextmanager

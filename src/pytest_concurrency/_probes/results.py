@@ -23,12 +23,8 @@ __all__ = [
     "PoolUsage",
 ]
 
-#: Name of anyio's default thread limiter in results.
-ANYIO_LIMITER = "anyio default thread limiter"
-#: Name of asgiref's SyncToAsync threads in results.
-ASGIREF_THREADS = "asgiref SyncToAsync threads"
-#: Name of the event loop's default executor (``loop.run_in_executor(None, ...)``) in results.
-DEFAULT_EXECUTOR = "asyncio default executor"
+from .names import ANYIO_LIMITER, ASGIREF_THREADS, DEFAULT_EXECUTOR
+
 #: A stall this many times longer than its longest call is explained as calls in a row.
 BACK_TO_BACK = 1.5
 

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from .._probes.results import (
-    ANYIO_LIMITER,
-    DEFAULT_EXECUTOR,
-    BlockingSite,
-    LoopLag,
-    PoolUsage,
-)
+from .._probes.names import ANYIO_LIMITER, DEFAULT_EXECUTOR
+
+if TYPE_CHECKING:
+    from .._probes.results import BlockingSite, LoopLag, PoolUsage
 
 __all__ = ["back_to_back_line", "describe_pool", "describe_site", "diagnose", "site_location"]
 

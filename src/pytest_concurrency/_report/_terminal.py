@@ -28,10 +28,19 @@ def _cell(value: Any, fmt: Callable[[float], str] = format_number) -> str:
     return fmt(float(value)) if isinstance(value, int | float) else "n/a"
 
 
-def storms_table(rows: Sequence[StormRow | StormRecord]) -> list[str]:
-    """One line per storm (test, storm, app, users, requests, rps, p50/p99/max, errors, verdict)."""
+def storms_table(
+    rows: Sequence[StormRow | StormRecord], *, first_header: str = "test"
+) -> list[str]:
+    """One line per storm (test, storm, app, users, requests, rps, p50/p99/max, errors, verdict).
+
+    *first_header* names the first column (the records' node ids) for callers whose storms
+    are not tests. A ``+RSS MB`` column is added when some record's data carries
+    ``rss_growth_mb`` (resident-memory growth over the storm, which the caller measures).
+    """
+    records = as_records(rows)
+    memory = any("rss_growth_mb" in record.data for record in records)
     header = (
-        "test",
+        first_header,
         "storm",
         "app",
         "users",
@@ -43,9 +52,9 @@ def storms_table(rows: Sequence[StormRow | StormRecord]) -> list[str]:
         "errors",
         "saturation",
         "verdict",
-    )
+    ) + (("+RSS MB",) if memory else ())
     table = [header]
-    for record in as_records(rows):
+    for record in records:
         d = record.data
         latency = d.get("latency") or {}
         pool = d.get("pool")
@@ -65,8 +74,9 @@ def storms_table(rows: Sequence[StormRow | StormRecord]) -> list[str]:
                 _cell(pool.get("saturation"), lambda v: f"{v:.0%}") if pool else "-",
                 "FAIL " + ",".join(failed) if failed else "pass",
             )
+            + ((_cell(d.get("rss_growth_mb"), lambda v: f"{v:,.0f}"),) if memory else ())
         )
-    return aligned(table, right=range(3, 11))
+    return aligned(table, right=[*range(3, 11), 12])
 
 
 def _percentiles(overshoots_ms: list[float]) -> tuple[float, float]:

@@ -1,0 +1,306 @@
+"""HTTP/1.1 client driver for real servers: one keep-alive connection per virtual user.
+
+Requests are encoded to raw bytes once per spec (with :class:`httpx.Request`, like the
+in-process drivers); each virtual user owns one connection, an :class:`asyncio.Protocol`
+whose responses are parsed by ``httptools`` (llhttp, in C). ``benchmarks/http_client.py``
+measured, against a one-worker uvicorn with 100 connections, about 35 µs of client CPU per
+request for this design, about the same with asyncio streams (the protocol keeps the
+first-byte time in the parser's callback, without a reader task's wake-ups) and about
+150 µs with h11 parsing in pure Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.abc
+import httptools
+
+from .._errors import ConfigError, StormError
+from .._workload import Request
+from .base import AsyncDriver
+
+__all__ = ["Exchange", "HttpDriver", "encode_request"]
+
+
+#: Body chunks kept as a sample of an error response.
+_SAMPLE_CHUNKS = 4
+
+
+class ServerClosed(ConnectionResetError):
+    """The server closed the connection before the response was complete."""
+
+
+def encode_request(request: Request, host: str) -> tuple[bytes, bool]:
+    """Raw HTTP/1.1 bytes of *request* for *host* (``Host`` header value), and whether it is HEAD."""
+    built = request.to_httpx()
+    body = built.read()
+    method = built.method.encode("ascii")
+    head = [method, b" ", built.url.raw_path, b" HTTP/1.1\r\nHost: ", host.encode("idna"), b"\r\n"]
+    for key, value in built.headers.raw:
+        if key.lower() != b"host":
+            head += [key, b": ", value, b"\r\n"]
+    head.append(b"\r\n")
+    return b"".join(head) + body, built.method == "HEAD"
+
+
+class Exchange:
+    """One request/response on a connection: status, first-byte time, body size."""
+
+    __slots__ = ("_conn", "body", "capture", "first_byte", "headers", "nbytes", "status")
+
+    def __init__(self, conn: _Connection, capture: bool = False) -> None:
+        self._conn = conn
+        self.status = 0
+        self.first_byte = 0.0
+        self.nbytes = 0
+        self.capture = capture
+        #: Headers and body chunks, kept when asked (checks, cookies) or for an error status.
+        self.headers: list[tuple[bytes, bytes]] | None = [] if capture else None
+        self.body: list[bytes] | None = [] if capture else None
+
+    def disconnect(self) -> None:
+        """The client gave up (timeout): drop the connection; the user's next call reconnects."""
+        self._conn.abort()
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection; one request in flight at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[None] | None = None
+        self.exchange: Exchange | None = None
+        self.closed = False
+        self.keep_alive = True
+        self.used = 0
+        self.head = False
+        self.received = False
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(exc)
+            self.abort()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        exchange = self.exchange
+        if exchange is not None and exchange.status and exc is None and not self.keep_alive:
+            # A response delimited by the end of the connection (no length, not chunked).
+            self._complete()
+            return
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(
+                exc if exc is not None else ServerClosed("the server closed the connection")
+            )
+
+    # -- httptools callbacks --------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        exchange = self.exchange
+        if exchange is not None and exchange.headers is not None:
+            exchange.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            return
+        exchange.status = self.parser.get_status_code()
+        if exchange.status >= 400 and exchange.body is None:
+            exchange.headers, exchange.body = [], []
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.head:
+            # llhttp cannot be told that a HEAD response has no body: start afresh.
+            self.parser = httptools.HttpResponseParser(self)
+            self._complete()
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            if not exchange.first_byte:
+                exchange.first_byte = perf_counter()
+            exchange.nbytes += len(body)
+            kept = exchange.body
+            if kept is not None and (exchange.capture or len(kept) < _SAMPLE_CHUNKS):
+                kept.append(bytes(body))
+
+    def on_message_complete(self) -> None:
+        self.keep_alive = self.parser.should_keep_alive()
+        self._complete()
+
+    # -- client side ----------------------------------------------------------------------
+
+    def _complete(self) -> None:
+        exchange = self.exchange
+        if exchange is not None and not exchange.first_byte:
+            exchange.first_byte = perf_counter()
+        self.exchange = None
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+
+    async def send(self, raw: bytes, exchange: Exchange, head: bool) -> None:
+        """Write *raw* and wait until the whole response has been read."""
+        transport = self.transport
+        if transport is None or self.closed:
+            raise ServerClosed("the connection is closed")
+        self.exchange = exchange
+        self.head = head
+        self.received = False
+        self.used += 1
+        waiter = self.waiter = asyncio.get_running_loop().create_future()
+        transport.write(raw)
+        await waiter
+
+    def abort(self) -> None:
+        """Close at once (RST), dropping whatever is in flight."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        """Close after flushing (FIN)."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class HttpDriver:
+    """Sends a storm's requests to a server at *base_url* over HTTP/1.1, one connection per user.
+
+    ``holder`` is the virtual user's slot: its connection lives on ``holder.conn``
+    (opened lazily, reopened after a timeout or a ``Connection: close``) and each
+    request's :class:`Exchange` is put on ``holder.exchange`` before it is sent, so that
+    a timeout can call ``holder.exchange.disconnect()``.
+    """
+
+    def __init__(
+        self, base_url: str, requests: list[Request], *, server: str | None = None
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+            raise ConfigError(
+                f"server={base_url!r} must be an http:// URL of a server root, such as "
+                "'http://127.0.0.1:8000'"
+            )
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self._host_header = parts.netloc
+        self._templates = [encode_request(spec, self._host_header) for spec in requests]
+        self._connections: set[_Connection] = set()
+        self._server = server
+        self.base_url = base_url
+
+    def describe(self) -> str:
+        """What serves the requests: the server's description (when given) and its URL."""
+        if self._server:
+            return f"{self._server}, over loopback HTTP"
+        return f"server at {self.base_url}, over loopback HTTP"
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(_Connection, self.host, self.port)
+        self._connections.add(conn)
+        return conn
+
+    async def startup(self, group: anyio.abc.TaskGroup, timeout: float) -> None:
+        """Check that the server accepts a connection within *timeout* seconds."""
+        try:
+            with anyio.fail_after(timeout):
+                conn = await self._connect()
+        except (OSError, TimeoutError) as exc:
+            raise StormError(
+                f"server {self.host}:{self.port} did not accept a connection within "
+                f"{timeout:g} s: {exc!r}"
+            ) from exc
+        conn.close()
+        self._connections.discard(conn)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Close every connection."""
+        for conn in self._connections:
+            conn.close()
+        self._connections.clear()
+        await anyio.sleep(0)
+
+    async def call(self, index: int, holder: Any) -> Exchange:
+        """Send prebuilt request spec *index* and read the whole response."""
+        raw, head = self._templates[index]
+        return await self._send(raw, head, holder)
+
+    async def call_request(self, request: Request, holder: Any) -> Exchange:
+        """Send a request built on the fly (templated requests pay for encoding it)."""
+        raw, head = encode_request(request, self._host_header)
+        return await self._send(raw, head, holder)
+
+    async def _send(self, raw: bytes, head: bool, holder: Any) -> Exchange:
+        conn: _Connection | None = getattr(holder, "conn", None)
+        if conn is None or conn.closed:
+            conn = await self._connect()
+            if holder is not None:
+                holder.conn = conn
+        capture = getattr(holder, "capture", False)
+        user = getattr(holder, "user", None)
+        if user is not None and (user.headers or user.cookies):
+            # The user's own headers and cookies go just before the blank line.
+            end = raw.index(b"\r\n\r\n") + 2
+            extra = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in user.header_pairs())
+            raw = raw[:end] + extra + raw[end:]
+        exchange = Exchange(conn, capture)
+        if holder is not None:
+            holder.exchange = exchange
+        try:
+            await conn.send(raw, exchange, head)
+        except ServerClosed:
+            self._connections.discard(conn)
+            if conn.used == 1 or conn.received:
+                raise
+            # An idle keep-alive connection the server had closed: retry once, as clients do.
+            conn = await self._connect()
+            if holder is not None:
+                holder.conn = conn
+            exchange = Exchange(conn, capture)
+            if holder is not None:
+                holder.exchange = exchange
+            try:
+                await conn.send(raw, exchange, head)
+            except BaseException:
+                self._drop(conn, holder)
+                raise
+        except BaseException:
+            # Cancelled (timeout) or failed mid-response: the connection cannot be reused.
+            self._drop(conn, holder)
+            raise
+        if not conn.keep_alive or holder is None:
+            self._drop(conn, holder)
+        return exchange
+
+    def _drop(self, conn: _Connection, holder: Any) -> None:
+        conn.abort() if conn.exchange is not None else conn.close()
+        self._connections.discard(conn)
+        if holder is not None and getattr(holder, "conn", None) is conn:
+            holder.conn = None
+
+
+if TYPE_CHECKING:
+    _conforms: type[AsyncDriver] = HttpDriver

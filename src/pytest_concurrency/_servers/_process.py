@@ -1,0 +1,368 @@
+"""Server processes on loopback: spec, start (free port, readiness), describe, stop, registry."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Literal
+
+from .._errors import ConfigError, StormError
+from ._target import PATH_ENV
+
+__all__ = ["SERVER_KINDS", "RunningServer", "ServerSpec", "live_servers", "serve"]
+
+ServerKind = Literal["uvicorn", "hypercorn", "granian", "gunicorn"]
+SERVER_KINDS: tuple[ServerKind, ...] = ("uvicorn", "hypercorn", "granian", "gunicorn")
+EXTRA_HINT = "pip install 'pytest-storm[servers]'"
+
+#: Seconds between SIGTERM to the process group and SIGKILL.
+STOP_GRACE = 3.0
+_TAIL_LINES = 20
+_PORT_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """Which server runs which app, how many workers and threads, from which directory and path."""
+
+    kind: ServerKind
+    app: str
+    interface: Literal["asgi", "wsgi"] = "asgi"
+    workers: int = 1
+    threads: int = 1
+    cwd: str = field(default_factory=os.getcwd)
+    sys_path: tuple[str, ...] = field(default_factory=lambda: tuple(sys.path))
+    env: Mapping[str, str] = field(default_factory=dict)
+    setup: str | None = None
+
+    def validate(self, origin: str = "server=") -> None:
+        """Raise :class:`ConfigError` for a spec that cannot start, before anything runs."""
+        if self.kind not in SERVER_KINDS:
+            raise ConfigError(
+                f"server={self.kind!r} (from {origin}) must be one of {', '.join(SERVER_KINDS)} "
+                "or a loopback URL such as 'http://127.0.0.1:8000'"
+            )
+        missing = [m for m in _modules_needed(self) if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(
+                f"server={self.kind!r} (from {origin}) needs {', '.join(missing)}, which is not "
+                f"installed: {EXTRA_HINT}"
+            )
+        module, sep, attr = self.app.partition(":")
+        if not sep or not module or not attr:
+            raise ConfigError(
+                f"app={self.app!r} (from {origin}) must be an import string 'module:attr' "
+                "that the server process can import"
+            )
+        if self.interface not in ("asgi", "wsgi"):
+            raise ConfigError(
+                f"interface={self.interface!r} (from {origin}) must be 'asgi' or 'wsgi'"
+            )
+        for name in ("workers", "threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}={value!r} (from {origin}) must be a whole number ≥ 1")
+        if self.threads > 1 and self.kind in ("uvicorn", "hypercorn"):
+            raise ConfigError(
+                f"threads={self.threads} (from {origin}) has no meaning for {self.kind}; "
+                "use gunicorn (gthread workers) or granian for a WSGI thread pool"
+            )
+
+    def describe(self) -> str:
+        """One line for reports, e.g. ``gunicorn, 2 workers × 4 threads (gthread)``."""
+        workers = f"{self.workers} worker{'s' if self.workers != 1 else ''}"
+        if self.kind == "uvicorn":
+            loop = "uvloop" if _installed("uvloop") else "asyncio"
+            http = "httptools" if _installed("httptools") else "h11"
+            wsgi = ", WSGI" if self.interface == "wsgi" else ""
+            return f"uvicorn, {workers} ({loop}, {http}{wsgi})"
+        if self.kind == "gunicorn":
+            if self.interface == "asgi":
+                return f"gunicorn + uvicorn worker, {workers}"
+            if self.threads > 1:
+                return f"gunicorn, {workers} × {self.threads} threads (gthread)"
+            return f"gunicorn, {self.workers} sync worker{'s' if self.workers != 1 else ''}"
+        if self.kind == "granian":
+            threads = f" × {self.threads} threads" if self.interface == "wsgi" else ""
+            return f"granian, {workers}{threads} ({self.interface.upper()})"
+        return f"hypercorn, {workers} ({self.interface.upper()})"
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _modules_needed(spec: ServerSpec) -> list[str]:
+    needed = [spec.kind, "psutil"]
+    if spec.kind == "gunicorn" and spec.interface == "asgi":
+        needed.append("uvicorn")
+    return needed
+
+
+class RunningServer:
+    """A server process group started by :func:`serve`: its URL, its processes, its stop."""
+
+    def __init__(
+        self, spec: ServerSpec, process: subprocess.Popen[bytes], port: int, log: IO[bytes]
+    ):
+        self.spec = spec
+        self.process = process
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self._log = log
+        self._stopped = False
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        """What runs, e.g. ``uvicorn, 1 worker (uvloop, httptools)``."""
+        return self.spec.describe()
+
+    def pids(self) -> list[int]:
+        """The server's whole process tree, leader first (empty once it has stopped)."""
+        import psutil
+
+        try:
+            leader = psutil.Process(self.process.pid)
+            if leader.status() == psutil.STATUS_ZOMBIE:
+                return []
+            return [leader.pid, *(child.pid for child in leader.children(recursive=True))]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stderr_tail(self, lines: int = _TAIL_LINES) -> str:
+        """The last *lines* lines the server wrote to stderr and stdout."""
+        try:
+            self._log.flush()
+            self._log.seek(0)
+            text = self._log.read().decode("utf-8", "replace")
+        except (OSError, ValueError):
+            return ""
+        return "\n".join(text.rstrip().splitlines()[-lines:])
+
+    @property
+    def alive(self) -> bool:
+        """True while the leader runs."""
+        return self.process.poll() is None
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """SIGTERM to the process group, SIGKILL after *grace* seconds; reap; idempotent."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        try:
+            _stop_group(self.process, grace)
+        finally:
+            _registry.discard(self)
+            with contextlib.suppress(OSError):
+                self._log.close()
+
+    def __repr__(self) -> str:
+        return f"<RunningServer {self.describe()} at {self.url} pid={self.process.pid}>"
+
+
+def _stop_group(process: subprocess.Popen[bytes], grace: float) -> None:
+    group = process.pid  # the leader of a new session leads its own process group
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None and not _group_alive(group):
+                return
+            time.sleep(0.02)
+    finally:
+        # Whatever is left of the group (a worker that ignored SIGTERM, an interrupted
+        # wait) is killed; the leader is reaped so that no zombie stays either.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=grace)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+class _Registry:
+    """Servers still running, so that an interpreter exit stops them as a last resort."""
+
+    def __init__(self) -> None:
+        self._servers: list[RunningServer] = []
+        self._lock = threading.Lock()
+        self._hooked = False
+
+    def add(self, server: RunningServer) -> None:
+        with self._lock:
+            self._servers.append(server)
+            if not self._hooked:
+                atexit.register(self.stop_all)
+                self._hooked = True
+
+    def discard(self, server: RunningServer) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._servers.remove(server)
+
+    def list(self) -> list[RunningServer]:
+        with self._lock:
+            return list(self._servers)
+
+    def stop_all(self) -> None:
+        for server in reversed(self.list()):
+            server.stop(grace=1.0)
+
+
+_registry = _Registry()
+
+
+def live_servers() -> list[RunningServer]:
+    """Servers started by :func:`serve` and not stopped yet."""
+    return _registry.list()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _command(spec: ServerSpec, port: int) -> list[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "pytest_concurrency._servers.bootstrap",
+        "--kind",
+        spec.kind,
+        "--app",
+        spec.app,
+        "--interface",
+        spec.interface,
+        "--port",
+        str(port),
+        "--workers",
+        str(spec.workers),
+        "--threads",
+        str(spec.threads),
+        "--parent-pid",
+        str(os.getpid()),
+    ]
+    if spec.setup:
+        command += ["--setup", spec.setup]
+    return command
+
+
+def _environment(spec: ServerSpec) -> dict[str, str]:
+    env = {**os.environ, **spec.env}
+    caller = [p or spec.cwd for p in spec.sys_path]
+    env[PATH_ENV] = json.dumps(caller)
+    # The bootstrap module itself must be importable before it can set sys.path up.
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    previous = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = os.pathsep.join([package_root] + ([previous] if previous else []))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _start(spec: ServerSpec, startup_timeout: float) -> RunningServer:
+    last_error: StormError | None = None
+    for _attempt in range(_PORT_ATTEMPTS):
+        port = _free_port()
+        # Closed by RunningServer.stop(); the server writes to it for its whole life.
+        log = tempfile.TemporaryFile(prefix="pytest-storm-server-")  # noqa: SIM115
+        process = subprocess.Popen(
+            _command(spec, port),
+            cwd=spec.cwd,
+            env=_environment(spec),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        server = RunningServer(spec, process, port, log)
+        _registry.add(server)
+        try:
+            _wait_ready(server, startup_timeout)
+        except StormError as exc:
+            tail = server.stderr_tail()
+            server.stop(grace=1.0)
+            # Another process took the port between our probe and the server's bind.
+            if "address already in use" in tail.lower() or "errno 98" in tail.lower():
+                last_error = exc
+                continue
+            raise
+        except BaseException:
+            server.stop(grace=1.0)
+            raise
+        return server
+    if last_error is None:  # pragma: no cover - the loop runs at least once
+        raise StormError("no server was started")
+    raise last_error
+
+
+def _wait_ready(server: RunningServer, timeout: float) -> None:
+    """Return once the server answers HTTP (any status); raise StormError otherwise."""
+    name = server.describe()
+    deadline = time.monotonic() + timeout
+    while True:
+        code = server.process.poll()
+        if code is not None:
+            raise StormError(
+                f"server {name} for {server.spec.app} exited with code {code} before it "
+                f"answered on {server.url}; its output ends with:\n{_indent(server.stderr_tail())}"
+            )
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise StormError(
+                f"server {name} for {server.spec.app} did not answer HTTP on {server.url} within "
+                f"{timeout:g} s (startup_timeout); its output ends with:\n"
+                f"{_indent(server.stderr_tail())}"
+            )
+        if _answers_http(server.port, min(remaining, 2.0)):
+            return
+        time.sleep(0.05)
+
+
+def _answers_http(port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            return sock.recv(16).startswith(b"HTTP/")
+    except OSError:
+        return False
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in (text or "(nothing)").splitlines())
+
+
+@contextlib.contextmanager
+def serve(spec: ServerSpec, *, startup_timeout: float = 30.0) -> Iterator[RunningServer]:
+    """Start *spec* on 127.0.0.1, wait until it answers HTTP, and stop it on every exit path.
+
+    Raises :class:`ConfigError` before anything starts when the server is not installed,
+    and :class:`StormError` (with the tail of the server's stderr) when it exits or does
+    not answer within *startup_timeout* seconds.
+    """
+    spec.validate()
+    server = _start(spec, startup_timeout)
+    try:
+        yield server
+    finally:
+        server.stop()

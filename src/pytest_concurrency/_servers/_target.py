@@ -1,0 +1,45 @@
+"""The app as seen by a server process: the setup hook runs once, then the app is imported.
+
+Servers that load their app in worker processes of their own (uvicorn and hypercorn
+with several workers, granian) are pointed at ``pytest_concurrency._servers._target:app``
+so that each such process runs the setup hook before importing the app too. The import
+string and the hook travel in environment variables, which every descendant inherits.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+APP_ENV = "PYTEST_STORM_SERVER_APP"
+SETUP_ENV = "PYTEST_STORM_SERVER_SETUP"
+PATH_ENV = "PYTEST_STORM_SERVER_PATH"
+TARGET = "pytest_concurrency._servers._target:app"
+
+_loaded: list[Any] = []
+
+
+def resolve(import_string: str) -> Any:
+    """Import ``module:attr`` (attr may be dotted) and return the object."""
+    module_name, _, attr = import_string.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in (attr or "app").split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_app() -> Any:
+    """Run the setup hook (once per process) and return the app named in the environment."""
+    if not _loaded:
+        setup = os.environ.get(SETUP_ENV)
+        if setup:
+            resolve(setup)()
+        _loaded.append(resolve(os.environ[APP_ENV]))
+    return _loaded[0]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        return load_app()
+    raise AttributeError(name)

@@ -1,0 +1,312 @@
+"""HTTP/1.1 client driver against real servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+import anyio
+import pytest
+
+from pytest_concurrency import ConfigError, StormError
+from pytest_concurrency._drivers.http import Exchange, HttpDriver, encode_request
+from pytest_concurrency._servers import RunningServer, ServerSpec, serve
+from pytest_concurrency._workload import Request
+
+ROOT = str(Path(__file__).resolve().parent.parent)
+PAYLOAD = {"name": "x" * 200, "tags": [1, 2, 3]}
+REQUESTS = [
+    Request(path="/"),
+    Request("POST", "/echo", json=PAYLOAD),
+    Request(path="/stream"),
+    Request(path="/slow"),
+    Request("HEAD", "/"),
+]
+POST_LENGTH = len(json.dumps(PAYLOAD, separators=(",", ":")).encode())
+
+
+class Holder:
+    """A virtual user's slot, as the engine keeps one."""
+
+    conn: Any = None
+    exchange: Any = None
+
+
+@pytest.fixture(scope="module")
+def uvicorn_server() -> Iterator[RunningServer]:
+    with serve(ServerSpec("uvicorn", "tests.apps:asgi_routes", cwd=ROOT)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gunicorn_server() -> Iterator[RunningServer]:
+    spec = ServerSpec("gunicorn", "tests.apps:wsgi_routes", interface="wsgi", workers=2, cwd=ROOT)
+    with serve(spec) as server:
+        yield server
+
+
+def run(driver: HttpDriver, *calls: tuple[int, Holder]) -> list[Exchange]:
+    async def main() -> list[Exchange]:
+        async with anyio.create_task_group() as group:
+            await driver.startup(group, 5.0)
+        try:
+            return [await driver.call(index, holder) for index, holder in calls]
+        finally:
+            await driver.shutdown(5.0)
+
+    return anyio.run(main)
+
+
+def test_get_and_post_on_one_keep_alive_connection(uvicorn_server: RunningServer) -> None:
+    driver = HttpDriver(uvicorn_server.url, REQUESTS)
+    user = Holder()
+    first, post, again = run(driver, (0, user), (1, user), (0, user))
+    assert (first.status, first.nbytes, post.status, again.nbytes) == (200, 5, 200, 5)
+    assert json.loads(b'{"received": %d}' % POST_LENGTH) == {"received": POST_LENGTH}
+    assert post.nbytes == len(b'{"received": %d}' % POST_LENGTH)
+    assert user.conn is not None
+    assert user.conn.used == 3
+    assert user.exchange is again
+
+
+def test_post_body_arrives_whole(
+    uvicorn_server: RunningServer, gunicorn_server: RunningServer
+) -> None:
+    for server in (uvicorn_server, gunicorn_server):
+        driver = HttpDriver(server.url, REQUESTS)
+
+        async def main(driver: HttpDriver = driver) -> bytes:
+            holder = Holder()
+            exchange = await driver.call(1, holder)
+            await driver.shutdown(1.0)
+            assert exchange.status == 200
+            raw, _ = encode_request(REQUESTS[1], "h")
+            return raw
+
+        raw = anyio.run(main)
+        assert raw.endswith(json.dumps(PAYLOAD, separators=(",", ":")).encode())
+
+
+def test_gunicorn_sync_workers_close_and_the_user_reconnects(
+    gunicorn_server: RunningServer,
+) -> None:
+    driver = HttpDriver(gunicorn_server.url, REQUESTS)
+    user = Holder()
+    exchanges = run(driver, (0, user), (1, user), (0, user))
+    assert [e.status for e in exchanges] == [200, 200, 200]
+    assert [e.nbytes for e in exchanges] == [5, len(b'{"received": %d}' % POST_LENGTH), 5]
+    assert user.conn is None  # Connection: close from a sync worker
+
+
+@pytest.mark.parametrize("server_name", ["uvicorn_server", "gunicorn_server"])
+def test_streaming_response_has_a_first_byte_before_the_end(
+    server_name: str, request: pytest.FixtureRequest
+) -> None:
+    server: RunningServer = request.getfixturevalue(server_name)
+    driver = HttpDriver(server.url, REQUESTS)
+
+    async def main() -> tuple[float, Exchange, float]:
+        start = perf_counter()
+        exchange = await driver.call(2, Holder())
+        end = perf_counter()
+        await driver.shutdown(1.0)
+        return start, exchange, end
+
+    start, exchange, end = anyio.run(main)
+    assert (exchange.status, exchange.nbytes) == (200, 3000)
+    # Three chunks 100 ms apart: the first arrives well before the last.
+    assert exchange.first_byte - start < 0.15
+    assert end - exchange.first_byte >= 0.15
+
+
+def test_head_and_empty_body_complete(uvicorn_server: RunningServer) -> None:
+    driver = HttpDriver(uvicorn_server.url, [*REQUESTS, Request(path="/empty")])
+    user = Holder()
+    head, after, empty = run(driver, (4, user), (0, user), (5, user))
+    assert (head.status, head.nbytes, after.nbytes, empty.nbytes) == (200, 0, 5, 0)
+    assert empty.first_byte > 0  # the end of an empty body counts as its first byte
+    assert user.conn.used == 3
+
+
+def test_timeout_disconnect_closes_and_the_next_call_reconnects(
+    uvicorn_server: RunningServer,
+) -> None:
+    driver = HttpDriver(uvicorn_server.url, REQUESTS)
+    user = Holder()
+
+    async def main() -> tuple[BaseException | None, Exchange, float]:
+        failure: BaseException | None = None
+
+        async def slow() -> None:
+            nonlocal failure
+            try:
+                await driver.call(3, user)
+            except Exception as exc:
+                failure = exc
+
+        started = perf_counter()
+        async with anyio.create_task_group() as group:
+            group.start_soon(slow)
+            await anyio.sleep(0.2)
+            first_conn = user.conn
+            user.exchange.disconnect()  # what the engine does at the request's deadline
+        gave_up = perf_counter() - started
+        exchange = await driver.call(0, user)
+        assert user.conn is not first_conn
+        await driver.shutdown(1.0)
+        return failure, exchange, gave_up
+
+    failure, exchange, gave_up = anyio.run(main)
+    assert isinstance(failure, ConnectionError)
+    assert gave_up < 1.0  # did not wait for the 2 s handler
+    assert (exchange.status, exchange.nbytes) == (200, 5)
+
+
+def test_cancelled_call_drops_its_connection(uvicorn_server: RunningServer) -> None:
+    driver = HttpDriver(uvicorn_server.url, REQUESTS)
+    user = Holder()
+
+    async def main() -> Exchange:
+        with anyio.move_on_after(0.2):
+            await driver.call(3, user)
+        assert user.conn is None
+        try:
+            return await driver.call(0, user)
+        finally:
+            await driver.shutdown(1.0)
+
+    assert anyio.run(main).status == 200
+
+
+def test_refused_connection_raises(unused_port: int) -> None:
+    driver = HttpDriver(f"http://127.0.0.1:{unused_port}", REQUESTS)
+
+    async def main() -> None:
+        await driver.call(0, Holder())
+
+    with pytest.raises(ConnectionRefusedError):
+        anyio.run(main)
+
+    async def start() -> None:
+        failure: StormError | None = None
+        async with anyio.create_task_group() as group:
+            try:
+                await driver.startup(group, 1.0)
+            except StormError as exc:  # raised outside the group, unwrapped
+                failure = exc
+        if failure is not None:
+            raise failure
+
+    with pytest.raises(StormError, match=rf"127.0.0.1:{unused_port} did not accept a connection"):
+        anyio.run(start)
+
+
+@pytest.fixture
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_encode_request_once() -> None:
+    raw, head = encode_request(
+        Request("POST", "/items", query={"q": "a b"}, json={"k": 1}, headers={"X-Id": "7"}),
+        "127.0.0.1:8000",
+    )
+    head_part, _, body = raw.partition(b"\r\n\r\n")
+    lines = head_part.split(b"\r\n")
+    assert lines[0] == b"POST /items?q=a+b HTTP/1.1"
+    assert lines[1] == b"Host: 127.0.0.1:8000"
+    assert b"content-length: 7" in [line.lower() for line in lines]
+    assert b"x-id: 7" in [line.lower() for line in lines]
+    assert body == b'{"k":1}'
+    assert not head
+    assert encode_request(Request("HEAD", "/"), "h")[1]
+
+
+@pytest.mark.parametrize(
+    "url", ["https://127.0.0.1:1", "127.0.0.1:8000", "http://127.0.0.1:8000/api"]
+)
+def test_base_url_must_be_an_http_root(url: str) -> None:
+    with pytest.raises(ConfigError, match="must be an http:// URL"):
+        HttpDriver(url, REQUESTS)
+
+
+@pytest.mark.parametrize(
+    ("kind", "interface"),
+    [
+        ("uvicorn", "wsgi"),
+        ("hypercorn", "asgi"),
+        ("hypercorn", "wsgi"),
+        ("granian", "asgi"),
+        ("granian", "wsgi"),
+        ("gunicorn", "asgi"),
+    ],
+)
+def test_every_server_kind_answers_get_post_and_stream(kind: str, interface: str) -> None:
+    app = "tests.apps:asgi_routes" if interface == "asgi" else "tests.apps:wsgi_routes"
+    spec = ServerSpec(kind, app, interface=interface, cwd=ROOT)  # type: ignore[arg-type]
+    with serve(spec) as server:
+        user = Holder()
+        get, post, stream = run(HttpDriver(server.url, REQUESTS), (0, user), (1, user), (2, user))
+    assert [get.status, post.status, stream.status] == [200, 200, 200]
+    assert [get.nbytes, post.nbytes, stream.nbytes] == [
+        5,
+        len(b'{"received": %d}' % POST_LENGTH),
+        3000,
+    ]
+
+
+def test_connection_close_from_an_async_server_reconnects(uvicorn_server: RunningServer) -> None:
+    driver = HttpDriver(uvicorn_server.url, [Request(path="/close"), Request(path="/")])
+    user = Holder()
+    bye, hello = run(driver, (0, user), (1, user))
+    assert (bye.status, bye.nbytes, hello.status, hello.nbytes) == (200, 3, 200, 5)
+    assert user.conn.used == 1  # the second request went out on a new connection
+
+
+def test_a_stale_keep_alive_connection_is_retried_once() -> None:
+    """A server that drops an idle connection as the next request goes out: retried, not failed."""
+    accepted = 0
+
+    async def main() -> list[Exchange]:
+        async def handle(reader: Any, writer: Any) -> None:
+            nonlocal accepted
+            accepted += 1
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+                await reader.readuntil(b"\r\n\r\n")  # the second request: dropped unanswered
+            except asyncio.IncompleteReadError:
+                pass  # the client closed it at shutdown
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        driver = HttpDriver(f"http://127.0.0.1:{port}", [Request(path="/")])
+        user = Holder()
+        try:
+            return [await driver.call(0, user), await driver.call(0, user)]
+        finally:
+            await driver.shutdown(1.0)
+            server.close()
+            await server.wait_closed()
+
+    first, second = anyio.run(main)
+    assert (first.status, second.status, second.nbytes) == (200, 200, 2)
+    assert accepted == 2
+
+
+def test_describe_names_the_server_or_its_url() -> None:
+    driver = HttpDriver("http://127.0.0.1:8000", REQUESTS, server="uvicorn, 1 worker")
+    assert driver.describe() == "uvicorn, 1 worker, over loopback HTTP"
+    bare = HttpDriver("http://127.0.0.1:8000", REQUESTS)
+    assert bare.describe() == "server at http://127.0.0.1:8000, over loopback HTTP"

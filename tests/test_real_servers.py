@@ -1,0 +1,163 @@
+"""The same storm against real servers on loopback: Little's law holds, nothing survives."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_concurrency import BudgetExceeded, ConfigError, run_storm
+from pytest_concurrency._servers import ServerSpec, live_servers, serve
+
+from . import apps
+
+ROOT = Path(__file__).resolve().parent.parent
+psutil = pytest.importorskip("psutil")
+pytest.importorskip("uvicorn")
+pytest.importorskip("gunicorn")
+
+
+def _gone(pids: list[int]) -> bool:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+        if not alive:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_server_is_validated_before_any_load() -> None:
+    with pytest.raises(ConfigError, match=r"server='http://10\.0\.0\.1:80' .* not on loopback"):
+        run_storm(apps.asgi_hello, "GET", "/", server="http://10.0.0.1:80")
+    with pytest.raises(ConfigError, match=r"server='nginx' .* must be one of inprocess, uvicorn"):
+        run_storm(apps.asgi_hello, "GET", "/", server="nginx")
+    closure = apps.asgi_sleep(0.01)
+    with pytest.raises(ConfigError, match="cannot be imported by name"):
+        run_storm(closure, "GET", "/", server="uvicorn")
+
+
+def test_uvicorn_storm_reports_the_server_and_its_figures() -> None:
+    result = run_storm(apps.asgi_routes, "GET", "/", users=10, requests=300, server="uvicorn")
+    assert result.status_counts == {200: 300}
+    assert result.server.startswith("uvicorn, 1 worker")
+    usage = result.extras["server_usage"]
+    assert usage["server_rss_peak"] > 0
+    assert usage["samples"] >= 1
+    # The client's loop lag says nothing about the server: not measured, not reported.
+    assert result.loop_lag is None
+    assert not live_servers()
+
+
+def test_a_running_server_is_driven_by_url() -> None:
+    spec = ServerSpec(kind="uvicorn", app="tests.apps:asgi_routes", cwd=str(ROOT))
+    with serve(spec) as server:
+        result = run_storm(
+            apps.asgi_routes,
+            "POST",
+            "/echo",
+            json={"a": 1},
+            users=4,
+            requests=40,
+            server=server.url,
+        )
+        assert result.status_counts == {200: 40}
+        assert result.server.startswith("server at http://127.0.0.1:")
+
+
+def test_no_server_survives_a_failed_storm() -> None:
+    with pytest.raises(BudgetExceeded):
+        run_storm(apps.io_asgi, "GET", "/", users=5, requests=20, server="uvicorn", p99_ms=1)
+    assert not live_servers()
+
+
+def test_ctrl_c_stops_the_server() -> None:
+    script = textwrap.dedent(
+        """
+        import threading, time, sys
+        from pytest_concurrency import run_storm
+        from pytest_concurrency._servers import live_servers
+
+        def report():
+            while not live_servers():
+                time.sleep(0.05)
+            print(" ".join(str(p) for s in live_servers() for p in s.pids()), flush=True)
+
+        threading.Thread(target=report, daemon=True).start()
+        try:
+            run_storm("tests.apps:io_asgi", "GET", "/", users=10, duration=30, server="uvicorn")
+        except KeyboardInterrupt:
+            sys.exit(130)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
+    with subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env
+    ) as child:
+        try:
+            assert child.stdout is not None
+            pids = [int(p) for p in child.stdout.readline().split()]
+            assert pids
+            time.sleep(0.5)
+            child.send_signal(signal.SIGINT)
+            assert child.wait(timeout=20) == 130
+        finally:
+            if child.poll() is None:
+                child.kill()
+    assert _gone(pids)
+
+
+@pytest.mark.timing
+def test_uvicorn_async_io_follows_littles_law() -> None:
+    # 100 users each awaiting 50 ms: 100 / 0.05 = 2,000 rps, p50 ≈ 50 ms.
+    result = run_storm(
+        apps.io_asgi, "GET", "/", users=100, duration=3.0, warmup=1.0, server="uvicorn"
+    )
+    assert result.throughput == pytest.approx(2000, rel=0.25)
+    assert result.latency.p50 == pytest.approx(50, abs=15)
+
+
+@pytest.mark.timing
+def test_gunicorn_sync_workers_queue_by_littles_law() -> None:
+    # 8 sync worker processes × 50 ms serve 160 rps; 50 users wait 50 / 160 = 312.5 ms.
+    result = run_storm(
+        apps.io_wsgi, "GET", "/", users=50, workers=8, duration=3.0, warmup=1.0, server="gunicorn"
+    )
+    assert result.throughput == pytest.approx(160, rel=0.15)
+    assert result.latency.mean == pytest.approx(312.5, rel=0.2)
+
+
+@pytest.mark.timing
+def test_blocking_async_def_behind_uvicorn_serialises() -> None:
+    # time.sleep(0.05) on the server's loop: one request at a time, 20 rps whatever the users.
+    result = run_storm(
+        apps.blocking_asgi, "GET", "/", users=20, duration=3.0, warmup=1.0, server="uvicorn"
+    )
+    assert result.throughput == pytest.approx(20, rel=0.2)
+    # Latency counts from the intended send: 20 users queue ≈ 20 × 50 ms.
+    assert result.latency.mean == pytest.approx(1000, rel=0.3)
+
+
+def test_upstream_routes_reach_the_server_process(upstream: Any) -> None:
+    from examples import fastapi_app
+
+    upstream.route(fastapi_app.MODEL_URL, latency=20, json={"text": "Hello!", "tokens": 3})
+    result = run_storm(
+        "examples.fastapi_app:app",
+        "POST",
+        "/llm",
+        json={"prompt": "Say hello", "max_tokens": 16},
+        users=5,
+        requests=50,
+        server="uvicorn",
+    )
+    assert result.status_counts == {200: 50}
+    # Each call waited the simulated 20 ms inside the server's process.
+    assert result.latency.p50 >= 19

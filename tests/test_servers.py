@@ -1,0 +1,278 @@
+"""Real servers on loopback: start, describe, readiness errors, and no process left behind."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pytest_concurrency import ConfigError, StormError
+from pytest_concurrency._servers import (
+    ResourceSampler,
+    RunningServer,
+    ServerSpec,
+    _process,
+    live_servers,
+    serve,
+)
+
+ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def spec(kind: str, app: str = "tests.apps:asgi_routes", **options: object) -> ServerSpec:
+    return ServerSpec(kind, app, cwd=ROOT, **options)  # type: ignore[arg-type]
+
+
+def assert_gone(pids: list[int]) -> None:
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        alive = [pid for pid in pids if psutil.pid_exists(pid)]
+        # A reaped child of an already-stopped process may linger as a zombie for an instant.
+        alive = [p for p in alive if psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"server processes still alive: {alive}")
+
+
+def get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return bytes(response.read())
+
+
+def wait_for_pids(server: RunningServer, count: int) -> list[int]:
+    deadline = time.monotonic() + 5.0
+    while len(pids := server.pids()) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids
+
+
+@pytest.fixture(autouse=True)
+def no_server_left() -> Iterator[None]:
+    yield
+    assert live_servers() == []
+
+
+def test_uvicorn_serves_and_stops_its_process() -> None:
+    with serve(spec("uvicorn")) as server:
+        assert server.url.startswith("http://127.0.0.1:")
+        assert server.describe().startswith("uvicorn, 1 worker (")
+        assert get(server.url + "/") == b"hello"
+        pids = server.pids()
+        assert pids == [server.process.pid]
+        assert live_servers() == [server]
+    assert_gone(pids)
+    assert server.process.returncode is not None
+
+
+def test_gunicorn_gthread_workers_all_stop() -> None:
+    with serve(
+        spec("gunicorn", "tests.apps:wsgi_routes", interface="wsgi", workers=2, threads=2)
+    ) as server:
+        assert server.describe() == "gunicorn, 2 workers × 2 threads (gthread)"
+        assert get(server.url + "/") == b"hello"
+        pids = wait_for_pids(server, 3)
+        assert len(pids) == 3  # the arbiter and its two workers
+    assert_gone(pids)
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"kind": "gunicorn", "interface": "wsgi", "workers": 8}, "gunicorn, 8 sync workers"),
+        ({"kind": "gunicorn", "interface": "asgi"}, "gunicorn + uvicorn worker, 1 worker"),
+        ({"kind": "hypercorn", "workers": 2}, "hypercorn, 2 workers (ASGI)"),
+        (
+            {"kind": "granian", "interface": "wsgi", "threads": 4},
+            "granian, 1 worker × 4 threads (WSGI)",
+        ),
+    ],
+)
+def test_describe(options: dict[str, object], expected: str) -> None:
+    kind = options.pop("kind")
+    assert ServerSpec(kind, "m:app", **options).describe() == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["hypercorn", "granian", "gunicorn"])
+def test_other_servers_answer(kind: str) -> None:
+    with serve(spec(kind)) as server:
+        assert get(server.url + "/") == b"hello"
+        pids = server.pids()
+    assert_gone(pids)
+
+
+def test_exception_inside_serve_stops_the_server() -> None:
+    pids: list[int] = []
+
+    def storm_that_fails() -> None:
+        nonlocal pids
+        with serve(spec("uvicorn", workers=2)) as server:
+            pids = wait_for_pids(server, 3)
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        storm_that_fails()
+    assert len(pids) >= 3
+    assert_gone(pids)
+
+
+def test_import_failure_is_a_storm_error_with_the_stderr_tail(tmp_path: Path) -> None:
+    (tmp_path / "broken_app.py").write_text("import math\nVALUE = 1 / 0\n")
+    broken = ServerSpec(
+        "uvicorn", "broken_app:app", cwd=str(tmp_path), sys_path=(str(tmp_path), *sys.path)
+    )
+    started = time.monotonic()
+    with pytest.raises(StormError, match=r"(?s)uvicorn.*broken_app:app.*exited.*ZeroDivisionError"):
+        serve(broken, startup_timeout=30).__enter__()
+    assert time.monotonic() - started < 10
+
+
+def test_silent_server_times_out_with_a_storm_error(tmp_path: Path) -> None:
+    (tmp_path / "hanging_app.py").write_text(
+        "import sys, time\nprint('loading forever', file=sys.stderr)\ntime.sleep(60)\n"
+    )
+    hanging = ServerSpec("uvicorn", "hanging_app:app", sys_path=(str(tmp_path), *sys.path))
+    started = time.monotonic()
+    with pytest.raises(StormError, match=r"(?s)did not answer HTTP.*within 3 s.*loading forever"):
+        serve(hanging, startup_timeout=3).__enter__()
+    assert time.monotonic() - started < 8
+
+
+def test_caller_path_cwd_and_setup_hook_reach_the_server(tmp_path: Path) -> None:
+    (tmp_path / "hooks.py").write_text(
+        "state = 'plain'\ndef install():\n    global state\n    state = 'installed'\n"
+    )
+    (tmp_path / "where_app.py").write_text(
+        textwrap.dedent(
+            """
+            import json, os
+            import hooks
+            SEEN = {"state": hooks.state, "cwd": os.getcwd()}
+
+            async def app(scope, receive, send):
+                if scope["type"] != "http":
+                    return
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                await send({"type": "http.response.body", "body": json.dumps(SEEN).encode()})
+            """
+        )
+    )
+    # Path entries given relative to the caller's cwd ('' included) resolve there.
+    located = ServerSpec(
+        "uvicorn",
+        "where_app:app",
+        cwd=str(tmp_path),
+        sys_path=("", *sys.path),
+        setup="hooks:install",
+    )
+    with serve(located) as server:
+        seen = json.loads(get(server.url + "/"))
+    assert seen == {"state": "installed", "cwd": str(tmp_path)}
+
+
+def test_missing_server_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = _process.importlib.util.find_spec
+    monkeypatch.setattr(
+        _process.importlib.util, "find_spec", lambda name: None if name == "granian" else real(name)
+    )
+    monkeypatch.setattr(_process.subprocess, "Popen", None)  # nothing may start
+    with (
+        pytest.raises(
+            ConfigError, match=r"server='granian'.*pip install 'pytest-storm\[servers\]'"
+        ),
+        serve(spec("granian")),
+    ):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"kind": "nginx"}, r"server='nginx' \(from server=\) must be one of uvicorn"),
+        ({"kind": "uvicorn", "app": "tests.apps"}, r"app='tests.apps' .*module:attr"),
+        ({"kind": "gunicorn", "workers": 0}, r"workers=0 .* ≥ 1"),
+        ({"kind": "uvicorn", "threads": 4}, r"threads=4 .* no meaning for uvicorn"),
+    ],
+)
+def test_bad_spec_is_a_config_error(options: dict[str, object], message: str) -> None:
+    options.setdefault("app", "tests.apps:asgi_routes")
+    with pytest.raises(ConfigError, match=message):
+        ServerSpec(**options).validate()  # type: ignore[arg-type]
+
+
+CHILD = """
+import json, sys, time
+sys.path.insert(0, {root!r})
+from pytest_concurrency._servers import ServerSpec, serve
+with serve(ServerSpec({kind!r}, "tests.apps:asgi_routes", cwd={root!r}, workers=2)) as server:
+    deadline = time.monotonic() + 5
+    while len(server.pids()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print(json.dumps(server.pids()), flush=True)
+    time.sleep(60)
+"""
+
+
+def start_child(kind: str) -> tuple[subprocess.Popen[str], list[int]]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD.format(root=ROOT, kind=kind)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**_process.os.environ, "PYTHONPATH": str(Path(ROOT) / "src")},
+    )
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    if not line:
+        child.kill()
+        child.wait()
+        pytest.fail("the child process did not start its server")
+    pids: list[int] = json.loads(line)
+    assert len(pids) >= 3
+    assert all(psutil.pid_exists(p) for p in pids)
+    return child, pids
+
+
+def test_ctrl_c_in_the_parent_stops_the_server() -> None:
+    child, pids = start_child("uvicorn")
+    child.send_signal(signal.SIGINT)
+    try:
+        child.wait(timeout=15)
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()  # type: ignore[union-attr]
+    assert_gone(pids)
+
+
+def test_a_killed_parent_takes_its_server_down() -> None:
+    child, pids = start_child("gunicorn")
+    child.kill()  # no finally, no atexit: the bootstrap notices that its parent is gone
+    child.wait()
+    child.stdout.close()  # type: ignore[union-attr]
+    deadline = time.monotonic() + 10
+    while any(psutil.pid_exists(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert_gone(pids)
+
+
+def test_resource_sampler_measures_the_server_tree() -> None:
+    with serve(spec("uvicorn")) as server:
+        with ResourceSampler(server.pids, interval=0.05) as sampler:
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline:
+                get(server.url + "/")
+        usage = sampler.stop()
+    assert usage.samples >= 5
+    assert 0 < usage.server_cpu_mean <= usage.server_cpu_peak
+    assert usage.server_rss_peak > 10 * 2**20
+    assert usage.client_cpu_mean > 0
+    assert set(usage.to_dict()) >= {"server_cpu_mean", "server_rss_peak", "client_cpu_mean"}

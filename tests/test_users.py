@@ -1,0 +1,181 @@
+"""Stateful virtual users (on_start, cookies, tokens), checks on responses, default error budget."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+
+from pytest_concurrency import BudgetExceeded, ConfigError, Request, run_storm
+
+
+def _cookie_asgi() -> Any:
+    sessions: set[str] = set()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers = dict(scope["headers"])
+        cookie = headers.get(b"cookie", b"").decode()
+        if scope["path"] == "/login":
+            body = (await receive())["body"]
+            name = json.loads(body)["user"]
+            sessions.add(name)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"set-cookie", f"session={name}; Path=/; HttpOnly".encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"{}"})
+            return
+        ok = cookie.startswith("session=") and cookie.split("=", 1)[1] in sessions
+        await send({"type": "http.response.start", "status": 200 if ok else 401, "headers": []})
+        await send({"type": "http.response.body", "body": b"me" if ok else b"who are you?"})
+
+    app.sessions = sessions  # type: ignore[attr-defined]
+    return app
+
+
+def _cookie_wsgi() -> Any:
+    sessions: set[str] = set()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ["PATH_INFO"] == "/login":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            name = json.loads(environ["wsgi.input"].read(length))["user"]
+            sessions.add(name)
+            start_response("200 OK", [("Set-Cookie", f"session={name}; Path=/")])
+            return [b"{}"]
+        cookie = environ.get("HTTP_COOKIE", "")
+        ok = cookie.startswith("session=") and cookie.split("=", 1)[1] in sessions
+        start_response("200 OK" if ok else "401 Unauthorized", [])
+        return [b"me" if ok else b"who are you?"]
+
+    app.sessions = sessions  # type: ignore[attr-defined]
+    return app
+
+
+@pytest.mark.parametrize("make", [_cookie_asgi, _cookie_wsgi], ids=["asgi", "wsgi"])
+def test_every_user_logs_in_once_and_its_cookie_is_sent_back(make: Any) -> None:
+    app = make()
+    logins: list[int] = []
+
+    def login(user: Any) -> None:
+        logins.append(user.index)
+        response = user.post("/login", json={"user": f"u{user.index}"})
+        assert response.status == 200
+
+    result = run_storm(app, "GET", "/me", users=8, workers=4, requests=200, on_start=login)
+    assert sorted(logins) == list(range(8))
+    assert app.sessions == {f"u{i}" for i in range(8)}
+    assert result.status_counts == {200: 200}
+    start = result.extras["on_start"]
+    assert start["requests"] == 8
+    assert start["status_counts"] == {200: 8}
+    # Start-hook requests are not mixed into the storm's own figures.
+    assert result.requests == 200
+
+
+def test_async_start_hook_carries_a_token_into_a_request_factory() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/token":
+            user = parse_qs(scope["query_string"].decode())["user"][0]
+            body = json.dumps({"access_token": f"t-{user}"}).encode()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": body})
+            return
+        auth = dict(scope["headers"]).get(b"authorization", b"")
+        ok = auth.startswith(b"Bearer t-")
+        await send({"type": "http.response.start", "status": 200 if ok else 401, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def login(user: Any) -> None:
+        response = await user.get("/token", query={"user": user.index})
+        user.state["token"] = response.json()["access_token"]
+
+    def me(user: Any, iteration: int) -> Request:
+        return Request("GET", "/me", headers={"Authorization": f"Bearer {user.state['token']}"})
+
+    result = run_storm(app, requests=me, users=5, duration=0.3, on_start=login)
+    assert result.requests > 0
+    assert result.status_counts == {200: result.requests}
+
+
+def test_default_headers_per_user_are_sent() -> None:
+    seen: set[bytes] = set()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        seen.add(dict(scope["headers"]).get(b"x-tenant", b""))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    def tenant(user: Any) -> None:
+        user.headers["X-Tenant"] = f"t{user.index % 3}"
+
+    run_storm(app, "GET", "/", users=6, requests=60, on_start=tenant)
+    assert seen == {b"t0", b"t1", b"t2"}
+
+
+def test_on_start_is_refused_for_the_open_model_and_must_be_callable() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None: ...
+
+    with pytest.raises(ConfigError, match=r"on_start .*needs the closed model"):
+        run_storm(app, "GET", "/", rate=10, on_start=lambda user: None)
+    with pytest.raises(ConfigError, match=r"on_start=5 .*must be a callable"):
+        run_storm(app, "GET", "/", on_start=5)
+
+
+def _flaky(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    if environ["PATH_INFO"] == "/half":
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b'{"ok": false}']
+    start_response("503 Service Unavailable", [])
+    return [b"upstream is down"]
+
+
+def test_checks_count_failures_with_a_sample_body() -> None:
+    def body_ok(response: Any) -> bool:
+        return bool(response.json()["ok"])
+
+    result = run_storm(_flaky, "GET", "/half", requests=20, checks=[200, body_ok], check=False)
+    assert result.failed == 20
+    assert result.error_rate == 1.0
+    failure = result.errors["CheckFailed"]
+    assert failure.count == 20
+    assert "body_ok returned False" in failure.example
+    assert '{"ok": false}' in failure.example
+
+
+def test_per_request_checks_and_status_sets() -> None:
+    mix = [
+        Request("GET", "/half", checks={200, 204}),
+        Request("GET", "/half", checks=201, name="wrong"),
+    ]
+    result = run_storm(_flaky, requests=mix, users=2, duration=0.3, check=False)
+    assert result.endpoints["GET /half"].errors == 0
+    assert result.endpoints["wrong"].errors == result.endpoints["wrong"].requests > 0
+    assert "status 200, expected 201" in result.errors["CheckFailed"].example
+
+
+def test_a_storm_whose_requests_all_failed_fails_by_default() -> None:
+    with pytest.raises(BudgetExceeded, match="max_error_rate") as failed:
+        run_storm(_flaky, "GET", "/down", requests=10)
+    result = failed.value.result
+    assert result.extras["samples"] == {503: "upstream is down"}
+    # An error budget lifts the default.
+    run_storm(_flaky, "GET", "/down", requests=10, max_error_rate=1.0)
+
+
+def test_bad_checks_are_refused_before_any_load() -> None:
+    with pytest.raises(ConfigError, match=r"checks='ok' \(from keyword argument\)"):
+        run_storm(_flaky, "GET", "/", checks="ok")
+    with pytest.raises(ConfigError, match="999 is not an HTTP status"):
+        run_storm(_flaky, "GET", "/", checks=999)
