@@ -199,7 +199,10 @@ def unmeasured_reason(name: str, data: Mapping[str, Any]) -> str:
     if budget in ("max_loop_lag_ms", "max_blocking_calls"):
         if wsgi:
             return "a WSGI app has no event loop to watch (use max_queued or max_threads_busy)"
-        return "the event-loop monitor did not run for this storm (it does not watch shards)"
+        return (
+            "the event-loop monitor did not run for this storm (it watches in-process storms, "
+            "not process shards or real servers)"
+        )
     if budget in ("max_queue_p99_ms", "max_saturation"):
         return _NO_POOL if not wsgi else "the WSGI pool recorded no figures"
     if budget == "max_dropped":
