@@ -115,7 +115,8 @@ def test_p99_ratio_without_simulated_waits_fails_with_the_reason() -> None:
 
 
 def test_p99_ratio_compares_with_the_waits_own_p99() -> None:
-    waits = {"requested": {"count": 50, "p50_ms": 10.0, "p99_ms": 10.0, "max_ms": 10.0}}
+    kind = {"count": 50, "p50_ms": 0.1, "p99_ms": 0.5, "requested_p99_ms": 10.0}
+    waits = {"async": kind, "blocking": {"count": 0}}
     assert measure(synthetic(p99=25.0, extras={"simulated_waits": waits}), "p99_ratio") == 2.5
     (held,) = evaluate(synthetic(p99=25.0, extras={"simulated_waits": waits}), {"p99_ratio": 3})
     (broke,) = evaluate(synthetic(p99=40.0, extras={"simulated_waits": waits}), {"p99_ratio": 3})

@@ -160,8 +160,11 @@ def _useful_workers(base: StormPlan) -> tuple[int | None, int | None]:
 def run_capacity(
     plan: CapacityPlan, *, on_storm: Callable[[StormResult], None] | None = None
 ) -> CapacityResult:
-    """Bisect the worker counts with as few storms as possible; *on_storm* sees each storm."""
+    """Bisect the worker counts with as few storms as possible; *on_storm* sees one per count."""
     base = plan.base
+    # One storm per worker count goes to the reports, in the order the counts were first
+    # tried: the one whose figures the capacity table shows (repeats confirm the verdict).
+    first_tried: list[int] = []
 
     def run(workers: int) -> StormResult:
         trial = plan_storm(
@@ -173,8 +176,8 @@ def run_capacity(
         trial.app_name, trial.label = base.app_name, base.label
         result = run_plan(trial)
         warn_about(result, stacklevel=4)
-        if on_storm is not None:
-            on_storm(result)
+        if workers not in first_tried:
+            first_tried.append(workers)
         return result
 
     found = search_capacity(
@@ -186,6 +189,9 @@ def run_capacity(
         max_useful=plan.max_useful,
     )
     found.users = plan.users
+    if on_storm is not None:
+        for workers in first_tried:
+            on_storm(found.results[workers])
     return found
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
@@ -115,13 +116,22 @@ def _blocking_calls(r: StormResult) -> float:
     return float(lag.calls)
 
 
-def _p99_ratio(r: StormResult) -> float:
-    waits = r.extras.get("simulated_waits")
-    requested = waits.get("requested") if isinstance(waits, Mapping) else None
-    if not isinstance(requested, Mapping) or not requested.get("count"):
+def _waits_p99(waits: Any) -> float:
+    """The p99 of the simulated waits as requested; NaN when the storm made none.
+
+    With both kinds (awaited and blocking), the larger p99: the combined p99 is no larger.
+    """
+    if not isinstance(waits, Mapping):
         return math.nan
-    own = float(requested.get("p99_ms") or 0.0)
-    if own <= 0:
+    kinds = [w for w in waits.values() if isinstance(w, Mapping) and w.get("count")]
+    if not kinds:
+        return math.nan
+    return max(float(w.get("requested_p99_ms") or 0.0) for w in kinds)
+
+
+def _p99_ratio(r: StormResult) -> float:
+    own = _waits_p99(r.extras.get("simulated_waits"))
+    if not own > 0:
         return math.nan
     return r.latency.p99 / own
 

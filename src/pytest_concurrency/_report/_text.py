@@ -221,8 +221,7 @@ def unmeasured_reason(name: str, data: Mapping[str, Any]) -> str:
         )
     if budget == "p99_ratio":
         waits = (data.get("extras") or {}).get("simulated_waits") or {}
-        requested = waits.get("requested") or {}
-        if requested.get("count"):
+        if any(isinstance(w, Mapping) and w.get("count") for w in waits.values()):
             return "the simulated waits were 0 ms long, so no ratio to them means anything"
         return (
             "the storm made no simulated waits (simulated_io, blocking_io, the latency "
