@@ -17,7 +17,7 @@ from ._engine import LiveFigures, Progress, StormPlan, plan_storm, run_plan, run
 from ._engine.websocket import WebSocketResult, plan_websocket, run_websocket_plan
 from ._errors import ConfigError
 from ._options import scale, storm_layers
-from ._report._options import STORM_JSON_PROPERTY
+from ._report._options import STORM_JSON_PROPERTY, compare_layers
 from ._report._terminal import LiveProgress
 from ._result import StormResult
 from ._session import STORMS_KEY
@@ -48,7 +48,7 @@ class StormFixture:
             method,
             path,
             requests=mix,
-            layers=storm_layers(self._item, params),
+            layers=[*storm_layers(self._item, params), *compare_layers(self._item.config)],
             scale=scale(self._item.config),
         )
 
