@@ -22,6 +22,7 @@ import anyio.abc
 import anyio.from_thread
 import anyio.to_thread
 
+from .._apps import as_asgi3
 from .._checks import Response, headers_text
 from .._drivers.asgi import AsgiDriver
 from .._drivers.base import AsyncDriver
@@ -36,11 +37,13 @@ from .._probes.pools import ThreadPoolProbe
 from .._probes.results import LoopLag, PoolUsage
 from .._result import StormResult
 from .._workload import Request
+from . import clock
 from .inspect import Inspector
 from .plan import LiveFigures, StormPlan, plan_storm
 from .runner import AsyncRunner, Slot, running_loop
 from .schedule import Schedule
 from .users import AsyncUser, SyncUser, User, is_async_hook
+from .virtual import metered, virtual_note
 
 __all__ = [
     "RoundOutput",
@@ -62,7 +65,8 @@ def async_driver(plan: StormPlan) -> AsyncDriver:
     """The async driver that serves *plan*: a real server over HTTP, or the app in-process."""
     if plan.url is not None:
         return HttpDriver(plan.url, list(plan.requests), server=plan.served_by)
-    return AsgiDriver(plan.app, list(plan.requests), lifespan=plan.config.lifespan)
+    app = plan.app if plan.config.clock == "wall" else metered(as_asgi3(plan.app))
+    return AsgiDriver(app, list(plan.requests), lifespan=plan.config.lifespan)
 
 
 class StartRecords:
@@ -115,15 +119,15 @@ async def _start_users_async(
 
     async def send(user: User, request: Request) -> Response:
         slot = Slot(int(user), user, capture=True)
-        started = perf_counter()
+        started = clock.now()
         try:
             exchange = await driver.call_request(request, slot)
         except Exception as exc:
-            records.add(perf_counter() - started, 0, type(exc).__name__)
+            records.add(clock.now() - started, 0, type(exc).__name__)
             raise
         headers = headers_text(exchange.headers or ())
         user.absorb(headers)
-        records.add(perf_counter() - started, exchange.status)
+        records.add(clock.now() - started, exchange.status)
         return Response(exchange.status, headers, b"".join(exchange.body or ()))
 
     if is_async_hook(hook):
@@ -192,7 +196,7 @@ def _start_users_sync(
 
 
 async def _soon() -> float:
-    return perf_counter() + _LEAD
+    return clock.now() + _LEAD
 
 
 #: When the first request of a round is due; called once the driver is ready, so that
@@ -244,7 +248,9 @@ async def execute_async(
                 extras["on_start"] = started.to_dict(count)
             async with AsyncExitStack() as stack:
                 # In-process only: behind a real server these would watch the client.
-                if running_loop() is not None and plan.url is None:  # asyncio only
+                # A virtual loop never lags (it charges the app's work to its clock), and
+                # the pool probe would watch threads a virtual round refuses.
+                if running_loop() is not None and plan.url is None and config.clock == "wall":
                     monitor = await stack.enter_async_context(LoopMonitor(threshold_ms=5.0))
                     probe = await stack.enter_async_context(ThreadPoolProbe())
                 schedule = Schedule(config, await origin())
@@ -276,6 +282,8 @@ async def execute_async(
         raise StormError("the storm ended without figures")
     if runner.inspector.samples.by_status:
         extras["samples"] = dict(runner.inspector.samples.by_status)
+    if config.clock == "virtual":
+        extras["clock"] = virtual_note()
     return RoundOutput(
         figures,
         driver.describe(),
@@ -289,6 +297,9 @@ async def run_async_round(plan: StormPlan, live: LiveFigures | None = None) -> S
     """Run one round with the plan's async driver and fold it into a result."""
     output = await execute_async(plan, live)
     result = finish(plan, output)
+    if plan.config.clock == "virtual":
+        # The loop thread's CPU over virtual seconds says nothing about saturation.
+        result.loop_cpu_share = None
     if result.loop_cpu_share is not None and result.loop_cpu_share >= _SATURATED_CPU:
         await _warn_harness_bound(result, output.figures.cpu)
     return result

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import anyio
 
+from .._engine import clock
 from .distributions import Latency, LatencyLike, _nearest_rank, as_latency
 
 __all__ = [
@@ -146,9 +147,10 @@ _perf_counter = time.perf_counter
 
 
 async def _wait_async(seconds: float) -> float:
-    start = _perf_counter()
+    # The engine's clock: under virtual time an async wait costs virtual seconds only.
+    start = clock.now()
     await anyio.sleep(seconds)
-    end = _perf_counter()
+    end = clock.now()
     waited = end - start
     if wait_recorder._active:
         wait_recorder._async_us.append(round((waited - seconds) * 1_000_000))
@@ -166,7 +168,9 @@ def _wait_blocking(seconds: float) -> float:
     waited = end - start
     if wait_recorder._active:
         wait_recorder._blocking_us.append(round((waited - seconds) * 1_000_000))
-        wait_recorder._blocking_at.append(end)
+        # A blocking wait is timed on the wall clock (it blocks the thread for real), but
+        # stamped on the engine's clock, which the storm's window is measured in.
+        wait_recorder._blocking_at.append(end if clock.wall() else clock.now())
     return waited
 
 
