@@ -43,7 +43,7 @@ from .plan import LiveFigures, StormPlan, plan_storm
 from .runner import AsyncRunner, Slot, running_loop
 from .schedule import Schedule
 from .users import AsyncUser, SyncUser, User, is_async_hook
-from .virtual import metered, virtual_note
+from .virtual import metered, virtual_report
 
 __all__ = [
     "RoundOutput",
@@ -282,13 +282,15 @@ async def execute_async(
         raise StormError("the storm ended without figures")
     if runner.inspector.samples.by_status:
         extras["samples"] = dict(runner.inspector.samples.by_status)
+    warnings: list[str] = []
     if config.clock == "virtual":
-        extras["clock"] = virtual_note()
+        extras["clock"], warnings = virtual_report()
     return RoundOutput(
         figures,
         driver.describe(),
         loop_lag=monitor.result if monitor is not None else None,
         thread_pools=list(probe.result or []) if probe is not None else [],
+        warnings=warnings,
         extras=extras,
     )
 

@@ -36,10 +36,31 @@ from .._params import StormConfig
 from . import clock
 from .users import is_async_hook
 
-__all__ = ["CHARGE_FLOOR", "VirtualClockLoop", "check_clock", "loop_factory", "metered"]
+__all__ = [
+    "CHARGE_FLOOR",
+    "VirtualClockLoop",
+    "check_clock",
+    "loop_factory",
+    "loop_options",
+    "metered",
+    "virtual_report",
+]
 
 #: A step of the app's code that cost less than this (seconds) is not charged.
-CHARGE_FLOOR = 500e-6
+CHARGE_FLOOR = 100e-6
+#: Wall seconds the loop may run ready work with its clock all but still before it gives up.
+STALL_SECONDS = 5.0
+#: Virtual seconds per wall second below which a loop that never idles has stalled.
+_STALL_PROGRESS = 0.1
+#: Share of one core of uncharged app work above which the figures are called optimistic.
+_UNCHARGED_WARN = 0.5
+
+_STALLED = (
+    "clock='virtual': the app answered requests for {seconds:.0f} s of wall time without "
+    "virtual time moving (no awaited wait, no step of work over {floor:.1f} ms), so a round "
+    "measured in virtual seconds would never end. Give the app simulated waits "
+    "(simulated_io, the upstream fixture) or use clock='wall'"
+)
 
 _THREADS = (
     "clock='virtual' cannot time work done in threads: the app handed work to a worker "
@@ -58,10 +79,17 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         super().__init__()
         # Start where the wall clock is, so that values look like any loop's time.
         self._virtual_now = time.perf_counter()
+        self.started = self._virtual_now
         self._failure: ConfigError | None = None
         self._failed = False
         self._limiter: Any = None
+        self._spins = 0
+        self._still_at = self._virtual_now
+        self._still_since = time.perf_counter()
+        self._still_jumps = 0
+        #: Virtual seconds charged for the app's work, and its work too small to charge.
         self.charged = 0.0
+        self.uncharged = 0.0
         self.jumps = 0
         selector: Any = self._selector  # type: ignore[attr-defined]
         select: Callable[[float | None], list[Any]] = selector.select
@@ -71,12 +99,15 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
                 failure, self._failure = self._failure, None
                 raise failure
             if timeout is None or timeout <= 0:
+                self._spins += 1
+                if not self._spins & 4095:
+                    self._check_stall()
                 return select(timeout)
             ready = select(0)
             if ready:
                 return ready
             if not self._failed and self._threads_busy():
-                self._refuse("anyio.to_thread")
+                self._refuse(_THREADS.format(how="anyio.to_thread"))
                 return select(0)
             scheduled: list[asyncio.TimerHandle] = self._scheduled  # type: ignore[attr-defined]
             due = scheduled[0].when() if scheduled else self._virtual_now + timeout
@@ -104,22 +135,37 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         self, callback: Callable[..., object], *args: Any, context: Any = None
     ) -> asyncio.Handle:
         """Schedule *callback*; a call from another thread ends a virtual round."""
-        if threading.get_ident() != self._thread_id:  # type: ignore[attr-defined]
-            self._refuse("a result delivered from another thread")
+        running_in = self._thread_id  # type: ignore[attr-defined]
+        if running_in is not None and threading.get_ident() != running_in:
+            self._refuse(_THREADS.format(how="a result delivered from another thread"))
         return super().call_soon_threadsafe(callback, *args, context=context)
 
     def run_in_executor(  # type: ignore[override]
         self, executor: Any, func: Callable[..., Any], *args: Any
     ) -> Any:
         """Run *func* in *executor*, which ends a virtual round."""
-        self._refuse(f"loop.run_in_executor({getattr(func, '__qualname__', func)!r})")
+        how = f"loop.run_in_executor({getattr(func, '__qualname__', func)!r})"
+        self._refuse(_THREADS.format(how=how))
         return super().run_in_executor(executor, func, *args)
 
-    def _refuse(self, how: str) -> None:
+    def _refuse(self, message: str) -> None:
         if not self._failed:
             self._failed = True
-            self._failure = ConfigError(_THREADS.format(how=how))
+            self._failure = ConfigError(message)
             self._write_to_self()  # type: ignore[attr-defined]
+
+    def _check_stall(self) -> None:
+        wall = time.perf_counter()
+        elapsed = wall - self._still_since
+        if elapsed < STALL_SECONDS:
+            return
+        # Busy all along (no jump to a timer) and barely charged: requests that take no
+        # time, which a round measured in virtual seconds would repeat for ever. A loop
+        # blocked by the app's work is busy too, but its clock moves with the work.
+        moved = self._virtual_now - self._still_at
+        if self.jumps == self._still_jumps and moved < _STALL_PROGRESS * elapsed:
+            self._refuse(_STALLED.format(seconds=elapsed, floor=CHARGE_FLOOR * 1000))
+        self._still_at, self._still_since, self._still_jumps = self._virtual_now, wall, self.jumps
 
     def _threads_busy(self) -> bool:
         if self._limiter is None:
@@ -140,15 +186,21 @@ def _usage() -> tuple[float, int]:
     return time.thread_time(), resource.getrusage(_RUSAGE_THREAD).ru_nvcsw
 
 
-def _cost(wall: float, before: tuple[float, int]) -> float:
-    """What a step that took *wall* seconds cost the loop, or 0.0 under the floor."""
+def _charge(loop: VirtualClockLoop, wall: float, before: tuple[float, int]) -> None:
+    """Charge a step of the app that took *wall* seconds (from *before*) to *loop*."""
+    if wall < CHARGE_FLOOR:
+        loop.uncharged += wall  # CPU time at most wall time: not worth a system call
+        return
     cpu, switches = _usage()
     spent = cpu - before[0]
     blocked = switches > before[1] if _RUSAGE_THREAD is not None else wall - spent >= CHARGE_FLOOR
     # A thread that blocked (slept, waited on a socket) held the loop for the whole step;
     # one that was preempted by another process only for its CPU time.
     cost = max(spent, wall) if blocked else spent
-    return cost if cost >= CHARGE_FLOOR else 0.0
+    if cost >= CHARGE_FLOOR:
+        loop.advance(cost)
+    else:
+        loop.uncharged += cost
 
 
 @types.coroutine
@@ -163,18 +215,9 @@ def _steps(coro: Coroutine[Any, Any, Any], loop: VirtualClockLoop) -> Generator[
         try:
             yielded = coro.send(value) if error is None else coro.throw(error)
         except StopIteration as stop:
-            wall = perf() - started
-            if wall >= CHARGE_FLOOR:
-                loop.advance(_cost(wall, before))
             return stop.value
-        except BaseException:
-            wall = perf() - started
-            if wall >= CHARGE_FLOOR:
-                loop.advance(_cost(wall, before))
-            raise
-        wall = perf() - started
-        if wall >= CHARGE_FLOOR:
-            loop.advance(_cost(wall, before))
+        finally:
+            _charge(loop, perf() - started, before)
         try:
             value, error = (yield yielded), None
         except GeneratorExit:
@@ -245,21 +288,35 @@ def check_clock(config: StormConfig, interface: str, *, on_start: Any = None) ->
         )
 
 
-def virtual_note() -> dict[str, Any]:
-    """What a virtual round measured and left out, for ``result.extras["clock"]``."""
+def virtual_report() -> tuple[dict[str, Any], list[str]]:
+    """What a virtual round charged and left out (``result.extras["clock"]``), and warnings."""
     loop = asyncio.get_running_loop()
-    charged = loop.charged if isinstance(loop, VirtualClockLoop) else 0.0
-    return {
+    if not isinstance(loop, VirtualClockLoop):  # pragma: no cover - a virtual round's loop
+        return {"clock": "virtual"}, []
+    elapsed = loop.time() - loop.started
+    note = {
         "clock": "virtual",
-        "charged_ms": round(charged * 1000, 3),
+        "virtual_seconds": round(elapsed, 6),
+        "charged_ms": round(loop.charged * 1000, 3),
+        "uncharged_ms": round(loop.uncharged * 1000, 3),
         "charge_floor_ms": CHARGE_FLOOR * 1000,
         "notes": [
             "virtual time: waits cost no wall time; the app's own work was charged to the "
-            f"clock (steps under {CHARGE_FLOOR * 1e6:.0f} µs free, the load generator never)",
+            f"clock in steps of {CHARGE_FLOOR * 1000:g} ms or more, the load generator's never",
             "event-loop lag and thread pools were not measured: a virtual loop never lags "
             "and refuses threads",
         ],
     }
+    warnings = []
+    share = loop.uncharged / elapsed if elapsed > 0 else 0.0
+    if share >= _UNCHARGED_WARN:
+        warnings.append(
+            f"clock='virtual' left {loop.uncharged * 1000:,.0f} ms of the app's own work "
+            f"uncharged (steps under {CHARGE_FLOOR * 1000:g} ms each), {share:.0%} of a core "
+            "over the storm: a real server would queue for the CPU, so these figures are "
+            "optimistic; compare with clock='wall'"
+        )
+    return note, warnings
 
 
 def loop_options(plan: Any) -> dict[str, Any]:
