@@ -8,6 +8,7 @@ script reports requests per second and the client's own CPU time per request (µ
   - HttpDriver (asyncio.Protocol + httptools), the driver itself,
   - asyncio streams + httptools, and asyncio.Protocol + h11 (the alternatives it beat),
   - httpx.AsyncClient (one pool of N connections),
+  - Locust's FastHttpUser in one process (if installed; marginal CPU of a longer run),
   - wrk (if installed; requests per second only, as the reference of a C client).
 The server, not the client, limits the rate on a small machine, so the ratio that
 matters is client CPU per request; rps ratios show how close each client drives the server.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import shutil
 import subprocess
 import sys
@@ -190,6 +192,29 @@ def run_wrk(url: str, users: int, seconds: float) -> float | None:
     return None
 
 
+def run_locust_fast(url: str, users: int, seconds: float) -> tuple[float, float] | None:
+    """Locust's FastHttpUser in one process: (rps, client CPU µs per request), marginal.
+
+    Locust's start-up costs CPU of its own, so two runs (short and long) are subtracted:
+    the extra CPU over the extra requests is what a request costs the generator.
+    """
+    from pytest_concurrency._locust import build_locustfile, locust_available, run_locust
+
+    if not locust_available():
+        return None
+    locustfile = build_locustfile([Request("GET", "/")], users=users, duration=seconds)
+    figures = []
+    for length in (1.0, 1.0 + seconds):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        run = run_locust(locustfile, url, users=users, duration=length, spawn_rate=users * 10)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        figures.append((sum(e.requests for e in run.entries), cpu))
+    (short_n, short_cpu), (long_n, long_cpu) = figures
+    extra = max(1, long_n - short_n)
+    return extra / seconds, (long_cpu - short_cpu) / extra * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -212,6 +237,13 @@ def main() -> None:
             count, wall, cpu = asyncio.run(drive(factory(), args.connections, args.seconds))
             results[name] = count / wall
             print(f"{name:<34} {count / wall:>8,.0f} {cpu / count * 1e6:>18.1f}")
+        locust = run_locust_fast(server.url, args.connections, args.seconds)
+        if locust is not None:
+            rps, cpu_us = locust
+            results["Locust FastHttpUser"] = rps
+            print(f"{'Locust FastHttpUser (1 process)':<34} {rps:>8,.0f} {cpu_us:>18.1f}")
+            driver_rps = results["HttpDriver (Protocol + httptools)"]
+            print(f"  (the HttpDriver's rps is {driver_rps / rps:.2f}× Locust's)")
         wrk = run_wrk(server.url, args.connections, args.seconds)
         if wrk is not None:
             print(f"{'wrk -t1 (C)':<34} {wrk:>8,.0f} {'-':>18}")

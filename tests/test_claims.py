@@ -351,3 +351,17 @@ def test_a_scale_storm_without_a_completed_request_is_written_not_crashed() -> N
     )
     judged = judge_sync_to_async(900.0, math.inf, 140.0, threads=0)
     assert "/orm costs ∞ µs" in judged.reason
+
+
+def test_pydantic_claim_is_judged_on_serialisation_at_its_edges() -> None:
+    from examples.claims.pydantic_speed import (
+        CLAIMED_MIN_SPEEDUP,
+        PARTLY_MIN_SPEEDUP,
+        judge_pydantic,
+    )
+
+    assert judge_pydantic(CLAIMED_MIN_SPEEDUP, 2.0).verdict == "holds"
+    assert "endpoint gains less" in judge_pydantic(CLAIMED_MIN_SPEEDUP, 2.0).reason
+    assert "beyond the claimed 10×" in judge_pydantic(31.0, 5.5).reason
+    assert judge_pydantic(CLAIMED_MIN_SPEEDUP - 0.1, 1.0).verdict == "holds partly"
+    assert judge_pydantic(PARTLY_MIN_SPEEDUP - 0.1, 1.0).verdict == "does not hold here"

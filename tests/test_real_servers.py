@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,7 +69,7 @@ def test_a_running_server_is_driven_by_url() -> None:
             server=server.url,
         )
         assert result.status_counts == {200: 40}
-        assert server.url in result.server
+        assert result.server.startswith("server at http://127.0.0.1:")
 
 
 def test_no_server_survives_a_failed_storm() -> None:
@@ -142,3 +143,21 @@ def test_blocking_async_def_behind_uvicorn_serialises() -> None:
     assert result.throughput == pytest.approx(20, rel=0.2)
     # Latency counts from the intended send: 20 users queue ≈ 20 × 50 ms.
     assert result.latency.mean == pytest.approx(1000, rel=0.3)
+
+
+def test_upstream_routes_reach_the_server_process(upstream: Any) -> None:
+    from examples import fastapi_app
+
+    upstream.route(fastapi_app.MODEL_URL, latency=20, json={"text": "Hello!", "tokens": 3})
+    result = run_storm(
+        "examples.fastapi_app:app",
+        "POST",
+        "/llm",
+        json={"prompt": "Say hello", "max_tokens": 16},
+        users=5,
+        requests=50,
+        server="uvicorn",
+    )
+    assert result.status_counts == {200: 50}
+    # Each call waited the simulated 20 ms inside the server's process.
+    assert result.latency.p50 >= 19

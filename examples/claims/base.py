@@ -255,8 +255,9 @@ class Demo:
         users = params.get("users", 10)
         self.progress(f"  claim {claim}: {framework} {label}, {users:,} users")
         params.setdefault("seed", 1)
+        app = params.pop("app", None) or self.app(framework)
         with peak_rss_growth() as growth:
-            result = run_storm(self.app(framework), method, path, check=False, **params)
+            result = run_storm(app, method, path, check=False, **params)
         record = DemoStorm(claim, framework, result, growth[0] if growth else None)
         self.storms.append(record)
         return record

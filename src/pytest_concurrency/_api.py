@@ -9,7 +9,9 @@ from typing import Any
 
 from ._capacity import CapacityResult, search_capacity
 from ._engine import StormPlan, plan_storm, run_plan, run_plan_async
+from ._engine.plan import import_app
 from ._errors import BudgetExceeded, ConcurrencyWarning, ConfigError
+from ._fidelity import Fidelity, compare_servers
 from ._params import Layer
 from ._report._text import budget_failure
 from ._result import StormResult
@@ -20,6 +22,7 @@ __all__ = [
     "arun_storm",
     "capacity",
     "check_budgets",
+    "compare",
     "plan_capacity",
     "run_capacity",
     "run_storm",
@@ -170,3 +173,27 @@ def capacity(
     mix, params = split_requests(requests, params)
     layers = [Layer("keyword argument", params)]
     return run_capacity(plan_capacity(app, method, path, mix, workers, layers))
+
+
+def compare(
+    app: Any,
+    method: str | None = None,
+    path: str | None = None,
+    *,
+    servers: Sequence[str] = ("inprocess", "uvicorn"),
+    requests: int | Sequence[Request] | RequestFactory | None = None,
+    **params: Any,
+) -> Fidelity:
+    """Fire the same storm in-process and behind each real server; results side by side.
+
+    Budgets in *params* are judged on every result but do not raise: read
+    ``fidelity[server].passed`` and the rows of :class:`Fidelity`.
+    """
+
+    if isinstance(app, str) and ":" in app:
+        app = import_app(app)  # the in-process storm needs the object itself
+
+    def run(server: str) -> StormResult:
+        return run_storm(app, method, path, requests=requests, check=False, server=server, **params)
+
+    return compare_servers(list(servers), run)

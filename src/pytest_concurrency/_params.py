@@ -93,6 +93,7 @@ WORKLOAD_NAMES: dict[str, str] = {
     "server": "'inprocess' (default), 'uvicorn', 'hypercorn', 'granian', 'gunicorn' (started on 127.0.0.1 for the storm), or the URL of a server already running on loopback",
     "on_start": "per-user start hook, sync or async, called once with each virtual user (a login); its requests are recorded apart",
     "checks": "checks on every response: a status, a set of statuses, a callable taking the response, or a list of those",
+    "engine": "'native' (default) or 'locust': run the storm as a generated locustfile with Locust's master and local workers (needs a real server and pip install 'pytest-storm[locust]')",
     "processes": "shard the storm over this many processes, each with its own event loop and copy of the app, like N server worker processes; 'auto' = the cores available (default 1)",
     "interface": "'asgi' or 'wsgi' when the app's kind cannot be detected",
     "lifespan": "'auto' (default), 'on' or 'off': run ASGI lifespan startup/shutdown",
@@ -141,6 +142,7 @@ class StormConfig:
     threads: int = 1
     processes: int = 1
     server: str = "inprocess"
+    engine: str = "native"
     on_start: Any = None
     checks: Any = None
     #: Index of this storm's first user (process shards number their users apart).
@@ -474,6 +476,8 @@ def resolve(layers: Iterable[Layer]) -> StormConfig:
         config.on_start = item[0]
     if (item := take("checks")) is not None and item[0] is not None:
         config.checks = item[0]
+    if (item := take("engine")) is not None and item[0] is not None:
+        config.engine = _choice("engine", *item, ("native", "locust"))
     if (item := take("server")) is not None and item[0] is not None:
         config.server = _server(*item)
     if (item := take("processes")) is not None and item[0] is not None:

@@ -213,8 +213,9 @@ class HttpDriver:
 
     def describe(self) -> str:
         """What serves the requests: the server's description (when given) and its URL."""
-        where = f"{self._server} at {self.base_url}" if self._server else self.base_url
-        return f"{where} (HTTP/1.1, one keep-alive connection per user)"
+        if self._server:
+            return f"{self._server}, over loopback HTTP"
+        return f"server at {self.base_url}, over loopback HTTP"
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from .._workload import Request, RequestFactory, RequestMix, build_mix
 from .limits import check_limits
 from .virtual import check_clock
 
-__all__ = ["LiveFigures", "Progress", "StormPlan", "plan_storm"]
+__all__ = ["LiveFigures", "Progress", "StormPlan", "import_app", "plan_storm"]
 
 
 @dataclass
@@ -84,7 +85,7 @@ def plan_storm(
     )
     if isinstance(app, str) and ":" in app and config.server != "inprocess":
         # A real server imports the app by name; in-process needs the object itself.
-        app = _import_app(app)
+        app = import_app(app)
     if config.interface is not None:
         if not callable(app):
             detect_interface(app)  # raises the not-callable error
@@ -107,6 +108,8 @@ def plan_storm(
                 "open-model arrivals are not users with a session; use users= or stages="
             )
     checks = parse_checks(config.checks, config.origin_of("checks"))
+    if config.engine == "locust":
+        _check_locust(config, mix, server, url)
     if mix.factory is not None:
         label = f"templated requests ({mix.labels[0] if mix.labels else '?'} …)"
     elif len(mix.requests) == 1:
@@ -127,7 +130,38 @@ def plan_storm(
     )
 
 
-def _import_app(spec: str) -> Any:
+def _check_locust(
+    config: StormConfig, mix: RequestMix, server: ServerSpec | None, url: str | None
+) -> None:
+    origin = config.origin_of("engine")
+    if server is None and url is None:
+        raise ConfigError(
+            f"engine='locust' (from {origin}) sends real HTTP: give server='uvicorn', "
+            "'gunicorn' … or the URL of a server on loopback"
+        )
+    if importlib.util.find_spec("locust") is None:
+        raise ConfigError(
+            f"engine='locust' (from {origin}) needs Locust: pip install 'pytest-storm[locust]'"
+        )
+    unsupported = [
+        name
+        for name, used in (
+            ("requests=<factory>", mix.factory is not None),
+            ("rate (Locust has no open model)", config.rate is not None),
+            ("on_start (a Python hook cannot be written into a locustfile)", config.on_start),
+            ("checks", config.checks is not None),
+            ("requests=<count>", config.requests is not None),
+        )
+        if used
+    ]
+    if unsupported:
+        raise ConfigError(
+            f"engine='locust' (from {origin}) cannot carry {', '.join(unsupported)}; run "
+            "those storms with the native engine"
+        )
+
+
+def import_app(spec: str) -> Any:
     """An app given as an import string ``module:attr``."""
     try:
         return resolve_import(spec)

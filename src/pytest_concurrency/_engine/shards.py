@@ -278,14 +278,7 @@ def _merge(outputs: list[RoundOutput], n: int) -> RoundOutput:
             book.adopt(kind, example)
             for kind, example in zip(shard_book.kinds[1:], shard_book.examples[1:], strict=True)
         ]
-        rec = figures.rec
-        merged.start.extend(rec.start)
-        merged.latency.extend(rec.latency)
-        merged.ttfb.extend(rec.ttfb)
-        merged.queue.extend(rec.queue)
-        merged.status.extend(rec.status)
-        merged.endpoint.extend(rec.endpoint)
-        merged.error.extend(remap[e] for e in rec.error)
+        merged.extend(figures.rec, remap)
         cpu = max(cpu, figures.cpu)
         wall = max(wall, figures.wall)
         dropped.extend(figures.dropped)

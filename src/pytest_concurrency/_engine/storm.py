@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import functools
 import gc
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -20,9 +21,13 @@ import anyio.to_thread
 
 from .._budget import evaluate, evaluate_endpoint
 from .._errors import ConfigError
+from .._locust import build_locustfile, read_back, run_locust
 from .._params import StormConfig
 from .._result import StormResult
 from .._servers import ResourceSampler, ResourceUsage, serve
+from .._servers.simio import ENV as SIMIO_ENV
+from .._servers.simio import SETUP as SIMIO_SETUP
+from .._servers.simio import ship_upstreams
 from .._simio import INSTALLED as UPSTREAMS
 from .._simio import seed_latency, wait_recorder
 from .interrupts import watch_interrupts
@@ -52,7 +57,9 @@ def run_plan(plan: StormPlan, progress: Progress | None = None) -> StormResult:
     with _served(plan) as served:
         for _ in range(served.config.rounds):
             with _round(served, progress) as (live, attach), _sampled(served) as sampled:
-                if served.config.processes > 1:
+                if served.config.engine == "locust":
+                    result = run_locust_round(served)
+                elif served.config.processes > 1:
                     result = run_sharded_round(served, live)
                 elif not served.on_loop:
                     result = run_pool_round(served, live)
@@ -68,7 +75,9 @@ async def run_plan_async(plan: StormPlan, progress: Progress | None = None) -> S
     with _served(plan) as served:
         for _ in range(served.config.rounds):
             with _round(served, progress) as (live, attach), _sampled(served) as sampled:
-                if served.config.processes > 1:
+                if served.config.engine == "locust":
+                    result = await anyio.to_thread.run_sync(run_locust_round, served)
+                elif served.config.processes > 1:
                     result = await anyio.to_thread.run_sync(run_sharded_round, served, live)
                 elif not served.on_loop:
                     result = await anyio.to_thread.run_sync(run_pool_round, served, live)
@@ -85,6 +94,32 @@ async def run_plan_async(plan: StormPlan, progress: Progress | None = None) -> S
     return _judge(plan, rounds)
 
 
+def run_locust_round(plan: StormPlan) -> StormResult:
+    """One round with Locust's master and local workers against the plan's server."""
+    config = plan.config
+    if plan.url is None:  # pragma: no cover - checked when the plan was made
+        raise ConfigError("engine='locust' needs a real server")
+    think: Any = config.think if config.think is not None else (config.think_ms or None)
+    duration = config.duration if config.duration is not None else 10.0
+    locustfile = build_locustfile(
+        list(plan.requests),
+        users=config.users,
+        duration=config.warmup + duration,
+        think_ms=think,
+        stages=config.stages,
+        timeout_ms=config.timeout_ms,
+        label=plan.label,
+    )
+    run = run_locust(
+        locustfile, plan.url, processes=config.processes if config.processes > 1 else 0
+    )
+    result = read_back(run, label=plan.label)
+    result.app = plan.app_name
+    result.server = f"{result.server} → {plan.served_by}"
+    result.budgets = dict(config.budgets)
+    return result
+
+
 @contextmanager
 def _served(plan: StormPlan) -> Iterator[StormPlan]:
     """Start the plan's real server (if any) for the whole storm; stop it on every exit."""
@@ -94,8 +129,18 @@ def _served(plan: StormPlan) -> Iterator[StormPlan]:
         else:
             yield plan
         return
-    with serve(plan.server) as server:
-        yield dataclasses.replace(plan, url=server.url, served_by=server.describe(), running=server)
+    spec = plan.server
+    shipped = ship_upstreams(UPSTREAMS)
+    if shipped is not None:
+        spec = dataclasses.replace(spec, setup=SIMIO_SETUP, env={**spec.env, SIMIO_ENV: shipped})
+    try:
+        with serve(spec) as server:
+            yield dataclasses.replace(
+                plan, url=server.url, served_by=server.describe(), running=server
+            )
+    finally:
+        if shipped is not None:
+            os.unlink(shipped)
 
 
 @contextmanager

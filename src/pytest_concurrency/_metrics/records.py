@@ -245,6 +245,19 @@ class Recorder:
     def __len__(self) -> int:
         return len(self.latency)
 
+    def extend(self, other: Recorder, error_map: Sequence[int] | None = None) -> None:
+        """Append *other*'s records; *error_map* renumbers its error kinds (merging books)."""
+        self.start.extend(other.start)
+        self.latency.extend(other.latency)
+        self.ttfb.extend(other.ttfb)
+        self.queue.extend(other.queue)
+        self.status.extend(other.status)
+        self.endpoint.extend(other.endpoint)
+        if error_map is None:
+            self.error.extend(other.error)
+        else:
+            self.error.extend(error_map[e] for e in other.error)
+
     @classmethod
     def merge(cls, recorders: Sequence[Recorder]) -> Recorder:
         """Concatenate several recorders (for example, one per worker thread)."""
@@ -252,11 +265,5 @@ class Recorder:
             return recorders[0]
         merged = cls()
         for rec in recorders:
-            merged.start.extend(rec.start)
-            merged.latency.extend(rec.latency)
-            merged.ttfb.extend(rec.ttfb)
-            merged.queue.extend(rec.queue)
-            merged.status.extend(rec.status)
-            merged.endpoint.extend(rec.endpoint)
-            merged.error.extend(rec.error)
+            merged.extend(rec)
         return merged

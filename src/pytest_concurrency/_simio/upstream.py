@@ -414,6 +414,8 @@ class Upstream:
         """Distinct URLs called without a route (the first ``max_undeclared``)."""
         self.undeclared_calls = 0
         """How many calls had no route, including repeats."""
+        self.declarations: list[dict[str, Any]] = []
+        """Every ``route(...)`` call's arguments, in order."""
 
     # -- declaring
 
@@ -440,6 +442,24 @@ class Upstream:
         bytes; ``stream`` sends its chunks with ``chunk_latency`` between them. A fraction
         ``error_rate`` of calls get a 503 and ``timeout_rate`` raise ``httpx.ReadTimeout``.
         """
+        # Kept as declared, so a real server's process can declare the same routes.
+        self.declarations.append(
+            {
+                "url_prefix": url_prefix,
+                "method": method,
+                "latency": latency,
+                "status": status,
+                "json": json,
+                "content": content,
+                "headers": headers,
+                "handler": handler,
+                "stream": stream,
+                "chunk_latency": chunk_latency,
+                "error_rate": error_rate,
+                "timeout_rate": timeout_rate,
+                "seed": seed,
+            }
+        )
         new = Route(
             url_prefix,
             method=method,
