@@ -243,6 +243,11 @@ class Counting:
             r"cannot run against server='http://127.0.0.1:9' \(from keyword argument\)",
         ),
         (sleeper(0.01), {"processes": 2}, r"processes=2 \(from keyword argument\)"),
+        (
+            sleeper(0.01),
+            {"engine": "locust", "server": "http://127.0.0.1:9"},
+            r"not engine='locust' \(from keyword argument\)",
+        ),
         (sleeper(0.01), {"on_start": lambda user: None}, r"is a plain function"),
         (sleeper(0.01), {"max_loop_lag_ms": 5}, r"max_loop_lag_ms .* cannot be measured"),
     ],

@@ -264,6 +264,11 @@ def check_clock(config: StormConfig, interface: str, *, on_start: Any = None) ->
             f"{where} needs an async (ASGI) app: a WSGI app blocks real threads, whose time "
             "cannot jump; use clock='wall'"
         )
+    if config.engine != "native":
+        raise ConfigError(
+            f"{where} runs on the native engine only, not engine={config.engine!r} (from "
+            f"{config.origin_of('engine')}), which sends real HTTP on the wall clock"
+        )
     if config.server != "inprocess":
         raise ConfigError(
             f"{where} cannot run against server={config.server!r} (from "
