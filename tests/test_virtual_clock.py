@@ -11,7 +11,8 @@ import anyio
 import pytest
 
 from pytest_concurrency import ConfigError, arun_storm, run_storm, simulated_io
-from pytest_concurrency._engine import clock, virtual
+from pytest_concurrency import _clock as clock
+from pytest_concurrency._engine import virtual
 from pytest_concurrency._engine.virtual import VirtualClockLoop, loop_factory
 from pytest_concurrency._simio import lognormal
 

@@ -17,8 +17,8 @@ import anyio
 import anyio.lowlevel
 import httpx
 
+from .. import _clock as clock
 from .._apps import as_asgi3
-from .._engine import clock
 from .._errors import StormError
 from .._workload import Request
 from .base import (

@@ -22,6 +22,7 @@ import anyio.abc
 import anyio.from_thread
 import anyio.to_thread
 
+from .. import _clock as clock
 from .._apps import as_asgi3
 from .._checks import Response, headers_text
 from .._drivers.asgi import AsgiDriver
@@ -37,7 +38,6 @@ from .._probes.pools import ThreadPoolProbe
 from .._probes.results import LoopLag, PoolUsage
 from .._result import StormResult
 from .._workload import Request
-from . import clock
 from .inspect import Inspector
 from .plan import LiveFigures, StormPlan, plan_storm
 from .runner import AsyncRunner, Slot, running_loop

@@ -25,13 +25,13 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from .. import _clock as clock
 from .._checks import NO_CHECKS, Checks
 from .._drivers.base import AsyncDriver
 from .._errors import ConfigError, StormError
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
 from .._metrics.fold import RunFigures
 from .._workload import RequestMix
-from . import clock
 from .inspect import Inspector
 from .interrupts import app_interrupt
 from .schedule import Schedule

@@ -31,9 +31,9 @@ import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
+from .. import _clock as clock
 from .._errors import ConfigError
 from .._params import StormConfig
-from . import clock
 from .users import is_async_hook
 
 __all__ = [

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from .._engine import clock
+from .. import _clock as clock
 from .distributions import Latency, LatencyLike, _nearest_rank, as_latency
 
 __all__ = [

@@ -6,8 +6,8 @@ on a :class:`~pytest_concurrency._engine.virtual.VirtualClockLoop` measures in t
 loop's virtual seconds and any other round in ``perf_counter()`` seconds. Readers call
 ``clock.now()`` through the module each time: the virtual loop rebinds it while it runs.
 
-This module imports nothing from the package, so drivers and simulated waits can use it
-without an import cycle.
+It sits at the top of the package and imports nothing from it, so that the engine, the
+drivers and the simulated waits can all read it without an import cycle.
 """
 
 from __future__ import annotations
