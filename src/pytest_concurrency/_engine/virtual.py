@@ -13,7 +13,8 @@ or, when the step blocked the thread (``time.sleep``, a blocking socket: the thr
 up the CPU of its own accord), its wall time, since a blocked loop serves nobody. Steps
 cheaper than :data:`CHARGE_FLOOR` cost nothing, so that the microseconds of a handler
 that only awaits (and the driver's message handling inside it) do not turn measurement
-noise into queueing. The load generator's own work outside the app is never charged.
+noise into queueing; their sum is reported, and warned about once it amounts to half a
+core. The load generator's own work outside the app is never charged.
 
 Threads cannot be timed this way: work handed to a thread (``anyio.to_thread``, a FastAPI
 ``def`` endpoint, ``run_in_executor``) runs on the wall clock while the loop's counter
@@ -24,7 +25,6 @@ one, rather than report figures that mean nothing.
 from __future__ import annotations
 
 import asyncio
-import resource
 import threading
 import time
 import types
@@ -69,7 +69,13 @@ _THREADS = (
     "clock='wall', or make the handler async"
 )
 
-_RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)
+try:
+    import resource
+except ImportError:  # pragma: no cover - Windows
+    _RUSAGE_THREAD: int | None = None
+else:
+    # Per-thread usage (Linux): counts the times the loop's thread blocked.
+    _RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None)
 
 
 class VirtualClockLoop(asyncio.SelectorEventLoop):
