@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m examples.claims
 
-## The test suite, with the type and lint checks.
+## The test suite, with the type and lint checks. The HTML report's browser test needs
+## Chromium: installed from Debian's packages when missing (as root; otherwise it skips).
 test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 \
+		|| (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "chromium is not installed and could not be (not root?): the HTML rendering test will skip"
 	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/ruff format --check src tests examples benchmarks
 	$(BIN)/mypy

@@ -1,5 +1,7 @@
 """The example API in FastAPI: async I/O, a sync endpoint on the thread pool, the mistake,
-and an LLM endpoint that forwards to a model server with httpx (answered by `upstream`)."""
+an LLM endpoint that forwards to a model server with httpx (answered by `upstream`), and
+a chat over WebSockets: an echo, the same after an async wait or a blocking one, and a
+broadcast room."""
 
 from __future__ import annotations
 
@@ -8,11 +10,13 @@ from collections.abc import AsyncIterator
 
 import anyio
 import httpx
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 IO_SECONDS = 0.05
+#: What a chat message waits for (a database write, a moderation call) before its answer.
+CHAT_WAIT_SECONDS = 0.01
 MODEL_URL = "http://model-server/generate"
 STREAM_URL = "http://model-server/stream"
 
@@ -80,3 +84,62 @@ async def stream(prompt: Prompt) -> StreamingResponse:
                 yield f"data: {chunk}\n\n".encode()
 
     return StreamingResponse(tokens(), media_type="text/event-stream")
+
+
+# -- a chat over WebSockets ------------------------------------------------------------------
+
+
+async def _echo(websocket: WebSocket, wait: float = 0.0, *, blocking: bool = False) -> None:
+    await websocket.accept()
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if blocking:
+                time.sleep(wait)  # the mistake again: every connection waits for this one
+            elif wait:
+                await anyio.sleep(wait)
+            if message.get("text") is not None:
+                await websocket.send_text(f"You said: {message['text']}")
+            else:
+                await websocket.send_bytes(b"You said: " + message["bytes"])
+    except WebSocketDisconnect:
+        pass
+
+
+@app.websocket("/ws")
+async def chat(websocket: WebSocket) -> None:
+    await _echo(websocket)
+
+
+@app.websocket("/ws/wait")
+async def chat_wait(websocket: WebSocket) -> None:
+    await _echo(websocket, CHAT_WAIT_SECONDS)
+
+
+@app.websocket("/ws/blocking")
+async def chat_blocking(websocket: WebSocket) -> None:
+    await _echo(websocket, CHAT_WAIT_SECONDS, blocking=True)
+
+
+#: Everyone in the broadcast room.
+room: set[WebSocket] = set()
+
+
+@app.websocket("/ws/room")
+async def chat_room(websocket: WebSocket) -> None:
+    await websocket.accept()
+    room.add(websocket)
+    try:
+        while True:
+            text = await websocket.receive_text()
+            for member in list(room):
+                try:
+                    await member.send_text(text)
+                except (WebSocketDisconnect, RuntimeError):
+                    room.discard(member)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        room.discard(websocket)

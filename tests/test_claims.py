@@ -365,3 +365,17 @@ def test_pydantic_claim_is_judged_on_serialisation_at_its_edges() -> None:
     assert "beyond the claimed 10×" in judge_pydantic(31.0, 5.5).reason
     assert judge_pydantic(CLAIMED_MIN_SPEEDUP - 0.1, 1.0).verdict == "holds partly"
     assert judge_pydantic(PARTLY_MIN_SPEEDUP - 0.1, 1.0).verdict == "does not hold here"
+
+
+def test_chat_claim_is_judged_on_held_connections_latency_and_extras() -> None:
+    from examples.claims.websocket_chat import BUTTER_P99_MS, judge_chat
+
+    fine = judge_chat(1000, 1000, BUTTER_P99_MS, django_core_refused=True, flask_refused=True)
+    assert fine.verdict == "holds"
+    assert "needs Channels" in fine.reason
+    slow = judge_chat(1000, 1000, BUTTER_P99_MS + 1, django_core_refused=True, flask_refused=True)
+    assert slow.verdict == "holds partly"
+    lost = judge_chat(1000, 900, 50.0, django_core_refused=True, flask_refused=True)
+    assert lost.verdict == "does not hold here"
+    served = judge_chat(1000, 1000, 50.0, django_core_refused=False, flask_refused=True)
+    assert served.verdict == "holds partly"

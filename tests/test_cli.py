@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 # A module of tiny apps, written where no test package can shadow it.
 APPS = '''
+import time
+
 import httpx
 
 from tests.apps import asgi_hello, asgi_sleep, wsgi_sleep
@@ -24,6 +26,14 @@ fast = asgi_sleep(0.01)
 slow = wsgi_sleep(0.01)
 hello = asgi_hello
 not_an_app = 42
+
+
+def needs_token(environ, start_response):
+    """WSGI app that takes 10 ms and answers 403 without the header X-Token: abc."""
+    time.sleep(0.01)
+    ok = environ.get("HTTP_X_TOKEN") == "abc"
+    start_response("200 OK" if ok else "403 Forbidden", [])
+    return [b""]
 client = httpx.AsyncClient()
 
 
@@ -227,7 +237,7 @@ def test_quick_demo_writes_the_claims_table(tmp_path: Path) -> None:
     assert elapsed < 90
     doc = json.loads((tmp_path / "claims.json").read_text())
     numbers = [claim["number"] for claim in doc["claims"]]
-    assert numbers == ["1", "2a", "2b", "3", "4a", "4b", "5"]
+    assert numbers == ["1", "2a", "2b", "3", "4a", "4b", "5", "6", "7"]
     for claim in doc["claims"]:
         assert claim["verdict"] in ("holds", "holds partly", "does not hold here")
         assert claim["reason"]
@@ -239,3 +249,147 @@ def test_quick_demo_writes_the_claims_table(tmp_path: Path) -> None:
     assert "| # | claim | source | scenario | measured | verdict |" in markdown
     for claim in doc["claims"]:
         assert claim["claim"] in done.stdout  # the table is printed as well as written
+
+
+# -- reports, interruptions and the options a Locust or k6 user expects ----------------------
+
+
+def test_unwritable_json_is_an_error_before_the_storm(
+    apps: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "taken").mkdir()
+    started = time.perf_counter()
+    code = main(["run", f"{apps}:fast", "--duration", "3", "--json", str(tmp_path / "taken")])
+    assert code == 2
+    # No 3-second storm was fired first.
+    assert time.perf_counter() - started < 2.5
+    err = capsys.readouterr().err
+    assert f"--json '{tmp_path / 'taken'}' (from the command line): cannot write" in err
+    assert "is a directory" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("option", ["--html", "--csv"])
+def test_unwritable_html_and_csv_are_errors_before_the_storm(
+    apps: str, option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["run", f"{apps}:fast", "--requests", "10", option, "/proc/storm/report"])
+    assert code == 2
+    assert f"{option} '/proc/storm/report' (from the command line): cannot write" in (
+        capsys.readouterr().err
+    )
+
+
+def test_an_app_module_that_exits_on_import_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = tmp_path / "exits_on_import.py"
+    script.write_text("import sys\nsys.exit(0)\napp = None\n", encoding="utf-8")
+    code = main(["run", f"{script}:app", "--requests", "10"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "importing exits_on_import raised SystemExit(0)" in err
+    assert 'if __name__ == "__main__":' in err
+
+
+def test_rate_header_stages_html_and_csv_options(
+    apps: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import csv
+
+    pytest.importorskip("plotly")
+    out = tmp_path / "rate.json"
+    code = main(
+        [
+            "run",
+            f"{apps}:needs_token",
+            "--rate",
+            "40",
+            "--duration",
+            "1",
+            "--workers",
+            "2",
+            "--header",
+            "X-Token: abc",
+            "--json",
+            str(out),
+            "--html",
+            str(tmp_path / "report.html"),
+            "--csv",
+            str(tmp_path / "run"),
+        ]
+    )
+    assert code == 0
+    storm = json.loads(out.read_text())["storms"][0]
+    assert storm["model"] == "open"
+    assert storm["rate"] == 40
+    assert storm["status_counts"] == {"200": storm["requests"]}  # the header was sent
+    # Requests in flight on the WSGI pool, counted from its records: ≈ 40 rps × 10 ms.
+    assert storm["users"] >= 1
+    assert "<html" in (tmp_path / "report.html").read_text()
+    with (tmp_path / "run_stats.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["Type"], r["Name"]) for r in rows] == [("GET", "/")]
+    with (tmp_path / "run_stats_history.csv").open(newline="") as fh:
+        history = list(csv.DictReader(fh))
+    assert history
+    assert history[0]["Target"] == "40"
+
+    code = main(["run", f"{apps}:fast", "--stages", "0.5:4,0.5:8", "--json", str(out)])
+    assert code == 0
+    storm = json.loads(out.read_text())["storms"][0]
+    assert storm["users"] == 8  # the peak of the stages, not 0
+
+
+def test_bad_stages_and_headers_exit_2(apps: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", f"{apps}:fast", "--stages", "10"]) == 2
+    assert "expected SECONDS:TARGET pairs" in capsys.readouterr().err
+    assert main(["run", f"{apps}:fast", "--header", "no-colon"]) == 2
+    assert "expected 'Name: value'" in capsys.readouterr().err
+
+
+def test_each_warning_and_note_is_printed_once(
+    apps: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["run", f"{apps}:calls_model", "--users", "2", "--requests", "4", "--budget", "p99_ms=1000"]
+    )
+    assert code == 1  # every request failed and no error budget was set
+    captured = capsys.readouterr()
+    both = captured.out + captured.err
+    assert both.count("undeclared upstream hosts") == 1
+    assert both.count("UndeclaredUpstreamError ×4") == 1
+    assert "max_error_rate" not in captured.err
+
+
+def test_ctrl_c_during_a_storm_exits_130_without_a_traceback(apps: str) -> None:
+    import signal
+
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest_concurrency._cli",
+            "run",
+            f"{apps}:fast",
+            "--users",
+            "5",
+            "--duration",
+            "20",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2.0)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 130, err
+    assert "Traceback" not in err
+    assert "interrupted (Ctrl-C)" in err

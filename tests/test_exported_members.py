@@ -15,3 +15,8 @@ def test_all_names_exist_and_are_documented() -> None:
 def test_public_surface() -> None:
     public = {n for n in dir(pytest_concurrency) if n.isidentifier() and not n.startswith("_")}
     assert public - {"plugin"} == set(pytest_concurrency.__all__) - {"__version__"}
+
+
+def test_websocket_storms_are_public() -> None:
+    assert {"run_websocket_storm", "WebSocketResult"} <= set(pytest_concurrency.__all__)
+    assert issubclass(pytest_concurrency.WebSocketResult, pytest_concurrency.StormResult)

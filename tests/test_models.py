@@ -139,7 +139,7 @@ def test_stages_show_the_knee_of_a_saturating_app() -> None:
     assert result.knee is not None
     assert result.knee.target is not None
     assert 4 <= result.knee.target <= 60
-    assert any(w.startswith("knee: p99 broke at") for w in result.warnings)
+    assert any(w.startswith("knee: p99 broke at") for w in result.notes)
     assert [p.target for p in result.timeline[:3]] == [2, 2, 2]
 
 

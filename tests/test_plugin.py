@@ -280,7 +280,7 @@ def test_scale_shrinks_the_load_and_says_so(pytester: pytest.Pytester, run) -> N
             result = storm(fast_app, "GET", "/")
             assert result.users == 4
             assert result.duration == pytest.approx(0.2)
-            assert any("scaled ×0.1" in w for w in result.warnings)
+            assert any("scaled ×0.1" in w for w in result.notes)
         """
     )
     run("--concurrency-scale=0.1").assert_outcomes(passed=1)

@@ -569,7 +569,10 @@ def test_html_of_a_session_without_storms(tmp_path: Path) -> None:
     assert "Plotly.newPlot(" not in page
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
+@pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="needs /usr/bin/chromium (`make test` installs Debian's chromium when run as root)",
+)
 def test_html_charts_render_in_chromium(tmp_path: Path) -> None:
     path = _html.write_html(tmp_path / "report.html", three_storms()[:2], title="render")
     charts = 1 + 2 * 2
@@ -678,3 +681,68 @@ def test_verdict_holds_only_what_is_used() -> None:
     from pytest_concurrency._result import Verdict
 
     assert [f.name for f in dataclasses.fields(Verdict)] == ["name", "limit", "measured", "ok"]
+
+
+# -- notes, status codes with sample bodies ---------------------------------------------------
+
+
+def test_failure_table_shows_status_codes_and_one_sample_body_per_code() -> None:
+    from pytest_concurrency._report._text import verdict_table
+
+    result = failing_result(exceptions_counted_as_500=False)
+    plain = verdict_table(result).splitlines()
+    assert [line.split() for line in plain if line.strip().startswith(("status", "404"))] == [
+        ["status", "count"],
+        ["404", "12"],
+    ]
+    result.extras["samples"] = {404: '{"detail":\n "Not Found"}', 503: "x" * 500}
+    lines = verdict_table(result).splitlines()
+    assert any(line.split()[:3] == ["status", "count", "sample"] for line in lines)
+    assert any(line.split() == ["404", "12", '{"detail":', '"Not', 'Found"}'] for line in lines)
+    long = next(line for line in lines if line.strip().startswith("503"))
+    assert long.endswith("x…")
+    assert len(long.split()[-1]) == 100
+    # The failure line stays the last line of the table.
+    assert "13 responses with status ≥ 400" in lines[-1]
+
+
+def test_notes_are_shown_apart_from_warnings_everywhere() -> None:
+    from pytest_concurrency._report._text import verdict_table
+
+    pytest.importorskip("plotly")
+    result = make_result([1.0, 2.0])
+    result.notes = ["knee: p99 broke at ≈18 users"]
+    data = result.to_dict(histograms=False)
+    assert data["notes"] == ["knee: p99 broke at ≈18 users"]
+    assert data["warnings"] == []
+    assert verdict_table(result).splitlines()[-1] == "  note: knee: p99 broke at ≈18 users"
+    assert _terminal.storm_notes([("t.py::x", result)]) == [
+        "note: t.py::x · GET /items/1: knee: p99 broke at ≈18 users"
+    ]
+    assert "<li>note: knee: p99 broke at ≈18 users</li>" in _html.render_html([("t.py::x", result)])
+    # A document written before notes existed reads as a storm without notes.
+    old = _json.session_document([("t.py::x", result)], machine={})
+    del old["storms"][0]["notes"]
+    assert _terminal.storm_notes(_json.document_records(old)) == []
+
+
+def test_storms_table_shows_each_endpoint_of_a_mix() -> None:
+    from pytest_concurrency._metrics import LatencyStats
+    from pytest_concurrency._result import EndpointStats, Verdict
+
+    result = make_result([5.0] * 100)
+    result.label = "mix of 2 requests"
+    result.endpoints = {
+        "GET /a": EndpointStats(
+            "GET /a", 75, 0, LatencyStats(count=75, p50=4.0, p99=5.0, max=6.0), 30.0
+        ),
+        "POST /b": EndpointStats(
+            "POST /b", 25, 5, LatencyStats(count=25, p50=8.0, p99=9.0, max=9.5), 10.0
+        ),
+    }
+    result.verdicts = [Verdict("POST /b p99_ms", 5.0, 9.0, False)]
+    lines = _terminal.storms_table([("t.py::mix", result)])
+    assert len(lines) == 4
+    assert lines[1].endswith("FAIL POST /b p99_ms")
+    assert re.search(r"^\s+GET /a\s+75\s+30\s+4\s+5\s+6\s+0\.0%$", lines[2])
+    assert re.search(r"^\s+POST /b\s+25\s+10\s+8\s+9\s+9\.5\s+20\.0%\s+FAIL p99_ms$", lines[3])

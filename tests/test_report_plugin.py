@@ -296,12 +296,203 @@ def test_xdist_workers_send_their_storms_to_the_controller(
 def test_an_unwritable_report_is_reported_not_an_internal_error(
     pytester: pytest.Pytester, run: Run
 ) -> None:
+    # A report asked for that cannot be written is a usage error before any test runs.
     pytester.makepyfile(test_plain="def test_nothing():\n    pass\n")
     (pytester.path / "taken").mkdir()
     result = run("--concurrency-json=taken")
-    result.assert_outcomes(passed=1)
-    assert result.ret == pytest.ExitCode.OK
-    result.stdout.fnmatch_lines(
-        ["could not write the JSON report (--concurrency-json): *Is a directory*"]
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: --concurrency-json='taken' (from command-line option --concurrency-json): "
+            f"cannot write {pytester.path / 'taken'}: *is a directory*"
+        ]
     )
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
     assert [p.name for p in pytester.path.iterdir() if p.name.startswith("taken")] == ["taken"]
+
+
+# -- nothing lies, nothing is lost --------------------------------------------------------
+
+
+def test_a_report_lost_after_the_tests_fails_the_run(pytester: pytest.Pytester, run: Run) -> None:
+    # The path was writable when the session started; a test then took it.
+    pytester.makepyfile(
+        test_plain="""
+        from pathlib import Path
+
+        def test_takes_the_report_path():
+            Path("late.json").mkdir()
+        """
+    )
+    result = run("--concurrency-json=late.json")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            f"could not write the JSON report (--concurrency-json='late.json', "
+            f"{pytester.path / 'late.json'}): *Is a directory*; the run fails because this "
+            "report was asked for"
+        ]
+    )
+
+
+def test_notes_are_not_warnings_under_w_error(pytester: pytest.Pytester, run: Run) -> None:
+    # A scaled load and the spread of rounds are notes: a passing storm passes under -W error.
+    pytester.makepyfile(
+        test_notes="""
+        from storm_apps import sleepy_wsgi
+
+        def test_rounds(storm):
+            result = storm(sleepy_wsgi, "GET", "/r", users=2, workers=2, duration=0.4, rounds=2)
+            assert any("2 rounds" in n for n in result.notes)
+            assert result.warnings == []
+        """
+    )
+    result = run("-W", "error::pytest.PytestWarning", "--concurrency-scale=0.5")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*= storms =*",
+            "test_notes.py::test_rounds*GET /r*pass",
+            "note: test_notes.py::test_rounds · GET /r: load scaled ×0.5*",
+        ]
+    )
+
+
+MIX = """
+import pytest
+from pytest_concurrency import Request
+from storm_apps import sleepy_wsgi
+
+MIX = [Request("GET", "/a", weight=3), Request("GET", "/b", name="slow b")]
+
+def test_mix(storm):
+    storm(sleepy_wsgi, requests=MIX, users=4, workers=4, duration=0.4,
+          budgets={"GET /a": {"p99_ms": 1000}, "slow b": {"p99_ms": 0.001}})
+"""
+
+
+def test_a_mix_shows_each_endpoint_with_its_verdict(pytester: pytest.Pytester, run: Run) -> None:
+    pytest.importorskip("plotly")
+    pytester.makepyfile(test_mix=MIX)
+    result = run("--concurrency-html=report.html")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*= storms =*",
+            "test*storm*",
+            "test_mix.py::test_mix*mix of 2 requests*FAIL slow b p99_ms",
+            "*  GET /a*pass",
+            "*  slow b*FAIL p99_ms",
+        ]
+    )
+    page = (pytester.path / "report.html").read_text(encoding="utf-8")
+    assert "<td colspan='3'>GET /a</td>" in page
+    assert "FAIL p99_ms" in page
+
+
+def test_csv_export_has_locust_columns(pytester: pytest.Pytester, run: Run) -> None:
+    import csv
+
+    pytester.makepyfile(test_mix=MIX.replace('"slow b": {"p99_ms": 0.001}', '"slow b": {}'))
+    pytester.makeini("[pytest]\nconcurrency_csv = out/run\n")
+    result = run()
+    result.assert_outcomes(passed=1)
+    with (pytester.path / "out" / "run_stats.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["Type"], r["Name"]) for r in rows] == [
+        ("GET", "/a"),
+        ("", "slow b"),
+        ("", "Aggregated"),
+    ]
+    for column in (
+        "Request Count",
+        "Failure Count",
+        "Median Response Time",
+        "Average Response Time",
+        "Min Response Time",
+        "Max Response Time",
+        "Requests/s",
+        "50%",
+        "99%",
+        "99.9%",
+        "100%",
+    ):
+        assert column in rows[0]
+    total = rows[-1]
+    assert int(total["Request Count"]) == int(rows[0]["Request Count"]) + int(
+        rows[1]["Request Count"]
+    )
+    # 5 ms per request: the median sits at the service time.
+    assert 4 <= float(total["Median Response Time"]) < 50
+    with (pytester.path / "out" / "run_stats_history.csv").open(newline="") as fh:
+        history = list(csv.DictReader(fh))
+    assert list(history[0])[2:] == [
+        "Second",
+        "Target",
+        "Requests",
+        "Errors",
+        "50%",
+        "99%",
+        "In Flight",
+        "Busy Workers",
+    ]
+    assert sum(int(h["Requests"]) for h in history) == int(total["Request Count"])
+    assert all(h["Busy Workers"] for h in history)
+
+
+def test_fixture_accepts_check_false(pytester: pytest.Pytester, run: Run) -> None:
+    pytester.makepyfile(
+        test_check="""
+        from storm_apps import sleepy_wsgi
+
+        def test_unchecked(storm):
+            result = storm(sleepy_wsgi, "GET", "/", users=2, workers=1, requests=20,
+                           p99_ms=0.001, check=False)
+            assert not result.passed
+            assert [v.name for v in result.failed_verdicts] == ["p99_ms"]
+        """
+    )
+    run().assert_outcomes(passed=1)
+
+
+def test_arun_without_a_running_loop_says_how_to_run_async_tests(
+    pytester: pytest.Pytester, run: Run
+) -> None:
+    pytester.makepyfile(
+        test_arun="""
+        from storm_apps import sleepy_wsgi
+
+        def test_forgot(storm):
+            storm.arun(sleepy_wsgi, "GET", "/", requests=5)
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*storm.arun(...) was called without a running event loop*@pytest.mark.anyio*asyncio_mode = auto*"
+        ]
+    )
+
+
+def test_open_model_storm_reports_users_and_rate(pytester: pytest.Pytester, run: Run) -> None:
+    pytester.makepyfile(
+        test_rate="""
+        from storm_apps import sleepy_wsgi
+
+        def test_rate(storm):
+            result = storm(sleepy_wsgi, "GET", "/", rate=100, workers=2, duration=0.5)
+            # ≈ 100 rps × 5 ms = 0.5 in flight on average: at least one at the peak.
+            assert 1 <= result.users <= 10
+            assert any(p.in_flight for p in result.timeline)
+        """
+    )
+    result = run("--junitxml=junit.xml")
+    result.assert_outcomes(passed=1)
+    props = {
+        p.get("name"): p.get("value")
+        for p in ET.parse(pytester.path / "junit.xml").iter("property")
+    }
+    assert props["storm.rate"] == "100.0"
+    assert int(props["storm.users"]) >= 1

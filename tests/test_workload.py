@@ -201,7 +201,7 @@ def test_rounds_are_judged_on_the_median() -> None:
     assert len(result.rounds) == 3
     p99s = sorted(r["p99"] for r in result.rounds)
     assert result.latency.p99 == p99s[1]
-    assert any("3 rounds, judged on the median one" in w for w in result.warnings)
+    assert any("3 rounds, judged on the median one" in w for w in result.notes)
 
 
 def _fast_or_slow_asgi() -> Any:

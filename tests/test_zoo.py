@@ -252,3 +252,53 @@ def test_nothing_is_left_running_after_the_zoo() -> None:
     anyio.run(anyio.sleep, 0.1)  # let any stray task finish
     names = [t.name for t in threading.enumerate() if t.name.startswith("storm-")]
     assert names == []
+
+
+def test_ctrl_c_with_a_blocked_wsgi_handler_returns_at_once() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    script = textwrap.dedent(
+        """
+        import sys, threading, time
+        from pytest_concurrency import run_storm
+
+        started = threading.Event()
+
+        def app(environ, start_response):
+            started.set()
+            time.sleep(60)
+            start_response("200 OK", [])
+            return [b"ok"]
+
+        def announce():
+            started.wait()
+            print("blocked", flush=True)
+
+        threading.Thread(target=announce, daemon=True).start()
+        try:
+            run_storm(app, "GET", "/", users=2, duration=20, timeout_ms=5000)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": f"{root / 'src'}{os.pathsep}{root}"}
+    with subprocess.Popen(
+        [sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE, text=True, env=env
+    ) as child:
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "blocked"
+            interrupted = time.perf_counter()
+            child.send_signal(signal.SIGINT)
+            assert child.wait(timeout=10) == 130
+            # Not duration + timeout + 2 s (27 s): the pool's daemon threads are left to die.
+            assert time.perf_counter() - interrupted < 3
+        finally:
+            if child.poll() is None:
+                child.kill()

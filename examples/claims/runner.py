@@ -16,7 +16,15 @@ from typing import Any
 
 from pytest_concurrency import ConcurrencyWarning
 
-from . import blocking, pydantic_speed, scale, streaming, sync_to_async, workers
+from . import (
+    blocking,
+    pydantic_speed,
+    scale,
+    streaming,
+    sync_to_async,
+    websocket_chat,
+    workers,
+)
 from .base import ClaimRow, Demo, DemoSettings, DemoStorm
 from .render import claims_markdown, claims_table, storms_text
 
@@ -29,6 +37,7 @@ STEPS: tuple[Callable[[Demo], ClaimRow | tuple[ClaimRow, ...]], ...] = (
     sync_to_async.run,
     blocking.run,
     streaming.run,
+    websocket_chat.run,
     pydantic_speed.run,
 )
 

@@ -390,7 +390,7 @@ def _behind_uvicorn(demo: Demo) -> tuple[str, dict[str, Any]]:
     if importlib.util.find_spec("uvicorn") is None:
         return "", {"skipped": "uvicorn not installed (pip install 'pytest-storm[servers]')"}
     points = {}
-    for users in REAL_SERVER_USERS:
+    for users in REAL_SERVER_USERS[:1] if demo.settings.quick else REAL_SERVER_USERS:
         record = demo.storm(
             "2",
             "FastAPI (uvicorn)",

@@ -4,8 +4,9 @@ Import package ``pytest_concurrency``; the pytest plugin is ``pytest_concurrency
 (entry point ``concurrency``), with the marker ``concurrency`` and the fixture ``storm``.
 """
 
-from ._api import arun_storm, capacity, run_storm
+from ._api import arun_storm, capacity, run_storm, run_websocket_storm
 from ._capacity import CapacityResult, CapacityTrial
+from ._engine.websocket import WebSocketResult
 from ._errors import BudgetExceeded, ConcurrencyWarning, ConfigError, StormError
 from ._metrics import ErrorSummary, LatencyStats
 from ._result import EndpointStats, Knee, PoolStats, StormResult, TimelinePoint, Verdict
@@ -47,6 +48,7 @@ __all__ = [
     "UndeclaredUpstreamError",
     "Upstream",
     "Verdict",
+    "WebSocketResult",
     "__version__",
     "arun_storm",
     "blocking_io",
@@ -57,6 +59,7 @@ __all__ = [
     "lognormal",
     "normal",
     "run_storm",
+    "run_websocket_storm",
     "simulated_io",
     "uniform",
     "with_latency",

@@ -10,6 +10,7 @@ from typing import Any
 from ._capacity import CapacityResult, search_capacity
 from ._engine import StormPlan, plan_storm, run_plan, run_plan_async
 from ._engine.plan import import_app
+from ._engine.websocket import WebSocketResult, plan_websocket, run_websocket_plan
 from ._errors import BudgetExceeded, ConcurrencyWarning, ConfigError
 from ._fidelity import Fidelity, compare_servers
 from ._params import Layer
@@ -26,6 +27,7 @@ __all__ = [
     "plan_capacity",
     "run_capacity",
     "run_storm",
+    "run_websocket_storm",
     "warn_about",
 ]
 
@@ -82,6 +84,26 @@ async def arun_storm(
 ) -> StormResult:
     """Async twin of :func:`run_storm`."""
     result = await run_plan_async(_plan(app, method, path, requests, params))
+    warn_about(result)
+    if check:
+        check_budgets(result)
+    return result
+
+
+def run_websocket_storm(
+    app: Any, path: str = "/", *, check: bool = True, **params: Any
+) -> WebSocketResult:
+    """Fire a WebSocket storm at an ASGI *app*; raise :class:`BudgetExceeded` if *check*.
+
+    One connection per user (``users``), or messages arriving at ``rate``; each sends
+    ``message`` (or ``factory(user, i)``) and waits for the server's answer, for
+    ``duration`` seconds or ``messages`` messages. ``listeners=N`` opens a broadcast room
+    of N listen-only connections. Budgets: the latency budgets on the round trip,
+    ``connect_p99_ms``, ``min_messages_per_s``, ``max_disconnect_rate``, ``max_error_rate``
+    (default 0: any failed message fails the storm).
+    """
+    plan = plan_websocket(app, path, layers=[Layer("keyword argument", params)])
+    result = run_websocket_plan(plan)
     warn_about(result)
     if check:
         check_budgets(result)

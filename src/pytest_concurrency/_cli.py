@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -31,7 +32,8 @@ from ._api import plan_capacity, run_capacity
 from ._engine import plan_storm, run_plan
 from ._errors import ConcurrencyWarning, ConfigError, StormError
 from ._params import BUDGET_NAMES, Layer, budget_limit
-from ._report._json import machine_info
+from ._report._csv import csv_paths, write_csv
+from ._report._json import ensure_writable, machine_info
 from ._report._json import write_json as _write_json
 from ._report._text import failure_lines, format_number, side_by_side, verdict_table
 from ._report._text import machine_line as describe_machine
@@ -51,6 +53,8 @@ __all__ = ["build_parser", "load_app", "machine_line", "main", "side_by_side"]
 
 #: Exit status for bad input (argparse's own, so every usage error looks the same).
 USAGE_ERROR = 2
+#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
 
 
 def load_app(spec: str) -> Any:
@@ -76,6 +80,13 @@ def load_app(spec: str) -> Any:
         name = target
     try:
         module = importlib.import_module(name)
+    except SystemExit as exc:
+        # An app module that exits when imported (a script without a __main__ guard, an
+        # argument parser at import time) would end the command silently, status and all.
+        raise ConfigError(
+            f"{where}: importing {name} raised SystemExit({exc.code!r}): the module exits when "
+            'it is imported; put that code under `if __name__ == "__main__":`'
+        ) from None
     except Exception as exc:
         raise ConfigError(f"{where}: importing {name} failed: {type(exc).__name__}: {exc}") from exc
     obj: Any = module
@@ -160,6 +171,29 @@ def _latency(text: str) -> Latency:
     return made
 
 
+def _stages(text: str) -> list[tuple[float, float]]:
+    """``30:100,60:100,10:0`` as k6 stages: (seconds, target) pairs."""
+    stages = []
+    for part in text.split(","):
+        seconds, sep, target = part.strip().partition(":")
+        try:
+            stages.append((float(seconds), float(target)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected SECONDS:TARGET pairs separated by commas, e.g. 10:50,20:50,5:0"
+            ) from None
+        if not sep:
+            raise argparse.ArgumentTypeError(f"{text!r}: {part!r} is not SECONDS:TARGET")
+    return stages
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 'Name: value'")
+    return name.strip(), value.strip()
+
+
 def _upstream(text: str) -> tuple[str, Latency]:
     url, sep, latency = text.rpartition("=")
     if not sep or not url.startswith(("http://", "https://")):
@@ -180,7 +214,24 @@ def _add_storm_options(parser: argparse.ArgumentParser, *, workers: bool = True)
     parser.add_argument("--method", default="GET")
     parser.add_argument("--path", default="/")
     parser.add_argument("--body-json", type=_json_value, dest="body_json", metavar="JSON")
-    parser.add_argument("--users", type=int)
+    parser.add_argument(
+        "--header",
+        type=_header,
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a request header (repeat for more)",
+    )
+    parser.add_argument("--users", type=int, help="concurrent virtual users (closed model)")
+    parser.add_argument(
+        "--rate", type=float, help="arrivals per second (open model); exclusive with --users"
+    )
+    parser.add_argument(
+        "--stages",
+        type=_stages,
+        metavar="S:T,...",
+        help="k6-style ramp: SECONDS:TARGET pairs of users (or of arrivals with --rate)",
+    )
     parser.add_argument("--duration", type=float)
     parser.add_argument("--requests", type=int)
     parser.add_argument("--warmup", type=float)
@@ -208,11 +259,23 @@ def _add_storm_options(parser: argparse.ArgumentParser, *, workers: bool = True)
         help="body every --upstream route answers with (default {})",
     )
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument(
+        "--html",
+        metavar="PATH",
+        help="write a self-contained HTML report (needs pip install 'pytest-storm[html]')",
+    )
+    parser.add_argument(
+        "--csv",
+        metavar="PREFIX",
+        help="write Locust-style PREFIX_stats.csv and PREFIX_stats_history.csv",
+    )
 
 
 def _params(args: argparse.Namespace, *, workers: bool = True) -> dict[str, Any]:
     names = (
         "users",
+        "rate",
+        "stages",
         "duration",
         "requests",
         "warmup",
@@ -227,6 +290,8 @@ def _params(args: argparse.Namespace, *, workers: bool = True) -> dict[str, Any]
     params = {name: value for name, value in params.items() if value is not None}
     if args.body_json is not None:
         params["json"] = args.body_json
+    if args.header:
+        params["headers"] = dict(args.header)
     params.update(dict(args.budget))
     return params
 
@@ -246,16 +311,17 @@ def _storm(app_spec: str, args: argparse.Namespace) -> StormResult:
     return run_plan(plan)
 
 
-def _notes(results: Sequence[StormResult]) -> None:
-    """Print each storm's caveats once, on stderr, in the command line's words."""
+def _notes(results: Sequence[StormResult], *, in_table: bool = False) -> None:
+    """Print each storm's warnings and notes once, on stderr, in the command line's words.
+
+    *in_table*: the verdict table printed for the storm already says what failed (any
+    failed request fails a storm without an error budget, under ``max_error_rate``).
+    """
     seen: set[str] = set()
     for result in results:
-        messages = list(result.warnings)
-        if result.failed and "max_error_rate" not in result.budgets:
-            messages.extend(
-                f"{line}; add --budget max_error_rate=0 to hold them against the budget"
-                for line in failure_lines(result.to_dict(histograms=False))
-            )
+        messages = [*result.warnings, *(f"note: {n}" for n in result.notes)]
+        if result.failed and not in_table:
+            messages.extend(failure_lines(result.to_dict(histograms=False)))
         for message in messages:
             hint = (
                 " (on the command line: --upstream URL=LATENCY)"
@@ -280,30 +346,76 @@ def machine_line() -> str:
 # -- commands ----------------------------------------------------------------------------------
 
 
+def _check_reports(args: argparse.Namespace) -> None:
+    """Every report file asked for must be writable before any storm is fired."""
+    if getattr(args, "html", None) and importlib.util.find_spec("plotly") is None:
+        raise ConfigError(
+            f"--html {args.html!r} needs plotly, which is not installed: "
+            "pip install 'pytest-storm[html]'"
+        )
+    targets = [
+        (f"--{name} {getattr(args, name)!r}", getattr(args, name)) for name in ("json", "html")
+    ]
+    if getattr(args, "csv", None):
+        targets += [(f"--csv {args.csv!r}", path) for path in csv_paths(args.csv)]
+    for option, path in targets:
+        if not path:
+            continue
+        try:
+            ensure_writable(path)
+        except OSError as exc:
+            raise ConfigError(
+                f"{option} (from the command line): cannot write {Path(path).resolve()}: "
+                f"{exc.strerror or exc}"
+            ) from None
+
+
+def _write_reports(args: argparse.Namespace, results: Sequence[StormResult]) -> None:
+    rows = [(str(r.app), r) for r in results]
+    if args.html:
+        from ._report._html import write_html
+
+        write_html(args.html, rows, title="pytest-storm report", machine=machine_info())
+    if args.csv:
+        write_csv(args.csv, rows)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    _check_reports(args)
     with _upstreams(args):
         result = _storm(args.app, args)
-    _notes([result])
-    print(verdict_table(result, indent=""))
+    # The table shows the storm's failures; its warnings and notes go to stderr, once.
+    _notes([result], in_table=True)
+    print(verdict_table(result, indent="", remarks=False))
     print(side_by_side([result]))
     if args.json:
         _write_json(args.json, _storms_doc([result]))
+    _write_reports(args, [result])
     return 0 if result.passed else 1
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    results = []
-    with _upstreams(args):
-        for spec in args.apps:
-            results.append(_storm(spec, args))
+    _check_reports(args)
+    results: list[StormResult] = []
+    try:
+        with _upstreams(args):
+            for spec in args.apps:
+                results.append(_storm(spec, args))
+    except KeyboardInterrupt:
+        if results:
+            # What the finished storms measured is still worth seeing.
+            print(side_by_side(results))
+        raise
     _notes(results)
     print(side_by_side(results))
     if args.json:
         _write_json(args.json, _storms_doc(results))
+    _write_reports(args, results)
     return 0 if all(r.passed for r in results) else 1
 
 
 def _cmd_capacity(args: argparse.Namespace) -> int:
+    _check_reports(args)
     app = load_app(args.app)
     mix, params = split_requests(None, _params(args, workers=False))
     plan = plan_capacity(
@@ -322,6 +434,7 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
     print(found.table())
     if args.json:
         _write_json(args.json, {"machine": machine_info(), "capacity": found.to_dict()})
+    _write_reports(args, list(found.results.values()))
     return 0 if found.best is not None else 1
 
 
@@ -392,6 +505,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, StormError) as exc:
         print(f"pytest-storm: {exc}", file=sys.stderr)
         return USAGE_ERROR if isinstance(exc, ConfigError) else 1
+    except KeyboardInterrupt:
+        # The engine has stopped its users, threads and patches on the way out.
+        print(
+            f"pytest-storm {args.command}: interrupted (Ctrl-C) before the storm finished; "
+            "nothing more was measured",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
     return code
 
 

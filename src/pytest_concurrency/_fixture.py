@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -13,6 +14,8 @@ import pytest
 from ._api import check_budgets, plan_capacity, run_capacity, warn_about
 from ._capacity import CapacityResult
 from ._engine import LiveFigures, Progress, StormPlan, plan_storm, run_plan, run_plan_async
+from ._engine.websocket import WebSocketResult, plan_websocket, run_websocket_plan
+from ._errors import ConfigError
 from ._options import scale, storm_layers
 from ._report._options import STORM_JSON_PROPERTY
 from ._report._terminal import LiveProgress
@@ -56,26 +59,58 @@ class StormFixture:
         path: str | None = None,
         *,
         requests: int | Sequence[Request] | RequestFactory | None = None,
+        check: bool = True,
         **params: Any,
     ) -> StormResult:
-        """Fire a storm at *app*; budgets from the marker and *params* are enforced on return."""
+        """Fire a storm at *app*; budgets from the marker and *params* are enforced on return.
+
+        With ``check=False`` a broken budget does not raise :class:`BudgetExceeded`: the
+        verdicts are on the result (``result.passed``, ``result.failed_verdicts``).
+        """
         __tracebackhide__ = True
         plan = self._plan(app, method, path, requests, params)
-        return self._finish(run_plan(plan, self._progress()))
+        return self._finish(run_plan(plan, self._progress()), check=check)
 
-    async def arun(
+    def arun(
         self,
         app: Any,
         method: str | None = None,
         path: str | None = None,
         *,
         requests: int | Sequence[Request] | RequestFactory | None = None,
+        check: bool = True,
         **params: Any,
-    ) -> StormResult:
+    ) -> Coroutine[Any, Any, StormResult]:
         """Async form of the fixture, for async tests (``await storm.arun(app, "GET", "/")``)."""
         __tracebackhide__ = True
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            # Without a loop the coroutine would never run: a test that forgot to await it,
+            # or an async test pytest itself cannot run, would pass without a storm.
+            raise ConfigError(
+                "storm.arun(...) was called without a running event loop: it is for async "
+                "tests — `async def test_x(storm)` with `await storm.arun(...)`, marked "
+                "@pytest.mark.anyio (anyio's pytest plugin) or run under pytest-asyncio with "
+                "asyncio_mode = auto (or @pytest.mark.asyncio); a sync test calls storm(...)"
+            ) from None
         plan = self._plan(app, method, path, requests, params)
-        return self._finish(await run_plan_async(plan, self._progress()))
+        return self._arun(plan, check)
+
+    async def _arun(self, plan: StormPlan, check: bool) -> StormResult:
+        __tracebackhide__ = True
+        return self._finish(await run_plan_async(plan, self._progress()), check=check)
+
+    def websocket(self, app: Any, path: str = "/", **params: Any) -> WebSocketResult:
+        """Fire a WebSocket storm at an ASGI *app* (one connection per user); budgets from
+        the marker and *params* are enforced on return (see ``run_websocket_storm``)."""
+        __tracebackhide__ = True
+        plan = plan_websocket(
+            app, path, layers=storm_layers(self._item, params), scale=scale(self._item.config)
+        )
+        result = run_websocket_plan(plan, self._progress())
+        self._finish(result)
+        return result
 
     def capacity(
         self,
@@ -140,7 +175,7 @@ class StormFixture:
             # An xdist worker: the controller rebuilds the storm from this property.
             self._item.user_properties.append((STORM_JSON_PROPERTY, json.dumps(result.to_dict())))
 
-    def _finish(self, result: StormResult) -> StormResult:
+    def _finish(self, result: StormResult, *, check: bool = True) -> StormResult:
         __tracebackhide__ = True
         index = len(self.results)
         self.results.append(result)
@@ -150,7 +185,8 @@ class StormFixture:
         for key, value in _figures(result).items():
             self._item.user_properties.append((f"{prefix}.{key}", value))
         warn_about(result, stacklevel=4)
-        check_budgets(result)
+        if check:
+            check_budgets(result)
         report = self._item.config.pluginmanager.get_plugin("concurrency-report")
         message = (
             report.check_regression(self._item.nodeid, report_index, result) if report else None
@@ -176,6 +212,8 @@ def _figures(result: StormResult) -> dict[str, Any]:
         "error_rate": round(result.error_rate, 5),
         "passed": result.passed,
     }
+    if result.rate is not None:
+        figures["rate"] = result.rate
     if result.saturation is not None:
         figures["saturation"] = round(result.saturation, 4)
     if result.queue_wait is not None:

@@ -169,6 +169,7 @@ class StormResult:
     params: dict[str, Any]
     budgets: dict[str, float]
     verdicts: list[Verdict] = field(default_factory=list)
+    #: Problems with the measurement itself, also emitted as ``ConcurrencyWarning``.
     warnings: list[str] = field(default_factory=list)
     loop_cpu_share: float | None = None
     harness_share: float | None = None
@@ -183,6 +184,9 @@ class StormResult:
     extras: dict[str, Any] = field(default_factory=dict)
     loop_lag: LoopLag | None = None
     thread_pools: list[PoolUsage] = field(default_factory=list)
+    #: Informational remarks (a knee, the spread of rounds, a scaled load): shown in the
+    #: reports, never emitted as warnings, so ``-W error`` does not fail a passing storm.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def loop_lag_max_ms(self) -> float | None:
@@ -254,6 +258,7 @@ class StormResult:
             "verdicts": [v.to_dict() for v in self.verdicts],
             "passed": self.passed,
             "warnings": self.warnings,
+            "notes": self.notes,
             "loop_cpu_share": self.loop_cpu_share,
             "harness_share": self.harness_share,
             "discarded": self.discarded,

@@ -28,6 +28,7 @@ from .._checks import Response, headers_text
 from .._drivers.asgi import AsgiDriver
 from .._drivers.base import AsyncDriver
 from .._drivers.http import HttpDriver
+from .._drivers.websocket import WebSocketDriver
 from .._drivers.wsgi import WsgiDriver, WsgiPool, request_environ
 from .._errors import StormError
 from .._metrics import ErrorBook, Recorder
@@ -202,6 +203,9 @@ async def _soon() -> float:
 #: When the first request of a round is due; called once the driver is ready, so that
 #: start-up (lifespan, a shard's start) stays out of the round.
 AsyncOrigin = Callable[[], Awaitable[float]]
+#: Makes the runner of a round from its schedule and live recorders (a WebSocket round
+#: runs its own subclass of :class:`AsyncRunner` with its own driver).
+RunnerFactory = Callable[[Schedule, list[Recorder] | None], AsyncRunner]
 
 
 @dataclass
@@ -225,11 +229,19 @@ class RoundOutput:
 
 
 async def execute_async(
-    plan: StormPlan, live: LiveFigures | None = None, origin: AsyncOrigin = _soon
+    plan: StormPlan,
+    live: LiveFigures | None = None,
+    origin: AsyncOrigin = _soon,
+    *,
+    driver: AsyncDriver | WebSocketDriver | None = None,
+    runner_factory: RunnerFactory | None = None,
 ) -> RoundOutput:
-    """Run one round with the plan's async driver on the running event loop."""
+    """Run one round with the plan's async driver (or *driver* and the runner that
+    *runner_factory* makes for it) on the running event loop."""
     config = plan.config
-    driver = async_driver(plan)
+    http: AsyncDriver | None = None
+    if driver is None:
+        http = driver = async_driver(plan)
     timeout = config.timeout_ms / 1000
     extras: dict[str, Any] = {}
     runner: AsyncRunner | None = None
@@ -242,9 +254,9 @@ async def execute_async(
             await driver.startup(lifespan_group, timeout=max(timeout, 10.0))
             # Lifespan is not monitored: only the storm itself.
             users: list[User] | None = None
-            if plan.on_start is not None:
+            if plan.on_start is not None and http is not None:
                 count = Schedule(config, 0.0).users
-                users, started = await _start_users_async(plan, driver, count)
+                users, started = await _start_users_async(plan, http, count)
                 extras["on_start"] = started.to_dict(count)
             async with AsyncExitStack() as stack:
                 # In-process only: behind a real server these would watch the client.
@@ -254,14 +266,20 @@ async def execute_async(
                     monitor = await stack.enter_async_context(LoopMonitor(threshold_ms=5.0))
                     probe = await stack.enter_async_context(ThreadPoolProbe())
                 schedule = Schedule(config, await origin())
-                runner = AsyncRunner(
-                    schedule,
-                    driver,
-                    plan.mix,
-                    recorders=live.recorders if live is not None else None,
-                    users=users,
-                    checks=plan.checks,
-                )
+                recorders = live.recorders if live is not None else None
+                if runner_factory is not None:
+                    runner = runner_factory(schedule, recorders)
+                elif http is not None:
+                    runner = AsyncRunner(
+                        schedule,
+                        http,
+                        plan.mix,
+                        recorders=recorders,
+                        users=users,
+                        checks=plan.checks,
+                    )
+                else:
+                    raise StormError("a driver given to execute_async() needs its runner_factory")
                 if live is not None:
                     live.in_flight = lambda: len(runner.slots)
                 figures = await runner.run()
@@ -391,7 +409,7 @@ def finish(plan: StormPlan, output: RoundOutput) -> StormResult:
     result.extras.update(output.extras)
     busy = result.loop_cpu_share
     if output.pool is not None and busy is not None and busy >= _SATURATED_CPU:
-        result.warnings.append(
+        result.notes.append(
             f"the process used {busy:.0%} of a core during the storm: "
             "Python threads share one interpreter lock, so latency includes waiting for it"
         )
@@ -429,7 +447,7 @@ async def _warn_harness_bound(result: StormResult, loop_cpu: float) -> None:
     sent = result.requests + result.discarded
     share = min(1.0, sent * cost / 1e6 / loop_cpu) if loop_cpu > 0 else 0.0
     result.harness_share = share
-    result.warnings.append(
+    (result.warnings if share >= 0.5 else result.notes).append(
         f"the event loop shared by the app and the load generator was busy "
         f"{result.loop_cpu_share:.0%} of the storm; the load generator itself took ≈{share:.0%} "
         f"of that (≈{cost:.0f} µs per request): latency includes queueing for the CPU, "

@@ -254,7 +254,7 @@ def run_sharded_round(plan: StormPlan, live: LiveFigures | None = None) -> Storm
         ],
     }
     if len(plans) < plan.config.processes:
-        result.warnings.append(
+        result.notes.append(
             f"processes={plan.config.processes} but only {len(plans)} shard(s) had load to carry"
         )
     return result

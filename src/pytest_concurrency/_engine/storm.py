@@ -204,12 +204,12 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
         ]
         p99s = [r.latency.p99 for r in rounds]
         rps = [r.throughput for r in rounds]
-        chosen.warnings.append(
+        chosen.notes.append(
             f"{len(rounds)} rounds, judged on the {config.aggregate} one: p99 "
             f"{min(p99s):.1f}–{max(p99s):.1f} ms, {min(rps):,.0f}–{max(rps):,.0f} rps"
         )
     if config.scale is not None:
-        chosen.warnings.append(
+        chosen.notes.append(
             f"load scaled ×{config.scale:g} for a quick run (--concurrency-scale); budgets unchanged"
         )
         chosen.extras["scale"] = config.scale
@@ -228,7 +228,7 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
             if knee.target is not None
             else "?"
         )
-        chosen.warnings.append(
+        chosen.notes.append(
             f"knee: p99 broke at ≈{load} (second {knee.second}: {knee.p99:,.1f} ms against "
             f"{knee.calm_p99:,.1f} ms at low load)"
         )

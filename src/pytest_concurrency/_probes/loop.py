@@ -393,7 +393,8 @@ class LoopMonitor(_StartStop):
         if site is None:
             return None, None
         code = site.f_code
-        key = (code.co_filename, site.f_lineno, code.co_qualname)
+        # A frame between lines (tracing, some generators) has no line number yet.
+        key = (code.co_filename, site.f_lineno or code.co_firstlineno, code.co_qualname)
         callee = None
         if innermost is not None and innermost is not site:
             module = str(innermost.f_globals.get("__name__", "?"))

@@ -73,6 +73,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .chart { border: 1px solid var(--line); border-radius: 6px; min-width: 0; }
 .wide { grid-column: 1 / -1; }
 ul.diagnosis { margin: 4px 0; padding-left: 20px; }
+tr.endpoint td { color: var(--muted); padding-left: 26px; }
 pre { background: var(--bg2); padding: 8px; overflow-x: auto; font-size: 12px; }
 @media (max-width: 900px) { .charts { grid-template-columns: 1fr; } }
 """
@@ -367,6 +368,14 @@ def _storm_section(p: SimpleNamespace, number: int, record: StormRecord) -> str:
         )
     else:
         parts.append("<p class='muted'>no budgets set</p>")
+    endpoints = _endpoint_cells(d)
+    if endpoints:
+        parts.append(
+            "<table class='summary endpoints'><tr><th>endpoint</th><th>requests</th><th>rps</th>"
+            "<th>p50 ms</th><th>p99 ms</th><th>max ms</th><th>errors</th><th>verdict</th></tr>"
+            + "".join(f"<tr><td>{_e(name)}</td>{cells}</tr>" for name, cells in endpoints)
+            + "</table>"
+        )
     lines = diagnosis(d, record.result)
     if lines:
         parts.append(
@@ -427,7 +436,43 @@ def _summary_table(records: Sequence[StormRecord]) -> str:
             f"<td class='num'>{_num(lat.get('max'))}</td>"
             f"<td class='num'>{d.get('error_rate', 0):.1%}</td><td>{verdict}</td></tr>"
         )
+        body.extend(
+            f"<tr class='endpoint'><td></td><td colspan='3'>{_e(name)}</td>{cells}</tr>"
+            for name, cells in _endpoint_cells(d)
+        )
     return f"<table class='summary'>{head}{''.join(body)}</table>"
+
+
+def _endpoint_cells(d: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Each endpoint of a mix: its name and its cells (requests, rps, p50, p99, max, errors,
+    verdict of its own budgets)."""
+    verdicts = d.get("verdicts") or []
+    out = []
+    for name, endpoint in (d.get("endpoints") or {}).items():
+        lat = endpoint.get("latency") or {}
+        count = int(endpoint.get("requests") or 0)
+        errors = int(endpoint.get("errors") or 0)
+        own = [v for v in verdicts if str(v.get("name", "")).startswith(f"{name} ")]
+        failed = [str(v["name"])[len(name) + 1 :] for v in own if not v.get("ok", True)]
+        if not own:
+            verdict = ""
+        elif failed:
+            verdict = f"<span class='bad'>FAIL {_e(', '.join(failed))}</span>"
+        else:
+            verdict = "<span class='ok'>pass</span>"
+        out.append(
+            (
+                str(name),
+                f"<td class='num'>{count:,}</td>"
+                f"<td class='num'>{_num(endpoint.get('throughput'))}</td>"
+                f"<td class='num'>{_num(lat.get('p50'))}</td>"
+                f"<td class='num'>{_num(lat.get('p99'))}</td>"
+                f"<td class='num'>{_num(lat.get('max'))}</td>"
+                f"<td class='num'>{(errors / count if count else 0):.1%}</td>"
+                f"<td>{verdict}</td>",
+            )
+        )
+    return out
 
 
 def render_html(

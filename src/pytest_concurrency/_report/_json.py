@@ -29,6 +29,7 @@ __all__ = [
     "JSON_SCHEMA",
     "SCHEMA_VERSION",
     "document_records",
+    "ensure_writable",
     "load_json",
     "machine_info",
     "merge_histograms",
@@ -130,6 +131,8 @@ JSON_SCHEMA: dict[str, Any] = {
                 "p99": _NUMBER_OR_NULL,
                 "max": _NUMBER_OR_NULL,
                 "busy_workers": _NUMBER_OR_NULL,
+                "in_flight": _NUMBER_OR_NULL,
+                "target": _NUMBER_OR_NULL,
             },
         },
         "storm": {
@@ -192,7 +195,17 @@ JSON_SCHEMA: dict[str, Any] = {
                 "budgets": {"type": "object", "additionalProperties": {"type": "number"}},
                 "verdicts": {"type": "array", "items": {"$ref": "#/$defs/verdict"}},
                 "passed": {"type": "boolean"},
-                "warnings": {"type": "array", "items": {"type": "string"}},
+                "warnings": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "problems with the measurement (also ConcurrencyWarnings)",
+                },
+                "notes": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "informational remarks (a knee, rounds, a scaled load); "
+                    "absent in documents written before notes existed",
+                },
                 "histograms": {
                     "type": "object",
                     "description": "HdrHistogram encodings (compressed, base64) of values in µs",
@@ -267,6 +280,24 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return str(value)
+
+
+def ensure_writable(path: str | os.PathLike[str]) -> Path:
+    """Check that a report can be written to *path* before any storm runs; :class:`OSError` if not.
+
+    The parent directories are made and the file opened for appending (a file that did
+    not exist is removed again), which is what writing it will need.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(f"{target} is a directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    existed = target.exists()
+    with target.open("a", encoding="utf-8"):
+        pass
+    if not existed:
+        target.unlink()
+    return target
 
 
 def write_json(path: str | os.PathLike[str], doc: Mapping[str, Any]) -> Path:

@@ -30,9 +30,10 @@ from ._baseline import (
     regressions,
     save,
 )
-from ._json import machine_info, session_document, write_json
+from ._csv import csv_paths, write_csv
+from ._json import ensure_writable, machine_info, session_document, write_json
 from ._records import StormRecord, as_records
-from ._terminal import noise_figures, noise_statement, storms_table
+from ._terminal import noise_figures, noise_statement, storm_notes, storms_table
 
 __all__ = ["OPTIONS", "STORM_JSON_PROPERTY", "ReportSession", "add_options"]
 
@@ -49,6 +50,11 @@ OPTIONS: dict[str, tuple[str, str]] = {
         "PATH",
         "write a self-contained HTML report with charts to PATH "
         "(needs plotly: pip install 'pytest-storm[html]')",
+    ),
+    "csv": (
+        "PREFIX",
+        "write Locust-style CSV files: PREFIX_stats.csv (per storm and endpoint) and "
+        "PREFIX_stats_history.csv (per storm per second)",
     ),
     "save": ("NAME", "save this session's storms as the baseline NAME in the storage directory"),
     "compare": ("NAME", "compare this session's storms with the saved baseline NAME"),
@@ -107,6 +113,7 @@ class ReportSession:
         self._machine_cache: dict[str, Any] | None = None
         self.json = setting(config, "json")
         self.html = setting(config, "html")
+        self.csv = setting(config, "csv")
         self.save_as = setting(config, "save")
         self.compare_with = setting(config, "compare")
         storage = setting(config, "storage")
@@ -142,6 +149,25 @@ class ReportSession:
                 )
         if self.compare_with is not None:
             self.baseline = load(str(self.compare_with.value), self.storage)
+        if not self.is_worker:
+            self._check_writable()
+
+    def _check_writable(self) -> None:
+        """A report asked for that cannot be written is a usage error before any storm runs."""
+        targets: list[tuple[Setting, Path]] = []
+        for report in (self.json, self.html):
+            if report is not None:
+                targets.append((report, report.path()))
+        if self.csv is not None:
+            targets.extend((self.csv, path) for path in csv_paths(self.csv.path()))
+        for report, path in targets:
+            try:
+                ensure_writable(path)
+            except OSError as exc:
+                raise ConfigError(
+                    f"{report.label}={report.value!r} (from {report.origin}): cannot write "
+                    f"{path}: {exc.strerror or exc}"
+                ) from None
 
     # -- pytest hooks ------------------------------------------------------------------
 
@@ -193,7 +219,7 @@ class ReportSession:
         if self.is_worker:
             return
         records = self._final = self.session_records()
-        if self.json is None and self.html is None and self.save_as is None:
+        if self.json is None and self.html is None and self.csv is None and self.save_as is None:
             return
         machine = self._machine(with_noise=bool(records))
         doc = session_document(records, machine=machine, scaled=_scale(self.config))
@@ -208,11 +234,20 @@ class ReportSession:
                 self.html,
                 lambda p: write_html(p, records, title=title, machine=machine),
             )
+        if self.csv is not None:
+            self._attempt(
+                "CSV files",
+                self.csv,
+                lambda p: write_csv(p, records)[0].with_name(p.name + "_stats*.csv"),
+            )
         if self.save_as is not None:
             name = str(self.save_as.value)
             self._attempt(
                 f"baseline {name!r}", self.save_as, lambda _: save(name, doc, self.storage)
             )
+        if self._problems and session.exitstatus == pytest.ExitCode.OK:
+            # A report that was asked for and not written fails the run, whatever the tests did.
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def _attempt(self, what: str, setting: Setting, write: Callable[[Path], Path]) -> None:
         target = setting.path()
@@ -220,7 +255,10 @@ class ReportSession:
             written = write(target)
         except (OSError, ConfigError) as exc:
             # An INTERNALERROR would hide the test outcomes; say what failed instead.
-            self._problems.append(f"could not write the {what} ({setting.label}): {exc}")
+            self._problems.append(
+                f"could not write the {what} ({setting.label}={setting.value!r}, {target}): "
+                f"{exc}; the run fails because this report was asked for"
+            )
         else:
             self._written.append(f"{what} written to {written}")
 
@@ -237,6 +275,10 @@ class ReportSession:
             tr.section("storms")
             for line in storms_table(records):
                 tr.write_line(line)
+        # Under the storms table (the plugin's, or the one above under xdist).
+        for line in storm_notes(records):
+            tr.write_line(line)
+        if self._transported:
             workers = len(getattr(config.option, "tx", None) or []) or len(
                 self._workers_with_storms
             )

@@ -18,7 +18,7 @@ from .._metrics import latency_stats, new_histogram, record_many
 from ._records import StormRecord, StormRow, as_records
 from ._text import aligned, format_number
 
-__all__ = ["LiveProgress", "noise_figures", "noise_statement", "storms_table"]
+__all__ = ["LiveProgress", "noise_figures", "noise_statement", "storm_notes", "storms_table"]
 
 _NOISE_SAMPLES = 200
 _NOISE_SLEEP_S = 0.001
@@ -28,10 +28,20 @@ def _cell(value: Any, fmt: Callable[[float], str] = format_number) -> str:
     return fmt(float(value)) if isinstance(value, int | float) else "n/a"
 
 
+def _endpoint_verdict(name: str, verdicts: Sequence[Mapping[str, Any]]) -> str:
+    """``pass``/``FAIL p99_ms`` from the endpoint's own budgets (named ``"GET /a p99_ms"``)."""
+    own = [v for v in verdicts if str(v.get("name", "")).startswith(name + " ")]
+    if not own:
+        return ""
+    failed = [str(v["name"])[len(name) + 1 :] for v in own if not v.get("ok", True)]
+    return "FAIL " + ",".join(failed) if failed else "pass"
+
+
 def storms_table(
     rows: Sequence[StormRow | StormRecord], *, first_header: str = "test"
 ) -> list[str]:
-    """One line per storm (test, storm, app, users, requests, rps, p50/p99/max, errors, verdict).
+    """One line per storm (test, storm, app, users, requests, rps, p50/p99/max, errors, verdict),
+    and under a request mix one indented line per endpoint with its own figures and budgets.
 
     *first_header* names the first column (the records' node ids) for callers whose storms
     are not tests. A ``+RSS MB`` column is added when some record's data carries
@@ -58,7 +68,8 @@ def storms_table(
         d = record.data
         latency = d.get("latency") or {}
         pool = d.get("pool")
-        failed = [v["name"] for v in d.get("verdicts", []) if not v.get("ok", True)]
+        verdicts = d.get("verdicts") or []
+        failed = [v["name"] for v in verdicts if not v.get("ok", True)]
         table.append(
             (
                 record.nodeid,
@@ -76,7 +87,39 @@ def storms_table(
             )
             + ((_cell(d.get("rss_growth_mb"), lambda v: f"{v:,.0f}"),) if memory else ())
         )
+        endpoints: Mapping[str, Mapping[str, Any]] = d.get("endpoints") or {}
+        for name, endpoint in endpoints.items():
+            lat = endpoint.get("latency") or {}
+            count = int(endpoint.get("requests") or 0)
+            errors = int(endpoint.get("errors") or 0)
+            table.append(
+                (
+                    "",
+                    "  " + name,
+                    "",
+                    "",
+                    f"{count:,}",
+                    _cell(endpoint.get("throughput")),
+                    _cell(lat.get("p50")),
+                    _cell(lat.get("p99")),
+                    _cell(lat.get("max")),
+                    f"{errors / count:.1%}" if count else "n/a",
+                    "",
+                    _endpoint_verdict(name, verdicts),
+                )
+                + (("",) if memory else ())
+            )
     return aligned(table, right=[*range(3, 11), 12])
+
+
+def storm_notes(rows: Sequence[StormRow | StormRecord]) -> list[str]:
+    """The notes of every storm, one line each, to print under the storms table."""
+    lines = []
+    for record in as_records(rows):
+        # A storm saved before notes existed has none.
+        for note in record.data.get("notes") or []:
+            lines.append(f"note: {record.title}: {note}")
+    return lines
 
 
 def _percentiles(overshoots_ms: list[float]) -> tuple[float, float]:

@@ -31,6 +31,7 @@ __all__ = [
     "headline",
     "machine_line",
     "side_by_side",
+    "status_table",
     "verdict_table",
     "verdict_word",
 ]
@@ -39,6 +40,8 @@ __all__ = [
 _TIMEOUT = "Timeout"
 #: How many kinds of exception and of status a failure line names before "…".
 _SHOWN = 3
+#: Characters of a sample response body shown in the failure table.
+_SAMPLE_WIDTH = 100
 
 
 def format_number(value: float | None) -> str:
@@ -163,8 +166,11 @@ def _pool_line(data: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def diagnosis(data: Mapping[str, Any], result: StormResult | None = None) -> list[str]:
-    """Lines that say why the figures are what they are.
+def diagnosis(
+    data: Mapping[str, Any], result: StormResult | None = None, *, remarks: bool = True
+) -> list[str]:
+    """Lines that say why the figures are what they are, then the storm's warnings and
+    notes (unless *remarks* is False: the caller shows them its own way).
 
     What blocked the event loop needs the live *result*; a storm known only as a dict
     (from an xdist worker or a file) is diagnosed without it.
@@ -172,19 +178,62 @@ def diagnosis(data: Mapping[str, Any], result: StormResult | None = None) -> lis
     lines = _pool_line(data) + failure_lines(data)
     if result is not None:
         lines.extend(diagnose(result.loop_lag, result.thread_pools))
+    if not remarks:
+        return lines
     lines.extend(str(w) for w in data.get("warnings") or [])
+    # A storm saved before notes existed has none: .get, not [].
+    lines.extend(f"note: {n}" for n in data.get("notes") or [])
     return lines
 
 
-def verdict_table(result: StormResult, *, indent: str = "  ") -> str:
-    """The budget table of DESIGN.md: headline, limit, measured, verdict, and diagnosis."""
+def _one_line(text: str, width: int) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def status_table(data: Mapping[str, Any], *, sample_width: int = _SAMPLE_WIDTH) -> list[str]:
+    """Status code → count, with one sample body per code when the storm kept some.
+
+    Samples come from ``extras["samples"]`` (status code → body text), filled by the
+    drivers' response checks where they run; without them the table has no sample column.
+    """
+    statuses = {int(k): int(n) for k, n in (data.get("status_counts") or {}).items()}
+    timeouts = int(data.get("timeouts") or 0)
+    if not statuses and not timeouts:
+        return []
+    extras = data.get("extras") or {}
+    raw_samples = extras.get("samples") if isinstance(extras, Mapping) else None
+    samples = (
+        {str(k): v for k, v in raw_samples.items()} if isinstance(raw_samples, Mapping) else {}
+    )
+    header = ("status", "count", "sample body") if samples else ("status", "count")
+    rows: list[tuple[str, ...]] = [header]
+    for code, count in sorted(statuses.items()):
+        row: tuple[str, ...] = (str(code), f"{count:,}")
+        if samples:
+            sample = samples.get(str(code))
+            row += (_one_line(sample, sample_width) if sample is not None else "",)
+        rows.append(row)
+    if timeouts:
+        rows.append(("timeout", f"{timeouts:,}", *([""] if samples else [])))
+    return aligned(rows, right={1})
+
+
+def verdict_table(result: StormResult, *, indent: str = "  ", remarks: bool = True) -> str:
+    """The budget table of DESIGN.md: headline, limit, measured, verdict, status codes and
+    diagnosis (with the warnings and notes unless *remarks* is False)."""
     data = result.to_dict(histograms=False)
     rows = [("budget", "limit", "measured", "verdict")]
     rows.extend(
         (v.name, format_number(v.limit), format_number(v.measured), verdict_word(v))
         for v in result.verdicts
     )
-    lines = [headline(data), *aligned(rows), *diagnosis(data, result)]
+    lines = [
+        headline(data),
+        *aligned(rows),
+        *status_table(data),
+        *diagnosis(data, result, remarks=remarks),
+    ]
     return "\n".join((indent + line).rstrip() for line in lines)
 
 
