@@ -320,6 +320,7 @@ async def run_async_round(plan: StormPlan, live: LiveFigures | None = None) -> S
     if plan.config.clock == "virtual":
         # The loop thread's CPU over virtual seconds says nothing about saturation.
         result.loop_cpu_share = None
+        result.notes.extend(result.extras["clock"].pop("notes", []))
     if result.loop_cpu_share is not None and result.loop_cpu_share >= _SATURATED_CPU:
         await _warn_harness_bound(result, output.figures.cpu)
     return result
