@@ -20,3 +20,7 @@ def test_public_surface() -> None:
 def test_websocket_storms_are_public() -> None:
     assert {"run_websocket_storm", "WebSocketResult"} <= set(pytest_concurrency.__all__)
     assert issubclass(pytest_concurrency.WebSocketResult, pytest_concurrency.StormResult)
+
+
+def test_side_by_side_with_real_servers_is_public() -> None:
+    assert {"compare", "Fidelity"} <= set(pytest_concurrency.__all__)

@@ -161,3 +161,40 @@ def test_upstream_routes_reach_the_server_process(upstream: Any) -> None:
     assert result.status_counts == {200: 50}
     # Each call waited the simulated 20 ms inside the server's process.
     assert result.latency.p50 >= 19
+
+
+def test_compare_lines_up_inprocess_and_real_figures() -> None:
+    from pytest_concurrency._api import compare
+    from pytest_concurrency._report._fidelity import fidelity_table
+
+    fidelity = compare(
+        apps.asgi_routes, "GET", "/", servers=["inprocess", "uvicorn"], users=4, requests=200
+    )
+    assert set(fidelity.results) == {"inprocess", "uvicorn"}
+    figures = [row.figure for row in fidelity.rows]
+    assert figures == ["rps", "p50_ms", "p99_ms", "mean_ms", "error_rate"]
+    table = fidelity_table(fidelity)
+    assert "real / in-process" in table
+    assert "uvicorn" in table
+    assert fidelity["uvicorn"].extras["fidelity"]["rows"][0]["figure"] == "rps"
+
+
+def test_cli_compare_prints_the_fidelity_table(capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_concurrency._cli import main
+
+    code = main(
+        [
+            "compare",
+            "tests.apps:asgi_routes",
+            "--server",
+            "inprocess,uvicorn",
+            "--users",
+            "2",
+            "--requests",
+            "40",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "tests.apps:asgi_routes: in-process against real servers" in out
+    assert "real / in-process" in out

@@ -4,10 +4,11 @@ Import package ``pytest_concurrency``; the pytest plugin is ``pytest_concurrency
 (entry point ``concurrency``), with the marker ``concurrency`` and the fixture ``storm``.
 """
 
-from ._api import arun_storm, capacity, run_storm, run_websocket_storm
+from ._api import arun_storm, capacity, compare, run_storm, run_websocket_storm
 from ._capacity import CapacityResult, CapacityTrial
 from ._engine.websocket import WebSocketResult
 from ._errors import BudgetExceeded, ConcurrencyWarning, ConfigError, StormError
+from ._fidelity import Fidelity
 from ._metrics import ErrorSummary, LatencyStats
 from ._result import EndpointStats, Knee, PoolStats, StormResult, TimelinePoint, Verdict
 from ._simio import (
@@ -36,6 +37,7 @@ __all__ = [
     "ConfigError",
     "EndpointStats",
     "ErrorSummary",
+    "Fidelity",
     "Knee",
     "Latency",
     "LatencyStats",
@@ -53,6 +55,7 @@ __all__ = [
     "arun_storm",
     "blocking_io",
     "capacity",
+    "compare",
     "constant",
     "empirical",
     "exponential",

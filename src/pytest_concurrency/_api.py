@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -119,6 +120,11 @@ class CapacityPlan:
     budgets: dict[str, float]
     layers: Sequence[Layer]
     scale: tuple[float, str] | None = None
+    #: Largest worker count that can matter (closed model), and the users that set it.
+    max_useful: int | None = None
+    users: int | None = None
+    #: Storms per worker count at the boundary, until a majority agrees.
+    repeats: int = 3
 
 
 def plan_capacity(
@@ -154,14 +160,33 @@ def plan_capacity(
         # In-process, an ASGI app runs on one event loop whatever the worker count: one
         # storm answers whether a single worker suffices.
         candidates = candidates[:1]
-    return CapacityPlan(base, candidates, budgets, list(layers), scale)
+    users, useful = _useful_workers(base)
+    return CapacityPlan(
+        base, candidates, budgets, list(layers), scale, max_useful=useful, users=users
+    )
+
+
+def _useful_workers(base: StormPlan) -> tuple[int | None, int | None]:
+    """Closed model: the users, and the most workers that can serve them all at once."""
+    config = base.config
+    if config.rate is not None:
+        return None, None  # open model: arrivals do not wait for responses
+    users = config.users
+    if config.stages:
+        users = max(users, math.ceil(max(target for _, target in config.stages)))
+    if users < 1:
+        return None, None
+    return users, max(1, math.ceil(users / max(1, config.threads)))
 
 
 def run_capacity(
     plan: CapacityPlan, *, on_storm: Callable[[StormResult], None] | None = None
 ) -> CapacityResult:
-    """Bisect the worker counts with as few storms as possible; *on_storm* sees each storm."""
+    """Bisect the worker counts with as few storms as possible; *on_storm* sees one per count."""
     base = plan.base
+    # One storm per worker count goes to the reports, in the order the counts were first
+    # tried: the one whose figures the capacity table shows (repeats confirm the verdict).
+    first_tried: list[int] = []
 
     def run(workers: int) -> StormResult:
         trial = plan_storm(
@@ -173,13 +198,23 @@ def run_capacity(
         trial.app_name, trial.label = base.app_name, base.label
         result = run_plan(trial)
         warn_about(result, stacklevel=4)
-        if on_storm is not None:
-            on_storm(result)
+        if workers not in first_tried:
+            first_tried.append(workers)
         return result
 
-    return search_capacity(
-        run, plan.candidates, budgets=plan.budgets, is_async_app=base.interface == "asgi"
+    found = search_capacity(
+        run,
+        plan.candidates,
+        budgets=plan.budgets,
+        is_async_app=base.interface == "asgi",
+        repeats=plan.repeats,
+        max_useful=plan.max_useful,
     )
+    found.users = plan.users
+    if on_storm is not None:
+        for workers in first_tried:
+            on_storm(found.results[workers])
+    return found
 
 
 def capacity(

@@ -3,13 +3,19 @@
 More workers are assumed never to make a storm worse (the figures are monotone in the
 worker count), so the candidates are bisected: ``ceil(log2(n + 1))`` storms at most
 for ``n`` candidates. Each storm is judged with the same budgets as any other storm.
+
+One storm's verdict near the boundary is a coin toss on a noisy machine, so with
+``repeats=3`` the answer and the count below it are stormed again until two of three
+agree; when they disagree the answer is given as a range. Candidates beyond
+``max_useful`` (the user count of a closed model: a pool larger than the number of
+users cannot help) are never tried.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ._budget import evaluate
@@ -32,6 +38,15 @@ class CapacityTrial:
     p99: float
     saturation: float | None
     failed: tuple[Verdict, ...] = ()
+    #: How many storms this count had, and how many of them passed (``passed`` is the majority).
+    runs: int = 1
+    passes: int = -1
+
+    @property
+    def votes(self) -> str:
+        """``2 of 3`` passed — or empty for a single storm."""
+        passes = self.passes if self.passes >= 0 else int(self.passed)
+        return f"{passes} of {self.runs}" if self.runs > 1 else ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
@@ -43,6 +58,8 @@ class CapacityTrial:
             "p99": _finite(self.p99),
             "saturation": self.saturation,
             "failed": [v.to_dict() for v in self.failed],
+            "runs": self.runs,
+            "passes": self.passes if self.passes >= 0 else int(self.passed),
         }
 
 
@@ -57,6 +74,18 @@ class CapacityResult:
     candidates: list[int]
     is_async_app: bool = False
     results: dict[int, StormResult] = field(default_factory=dict, repr=False)
+    #: Storms fired again at the boundary to confirm it (beyond ``storms``, one per count).
+    confirming: int = 0
+    #: Storms per count at the boundary (1: single storms, nothing confirmed).
+    repeats: int = 1
+    #: Largest worker count that can matter (closed model: the users), and those left out.
+    max_useful: int | None = None
+    left_out: list[int] = field(default_factory=list)
+    #: Users of a closed-model storm, when known (they set ``max_useful``).
+    users: int | None = None
+    #: "high", "uncertain", or "" for single storms; and the range the answer lies in.
+    confidence: str = ""
+    answer_range: tuple[int, int] | None = None
 
     def trial(self, workers: int) -> CapacityTrial | None:
         """The storm tried with *workers*, if there was one."""
@@ -82,6 +111,12 @@ class CapacityResult:
             "budgets": dict(self.budgets),
             "candidates": list(self.candidates),
             "tried": [t.to_dict() for t in self.tried],
+            "confirming": self.confirming,
+            "repeats": self.repeats,
+            "max_useful": self.max_useful,
+            "left_out": list(self.left_out),
+            "confidence": self.confidence or None,
+            "answer_range": list(self.answer_range) if self.answer_range else None,
             "summary": self.summary(),
         }
 
@@ -107,58 +142,113 @@ def _check(candidates: Sequence[int], budgets: Mapping[str, float]) -> list[int]
     return sorted(set(candidates))
 
 
+def _useful(order: list[int], max_useful: int | None) -> tuple[list[int], list[int]]:
+    """Candidates that can matter, and those left out: above *max_useful*, only it counts."""
+    if max_useful is None or not order or order[-1] <= max_useful:
+        return order, []
+    kept = [w for w in order if w < max_useful]
+    # A larger pool behaves as one of max_useful workers: try that count in their place.
+    kept.append(max_useful)
+    return sorted(set(kept)), [w for w in order if w > max_useful]
+
+
 def search_capacity(
     run: Callable[[int], StormResult],
     candidates: Sequence[int],
     *,
     budgets: Mapping[str, float],
     is_async_app: bool | None = None,
+    repeats: int = 1,
+    max_useful: int | None = None,
 ) -> CapacityResult:
     """Bisect *candidates* for the smallest worker count whose storm meets *budgets*.
 
     ``run(workers)`` fires one storm and returns its result. ``is_async_app`` (detected
     from the first result when None) makes the search try the smallest count first:
-    an ASGI app usually needs a single event-loop worker.
+    an ASGI app usually needs a single event-loop worker. With *repeats* > 1 the answer
+    and the count below it get up to *repeats* storms each, until a majority agrees.
+    Candidates above *max_useful* are replaced by it (more workers cannot help).
     """
-    order = _check(candidates, budgets)
+    order, left_out = _useful(_check(candidates, budgets), max_useful)
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ConfigError(f"repeats={repeats!r} must be a whole number of at least 1")
     limits = {name: budget_limit(name, limit) for name, limit in budgets.items()}
+    votes: dict[int, list[bool]] = {}
     trials: dict[int, CapacityTrial] = {}
     results: dict[int, StormResult] = {}
     detected: list[bool] = []
+    need = repeats // 2 + 1
 
-    def passes(index: int) -> bool:
+    def storm(index: int) -> None:
         workers = order[index]
-        if workers not in trials:
-            result = run(workers)
+        result = run(workers)
+        if not detected:
+            detected.append(result.interface.upper() == "ASGI")
+        verdicts = evaluate(result, limits)
+        ok = all(v.ok for v in verdicts)
+        seen = votes.setdefault(workers, [])
+        seen.append(ok)
+        passes = sum(seen)
+        majority = passes * 2 > len(seen)
+        if workers not in results or ok == majority:
+            # The figures shown are those of a storm that agrees with the verdict.
             results[workers] = result
-            if not detected:
-                detected.append(result.interface.upper() == "ASGI")
-            verdicts = evaluate(result, limits)
             trials[workers] = CapacityTrial(
                 workers=workers,
-                passed=all(v.ok for v in verdicts),
+                passed=majority,
                 throughput=result.throughput,
                 p50=result.latency.p50,
                 p99=result.latency.p99,
                 saturation=result.saturation,
                 failed=tuple(v for v in verdicts if not v.ok),
+                runs=len(seen),
+                passes=passes,
             )
-        return trials[workers].passed
+        else:
+            trials[workers] = replace(
+                trials[workers], passed=majority, runs=len(seen), passes=passes
+            )
 
-    # Invariant: every index below lo failed; order[hi] passed (hi == len: none known to).
-    lo, hi = 0, len(order)
-    if is_async_app:
-        if passes(0):
-            hi = 0
+    def passes(index: int) -> bool:
+        if order[index] not in votes:
+            storm(index)
+        return trials[order[index]].passed
+
+    def settle(index: int) -> None:
+        seen = votes.get(order[index], [])
+        while len(seen) < repeats and max(sum(seen), len(seen) - sum(seen)) < need:
+            storm(index)
+            seen = votes[order[index]]
+
+    def bisect(lo: int, hi: int) -> int:
+        # Invariant: every index below lo failed; order[hi] passed (hi == len: none known to).
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if passes(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    # Told the app is async: its smallest count is the likely answer, so try it first.
+    first = 0 if is_async_app and passes(0) else None
+    lo = first if first is not None else bisect(1 if is_async_app else 0, len(order))
+    # Settled verdicts never change again, so each round settles new counts: it ends.
+    for _ in range(len(order) + 1):
+        if repeats == 1:
+            break
+        if lo < len(order):
+            settle(lo)
+        if lo > 0:
+            settle(lo - 1)
+        if lo < len(order) and not passes(lo):
+            lo = bisect(lo + 1, len(order))
+        elif lo > 0 and passes(lo - 1):
+            lo = bisect(0, lo - 1)
         else:
-            lo = 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if passes(mid):
-            hi = mid
-        else:
-            lo = mid + 1
+            break
     async_app = is_async_app if is_async_app is not None else bool(detected and detected[0])
+    confidence, answer_range = _confidence(order, votes, lo, repeats)
     return CapacityResult(
         best=order[lo] if lo < len(order) else None,
         tried=[trials[w] for w in sorted(trials)],
@@ -167,4 +257,26 @@ def search_capacity(
         candidates=order,
         is_async_app=async_app,
         results=results,
+        confirming=sum(len(v) for v in votes.values()) - len(votes),
+        repeats=repeats,
+        max_useful=max_useful,
+        left_out=left_out,
+        confidence=confidence,
+        answer_range=answer_range,
     )
+
+
+def _confidence(
+    order: list[int], votes: Mapping[int, list[bool]], lo: int, repeats: int
+) -> tuple[str, tuple[int, int] | None]:
+    """``high`` when the storms at the boundary agreed, else ``uncertain`` with the range."""
+    if repeats == 1:
+        return "", None
+    boundary = [order[i] for i in (lo - 1, lo) if 0 <= i < len(order)]
+    split = any(0 < sum(votes.get(w, [])) < len(votes.get(w, [])) for w in boundary)
+    if not split:
+        return "high", None
+    passed_once = [w for w, seen in votes.items() if any(seen)]
+    low = min(passed_once) if passed_once else order[-1]
+    high = order[lo] if lo < len(order) else order[-1]
+    return "uncertain", (min(low, high), high)

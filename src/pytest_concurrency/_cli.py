@@ -31,8 +31,10 @@ from typing import Any
 from ._api import plan_capacity, run_capacity
 from ._engine import plan_storm, run_plan
 from ._errors import ConcurrencyWarning, ConfigError, StormError
+from ._fidelity import line_up
 from ._params import BUDGET_NAMES, Layer, budget_limit
 from ._report._csv import csv_paths, write_csv
+from ._report._fidelity import fidelity_table
 from ._report._json import ensure_writable, machine_info
 from ._report._json import write_json as _write_json
 from ._report._text import failure_lines, format_number, side_by_side, verdict_table
@@ -241,6 +243,19 @@ def _add_storm_options(parser: argparse.ArgumentParser, *, workers: bool = True)
         parser.add_argument("--workers", type=int, help="WSGI worker processes of the server model")
     parser.add_argument("--threads", type=int, help="threads per WSGI worker")
     parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--processes",
+        type=_processes,
+        help="shard the storm over N processes ('auto': one per core)",
+    )
+    parser.add_argument(
+        "--engine", choices=("native", "locust"), help="'locust' runs the storm with Locust"
+    )
+    parser.add_argument(
+        "--server",
+        help="inprocess (default), uvicorn, hypercorn, granian, gunicorn or a loopback URL; "
+        "compare takes a comma-separated list and prints the fidelity table",
+    )
     parser.add_argument("--budget", type=_budget, action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument(
         "--upstream",
@@ -284,6 +299,8 @@ def _params(args: argparse.Namespace, *, workers: bool = True) -> dict[str, Any]
         "workers",
         "threads",
         "seed",
+        "processes",
+        "engine",
     )
     # A capacity search sets the worker count itself (its --workers lists candidates).
     params = {name: getattr(args, name, None) for name in names if workers or name != "workers"}
@@ -304,9 +321,17 @@ def _upstreams(args: argparse.Namespace) -> Iterator[Upstream]:
         yield upstream
 
 
-def _storm(app_spec: str, args: argparse.Namespace) -> StormResult:
-    app = load_app(app_spec)
-    plan = plan_storm(app, args.method, args.path, layers=[Layer("command line", _params(args))])
+def _storm(app_spec: str, args: argparse.Namespace, server: str | None = None) -> StormResult:
+    params = _params(args)
+    if server is not None:
+        params["server"] = server
+    app: Any = load_app(app_spec)
+    if params.get("server", "inprocess") != "inprocess" and not app_spec.endswith(".py"):
+        # A real server imports the app by name in its own process.
+        module = app_spec.rpartition(":")[0]
+        if module and not module.endswith(".py") and "/" not in module:
+            app = app_spec
+    plan = plan_storm(app, args.method, args.path, layers=[Layer("command line", params)])
     plan.app_name = app_spec
     return run_plan(plan)
 
@@ -397,10 +422,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     _check_reports(args)
     results: list[StormResult] = []
+    servers = [s.strip() for s in args.server.split(",")] if args.server else [None]
+    fidelities = []
     try:
         with _upstreams(args):
             for spec in args.apps:
-                results.append(_storm(spec, args))
+                by_server: dict[str, StormResult] = {}
+                for server in servers:
+                    result = _storm(spec, args, server)
+                    results.append(result)
+                    by_server[server or "inprocess"] = result
+                if len(by_server) > 1 and "inprocess" in by_server:
+                    fidelities.append((spec, line_up(by_server)))
     except KeyboardInterrupt:
         if results:
             # What the finished storms measured is still worth seeing.
@@ -408,10 +441,22 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         raise
     _notes(results)
     print(side_by_side(results))
+    for spec, fidelity in fidelities:
+        print(f"\n{spec}: in-process against real servers")
+        print(fidelity_table(fidelity))
     if args.json:
         _write_json(args.json, _storms_doc(results))
     _write_reports(args, results)
     return 0 if all(r.passed for r in results) else 1
+
+
+def _processes(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or 'auto'") from None
 
 
 def _cmd_capacity(args: argparse.Namespace) -> int:
@@ -463,7 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("app", help="MODULE:APP or path/to/file.py:APP")
     _add_storm_options(run)
     run.set_defaults(func=_cmd_run)
-    compare = sub.add_parser("compare", help="storm several apps the same way, side by side")
+    compare = sub.add_parser(
+        "compare",
+        help="storm several apps (or one app under several --server) the same way, side by side",
+    )
     compare.add_argument("apps", nargs="+", help="MODULE:APP or path/to/file.py:APP")
     _add_storm_options(compare)
     compare.set_defaults(func=_cmd_compare)

@@ -17,7 +17,7 @@ from typing import Any
 from ._errors import ConfigError
 from ._result import StormResult
 
-__all__ = ["Fidelity", "FidelityRow", "compare_servers"]
+__all__ = ["Fidelity", "FidelityRow", "compare_servers", "line_up"]
 
 #: A real figure within this ratio of the in-process one counts as agreeing.
 AGREE = 1.15
@@ -89,7 +89,11 @@ def compare_servers(servers: Sequence[str], run: Callable[[str], StormResult]) -
             f"servers={list(servers)!r} must name 'inprocess' and at least one real server "
             "(such as 'uvicorn' or 'gunicorn') to compare"
         )
-    results = {server: run(server) for server in servers}
+    return line_up({server: run(server) for server in servers})
+
+
+def line_up(results: dict[str, StormResult]) -> Fidelity:
+    """The fidelity rows of results already measured, keyed by server ("inprocess" first)."""
     base = results["inprocess"]
     rows = [
         FidelityRow(figure, measure(base), measure(result), server)

@@ -14,10 +14,13 @@ import pytest
 from ._api import check_budgets, plan_capacity, run_capacity, warn_about
 from ._capacity import CapacityResult
 from ._engine import LiveFigures, Progress, StormPlan, plan_storm, run_plan, run_plan_async
+from ._engine.plan import import_app
 from ._engine.websocket import WebSocketResult, plan_websocket, run_websocket_plan
 from ._errors import ConfigError
+from ._fidelity import Fidelity, compare_servers
 from ._options import scale, storm_layers
-from ._report._options import STORM_JSON_PROPERTY
+from ._report._fidelity import fidelity_table
+from ._report._options import STORM_JSON_PROPERTY, compare_layers
 from ._report._terminal import LiveProgress
 from ._result import StormResult
 from ._session import STORMS_KEY
@@ -48,7 +51,7 @@ class StormFixture:
             method,
             path,
             requests=mix,
-            layers=storm_layers(self._item, params),
+            layers=[*storm_layers(self._item, params), *compare_layers(self._item.config)],
             scale=scale(self._item.config),
         )
 
@@ -111,6 +114,41 @@ class StormFixture:
         result = run_websocket_plan(plan, self._progress())
         self._finish(result)
         return result
+
+    def compare(
+        self,
+        app: Any,
+        method: str | None = None,
+        path: str | None = None,
+        *,
+        servers: Sequence[str] = ("inprocess", "uvicorn"),
+        requests: int | Sequence[Request] | RequestFactory | None = None,
+        check: bool = True,
+        **params: Any,
+    ) -> Fidelity:
+        """The same storm in-process and behind each real server of *servers*, side by side.
+
+        Every storm is recorded in the session's reports and judged on its budgets; with
+        *check* a broken budget raises after all of them ran. The fidelity table is printed
+        to the test's output.
+        """
+        __tracebackhide__ = True
+        if isinstance(app, str) and ":" in app:
+            app = import_app(app)
+
+        def run(server: str) -> StormResult:
+            plan = self._plan(app, method, path, requests, {**params, "server": server})
+            result = run_plan(plan, self._progress())
+            self.results.append(result)
+            self._record(result)
+            return result
+
+        fidelity = compare_servers(list(servers), run)
+        print(fidelity_table(fidelity))
+        if check:
+            for result in fidelity.results.values():
+                check_budgets(result)
+        return fidelity
 
     def capacity(
         self,

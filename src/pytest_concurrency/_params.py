@@ -19,6 +19,7 @@ from ._errors import ConfigError
 
 __all__ = [
     "BUDGET_NAMES",
+    "COUNT_BUDGETS",
     "DEFAULT_DURATION",
     "DEFAULT_TIMEOUT_MS",
     "ENDPOINT_BUDGETS",
@@ -52,10 +53,20 @@ BUDGET_NAMES: dict[str, str] = {
     "max_saturation": "largest fraction of the storm with every worker busy",
     "max_loop_lag_ms": "longest time the event loop could not run, ms",
     "max_dropped": "most open-model arrivals dropped because max_in_flight was reached",
+    "max_in_flight_peak": "most requests in flight at once (a count: does not scale with CPU speed)",
+    "max_threads_busy": "most threads busy at once in the WSGI pool or the app's busiest thread pool",
+    "max_blocking_calls": "most blocking calls that held the event loop past the monitor's threshold",
+    "max_queued": "most requests that waited over 1 ms for a free worker or thread",
+    "p99_ratio": "p99 latency at most this many times the p99 of the simulated I/O waits",
 }
 
 #: Budgets whose limit is a floor (the measured figure must reach it), not a ceiling.
 FLOOR_BUDGETS = frozenset({"min_rps"})
+
+#: Budgets that count something (requests, threads, calls): whole numbers.
+COUNT_BUDGETS = frozenset(
+    {"max_dropped", "max_in_flight_peak", "max_threads_busy", "max_blocking_calls", "max_queued"}
+)
 
 #: Budgets that are a fraction of the storm, between 0 and 1.
 _FRACTION_BUDGETS = frozenset({"max_error_rate", "max_saturation"})
@@ -346,6 +357,8 @@ def budget_limit(name: str, value: Any, origin: str = "") -> float:
         raise ConfigError(f"{where} must not be negative")
     if name in _FRACTION_BUDGETS and value > 1:
         raise ConfigError(f"{where} is a fraction between 0 and 1")
+    if name.rsplit(" ", 1)[-1] == "p99_ratio" and value <= 0:
+        raise ConfigError(f"{where} must be greater than 0 (a multiple of the waits' p99)")
     return float(value)
 
 

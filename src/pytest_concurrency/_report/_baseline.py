@@ -1,36 +1,73 @@
-"""Saved runs (``.storms/NAME.json``) and comparison of this run's storms with one of them."""
+"""Saved runs (``.storms/NAME.json``) and comparison of this run's storms with one of them.
+
+A comparison judges each difference against its own noise. Every compared figure gets a
+90% interval for its change, by bootstrap: over the rounds of a ``rounds=`` storm (the
+run-to-run spread, which is what flaps a gate), else over the requests recorded in the
+storm's HDR histogram (the spread of the percentile itself). Against a threshold the
+change is then **regressed** (the whole interval is past it), **improved** (the whole
+interval is better than no change), **unchanged** (the interval stays within it) or
+**inconclusive** (the interval straddles it: the noise is wider than the threshold).
+Only "regressed" fails a test. Error rates are counts of failed requests, not noise:
+they are judged as measured.
+"""
 
 from __future__ import annotations
 
+import bisect
+import json
 import math
 import os
+import random
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import statistics
+import zlib
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hdrh.histogram import HdrHistogram
+
 from .._errors import ConfigError
-from ._json import document_records, load_json, write_json
+from ._json import SCHEMA_VERSION, document_records, write_json
 from ._records import FIGURES, StormRecord, StormRow, as_records, figures
-from ._text import format_number
+from ._schema import first_problem
+from ._text import format_number, judgement_head, show_figure
 
 __all__ = [
     "COMPARE_FAIL_OPTION",
+    "COMPARE_ROUNDS",
     "DEFAULT_DIRECTORY",
     "Comparison",
     "FigureDelta",
+    "Judgement",
+    "Noise",
     "Threshold",
     "baseline_path",
     "compare",
     "comparison_table",
+    "judge",
+    "judgements",
     "load",
+    "load_document",
     "machine_warning",
+    "merge_documents",
+    "merged_for_save",
     "parse_compare_fail",
     "regression_messages",
     "regressions",
     "save",
 ]
+
+#: Rounds of each storm when a comparison can fail a test (unless the storm sets rounds):
+#: one round has no spread, and a gate without a spread flaps.
+COMPARE_ROUNDS = 3
+#: Bootstrap draws per figure; seeded per storm and figure, so a verdict is reproducible.
+_DRAWS = 1000
+#: Two-sided coverage of the interval of a change.
+_COVERAGE = 0.90
+#: Most rounds the advice of an inconclusive comparison asks for.
+_MOST_ROUNDS = 20
 
 DEFAULT_DIRECTORY = ".storms"
 COMPARE_FAIL_OPTION = "--concurrency-compare-fail"
@@ -54,9 +91,85 @@ def baseline_path(name: str, directory: str | os.PathLike[str], *, option: str =
     return Path(directory) / f"{stem}.json"
 
 
-def save(name: str, doc: Mapping[str, Any], directory: str | os.PathLike[str]) -> Path:
-    """Keep *doc* as the baseline *name* (replacing an older one of that name)."""
-    return write_json(baseline_path(name, directory, option="--concurrency-save"), doc)
+def _storm_key(entry: Mapping[str, Any]) -> tuple[str, str, int]:
+    return (str(entry.get("nodeid", "")), str(entry.get("label", "")), int(entry.get("index", 0)))
+
+
+def merge_documents(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+    """*new* with the storms of *old* that it does not have (matched by node id, label, index).
+
+    Returns the merged document and how many storms it kept from *old*. A session that ran
+    some tests (``--lf``, ``-k``) then updates their storms and leaves the others.
+    """
+    fresh = {_storm_key(entry) for entry in new.get("storms", [])}
+    kept = [entry for entry in old.get("storms", []) if _storm_key(entry) not in fresh]
+    merged = dict(new)
+    merged["storms"] = [*kept, *new.get("storms", [])]
+    return merged, len(kept)
+
+
+def merged_for_save(
+    name: str,
+    doc: Mapping[str, Any],
+    directory: str | os.PathLike[str],
+    *,
+    replace: bool = False,
+    option: str = "--concurrency-save",
+) -> tuple[Path, dict[str, Any], int]:
+    """Where baseline *name* goes, the document to write there, and the storms kept from before.
+
+    An existing baseline of that name is merged with *doc* storm by storm (its storms that
+    did not run this session are kept) unless *replace*. An existing file that is not a
+    valid baseline is a :class:`ConfigError`: it is neither merged nor silently lost.
+    """
+    path = baseline_path(name, directory, option=option)
+    if replace or not path.is_file():
+        return path, dict(doc), 0
+    old = load_document(path, option=f"{option}={name!r}")
+    merged, kept = merge_documents(old, doc)
+    return path, merged, kept
+
+
+def save(
+    name: str, doc: Mapping[str, Any], directory: str | os.PathLike[str], *, replace: bool = False
+) -> Path:
+    """Keep *doc* as the baseline *name*, merged by storm into one of that name unless *replace*."""
+    path, merged, _ = merged_for_save(name, doc, directory, replace=replace)
+    return write_json(path, merged)
+
+
+def load_document(path: Path, *, option: str) -> dict[str, Any]:
+    """Read and check a saved session document; every defect is a :class:`ConfigError`."""
+    where = f"{option}: baseline {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where} cannot be read ({exc})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ConfigError(
+            f"{where} nests its values too deeply to be read; it is not a session document "
+            "(save it again with --concurrency-save)"
+        ) from None
+    if not isinstance(doc, dict) or "schema_version" not in doc:
+        raise ConfigError(f"{where} is not a pytest-storm session document (no schema_version)")
+    if doc["schema_version"] != SCHEMA_VERSION:
+        raise ConfigError(
+            f"{where} has schema_version {doc['schema_version']!r}; this pytest-storm reads "
+            f"version {SCHEMA_VERSION} (save it again with --concurrency-save)"
+        )
+    problem = first_problem(doc)
+    if problem is not None:
+        raise ConfigError(
+            f"{where} does not fit the session document schema: {problem} "
+            "(save it again with --concurrency-save, or replace it with --concurrency-save-replace)"
+        )
+    return doc
 
 
 def load(name: str, directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -69,16 +182,29 @@ def load(name: str, directory: str | os.PathLike[str]) -> dict[str, Any]:
             f"--concurrency-compare={name!r}: no baseline {path} ({have}; "
             "save one with --concurrency-save=NAME)"
         )
-    return load_json(path)
+    return load_document(path, option=f"--concurrency-compare={name!r}")
+
+
+@dataclass(frozen=True)
+class Noise:
+    """Bootstrap draws of a figure's baseline and current value, and where their spread came from."""
+
+    baseline: tuple[float, ...]
+    current: tuple[float, ...]
+    #: ``rounds`` (run-to-run spread) or ``latencies`` (the requests of one round each).
+    source: str
+    rounds_now: int = 1
+    rounds_then: int = 1
 
 
 @dataclass(frozen=True)
 class FigureDelta:
-    """One figure of a storm in the baseline and now."""
+    """One figure of a storm in the baseline and now, with the noise of both when known."""
 
     figure: str
     baseline: float
     current: float
+    noise: Noise | None = field(default=None, compare=False)
 
     @property
     def delta(self) -> float:
@@ -136,9 +262,15 @@ class Threshold:
 
 
 def compare(
-    current_rows: Sequence[StormRow | StormRecord], baseline_doc: Mapping[str, Any]
+    current_rows: Sequence[StormRow | StormRecord],
+    baseline_doc: Mapping[str, Any],
+    *,
+    noise_for: Collection[str] = (),
 ) -> list[Comparison]:
-    """Match this run's storms with the baseline's by (node id, storm label, index in the test)."""
+    """Match this run's storms with the baseline's by (node id, storm label, index in the test).
+
+    The figures named in *noise_for* (those a threshold judges) also get their noise.
+    """
     saved = {record.key: record for record in document_records(baseline_doc)}
     out = []
     for record in as_records(current_rows):
@@ -146,9 +278,182 @@ def compare(
         deltas = None
         if old is not None:
             now, then = figures(record.data), figures(old.data)
-            deltas = {name: FigureDelta(name, then[name], now[name]) for name in FIGURES}
+            cache: dict[int, _Latencies | None] = {}
+            deltas = {
+                name: FigureDelta(
+                    name,
+                    then[name],
+                    now[name],
+                    _noise(name, old, record, then[name], now[name], cache)
+                    if name in noise_for
+                    else None,
+                )
+                for name in FIGURES
+            }
         out.append(Comparison(record.nodeid, record.label, record.index, deltas))
     return out
+
+
+# -- noise -----------------------------------------------------------------------------------
+
+#: Figures each round of a ``rounds=`` storm keeps (``StormResult.rounds``).
+_ROUND_KEYS = ("p50", "p99", "max", "rps", "error_rate")
+#: Latency figures -> the quantile of the recorded latencies they are (None: the mean).
+_QUANTILES: dict[str, float | None] = {
+    "p50": 0.50,
+    "p90": 0.90,
+    "p95": 0.95,
+    "p99": 0.99,
+    "p999": 0.999,
+    "max": 1.0,
+    "mean": None,
+}
+
+_Draw = Callable[[random.Random], float]
+
+
+def _rounds_of(record: StormRecord, figure: str) -> list[float]:
+    if figure not in _ROUND_KEYS:
+        return []
+    values = []
+    for entry in record.data.get("rounds") or []:
+        value = entry.get(figure) if isinstance(entry, Mapping) else None
+        if isinstance(value, int | float) and math.isfinite(value):
+            values.append(float(value))
+    return values if len(values) >= 2 else []
+
+
+class _Latencies:
+    """Order statistics of one storm's recorded latencies, to resample a percentile cheaply.
+
+    The q-quantile of n values drawn again from the recording is its k-th smallest value
+    with k ~ Binomial(n, q) (normal approximation), and its maximum the k-th with
+    k = ceil(n · u^(1/n)): one draw costs a binary search, not n.
+    """
+
+    def __init__(self, histogram: HdrHistogram) -> None:
+        self.values: list[int] = []
+        self.cumulative: list[int] = []
+        total = 0
+        weighted = squares = 0.0
+        counts = histogram.counts
+        # The counts array directly: the library's iterators cost ~1 s per histogram.
+        for index in range(histogram.counts_len):
+            count = counts[index]
+            if not count:
+                continue
+            value = histogram.get_highest_equivalent_value(histogram.get_value_from_index(index))
+            total += count
+            weighted += value * count
+            squares += value * value * count
+            self.values.append(value)
+            self.cumulative.append(total)
+        self.n = total
+        self.mean = weighted / total if total else 0.0
+        self.stdev = math.sqrt(max(0.0, squares / total - self.mean**2)) if total else 0.0
+
+    def at_rank(self, k: int) -> float:
+        index = bisect.bisect_left(self.cumulative, max(1, min(self.n, k)))
+        return float(self.values[index])
+
+    def point(self, q: float | None) -> float:
+        if q is None:
+            return float(self.mean)
+        return self.at_rank(math.ceil(self.n * q))
+
+    def draw(self, q: float | None, rng: random.Random) -> float:
+        n = self.n
+        if q is None:
+            return float(self.mean + rng.gauss(0.0, 1.0) * self.stdev / math.sqrt(n))
+        if q >= 1.0:
+            return self.at_rank(math.ceil(n * rng.random() ** (1.0 / n)))
+        k = round(n * q + rng.gauss(0.0, 1.0) * math.sqrt(n * q * (1.0 - q)))
+        return self.at_rank(k)
+
+
+def _latencies(record: StormRecord) -> _Latencies | None:
+    try:
+        histogram = record.histograms.get("latency")
+    except (ValueError, TypeError, KeyError):  # an encoding that does not decode
+        return None
+    if histogram is None or histogram.get_total_count() < 2:
+        return None
+    return _Latencies(histogram)
+
+
+def _from_rounds(values: list[float]) -> _Draw:
+    """Draws of the median of *values* resampled, as a factor of the storm's *point* figure."""
+    centre = statistics.median(values)
+
+    def draw(rng: random.Random) -> float:
+        resample = [values[rng.randrange(len(values))] for _ in values]
+        return statistics.median(resample) / centre if centre else 1.0
+
+    return draw
+
+
+def _borrowed(values: list[float]) -> _Draw:
+    """A single round's factor, from the spread of the other side's rounds.
+
+    One round is one draw from the run-to-run spread: its true value is the observed one
+    divided by a factor drawn from that spread.
+    """
+    centre = statistics.median(values)
+    factors = [v / centre for v in values if v > 0] if centre else []
+
+    def draw(rng: random.Random) -> float:
+        return 1.0 / factors[rng.randrange(len(factors))] if factors else 1.0
+
+    return draw
+
+
+def _from_latencies(lat: _Latencies, q: float | None) -> _Draw:
+    point = lat.point(q)
+
+    def draw(rng: random.Random) -> float:
+        return lat.draw(q, rng) / point if point else 1.0
+
+    return draw
+
+
+def _noise(
+    figure: str,
+    old: StormRecord,
+    new: StormRecord,
+    then: float,
+    now: float,
+    cache: dict[int, _Latencies | None],
+) -> Noise | None:
+    """Bootstrap draws of the figure in the baseline and now; None when no spread is known."""
+    if figure == "error_rate" or math.isnan(then) or math.isnan(now):
+        return None
+    rounds_then, rounds_now = _rounds_of(old, figure), _rounds_of(new, figure)
+    draw_then: _Draw | None = None
+    draw_now: _Draw | None = None
+    source = "rounds"
+    if rounds_then or rounds_now:
+        draw_then = _from_rounds(rounds_then) if rounds_then else _borrowed(rounds_now)
+        draw_now = _from_rounds(rounds_now) if rounds_now else _borrowed(rounds_then)
+    elif figure in _QUANTILES:
+        for record in (old, new):
+            if id(record) not in cache:
+                cache[id(record)] = _latencies(record)
+        lat_then, lat_now = cache[id(old)], cache[id(new)]
+        if lat_then is None or lat_now is None:
+            return None
+        draw_then = _from_latencies(lat_then, _QUANTILES[figure])
+        draw_now = _from_latencies(lat_now, _QUANTILES[figure])
+        source = "latencies"
+    else:
+        return None
+    rng = random.Random(zlib.crc32(repr((new.key, figure)).encode("utf-8")))
+    return Noise(
+        baseline=tuple(then * draw_then(rng) for _ in range(_DRAWS)),
+        current=tuple(now * draw_now(rng) for _ in range(_DRAWS)),
+        source=source,
+        rounds_now=max(1, len(rounds_now)),
+        rounds_then=max(1, len(rounds_then)),
+    )
 
 
 def parse_compare_fail(expr: str, *, origin: str = COMPARE_FAIL_OPTION) -> list[Threshold]:
@@ -194,31 +499,99 @@ def parse_compare_fail(expr: str, *, origin: str = COMPARE_FAIL_OPTION) -> list[
     return thresholds
 
 
-def _show(figure: str, value: float) -> str:
-    if figure == "error_rate":
-        return f"{value:.2%}"
-    unit = FIGURES[figure][1]
-    return f"{format_number(value)} {unit}".rstrip()
+@dataclass(frozen=True)
+class Judgement:
+    """A figure's change against its threshold: the verdict and the interval it rests on.
+
+    ``worse``, ``low``, ``high`` and ``allowed`` are in the threshold's terms: a fraction of
+    the baseline for ``N%`` thresholds, the figure's unit for absolute ones; positive is worse.
+    """
+
+    delta: FigureDelta
+    threshold: Threshold
+    verdict: str
+    worse: float
+    low: float
+    high: float
+    allowed: float
+    relative: bool
+    #: Rounds that would likely settle an inconclusive change (None: more rounds will not).
+    settle_rounds: int | None = None
+
+    @property
+    def figure(self) -> str:
+        """The compared figure, such as ``p99``."""
+        return self.delta.figure
+
+    @property
+    def has_noise(self) -> bool:
+        """True when the interval has width (the noise of the figure was known)."""
+        return self.high > self.low
+
+
+def _quantile(ordered: Sequence[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered))))]
+
+
+def judge(d: FigureDelta, threshold: Threshold) -> Judgement | None:
+    """Regressed, improved, unchanged or inconclusive; None when either side was not measured."""
+    if math.isnan(d.baseline) or math.isnan(d.current):
+        return None
+    sign = 1.0 if FIGURES[d.figure][2] else -1.0
+    relative = threshold.relative and d.baseline != 0
+
+    def worsening(then: float, now: float) -> float:
+        change = (now - then) / then if relative else now - then
+        return sign * change
+
+    worse = worsening(d.baseline, d.current)
+    allowed = threshold.amount / 100 if relative else threshold.allowed(d.baseline)
+    low = high = worse
+    if d.noise is not None:
+        draws = sorted(
+            worsening(then, now)
+            for then, now in zip(d.noise.baseline, d.noise.current, strict=True)
+            if then > 0 or not relative
+        )
+        if draws:
+            tail = (1 - _COVERAGE) / 2
+            # The point estimate stays inside its own interval, whatever the resampling.
+            low = min(worse, _quantile(draws, tail))
+            high = max(worse, _quantile(draws, 1 - tail))
+    slack = 1e-12
+    if low > allowed + slack:
+        verdict = "regressed"
+    elif high <= allowed + slack:
+        verdict = "improved" if high < 0 else "unchanged"
+    else:
+        verdict = "inconclusive"
+    settle = None
+    if verdict == "inconclusive" and d.noise is not None:
+        rounds = d.noise.rounds_now if d.noise.source == "rounds" else 1
+        half, gap = (high - low) / 2, abs(worse - allowed)
+        if gap > 0:
+            needed = max(rounds + 2, math.ceil(rounds * (half / gap) ** 2))
+            settle = needed if needed <= _MOST_ROUNDS else None
+    return Judgement(d, threshold, verdict, worse, low, high, allowed, relative, settle)
+
+
+def judgements(comparison: Comparison, thresholds: Sequence[Threshold]) -> list[Judgement]:
+    """Every threshold's verdict on *comparison* (none for a storm new since the baseline)."""
+    if comparison.deltas is None:
+        return []
+    out = []
+    for threshold in thresholds:
+        found = judge(comparison.deltas[threshold.figure], threshold)
+        if found is not None:
+            out.append(found)
+    return out
 
 
 def regression_messages(comparison: Comparison, thresholds: Sequence[Threshold]) -> list[str]:
-    """One line per threshold *comparison* breaks (latency grew, throughput fell too much)."""
-    if comparison.deltas is None:
-        return []
-    lines = []
-    for threshold in thresholds:
-        d = comparison.deltas[threshold.figure]
-        if math.isnan(d.baseline) or math.isnan(d.current):
-            continue
-        allowed = threshold.allowed(d.baseline)
-        if d.worse > allowed + 1e-12:
-            change = f"{d.relative:+.1%}" if not math.isnan(d.relative) else f"{d.delta:+g}"
-            verb = "fell" if not FIGURES[threshold.figure][2] else "grew"
-            lines.append(
-                f"{threshold.figure} {verb} from {_show(d.figure, d.baseline)} to "
-                f"{_show(d.figure, d.current)} ({change}; allowed {threshold.describe()})"
-            )
-    return lines
+    """One line per threshold *comparison* breaks beyond its noise (latency grew, throughput fell)."""
+    return [
+        judgement_head(j) for j in judgements(comparison, thresholds) if j.verdict == "regressed"
+    ]
 
 
 def regressions(comparisons: Sequence[Comparison], thresholds: Sequence[Threshold]) -> list[str]:
@@ -250,13 +623,13 @@ def machine_warning(baseline_doc: Mapping[str, Any], machine: Mapping[str, Any])
 
 
 def _cell(d: FigureDelta) -> str:
-    now = _show(d.figure, d.current) if not math.isnan(d.current) else "n/a"
+    now = show_figure(d.figure, d.current) if not math.isnan(d.current) else "n/a"
     if math.isnan(d.baseline) or math.isnan(d.current):
         return now
     if d.figure == "error_rate":
         return f"{now} ({(d.current - d.baseline) * 100:+.2f}pp)"
     if math.isnan(d.relative):
-        return f"{now} (was {_show(d.figure, d.baseline)})"
+        return f"{now} (was {show_figure(d.figure, d.baseline)})"
     return f"{now} ({d.relative:+.1%})"
 
 

@@ -19,7 +19,7 @@ def fidelity_table(fidelity: Fidelity) -> str:
         rows.append(
             [
                 row.figure,
-                fidelity.results[row.server].server.split(" at ")[0],
+                fidelity.results[row.server].server.split(", over loopback")[0],
                 format_number(row.inprocess),
                 format_number(row.real),
                 shown + ("" if row.agrees or not math.isfinite(ratio) else "  ≠"),

@@ -15,27 +15,29 @@ import pytest
 
 from .._errors import ConfigError
 from .._options import Setting, scale, setting
+from .._params import Layer
 from .._result import StormResult
 from .._session import STORMS_KEY
 from ._baseline import (
+    COMPARE_ROUNDS,
     DEFAULT_DIRECTORY,
     Threshold,
     baseline_path,
     compare,
     comparison_table,
+    judgements,
     load,
     machine_warning,
+    merged_for_save,
     parse_compare_fail,
-    regression_messages,
-    regressions,
-    save,
 )
 from ._csv import csv_paths, write_csv
 from ._json import ensure_writable, machine_info, session_document, write_json
 from ._records import StormRecord, as_records
 from ._terminal import noise_figures, noise_statement, storm_notes, storms_table
+from ._text import judgement_head, judgement_interval, judgement_line
 
-__all__ = ["OPTIONS", "STORM_JSON_PROPERTY", "ReportSession", "add_options"]
+__all__ = ["OPTIONS", "STORM_JSON_PROPERTY", "ReportSession", "add_options", "compare_layers"]
 
 #: Key of the ``user_properties`` entry that carries a storm from an xdist worker.
 STORM_JSON_PROPERTY = "storm.json"
@@ -66,6 +68,11 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "storage": ("DIR", f"directory of saved baselines (default {DEFAULT_DIRECTORY})"),
 }
 
+_SAVE_REPLACE_HELP = (
+    "with --concurrency-save, replace the saved baseline instead of merging this session's "
+    "storms into it (by default storms that did not run, under --lf or -k, are kept)"
+)
+
 
 def add_options(parser: pytest.Parser) -> None:
     """Add the report options and their ini twins to the ``concurrency`` group."""
@@ -80,6 +87,33 @@ def add_options(parser: pytest.Parser) -> None:
             help=help_text.replace("%", "%%"),
         )
         parser.addini(f"concurrency_{name}", help_text, default=None)
+    group.addoption(
+        "--concurrency-save-replace",
+        dest="concurrency_save_replace",
+        action="store_true",
+        default=None,
+        help=_SAVE_REPLACE_HELP,
+    )
+    parser.addini("concurrency_save_replace", _SAVE_REPLACE_HELP, type="bool", default=False)
+
+
+def compare_layers(config: pytest.Config) -> list[Layer]:
+    """``rounds=3`` for a storm whose comparison can fail its test, or that is saved as a
+    baseline for one (lowest precedence).
+
+    A single round has no spread to judge a difference against, on either side of the
+    comparison; a storm (marker or keyword) that sets ``rounds`` keeps its own.
+    """
+    report = config.pluginmanager.get_plugin("concurrency-report")
+    if not isinstance(report, ReportSession):
+        return []
+    if report.thresholds:
+        label = report.compare_fail_label or "--concurrency-compare-fail"
+    elif report.save_as is not None:
+        label = report.save_as.label or "--concurrency-save"
+    else:
+        return []
+    return [Layer(f"default of {label}", {"rounds": COMPARE_ROUNDS})]
 
 
 def _scale(config: pytest.Config) -> float | None:
@@ -89,6 +123,13 @@ def _scale(config: pytest.Config) -> float | None:
     except ConfigError:
         return None
     return found[0] if found is not None else None
+
+
+def _ini(config: pytest.Config, name: str) -> Any:
+    try:
+        return config.getini(name)
+    except ValueError:  # not registered
+        return None
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -110,6 +151,7 @@ class ReportSession:
         self._final: list[StormRecord] | None = None
         self._written: list[str] = []
         self._problems: list[str] = []
+        self._notes: list[str] = []
         self._machine_cache: dict[str, Any] | None = None
         self.json = setting(config, "json")
         self.html = setting(config, "html")
@@ -122,6 +164,10 @@ class ReportSession:
         )
         self.baseline: dict[str, Any] | None = None
         self.thresholds: list[Threshold] = []
+        self.compare_fail_label = ""
+        self.save_replace = bool(config.getoption("concurrency_save_replace", None)) or bool(
+            _ini(config, "concurrency_save_replace")
+        )
         try:
             self._check()
         except ConfigError as exc:
@@ -142,6 +188,7 @@ class ReportSession:
         fail = setting(self.config, "compare_fail")
         if fail is not None:
             self.thresholds = parse_compare_fail(str(fail.value), origin=fail.label)
+            self.compare_fail_label = fail.label
             if self.compare_with is None:
                 raise ConfigError(
                     f"{fail.label}={fail.value!r} needs a baseline to compare with: "
@@ -242,12 +289,26 @@ class ReportSession:
             )
         if self.save_as is not None:
             name = str(self.save_as.value)
+            label = self.save_as.label
             self._attempt(
-                f"baseline {name!r}", self.save_as, lambda _: save(name, doc, self.storage)
+                f"baseline {name!r}", self.save_as, lambda _: self._save(name, doc, label)
             )
         if self._problems and session.exitstatus == pytest.ExitCode.OK:
             # A report that was asked for and not written fails the run, whatever the tests did.
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _save(self, name: str, doc: dict[str, Any], option: str) -> Path:
+        path, merged, kept = merged_for_save(
+            name, doc, self.storage, replace=self.save_replace, option=option
+        )
+        written = write_json(path, merged)
+        if kept:
+            self._notes.append(
+                f"baseline {name!r}: kept {kept} storm{'s' if kept != 1 else ''} of the saved "
+                "baseline that did not run this session (--concurrency-save-replace replaces "
+                "the whole file)"
+            )
+        return written
 
     def _attempt(self, what: str, setting: Setting, write: Callable[[Path], Path]) -> None:
         target = setting.path()
@@ -292,6 +353,8 @@ class ReportSession:
             self._write_comparison(tr, records, str(self.compare_with.value), self.baseline)
         for line in self._written:
             tr.write_line(line)
+        for line in self._notes:
+            tr.write_line(line)
         for line in self._problems:
             tr.write_line(line, red=True)
         if records:
@@ -304,14 +367,32 @@ class ReportSession:
         warning = machine_warning(baseline, self._machine_now())
         if warning:
             tr.write_line(warning, yellow=True)
-        comparisons = compare(records, baseline)
+        comparisons = compare(records, baseline, noise_for=self._judged())
         if not comparisons:
             tr.write_line("no storms ran in this session")
             return
         for line in comparison_table(comparisons).splitlines():
             tr.write_line(line)
-        for line in regressions(comparisons, self.thresholds):
-            tr.write_line(f"regressed: {line}", red=True)
+        tr.write_line(noise_statement())
+        within = 0
+        for c in comparisons:
+            title = f"{c.nodeid} · {c.label}" + (f" [{c.index}]" if c.index else "")
+            for j in judgements(c, self.thresholds):
+                if j.verdict == "unchanged":
+                    within += 1
+                    continue
+                colour = {"regressed": "red", "inconclusive": "yellow", "improved": "green"}
+                tr.write_line(
+                    f"{j.verdict}: {title}: {judgement_line(j)}", **{colour[j.verdict]: True}
+                )
+        if within:
+            tr.write_line(
+                f"{within} compared figure{'s' if within != 1 else ''} within "
+                f"{'their thresholds' if within != 1 else 'its threshold'}, noise included"
+            )
+
+    def _judged(self) -> set[str]:
+        return {t.figure for t in self.thresholds}
 
     # -- called by the plugin -----------------------------------------------------------
 
@@ -319,9 +400,14 @@ class ReportSession:
         """The failure message when this storm regressed beyond ``--concurrency-compare-fail``."""
         if self.baseline is None or not self.thresholds or self.compare_with is None:
             return None
-        record = StormRecord(nodeid, index, result.to_dict(histograms=False), result)
-        (comparison,) = compare([record], self.baseline)
-        lines = regression_messages(comparison, self.thresholds)
+        record = StormRecord.from_result(nodeid, index, result)
+        (comparison,) = compare([record], self.baseline, noise_for=self._judged())
+        lines = []
+        for j in judgements(comparison, self.thresholds):
+            if j.verdict == "regressed":
+                lines.append(judgement_head(j))
+                if j.has_noise:
+                    lines.append(f"  {judgement_interval(j)}: all of it past the threshold")
         if not lines:
             return None
         name = str(self.compare_with.value)
@@ -334,4 +420,5 @@ class ReportSession:
         warning = machine_warning(self.baseline, self._machine_now())
         if warning:
             message.append(f"  note: {warning}")
+        message.append(f"  {noise_statement()}")
         return "\n".join(message)

@@ -13,12 +13,15 @@ import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._budget import QUEUED_AFTER_MS, within_noise
 from .._params import FLOOR_BUDGETS
 from .._result import StormResult, Verdict
 from ._blocking_text import diagnose
+from ._records import FIGURES
 
 if TYPE_CHECKING:
     from .._capacity import CapacityResult
+    from ._baseline import Judgement
 
 __all__ = [
     "aligned",
@@ -29,9 +32,14 @@ __all__ = [
     "failure_lines",
     "format_number",
     "headline",
+    "judgement_head",
+    "judgement_interval",
+    "judgement_line",
     "machine_line",
+    "show_figure",
     "side_by_side",
     "status_table",
+    "unmeasured_reason",
     "verdict_table",
     "verdict_word",
 ]
@@ -79,9 +87,9 @@ def _is_floor(name: str) -> bool:
 
 
 def verdict_word(v: Verdict) -> str:
-    """``✓``, ``✗ 14.1x over``, ``✗ 1.01x over``, ``✗ 30% short`` or ``– not measured``."""
+    """``✓``, ``✗ 14.1x over``, ``✗ 1.01x over``, ``✗ 30% short`` or ``✗ not measured``."""
     if math.isnan(v.measured):
-        return "– not measured for this app"
+        return "✗ not measured"
     if v.ok:
         return "✓"
     if _is_floor(v.name):
@@ -186,6 +194,64 @@ def diagnosis(
     return lines
 
 
+_NO_POOL = (
+    "no worker pool was busy: the app's handlers ran on its event loop and none of its "
+    "thread pools was used"
+)
+
+
+def unmeasured_reason(name: str, data: Mapping[str, Any]) -> str:
+    """Why budget *name* could not be measured on the storm *data* (its dict form)."""
+    budget = name.rsplit(" ", 1)[-1]
+    wsgi = str(data.get("interface", "")).upper() == "WSGI"
+    if not data.get("requests"):
+        return "no request completed in the measured window, so there is nothing to judge"
+    if budget in ("max_loop_lag_ms", "max_blocking_calls"):
+        if wsgi:
+            return "a WSGI app has no event loop to watch (use max_queued or max_threads_busy)"
+        return (
+            "the event-loop monitor did not run for this storm (it watches in-process storms, "
+            "not process shards or real servers)"
+        )
+    if budget in ("max_queue_p99_ms", "max_saturation"):
+        return _NO_POOL if not wsgi else "the WSGI pool recorded no figures"
+    if budget == "max_dropped":
+        return "only an open-model storm (rate=) drops arrivals; this storm had users"
+    if budget == "max_in_flight_peak":
+        return "the storm kept no in-flight samples (its timeline has none)"
+    if budget == "max_threads_busy":
+        return "no worker pool or thread pool was watched during the storm"
+    if budget == "max_queued":
+        if wsgi:
+            return "the WSGI pool's queue-wait histogram is missing from this result"
+        return (
+            f"only the WSGI pool records each request's wait for a worker (queued: over "
+            f"{format_number(QUEUED_AFTER_MS)} ms); for an ASGI app use max_queue_p99_ms for "
+            "its thread pools and max_blocking_calls for its event loop"
+        )
+    if budget == "p99_ratio":
+        waits = (data.get("extras") or {}).get("simulated_waits") or {}
+        if any(isinstance(w, Mapping) and w.get("count") for w in waits.values()):
+            return "the simulated waits were 0 ms long, so no ratio to them means anything"
+        return (
+            "the storm made no simulated waits (simulated_io, blocking_io, the latency "
+            "middleware or the upstream fixture) whose p99 its own could be compared with"
+        )
+    return "the storm recorded no such figure"
+
+
+def _noise_note(result: StormResult, v: Verdict, aggregate: str) -> str:
+    spread = within_noise(result, v)
+    if spread is None:
+        return ""
+    unit = "" if v.name in ("min_rps", "max_error_rate") else " ms"
+    return (
+        f" (within noise: over {len(result.rounds)} rounds it ranged "
+        f"{format_number(spread[0])}–{format_number(spread[1])}{unit}, across the limit; "
+        f"judged on the {aggregate} round)"
+    )
+
+
 def _one_line(text: str, width: int) -> str:
     flat = " ".join(str(text).split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
@@ -221,13 +287,21 @@ def status_table(data: Mapping[str, Any], *, sample_width: int = _SAMPLE_WIDTH) 
 
 def verdict_table(result: StormResult, *, indent: str = "  ", remarks: bool = True) -> str:
     """The budget table of DESIGN.md: headline, limit, measured, verdict, status codes and
-    diagnosis (with the warnings and notes unless *remarks* is False)."""
+    diagnosis (with the warnings and notes unless *remarks* is False).
+
+    A budget that was not measured says why; with ``rounds=``, a limit inside the rounds'
+    spread says "within noise" (the verdict still rests on the judged round).
+    """
     data = result.to_dict(histograms=False)
+    aggregate = str((data.get("params") or {}).get("aggregate") or "median")
     rows = [("budget", "limit", "measured", "verdict")]
-    rows.extend(
-        (v.name, format_number(v.limit), format_number(v.measured), verdict_word(v))
-        for v in result.verdicts
-    )
+    for v in result.verdicts:
+        word = verdict_word(v)
+        if math.isnan(v.measured):
+            word += f": {unmeasured_reason(v.name, data)}"
+        else:
+            word += _noise_note(result, v, aggregate)
+        rows.append((v.name, format_number(v.limit), format_number(v.measured), word))
     lines = [
         headline(data),
         *aligned(rows),
@@ -289,15 +363,42 @@ def _budget_text(name: str, limit: float) -> str:
     return f"{name} {'≥' if _is_floor(name) else '≤'} {format_number(limit)}"
 
 
+def _storms(n: int) -> str:
+    return f"{n} storm{'s' if n != 1 else ''}"
+
+
+def _confidence_line(found: CapacityResult) -> list[str]:
+    if not found.confidence:
+        return []
+    boundary = [t for t in found.tried if t.workers in (found.best, _below(found)) and t.runs > 1]
+    told = ", ".join(f"at {_workers(t.workers)} {t.votes} storms passed" for t in boundary)
+    if found.confidence == "high":
+        return [f"confidence: high — the storms at the boundary agreed ({told})"]
+    low, high = found.answer_range or (found.candidates[0], found.candidates[-1])
+    return [
+        f"confidence: uncertain — the storms at the boundary disagreed ({told}): on this "
+        f"machine the answer lies between {low} and {high} workers; a longer duration, more "
+        "users per worker or a quieter machine would settle it"
+    ]
+
+
+def _below(found: CapacityResult) -> int | None:
+    if found.best is None:
+        return found.candidates[-1]
+    index = found.candidates.index(found.best)
+    return found.candidates[index - 1] if index > 0 else None
+
+
 def capacity_summary(found: CapacityResult) -> list[str]:
-    """Sentences that state the answer of a capacity search."""
+    """Sentences that state the answer of a capacity search, and how sure it is."""
     budgets = ", ".join(_budget_text(name, limit) for name, limit in found.budgets.items())
     low, high = found.candidates[0], found.candidates[-1]
     count = len(found.candidates)
-    searched = (
-        f"{found.storms} storm{'s' if found.storms != 1 else ''} over "
-        f"{count} candidate{'s' if count != 1 else ''}" + (f" ({low}–{high})" if count > 1 else "")
+    searched = f"{_storms(found.storms)} over {count} candidate{'s' if count != 1 else ''}" + (
+        f" ({low}–{high})" if count > 1 else ""
     )
+    if found.confirming:
+        searched += f", and {found.confirming} more to confirm the boundary"
     lines: list[str] = []
     if found.best is None:
         largest = found.trial(high)
@@ -314,6 +415,15 @@ def capacity_summary(found: CapacityResult) -> list[str]:
         )
     else:
         lines.append(f"smallest worker count that meets {budgets}: {found.best} — {searched}")
+    if found.left_out:
+        users = f"{found.users:,} users" if found.users else "the storm's users"
+        lines.append(
+            f"more than {_workers(found.max_useful or high)} cannot help {users}: a user waits "
+            "for its response before sending again, so no more requests are ever in flight "
+            f"than {found.max_useful} workers serve; {len(found.left_out)} larger "
+            f"candidate{'s were' if len(found.left_out) != 1 else ' was'} left out"
+        )
+    lines.extend(_confidence_line(found))
     if found.is_async_app and found.best == 1:
         lines.append(
             "one event-loop worker suffices: the app is async (ASGI), its concurrency "
@@ -329,7 +439,8 @@ def capacity_table(found: CapacityResult) -> str:
         rows.append(
             (
                 str(t.workers),
-                "✓" if t.passed else "✗ " + ", ".join(v.name for v in t.failed),
+                ("✓" if t.passed else "✗ " + ", ".join(v.name for v in t.failed))
+                + (f" ({t.votes} passed)" if t.votes else ""),
                 format_number(t.throughput),
                 format_number(t.p50),
                 format_number(t.p99),
@@ -339,3 +450,84 @@ def capacity_table(found: CapacityResult) -> str:
     right = {0, 2, 3, 4, 5}
     # The last column is right-justified: every row of the table has the same width.
     return "\n".join([*aligned(rows, right=right), *capacity_summary(found)])
+
+
+# -- baseline comparison -------------------------------------------------------------------
+
+
+def show_figure(figure: str, value: float) -> str:
+    """``12.01 ms``, ``1,000 rps``, ``2.00%`` — a compared figure with its unit."""
+    if figure == "error_rate":
+        return f"{value:.2%}"
+    unit = FIGURES[figure][1]
+    return f"{format_number(value)} {unit}".rstrip()
+
+
+def _signed(j: Judgement, worse: float) -> str:
+    """A worsening back in the figure's direction: ``+12.0%`` or ``-3 ms``."""
+    change = worse if FIGURES[j.figure][2] else -worse
+    if j.relative:
+        return f"{change:+.1%}"
+    if j.figure == "error_rate":
+        return f"{change:+g}"
+    unit = FIGURES[j.figure][1]
+    return f"{'+' if change >= 0 else '-'}{format_number(abs(change))} {unit}".rstrip()
+
+
+def _noise_source(j: Judgement) -> str:
+    noise = j.delta.noise
+    if noise is None:
+        return ""
+    if noise.source == "latencies":
+        return "from the recorded latencies, one round each"
+    if noise.rounds_now == noise.rounds_then:
+        return f"over {noise.rounds_now} rounds each"
+    return f"over {noise.rounds_now} rounds now and {noise.rounds_then} in the baseline"
+
+
+def judgement_head(j: Judgement) -> str:
+    """``p99 grew from 10 ms to 12 ms (+20.0%; allowed p99:10%)``."""
+    d = j.delta
+    verb = "grew" if d.current >= d.baseline else "fell"
+    change = f"{d.relative:+.1%}" if not math.isnan(d.relative) else f"{d.delta:+g}"
+    return (
+        f"{d.figure} {verb} from {show_figure(d.figure, d.baseline)} to "
+        f"{show_figure(d.figure, d.current)} ({change}; allowed {j.threshold.describe()})"
+    )
+
+
+def judgement_interval(j: Judgement) -> str:
+    """``90% interval of the change +12.0% … +30.0%, over 3 rounds each`` ('' without noise)."""
+    if not j.has_noise:
+        return ""
+    # In the figure's own direction: a fall in throughput is a negative change.
+    low, high = (j.low, j.high) if FIGURES[j.figure][2] else (j.high, j.low)
+    return f"90% interval of the change {_signed(j, low)} … {_signed(j, high)}, {_noise_source(j)}"
+
+
+def judgement_line(j: Judgement) -> str:
+    """The change, its interval and the verdict in one line; inconclusive says what would settle it."""
+    interval = judgement_interval(j)
+    line = judgement_head(j) + (f" — {interval}" if interval else "")
+    if j.verdict == "regressed":
+        return line
+    if j.verdict == "improved":
+        return f"{line}: improved beyond its noise"
+    if j.verdict == "unchanged":
+        return f"{line}: within its threshold"
+    half = (j.high - j.low) / 2
+    width = f"{half:.1%}" if j.relative else show_figure(j.figure, half)
+    if j.settle_rounds is not None:
+        advice = (
+            f"run {j.settle_rounds} rounds (rounds={j.settle_rounds} on the storm, and save the "
+            "baseline with as many) to settle it"
+        )
+    else:
+        advice = (
+            "the change sits on the threshold, so more rounds will not settle it soon: "
+            "lengthen the storm or loosen the threshold"
+        )
+    return (
+        f"{line}: inconclusive — the noise (±{width}) is wider than the margin to the "
+        f"threshold; {advice}"
+    )

@@ -106,6 +106,10 @@ class ResourceSampler:
             used = self._sample_cpu()
             self._cpu.append(used / max(now - last, 1e-9))
             last = now
+        # A storm shorter than one interval still gets one sample: the span since the last.
+        now = time.perf_counter()
+        if not self._cpu or now - last > self.interval / 10:
+            self._cpu.append(self._sample_cpu() / max(now - last, 1e-9))
 
     def _sample_cpu(self) -> float:
         """CPU seconds used by the tree since the previous sample; updates the RSS peak."""

@@ -50,19 +50,25 @@ class WaitErrors:
     p99_ms: float
     max_ms: float
     mean_ms: float
+    #: The waits as requested: the model's own latency, for the ``p99_ratio`` budget.
+    requested_p50_ms: float = 0.0
+    requested_p99_ms: float = 0.0
 
     @classmethod
-    def from_us(cls, errors_us: Sequence[int]) -> WaitErrors:
+    def from_us(cls, errors_us: Sequence[int], requested_us: Sequence[int] = ()) -> WaitErrors:
         """Summarise errors recorded in integer microseconds (0.0 everywhere when empty)."""
         if not errors_us:
             return cls(0, 0.0, 0.0, 0.0, 0.0)
         ordered = sorted(errors_us)
+        requested = sorted(requested_us)
         return cls(
             count=len(ordered),
             p50_ms=_nearest_rank(ordered, 0.5) / 1000.0,
             p99_ms=_nearest_rank(ordered, 0.99) / 1000.0,
             max_ms=ordered[-1] / 1000.0,
             mean_ms=sum(ordered) / len(ordered) / 1000.0,
+            requested_p50_ms=_nearest_rank(requested, 0.5) / 1000.0 if requested else 0.0,
+            requested_p99_ms=_nearest_rank(requested, 0.99) / 1000.0 if requested else 0.0,
         )
 
     def to_dict(self) -> dict[str, float]:
@@ -73,6 +79,8 @@ class WaitErrors:
             "p99_ms": self.p99_ms,
             "max_ms": self.max_ms,
             "mean_ms": self.mean_ms,
+            "requested_p50_ms": self.requested_p50_ms,
+            "requested_p99_ms": self.requested_p99_ms,
         }
 
 
@@ -103,6 +111,8 @@ class WaitRecorder:
         # When each wait ended (perf_counter), so a storm can keep its measured window.
         self._async_at: list[float] = []
         self._blocking_at: list[float] = []
+        self._async_req: list[int] = []
+        self._blocking_req: list[int] = []
         self._lock = threading.Lock()
 
     @property
@@ -117,6 +127,8 @@ class WaitRecorder:
             self._blocking_us = []
             self._async_at = []
             self._blocking_at = []
+            self._async_req = []
+            self._blocking_req = []
             self._active = True
 
     def stop(self, window: tuple[float, float] | None = None) -> WaitReport:
@@ -131,13 +143,19 @@ class WaitRecorder:
             blocking_us, self._blocking_us = self._blocking_us, []
             async_at, self._async_at = self._async_at, []
             blocking_at, self._blocking_at = self._blocking_at, []
+            async_req, self._async_req = self._async_req, []
+            blocking_req, self._blocking_req = self._blocking_req, []
         if window is not None:
             lo, hi = window
-            async_us = [e for e, at in zip(async_us, async_at, strict=False) if lo <= at <= hi]
-            blocking_us = [
-                e for e, at in zip(blocking_us, blocking_at, strict=False) if lo <= at <= hi
-            ]
-        return WaitReport(WaitErrors.from_us(async_us), WaitErrors.from_us(blocking_us))
+            inside = [lo <= at <= hi for at in async_at]
+            async_us = [e for e, keep in zip(async_us, inside, strict=False) if keep]
+            async_req = [r for r, keep in zip(async_req, inside, strict=False) if keep]
+            inside = [lo <= at <= hi for at in blocking_at]
+            blocking_us = [e for e, keep in zip(blocking_us, inside, strict=False) if keep]
+            blocking_req = [r for r, keep in zip(blocking_req, inside, strict=False) if keep]
+        return WaitReport(
+            WaitErrors.from_us(async_us, async_req), WaitErrors.from_us(blocking_us, blocking_req)
+        )
 
 
 wait_recorder = WaitRecorder()
@@ -154,6 +172,7 @@ async def _wait_async(seconds: float) -> float:
     waited = end - start
     if wait_recorder._active:
         wait_recorder._async_us.append(round((waited - seconds) * 1_000_000))
+        wait_recorder._async_req.append(round(seconds * 1_000_000))
         wait_recorder._async_at.append(end)
     return waited
 
@@ -168,6 +187,7 @@ def _wait_blocking(seconds: float) -> float:
     waited = end - start
     if wait_recorder._active:
         wait_recorder._blocking_us.append(round((waited - seconds) * 1_000_000))
+        wait_recorder._blocking_req.append(round(seconds * 1_000_000))
         # A blocking wait is timed on the wall clock (it blocks the thread for real), but
         # stamped on the engine's clock, which the storm's window is measured in.
         wait_recorder._blocking_at.append(end if clock.wall() else clock.now())

@@ -1,0 +1,286 @@
+"""Baseline comparison judged against its own noise; baselines checked, merged and replaced."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_concurrency import ConfigError, StormResult
+from pytest_concurrency._report import _baseline, _json
+
+from .test_report import make_result
+from .test_report_plugin import ONE, STORM_APPS, TESTS
+
+NODE = "t.py::test_a"
+
+
+def latencies(seed: int, scale: float = 1.0, n: int = 2000) -> list[float]:
+    """Lognormal latencies around 10 ms with a tail, seeded: the same seed, the same list."""
+    rng = random.Random(seed)
+    return [scale * rng.lognormvariate(2.3, 0.4) for _ in range(n)]
+
+
+def with_rounds(result: StormResult, p99s: list[float], rps: list[float]) -> StormResult:
+    result.rounds = [
+        {"p50": p99 / 2, "p99": p99, "max": p99 * 1.2, "rps": r, "error_rate": 0.0}
+        for p99, r in zip(p99s, rps, strict=True)
+    ]
+    return result
+
+
+def judged(baseline: StormResult, current: StormResult, expr: str) -> list[_baseline.Judgement]:
+    thresholds = _baseline.parse_compare_fail(expr)
+    doc = _json.session_document([(NODE, baseline)], machine={"host": "h"})
+    # Through JSON, as a saved baseline is read back.
+    doc = json.loads(json.dumps(doc))
+    (comparison,) = _baseline.compare(
+        [(NODE, current)], doc, noise_for={t.figure for t in thresholds}
+    )
+    return _baseline.judgements(comparison, thresholds)
+
+
+ALL = "p50:0%,p90:0%,p99:0%,p999:0%,max:0%,mean:0%,rps:0%"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_identical_histograms_are_never_regressed(seed: int) -> None:
+    same = latencies(seed)
+    verdicts = {j.figure: j.verdict for j in judged(make_result(same), make_result(same), ALL)}
+    assert "regressed" not in verdicts.values()
+    # At a 0% threshold any noise straddles it; at 5% the median of 2,000 requests holds.
+    assert verdicts["p50"] == "inconclusive"
+    (p50,) = judged(make_result(same), make_result(same), "p50:5%")
+    assert p50.verdict == "unchanged"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_identical_rounds_are_never_regressed(seed: int) -> None:
+    rng = random.Random(seed)
+    p99s = [rng.uniform(20, 40) for _ in range(3)]
+    rps = [rng.uniform(800, 1200) for _ in range(3)]
+    base = with_rounds(make_result(latencies(seed)), p99s, rps)
+    now = with_rounds(make_result(latencies(seed)), p99s, rps)
+    assert all(j.verdict != "regressed" for j in judged(base, now, "p99:0%,rps:0%,max:0%"))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_two_fold_slowdown_is_always_regressed(seed: int) -> None:
+    base = make_result(latencies(seed))
+    slow = make_result(latencies(seed + 100, scale=2.0), throughput=base.throughput / 2)
+    found = {j.figure: j for j in judged(base, slow, "p50:10%,p99:10%,mean:10%,max:10%")}
+    assert {f: j.verdict for f, j in found.items()} == dict.fromkeys(
+        ("p50", "p99", "mean", "max"), "regressed"
+    )
+    assert found["p99"].has_noise  # judged against the latencies' own spread
+    # With noisy rounds on both sides (±15%), a doubling is still past any doubt.
+    base = with_rounds(make_result(latencies(seed)), [26, 30, 34], [850, 1000, 1150])
+    slow = with_rounds(make_result(latencies(seed + 100, scale=2.0)), [52, 60, 68], [425, 500, 575])
+    slow.throughput = base.throughput / 2
+    verdicts = {j.figure: j.verdict for j in judged(base, slow, "p99:10%,rps:10%")}
+    assert verdicts == {"p99": "regressed", "rps": "regressed"}
+
+
+def test_noise_wider_than_the_threshold_is_inconclusive_and_says_what_would_settle_it() -> None:
+    base = with_rounds(make_result(latencies(1)), [20, 30, 45], [1000, 1000, 1000])
+    now = with_rounds(make_result(latencies(1)), [22, 34, 50], [1000, 1000, 1000])
+    now.latency = type(now.latency)(**{**now.latency.__dict__, "p99": base.latency.p99 * 1.13})
+    (p99,) = judged(base, now, "p99:10%")
+
+    assert p99.verdict == "inconclusive"
+    assert p99.low < p99.allowed < p99.high
+    line = _baseline_line(p99)
+    assert "inconclusive — the noise (±" in line
+    assert "is wider than the margin to the threshold" in line
+    assert "over 3 rounds each" in line
+    assert ("rounds (rounds=" in line) or ("sits on the threshold" in line)
+    assert "regressed" not in line
+
+
+def _baseline_line(j: _baseline.Judgement) -> str:
+    from pytest_concurrency._report._text import judgement_line
+
+    return judgement_line(j)
+
+
+def test_a_clear_improvement_is_improved() -> None:
+    base = make_result(latencies(3, scale=2.0))
+    fast = make_result(latencies(4))
+    (p50,) = judged(base, fast, "p50:10%")
+    assert p50.verdict == "improved"
+    assert _baseline_line(p50).endswith("improved beyond its noise")
+
+
+def test_one_round_in_the_baseline_borrows_the_spread_of_the_rounds_now() -> None:
+    base = make_result(latencies(5))
+    now = with_rounds(make_result(latencies(5)), [25, 30, 36], [900, 1000, 1100])
+    (p99,) = judged(base, now, "p99:5%")
+    assert p99.has_noise
+    assert p99.delta.noise is not None
+    assert (p99.delta.noise.rounds_now, p99.delta.noise.rounds_then) == (3, 1)
+    assert p99.verdict != "regressed"
+
+
+# -- corrupt baselines --------------------------------------------------------------------
+
+
+def _good_doc() -> dict[str, Any]:
+    doc = _json.session_document([(NODE, make_result([1.0, 2.0, 3.0]))], machine={"host": "h"})
+    parsed: dict[str, Any] = json.loads(json.dumps(doc))
+    return parsed
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (lambda doc: json.dumps({**doc, "storms": [1, "two"]}), r"storms\[\d\] is an? "),
+        (
+            lambda doc: json.dumps({**doc, "storms": {"a": 1}}),
+            r"storms is an object, expected a list",
+        ),
+        (lambda doc: "[" * 100_000 + "]" * 100_000, r"nests|not a pytest-storm session document"),
+        (
+            lambda doc: json.dumps(
+                {**doc, "storms": [{**doc["storms"][0], "params": _nested(200)}]}
+            ),
+            r"nests more than 64 levels deep",
+        ),
+        (lambda doc: "{not json", r"is not valid JSON"),
+        (lambda doc: json.dumps([1, 2]), r"not a pytest-storm session document"),
+        (
+            lambda doc: json.dumps({**doc, "storms": [{**doc["storms"][0], "latency": []}]}),
+            r"storms\[0\]\.latency is a list, expected an object",
+        ),
+    ],
+)
+def test_a_corrupt_baseline_is_a_clear_error_naming_the_file(
+    tmp_path: Path, write: Callable[[dict[str, Any]], str], message: str
+) -> None:
+    path = tmp_path / "main.json"
+    path.write_text(write(_good_doc()), encoding="utf-8")
+    with pytest.raises(ConfigError, match=message) as raised:
+        _baseline.load("main", tmp_path)
+    assert str(path) in str(raised.value)
+    assert "--concurrency-compare='main'" in str(raised.value)
+
+
+def _nested(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+def test_a_valid_baseline_loads(tmp_path: Path) -> None:
+    (tmp_path / "main.json").write_text(json.dumps(_good_doc()), encoding="utf-8")
+    assert len(_baseline.load("main", tmp_path)["storms"]) == 1
+
+
+# -- saving merges by storm ---------------------------------------------------------------
+
+
+def test_save_merges_by_storm_unless_told_to_replace(tmp_path: Path) -> None:
+    storms = [(f"t.py::test_{i}", make_result([float(i + 1)] * 10)) for i in range(3)]
+    _baseline.save("main", _json.session_document(storms, machine={}), tmp_path)
+    again = [("t.py::test_1", make_result([9.0] * 10))]
+    _baseline.save("main", _json.session_document(again, machine={}), tmp_path)
+
+    saved = json.loads((tmp_path / "main.json").read_text())
+    by_node = {s["nodeid"]: s["latency"]["p50"] for s in saved["storms"]}
+    assert set(by_node) == {"t.py::test_0", "t.py::test_1", "t.py::test_2"}
+    assert by_node["t.py::test_1"] == pytest.approx(9.0, rel=0.01)
+
+    _baseline.save("main", _json.session_document(again, machine={}), tmp_path, replace=True)
+    saved = json.loads((tmp_path / "main.json").read_text())
+    assert [s["nodeid"] for s in saved["storms"]] == ["t.py::test_1"]
+
+
+def test_save_over_a_corrupt_baseline_is_an_error_not_a_loss(tmp_path: Path) -> None:
+    (tmp_path / "main.json").write_text('{"schema_version": 1, "storms": 3}', encoding="utf-8")
+    doc = _json.session_document([(NODE, make_result([1.0]))], machine={})
+    with pytest.raises(ConfigError, match=r"--concurrency-save='main': baseline .*main\.json"):
+        _baseline.save("main", doc, tmp_path)
+    _baseline.save("main", doc, tmp_path, replace=True)
+    assert len(_baseline.load("main", tmp_path)["storms"]) == 1
+
+
+# -- in a pytest session ------------------------------------------------------------------
+
+Run = Callable[..., pytest.RunResult]
+
+
+@pytest.fixture
+def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Run:
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.delenv("STORM_TEST_DELAY", raising=False)
+    pytester.makepyfile(storm_apps=STORM_APPS)
+
+    def runner(*args: str) -> pytest.RunResult:
+        return pytester.runpytest(
+            "-p", "pytest_concurrency.plugin", "-p", "no:cacheprovider", *args
+        )
+
+    return runner
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestAssertRewriteWarning")
+def test_a_partial_session_merges_into_the_saved_baseline(
+    pytester: pytest.Pytester, run: Run
+) -> None:
+    pytester.makepyfile(test_storms=TESTS)
+    run("--concurrency-save=main").assert_outcomes(passed=2)
+    partial = run("--concurrency-save=main", "-k", "test_one")
+    partial.assert_outcomes(passed=1, deselected=1)
+    partial.stdout.fnmatch_lines(["baseline 'main': kept 2 storms of the saved baseline*"])
+    saved = json.loads((pytester.path / ".storms" / "main.json").read_text())
+    assert len(saved["storms"]) == 3
+
+    run("--concurrency-save=main", "--concurrency-save-replace", "-k", "test_one")
+    saved = json.loads((pytester.path / ".storms" / "main.json").read_text())
+    assert [s["label"] for s in saved["storms"]] == ["GET /one"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestAssertRewriteWarning")
+def test_a_corrupt_baseline_is_a_usage_error_in_a_session(
+    pytester: pytest.Pytester, run: Run
+) -> None:
+    pytester.makepyfile(test_storms=ONE)
+    storage = pytester.path / ".storms"
+    storage.mkdir()
+    (storage / "main.json").write_text('{"schema_version": 1, "storms": [[]]}', encoding="utf-8")
+    result = run("--concurrency-compare=main")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --concurrency-compare='main': baseline *main.json*"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestAssertRewriteWarning")
+def test_compare_fail_runs_three_rounds_unless_the_storm_sets_rounds(
+    pytester: pytest.Pytester, run: Run
+) -> None:
+    pytester.makepyfile(
+        test_storms=ONE
+        + """
+
+import pytest
+
+@pytest.mark.concurrency(rounds=1)
+def test_own_rounds(storm):
+    storm(sleepy_wsgi, "GET", "/own", users=4, workers=4, requests=20)
+"""
+    )
+    run("--concurrency-save=main").assert_outcomes(passed=2)
+    result = run(
+        "--concurrency-compare=main",
+        "--concurrency-compare-fail=p50:200%",
+        "--concurrency-json=out.json",
+    )
+    result.assert_outcomes(passed=2)
+    storms = {s["label"]: s for s in json.loads((pytester.path / "out.json").read_text())["storms"]}
+    assert len(storms["GET /one"]["rounds"]) == 3
+    assert storms["GET /own"]["rounds"] == []
+    result.stdout.fnmatch_lines(["*timer noise on this machine*", "*within*threshold*"])
