@@ -113,6 +113,7 @@ WORKLOAD_NAMES: dict[str, str] = {
     "rounds": "repeat the storm and judge budgets on the aggregate round (default 1)",
     "aggregate": "'median' (default), 'worst' or 'best' round, for rounds > 1",
     "budgets": "per-endpoint budgets of a request mix: {'POST /items': {'p99_ms': 200}}",
+    "clock": "'wall' (default) or 'virtual': async in-process apps only; the loop's clock jumps over waits, so simulated I/O, think time and arrivals cost no wall time and the figures repeat exactly",
 }
 
 REQUEST_NAMES = ("headers", "json", "content", "data", "query")
@@ -161,6 +162,7 @@ class StormConfig:
     interface: str | None = None
     lifespan: str = "auto"
     gc: str = "off"
+    clock: str = "wall"
     name: str | None = None
     budgets: dict[str, float] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)
@@ -501,6 +503,8 @@ def resolve(layers: Iterable[Layer]) -> StormConfig:
         config.lifespan = _choice("lifespan", *item, ("auto", "on", "off"))
     if (item := take("gc")) is not None:
         config.gc = _choice("gc", *item, ("off", "on"))
+    if (item := take("clock")) is not None and item[0] is not None:
+        config.clock = _choice("clock", *item, ("wall", "virtual"))
     if (item := take("name")) is not None and item[0] is not None:
         if not isinstance(item[0], str):
             raise ConfigError(f"{_where('name', *item)} must be a string")

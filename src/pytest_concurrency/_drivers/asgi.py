@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
-from time import perf_counter
 from typing import Any
 from urllib.parse import unquote
 
@@ -18,6 +17,7 @@ import anyio
 import anyio.lowlevel
 import httpx
 
+from .. import _clock as clock
 from .._apps import as_asgi3
 from .._errors import StormError
 from .._workload import Request
@@ -181,7 +181,7 @@ class Exchange:
                 kept.append(bytes(body))
             # First body byte, or the end of an empty body.
             if not self.first_byte and (body or not more):
-                self.first_byte = perf_counter()
+                self.first_byte = clock.now()
             if not more:
                 self.done = True
                 if self._closed is not None:

@@ -20,6 +20,7 @@ from .._servers import RunningServer, ServerSpec
 from .._servers._target import resolve as resolve_import
 from .._workload import Request, RequestFactory, RequestMix, build_mix
 from .limits import check_limits
+from .virtual import check_clock
 
 __all__ = ["LiveFigures", "Progress", "StormPlan", "import_app", "plan_storm"]
 
@@ -93,6 +94,7 @@ def plan_storm(
         interface = detect_interface(app)
     server, url = _real_server(app, interface, config)
     check_limits(config, interface, real_server=url is not None or server is not None)
+    check_clock(config, interface, on_start=config.on_start)
     on_start = config.on_start
     if on_start is not None:
         if not callable(on_start):

@@ -22,6 +22,8 @@ import anyio.abc
 import anyio.from_thread
 import anyio.to_thread
 
+from .. import _clock as clock
+from .._apps import as_asgi3
 from .._checks import Response, headers_text
 from .._drivers.asgi import AsgiDriver
 from .._drivers.base import AsyncDriver
@@ -42,6 +44,7 @@ from .plan import LiveFigures, StormPlan, plan_storm
 from .runner import AsyncRunner, Slot, running_loop
 from .schedule import Schedule
 from .users import AsyncUser, SyncUser, User, is_async_hook
+from .virtual import metered, virtual_report
 
 __all__ = [
     "RoundOutput",
@@ -63,7 +66,8 @@ def async_driver(plan: StormPlan) -> AsyncDriver:
     """The async driver that serves *plan*: a real server over HTTP, or the app in-process."""
     if plan.url is not None:
         return HttpDriver(plan.url, list(plan.requests), server=plan.served_by)
-    return AsgiDriver(plan.app, list(plan.requests), lifespan=plan.config.lifespan)
+    app = plan.app if plan.config.clock == "wall" else metered(as_asgi3(plan.app))
+    return AsgiDriver(app, list(plan.requests), lifespan=plan.config.lifespan)
 
 
 class StartRecords:
@@ -116,15 +120,15 @@ async def _start_users_async(
 
     async def send(user: User, request: Request) -> Response:
         slot = Slot(int(user), user, capture=True)
-        started = perf_counter()
+        started = clock.now()
         try:
             exchange = await driver.call_request(request, slot)
         except Exception as exc:
-            records.add(perf_counter() - started, 0, type(exc).__name__)
+            records.add(clock.now() - started, 0, type(exc).__name__)
             raise
         headers = headers_text(exchange.headers or ())
         user.absorb(headers)
-        records.add(perf_counter() - started, exchange.status)
+        records.add(clock.now() - started, exchange.status)
         return Response(exchange.status, headers, b"".join(exchange.body or ()))
 
     if is_async_hook(hook):
@@ -193,7 +197,7 @@ def _start_users_sync(
 
 
 async def _soon() -> float:
-    return perf_counter() + _LEAD
+    return clock.now() + _LEAD
 
 
 #: When the first request of a round is due; called once the driver is ready, so that
@@ -256,7 +260,9 @@ async def execute_async(
                 extras["on_start"] = started.to_dict(count)
             async with AsyncExitStack() as stack:
                 # In-process only: behind a real server these would watch the client.
-                if running_loop() is not None and plan.url is None:  # asyncio only
+                # A virtual loop never lags (it charges the app's work to its clock), and
+                # the pool probe would watch threads a virtual round refuses.
+                if running_loop() is not None and plan.url is None and config.clock == "wall":
                     monitor = await stack.enter_async_context(LoopMonitor(threshold_ms=5.0))
                     probe = await stack.enter_async_context(ThreadPoolProbe())
                 schedule = Schedule(config, await origin())
@@ -294,11 +300,15 @@ async def execute_async(
         raise StormError("the storm ended without figures")
     if runner.inspector.samples.by_status:
         extras["samples"] = dict(runner.inspector.samples.by_status)
+    warnings: list[str] = []
+    if config.clock == "virtual":
+        extras["clock"], warnings = virtual_report()
     return RoundOutput(
         figures,
         driver.describe(),
         loop_lag=monitor.result if monitor is not None else None,
         thread_pools=list(probe.result or []) if probe is not None else [],
+        warnings=warnings,
         extras=extras,
     )
 
@@ -307,6 +317,10 @@ async def run_async_round(plan: StormPlan, live: LiveFigures | None = None) -> S
     """Run one round with the plan's async driver and fold it into a result."""
     output = await execute_async(plan, live)
     result = finish(plan, output)
+    if plan.config.clock == "virtual":
+        # The loop thread's CPU over virtual seconds says nothing about saturation.
+        result.loop_cpu_share = None
+        result.notes.extend(result.extras["clock"].pop("notes", []))
     if result.loop_cpu_share is not None and result.loop_cpu_share >= _SATURATED_CPU:
         await _warn_harness_bound(result, output.figures.cpu)
     return result

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from time import perf_counter
 from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from .. import _clock as clock
 from .._checks import NO_CHECKS, Checks
 from .._drivers.base import AsyncDriver
 from .._errors import ConfigError, StormError
@@ -159,7 +159,7 @@ class AsyncRunner:
             checks = self.inspector.checks_for(index, request)
             call = self.driver.call_request(request, slot)
         slot.index = index
-        if perf_counter() - intended >= self.timeout:
+        if clock.now() - intended >= self.timeout:
             # The client gave up before the loop let it send.
             call.close()
             self.record_timeout(slot, intended)
@@ -185,7 +185,7 @@ class AsyncRunner:
                 )
             elif checks:
                 error = self.inspector.look(None, index, checks, status, None, None)
-        done = perf_counter()
+        done = clock.now()
         slot.since = 0.0
         if slot.timed_out:
             return done  # the monitor counted it at its deadline
@@ -202,7 +202,7 @@ class AsyncRunner:
         try:
             with slot.scope:
                 while intended is not None:
-                    delay = intended - perf_counter()
+                    delay = intended - clock.now()
                     if delay > 0:
                         await anyio.sleep(delay)
                     await self.yield_now(0)
@@ -248,7 +248,7 @@ class AsyncRunner:
         try:
             late = 0
             for at in schedule.arrivals():
-                now = perf_counter()
+                now = clock.now()
                 if at > now:
                     await anyio.sleep(at - now)
                 else:
@@ -286,7 +286,7 @@ class AsyncRunner:
         schedule = self.schedule
         while self.alive > 0:
             await anyio.sleep(tick)
-            now = perf_counter()
+            now = clock.now()
             busy = 0
             for slot in list(self.slots):
                 started = slot.since
@@ -317,9 +317,9 @@ class AsyncRunner:
         schedule = self.schedule
         window = schedule.window
         cpu_before = time.thread_time()
-        wall_before = perf_counter()
+        wall_before = clock.now()
         try:
-            with anyio.move_on_after(max(0.0, window.deadline - perf_counter())) as hard:
+            with anyio.move_on_after(max(0.0, window.deadline - clock.now())) as hard:
                 async with anyio.create_task_group() as group:
                     if schedule.open:
                         self.alive += 1
@@ -340,7 +340,7 @@ class AsyncRunner:
                 if slot.since:
                     self.record_timeout(slot, slot.since)
         cpu = time.thread_time() - cpu_before
-        wall = perf_counter() - wall_before
+        wall = clock.now() - wall_before
         return RunFigures(
             self.rec,
             self.book,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import gc
 import os
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from .interrupts import watch_interrupts
 from .plan import LiveFigures, Progress, StormPlan
 from .rounds import run_async_round, run_pool_round
 from .shards import run_sharded_round
+from .virtual import loop_options
 
 __all__ = ["run_plan", "run_plan_async"]
 
@@ -62,7 +64,7 @@ def run_plan(plan: StormPlan, progress: Progress | None = None) -> StormResult:
                 elif not served.on_loop:
                     result = run_pool_round(served, live)
                 else:
-                    result = anyio.run(run_async_round, served, live)
+                    result = anyio.run(run_async_round, served, live, **loop_options(served))
                 rounds.append(attach(sampled(result)))
     return _judge(plan, rounds)
 
@@ -79,6 +81,13 @@ async def run_plan_async(plan: StormPlan, progress: Progress | None = None) -> S
                     result = await anyio.to_thread.run_sync(run_sharded_round, served, live)
                 elif not served.on_loop:
                     result = await anyio.to_thread.run_sync(run_pool_round, served, live)
+                elif served.config.clock == "virtual":
+                    # Virtual time needs a loop of its own: run the round on one in a thread.
+                    result = await anyio.to_thread.run_sync(
+                        functools.partial(
+                            anyio.run, run_async_round, served, live, **loop_options(served)
+                        )
+                    )
                 else:
                     result = await run_async_round(served, live)
                 rounds.append(attach(sampled(result)))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import anyio
 
+from .. import _clock as clock
 from .distributions import Latency, LatencyLike, _nearest_rank, as_latency
 
 __all__ = [
@@ -164,9 +165,10 @@ _perf_counter = time.perf_counter
 
 
 async def _wait_async(seconds: float) -> float:
-    start = _perf_counter()
+    # The engine's clock: under virtual time an async wait costs virtual seconds only.
+    start = clock.now()
     await anyio.sleep(seconds)
-    end = _perf_counter()
+    end = clock.now()
     waited = end - start
     if wait_recorder._active:
         wait_recorder._async_us.append(round((waited - seconds) * 1_000_000))
@@ -186,7 +188,9 @@ def _wait_blocking(seconds: float) -> float:
     if wait_recorder._active:
         wait_recorder._blocking_us.append(round((waited - seconds) * 1_000_000))
         wait_recorder._blocking_req.append(round(seconds * 1_000_000))
-        wait_recorder._blocking_at.append(end)
+        # A blocking wait is timed on the wall clock (it blocks the thread for real), but
+        # stamped on the engine's clock, which the storm's window is measured in.
+        wait_recorder._blocking_at.append(end if clock.wall() else clock.now())
     return waited
 
 
