@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -302,3 +303,30 @@ def test_ctrl_c_with_a_blocked_wsgi_handler_returns_at_once() -> None:
         finally:
             if child.poll() is None:
                 child.kill()
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"headers": {"a": 1}}, "headers={'a': 1}"),
+        ({"query": 5}, "query=5"),
+        ({"json": object()}, "json=<object object"),
+        ({"content": 123}, "content=123"),
+        ({"headers": {"é": "x"}}, "headers={'é': 'x'}"),
+    ],
+)
+def test_requests_that_cannot_be_encoded_name_their_field(
+    params: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"^{re.escape(named)}.* cannot be encoded"):
+        run_storm(_asgi(START, BODY), "GET", "/", requests=1, **params)
+    with pytest.raises(ConfigError, match=r"path='/a\\x00b' .* cannot be encoded"):
+        run_storm(_asgi(START, BODY), "GET", "/a\x00b", requests=1)
+
+
+def test_scale_beyond_reason_is_refused() -> None:
+    from pytest_concurrency._params import Layer, resolve
+
+    config = resolve([Layer("keyword argument", {"users": 10})])
+    with pytest.raises(ConfigError, match=r"scale=1e\+308 .* at most"):
+        config.scaled(1e308, "--concurrency-scale")

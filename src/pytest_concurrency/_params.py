@@ -36,6 +36,8 @@ DEFAULT_DURATION = 2.0
 DEFAULT_TIMEOUT_MS = 10_000.0
 DEFAULT_USERS = 10
 _MAX_PROCESSES = 256
+#: Largest --concurrency-scale: beyond it, scaled users and durations overflow.
+_MAX_SCALE = 1e6
 
 #: Budget name -> description; the order is the order of the verdict table.
 BUDGET_NAMES: dict[str, str] = {
@@ -172,8 +174,11 @@ class StormConfig:
 
     def scaled(self, factor: float, origin: str) -> None:
         """Scale users, rates, durations and request counts by *factor* (budgets unchanged)."""
-        if not _is_number(factor) or factor <= 0:
-            raise ConfigError(f"scale={factor!r} (from {origin}) must be a number greater than 0")
+        if not _is_number(factor) or not 0 < factor <= _MAX_SCALE:
+            raise ConfigError(
+                f"scale={factor!r} (from {origin}) must be a number greater than 0 and at most "
+                f"{_MAX_SCALE:g}"
+            )
         self.scale = factor
         self.users = max(1, math.ceil(self.users * factor)) if self.users else 0
         if self.rate is not None:

@@ -75,6 +75,26 @@ class Request:
             raise ConfigError(
                 f"{' and '.join(bodies)} (from {origin}) are exclusive: give one request body"
             )
+        try:
+            self.to_httpx()
+        except Exception as exc:
+            raise ConfigError(
+                f"{self._culprit()} (from {origin}) cannot be encoded as an HTTP request: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _culprit(self) -> str:
+        """The field that stops this request from encoding, as ``name=value``."""
+        for name in ("path", "headers", "query", "json", "content", "data", "cookies"):
+            value = getattr(self, name)
+            if name != "path" and value is None:
+                continue
+            bare = Request(method=self.method, path="/" if name != "path" else self.path)
+            try:
+                Request(**{**_fields(bare), name: value}).to_httpx()
+            except Exception:
+                return f"{name}={value!r}"
+        return f"request {self.label!r}"
 
     def to_httpx(self) -> httpx.Request:
         """Encode the request once with httpx (headers, body, query string)."""
@@ -89,6 +109,19 @@ class Request:
             data=dict(self.data) if self.data is not None else None,
             cookies=dict(self.cookies) if self.cookies else None,
         )
+
+
+def _fields(request: Request) -> dict[str, Any]:
+    return {
+        "method": request.method,
+        "path": request.path,
+        "headers": request.headers,
+        "json": request.json,
+        "content": request.content,
+        "data": request.data,
+        "query": request.query,
+        "cookies": request.cookies,
+    }
 
 
 RequestFactory = Callable[[int, int], Request]
