@@ -169,7 +169,7 @@ class Exchange:
                     MessageAfterResponse("http.response.body sent after the response was complete")
                 )
             body = message.get("body", b"")
-            if not isinstance(body, bytes | bytearray | memoryview):
+            if type(body) is not bytes and not isinstance(body, bytearray | memoryview):
                 raise self._broken(
                     BodyNotBytes(
                         f"http.response.body 'body' must be bytes, not {type(body).__name__}"
@@ -194,14 +194,14 @@ class Exchange:
             if self.status:
                 raise self._broken(StartedTwice("http.response.start sent twice"))
             status = message.get("status")
-            if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+            if type(status) is not int or not 100 <= status <= 599:
                 raise self._broken(
                     BadStatus(
                         f"http.response.start 'status' must be an int from 100 to 599, not {status!r}"
                     )
                 )
             for header in message.get("headers", ()):
-                if len(header) != 2 or not all(isinstance(part, bytes) for part in header):
+                if len(header) != 2 or type(header[0]) is not bytes or type(header[1]) is not bytes:
                     raise self._broken(
                         BadHeaders(
                             f"http.response.start headers must be [name, value] pairs of bytes, "
@@ -267,13 +267,15 @@ class AsgiDriver:
             scope["state"] = self._state.copy()
         capture = False
         if holder is not None:
-            user = getattr(holder, "user", None)
+            try:
+                user, capture = holder.user, holder.capture
+            except AttributeError:  # a holder of the caller's own, without users
+                user, capture = None, False
             if user is not None and (user.headers or user.cookies):
                 scope["headers"].extend(
                     (k.lower().encode("latin-1"), v.encode("latin-1"))
                     for k, v in user.header_pairs()
                 )
-            capture = getattr(holder, "capture", False)
         exchange = Exchange(body, capture)
         if holder is not None:
             holder.exchange = exchange

@@ -153,19 +153,22 @@ class WsgiDriver:
         environ["wsgi.input"] = io.BytesIO(body)
         start_response = _StartResponse()
         result = self.app(environ, start_response)
-        chunks: list[bytes] = []
+        chunks: list[bytes] | None = None
         try:
             for chunk in result:
-                if not isinstance(chunk, bytes):
+                if type(chunk) is not bytes and not isinstance(chunk, bytes):
                     raise BodyNotBytes(
                         f"the response iterable yielded {type(chunk).__name__}, not bytes"
                     )
                 if chunk:
-                    if not start_response.status:
-                        raise NoStartResponse("a body chunk came before start_response")
-                    start_response.sent = True
-                    start_response.first_byte = start_response.first_byte or perf_counter()
-                    if capture or len(chunks) < _SAMPLE_CHUNKS:
+                    if not start_response.sent:
+                        if not start_response.status:
+                            raise NoStartResponse("a body chunk came before start_response")
+                        start_response.sent = True
+                        start_response.first_byte = start_response.first_byte or perf_counter()
+                        if capture or start_response.status >= 400:
+                            chunks = []
+                    if chunks is not None and (capture or len(chunks) < _SAMPLE_CHUNKS):
                         chunks.append(chunk)
         finally:
             close = getattr(result, "close", None)
@@ -176,7 +179,7 @@ class WsgiDriver:
             raise NoStartResponse("the app returned without calling start_response")
         first = start_response.first_byte or perf_counter()
         if capture or status >= 400:
-            return status, first, start_response.headers, chunks
+            return status, first, start_response.headers, chunks or []
         return status, first, None, None
 
     def call_prepared(self, prepared: tuple[dict[str, Any], bytes]) -> tuple[int, float]:
@@ -269,6 +272,11 @@ class WsgiPool:
         deadline = window.deadline
         next_send = schedule.next_send
         take = schedule.take
+        # The schedule's rules, inlined on the per-request path where they are trivial: no
+        # request count to spend, no think time or stages between a user's requests.
+        counted = window.total is not None
+        plain = not schedule.thinks and not schedule.profile.varies
+        stop_at = window.stop_at
         # A plain list read is cheaper than Event.is_set() on the per-request path.
         halt = [False]
         timers: list[tuple[float, int]] = []
@@ -339,7 +347,7 @@ class WsgiPool:
                 picked = perf_counter()
                 # Requests meant to be sent before the end are still served (the backlog
                 # drains, as a real server's would); later ones are not sent.
-                if halt[0] or (user >= 0 and not take()):
+                if halt[0] or (counted and user >= 0 and not take()):
                     retired[slot] += 1
                     continue
                 error = 0
@@ -385,7 +393,11 @@ class WsgiPool:
                 if user < 0:
                     continue
                 try:
-                    again = next_send(user, finished)
+                    again = (
+                        (finished if finished < stop_at else None)
+                        if plain
+                        else next_send(user, finished)
+                    )
                 except BaseException as exc:  # a think-time sampler that failed
                     fail(exc)
                     return

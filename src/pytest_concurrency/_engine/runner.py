@@ -183,7 +183,7 @@ class AsyncRunner:
                 error = self.inspector.look(
                     slot.user, index, checks, status, exchange.headers, exchange.body
                 )
-            elif checks:
+            elif checks is not NO_CHECKS:
                 error = self.inspector.look(None, index, checks, status, None, None)
         done = clock.now()
         slot.since = 0.0
@@ -199,19 +199,25 @@ class AsyncRunner:
 
     async def user(self, uid: int, intended: float | None, slot: Slot) -> None:
         schedule = self.schedule
+        take, next_send, serve, yield_now = (
+            schedule.take,
+            schedule.next_send,
+            self.serve,
+            self.yield_now,
+        )
         try:
             with slot.scope:
                 while intended is not None:
                     delay = intended - clock.now()
                     if delay > 0:
                         await anyio.sleep(delay)
-                    await self.yield_now(0)
-                    if not schedule.take():
+                    await yield_now(0)
+                    if not take():
                         break
-                    done = await self.serve(slot, intended, uid)
+                    done = await serve(slot, intended, uid)
                     if slot.timed_out:
                         return
-                    intended = schedule.next_send(uid, done)
+                    intended = next_send(uid, done)
         finally:
             self.slots.discard(slot)
             self.alive -= 1
