@@ -652,3 +652,47 @@ def test_engine_locust_needs_a_real_server_and_a_static_mix() -> None:
             engine="locust",
             server="http://127.0.0.1:9",
         )
+
+
+def test_cli_writes_a_locustfile_and_runs_it(tmp_path: Path, server_url: str) -> None:
+    from pytest_concurrency._cli import main
+
+    out = tmp_path / "storm_locustfile.py"
+    code = main(
+        [
+            "locust",
+            "--path",
+            "/",
+            "--users",
+            "3",
+            "--duration",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    compile(out.read_text(), str(out), "exec")
+    assert "FastHttpUser" in out.read_text()
+    if not locust_available():
+        pytest.skip("locust is not installed")
+    code = main(
+        [
+            "locust",
+            "--path",
+            "/",
+            "--users",
+            "2",
+            "--duration",
+            "2",
+            "--out",
+            str(out),
+            "--host",
+            server_url,
+            "--workers-here",
+            "2",
+            "--budget",
+            "p99_ms=5000",
+        ]
+    )
+    assert code == 0

@@ -354,3 +354,25 @@ def test_ini_scale_is_the_scale_of_the_reports(pytester: pytest.Pytester, run) -
     run("--concurrency-json=storms.json").assert_outcomes(passed=1)
     doc = json.loads((pytester.path / "storms.json").read_text())
     assert doc["scaled"] == 0.5
+
+
+def test_processes_and_server_have_options_and_ini_twins(pytester: pytest.Pytester, run) -> None:  # type: ignore[no-untyped-def]
+    pytester.makeini("[pytest]\nconcurrency_processes = 2\n")
+    pytester.makepyfile(
+        test_shards="""
+        from apps import fast_app
+
+        def test_sharded(storm):
+            result = storm(fast_app, "GET", "/", users=4, requests=40)
+            assert result.extras["shards"]["processes"] == 2
+
+        def test_option_wins(storm):
+            result = storm(fast_app, "GET", "/", users=4, requests=40)
+            assert "shards" not in result.extras
+        """
+    )
+    run("-k", "sharded").assert_outcomes(passed=1)
+    run("-k", "option_wins", "--concurrency-processes=1").assert_outcomes(passed=1)
+    run("--concurrency-processes=zero").stdout.fnmatch_lines(
+        ["*processes='zero' (from command-line option*"]
+    )

@@ -49,7 +49,7 @@ from ._simio import (
     normal,
     uniform,
 )
-from ._workload import split_requests
+from ._workload import Request, split_requests
 
 __all__ = ["build_parser", "load_app", "machine_line", "main", "side_by_side"]
 
@@ -483,6 +483,52 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
     return 0 if found.best is not None else 1
 
 
+def _cmd_locust(args: argparse.Namespace) -> int:
+    """Write the storm as a locustfile; with --host, run it with Locust and judge the budgets."""
+    from ._budget import evaluate
+    from ._locust import build_locustfile, locust_available, read_back, run_locust
+
+    params = _params(args)
+    request = Request(
+        method=args.method,
+        path=args.path,
+        headers=dict(args.header) if args.header else None,
+        json=args.body_json,
+    )
+    request.validate("command line")
+    locustfile = build_locustfile(
+        [request],
+        users=params.get("users", 10),
+        duration=params.get("duration", 10.0),
+        think_ms=params.get("think_ms"),
+        stages=params.get("stages") or (),
+        timeout_ms=params.get("timeout_ms"),
+    )
+    path = locustfile.write(args.out)
+    print(f"wrote {path} (a plain locustfile: {', '.join(locustfile.endpoints)})")
+    print(f"  one machine:  locust -f {path} --headless --host URL --processes N")
+    print(f"  many:         locust -f {path} --headless --host URL --master --expect-workers N")
+    print(f"  each worker:  locust -f {path} --worker --master-host MASTER_HOST")
+    if not args.host:
+        return 0
+    if not locust_available():
+        raise ConfigError(
+            "--host runs Locust, which is not installed: pip install 'pytest-storm[locust]'"
+        )
+    run = run_locust(
+        locustfile,
+        args.host,
+        processes=args.processes_run,
+        expect_workers_from_elsewhere=args.expect_workers,
+    )
+    result = read_back(run, label=request.label)
+    result.verdicts = evaluate(result, dict(args.budget))
+    _notes([result], in_table=True)
+    print(verdict_table(result, indent="", remarks=False))
+    print(side_by_side([result]))
+    return 0 if result.passed else 1
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     # The demo is the repository's examples/claims package, not part of the wheel. A fresh
     # interpreter in the checkout runs the checkout's examples, whatever this one imported.
@@ -515,6 +561,28 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("apps", nargs="+", help="MODULE:APP or path/to/file.py:APP")
     _add_storm_options(compare)
     compare.set_defaults(func=_cmd_compare)
+    locust = sub.add_parser(
+        "locust",
+        help="write the storm as a locustfile for many machines; with --host, run it with Locust",
+    )
+    _add_storm_options(locust)
+    locust.add_argument(
+        "--out", default="storm_locustfile.py", help="where to write the locustfile"
+    )
+    locust.add_argument("--host", help="run it now against this server (a URL it can reach)")
+    locust.add_argument(
+        "--workers-here",
+        dest="processes_run",
+        type=int,
+        default=0,
+        help="with --host: local Locust workers (0: one process, no master)",
+    )
+    locust.add_argument(
+        "--expect-workers",
+        action="store_true",
+        help="with --host: a master that waits for --workers-here workers from other machines",
+    )
+    locust.set_defaults(func=_cmd_locust)
     cap = sub.add_parser(
         "capacity", help="smallest WSGI worker count that meets the budgets (bisection)"
     )

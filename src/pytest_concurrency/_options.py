@@ -42,6 +42,13 @@ RUN_DEFAULTS: dict[str, tuple[type, str]] = {
     "workers": (int, "default WSGI worker count (server model)"),
     "threads": (int, "default threads per WSGI worker (server model)"),
     "seed": (int, "default seed for request mixes and simulated latency"),
+    "server": (
+        str,
+        "default server: inprocess, uvicorn, hypercorn, granian, gunicorn or a loopback URL",
+    ),
+    "processes": (str, "default process shards of every storm: a number or 'auto'"),
+    "engine": (str, "default load engine: native or locust"),
+    "clock": (str, "default clock of async storms: wall or virtual"),
 }
 
 _SCALE_HELP = (

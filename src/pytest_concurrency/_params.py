@@ -284,6 +284,8 @@ def _server(value: Any, origin: str) -> str:
 
 
 def _processes(value: Any, origin: str) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)  # from an option or the ini file
     if value == "auto":
         return max(
             1,

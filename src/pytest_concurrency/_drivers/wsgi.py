@@ -99,15 +99,20 @@ class _StartResponse:
                 raise exc_info[1].with_traceback(exc_info[2])
         elif self.status:
             raise StartedTwice("start_response called twice without exc_info")
-        if not isinstance(status, str) or len(status) < 4 or not status[:3].isdigit():
+        if type(status) is not str or len(status) < 4 or not status[:3].isdigit():
             raise BadStatus(f"start_response status must be a str such as '200 OK', not {status!r}")
-        if not isinstance(headers, list) or not all(
-            isinstance(h, tuple) and len(h) == 2 and all(isinstance(p, str) for p in h)
-            for h in headers
-        ):
-            raise BadHeaders(
-                f"start_response headers must be a list of (str, str) tuples, not {headers!r}"
-            )
+        if type(headers) is not list:
+            raise BadHeaders(f"start_response headers must be a list, not {headers!r}")
+        for header in headers:
+            if (
+                type(header) is not tuple
+                or len(header) != 2
+                or type(header[0]) is not str
+                or type(header[1]) is not str
+            ):
+                raise BadHeaders(
+                    f"start_response headers must be (str, str) tuples, not {header!r}"
+                )
         self.status = int(status[:3])
         self.headers = headers
         return self.write
