@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from typing import Any
 
@@ -25,7 +26,7 @@ from .apps import asgi_hello, wsgi_hello
 
 settings.register_profile("default", max_examples=60, deadline=None)
 settings.register_profile("thorough", max_examples=1000, deadline=None)
-settings.load_profile("default")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 NAMES = sorted({*WORKLOAD_NAMES, *BUDGET_NAMES} - {"budgets", "on_start", "checks"})
 VALUES = st.one_of(
