@@ -99,7 +99,8 @@ class _StartResponse:
                 raise exc_info[1].with_traceback(exc_info[2])
         elif self.status:
             raise StartedTwice("start_response called twice without exc_info")
-        if type(status) is not str or len(status) < 4 or not status[:3].isdigit():
+        code = status[:3] if type(status) is str and len(status) > 3 else ""
+        if not code.isdigit():
             raise BadStatus(f"start_response status must be a str such as '200 OK', not {status!r}")
         if type(headers) is not list:
             raise BadHeaders(f"start_response headers must be a list, not {headers!r}")
@@ -113,7 +114,7 @@ class _StartResponse:
                 raise BadHeaders(
                     f"start_response headers must be (str, str) tuples, not {header!r}"
                 )
-        self.status = int(status[:3])
+        self.status = int(code)
         self.headers = headers
         return self.write
 
@@ -280,6 +281,7 @@ class WsgiPool:
         # The schedule's rules, inlined on the per-request path where they are trivial: no
         # request count to spend, no think time or stages between a user's requests.
         counted = window.total is not None
+        issued, limit = schedule.counter, window.total or 0
         plain = not schedule.thinks and not schedule.profile.varies
         stop_at = window.stop_at
         # A plain list read is cheaper than Event.is_set() on the per-request path.
@@ -352,7 +354,7 @@ class WsgiPool:
                 picked = perf_counter()
                 # Requests meant to be sent before the end are still served (the backlog
                 # drains, as a real server's would); later ones are not sent.
-                if halt[0] or (counted and user >= 0 and not take()):
+                if halt[0] or (counted and user >= 0 and next(issued) >= limit):
                     retired[slot] += 1
                     continue
                 error = 0

@@ -152,6 +152,11 @@ class Schedule:
                 intended = self.origin + later
         return intended if intended < self._stop_at else None
 
+    @property
+    def counter(self) -> Iterator[int]:
+        """The counter that :meth:`take` spends (executors may inline ``next(counter) < total``)."""
+        return self._issued
+
     def take(self) -> bool:
         """Count one request against a request-count stop; False once the count is spent."""
         return self._limit is None or next(self._issued) < self._limit
