@@ -135,17 +135,15 @@ class WsgiDriver:
         self.app = app
         self.templates = [build_environ(spec.to_httpx()) for spec in requests]
 
-    def call_request(self, request: Request) -> tuple[int, float]:
-        """Run a request built on the fly (templated requests pay for encoding it)."""
-        return self.call_prepared(request_environ(request))
-
     def call_as(
         self, prepared: tuple[dict[str, Any], bytes], user: Any = None, capture: bool = False
     ) -> tuple[int, float, list[tuple[str, str]] | None, list[bytes] | None]:
         """Run a prepared request as *user* (its headers and cookies added); keep the headers
         and body when *capture* or when the status is an error.
 
-        Returns (status, first byte, headers or None, body chunks or None).
+        Returns (status, first byte, headers or None, body chunks or None). Raises
+        :class:`ProtocolViolation` where the app breaks PEP 3333 (a chunk that is not bytes,
+        no ``start_response`` before the body, ``start_response`` twice).
         """
         template, body = prepared
         if user is not None and (user.headers or user.cookies):
@@ -187,36 +185,6 @@ class WsgiDriver:
         if capture or status >= 400:
             return status, first, start_response.headers, chunks or []
         return status, first, None, None
-
-    def call_prepared(self, prepared: tuple[dict[str, Any], bytes]) -> tuple[int, float]:
-        """Run a prepared (environ template, body) request; return (status, first byte).
-
-        Raises :class:`ProtocolViolation` where the app breaks PEP 3333 (a chunk that is
-        not bytes, no ``start_response`` before the body, ``start_response`` twice).
-        """
-        template, body = prepared
-        environ = template.copy()
-        environ["wsgi.input"] = io.BytesIO(body)
-        start_response = _StartResponse()
-        result = self.app(environ, start_response)
-        try:
-            for chunk in result:
-                if type(chunk) is not bytes and not isinstance(chunk, bytes):
-                    raise BodyNotBytes(
-                        f"the response iterable yielded {type(chunk).__name__}, not bytes"
-                    )
-                if chunk and not start_response.sent:
-                    if not start_response.status:
-                        raise NoStartResponse("a body chunk came before start_response")
-                    start_response.sent = True
-                    start_response.first_byte = start_response.first_byte or perf_counter()
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
-        if not start_response.status:
-            raise NoStartResponse("the app returned without calling start_response")
-        return start_response.status, start_response.first_byte or perf_counter()
 
 
 @dataclass
