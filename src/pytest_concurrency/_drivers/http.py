@@ -266,11 +266,8 @@ class HttpDriver:
             end = raw.index(b"\r\n\r\n") + 2
             extra = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in user.header_pairs())
             raw = raw[:end] + extra + raw[end:]
-        exchange = Exchange(conn, capture)
-        if holder is not None:
-            holder.exchange = exchange
         try:
-            await conn.send(raw, exchange, head)
+            exchange = await self._attempt(conn, raw, head, holder, capture)
         except ServerClosed:
             self._connections.discard(conn)
             if conn.used == 1 or conn.received:
@@ -279,11 +276,8 @@ class HttpDriver:
             conn = await self._connect()
             if holder is not None:
                 holder.conn = conn
-            exchange = Exchange(conn, capture)
-            if holder is not None:
-                holder.exchange = exchange
             try:
-                await conn.send(raw, exchange, head)
+                exchange = await self._attempt(conn, raw, head, holder, capture)
             except BaseException:
                 self._drop(conn, holder)
                 raise
@@ -293,6 +287,16 @@ class HttpDriver:
             raise
         if not conn.keep_alive or holder is None:
             self._drop(conn, holder)
+        return exchange
+
+    async def _attempt(
+        self, conn: _Connection, raw: bytes, head: bool, holder: Any, capture: bool
+    ) -> Exchange:
+        """Send *raw* on *conn* once, the exchange on the holder for a timeout to reach."""
+        exchange = Exchange(conn, capture)
+        if holder is not None:
+            holder.exchange = exchange
+        await conn.send(raw, exchange, head)
         return exchange
 
     def _drop(self, conn: _Connection, holder: Any) -> None:
