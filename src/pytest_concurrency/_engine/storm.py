@@ -145,22 +145,30 @@ def _served(plan: StormPlan) -> Iterator[StormPlan]:
 
 @contextmanager
 def _sampled(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResult]]:
-    """CPU and memory of a real server's processes during one round (psutil)."""
+    """CPU and memory of a real server's processes during one round (psutil).
+
+    The block yields a function that stops the sampler once the round has its result
+    and puts the figures on it; the sampler is stopped on every other exit too.
+    """
     running = plan.running
     if running is None:
         yield lambda result: result
         return
     sampler = ResourceSampler(running.pids).start()
-    usage: list[ResourceUsage] = []
     try:
-        yield lambda result: _with_usage(result, usage)
+        yield lambda result: _with_usage(result, sampler.stop())
     finally:
-        usage.append(sampler.stop())
+        sampler.stop()
 
 
-def _with_usage(result: StormResult, usage: list[ResourceUsage]) -> StormResult:
-    # Called inside the block; the usage is filled in when the block ends, so defer.
-    result.extras["_usage_box"] = usage
+def _with_usage(result: StormResult, usage: ResourceUsage) -> StormResult:
+    result.extras["server_usage"] = usage.to_dict()
+    if usage.client_cpu_mean >= _CLIENT_BOUND:
+        result.warnings.append(
+            f"the load generator used {usage.client_cpu_mean:.0%} of a core while the server "
+            f"used {usage.server_cpu_mean:.0%}: the client may be the bottleneck, not the server "
+            "(spread the users over processes=)"
+        )
     return result
 
 
@@ -213,7 +221,6 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
             f"load scaled ×{config.scale:g} for a quick run (--concurrency-scale); budgets unchanged"
         )
         chosen.extras["scale"] = config.scale
-    _settle_usage(chosen)
     budgets = dict(config.budgets)
     if "max_error_rate" not in budgets and chosen.failed:
         # Like Locust's exit code: any failed request fails a storm that set no error budget.
@@ -238,20 +245,6 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
             "were already in flight"
         )
     return chosen
-
-
-def _settle_usage(result: StormResult) -> None:
-    box = result.extras.pop("_usage_box", None)
-    if not box:
-        return
-    usage: ResourceUsage = box[0]
-    result.extras["server_usage"] = usage.to_dict()
-    if usage.client_cpu_mean >= _CLIENT_BOUND:
-        result.warnings.append(
-            f"the load generator used {usage.client_cpu_mean:.0%} of a core while the server "
-            f"used {usage.server_cpu_mean:.0%}: the client may be the bottleneck, not the server "
-            "(spread the users over processes=)"
-        )
 
 
 @contextmanager
