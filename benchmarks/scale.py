@@ -23,22 +23,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.apps import asgi_hello, asgi_sleep  # noqa: E402
+from tests.apps import asgi_cpu, asgi_sleep  # noqa: E402
 
 from pytest_concurrency import ConcurrencyWarning, run_storm  # noqa: E402
 from pytest_concurrency._engine.shards import live_shards  # noqa: E402
-
-
-def cpu_app(loops: int) -> Any:
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        total = 0
-        for i in range(loops):
-            total += i
-        await asgi_hello(scope, receive, send)
-
-    return app
 
 
 def rss_kb(pid: int) -> int:
@@ -80,7 +68,7 @@ def main() -> None:
     seconds = args.seconds
     print(f"cores: {len(os.sched_getaffinity(0))}; {seconds:g} s per storm after 1 s of warm-up")
 
-    app = cpu_app(20_000)
+    app = asgi_cpu(20_000)
     one = run_storm(app, "GET", "/", users=20, duration=seconds, warmup=1.0, check=False)
     two = run_storm(
         app, "GET", "/", users=20, duration=seconds, warmup=1.0, processes=2, check=False

@@ -45,6 +45,20 @@ async def asgi_hello(scope: Scope, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"hello"})
 
 
+def asgi_cpu(loops: int) -> Callable[..., Any]:
+    """ASGI app that spends *loops* additions of Python per request (CPU-bound, ≈ 1 ms at 20,000)."""
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        total = 0
+        for i in range(loops):
+            total += i
+        await asgi_hello(scope, receive, send)
+
+    return app
+
+
 def wsgi_sleep(seconds: float) -> Callable[..., Iterable[bytes]]:
     """WSGI app that blocks its worker for *seconds* per request."""
 

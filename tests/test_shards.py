@@ -17,7 +17,7 @@ from pytest_concurrency import BudgetExceeded, ConfigError, StormError, run_stor
 from pytest_concurrency._engine.shards import live_shards, shard_configs
 from pytest_concurrency._params import Layer, resolve
 
-from .apps import asgi_hello, asgi_sleep, wsgi_hello, wsgi_sleep
+from .apps import asgi_cpu, asgi_hello, asgi_sleep, wsgi_hello, wsgi_sleep
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -179,24 +179,12 @@ def test_wsgi_pool_over_two_processes_keeps_littles_law() -> None:
     assert result.pool.size == 8
 
 
-def _cpu_app(loops: int) -> Any:
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        total = 0
-        for i in range(loops):
-            total += i
-        await asgi_hello(scope, receive, send)
-
-    return app
-
-
 @pytest.mark.timing
 def test_cpu_bound_storm_scales_with_processes() -> None:
     # About 1 ms of Python per request: one loop serves ≈ 1,000 rps at most; two processes on
     # two cores should serve well over that (the benchmark asks for 1.7x; a shared CI machine
     # is held to 1.3x).
-    app = _cpu_app(20_000)
+    app = asgi_cpu(20_000)
     one = run_storm(app, "GET", "/", users=20, duration=2.0, warmup=0.5)
     two = run_storm(app, "GET", "/", users=20, duration=2.0, warmup=0.5, processes=2)
     if (os.cpu_count() or 1) < 2:
