@@ -283,4 +283,7 @@ def test_own_rounds(storm):
     storms = {s["label"]: s for s in json.loads((pytester.path / "out.json").read_text())["storms"]}
     assert len(storms["GET /one"]["rounds"]) == 3
     assert storms["GET /own"]["rounds"] == []
-    result.stdout.fnmatch_lines(["*timer noise on this machine*", "*within*threshold*"])
+    # The verdict of each figure depends on this run's noise: a change well inside the 200 %
+    # threshold reads "within" when its interval spans zero and "improved" when it does not.
+    result.stdout.fnmatch_lines(["*timer noise on this machine*"])
+    result.stdout.re_match_lines([r".*(within (its|their) thresholds?|improved beyond its noise)"])
