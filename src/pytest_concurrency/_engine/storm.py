@@ -23,6 +23,14 @@ from .._budget import evaluate, evaluate_endpoint
 from .._errors import ConfigError
 from .._locust import build_locustfile, read_back, run_locust
 from .._params import StormConfig
+from .._report._remarks import (
+    client_bound_warning,
+    dropped_arrivals_warning,
+    knee_note,
+    rounds_note,
+    scale_note,
+    undeclared_upstream_warning,
+)
 from .._result import StormResult
 from .._servers import ResourceSampler, ResourceUsage, serve
 from .._servers.simio import ENV as SIMIO_ENV
@@ -164,11 +172,7 @@ def _sampled(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResult]]:
 def _with_usage(result: StormResult, usage: ResourceUsage) -> StormResult:
     result.extras["server_usage"] = usage.to_dict()
     if usage.client_cpu_mean >= _CLIENT_BOUND:
-        result.warnings.append(
-            f"the load generator used {usage.client_cpu_mean:.0%} of a core while the server "
-            f"used {usage.server_cpu_mean:.0%}: the client may be the bottleneck, not the server "
-            "(spread the users over processes=)"
-        )
+        result.warnings.append(client_bound_warning(usage.client_cpu_mean, usage.server_cpu_mean))
     return result
 
 
@@ -212,14 +216,9 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
         ]
         p99s = [r.latency.p99 for r in rounds]
         rps = [r.throughput for r in rounds]
-        chosen.notes.append(
-            f"{len(rounds)} rounds, judged on the {config.aggregate} one: p99 "
-            f"{min(p99s):.1f}–{max(p99s):.1f} ms, {min(rps):,.0f}–{max(rps):,.0f} rps"
-        )
+        chosen.notes.append(rounds_note(config.aggregate, p99s, rps))
     if config.scale is not None:
-        chosen.notes.append(
-            f"load scaled ×{config.scale:g} for a quick run (--concurrency-scale); budgets unchanged"
-        )
+        chosen.notes.append(scale_note(config.scale))
         chosen.extras["scale"] = config.scale
     budgets = dict(config.budgets)
     if "max_error_rate" not in budgets and chosen.failed:
@@ -230,20 +229,11 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
         chosen.verdicts.extend(evaluate_endpoint(chosen, endpoint, budgets))
     if chosen.knee is not None:
         knee = chosen.knee
-        load = (
-            f"{knee.target:,.0f} {'rps' if chosen.model == 'open' else 'users'}"
-            if knee.target is not None
-            else "?"
-        )
         chosen.notes.append(
-            f"knee: p99 broke at ≈{load} (second {knee.second}: {knee.p99:,.1f} ms against "
-            f"{knee.calm_p99:,.1f} ms at low load)"
+            knee_note(knee.second, knee.target, chosen.model == "open", knee.p99, knee.calm_p99)
         )
     if chosen.dropped:
-        chosen.warnings.append(
-            f"{chosen.dropped:,} arrivals dropped: max_in_flight={config.max_in_flight:,} requests "
-            "were already in flight"
-        )
+        chosen.warnings.append(dropped_arrivals_warning(chosen.dropped, config.max_in_flight))
     return chosen
 
 
@@ -275,11 +265,7 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
                 routes[name] = {**stats, "calls_in_storm": stats.get("calls", 0) - calls_before}
             missed = upstream.undeclared_calls - undeclared_before.get(id(upstream), 0)
             if missed:
-                hosts = ", ".join(upstream.undeclared[:5])
-                result.warnings.append(
-                    f"the app made {missed:,} call(s) to undeclared upstream hosts ({hosts}): "
-                    "declare them with upstream.route(...)"
-                )
+                result.warnings.append(undeclared_upstream_warning(missed, upstream.undeclared))
         if routes:
             result.extras["upstream"] = routes
 
