@@ -37,8 +37,7 @@ from .._params import Layer
 from .._probes.loop import LoopMonitor
 from .._probes.pools import ThreadPoolProbe
 from .._probes.results import LoopLag, PoolUsage
-from .._report._remarks import gil_note, harness_bound_remark
-from .._report._text import abandoned_warning
+from .._report._remarks import abandoned_warning, gil_note, harness_bound_remark
 from .._result import StormResult
 from .._tasks import ABANDON_GRACE
 from .._workload import Request

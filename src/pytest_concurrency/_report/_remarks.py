@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 __all__ = [
     "LOCUST_NOTES",
+    "abandoned_warning",
     "client_bound_warning",
     "dropped_arrivals_warning",
     "gil_note",
@@ -162,4 +163,15 @@ def locust_no_status_warning(user_class: str) -> str:
     return (
         "Locust reported no status codes: the locustfile does not count them "
         f"(the generated {user_class} file does)"
+    )
+
+
+def abandoned_warning(count: int, grace_s: float) -> str:
+    """Why some of the app's tasks were abandoned, and what the app should do instead."""
+    return (
+        f"{count:,} app task{'' if count == 1 else 's'} went on after being cancelled (the app caught "
+        f"CancelledError and carried on) and {'was' if count == 1 else 'were'} abandoned "
+        f"{grace_s:g} s later, as a server would kill its worker: a handler must let "
+        "CancelledError propagate (re-raise it after cleaning up), or a server leaks "
+        "the task and its connection"
     )
