@@ -175,29 +175,69 @@ class RunningServer:
 
 def _stop_group(process: subprocess.Popen[bytes], grace: float) -> None:
     group = process.pid  # the leader of a new session leads its own process group
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(group, signal.SIGTERM)
+    # Taken before the signal: once the leader has gone, its orphans no longer show as
+    # its children, and whoever adopts them may never reap them.
+    members = _tree(process.pid)
     deadline = time.monotonic() + grace
     try:
-        while time.monotonic() < deadline:
-            if process.poll() is not None and not _group_alive(group):
-                return
-            time.sleep(0.02)
+        # The leader first: a supervisor (uvicorn's, gunicorn's master) stops its own
+        # workers in order. Workers that die under it instead make uvicorn's supervisor
+        # wait out a health check on each before it looks at its own signal.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(process.pid, signal.SIGTERM)
+        if _wait_stopped(process, members, time.monotonic() + grace / 2):
+            return
+        # Then the whole group, for workers whose supervisor left them behind.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGTERM)
+        if _wait_stopped(process, members, deadline):
+            return
     finally:
-        # Whatever is left of the group (a worker that ignored SIGTERM, an interrupted
-        # wait) is killed; the leader is reaped so that no zombie stays either.
+        # Whatever is left of the group (a worker that ignored SIGTERM, one started after
+        # the snapshot, an interrupted wait) is killed; the leader is reaped so that no
+        # zombie stays either.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=grace)
 
 
-def _group_alive(group: int) -> bool:
+def _wait_stopped(process: subprocess.Popen[bytes], members: list[int], deadline: float) -> bool:
+    """Wait until the leader is reaped and no other member runs; False at *deadline*."""
+    while True:
+        if process.poll() is not None and not _any_running(members):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
+def _tree(leader: int) -> list[int]:
+    """The leader's descendants now (psutil, which every real server needs)."""
+    import psutil
+
     try:
-        os.killpg(group, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
+        return [child.pid for child in psutil.Process(leader).children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _any_running(pids: list[int]) -> bool:
+    """True while one of *pids* runs; a zombie has finished.
+
+    ``os.killpg(group, 0)`` would count zombies too: an orphaned worker is adopted by
+    PID 1 or a subreaper, which in a container may never reap it, and the stop would
+    then wait out its whole grace period.
+    """
+    import psutil
+
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.Error:
+            continue
+    return False
 
 
 class _Registry:
