@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import IO, Literal
 
 from .._errors import ConfigError, StormError
+from . import agent
 from ._target import PATH_ENV
+from .channel import ProbeChannel
 
 __all__ = ["SERVER_KINDS", "RunningServer", "ServerSpec", "live_servers", "serve"]
 
@@ -46,6 +48,8 @@ class ServerSpec:
     sys_path: tuple[str, ...] = field(default_factory=lambda: tuple(sys.path))
     env: Mapping[str, str] = field(default_factory=dict)
     setup: str | None = None
+    #: Run the loop monitor and thread-pool probe inside each worker (ASGI apps only).
+    probes: bool = False
 
     def validate(self, origin: str = "server=") -> None:
         """Raise :class:`ConfigError` for a spec that cannot start, before anything runs."""
@@ -115,12 +119,19 @@ class RunningServer:
     """A server process group started by :func:`serve`: its URL, its processes, its stop."""
 
     def __init__(
-        self, spec: ServerSpec, process: subprocess.Popen[bytes], port: int, log: IO[bytes]
+        self,
+        spec: ServerSpec,
+        process: subprocess.Popen[bytes],
+        port: int,
+        log: IO[bytes],
+        probes: ProbeChannel | None = None,
     ):
         self.spec = spec
         self.process = process
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        #: The channel to the probes inside the workers (``spec.probes`` and an ASGI app).
+        self.probes = probes
         self._log = log
         self._stopped = False
         self._lock = threading.Lock()
@@ -166,6 +177,8 @@ class RunningServer:
             _stop_group(self.process, grace)
         finally:
             _registry.discard(self)
+            if self.probes is not None:
+                self.probes.close()
             with contextlib.suppress(OSError):
                 self._log.close()
 
@@ -308,8 +321,12 @@ def _command(spec: ServerSpec, port: int) -> list[str]:
     return command
 
 
-def _environment(spec: ServerSpec) -> dict[str, str]:
+def _environment(spec: ServerSpec, probes: ProbeChannel | None = None) -> dict[str, str]:
     env = {**os.environ, **spec.env}
+    if probes is not None:
+        env[agent.ENV] = probes.path
+    else:
+        env.pop(agent.ENV, None)
     caller = [p or spec.cwd for p in spec.sys_path]
     env[PATH_ENV] = json.dumps(caller)
     # The bootstrap module itself must be importable before it can set sys.path up.
@@ -326,16 +343,29 @@ def _start(spec: ServerSpec, startup_timeout: float) -> RunningServer:
         port = _free_port()
         # Closed by RunningServer.stop(); the server writes to it for its whole life.
         log = tempfile.TemporaryFile(prefix="pytest-storm-server-")  # noqa: SIM115
-        process = subprocess.Popen(
-            _command(spec, port),
-            cwd=spec.cwd,
-            env=_environment(spec),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        # A WSGI app runs on the server's threads or processes with no event loop of its
+        # own to watch, and none of the thread pools the probe knows.
+        probes = (
+            ProbeChannel(spec.kind, spec.workers)
+            if spec.probes and spec.interface == "asgi"
+            else None
         )
-        server = RunningServer(spec, process, port, log)
+        try:
+            process = subprocess.Popen(
+                _command(spec, port),
+                cwd=spec.cwd,
+                env=_environment(spec, probes),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except BaseException:
+            log.close()
+            if probes is not None:
+                probes.close()
+            raise
+        server = RunningServer(spec, process, port, log, probes)
         _registry.add(server)
         try:
             _wait_ready(server, startup_timeout)
