@@ -198,9 +198,10 @@ def _stop_group(process: subprocess.Popen[bytes], grace: float) -> None:
         # wait out a health check on each before it looks at its own signal.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(process.pid, signal.SIGTERM)
-        if _wait_stopped(process, members, time.monotonic() + grace / 2):
+        if _wait_stopped(process, [], time.monotonic() + grace / 2) and not _any_running(members):
             return
-        # Then the whole group, for workers whose supervisor left them behind.
+        # Then the whole group: workers whose supervisor left without them, or a
+        # supervisor that has not stopped them in half the grace.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, signal.SIGTERM)
         if _wait_stopped(process, members, deadline):
