@@ -8,7 +8,6 @@ import os
 import signal
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,6 +41,34 @@ FASTAPI = "examples.fastapi_app:app"
 def no_server_left() -> Iterator[None]:
     yield
     assert live_servers() == []
+
+
+class _SeenPids:
+    """Every process of the storm's servers, seen while the storm runs."""
+
+    def __init__(self) -> None:
+        self.pids: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            for server in live_servers():
+                self.pids.update(server.pids())
+
+    def assert_gone(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        assert self.pids
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            alive = [p for p in self.pids if psutil.pid_exists(p)]
+            alive = [p for p in alive if psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+            if not alive:
+                return
+            time.sleep(0.05)
+        pytest.fail(f"server processes still alive: {alive}")
 
 
 def _line_of(function: Any, text: str) -> int:
@@ -128,6 +155,7 @@ def test_sync_io_behind_uvicorn_reports_the_anyio_limiter() -> None:
 
 
 def test_workers_report_one_merged_figure() -> None:
+    seen = _SeenPids()
     message, result = _failed(
         path="/blocking-in-async",
         users=6,
@@ -143,6 +171,7 @@ def test_workers_report_one_merged_figure() -> None:
     assert site.count == 24
     assert "worker processes (pids" in message
     limiters = [p.name for p in result.thread_pools if p.name.startswith(ANYIO_LIMITER)]
+    seen.assert_gone()
     assert len(limiters) == 2
     assert all("(worker pid " in name for name in limiters)
 
@@ -168,7 +197,7 @@ def test_gunicorn_sync_wsgi_says_the_loop_figure_does_not_apply() -> None:
 
 
 def _kill_when_serving(kill: str, after: float) -> threading.Thread:
-    """Kill the storm's server (or one of its workers) once it has answered for *after* s."""
+    """Kill the storm's server (or one of its workers) *after* s into the probes' window."""
 
     def run() -> None:
         deadline = time.monotonic() + 30
@@ -178,15 +207,11 @@ def _kill_when_serving(kill: str, after: float) -> threading.Thread:
             server = found[0] if found else None
             time.sleep(0.02)
         assert server is not None
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(server.url + "/io", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.05)
+        assert server.probes is not None
+        while not server.probes.window_open and time.monotonic() < deadline:
+            time.sleep(0.02)
         time.sleep(after)
-        pids = server.pids()
-        victims = pids if kill == "server" else pids[-1:]
+        victims = server.pids() if kill == "server" else server.probes.worker_pids()[-1:]
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
 
@@ -197,6 +222,7 @@ def _kill_when_serving(kill: str, after: float) -> threading.Thread:
 
 @pytest.mark.parametrize(("kill", "workers"), [("server", 1), ("one worker", 2)])
 def test_a_killed_server_leaves_the_probe_figures_not_measured(kill: str, workers: int) -> None:
+    seen = _SeenPids()
     killer = _kill_when_serving(kill, after=0.3)
     message, result = _failed(
         path="/io",
@@ -208,6 +234,7 @@ def test_a_killed_server_leaves_the_probe_figures_not_measured(kill: str, worker
         max_error_rate=1.0,
     )
     killer.join(5)
+    seen.assert_gone()
     assert result.loop_lag is None
     assert result.thread_pools == []
     verdict = next(v for v in result.verdicts if v.name == "max_loop_lag_ms")

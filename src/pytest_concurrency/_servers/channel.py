@@ -189,6 +189,16 @@ class ProbeChannel:
             ]
         return report
 
+    @property
+    def window_open(self) -> bool:
+        """True between an :meth:`open_window` that started probes and its :meth:`close_window`."""
+        return bool(self._members)
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the workers connected now."""
+        with self._changed:
+            return [w.pid for w in self._live() if w.pid is not None]
+
     def describe(self, workers: list[_Worker] | None = None) -> str:
         """``inside the uvicorn worker process (pid 123, uvloop)``."""
         workers = self._live() if workers is None else workers
