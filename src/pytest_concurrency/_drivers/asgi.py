@@ -148,6 +148,10 @@ class Exchange:
             if self._closed is None:
                 self._closed = anyio.Event()
             await self._closed.wait()
+        else:
+            # An app that keeps asking after the end still lets the loop run (and its
+            # deadline be enforced), rather than spinning on answers that never wait.
+            await anyio.lowlevel.checkpoint()
         return {"type": "http.disconnect"}
 
     def disconnect(self) -> None:

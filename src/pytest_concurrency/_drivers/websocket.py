@@ -23,7 +23,9 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
+from .._tasks import ABANDON_GRACE, TaskSet
 from .._workload import Request
 from .asgi import ASGIApp, AsgiDriver, build_scope
 from .base import ProtocolViolation, UnknownMessage
@@ -238,7 +240,6 @@ class InProcessConnection:
         self.violation: ProtocolViolation | None = None
         self.app_error: BaseException | None = None
         self.app_done = anyio.Event()
-        self.scope = anyio.CancelScope()
 
     # -- the client's side ----------------------------------------------------------------
 
@@ -322,7 +323,9 @@ class InProcessConnection:
         queue = self._to_app
         while not queue:
             if self._state is _State.CLOSED:
-                # After the close, every receive() says so: an app never waits forever.
+                # After the close, every receive() says so: an app never waits forever,
+                # and one that keeps asking still lets the loop run.
+                await anyio.lowlevel.checkpoint()
                 return {
                     "type": "websocket.disconnect",
                     "code": self._close_code or NORMAL_CLOSURE,
@@ -500,7 +503,9 @@ class AsgiWebSocketDriver:
         self._scope = _websocket_scope(request, subprotocols)
         self._counts = ConnectionCounts()
         self._connections: set[InProcessConnection] = set()
-        self._group: anyio.abc.TaskGroup | None = None
+        self._apps: TaskSet | None = None
+        #: App tasks abandoned because they went on after being cancelled at shutdown.
+        self.abandoned = 0
 
     def describe(self) -> str:
         """The event loop that serves the connections in-process."""
@@ -512,8 +517,9 @@ class AsgiWebSocketDriver:
         return self._counts
 
     async def startup(self, group: anyio.abc.TaskGroup, timeout: float) -> None:
-        """Run lifespan startup; connections' app tasks run in *group*."""
-        self._group = group
+        """Run lifespan startup (in *group*); each connection's app runs as a task of its
+        own, which shutdown cancels and, if the app will not end, abandons."""
+        self._apps = TaskSet()
         await self._http.startup(group, timeout)
 
     async def shutdown(self, timeout: float) -> None:
@@ -524,18 +530,19 @@ class AsgiWebSocketDriver:
         with anyio.move_on_after(min(timeout, 1.0)):
             for conn in list(self._connections):
                 await conn.app_done.wait()
-        for conn in self._connections:
-            conn.scope.cancel()
+        if self._apps is not None:
+            await self._apps.stop(ABANDON_GRACE)
+            self.abandoned += self._apps.abandoned
         await self._http.shutdown(timeout)
 
     async def connect(self, timeout: float) -> InProcessConnection:
         """Start the app on a new connection and wait for its answer to the handshake."""
-        group = self._group
-        if group is None:
+        apps = self._apps
+        if apps is None:
             raise RuntimeError("connect() before startup()")
         conn = InProcessConnection(self._counts)
         self._connections.add(conn)
-        group.start_soon(self._serve, conn)
+        apps.spawn(self._serve(conn))
         wake = conn._client_wake = conn._loop.create_future()
         with anyio.move_on_after(timeout):
             await wake
@@ -552,8 +559,7 @@ class AsgiWebSocketDriver:
             scope["state"] = state.copy()
         error: BaseException | None = None
         try:
-            with conn.scope:
-                await self.app(scope, conn.app_receive, conn.app_send)
+            await self.app(scope, conn.app_receive, conn.app_send)
         except Exception as exc:
             error = exc
         finally:

@@ -37,7 +37,9 @@ from .._params import Layer
 from .._probes.loop import LoopMonitor
 from .._probes.pools import ThreadPoolProbe
 from .._probes.results import LoopLag, PoolUsage
+from .._report._text import abandoned_warning
 from .._result import StormResult
+from .._tasks import ABANDON_GRACE
 from .._workload import Request
 from .inspect import Inspector
 from .plan import LiveFigures, StormPlan, plan_storm
@@ -304,6 +306,10 @@ async def execute_async(
     warnings: list[str] = []
     if config.clock == "virtual":
         extras["clock"], warnings = virtual_report()
+    abandoned = runner.tasks.abandoned + getattr(driver, "abandoned", 0)
+    if abandoned:
+        extras["abandoned"] = {"tasks": abandoned, "grace_s": ABANDON_GRACE}
+        warnings.append(abandoned_warning(abandoned, ABANDON_GRACE))
     return RoundOutput(
         figures,
         driver.describe(),

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ._baseline import Judgement
 
 __all__ = [
+    "abandoned_warning",
     "aligned",
     "budget_failure",
     "capacity_summary",
@@ -340,6 +341,17 @@ def side_by_side(results: Sequence[StormResult]) -> str:
         ],
     )
     return "\n".join(aligned(rows, right=range(1, len(rows[0]))))
+
+
+def abandoned_warning(count: int, grace_s: float) -> str:
+    """Why some of the app's tasks were abandoned, and what the app should do instead."""
+    return (
+        f"{_plural(count, 'app task')} went on after being cancelled (the app caught "
+        f"CancelledError and carried on) and {'was' if count == 1 else 'were'} abandoned "
+        f"{grace_s:g} s later, as a server would kill its worker: a handler must let "
+        "CancelledError propagate (re-raise it after cleaning up), or a server leaks "
+        "the task and its connection"
+    )
 
 
 def machine_line(machine: Mapping[str, Any]) -> str:
