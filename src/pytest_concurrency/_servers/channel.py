@@ -202,13 +202,15 @@ class ProbeChannel:
     def describe(self, workers: list[_Worker] | None = None) -> str:
         """``inside the uvicorn worker process (pid 123, uvloop)``."""
         workers = self._live() if workers is None else workers
+        if not workers:
+            return f"inside the {self.server} worker processes (none reported)"
         pids = ", ".join(str(w.pid) for w in workers)
         loops = sorted({w.loop for w in workers})
         plural = "es" if len(workers) != 1 else ""
         pid = "pids" if len(workers) != 1 else "pid"
         return (
-            f"inside the {self.server} worker process{plural} ({pid} {pids or 'none'}, "
-            f"{'/'.join(loops) or 'no'} event loop)"
+            f"inside the {self.server} worker process{plural} ({pid} {pids}, "
+            f"{'/'.join(loops)} event loop)"
         )
 
     def close(self) -> None:
