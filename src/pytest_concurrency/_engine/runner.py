@@ -111,7 +111,18 @@ class AsyncRunner:
         self.driver = driver
         self.mix = mix
         self.timeout = schedule.timeout
-        self.rec = Recorder()
+        self.rec = rec = Recorder()
+        self.origin = schedule.origin
+        # Bound once: recording is on every request's path.
+        self._appends = (
+            rec.start.append,
+            rec.latency.append,
+            rec.ttfb.append,
+            rec.queue.append,
+            rec.status.append,
+            rec.endpoint.append,
+            rec.error.append,
+        )
         if recorders is not None:
             recorders.append(self.rec)  # read (lengths and tails only) by a live line
         self.book = ErrorBook()
@@ -135,14 +146,14 @@ class AsyncRunner:
     def record(
         self, intended: float, latency: float, first: float, status: int, error: int, index: int
     ) -> None:
-        rec, origin = self.rec, self.schedule.origin
-        rec.start.append(int((intended - origin) * 1e6))
-        rec.latency.append(int(latency * 1e6))
-        rec.ttfb.append(int((first - intended) * 1e6) if first else -1)
-        rec.queue.append(-1)
-        rec.status.append(status)
-        rec.endpoint.append(index)
-        rec.error.append(error)
+        start, latency_, ttfb, queue, status_, endpoint, error_ = self._appends
+        start(int((intended - self.origin) * 1e6))
+        latency_(int(latency * 1e6))
+        ttfb(int((first - intended) * 1e6) if first else -1)
+        queue(-1)
+        status_(status)
+        endpoint(index)
+        error_(error)
 
     def record_timeout(self, slot: Slot, intended: float) -> None:
         self.record(intended, self.timeout, 0.0, STATUS_TIMEOUT, self.timeout_kind, slot.index)
