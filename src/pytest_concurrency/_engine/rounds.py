@@ -261,7 +261,8 @@ async def execute_async(
                 users, started = await _start_users_async(plan, http, count)
                 extras["on_start"] = started.to_dict(count)
             async with AsyncExitStack() as stack:
-                # In-process only: behind a real server these would watch the client.
+                # In-process only: behind a real server these would watch the client
+                # (storm.py runs the same probes inside the server's workers instead).
                 # A virtual loop never lags (it charges the app's work to its clock), and
                 # the pool probe would watch threads a virtual round refuses.
                 if running_loop() is not None and plan.url is None and config.clock == "wall":

@@ -32,7 +32,8 @@ from .._report._remarks import (
     undeclared_upstream_warning,
 )
 from .._result import StormResult
-from .._servers import ResourceSampler, ResourceUsage, serve
+from .._servers import ResourceSampler, ResourceUsage, RunningServer, serve
+from .._servers.channel import ProbeReport
 from .._servers.simio import ENV as SIMIO_ENV
 from .._servers.simio import SETUP as SIMIO_SETUP
 from .._servers.simio import ship_upstreams
@@ -48,6 +49,19 @@ __all__ = ["run_plan", "run_plan_async"]
 
 #: Client CPU share (of one core) above which a real-server storm may be client-bound.
 _CLIENT_BOUND = 0.85
+#: Budgets judged on the loop monitor's and thread-pool probe's figures. Behind a real
+#: server the probes run inside its workers only for a storm that sets one of these:
+#: they tick every millisecond on the server's loop, which a storm measuring the server
+#: alone should not pay.
+PROBED_BUDGETS = frozenset(
+    {
+        "max_loop_lag_ms",
+        "max_blocking_calls",
+        "max_saturation",
+        "max_queue_p99_ms",
+        "max_threads_busy",
+    }
+)
 
 
 def run_plan(plan: StormPlan, progress: Progress | None = None) -> StormResult:
@@ -138,6 +152,8 @@ def _served(plan: StormPlan) -> Iterator[StormPlan]:
             yield plan
         return
     spec = plan.server
+    if PROBED_BUDGETS & set(plan.config.budgets):
+        spec = dataclasses.replace(spec, probes=True)
     shipped = ship_upstreams(UPSTREAMS)
     if shipped is not None:
         spec = dataclasses.replace(spec, setup=SIMIO_SETUP, env={**spec.env, SIMIO_ENV: shipped})
@@ -153,20 +169,73 @@ def _served(plan: StormPlan) -> Iterator[StormPlan]:
 
 @contextmanager
 def _sampled(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResult]]:
-    """CPU and memory of a real server's processes during one round (psutil).
+    """CPU and memory of a real server's processes during one round (psutil), and the
+    probes inside its workers when the storm asked for them.
 
-    The block yields a function that stops the sampler once the round has its result
-    and puts the figures on it; the sampler is stopped on every other exit too.
+    The block yields a function that stops the sampler and closes the probes' window once
+    the round has its result, and puts the figures on it; both stop on every other exit too.
     """
     running = plan.running
     if running is None:
         yield lambda result: result
         return
+    channel = running.probes
+    if channel is not None:
+        # Before the sampler: the wait for every worker to start its probes is no load.
+        channel.open_window()
     sampler = ResourceSampler(running.pids).start()
+    closed: list[ProbeReport] = []
+
+    def attach(result: StormResult) -> StormResult:
+        result = _with_usage(result, sampler.stop())
+        if channel is not None:
+            closed.append(channel.close_window())
+            return _with_probes(result, closed[-1])
+        if running.spec.probes:
+            return _without_probes(result, running)
+        return result
+
     try:
-        yield lambda result: _with_usage(result, sampler.stop())
+        yield attach
     finally:
         sampler.stop()
+        if channel is not None and not closed:
+            channel.close_window()
+
+
+def _with_probes(result: StormResult, report: ProbeReport) -> StormResult:
+    """The figures the workers' probes sent back, or why there are none (never a pass)."""
+    result.extras["server_probes"] = report.to_dict()
+    if report.complete:
+        result.loop_lag = report.loop_lag
+        result.thread_pools = report.thread_pools
+        result.notes.append(f"event-loop lag and thread pools measured {report.where}")
+    else:
+        result.loop_lag = None
+        result.thread_pools = []
+        result.warnings.append(
+            f"event-loop lag and thread pools not measured {report.where}: {report.reason}; "
+            "budgets on them fail as not measured"
+        )
+    return result
+
+
+def _without_probes(result: StormResult, running: RunningServer) -> StormResult:
+    """Say why a WSGI app behind a real server has no loop or thread-pool figures."""
+    reason = (
+        f"the event-loop and thread-pool probes do not apply: {running.describe()} runs a "
+        "WSGI app on the server's own worker processes and threads, with no event loop to "
+        "watch and none of the thread pools the probe knows"
+    )
+    result.extras["server_probes"] = {
+        "where": None,
+        "workers": [],
+        "measured": False,
+        "missing": {},
+        "reason": reason,
+    }
+    result.notes.append(reason)
+    return result
 
 
 def _with_usage(result: StormResult, usage: ResourceUsage) -> StormResult:
