@@ -244,6 +244,8 @@ def test_a_killed_server_leaves_the_probe_figures_not_measured(kill: str, worker
     assert probes["measured"] is False
     assert "stopped before it could send its figures" in probes["reason"]
     assert "event-loop lag and thread pools not measured inside the uvicorn" in message
+    # The budget's own line gives the same reason, not a generic one.
+    assert "the probes inside the server sent no figures: " in message
 
 
 def test_no_probes_without_a_budget_that_needs_them() -> None:

@@ -29,6 +29,9 @@ from .._report._remarks import (
     knee_note,
     rounds_note,
     scale_note,
+    server_probes_missing_warning,
+    server_probes_not_applicable,
+    server_probes_note,
     undeclared_upstream_warning,
 )
 from .._result import StormResult
@@ -209,24 +212,19 @@ def _with_probes(result: StormResult, report: ProbeReport) -> StormResult:
     if report.complete:
         result.loop_lag = report.loop_lag
         result.thread_pools = report.thread_pools
-        result.notes.append(f"event-loop lag and thread pools measured {report.where}")
+        result.notes.append(server_probes_note(report.where))
     else:
         result.loop_lag = None
         result.thread_pools = []
         result.warnings.append(
-            f"event-loop lag and thread pools not measured {report.where}: {report.reason}; "
-            "budgets on them fail as not measured"
+            server_probes_missing_warning(report.where, report.reason or "no reason given")
         )
     return result
 
 
 def _without_probes(result: StormResult, running: RunningServer) -> StormResult:
     """Say why a WSGI app behind a real server has no loop or thread-pool figures."""
-    reason = (
-        f"the event-loop and thread-pool probes do not apply: {running.describe()} runs a "
-        "WSGI app on the server's own worker processes and threads, with no event loop to "
-        "watch and none of the thread pools the probe knows"
-    )
+    reason = server_probes_not_applicable(running.describe())
     result.extras["server_probes"] = {
         "where": None,
         "workers": [],

@@ -22,6 +22,9 @@ __all__ = [
     "locust_no_status_warning",
     "rounds_note",
     "scale_note",
+    "server_probes_missing_warning",
+    "server_probes_not_applicable",
+    "server_probes_note",
     "shared_loop_warning",
     "short_window_warning",
     "undeclared_upstream_warning",
@@ -174,4 +177,26 @@ def abandoned_warning(count: int, grace_s: float) -> str:
         f"{grace_s:g} s later, as a server would kill its worker: a handler must let "
         "CancelledError propagate (re-raise it after cleaning up), or a server leaks "
         "the task and its connection"
+    )
+
+
+def server_probes_note(where: str) -> str:
+    """Where the loop and thread-pool figures of a real-server storm were measured."""
+    return f"event-loop lag and thread pools measured {where}"
+
+
+def server_probes_missing_warning(where: str, reason: str) -> str:
+    """Why the probes inside a real server sent back no figures."""
+    return (
+        f"event-loop lag and thread pools not measured {where}: {reason}; "
+        "budgets on them fail as not measured"
+    )
+
+
+def server_probes_not_applicable(server: str) -> str:
+    """Why a WSGI app behind a real server has no loop or thread-pool figures."""
+    return (
+        f"the event-loop and thread-pool probes do not apply: {server} runs a "
+        "WSGI app on the server's own worker processes and threads, with no event loop to "
+        "watch and none of the thread pools the probe knows"
     )
