@@ -131,6 +131,9 @@ class AsyncRunner:
         self.capture = self.inspector.capture
         self.judges = self.inspector.judges
         self.pick = mix.picker()
+        # Looked up once: every request's path reads them.
+        self.prepared = mix.factory is None
+        self.single = len(mix.requests) <= 1
         self.slots: set[Slot] = set()
         self.alive = 0
         self.in_flight: list[tuple[float, int]] = []
@@ -160,14 +163,14 @@ class AsyncRunner:
 
     async def serve(self, slot: Slot, intended: float, user: int) -> float:
         """Send one request and record it; return when it completed."""
-        mix = self.mix
-        if mix.factory is None:
-            index = self.pick()
+        if self.prepared:
+            index = 0 if self.single else self.pick()
             checks = self.inspector.checks_for(index) if self.judges else NO_CHECKS
             call = self.driver.call(index, slot)
         else:
             iteration = self.iterations.get(user, 0)
             self.iterations[user] = iteration + 1
+            mix = self.mix
             request = mix.build(slot.user if slot.user is not None else user, iteration)
             index = mix.intern(request.label)
             checks = self.inspector.checks_for(index, request)
@@ -219,11 +222,13 @@ class AsyncRunner:
             self.serve,
             self.yield_now,
         )
+        done = 0.0
         try:
             while intended is not None:
-                delay = intended - clock.now()
-                if delay > 0:
-                    await anyio.sleep(delay)
+                if intended > done:  # not back to back: think time, a stagger, a stage
+                    delay = intended - clock.now()
+                    if delay > 0:
+                        await anyio.sleep(delay)
                 await yield_now(0)
                 if not take():
                     break
