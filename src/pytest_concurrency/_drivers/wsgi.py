@@ -81,6 +81,21 @@ def build_environ(request: httpx.Request) -> tuple[dict[str, Any], bytes]:
     return environ, body
 
 
+#: Status lines already checked, and their codes: an app sends a handful of them.
+_STATUS_CODES: dict[str, int] = {}
+_STATUS_CODES_KEPT = 256
+
+
+def _status_code(status: object) -> int:
+    """The code of a ``"NNN reason"`` status line; :class:`BadStatus` for anything else."""
+    code = status[:3] if type(status) is str and len(status) > 3 else ""
+    if not code.isdigit():
+        raise BadStatus(f"start_response status must be a str such as '200 OK', not {status!r}")
+    if type(status) is str and len(_STATUS_CODES) < _STATUS_CODES_KEPT:
+        _STATUS_CODES[status] = int(code)
+    return int(code)
+
+
 class _StartResponse:
     """``start_response`` held to PEP 3333: once per response unless ``exc_info`` replaces
     headers not yet sent; a status "NNN reason"; headers as (str, str) pairs."""
@@ -99,9 +114,9 @@ class _StartResponse:
                 raise exc_info[1].with_traceback(exc_info[2])
         elif self.status:
             raise StartedTwice("start_response called twice without exc_info")
-        code = status[:3] if type(status) is str and len(status) > 3 else ""
-        if not code.isdigit():
-            raise BadStatus(f"start_response status must be a str such as '200 OK', not {status!r}")
+        code = _STATUS_CODES.get(status) if type(status) is str else None
+        if code is None:
+            code = _status_code(status)
         if type(headers) is not list:
             raise BadHeaders(f"start_response headers must be a list, not {headers!r}")
         for header in headers:
@@ -114,7 +129,7 @@ class _StartResponse:
                 raise BadHeaders(
                     f"start_response headers must be (str, str) tuples, not {header!r}"
                 )
-        self.status = int(code)
+        self.status = code
         self.headers = headers
         return self.write
 
