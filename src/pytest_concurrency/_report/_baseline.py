@@ -3,7 +3,10 @@
 A comparison judges each difference against its own noise. Every compared figure gets a
 90% interval for its change, by bootstrap: over the rounds of a ``rounds=`` storm (the
 run-to-run spread, which is what flaps a gate), else over the requests recorded in the
-storm's HDR histogram (the spread of the percentile itself). Against a threshold the
+storm's HDR histogram (the spread of the percentile itself). The rounds of one session
+share its moment of load, so throughput also gets the swing of the CPU the two sessions
+had: the machine's load averages, saved with the baseline and read again now, bound how
+far the CPU-bound share of a storm's work can have moved between them. Against a threshold the
 change is then **regressed** (the whole interval is past it), **improved** (the whole
 interval is better than no change), **unchanged** (the interval stays within it) or
 **inconclusive** (the interval straddles it: the noise is wider than the threshold).
@@ -50,6 +53,7 @@ __all__ = [
     "judgements",
     "load",
     "load_document",
+    "machine_load",
     "machine_warning",
     "merge_documents",
     "merged_for_save",
@@ -123,11 +127,38 @@ def merged_for_save(
     valid baseline is a :class:`ConfigError`: it is neither merged nor silently lost.
     """
     path = baseline_path(name, directory, option=option)
+    doc = _with_load(doc)
     if replace or not path.is_file():
-        return path, dict(doc), 0
+        return path, doc, 0
     old = load_document(path, option=f"{option}={name!r}")
     merged, kept = merge_documents(old, doc)
     return path, merged, kept
+
+
+def _with_load(doc: Mapping[str, Any]) -> dict[str, Any]:
+    # The load a session saw is what a later comparison needs to tell a slower machine from
+    # slower code; a document that already states it keeps its own.
+    out = dict(doc)
+    machine = dict(out.get("machine") or {})
+    if "load" not in machine:
+        load = machine_load()
+        if load is not None:
+            machine["load"] = load
+    out["machine"] = machine
+    return out
+
+
+def machine_load() -> dict[str, float] | None:
+    """The machine's load averages over 1, 5 and 15 minutes and its usable cores (None: unknown)."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except (AttributeError, OSError):
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return {"1m": one, "5m": five, "15m": fifteen, "cores": float(cores)}
 
 
 def save(
@@ -195,6 +226,8 @@ class Noise:
     source: str
     rounds_now: int = 1
     rounds_then: int = 1
+    #: How many times more CPU one session may have had than the other (1: no swing known).
+    load_swing: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -266,12 +299,22 @@ def compare(
     baseline_doc: Mapping[str, Any],
     *,
     noise_for: Collection[str] = (),
+    load: Mapping[str, float] | None = None,
 ) -> list[Comparison]:
     """Match this run's storms with the baseline's by (node id, storm label, index in the test).
 
     The figures named in *noise_for* (those a threshold judges) also get their noise.
+    *load* is this session's :func:`machine_load` (None: read it now; empty: unknown); with
+    the baseline's, it bounds how far the CPU available can have moved between the two.
     """
     saved = {record.key: record for record in document_records(baseline_doc)}
+    loads_now = machine_load() if load is None else load
+    machine = baseline_doc.get("machine")
+    loads_then = machine.get("load") if isinstance(machine, Mapping) else None
+    swing = load_swing(
+        loads_then if isinstance(loads_then, Mapping) else None,
+        loads_now if isinstance(loads_now, Mapping) else None,
+    )
     out = []
     for record in as_records(current_rows):
         old = saved.get(record.key)
@@ -284,7 +327,7 @@ def compare(
                     name,
                     then[name],
                     now[name],
-                    _noise(name, old, record, then[name], now[name], cache)
+                    _noise(name, old, record, then[name], now[name], cache, swing)
                     if name in noise_for
                     else None,
                 )
@@ -423,6 +466,7 @@ def _noise(
     then: float,
     now: float,
     cache: dict[int, _Latencies | None],
+    swing: float = 1.0,
 ) -> Noise | None:
     """Bootstrap draws of the figure in the baseline and now; None when no spread is known."""
     if figure == "error_rate" or math.isnan(then) or math.isnan(now):
@@ -447,13 +491,81 @@ def _noise(
     else:
         return None
     rng = random.Random(zlib.crc32(repr((new.key, figure)).encode("utf-8")))
+    baseline = tuple(then * draw_then(rng) for _ in range(_DRAWS))
+    current = tuple(now * draw_now(rng) for _ in range(_DRAWS))
+    if figure == "rps" and swing > 1.0:
+        share = max(cpu_share(old.data), cpu_share(new.data))
+        current = tuple(value * _load_factor(share, swing, rng) for value in current)
+    else:
+        swing = 1.0
     return Noise(
-        baseline=tuple(then * draw_then(rng) for _ in range(_DRAWS)),
-        current=tuple(now * draw_now(rng) for _ in range(_DRAWS)),
+        baseline=baseline,
+        current=current,
         source=source,
         rounds_now=max(1, len(rounds_now)),
         rounds_then=max(1, len(rounds_then)),
+        load_swing=swing,
     )
+
+
+def _available(load: float, cores: float) -> float:
+    # A runnable thread gets about cores / load of a core once the machine has more runnable
+    # threads than cores, and a whole core before.
+    return min(1.0, cores / load) if load > 0 and cores > 0 else 1.0
+
+
+def load_swing(then: Mapping[str, Any] | None, now: Mapping[str, Any] | None) -> float:
+    """How many times more CPU one of two sessions may have had than the other (at least 1).
+
+    Each session's 1-, 5- and 15-minute load averages bound the CPU a runnable thread got
+    around it; a storm lasts seconds, so any of them may be the one it met.
+    """
+    shares = []
+    for loads in (then, now):
+        if not loads:
+            continue
+        cores = loads.get("cores")
+        for key in ("1m", "5m", "15m"):
+            value = loads.get(key)
+            if isinstance(value, int | float) and isinstance(cores, int | float):
+                shares.append(_available(float(value), float(cores)))
+    if len(shares) < 2 or min(shares) <= 0:
+        return 1.0
+    return max(shares) / min(shares)
+
+
+def cpu_share(data: Mapping[str, Any]) -> float:
+    """The share of a storm's time per request spent on the CPU rather than in simulated waits.
+
+    Throughput is requests in flight over time per request (Little's law); only the part
+    that is not a simulated wait slows down when the machine gives the storm less CPU. The
+    waits are counted at their requested median, at most their mean, so the share errs
+    high (the interval wide). Without simulated waits every millisecond may be the CPU's.
+    """
+    service = data.get("service_time")
+    latency = data.get("latency")
+    timed = service if isinstance(service, Mapping) and service.get("mean") else latency
+    mean = timed.get("mean") if isinstance(timed, Mapping) else None
+    requests = data.get("requests")
+    extras = data.get("extras")
+    waits = extras.get("simulated_waits") if isinstance(extras, Mapping) else None
+    if not isinstance(mean, int | float) or not mean > 0 or not isinstance(requests, int):
+        return 1.0
+    if not isinstance(waits, Mapping) or requests <= 0:
+        return 1.0
+    waited = 0.0
+    for kind in waits.values():
+        if isinstance(kind, Mapping) and kind.get("count"):
+            waited += float(kind["count"]) * float(kind.get("requested_p50_ms") or 0.0)
+    return min(1.0, max(0.0, 1.0 - waited / requests / float(mean)))
+
+
+def _load_factor(share: float, swing: float, rng: random.Random) -> float:
+    """Throughput now over then that a change of CPU alone explains, drawn over the swing."""
+    # CPU-bound time per request scales with 1 / the CPU available; the ratio of the two
+    # sessions' CPU lies within [1 / swing, swing], log-uniformly for want of anything better.
+    ratio = math.exp(rng.uniform(-math.log(swing), math.log(swing)))
+    return 1.0 / ((1.0 - share) + share * ratio)
 
 
 def parse_compare_fail(expr: str, *, origin: str = COMPARE_FAIL_OPTION) -> list[Threshold]:
@@ -566,7 +678,8 @@ def judge(d: FigureDelta, threshold: Threshold) -> Judgement | None:
     else:
         verdict = "inconclusive"
     settle = None
-    if verdict == "inconclusive" and d.noise is not None:
+    if verdict == "inconclusive" and d.noise is not None and d.noise.load_swing <= 1.0:
+        # (A swing of the machine's load between the sessions is not settled by more rounds.)
         rounds = d.noise.rounds_now if d.noise.source == "rounds" else 1
         half, gap = (high - low) / 2, abs(worse - allowed)
         if gap > 0:
