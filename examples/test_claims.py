@@ -95,8 +95,13 @@ def test_async_llm_endpoint_needs_one_event_loop(storm: Any, model_server: Any) 
 def test_django_orm_in_an_async_view_hops_to_threads(storm: Any) -> None:
     plain = storm(django_app.asgi_app, "GET", "/async-item/3")
     orm = storm(django_app.asgi_app, "GET", "/orm/3")
-    # sync_to_async around the query: a thread per request in flight, and fewer requests
-    # a second than the same async view without the ORM.
-    threads = max(p.max_busy for p in orm.thread_pools if "asgiref" in p.name)
-    assert threads > 1
-    assert orm.throughput < plain.throughput
+
+    def asgiref_threads(result: Any) -> int:
+        return max(p.max_busy for p in result.thread_pools if "asgiref" in p.name)
+
+    # sync_to_async around the query: a thread per request in flight (up to the 20 users),
+    # where the same async view without the ORM keeps Django's one thread for its sync
+    # parts. Threads are counted, not timed: the counts hold on a busy machine, where the
+    # two storms' throughputs can swap places.
+    assert asgiref_threads(plain) <= 1
+    assert asgiref_threads(orm) > 1

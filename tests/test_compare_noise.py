@@ -173,10 +173,11 @@ def test_a_cpu_bound_throughput_that_fell_with_the_load_is_inconclusive_not_regr
     (rps,) = judged(base, now, "rps:5%", load_then=CALM, load_now=BUSY)
     assert rps.verdict == "inconclusive"
     assert rps.delta.noise is not None
-    assert rps.delta.noise.load_swing == pytest.approx((2 / 2.8) / (2 / 5.2))
+    assert rps.delta.noise.load_swing == pytest.approx(5.2 / 2)
     assert rps.settle_rounds is None  # more rounds share the same load
-    # With the load unchanged, the same drop is past any doubt.
-    (steady,) = judged(base, now, "rps:5%", load_then=BUSY, load_now=BUSY)
+    # On a machine with cores to spare in both sessions, the same drop is past any doubt.
+    idle = loads(1.5, 1.0, 0.5)
+    (steady,) = judged(base, now, "rps:5%", load_then=idle, load_now=idle)
     assert steady.verdict == "regressed"
     # So it is without a load on record (the rounds alone).
     (unknown,) = judged(base, now, "rps:5%")
@@ -205,6 +206,15 @@ def test_identical_rounds_under_a_swinging_load_are_never_regressed(seed: int) -
         assert j.verdict != "regressed"
 
 
+def test_a_latency_that_grew_with_the_load_is_inconclusive_not_regressed() -> None:
+    base = with_rounds(make_result(latencies(8)), [20, 21, 22], [1000, 1000, 1000])
+    now = with_rounds(make_result(latencies(8, scale=1.7)), [34, 36, 38], [1000, 1000, 1000])
+    (p99,) = judged(base, now, "p99:10%", load_then=CALM, load_now=BUSY)
+    assert p99.verdict == "inconclusive"
+    (steady,) = judged(base, now, "p99:10%", load_then=loads(1.0), load_now=loads(1.0))
+    assert steady.verdict == "regressed"
+
+
 def test_a_two_fold_slowdown_is_regressed_when_the_load_held_still() -> None:
     base = with_rounds(make_result(latencies(1)), [26, 30, 34], [850, 1000, 1150])
     slow = with_rounds(make_result(latencies(101, scale=2.0)), [52, 60, 68], [425, 500, 575])
@@ -219,11 +229,11 @@ def test_a_two_fold_slowdown_is_regressed_when_the_load_held_still() -> None:
 
 def test_load_swing_is_the_spread_of_the_cpu_each_session_could_have_had() -> None:
     assert _baseline.load_swing(None, None) == 1.0
-    assert _baseline.load_swing(loads(1.0), None) == 1.0
-    # Within a session too: the 1-minute average rose from the 15-minute one.
-    assert _baseline.load_swing(None, loads(8.0, 4.0, 2.0)) == pytest.approx(4.0)
-    assert _baseline.load_swing(CALM, BUSY) == pytest.approx(5.2 / 2.8)
-    assert _baseline.load_swing({"1m": 3.0}, BUSY) == 1.0  # no cores: not comparable
+    assert _baseline.load_swing(loads(1.0), loads(2.0)) == 1.0  # nothing competed
+    # Any of the three averages: a storm lasts seconds.
+    assert _baseline.load_swing(None, loads(2.0, 8.0, 4.0)) == pytest.approx(4.0)
+    assert _baseline.load_swing(CALM, BUSY) == pytest.approx(5.2 / 2)
+    assert _baseline.load_swing({"1m": 3.0}, None) == 1.0  # no cores: no share known
 
 
 def test_cpu_share_is_the_time_per_request_outside_simulated_waits() -> None:

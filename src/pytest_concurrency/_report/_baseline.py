@@ -4,9 +4,9 @@ A comparison judges each difference against its own noise. Every compared figure
 90% interval for its change, by bootstrap: over the rounds of a ``rounds=`` storm (the
 run-to-run spread, which is what flaps a gate), else over the requests recorded in the
 storm's HDR histogram (the spread of the percentile itself). The rounds of one session
-share its moment of load, so throughput also gets the swing of the CPU the two sessions
-had: the machine's load averages, saved with the baseline and read again now, bound how
-far the CPU-bound share of a storm's work can have moved between them. Against a threshold the
+share its moment of load, so the interval also gets the swing of the CPU the two sessions
+may have had: the machine's load averages, saved with the baseline and read again now,
+bound how far the CPU-bound share of a storm's time per request can have moved. Against a threshold the
 change is then **regressed** (the whole interval is past it), **improved** (the whole
 interval is better than no change), **unchanged** (the interval stays within it) or
 **inconclusive** (the interval straddles it: the noise is wider than the threshold).
@@ -493,11 +493,15 @@ def _noise(
     rng = random.Random(zlib.crc32(repr((new.key, figure)).encode("utf-8")))
     baseline = tuple(then * draw_then(rng) for _ in range(_DRAWS))
     current = tuple(now * draw_now(rng) for _ in range(_DRAWS))
-    if figure == "rps" and swing > 1.0:
+    if swing > 1.0:
+        # What the code alone would give now: latency divided by, throughput (requests over
+        # time per request, Little's law) multiplied by, the time a change of CPU explains.
         share = max(cpu_share(old.data), cpu_share(new.data))
-        current = tuple(value * _load_factor(share, swing, rng) for value in current)
-    else:
-        swing = 1.0
+        factors = [_time_factor(share, swing, rng) for _ in current]
+        if figure == "rps":
+            current = tuple(v * f for v, f in zip(current, factors, strict=True))
+        else:
+            current = tuple(v / f for v, f in zip(current, factors, strict=True))
     return Noise(
         baseline=baseline,
         current=current,
@@ -508,30 +512,26 @@ def _noise(
     )
 
 
-def _available(load: float, cores: float) -> float:
-    # A runnable thread gets about cores / load of a core once the machine has more runnable
-    # threads than cores, and a whole core before.
-    return min(1.0, cores / load) if load > 0 and cores > 0 else 1.0
-
-
 def load_swing(then: Mapping[str, Any] | None, now: Mapping[str, Any] | None) -> float:
     """How many times more CPU one of two sessions may have had than the other (at least 1).
 
-    Each session's 1-, 5- and 15-minute load averages bound the CPU a runnable thread got
-    around it; a storm lasts seconds, so any of them may be the one it met.
+    Past the core count, the load average is a mean over minutes: at a storm's moment the
+    other runnable threads may all have been asleep (a whole core) or all running (about
+    cores / load of one). So the swing is the highest load of either session (1, 5 or 15
+    minutes) over the cores; below the cores nothing competed and there is no swing.
     """
-    shares = []
+    swing = 1.0
     for loads in (then, now):
         if not loads:
             continue
         cores = loads.get("cores")
+        if not isinstance(cores, int | float) or cores <= 0:
+            continue
         for key in ("1m", "5m", "15m"):
             value = loads.get(key)
-            if isinstance(value, int | float) and isinstance(cores, int | float):
-                shares.append(_available(float(value), float(cores)))
-    if len(shares) < 2 or min(shares) <= 0:
-        return 1.0
-    return max(shares) / min(shares)
+            if isinstance(value, int | float) and math.isfinite(value):
+                swing = max(swing, float(value) / float(cores))
+    return swing
 
 
 def cpu_share(data: Mapping[str, Any]) -> float:
@@ -560,12 +560,12 @@ def cpu_share(data: Mapping[str, Any]) -> float:
     return min(1.0, max(0.0, 1.0 - waited / requests / float(mean)))
 
 
-def _load_factor(share: float, swing: float, rng: random.Random) -> float:
-    """Throughput now over then that a change of CPU alone explains, drawn over the swing."""
+def _time_factor(share: float, swing: float, rng: random.Random) -> float:
+    """Time per request now over then that a change of CPU alone explains, drawn over the swing."""
     # CPU-bound time per request scales with 1 / the CPU available; the ratio of the two
     # sessions' CPU lies within [1 / swing, swing], log-uniformly for want of anything better.
     ratio = math.exp(rng.uniform(-math.log(swing), math.log(swing)))
-    return 1.0 / ((1.0 - share) + share * ratio)
+    return (1.0 - share) + share * ratio
 
 
 def parse_compare_fail(expr: str, *, origin: str = COMPARE_FAIL_OPTION) -> list[Threshold]:
