@@ -22,9 +22,11 @@ import argparse
 import asyncio
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.apps import asgi_hello  # noqa: E402
+
+from pytest_concurrency import ConcurrencyWarning, run_storm  # noqa: E402
 from pytest_concurrency._drivers.http import HttpDriver, encode_request  # noqa: E402
 from pytest_concurrency._servers import ServerSpec, serve  # noqa: E402
 from pytest_concurrency._workload import Request  # noqa: E402
@@ -219,6 +224,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=100)
+    parser.add_argument("--pairs", type=int, default=3, help="rounds of the paired comparison")
     args = parser.parse_args()
     spec = ServerSpec("uvicorn", "tests.apps:asgi_hello", cwd=str(ROOT))
     with serve(spec) as server:
@@ -249,6 +255,47 @@ def main() -> None:
             print(f"{'wrk -t1 (C)':<34} {wrk:>8,.0f} {'-':>18}")
             for name, rps in results.items():
                 print(f"  {name}: {rps / wrk:.2f} × wrk's rps")
+            paired(server.url, args.connections, args.seconds, args.pairs)
+
+
+def storm_rps(url: str, users: int, seconds: float) -> float:
+    """Requests per second of a whole storm (engine + HttpDriver) against *url*."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConcurrencyWarning)
+        result = run_storm(
+            asgi_hello, "GET", "/", server=url, users=users, duration=seconds, warmup=0.5
+        )
+    return result.throughput
+
+
+def paired(url: str, users: int, seconds: float, pairs: int) -> None:
+    """The driver and a whole storm against wrk, back to back (alternating which goes
+    first), so that load from other jobs on the machine falls on both sides of a ratio."""
+    print(f"paired with wrk, {pairs} rounds (ratio of each round; median and range):")
+    ratios: dict[str, list[float]] = {"HttpDriver": [], "storm (engine + HttpDriver)": []}
+    for i in range(pairs):
+        for name, values in ratios.items():
+            if name == "HttpDriver":
+                ours = lambda: _driver_rps(url, users, seconds)  # noqa: E731
+            else:
+                ours = lambda: storm_rps(url, users, seconds)  # noqa: E731
+            if i % 2 == 0:
+                mine, theirs = ours(), run_wrk(url, users, seconds)
+            else:
+                theirs, mine = run_wrk(url, users, seconds), ours()
+            if theirs:
+                values.append(mine / theirs)
+    for name, values in ratios.items():
+        if values:
+            print(
+                f"  {name}: {statistics.median(values):.2f} × wrk's rps "
+                f"({min(values):.2f}–{max(values):.2f})"
+            )
+
+
+def _driver_rps(url: str, users: int, seconds: float) -> float:
+    count, wall, _ = asyncio.run(drive(driver_client(url), users, seconds))
+    return count / wall
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Per-request overhead of a storm, next to floors and peers measured in the same run.
 
-    python benchmarks/overhead.py [--requests N] [--json PATH]
+    python benchmarks/overhead.py [--requests N] [--rounds R] [--json PATH]
 
 ASGI: a storm against a minimal app (no I/O) with 1 and 100 users, against
   - floor 1: a bare loop awaiting the app with a prebuilt scope (no concurrency at all),
@@ -9,8 +9,10 @@ ASGI: a storm against a minimal app (no I/O) with 1 and 100 users, against
 WSGI: a storm with 8 workers against a minimal app, against
   - floor: 8 bare threads calling the app directly with a prebuilt environ,
   - loop → thread pool → loop round trips (`run_in_executor`, 8 threads).
-Absolute times wobble on a shared machine; the ratios are the result. Each figure is the
-median of several rounds.
+Absolute times wobble on a shared machine (±40 % between runs), so each ratio comes from
+interleaved pairs: in every round its two figures are measured back to back, in alternating
+order, each over at least 0.2 s of wall time, and the ratio is taken within the round. A ratio is reported as the median over rounds
+with its range; each absolute figure is the median of every measurement of it.
 """
 
 from __future__ import annotations
@@ -189,12 +191,46 @@ def peer_run_in_executor(n: int, threads: int = 8, concurrency: int = 16) -> flo
     return asyncio.run(main()) / n
 
 
-def median_us(fn: Callable[[], float], rounds: int) -> float:
-    values = []
-    for _ in range(rounds):
-        gc.collect()
-        values.append(fn() * 1e6)
-    return statistics.median(values)
+#: Least wall time one measurement spans: a figure of a few ms (8 bare threads make 20,000
+#: requests in about 20 ms) is one scheduler hiccup away from doubling on a shared machine.
+MIN_SPAN_S = 0.2
+
+
+def _us(fn: Callable[[], float]) -> float:
+    """Per-request µs of *fn*, averaged over as many calls as fill :data:`MIN_SPAN_S`."""
+    gc.collect()
+    values: list[float] = []
+    started = time.perf_counter()
+    while not values or time.perf_counter() - started < MIN_SPAN_S:
+        values.append(fn())
+    return statistics.fmean(values) * 1e6
+
+
+def measure(
+    figures: dict[str, Callable[[], float]],
+    pairs: dict[str, tuple[str, str]],
+    rounds: int,
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Every figure's values in µs, and each pair's ratio per round.
+
+    A pair's two figures run back to back in each round, the first one alternating between
+    rounds, so a slow spell of the machine lands on both sides of the ratio rather than on
+    one. Figures in no pair run once a round on their own.
+    """
+    values: dict[str, list[float]] = {name: [] for name in figures}
+    ratios: dict[str, list[float]] = {name: [] for name in pairs}
+    paired = {name for pair in pairs.values() for name in pair}
+    for index in range(rounds):
+        for name, fn in figures.items():
+            if name not in paired:
+                values[name].append(_us(fn))
+        for ratio, (top, bottom) in pairs.items():
+            order = (top, bottom) if index % 2 == 0 else (bottom, top)
+            got = {name: _us(figures[name]) for name in order}
+            values[top].append(got[top])
+            values[bottom].append(got[bottom])
+            ratios[ratio].append(got[top] / got[bottom])
+    return values, ratios
 
 
 def main() -> None:
@@ -208,45 +244,69 @@ def main() -> None:
     n, rounds = args.requests, args.rounds
     slow_n = max(200, n // 20)
 
-    figures = {
-        "asgi floor: direct await": median_us(lambda: floor_direct(n), rounds),
-        "asgi floor: task per request": median_us(lambda: floor_task_per_request(n), rounds),
-        "asgi storm, 1 user": median_us(lambda: storm_asgi(n, 1), rounds),
-        "asgi storm, 100 users": median_us(lambda: storm_asgi(n, 100), rounds),
-        "httpx.ASGITransport": median_us(lambda: peer_httpx(slow_n), rounds),
-        "starlette TestClient": median_us(lambda: peer_testclient(slow_n // 4), rounds),
-        "wsgi floor: 8 bare threads": median_us(lambda: floor_wsgi_threads(n), rounds),
-        "wsgi storm, 8 workers": median_us(lambda: storm_wsgi(n), rounds),
-        "run_in_executor, 8 threads": median_us(lambda: peer_run_in_executor(slow_n), rounds),
-        "flask floor: 8 bare threads": median_us(
-            lambda: floor_wsgi_threads(slow_n, app=FLASK), rounds
+    figures: dict[str, Callable[[], float]] = {
+        "asgi floor: direct await": lambda: floor_direct(n),
+        "asgi floor: task per request": lambda: floor_task_per_request(n),
+        "asgi storm, 1 user": lambda: storm_asgi(n, 1),
+        "asgi storm, 100 users": lambda: storm_asgi(n, 100),
+        "httpx.ASGITransport": lambda: peer_httpx(slow_n),
+        "starlette TestClient": lambda: peer_testclient(slow_n // 4),
+        "wsgi floor: 8 bare threads": lambda: floor_wsgi_threads(n),
+        "wsgi storm, 8 workers": lambda: storm_wsgi(n),
+        "run_in_executor, 8 threads": lambda: peer_run_in_executor(slow_n),
+        "flask floor: 8 bare threads": lambda: floor_wsgi_threads(slow_n, app=FLASK),
+        "flask storm, 8 workers": lambda: storm_wsgi(slow_n, app=FLASK),
+    }
+    pairs = {
+        "asgi storm 100 users / task-per-request floor": (
+            "asgi storm, 100 users",
+            "asgi floor: task per request",
         ),
-        "flask storm, 8 workers": median_us(lambda: storm_wsgi(slow_n, app=FLASK), rounds),
+        "httpx.ASGITransport / asgi storm 100 users": (
+            "httpx.ASGITransport",
+            "asgi storm, 100 users",
+        ),
+        "starlette TestClient / asgi storm 100 users": (
+            "starlette TestClient",
+            "asgi storm, 100 users",
+        ),
+        "wsgi storm 8 workers / 8-thread floor": (
+            "wsgi storm, 8 workers",
+            "wsgi floor: 8 bare threads",
+        ),
+        "run_in_executor / wsgi storm 8 workers": (
+            "run_in_executor, 8 threads",
+            "wsgi storm, 8 workers",
+        ),
+        "flask storm 8 workers / flask 8-thread floor": (
+            "flask storm, 8 workers",
+            "flask floor: 8 bare threads",
+        ),
     }
-    ratios = {
-        "asgi storm 100 users / task-per-request floor": figures["asgi storm, 100 users"]
-        / figures["asgi floor: task per request"],
-        "httpx.ASGITransport / asgi storm 100 users": figures["httpx.ASGITransport"]
-        / figures["asgi storm, 100 users"],
-        "starlette TestClient / asgi storm 100 users": figures["starlette TestClient"]
-        / figures["asgi storm, 100 users"],
-        "wsgi storm 8 workers / 8-thread floor": figures["wsgi storm, 8 workers"]
-        / figures["wsgi floor: 8 bare threads"],
-        "run_in_executor / wsgi storm 8 workers": figures["run_in_executor, 8 threads"]
-        / figures["wsgi storm, 8 workers"],
-        "flask storm 8 workers / flask 8-thread floor": figures["flask storm, 8 workers"]
-        / figures["flask floor: 8 bare threads"],
-    }
-    width = max(map(len, [*figures, *ratios]))
-    print(f"per-request wall time, median of {rounds} rounds ({n:,} requests; peers {slow_n:,})")
-    for name, value in figures.items():
-        print(f"  {name:<{width}}  {value:9.2f} µs")
-    print("ratios")
+    values, per_round = measure(figures, pairs, rounds)
+    medians = {name: statistics.median(found) for name, found in values.items()}
+    ratios = {name: statistics.median(found) for name, found in per_round.items()}
+    width = max(map(len, [*figures, *pairs]))
+    print(f"per-request wall time, median of all rounds ({n:,} requests; peers {slow_n:,})")
+    for name, value in medians.items():
+        low, high = min(values[name]), max(values[name])
+        print(f"  {name:<{width}}  {value:9.2f} µs  ({low:.2f}–{high:.2f})")
+    print(f"ratios, each from {rounds} interleaved pairs: median (range over rounds)")
     for name, value in ratios.items():
-        print(f"  {name:<{width}}  {value:9.2f}x")
+        low, high = min(per_round[name]), max(per_round[name])
+        print(f"  {name:<{width}}  {value:9.2f}x  ({low:.2f}–{high:.2f})")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"per_request_us": figures, "ratios": ratios}, fh, indent=2)
+            json.dump(
+                {
+                    "per_request_us": medians,
+                    "ratios": ratios,
+                    "ratios_per_round": per_round,
+                    "per_request_us_per_measurement": values,
+                },
+                fh,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

@@ -231,11 +231,12 @@ def test_calls_in_a_row_from_one_task_are_told_apart() -> None:
     assert lag.stalls >= 1
     # One stall of five calls: the timer waited for all of them.
     assert lag.max_ms >= 5 * BLOCK_S * 1000 * 0.9
-    # Five calls, unless the watchdog slept through one on a busy machine.
-    assert 4 <= site.count <= 5
-    # Merged calls would last 40 ms or more; one call is 20 ms within one 1 ms sampling
-    # interval, plus time.sleep oversleeping.
-    assert site.per_call_max_ms < 2 * BLOCK_S * 1000
+    # Five calls, unless the watchdog slept through one or two on a busy machine (a
+    # thread descheduled for a whole 20 ms call sees it merged with its neighbour).
+    assert 3 <= site.count <= 5
+    # All five merged would last 100 ms; one call is 20 ms within one 1 ms sampling
+    # interval, plus time.sleep oversleeping, or 40 ms merged with a call slept through.
+    assert site.per_call_max_ms < 3 * BLOCK_S * 1000
     assert lag.longest_stall_calls == site.count
     assert lag.longest_stall_call_ms == pytest.approx(site.per_call_max_ms)
 

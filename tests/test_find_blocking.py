@@ -222,9 +222,13 @@ def test_def_endpoint_saturates_anyio_thread_limiter() -> None:
     result = result_of(caught)
     pool = next(p for p in result.thread_pools if p.name == ANYIO_LIMITER)
 
-    # 40 threads each serving 50 ms calls: 40 / 0.05 = 800 rps at most; ±20 % for the
-    # loop's own work (200 users on 2 shared cores) and threads waking late.
-    assert result.throughput == pytest.approx(threads / fastapi_app.IO_SECONDS, rel=0.20)
+    # 40 threads each serving 50 ms calls: 40 / 0.05 = 800 rps at most, whatever the
+    # machine (+5 % for the window's edges). Below it, by the time a free thread waits
+    # for the loop to hand it the next call: one loop and 40 threads on 2 shared cores
+    # measured 540–800 rps here, so the floor is half the model — well above what a
+    # smaller pool or a serialised one would give (20 rps for one thread).
+    ceiling = threads / fastapi_app.IO_SECONDS
+    assert 0.5 * ceiling <= result.throughput <= 1.05 * ceiling
     assert pool.size == threads
     # 200 users on 40 threads: 160 wait at every instant but the first few milliseconds.
     assert pool.saturation > 0.8

@@ -171,3 +171,133 @@ def test_the_wheel_holds_no_example_code() -> None:
         if imported.split(".")[0] == "examples"
     }
     assert not importers, f"modules of the wheel import the repository's examples: {importers}"
+
+
+#: Packages that measure; the words of their notes and warnings live in ``_report``.
+MEASURING = ("_engine", "_metrics", "_drivers", "_probes", "_simio", "_servers", "_locust")
+_REMARK_LISTS = {"notes", "warnings"}
+
+
+def _is_text(node: ast.expr) -> bool:
+    """A sentence written in place: a string literal, an f-string, or one built from them."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, str)
+    if isinstance(node, ast.JoinedStr):
+        return True
+    if isinstance(node, ast.BinOp):
+        return _is_text(node.left) or _is_text(node.right)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        return node.func.attr in {"format", "join"} and _is_text(node.func.value)
+    if isinstance(node, ast.IfExp):
+        return _is_text(node.body) or _is_text(node.orelse)
+    return False
+
+
+def _holds_text(node: ast.expr) -> bool:
+    if isinstance(node, ast.List | ast.Tuple | ast.Set):
+        return any(_is_text(item) for item in node.elts)
+    if isinstance(node, ast.ListComp | ast.GeneratorExp):
+        return _is_text(node.elt)
+    return _is_text(node)
+
+
+def _is_remark_list(node: ast.expr) -> bool:
+    """``x.notes``, ``x.warnings``, a local ``notes``/``warnings``, or a choice between them."""
+    if isinstance(node, ast.Attribute):
+        return node.attr in _REMARK_LISTS
+    if isinstance(node, ast.Name):
+        return node.id in _REMARK_LISTS
+    if isinstance(node, ast.IfExp):
+        return _is_remark_list(node.body) or _is_remark_list(node.orelse)
+    return False
+
+
+def _put_in_remarks(node: ast.AST) -> ast.expr | None:
+    """What *node* puts into a list of notes or warnings (one item or several), if anything."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        if _is_remark_list(node.func.value) and node.args:
+            method = node.func.attr
+            if method in {"append", "extend"}:
+                return node.args[0]
+            if method == "insert" and len(node.args) > 1:
+                return node.args[1]
+    elif isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        if any(_is_remark_list(target) for target in targets):
+            return node.value
+    elif isinstance(node, ast.keyword) and node.arg in _REMARK_LISTS:
+        return node.value
+    return None
+
+
+def _written_remarks(source: str) -> list[int]:
+    """Lines where *source* puts a sentence of its own into a result's notes or warnings."""
+    found: list[int] = []
+    for node in ast.walk(ast.parse(source)):
+        values = [_put_in_remarks(node)]
+        if isinstance(node, ast.Dict):
+            values = [
+                value
+                for key, value in zip(node.keys, node.values, strict=True)
+                if isinstance(key, ast.Constant) and key.value in _REMARK_LISTS
+            ]
+        found.extend(v.lineno for v in values if v is not None and _holds_text(v))
+    return sorted(found)
+
+
+def test_the_remark_check_finds_sentences_written_into_notes_and_warnings() -> None:
+    written = (
+        "result.notes.append('the loop was busy')\n"  # 1
+        "result.warnings.append(f'{n:,} arrivals dropped')\n"  # 2
+        "(result.warnings if bad else result.notes).append(f'busy {b:.0%}')\n"  # 3
+        "chosen.notes.extend(['a', f'b {x}'])\n"  # 4
+        "warnings.append('over ' + str(x))\n"  # 5
+        "result.notes += [f'{x} rounds']\n"  # 6
+        "StormResult(warnings=[f'{x}'])\n"  # 7
+        "note = {'notes': [f'steps of {x:g} ms']}\n"  # 8
+        "result.warnings.insert(0, 'first {}'.format(x))\n"  # 9
+    )
+    assert _written_remarks(written) == list(range(1, 10))
+    worded = (
+        "result.notes.append(gil_note(busy))\n"
+        "result.warnings.extend(LOCUST_NOTES)\n"
+        "result.warnings.extend(output.warnings)\n"
+        "warnings.append(abandoned_warning(count, grace))\n"
+        "note = {'notes': virtual_clock_notes(floor)}\n"
+        "labels.append('p99')\n"
+        "warnings.warn('deprecated', stacklevel=2)\n"
+    )
+    assert _written_remarks(worded) == []
+
+
+def test_measuring_modules_leave_the_wording_of_remarks_to_the_report() -> None:
+    offenders = {
+        name: lines
+        for name, path in _modules().items()
+        if name.split(".")[1:2] and name.split(".")[1] in MEASURING
+        if (lines := _written_remarks(path.read_text(encoding="utf-8")))
+    }
+    assert f"{PACKAGE}._engine.storm" in _modules()
+    assert not offenders, (
+        "notes or warnings worded in a measuring module (give the sentence a function in "
+        f"_report/_remarks.py and pass it the figures): {offenders}"
+    )
+
+
+def test_the_report_does_not_load_the_engine() -> None:
+    # Importing a module runs its subpackages' __init__ first: follow those edges too (the
+    # top package's own __init__ is the public surface, which loads everything).
+    graph = _graph()
+    modules = set(graph)
+    todo = [name for name in modules if name.startswith(f"{PACKAGE}._report")]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parents = {".".join(name.split(".")[:i]) for i in range(2, name.count(".") + 1)}
+        todo.extend(graph[name] | (parents & modules))
+    assert f"{PACKAGE}._report._remarks" in seen
+    loaded = sorted(name for name in seen if name.startswith(f"{PACKAGE}._engine"))
+    assert not loaded, f"_report loads the engine: {loaded}"

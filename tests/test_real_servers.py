@@ -141,8 +141,11 @@ def test_blocking_async_def_behind_uvicorn_serialises() -> None:
         apps.blocking_asgi, "GET", "/", users=20, duration=3.0, warmup=1.0, server="uvicorn"
     )
     assert result.throughput == pytest.approx(20, rel=0.2)
-    # Latency counts from the intended send: 20 users queue ≈ 20 × 50 ms.
-    assert result.latency.mean == pytest.approx(1000, rel=0.3)
+    # Latency counts from the intended send: 20 users queue ≈ 20 × 50 ms on average (a
+    # client that timed from its own send would report ≈ 50 ms). The server does not
+    # serve its connections first come, first served, so over 60 requests the mean
+    # wanders: 770–1,010 ms in three runs here.
+    assert 500 <= result.latency.mean <= 1500
 
 
 def test_upstream_routes_reach_the_server_process(upstream: Any) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -276,3 +279,68 @@ def test_resource_sampler_measures_the_server_tree() -> None:
     assert usage.server_rss_peak > 10 * 2**20
     assert usage.client_cpu_mean > 0
     assert set(usage.to_dict()) >= {"server_cpu_mean", "server_rss_peak", "client_cpu_mean"}
+
+
+@contextlib.contextmanager
+def adopting_orphans() -> Iterator[None]:
+    """Make this process the subreaper of its descendants, one that reaps only at the end:
+    like PID 1 in a container, which may never reap the orphans it adopts."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        pytest.skip("prctl(PR_SET_CHILD_SUBREAPER) is not available")
+    try:
+        yield
+    finally:
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="subreapers are a Linux feature")
+def test_stop_does_not_wait_for_zombies() -> None:
+    # The leader leaves at once on SIGTERM; its child exits 0.2 s later, adopted by a
+    # process that does not reap it. A zombie has stopped: the stop must not wait for it.
+    script = textwrap.dedent(
+        """
+        import os, signal, sys, time
+        if os.fork() == 0:
+            signal.signal(signal.SIGTERM, lambda *_: (time.sleep(0.2), os._exit(0)))
+            while True:
+                time.sleep(1)
+        print("ready", flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+        while True:
+            time.sleep(1)
+        """
+    )
+    with adopting_orphans():
+        process = subprocess.Popen(
+            [sys.executable, "-c", script], stdout=subprocess.PIPE, start_new_session=True
+        )
+        assert process.stdout is not None
+        with process.stdout:
+            assert process.stdout.readline() == b"ready\n"
+            children = psutil.Process(process.pid).children()
+            assert len(children) == 1
+            try:
+                started = time.monotonic()
+                _process._stop_group(process, grace=5.0)
+                took = time.monotonic() - started
+            finally:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(children[0].pid, 0)  # ours to reap, as the adopter
+    assert took < 2.5, f"stop took {took:.2f} s of its 5 s grace"
+    assert_gone([process.pid, children[0].pid])
+
+
+def test_uvicorn_with_workers_stops_quickly() -> None:
+    # SIGTERM to the supervisor first: workers killed under it made it wait out a health
+    # check on each (5 s) before it looked at its own signal.
+    with serve(spec("uvicorn", workers=2)) as server:
+        pids = wait_for_pids(server, 3)
+        started = time.monotonic()
+        server.stop(grace=_process.STOP_GRACE)
+        took = time.monotonic() - started
+    assert took < 2.5, f"stop took {took:.2f} s of its {_process.STOP_GRACE:g} s grace"
+    assert_gone(pids)

@@ -12,7 +12,14 @@ from typing import Any
 import anyio
 import pytest
 
-from pytest_concurrency import BudgetExceeded, ConfigError, Request, StormError, run_storm
+from pytest_concurrency import (
+    BudgetExceeded,
+    ConcurrencyWarning,
+    ConfigError,
+    Request,
+    StormError,
+    run_storm,
+)
 
 Scope = dict[str, Any]
 
@@ -95,6 +102,127 @@ def test_a_stream_that_never_ends_still_meets_its_timeout() -> None:
     )
     assert result.timeouts >= 2
     assert time.perf_counter() - started < 0.3 + 0.1 + 3
+
+
+def _stubborn(finished: list[str], *, ignore_exit: bool = False) -> Any:
+    """An app that swallows its cancellation (and, if asked, GeneratorExit too)."""
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            while True:
+                try:
+                    await anyio.sleep(10)
+                except anyio.get_cancelled_exc_class():
+                    pass
+                except GeneratorExit:
+                    if not ignore_exit:
+                        raise
+        finally:
+            finished.append("finally")
+
+    return app
+
+
+def test_an_app_that_swallows_its_cancellation_is_abandoned_and_the_storm_ends() -> None:
+    finished: list[str] = []
+    started = time.perf_counter()
+    with pytest.warns(ConcurrencyWarning, match="went on after being cancelled"):
+        result = run_storm(
+            _stubborn(finished),
+            "GET",
+            "/",
+            users=3,
+            duration=0.3,
+            timeout_ms=100,
+            max_error_rate=1,
+            lifespan="off",
+        )
+    # Timeout at 0.1 s, cancellation 20 ms later, abandoned a second after that; the
+    # round itself ends at its deadline: nothing waits for the app any longer.
+    assert time.perf_counter() - started < 0.3 + 0.1 + 1.0 + 3
+    assert result.timeouts >= 3
+    assert result.extras["abandoned"]["tasks"] >= 3
+    # Every abandoned request was closed: its `finally` ran, nothing is left on a loop.
+    assert len(finished) == result.extras["abandoned"]["tasks"]
+    with pytest.raises(BudgetExceeded, match="max_error_rate"):
+        run_storm(_stubborn([]), "GET", "/", users=1, requests=1, timeout_ms=50, lifespan="off")
+
+
+# Python itself reports such a coroutine when it is collected ("coroutine ignored
+# GeneratorExit"): the app's defect, shown as Python shows it.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_app_that_ignores_generator_exit_too_cannot_hold_the_storm() -> None:
+    started = time.perf_counter()
+    with pytest.warns(ConcurrencyWarning, match="abandoned"):
+        result = run_storm(
+            _stubborn([], ignore_exit=True),
+            "GET",
+            "/",
+            users=2,
+            duration=0.2,
+            timeout_ms=50,
+            max_error_rate=1,
+            lifespan="off",
+        )
+    assert result.timeouts >= 2
+    assert time.perf_counter() - started < 0.2 + 0.05 + 1.0 + 3
+
+
+def test_an_abandoned_request_does_not_outlive_the_callers_loop() -> None:
+    import asyncio
+
+    from pytest_concurrency import arun_storm
+
+    finished: list[str] = []
+
+    async def main() -> Any:
+        result = await arun_storm(
+            _stubborn(finished),
+            "GET",
+            "/",
+            users=2,
+            duration=0.2,
+            timeout_ms=50,
+            max_error_rate=1,
+            lifespan="off",
+        )
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        return result, others
+
+    started = time.perf_counter()
+    with pytest.warns(ConcurrencyWarning, match="abandoned"):
+        result, others = asyncio.run(main())  # its shutdown waits for every task left
+    assert others == []
+    assert result.extras["abandoned"]["tasks"] == len(finished) >= 2
+    assert time.perf_counter() - started < 0.2 + 0.05 + 1.0 + 3
+
+
+def test_a_websocket_app_that_swallows_its_cancellation_is_abandoned() -> None:
+    from pytest_concurrency import run_websocket_storm
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        while True:
+            try:
+                message = await receive()
+            except anyio.get_cancelled_exc_class():
+                continue
+            if message["type"] == "websocket.receive":
+                await send({"type": "websocket.send", "text": message.get("text") or ""})
+            # a disconnect is ignored: the app goes on reading
+
+    started = time.perf_counter()
+    with pytest.warns(ConcurrencyWarning, match="abandoned"):
+        result = run_websocket_storm(
+            app, "/ws", users=2, duration=0.2, lifespan="off", max_disconnect_rate=1
+        )
+    assert result.extras["abandoned"]["tasks"] == 2
+    assert time.perf_counter() - started < 0.2 + 1.0 + 1.0 + 3
 
 
 @pytest.mark.parametrize("exc", [SystemExit, KeyboardInterrupt])

@@ -23,7 +23,9 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
+from .._tasks import ABANDON_GRACE, TaskSet
 from .._workload import Request
 from .asgi import ASGIApp, AsgiDriver, build_scope
 from .base import ProtocolViolation, UnknownMessage
@@ -198,47 +200,86 @@ class ConnectionCounts:
         self.close_codes: Counter[int] = Counter()
 
 
-class InProcessConnection:
-    """One WebSocket connection to an in-process ASGI app: the app's receive/send and the
-    client's side, both on the caller's event loop."""
+class _ClientSide:
+    """What both kinds of connection give the client: an inbox of the other side's
+    messages, woken with a bare future, and the close the client sees."""
 
     __slots__ = (
-        "_app_wake",
         "_client_wake",
         "_close_code",
         "_counts",
         "_inbox",
         "_loop",
-        "_state",
-        "_to_app",
-        "app_done",
-        "app_error",
         "by_server",
         "close_reason",
         "handshake",
         "on_message",
-        "scope",
-        "violation",
     )
 
     def __init__(self, counts: ConnectionCounts) -> None:
         self._counts = counts
-        self._state = _State.CONNECTING
-        self._to_app: deque[Message] = deque([{"type": "websocket.connect"}])
         self._inbox: deque[Data] = deque()
         # Bare futures: a round trip wakes two tasks, and anyio's Event costs twice as much.
         self._loop = asyncio.get_running_loop()
-        self._app_wake: asyncio.Future[None] | None = None
         self._client_wake: asyncio.Future[None] | None = None
         self._close_code: int | None = None
         self.close_reason = ""
         self.by_server = False
         self.handshake = Handshake()
         self.on_message: OnMessage | None = None
+
+    def _is_closed(self) -> bool:
+        raise NotImplementedError
+
+    async def receive(self) -> Data:
+        """The next message the other side sent; :class:`ConnectionClosed` once closed."""
+        inbox = self._inbox
+        while not inbox:
+            if self._is_closed():
+                raise self._closed()
+            wake = self._client_wake = self._loop.create_future()
+            await wake
+        return inbox.popleft()
+
+    def drain(self) -> int:
+        """Discard messages received and not yet read; return how many there were."""
+        count = len(self._inbox)
+        self._inbox.clear()
+        return count
+
+    def _closed(self) -> ConnectionClosed:
+        code = self._close_code if self._close_code is not None else ABNORMAL_CLOSURE
+        return ConnectionClosed(code, self.close_reason, by_server=self.by_server)
+
+    def _wake_client(self) -> None:
+        wake = self._client_wake
+        if wake is not None:
+            self._client_wake = None
+            if not wake.done():
+                wake.set_result(None)
+
+
+class InProcessConnection(_ClientSide):
+    """One WebSocket connection to an in-process ASGI app: the app's receive/send and the
+    client's side, both on the caller's event loop."""
+
+    __slots__ = (
+        "_app_wake",
+        "_state",
+        "_to_app",
+        "app_done",
+        "app_error",
+        "violation",
+    )
+
+    def __init__(self, counts: ConnectionCounts) -> None:
+        super().__init__(counts)
+        self._state = _State.CONNECTING
+        self._to_app: deque[Message] = deque([{"type": "websocket.connect"}])
+        self._app_wake: asyncio.Future[None] | None = None
         self.violation: ProtocolViolation | None = None
         self.app_error: BaseException | None = None
         self.app_done = anyio.Event()
-        self.scope = anyio.CancelScope()
 
     # -- the client's side ----------------------------------------------------------------
 
@@ -267,21 +308,8 @@ class InProcessConnection:
             self._to_app.append({"type": "websocket.receive", "bytes": bytes(data)})
         self._wake_app()
 
-    async def receive(self) -> Data:
-        """The next message the app sent; :class:`ConnectionClosed` once the connection closed."""
-        inbox = self._inbox
-        while not inbox:
-            if self._state is _State.CLOSED:
-                raise self._closed()
-            wake = self._client_wake = self._loop.create_future()
-            await wake
-        return inbox.popleft()
-
-    def drain(self) -> int:
-        """Discard messages received and not yet read; return how many there were."""
-        count = len(self._inbox)
-        self._inbox.clear()
-        return count
+    def _is_closed(self) -> bool:
+        return self._state is _State.CLOSED
 
     def disconnect(self, code: int = ABNORMAL_CLOSURE) -> None:
         """The client leaves: the app's next receive() is ``websocket.disconnect``."""
@@ -297,21 +325,10 @@ class InProcessConnection:
         self._wake_app()
         self._wake_client()
 
-    def _closed(self) -> ConnectionClosed:
-        code = self._close_code if self._close_code is not None else ABNORMAL_CLOSURE
-        return ConnectionClosed(code, self.close_reason, by_server=self.by_server)
-
     def _wake_app(self) -> None:
         wake = self._app_wake
         if wake is not None:
             self._app_wake = None
-            if not wake.done():
-                wake.set_result(None)
-
-    def _wake_client(self) -> None:
-        wake = self._client_wake
-        if wake is not None:
-            self._client_wake = None
             if not wake.done():
                 wake.set_result(None)
 
@@ -322,7 +339,9 @@ class InProcessConnection:
         queue = self._to_app
         while not queue:
             if self._state is _State.CLOSED:
-                # After the close, every receive() says so: an app never waits forever.
+                # After the close, every receive() says so: an app never waits forever,
+                # and one that keeps asking still lets the loop run.
+                await anyio.lowlevel.checkpoint()
                 return {
                     "type": "websocket.disconnect",
                     "code": self._close_code or NORMAL_CLOSURE,
@@ -500,7 +519,9 @@ class AsgiWebSocketDriver:
         self._scope = _websocket_scope(request, subprotocols)
         self._counts = ConnectionCounts()
         self._connections: set[InProcessConnection] = set()
-        self._group: anyio.abc.TaskGroup | None = None
+        self._apps: TaskSet | None = None
+        #: App tasks abandoned because they went on after being cancelled at shutdown.
+        self.abandoned = 0
 
     def describe(self) -> str:
         """The event loop that serves the connections in-process."""
@@ -512,8 +533,9 @@ class AsgiWebSocketDriver:
         return self._counts
 
     async def startup(self, group: anyio.abc.TaskGroup, timeout: float) -> None:
-        """Run lifespan startup; connections' app tasks run in *group*."""
-        self._group = group
+        """Run lifespan startup (in *group*); each connection's app runs as a task of its
+        own, which shutdown cancels and, if the app will not end, abandons."""
+        self._apps = TaskSet()
         await self._http.startup(group, timeout)
 
     async def shutdown(self, timeout: float) -> None:
@@ -524,18 +546,19 @@ class AsgiWebSocketDriver:
         with anyio.move_on_after(min(timeout, 1.0)):
             for conn in list(self._connections):
                 await conn.app_done.wait()
-        for conn in self._connections:
-            conn.scope.cancel()
+        if self._apps is not None:
+            await self._apps.stop(ABANDON_GRACE)
+            self.abandoned += self._apps.abandoned
         await self._http.shutdown(timeout)
 
     async def connect(self, timeout: float) -> InProcessConnection:
         """Start the app on a new connection and wait for its answer to the handshake."""
-        group = self._group
-        if group is None:
+        apps = self._apps
+        if apps is None:
             raise RuntimeError("connect() before startup()")
         conn = InProcessConnection(self._counts)
         self._connections.add(conn)
-        group.start_soon(self._serve, conn)
+        apps.spawn(self._serve(conn))
         wake = conn._client_wake = conn._loop.create_future()
         with anyio.move_on_after(timeout):
             await wake
@@ -552,8 +575,7 @@ class AsgiWebSocketDriver:
             scope["state"] = state.copy()
         error: BaseException | None = None
         try:
-            with conn.scope:
-                await self.app(scope, conn.app_receive, conn.app_send)
+            await self.app(scope, conn.app_receive, conn.app_send)
         except Exception as exc:
             error = exc
         finally:
@@ -592,7 +614,7 @@ def _websocket_scope(request: Request, subprotocols: tuple[str, ...]) -> dict[st
 # -- a client over a real socket ------------------------------------------------------------
 
 
-class SocketConnection:
+class SocketConnection(_ClientSide):
     """One WebSocket connection to a real server, with the ``websockets`` library.
 
     A reader task per connection hands each message to ``on_message`` or the inbox, the
@@ -600,35 +622,18 @@ class SocketConnection:
     """
 
     __slots__ = (
-        "_client_wake",
-        "_close_code",
-        "_counts",
-        "_inbox",
         "_leaving",
-        "_loop",
         "_open",
         "_ws",
-        "by_server",
-        "close_reason",
         "failure",
-        "handshake",
-        "on_message",
         "reader",
     )
 
     def __init__(self, counts: ConnectionCounts) -> None:
-        self._counts = counts
-        self._loop = asyncio.get_running_loop()
-        self._inbox: deque[Data] = deque()
-        self._client_wake: asyncio.Future[None] | None = None
+        super().__init__(counts)
         self._ws: Any = None
         self._open = False
         self._leaving = False
-        self._close_code: int | None = None
-        self.close_reason = ""
-        self.by_server = False
-        self.handshake = Handshake()
-        self.on_message: OnMessage | None = None
         self.failure: BaseException | None = None
         self.reader = anyio.CancelScope()
 
@@ -652,21 +657,8 @@ class SocketConnection:
             self._ended(exc)
             raise self._closed() from exc
 
-    async def receive(self) -> Data:
-        """The next message from the server; :class:`ConnectionClosed` once it closed."""
-        inbox = self._inbox
-        while not inbox:
-            if not self._open:
-                raise self._closed()
-            wake = self._client_wake = self._loop.create_future()
-            await wake
-        return inbox.popleft()
-
-    def drain(self) -> int:
-        """Discard messages received and not yet read; return how many there were."""
-        count = len(self._inbox)
-        self._inbox.clear()
-        return count
+    def _is_closed(self) -> bool:
+        return not self._open
 
     def disconnect(self, code: int = ABNORMAL_CLOSURE) -> None:
         """Leave now: a closing handshake with *code*, or a dropped socket for 1006."""
@@ -689,21 +681,13 @@ class SocketConnection:
             await self._ws.close(code)
         self.reader.cancel()
 
-    def _closed(self) -> ConnectionClosed:
-        code = self._close_code if self._close_code is not None else ABNORMAL_CLOSURE
-        return ConnectionClosed(code, self.close_reason, by_server=self.by_server)
-
     def _set_closed(self, code: int, *, by_server: bool) -> None:
         if self._open:
             self._counts.open -= 1
         self._open = False
         self._close_code = code
         self.by_server = by_server
-        wake = self._client_wake
-        if wake is not None:
-            self._client_wake = None
-            if not wake.done():
-                wake.set_result(None)
+        self._wake_client()
 
     def _ended(self, error: BaseException | None) -> None:
         if not self._open or self._leaving:

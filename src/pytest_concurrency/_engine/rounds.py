@@ -37,7 +37,9 @@ from .._params import Layer
 from .._probes.loop import LoopMonitor
 from .._probes.pools import ThreadPoolProbe
 from .._probes.results import LoopLag, PoolUsage
+from .._report._remarks import abandoned_warning, gil_note, harness_bound_remark
 from .._result import StormResult
+from .._tasks import ABANDON_GRACE
 from .._workload import Request
 from .inspect import Inspector
 from .plan import LiveFigures, StormPlan, plan_storm
@@ -259,7 +261,8 @@ async def execute_async(
                 users, started = await _start_users_async(plan, http, count)
                 extras["on_start"] = started.to_dict(count)
             async with AsyncExitStack() as stack:
-                # In-process only: behind a real server these would watch the client.
+                # In-process only: behind a real server these would watch the client
+                # (storm.py runs the same probes inside the server's workers instead).
                 # A virtual loop never lags (it charges the app's work to its clock), and
                 # the pool probe would watch threads a virtual round refuses.
                 if running_loop() is not None and plan.url is None and config.clock == "wall":
@@ -303,6 +306,10 @@ async def execute_async(
     warnings: list[str] = []
     if config.clock == "virtual":
         extras["clock"], warnings = virtual_report()
+    abandoned = runner.tasks.abandoned + getattr(driver, "abandoned", 0)
+    if abandoned:
+        extras["abandoned"] = {"tasks": abandoned, "grace_s": ABANDON_GRACE}
+        warnings.append(abandoned_warning(abandoned, ABANDON_GRACE))
     return RoundOutput(
         figures,
         driver.describe(),
@@ -410,10 +417,7 @@ def finish(plan: StormPlan, output: RoundOutput) -> StormResult:
     result.extras.update(output.extras)
     busy = result.loop_cpu_share
     if output.pool is not None and busy is not None and busy >= _SATURATED_CPU:
-        result.notes.append(
-            f"the process used {busy:.0%} of a core during the storm: "
-            "Python threads share one interpreter lock, so latency includes waiting for it"
-        )
+        result.notes.append(gil_note(busy))
     return result
 
 
@@ -448,9 +452,7 @@ async def _warn_harness_bound(result: StormResult, loop_cpu: float) -> None:
     sent = result.requests + result.discarded
     share = min(1.0, sent * cost / 1e6 / loop_cpu) if loop_cpu > 0 else 0.0
     result.harness_share = share
+    busy = result.loop_cpu_share or 0.0
     (result.warnings if share >= 0.5 else result.notes).append(
-        f"the event loop shared by the app and the load generator was busy "
-        f"{result.loop_cpu_share:.0%} of the storm; the load generator itself took ≈{share:.0%} "
-        f"of that (≈{cost:.0f} µs per request): latency includes queueing for the CPU, "
-        f"so the app may do better than this on a server of its own"
+        harness_bound_remark(busy, share, cost)
     )

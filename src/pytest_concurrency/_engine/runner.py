@@ -13,6 +13,12 @@ Timeouts cost nothing per request: one monitor task scans the requests in flight
 few times per timeout, tells a driver whose request ran out of time that its client
 has gone (``disconnect()``), cancels it shortly after, and puts a fresh user in its
 place so a closed model keeps its population.
+
+Users are plain asyncio tasks, not children of a task group, so that one the app will
+not let go of can be abandoned: a request cancelled once (as a server cancels it) whose
+app swallows ``CancelledError`` and goes on is closed after a grace period — its
+coroutine gets ``GeneratorExit`` at its ``await``, as a killed worker's would end — and
+counted, and the round ends on time whatever the app does with cancellation.
 """
 
 from __future__ import annotations
@@ -22,15 +28,14 @@ import time
 from typing import Any
 
 import anyio
-import anyio.abc
 import anyio.lowlevel
 
 from .. import _clock as clock
 from .._checks import NO_CHECKS, Checks
 from .._drivers.base import AsyncDriver
-from .._errors import ConfigError, StormError
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
 from .._metrics.fold import RunFigures
+from .._tasks import ABANDON_GRACE, TaskSet
 from .._workload import RequestMix
 from .inspect import Inspector
 from .interrupts import app_interrupt
@@ -49,13 +54,14 @@ class Slot:
     """One virtual user's (or open-model connection's) slot: its request in flight, if any."""
 
     __slots__ = (
+        "abandon_at",
         "cancel_at",
         "capture",
         "conn",
         "exchange",
         "index",
-        "scope",
         "since",
+        "task",
         "timed_out",
         "uid",
         "user",
@@ -69,9 +75,10 @@ class Slot:
         self.index = 0  # endpoint of the request in flight
         self.timed_out = False
         self.cancel_at = 0.0
+        self.abandon_at = 0.0
         self.exchange: Any = None
         self.conn: Any = None  # a driver's per-user state (a keep-alive connection)
-        self.scope = anyio.CancelScope()
+        self.task: asyncio.Task[None] | None = None
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:
@@ -80,13 +87,6 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    leaf: BaseException = group
-    while isinstance(leaf, BaseExceptionGroup):
-        leaf = leaf.exceptions[0]
-    return leaf
 
 
 async def _checkpoint(_: float) -> None:
@@ -111,7 +111,18 @@ class AsyncRunner:
         self.driver = driver
         self.mix = mix
         self.timeout = schedule.timeout
-        self.rec = Recorder()
+        self.rec = rec = Recorder()
+        self.origin = schedule.origin
+        # Bound once: recording is on every request's path.
+        self._appends = (
+            rec.start.append,
+            rec.latency.append,
+            rec.ttfb.append,
+            rec.queue.append,
+            rec.status.append,
+            rec.endpoint.append,
+            rec.error.append,
+        )
         if recorders is not None:
             recorders.append(self.rec)  # read (lengths and tails only) by a live line
         self.book = ErrorBook()
@@ -120,40 +131,46 @@ class AsyncRunner:
         self.capture = self.inspector.capture
         self.judges = self.inspector.judges
         self.pick = mix.picker()
+        # Looked up once: every request's path reads them.
+        self.prepared = mix.factory is None
+        self.single = len(mix.requests) <= 1
         self.slots: set[Slot] = set()
         self.alive = 0
         self.in_flight: list[tuple[float, int]] = []
         self.yield_now: Any = asyncio.sleep if running_loop() is not None else _checkpoint
         self.iterations: dict[int, int] = {}
         self.arrivals_done = False
+        #: Users, arrivals and the monitor: a request whose app ignores its cancellation
+        #: is abandoned (``tasks.abandoned`` counts them).
+        self.tasks = TaskSet()
 
     # -- recording --------------------------------------------------------------------
 
     def record(
         self, intended: float, latency: float, first: float, status: int, error: int, index: int
     ) -> None:
-        rec, origin = self.rec, self.schedule.origin
-        rec.start.append(int((intended - origin) * 1e6))
-        rec.latency.append(int(latency * 1e6))
-        rec.ttfb.append(int((first - intended) * 1e6) if first else -1)
-        rec.queue.append(-1)
-        rec.status.append(status)
-        rec.endpoint.append(index)
-        rec.error.append(error)
+        start, latency_, ttfb, queue, status_, endpoint, error_ = self._appends
+        start(int((intended - self.origin) * 1e6))
+        latency_(int(latency * 1e6))
+        ttfb(int((first - intended) * 1e6) if first else -1)
+        queue(-1)
+        status_(status)
+        endpoint(index)
+        error_(error)
 
     def record_timeout(self, slot: Slot, intended: float) -> None:
         self.record(intended, self.timeout, 0.0, STATUS_TIMEOUT, self.timeout_kind, slot.index)
 
     async def serve(self, slot: Slot, intended: float, user: int) -> float:
         """Send one request and record it; return when it completed."""
-        mix = self.mix
-        if mix.factory is None:
-            index = self.pick()
+        if self.prepared:
+            index = 0 if self.single else self.pick()
             checks = self.inspector.checks_for(index) if self.judges else NO_CHECKS
             call = self.driver.call(index, slot)
         else:
             iteration = self.iterations.get(user, 0)
             self.iterations[user] = iteration + 1
+            mix = self.mix
             request = mix.build(slot.user if slot.user is not None else user, iteration)
             index = mix.intern(request.label)
             checks = self.inspector.checks_for(index, request)
@@ -205,28 +222,29 @@ class AsyncRunner:
             self.serve,
             self.yield_now,
         )
+        done = 0.0
         try:
-            with slot.scope:
-                while intended is not None:
+            while intended is not None:
+                if intended > done:  # not back to back: think time, a stagger, a stage
                     delay = intended - clock.now()
                     if delay > 0:
                         await anyio.sleep(delay)
-                    await yield_now(0)
-                    if not take():
-                        break
-                    done = await serve(slot, intended, uid)
-                    if slot.timed_out:
-                        return
-                    intended = next_send(uid, done)
+                await yield_now(0)
+                if not take():
+                    break
+                done = await serve(slot, intended, uid)
+                if slot.timed_out:
+                    return
+                intended = next_send(uid, done)
         finally:
             self.slots.discard(slot)
             self.alive -= 1
 
-    def spawn_user(self, group: anyio.abc.TaskGroup, uid: int, intended: float | None) -> None:
+    def spawn_user(self, uid: int, intended: float | None) -> None:
         slot = Slot(uid, self.users[uid] if self.users is not None else None, self.capture)
         self.slots.add(slot)
         self.alive += 1
-        group.start_soon(self.user, uid, intended, slot)
+        slot.task = self.tasks.spawn(self.user(uid, intended, slot))
 
     # -- open model ---------------------------------------------------------------------
 
@@ -236,19 +254,18 @@ class AsyncRunner:
         loop = asyncio.get_running_loop()
         intended: float | None = first
         try:
-            with slot.scope:
-                while intended is not None:
-                    await self.serve(slot, intended, -1)
-                    if slot.timed_out or self.arrivals_done:
-                        return
-                    waiter: asyncio.Future[float | None] = loop.create_future()
-                    idle.append(waiter)
-                    intended = await waiter
+            while intended is not None:
+                await self.serve(slot, intended, -1)
+                if slot.timed_out or self.arrivals_done:
+                    return
+                waiter: asyncio.Future[float | None] = loop.create_future()
+                idle.append(waiter)
+                intended = await waiter
         finally:
             self.slots.discard(slot)
             self.alive -= 1
 
-    async def arrivals(self, group: anyio.abc.TaskGroup) -> None:
+    async def arrivals(self) -> None:
         schedule = self.schedule
         idle: list[asyncio.Future[float | None]] = []
         try:
@@ -275,7 +292,7 @@ class AsyncRunner:
                     slot = Slot(-1, None, self.capture)
                     self.slots.add(slot)
                     self.alive += 1
-                    group.start_soon(self.connection, at, slot, idle)
+                    slot.task = self.tasks.spawn(self.connection(at, slot, idle))
         finally:
             # Connections still busy will see the flag; idle ones are woken to leave.
             self.arrivals_done = True
@@ -286,7 +303,7 @@ class AsyncRunner:
 
     # -- timeouts and sampling ----------------------------------------------------------
 
-    async def monitor(self, group: anyio.abc.TaskGroup) -> None:
+    async def monitor(self) -> None:
         timeout = self.timeout
         tick = min(0.05, timeout / 4)
         schedule = self.schedule
@@ -301,7 +318,13 @@ class AsyncRunner:
                 if slot.timed_out:
                     if slot.cancel_at and now >= slot.cancel_at:
                         slot.cancel_at = 0.0
-                        slot.scope.cancel()
+                        slot.abandon_at = now + ABANDON_GRACE
+                        if slot.task is not None:
+                            slot.task.cancel()
+                    elif slot.abandon_at and now >= slot.abandon_at:
+                        slot.abandon_at = 0.0
+                        if slot.task is not None:
+                            self.tasks.abandon(slot.task)
                 elif started and now - started >= timeout:
                     # The client gives up at its deadline: the app is told (http.disconnect)
                     # and, if it does not finish soon after, cancelled as a server would.
@@ -315,7 +338,7 @@ class AsyncRunner:
                         # A fresh user takes the place of the one that timed out, so the
                         # closed model keeps its population.
                         again = schedule.next_send(slot.uid, started + timeout)
-                        self.spawn_user(group, slot.uid, again)
+                        self.spawn_user(slot.uid, again)
             self.in_flight.append((now, busy))
 
     async def run(self) -> RunFigures:
@@ -324,27 +347,30 @@ class AsyncRunner:
         window = schedule.window
         cpu_before = time.thread_time()
         wall_before = clock.now()
+        tasks = self.tasks
+        hard = anyio.CancelScope()
         try:
             with anyio.move_on_after(max(0.0, window.deadline - clock.now())) as hard:
-                async with anyio.create_task_group() as group:
-                    if schedule.open:
-                        self.alive += 1
-                        group.start_soon(self.arrivals, group)
-                    else:
-                        for uid, first in schedule.first_sends():
-                            self.spawn_user(group, uid, first)
-                    group.start_soon(self.monitor, group)
-        except BaseExceptionGroup as failures:
-            # The storm's own input failed (a request factory, a think-time sampler):
-            # raise that error itself, not a group of them.
-            ours = failures.subgroup(lambda e: isinstance(e, StormError | ConfigError))
-            if ours is not None:
-                raise _first(ours) from None
-            raise
-        if hard.cancelled_caught:
-            for slot in self.slots:
-                if slot.since:
-                    self.record_timeout(slot, slot.since)
+                if schedule.open:
+                    self.alive += 1
+                    tasks.spawn(self.arrivals())
+                else:
+                    for uid, first in schedule.first_sends():
+                        self.spawn_user(uid, first)
+                tasks.spawn(self.monitor())
+                await tasks.wait()
+        finally:
+            # Whatever ended the round (its end, its deadline, a failure, a cancellation
+            # from outside), no task of it outlives it.
+            if hard.cancelled_caught:
+                for slot in self.slots:
+                    if slot.since:
+                        self.record_timeout(slot, slot.since)
+            await tasks.stop(ABANDON_GRACE)
+        if tasks.failure is not None:
+            # The storm's own input failed (a request factory, a think-time sampler), or
+            # the engine did: raise that error itself.
+            raise tasks.failure
         cpu = time.thread_time() - cpu_before
         wall = clock.now() - wall_before
         return RunFigures(

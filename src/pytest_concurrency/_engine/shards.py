@@ -38,6 +38,7 @@ from .._errors import StormError
 from .._metrics import ErrorBook, Recorder
 from .._metrics.fold import PoolModel, RunFigures
 from .._params import StormConfig
+from .._report._remarks import idle_shards_note
 from .._result import StormResult
 from .plan import LiveFigures, StormPlan
 from .rounds import RoundOutput, execute_async, execute_pool, finish
@@ -254,9 +255,7 @@ def run_sharded_round(plan: StormPlan, live: LiveFigures | None = None) -> Storm
         ],
     }
     if len(plans) < plan.config.processes:
-        result.notes.append(
-            f"processes={plan.config.processes} but only {len(plans)} shard(s) had load to carry"
-        )
+        result.notes.append(idle_shards_note(plan.config.processes, len(plans)))
     return result
 
 

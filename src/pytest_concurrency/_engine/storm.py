@@ -23,8 +23,20 @@ from .._budget import evaluate, evaluate_endpoint
 from .._errors import ConfigError
 from .._locust import build_locustfile, read_back, run_locust
 from .._params import StormConfig
+from .._report._remarks import (
+    client_bound_warning,
+    dropped_arrivals_warning,
+    knee_note,
+    rounds_note,
+    scale_note,
+    server_probes_missing_warning,
+    server_probes_not_applicable,
+    server_probes_note,
+    undeclared_upstream_warning,
+)
 from .._result import StormResult
-from .._servers import ResourceSampler, ResourceUsage, serve
+from .._servers import ResourceSampler, ResourceUsage, RunningServer, serve
+from .._servers.channel import ProbeReport
 from .._servers.simio import ENV as SIMIO_ENV
 from .._servers.simio import SETUP as SIMIO_SETUP
 from .._servers.simio import ship_upstreams
@@ -40,6 +52,19 @@ __all__ = ["run_plan", "run_plan_async"]
 
 #: Client CPU share (of one core) above which a real-server storm may be client-bound.
 _CLIENT_BOUND = 0.85
+#: Budgets judged on the loop monitor's and thread-pool probe's figures. Behind a real
+#: server the probes run inside its workers only for a storm that sets one of these:
+#: they tick every millisecond on the server's loop, which a storm measuring the server
+#: alone should not pay.
+PROBED_BUDGETS = frozenset(
+    {
+        "max_loop_lag_ms",
+        "max_blocking_calls",
+        "max_saturation",
+        "max_queue_p99_ms",
+        "max_threads_busy",
+    }
+)
 
 
 def run_plan(plan: StormPlan, progress: Progress | None = None) -> StormResult:
@@ -130,6 +155,8 @@ def _served(plan: StormPlan) -> Iterator[StormPlan]:
             yield plan
         return
     spec = plan.server
+    if PROBED_BUDGETS & set(plan.config.budgets):
+        spec = dataclasses.replace(spec, probes=True)
     shipped = ship_upstreams(UPSTREAMS)
     if shipped is not None:
         spec = dataclasses.replace(spec, setup=SIMIO_SETUP, env={**spec.env, SIMIO_ENV: shipped})
@@ -145,30 +172,74 @@ def _served(plan: StormPlan) -> Iterator[StormPlan]:
 
 @contextmanager
 def _sampled(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResult]]:
-    """CPU and memory of a real server's processes during one round (psutil).
+    """CPU and memory of a real server's processes during one round (psutil), and the
+    probes inside its workers when the storm asked for them.
 
-    The block yields a function that stops the sampler once the round has its result
-    and puts the figures on it; the sampler is stopped on every other exit too.
+    The block yields a function that stops the sampler and closes the probes' window once
+    the round has its result, and puts the figures on it; both stop on every other exit too.
     """
     running = plan.running
     if running is None:
         yield lambda result: result
         return
+    channel = running.probes
+    if channel is not None:
+        # Before the sampler: the wait for every worker to start its probes is no load.
+        channel.open_window()
     sampler = ResourceSampler(running.pids).start()
+    closed: list[ProbeReport] = []
+
+    def attach(result: StormResult) -> StormResult:
+        result = _with_usage(result, sampler.stop())
+        if channel is not None:
+            closed.append(channel.close_window())
+            return _with_probes(result, closed[-1])
+        if running.spec.probes:
+            return _without_probes(result, running)
+        return result
+
     try:
-        yield lambda result: _with_usage(result, sampler.stop())
+        yield attach
     finally:
         sampler.stop()
+        if channel is not None and not closed:
+            channel.close_window()
+
+
+def _with_probes(result: StormResult, report: ProbeReport) -> StormResult:
+    """The figures the workers' probes sent back, or why there are none (never a pass)."""
+    result.extras["server_probes"] = report.to_dict()
+    if report.complete:
+        result.loop_lag = report.loop_lag
+        result.thread_pools = report.thread_pools
+        result.notes.append(server_probes_note(report.where))
+    else:
+        result.loop_lag = None
+        result.thread_pools = []
+        result.warnings.append(
+            server_probes_missing_warning(report.where, report.reason or "no reason given")
+        )
+    return result
+
+
+def _without_probes(result: StormResult, running: RunningServer) -> StormResult:
+    """Say why a WSGI app behind a real server has no loop or thread-pool figures."""
+    reason = server_probes_not_applicable(running.describe())
+    result.extras["server_probes"] = {
+        "where": None,
+        "workers": [],
+        "measured": False,
+        "missing": {},
+        "reason": reason,
+    }
+    result.notes.append(reason)
+    return result
 
 
 def _with_usage(result: StormResult, usage: ResourceUsage) -> StormResult:
     result.extras["server_usage"] = usage.to_dict()
     if usage.client_cpu_mean >= _CLIENT_BOUND:
-        result.warnings.append(
-            f"the load generator used {usage.client_cpu_mean:.0%} of a core while the server "
-            f"used {usage.server_cpu_mean:.0%}: the client may be the bottleneck, not the server "
-            "(spread the users over processes=)"
-        )
+        result.warnings.append(client_bound_warning(usage.client_cpu_mean, usage.server_cpu_mean))
     return result
 
 
@@ -212,14 +283,9 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
         ]
         p99s = [r.latency.p99 for r in rounds]
         rps = [r.throughput for r in rounds]
-        chosen.notes.append(
-            f"{len(rounds)} rounds, judged on the {config.aggregate} one: p99 "
-            f"{min(p99s):.1f}–{max(p99s):.1f} ms, {min(rps):,.0f}–{max(rps):,.0f} rps"
-        )
+        chosen.notes.append(rounds_note(config.aggregate, p99s, rps))
     if config.scale is not None:
-        chosen.notes.append(
-            f"load scaled ×{config.scale:g} for a quick run (--concurrency-scale); budgets unchanged"
-        )
+        chosen.notes.append(scale_note(config.scale))
         chosen.extras["scale"] = config.scale
     budgets = dict(config.budgets)
     if "max_error_rate" not in budgets and chosen.failed:
@@ -230,20 +296,11 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
         chosen.verdicts.extend(evaluate_endpoint(chosen, endpoint, budgets))
     if chosen.knee is not None:
         knee = chosen.knee
-        load = (
-            f"{knee.target:,.0f} {'rps' if chosen.model == 'open' else 'users'}"
-            if knee.target is not None
-            else "?"
-        )
         chosen.notes.append(
-            f"knee: p99 broke at ≈{load} (second {knee.second}: {knee.p99:,.1f} ms against "
-            f"{knee.calm_p99:,.1f} ms at low load)"
+            knee_note(knee.second, knee.target, chosen.model == "open", knee.p99, knee.calm_p99)
         )
     if chosen.dropped:
-        chosen.warnings.append(
-            f"{chosen.dropped:,} arrivals dropped: max_in_flight={config.max_in_flight:,} requests "
-            "were already in flight"
-        )
+        chosen.warnings.append(dropped_arrivals_warning(chosen.dropped, config.max_in_flight))
     return chosen
 
 
@@ -275,11 +332,7 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
                 routes[name] = {**stats, "calls_in_storm": stats.get("calls", 0) - calls_before}
             missed = upstream.undeclared_calls - undeclared_before.get(id(upstream), 0)
             if missed:
-                hosts = ", ".join(upstream.undeclared[:5])
-                result.warnings.append(
-                    f"the app made {missed:,} call(s) to undeclared upstream hosts ({hosts}): "
-                    "declare them with upstream.route(...)"
-                )
+                result.warnings.append(undeclared_upstream_warning(missed, upstream.undeclared))
         if routes:
             result.extras["upstream"] = routes
 

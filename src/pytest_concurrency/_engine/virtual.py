@@ -34,6 +34,7 @@ from typing import Any
 from .. import _clock as clock
 from .._errors import ConfigError
 from .._params import StormConfig
+from .._report._remarks import virtual_clock_notes, virtual_uncharged_warning
 from .users import is_async_hook
 
 __all__ = [
@@ -311,21 +312,13 @@ def virtual_report() -> tuple[dict[str, Any], list[str]]:
         "charged_ms": round(loop.charged * 1000, 3),
         "uncharged_ms": round(loop.uncharged * 1000, 3),
         "charge_floor_ms": CHARGE_FLOOR * 1000,
-        "notes": [
-            "virtual time: waits cost no wall time; the app's own work was charged to the "
-            f"clock in steps of {CHARGE_FLOOR * 1000:g} ms or more, the load generator's never",
-            "event-loop lag and thread pools were not measured: a virtual loop never lags "
-            "and refuses threads",
-        ],
+        "notes": virtual_clock_notes(CHARGE_FLOOR * 1000),
     }
     warnings = []
     share = loop.uncharged / elapsed if elapsed > 0 else 0.0
     if share >= _UNCHARGED_WARN:
         warnings.append(
-            f"clock='virtual' left {loop.uncharged * 1000:,.0f} ms of the app's own work "
-            f"uncharged (steps under {CHARGE_FLOOR * 1000:g} ms each), {share:.0%} of a core "
-            "over the storm: a real server would queue for the CPU, so these figures are "
-            "optimistic; compare with clock='wall'"
+            virtual_uncharged_warning(loop.uncharged * 1000, CHARGE_FLOOR * 1000, share)
         )
     return note, warnings
 

@@ -59,6 +59,7 @@ from .._metrics import (
 )
 from .._metrics.fold import RunFigures
 from .._params import Layer, budget_limit
+from .._report._remarks import shared_loop_warning
 from .._result import StormResult, Verdict
 from .._workload import RequestMix
 from .interrupts import app_interrupt
@@ -632,11 +633,7 @@ async def run_websocket_round(
     busy = ws.loop_cpu_share
     # Behind a real server the client's own share is judged with the server's usage.
     if plan.url is None and busy is not None and busy >= _SATURATED_CPU:
-        ws.warnings.append(
-            f"the event loop shared by the app and the load generator was busy {busy:.0%} of "
-            "the storm: latency includes queueing for the CPU, so the app may do better on a "
-            "server of its own"
-        )
+        ws.warnings.append(shared_loop_warning(busy))
     return ws
 
 

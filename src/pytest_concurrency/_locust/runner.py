@@ -41,6 +41,7 @@ from typing import Any
 
 from .._errors import ConfigError, StormError
 from .._metrics import ErrorSummary, LatencyStats, latency_stats, new_histogram, record_many
+from .._report._remarks import LOCUST_NOTES, locust_no_status_warning
 from .._result import EndpointStats, StormResult, TimelinePoint
 from .locustfile import REPORT_FILE_ENV, USER_CLASS, Locustfile
 
@@ -60,20 +61,6 @@ STOP_GRACE = 5.0
 START_GRACE = 30.0
 #: Characters of stderr quoted in a :class:`StormError`.
 STDERR_TAIL = 2000
-
-#: What Locust's figures cannot give, said on every result read back from it.
-LOCUST_NOTES = (
-    "Locust rounds each response time before counting it (locust.stats.bucket_response_time, "
-    "Python's round(), half to even): to whole ms below 100 ms, to 10 ms from 100 ms, to 100 ms "
-    "from 1 s, to 1 s from 10 s (about 2 significant digits); percentiles, min and max carry that "
-    "rounding, the mean is exact; a request under 0.5 ms counts as 0 ms",
-    "Locust paces each user on its own (closed model: a user sends its next request when the "
-    "previous one returned and its wait_time passed); there is no open model, and latency "
-    "counts from when a request was sent, not from when it was intended, so a stalled server "
-    "also stalls the users and coordinated omission hides part of the stall",
-    "Locust keeps no time to first byte, queue wait or worker saturation, and its timeline "
-    "holds requests and failures per second without per-second percentiles",
-)
 
 
 def locust_available() -> bool:
@@ -696,10 +683,7 @@ def read_back(run: LocustRun, *, label: str = "locust storm") -> StormResult:
     )
     result.warnings.extend(LOCUST_NOTES)
     if not run.status_counts and requests:
-        result.warnings.append(
-            "Locust reported no status codes: the locustfile does not count them "
-            f"(the generated {USER_CLASS} file does)"
-        )
+        result.warnings.append(locust_no_status_warning(USER_CLASS))
     result.extras["locust"] = {
         "version": run.version,
         "command": run.command,

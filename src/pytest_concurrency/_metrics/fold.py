@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .._report._remarks import short_window_warning
 from .._result import EndpointStats, Knee, PoolStats, StormResult, TimelinePoint
 from .._workload import Profile
 from .records import (
@@ -202,11 +203,8 @@ def fold(
         # Little's law: one round of every user takes users / throughput seconds.
         round_s = config.users / throughput if throughput > 0 else math.inf
         if round_s > duration:
-            shown = f"≈{round_s:,.2f} s" if math.isfinite(round_s) else "longer than the storm"
             result.warnings.append(
-                f"the measured window ({duration:.2f} s) is shorter than one round of users "
-                f"({shown}: {config.users:,} users / {throughput:,.1f} rps): the figures describe "
-                "a start-up transient; lengthen duration or warmup"
+                short_window_warning(duration, round_s, config.users, throughput)
             )
     return result
 

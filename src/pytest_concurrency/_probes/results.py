@@ -6,7 +6,9 @@ The sentences that describe these figures live in ``_report._blocking_text``; ``
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,7 @@ __all__ = [
     "LoopLag",
     "PoolSecond",
     "PoolUsage",
+    "merge_loop_lags",
 ]
 
 from .names import ANYIO_LIMITER, ASGIREF_THREADS, DEFAULT_EXECUTOR
@@ -31,6 +34,11 @@ BACK_TO_BACK = 1.5
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def _number(value: Any) -> float:
+    """A figure read back from JSON: None (a NaN written as null) is NaN again."""
+    return math.nan if value is None else float(value)
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,23 @@ class BlockingSite:
             "p99_stall_ms": self.p99_stall_ms,
             "text": str(self),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BlockingSite:
+        """The site back from :meth:`to_dict` (its ``text`` is made again, not read)."""
+        return cls(
+            file=str(data["file"]),
+            line=int(data["line"]),
+            function=str(data["function"]),
+            call=str(data["call"]),
+            count=int(data["count"]),
+            total_s=float(data["total_s"]),
+            per_call_p50_ms=_number(data["per_call_p50_ms"]),
+            per_call_p99_ms=_number(data["per_call_p99_ms"]),
+            per_call_max_ms=_number(data["per_call_max_ms"]),
+            stalls=int(data["stalls"]),
+            p99_stall_ms=_number(data["p99_stall_ms"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -148,6 +173,31 @@ class LoopLag:
             data["histogram"] = self.histogram.encode().decode("ascii")
         return data
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LoopLag:
+        """The figures back from :meth:`to_dict` (which must have kept the histogram)."""
+        encoded = data.get("histogram")
+        if not isinstance(encoded, str):
+            raise ValueError("a LoopLag read back needs its histogram (to_dict(histogram=True))")
+        return cls(
+            p50_ms=_number(data["p50_ms"]),
+            p99_ms=_number(data["p99_ms"]),
+            max_ms=_number(data["max_ms"]),
+            mean_ms=_number(data["mean_ms"]),
+            total_blocked_s=float(data["total_blocked_s"]),
+            stalls=int(data["stalls"]),
+            threshold_ms=float(data["threshold_ms"]),
+            interval_ms=float(data["interval_ms"]),
+            duration_s=float(data["duration_s"]),
+            ticks=int(data["ticks"]),
+            unattributed=int(data["unattributed"]),
+            sites=[BlockingSite.from_dict(site) for site in data.get("sites") or []],
+            histogram=HdrHistogram.decode(encoded),
+            calls=int(data.get("calls") or 0),
+            longest_stall_calls=int(data.get("longest_stall_calls") or 0),
+            longest_stall_call_ms=_number(data.get("longest_stall_call_ms")),
+        )
+
 
 @dataclass(frozen=True)
 class PoolSecond:
@@ -166,6 +216,17 @@ class PoolSecond:
             "max_busy": self.max_busy,
             "mean_waiting": self.mean_waiting,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PoolSecond:
+        """The point back from :meth:`to_dict`."""
+        waiting = data.get("mean_waiting")
+        return cls(
+            second=int(data["second"]),
+            mean_busy=float(data["mean_busy"]),
+            max_busy=int(data["max_busy"]),
+            mean_waiting=float(waiting) if waiting is not None else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -212,3 +273,90 @@ class PoolUsage:
             "timeline": [p.to_dict() for p in self.timeline],
             "text": self.describe(),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PoolUsage:
+        """The usage back from :meth:`to_dict` (its ``text`` is made again, not read)."""
+
+        def optional(key: str) -> float | None:
+            value = data.get(key)
+            return float(value) if value is not None else None
+
+        size = data.get("size")
+        return cls(
+            name=str(data["name"]),
+            size=int(size) if size is not None else None,
+            mean_busy=float(data["mean_busy"]),
+            max_busy=int(data["max_busy"]),
+            full=float(data["full"]),
+            saturation=float(data["saturation"]),
+            mean_waiting=optional("mean_waiting"),
+            wait_p99_ms=optional("wait_p99_ms"),
+            samples=int(data["samples"]),
+            timeline=[PoolSecond.from_dict(p) for p in data.get("timeline") or []],
+        )
+
+
+def _merge_sites(sites: Sequence[BlockingSite]) -> BlockingSite:
+    """One site from the same line's figures in several processes."""
+    first = sites[0]
+    count = sum(s.count for s in sites)
+    # Each process kept its own per-call percentiles, not the durations: the median is
+    # weighted by calls, the p99 and maximum are the largest (an upper bound, exact for one).
+    p50 = sum(s.per_call_p50_ms * s.count for s in sites) / count if count else math.nan
+    return dataclasses.replace(
+        first,
+        count=count,
+        total_s=sum(s.total_s for s in sites),
+        per_call_p50_ms=p50,
+        per_call_p99_ms=max(s.per_call_p99_ms for s in sites),
+        per_call_max_ms=max(s.per_call_max_ms for s in sites),
+        stalls=sum(s.stalls for s in sites),
+        p99_stall_ms=max(s.p99_stall_ms for s in sites),
+    )
+
+
+def merge_loop_lags(lags: Sequence[LoopLag]) -> LoopLag:
+    """The loop lag of several processes (a server's workers) as one figure.
+
+    Blocking sites and stalls add up, the lag histograms are added (so p50 and p99 are
+    over every timer of every process), the maxima are the largest; the longest stall is
+    the one of the process that lagged most. One lag comes back as it is.
+    """
+    if not lags:
+        raise ValueError("merge_loop_lags() needs at least one LoopLag")
+    if len(lags) == 1:
+        return lags[0]
+    from ._common import _percentiles_ms
+
+    histogram = HdrHistogram.decode(lags[0].histogram.encode())
+    for lag in lags[1:]:
+        histogram.add(lag.histogram)
+    p50, p99 = _percentiles_ms(histogram, 50.0, 99.0)
+    by_line: dict[tuple[str, int, str], list[BlockingSite]] = {}
+    for lag in lags:
+        for site in lag.sites:
+            by_line.setdefault((site.file, site.line, site.function), []).append(site)
+    sites = sorted((_merge_sites(group) for group in by_line.values()), key=lambda s: -s.total_s)
+    measured = [lag for lag in lags if math.isfinite(lag.max_ms)]
+    worst = max(measured, key=lambda lag: lag.max_ms) if measured else lags[0]
+    ticks = sum(lag.ticks for lag in lags)
+    means = [(lag.mean_ms, lag.ticks) for lag in lags if math.isfinite(lag.mean_ms)]
+    return LoopLag(
+        p50_ms=p50,
+        p99_ms=p99,
+        max_ms=worst.max_ms,
+        mean_ms=sum(m * n for m, n in means) / sum(n for _, n in means) if means else math.nan,
+        total_blocked_s=sum(lag.total_blocked_s for lag in lags),
+        stalls=sum(lag.stalls for lag in lags),
+        threshold_ms=worst.threshold_ms,
+        interval_ms=worst.interval_ms,
+        duration_s=max(lag.duration_s for lag in lags),
+        ticks=ticks,
+        unattributed=sum(lag.unattributed for lag in lags),
+        sites=sites,
+        histogram=histogram,
+        calls=sum(lag.calls for lag in lags),
+        longest_stall_calls=worst.longest_stall_calls,
+        longest_stall_call_ms=worst.longest_stall_call_ms,
+    )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
-from .._fidelity import AGREE, Fidelity
+from .._fidelity import AGREE, Fidelity, FidelityRow
 from ._text import aligned, format_number
 
-__all__ = ["fidelity_table", "where_they_differ"]
+__all__ = ["differences", "fidelity_table", "rows_of", "where_they_differ"]
 
 
 def fidelity_table(fidelity: Fidelity) -> str:
@@ -30,12 +32,40 @@ def fidelity_table(fidelity: Fidelity) -> str:
 
 def where_they_differ(fidelity: Fidelity) -> list[str]:
     """Sentences on where the in-process model and a real server must differ."""
+    usage = {server: r.extras.get("server_usage") for server, r in fidelity.results.items()}
+    return differences(fidelity.to_dict(), usage)
+
+
+def rows_of(data: Mapping[str, Any]) -> list[FidelityRow]:
+    """The rows of a fidelity table in its dict form (``extras["fidelity"]``)."""
+
+    def number(value: Any) -> float:
+        return float(value) if isinstance(value, int | float) else math.nan
+
+    return [
+        FidelityRow(
+            str(row.get("figure")),
+            number(row.get("inprocess")),
+            number(row.get("real")),
+            str(row.get("server")),
+        )
+        for row in data.get("rows") or []
+    ]
+
+
+def differences(
+    data: Mapping[str, Any], usage: Mapping[str, Mapping[str, Any] | None] | None = None
+) -> list[str]:
+    """:func:`where_they_differ` from the dict form, with each server's usage where known."""
+    rows = rows_of(data)
     lines = []
-    for server, result in fidelity.results.items():
+    for server in data.get("servers") or {}:
         if server == "inprocess":
             continue
-        rps = next(r for r in fidelity.rows if r.server == server and r.figure == "rps")
-        if rps.agrees:
+        rps = next((r for r in rows if r.server == server and r.figure == "rps"), None)
+        if rps is None:
+            lines.append(f"{server}: no throughput to compare")
+        elif rps.agrees:
             lines.append(
                 f"{server}: throughput agrees within {100 * (AGREE - 1):.0f}%: the app waits on "
                 "I/O, so the server's own per-request cost hides in the waits"
@@ -48,10 +78,10 @@ def where_they_differ(fidelity: Fidelity) -> list[str]:
                 if math.isfinite(rps.ratio) and rps.ratio > 0
                 else f"{server}: no throughput to compare"
             )
-        usage = result.extras.get("server_usage")
-        if usage:
+        used = (usage or {}).get(server)
+        if used:
             lines.append(
-                f"  {server} processes used {usage['server_cpu_mean']:.0%} of a core on average "
-                f"(peak {usage['server_cpu_peak']:.0%}), the client {usage['client_cpu_mean']:.0%}"
+                f"  {server} processes used {used['server_cpu_mean']:.0%} of a core on average "
+                f"(peak {used['server_cpu_peak']:.0%}), the client {used['client_cpu_mean']:.0%}"
             )
     return lines

@@ -22,6 +22,7 @@ from hdrh.histogram import HdrHistogram
 from .._errors import ConfigError
 from .._result import Verdict
 from .._version import __version__
+from ._fidelity import differences, rows_of
 from ._records import StormRecord, StormRow, as_records
 from ._text import diagnosis, format_number, headline, machine_line, verdict_word
 
@@ -75,6 +76,9 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 ul.diagnosis { margin: 4px 0; padding-left: 20px; }
 tr.endpoint td { color: var(--muted); padding-left: 26px; }
 pre { background: var(--bg2); padding: 8px; overflow-x: auto; font-size: 12px; }
+.fidelity { border: 1px solid var(--line); border-radius: 6px; padding: 4px 14px 8px;
+  margin: 10px 0; }
+.fidelity h3 { margin-top: 8px; }
 @media (max-width: 900px) { .charts { grid-template-columns: 1fr; } }
 """
 
@@ -350,7 +354,63 @@ def _cards(d: Mapping[str, Any]) -> str:
     )
 
 
-def _storm_section(p: SimpleNamespace, number: int, record: StormRecord) -> str:
+def _fidelity_card(d: Mapping[str, Any], number: int, seen: dict[str, int]) -> str:
+    """The side-by-side table of a compared storm: figure, in-process, real, ratio, and
+    the sentences on where the two must differ.
+
+    Every storm of one comparison carries the same table: it is drawn at the first of
+    them, and the others link to it.
+    """
+    extras = d.get("extras") or {}
+    data = extras.get("fidelity") if isinstance(extras, Mapping) else None
+    if not isinstance(data, Mapping) or not data.get("rows"):
+        return ""
+    key = json.dumps(data, sort_keys=True, default=str)
+    if key in seen:
+        first = seen[key]
+        return (
+            f"<p class='muted fidelity-link'>in-process against real servers: see "
+            f"<a href='#fidelity-{first}'>storm {first}</a></p>"
+        )
+    seen[key] = number
+    servers: Mapping[str, Any] = data.get("servers") or {}
+    body = []
+    for row in rows_of(data):
+        ratio = row.ratio
+        agrees = row.agrees or not math.isfinite(ratio)
+        shown = f"{ratio:.2f}×" if math.isfinite(ratio) else "n/a"
+        described = str(servers.get(row.server, row.server)).split(", over loopback")[0]
+        body.append(
+            f"<tr><td>{_e(row.figure)}</td><td>{_e(described)}</td>"
+            f"<td class='num'>{_num(row.inprocess)}</td><td class='num'>{_num(row.real)}</td>"
+            f"<td class='num {'ok' if agrees else 'bad'}'>{_e(shown)}"
+            f"{'' if agrees else ' ≠'}</td></tr>"
+        )
+    # This storm's own server usage, when it is one of the real servers compared.
+    usage = {
+        name: extras.get("server_usage")
+        for name, described in servers.items()
+        if described == d.get("server") and name != "inprocess"
+    }
+    sentences = differences(data, usage)
+    return (
+        f"<div class='fidelity' id='fidelity-{number}'><h3>in-process against real servers</h3>"
+        "<table class='fidelity-table'><tr><th>figure</th><th>server</th><th>in-process</th>"
+        "<th>real</th><th>real / in-process</th></tr>"
+        + "".join(body)
+        + "</table>"
+        + (
+            "<ul class='diagnosis'>" + "".join(f"<li>{_e(x)}</li>" for x in sentences) + "</ul>"
+            if sentences
+            else ""
+        )
+        + "</div>"
+    )
+
+
+def _storm_section(
+    p: SimpleNamespace, number: int, record: StormRecord, fidelity_seen: dict[str, int]
+) -> str:
     d = record.data
     verdicts = d.get("verdicts") or []
     passed = all(v.get("ok", True) for v in verdicts)
@@ -381,6 +441,9 @@ def _storm_section(p: SimpleNamespace, number: int, record: StormRecord) -> str:
         parts.append(
             "<ul class='diagnosis'>" + "".join(f"<li>{_e(x)}</li>" for x in lines) + "</ul>"
         )
+    card = _fidelity_card(d, number, fidelity_seen)
+    if card:
+        parts.append(card)
     parts.append('<div class="charts">')
     parts.append(_div(p, _percentile_figure(p, record), f"storm-{number}-percentiles"))
     parts.append(_div(p, _timeline_figure(p, record), f"storm-{number}-timeline"))
@@ -510,7 +573,8 @@ def render_html(
             + _div(p, _comparison_figure(p, records), "comparison-percentiles", wide=True)
             + "</div></section>"
         )
-        parts.extend(_storm_section(p, n, r) for n, r in enumerate(records, 1))
+        seen: dict[str, int] = {}
+        parts.extend(_storm_section(p, n, r, seen) for n, r in enumerate(records, 1))
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -209,9 +209,12 @@ def unmeasured_reason(name: str, data: Mapping[str, Any]) -> str:
     if budget in ("max_loop_lag_ms", "max_blocking_calls"):
         if wsgi:
             return "a WSGI app has no event loop to watch (use max_queued or max_threads_busy)"
+        probes = (data.get("extras") or {}).get("server_probes") or {}
+        if isinstance(probes, Mapping) and probes.get("reason"):
+            return f"the probes inside the server sent no figures: {probes['reason']}"
         return (
-            "the event-loop monitor did not run for this storm (it watches in-process storms, "
-            "not process shards or real servers)"
+            "the event-loop monitor did not run for this storm (it watches in-process storms "
+            "and real servers' event loops, not process shards)"
         )
     if budget in ("max_queue_p99_ms", "max_saturation"):
         return _NO_POOL if not wsgi else "the WSGI pool recorded no figures"

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import IO, Literal
 
 from .._errors import ConfigError, StormError
+from . import agent
 from ._target import PATH_ENV
+from .channel import ProbeChannel
 
 __all__ = ["SERVER_KINDS", "RunningServer", "ServerSpec", "live_servers", "serve"]
 
@@ -46,6 +48,8 @@ class ServerSpec:
     sys_path: tuple[str, ...] = field(default_factory=lambda: tuple(sys.path))
     env: Mapping[str, str] = field(default_factory=dict)
     setup: str | None = None
+    #: Run the loop monitor and thread-pool probe inside each worker (ASGI apps only).
+    probes: bool = False
 
     def validate(self, origin: str = "server=") -> None:
         """Raise :class:`ConfigError` for a spec that cannot start, before anything runs."""
@@ -115,12 +119,19 @@ class RunningServer:
     """A server process group started by :func:`serve`: its URL, its processes, its stop."""
 
     def __init__(
-        self, spec: ServerSpec, process: subprocess.Popen[bytes], port: int, log: IO[bytes]
+        self,
+        spec: ServerSpec,
+        process: subprocess.Popen[bytes],
+        port: int,
+        log: IO[bytes],
+        probes: ProbeChannel | None = None,
     ):
         self.spec = spec
         self.process = process
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        #: The channel to the probes inside the workers (``spec.probes`` and an ASGI app).
+        self.probes = probes
         self._log = log
         self._stopped = False
         self._lock = threading.Lock()
@@ -166,6 +177,8 @@ class RunningServer:
             _stop_group(self.process, grace)
         finally:
             _registry.discard(self)
+            if self.probes is not None:
+                self.probes.close()
             with contextlib.suppress(OSError):
                 self._log.close()
 
@@ -175,29 +188,70 @@ class RunningServer:
 
 def _stop_group(process: subprocess.Popen[bytes], grace: float) -> None:
     group = process.pid  # the leader of a new session leads its own process group
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(group, signal.SIGTERM)
+    # Taken before the signal: once the leader has gone, its orphans no longer show as
+    # its children, and whoever adopts them may never reap them.
+    members = _tree(process.pid)
     deadline = time.monotonic() + grace
     try:
-        while time.monotonic() < deadline:
-            if process.poll() is not None and not _group_alive(group):
-                return
-            time.sleep(0.02)
+        # The leader first: a supervisor (uvicorn's, gunicorn's master) stops its own
+        # workers in order. Workers that die under it instead make uvicorn's supervisor
+        # wait out a health check on each before it looks at its own signal.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(process.pid, signal.SIGTERM)
+        if _wait_stopped(process, [], time.monotonic() + grace / 2) and not _any_running(members):
+            return
+        # Then the whole group: workers whose supervisor left without them, or a
+        # supervisor that has not stopped them in half the grace.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGTERM)
+        if _wait_stopped(process, members, deadline):
+            return
     finally:
-        # Whatever is left of the group (a worker that ignored SIGTERM, an interrupted
-        # wait) is killed; the leader is reaped so that no zombie stays either.
+        # Whatever is left of the group (a worker that ignored SIGTERM, one started after
+        # the snapshot, an interrupted wait) is killed; the leader is reaped so that no
+        # zombie stays either.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=grace)
 
 
-def _group_alive(group: int) -> bool:
+def _wait_stopped(process: subprocess.Popen[bytes], members: list[int], deadline: float) -> bool:
+    """Wait until the leader is reaped and no other member runs; False at *deadline*."""
+    while True:
+        if process.poll() is not None and not _any_running(members):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
+def _tree(leader: int) -> list[int]:
+    """The leader's descendants now (psutil, which every real server needs)."""
+    import psutil
+
     try:
-        os.killpg(group, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
+        return [child.pid for child in psutil.Process(leader).children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _any_running(pids: list[int]) -> bool:
+    """True while one of *pids* runs; a zombie has finished.
+
+    ``os.killpg(group, 0)`` would count zombies too: an orphaned worker is adopted by
+    PID 1 or a subreaper, which in a container may never reap it, and the stop would
+    then wait out its whole grace period.
+    """
+    import psutil
+
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.Error:
+            continue
+    return False
 
 
 class _Registry:
@@ -268,8 +322,12 @@ def _command(spec: ServerSpec, port: int) -> list[str]:
     return command
 
 
-def _environment(spec: ServerSpec) -> dict[str, str]:
+def _environment(spec: ServerSpec, probes: ProbeChannel | None = None) -> dict[str, str]:
     env = {**os.environ, **spec.env}
+    if probes is not None:
+        env[agent.ENV] = probes.path
+    else:
+        env.pop(agent.ENV, None)
     caller = [p or spec.cwd for p in spec.sys_path]
     env[PATH_ENV] = json.dumps(caller)
     # The bootstrap module itself must be importable before it can set sys.path up.
@@ -286,16 +344,29 @@ def _start(spec: ServerSpec, startup_timeout: float) -> RunningServer:
         port = _free_port()
         # Closed by RunningServer.stop(); the server writes to it for its whole life.
         log = tempfile.TemporaryFile(prefix="pytest-storm-server-")  # noqa: SIM115
-        process = subprocess.Popen(
-            _command(spec, port),
-            cwd=spec.cwd,
-            env=_environment(spec),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        # A WSGI app runs on the server's threads or processes with no event loop of its
+        # own to watch, and none of the thread pools the probe knows.
+        probes = (
+            ProbeChannel(spec.kind, spec.workers)
+            if spec.probes and spec.interface == "asgi"
+            else None
         )
-        server = RunningServer(spec, process, port, log)
+        try:
+            process = subprocess.Popen(
+                _command(spec, port),
+                cwd=spec.cwd,
+                env=_environment(spec, probes),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except BaseException:
+            log.close()
+            if probes is not None:
+                probes.close()
+            raise
+        server = RunningServer(spec, process, port, log, probes)
         _registry.add(server)
         try:
             _wait_ready(server, startup_timeout)

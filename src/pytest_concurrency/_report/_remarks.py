@@ -1,0 +1,202 @@
+"""The words of the notes and warnings a storm puts on its result as it runs.
+
+The engine, the metrics and the Locust reader measure; each remark they make is one
+function here that takes the figures and returns the sentence, so the wording lives with
+the rest of the reports and the measuring code carries data only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+__all__ = [
+    "LOCUST_NOTES",
+    "abandoned_warning",
+    "client_bound_warning",
+    "dropped_arrivals_warning",
+    "gil_note",
+    "harness_bound_remark",
+    "idle_shards_note",
+    "knee_note",
+    "locust_no_status_warning",
+    "rounds_note",
+    "scale_note",
+    "server_probes_missing_warning",
+    "server_probes_not_applicable",
+    "server_probes_note",
+    "shared_loop_warning",
+    "short_window_warning",
+    "undeclared_upstream_warning",
+    "virtual_clock_notes",
+    "virtual_uncharged_warning",
+]
+
+#: Undeclared upstream hosts named in a warning; the rest are counted only.
+_HOSTS_SHOWN = 5
+
+#: What Locust's figures cannot give, said on every result read back from it.
+LOCUST_NOTES = (
+    "Locust rounds each response time before counting it (locust.stats.bucket_response_time, "
+    "Python's round(), half to even): to whole ms below 100 ms, to 10 ms from 100 ms, to 100 ms "
+    "from 1 s, to 1 s from 10 s (about 2 significant digits); percentiles, min and max carry that "
+    "rounding, the mean is exact; a request under 0.5 ms counts as 0 ms",
+    "Locust paces each user on its own (closed model: a user sends its next request when the "
+    "previous one returned and its wait_time passed); there is no open model, and latency "
+    "counts from when a request was sent, not from when it was intended, so a stalled server "
+    "also stalls the users and coordinated omission hides part of the stall",
+    "Locust keeps no time to first byte, queue wait or worker saturation, and its timeline "
+    "holds requests and failures per second without per-second percentiles",
+)
+
+
+def gil_note(busy: float) -> str:
+    """A WSGI round that kept the process near a full core waited for the interpreter lock."""
+    return (
+        f"the process used {busy:.0%} of a core during the storm: "
+        "Python threads share one interpreter lock, so latency includes waiting for it"
+    )
+
+
+def harness_bound_remark(loop_busy: float, harness_share: float, cost_us: float) -> str:
+    """How much of a saturated event loop the load generator itself took."""
+    return (
+        f"the event loop shared by the app and the load generator was busy "
+        f"{loop_busy:.0%} of the storm; the load generator itself took ≈{harness_share:.0%} "
+        f"of that (≈{cost_us:.0f} µs per request): latency includes queueing for the CPU, "
+        f"so the app may do better than this on a server of its own"
+    )
+
+
+def shared_loop_warning(busy: float) -> str:
+    """A WebSocket round whose loop, shared with the load generator, was near saturation."""
+    return (
+        f"the event loop shared by the app and the load generator was busy {busy:.0%} of "
+        "the storm: latency includes queueing for the CPU, so the app may do better on a "
+        "server of its own"
+    )
+
+
+def client_bound_warning(client_cpu: float, server_cpu: float) -> str:
+    """The load generator, not the server it loads, may have set the pace."""
+    return (
+        f"the load generator used {client_cpu:.0%} of a core while the server "
+        f"used {server_cpu:.0%}: the client may be the bottleneck, not the server "
+        "(spread the users over processes=)"
+    )
+
+
+def rounds_note(aggregate: str, p99s: Sequence[float], rps: Sequence[float]) -> str:
+    """The spread of a storm's rounds (one p99 and one throughput each) and which one was judged."""
+    return (
+        f"{len(p99s)} rounds, judged on the {aggregate} one: p99 "
+        f"{min(p99s):.1f}–{max(p99s):.1f} ms, {min(rps):,.0f}–{max(rps):,.0f} rps"
+    )
+
+
+def scale_note(scale: float) -> str:
+    """The load was scaled from the command line while the budgets were not."""
+    return f"load scaled ×{scale:g} for a quick run (--concurrency-scale); budgets unchanged"
+
+
+def knee_note(
+    second: int, target: float | None, open_model: bool, p99_ms: float, calm_p99_ms: float
+) -> str:
+    """Where p99 broke as the load rose, against its value at low load."""
+    load = f"{target:,.0f} {'rps' if open_model else 'users'}" if target is not None else "?"
+    return (
+        f"knee: p99 broke at ≈{load} (second {second}: {p99_ms:,.1f} ms against "
+        f"{calm_p99_ms:,.1f} ms at low load)"
+    )
+
+
+def dropped_arrivals_warning(dropped: int, max_in_flight: int) -> str:
+    """Open-model arrivals that found the in-flight cap reached and were not sent."""
+    return (
+        f"{dropped:,} arrivals dropped: max_in_flight={max_in_flight:,} requests "
+        "were already in flight"
+    )
+
+
+def undeclared_upstream_warning(calls: int, hosts: Sequence[str]) -> str:
+    """The app called hosts no simulated upstream declared (the first few are named)."""
+    return (
+        f"the app made {calls:,} call(s) to undeclared upstream hosts "
+        f"({', '.join(hosts[:_HOSTS_SHOWN])}): declare them with upstream.route(...)"
+    )
+
+
+def idle_shards_note(processes: int, shards: int) -> str:
+    """Fewer shards ran than processes were asked for, since the load did not need them."""
+    return f"processes={processes} but only {shards} shard(s) had load to carry"
+
+
+def virtual_clock_notes(charge_floor_ms: float) -> list[str]:
+    """What a round on the virtual clock charged to the clock and what it could not measure."""
+    return [
+        "virtual time: waits cost no wall time; the app's own work was charged to the "
+        f"clock in steps of {charge_floor_ms:g} ms or more, the load generator's never",
+        "event-loop lag and thread pools were not measured: a virtual loop never lags "
+        "and refuses threads",
+    ]
+
+
+def virtual_uncharged_warning(uncharged_ms: float, charge_floor_ms: float, share: float) -> str:
+    """The app's work left off the virtual clock was large enough to flatter the figures."""
+    return (
+        f"clock='virtual' left {uncharged_ms:,.0f} ms of the app's own work "
+        f"uncharged (steps under {charge_floor_ms:g} ms each), {share:.0%} of a core "
+        "over the storm: a real server would queue for the CPU, so these figures are "
+        "optimistic; compare with clock='wall'"
+    )
+
+
+def short_window_warning(window_s: float, round_s: float, users: int, throughput: float) -> str:
+    """A closed-model window shorter than one round of its users saw only the start-up."""
+    shown = f"≈{round_s:,.2f} s" if math.isfinite(round_s) else "longer than the storm"
+    return (
+        f"the measured window ({window_s:.2f} s) is shorter than one round of users "
+        f"({shown}: {users:,} users / {throughput:,.1f} rps): the figures describe "
+        "a start-up transient; lengthen duration or warmup"
+    )
+
+
+def locust_no_status_warning(user_class: str) -> str:
+    """A locustfile that counts no status codes leaves the status table empty."""
+    return (
+        "Locust reported no status codes: the locustfile does not count them "
+        f"(the generated {user_class} file does)"
+    )
+
+
+def abandoned_warning(count: int, grace_s: float) -> str:
+    """Why some of the app's tasks were abandoned, and what the app should do instead."""
+    return (
+        f"{count:,} app task{'' if count == 1 else 's'} went on after being cancelled (the app caught "
+        f"CancelledError and carried on) and {'was' if count == 1 else 'were'} abandoned "
+        f"{grace_s:g} s later, as a server would kill its worker: a handler must let "
+        "CancelledError propagate (re-raise it after cleaning up), or a server leaks "
+        "the task and its connection"
+    )
+
+
+def server_probes_note(where: str) -> str:
+    """Where the loop and thread-pool figures of a real-server storm were measured."""
+    return f"event-loop lag and thread pools measured {where}"
+
+
+def server_probes_missing_warning(where: str, reason: str) -> str:
+    """Why the probes inside a real server sent back no figures."""
+    return (
+        f"event-loop lag and thread pools not measured {where}: {reason}; "
+        "budgets on them fail as not measured"
+    )
+
+
+def server_probes_not_applicable(server: str) -> str:
+    """Why a WSGI app behind a real server has no loop or thread-pool figures."""
+    return (
+        f"the event-loop and thread-pool probes do not apply: {server} runs a "
+        "WSGI app on the server's own worker processes and threads, with no event loop to "
+        "watch and none of the thread pools the probe knows"
+    )
