@@ -1,6 +1,6 @@
 """How often do the gates fail on unchanged code? Budgets and a baseline compare, K times.
 
-    python benchmarks/flake.py [--k 20] [--fail p99:10%,rps:5%] [--json PATH]
+    python benchmarks/flake.py [--k 20] [--fail p99:10%,rps:5%] [--json PATH] [--until HH:MM]
 
 Each of K iterations runs, in child pytest processes and on unchanged code:
   1. the examples' budget tests (``examples/test_claims.py``, ``examples/test_llm.py``),
@@ -13,12 +13,14 @@ threshold: reported, not failed), and prints the spread of each storm's p99 and
 throughput over every run. The load average of the machine is printed with each run:
 other processes on the machine take CPU from the storms and widen the spread.
 
-``--k 3`` takes a few minutes on two cores; the default 20 about an hour.
+``--k 3`` takes a few minutes on two cores; the default 20 about an hour. ``--until``
+starts no iteration that would likely end after that time (UTC) and reports the K reached.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import re
@@ -100,6 +102,18 @@ def _spread(values: list[float]) -> str:
     return f"{low:,.1f}–{high:,.1f} (±{width / 2:.0%})"
 
 
+def _deadline(parser: argparse.ArgumentParser, until: str) -> float:
+    try:
+        hour, minute = (int(part) for part in until.split(":"))
+        now = dt.datetime.now(dt.UTC)
+        end = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    except ValueError:
+        parser.error(f"--until={until!r}: expected HH:MM (UTC), such as 07:10")
+    if end < now:
+        end += dt.timedelta(days=1)
+    return end.timestamp()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the flake benchmark and print what it found."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
@@ -110,9 +124,14 @@ def main(argv: list[str] | None = None) -> int:
         help="--concurrency-compare-fail thresholds (default p99:10%%,rps:5%%)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to PATH")
+    parser.add_argument(
+        "--until",
+        help="start no iteration likely to end after HH:MM UTC (default: run all K)",
+    )
     args = parser.parse_args(argv)
     if args.k < 1:
         parser.error("--k must be at least 1")
+    deadline = _deadline(parser, args.until) if args.until else None
 
     budget_failures: Counter[str] = Counter()
     compare_failures: Counter[str] = Counter()
@@ -127,7 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     runs = 0
     with tempfile.TemporaryDirectory(prefix="storm-flake-") as tmp:
         storage = Path(tmp) / "baselines"
+        started = time.time()
         for i in range(args.k):
+            if (
+                deadline is not None
+                and i
+                and started + (time.time() - started) / i * (i + 1) > deadline
+            ):
+                print(
+                    f"stopping after {i} of {args.k} iterations: the next would end after {args.until} UTC"
+                )
+                break
             work = Path(tmp) / f"run{i}"
             (work / "save").mkdir(parents=True)
             (work / "compare").mkdir()
@@ -142,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 ],
                 work / "compare",
             )
-            runs += 2
+            runs += 1
             for name, message in saved["failed"].items():
                 budget_failures[name] += 1
                 examples.setdefault(name, message)
@@ -176,19 +205,19 @@ def main(argv: list[str] | None = None) -> int:
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print()
-    print(f"{args.k} iterations on {cores} cores; load average {min(loads):.1f}–{max(loads):.1f}")
+    print(f"{runs} iterations on {cores} cores; load average {min(loads):.1f}–{max(loads):.1f}")
     print(
-        f"budget runs: {sum(budget_failures.values())} false failures in {args.k} runs "
+        f"budget runs: {sum(budget_failures.values())} false failures in {runs} runs "
         f"({len(budget_failures)} tests)"
     )
     for name, count in budget_failures.most_common():
-        print(f"  {count}/{args.k}  {name}: {examples[name][:160]}")
+        print(f"  {count}/{runs}  {name}: {examples[name][:160]}")
     print(
         f"compare runs ({args.fail}): {sum(compare_failures.values())} false regressions, "
         f"{sum(other_failures.values())} budget failures"
     )
     for name, count in (compare_failures + other_failures).most_common():
-        print(f"  {count}/{args.k}  {name}: {examples[name][:160]}")
+        print(f"  {count}/{runs}  {name}: {examples[name][:160]}")
     judged = sum(verdicts.values())
     print(
         f"compared figures: {judged} judged, {verdicts.get('regressed', 0)} regressed, "
@@ -211,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(
             json.dumps(
                 {
-                    "k": args.k,
+                    "k": runs,
                     "fail": args.fail,
                     "load": [min(loads), max(loads)],
                     "budget_failures": dict(budget_failures),

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from examples import fastapi_app, flask_app
-from pytest_concurrency import Request, lognormal
+from pytest_concurrency import BudgetExceeded, Request, lognormal
 
 MODEL = lognormal(p50_ms=80, p99_ms=200)  # 800 ms / 2 s, scaled down 10×
 PROMPT = Request("POST", "/llm", json={"prompt": "Say hello", "max_tokens": 16})
@@ -29,26 +29,40 @@ def model_server(upstream: Any) -> Any:
     return upstream
 
 
-@pytest.mark.concurrency(users=50, duration=2.0, warmup=0.3, max_error_rate=0)
+# The gate a CI can keep: the app's p99 within 1.5× the p99 of the model calls this storm
+# made (a yardstick drawn in the same storm, not milliseconds a slower machine would miss),
+# and no thread pool at work (a count). Async all the way passes it; sync workers fail it
+# on both counts.
+LLM_GATE = pytest.mark.concurrency(
+    users=50, duration=2.0, warmup=0.3, p99_ratio=1.5, max_threads_busy=0, max_error_rate=0
+)
+
+
+@LLM_GATE
 def test_async_llm_endpoint_tracks_the_model_latency(storm: Any, model_server: Any) -> None:
     result = storm(fastapi_app.app, requests=[PROMPT])
-    # Async all the way: each request waits only for its own model call, so the app's
-    # percentiles are the model's plus a few ms of framework time.
-    assert result.latency.p50 == pytest.approx(80, rel=0.10, abs=5)
-    assert result.latency.p99 == pytest.approx(200, rel=0.15, abs=5)
+    # Each request waits only for its own model call, so the 50 users' calls overlap: about
+    # 50 × 86 / (86 + the framework's time) in flight at once (Little's law), never more.
     route = result.extras["upstream"][fastapi_app.MODEL_URL]
-    assert route["max_in_flight"] > 25  # the calls overlapped
-    assert result.busiest_pool is None  # no thread pool was involved
+    assert 25 < route["max_in_flight"] <= 50
+    # Every request lasts at least its own model call, so the medians keep that order too
+    # (5 % for the histograms' rounding).
+    waits = result.extras["simulated_waits"]["async"]
+    assert result.latency.p50 >= 0.95 * waits["requested_p50_ms"]
 
 
-@pytest.mark.concurrency(users=50, duration=2.0, warmup=0.3, workers=8, max_error_rate=0)
+@LLM_GATE
 def test_sync_llm_endpoint_queues_behind_eight_workers(storm: Any, model_server: Any) -> None:
-    result = storm(flask_app.app, requests=[PROMPT])
-    # 8 workers each blocked ~ mean 90 ms on the model: ≈ 8 / 0.09 ≈ 90 rps; 50 users wait
-    # in the backlog for most of their latency (Little's law: 50 / 90 rps ≈ 0.56 s).
+    with pytest.raises(BudgetExceeded) as failed:
+        storm(flask_app.app, requests=[PROMPT], workers=8)
+    result = failed.value.result
+    assert {v.name for v in result.verdicts if not v.ok} == {"p99_ratio", "max_threads_busy"}
+    # 8 workers each blocked a mean 86 ms on the model serve at most 8 / 0.086 ≈ 93 rps; 50
+    # users then wait in the backlog for most of their latency (Little's law: 50 / 93 rps
+    # ≈ 540 ms, of which one model call). A slower machine serves fewer: the bound holds.
     assert result.queue_wait is not None
     assert result.queue_wait.mean > result.service_time.mean  # type: ignore[union-attr]
-    assert result.latency.p50 > 300
+    assert result.latency.mean >= 0.9 * 50 / (8 / 0.086) * 1000
     route = result.extras["upstream"][fastapi_app.MODEL_URL]
     assert route["max_in_flight"] <= 8  # never more calls than workers
 

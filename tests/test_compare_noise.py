@@ -33,15 +33,46 @@ def with_rounds(result: StormResult, p99s: list[float], rps: list[float]) -> Sto
     return result
 
 
-def judged(baseline: StormResult, current: StormResult, expr: str) -> list[_baseline.Judgement]:
+def judged(
+    baseline: StormResult,
+    current: StormResult,
+    expr: str,
+    *,
+    load_then: dict[str, float] | None = None,
+    load_now: dict[str, float] | None = None,
+) -> list[_baseline.Judgement]:
     thresholds = _baseline.parse_compare_fail(expr)
-    doc = _json.session_document([(NODE, baseline)], machine={"host": "h"})
+    machine: dict[str, Any] = {"host": "h"}
+    if load_then is not None:
+        machine["load"] = load_then
+    doc = _json.session_document([(NODE, baseline)], machine=machine)
     # Through JSON, as a saved baseline is read back.
     doc = json.loads(json.dumps(doc))
     (comparison,) = _baseline.compare(
-        [(NODE, current)], doc, noise_for={t.figure for t in thresholds}
+        # Not this machine's load: the verdicts must not depend on who else is running.
+        [(NODE, current)],
+        doc,
+        noise_for={t.figure for t in thresholds},
+        load=load_now if load_now is not None else {},
     )
     return _baseline.judgements(comparison, thresholds)
+
+
+def loads(one: float, five: float | None = None, fifteen: float | None = None) -> dict[str, float]:
+    """Load averages of a 2-core machine."""
+    return {
+        "1m": one,
+        "5m": one if five is None else five,
+        "15m": one if fifteen is None else fifteen,
+        "cores": 2.0,
+    }
+
+
+def simulated(result: StormResult, wait_ms: float) -> StormResult:
+    """*result* with one simulated wait of *wait_ms* per request (all but its CPU time)."""
+    kind = {"count": result.requests, "requested_p50_ms": wait_ms, "requested_p99_ms": wait_ms}
+    result.extras["simulated_waits"] = {"async": kind, "blocking": {"count": 0}}
+    return result
 
 
 ALL = "p50:0%,p90:0%,p99:0%,p999:0%,max:0%,mean:0%,rps:0%"
@@ -123,6 +154,104 @@ def test_one_round_in_the_baseline_borrows_the_spread_of_the_rounds_now() -> Non
     assert p99.delta.noise is not None
     assert (p99.delta.noise.rounds_now, p99.delta.noise.rounds_then) == (3, 1)
     assert p99.verdict != "regressed"
+
+
+# -- the machine's load between sessions -------------------------------------------------
+
+#: The last flake run's extremes: load average 2.8 in one session, 5.2 in the next.
+CALM, BUSY = loads(2.8), loads(5.2)
+
+
+def test_a_cpu_bound_throughput_that_fell_with_the_load_is_inconclusive_not_regressed() -> None:
+    # Rounds agree within ±5% in each session; between them the machine's load went from
+    # 2.8 to 5.2 on 2 cores, and a storm with no simulated waits lost a third of its rps.
+    base = with_rounds(make_result(latencies(7)), [30, 31, 32], [950, 1000, 1050])
+    now = with_rounds(make_result(latencies(7)), [30, 31, 32], [620, 650, 680])
+    now.throughput = 650.0
+    base.throughput = 1000.0
+
+    (rps,) = judged(base, now, "rps:5%", load_then=CALM, load_now=BUSY)
+    assert rps.verdict == "inconclusive"
+    assert rps.delta.noise is not None
+    assert rps.delta.noise.load_swing == pytest.approx(5.2 / 2)
+    assert rps.settle_rounds is None  # more rounds share the same load
+    # On a machine with cores to spare in both sessions, the same drop is past any doubt.
+    idle = loads(1.5, 1.0, 0.5)
+    (steady,) = judged(base, now, "rps:5%", load_then=idle, load_now=idle)
+    assert steady.verdict == "regressed"
+    # So it is without a load on record (the rounds alone).
+    (unknown,) = judged(base, now, "rps:5%")
+    assert unknown.verdict == "regressed"
+
+
+def test_a_load_swing_spares_the_waits_an_io_bound_storm_spends_off_the_cpu() -> None:
+    # 9 ms of each 10 ms request is a simulated wait: a halved throughput is the code's,
+    # whatever the load did to the remaining millisecond.
+    base = with_rounds(make_result([10.0] * 500), [10, 10, 10], [950, 1000, 1050])
+    now = with_rounds(make_result([10.0] * 500), [20, 20, 20], [475, 500, 525])
+    base.throughput, now.throughput = 1000.0, 500.0
+    base, now = simulated(base, 9.0), simulated(now, 9.0)
+    (rps,) = judged(base, now, "rps:10%", load_then=CALM, load_now=BUSY)
+    assert rps.verdict == "regressed"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_identical_rounds_under_a_swinging_load_are_never_regressed(seed: int) -> None:
+    rng = random.Random(seed)
+    rps = [rng.uniform(800, 1200) for _ in range(3)]
+    base = with_rounds(make_result(latencies(seed)), [30, 30, 30], rps)
+    now = with_rounds(make_result(latencies(seed)), [30, 30, 30], rps)
+    for then, load_now in ((CALM, BUSY), (BUSY, CALM), (loads(0.5), loads(9.0))):
+        (j,) = judged(base, now, "rps:0%", load_then=then, load_now=load_now)
+        assert j.verdict != "regressed"
+
+
+def test_a_latency_that_grew_with_the_load_is_inconclusive_not_regressed() -> None:
+    base = with_rounds(make_result(latencies(8)), [20, 21, 22], [1000, 1000, 1000])
+    now = with_rounds(make_result(latencies(8, scale=1.7)), [34, 36, 38], [1000, 1000, 1000])
+    (p99,) = judged(base, now, "p99:10%", load_then=CALM, load_now=BUSY)
+    assert p99.verdict == "inconclusive"
+    (steady,) = judged(base, now, "p99:10%", load_then=loads(1.0), load_now=loads(1.0))
+    assert steady.verdict == "regressed"
+
+
+def test_a_two_fold_slowdown_is_regressed_when_the_load_held_still() -> None:
+    base = with_rounds(make_result(latencies(1)), [26, 30, 34], [850, 1000, 1150])
+    slow = with_rounds(make_result(latencies(101, scale=2.0)), [52, 60, 68], [425, 500, 575])
+    base.throughput, slow.throughput = 1000.0, 500.0
+    # An idle machine (fewer runnable threads than cores) gives a whole core each time.
+    idle = (loads(0.4, 1.1, 1.9), loads(1.2, 0.8, 0.3))
+    (rps,) = judged(base, slow, "rps:10%", load_then=idle[0], load_now=idle[1])
+    assert rps.delta.noise is not None
+    assert rps.delta.noise.load_swing == 1.0
+    assert rps.verdict == "regressed"
+
+
+def test_load_swing_is_the_spread_of_the_cpu_each_session_could_have_had() -> None:
+    assert _baseline.load_swing(None, None) == 1.0
+    assert _baseline.load_swing(loads(1.0), loads(2.0)) == 1.0  # nothing competed
+    # Any of the three averages: a storm lasts seconds.
+    assert _baseline.load_swing(None, loads(2.0, 8.0, 4.0)) == pytest.approx(4.0)
+    assert _baseline.load_swing(CALM, BUSY) == pytest.approx(5.2 / 2)
+    assert _baseline.load_swing({"1m": 3.0}, None) == 1.0  # no cores: no share known
+
+
+def test_cpu_share_is_the_time_per_request_outside_simulated_waits() -> None:
+    plain = make_result([10.0] * 100)
+    data = _json.session_document([(NODE, plain)], machine={})["storms"][0]
+    assert _baseline.cpu_share(data) == 1.0
+    waited = simulated(make_result([10.0] * 100), 8.0)
+    data = _json.session_document([(NODE, waited)], machine={})["storms"][0]
+    assert _baseline.cpu_share(data) == pytest.approx(0.2, abs=0.01)
+
+
+def test_a_saved_baseline_records_the_load_it_was_measured_under(tmp_path: Path) -> None:
+    doc = _json.session_document([(NODE, make_result([1.0] * 10))], machine={"host": "h"})
+    path = _baseline.save("main", doc, tmp_path)
+    load = _baseline.load("main", tmp_path)["machine"]["load"]
+    assert path == tmp_path / "main.json"
+    assert set(load) == {"1m", "5m", "15m", "cores"}
+    assert load["cores"] >= 1
 
 
 # -- corrupt baselines --------------------------------------------------------------------

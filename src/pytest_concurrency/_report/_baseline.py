@@ -3,7 +3,10 @@
 A comparison judges each difference against its own noise. Every compared figure gets a
 90% interval for its change, by bootstrap: over the rounds of a ``rounds=`` storm (the
 run-to-run spread, which is what flaps a gate), else over the requests recorded in the
-storm's HDR histogram (the spread of the percentile itself). Against a threshold the
+storm's HDR histogram (the spread of the percentile itself). The rounds of one session
+share its moment of load, so the interval also gets the swing of the CPU the two sessions
+may have had: the machine's load averages, saved with the baseline and read again now,
+bound how far the CPU-bound share of a storm's time per request can have moved. Against a threshold the
 change is then **regressed** (the whole interval is past it), **improved** (the whole
 interval is better than no change), **unchanged** (the interval stays within it) or
 **inconclusive** (the interval straddles it: the noise is wider than the threshold).
@@ -50,6 +53,7 @@ __all__ = [
     "judgements",
     "load",
     "load_document",
+    "machine_load",
     "machine_warning",
     "merge_documents",
     "merged_for_save",
@@ -123,11 +127,38 @@ def merged_for_save(
     valid baseline is a :class:`ConfigError`: it is neither merged nor silently lost.
     """
     path = baseline_path(name, directory, option=option)
+    doc = _with_load(doc)
     if replace or not path.is_file():
-        return path, dict(doc), 0
+        return path, doc, 0
     old = load_document(path, option=f"{option}={name!r}")
     merged, kept = merge_documents(old, doc)
     return path, merged, kept
+
+
+def _with_load(doc: Mapping[str, Any]) -> dict[str, Any]:
+    # The load a session saw is what a later comparison needs to tell a slower machine from
+    # slower code; a document that already states it keeps its own.
+    out = dict(doc)
+    machine = dict(out.get("machine") or {})
+    if "load" not in machine:
+        load = machine_load()
+        if load is not None:
+            machine["load"] = load
+    out["machine"] = machine
+    return out
+
+
+def machine_load() -> dict[str, float] | None:
+    """The machine's load averages over 1, 5 and 15 minutes and its usable cores (None: unknown)."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except (AttributeError, OSError):
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return {"1m": one, "5m": five, "15m": fifteen, "cores": float(cores)}
 
 
 def save(
@@ -195,6 +226,8 @@ class Noise:
     source: str
     rounds_now: int = 1
     rounds_then: int = 1
+    #: How many times more CPU one session may have had than the other (1: no swing known).
+    load_swing: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -266,12 +299,22 @@ def compare(
     baseline_doc: Mapping[str, Any],
     *,
     noise_for: Collection[str] = (),
+    load: Mapping[str, float] | None = None,
 ) -> list[Comparison]:
     """Match this run's storms with the baseline's by (node id, storm label, index in the test).
 
     The figures named in *noise_for* (those a threshold judges) also get their noise.
+    *load* is this session's :func:`machine_load` (None: read it now; empty: unknown); with
+    the baseline's, it bounds how far the CPU available can have moved between the two.
     """
     saved = {record.key: record for record in document_records(baseline_doc)}
+    loads_now = machine_load() if load is None else load
+    machine = baseline_doc.get("machine")
+    loads_then = machine.get("load") if isinstance(machine, Mapping) else None
+    swing = load_swing(
+        loads_then if isinstance(loads_then, Mapping) else None,
+        loads_now if isinstance(loads_now, Mapping) else None,
+    )
     out = []
     for record in as_records(current_rows):
         old = saved.get(record.key)
@@ -284,7 +327,7 @@ def compare(
                     name,
                     then[name],
                     now[name],
-                    _noise(name, old, record, then[name], now[name], cache)
+                    _noise(name, old, record, then[name], now[name], cache, swing)
                     if name in noise_for
                     else None,
                 )
@@ -423,6 +466,7 @@ def _noise(
     then: float,
     now: float,
     cache: dict[int, _Latencies | None],
+    swing: float = 1.0,
 ) -> Noise | None:
     """Bootstrap draws of the figure in the baseline and now; None when no spread is known."""
     if figure == "error_rate" or math.isnan(then) or math.isnan(now):
@@ -447,13 +491,81 @@ def _noise(
     else:
         return None
     rng = random.Random(zlib.crc32(repr((new.key, figure)).encode("utf-8")))
+    baseline = tuple(then * draw_then(rng) for _ in range(_DRAWS))
+    current = tuple(now * draw_now(rng) for _ in range(_DRAWS))
+    if swing > 1.0:
+        # What the code alone would give now: latency divided by, throughput (requests over
+        # time per request, Little's law) multiplied by, the time a change of CPU explains.
+        share = max(cpu_share(old.data), cpu_share(new.data))
+        factors = [_time_factor(share, swing, rng) for _ in current]
+        if figure == "rps":
+            current = tuple(v * f for v, f in zip(current, factors, strict=True))
+        else:
+            current = tuple(v / f for v, f in zip(current, factors, strict=True))
     return Noise(
-        baseline=tuple(then * draw_then(rng) for _ in range(_DRAWS)),
-        current=tuple(now * draw_now(rng) for _ in range(_DRAWS)),
+        baseline=baseline,
+        current=current,
         source=source,
         rounds_now=max(1, len(rounds_now)),
         rounds_then=max(1, len(rounds_then)),
+        load_swing=swing,
     )
+
+
+def load_swing(then: Mapping[str, Any] | None, now: Mapping[str, Any] | None) -> float:
+    """How many times more CPU one of two sessions may have had than the other (at least 1).
+
+    Past the core count, the load average is a mean over minutes: at a storm's moment the
+    other runnable threads may all have been asleep (a whole core) or all running (about
+    cores / load of one). So the swing is the highest load of either session (1, 5 or 15
+    minutes) over the cores; below the cores nothing competed and there is no swing.
+    """
+    swing = 1.0
+    for loads in (then, now):
+        if not loads:
+            continue
+        cores = loads.get("cores")
+        if not isinstance(cores, int | float) or cores <= 0:
+            continue
+        for key in ("1m", "5m", "15m"):
+            value = loads.get(key)
+            if isinstance(value, int | float) and math.isfinite(value):
+                swing = max(swing, float(value) / float(cores))
+    return swing
+
+
+def cpu_share(data: Mapping[str, Any]) -> float:
+    """The share of a storm's time per request spent on the CPU rather than in simulated waits.
+
+    Throughput is requests in flight over time per request (Little's law); only the part
+    that is not a simulated wait slows down when the machine gives the storm less CPU. The
+    waits are counted at their requested median, at most their mean, so the share errs
+    high (the interval wide). Without simulated waits every millisecond may be the CPU's.
+    """
+    service = data.get("service_time")
+    latency = data.get("latency")
+    timed = service if isinstance(service, Mapping) and service.get("mean") else latency
+    mean = timed.get("mean") if isinstance(timed, Mapping) else None
+    requests = data.get("requests")
+    extras = data.get("extras")
+    waits = extras.get("simulated_waits") if isinstance(extras, Mapping) else None
+    if not isinstance(mean, int | float) or not mean > 0 or not isinstance(requests, int):
+        return 1.0
+    if not isinstance(waits, Mapping) or requests <= 0:
+        return 1.0
+    waited = 0.0
+    for kind in waits.values():
+        if isinstance(kind, Mapping) and kind.get("count"):
+            waited += float(kind["count"]) * float(kind.get("requested_p50_ms") or 0.0)
+    return min(1.0, max(0.0, 1.0 - waited / requests / float(mean)))
+
+
+def _time_factor(share: float, swing: float, rng: random.Random) -> float:
+    """Time per request now over then that a change of CPU alone explains, drawn over the swing."""
+    # CPU-bound time per request scales with 1 / the CPU available; the ratio of the two
+    # sessions' CPU lies within [1 / swing, swing], log-uniformly for want of anything better.
+    ratio = math.exp(rng.uniform(-math.log(swing), math.log(swing)))
+    return (1.0 - share) + share * ratio
 
 
 def parse_compare_fail(expr: str, *, origin: str = COMPARE_FAIL_OPTION) -> list[Threshold]:
@@ -566,7 +678,8 @@ def judge(d: FigureDelta, threshold: Threshold) -> Judgement | None:
     else:
         verdict = "inconclusive"
     settle = None
-    if verdict == "inconclusive" and d.noise is not None:
+    if verdict == "inconclusive" and d.noise is not None and d.noise.load_swing <= 1.0:
+        # (A swing of the machine's load between the sessions is not settled by more rounds.)
         rounds = d.noise.rounds_now if d.noise.source == "rounds" else 1
         half, gap = (high - low) / 2, abs(worse - allowed)
         if gap > 0:
