@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Iterator
 
 import pytest
 
 pytest_plugins = ["pytester"]
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    # A shell's background job starts with Ctrl-C ignored, and child processes inherit
+    # an ignored signal: the tests that interrupt a child need it delivered. A handler of
+    # our own is not inherited (exec resets it), so the children start with the default.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

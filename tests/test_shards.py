@@ -102,6 +102,47 @@ def test_a_failing_shard_startup_is_an_error() -> None:
     assert not live_shards()
 
 
+_SHARDS_REPORTED = textwrap.dedent(
+    """
+    import sys, threading, time
+    from pytest_concurrency import run_storm
+    from pytest_concurrency._engine.shards import live_shards
+    from tests.apps import asgi_sleep
+
+    def report():
+        while not live_shards():
+            time.sleep(0.05)
+        time.sleep(0.3)
+        print(" ".join(map(str, live_shards())), flush=True)
+
+    threading.Thread(target=report, daemon=True).start()
+    run_storm(asgi_sleep(0.01), "GET", "/", users=20, duration=30, processes=2)
+    """
+)
+
+
+def test_a_killed_parent_takes_its_shards_down() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", _SHARDS_REPORTED],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"},
+    ) as child:
+        try:
+            assert child.stdout is not None
+            pids = [int(p) for p in child.stdout.readline().split()]
+            assert len(pids) == 2
+            child.kill()  # no finally, no atexit: each shard notices its parent is gone
+        finally:
+            if child.poll() is None:
+                child.kill()
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in pids if _alive(pid)]
+
+
 def test_ctrl_c_stops_every_shard() -> None:
     script = textwrap.dedent(
         """

@@ -24,6 +24,8 @@ import multiprocessing.connection
 import os
 import signal
 import sys
+import threading
+import time
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -54,6 +56,8 @@ _LEAD = 0.05
 _RETURN_GRACE = 30.0
 #: Seconds between SIGTERM and SIGKILL when a shard is stopped.
 _KILL_GRACE = 2.0
+#: How often a shard checks that the process that forked it is still there.
+_PARENT_POLL = 0.25
 
 _LIVE: set[multiprocessing.process.BaseProcess] = set()
 
@@ -115,10 +119,25 @@ def shard_configs(config: StormConfig) -> list[StormConfig]:
     return shards
 
 
-def _shard_main(conn: multiprocessing.connection.Connection, plan: StormPlan, index: int) -> None:
+def _watch_parent(parent: int) -> None:
+    """End this shard at once if the process that forked it dies without stopping it
+    (SIGKILL, a crash): no finally or atexit of the parent runs then."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="storm-shard-parent-watch", daemon=True).start()
+
+
+def _shard_main(
+    conn: multiprocessing.connection.Connection, plan: StormPlan, index: int, parent: int
+) -> None:
     """Body of one shard process: start, report ready, wait for the origin, run, send back."""
     # The parent handles Ctrl-C and stops the shards itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _watch_parent(parent)
     try:
         if not plan.on_loop:
 
@@ -159,7 +178,9 @@ def _shards(plans: list[StormPlan]) -> Iterator[list[tuple[Any, Any]]]:
             for index, shard in enumerate(plans):
                 parent, child = context.Pipe()
                 process = context.Process(
-                    target=_shard_main, args=(child, shard, index), name=f"storm-shard-{index}"
+                    target=_shard_main,
+                    args=(child, shard, index, os.getpid()),
+                    name=f"storm-shard-{index}",
                 )
                 process.daemon = True
                 process.start()
