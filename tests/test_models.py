@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -170,3 +171,22 @@ def test_simulated_wait_error_is_reported() -> None:
     if not any("load generator" in str(w.message) for w in caught):
         # The request's latency is its wait plus a little framework-free handling.
         assert result.latency.p50 == pytest.approx(50 + waits["p50_ms"], abs=5)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="Linux schedstat only")
+def test_a_round_on_the_loop_records_how_long_its_threads_waited_for_a_cpu() -> None:
+    from pytest_concurrency._probes.contention import Contention
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    result = run_storm(app, "GET", "/", users=10, duration=0.5)
+    contention = result.extras["cpu_contention"]
+    # The loop ran the whole round, busy: most of its half second on a CPU or queued for one.
+    assert 0.1 < contention["run_s"] + contention["wait_s"] < 5
+    assert 0 <= contention["wait_share"] <= 1
+    assert Contention(3.0, 1.0).wait_share == 0.25
+    assert Contention(0.0, 0.0).wait_share == 0.0

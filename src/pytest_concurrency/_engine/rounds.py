@@ -34,10 +34,16 @@ from .._errors import StormError
 from .._metrics import ErrorBook, Recorder
 from .._metrics.fold import PoolModel, RunFigures, fold
 from .._params import Layer
+from .._probes.contention import CpuContention
 from .._probes.loop import LoopMonitor
 from .._probes.pools import ThreadPoolProbe
 from .._probes.results import LoopLag, PoolUsage
-from .._report._remarks import abandoned_warning, gil_note, harness_bound_remark
+from .._report._remarks import (
+    abandoned_warning,
+    contention_note,
+    gil_note,
+    harness_bound_remark,
+)
 from .._result import StormResult
 from .._tasks import ABANDON_GRACE
 from .._workload import Request
@@ -60,6 +66,8 @@ __all__ = [
 
 #: Loop-thread CPU share above which the event loop counts as saturated.
 _SATURATED_CPU = 0.85
+#: Share of their ready time the storm's threads waited for a CPU, from which a note says so.
+_CONTENDED = 0.2
 #: The first request is sent this long after the schedule is made.
 _LEAD = 0.001
 
@@ -285,7 +293,9 @@ async def execute_async(
                     raise StormError("a driver given to execute_async() needs its runner_factory")
                 if live is not None:
                     live.in_flight = lambda: len(runner.slots)
+                contention = CpuContention().start() if config.clock == "wall" else None
                 figures = await runner.run()
+                _note_contention(extras, contention)
         except StormError as exc:
             # Raised after the task group, so that callers see the error itself rather
             # than an exception group.
@@ -393,6 +403,12 @@ def execute_pool(
     )
 
 
+def _note_contention(extras: dict[str, Any], contention: CpuContention | None) -> None:
+    measured = contention.stop() if contention is not None else None
+    if measured is not None:
+        extras["cpu_contention"] = measured.to_dict()
+
+
 def run_pool_round(plan: StormPlan, live: LiveFigures | None = None) -> StormResult:
     """Run one round on the in-process WSGI pool and fold it into a result."""
     return finish(plan, execute_pool(plan, live))
@@ -415,6 +431,9 @@ def finish(plan: StormPlan, output: RoundOutput) -> StormResult:
     result.loop_cpu_share = output.cpu_share
     result.warnings.extend(output.warnings)
     result.extras.update(output.extras)
+    contention = output.extras.get("cpu_contention")
+    if contention and contention["wait_share"] >= _CONTENDED:
+        result.notes.append(contention_note(contention["wait_share"], contention["wait_s"]))
     busy = result.loop_cpu_share
     if output.pool is not None and busy is not None and busy >= _SATURATED_CPU:
         result.notes.append(gil_note(busy))

@@ -14,6 +14,7 @@ __all__ = [
     "LOCUST_NOTES",
     "abandoned_warning",
     "client_bound_warning",
+    "contention_note",
     "dropped_arrivals_warning",
     "gil_note",
     "harness_bound_remark",
@@ -199,4 +200,13 @@ def server_probes_not_applicable(server: str) -> str:
         f"the event-loop and thread-pool probes do not apply: {server} runs a "
         "WSGI app on the server's own worker processes and threads, with no event loop to "
         "watch and none of the thread pools the probe knows"
+    )
+
+
+def contention_note(wait_share: float, wait_s: float) -> str:
+    """The share of its CPU demand the machine left a storm waiting for (other processes)."""
+    return (
+        f"the storm's threads waited for a CPU {wait_share:.0%} of the time they were ready to "
+        f"run ({wait_s:.2f} s over the round, Linux schedstat): other processes had the "
+        "machine's cores, so figures that depend on CPU read worse than the code alone would"
     )
