@@ -99,9 +99,10 @@ def test_django_orm_in_an_async_view_hops_to_threads(storm: Any) -> None:
     def asgiref_threads(result: Any) -> int:
         return max(p.max_busy for p in result.thread_pools if "asgiref" in p.name)
 
-    # sync_to_async around the query: a thread per request in flight (up to the 20 users),
-    # where the same async view without the ORM keeps Django's one thread for its sync
-    # parts. Threads are counted, not timed: the counts hold on a busy machine, where the
-    # two storms' throughputs can swap places.
-    assert asgiref_threads(plain) <= 1
-    assert asgiref_threads(orm) > 1
+    # sync_to_async around the query: a thread per request in flight (17–20 of the 20
+    # users here), where the same async view without the ORM keeps Django's one thread
+    # for its sync parts (two for an instant on a busy machine, while one call hands over
+    # to the next). Threads are counted, not timed: the counts hold on a busy machine,
+    # where the two storms' throughputs can swap places.
+    assert asgiref_threads(plain) <= 2
+    assert asgiref_threads(orm) >= 5
