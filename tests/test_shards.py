@@ -116,7 +116,10 @@ _SHARDS_REPORTED = textwrap.dedent(
         print(" ".join(map(str, live_shards())), flush=True)
 
     threading.Thread(target=report, daemon=True).start()
-    run_storm(asgi_sleep(0.01), "GET", "/", users=20, duration=30, processes=2)
+    try:
+        run_storm(asgi_sleep(0.01), "GET", "/", users=20, duration=30, processes=2)
+    except KeyboardInterrupt:
+        sys.exit(130)
     """
 )
 
@@ -144,28 +147,8 @@ def test_a_killed_parent_takes_its_shards_down() -> None:
 
 
 def test_ctrl_c_stops_every_shard() -> None:
-    script = textwrap.dedent(
-        """
-        import sys, threading, time
-        from pytest_concurrency import run_storm
-        from pytest_concurrency._engine.shards import live_shards
-        from tests.apps import asgi_sleep
-
-        def report():
-            while not live_shards():
-                time.sleep(0.05)
-            time.sleep(0.3)
-            print(" ".join(map(str, live_shards())), flush=True)
-
-        threading.Thread(target=report, daemon=True).start()
-        try:
-            run_storm(asgi_sleep(0.01), "GET", "/", users=20, duration=30, processes=2)
-        except KeyboardInterrupt:
-            sys.exit(130)
-        """
-    )
     with subprocess.Popen(
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", _SHARDS_REPORTED],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
