@@ -14,7 +14,8 @@ from pytest_concurrency import ConfigError, StormResult
 from pytest_concurrency._report import _baseline, _json
 
 from .test_report import make_result
-from .test_report_plugin import ONE, STORM_APPS, TESTS
+from .test_report_plugin import ONE, TESTS, Run
+from .test_report_plugin import run as shared_run
 
 NODE = "t.py::test_a"
 
@@ -339,21 +340,8 @@ def test_save_over_a_corrupt_baseline_is_an_error_not_a_loss(tmp_path: Path) -> 
 
 # -- in a pytest session ------------------------------------------------------------------
 
-Run = Callable[..., pytest.RunResult]
-
-
-@pytest.fixture
-def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Run:
-    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-    monkeypatch.delenv("STORM_TEST_DELAY", raising=False)
-    pytester.makepyfile(storm_apps=STORM_APPS)
-
-    def runner(*args: str) -> pytest.RunResult:
-        return pytester.runpytest(
-            "-p", "pytest_concurrency.plugin", "-p", "no:cacheprovider", *args
-        )
-
-    return runner
+# The session fixture of the reporting tests: pytester with only this plugin loaded.
+run = shared_run
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestAssertRewriteWarning")
