@@ -10,8 +10,10 @@ Each of K iterations runs, in child pytest processes and on unchanged code:
 The code never changes, so every failed test is a false failure. The report counts them
 per test, counts the compared figures that came out inconclusive (noise wider than the
 threshold: reported, not failed), and prints the spread of each storm's p99 and
-throughput over every run. The load average of the machine is printed with each run:
-other processes on the machine take CPU from the storms and widen the spread.
+throughput over every run, with the share of their ready time the storms' threads spent
+waiting for a CPU (``extras["cpu_contention"]``, which the comparison divides out of
+CPU-bound figures). The load average of the machine is printed with each run: other
+processes on the machine take CPU from the storms and widen the spread.
 
 ``--k 3`` takes a few minutes on two cores; the default 20 about an hour. ``--until``
 starts no iteration that would likely end after that time (UTC) and reports the K reached.
@@ -141,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     rps: dict[str, list[float]] = defaultdict(list)
     lag: dict[str, list[float]] = defaultdict(list)
     calls: dict[str, list[float]] = defaultdict(list)
+    waits: dict[str, list[float]] = defaultdict(list)
     examples: dict[str, str] = {}
     loads: list[float] = []
     runs = 0
@@ -189,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
                     if storm["latency"].get("p99") is not None:
                         p99s[key].append(float(storm["latency"]["p99"]))
                     rps[key].append(float(storm.get("throughput") or 0.0))
+                    contention = (storm.get("extras") or {}).get("cpu_contention") or {}
+                    if contention.get("wait_share") is not None:
+                        waits[key].append(100 * float(contention["wait_share"]))
                     loop = storm.get("loop_lag") or {}
                     if loop.get("max_ms") is not None:
                         lag[key].append(float(loop["max_ms"]))
@@ -226,9 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("spread over every run (min–max, ± half the range over the median):")
     width = max((len(k) for k in p99s), default=10)
-    print(f"  {'storm'.ljust(width)}  {'p99 ms':>26}  {'rps':>26}")
+    print(f"  {'storm'.ljust(width)}  {'p99 ms':>26}  {'rps':>26}  {'CPU wait %':>12}")
     for key in sorted(p99s):
-        print(f"  {key.ljust(width)}  {_spread(p99s[key]):>26}  {_spread(rps[key]):>26}")
+        wait = f"{min(waits[key]):.0f}–{max(waits[key]):.0f}" if waits[key] else "–"
+        print(
+            f"  {key.ljust(width)}  {_spread(p99s[key]):>26}  {_spread(rps[key]):>26}  {wait:>12}"
+        )
     print("event-loop storms: longest stall (max_loop_lag_ms) against blocking calls traced")
     print("to the app (max_blocking_calls), min–max over every run:")
     for key in sorted(lag):
@@ -251,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                     "rps": dict(rps),
                     "loop_lag_ms": dict(lag),
                     "blocking_calls": dict(calls),
+                    "cpu_wait_percent": dict(waits),
                 },
                 indent=1,
             )

@@ -12,6 +12,7 @@ import pytest
 
 from pytest_concurrency import ConfigError, StormResult
 from pytest_concurrency._report import _baseline, _json
+from pytest_concurrency._report._text import judgement_line
 
 from .test_report import make_result
 from .test_report_plugin import ONE, TESTS, Run
@@ -235,6 +236,98 @@ def test_load_swing_is_the_spread_of_the_cpu_each_session_could_have_had() -> No
     assert _baseline.load_swing(None, loads(2.0, 8.0, 4.0)) == pytest.approx(4.0)
     assert _baseline.load_swing(CALM, BUSY) == pytest.approx(5.2 / 2)
     assert _baseline.load_swing({"1m": 3.0}, None) == 1.0  # no cores: no share known
+
+
+# -- the CPU contention each storm measured -------------------------------------------------
+
+
+def contended(result: StormResult, *slowdowns: float) -> StormResult:
+    """*result* whose rounds (or single round) waited for a CPU: (run + wait) / run each."""
+    for entry, slowdown in zip(result.rounds, slowdowns, strict=False):
+        entry["cpu_slowdown"] = slowdown
+    run = 1.0
+    result.extras["cpu_contention"] = {"run_s": run, "wait_s": run * (slowdowns[0] - 1)}
+    return result
+
+
+def test_a_storm_that_waited_longer_for_a_cpu_is_inconclusive_not_regressed() -> None:
+    # The baseline's threads waited 10% of their ready time, this session's 50%: a CPU-bound
+    # storm with its latency 2.5× is what the machine did, not (provably) the code.
+    base = contended(
+        with_rounds(make_result(latencies(8)), [20, 21, 22], [1000] * 3), 1.1, 1.12, 1.1
+    )
+    now = contended(
+        with_rounds(make_result(latencies(8, scale=2.5)), [50, 52, 55], [400] * 3), 2.0, 2.1, 2.0
+    )
+    (p99,) = judged(base, now, "p99:10%", load_then=loads(0.2), load_now=loads(0.2))
+    assert p99.verdict == "inconclusive"
+    assert p99.delta.noise is not None
+    assert p99.delta.noise.contention == pytest.approx((1.1, 2.0))
+    assert p99.settle_rounds is None
+    line = judgement_line(p99)
+    assert "wait for a CPU (9% of its ready time in the baseline, 50% now)" in line
+    assert "different CPU" in line
+    # Measured, it overrides the load averages: the same storms under equal contention are
+    # a regression whatever the load averages claimed.
+    same = contended(now, 1.1, 1.12, 1.1)
+    (steady,) = judged(base, same, "p99:10%", load_then=CALM, load_now=BUSY)
+    assert steady.verdict == "regressed"
+
+
+def test_contention_explains_a_change_only_in_the_direction_the_machine_moved() -> None:
+    # The baseline waited for a CPU and this session did not: a slower figure now cannot be
+    # blamed on the machine, and a two-fold slowdown stays a regression.
+    base = contended(
+        with_rounds(make_result(latencies(1)), [26, 30, 34], [850, 1000, 1150]), 2.0, 2.0, 2.0
+    )
+    slow = contended(
+        with_rounds(make_result(latencies(101, scale=2.0)), [52, 60, 68], [425, 500, 575]),
+        1.1,
+        1.1,
+        1.1,
+    )
+    base.throughput, slow.throughput = 1000.0, 500.0
+    (rps,) = judged(base, slow, "rps:10%")
+    assert rps.verdict == "regressed"
+    # A gain over a baseline that waited for a CPU may be the machine's: not "improved".
+    slow_then = contended(slow, 2.0, 2.0, 2.0)
+    fast_now = contended(base, 1.1, 1.1, 1.1)
+    (gain,) = judged(slow_then, fast_now, "rps:10%")
+    assert gain.verdict == "inconclusive"
+
+
+def test_contention_spares_the_waits_an_io_bound_storm_spends_off_the_cpu() -> None:
+    base = with_rounds(make_result([10.0] * 500), [10, 10, 10], [950, 1000, 1050])
+    now = with_rounds(make_result([10.0] * 500), [20, 20, 20], [475, 500, 525])
+    base.throughput, now.throughput = 1000.0, 500.0
+    base = contended(simulated(base, 9.0), 1.1, 1.1, 1.1)
+    now = contended(simulated(now, 9.0), 1.6, 1.6, 1.6)
+    (rps,) = judged(base, now, "rps:10%")
+    assert rps.verdict == "regressed"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_identical_rounds_under_any_contention_are_never_regressed(seed: int) -> None:
+    rng = random.Random(seed)
+    rps = [rng.uniform(800, 1200) for _ in range(3)]
+    base = with_rounds(make_result(latencies(seed)), [30, 30, 30], rps)
+    now = with_rounds(make_result(latencies(seed)), [30, 30, 30], rps)
+    for then, later in ((1.1, 2.0), (2.0, 1.1), (1.0, 4.0)):
+        (j,) = judged(
+            contended(base, then, then, then), contended(now, later, later, later), "rps:0%"
+        )
+        assert j.verdict != "regressed"
+
+
+def test_cpu_slowdown_is_the_median_over_rounds_else_the_single_round() -> None:
+    result = with_rounds(make_result(latencies(2)), [10, 11, 12], [1, 1, 1])
+    result = contended(result, 1.5, 1.1, 3.0)
+    data = json.loads(json.dumps(_json.session_document([(NODE, result)], machine={})))["storms"][0]
+    assert _baseline.cpu_slowdown(data) == pytest.approx(1.5)
+    data["rounds"] = []
+    assert _baseline.cpu_slowdown(data) == pytest.approx(1.5)  # the extras: run 1 s, wait 0.5 s
+    data["extras"] = {}
+    assert _baseline.cpu_slowdown(data) is None
 
 
 def test_cpu_share_is_the_time_per_request_outside_simulated_waits() -> None:

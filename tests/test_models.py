@@ -189,4 +189,22 @@ def test_a_round_on_the_loop_records_how_long_its_threads_waited_for_a_cpu() -> 
     assert 0.1 < contention["run_s"] + contention["wait_s"] < 5
     assert 0 <= contention["wait_share"] <= 1
     assert Contention(3.0, 1.0).wait_share == 0.25
+    assert Contention(3.0, 1.0).slowdown == pytest.approx(4 / 3)
     assert Contention(0.0, 0.0).wait_share == 0.0
+
+
+@pytest.mark.skipif(not Path("/proc/thread-self/schedstat").exists(), reason="Linux schedstat")
+def test_a_wsgi_round_counts_the_cpu_of_worker_threads_that_ended_with_it() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        total = 0
+        for i in range(20_000):  # a few ms of CPU per request, in the worker thread
+            total += i
+        start_response("200 OK", [("Content-Length", "0")])
+        return [b""]
+
+    result = run_storm(app, "GET", "/", users=4, workers=4, duration=0.5, max_error_rate=0)
+    contention = result.extras["cpu_contention"]
+    # Four workers busy for the half second: well over a tenth of a CPU second between them,
+    # all of it spent by threads that are gone now (the scan alone would see next to none).
+    assert contention["run_s"] > 0.1
+    assert contention["slowdown"] >= 1.0

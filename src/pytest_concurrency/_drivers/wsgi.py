@@ -241,6 +241,7 @@ class WsgiPool:
         live: list[Recorder] | None = None,
         users: list[Any] | None = None,
         inspector: Any,
+        watch: Callable[[Callable[..., None]], Callable[..., None]] | None = None,
     ) -> PoolRun:
         """Serve the round's schedule; join every thread before returning.
 
@@ -251,6 +252,7 @@ class WsgiPool:
         on schedule, dropping those that find ``max_in_flight`` requests out.
         *build(user, iteration)* makes templated requests. Requests run as their user
         (stateful *users*); the *inspector* looks at the responses it asks to keep.
+        *watch* wraps each thread's target (a probe that reads the thread at its start and end).
         """
         backlog: SimpleQueue[tuple[float, int] | None] = SimpleQueue()
         stop = threading.Event()
@@ -398,15 +400,20 @@ class WsgiPool:
                 else:
                     backlog.put((again, user))
 
-        timer = threading.Thread(target=timer_main, name="storm-wsgi-timer", daemon=True)
+        def watched(target: Callable[..., None]) -> Callable[..., None]:
+            return watch(target) if watch is not None else target
+
+        timer = threading.Thread(target=watched(timer_main), name="storm-wsgi-timer", daemon=True)
         helpers = [timer]
         if schedule.open:
             helpers.append(
-                threading.Thread(target=dispatcher_main, name="storm-wsgi-arrivals", daemon=True)
+                threading.Thread(
+                    target=watched(dispatcher_main), name="storm-wsgi-arrivals", daemon=True
+                )
             )
         workers = [
             threading.Thread(
-                target=worker_main, args=(slot,), name=f"storm-wsgi-{slot}", daemon=True
+                target=watched(worker_main), args=(slot,), name=f"storm-wsgi-{slot}", daemon=True
             )
             for slot in range(self.size)
         ]

@@ -371,6 +371,7 @@ def execute_pool(
     inspector = Inspector(book, plan.mix, plan.checks, users is not None)
     schedule = Schedule(config, origin() if origin is not None else perf_counter() + _LEAD)
     wall_before = perf_counter()
+    contention = CpuContention().start()
     run = pool.run(
         schedule,
         pick=plan.mix.picker(),
@@ -379,7 +380,9 @@ def execute_pool(
         live=live.recorders if live is not None else None,
         users=users,
         inspector=inspector,
+        watch=contention.watch,
     )
+    _note_contention(extras, contention)
     if inspector.samples.by_status:
         extras["samples"] = dict(inspector.samples.by_status)
     wall = perf_counter() - wall_before

@@ -258,6 +258,21 @@ def _round(
         yield live, attach
 
 
+def _round_entry(result: StormResult) -> dict[str, Any]:
+    """A round's figures as a comparison resamples them (with the CPU contention it met)."""
+    entry: dict[str, Any] = {
+        "p50": result.latency.p50,
+        "p99": result.latency.p99,
+        "max": result.latency.max,
+        "rps": result.throughput,
+        "error_rate": result.error_rate,
+    }
+    contention = result.extras.get("cpu_contention")
+    if contention and "slowdown" in contention:
+        entry["cpu_slowdown"] = contention["slowdown"]
+    return entry
+
+
 def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
     """Pick the round to report (median by p99 unless told otherwise) and judge its budgets."""
     config = plan.config
@@ -271,16 +286,7 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
             chosen = ordered[0]
         else:
             chosen = ordered[(len(ordered) - 1) // 2]
-        chosen.rounds = [
-            {
-                "p50": r.latency.p50,
-                "p99": r.latency.p99,
-                "max": r.latency.max,
-                "rps": r.throughput,
-                "error_rate": r.error_rate,
-            }
-            for r in rounds
-        ]
+        chosen.rounds = [_round_entry(r) for r in rounds]
         p99s = [r.latency.p99 for r in rounds]
         rps = [r.throughput for r in rounds]
         chosen.notes.append(rounds_note(config.aggregate, p99s, rps))

@@ -8,14 +8,16 @@ timeslices). Summed over the process's threads across a round, ``wait / (run + w
 is the share of the storm's CPU demand the machine did not serve at once — measured,
 not guessed from a load average. Elsewhere (no ``schedstat``) nothing is measured.
 
-Threads that end before the round does take their figures with them, so this suits a
-round on an event loop (the loop thread and the thread pools outlive it), not the WSGI
-pool, whose worker threads end with the round.
+Threads that end before the round does take their figures with them: a thread started
+for the round (the WSGI pool's workers) runs its target through :meth:`CpuContention.watch`,
+which reads the thread's own figures at its start and end.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,11 @@ class Contention:
     wait_s: float
 
     @property
+    def slowdown(self) -> float:
+        """Ready time over run time: how much longer CPU work took than the CPU it got (≥ 1)."""
+        return (self.run_s + self.wait_s) / self.run_s if self.run_s > 0 else 1.0
+
+    @property
     def wait_share(self) -> float:
         """Share of the time the threads were ready to run that they spent waiting for a CPU."""
         ready = self.run_s + self.wait_s
@@ -41,6 +48,7 @@ class Contention:
             "run_s": round(self.run_s, 6),
             "wait_s": round(self.wait_s, 6),
             "wait_share": round(self.wait_share, 4),
+            "slowdown": round(self.slowdown, 4),
         }
 
 
@@ -60,11 +68,38 @@ def _read() -> dict[str, tuple[int, int]] | None:
     return figures or None
 
 
+def _read_self() -> tuple[int, int] | None:
+    try:
+        run, wait, _ = Path("/proc/thread-self/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return None
+    return int(run), int(wait)
+
+
 class CpuContention:
     """Reads the threads' schedstat at :meth:`start` and :meth:`stop` of a round."""
 
     def __init__(self) -> None:
         self._before: dict[str, tuple[int, int]] | None = None
+        # Threads that ran through watch(): their own figures, by thread id.
+        self._watched: dict[str, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+
+    def watch(self, target: Callable[..., None]) -> Callable[..., None]:
+        """*target* as a thread's target whose figures count even if the thread ends first."""
+
+        def run(*args: object) -> None:
+            before = _read_self()
+            try:
+                target(*args)
+            finally:
+                after = _read_self()
+                if before is not None and after is not None:
+                    spent = (max(0, after[0] - before[0]), max(0, after[1] - before[1]))
+                    with self._lock:
+                        self._watched[str(threading.get_native_id())] = spent
+
+        return run
 
     def start(self) -> CpuContention:
         """Note where every thread stands now."""
@@ -76,8 +111,13 @@ class CpuContention:
         before, after = self._before, _read()
         if before is None or after is None:
             return None
-        run = wait = 0
+        with self._lock:
+            watched = dict(self._watched)
+        run = sum(spent[0] for spent in watched.values())
+        wait = sum(spent[1] for spent in watched.values())
         for tid, (run_now, wait_now) in after.items():
+            if tid in watched:
+                continue  # counted by the thread itself (it may still be exiting)
             # A thread started during the round counts from zero; one that ended is lost.
             run_then, wait_then = before.get(tid, (0, 0))
             run += max(0, run_now - run_then)

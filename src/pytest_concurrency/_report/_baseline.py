@@ -5,8 +5,11 @@ A comparison judges each difference against its own noise. Every compared figure
 run-to-run spread, which is what flaps a gate), else over the requests recorded in the
 storm's HDR histogram (the spread of the percentile itself). The rounds of one session
 share its moment of load, so the interval also gets the swing of the CPU the two sessions
-may have had: the machine's load averages, saved with the baseline and read again now,
-bound how far the CPU-bound share of a storm's time per request can have moved. Against a threshold the
+had. Where a storm measured its CPU contention (the time its threads waited for a CPU,
+``extras["cpu_contention"]``, per round), the ratio of the two sessions' slowdowns bounds
+how far the CPU-bound share of its time per request can have moved, in the direction the
+machine moved; elsewhere (real servers, baselines without it) the machine's load averages,
+saved with the baseline and read again now, bound it both ways. Against a threshold the
 change is then **regressed** (the whole interval is past it), **improved** (the whole
 interval is better than no change), **unchanged** (the interval stays within it) or
 **inconclusive** (the interval straddles it: the noise is wider than the threshold).
@@ -49,6 +52,7 @@ __all__ = [
     "baseline_path",
     "compare",
     "comparison_table",
+    "cpu_slowdown",
     "judge",
     "judgements",
     "load",
@@ -72,6 +76,14 @@ _DRAWS = 1000
 _COVERAGE = 0.90
 #: Most rounds the advice of an inconclusive comparison asks for.
 _MOST_ROUNDS = 20
+#: How steeply a CPU-bound storm's time per request follows its CPU slowdown ((run + wait) /
+#: run of its threads): a storm that waits for a CPU also pays again for its caches and for
+#: each hand-off between its threads, so time per request grows faster than the slowdown.
+#: ``benchmarks/contention.py`` measures it: up to the 2.5th power on two cores with one to
+#: four busy processes beside the storm.
+CONTENTION_POWER = 2.5
+#: A machine factor past this leaves an inconclusive change to the machine, not to rounds.
+_MACHINE_SETTLES = 1.1
 
 DEFAULT_DIRECTORY = ".storms"
 COMPARE_FAIL_OPTION = "--concurrency-compare-fail"
@@ -228,6 +240,22 @@ class Noise:
     rounds_then: int = 1
     #: How many times more CPU one session may have had than the other (1: no swing known).
     load_swing: float = 1.0
+    #: The storm's CPU slowdown in the baseline and now, when both measured it.
+    contention: tuple[float, float] | None = None
+
+    @property
+    def machine_factor(self) -> float:
+        """How many times the machine alone may have moved CPU-bound time per request (≥ 1)."""
+        if self.contention is not None:
+            then, now = self.contention
+            ratio = (now / then) ** CONTENTION_POWER if then > 0 else 1.0
+            return max(ratio, 1.0 / ratio) if ratio > 0 else 1.0
+        return self.load_swing
+
+    @property
+    def rounds_settle(self) -> bool:
+        """False when the machine's swing between the sessions is wider than rounds can narrow."""
+        return self.machine_factor <= _MACHINE_SETTLES
 
 
 @dataclass(frozen=True)
@@ -322,12 +350,18 @@ def compare(
         if old is not None:
             now, then = figures(record.data), figures(old.data)
             cache: dict[int, _Latencies | None] = {}
+            slowdowns = (cpu_slowdown(old.data), cpu_slowdown(record.data))
+            contention = (
+                (slowdowns[0], slowdowns[1])
+                if slowdowns[0] is not None and slowdowns[1] is not None
+                else None
+            )
             deltas = {
                 name: FigureDelta(
                     name,
                     then[name],
                     now[name],
-                    _noise(name, old, record, then[name], now[name], cache, swing)
+                    _noise(name, old, record, then[name], now[name], cache, swing, contention)
                     if name in noise_for
                     else None,
                 )
@@ -467,6 +501,7 @@ def _noise(
     now: float,
     cache: dict[int, _Latencies | None],
     swing: float = 1.0,
+    contention: tuple[float, float] | None = None,
 ) -> Noise | None:
     """Bootstrap draws of the figure in the baseline and now; None when no spread is known."""
     if figure == "error_rate" or math.isnan(then) or math.isnan(now):
@@ -493,11 +528,23 @@ def _noise(
     rng = random.Random(zlib.crc32(repr((new.key, figure)).encode("utf-8")))
     baseline = tuple(then * draw_then(rng) for _ in range(_DRAWS))
     current = tuple(now * draw_now(rng) for _ in range(_DRAWS))
-    if swing > 1.0:
+    ratios: list[float] | None = None
+    if contention is not None:
+        # Measured: the CPU-bound time per request moved by up to the slowdowns' ratio
+        # (to its power), in the direction the machine moved and no further.
+        then_s, now_s = contention
+        reach = CONTENTION_POWER * math.log(now_s / then_s) if then_s > 0 and now_s > 0 else 0.0
+        if reach:
+            ratios = [math.exp(rng.uniform(0.0, reach)) for _ in current]
+    elif swing > 1.0:
+        # Guessed from load averages: either session may have had up to *swing* times the
+        # CPU of the other (log-uniformly, for want of anything better).
+        ratios = [math.exp(rng.uniform(-math.log(swing), math.log(swing))) for _ in current]
+    if ratios is not None:
         # What the code alone would give now: latency divided by, throughput (requests over
         # time per request, Little's law) multiplied by, the time a change of CPU explains.
         share = max(cpu_share(old.data), cpu_share(new.data))
-        factors = [_time_factor(share, swing, rng) for _ in current]
+        factors = [(1.0 - share) + share * ratio for ratio in ratios]
         if figure == "rps":
             current = tuple(v * f for v, f in zip(current, factors, strict=True))
         else:
@@ -508,8 +555,31 @@ def _noise(
         source=source,
         rounds_now=max(1, len(rounds_now)),
         rounds_then=max(1, len(rounds_then)),
-        load_swing=swing,
+        load_swing=swing if contention is None else 1.0,
+        contention=contention,
     )
+
+
+def cpu_slowdown(data: Mapping[str, Any]) -> float | None:
+    """A storm's CPU slowdown ((run + wait) / run of its threads), the median over its rounds.
+
+    None where it was not measured (a real server, another platform, an older baseline).
+    """
+    values = []
+    for entry in data.get("rounds") or []:
+        value = entry.get("cpu_slowdown") if isinstance(entry, Mapping) else None
+        if isinstance(value, int | float) and math.isfinite(value) and value >= 1.0:
+            values.append(float(value))
+    if values:
+        return statistics.median(values)
+    extras = data.get("extras")
+    measured = extras.get("cpu_contention") if isinstance(extras, Mapping) else None
+    if not isinstance(measured, Mapping):
+        return None
+    run, wait = measured.get("run_s"), measured.get("wait_s")
+    if not isinstance(run, int | float) or not isinstance(wait, int | float) or not run > 0:
+        return None
+    return (float(run) + max(0.0, float(wait))) / float(run)
 
 
 def load_swing(then: Mapping[str, Any] | None, now: Mapping[str, Any] | None) -> float:
@@ -558,14 +628,6 @@ def cpu_share(data: Mapping[str, Any]) -> float:
         if isinstance(kind, Mapping) and kind.get("count"):
             waited += float(kind["count"]) * float(kind.get("requested_p50_ms") or 0.0)
     return min(1.0, max(0.0, 1.0 - waited / requests / float(mean)))
-
-
-def _time_factor(share: float, swing: float, rng: random.Random) -> float:
-    """Time per request now over then that a change of CPU alone explains, drawn over the swing."""
-    # CPU-bound time per request scales with 1 / the CPU available; the ratio of the two
-    # sessions' CPU lies within [1 / swing, swing], log-uniformly for want of anything better.
-    ratio = math.exp(rng.uniform(-math.log(swing), math.log(swing)))
-    return (1.0 - share) + share * ratio
 
 
 def parse_compare_fail(expr: str, *, origin: str = COMPARE_FAIL_OPTION) -> list[Threshold]:
@@ -678,8 +740,8 @@ def judge(d: FigureDelta, threshold: Threshold) -> Judgement | None:
     else:
         verdict = "inconclusive"
     settle = None
-    if verdict == "inconclusive" and d.noise is not None and d.noise.load_swing <= 1.0:
-        # (A swing of the machine's load between the sessions is not settled by more rounds.)
+    if verdict == "inconclusive" and d.noise is not None and d.noise.rounds_settle:
+        # (A swing of the machine's CPU between the sessions is not settled by more rounds.)
         rounds = d.noise.rounds_now if d.noise.source == "rounds" else 1
         half, gap = (high - low) / 2, abs(worse - allowed)
         if gap > 0:

@@ -21,7 +21,7 @@ from ._records import FIGURES
 
 if TYPE_CHECKING:
     from .._capacity import CapacityResult
-    from ._baseline import Judgement
+    from ._baseline import Judgement, Noise
 
 __all__ = [
     "aligned",
@@ -482,10 +482,27 @@ def _noise_source(j: Judgement) -> str:
     if noise is None:
         return ""
     if noise.source == "latencies":
-        return "from the recorded latencies, one round each"
-    if noise.rounds_now == noise.rounds_then:
-        return f"over {noise.rounds_now} rounds each"
-    return f"over {noise.rounds_now} rounds now and {noise.rounds_then} in the baseline"
+        where = "from the recorded latencies, one round each"
+    elif noise.rounds_now == noise.rounds_then:
+        where = f"over {noise.rounds_now} rounds each"
+    else:
+        where = f"over {noise.rounds_now} rounds now and {noise.rounds_then} in the baseline"
+    return where + _machine_words(noise)
+
+
+def _machine_words(noise: Noise) -> str:
+    """How the machine's CPU between the sessions widened the interval ('' when it did not)."""
+    if noise.contention is not None:
+        then, now = (1.0 - 1.0 / slowdown for slowdown in noise.contention)
+        if abs(now - then) < 0.005:
+            return ""
+        return (
+            f", and the storm's wait for a CPU ({then:.0%} of its ready time in the baseline, "
+            f"{now:.0%} now)"
+        )
+    if noise.load_swing > 1.0:
+        return f", and the machine's load (up to {noise.load_swing:.1f}× the CPU either way)"
+    return ""
 
 
 def judgement_head(j: Judgement) -> str:
@@ -520,7 +537,13 @@ def judgement_line(j: Judgement) -> str:
         return f"{line}: within its threshold"
     half = (j.high - j.low) / 2
     width = f"{half:.1%}" if j.relative else show_figure(j.figure, half)
-    if j.settle_rounds is not None:
+    noise = j.delta.noise
+    if noise is not None and not noise.rounds_settle:
+        advice = (
+            "the machine gave the two sessions different CPU, which more rounds do not "
+            "settle: compare runs on a quiet machine, or judge count-based budgets in CI"
+        )
+    elif j.settle_rounds is not None:
         advice = (
             f"run {j.settle_rounds} rounds (rounds={j.settle_rounds} on the storm, and save the "
             "baseline with as many) to settle it"
