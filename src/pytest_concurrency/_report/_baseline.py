@@ -82,6 +82,10 @@ _MOST_ROUNDS = 20
 #: ``benchmarks/contention.py`` measures it: up to the 2.5th power on two cores with one to
 #: four busy processes beside the storm.
 CONTENTION_POWER = 2.5
+#: How far a storm's CPU-bound time per request moves between two sessions on its own, at
+#: equal contention: rounds of one session share its process and its moment and cannot see
+#: it. Measured with ``benchmarks/flake.py`` (see the README).
+SESSION_NOISE = 0.0
 #: A machine factor past this leaves an inconclusive change to the machine, not to rounds.
 _MACHINE_SETTLES = 1.1
 
@@ -242,15 +246,22 @@ class Noise:
     load_swing: float = 1.0
     #: The storm's CPU slowdown in the baseline and now, when both measured it.
     contention: tuple[float, float] | None = None
+    #: How far CPU-bound time per request moves between sessions on its own (0.3: ±30%).
+    session_noise: float = 0.0
+    #: The share of the storm's time per request that is CPU-bound (see :func:`cpu_share`).
+    cpu_share: float = 1.0
 
     @property
     def machine_factor(self) -> float:
-        """How many times the machine alone may have moved CPU-bound time per request (≥ 1)."""
+        """How many times the sessions alone may have moved the storm's time per request (≥ 1)."""
         if self.contention is not None:
             then, now = self.contention
             ratio = (now / then) ** CONTENTION_POWER if then > 0 else 1.0
-            return max(ratio, 1.0 / ratio) if ratio > 0 else 1.0
-        return self.load_swing
+            moved = max(ratio, 1.0 / ratio) if ratio > 0 else 1.0
+        else:
+            moved = self.load_swing
+        moved *= 1.0 + self.session_noise
+        return (1.0 - self.cpu_share) + self.cpu_share * moved
 
     @property
     def rounds_settle(self) -> bool:
@@ -328,13 +339,17 @@ def compare(
     *,
     noise_for: Collection[str] = (),
     load: Mapping[str, float] | None = None,
+    session_noise: float | None = None,
 ) -> list[Comparison]:
     """Match this run's storms with the baseline's by (node id, storm label, index in the test).
 
     The figures named in *noise_for* (those a threshold judges) also get their noise.
     *load* is this session's :func:`machine_load` (None: read it now; empty: unknown); with
     the baseline's, it bounds how far the CPU available can have moved between the two.
+    *session_noise* is how far CPU-bound time per request moves between two sessions on
+    its own (default :data:`SESSION_NOISE`).
     """
+    floor = SESSION_NOISE if session_noise is None else session_noise
     saved = {record.key: record for record in document_records(baseline_doc)}
     loads_now = machine_load() if load is None else load
     machine = baseline_doc.get("machine")
@@ -361,7 +376,9 @@ def compare(
                     name,
                     then[name],
                     now[name],
-                    _noise(name, old, record, then[name], now[name], cache, swing, contention)
+                    _noise(
+                        name, old, record, then[name], now[name], cache, swing, contention, floor
+                    )
                     if name in noise_for
                     else None,
                 )
@@ -502,6 +519,7 @@ def _noise(
     cache: dict[int, _Latencies | None],
     swing: float = 1.0,
     contention: tuple[float, float] | None = None,
+    floor: float = 0.0,
 ) -> Noise | None:
     """Bootstrap draws of the figure in the baseline and now; None when no spread is known."""
     if figure == "error_rate" or math.isnan(then) or math.isnan(now):
@@ -529,21 +547,26 @@ def _noise(
     baseline = tuple(then * draw_then(rng) for _ in range(_DRAWS))
     current = tuple(now * draw_now(rng) for _ in range(_DRAWS))
     ratios: list[float] | None = None
+    if floor > 0:
+        # Between sessions on its own: either way, log-uniformly within the floor.
+        reach = math.log1p(floor)
+        ratios = [math.exp(rng.uniform(-reach, reach)) for _ in current]
     if contention is not None:
         # Measured: the CPU-bound time per request moved by up to the slowdowns' ratio
         # (to its power), in the direction the machine moved and no further.
         then_s, now_s = contention
         reach = CONTENTION_POWER * math.log(now_s / then_s) if then_s > 0 and now_s > 0 else 0.0
         if reach:
-            ratios = [math.exp(rng.uniform(0.0, reach)) for _ in current]
+            ratios = _times(ratios, [math.exp(rng.uniform(0.0, reach)) for _ in current])
     elif swing > 1.0:
         # Guessed from load averages: either session may have had up to *swing* times the
         # CPU of the other (log-uniformly, for want of anything better).
-        ratios = [math.exp(rng.uniform(-math.log(swing), math.log(swing))) for _ in current]
+        spread = math.log(swing)
+        ratios = _times(ratios, [math.exp(rng.uniform(-spread, spread)) for _ in current])
+    share = max(cpu_share(old.data), cpu_share(new.data))
     if ratios is not None:
         # What the code alone would give now: latency divided by, throughput (requests over
         # time per request, Little's law) multiplied by, the time a change of CPU explains.
-        share = max(cpu_share(old.data), cpu_share(new.data))
         factors = [(1.0 - share) + share * ratio for ratio in ratios]
         if figure == "rps":
             current = tuple(v * f for v, f in zip(current, factors, strict=True))
@@ -557,7 +580,13 @@ def _noise(
         rounds_then=max(1, len(rounds_then)),
         load_swing=swing if contention is None else 1.0,
         contention=contention,
+        session_noise=floor,
+        cpu_share=share,
     )
+
+
+def _times(first: list[float] | None, second: list[float]) -> list[float]:
+    return second if first is None else [a * b for a, b in zip(first, second, strict=True)]
 
 
 def cpu_slowdown(data: Mapping[str, Any]) -> float | None:

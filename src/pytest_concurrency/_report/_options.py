@@ -27,6 +27,7 @@ from ._baseline import (
     comparison_table,
     judgements,
     load,
+    machine_load,
     machine_warning,
     merged_for_save,
     parse_compare_fail,
@@ -259,6 +260,10 @@ class ReportSession:
         machine = dict(self._machine_now())
         if with_noise:
             machine["noise"] = noise_figures()
+        # Read as the session ends, as a saved baseline's is: a report compared later has it.
+        load = machine_load()
+        if load is not None:
+            machine["load"] = load
         return machine
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
