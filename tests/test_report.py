@@ -407,7 +407,10 @@ def test_save_and_load(tmp_path: Path) -> None:
     doc = _doc(three_storms())
     path = _baseline.save("py311-linux", doc, tmp_path / ".storms")
     assert path == tmp_path / ".storms" / "py311-linux.json"
-    assert _baseline.load("py311-linux", tmp_path / ".storms")["storms"] == doc["storms"]
+    saved = _baseline.load("py311-linux", tmp_path / ".storms")["storms"]
+    # Each storm as it was, with its first saved session as its history.
+    assert [{k: v for k, v in s.items() if k != "sessions"} for s in saved] == doc["storms"]
+    assert all(len(s["sessions"]) == 1 for s in saved)
     assert _baseline.load("py311-linux.json", tmp_path / ".storms")["created"] == doc["created"]
 
 

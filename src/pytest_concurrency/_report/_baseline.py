@@ -3,18 +3,28 @@
 A comparison judges each difference against its own noise. Every compared figure gets a
 90% interval for its change, by bootstrap: over the rounds of a ``rounds=`` storm (the
 run-to-run spread, which is what flaps a gate), else over the requests recorded in the
-storm's HDR histogram (the spread of the percentile itself). The rounds of one session
-share its moment of load, so the interval also gets the swing of the CPU the two sessions
-had. Where a storm measured its CPU contention (the time its threads waited for a CPU,
-``extras["cpu_contention"]``, per round), the ratio of the two sessions' slowdowns bounds
-how far the CPU-bound share of its time per request can have moved, in the direction the
-machine moved; elsewhere (real servers, baselines without it) the machine's load averages,
-saved with the baseline and read again now, bound it both ways. Against a threshold the
-change is then **regressed** (the whole interval is past it), **improved** (the whole
-interval is better than no change), **unchanged** (the interval stays within it) or
-**inconclusive** (the interval straddles it: the noise is wider than the threshold).
-Only "regressed" fails a test. Error rates are counts of failed requests, not noise:
-they are judged as measured.
+storm's HDR histogram (the spread of the percentile itself); a closed model's throughput is
+a count of completions and also carries the noise of a count. The rounds of one session
+share its process and its moment, so the interval also gets what moves between sessions:
+
+* **The machine's CPU.** Where a storm measured its CPU contention (the time its threads
+  waited for a CPU, ``extras["cpu_contention"]``, per round), the ratio of the two
+  sessions' slowdowns bounds how far the CPU-bound share of its time per request can have
+  moved, in the direction the machine moved; elsewhere (real servers, baselines without
+  it) the machine's load averages, saved with the baseline and read again now, bound it
+  both ways.
+* **The storm itself.** At equal contention a CPU-bound storm still moves between sessions
+  (caches, the GIL's hand-offs between its threads, where the allocator put things). A
+  saved baseline keeps each storm's last :data:`HISTORY` sessions; from
+  :data:`HISTORY_MIN` of them on, their spread (a 99% prediction interval for one more)
+  says how far the figure moves, and until then :data:`SESSION_NOISE` bounds the
+  CPU-bound share of its time per request.
+
+Against a threshold the change is then **regressed** (the whole interval is past it),
+**improved** (the whole interval is better than no change), **unchanged** (the interval
+stays within it) or **inconclusive** (the interval straddles it: the noise is wider than
+the threshold). Only "regressed" fails a test. Error rates are counts of failed requests,
+not noise: they are judged as measured.
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ __all__ = [
     "compare",
     "comparison_table",
     "cpu_slowdown",
+    "history_spread",
     "judge",
     "judgements",
     "load",
@@ -65,6 +76,8 @@ __all__ = [
     "regression_messages",
     "regressions",
     "save",
+    "session_summary",
+    "with_history",
 ]
 
 #: Rounds of each storm when a comparison can fail a test (unless the storm sets rounds):
@@ -85,7 +98,33 @@ CONTENTION_POWER = 2.5
 #: How far a storm's CPU-bound time per request moves between two sessions on its own, at
 #: equal contention: rounds of one session share its process and its moment and cannot see
 #: it. Measured with ``benchmarks/flake.py`` (see the README).
-SESSION_NOISE = 0.0
+SESSION_NOISE = 0.3
+#: Sessions of each storm a baseline keeps (``sessions``, the newest last).
+HISTORY = 20
+#: Saved sessions a storm needs before their spread stands in for :data:`SESSION_NOISE`.
+HISTORY_MIN = 3
+_HISTORY_FIGURES = ("p50", "p99", "max", "rps")
+#: Student's t at 99.5 % (a two-sided 99 % prediction interval) by degrees of freedom.
+_T995 = {
+    2: 9.925,
+    3: 5.841,
+    4: 4.604,
+    5: 4.032,
+    6: 3.707,
+    7: 3.499,
+    8: 3.355,
+    9: 3.250,
+    10: 3.169,
+    11: 3.106,
+    12: 3.055,
+    13: 3.012,
+    14: 2.977,
+    15: 2.947,
+    16: 2.921,
+    17: 2.898,
+    18: 2.878,
+    19: 2.861,
+}
 #: A machine factor past this leaves an inconclusive change to the machine, not to rounds.
 _MACHINE_SETTLES = 1.1
 
@@ -145,10 +184,54 @@ def merged_for_save(
     path = baseline_path(name, directory, option=option)
     doc = _with_load(doc)
     if replace or not path.is_file():
-        return path, doc, 0
+        return path, with_history(doc, None), 0
     old = load_document(path, option=f"{option}={name!r}")
-    merged, kept = merge_documents(old, doc)
+    merged, kept = merge_documents(old, with_history(doc, old))
     return path, merged, kept
+
+
+def with_history(doc: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[str, Any]:
+    """*doc* whose storms carry their ``sessions``: the last :data:`HISTORY` saves of each.
+
+    Each save of a storm adds one summary of its figures (medians over its rounds) to the
+    sessions its previous save had (a baseline saved before history was kept starts with
+    its own figures). Their spread is how far the storm moves between sessions on its own,
+    which the rounds of one session cannot show.
+    """
+    before = {_storm_key(e): e for e in (old or {}).get("storms", []) if isinstance(e, Mapping)}
+    created = str(doc.get("created", ""))
+    storms = []
+    for entry in doc.get("storms", []):
+        previous = before.get(_storm_key(entry))
+        sessions: list[Any] = []
+        if previous is not None:
+            kept = previous.get("sessions")
+            if isinstance(kept, list) and kept:
+                sessions = [s for s in kept if isinstance(s, Mapping)]
+            else:
+                sessions = [session_summary(previous, str((old or {}).get("created", "")))]
+        storms.append(
+            {**entry, "sessions": [*sessions, session_summary(entry, created)][-HISTORY:]}
+        )
+    out = dict(doc)
+    out["storms"] = storms
+    return out
+
+
+def session_summary(data: Mapping[str, Any], created: str) -> dict[str, Any]:
+    """One session of a storm as its history keeps it: figures (medians over rounds), CPU."""
+    point = figures(data)
+    summary: dict[str, Any] = {"created": created}
+    for figure in _HISTORY_FIGURES:
+        values = _round_values(data, figure)
+        value = statistics.median(values) if values else point.get(figure, math.nan)
+        if isinstance(value, int | float) and math.isfinite(value):
+            summary[figure] = round(float(value), 4)
+    slowdown = cpu_slowdown(data)
+    if slowdown is not None:
+        summary["cpu_slowdown"] = round(slowdown, 4)
+    summary["cpu_share"] = round(cpu_share(data), 4)
+    return summary
 
 
 def _with_load(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -238,7 +321,8 @@ class Noise:
 
     baseline: tuple[float, ...]
     current: tuple[float, ...]
-    #: ``rounds`` (run-to-run spread) or ``latencies`` (the requests of one round each).
+    #: ``rounds`` (run-to-run spread), ``latencies`` (the requests of one round each) or
+    #: ``requests`` (the count of completions of one round each, a closed model's rps).
     source: str
     rounds_now: int = 1
     rounds_then: int = 1
@@ -250,18 +334,24 @@ class Noise:
     session_noise: float = 0.0
     #: The share of the storm's time per request that is CPU-bound (see :func:`cpu_share`).
     cpu_share: float = 1.0
+    #: Saved sessions of the storm whose spread stood in for *session_noise* (0: none).
+    history: int = 0
+    #: How far the figure moves between sessions by its history (log, 99 % prediction).
+    history_spread: float = 0.0
+    #: Set when one round's requests cannot bound this tail figure: the requests a round
+    #: would need (0: no count will do, as for ``max``), and the fewest a side had.
+    unbounded: tuple[int, int] | None = None
+    #: Factors of the current figure the sessions alone explain (the code alone would have
+    #: given the current figure times one of them): bounds the interval takes at its ends.
+    envelope: tuple[float, float] = (1.0, 1.0)
+    #: How far the shorter window moves with a scheduler slice lost at each end (≥ 1).
+    jitter: float = 1.0
 
     @property
     def machine_factor(self) -> float:
-        """How many times the sessions alone may have moved the storm's time per request (≥ 1)."""
-        if self.contention is not None:
-            then, now = self.contention
-            ratio = (now / then) ** CONTENTION_POWER if then > 0 else 1.0
-            moved = max(ratio, 1.0 / ratio) if ratio > 0 else 1.0
-        else:
-            moved = self.load_swing
-        moved *= 1.0 + self.session_noise
-        return (1.0 - self.cpu_share) + self.cpu_share * moved
+        """How many times the sessions alone may have moved the figure (≥ 1)."""
+        low, high = self.envelope
+        return max(high, 1.0 / low) if low > 0 else math.inf
 
     @property
     def rounds_settle(self) -> bool:
@@ -377,7 +467,16 @@ def compare(
                     then[name],
                     now[name],
                     _noise(
-                        name, old, record, then[name], now[name], cache, swing, contention, floor
+                        name,
+                        old,
+                        record,
+                        then[name],
+                        now[name],
+                        cache,
+                        swing,
+                        contention,
+                        floor,
+                        history_spread(old.data, name),
                     )
                     if name in noise_for
                     else None,
@@ -407,10 +506,14 @@ _Draw = Callable[[random.Random], float]
 
 
 def _rounds_of(record: StormRecord, figure: str) -> list[float]:
+    return _round_values(record.data, figure)
+
+
+def _round_values(data: Mapping[str, Any], figure: str) -> list[float]:
     if figure not in _ROUND_KEYS:
         return []
     values = []
-    for entry in record.data.get("rounds") or []:
+    for entry in data.get("rounds") or []:
         value = entry.get(figure) if isinstance(entry, Mapping) else None
         if isinstance(value, int | float) and math.isfinite(value):
             values.append(float(value))
@@ -501,6 +604,44 @@ def _borrowed(values: list[float]) -> _Draw:
     return draw
 
 
+def _unchanged(rng: random.Random) -> float:
+    return 1.0
+
+
+#: Fewer completions than this in a window are judged as a Poisson count (±1/√n).
+_FEW = 30
+
+
+def _on_schedule(data: Mapping[str, Any]) -> bool:
+    return data.get("model") == "open" and not data.get("dropped")
+
+
+def _closed(data: Mapping[str, Any]) -> bool:
+    requests = data.get("requests")
+    return data.get("model") == "closed" and isinstance(requests, int) and requests > 0
+
+
+def _counted(draw: _Draw, data: Mapping[str, Any], *, rounds: bool) -> _Draw:
+    """*draw* times the counting noise of the storm's completed requests.
+
+    With rounds, only the requests cut at the window's edges (±2), unless there are so few
+    (under :data:`_FEW`) that the count is Poisson-noisy whatever the rounds showed.
+    """
+    n = float(data["requests"])
+    if rounds and n >= _FEW:
+
+        def edges(rng: random.Random) -> float:
+            return draw(rng) * max(0.05, 1.0 + rng.uniform(-2.0, 2.0) / n)
+
+        return edges
+    spread = 1.0 / math.sqrt(n)
+
+    def counted(rng: random.Random) -> float:
+        return draw(rng) * max(0.05, 1.0 + rng.gauss(0.0, 1.0) * spread)
+
+    return counted
+
+
 def _from_latencies(lat: _Latencies, q: float | None) -> _Draw:
     point = lat.point(q)
 
@@ -520,11 +661,13 @@ def _noise(
     swing: float = 1.0,
     contention: tuple[float, float] | None = None,
     floor: float = 0.0,
+    history: tuple[float, int] | None = None,
 ) -> Noise | None:
     """Bootstrap draws of the figure in the baseline and now; None when no spread is known."""
     if figure == "error_rate" or math.isnan(then) or math.isnan(now):
         return None
     rounds_then, rounds_now = _rounds_of(old, figure), _rounds_of(new, figure)
+    unbounded: tuple[int, int] | None = None
     draw_then: _Draw | None = None
     draw_now: _Draw | None = None
     source = "rounds"
@@ -541,37 +684,47 @@ def _noise(
         draw_then = _from_latencies(lat_then, _QUANTILES[figure])
         draw_now = _from_latencies(lat_now, _QUANTILES[figure])
         source = "latencies"
+        unbounded = _unbounded(_QUANTILES[figure], min(lat_then.n, lat_now.n))
+    elif figure == "rps" and _closed(old.data) and _closed(new.data):
+        draw_then = draw_now = _unchanged
+        source = "requests"
     else:
         return None
+    if figure == "rps" and _closed(old.data) and _closed(new.data):
+        # A closed model's throughput is a count of completions in a window. With rounds,
+        # their spread shows its noise but for the requests cut at the window's edges (±2);
+        # with one round, nothing does: a count of n is known to about ±1/√n (Poisson).
+        draw_then = _counted(draw_then, old.data, rounds=source == "rounds")
+        draw_now = _counted(draw_now, new.data, rounds=source == "rounds")
     rng = random.Random(zlib.crc32(repr((new.key, figure)).encode("utf-8")))
     baseline = tuple(then * draw_then(rng) for _ in range(_DRAWS))
     current = tuple(now * draw_now(rng) for _ in range(_DRAWS))
-    ratios: list[float] | None = None
-    if floor > 0:
-        # Between sessions on its own: either way, log-uniformly within the floor.
-        reach = math.log1p(floor)
-        ratios = [math.exp(rng.uniform(-reach, reach)) for _ in current]
+    # What the sessions alone may explain, as a range of factors g: the code alone would
+    # have given the current figure times some g within it. These are bounds, not draws:
+    # the interval takes its worst case at either end.
+    low_ratio = high_ratio = 1.0  # CPU-bound time per request, now over then
+    if history is None and floor > 0:
+        low_ratio, high_ratio = 1.0 / (1.0 + floor), 1.0 + floor
     if contention is not None:
-        # Measured: the CPU-bound time per request moved by up to the slowdowns' ratio
-        # (to its power), in the direction the machine moved and no further.
+        # Measured: it moved by up to the slowdowns' ratio (to its power), in the direction
+        # the machine moved and no further.
         then_s, now_s = contention
-        reach = CONTENTION_POWER * math.log(now_s / then_s) if then_s > 0 and now_s > 0 else 0.0
-        if reach:
-            ratios = _times(ratios, [math.exp(rng.uniform(0.0, reach)) for _ in current])
+        moved = (now_s / then_s) ** CONTENTION_POWER if then_s > 0 and now_s > 0 else 1.0
+        low_ratio, high_ratio = low_ratio * min(1.0, moved), high_ratio * max(1.0, moved)
     elif swing > 1.0:
         # Guessed from load averages: either session may have had up to *swing* times the
-        # CPU of the other (log-uniformly, for want of anything better).
-        spread = math.log(swing)
-        ratios = _times(ratios, [math.exp(rng.uniform(-spread, spread)) for _ in current])
+        # CPU of the other.
+        low_ratio, high_ratio = low_ratio / swing, high_ratio * swing
     share = max(cpu_share(old.data), cpu_share(new.data))
-    if ratios is not None:
-        # What the code alone would give now: latency divided by, throughput (requests over
-        # time per request, Little's law) multiplied by, the time a change of CPU explains.
-        factors = [(1.0 - share) + share * ratio for ratio in ratios]
-        if figure == "rps":
-            current = tuple(v * f for v, f in zip(current, factors, strict=True))
-        else:
-            current = tuple(v / f for v, f in zip(current, factors, strict=True))
+    if figure == "rps" and _on_schedule(old.data) and _on_schedule(new.data):
+        share = 0.0  # an open model that kept its arrival rate: throughput is the schedule's
+    # Latency divided by, throughput (requests over time per request, Little's law)
+    # multiplied by, the time per request the sessions explain; only its CPU-bound share.
+    times = ((1.0 - share) + share * low_ratio, (1.0 - share) + share * high_ratio)
+    factors = times if figure == "rps" else (1.0 / times[1], 1.0 / times[0])
+    jitter = _window_jitter(old.data, new.data)
+    moves = math.exp(history[0]) if history is not None else 1.0
+    envelope = (factors[0] / moves / jitter, factors[1] * moves * jitter)
     return Noise(
         baseline=baseline,
         current=current,
@@ -582,11 +735,72 @@ def _noise(
         contention=contention,
         session_noise=floor,
         cpu_share=share,
+        history=history[1] if history is not None else 0,
+        history_spread=history[0] if history is not None else 0.0,
+        unbounded=unbounded,
+        envelope=envelope,
+        jitter=jitter,
     )
 
 
-def _times(first: list[float] | None, second: list[float]) -> list[float]:
-    return second if first is None else [a * b for a, b in zip(first, second, strict=True)]
+#: How long a thread may wait when another process takes its CPU: a scheduler slice
+#: (Linux CFS targets 6 ms of latency; a busy machine stretches it).
+_SLICE_S = 0.006
+
+
+def _window_jitter(*storms: Mapping[str, Any]) -> float:
+    """How far a short window's figures move when the storm loses a slice at each end (≥ 1).
+
+    A storm measured over 20 ms that loses 12 ms to other processes reads 60% slower; over
+    10 s, 0.1%. Counted for the shorter of the two windows.
+    """
+    windows = [
+        float(data["duration"])
+        for data in storms
+        if isinstance(data.get("duration"), int | float) and data["duration"] > 0
+    ]
+    if not windows:
+        return 1.0
+    return 1.0 + 2 * _SLICE_S / min(windows)
+
+
+def _unbounded(q: float | None, n: int) -> tuple[int, int] | None:
+    """(requests needed, requests had) when *n* requests cannot bound the *q*-quantile above.
+
+    The largest of n values lies above the q-quantile with probability 1 - q^n; below 95%
+    nothing in the sample bounds the quantile from above (the p99 of 37 requests is their
+    slowest, and the next round's slowest may be anywhere higher). A bootstrap cannot see
+    past the values it resamples, so such a figure is not judged from one round.
+    """
+    if q is None or q <= 0.5:
+        return None
+    if q >= 1.0:
+        return (0, n)
+    needed = math.ceil(math.log(0.05) / math.log(q))
+    return (needed, n) if n < needed else None
+
+
+def history_spread(data: Mapping[str, Any], figure: str) -> tuple[float, int] | None:
+    """How far *figure* moves between the storm's saved sessions, and how many there are.
+
+    The half-width of a 99 % prediction interval for one more session, on the log of the
+    figure (Student's t over the sessions' spread); None with fewer than
+    :data:`HISTORY_MIN` sessions or for a figure the history does not keep.
+    """
+    if figure not in _HISTORY_FIGURES:
+        return None
+    sessions = data.get("sessions")
+    if not isinstance(sessions, list):
+        return None
+    logs = []
+    for session in sessions[-HISTORY:]:
+        value = session.get(figure) if isinstance(session, Mapping) else None
+        if isinstance(value, int | float) and math.isfinite(value) and value > 0:
+            logs.append(math.log(value))
+    k = len(logs)
+    if k < HISTORY_MIN:
+        return None
+    return _T995[k - 1] * statistics.stdev(logs) * math.sqrt(1.0 + 1.0 / k), k
 
 
 def cpu_slowdown(data: Mapping[str, Any]) -> float | None:
@@ -634,13 +848,32 @@ def load_swing(then: Mapping[str, Any] | None, now: Mapping[str, Any] | None) ->
 
 
 def cpu_share(data: Mapping[str, Any]) -> float:
-    """The share of a storm's time per request spent on the CPU rather than in simulated waits.
+    """The share of a storm's time per request that moves with the CPU the machine gives it.
 
     Throughput is requests in flight over time per request (Little's law); only the part
-    that is not a simulated wait slows down when the machine gives the storm less CPU. The
-    waits are counted at their requested median, at most their mean, so the share errs
-    high (the interval wide). Without simulated waits every millisecond may be the CPU's.
+    that is not a wait slows down when the machine gives the storm less CPU. Two measures
+    bound it, and the smaller holds: the time outside simulated waits (counted at their
+    requested median, at most their mean, so the share errs high), and the share of the
+    window the storm's threads spent running or ready to run (``cpu_contention``): a storm
+    whose threads were busy 3% of the window spent the rest waiting on I/O or timers.
+    Without either, every millisecond may be the CPU's.
     """
+    return min(_share_outside_waits(data), _share_busy(data))
+
+
+def _share_busy(data: Mapping[str, Any]) -> float:
+    extras = data.get("extras")
+    measured = extras.get("cpu_contention") if isinstance(extras, Mapping) else None
+    window = data.get("duration")
+    if not isinstance(measured, Mapping) or not isinstance(window, int | float) or window <= 0:
+        return 1.0
+    run, wait = measured.get("run_s"), measured.get("wait_s")
+    if not isinstance(run, int | float) or not isinstance(wait, int | float):
+        return 1.0
+    return min(1.0, max(0.0, (float(run) + float(wait)) / float(window)))
+
+
+def _share_outside_waits(data: Mapping[str, Any]) -> float:
     service = data.get("service_time")
     latency = data.get("latency")
     timed = service if isinstance(service, Mapping) and service.get("mean") else latency
@@ -749,18 +982,27 @@ def judge(d: FigureDelta, threshold: Threshold) -> Judgement | None:
 
     worse = worsening(d.baseline, d.current)
     allowed = threshold.amount / 100 if relative else threshold.allowed(d.baseline)
+    if d.noise is not None and d.noise.unbounded is not None:
+        # Either side's true value may lie anywhere above what one round showed.
+        return Judgement(
+            d, threshold, "inconclusive", worse, -math.inf, math.inf, allowed, relative
+        )
     low = high = worse
     if d.noise is not None:
-        draws = sorted(
-            worsening(then, now)
+        pairs = [
+            (then, now)
             for then, now in zip(d.noise.baseline, d.noise.current, strict=True)
             if then > 0 or not relative
-        )
-        if draws:
+        ]
+        if pairs:
             tail = (1 - _COVERAGE) / 2
+            # Each end of the interval at the worst case of what the sessions explain.
+            ends = [
+                sorted(worsening(then, now * g) for then, now in pairs) for g in d.noise.envelope
+            ]
             # The point estimate stays inside its own interval, whatever the resampling.
-            low = min(worse, _quantile(draws, tail))
-            high = max(worse, _quantile(draws, 1 - tail))
+            low = min(worse, *(_quantile(draws, tail) for draws in ends))
+            high = max(worse, *(_quantile(draws, 1 - tail) for draws in ends))
     slack = 1e-12
     if low > allowed + slack:
         verdict = "regressed"

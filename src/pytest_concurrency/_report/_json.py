@@ -206,6 +206,14 @@ JSON_SCHEMA: dict[str, Any] = {
                     "description": "informational remarks (a knee, rounds, a scaled load); "
                     "absent in documents written before notes existed",
                 },
+                "sessions": {
+                    "type": "array",
+                    "items": {"type": "object"},
+                    "description": "in a saved baseline: the last sessions that saved this "
+                    "storm (p50, p99, max, rps as medians over rounds; cpu_slowdown; "
+                    "cpu_share), the newest last; their spread is the storm's own noise "
+                    "between sessions",
+                },
                 "histograms": {
                     "type": "object",
                     "description": "HdrHistogram encodings (compressed, base64) of values in µs",

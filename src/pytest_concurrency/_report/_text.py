@@ -483,6 +483,8 @@ def _noise_source(j: Judgement) -> str:
         return ""
     if noise.source == "latencies":
         where = "from the recorded latencies, one round each"
+    elif noise.source == "requests":
+        where = "from the count of requests, one round each"
     elif noise.rounds_now == noise.rounds_then:
         where = f"over {noise.rounds_now} rounds each"
     else:
@@ -491,18 +493,35 @@ def _noise_source(j: Judgement) -> str:
 
 
 def _machine_words(noise: Noise) -> str:
-    """How the machine's CPU between the sessions widened the interval ('' when it did not)."""
+    """What besides the rounds widened the interval: the machine, the sessions ('' if nothing)."""
+    parts = []
     if noise.contention is not None:
         then, now = (1.0 - 1.0 / slowdown for slowdown in noise.contention)
-        if abs(now - then) < 0.005:
-            return ""
-        return (
-            f", and the storm's wait for a CPU ({then:.0%} of its ready time in the baseline, "
-            f"{now:.0%} now)"
+        if abs(now - then) >= 0.005:
+            parts.append(
+                f"the storm's wait for a CPU ({then:.0%} of its ready time in the baseline, "
+                f"{now:.0%} now)"
+            )
+    elif noise.load_swing > 1.0:
+        parts.append(f"the machine's load (up to {noise.load_swing:.1f}× the CPU either way)")
+    if noise.history:
+        parts.append(
+            f"the spread of its {noise.history} saved sessions "
+            f"(±{math.expm1(noise.history_spread):.0%} for one more)"
         )
-    if noise.load_swing > 1.0:
-        return f", and the machine's load (up to {noise.load_swing:.1f}× the CPU either way)"
-    return ""
+    elif noise.session_noise > 0 and noise.cpu_share >= 0.05:
+        parts.append(
+            f"±{noise.session_noise:.0%} between sessions for its CPU-bound time "
+            f"({noise.cpu_share:.0%} of each request; the default until the baseline holds "
+            "3 saved sessions of it)"
+        )
+    if noise.jitter >= 1.05:
+        parts.append(
+            f"a short window (a scheduler slice lost at each end moves it ±{noise.jitter - 1:.0%})"
+        )
+    if not parts:
+        return ""
+    return ", " + ", ".join(parts[:-1]) + (", and " if len(parts) > 1 else "and ") + parts[-1]
 
 
 def judgement_head(j: Judgement) -> str:
@@ -520,6 +539,14 @@ def judgement_interval(j: Judgement) -> str:
     """``90% interval of the change +12.0% … +30.0%, over 3 rounds each`` ('' without noise)."""
     if not j.has_noise:
         return ""
+    noise = j.delta.noise
+    if noise is not None and noise.unbounded is not None:
+        needed, had = noise.unbounded
+        need = f"{needed:,} or more would" if needed else "no count of requests will; rounds will"
+        return (
+            f"one round each ({had:,} requests on the smaller side) cannot bound {j.figure} "
+            f"from above ({need})"
+        )
     # In the figure's own direction: a fall in throughput is a negative change.
     low, high = (j.low, j.high) if FIGURES[j.figure][2] else (j.high, j.low)
     return f"90% interval of the change {_signed(j, low)} … {_signed(j, high)}, {_noise_source(j)}"
@@ -535,13 +562,19 @@ def judgement_line(j: Judgement) -> str:
         return f"{line}: improved beyond its noise"
     if j.verdict == "unchanged":
         return f"{line}: within its threshold"
+    noise = j.delta.noise
+    if noise is not None and noise.unbounded is not None:
+        return (
+            f"{line}: inconclusive — run rounds=3 on the storm (and save the baseline with as "
+            "many) to judge it"
+        )
     half = (j.high - j.low) / 2
     width = f"{half:.1%}" if j.relative else show_figure(j.figure, half)
-    noise = j.delta.noise
     if noise is not None and not noise.rounds_settle:
         advice = (
-            "the machine gave the two sessions different CPU, which more rounds do not "
-            "settle: compare runs on a quiet machine, or judge count-based budgets in CI"
+            "the storm moves that much between sessions (its CPU, the machine), which more "
+            "rounds in one session do not settle: save the baseline in more sessions, compare "
+            "on a quiet machine, or judge count-based budgets in CI"
         )
     elif j.settle_rounds is not None:
         advice = (
