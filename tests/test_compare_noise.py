@@ -119,11 +119,20 @@ def test_a_two_fold_slowdown_is_always_regressed(seed: int) -> None:
     }
     assert "cannot bound max from above" in judgement_line(found["max"])
     assert found["p99"].has_noise  # judged against the latencies' own spread
-    # With noisy rounds on both sides (±15%), a doubling is still past any doubt.
+    # With rounds on both sides, a doubling is past any doubt: under the default spread
+    # between sessions when the rounds agree within ±5%, and within one session's noise
+    # (the sessions' spread known to be small) even with rounds ±15%.
+    base = with_rounds(make_result(latencies(seed)), [28.5, 30, 31.5], [950, 1000, 1050])
+    slow = with_rounds(make_result(latencies(seed + 100, scale=2.0)), [57, 60, 63], [475, 500, 525])
+    slow.throughput = base.throughput / 2
+    verdicts = {j.figure: j.verdict for j in judged(base, slow, "p99:10%,rps:10%")}
+    assert verdicts == {"p99": "regressed", "rps": "regressed"}
     base = with_rounds(make_result(latencies(seed)), [26, 30, 34], [850, 1000, 1150])
     slow = with_rounds(make_result(latencies(seed + 100, scale=2.0)), [52, 60, 68], [425, 500, 575])
     slow.throughput = base.throughput / 2
-    verdicts = {j.figure: j.verdict for j in judged(base, slow, "p99:10%,rps:10%")}
+    verdicts = {
+        j.figure: j.verdict for j in judged(base, slow, "p99:10%,rps:10%", session_noise=0.1)
+    }
     assert verdicts == {"p99": "regressed", "rps": "regressed"}
 
 
@@ -188,10 +197,10 @@ def test_a_cpu_bound_throughput_that_fell_with_the_load_is_inconclusive_not_regr
     assert rps.settle_rounds is None  # more rounds share the same load
     # On a machine with cores to spare in both sessions, the same drop is past any doubt.
     idle = loads(1.5, 1.0, 0.5)
-    (steady,) = judged(base, now, "rps:5%", load_then=idle, load_now=idle)
+    (steady,) = judged(base, now, "rps:5%", load_then=idle, load_now=idle, session_noise=0.0)
     assert steady.verdict == "regressed"
     # So it is without a load on record (the rounds alone).
-    (unknown,) = judged(base, now, "rps:5%")
+    (unknown,) = judged(base, now, "rps:5%", session_noise=0.0)
     assert unknown.verdict == "regressed"
 
 
@@ -222,7 +231,9 @@ def test_a_latency_that_grew_with_the_load_is_inconclusive_not_regressed() -> No
     now = with_rounds(make_result(latencies(8, scale=1.7)), [34, 36, 38], [1000, 1000, 1000])
     (p99,) = judged(base, now, "p99:10%", load_then=CALM, load_now=BUSY)
     assert p99.verdict == "inconclusive"
-    (steady,) = judged(base, now, "p99:10%", load_then=loads(1.0), load_now=loads(1.0))
+    (steady,) = judged(
+        base, now, "p99:10%", load_then=loads(1.0), load_now=loads(1.0), session_noise=0.0
+    )
     assert steady.verdict == "regressed"
 
 
@@ -232,7 +243,7 @@ def test_a_two_fold_slowdown_is_regressed_when_the_load_held_still() -> None:
     base.throughput, slow.throughput = 1000.0, 500.0
     # An idle machine (fewer runnable threads than cores) gives a whole core each time.
     idle = (loads(0.4, 1.1, 1.9), loads(1.2, 0.8, 0.3))
-    (rps,) = judged(base, slow, "rps:10%", load_then=idle[0], load_now=idle[1])
+    (rps,) = judged(base, slow, "rps:10%", load_then=idle[0], load_now=idle[1], session_noise=0.0)
     assert rps.delta.noise is not None
     assert rps.delta.noise.load_swing == 1.0
     assert rps.verdict == "regressed"
@@ -296,7 +307,7 @@ def test_contention_explains_a_change_only_in_the_direction_the_machine_moved() 
         1.1,
     )
     base.throughput, slow.throughput = 1000.0, 500.0
-    (rps,) = judged(base, slow, "rps:10%")
+    (rps,) = judged(base, slow, "rps:10%", session_noise=0.0)  # the machine's term alone
     assert rps.verdict == "regressed"
     # A gain over a baseline that waited for a CPU may be the machine's: not "improved".
     slow_then = contended(slow, 2.0, 2.0, 2.0)

@@ -98,7 +98,7 @@ CONTENTION_POWER = 2.5
 #: How far a storm's CPU-bound time per request moves between two sessions on its own, at
 #: equal contention: rounds of one session share its process and its moment and cannot see
 #: it. Measured with ``benchmarks/flake.py`` (see the README).
-SESSION_NOISE = 0.3
+SESSION_NOISE = 0.5
 #: Sessions of each storm a baseline keeps (``sessions``, the newest last).
 HISTORY = 20
 #: Saved sessions a storm needs before their spread stands in for :data:`SESSION_NOISE`.
@@ -330,7 +330,7 @@ class Noise:
     load_swing: float = 1.0
     #: The storm's CPU slowdown in the baseline and now, when both measured it.
     contention: tuple[float, float] | None = None
-    #: How far CPU-bound time per request moves between sessions on its own (0.3: ±30%).
+    #: How far CPU-bound time per request moves between sessions on its own (0.5: ±50%).
     session_noise: float = 0.0
     #: The share of the storm's time per request that is CPU-bound (see :func:`cpu_share`).
     cpu_share: float = 1.0
@@ -352,6 +352,11 @@ class Noise:
         """How many times the sessions alone may have moved the figure (≥ 1)."""
         low, high = self.envelope
         return max(high, 1.0 / low) if low > 0 else math.inf
+
+    @property
+    def sessions_help(self) -> bool:
+        """True while saving the baseline again would add to the storm's history."""
+        return self.history < HISTORY
 
     @property
     def rounds_settle(self) -> bool:

@@ -573,8 +573,9 @@ def judgement_line(j: Judgement) -> str:
     if noise is not None and not noise.rounds_settle:
         advice = (
             "the storm moves that much between sessions (its CPU, the machine), which more "
-            "rounds in one session do not settle: save the baseline in more sessions, compare "
-            "on a quiet machine, or judge count-based budgets in CI"
+            "rounds in one session do not settle: "
+            + ("save the baseline in more sessions, " if noise.sessions_help else "")
+            + "compare on a quiet machine, or judge count-based budgets in CI"
         )
     elif j.settle_rounds is not None:
         advice = (
