@@ -204,9 +204,11 @@ def server_probes_not_applicable(server: str) -> str:
 
 
 def contention_note(wait_share: float, wait_s: float) -> str:
-    """The share of its CPU demand the machine left a storm waiting for (other processes)."""
+    """The share of its CPU demand the machine left a storm waiting for."""
     return (
         f"the storm's threads waited for a CPU {wait_share:.0%} of the time they were ready to "
-        f"run ({wait_s:.2f} s over the round, Linux schedstat): other processes had the "
-        "machine's cores, so figures that depend on CPU read worse than the code alone would"
+        f"run ({wait_s:.2f} s over the round, Linux schedstat): other threads had the "
+        "machine's cores — other processes', or the storm's own when it runs more threads "
+        "than there are cores — so figures that depend on CPU read worse than the cores "
+        "alone would give"
     )
