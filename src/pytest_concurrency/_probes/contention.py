@@ -52,28 +52,27 @@ class Contention:
         }
 
 
+def _schedstat(path: Path) -> tuple[int, int] | None:
+    """A thread's run and run-queue wait in ns from its ``schedstat`` (None: unreadable)."""
+    try:
+        run, wait, _ = path.read_text().split()
+    except (OSError, ValueError):
+        return None  # no schedstat here, or a thread that ended meanwhile
+    return int(run), int(wait)
+
+
 def _read() -> dict[str, tuple[int, int]] | None:
     tasks = Path(f"/proc/{os.getpid()}/task")  # the pid of this process, forked shards included
     try:
         names = os.listdir(tasks)
     except OSError:
         return None
-    figures: dict[str, tuple[int, int]] = {}
-    for name in names:
-        try:
-            run, wait, _ = (tasks / name / "schedstat").read_text().split()
-        except (OSError, ValueError):
-            continue  # a thread that ended meanwhile
-        figures[name] = (int(run), int(wait))
-    return figures or None
+    figures = {name: _schedstat(tasks / name / "schedstat") for name in names}
+    return {name: found for name, found in figures.items() if found is not None} or None
 
 
 def _read_self() -> tuple[int, int] | None:
-    try:
-        run, wait, _ = Path("/proc/thread-self/schedstat").read_text().split()
-    except (OSError, ValueError):
-        return None
-    return int(run), int(wait)
+    return _schedstat(Path("/proc/thread-self/schedstat"))
 
 
 class CpuContention:

@@ -460,10 +460,10 @@ def compare(
         if old is not None:
             now, then = figures(record.data), figures(old.data)
             cache: dict[int, _Latencies | None] = {}
-            slowdowns = (cpu_slowdown(old.data), cpu_slowdown(record.data))
+            slowed_then, slowed_now = cpu_slowdown(old.data), cpu_slowdown(record.data)
             contention = (
-                (slowdowns[0], slowdowns[1])
-                if slowdowns[0] is not None and slowdowns[1] is not None
+                (slowed_then, slowed_now)
+                if slowed_then is not None and slowed_now is not None
                 else None
             )
             deltas = {
@@ -508,10 +508,6 @@ _QUANTILES: dict[str, float | None] = {
 }
 
 _Draw = Callable[[random.Random], float]
-
-
-def _rounds_of(record: StormRecord, figure: str) -> list[float]:
-    return _round_values(record.data, figure)
 
 
 def _round_values(data: Mapping[str, Any], figure: str) -> list[float]:
@@ -671,8 +667,9 @@ def _noise(
     """Bootstrap draws of the figure in the baseline and now; None when no spread is known."""
     if figure == "error_rate" or math.isnan(then) or math.isnan(now):
         return None
-    rounds_then, rounds_now = _rounds_of(old, figure), _rounds_of(new, figure)
+    rounds_then, rounds_now = _round_values(old.data, figure), _round_values(new.data, figure)
     unbounded: tuple[int, int] | None = None
+    counted = figure == "rps" and _closed(old.data) and _closed(new.data)
     draw_then: _Draw | None = None
     draw_now: _Draw | None = None
     source = "rounds"
@@ -690,12 +687,12 @@ def _noise(
         draw_now = _from_latencies(lat_now, _QUANTILES[figure])
         source = "latencies"
         unbounded = _unbounded(_QUANTILES[figure], min(lat_then.n, lat_now.n))
-    elif figure == "rps" and _closed(old.data) and _closed(new.data):
+    elif counted:
         draw_then = draw_now = _unchanged
         source = "requests"
     else:
         return None
-    if figure == "rps" and _closed(old.data) and _closed(new.data):
+    if counted:
         # A closed model's throughput is a count of completions in a window. With rounds,
         # their spread shows its noise but for the requests cut at the window's edges (±2);
         # with one round, nothing does: a count of n is known to about ±1/√n (Poisson).
@@ -820,14 +817,23 @@ def cpu_slowdown(data: Mapping[str, Any]) -> float | None:
             values.append(float(value))
     if values:
         return statistics.median(values)
+    measured = _run_and_wait(data)
+    if measured is None or not measured[0] > 0:
+        return None
+    run, wait = measured
+    return (run + max(0.0, wait)) / run
+
+
+def _run_and_wait(data: Mapping[str, Any]) -> tuple[float, float] | None:
+    """The seconds a storm's threads ran and waited for a CPU (``extras["cpu_contention"]``)."""
     extras = data.get("extras")
     measured = extras.get("cpu_contention") if isinstance(extras, Mapping) else None
     if not isinstance(measured, Mapping):
         return None
     run, wait = measured.get("run_s"), measured.get("wait_s")
-    if not isinstance(run, int | float) or not isinstance(wait, int | float) or not run > 0:
+    if not isinstance(run, int | float) or not isinstance(wait, int | float):
         return None
-    return (float(run) + max(0.0, float(wait))) / float(run)
+    return float(run), float(wait)
 
 
 def load_swing(then: Mapping[str, Any] | None, now: Mapping[str, Any] | None) -> float:
@@ -867,15 +873,11 @@ def cpu_share(data: Mapping[str, Any]) -> float:
 
 
 def _share_busy(data: Mapping[str, Any]) -> float:
-    extras = data.get("extras")
-    measured = extras.get("cpu_contention") if isinstance(extras, Mapping) else None
+    measured = _run_and_wait(data)
     window = data.get("duration")
-    if not isinstance(measured, Mapping) or not isinstance(window, int | float) or window <= 0:
+    if measured is None or not isinstance(window, int | float) or window <= 0:
         return 1.0
-    run, wait = measured.get("run_s"), measured.get("wait_s")
-    if not isinstance(run, int | float) or not isinstance(wait, int | float):
-        return 1.0
-    return min(1.0, max(0.0, (float(run) + float(wait)) / float(window)))
+    return min(1.0, max(0.0, sum(measured) / float(window)))
 
 
 def _share_outside_waits(data: Mapping[str, Any]) -> float:
