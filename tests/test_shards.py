@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +126,9 @@ _SHARDS_REPORTED = textwrap.dedent(
 )
 
 
-def test_a_killed_parent_takes_its_shards_down() -> None:
+@contextmanager
+def _child_with_shards() -> Iterator[tuple[subprocess.Popen[str], list[int]]]:
+    """A child process storming on two shards, and their pids; none survives the block."""
     with subprocess.Popen(
         [sys.executable, "-c", _SHARDS_REPORTED],
         cwd=ROOT,
@@ -136,7 +140,7 @@ def test_a_killed_parent_takes_its_shards_down() -> None:
             assert child.stdout is not None
             pids = [int(p) for p in child.stdout.readline().split()]
             assert len(pids) == 2
-            child.kill()  # no finally, no atexit: each shard notices its parent is gone
+            yield child, pids
         finally:
             if child.poll() is None:
                 child.kill()
@@ -144,29 +148,17 @@ def test_a_killed_parent_takes_its_shards_down() -> None:
     while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [pid for pid in pids if _alive(pid)]
+
+
+def test_a_killed_parent_takes_its_shards_down() -> None:
+    with _child_with_shards() as (child, _):
+        child.kill()  # no finally, no atexit: each shard notices its parent is gone
 
 
 def test_ctrl_c_stops_every_shard() -> None:
-    with subprocess.Popen(
-        [sys.executable, "-c", _SHARDS_REPORTED],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"},
-    ) as child:
-        try:
-            assert child.stdout is not None
-            pids = [int(p) for p in child.stdout.readline().split()]
-            assert len(pids) == 2
-            child.send_signal(signal.SIGINT)
-            assert child.wait(timeout=15) == 130
-        finally:
-            if child.poll() is None:
-                child.kill()
-    deadline = time.monotonic() + 5
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not [pid for pid in pids if _alive(pid)]
+    with _child_with_shards() as (child, _):
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=15) == 130
 
 
 def _alive(pid: int) -> bool:
