@@ -15,6 +15,7 @@ from .._checks import NO_CHECKS, Checks, parse_checks
 from .._errors import ConfigError
 from .._metrics import Recorder
 from .._metrics.fold import is_failure
+from .._optional import require
 from .._params import Layer, StormConfig, resolve
 from .._servers import RunningServer, ServerSpec
 from .._servers._target import resolve as resolve_import
@@ -177,9 +178,10 @@ def _real_server(
     """The server to start, or the URL to send to, for ``server=``."""
     if config.server == "inprocess":
         return None, None
+    origin = config.origin_of("server")
+    require(("httptools",), "servers", f"server={config.server!r} (from {origin})")
     if config.server.startswith("http://"):
         return None, config.server
-    origin = config.origin_of("server")
     # A closure is found by the module variable that holds it, as a server would import it.
     target = importable_name(app) or app_label(app)
     module, sep, attr = target.partition(":")

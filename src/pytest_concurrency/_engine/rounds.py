@@ -27,7 +27,6 @@ from .._apps import as_asgi3
 from .._checks import Response, headers_text
 from .._drivers.asgi import AsgiDriver
 from .._drivers.base import AsyncDriver
-from .._drivers.http import HttpDriver
 from .._drivers.websocket import WebSocketDriver
 from .._drivers.wsgi import WsgiDriver, WsgiPool, request_environ
 from .._errors import StormError
@@ -75,6 +74,9 @@ _LEAD = 0.001
 def async_driver(plan: StormPlan) -> AsyncDriver:
     """The async driver that serves *plan*: a real server over HTTP, or the app in-process."""
     if plan.url is not None:
+        # httptools (the servers extra) is needed only to talk to a real server.
+        from .._drivers.http import HttpDriver
+
         return HttpDriver(plan.url, list(plan.requests), server=plan.served_by)
     app = plan.app if plan.config.clock == "wall" else metered(as_asgi3(plan.app))
     return AsgiDriver(app, list(plan.requests), lifespan=plan.config.lifespan)

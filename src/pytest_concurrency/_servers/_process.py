@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import IO, Literal
 
 from .._errors import ConfigError, StormError
+from .._optional import installed
 from . import agent
 from ._target import PATH_ENV
 from .channel import ProbeChannel
@@ -58,7 +58,7 @@ class ServerSpec:
                 f"server={self.kind!r} (from {origin}) must be one of {', '.join(SERVER_KINDS)} "
                 "or a loopback URL such as 'http://127.0.0.1:8000'"
             )
-        missing = [m for m in _modules_needed(self) if importlib.util.find_spec(m) is None]
+        missing = [m for m in _modules_needed(self) if not installed(m)]
         if missing:
             raise ConfigError(
                 f"server={self.kind!r} (from {origin}) needs {', '.join(missing)}, which is not "
@@ -88,8 +88,8 @@ class ServerSpec:
         """One line for reports, e.g. ``gunicorn, 2 workers × 4 threads (gthread)``."""
         workers = f"{self.workers} worker{'s' if self.workers != 1 else ''}"
         if self.kind == "uvicorn":
-            loop = "uvloop" if _installed("uvloop") else "asyncio"
-            http = "httptools" if _installed("httptools") else "h11"
+            loop = "uvloop" if installed("uvloop") else "asyncio"
+            http = "httptools" if installed("httptools") else "h11"
             wsgi = ", WSGI" if self.interface == "wsgi" else ""
             return f"uvicorn, {workers} ({loop}, {http}{wsgi})"
         if self.kind == "gunicorn":
@@ -102,10 +102,6 @@ class ServerSpec:
             threads = f" × {self.threads} threads" if self.interface == "wsgi" else ""
             return f"granian, {workers}{threads} ({self.interface.upper()})"
         return f"hypercorn, {workers} ({self.interface.upper()})"
-
-
-def _installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
 
 
 def _modules_needed(spec: ServerSpec) -> list[str]:
