@@ -1,4 +1,4 @@
-"""The package's shape: no import cycle inside it, and no example code in the wheel."""
+"""The package's shape: no import cycle of any kind, layers that hold, no example code in the wheel."""
 
 from __future__ import annotations
 
@@ -24,25 +24,40 @@ def _modules() -> dict[str, Path]:
     return {_module_name(p): p for p in sorted((SRC / PACKAGE).rglob("*.py"))}
 
 
-def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
-    """Every node of *tree* but those under ``if TYPE_CHECKING:`` (imports a type checker reads)."""
+def _nodes(tree: ast.AST, *, type_checking: bool = False, module_level: bool = False) -> list[ast.AST]:
+    """Every node of *tree* that runs: none under ``if TYPE_CHECKING:`` unless *type_checking*
+    (imports a type checker reads), none in a function or lambda body if *module_level* (what
+    runs when the module is imported)."""
     found: list[ast.AST] = []
     todo = [tree]
     while todo:
         node = todo.pop()
         found.append(node)
+        if module_level and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            # Decorators and defaults run at import; the body runs when called.
+            todo.extend(node.decorator_list if not isinstance(node, ast.Lambda) else [])
+            todo.append(node.args)
+            continue
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo.extend(node.body if type_checking else [])
             todo.extend(node.orelse)
             continue
         todo.extend(ast.iter_child_nodes(node))
     return found
 
 
-def _imports(name: str, path: Path) -> set[str]:
-    """Every module *name* imports when it runs, at module level or in functions, by full name."""
+def _imports(
+    name: str, path: Path, *, type_checking: bool = False, module_level: bool = False
+) -> set[str]:
+    """Every module *name* imports when it runs, at module level or in functions, by full name.
+
+    With *type_checking*, the imports under ``if TYPE_CHECKING:`` too; with *module_level*,
+    only what runs when the module is imported (not the imports inside functions).
+    """
     is_package = path.name == "__init__.py"
     found: set[str] = set()
-    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in _nodes(tree, type_checking=type_checking, module_level=module_level):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -64,9 +79,47 @@ def _imports(name: str, path: Path) -> set[str]:
 KNOWN_LAZY_EDGES: set[tuple[str, str]] = set()
 
 
-def _graph() -> dict[str, set[str]]:
+def _with_packages(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """*graph* with the edges that importing a module adds: ``a.b.c`` runs ``a/__init__`` and
+    ``a/b/__init__`` first (the packages of the importer itself are loaded already)."""
+    out: dict[str, set[str]] = {}
+    for importer, imported in graph.items():
+        parents = {
+            ".".join(target.split(".")[:i])
+            for target in imported
+            for i in range(2, target.count(".") + 1)
+        }
+        out[importer] = imported | {
+            p for p in parents & graph.keys() if p != importer and not importer.startswith(p + ".")
+        }
+    return out
+
+
+def _graph(
+    *, type_checking: bool = False, packages: bool = False, module_level: bool = False
+) -> dict[str, set[str]]:
+    """The package's modules and what each imports of it (see :func:`_imports` for the flags;
+    with *packages*, also the package ``__init__`` each import runs first)."""
     modules = _modules()
-    return {name: _imports(name, path) & modules.keys() - {name} for name, path in modules.items()}
+    graph = {
+        name: _imports(name, path, type_checking=type_checking, module_level=module_level)
+        & modules.keys()
+        - {name}
+        for name, path in modules.items()
+    }
+    return _with_packages(graph) if packages else graph
+
+
+def _loaded_by(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module importing *start* loads through *graph* (*start* included)."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(graph.get(name, ()))
+    return seen
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -123,10 +176,55 @@ def test_imports_for_the_type_checker_only_are_not_followed(tmp_path: Path) -> N
     assert not [name for name in found if "_engine" in name]
 
 
+def test_imports_for_the_type_checker_only_are_followed_when_asked(tmp_path: Path) -> None:
+    module = tmp_path / "fold.py"
+    module.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "import math\n"
+        "if TYPE_CHECKING:\n"
+        "    from .._engine.plan import StormPlan\n"
+        "else:\n"
+        "    from .._engine.live import Live\n"
+        "class Fold:\n"
+        "    from .records import Recorder\n"
+        "    def later(self):\n"
+        "        from .._cli import load_app\n"
+        "go = lambda: __import__('pytest')\n",
+        encoding="utf-8",
+    )
+    typed = _imports("p._metrics.fold", module, type_checking=True)
+    assert {"p._engine.plan", "p._engine.live", "p._metrics.records", "p._cli"} <= typed
+    at_import = _imports("p._metrics.fold", module, module_level=True)
+    assert {"math", "p._engine.live", "p._metrics.records"} <= at_import
+    assert not [name for name in at_import if "_cli" in name or "plan" in name]
+
+
+def test_importing_a_module_runs_the_packages_above_it() -> None:
+    # p.a.x imports p.b.y, so p.b's __init__ runs first; it imports p.b.z, which imports
+    # p.a.x: a cycle the import statements alone do not show.
+    graph = {
+        "p": set(),
+        "p.a": set(),
+        "p.a.x": {"p.b.y"},
+        "p.b": {"p.b.z"},
+        "p.b.y": set(),
+        "p.b.z": {"p.a.x", "p.a"},
+    }
+    assert _cycle(graph) is None
+    with_packages = _with_packages(graph)
+    assert with_packages["p.a.x"] == {"p.b.y", "p.b"}
+    # A module's own packages are loaded before it: no edge, and none to the top package.
+    assert with_packages["p.b.z"] == {"p.a.x", "p.a"}
+    assert with_packages["p.b"] == {"p.b.z"}
+    assert _cycle(with_packages) == ["p.a.x", "p.b", "p.b.z", "p.a.x"]
+
+
 def test_the_package_has_no_import_cycle() -> None:
-    graph = _graph()
+    # Of any kind: through imports inside functions, imports for the type checker only, and
+    # the package __init__ an import runs first.
+    graph = _graph(type_checking=True, packages=True)
     assert f"{PACKAGE}._cli" in graph
-    assert f"{PACKAGE}._report._terminal" in graph[f"{PACKAGE}._report"]
+    assert f"{PACKAGE}._metrics.records" in graph[f"{PACKAGE}._metrics"]
     for importer, imported in KNOWN_LAZY_EDGES:
         # Still there (remove it from the list once it is gone), and still what closes a cycle.
         assert imported in graph[importer], f"{importer} no longer imports {imported}"
@@ -173,9 +271,49 @@ def test_the_wheel_holds_no_example_code() -> None:
     assert not importers, f"modules of the wheel import the repository's examples: {importers}"
 
 
-#: Packages that measure; the words of their notes and warnings live in ``_report``.
-MEASURING = ("_engine", "_metrics", "_drivers", "_probes", "_simio", "_servers", "_locust")
+#: Packages that measure, and the plain result types they fill in; the words of their notes
+#: and warnings are functions of :data:`WORDING_HOME`, and none of them loads ``_report``.
+MEASURING = ("_engine", "_metrics", "_drivers", "_probes", "_simio", "_servers", "_locust", "_model")
+#: The one module below the report that words remarks: the sentences a measurement attaches
+#: to its result, each a function of the figures.
+WORDING_HOME = f"{PACKAGE}._model.remarks"
 _REMARK_LISTS = {"notes", "warnings"}
+#: The one module below the report that may load pytest when imported: the public warning
+#: class is a ``pytest.PytestWarning``.
+PYTEST_HOME = f"{PACKAGE}._errors"
+
+
+def _is_measuring(name: str) -> bool:
+    return name.split(".")[1:2] != [] and name.split(".")[1] in MEASURING
+
+
+def test_measuring_modules_do_not_load_the_report() -> None:
+    # Directly, or through anything they import when they run (in functions too), the
+    # package __init__ of each import included.
+    graph = _graph(packages=True)
+    measuring = sorted(name for name in graph if _is_measuring(name))
+    assert f"{PACKAGE}._engine.storm" in measuring
+    assert WORDING_HOME in measuring
+    offenders = {
+        name: sorted(loaded)
+        for name in measuring
+        if (loaded := {m for m in _loaded_by(graph, name) if m.startswith(f"{PACKAGE}._report")})
+    }
+    assert not offenders, f"measuring modules that load _report: {offenders}"
+
+
+def test_measuring_modules_load_pytest_only_through_the_errors() -> None:
+    # What runs when a measuring module is imported: its module-level imports, and theirs.
+    graph = _graph(packages=True, module_level=True)
+    modules = _modules()
+    assert "pytest" in _imports(PYTEST_HOME, modules[PYTEST_HOME], module_level=True)
+    offenders: dict[str, list[str]] = {}
+    for name in sorted(n for n in graph if _is_measuring(n)):
+        for loaded in _loaded_by({**graph, PYTEST_HOME: set()}, name) - {PYTEST_HOME}:
+            found = _imports(loaded, modules[loaded], module_level=True)
+            if {m.split(".")[0] for m in found} & {"pytest", "_pytest"}:
+                offenders.setdefault(name, []).append(loaded)
+    assert not offenders, f"measuring modules that load pytest when imported: {offenders}"
 
 
 def _is_text(node: ast.expr) -> bool:
@@ -271,17 +409,28 @@ def test_the_remark_check_finds_sentences_written_into_notes_and_warnings() -> N
 
 
 def test_measuring_modules_leave_the_wording_of_remarks_to_the_report() -> None:
+    modules = _modules()
+    assert WORDING_HOME in modules
     offenders = {
         name: lines
-        for name, path in _modules().items()
-        if name.split(".")[1:2] and name.split(".")[1] in MEASURING
+        for name, path in modules.items()
+        if _is_measuring(name) and name != WORDING_HOME
         if (lines := _written_remarks(path.read_text(encoding="utf-8")))
     }
-    assert f"{PACKAGE}._engine.storm" in _modules()
+    assert f"{PACKAGE}._engine.storm" in modules
     assert not offenders, (
         "notes or warnings worded in a measuring module (give the sentence a function in "
-        f"_report/_remarks.py and pass it the figures): {offenders}"
+        f"{WORDING_HOME} and pass it the figures): {offenders}"
     )
+
+
+def test_the_wording_home_only_words() -> None:
+    # The remarks module imports nothing of the package, so a measuring module that needs a
+    # sentence loads no more than the sentence.
+    path = _modules()[WORDING_HOME]
+    imported = _imports(WORDING_HOME, path, type_checking=True)
+    assert not [name for name in imported if name.split(".")[0] == PACKAGE]
+    assert not _written_remarks(path.read_text(encoding="utf-8"))
 
 
 def test_the_report_does_not_load_the_engine() -> None:
@@ -298,6 +447,6 @@ def test_the_report_does_not_load_the_engine() -> None:
         seen.add(name)
         parents = {".".join(name.split(".")[:i]) for i in range(2, name.count(".") + 1)}
         todo.extend(graph[name] | (parents & modules))
-    assert f"{PACKAGE}._report._remarks" in seen
+    assert f"{PACKAGE}._report._blocking_text" in seen
     loaded = sorted(name for name in seen if name.startswith(f"{PACKAGE}._engine"))
     assert not loaded, f"_report loads the engine: {loaded}"
