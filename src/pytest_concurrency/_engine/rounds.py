@@ -32,17 +32,17 @@ from .._drivers.wsgi import WsgiDriver, WsgiPool, request_environ
 from .._errors import StormError
 from .._metrics import ErrorBook, Recorder
 from .._metrics.fold import PoolModel, RunFigures, fold
-from .._params import Layer
-from .._probes.contention import CpuContention
-from .._probes.loop import LoopMonitor
-from .._probes.pools import ThreadPoolProbe
-from .._probes.results import LoopLag, PoolUsage
-from .._report._remarks import (
+from .._model.remarks import (
     abandoned_warning,
     contention_note,
     gil_note,
     harness_bound_remark,
 )
+from .._params import Layer
+from .._probes.contention import CpuContention
+from .._probes.loop import LoopMonitor
+from .._probes.pools import ThreadPoolProbe
+from .._probes.results import LoopLag, PoolUsage
 from .._result import StormResult
 from .._tasks import ABANDON_GRACE
 from .._workload import Request

@@ -22,8 +22,7 @@ import anyio.to_thread
 from .._budget import evaluate, evaluate_endpoint
 from .._errors import ConfigError
 from .._locust import build_locustfile, read_back, run_locust
-from .._params import StormConfig
-from .._report._remarks import (
+from .._model.remarks import (
     client_bound_warning,
     dropped_arrivals_warning,
     knee_note,
@@ -34,6 +33,7 @@ from .._report._remarks import (
     server_probes_note,
     undeclared_upstream_warning,
 )
+from .._params import StormConfig
 from .._result import StormResult
 from .._servers import ResourceSampler, ResourceUsage, RunningServer, serve
 from .._servers.channel import ProbeReport

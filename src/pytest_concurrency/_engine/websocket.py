@@ -58,8 +58,8 @@ from .._metrics import (
     record_many,
 )
 from .._metrics.fold import RunFigures
+from .._model.remarks import shared_loop_warning
 from .._params import Layer, budget_limit
-from .._report._remarks import shared_loop_warning
 from .._result import StormResult, Verdict
 from .._workload import RequestMix
 from .interrupts import app_interrupt

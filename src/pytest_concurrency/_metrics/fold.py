@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .._report._remarks import short_window_warning
+from .._model.remarks import short_window_warning
 from .._result import EndpointStats, Knee, PoolStats, StormResult, TimelinePoint
 from .._workload import Profile
 from .records import (
