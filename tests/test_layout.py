@@ -24,7 +24,9 @@ def _modules() -> dict[str, Path]:
     return {_module_name(p): p for p in sorted((SRC / PACKAGE).rglob("*.py"))}
 
 
-def _nodes(tree: ast.AST, *, type_checking: bool = False, module_level: bool = False) -> list[ast.AST]:
+def _nodes(
+    tree: ast.AST, *, type_checking: bool = False, module_level: bool = False
+) -> list[ast.AST]:
     """Every node of *tree* that runs: none under ``if TYPE_CHECKING:`` unless *type_checking*
     (imports a type checker reads), none in a function or lambda body if *module_level* (what
     runs when the module is imported)."""
@@ -103,8 +105,7 @@ def _graph(
     modules = _modules()
     graph = {
         name: _imports(name, path, type_checking=type_checking, module_level=module_level)
-        & modules.keys()
-        - {name}
+        & modules.keys() - {name}
         for name, path in modules.items()
     }
     return _with_packages(graph) if packages else graph
@@ -273,7 +274,16 @@ def test_the_wheel_holds_no_example_code() -> None:
 
 #: Packages that measure, and the plain result types they fill in; the words of their notes
 #: and warnings are functions of :data:`WORDING_HOME`, and none of them loads ``_report``.
-MEASURING = ("_engine", "_metrics", "_drivers", "_probes", "_simio", "_servers", "_locust", "_model")
+MEASURING = (
+    "_engine",
+    "_metrics",
+    "_drivers",
+    "_probes",
+    "_simio",
+    "_servers",
+    "_locust",
+    "_model",
+)
 #: The one module below the report that words remarks: the sentences a measurement attaches
 #: to its result, each a function of the figures.
 WORDING_HOME = f"{PACKAGE}._model.remarks"

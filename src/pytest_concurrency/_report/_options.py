@@ -25,6 +25,9 @@ from ._baseline import (
     baseline_path,
     compare,
     comparison_table,
+    judgement_head,
+    judgement_interval,
+    judgement_line,
     judgements,
     load,
     machine_load,
@@ -36,7 +39,6 @@ from ._csv import csv_paths, write_csv
 from ._json import ensure_writable, machine_info, session_document, write_json
 from ._records import StormRecord, as_records
 from ._terminal import noise_figures, noise_statement, storm_notes, storms_table
-from ._text import judgement_head, judgement_interval, judgement_line
 
 __all__ = ["OPTIONS", "STORM_JSON_PROPERTY", "ReportSession", "add_options", "compare_layers"]
 
