@@ -14,7 +14,7 @@ from .._apps import _module_attribute as importable_name
 from .._checks import NO_CHECKS, Checks, parse_checks
 from .._errors import ConfigError
 from .._metrics import Recorder
-from .._metrics.fold import is_failure
+from .._metrics.records import is_failure
 from .._optional import require
 from .._params import Layer, StormConfig, resolve
 from .._servers import RunningServer, ServerSpec

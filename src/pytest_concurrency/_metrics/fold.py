@@ -23,6 +23,7 @@ from .records import (
     LatencyStats,
     Moments,
     Recorder,
+    is_failure,
     latency_stats,
     new_histogram,
     record_many,
@@ -55,11 +56,6 @@ class RunFigures:
     dropped: list[float]
     in_flight: list[tuple[float, int]] = field(default_factory=list)
     profile: Profile | None = None
-
-
-def is_failure(status: int, error: int) -> bool:
-    """A request failed for its client: an exception, a timeout or a status >= 400."""
-    return bool(error) or status >= 400 or status == STATUS_TIMEOUT
 
 
 def fold(

@@ -25,6 +25,7 @@ __all__ = [
     "LatencyStats",
     "Moments",
     "Recorder",
+    "is_failure",
     "latency_stats",
     "new_histogram",
     "record_many",
@@ -40,6 +41,11 @@ STATUS_TIMEOUT = 0
 STATUS_EXCEPTION = 500
 
 _PERCENTILES = (50.0, 75.0, 90.0, 95.0, 99.0, 99.9)
+
+
+def is_failure(status: int, error: int) -> bool:
+    """A request failed for its client: an exception, a timeout or a status >= 400."""
+    return bool(error) or status >= 400 or status == STATUS_TIMEOUT
 
 
 def new_histogram() -> HdrHistogram:
