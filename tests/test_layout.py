@@ -112,14 +112,18 @@ def _graph(
 
 
 def _loaded_by(graph: dict[str, set[str]], start: str) -> set[str]:
-    """Every module importing *start* loads through *graph* (*start* included)."""
+    """Every module importing *start* loads through *graph* (*start* included).
+
+    A module's own packages are loaded before it (``from .. import x`` names the top
+    package, whose ``__init__`` is the public surface and loads everything): not followed.
+    """
     seen: set[str] = set()
     todo = [start]
     while todo:
         name = todo.pop()
         if name not in seen:
             seen.add(name)
-            todo.extend(graph.get(name, ()))
+            todo.extend(t for t in graph.get(name, ()) if not name.startswith(t + "."))
     return seen
 
 
