@@ -10,7 +10,8 @@ from collections.abc import Callable
 import pytest
 
 from pytest_concurrency._capacity import search_capacity
-from pytest_concurrency._engine import plan_storm, run_plan
+from pytest_concurrency._engine.plan import plan_storm
+from pytest_concurrency._engine.storm import run_plan
 from pytest_concurrency._errors import ConfigError
 from pytest_concurrency._metrics import LatencyStats
 from pytest_concurrency._params import Layer

@@ -137,7 +137,7 @@ def test_warmup_requests_drop_the_first_completions_ties_in_index_order() -> Non
 def test_fold_holds_few_bytes_per_request() -> None:
     import tracemalloc
 
-    from pytest_concurrency._engine import plan_storm
+    from pytest_concurrency._engine.plan import plan_storm
     from pytest_concurrency._engine.schedule import Window
     from pytest_concurrency._metrics.fold import PoolModel, RunFigures, fold
     from pytest_concurrency._params import Layer

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._capacity import CapacityResult, search_capacity
-from ._engine import StormPlan, plan_storm, run_plan, run_plan_async
-from ._engine.plan import import_app
+from ._engine.plan import StormPlan, import_app, plan_storm
+from ._engine.storm import run_plan, run_plan_async
 from ._engine.websocket import WebSocketResult, plan_websocket, run_websocket_plan
 from ._errors import BudgetExceeded, ConcurrencyWarning, ConfigError
 from ._fidelity import Fidelity, compare_servers

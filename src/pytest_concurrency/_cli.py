@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from ._api import plan_capacity, run_capacity
-from ._engine import plan_storm, run_plan
+from ._engine.plan import plan_storm
+from ._engine.storm import run_plan
 from ._errors import ConcurrencyWarning, ConfigError, StormError
 from ._fidelity import line_up
 from ._params import BUDGET_NAMES, Layer, budget_limit

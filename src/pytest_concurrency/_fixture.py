@@ -13,8 +13,8 @@ import pytest
 
 from ._api import check_budgets, plan_capacity, run_capacity, warn_about
 from ._capacity import CapacityResult
-from ._engine import LiveFigures, Progress, StormPlan, plan_storm, run_plan, run_plan_async
-from ._engine.plan import import_app
+from ._engine.plan import LiveFigures, Progress, StormPlan, import_app, plan_storm
+from ._engine.storm import run_plan, run_plan_async
 from ._engine.websocket import WebSocketResult, plan_websocket, run_websocket_plan
 from ._errors import ConfigError
 from ._fidelity import Fidelity, compare_servers
