@@ -15,7 +15,7 @@ import pytest
 
 from pytest_concurrency import BudgetExceeded, run_storm
 from pytest_concurrency._fidelity import line_up
-from pytest_concurrency._probes.results import (
+from pytest_concurrency._model.probes import (
     ANYIO_LIMITER,
     BlockingSite,
     LoopLag,

@@ -10,7 +10,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from ._metrics import ErrorSummary, LatencyStats
-from ._probes.results import LoopLag, PoolUsage
+from ._model.probes import LoopLag, PoolUsage
 
 __all__ = ["EndpointStats", "Knee", "PoolStats", "StormResult", "TimelinePoint", "Verdict"]
 

@@ -32,6 +32,7 @@ from .._drivers.wsgi import WsgiDriver, WsgiPool, request_environ
 from .._errors import StormError
 from .._metrics import ErrorBook, Recorder
 from .._metrics.fold import PoolModel, RunFigures, fold
+from .._model.probes import LoopLag, PoolUsage
 from .._model.remarks import (
     abandoned_warning,
     contention_note,
@@ -42,7 +43,6 @@ from .._params import Layer
 from .._probes.contention import CpuContention
 from .._probes.loop import LoopMonitor
 from .._probes.pools import ThreadPoolProbe
-from .._probes.results import LoopLag, PoolUsage
 from .._result import StormResult
 from .._tasks import ABANDON_GRACE
 from .._workload import Request

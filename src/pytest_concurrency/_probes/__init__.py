@@ -2,6 +2,6 @@
 
 ``loop`` measures event-loop lag and names the app code that blocked the loop; ``pools``
 samples the app's thread pools; ``patches`` is the one registry every process-wide patch
-goes through; ``results`` holds the plain data they produce. Nothing is imported here, so
-that importing the data classes does not load the probes.
+goes through; the plain data they produce lives in ``_model.probes``, importable without
+the probes. Nothing is imported here.
 """

@@ -45,8 +45,8 @@ from types import CodeType, FrameType
 from typing import Any
 
 from .._metrics import new_histogram, record_many
+from .._model.probes import BlockingSite, LoopLag
 from ._common import _nearest_rank, _percentiles_ms, _running_asyncio_loop, _StartStop
-from .results import BlockingSite, LoopLag
 
 __all__ = ["INFRASTRUCTURE", "LoopMonitor"]
 

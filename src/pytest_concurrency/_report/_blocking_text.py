@@ -1,7 +1,7 @@
 """Wording of what the probes found: blocking sites, busy thread pools, the diagnosis lines.
 
 The probes measure (``_probes``) and their results describe themselves (one site, one pool:
-``_probes.results``); this module combines those sentences for the failure table, the
+``_model.probes``); this module combines those sentences for the failure table, the
 terminal and HTML reports and the ``text`` entries of the JSON document.
 """
 
@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from .._model.probes import describe_pool, describe_site, site_location
 from .._probes.names import ANYIO_LIMITER, DEFAULT_EXECUTOR
-from .._probes.results import describe_pool, describe_site, site_location
 
 if TYPE_CHECKING:
-    from .._probes.results import LoopLag, PoolUsage
+    from .._model.probes import LoopLag, PoolUsage
 
 __all__ = ["back_to_back_line", "describe_pool", "describe_site", "diagnose", "site_location"]
 

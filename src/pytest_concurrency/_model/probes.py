@@ -31,7 +31,7 @@ __all__ = [
     "site_location",
 ]
 
-from .names import ANYIO_LIMITER, ASGIREF_THREADS, DEFAULT_EXECUTOR
+from .._probes.names import ANYIO_LIMITER, ASGIREF_THREADS, DEFAULT_EXECUTOR
 
 #: A stall this many times longer than its longest call is explained as calls in a row.
 BACK_TO_BACK = 1.5
@@ -326,7 +326,7 @@ def merge_loop_lags(lags: Sequence[LoopLag]) -> LoopLag:
         raise ValueError("merge_loop_lags() needs at least one LoopLag")
     if len(lags) == 1:
         return lags[0]
-    from ._common import _percentiles_ms
+    from .._probes._common import _percentiles_ms
 
     histogram = HdrHistogram.decode(lags[0].histogram.encode())
     for lag in lags[1:]:
