@@ -22,8 +22,8 @@ from pytest_concurrency._model.probes import (
     PoolUsage,
     merge_loop_lags,
 )
+from pytest_concurrency._model.result import StormResult
 from pytest_concurrency._report import _html
-from pytest_concurrency._result import StormResult
 from pytest_concurrency._servers import RunningServer, live_servers
 from pytest_concurrency._servers.agent import ENV
 

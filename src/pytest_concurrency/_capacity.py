@@ -20,9 +20,9 @@ from typing import Any
 
 from ._budget import evaluate
 from ._errors import ConfigError
+from ._model.result import StormResult, Verdict
 from ._params import budget_limit, check_budget_name
 from ._report._text import _is_floor, aligned, format_number
-from ._result import StormResult, Verdict
 
 __all__ = ["CapacityResult", "CapacityTrial", "search_capacity"]
 

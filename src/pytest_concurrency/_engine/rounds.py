@@ -39,11 +39,11 @@ from .._model.remarks import (
     gil_note,
     harness_bound_remark,
 )
+from .._model.result import StormResult
 from .._params import Layer
 from .._probes.contention import CpuContention
 from .._probes.loop import LoopMonitor
 from .._probes.pools import ThreadPoolProbe
-from .._result import StormResult
 from .._tasks import ABANDON_GRACE
 from .._workload import Request
 from .inspect import Inspector

@@ -33,8 +33,8 @@ from .._model.remarks import (
     server_probes_note,
     undeclared_upstream_warning,
 )
+from .._model.result import StormResult
 from .._params import StormConfig
-from .._result import StormResult
 from .._servers import ResourceSampler, ResourceUsage, RunningServer, serve
 from .._servers.channel import ProbeReport
 from .._servers.simio import ENV as SIMIO_ENV

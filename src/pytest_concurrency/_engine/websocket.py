@@ -59,8 +59,8 @@ from .._metrics import (
 )
 from .._metrics.fold import RunFigures
 from .._model.remarks import shared_loop_warning
+from .._model.result import StormResult, Verdict
 from .._params import Layer, budget_limit
-from .._result import StormResult, Verdict
 from .._workload import RequestMix
 from .interrupts import app_interrupt
 from .plan import LiveFigures, Progress, StormPlan, plan_storm

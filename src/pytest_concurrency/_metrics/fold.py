@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .._model.remarks import short_window_warning
-from .._result import EndpointStats, Knee, PoolStats, StormResult, TimelinePoint
+from .._model.result import EndpointStats, Knee, PoolStats, StormResult, TimelinePoint
 from .._workload import Profile
 from .records import (
     STATUS_TIMEOUT,

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from .._errors import ConfigError
+from .._model.result import StormResult
 from .._options import Setting, scale, setting
 from .._params import Layer
-from .._result import StormResult
 from .._session import STORMS_KEY
 from ._baseline import (
     COMPARE_ROUNDS,

@@ -15,8 +15,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from .._budget import QUEUED_AFTER_MS, within_noise
+from .._model.result import StormResult, Verdict
 from .._params import FLOOR_BUDGETS
-from .._result import StormResult, Verdict
 from ._blocking_text import diagnose
 
 __all__ = [

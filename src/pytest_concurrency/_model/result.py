@@ -9,8 +9,8 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from ._metrics import ErrorSummary, LatencyStats
-from ._model.probes import LoopLag, PoolUsage
+from .._metrics import ErrorSummary, LatencyStats
+from .probes import LoopLag, PoolUsage
 
 __all__ = ["EndpointStats", "Knee", "PoolStats", "StormResult", "TimelinePoint", "Verdict"]
 
