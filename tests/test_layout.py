@@ -463,3 +463,89 @@ def test_the_report_does_not_load_the_engine() -> None:
     assert f"{PACKAGE}._report._blocking_text" in seen
     loaded = sorted(name for name in seen if name.startswith(f"{PACKAGE}._engine"))
     assert not loaded, f"_report loads the engine: {loaded}"
+
+
+#: The one percentile of a sorted list (the rank the HDR histograms take).
+PERCENTILE_HOME = f"{PACKAGE}._metrics.percentile"
+_RANK_NAMES = {"q", "quantile", "fraction", "percentile"}
+
+
+def _is_rank_factor(node: ast.expr) -> bool:
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, float) and 0 < node.value < 1
+    return isinstance(node, ast.Name) and node.id in _RANK_NAMES
+
+
+def _is_count(node: ast.expr) -> bool:
+    """``len(xs)``, ``count``, ``n``, ``self.n``, or arithmetic on one (``len(xs) - 1``)."""
+    if isinstance(node, ast.Call):
+        return isinstance(node.func, ast.Name) and node.func.id == "len"
+    if isinstance(node, ast.Name | ast.Attribute):
+        return (node.id if isinstance(node, ast.Name) else node.attr) in {"count", "n"}
+    if isinstance(node, ast.BinOp):
+        return _is_count(node.left) or _is_count(node.right)
+    return False
+
+
+#: Calls that turn a product into a rank (a drawn rank, ``round(n·q + noise)``, is a
+#: resampling, not a percentile).
+_TO_RANK = {"int", "ceil", "floor"}
+
+
+def _hand_ranks(source: str) -> list[int]:
+    """Lines that compute a rank in a list by hand: ``xs[int(0.99 * (n - 1))]``,
+    ``math.ceil(q * len(xs))``."""
+    found: list[int] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Subscript):
+            places = [node.slice]
+        elif isinstance(node, ast.Call):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            places = list(node.args) if called in _TO_RANK else []
+        else:
+            continue
+        for place in places:
+            for inner in ast.walk(place):
+                if isinstance(inner, ast.BinOp) and isinstance(inner.op, ast.Mult):
+                    sides = (inner.left, inner.right)
+                    if any(map(_is_rank_factor, sides)) and any(map(_is_count, sides)):
+                        found.append(inner.lineno)
+    return sorted(set(found))
+
+
+def test_the_rank_check_finds_percentiles_taken_by_hand() -> None:
+    taken = (
+        "values[int(0.99 * (count - 1))]\n"  # 1
+        "ordered[max(0, math.ceil(quantile * len(ordered)) - 1)]\n"  # 2
+        "ordered[min(len(ordered) - 1, max(0, int(q * len(ordered))))]\n"  # 3
+        "index = max(0, math.ceil(fraction * len(ordered)) - 1)\n"  # 4
+        "tail[int(len(tail) * 0.5)]\n"  # 5
+        "return self.at_rank(math.ceil(self.n * q))\n"  # 6
+    )
+    assert _hand_ranks(taken) == [1, 2, 3, 4, 5, 6]
+    fine = (
+        "quantile(values, 0.99)\n"
+        "ordered[(len(ordered) - 1) // 2]\n"
+        "values[-1] * 0.5\n"
+        "rows[i * 2]\n"
+        "width = 0.5 * total\n"
+        "k = round(n * q + rng.gauss(0.0, 1.0) * math.sqrt(n * q * (1.0 - q)))\n"
+    )
+    assert _hand_ranks(fine) == []
+
+
+def test_percentiles_of_a_list_come_from_one_function() -> None:
+    modules = _modules()
+    offenders = {
+        name: lines
+        for name, path in modules.items()
+        if name != PERCENTILE_HOME
+        if (lines := _hand_ranks(path.read_text(encoding="utf-8")))
+    }
+    assert not offenders, (
+        f"a percentile taken by hand (use {PERCENTILE_HOME}.quantile, the rank the HDR "
+        f"histograms take): {offenders}"
+    )
+    assert _hand_ranks(modules[PERCENTILE_HOME].read_text(encoding="utf-8"))
+    assert _hand_ranks(modules[PERCENTILE_HOME].read_text(encoding="utf-8"))

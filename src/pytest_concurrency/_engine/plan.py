@@ -14,6 +14,7 @@ from .._apps import _module_attribute as importable_name
 from .._checks import NO_CHECKS, Checks, parse_checks
 from .._errors import ConfigError
 from .._metrics import Recorder
+from .._metrics.percentile import quantile
 from .._metrics.records import is_failure
 from .._optional import require
 from .._params import Layer, StormConfig, resolve
@@ -232,7 +233,7 @@ class LiveFigures:
         if elapsed > 0:
             figures["rps"] = requests / elapsed
         if tail:
-            figures["p99_ms"] = tail[int(0.99 * (len(tail) - 1))] / 1000
+            figures["p99_ms"] = quantile(tail, 0.99) / 1000
         if self.in_flight is not None:
             figures["in_flight"] = self.in_flight()
         return figures

@@ -32,6 +32,7 @@ from .._drivers.wsgi import WsgiDriver, WsgiPool, request_environ
 from .._errors import StormError
 from .._metrics import ErrorBook, Recorder
 from .._metrics.fold import PoolModel, RunFigures, fold
+from .._metrics.percentile import quantile
 from .._model.probes import LoopLag, PoolUsage
 from .._model.remarks import (
     abandoned_warning,
@@ -112,8 +113,8 @@ class StartRecords:
             "errors": dict(self.errors),
             "hooks_failed": self.hooks_failed[:5],
             "hooks_failed_count": len(self.hooks_failed),
-            "p50_ms": ordered[int(0.5 * (count - 1))] * 1000 if count else None,
-            "p99_ms": ordered[int(0.99 * (count - 1))] * 1000 if count else None,
+            "p50_ms": quantile(ordered, 0.5) * 1000 if count else None,
+            "p99_ms": quantile(ordered, 0.99) * 1000 if count else None,
         }
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from .._model.remarks import short_window_warning
 from .._model.result import EndpointStats, Knee, PoolStats, StormResult, TimelinePoint
 from .._workload import Profile
+from .percentile import quantile
 from .records import (
     STATUS_TIMEOUT,
     ErrorBook,
@@ -432,8 +433,8 @@ def _timeline(
                 second=int(second),
                 requests=count,
                 errors=bad[second],
-                p50=values[int(0.5 * (count - 1))] / 1000 if count else math.nan,
-                p99=values[int(0.99 * (count - 1))] / 1000 if count else math.nan,
+                p50=quantile(values, 0.5) / 1000 if count else math.nan,
+                p99=quantile(values, 0.99) / 1000 if count else math.nan,
                 max=values[-1] / 1000 if count else math.nan,
                 busy_workers=busy[second] if second < len(busy) else None,
                 target=profile.value(offset + second + 0.5) if profile is not None else None,

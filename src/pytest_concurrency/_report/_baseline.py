@@ -45,6 +45,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from .._errors import ConfigError
+from .._metrics.percentile import quantile, rank
 from ._json import SCHEMA_VERSION, document_records, write_json
 from ._records import FIGURES, StormRecord, StormRow, as_records, figures
 from ._schema import first_problem
@@ -561,7 +562,7 @@ class _Latencies:
     def point(self, q: float | None) -> float:
         if q is None:
             return float(self.mean)
-        return self.at_rank(math.ceil(self.n * q))
+        return self.at_rank(rank(self.n, q))
 
     def draw(self, q: float | None, rng: random.Random) -> float:
         n = self.n
@@ -976,10 +977,6 @@ class Judgement:
         return self.high > self.low
 
 
-def _quantile(ordered: Sequence[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered))))]
-
-
 def judge(d: FigureDelta, threshold: Threshold) -> Judgement | None:
     """Regressed, improved, unchanged or inconclusive; None when either side was not measured."""
     if math.isnan(d.baseline) or math.isnan(d.current):
@@ -1012,8 +1009,8 @@ def judge(d: FigureDelta, threshold: Threshold) -> Judgement | None:
                 sorted(worsening(then, now * g) for then, now in pairs) for g in d.noise.envelope
             ]
             # The point estimate stays inside its own interval, whatever the resampling.
-            low = min(worse, *(_quantile(draws, tail) for draws in ends))
-            high = max(worse, *(_quantile(draws, 1 - tail) for draws in ends))
+            low = min(worse, *(quantile(draws, tail) for draws in ends))
+            high = max(worse, *(quantile(draws, 1 - tail) for draws in ends))
     slack = 1e-12
     if low > allowed + slack:
         verdict = "regressed"
