@@ -473,6 +473,76 @@ def test_the_model_imports_only_the_errors_and_what_it_still_borrows() -> None:
     assert not gone, f"no longer borrowed (remove from MODEL_BORROWS): {sorted(gone)}"
 
 
+#: The layers of ``docs/architecture.md``, top first, by the first name under the package:
+#: a module imports its own layer or those below it, never one above.
+LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
+    (
+        "faces",
+        frozenset({"plugin", "_fixture", "_api", "_cli", "_capacity", "_options", "_session"}),
+    ),
+    ("reports", frozenset({"_report"})),
+    (
+        "measuring",
+        frozenset({"_engine", "_drivers", "_locust", "_servers", "_probes", "_simio", "_metrics"}),
+    ),
+    (
+        "shared",
+        frozenset(
+            {
+                "_params",
+                "_budget",
+                "_workload",
+                "_checks",
+                "_apps",
+                "_tasks",
+                "_clock",
+                "_optional",
+                "_fidelity",
+            }
+        ),
+    ),
+    ("model", frozenset({"_model"})),
+    ("base", frozenset({"_errors", "_version"})),
+)
+#: Imports that still run up the layers, as (importer, imported); each is a defect to remove
+#: and the list must shrink, never grow. The report's pytest hooks read the run-wide options
+#: and the session's storms (they belong on the plugin side).
+KNOWN_UPWARD_IMPORTS = {
+    (f"{PACKAGE}._report._options", f"{PACKAGE}._options"),
+    (f"{PACKAGE}._report._options", f"{PACKAGE}._session"),
+}
+
+
+def _layer(name: str) -> int | None:
+    """The index of *name*'s layer in :data:`LAYERS` (-1: the public surface on top)."""
+    parts = name.split(".")
+    if len(parts) == 1:
+        return -1
+    return next((i for i, (_, tops) in enumerate(LAYERS) if parts[1] in tops), None)
+
+
+def test_imports_run_down_the_layers() -> None:
+    graph = _graph(type_checking=True, packages=True)
+    unplaced = sorted(name for name in graph if _layer(name) is None)
+    assert not unplaced, f"modules in no layer of LAYERS (and docs/architecture.md): {unplaced}"
+    model = f"{PACKAGE}._model"
+    upward = {
+        (importer, imported)
+        for importer, targets in graph.items()
+        for imported in targets
+        # A module's own packages are loaded before it (``from .. import x``).
+        if not importer.startswith(imported + ".")
+        if (_layer(imported) or 0) < (_layer(importer) or 0)
+        # The model's borrowings are listed apart (MODEL_BORROWS).
+        if not (importer.startswith(model + ".") and imported in MODEL_BORROWS)
+    }
+    assert upward <= KNOWN_UPWARD_IMPORTS, (
+        f"imports up the layers: {sorted(upward - KNOWN_UPWARD_IMPORTS)}"
+    )
+    gone = KNOWN_UPWARD_IMPORTS - upward
+    assert not gone, f"no longer imported (remove from KNOWN_UPWARD_IMPORTS): {sorted(gone)}"
+
+
 def test_the_report_does_not_load_the_engine() -> None:
     # Importing a module runs its subpackages' __init__ first: follow those edges too (the
     # top package's own __init__ is the public surface, which loads everything).
