@@ -453,7 +453,6 @@ MODEL_BORROWS = {
     f"{PACKAGE}._metrics",
     f"{PACKAGE}._probes",
     f"{PACKAGE}._probes._common",
-    f"{PACKAGE}._probes.names",
 }
 
 

@@ -31,7 +31,7 @@ __all__ = [
     "site_location",
 ]
 
-from .._probes.names import ANYIO_LIMITER, ASGIREF_THREADS, DEFAULT_EXECUTOR
+from .names import ANYIO_LIMITER, ASGIREF_THREADS, DEFAULT_EXECUTOR
 
 #: A stall this many times longer than its longest call is explained as calls in a row.
 BACK_TO_BACK = 1.5

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from .._model.names import ANYIO_LIMITER, DEFAULT_EXECUTOR
 from .._model.probes import describe_pool, describe_site, site_location
-from .._probes.names import ANYIO_LIMITER, DEFAULT_EXECUTOR
 
 if TYPE_CHECKING:
     from .._model.probes import LoopLag, PoolUsage
