@@ -447,10 +447,9 @@ def test_the_wording_home_only_words() -> None:
 
 
 #: What the plain result types of ``_model`` still borrow from outside it besides the errors,
-#: each a step to remove (the list must shrink, never grow): the probes' pool names and HDR
-#: percentile helper, and the latency and error figures of ``_metrics``.
+#: each a step to remove (the list must shrink, never grow): the probes' HDR percentile
+#: helper, which merging the loop lags of a server's workers reads its p50 and p99 with.
 MODEL_BORROWS = {
-    f"{PACKAGE}._metrics",
     f"{PACKAGE}._probes",
     f"{PACKAGE}._probes._common",
 }

@@ -18,6 +18,8 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from .._model.result import ErrorSummary, LatencyStats
+
 __all__ = [
     "HISTOGRAM_MAX_US",
     "ErrorBook",
@@ -101,39 +103,6 @@ def record_many(histogram: HdrHistogram, values: Iterable[int]) -> Moments:
     return moments
 
 
-@dataclass(frozen=True)
-class LatencyStats:
-    """Percentiles of one distribution, in milliseconds."""
-
-    count: int = 0
-    min: float = math.nan
-    mean: float = math.nan
-    stdev: float = math.nan
-    p50: float = math.nan
-    p75: float = math.nan
-    p90: float = math.nan
-    p95: float = math.nan
-    p99: float = math.nan
-    p999: float = math.nan
-    max: float = math.nan
-
-    def to_dict(self) -> dict[str, float | int]:
-        """Plain dict for JSON."""
-        return {
-            "count": self.count,
-            "min": self.min,
-            "mean": self.mean,
-            "stdev": self.stdev,
-            "p50": self.p50,
-            "p75": self.p75,
-            "p90": self.p90,
-            "p95": self.p95,
-            "p99": self.p99,
-            "p999": self.p999,
-            "max": self.max,
-        }
-
-
 def latency_stats(histogram: HdrHistogram, moments: Moments | None = None) -> LatencyStats:
     """Query all percentiles of a µs histogram in one pass; figures in ms.
 
@@ -162,19 +131,6 @@ def latency_stats(histogram: HdrHistogram, moments: Moments | None = None) -> La
         p999=values[99.9] / ms,
         max=histogram.get_max_value() / ms,
     )
-
-
-@dataclass
-class ErrorSummary:
-    """Failures of one kind: how many, and one example traceback."""
-
-    type: str
-    count: int
-    example: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict for JSON."""
-        return {"type": self.type, "count": self.count, "example": self.example}
 
 
 class ErrorBook:
