@@ -541,6 +541,33 @@ def test_imports_run_down_the_layers() -> None:
     assert not gone, f"no longer imported (remove from KNOWN_UPWARD_IMPORTS): {sorted(gone)}"
 
 
+#: Clocks a module reads to time something; the report words figures and times nothing.
+_TIMING_CLOCKS = {"perf_counter", "perf_counter_ns", "process_time", "thread_time"}
+
+
+def _timings(name: str, path: Path) -> list[int]:
+    """Lines where a module reads a timing clock (0: it imports asyncio, to run a loop)."""
+    found = [0] if "asyncio" in _imports(name, path) else []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        called = node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", None)
+        if isinstance(node, ast.Attribute | ast.Name) and called in _TIMING_CLOCKS:
+            found.append(node.lineno)
+    return sorted(set(found))
+
+
+def test_the_report_measures_nothing() -> None:
+    # Machine measurement (how late this machine's sleeps wake) lives in _probes.noise.
+    modules = _modules()
+    assert _timings(f"{PACKAGE}._probes.noise", modules[f"{PACKAGE}._probes.noise"])
+    offenders = {
+        name: lines
+        for name, path in modules.items()
+        if name.startswith(f"{PACKAGE}._report")
+        if (lines := _timings(name, path))
+    }
+    assert not offenders, f"report modules that time something: {offenders}"
+
+
 def test_the_report_does_not_load_the_engine() -> None:
     # Importing a module runs its subpackages' __init__ first: follow those edges too (the
     # top package's own __init__ is the public surface, which loads everything).
