@@ -476,7 +476,18 @@ def test_the_model_imports_only_the_errors_and_what_it_still_borrows() -> None:
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     (
         "faces",
-        frozenset({"plugin", "_fixture", "_api", "_cli", "_capacity", "_options", "_session"}),
+        frozenset(
+            {
+                "plugin",
+                "_plugin_report",
+                "_fixture",
+                "_api",
+                "_cli",
+                "_capacity",
+                "_options",
+                "_session",
+            }
+        ),
     ),
     ("reports", frozenset({"_report"})),
     (
@@ -503,12 +514,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("base", frozenset({"_errors", "_version"})),
 )
 #: Imports that still run up the layers, as (importer, imported); each is a defect to remove
-#: and the list must shrink, never grow. The report's pytest hooks read the run-wide options
-#: and the session's storms (they belong on the plugin side).
-KNOWN_UPWARD_IMPORTS = {
-    (f"{PACKAGE}._report._options", f"{PACKAGE}._options"),
-    (f"{PACKAGE}._report._options", f"{PACKAGE}._session"),
-}
+#: and the list must shrink, never grow.
+KNOWN_UPWARD_IMPORTS: set[tuple[str, str]] = set()
 
 
 def _layer(name: str) -> int | None:
@@ -566,6 +573,21 @@ def test_the_report_measures_nothing() -> None:
         if (lines := _timings(name, path))
     }
     assert not offenders, f"report modules that time something: {offenders}"
+
+
+def test_the_report_loads_pytest_only_through_the_errors() -> None:
+    # Its pytest side (options, the session object and its hooks) is _plugin_report, beside
+    # plugin.py: the reports serve the command line and the API without pytest too.
+    graph = {**_graph(packages=True), PYTEST_HOME: set()}
+    modules = _modules()
+    report = sorted(name for name in graph if name.startswith(f"{PACKAGE}._report"))
+    assert f"{PACKAGE}._report._terminal" in report
+    offenders: dict[str, list[str]] = {}
+    for name in report:
+        for loaded in sorted(_loaded_by(graph, name) - {PYTEST_HOME}):
+            if {m.split(".")[0] for m in _imports(loaded, modules[loaded])} & {"pytest", "_pytest"}:
+                offenders.setdefault(name, []).append(loaded)
+    assert not offenders, f"report modules that load pytest: {offenders}"
 
 
 def test_the_report_does_not_load_the_engine() -> None:

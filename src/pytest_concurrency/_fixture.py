@@ -20,8 +20,8 @@ from ._errors import ConfigError
 from ._fidelity import Fidelity, compare_servers
 from ._model.result import StormResult
 from ._options import scale, storm_layers
+from ._plugin_report import STORM_JSON_PROPERTY, compare_layers
 from ._report._fidelity import fidelity_table
-from ._report._options import STORM_JSON_PROPERTY, compare_layers
 from ._report._terminal import LiveProgress
 from ._session import STORMS_KEY
 from ._workload import Request, RequestFactory, split_requests
