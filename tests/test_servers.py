@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import json
 import os
 import signal
@@ -183,9 +184,9 @@ def test_caller_path_cwd_and_setup_hook_reach_the_server(tmp_path: Path) -> None
 
 
 def test_missing_server_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = _process.importlib.util.find_spec
+    real = importlib.util.find_spec
     monkeypatch.setattr(
-        _process.importlib.util, "find_spec", lambda name: None if name == "granian" else real(name)
+        importlib.util, "find_spec", lambda name: None if name == "granian" else real(name)
     )
     monkeypatch.setattr(_process.subprocess, "Popen", None)  # nothing may start
     with (

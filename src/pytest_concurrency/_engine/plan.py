@@ -179,8 +179,8 @@ def _real_server(
     if config.server == "inprocess":
         return None, None
     origin = config.origin_of("server")
-    require(("httptools",), "servers", f"server={config.server!r} (from {origin})")
     if config.server.startswith("http://"):
+        require(("httptools",), "servers", f"server={config.server!r} (from {origin})")
         return None, config.server
     # A closure is found by the module variable that holds it, as a server would import it.
     target = importable_name(app) or app_label(app)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import IO, Literal
 
 from .._errors import ConfigError, StormError
-from .._optional import installed
+from .._optional import installed, require
 from . import agent
 from ._target import PATH_ENV
 from .channel import ProbeChannel
@@ -27,7 +27,6 @@ __all__ = ["SERVER_KINDS", "RunningServer", "ServerSpec", "live_servers", "serve
 
 ServerKind = Literal["uvicorn", "hypercorn", "granian", "gunicorn"]
 SERVER_KINDS: tuple[ServerKind, ...] = ("uvicorn", "hypercorn", "granian", "gunicorn")
-EXTRA_HINT = "pip install 'pytest-storm[servers]'"
 
 #: Seconds between SIGTERM to the process group and SIGKILL.
 STOP_GRACE = 3.0
@@ -58,12 +57,7 @@ class ServerSpec:
                 f"server={self.kind!r} (from {origin}) must be one of {', '.join(SERVER_KINDS)} "
                 "or a loopback URL such as 'http://127.0.0.1:8000'"
             )
-        missing = [m for m in _modules_needed(self) if not installed(m)]
-        if missing:
-            raise ConfigError(
-                f"server={self.kind!r} (from {origin}) needs {', '.join(missing)}, which is not "
-                f"installed: {EXTRA_HINT}"
-            )
+        require(tuple(_modules_needed(self)), "servers", f"server={self.kind!r} (from {origin})")
         module, sep, attr = self.app.partition(":")
         if not sep or not module or not attr:
             raise ConfigError(
@@ -105,7 +99,8 @@ class ServerSpec:
 
 
 def _modules_needed(spec: ServerSpec) -> list[str]:
-    needed = [spec.kind, "psutil"]
+    # httptools parses the responses on the storm's side (the HTTP client driver).
+    needed = [spec.kind, "psutil", "httptools"]
     if spec.kind == "gunicorn" and spec.interface == "asgi":
         needed.append("uvicorn")
     return needed
