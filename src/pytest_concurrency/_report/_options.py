@@ -29,8 +29,8 @@ from ._baseline import (
     load,
     machine_load,
     machine_warning,
-    merged_for_save,
     parse_compare_fail,
+    save_merged,
 )
 from ._csv import csv_paths, write_csv
 from ._json import ensure_writable, machine_info, session_document, write_json
@@ -303,10 +303,9 @@ class ReportSession:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def _save(self, name: str, doc: dict[str, Any], option: str) -> Path:
-        path, merged, kept = merged_for_save(
+        written, kept = save_merged(
             name, doc, self.storage, replace=self.save_replace, option=option
         )
-        written = write_json(path, merged)
         if kept:
             self._notes.append(
                 f"baseline {name!r}: kept {kept} storm{'s' if kept != 1 else ''} of the saved "
