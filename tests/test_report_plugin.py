@@ -236,6 +236,56 @@ def test_bad_report_options_are_usage_errors(
     result.stderr.fnmatch_lines([message])
 
 
+@pytest.mark.parametrize(
+    ("name", "saved", "message"),
+    [
+        (
+            "main",
+            "{not json",
+            "ERROR: --concurrency-save='main': baseline *main.json is not valid JSON (*); no test "
+            "was run (--concurrency-save-replace replaces it)",
+        ),
+        (
+            "main",
+            '{"schema_version": 1, "storms": 3}',
+            "ERROR: --concurrency-save='main': baseline *main.json does not fit the session "
+            "document schema: the document lacks 'generator'*; no test was run",
+        ),
+        (
+            "n" * 300,
+            None,
+            f"ERROR: --concurrency-save={'n' * 40 + '…'!r}: the name is 300 characters long; a "
+            "baseline name has at most 100*",
+        ),
+        ("ci/main", None, "ERROR: --concurrency-save='ci/main': a baseline name is letters*"),
+    ],
+)
+def test_a_baseline_that_could_not_be_saved_is_a_usage_error_before_any_test(
+    pytester: pytest.Pytester, run: Run, name: str, saved: str | None, message: str
+) -> None:
+    storage = pytester.path / ".storms"
+    storage.mkdir()
+    if saved is not None:
+        (storage / "main.json").write_text(saved, encoding="utf-8")
+    pytester.makepyfile(
+        test_storms="""
+        from pathlib import Path
+        from storm_apps import sleepy_wsgi
+
+        def test_one(storm):
+            Path("ran").touch()
+            storm(sleepy_wsgi, "GET", "/one", users=2, workers=2, duration=0.1)
+        """
+    )
+    result = run(f"--concurrency-save={name}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+    assert not (pytester.path / "ran").exists()
+    assert [p.read_text(encoding="utf-8") for p in storage.iterdir()] == (
+        [saved] if saved is not None else []
+    )
+
+
 def test_bad_ini_compare_fail_names_the_ini_file(pytester: pytest.Pytester, run: Run) -> None:
     pytester.makeini("[pytest]\nconcurrency_compare_fail = p99=10%\n")
     pytester.makepyfile(test_storms=TESTS)

@@ -55,6 +55,7 @@ __all__ = [
     "COMPARE_FAIL_OPTION",
     "COMPARE_ROUNDS",
     "DEFAULT_DIRECTORY",
+    "LONGEST_NAME",
     "Comparison",
     "FigureDelta",
     "Judgement",
@@ -135,6 +136,9 @@ DEFAULT_DIRECTORY = ".storms"
 COMPARE_FAIL_OPTION = "--concurrency-compare-fail"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+#: Longest baseline name: ``NAME.json`` and the temporary and lock files beside it must
+#: fit the 255 bytes most file systems allow a file name.
+LONGEST_NAME = 100
 #: Machine fields that make figures incomparable when they differ (noise is expected to).
 _MACHINE_KEYS = ("host", "cpu_model", "cpu_count", "cpu_usable", "implementation", "python")
 _TABLE_FIGURES = ("p50", "p99", "max", "rps", "error_rate")
@@ -144,11 +148,17 @@ _TITLES = {"max": "max", "p50": "p50", "p99": "p99", "rps": "rps", "error_rate":
 def baseline_path(name: str, directory: str | os.PathLike[str], *, option: str = "") -> Path:
     """``directory/NAME.json``; a name with a path separator or odd characters is refused."""
     stem = name.removesuffix(".json")
+    where = f"{option}={name!r}" if option else f"baseline name {name!r}"
     if not _NAME.fullmatch(stem):
-        where = f"{option}={name!r}" if option else f"baseline name {name!r}"
         raise ConfigError(
             f"{where}: a baseline name is letters, digits, '.', '_' and '-' (such as main or "
             "py311-linux); it is stored as NAME.json in the storage directory"
+        )
+    if len(stem) > LONGEST_NAME:
+        shown = f"{option}={name[:40] + '…'!r}" if option else f"baseline name {name[:40]!r}…"
+        raise ConfigError(
+            f"{shown}: the name is {len(stem)} characters long; a baseline name has at "
+            f"most {LONGEST_NAME} (it is stored as NAME.json in the storage directory)"
         )
     return Path(directory) / f"{stem}.json"
 
