@@ -169,6 +169,8 @@ def test_save_then_compare(pytester: pytest.Pytester, run: Run) -> None:
             "test_storms.py::test_two*GET /three [[]1]*new: not in the baseline",
         ]
     )
+    # Said once, under the comparison table.
+    assert result.stdout.str().count("timer noise on this machine") == 1
 
 
 def test_compare_fail_fails_the_storm_that_regressed(

@@ -373,6 +373,7 @@ class ReportSession:
                 "storm tests with -n 0 when their figures are gated",
                 yellow=True,
             )
+        compared = self.baseline is not None and self.compare_with is not None
         if self.baseline is not None and self.compare_with is not None:
             self._write_comparison(tr, records, str(self.compare_with.value), self.baseline)
         for line in self._written:
@@ -381,7 +382,7 @@ class ReportSession:
             tr.write_line(line)
         for line in self._problems:
             tr.write_line(line, red=True)
-        if records:
+        if records and not compared:  # (the comparison says it under its table)
             tr.write_line(noise_statement())
 
     def _write_comparison(
