@@ -6,7 +6,8 @@ guess in advance, flushed to disk and then renamed over the target in one step. 
 write leaves the previous report as it was; a symbolic link planted where a temporary file
 used to be named (``NAME.json.partial``) is never opened; two writers never share a
 temporary file. A baseline's read-merge-write also holds an exclusive lock on a sibling
-file (``NAME.json.lock``), so two sessions saving at once both keep their storms.
+file (``NAME.json.lock``, there only while a save holds it), so two sessions saving at
+once both keep their storms.
 """
 
 from __future__ import annotations
@@ -112,27 +113,45 @@ def locked(path: str | os.PathLike[str], *, timeout: float = LOCK_TIMEOUT) -> It
     """Hold an exclusive lock for *path* (on ``PATH.lock``) while the block runs.
 
     Only writers that take the same lock are kept out: this is for a read-merge-write of
-    one file by several processes. The lock file is left in place (removing it would let
-    a third writer lock a new file while the second still holds the old one). After
-    *timeout* seconds of waiting, :class:`TimeoutError` names the lock file.
+    one file by several processes. The holder removes the lock file before it lets go,
+    so a storage directory is left with its baselines only; a writer that locked a file
+    already removed tries again on the new one. After *timeout* seconds of waiting,
+    :class:`TimeoutError` names the lock file.
     """
     target = Path(path)
     lock_path = target.with_name(target.name + ".lock")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o666)
+    deadline = time.monotonic() + timeout
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o666)
+        try:
+            _lock(fd, lock_path, max(0.0, deadline - time.monotonic()), timeout)
+            try:
+                held = os.path.samestat(os.fstat(fd), os.lstat(lock_path))
+            except FileNotFoundError:
+                held = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if held:
+            break
+        # The previous holder removed this file after it was opened here: its lock guards
+        # nothing now (another writer may have made and locked a new one).
+        os.close(fd)
     try:
-        _lock(fd, lock_path, timeout)
         yield target
     finally:
+        with contextlib.suppress(OSError):
+            lock_path.unlink()
         os.close(fd)  # closing the descriptor releases the lock
 
 
 if sys.platform == "win32":  # pragma: no cover - the project runs its storms on POSIX
 
-    def _lock(fd: int, lock_path: Path, timeout: float) -> None:
+    def _lock(fd: int, lock_path: Path, wait: float, timeout: float) -> None:
         import msvcrt
 
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait
         while True:
             try:
                 msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
@@ -147,8 +166,8 @@ if sys.platform == "win32":  # pragma: no cover - the project runs its storms on
 else:
     import fcntl
 
-    def _lock(fd: int, lock_path: Path, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    def _lock(fd: int, lock_path: Path, wait: float, timeout: float) -> None:
+        deadline = time.monotonic() + wait
         pause = 0.001
         while True:
             try:
