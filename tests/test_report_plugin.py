@@ -388,6 +388,23 @@ def test_a_report_lost_after_the_tests_fails_the_run(pytester: pytest.Pytester, 
     )
 
 
+def test_a_link_at_the_old_temporary_name_is_not_followed(
+    pytester: pytest.Pytester, run: Run
+) -> None:
+    pytester.makepyfile(test_storms=ONE)
+    victim = pytester.path / "victim.txt"
+    victim.write_text("precious\n", encoding="utf-8")
+    (pytester.path / "storms.json.partial").symlink_to(victim)
+    storage = pytester.path / ".storms"
+    storage.mkdir()
+    (storage / "main.json.partial").symlink_to(victim)
+    result = run("--concurrency-json=storms.json", "--concurrency-save=main")
+    result.assert_outcomes(passed=1)
+    assert victim.read_text(encoding="utf-8") == "precious\n"
+    assert len(_storms(pytester.path / "storms.json")) == 1
+    assert len(_storms(storage / "main.json")) == 1
+
+
 def test_notes_are_not_warnings_under_w_error(pytester: pytest.Pytester, run: Run) -> None:
     # A scaled load and the spread of rounds are notes: a passing storm passes under -W error.
     pytester.makepyfile(
