@@ -265,3 +265,15 @@ def test_csv_export_neutralises_test_ids_and_keeps_numbers(tmp_path: Path) -> No
     assert cells["Name"] == "'@evil"
     assert cells["Requests/s"] == "-1.5"
     assert cells["Request Count"] == "3"
+
+
+def test_a_report_name_too_long_for_the_file_system_is_found_before_writing(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(OSError, match="File name too long"):
+        _json.ensure_writable(tmp_path / ("r" * 300 + ".json"))
+    # A name near the limit still gets a temporary file of its own.
+    near = tmp_path / ("r" * 250 + ".json")
+    _json.ensure_writable(near)
+    _json.write_json(near, _doc())
+    assert [p.name for p in tmp_path.iterdir()] == [near.name]

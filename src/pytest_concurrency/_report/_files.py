@@ -30,12 +30,15 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC | _BINARY
+#: Characters of the target's name a temporary file's name repeats.
+_SHOWN = 64
 
 
 def _temporary(target: Path) -> tuple[int, Path]:
     """A new file beside *target*, open for writing, that no other writer can have named."""
     for _ in range(100):
-        name = f".{target.name}.{os.getpid()}.{secrets.token_hex(6)}.partial"
+        # Cut to fit: a target named near the file system's limit still gets a temporary.
+        name = f".{target.name[:_SHOWN]}.{os.getpid()}.{secrets.token_hex(6)}.partial"
         candidate = target.with_name(name)
         try:
             # 0o666 less the umask, as a report written with open() would have.
@@ -102,10 +105,19 @@ def check_directory(path: str | os.PathLike[str]) -> Path:
     if target.is_dir() and not target.is_symlink():
         raise IsADirectoryError(f"{target} is a directory")
     target.parent.mkdir(parents=True, exist_ok=True)
+    if len(os.fsencode(target.name)) > _name_max(target.parent):
+        raise OSError(errno.ENAMETOOLONG, "File name too long", str(target))
     fd, temporary = _temporary(target)
     os.close(fd)
     temporary.unlink()
     return target
+
+
+def _name_max(directory: Path) -> int:
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):
+        return 255
 
 
 @contextlib.contextmanager
