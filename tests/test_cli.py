@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,6 +105,36 @@ def test_compare_puts_the_storms_side_by_side(
     assert f"{apps}:fast" in printed
     assert f"{apps}:slow" in printed
     assert "WSGI, 1 sync worker" in printed
+
+
+def test_ctrl_c_in_a_capacity_search_prints_what_the_finished_storms_measured(
+    apps: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_concurrency import _cli
+
+    real = _cli.run_capacity
+
+    def interrupted(plan: Any, *, on_trial: Any = None, **kwargs: Any) -> Any:
+        finished: list[Any] = []
+
+        def trial(result: Any) -> None:
+            assert on_trial is not None, "the command line keeps no storm of the search"
+            on_trial(result)
+            finished.append(result)
+            if len(finished) == 2:
+                raise KeyboardInterrupt  # Ctrl-C as the third storm starts
+
+        return real(plan, on_trial=trial, **kwargs)
+
+    monkeypatch.setattr(_cli, "run_capacity", interrupted)
+    storm = ["--users", "8", "--duration", "0.2", "--budget", "p99_ms=45", "--workers", "1-16"]
+    code = main(["capacity", f"{apps}:slow", *storm])
+    assert code == 130
+    out, err = capsys.readouterr()
+    (kinds,) = [line for line in out.splitlines() if line.startswith("kind")]
+    assert kinds.count("sync worker") == 2
+    assert any(line.startswith("p99 ms") for line in out.splitlines())
+    assert "interrupted (Ctrl-C)" in err
 
 
 def test_capacity_finds_the_worker_count(
@@ -393,3 +424,22 @@ def test_ctrl_c_during_a_storm_exits_130_without_a_traceback(apps: str) -> None:
     assert child.returncode == 130, err
     assert "Traceback" not in err
     assert "interrupted (Ctrl-C)" in err
+
+
+def test_the_cpu_contention_note_is_printed_once_for_several_storms(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pytest_concurrency._cli import _notes
+    from pytest_concurrency._report._remarks import contention_note
+
+    from .test_report import make_result
+
+    results = [make_result([1.0, 2.0], label=f"GET /{i}") for i in range(3)]
+    for share, result in zip((0.3, 0.5, 0.4), results, strict=True):
+        result.extras["cpu_contention"] = {"wait_share": share, "wait_s": 0.1}
+        result.notes.append(contention_note(share, 0.1))
+    _notes(results)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(
+        "note: the threads of 3 storms waited for a CPU 30%–50% of the time they were ready"
+    )

@@ -399,8 +399,10 @@ def test_read_back_percentiles_come_from_locusts_histogram() -> None:
         (0, 100, 0),
         (1, 100, 50),
     ]
-    assert any("half to even" in note for note in result.warnings)
-    assert any("coordinated omission" in note for note in result.warnings)
+    assert any("half to even" in note for note in result.notes)
+    assert any("coordinated omission" in note for note in result.notes)
+    # What Locust cannot measure is a note: a passing storm passes under -W error.
+    assert not [w for w in result.warnings if "no open model" in w or "half to even" in w]
     verdicts = {v.name: v for v in evaluate(result, {"p99_ms": 15, "max_error_rate": 0.5})}
     assert not verdicts["p99_ms"].ok
     assert verdicts["max_error_rate"].ok

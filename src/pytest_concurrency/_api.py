@@ -180,9 +180,15 @@ def _useful_workers(base: StormPlan) -> tuple[int | None, int | None]:
 
 
 def run_capacity(
-    plan: CapacityPlan, *, on_storm: Callable[[StormResult], None] | None = None
+    plan: CapacityPlan,
+    *,
+    on_storm: Callable[[StormResult], None] | None = None,
+    on_trial: Callable[[StormResult], None] | None = None,
 ) -> CapacityResult:
-    """Bisect the worker counts with as few storms as possible; *on_storm* sees one per count."""
+    """Bisect the worker counts with as few storms as possible; *on_storm* sees one per count.
+
+    *on_trial* sees every storm as soon as it has run (what an interrupted search measured).
+    """
     base = plan.base
     # One storm per worker count goes to the reports, in the order the counts were first
     # tried: the one whose figures the capacity table shows (repeats confirm the verdict).
@@ -198,6 +204,8 @@ def run_capacity(
         trial.app_name, trial.label = base.app_name, base.label
         result = run_plan(trial)
         warn_about(result, stacklevel=4)
+        if on_trial is not None:
+            on_trial(result)
         if workers not in first_tried:
             first_tried.append(workers)
         return result

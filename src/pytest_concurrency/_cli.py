@@ -37,6 +37,7 @@ from ._report._csv import csv_paths, write_csv
 from ._report._fidelity import fidelity_table
 from ._report._json import ensure_writable, machine_info
 from ._report._json import write_json as _write_json
+from ._report._remarks import contention_summary, is_contention_note
 from ._report._text import failure_lines, format_number, side_by_side, verdict_table
 from ._report._text import machine_line as describe_machine
 from ._result import StormResult
@@ -343,8 +344,15 @@ def _notes(results: Sequence[StormResult], *, in_table: bool = False) -> None:
     failed request fails a storm without an error budget, under ``max_error_rate``).
     """
     seen: set[str] = set()
+    # The machine kept storms waiting for a CPU: one line for all of them (see storm_notes).
+    contended = [n for r in results for n in r.notes if is_contention_note(n)]
+    if len(contended) > 1:
+        shares = [r.extras.get("cpu_contention", {}).get("wait_share") for r in results]
+        known = [float(x) for x in shares if isinstance(x, int | float)]
+        print(f"note: {contention_summary(len(contended), known)}", file=sys.stderr)
     for result in results:
-        messages = [*result.warnings, *(f"note: {n}" for n in result.notes)]
+        notes = [n for n in result.notes if len(contended) < 2 or not is_contention_note(n)]
+        messages = [*result.warnings, *(f"note: {n}" for n in notes)]
         if result.failed and not in_table:
             messages.extend(failure_lines(result.to_dict(histograms=False)))
         for message in messages:
@@ -473,8 +481,15 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
         + ", ".join(f"{k}={format_number(v)}" for k, v in plan.budgets.items()),
         flush=True,
     )
-    with _upstreams(args):
-        found = run_capacity(plan)
+    tried: list[StormResult] = []
+    try:
+        with _upstreams(args):
+            found = run_capacity(plan, on_trial=tried.append)
+    except KeyboardInterrupt:
+        if tried:
+            # What the finished storms measured is still worth seeing, as in compare.
+            print(side_by_side(tried))
+        raise
     _notes(list(found.results.values()))
     print(found.table())
     if args.json:

@@ -633,7 +633,8 @@ async def run_websocket_round(
     busy = ws.loop_cpu_share
     # Behind a real server the client's own share is judged with the server's usage.
     if plan.url is None and busy is not None and busy >= _SATURATED_CPU:
-        ws.warnings.append(shared_loop_warning(busy))
+        # A note, not a warning: the app's own work may be what kept the loop busy.
+        ws.notes.append(shared_loop_warning(busy))
     return ws
 
 

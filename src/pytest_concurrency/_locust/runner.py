@@ -681,7 +681,8 @@ def read_back(run: LocustRun, *, label: str = "locust storm") -> StormResult:
         budgets={},
         model="closed",
     )
-    result.warnings.extend(LOCUST_NOTES)
+    # What Locust cannot measure is said on every result: notes, since nothing went wrong.
+    result.notes.extend(LOCUST_NOTES)
     if not run.status_counts and requests:
         result.warnings.append(locust_no_status_warning(USER_CLASS))
     result.extras["locust"] = {
