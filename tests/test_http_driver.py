@@ -310,3 +310,44 @@ def test_describe_names_the_server_or_its_url() -> None:
     assert driver.describe() == "uvicorn, 1 worker, over loopback HTTP"
     bare = HttpDriver("http://127.0.0.1:8000", REQUESTS)
     assert bare.describe() == "server at http://127.0.0.1:8000, over loopback HTTP"
+
+
+def test_a_header_that_could_split_the_request_is_never_written() -> None:
+    """A request built mid-storm with CR/LF in a header fails unsent; the server sees one request."""
+    received: list[bytes] = []
+
+    async def main() -> tuple[BaseException | None, Exchange]:
+        async def handle(reader: Any, writer: Any) -> None:
+            try:
+                while True:
+                    received.append(await reader.readuntil(b"\r\n\r\n"))
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        driver = HttpDriver(f"http://127.0.0.1:{port}", [Request(path="/")])
+        user = Holder()
+        smuggled = Request(path="/", headers={"X": "v\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x"})
+        failure: BaseException | None = None
+        try:
+            try:
+                await driver.call_request(smuggled, user)
+            except Exception as exc:
+                failure = exc
+            return failure, await driver.call(0, user)
+        finally:
+            await driver.shutdown(1.0)
+            server.close()
+            await server.wait_closed()
+
+    failure, fine = anyio.run(main)
+    assert type(failure).__name__ == "InvalidRequestHeader"
+    assert "headers={'X': 'v\\r\\n\\r\\nGET /smuggled" in str(failure)
+    assert fine.status == 200
+    assert len(received) == 1
+    assert b"smuggled" not in received[0]

@@ -20,7 +20,7 @@ import httpx
 from .. import _clock as clock
 from .._apps import as_asgi3
 from .._errors import StormError
-from .._workload import Request
+from .._workload import Request, checked_user_headers
 from .base import (
     BadHeaders,
     BadStatus,
@@ -257,9 +257,13 @@ class AsgiDriver:
         # The coroutine itself, not one awaiting it: one frame less per request.
         return self.call_prepared(self._templates[index], holder)
 
-    def call_request(self, request: Request, holder: Any = None) -> Coroutine[Any, Any, Exchange]:
-        """Send a request built on the fly (templated requests pay for encoding it)."""
-        return self.call_prepared(build_scope(request.to_httpx()), holder)
+    async def call_request(self, request: Request, holder: Any = None) -> Exchange:
+        """Send a request built on the fly (templated requests pay for encoding it).
+
+        A header that could not be sent fails the request here, inside the coroutine, so
+        that it is counted as the request's failure and the app never sees it.
+        """
+        return await self.call_prepared(build_scope(request.checked_httpx()), holder)
 
     async def call_prepared(
         self, prepared: tuple[dict[str, Any], list[tuple[bytes, bytes]], bytes], holder: Any = None
@@ -279,7 +283,7 @@ class AsgiDriver:
             if user is not None and (user.headers or user.cookies):
                 scope["headers"].extend(
                     (k.lower().encode("latin-1"), v.encode("latin-1"))
-                    for k, v in user.header_pairs()
+                    for k, v in checked_user_headers(user.header_pairs())
                 )
         exchange = Exchange(body, capture)
         if holder is not None:

@@ -21,7 +21,7 @@ import anyio.abc
 import httptools
 
 from .._errors import ConfigError, StormError
-from .._workload import Request
+from .._workload import Request, checked_user_headers
 from .base import AsyncDriver
 
 __all__ = ["Exchange", "HttpDriver", "encode_request"]
@@ -36,8 +36,12 @@ class ServerClosed(ConnectionResetError):
 
 
 def encode_request(request: Request, host: str) -> tuple[bytes, bool]:
-    """Raw HTTP/1.1 bytes of *request* for *host* (``Host`` header value), and whether it is HEAD."""
-    built = request.to_httpx()
+    """Raw HTTP/1.1 bytes of *request* for *host* (``Host`` header value), and whether it is HEAD.
+
+    Raises :class:`~.._workload.InvalidRequestHeader` for a header that cannot be sent as it
+    is (CR, LF or NUL in it, a name that is not a token): it is never written raw.
+    """
+    built = request.checked_httpx()
     body = built.read()
     method = built.method.encode("ascii")
     head = [method, b" ", built.url.raw_path, b" HTTP/1.1\r\nHost: ", host.encode("idna"), b"\r\n"]
@@ -264,7 +268,8 @@ class HttpDriver:
         if user is not None and (user.headers or user.cookies):
             # The user's own headers and cookies go just before the blank line.
             end = raw.index(b"\r\n\r\n") + 2
-            extra = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in user.header_pairs())
+            pairs = checked_user_headers(user.header_pairs())
+            extra = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in pairs)
             raw = raw[:end] + extra + raw[end:]
         try:
             exchange = await self._attempt(conn, raw, head, holder, capture)

@@ -24,7 +24,7 @@ from werkzeug.test import EnvironBuilder
 
 from .._checks import NO_CHECKS
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
-from .._workload import Request
+from .._workload import Request, checked_user_headers
 from .base import BadHeaders, BadStatus, BodyNotBytes, NoStartResponse, StartedTwice
 
 if TYPE_CHECKING:
@@ -53,8 +53,8 @@ _ERRORS = _NullErrors()
 
 
 def request_environ(request: Request) -> tuple[dict[str, Any], bytes]:
-    """The (environ template, body) of a request built on the fly."""
-    return build_environ(request.to_httpx())
+    """The (environ template, body) of a request built on the fly, its headers checked."""
+    return build_environ(request.checked_httpx())
 
 
 def build_environ(request: httpx.Request) -> tuple[dict[str, Any], bytes]:
@@ -163,7 +163,7 @@ class WsgiDriver:
         template, body = prepared
         if user is not None and (user.headers or user.cookies):
             template = template.copy()
-            for name, value in user.header_pairs():
+            for name, value in checked_user_headers(user.header_pairs()):
                 key = name.upper().replace("-", "_")
                 if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
                     key = "HTTP_" + key
