@@ -26,8 +26,11 @@ __all__ = [
     "BadStatus",
     "BodyBeforeStart",
     "BodyNotBytes",
+    "ContentLengthMismatch",
     "Exchange",
+    "HopByHopHeader",
     "IncompleteResponse",
+    "InvalidHeader",
     "MessageAfterResponse",
     "NoStartResponse",
     "ProtocolViolation",
@@ -60,6 +63,21 @@ class BadStatus(ProtocolViolation):
 
 class BadHeaders(ProtocolViolation):
     """Response headers of the wrong shape or type."""
+
+
+class InvalidHeader(BadHeaders):
+    """A response header a real server refuses to send: a name that is not a token, a value
+    with CR, LF, NUL or another control (WSGI: or outside latin-1), a content-length that is
+    not a number or conflicts with another."""
+
+
+class HopByHopHeader(BadHeaders):
+    """WSGI: a hop-by-hop header (``Connection``, ``Keep-Alive``, ``Transfer-Encoding``, …),
+    which PEP 3333 leaves to the server."""
+
+
+class ContentLengthMismatch(ProtocolViolation):
+    """A response body longer or shorter than its ``content-length``."""
 
 
 class MessageAfterResponse(ProtocolViolation):
