@@ -351,3 +351,111 @@ def test_a_header_that_could_split_the_request_is_never_written() -> None:
     assert fine.status == 200
     assert len(received) == 1
     assert b"smuggled" not in received[0]
+
+
+# -- a server that misbehaves on purpose ---------------------------------------------------
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Final: yes\r\n\r\nok"
+
+
+async def _raw_server(answers: list[list[bytes]]) -> tuple[asyncio.Server, list[bytes]]:
+    """A server on 127.0.0.1 that answers its n-th request with the writes ``answers[n]``
+    (each write drained before the next), across connections; it keeps the requests."""
+    received: list[bytes] = []
+
+    async def handle(reader: Any, writer: Any) -> None:
+        try:
+            while True:
+                received.append(await reader.readuntil(b"\r\n\r\n"))
+                for data in answers[min(len(received), len(answers)) - 1]:
+                    writer.write(data)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, received
+
+
+class Capturing(Holder):
+    capture = True
+
+
+def _calls(answers: list[list[bytes]], count: int, *, settle: bool = False) -> Any:
+    """*count* calls of one user; each outcome is an Exchange or the exception raised.
+
+    With *settle*, the first call is followed by a wait until the stray bytes the server
+    wrote after its answer have failed the connection.
+    """
+
+    async def main() -> tuple[list[Any], list[bytes], Capturing]:
+        server, received = await _raw_server(answers)
+        port = server.sockets[0].getsockname()[1]
+        driver = HttpDriver(f"http://127.0.0.1:{port}", [Request(path="/")])
+        user = Capturing()
+        outcomes: list[Any] = []
+        try:
+            for call in range(count):
+                try:
+                    outcomes.append(await driver.call(0, user))
+                except Exception as exc:
+                    outcomes.append(exc)
+                if settle and call == 0:
+                    # Let the stray bytes the server wrote after its answer arrive (or not).
+                    with anyio.fail_after(5):
+                        while user.conn is not None and user.conn.fault is None:
+                            await asyncio.sleep(0.001)
+            return outcomes, received, user
+        finally:
+            await driver.shutdown(1.0)
+            server.close()
+            await server.wait_closed()
+
+    return anyio.run(main)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one write", "separate writes"])
+@pytest.mark.parametrize(
+    "interim",
+    [b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n"],
+    ids=["100", "103"],
+)
+def test_interim_responses_are_skipped_and_the_final_one_is_the_answer(
+    interim: bytes, split: bool
+) -> None:
+    writes = [interim, OK] if split else [interim + OK]
+    outcomes, received, _ = _calls([writes], 3)
+    assert [o.status for o in outcomes] == [200, 200, 200]
+    assert [o.nbytes for o in outcomes] == [2, 2, 2]
+    # The interim response's headers are kept apart from the final one's.
+    assert outcomes[0].headers == [(b"Content-Length", b"2"), (b"X-Final", b"yes")]
+    assert len(received) == 3
+
+
+@pytest.mark.parametrize(
+    ("first", "settle"),
+    [([OK + OK], False), ([OK, OK], True), ([OK, b"garbage\r\n"], True)],
+    ids=["second response in the same write", "second response later", "stray bytes"],
+)
+def test_bytes_with_no_request_outstanding_fail_the_connection(
+    first: list[bytes], settle: bool
+) -> None:
+    outcomes, received, _ = _calls([first, [OK]], 3, settle=settle)
+    assert outcomes[0].status == 200
+    # The next request is not answered by the stray bytes: it fails, unsent, as a
+    # protocol error; the one after reconnects and gets its own answer.
+    assert type(outcomes[1]).__name__ == "UnsolicitedResponse"
+    assert "with no request outstanding" in str(outcomes[1])
+    assert outcomes[2].status == 200
+    assert len(received) == 2
+
+
+def test_switching_protocols_is_final_and_the_connection_is_not_reused() -> None:
+    upgrade = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+    outcomes, received, _ = _calls([[upgrade + b"\x81\x02hi"], [OK]], 2)
+    assert [o.status for o in outcomes] == [101, 200]
+    assert len(received) == 2

@@ -37,6 +37,7 @@ __all__ = [
     "Slot",
     "StartedTwice",
     "UnknownMessage",
+    "UnsolicitedResponse",
 ]
 
 
@@ -94,6 +95,11 @@ class IncompleteResponse(ProtocolViolation):
 
 class NoStartResponse(ProtocolViolation):
     """WSGI: the app returned (or yielded a chunk) without calling ``start_response``."""
+
+
+class UnsolicitedResponse(ProtocolViolation):
+    """HTTP client: the server sent bytes with no request outstanding (a response nobody
+    asked for); the connection is failed rather than reading them as the next answer."""
 
 
 class Exchange(Protocol):
