@@ -20,7 +20,7 @@ import httpx
 from .. import _clock as clock
 from .._apps import as_asgi3
 from .._errors import StormError
-from .._headers import content_length, response_header_fault
+from .._headers import RESPONSE_VALUE_BAD, TOKEN_BYTES, content_length, response_header_fault
 from .._workload import Request, checked_user_headers
 from .base import (
     BadHeaders,
@@ -93,7 +93,7 @@ _CHUNKS_PER_TURN = 16
 _SAMPLE_CHUNKS = 4
 
 #: Response header lists already checked, and their declared content-length (-1: none). An
-#: app sends a handful of distinct lists; past this many, the rest are checked every time.
+#: app sends a handful of distinct lists; past this many, the cache starts afresh.
 _CHECKED_HEADERS: dict[tuple[Any, ...], int] = {}
 _CHECKED_HEADERS_KEPT = 256
 
@@ -114,23 +114,27 @@ def response_headers(headers: Any) -> int:
     if declared is not None:
         return declared
     lengths = []
+    fullmatch, search = TOKEN_BYTES.fullmatch, RESPONSE_VALUE_BAD.search
     for header in headers:
         if len(header) != 2 or type(header[0]) is not bytes or type(header[1]) is not bytes:
             raise BadHeaders(
                 f"http.response.start headers must be [name, value] pairs of bytes, not {header!r}"
             )
         name, value = header
-        fault = response_header_fault(name, value)
-        if fault is not None:
-            raise InvalidHeader(fault)
+        if not fullmatch(name) or search(value):
+            raise InvalidHeader(response_header_fault(name, value) or repr(header))
         if len(name) == 14 and name.lower() == b"content-length":
             lengths.append(value)
-    try:
-        length = content_length(lengths)
-    except ValueError as exc:
-        raise InvalidHeader(str(exc)) from None
+    length = None
+    if lengths:
+        try:
+            length = content_length(lengths)
+        except ValueError as exc:
+            raise InvalidHeader(str(exc)) from None
     declared = -1 if length is None else length
-    if key is not None and len(_CHECKED_HEADERS) < _CHECKED_HEADERS_KEPT:
+    if key is not None:
+        if len(_CHECKED_HEADERS) >= _CHECKED_HEADERS_KEPT:
+            _CHECKED_HEADERS.clear()  # lists that differ each time: start afresh
         _CHECKED_HEADERS[key] = declared
     return declared
 

@@ -23,7 +23,7 @@ import httpx
 from werkzeug.test import EnvironBuilder
 
 from .._checks import NO_CHECKS
-from .._headers import HOP_BY_HOP, content_length, wsgi_header_fault
+from .._headers import HOP_BY_HOP, TOKEN, WSGI_VALUE_BAD, content_length, wsgi_header_fault
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
 from .._workload import Request, checked_user_headers
 from .base import (
@@ -107,7 +107,7 @@ def _status_code(status: object) -> int:
 
 
 #: Header lists already checked, and their declared content-length (-1: none): an app
-#: sends a handful of distinct lists; past this many, the rest are checked every time.
+#: sends a handful of distinct lists; past this many, the cache starts afresh.
 _CHECKED_HEADERS: dict[tuple[Any, ...], int] = {}
 _CHECKED_HEADERS_KEPT = 256
 
@@ -131,6 +131,7 @@ def response_headers(headers: Any) -> int:
     if declared is not None:
         return declared
     lengths = []
+    fullmatch, search = TOKEN.fullmatch, WSGI_VALUE_BAD.search
     for header in headers:
         if (
             type(header) is not tuple
@@ -140,9 +141,8 @@ def response_headers(headers: Any) -> int:
         ):
             raise BadHeaders(f"start_response headers must be (str, str) tuples, not {header!r}")
         name, value = header
-        fault = wsgi_header_fault(name, value)
-        if fault is not None:
-            raise InvalidHeader(fault)
+        if not fullmatch(name) or search(value):
+            raise InvalidHeader(wsgi_header_fault(name, value) or repr(header))
         lower = name.lower()
         if lower in HOP_BY_HOP:
             raise HopByHopHeader(
@@ -150,12 +150,16 @@ def response_headers(headers: Any) -> int:
             )
         if lower == "content-length":
             lengths.append(value.encode("latin-1"))
-    try:
-        length = content_length(lengths)
-    except ValueError as exc:
-        raise InvalidHeader(str(exc)) from None
+    length = None
+    if lengths:
+        try:
+            length = content_length(lengths)
+        except ValueError as exc:
+            raise InvalidHeader(str(exc)) from None
     declared = -1 if length is None else length
-    if key is not None and len(_CHECKED_HEADERS) < _CHECKED_HEADERS_KEPT:
+    if key is not None:
+        if len(_CHECKED_HEADERS) >= _CHECKED_HEADERS_KEPT:
+            _CHECKED_HEADERS.clear()  # lists that differ each time: start afresh
         _CHECKED_HEADERS[key] = declared
     return declared
 
