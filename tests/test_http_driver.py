@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from time import perf_counter
@@ -459,3 +460,58 @@ def test_switching_protocols_is_final_and_the_connection_is_not_reused() -> None
     outcomes, received, _ = _calls([[upgrade + b"\x81\x02hi"], [OK]], 2)
     assert [o.status for o in outcomes] == [101, 200]
     assert len(received) == 2
+
+
+def test_a_storm_against_a_server_that_answers_twice_fails() -> None:
+    """Each request answered by two responses in one write: never two answers counted."""
+    from pytest_concurrency import run_storm
+
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def start() -> None:
+        server, received = await _raw_server([[OK + OK]])
+        holder["server"], holder["received"] = server, received
+        holder["port"] = server.sockets[0].getsockname()[1]
+
+    def serve_forever() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(start())
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(5)
+
+        async def dummy(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover
+            raise AssertionError("served by the raw server, not in-process")
+
+        result = run_storm(
+            dummy,
+            "GET",
+            "/",
+            users=1,
+            requests=6,
+            server=f"http://127.0.0.1:{holder['port']}",
+            check=False,
+        )
+    finally:
+
+        async def stop() -> None:
+            holder["server"].close()
+            await holder["server"].wait_closed()
+
+        if "server" in holder:
+            asyncio.run_coroutine_threadsafe(stop(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+    # Every other request is the one a second response would have answered: it fails, unsent.
+    assert result.requests == 6
+    assert result.errors["UnsolicitedResponse"].count == 3
+    assert result.status_counts[200] == 3
+    assert len(holder["received"]) == 3
+    assert not result.passed
