@@ -64,7 +64,7 @@ from .._metrics import (
 )
 from .._metrics.fold import RunFigures
 from .._params import Layer, budget_limit
-from .._report._remarks import shared_loop_warning
+from .._report._remarks import shared_loop_warning, unmatched_messages_note
 from .._result import StormResult, Verdict
 from .._workload import RequestMix
 from .interrupts import app_interrupt
@@ -741,13 +741,7 @@ def _websocket_result(
         unmatched=figures.unmatched,
     )
     if figures.unmatched:
-        example = figures.unmatched_example
-        shown = example if example is None or len(example) <= 60 else example[:60]
-        ws.notes.append(
-            f"{figures.unmatched:,} messages from the server answered no message that waited "
-            f"(not its echo, nor what expect= accepts), for example {shown!r}: they were "
-            "counted as unmatched and did not end a round trip"
-        )
+        ws.notes.append(unmatched_messages_note(figures.unmatched, figures.unmatched_example))
     ws.histograms["connect"] = histogram
     ws.extras["websocket"] = ws.websocket_figures()
     return ws
