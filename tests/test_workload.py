@@ -373,3 +373,8 @@ def test_a_header_a_start_hook_sets_that_cannot_be_sent_fails_every_request_unse
     assert "user.headers['X-Token'] = 't\\r\\nX-Admin: 1'" in failed.example
     assert failed.count == result.requests > 0
     assert seen == []
+
+
+def test_a_method_outside_ascii_is_a_config_error_naming_method() -> None:
+    with pytest.raises(ConfigError, match=r"method='GÉT' \(from storm\(\) arguments\)"):
+        run_storm(asgi_hello, "GÉT", "/", duration=0.1)
