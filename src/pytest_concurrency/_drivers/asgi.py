@@ -262,7 +262,8 @@ class Exchange:
                     )
                 )
             try:
-                declared = response_headers(message.get("headers", ()))
+                headers = message.get("headers")
+                declared = response_headers(headers) if headers else -1
             except BadHeaders as exc:
                 raise self._broken(exc) from None
             if declared >= 0 and status >= 200 and status not in (204, 304) and not self._head:
@@ -270,7 +271,7 @@ class Exchange:
                 self._length = self._declared = declared
             self.status = status
             if self._capture or status >= 400:
-                self.headers = message.get("headers", ())
+                self.headers = headers or ()
                 self.body = []
         elif self._gone:
             return  # a server drops what a gone client cannot receive
