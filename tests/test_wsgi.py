@@ -109,3 +109,74 @@ def test_window_shorter_than_a_round_of_users_is_flagged() -> None:
     assert any("shorter than one round of users" in w for w in result.warnings)
     steady = run_storm(wsgi_sleep(0.005), "GET", "/", users=4, workers=2, duration=0.3)
     assert not any("one round" in w for w in steady.warnings)
+
+
+# -- response headers and lengths, held to gunicorn and PEP 3333 ---------------------------
+
+
+def _answer(headers: list[Any], *chunks: bytes, written: bytes = b"") -> Any:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        write = start_response("200 OK", headers)
+        if written:
+            write(written)
+        return list(chunks)
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("header", "kind"),
+    [
+        (("X-A", "v\r\nSet-Cookie: evil=1"), "InvalidHeader"),
+        (("X-A", "a\x00b"), "InvalidHeader"),
+        (("X-A", "snow \u2603"), "InvalidHeader"),
+        (("X A", "v"), "InvalidHeader"),
+        (("Content-Length", "two"), "InvalidHeader"),
+        (("Connection", "close"), "HopByHopHeader"),
+        (("Keep-Alive", "timeout=5"), "HopByHopHeader"),
+        (("Transfer-Encoding", "chunked"), "HopByHopHeader"),
+        (("upgrade", "websocket"), "HopByHopHeader"),
+    ],
+    ids=repr,
+)
+def test_a_response_header_gunicorn_or_pep_3333_refuses_is_a_protocol_error(
+    header: tuple[str, str], kind: str
+) -> None:
+    app = _answer([("Content-Type", "text/plain"), header], b"ok")
+    result = run_storm(app, "GET", "/", requests=10, check=False)
+    assert result.errors[kind].count == result.failed == 10
+    assert header[0].lower() in result.errors[kind].example.lower()
+
+
+@pytest.mark.parametrize(
+    ("declared", "chunks", "written", "word"),
+    [
+        ("5", (b"ok",), b"", "shorter"),
+        ("1", (b"ok",), b"", "longer"),
+        ("3", (b"ok",), b"ab", "longer"),
+    ],
+)
+def test_a_content_length_that_lies_is_a_protocol_error(
+    declared: str, chunks: tuple[bytes, ...], written: bytes, word: str
+) -> None:
+    app = _answer([("Content-Length", declared)], *chunks, written=written)
+    result = run_storm(app, "GET", "/", requests=10, check=False)
+    mismatch = result.errors["ContentLengthMismatch"]
+    assert mismatch.count == result.failed == 10
+    assert f"the body is {word} than its content-length" in mismatch.example
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "chunks", "written"),
+    [
+        ("GET", [("Content-Length", "4")], (b"cd",), b"ab"),
+        ("HEAD", [("Content-Length", "100")], (), b""),
+        ("GET", [("X-Latin", "caf\u00e9"), ("X-Tab", "a\tb")], (b"ok",), b""),
+    ],
+)
+def test_responses_gunicorn_sends_pass(
+    method: str, headers: list[Any], chunks: tuple[bytes, ...], written: bytes
+) -> None:
+    app = _answer(headers, *chunks, written=written)
+    result = run_storm(app, method, "/", requests=10)
+    assert result.status_counts == {200: 10}

@@ -23,9 +23,19 @@ import httpx
 from werkzeug.test import EnvironBuilder
 
 from .._checks import NO_CHECKS
+from .._headers import HOP_BY_HOP, TOKEN, WSGI_VALUE_BAD, content_length, wsgi_header_fault
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
-from .._workload import Request
-from .base import BadHeaders, BadStatus, BodyNotBytes, NoStartResponse, StartedTwice
+from .._workload import Request, checked_user_headers
+from .base import (
+    BadHeaders,
+    BadStatus,
+    BodyNotBytes,
+    ContentLengthMismatch,
+    HopByHopHeader,
+    InvalidHeader,
+    NoStartResponse,
+    StartedTwice,
+)
 
 if TYPE_CHECKING:
     from .._engine.schedule import Schedule
@@ -53,8 +63,8 @@ _ERRORS = _NullErrors()
 
 
 def request_environ(request: Request) -> tuple[dict[str, Any], bytes]:
-    """The (environ template, body) of a request built on the fly."""
-    return build_environ(request.to_httpx())
+    """The (environ template, body) of a request built on the fly, its headers checked."""
+    return build_environ(request.checked_httpx())
 
 
 def build_environ(request: httpx.Request) -> tuple[dict[str, Any], bytes]:
@@ -96,17 +106,79 @@ def _status_code(status: object) -> int:
     return int(code)
 
 
+#: Header lists already checked, and their declared content-length (-1: none): an app
+#: sends a handful of distinct lists; past this many, the cache starts afresh.
+_CHECKED_HEADERS: dict[tuple[Any, ...], int] = {}
+_CHECKED_HEADERS_KEPT = 256
+
+
+def response_headers(headers: Any) -> int:
+    """Check a WSGI app's headers as gunicorn and PEP 3333 do; return their content-length.
+
+    -1 when none is declared. Raises :class:`BadHeaders` for the wrong shape,
+    :class:`InvalidHeader` for what gunicorn refuses to write and :class:`HopByHopHeader`
+    for a header PEP 3333 leaves to the server.
+    """
+    if type(headers) is not list:
+        raise BadHeaders(f"start_response headers must be a list, not {headers!r}")
+    if not headers:
+        return -1
+    try:
+        key: tuple[Any, ...] | None = tuple(headers)
+        declared = _CHECKED_HEADERS.get(key)  # type: ignore[arg-type]
+    except TypeError:  # an unhashable item: not a (str, str) tuple, refused below
+        key, declared = None, None
+    if declared is not None:
+        return declared
+    lengths = []
+    fullmatch, search = TOKEN.fullmatch, WSGI_VALUE_BAD.search
+    for header in headers:
+        if (
+            type(header) is not tuple
+            or len(header) != 2
+            or type(header[0]) is not str
+            or type(header[1]) is not str
+        ):
+            raise BadHeaders(f"start_response headers must be (str, str) tuples, not {header!r}")
+        name, value = header
+        if not fullmatch(name) or search(value):
+            raise InvalidHeader(wsgi_header_fault(name, value) or repr(header))
+        lower = name.lower()
+        if lower in HOP_BY_HOP:
+            raise HopByHopHeader(
+                f"hop-by-hop header {name!r} from a WSGI app: PEP 3333 leaves it to the server"
+            )
+        if lower == "content-length":
+            lengths.append(value.encode("latin-1"))
+    length = None
+    if lengths:
+        try:
+            length = content_length(lengths)
+        except ValueError as exc:
+            raise InvalidHeader(str(exc)) from None
+    declared = -1 if length is None else length
+    if key is not None:
+        if len(_CHECKED_HEADERS) >= _CHECKED_HEADERS_KEPT:
+            _CHECKED_HEADERS.clear()  # lists that differ each time: start afresh
+        _CHECKED_HEADERS[key] = declared
+    return declared
+
+
 class _StartResponse:
     """``start_response`` held to PEP 3333: once per response unless ``exc_info`` replaces
-    headers not yet sent; a status "NNN reason"; headers as (str, str) pairs."""
+    headers not yet sent; a status "NNN reason"; headers as (str, str) pairs that a real
+    server would send."""
 
-    __slots__ = ("first_byte", "headers", "sent", "status")
+    __slots__ = ("first_byte", "headers", "length", "sent", "status", "written")
 
     def __init__(self) -> None:
         self.status = 0
         self.sent = False
         self.first_byte = 0.0
         self.headers: list[tuple[str, str]] = []
+        #: The declared content-length (-1: none) and the bytes given to ``write()``.
+        self.length = -1
+        self.written = 0
 
     def __call__(self, status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], Any]:
         if exc_info is not None:
@@ -117,18 +189,7 @@ class _StartResponse:
         code = _STATUS_CODES.get(status) if type(status) is str else None
         if code is None:
             code = _status_code(status)
-        if type(headers) is not list:
-            raise BadHeaders(f"start_response headers must be a list, not {headers!r}")
-        for header in headers:
-            if (
-                type(header) is not tuple
-                or len(header) != 2
-                or type(header[0]) is not str
-                or type(header[1]) is not str
-            ):
-                raise BadHeaders(
-                    f"start_response headers must be (str, str) tuples, not {header!r}"
-                )
+        self.length = response_headers(headers)
         self.status = code
         self.headers = headers
         return self.write
@@ -139,6 +200,7 @@ class _StartResponse:
             raise BodyNotBytes(f"write() takes bytes, not {type(data).__name__}")
         if data:
             self.sent = True
+            self.written += len(data)
             if not self.first_byte:
                 self.first_byte = perf_counter()
 
@@ -163,7 +225,7 @@ class WsgiDriver:
         template, body = prepared
         if user is not None and (user.headers or user.cookies):
             template = template.copy()
-            for name, value in user.header_pairs():
+            for name, value in checked_user_headers(user.header_pairs()):
                 key = name.upper().replace("-", "_")
                 if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
                     key = "HTTP_" + key
@@ -173,6 +235,7 @@ class WsgiDriver:
         start_response = _StartResponse()
         result = self.app(environ, start_response)
         chunks: list[bytes] | None = None
+        size = 0
         try:
             for chunk in result:
                 if type(chunk) is not bytes and not isinstance(chunk, bytes):
@@ -180,6 +243,7 @@ class WsgiDriver:
                         f"the response iterable yielded {type(chunk).__name__}, not bytes"
                     )
                 if chunk:
+                    size += len(chunk)
                     if not start_response.sent:
                         if not start_response.status:
                             raise NoStartResponse("a body chunk came before start_response")
@@ -196,6 +260,19 @@ class WsgiDriver:
         status = start_response.status
         if not status:
             raise NoStartResponse("the app returned without calling start_response")
+        declared = start_response.length
+        if declared >= 0:
+            size += start_response.written
+            if (
+                size != declared
+                and status >= 200
+                and status not in (204, 304)
+                and template["REQUEST_METHOD"] != "HEAD"
+            ):
+                raise ContentLengthMismatch(
+                    f"the body is {'longer' if size > declared else 'shorter'} than its "
+                    f"content-length: {declared} declared, {size} sent"
+                )
         first = start_response.first_byte or perf_counter()
         if capture or status >= 400:
             return status, first, start_response.headers, chunks or []

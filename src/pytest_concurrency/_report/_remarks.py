@@ -31,6 +31,7 @@ __all__ = [
     "shared_loop_warning",
     "short_window_warning",
     "undeclared_upstream_warning",
+    "unmatched_messages_note",
     "virtual_clock_notes",
     "virtual_uncharged_warning",
 ]
@@ -92,6 +93,16 @@ def shared_loop_warning(busy: float) -> str:
         "the storm: latency includes queueing for the CPU (how much of it the load "
         "generator took is not measured for WebSocket storms; server= runs the app on a "
         "server of its own)"
+    )
+
+
+def unmatched_messages_note(count: int, example: str | bytes | None) -> str:
+    """Server messages a WebSocket round trip waited past: not its answer."""
+    shown = example[:60] if example is not None else None
+    return (
+        f"{count:,} messages from the server answered no message that waited (not its echo, "
+        f"nor what expect= accepts), for example {shown!r}: they were counted as unmatched "
+        "and did not end a round trip"
     )
 
 
