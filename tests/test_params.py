@@ -149,3 +149,98 @@ def test_a_higher_layer_choosing_the_stop_condition_wins() -> None:
         [Layer("keyword argument", {"duration": 3}), Layer("marker", {"requests": 50})]
     )
     assert (config.requests, config.duration) == (None, 3.0)
+
+
+# -- server=: only loopback, and the address that was checked -----------------------------
+
+
+@pytest.fixture
+def resolver(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Spy on name resolution and connections: every name asked for is recorded, none leaves."""
+    import socket
+
+    asked: list[str] = []
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
+        asked.append(str(host))
+        if host == "localhost":
+            return real("127.0.0.1", *args, **kwargs)  # type: ignore[arg-type]
+        raise AssertionError(f"resolved {host!r}")
+
+    def connect(self: socket.socket, address: object) -> None:
+        raise AssertionError(f"connected to {address!r}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return asked
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.evil.invalid:8000",
+        "http://127.0.0.1.nip.invalid:8000",
+        "http://127.0.0.1.invalid",
+        "http://localhost.invalid:8000",
+        "http://10.1.2.3:8000",
+        "http://[::2]:8000",
+        "http://128.0.0.1:8000",
+    ],
+)
+def test_server_url_off_loopback_is_refused_without_resolving(
+    url: str, resolver: list[str]
+) -> None:
+    with pytest.raises(
+        ConfigError, match=r"server='.*' \(from keyword argument\) is not on loopback"
+    ):
+        resolve([Layer("keyword argument", {"server": url})])
+    assert resolver == []
+
+
+@pytest.mark.parametrize(
+    ("url", "checked"),
+    [
+        ("http://127.0.0.1:8000", "http://127.0.0.1:8000"),
+        ("http://127.3.4.5:8000/", "http://127.3.4.5:8000"),
+        ("http://[::1]:8000", "http://[::1]:8000"),
+        ("http://127.0.0.1", "http://127.0.0.1:80"),
+        ("http://localhost:8000", "http://127.0.0.1:8000"),
+    ],
+)
+def test_server_url_on_loopback_is_the_checked_address(
+    url: str, checked: str, resolver: list[str]
+) -> None:
+    assert resolve([Layer("keyword argument", {"server": url})]).server == checked
+
+
+def test_localhost_resolving_off_loopback_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    def getaddrinfo(host: object, port: object, *args: object, **kwargs: object) -> object:
+        assert host == "localhost"
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.1.2.3", port)),
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with pytest.raises(ConfigError, match=r"'localhost' resolves to 10\.1\.2\.3, which is not"):
+        resolve([Layer("marker", {"server": "http://localhost:8000"})])
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:99999", "http://127.0.0.1:abc", "http://127.0.0.1:0", "http://127.0.0.1:"],
+)
+def test_server_url_with_a_bad_port_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"server='.*' \(from marker\) has no valid port"):
+        resolve([Layer("marker", {"server": url})])
+
+
+def test_storm_connects_only_to_the_checked_address(resolver: list[str]) -> None:
+    """The plan's URL is the literal address checked, so the client never resolves a name."""
+    pytest.importorskip("httptools")
+    planned = plan(server="http://localhost:8000")
+    assert planned.url == "http://127.0.0.1:8000"  # type: ignore[attr-defined]
+    assert resolver == ["localhost"]
