@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from pytest_concurrency import ConfigError, Request, run_storm
@@ -244,3 +249,43 @@ def test_storm_connects_only_to_the_checked_address(resolver: list[str]) -> None
     planned = plan(server="http://localhost:8000")
     assert planned.url == "http://127.0.0.1:8000"  # type: ignore[attr-defined]
     assert resolver == ["localhost"]
+
+
+# -- the app loader: every failure is a ConfigError naming app -----------------------------
+
+
+@pytest.fixture
+def app_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    (tmp_path / "raises_at_import.py").write_text("raise RuntimeError('no database')\n")
+    (tmp_path / "exits_at_import.py").write_text("import sys\nsys.exit(0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in ("raises_at_import", "exits_at_import"):
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("server", ["inprocess", "http://127.0.0.1:9", "uvicorn"])
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("raises_at_import:app", r"importing raises_at_import failed: RuntimeError: no database"),
+        ("exits_at_import:app", r"importing exits_at_import raised SystemExit\(0\)"),
+        (":app", r"must look like MODULE:APP"),
+        ("../etc:passwd", r"no file"),
+        ("no_such_module_here:app", r"ModuleNotFoundError"),
+        ("tests.apps:no_such_app", r"tests\.apps has no 'no_such_app'"),
+    ],
+)
+def test_app_that_cannot_be_loaded_is_a_config_error(
+    app_modules: Path, spec: str, message: str, server: str
+) -> None:
+    pytest.importorskip("httptools")
+    with pytest.raises(
+        ConfigError, match=rf"app='{re.escape(spec)}' \(from argument app\).*{message}"
+    ):
+        run_storm(spec, "GET", "/", server=server, requests=1)
+
+
+def test_method_that_is_not_a_string_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"method=5 \(from argument method\) must be a string"):
+        run_storm(asgi_hello, 5, "/")  # type: ignore[arg-type]

@@ -10,7 +10,6 @@ from typing import Any
 
 from ._capacity import CapacityResult, search_capacity
 from ._engine import StormPlan, plan_storm, run_plan, run_plan_async
-from ._engine.plan import import_app
 from ._engine.websocket import WebSocketResult, plan_websocket, run_websocket_plan
 from ._errors import BudgetExceeded, ConcurrencyWarning, ConfigError
 from ._fidelity import Fidelity, compare_servers
@@ -246,9 +245,6 @@ def compare(
     Budgets in *params* are judged on every result but do not raise: read
     ``fidelity[server].passed`` and the rows of :class:`Fidelity`.
     """
-
-    if isinstance(app, str) and ":" in app:
-        app = import_app(app)  # the in-process storm needs the object itself
 
     def run(server: str) -> StormResult:
         return run_storm(app, method, path, requests=requests, check=False, server=server, **params)

@@ -16,10 +16,8 @@ reaching the network.
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import warnings
@@ -29,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ._api import plan_capacity, run_capacity
+from ._apps import load_app as _load_app
 from ._engine import plan_storm, run_plan
 from ._errors import ConcurrencyWarning, ConfigError, StormError
 from ._fidelity import line_up
@@ -61,48 +60,7 @@ INTERRUPTED = 130
 
 def load_app(spec: str) -> Any:
     """Import ``module:attr`` or ``path/to/file.py:attr`` and return the app object."""
-    where = f"app={spec!r} (from the command line)"
-    target, sep, attr = spec.rpartition(":")
-    if not sep or not target or not attr:
-        raise ConfigError(f"{where} must look like MODULE:APP or path/to/file.py:APP")
-    if target.endswith(".py") or os.sep in target:
-        path = Path(target).resolve()
-        if not path.is_file():
-            raise ConfigError(f"{where}: no file {path}")
-        # Import as a module of its package when it is one, so relative imports work.
-        root = path.parent
-        parts = [path.stem]
-        while (root / "__init__.py").exists():
-            parts.insert(0, root.name)
-            root = root.parent
-        _prepend_path(str(root))
-        name = ".".join(parts)
-    else:
-        _prepend_path(os.getcwd())
-        name = target
-    try:
-        module = importlib.import_module(name)
-    except SystemExit as exc:
-        # An app module that exits when imported (a script without a __main__ guard, an
-        # argument parser at import time) would end the command silently, status and all.
-        raise ConfigError(
-            f"{where}: importing {name} raised SystemExit({exc.code!r}): the module exits when "
-            'it is imported; put that code under `if __name__ == "__main__":`'
-        ) from None
-    except Exception as exc:
-        raise ConfigError(f"{where}: importing {name} failed: {type(exc).__name__}: {exc}") from exc
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ConfigError(f"{where}: {module.__name__} has no {attr!r}") from None
-    return obj
-
-
-def _prepend_path(entry: str) -> None:
-    if entry not in sys.path:
-        sys.path.insert(0, entry)
+    return _load_app(spec, origin="the command line", search_cwd=True)
 
 
 # -- option parsing --------------------------------------------------------------------------
