@@ -289,3 +289,41 @@ def test_app_that_cannot_be_loaded_is_a_config_error(
 def test_method_that_is_not_a_string_is_named() -> None:
     with pytest.raises(ConfigError, match=r"method=5 \(from argument method\) must be a string"):
         run_storm(asgi_hello, 5, "/")  # type: ignore[arg-type]
+
+
+# -- what the machine can carry --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["uvicorn", "hypercorn", "granian", "gunicorn"])
+def test_more_server_workers_than_the_machine_can_run_is_refused(kind: str) -> None:
+    from pytest_concurrency._servers._process import WORKERS_PER_CORE, cores, max_workers
+
+    pytest.importorskip(kind)
+    pytest.importorskip("httptools")
+    cap = max_workers()
+    assert cap == max(8, WORKERS_PER_CORE * cores())
+    with pytest.raises(
+        ConfigError,
+        match=rf"workers={cap + 1} \(from keyword argument\) is more than {cap} worker processes"
+        rf".*{WORKERS_PER_CORE} × {cores()} cores",
+    ):
+        run_storm("tests.apps:asgi_hello", "GET", "/", server=kind, workers=cap + 1)
+    with pytest.raises(ConfigError, match=r"workers=100000 \(from marker\)"):
+        plan_storm(
+            "tests.apps:asgi_hello",
+            "GET",
+            "/",
+            layers=[
+                Layer("keyword argument", {"server": kind}),
+                Layer("marker", {"workers": 10**5}),
+            ],
+        )
+
+
+def test_a_broadcast_room_larger_than_memory_is_refused() -> None:
+    from pytest_concurrency import run_websocket_storm
+
+    with pytest.raises(
+        ConfigError, match=r"listeners=10,000,000 \(from keyword argument\) would need"
+    ):
+        run_websocket_storm(asgi_hello, "/ws", users=1, listeners=10**7, messages=1)

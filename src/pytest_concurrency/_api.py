@@ -16,6 +16,7 @@ from ._fidelity import Fidelity, compare_servers
 from ._params import Layer
 from ._report._text import budget_failure
 from ._result import StormResult
+from ._servers._process import max_workers
 from ._workload import Request, RequestFactory, split_requests
 
 __all__ = [
@@ -155,6 +156,10 @@ def plan_capacity(
     budgets = dict(base.config.budgets)
     if not budgets:
         raise ConfigError("capacity() needs at least one budget to meet, e.g. p99_ms=200")
+    if base.server is not None:
+        # A real server takes at most max_workers() processes here: larger counts are
+        # not tried rather than refused halfway through the search.
+        candidates = [w for w in candidates if w <= max_workers()]
     if base.interface == "asgi":
         # In-process, an ASGI app runs on one event loop whatever the worker count: one
         # storm answers whether a single worker suffices.
@@ -189,7 +194,7 @@ def run_capacity(
 
     def run(workers: int) -> StormResult:
         trial = plan_storm(
-            base.app,
+            base.import_string or base.app,
             requests=base.mix.factory or list(base.mix.requests),
             layers=[Layer("capacity search", {"workers": workers}), *plan.layers],
             scale=plan.scale,

@@ -132,6 +132,7 @@ class StormFixture:
         to the test's output.
         """
         __tracebackhide__ = True
+
         def run(server: str) -> StormResult:
             plan = self._plan(app, method, path, requests, {**params, "server": server})
             result = run_plan(plan, self._progress())

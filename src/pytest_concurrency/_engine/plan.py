@@ -46,6 +46,8 @@ class StormPlan:
     on_start: Any = None
     #: Checks on every response (``checks=``).
     checks: Checks = NO_CHECKS
+    #: The import string the app was given as (what a server is handed), or None.
+    import_string: str | None = None
 
     @property
     def on_loop(self) -> bool:
@@ -134,6 +136,7 @@ def plan_storm(
         url=url,
         on_start=on_start,
         checks=checks,
+        import_string=named,
     )
 
 
@@ -205,7 +208,7 @@ def _real_server(
         workers=config.workers,
         threads=config.threads,
     )
-    spec.validate(origin)
+    spec.validate(origin, config.origin_of("workers"))
     return spec, None
 
 

@@ -23,7 +23,14 @@ from . import agent
 from ._target import PATH_ENV
 from .channel import ProbeChannel
 
-__all__ = ["SERVER_KINDS", "RunningServer", "ServerSpec", "live_servers", "serve"]
+__all__ = [
+    "SERVER_KINDS",
+    "RunningServer",
+    "ServerSpec",
+    "live_servers",
+    "max_workers",
+    "serve",
+]
 
 ServerKind = Literal["uvicorn", "hypercorn", "granian", "gunicorn"]
 SERVER_KINDS: tuple[ServerKind, ...] = ("uvicorn", "hypercorn", "granian", "gunicorn")
@@ -33,6 +40,25 @@ EXTRA_HINT = "pip install 'pytest-storm[servers]'"
 STOP_GRACE = 3.0
 _TAIL_LINES = 20
 _PORT_ATTEMPTS = 3
+#: Worker processes per core a server may be given: past a few per core they only queue for
+#: the CPU, and a typo (workers=1000) would fork-bomb the machine.
+WORKERS_PER_CORE = 4
+#: Worker processes allowed whatever the core count (a small machine still compares 1 to 8).
+_MIN_WORKER_CAP = 8
+#: Threads in one server's whole pool (workers × threads).
+MAX_SERVER_THREADS = 4096
+
+
+def cores() -> int:
+    """Cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def max_workers() -> int:
+    """Most worker processes a server may be given on this machine."""
+    return max(_MIN_WORKER_CAP, WORKERS_PER_CORE * cores())
 
 
 @dataclass(frozen=True)
@@ -51,8 +77,11 @@ class ServerSpec:
     #: Run the loop monitor and thread-pool probe inside each worker (ASGI apps only).
     probes: bool = False
 
-    def validate(self, origin: str = "server=") -> None:
-        """Raise :class:`ConfigError` for a spec that cannot start, before anything runs."""
+    def validate(self, origin: str = "server=", pool_origin: str | None = None) -> None:
+        """Raise :class:`ConfigError` for a spec that cannot start, before anything runs.
+
+        *pool_origin* is where ``workers`` and ``threads`` came from, when not *origin*.
+        """
         if self.kind not in SERVER_KINDS:
             raise ConfigError(
                 f"server={self.kind!r} (from {origin}) must be one of {', '.join(SERVER_KINDS)} "
@@ -78,6 +107,19 @@ class ServerSpec:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}={value!r} (from {origin}) must be a whole number ≥ 1")
+        if self.workers > (cap := max_workers()):
+            raise ConfigError(
+                f"workers={self.workers} (from {pool_origin or origin}) is more than {cap} "
+                "worker processes, "
+                f"the most for a server here ({WORKERS_PER_CORE} × {cores()} cores, at least "
+                f"{_MIN_WORKER_CAP}): past a few per core, workers only queue for the CPU"
+            )
+        if self.workers * self.threads > MAX_SERVER_THREADS:
+            raise ConfigError(
+                f"workers={self.workers} × threads={self.threads} (from {pool_origin or origin}) is "
+                f"{self.workers * self.threads:,} threads, more than the {MAX_SERVER_THREADS:,} "
+                "a server may be given"
+            )
         if self.threads > 1 and self.kind in ("uvicorn", "hypercorn"):
             raise ConfigError(
                 f"threads={self.threads} (from {origin}) has no meaning for {self.kind}; "
