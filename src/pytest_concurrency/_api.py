@@ -160,7 +160,7 @@ def plan_capacity(
         # A real server takes at most max_workers() processes here: larger counts are
         # not tried rather than refused halfway through the search.
         candidates = [w for w in candidates if w <= max_workers()]
-    if base.interface == "asgi":
+    if base.interface == "asgi" and base.server is None and base.url is None:
         # In-process, an ASGI app runs on one event loop whatever the worker count: one
         # storm answers whether a single worker suffices.
         candidates = candidates[:1]

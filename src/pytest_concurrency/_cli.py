@@ -259,6 +259,7 @@ def _params(args: argparse.Namespace, *, workers: bool = True) -> dict[str, Any]
         "seed",
         "processes",
         "engine",
+        "server",
     )
     # A capacity search sets the worker count itself (its --workers lists candidates).
     params = {name: getattr(args, name, None) for name in names if workers or name != "workers"}
@@ -284,11 +285,10 @@ def _storm(app_spec: str, args: argparse.Namespace, server: str | None = None) -
     if server is not None:
         params["server"] = server
     app: Any = load_app(app_spec)
-    if params.get("server", "inprocess") != "inprocess" and not app_spec.endswith(".py"):
-        # A real server imports the app by name in its own process.
-        module = app_spec.rpartition(":")[0]
-        if module and not module.endswith(".py") and "/" not in module:
-            app = app_spec
+    if params.get("server", "inprocess") != "inprocess":
+        # A real server is handed the name, unchanged: its process loads it with the same
+        # loader (a path/to/file.py:APP spec included).
+        app = app_spec
     plan = plan_storm(app, args.method, args.path, layers=[Layer("command line", params)])
     plan.app_name = app_spec
     return run_plan(plan)
@@ -419,8 +419,10 @@ def _processes(text: str) -> int | str:
 
 def _cmd_capacity(args: argparse.Namespace) -> int:
     _check_reports(args)
-    app = load_app(args.app)
+    app: Any = load_app(args.app)
     mix, params = split_requests(None, _params(args, workers=False))
+    if params.get("server", "inprocess") != "inprocess":
+        app = args.app  # handed to the server unchanged, as for run
     plan = plan_capacity(
         app, args.method, args.path, mix, args.workers, [Layer("command line", params)]
     )
