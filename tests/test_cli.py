@@ -415,10 +415,8 @@ def test_server_option_runs_the_storm_behind_that_server(
     pytest.importorskip("httptools")
     out = tmp_path / "out.json"
     extra = ["--workers", "1-2", "--budget", "max_error_rate=0"] if command == "capacity" else []
-    code = main(
-        [command, f"{apps}:fails_in_process", "--server", "uvicorn", "--users", "2"]
-        + ["--duration", "0.3", "--json", str(out), *extra]
-    )
+    args = [f"{apps}:fails_in_process", "--server", "uvicorn", "--users", "2", "--duration", "0.3"]
+    code = main([command, *args, "--json", str(out), *extra])
     printed = capsys.readouterr().out
     assert code == 0, printed
     document = json.loads(out.read_text())
