@@ -261,3 +261,25 @@ def test_an_app_also_held_by_main_does_not_refuse_its_import_string(
     monkeypatch.setattr(sys.modules["__main__"], "app", main_app.app, raising=False)
     result = run_storm("main_app:app", "GET", "/", users=1, requests=5, server="uvicorn")
     assert result.status_counts == {200: 5}
+
+
+def test_an_app_reexported_by_its_package_is_served_from_the_module_that_builds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_concurrency._apps import import_name
+
+    package = tmp_path / "chained_pkg"
+    package.mkdir()
+    (package / "main.py").write_text(_FACTORY_APP)
+    (package / "__init__.py").write_text("from .main import app\n\napp.tag = 'main'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        import chained_pkg  # type: ignore[import-not-found]
+
+        # Importing chained_pkg.main runs the package's __init__ first: the same app.
+        assert import_name(chained_pkg.app) == "chained_pkg.main:app"
+        result = run_storm(chained_pkg.app, "GET", "/", users=1, requests=5, server="uvicorn")
+        assert result.status_counts == {200: 5}
+    finally:
+        for name in ("chained_pkg", "chained_pkg.main"):
+            sys.modules.pop(name, None)

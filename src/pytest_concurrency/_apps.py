@@ -134,6 +134,11 @@ def import_name(app: Any, *, origin: str = "argument app") -> str | None:
                 found[f"{module_name}:{attr}"] = module
     own = {n: m for n, m in found.items() if not _test_module(m)} or found
     modules = {name.partition(":")[0] for name in own}
+    deepest = max(modules, key=len, default="")
+    if all(deepest == m or deepest.startswith(m + ".") for m in modules):
+        # One package chain (``pkg`` re-exporting ``pkg.main``'s app): importing the
+        # deepest module imports every package above it, so it builds the same app.
+        return min(n for n in own if n.partition(":")[0] == deepest) if own else None
     if len(modules) > 1:
         raise ConfigError(
             f"app={app_label(app)} (from {origin}) is held by module-level names in several "
