@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # A module of tiny apps, written where no test package can shadow it.
 APPS = '''
+import os
 import time
 
 import httpx
@@ -27,6 +28,17 @@ fast = asgi_sleep(0.01)
 slow = wsgi_sleep(0.01)
 hello = asgi_hello
 not_an_app = 42
+# The process that first imported this module (the test's); servers inherit the variable.
+FIRST = int(os.environ.setdefault("STORM_CLI_APPS_FIRST_PID", str(os.getpid())))
+
+
+async def fails_in_process(scope, receive, send):
+    """ASGI app that answers 500 in the test's own process and 200 in any other."""
+    if scope["type"] != "http":
+        return
+    status = 500 if os.getpid() == FIRST else 200
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
 
 
 def needs_token(environ, start_response):
@@ -443,3 +455,25 @@ def test_the_cpu_contention_note_is_printed_once_for_several_storms(
     assert line.startswith(
         "note: the threads of 3 storms waited for a CPU 30%–50% of the time they were ready"
     )
+
+
+@pytest.mark.parametrize("command", ["run", "capacity"])
+def test_server_option_runs_the_storm_behind_that_server(
+    apps: str, command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("httptools")
+    out = tmp_path / "out.json"
+    extra = ["--workers", "1-2", "--budget", "max_error_rate=0"] if command == "capacity" else []
+    args = [f"{apps}:fails_in_process", "--server", "uvicorn", "--users", "2", "--duration", "0.3"]
+    code = main([command, *args, "--json", str(out), *extra])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    document = json.loads(out.read_text())
+    if command == "capacity":
+        # In-process every request fails: only the server's worker can meet the budgets.
+        assert document["capacity"]["best"] == 1
+        return
+    (storm,) = document["storms"]
+    assert storm["server"].startswith("uvicorn, ")
+    assert storm["status_counts"] == {"200": storm["requests"]}

@@ -10,13 +10,13 @@ from typing import Any
 
 from ._capacity import CapacityResult, search_capacity
 from ._engine import StormPlan, plan_storm, run_plan, run_plan_async
-from ._engine.plan import import_app
 from ._engine.websocket import WebSocketResult, plan_websocket, run_websocket_plan
 from ._errors import BudgetExceeded, ConcurrencyWarning, ConfigError
 from ._fidelity import Fidelity, compare_servers
 from ._params import Layer
 from ._report._text import budget_failure
 from ._result import StormResult
+from ._servers._process import max_workers
 from ._workload import Request, RequestFactory, split_requests
 
 __all__ = [
@@ -156,7 +156,11 @@ def plan_capacity(
     budgets = dict(base.config.budgets)
     if not budgets:
         raise ConfigError("capacity() needs at least one budget to meet, e.g. p99_ms=200")
-    if base.interface == "asgi":
+    if base.server is not None:
+        # A real server takes at most max_workers() processes here: larger counts are
+        # not tried rather than refused halfway through the search.
+        candidates = [w for w in candidates if w <= max_workers()]
+    if base.interface == "asgi" and base.server is None and base.url is None:
         # In-process, an ASGI app runs on one event loop whatever the worker count: one
         # storm answers whether a single worker suffices.
         candidates = candidates[:1]
@@ -196,7 +200,7 @@ def run_capacity(
 
     def run(workers: int) -> StormResult:
         trial = plan_storm(
-            base.app,
+            base.import_string or base.app,
             requests=base.mix.factory or list(base.mix.requests),
             layers=[Layer("capacity search", {"workers": workers}), *plan.layers],
             scale=plan.scale,
@@ -254,9 +258,6 @@ def compare(
     Budgets in *params* are judged on every result but do not raise: read
     ``fidelity[server].passed`` and the rows of :class:`Fidelity`.
     """
-
-    if isinstance(app, str) and ":" in app:
-        app = import_app(app)  # the in-process storm needs the object itself
 
     def run(server: str) -> StormResult:
         return run_storm(app, method, path, requests=requests, check=False, server=server, **params)

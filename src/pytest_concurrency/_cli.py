@@ -16,10 +16,8 @@ reaching the network.
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import warnings
@@ -29,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ._api import plan_capacity, run_capacity
+from ._apps import load_app as _load_app
 from ._engine import plan_storm, run_plan
 from ._errors import ConcurrencyWarning, ConfigError, StormError
 from ._fidelity import line_up
@@ -62,48 +61,7 @@ INTERRUPTED = 130
 
 def load_app(spec: str) -> Any:
     """Import ``module:attr`` or ``path/to/file.py:attr`` and return the app object."""
-    where = f"app={spec!r} (from the command line)"
-    target, sep, attr = spec.rpartition(":")
-    if not sep or not target or not attr:
-        raise ConfigError(f"{where} must look like MODULE:APP or path/to/file.py:APP")
-    if target.endswith(".py") or os.sep in target:
-        path = Path(target).resolve()
-        if not path.is_file():
-            raise ConfigError(f"{where}: no file {path}")
-        # Import as a module of its package when it is one, so relative imports work.
-        root = path.parent
-        parts = [path.stem]
-        while (root / "__init__.py").exists():
-            parts.insert(0, root.name)
-            root = root.parent
-        _prepend_path(str(root))
-        name = ".".join(parts)
-    else:
-        _prepend_path(os.getcwd())
-        name = target
-    try:
-        module = importlib.import_module(name)
-    except SystemExit as exc:
-        # An app module that exits when imported (a script without a __main__ guard, an
-        # argument parser at import time) would end the command silently, status and all.
-        raise ConfigError(
-            f"{where}: importing {name} raised SystemExit({exc.code!r}): the module exits when "
-            'it is imported; put that code under `if __name__ == "__main__":`'
-        ) from None
-    except Exception as exc:
-        raise ConfigError(f"{where}: importing {name} failed: {type(exc).__name__}: {exc}") from exc
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ConfigError(f"{where}: {module.__name__} has no {attr!r}") from None
-    return obj
-
-
-def _prepend_path(entry: str) -> None:
-    if entry not in sys.path:
-        sys.path.insert(0, entry)
+    return _load_app(spec, origin="the command line", search_cwd=True)
 
 
 # -- option parsing --------------------------------------------------------------------------
@@ -302,6 +260,7 @@ def _params(args: argparse.Namespace, *, workers: bool = True) -> dict[str, Any]
         "seed",
         "processes",
         "engine",
+        "server",
     )
     # A capacity search sets the worker count itself (its --workers lists candidates).
     params = {name: getattr(args, name, None) for name in names if workers or name != "workers"}
@@ -327,11 +286,10 @@ def _storm(app_spec: str, args: argparse.Namespace, server: str | None = None) -
     if server is not None:
         params["server"] = server
     app: Any = load_app(app_spec)
-    if params.get("server", "inprocess") != "inprocess" and not app_spec.endswith(".py"):
-        # A real server imports the app by name in its own process.
-        module = app_spec.rpartition(":")[0]
-        if module and not module.endswith(".py") and "/" not in module:
-            app = app_spec
+    if params.get("server", "inprocess") != "inprocess":
+        # A real server is handed the name, unchanged: its process loads it with the same
+        # loader (a path/to/file.py:APP spec included).
+        app = app_spec
     plan = plan_storm(app, args.method, args.path, layers=[Layer("command line", params)])
     plan.app_name = app_spec
     return run_plan(plan)
@@ -469,8 +427,10 @@ def _processes(text: str) -> int | str:
 
 def _cmd_capacity(args: argparse.Namespace) -> int:
     _check_reports(args)
-    app = load_app(args.app)
+    app: Any = load_app(args.app)
     mix, params = split_requests(None, _params(args, workers=False))
+    if params.get("server", "inprocess") != "inprocess":
+        app = args.app  # handed to the server unchanged, as for run
     plan = plan_capacity(
         app, args.method, args.path, mix, args.workers, [Layer("command line", params)]
     )

@@ -14,7 +14,6 @@ import pytest
 from ._api import check_budgets, plan_capacity, run_capacity, warn_about
 from ._capacity import CapacityResult
 from ._engine import LiveFigures, Progress, StormPlan, plan_storm, run_plan, run_plan_async
-from ._engine.plan import import_app
 from ._engine.websocket import WebSocketResult, plan_websocket, run_websocket_plan
 from ._errors import ConfigError
 from ._fidelity import Fidelity, compare_servers
@@ -133,8 +132,6 @@ class StormFixture:
         to the test's output.
         """
         __tracebackhide__ = True
-        if isinstance(app, str) and ":" in app:
-            app = import_app(app)
 
         def run(server: str) -> StormResult:
             plan = self._plan(app, method, path, requests, {**params, "server": server})

@@ -68,6 +68,7 @@ from .._report._remarks import shared_loop_warning, unmatched_messages_note
 from .._result import StormResult, Verdict
 from .._workload import RequestMix
 from .interrupts import app_interrupt
+from .limits import check_listeners
 from .plan import LiveFigures, Progress, StormPlan, plan_storm
 from .rounds import execute_async, finish
 from .runner import AsyncRunner, Slot
@@ -383,8 +384,12 @@ def plan_websocket(
                 f"{name} (from {config.origin_of(name)}) applies to HTTP requests, not to a "
                 "WebSocket storm"
             )
+    spec = _spec(merged, config.timeout_ms)
+    if spec.listeners:
+        real = plan.url is not None or plan.server is not None
+        check_listeners(spec.listeners, merged["listeners"][1], real_server=real)
     # Any failed message fails a storm without an error budget: the engine's own default.
-    return WebSocketPlan(plan, _spec(merged, config.timeout_ms))
+    return WebSocketPlan(plan, spec)
 
 
 # -- broadcast rooms -----------------------------------------------------------------------

@@ -447,7 +447,10 @@ def run_locust(
         )
         env = {**os.environ, REPORT_FILE_ENV: str(report_file), "PYTHONUNBUFFERED": "1"}
         started = time.monotonic()
-        with _locust_process(command, env=env, cwd=work, grace=stop_grace) as proc:
+        # A watcher leads the group: Locust stops with the storm's process, even a killed one.
+        watched = [sys.executable, str(Path(__file__).with_name("_watch.py"))]
+        watched += [str(os.getpid()), f"{stop_grace:g}", str(work), "--", *command]
+        with _locust_process(watched, env=env, cwd=work, grace=stop_grace) as proc:
             try:
                 code = _wait(proc, started + limit)
             except subprocess.TimeoutExpired:
