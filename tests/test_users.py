@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 from urllib.parse import parse_qs
@@ -179,3 +180,36 @@ def test_bad_checks_are_refused_before_any_load() -> None:
         run_storm(_flaky, "GET", "/", checks="ok")
     with pytest.raises(ConfigError, match="999 is not an HTTP status"):
         run_storm(_flaky, "GET", "/", checks=999)
+
+
+async def _answers_after_a_second(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await asyncio.sleep(1.0)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def test_a_storm_whose_every_request_timed_out_fails_whatever_its_error_budget() -> None:
+    with pytest.raises(BudgetExceeded, match="max_error_rate") as failed:
+        run_storm(
+            _answers_after_a_second,
+            "GET",
+            "/",
+            users=5,
+            requests=5,
+            timeout_ms=100,
+            max_error_rate=1.0,
+        )
+    result = failed.value.result
+    assert result.timeouts == result.requests == 5
+    assert not result.passed
+    assert "every one of the 5 requests timed out" in str(failed.value)
+
+
+def test_a_storm_with_no_request_in_its_window_does_not_pass_without_budgets() -> None:
+    # Each user's first request is sent during warm-up and answers after the window ends.
+    with pytest.raises(BudgetExceeded, match="no request completed") as failed:
+        run_storm(_answers_after_a_second, "GET", "/", users=2, warmup=0.5, duration=0.2)
+    assert failed.value.result.requests == 0
+    assert not failed.value.result.passed

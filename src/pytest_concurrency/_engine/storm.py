@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from .._budget import evaluate, evaluate_endpoint
+from .._budget import completed, evaluate, evaluate_endpoint
 from .._errors import ConfigError
 from .._locust import build_locustfile, read_back, run_locust
 from .._params import StormConfig
@@ -294,8 +294,10 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
         chosen.notes.append(scale_note(config.scale))
         chosen.extras["scale"] = config.scale
     budgets = dict(config.budgets)
-    if "max_error_rate" not in budgets and chosen.failed:
+    if "max_error_rate" not in budgets and (chosen.failed or not completed(chosen)):
         # Like Locust's exit code: any failed request fails a storm that set no error budget.
+        # A storm with no completed request has nothing to judge: the default error budget
+        # fails it as not measured, rather than passing on nothing.
         budgets["max_error_rate"] = 0.0
     chosen.verdicts = evaluate(chosen, budgets)
     for endpoint, budgets in config.endpoint_budgets.items():

@@ -206,6 +206,11 @@ def unmeasured_reason(name: str, data: Mapping[str, Any]) -> str:
     wsgi = str(data.get("interface", "")).upper() == "WSGI"
     if not data.get("requests"):
         return "no request completed in the measured window, so there is nothing to judge"
+    if int(data.get("timeouts") or 0) >= int(data.get("requests") or 0):
+        return (
+            f"every one of the {int(data.get('requests') or 0):,} requests timed out, so no "
+            "request completed and there is nothing to judge"
+        )
     if budget in ("max_loop_lag_ms", "max_blocking_calls"):
         if wsgi:
             return "a WSGI app has no event loop to watch (use max_queued or max_threads_busy)"
