@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import threading
+import time
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -213,3 +216,124 @@ def test_a_storm_with_no_request_in_its_window_does_not_pass_without_budgets() -
         run_storm(_answers_after_a_second, "GET", "/", users=2, warmup=0.5, duration=0.2)
     assert failed.value.result.requests == 0
     assert not failed.value.result.passed
+
+
+def _who_asgi(seen: list[str]) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        seen.append(dict(scope["headers"]).get(b"x-user", b"").decode())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+def _who_wsgi(seen: list[str]) -> Any:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(environ.get("HTTP_X_USER", ""))
+        start_response("200 OK", [])
+        return [b""]
+
+    return app
+
+
+@pytest.mark.parametrize("make", [_who_asgi, _who_wsgi], ids=["asgi", "wsgi"])
+def test_a_failed_start_hook_fails_its_user_and_the_storm(make: Any) -> None:
+    seen: list[str] = []
+
+    def login(user: Any) -> None:
+        user.headers["X-User"] = str(user.index)
+        if user.index % 2:
+            raise ValueError(f"no account for user {user.index}")
+
+    with pytest.raises(BudgetExceeded, match=r"on_start") as failed:
+        run_storm(make(seen), "GET", "/", users=8, duration=0.3, on_start=login)
+    result = failed.value.result
+    start = result.extras["on_start"]
+    assert start["hooks_failed_count"] == 4
+    assert start["hook_errors"] == {"ValueError": 4}
+    assert "raise ValueError" in start["example"]  # one example traceback
+    # Users whose hook failed sent nothing; the others sent as usual.
+    assert {int(u) for u in seen} == {0, 2, 4, 6}
+    table = str(failed.value)
+    assert "4 of 8 users' start hooks failed (ValueError ×4)" in table
+    assert "no account for user" in table
+
+
+def test_a_start_hook_that_exits_or_returns_a_generator_is_a_counted_failure() -> None:
+    seen: list[str] = []
+
+    def leaves(user: Any) -> Any:
+        if user.index == 0:
+            raise SystemExit(0)
+        return (step for step in ("login",))  # a generator: nothing of it runs
+
+    with pytest.raises(BudgetExceeded, match="on_start") as failed:
+        run_storm(_who_asgi(seen), "GET", "/", users=3, requests=10, on_start=leaves)
+    start = failed.value.result.extras["on_start"]
+    assert start["hook_errors"] == {"SystemExit": 1, "NotRun": 2}
+    assert seen == []
+
+
+def test_start_hooks_that_cannot_run_as_hooks_are_refused_before_load() -> None:
+    seen: list[str] = []
+
+    def generator(user: Any) -> Any:
+        yield user.get("/login")
+
+    async def async_generator(user: Any) -> Any:
+        yield await user.get("/login")
+
+    def two(user: Any, other: Any) -> None: ...
+
+    def none() -> None: ...
+
+    for hook in (generator, async_generator):
+        with pytest.raises(
+            ConfigError, match=r"on_start=.* \(from keyword argument\) is a generator"
+        ):
+            run_storm(_who_asgi(seen), "GET", "/", requests=5, on_start=hook)
+    for hook in (two, none):
+        with pytest.raises(
+            ConfigError, match=r"on_start=.* must take one argument, the virtual user"
+        ):
+            run_storm(_who_wsgi(seen), "GET", "/", requests=5, on_start=hook)
+    assert seen == []
+
+
+def test_a_start_hook_past_its_deadline_fails_its_user_and_the_storm_ends_on_time() -> None:
+    seen: list[str] = []
+    release = threading.Event()
+
+    def stuck(user: Any) -> None:
+        if user.index == 1:
+            release.wait(10)  # far past its deadline (timeout_ms)
+
+    started = time.perf_counter()
+    try:
+        with pytest.raises(BudgetExceeded, match="on_start") as failed:
+            run_storm(
+                _who_wsgi(seen), "GET", "/", users=3, duration=0.3, timeout_ms=200, on_start=stuck
+            )
+        elapsed = time.perf_counter() - started
+    finally:
+        release.set()
+    # Before: the storm waited for the hook (10 s); now the user fails at 0.2 s.
+    assert elapsed < 0.2 + 0.3 + 2.0
+    start = failed.value.result.extras["on_start"]
+    assert start["hook_errors"] == {"HookDeadline": 1}
+    assert "still running at its 0.2 s deadline" in str(failed.value)
+
+
+def test_an_async_start_hook_that_blocks_the_loop_is_named_with_its_overrun() -> None:
+    seen: list[str] = []
+
+    async def blocks(user: Any) -> None:
+        time.sleep(0.3)  # holds the loop: no deadline can interrupt it
+
+    with pytest.raises(BudgetExceeded, match="on_start") as failed:
+        run_storm(_who_asgi(seen), "GET", "/", users=1, requests=3, timeout_ms=100, on_start=blocks)
+    assert re.search(
+        r"on_start hook blocked for 0\.\d s past its 0\.1 s deadline", str(failed.value)
+    )

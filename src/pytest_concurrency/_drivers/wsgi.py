@@ -420,7 +420,12 @@ class WsgiPool:
         cpu_before = process_time()
         for thread in [*helpers, *workers]:
             thread.start()
-        first_sends = schedule.first_sends()
+        # A user whose on_start failed sends nothing.
+        first_sends = [
+            (user, when)
+            for user, when in schedule.first_sends()
+            if users is None or not getattr(users[user], "start_failed", False)
+        ]
         now = perf_counter()
         for user, when in first_sends:
             if when <= now:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -108,6 +109,7 @@ def plan_storm(
                 f"on_start (from {config.origin_of('on_start')}) needs the closed model: "
                 "open-model arrivals are not users with a session; use users= or stages="
             )
+        _check_hook(on_start, config.origin_of("on_start"))
     checks = parse_checks(config.checks, config.origin_of("checks"))
     if config.engine == "locust":
         _check_locust(config, mix, server, url)
@@ -129,6 +131,30 @@ def plan_storm(
         on_start=on_start,
         checks=checks,
     )
+
+
+def _check_hook(hook: Any, origin: str) -> None:
+    """Refuse a start hook that could never run as one: a generator, or the wrong arity."""
+    target = hook if inspect.isfunction(hook) or inspect.ismethod(hook) else None
+    if target is None:
+        call = getattr(hook, "__call__", None)  # noqa: B004 - the object's own __call__
+        target = call if inspect.ismethod(call) else hook
+    if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
+        raise ConfigError(
+            f"on_start={hook!r} (from {origin}) is a generator function: calling it runs "
+            "nothing of it; make it a plain def or an async def taking the virtual user"
+        )
+    try:
+        signature = inspect.signature(hook)
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: judged when it runs
+    try:
+        signature.bind(object())
+    except TypeError as exc:
+        raise ConfigError(
+            f"on_start={hook!r} (from {origin}) must take one argument, the virtual user "
+            f"(its signature is {signature}: {exc})"
+        ) from None
 
 
 def _check_locust(

@@ -355,7 +355,10 @@ class AsyncRunner:
                     self.alive += 1
                     tasks.spawn(self.arrivals())
                 else:
+                    users = self.users
                     for uid, first in schedule.first_sends():
+                        if users is not None and users[uid].start_failed:
+                            continue  # its on_start failed: the user sends nothing
                         self.spawn_user(uid, first)
                 tasks.spawn(self.monitor())
                 await tasks.wait()

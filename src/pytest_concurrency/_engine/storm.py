@@ -34,7 +34,7 @@ from .._report._remarks import (
     server_probes_note,
     undeclared_upstream_warning,
 )
-from .._result import StormResult
+from .._result import StormResult, Verdict
 from .._servers import ResourceSampler, ResourceUsage, RunningServer, serve
 from .._servers.channel import ProbeReport
 from .._servers.simio import ENV as SIMIO_ENV
@@ -300,6 +300,10 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
         # fails it as not measured, rather than passing on nothing.
         budgets["max_error_rate"] = 0.0
     chosen.verdicts = evaluate(chosen, budgets)
+    hooks_failed = int((chosen.extras.get("on_start") or {}).get("hooks_failed_count") or 0)
+    if hooks_failed:
+        # As in Locust, a user whose start hook failed fails, and so does its storm.
+        chosen.verdicts.append(Verdict("on_start", 0.0, float(hooks_failed), False))
     for endpoint, budgets in config.endpoint_budgets.items():
         chosen.verdicts.extend(evaluate_endpoint(chosen, endpoint, budgets))
     if chosen.knee is not None:

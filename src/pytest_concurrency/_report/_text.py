@@ -248,6 +248,20 @@ def unmeasured_reason(name: str, data: Mapping[str, Any]) -> str:
     return "the storm recorded no such figure"
 
 
+def start_hooks_failed(start: Mapping[str, Any]) -> str:
+    """Which ``on_start`` hooks failed, how many times, and one example."""
+    count = int(start.get("hooks_failed_count") or 0)
+    kinds = start.get("hook_errors") or {}
+    listed = ", ".join(f"{kind} ×{int(n):,}" for kind, n in list(kinds.items())[:_SHOWN])
+    lines = str(start.get("example") or "").strip().splitlines()
+    example = _one_line(lines[-1], 160) if lines else ""
+    text = (
+        f"{count:,} of {int(start.get('users') or count):,} users' start hooks failed "
+        f"({listed}), so those users sent nothing"
+    )
+    return f"{text}; e.g. {example}" if example else text
+
+
 def _noise_note(result: StormResult, v: Verdict, aggregate: str) -> str:
     spread = within_noise(result, v)
     if spread is None:
@@ -307,6 +321,8 @@ def verdict_table(result: StormResult, *, indent: str = "  ", remarks: bool = Tr
         word = verdict_word(v)
         if math.isnan(v.measured):
             word += f": {unmeasured_reason(v.name, data)}"
+        elif v.name == "on_start":
+            word += f": {start_hooks_failed((data.get('extras') or {}).get('on_start') or {})}"
         else:
             word += _noise_note(result, v, aggregate)
         rows.append((v.name, format_number(v.limit), format_number(v.measured), word))
