@@ -337,3 +337,119 @@ def test_an_async_start_hook_that_blocks_the_loop_is_named_with_its_overrun() ->
     assert re.search(
         r"on_start hook blocked for 0\.\d s past its 0\.1 s deadline", str(failed.value)
     )
+
+
+def test_an_async_check_is_awaited_on_an_async_driver() -> None:
+    seen: list[str] = []
+    awaited: list[int] = []
+
+    async def never_ok(response: Any) -> bool:
+        await asyncio.sleep(0)
+        awaited.append(response.status)
+        return False
+
+    with pytest.raises(BudgetExceeded, match="max_error_rate") as failed:
+        run_storm(_who_asgi(seen), "GET", "/", requests=10, checks=never_ok)
+    result = failed.value.result
+    assert awaited == [200] * 10
+    assert result.errors["CheckFailed"].count == 10
+    assert "never_ok returned False" in result.errors["CheckFailed"].example
+
+    # An async check that holds: the storm passes.
+    async def ok(response: Any) -> bool:
+        return response.status == 200
+
+    assert run_storm(_who_asgi(seen), "GET", "/", requests=10, checks=ok).passed
+
+
+def test_an_async_check_is_refused_before_load_on_the_wsgi_pool() -> None:
+    seen: list[str] = []
+
+    async def ok(response: Any) -> bool:
+        return True
+
+    with pytest.raises(
+        ConfigError, match=r"checks: ok \(from keyword argument\) is an async def check"
+    ):
+        run_storm(_who_wsgi(seen), "GET", "/", requests=5, checks=ok)
+    with pytest.raises(ConfigError, match=r"checks of GET /: ok .* is an async def check"):
+        run_storm(_who_wsgi(seen), requests=[Request("GET", "/", checks=ok)], duration=0.2)
+    assert seen == []
+
+
+def test_a_check_that_is_no_plain_verdict_fails_its_request() -> None:
+    seen: list[str] = []
+
+    def says_yes(response: Any) -> str:
+        return "yes"  # truthy, but no verdict
+
+    def leaves(response: Any) -> bool:
+        raise SystemExit(1)
+
+    async def ok(response: Any) -> bool:
+        return True
+
+    def built(user: Any, iteration: int) -> Request:
+        return Request("GET", "/", checks=ok)  # made mid-storm: not seen before load
+
+    for check, wanted in [
+        (says_yes, "says_yes returned str, not True, False or None"),
+        (leaves, "leaves raised SystemExit: 1"),
+    ]:
+        result = run_storm(_who_wsgi(seen), "GET", "/", requests=5, checks=check, check=False)
+        assert result.errors["CheckFailed"].count == 5
+        assert wanted in result.errors["CheckFailed"].example
+    result = run_storm(_who_wsgi(seen), requests=built, users=1, duration=0.2, check=False)
+    assert result.failed == result.requests > 0
+    assert "an async check" in result.errors["CheckFailed"].example
+
+
+def test_checks_that_cannot_judge_are_refused_before_load() -> None:
+    def generator(response: Any) -> Any:
+        yield response.status == 200
+
+    def two(response: Any, other: Any) -> bool:
+        return True
+
+    with pytest.raises(ConfigError, match=r"checks=.*generator.* is a generator function"):
+        run_storm(_flaky, "GET", "/", checks=generator)
+    with pytest.raises(ConfigError, match=r"checks=.*two.* must take one argument, the response"):
+        run_storm(_flaky, "GET", "/", checks=[200, two])
+
+
+@pytest.mark.parametrize("make", [_who_asgi, _who_wsgi], ids=["asgi", "wsgi"])
+def test_a_check_that_blocks_past_its_deadline_is_named(make: Any) -> None:
+    seen: list[str] = []
+
+    def slow(response: Any) -> bool:
+        time.sleep(0.15)
+        return True
+
+    result = run_storm(
+        make(seen), "GET", "/", users=1, requests=2, timeout_ms=100, checks=slow, check=False
+    )
+    assert result.failed == 2
+    assert result.errors["CheckFailed"].count == 2
+    assert re.search(
+        r"check slow blocked for 0\.\d s past its 0\.1 s deadline",
+        result.errors["CheckFailed"].example,
+    )
+    assert result.latency.max == pytest.approx(100, abs=1)
+
+
+def test_an_async_check_past_its_deadline_fails_its_request_on_time() -> None:
+    seen: list[str] = []
+
+    async def hangs(response: Any) -> bool:
+        await asyncio.sleep(30)
+        return True
+
+    started = time.perf_counter()
+    result = run_storm(
+        _who_asgi(seen), "GET", "/", requests=2, timeout_ms=100, checks=hangs, check=False
+    )
+    assert time.perf_counter() - started < 2.0
+    assert result.failed == 2
+    assert "check hangs was still running at its 0.1 s deadline" in (
+        result.errors["CheckFailed"].example
+    )

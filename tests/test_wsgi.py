@@ -109,3 +109,30 @@ def test_window_shorter_than_a_round_of_users_is_flagged() -> None:
     assert any("shorter than one round of users" in w for w in result.warnings)
     steady = run_storm(wsgi_sleep(0.005), "GET", "/", users=4, workers=2, duration=0.3)
     assert not any("one round" in w for w in steady.warnings)
+
+
+@pytest.mark.parametrize(("sleep", "timeout_ms"), [(0.35, 300), (0.15, 100)])
+def test_handlers_slower_than_the_timeout_are_timeouts_not_a_crash(
+    sleep: float, timeout_ms: int, no_leaked_threads: None
+) -> None:
+    # 20 users on 8 threads, each handler slower than the timeout: the backlog drains past
+    # the storm's end; every late completion is a timeout, and no handler is "stuck" while
+    # it is inside its own deadline.
+    started = time.perf_counter()
+    result = run_storm(
+        wsgi_sleep(sleep),
+        "GET",
+        "/",
+        users=20,
+        workers=8,
+        duration=0.2,
+        timeout_ms=timeout_ms,
+        check=False,
+    )
+    assert result.timeouts == result.requests >= 8
+    assert result.latency.max == pytest.approx(timeout_ms, abs=1)
+    assert result.queue_wait is not None
+    assert result.queue_wait.max <= timeout_ms + 1
+    assert not result.passed
+    # The storm's end, its timeout, then at most one handler each past that.
+    assert time.perf_counter() - started < 0.2 + 2 * timeout_ms / 1000 + sleep + 2.0

@@ -12,7 +12,7 @@ from typing import Any
 
 from .._apps import Interface, app_label, detect_interface
 from .._apps import _module_attribute as importable_name
-from .._checks import NO_CHECKS, Checks, parse_checks
+from .._checks import NO_CHECKS, Checks, is_async_callable, parse_checks
 from .._errors import ConfigError
 from .._metrics import Recorder
 from .._metrics.fold import is_failure
@@ -111,6 +111,8 @@ def plan_storm(
             )
         _check_hook(on_start, config.origin_of("on_start"))
     checks = parse_checks(config.checks, config.origin_of("checks"))
+    if interface == "wsgi" and url is None and server is None:
+        _refuse_async_checks(checks, mix, config)
     if config.engine == "locust":
         _check_locust(config, mix, server, url)
     if mix.factory is not None:
@@ -131,6 +133,23 @@ def plan_storm(
         on_start=on_start,
         checks=checks,
     )
+
+
+def _refuse_async_checks(checks: Checks, mix: RequestMix, config: StormConfig) -> None:
+    """The in-process WSGI pool's threads run no event loop: an ``async def`` check could
+    only be run on a loop of its own per response, which would time the loop, not the app."""
+    for where, parsed, origin in [
+        ("checks", checks, config.origin_of("checks")),
+        *((f"checks of {r.label}", r.parsed_checks, "the request") for r in mix.requests),
+    ]:
+        for name, func in parsed.funcs:
+            if is_async_callable(func):
+                raise ConfigError(
+                    f"{where}: {name} (from {origin}) is an async def check, which the "
+                    "in-process WSGI pool cannot await (its threads run no event loop); make "
+                    "it a plain def returning True, False or None, or storm the app behind a "
+                    "server (server='gunicorn'), whose client awaits it"
+                )
 
 
 def _check_hook(hook: Any, origin: str) -> None:

@@ -477,7 +477,9 @@ def execute_pool(
         count = Schedule(config, 0.0).users
         users, started = _start_users_sync(plan, driver, count)
         extras["on_start"] = started.to_dict(count)
-    inspector = Inspector(book, plan.mix, plan.checks, users is not None)
+    inspector = Inspector(
+        book, plan.mix, plan.checks, users is not None, deadline=config.timeout_ms / 1000
+    )
     schedule = Schedule(config, origin() if origin is not None else perf_counter() + _LEAD)
     wall_before = perf_counter()
     contention = CpuContention().start()
@@ -529,12 +531,12 @@ def run_pool_round(plan: StormPlan, live: LiveFigures | None = None) -> StormRes
 def finish(plan: StormPlan, output: RoundOutput) -> StormResult:
     """Fold a round's output into a result and add what the round itself noticed."""
     figures = output.figures
-    window = figures.window
     if output.stuck_threads:
         raise StormError(
             f"{len(output.stuck_threads)} worker thread(s) were still running the app "
-            f"{window.deadline - window.stop_at:.1f} s after the storm's end "
-            f"({', '.join(output.stuck_threads[:4])}): a handler that never returns? "
+            f"{plan.config.timeout_ms / 1000:g} s (timeout_ms) and a 2 s grace after they "
+            f"picked their request ({', '.join(output.stuck_threads[:4])}): a handler that "
+            "never returns? "
             "Lower its wait or raise timeout_ms"
         )
     result = fold(plan, figures, server=output.server, pool=output.pool)
