@@ -136,3 +136,26 @@ def test_handlers_slower_than_the_timeout_are_timeouts_not_a_crash(
     assert not result.passed
     # The storm's end, its timeout, then at most one handler each past that.
     assert time.perf_counter() - started < 0.2 + 2 * timeout_ms / 1000 + sleep + 2.0
+
+
+def test_a_pool_that_cannot_start_its_threads_stops_those_it_started(
+    monkeypatch: pytest.MonkeyPatch, no_leaked_threads: None
+) -> None:
+    real_start = threading.Thread.start
+    started: list[str] = []
+
+    def start(self: threading.Thread) -> None:
+        if self.name.removeprefix("storm-wsgi-").isdigit():  # a worker thread of the pool
+            if len(started) >= 5:
+                raise RuntimeError("can't start new thread")
+            started.append(self.name)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with pytest.raises(
+        StormError, match=r"could start only 5 of its 16 threads \(workers=4 × threads=4\)"
+    ):
+        run_storm(wsgi_hello, "GET", "/", workers=4, threads=4, users=4, duration=0.2)
+    monkeypatch.undo()
+    # The process can still storm: nothing of the failed pool is left running.
+    assert run_storm(wsgi_hello, "GET", "/", users=4, requests=20).requests == 20

@@ -23,6 +23,7 @@ import httpx
 from werkzeug.test import EnvironBuilder
 
 from .._checks import NO_CHECKS
+from .._errors import StormError
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
 from .._workload import Request
 from .base import BadHeaders, BadStatus, BodyNotBytes, NoStartResponse, StartedTwice
@@ -235,6 +236,22 @@ class WsgiPool:
             return f"{self.workers} sync worker{'s' if self.workers != 1 else ''}"
         return f"{self.workers} worker{'s' if self.workers != 1 else ''} × {self.threads} threads"
 
+    @staticmethod
+    def _stop_started(
+        started: list[threading.Thread],
+        stop: threading.Event,
+        backlog: SimpleQueue[tuple[float, int] | None],
+        timer_cv: threading.Condition,
+        workers: int,
+    ) -> None:
+        stop.set()
+        for _ in range(workers):
+            backlog.put(None)
+        with timer_cv:
+            timer_cv.notify_all()
+        for thread in started:
+            thread.join(5.0)
+
     def run(
         self,
         schedule: Schedule,
@@ -443,8 +460,21 @@ class WsgiPool:
             for slot in range(self.size)
         ]
         cpu_before = process_time()
-        for thread in [*helpers, *workers]:
-            thread.start()
+        started: list[threading.Thread] = []
+        try:
+            for thread in [*helpers, *workers]:
+                thread.start()
+                started.append(thread)
+        except RuntimeError as exc:
+            # The machine would not give the pool all its threads (a thread limit, memory
+            # for their stacks): stop those that started, so that none outlives the storm.
+            self._stop_started(started, stop, backlog, timer_cv, len(workers))
+            running = sum(1 for t in started if t in workers)
+            raise StormError(
+                f"the WSGI pool could start only {running:,} of its {self.size:,} threads "
+                f"(workers={self.workers} × threads={self.threads}): {exc}; lower workers= "
+                "or threads=, or raise the machine's limit on threads"
+            ) from exc
         # A user whose on_start failed sends nothing.
         first_sends = [
             (user, when)
