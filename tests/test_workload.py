@@ -9,10 +9,10 @@ from typing import Any
 import anyio
 import pytest
 
-from pytest_concurrency import BudgetExceeded, ConfigError, Request, run_storm
+from pytest_concurrency import BudgetExceeded, ConfigError, Request, StormError, run_storm
 from pytest_concurrency._workload import Profile
 
-from .apps import asgi_hello, asgi_sleep, wsgi_sleep
+from .apps import asgi_hello, asgi_sleep, wsgi_hello, wsgi_sleep
 
 
 def test_profile_arrivals_follow_the_rate() -> None:
@@ -235,3 +235,20 @@ def test_timeouts_are_booked_to_their_own_endpoint(interface: str) -> None:
     assert slow.errors == slow.requests
     assert fast.errors == 0
     assert result.timeouts == slow.requests
+
+
+@pytest.mark.parametrize("app", [asgi_hello, wsgi_hello], ids=["asgi", "wsgi"])
+def test_a_request_factory_that_exits_stops_the_storm_with_an_error_naming_it(app: Any) -> None:
+    def leaves(user: Any, iteration: int) -> Request:
+        if iteration == 3:
+            raise SystemExit(0)  # would end a script with status 0 and no output
+        return Request("GET", "/")
+
+    with pytest.raises(StormError, match=r"requests=<function .*leaves.* raised SystemExit"):
+        run_storm(app, requests=leaves, users=1, duration=0.3)
+
+    def at_once(user: Any, iteration: int) -> Request:
+        raise SystemExit(2)
+
+    with pytest.raises(ConfigError, match=r"requests=<function .*at_once.* raised SystemExit: 2"):
+        run_storm(app, requests=at_once, users=1, duration=0.3)
