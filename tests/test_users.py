@@ -335,7 +335,7 @@ def test_an_async_start_hook_that_blocks_the_loop_is_named_with_its_overrun() ->
     with pytest.raises(BudgetExceeded, match="on_start") as failed:
         run_storm(_who_asgi(seen), "GET", "/", users=1, requests=3, timeout_ms=100, on_start=blocks)
     assert re.search(
-        r"on_start hook blocked for 0\.\d s past its 0\.1 s deadline", str(failed.value)
+        r"on_start hook blocked for \d+\.\d s past its 0\.1 s deadline", str(failed.value)
     )
 
 
@@ -431,7 +431,7 @@ def test_a_check_that_blocks_past_its_deadline_is_named(make: Any) -> None:
     assert result.failed == 2
     assert result.errors["CheckFailed"].count == 2
     assert re.search(
-        r"check slow blocked for 0\.\d s past its 0\.1 s deadline",
+        r"check slow blocked for \d+\.\d s past its 0\.1 s deadline",
         result.errors["CheckFailed"].example,
     )
     assert result.latency.max == pytest.approx(100, abs=1)
@@ -448,7 +448,7 @@ def test_an_async_check_past_its_deadline_fails_its_request_on_time() -> None:
     result = run_storm(
         _who_asgi(seen), "GET", "/", requests=2, timeout_ms=100, checks=hangs, check=False
     )
-    assert time.perf_counter() - started < 2.0
+    assert time.perf_counter() - started < 5.0  # the check would hang for 30 s
     assert result.failed == 2
     assert "check hangs was still running at its 0.1 s deadline" in (
         result.errors["CheckFailed"].example
