@@ -62,6 +62,7 @@ __all__ = [
     "execute_pool",
     "finish",
     "harness_cost_us",
+    "merge_start",
     "run_async_round",
     "run_pool_round",
 ]
@@ -166,9 +167,35 @@ class StartRecords:
         }
 
 
+def merge_start(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One ``extras["on_start"]`` from the shards' (counts added, the slowest percentiles)."""
+    if not parts:
+        return None
+    merged: dict[str, Any] = dict(parts[0])
+    for part in parts[1:]:
+        for key in ("users", "requests", "failed", "hooks_failed_count", "left_running"):
+            merged[key] = int(merged.get(key) or 0) + int(part.get(key) or 0)
+        for key in ("status_counts", "errors", "hook_errors"):
+            total = Counter(merged.get(key) or {})
+            total.update(part.get(key) or {})
+            merged[key] = dict(total)
+        merged["hooks_failed"] = [*merged.get("hooks_failed", []), *part.get("hooks_failed", [])][
+            :5
+        ]
+        merged["example"] = merged.get("example") or part.get("example", "")
+        for key in ("p50_ms", "p99_ms"):
+            values = [v for v in (merged.get(key), part.get(key)) if v is not None]
+            merged[key] = max(values) if values else None
+    return merged
+
+
 #: Start hooks that run at once (a login storm before the storm would distort nothing
 #: measured, but thousands at once would only queue).
 _START_CONCURRENCY = 64
+
+
+#: Said of a start hook's thread past its deadline: Python cannot stop a thread.
+_LEFT_RUNNING = "; its thread cannot be stopped and ends when the hook returns"
 
 
 def _hook_deadline(plan: StormPlan) -> float:
@@ -226,10 +253,13 @@ async def _start_users_async(
                 except BaseException as exc:
                     error = exc
             if scope.cancelled_caught:
+                left = "" if is_async_hook(hook) else _LEFT_RUNNING
+                records.left_running += bool(left)
                 records.fail(
                     user,
                     "HookDeadline",
-                    f"on_start hook was still running at its {deadline:g} s deadline (timeout_ms)",
+                    f"on_start hook was still running at its {deadline:g} s deadline "
+                    f"(timeout_ms){left}",
                 )
                 return
             records.judge(user, outcome, error, clock.now() - began)
@@ -310,7 +340,8 @@ def _start_users_sync(
                 records.fail(
                     user,
                     "HookDeadline",
-                    f"on_start hook was still running at its {deadline:g} s deadline (timeout_ms)",
+                    f"on_start hook was still running at its {deadline:g} s deadline "
+                    f"(timeout_ms){_LEFT_RUNNING}",
                 )
     return users, records
 
