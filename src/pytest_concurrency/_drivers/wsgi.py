@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import heapq
 import io
+import os
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -201,6 +203,19 @@ class WsgiDriver:
         if capture or status >= 400:
             return status, first, start_response.headers, chunks or []
         return status, first, None, None
+
+
+def _where(thread: threading.Thread) -> str:
+    """*thread*'s name and the innermost function of the app (or of a check) it is in."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    while frame is not None:
+        code = frame.f_code
+        if not code.co_filename.startswith((package, os.path.dirname(threading.__file__))):
+            where = f"{code.co_name}() at {os.path.basename(code.co_filename)}:{frame.f_lineno}"
+            return f"{thread.name} in {where}"
+        frame = frame.f_back
+    return thread.name
 
 
 class _Expired(Exception):
@@ -538,7 +553,7 @@ class WsgiPool:
                     until = since + timeout + _STALL_GRACE if since else ended + 1.0
                 thread.join(max(0.05, until - perf_counter()))
                 if thread.is_alive():
-                    stuck.append(thread.name)
+                    stuck.append(_where(thread))
         if failures:
             raise failures[0]
         return PoolRun(recorders, stuck, process_time() - cpu_before)

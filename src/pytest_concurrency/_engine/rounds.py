@@ -564,7 +564,8 @@ def finish(plan: StormPlan, output: RoundOutput) -> StormResult:
     figures = output.figures
     if output.stuck_threads:
         raise StormError(
-            f"{len(output.stuck_threads)} worker thread(s) were still running the app "
+            f"{len(output.stuck_threads)} worker thread(s) were still running the app (or a "
+            "check on its response) "
             f"{plan.config.timeout_ms / 1000:g} s (timeout_ms) and a 2 s grace after they "
             f"picked their request ({', '.join(output.stuck_threads[:4])}): a handler that "
             "never returns? "
