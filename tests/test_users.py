@@ -392,9 +392,17 @@ def test_a_check_that_is_no_plain_verdict_fails_its_request() -> None:
     def built(user: Any, iteration: int) -> Request:
         return Request("GET", "/", checks=ok)  # made mid-storm: not seen before load
 
+    class bool_:  # numpy's bool, as numpy names it
+        def __bool__(self) -> bool:
+            return False
+
+    def numpy_says_no(response: Any) -> Any:
+        return bool_()
+
     for check, wanted in [
         (says_yes, "says_yes returned str, not True, False or None"),
         (leaves, "leaves raised SystemExit: 1"),
+        (numpy_says_no, "numpy_says_no returned False"),
     ]:
         result = run_storm(_who_wsgi(seen), "GET", "/", requests=5, checks=check, check=False)
         assert result.errors["CheckFailed"].count == 5

@@ -195,6 +195,8 @@ def _close(awaitable: Any) -> None:
 def _verdict_failure(name: str, verdict: Any, took: float, deadline: float) -> str | None:
     if took > deadline:
         return f"check {name} blocked for {took:.1f} s past its {deadline:g} s deadline"
+    if type(verdict).__name__ == "bool_":  # numpy's bool: a verdict all the same
+        verdict = bool(verdict)
     if verdict is False:
         return f"{name} returned False"
     if verdict is True or verdict is None:
