@@ -4,6 +4,11 @@
 statuses, or a callable on the :class:`Response` that returns False or raises. A failed
 check counts as a failed request, under the kind ``CheckFailed`` with the first message
 and a sample of the body.
+
+A check is judged, never assumed: one that returns anything but True, False or None, or
+raises (``SystemExit`` too), or takes longer than the request's timeout, fails. An
+``async def`` check is awaited by async drivers; the in-process WSGI pool, whose threads
+run no event loop, refuses it before load.
 """
 
 from __future__ import annotations
