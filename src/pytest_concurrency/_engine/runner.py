@@ -201,6 +201,9 @@ class AsyncRunner:
             if not status:
                 status, error = STATUS_EXCEPTION, self.book.kind(None, "NoResponse")
             elif checks.awaits:
+                # The response is in: an async check is held to its own deadline, not the
+                # request's timeout (which would record it as a timeout, unnamed).
+                slot.since = 0.0
                 error = await self.inspector.alook(
                     slot.user, index, checks, status, exchange.headers, exchange.body
                 )
