@@ -237,7 +237,7 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
             entry = _thread_entry(frame)
             if entry is None:
                 continue  # an idle worker of an executor: waits for work, not for time
-            how = f"thread {thread.name!r} running {entry}, whose result the loop awaits"
+            how = f"thread {thread.name!r} running {entry}, which the loop may be waiting on"
             return _THREADS.format(how=how)
         return None
 
