@@ -12,7 +12,7 @@ import pytest
 from pytest_concurrency import BudgetExceeded, ConfigError, Request, StormError, run_storm
 from pytest_concurrency._workload import Profile
 
-from .apps import asgi_hello, asgi_sleep, wsgi_sleep
+from .apps import asgi_hello, asgi_sleep, wsgi_hello, wsgi_sleep
 
 
 def test_profile_arrivals_follow_the_rate() -> None:
@@ -378,3 +378,20 @@ def test_a_header_a_start_hook_sets_that_cannot_be_sent_fails_every_request_unse
 def test_a_method_outside_ascii_is_a_config_error_naming_method() -> None:
     with pytest.raises(ConfigError, match=r"method='GÉT' \(from storm\(\) arguments\)"):
         run_storm(asgi_hello, "GÉT", "/", duration=0.1)
+
+
+@pytest.mark.parametrize("app", [asgi_hello, wsgi_hello], ids=["asgi", "wsgi"])
+def test_a_request_factory_that_exits_stops_the_storm_with_an_error_naming_it(app: Any) -> None:
+    def leaves(user: Any, iteration: int) -> Request:
+        if iteration == 3:
+            raise SystemExit(0)  # would end a script with status 0 and no output
+        return Request("GET", "/")
+
+    with pytest.raises(StormError, match=r"requests=<function .*leaves.* raised SystemExit"):
+        run_storm(app, requests=leaves, users=1, duration=0.3)
+
+    def at_once(user: Any, iteration: int) -> Request:
+        raise SystemExit(2)
+
+    with pytest.raises(ConfigError, match=r"requests=<function .*at_once.* raised SystemExit: 2"):
+        run_storm(app, requests=at_once, users=1, duration=0.3)

@@ -244,7 +244,7 @@ class RequestMix:
             raise RuntimeError("not a templated mix")
         try:
             request = self.factory(user, iteration)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in a factory: no silent end
             raise StormError(
                 f"requests={self.factory!r} raised {type(exc).__name__}: {exc} for user {user}, "
                 f"iteration {iteration}; the storm was stopped"

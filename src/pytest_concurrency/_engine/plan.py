@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from time import perf_counter
 from typing import Any
 
 from .._apps import Interface, app_label, detect_interface, import_name, load_app
-from .._checks import NO_CHECKS, Checks, parse_checks
+from .._checks import NO_CHECKS, Checks, is_async_callable, parse_checks
 from .._errors import ConfigError
 from .._metrics import Recorder
 from .._metrics.fold import is_failure
@@ -116,7 +117,10 @@ def plan_storm(
                 f"on_start (from {config.origin_of('on_start')}) needs the closed model: "
                 "open-model arrivals are not users with a session; use users= or stages="
             )
+        _check_hook(on_start, config.origin_of("on_start"))
     checks = parse_checks(config.checks, config.origin_of("checks"))
+    if interface == "wsgi" and url is None and server is None:
+        _refuse_async_checks(checks, mix, config)
     if config.engine == "locust":
         _check_locust(config, mix, server, url)
     if mix.factory is not None:
@@ -138,6 +142,47 @@ def plan_storm(
         checks=checks,
         import_string=named,
     )
+
+
+def _refuse_async_checks(checks: Checks, mix: RequestMix, config: StormConfig) -> None:
+    """The in-process WSGI pool's threads run no event loop: an ``async def`` check could
+    only be run on a loop of its own per response, which would time the loop, not the app."""
+    for where, parsed, origin in [
+        ("checks", checks, config.origin_of("checks")),
+        *((f"checks of {r.label}", r.parsed_checks, "the request") for r in mix.requests),
+    ]:
+        for name, func in parsed.funcs:
+            if is_async_callable(func):
+                raise ConfigError(
+                    f"{where}: {name} (from {origin}) is an async def check, which the "
+                    "in-process WSGI pool cannot await (its threads run no event loop); make "
+                    "it a plain def returning True, False or None, or storm the app behind a "
+                    "server (server='gunicorn'), whose client awaits it"
+                )
+
+
+def _check_hook(hook: Any, origin: str) -> None:
+    """Refuse a start hook that could never run as one: a generator, or the wrong arity."""
+    target = hook if inspect.isfunction(hook) or inspect.ismethod(hook) else None
+    if target is None:
+        call = getattr(hook, "__call__", None)  # noqa: B004 - the object's own __call__
+        target = call if inspect.ismethod(call) else hook
+    if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
+        raise ConfigError(
+            f"on_start={hook!r} (from {origin}) is a generator function: calling it runs "
+            "nothing of it; make it a plain def or an async def taking the virtual user"
+        )
+    try:
+        signature = inspect.signature(hook)
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: judged when it runs
+    try:
+        signature.bind(object())
+    except TypeError as exc:
+        raise ConfigError(
+            f"on_start={hook!r} (from {origin}) must take one argument, the virtual user "
+            f"(its signature is {signature}: {exc})"
+        ) from None
 
 
 def _check_locust(
