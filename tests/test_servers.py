@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import json
 import os
 import signal
@@ -183,8 +184,10 @@ def test_caller_path_cwd_and_setup_hook_reach_the_server(tmp_path: Path) -> None
 
 
 def test_missing_server_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = _process.installed
-    monkeypatch.setattr(_process, "installed", lambda name: name != "granian" and real(name))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "granian" else real(name)
+    )
     monkeypatch.setattr(_process.subprocess, "Popen", None)  # nothing may start
     with (
         pytest.raises(

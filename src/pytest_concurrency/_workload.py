@@ -306,7 +306,7 @@ def build_mix(
             return mix
         try:
             first = requests(0, 0)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in a factory: no silent end
             raise ConfigError(
                 f"requests={requests!r} (from keyword argument) raised "
                 f"{type(exc).__name__}: {exc} when called with (0, 0) before the storm"
