@@ -201,3 +201,78 @@ def test_no_thread_outlives_an_asgi_storm() -> None:
 
     run_storm(fastapi_app.app, "GET", "/sync-io", users=10, duration=0.3)
     run_storm(asgi_hello, "GET", "/", users=10, duration=0.2, timeout_ms=50)
+
+
+# -- response headers and lengths, held to what a real server sends -----------------------
+
+
+def _answer(headers: list[Any], *chunks: bytes, status: int = 200) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        for chunk in chunks[:-1]:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": chunks[-1] if chunks else b""})
+
+    return app
+
+
+BAD_RESPONSE_HEADERS = [
+    [(b"x-a", b"v\r\nset-cookie: evil=1")],
+    [(b"x-a", b"v\nx")],
+    [(b"x-a", b"a\x00b")],
+    [(b"x a", b"v")],
+    [(b"x-a\r\n", b"v")],
+    [(b"", b"v")],
+    [(b"content-length", b"two")],
+    [(b"content-length", b"2"), (b"content-length", b"3")],
+]
+
+
+@pytest.mark.parametrize("headers", BAD_RESPONSE_HEADERS, ids=repr)
+def test_a_response_header_a_server_refuses_is_a_protocol_error(headers: list[Any]) -> None:
+    # h11 (uvicorn's and httpx's grammar) refuses each of these too.
+    import h11
+
+    with pytest.raises(h11.LocalProtocolError):
+        h11.Response(status_code=200, headers=headers)
+    app = _answer([(b"content-type", b"text/plain"), *headers], b"ok")
+    result = run_storm(app, "GET", "/", users=2, requests=10, check=False, lifespan="off")
+    assert result.errors["InvalidHeader"].count == result.failed == 10
+    # The same list is refused again: only valid lists are remembered.
+    again = run_storm(app, "GET", "/", requests=3, check=False, lifespan="off")
+    assert again.errors["InvalidHeader"].count == 3
+
+
+@pytest.mark.parametrize(
+    ("declared", "chunks", "word"),
+    [(b"5", (b"ok",), "shorter"), (b"1", (b"ok",), "longer"), (b"3", (b"ab", b"cd"), "longer")],
+)
+def test_a_content_length_that_lies_is_a_protocol_error(
+    declared: bytes, chunks: tuple[bytes, ...], word: str
+) -> None:
+    app = _answer([(b"content-length", declared)], *chunks)
+    result = run_storm(app, "GET", "/", users=2, requests=10, check=False, lifespan="off")
+    mismatch = result.errors["ContentLengthMismatch"]
+    assert mismatch.count == result.failed == 10
+    assert f"the body is {word} than its content-length" in mismatch.example
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "headers", "chunks"),
+    [
+        ("GET", 200, [(b"Content-Length", b"4")], (b"ab", b"cd")),
+        ("GET", 200, [(b"content-length", b"2, 2")], (b"ok",)),
+        ("HEAD", 200, [(b"content-length", b"100")], ()),
+        ("GET", 304, [(b"content-length", b"100")], ()),
+        ("GET", 204, [], ()),
+        ("GET", 200, [(b"x-tab", b"a\tb"), (b"x-latin", "caf\u00e9".encode("latin-1"))], (b"ok",)),
+    ],
+)
+def test_responses_a_server_sends_pass(
+    method: str, status: int, headers: list[Any], chunks: tuple[bytes, ...]
+) -> None:
+    app = _answer(headers, *chunks, status=status)
+    result = run_storm(app, method, "/", users=2, requests=10, lifespan="off")
+    assert result.status_counts == {status: 10}

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # A module of tiny apps, written where no test package can shadow it.
 APPS = '''
+import os
 import time
 
 import httpx
@@ -26,6 +28,17 @@ fast = asgi_sleep(0.01)
 slow = wsgi_sleep(0.01)
 hello = asgi_hello
 not_an_app = 42
+# The process that first imported this module (the test's); servers inherit the variable.
+FIRST = int(os.environ.setdefault("STORM_CLI_APPS_FIRST_PID", str(os.getpid())))
+
+
+async def fails_in_process(scope, receive, send):
+    """ASGI app that answers 500 in the test's own process and 200 in any other."""
+    if scope["type"] != "http":
+        return
+    status = 500 if os.getpid() == FIRST else 200
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
 
 
 def needs_token(environ, start_response):
@@ -104,6 +117,36 @@ def test_compare_puts_the_storms_side_by_side(
     assert f"{apps}:fast" in printed
     assert f"{apps}:slow" in printed
     assert "WSGI, 1 sync worker" in printed
+
+
+def test_ctrl_c_in_a_capacity_search_prints_what_the_finished_storms_measured(
+    apps: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_concurrency import _cli
+
+    real = _cli.run_capacity
+
+    def interrupted(plan: Any, *, on_trial: Any = None, **kwargs: Any) -> Any:
+        finished: list[Any] = []
+
+        def trial(result: Any) -> None:
+            assert on_trial is not None, "the command line keeps no storm of the search"
+            on_trial(result)
+            finished.append(result)
+            if len(finished) == 2:
+                raise KeyboardInterrupt  # Ctrl-C as the third storm starts
+
+        return real(plan, on_trial=trial, **kwargs)
+
+    monkeypatch.setattr(_cli, "run_capacity", interrupted)
+    storm = ["--users", "8", "--duration", "0.2", "--budget", "p99_ms=45", "--workers", "1-16"]
+    code = main(["capacity", f"{apps}:slow", *storm])
+    assert code == 130
+    out, err = capsys.readouterr()
+    (kinds,) = [line for line in out.splitlines() if line.startswith("kind")]
+    assert kinds.count("sync worker") == 2
+    assert any(line.startswith("p99 ms") for line in out.splitlines())
+    assert "interrupted (Ctrl-C)" in err
 
 
 def test_capacity_finds_the_worker_count(
@@ -393,3 +436,44 @@ def test_ctrl_c_during_a_storm_exits_130_without_a_traceback(apps: str) -> None:
     assert child.returncode == 130, err
     assert "Traceback" not in err
     assert "interrupted (Ctrl-C)" in err
+
+
+def test_the_cpu_contention_note_is_printed_once_for_several_storms(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pytest_concurrency._cli import _notes
+    from pytest_concurrency._model.remarks import contention_note
+
+    from .test_report import make_result
+
+    results = [make_result([1.0, 2.0], label=f"GET /{i}") for i in range(3)]
+    for share, result in zip((0.3, 0.5, 0.4), results, strict=True):
+        result.extras["cpu_contention"] = {"wait_share": share, "wait_s": 0.1}
+        result.notes.append(contention_note(share, 0.1))
+    _notes(results)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(
+        "note: the threads of 3 storms waited for a CPU 30%–50% of the time they were ready"
+    )
+
+
+@pytest.mark.parametrize("command", ["run", "capacity"])
+def test_server_option_runs_the_storm_behind_that_server(
+    apps: str, command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("httptools")
+    out = tmp_path / "out.json"
+    extra = ["--workers", "1-2", "--budget", "max_error_rate=0"] if command == "capacity" else []
+    args = [f"{apps}:fails_in_process", "--server", "uvicorn", "--users", "2", "--duration", "0.3"]
+    code = main([command, *args, "--json", str(out), *extra])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    document = json.loads(out.read_text())
+    if command == "capacity":
+        # In-process every request fails: only the server's worker can meet the budgets.
+        assert document["capacity"]["best"] == 1
+        return
+    (storm,) = document["storms"]
+    assert storm["server"].startswith("uvicorn, ")
+    assert storm["status_counts"] == {"200": storm["requests"]}

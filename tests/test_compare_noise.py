@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -423,6 +424,94 @@ def test_a_valid_baseline_loads(tmp_path: Path) -> None:
     assert len(_baseline.load("main", tmp_path)["storms"]) == 1
 
 
+def _with_figure(doc: dict[str, Any], where: tuple[str, ...], value: Any) -> dict[str, Any]:
+    storm = json.loads(json.dumps(doc["storms"][0]))
+    target = storm
+    for step in where[:-1]:
+        target = target[step]
+    target[where[-1]] = value
+    return {**doc, "storms": [storm]}
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "message"),
+    [
+        (("latency", "p99"), math.nan, r"storms\[0\]\.latency\.p99 is nan, not a finite number"),
+        (("latency", "p99"), math.inf, r"storms\[0\]\.latency\.p99 is inf, not a finite number"),
+        (("latency", "p99"), None, r"p99 is null \(not measured\)"),
+        (("latency", "p50"), -3.0, r"p50 is -3\.0, below 0"),
+        (("throughput",), None, r"rps is null \(not measured\)"),
+        (("throughput",), -math.inf, r"throughput is -inf, not a finite number"),
+        (("error_rate",), math.nan, r"error_rate is nan, not a finite number"),
+    ],
+)
+def test_a_baseline_figure_that_would_switch_the_gate_off_is_an_error(
+    tmp_path: Path, where: tuple[str, ...], value: Any, message: str
+) -> None:
+    # json.dumps writes NaN and Infinity as Python reads them back: a hand-edited file.
+    path = tmp_path / "main.json"
+    path.write_text(json.dumps(_with_figure(_good_doc(), where, value)), encoding="utf-8")
+    with pytest.raises(ConfigError, match=message) as raised:
+        _baseline.load("main", tmp_path)
+    text = str(raised.value)
+    assert str(path) in text
+    assert f"storm {NODE} · GET /items/1" in text
+
+
+def test_a_nine_fold_regression_is_not_let_through_by_a_null_baseline(tmp_path: Path) -> None:
+    doc = _json.session_document([(NODE, make_result([10.0] * 200))], machine={"host": "h"})
+    slower = [(NODE, make_result([90.0] * 200))]
+    thresholds = _baseline.parse_compare_fail("p99:10%")
+    (comparison,) = _baseline.compare(slower, json.loads(json.dumps(doc)), load={})
+    assert _baseline.regressions([comparison], thresholds)
+    # With the baseline's p99 made null, a comparison has no verdict on p99 and the 9x
+    # slower run would pass: reading such a baseline is an error instead.
+    path = tmp_path / "main.json"
+    path.write_text(json.dumps(_with_figure(doc, ("latency", "p99"), None)), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"p99 is null"):
+        _baseline.load("main", tmp_path)
+
+
+def test_a_run_cannot_save_a_baseline_that_disables_its_gate(tmp_path: Path) -> None:
+    _baseline.save(
+        "main", _json.session_document([(NODE, make_result([10.0] * 50))], machine={}), tmp_path
+    )
+    before = (tmp_path / "main.json").read_text(encoding="utf-8")
+    nothing = make_result([10.0] * 50)
+    nothing.latency = type(nothing.latency)()  # nothing measured: every figure NaN
+    nothing.throughput = math.nan
+    doc = _json.session_document([(NODE, nothing)], machine={})
+    with pytest.raises(ConfigError) as raised:
+        _baseline.save("main", doc, tmp_path)
+    text = str(raised.value)
+    assert f"--concurrency-save='main': storm {NODE} · GET /items/1 cannot be saved" in text
+    assert "p99 is null (not measured)" in text
+    assert "rps is null (not measured)" in text
+    assert (tmp_path / "main.json").read_text(encoding="utf-8") == before
+    with pytest.raises(ConfigError, match=r"p99 is null"):
+        _baseline.save("main", doc, tmp_path / "fresh", replace=True)
+    assert not (tmp_path / "fresh" / "main.json").exists()
+
+
+def test_a_json_report_never_holds_nan_or_infinity(tmp_path: Path) -> None:
+    result = make_result([1.0, 2.0])
+    result.throughput = math.inf
+    result.extras["odd"] = [math.nan, -math.inf]
+    path = _json.write_json(
+        tmp_path / "r.json", _json.session_document([(NODE, result)], machine={})
+    )
+    text = path.read_text(encoding="utf-8")
+    assert "NaN" not in text
+    assert "Infinity" not in text
+    storm = json.loads(text)["storms"][0]
+    assert storm["throughput"] is None
+    assert storm["extras"]["odd"] == [None, None]
+    # ... and a report read as a baseline does not let the null through.
+    (tmp_path / "main.json").write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"rps is null"):
+        _baseline.load("main", tmp_path)
+
+
 # -- saving merges by storm ---------------------------------------------------------------
 
 
@@ -525,7 +614,9 @@ def test_own_rounds(storm):
 def saved_sessions(tmp_path: Path, results: list[StormResult]) -> dict[str, Any]:
     """The baseline document after saving one session per result (merged, as --save does)."""
     for result in results:
-        doc = _json.session_document([(NODE, result)], machine={"host": "h"})
+        # No load averages (a document that states its own keeps them): the verdicts must
+        # not depend on who else is running while the test saves.
+        doc = _json.session_document([(NODE, result)], machine={"host": "h", "load": {}})
         _baseline.save("main", doc, tmp_path)
     return _baseline.load("main", tmp_path)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from time import perf_counter
@@ -310,3 +311,207 @@ def test_describe_names_the_server_or_its_url() -> None:
     assert driver.describe() == "uvicorn, 1 worker, over loopback HTTP"
     bare = HttpDriver("http://127.0.0.1:8000", REQUESTS)
     assert bare.describe() == "server at http://127.0.0.1:8000, over loopback HTTP"
+
+
+def test_a_header_that_could_split_the_request_is_never_written() -> None:
+    """A request built mid-storm with CR/LF in a header fails unsent; the server sees one request."""
+    received: list[bytes] = []
+
+    async def main() -> tuple[BaseException | None, Exchange]:
+        async def handle(reader: Any, writer: Any) -> None:
+            try:
+                while True:
+                    received.append(await reader.readuntil(b"\r\n\r\n"))
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        driver = HttpDriver(f"http://127.0.0.1:{port}", [Request(path="/")])
+        user = Holder()
+        smuggled = Request(path="/", headers={"X": "v\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x"})
+        failure: BaseException | None = None
+        try:
+            try:
+                await driver.call_request(smuggled, user)
+            except Exception as exc:
+                failure = exc
+            return failure, await driver.call(0, user)
+        finally:
+            await driver.shutdown(1.0)
+            server.close()
+            await server.wait_closed()
+
+    failure, fine = anyio.run(main)
+    assert type(failure).__name__ == "InvalidRequestHeader"
+    assert "headers={'X': 'v\\r\\n\\r\\nGET /smuggled" in str(failure)
+    assert fine.status == 200
+    assert len(received) == 1
+    assert b"smuggled" not in received[0]
+
+
+# -- a server that misbehaves on purpose ---------------------------------------------------
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Final: yes\r\n\r\nok"
+
+
+async def _raw_server(answers: list[list[bytes]]) -> tuple[asyncio.Server, list[bytes]]:
+    """A server on 127.0.0.1 that answers its n-th request with the writes ``answers[n]``
+    (each write drained before the next), across connections; it keeps the requests."""
+    received: list[bytes] = []
+
+    async def handle(reader: Any, writer: Any) -> None:
+        try:
+            while True:
+                received.append(await reader.readuntil(b"\r\n\r\n"))
+                for data in answers[min(len(received), len(answers)) - 1]:
+                    writer.write(data)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, received
+
+
+class Capturing(Holder):
+    capture = True
+
+
+def _calls(answers: list[list[bytes]], count: int, *, settle: bool = False) -> Any:
+    """*count* calls of one user; each outcome is an Exchange or the exception raised.
+
+    With *settle*, the first call is followed by a wait until the stray bytes the server
+    wrote after its answer have failed the connection.
+    """
+
+    async def main() -> tuple[list[Any], list[bytes], Capturing]:
+        server, received = await _raw_server(answers)
+        port = server.sockets[0].getsockname()[1]
+        driver = HttpDriver(f"http://127.0.0.1:{port}", [Request(path="/")])
+        user = Capturing()
+        outcomes: list[Any] = []
+        try:
+            for call in range(count):
+                try:
+                    outcomes.append(await driver.call(0, user))
+                except Exception as exc:
+                    outcomes.append(exc)
+                if settle and call == 0:
+                    # Let the stray bytes the server wrote after its answer arrive (or not).
+                    with anyio.fail_after(5):
+                        while user.conn is not None and user.conn.fault is None:
+                            await asyncio.sleep(0.001)
+            return outcomes, received, user
+        finally:
+            await driver.shutdown(1.0)
+            server.close()
+            await server.wait_closed()
+
+    return anyio.run(main)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one write", "separate writes"])
+@pytest.mark.parametrize(
+    "interim",
+    [b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n"],
+    ids=["100", "103"],
+)
+def test_interim_responses_are_skipped_and_the_final_one_is_the_answer(
+    interim: bytes, split: bool
+) -> None:
+    writes = [interim, OK] if split else [interim + OK]
+    outcomes, received, _ = _calls([writes], 3)
+    assert [o.status for o in outcomes] == [200, 200, 200]
+    assert [o.nbytes for o in outcomes] == [2, 2, 2]
+    # The interim response's headers are kept apart from the final one's.
+    assert outcomes[0].headers == [(b"Content-Length", b"2"), (b"X-Final", b"yes")]
+    assert len(received) == 3
+
+
+@pytest.mark.parametrize(
+    ("first", "settle"),
+    [([OK + OK], False), ([OK, OK], True), ([OK, b"garbage\r\n"], True)],
+    ids=["second response in the same write", "second response later", "stray bytes"],
+)
+def test_bytes_with_no_request_outstanding_fail_the_connection(
+    first: list[bytes], settle: bool
+) -> None:
+    outcomes, received, _ = _calls([first, [OK]], 3, settle=settle)
+    assert outcomes[0].status == 200
+    # The next request is not answered by the stray bytes: it fails, unsent, as a
+    # protocol error; the one after reconnects and gets its own answer.
+    assert type(outcomes[1]).__name__ == "UnsolicitedResponse"
+    assert "with no request outstanding" in str(outcomes[1])
+    assert outcomes[2].status == 200
+    assert len(received) == 2
+
+
+def test_switching_protocols_is_final_and_the_connection_is_not_reused() -> None:
+    upgrade = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+    outcomes, received, _ = _calls([[upgrade + b"\x81\x02hi"], [OK]], 2)
+    assert [o.status for o in outcomes] == [101, 200]
+    assert len(received) == 2
+
+
+def test_a_storm_against_a_server_that_answers_twice_fails() -> None:
+    """Each request answered by two responses in one write: never two answers counted."""
+    from pytest_concurrency import run_storm
+
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def start() -> None:
+        server, received = await _raw_server([[OK + OK]])
+        holder["server"], holder["received"] = server, received
+        holder["port"] = server.sockets[0].getsockname()[1]
+
+    def serve_forever() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(start())
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(5)
+
+        async def dummy(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover
+            raise AssertionError("served by the raw server, not in-process")
+
+        result = run_storm(
+            dummy,
+            "GET",
+            "/",
+            users=1,
+            requests=6,
+            server=f"http://127.0.0.1:{holder['port']}",
+            check=False,
+        )
+    finally:
+
+        async def stop() -> None:
+            holder["server"].close()
+            await holder["server"].wait_closed()
+
+        if "server" in holder:
+            asyncio.run_coroutine_threadsafe(stop(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+    # Every other request is the one a second response would have answered: it fails, unsent.
+    assert result.requests == 6
+    assert result.errors["UnsolicitedResponse"].count == 3
+    assert result.status_counts[200] == 3
+    assert len(holder["received"]) == 3
+    assert not result.passed

@@ -507,6 +507,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "_clock",
                 "_optional",
                 "_fidelity",
+                "_headers",
             }
         ),
     ),

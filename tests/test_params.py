@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from pytest_concurrency import ConfigError, Request, run_storm
@@ -149,3 +154,176 @@ def test_a_higher_layer_choosing_the_stop_condition_wins() -> None:
         [Layer("keyword argument", {"duration": 3}), Layer("marker", {"requests": 50})]
     )
     assert (config.requests, config.duration) == (None, 3.0)
+
+
+# -- server=: only loopback, and the address that was checked -----------------------------
+
+
+@pytest.fixture
+def resolver(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Spy on name resolution and connections: every name asked for is recorded, none leaves."""
+    import socket
+
+    asked: list[str] = []
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
+        asked.append(str(host))
+        if host == "localhost":
+            return real("127.0.0.1", *args, **kwargs)  # type: ignore[arg-type]
+        raise AssertionError(f"resolved {host!r}")
+
+    def connect(self: socket.socket, address: object) -> None:
+        raise AssertionError(f"connected to {address!r}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return asked
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.evil.invalid:8000",
+        "http://127.0.0.1.nip.invalid:8000",
+        "http://127.0.0.1.invalid",
+        "http://localhost.invalid:8000",
+        "http://10.1.2.3:8000",
+        "http://[::2]:8000",
+        "http://128.0.0.1:8000",
+    ],
+)
+def test_server_url_off_loopback_is_refused_without_resolving(
+    url: str, resolver: list[str]
+) -> None:
+    with pytest.raises(
+        ConfigError, match=r"server='.*' \(from keyword argument\) is not on loopback"
+    ):
+        resolve([Layer("keyword argument", {"server": url})])
+    assert resolver == []
+
+
+@pytest.mark.parametrize(
+    ("url", "checked"),
+    [
+        ("http://127.0.0.1:8000", "http://127.0.0.1:8000"),
+        ("http://127.3.4.5:8000/", "http://127.3.4.5:8000"),
+        ("http://[::1]:8000", "http://[::1]:8000"),
+        ("http://127.0.0.1", "http://127.0.0.1:80"),
+        ("http://localhost:8000", "http://127.0.0.1:8000"),
+    ],
+)
+def test_server_url_on_loopback_is_the_checked_address(
+    url: str, checked: str, resolver: list[str]
+) -> None:
+    assert resolve([Layer("keyword argument", {"server": url})]).server == checked
+
+
+def test_localhost_resolving_off_loopback_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    def getaddrinfo(host: object, port: object, *args: object, **kwargs: object) -> object:
+        assert host == "localhost"
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.1.2.3", port)),
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with pytest.raises(ConfigError, match=r"'localhost' resolves to 10\.1\.2\.3, which is not"):
+        resolve([Layer("marker", {"server": "http://localhost:8000"})])
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:99999", "http://127.0.0.1:abc", "http://127.0.0.1:0", "http://127.0.0.1:"],
+)
+def test_server_url_with_a_bad_port_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"server='.*' \(from marker\) has no valid port"):
+        resolve([Layer("marker", {"server": url})])
+
+
+def test_storm_connects_only_to_the_checked_address(resolver: list[str]) -> None:
+    """The plan's URL is the literal address checked, so the client never resolves a name."""
+    pytest.importorskip("httptools")
+    planned = plan(server="http://localhost:8000")
+    assert planned.url == "http://127.0.0.1:8000"  # type: ignore[attr-defined]
+    assert resolver == ["localhost"]
+
+
+# -- the app loader: every failure is a ConfigError naming app -----------------------------
+
+
+@pytest.fixture
+def app_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    (tmp_path / "raises_at_import.py").write_text("raise RuntimeError('no database')\n")
+    (tmp_path / "exits_at_import.py").write_text("import sys\nsys.exit(0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in ("raises_at_import", "exits_at_import"):
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("server", ["inprocess", "http://127.0.0.1:9", "uvicorn"])
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("raises_at_import:app", r"importing raises_at_import failed: RuntimeError: no database"),
+        ("exits_at_import:app", r"importing exits_at_import raised SystemExit\(0\)"),
+        (":app", r"must look like MODULE:APP"),
+        ("../etc:passwd", r"no file"),
+        ("no_such_module_here:app", r"ModuleNotFoundError"),
+        ("tests.apps:no_such_app", r"tests\.apps has no 'no_such_app'"),
+    ],
+)
+def test_app_that_cannot_be_loaded_is_a_config_error(
+    app_modules: Path, spec: str, message: str, server: str
+) -> None:
+    pytest.importorskip("httptools")
+    with pytest.raises(
+        ConfigError, match=rf"app='{re.escape(spec)}' \(from argument app\).*{message}"
+    ):
+        run_storm(spec, "GET", "/", server=server, requests=1)
+
+
+def test_method_that_is_not_a_string_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"method=5 \(from argument method\) must be a string"):
+        run_storm(asgi_hello, 5, "/")  # type: ignore[arg-type]
+
+
+# -- what the machine can carry --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["uvicorn", "hypercorn", "granian", "gunicorn"])
+def test_more_server_workers_than_the_machine_can_run_is_refused(kind: str) -> None:
+    from pytest_concurrency._servers._process import WORKERS_PER_CORE, cores, max_workers
+
+    pytest.importorskip(kind)
+    pytest.importorskip("httptools")
+    cap = max_workers()
+    assert cap == max(8, WORKERS_PER_CORE * cores())
+    with pytest.raises(
+        ConfigError,
+        match=rf"workers={cap + 1} \(from keyword argument\) is more than {cap} worker processes"
+        rf".*{WORKERS_PER_CORE} × {cores()} cores",
+    ):
+        run_storm("tests.apps:asgi_hello", "GET", "/", server=kind, workers=cap + 1)
+    with pytest.raises(ConfigError, match=r"workers=100000 \(from marker\)"):
+        plan_storm(
+            "tests.apps:asgi_hello",
+            "GET",
+            "/",
+            layers=[
+                Layer("keyword argument", {"server": kind}),
+                Layer("marker", {"workers": 10**5}),
+            ],
+        )
+
+
+def test_a_broadcast_room_larger_than_memory_is_refused() -> None:
+    from pytest_concurrency import run_websocket_storm
+
+    with pytest.raises(
+        ConfigError, match=r"listeners=10,000,000 \(from keyword argument\) would need"
+    ):
+        run_websocket_storm(asgi_hello, "/ws", users=1, listeners=10**7, messages=1)

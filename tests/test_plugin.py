@@ -220,6 +220,8 @@ def test_bad_path_and_app_are_errors_in_the_test(pytester: pytest.Pytester, run)
 
         def test_app(storm):
             with pytest.raises(ConfigError, match="is not callable"):
+                storm(42, "GET", "/")
+            with pytest.raises(ConfigError, match="app='myapi:app' .* No module named 'myapi'"):
                 storm("myapi:app", "GET", "/")
         """
     )

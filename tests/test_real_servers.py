@@ -201,3 +201,85 @@ def test_cli_compare_prints_the_fidelity_table(capsys: pytest.CaptureFixture[str
     assert code == 0
     assert "tests.apps:asgi_routes: in-process against real servers" in out
     assert "real / in-process" in out
+
+
+# -- the server runs the app that was named ------------------------------------------------
+
+_FACTORY_APP = '''
+class App:
+    """200 only once main_app has tagged it: the app a bare import of this module builds fails."""
+
+    def __init__(self):
+        self.tag = None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return
+        status = 200 if self.tag == "main" else 500
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": str(self.tag).encode()})
+
+
+app = App()
+'''
+
+_MAIN_APP = """
+from factory_app import app
+
+app.tag = "main"  # middleware added where the app is re-exported
+"""
+
+
+@pytest.fixture
+def reexported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    (tmp_path / "factory_app.py").write_text(_FACTORY_APP)
+    (tmp_path / "main_app.py").write_text(_MAIN_APP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in ("factory_app", "main_app"):
+        sys.modules.pop(name, None)
+
+
+def test_the_server_imports_the_string_it_was_given(reexported: Path) -> None:
+    result = run_storm("main_app:app", "GET", "/", users=1, requests=5, server="uvicorn")
+    assert result.status_counts == {200: 5}
+    assert not live_servers()
+
+
+def test_an_app_held_by_several_modules_is_refused_not_guessed(reexported: Path) -> None:
+    import main_app  # type: ignore[import-not-found]
+
+    with pytest.raises(ConfigError, match=r"several modules \(factory_app:app, main_app:app\)"):
+        run_storm(main_app.app, "GET", "/", users=1, requests=5, server="uvicorn")
+
+
+def test_an_app_also_held_by_main_does_not_refuse_its_import_string(
+    reexported: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import main_app
+
+    monkeypatch.setattr(sys.modules["__main__"], "app", main_app.app, raising=False)
+    result = run_storm("main_app:app", "GET", "/", users=1, requests=5, server="uvicorn")
+    assert result.status_counts == {200: 5}
+
+
+def test_an_app_reexported_by_its_package_is_served_from_the_module_that_builds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_concurrency._apps import import_name
+
+    package = tmp_path / "chained_pkg"
+    package.mkdir()
+    (package / "main.py").write_text(_FACTORY_APP)
+    (package / "__init__.py").write_text("from .main import app\n\napp.tag = 'main'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        import chained_pkg  # type: ignore[import-not-found]
+
+        # Importing chained_pkg.main runs the package's __init__ first: the same app.
+        assert import_name(chained_pkg.app) == "chained_pkg.main:app"
+        result = run_storm(chained_pkg.app, "GET", "/", users=1, requests=5, server="uvicorn")
+        assert result.status_counts == {200: 5}
+    finally:
+        for name in ("chained_pkg", "chained_pkg.main"):
+            sys.modules.pop(name, None)

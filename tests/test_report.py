@@ -729,6 +729,53 @@ def test_notes_are_shown_apart_from_warnings_everywhere() -> None:
     assert _terminal.storm_notes(_json.document_records(old)) == []
 
 
+def _contended(share: float, label: str) -> StormResult:
+    from pytest_concurrency._model.remarks import contention_note
+
+    result = make_result([1.0, 2.0], label=label)
+    result.extras["cpu_contention"] = {"wait_share": share, "wait_s": share / 10}
+    result.notes = ["knee: p99 broke at ≈18 users", contention_note(share, share / 10)]
+    return result
+
+
+def test_the_cpu_contention_note_is_one_line_for_the_whole_session() -> None:
+    rows = [("t.py::x", _contended(0.25, f"GET /{i}")) for i in range(3)]
+    rows.append(("t.py::y", _contended(0.61, "GET /y")))
+    lines = _terminal.storm_notes(rows)
+    assert [line for line in lines if "knee" in line] == [
+        f"note: {nodeid} · {result.label}{suffix}: knee: p99 broke at ≈18 users"
+        for (nodeid, result), suffix in zip(rows, ["", " [1]", " [2]", ""], strict=True)
+    ]
+    (summary,) = [line for line in lines if "waited for a CPU" in line]
+    assert summary.startswith(
+        "note: the threads of 4 storms waited for a CPU 25%–61% of the time they were ready "
+        "to run (Linux schedstat; each storm's figure is in its notes): other threads had"
+    )
+    # Each result keeps its own note.
+    assert all(any("waited for a CPU" in n for n in result.notes) for _, result in rows)
+    # A single storm says it as it always did.
+    (alone,) = [line for line in _terminal.storm_notes(rows[-1:]) if "waited for a CPU" in line]
+    assert alone.startswith("note: t.py::y · GET /y: the storm's threads waited for a CPU 61%")
+
+
+@pytest.mark.parametrize(("share", "advice"), [(0.2, False), (0.7, True)])
+def test_a_server_of_its_own_is_advised_only_when_the_load_generator_took_the_loop(
+    share: float, advice: bool
+) -> None:
+    from pytest_concurrency._model.remarks import harness_bound_remark
+
+    remark = harness_bound_remark(0.97, share, 12.0)
+    assert remark.startswith(
+        f"the event loop shared by the app and the load generator was busy 97% of the storm; "
+        f"the load generator itself took ≈{share:.0%} of that (≈12 µs per request): "
+    )
+    assert ("the app may do better than this on a server of its own" in remark) is advice
+    if not advice:
+        assert remark.endswith(
+            "the rest was the app's own work, which a server of its own would not remove"
+        )
+
+
 def test_storms_table_shows_each_endpoint_of_a_mix() -> None:
     from pytest_concurrency._metrics import LatencyStats
     from pytest_concurrency._model.result import EndpointStats, Verdict

@@ -169,6 +169,8 @@ def test_save_then_compare(pytester: pytest.Pytester, run: Run) -> None:
             "test_storms.py::test_two*GET /three [[]1]*new: not in the baseline",
         ]
     )
+    # Said once, under the comparison table.
+    assert result.stdout.str().count("timer noise on this machine") == 1
 
 
 def test_compare_fail_fails_the_storm_that_regressed(
@@ -234,6 +236,56 @@ def test_bad_report_options_are_usage_errors(
     result = run(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
+
+
+@pytest.mark.parametrize(
+    ("name", "saved", "message"),
+    [
+        (
+            "main",
+            "{not json",
+            "ERROR: --concurrency-save='main': baseline *main.json is not valid JSON (*); no test "
+            "was run (--concurrency-save-replace replaces it)",
+        ),
+        (
+            "main",
+            '{"schema_version": 1, "storms": 3}',
+            "ERROR: --concurrency-save='main': baseline *main.json does not fit the session "
+            "document schema: the document lacks 'generator'*; no test was run",
+        ),
+        (
+            "n" * 300,
+            None,
+            f"ERROR: --concurrency-save={'n' * 40 + '…'!r}: the name is 300 characters long; a "
+            "baseline name has at most 100*",
+        ),
+        ("ci/main", None, "ERROR: --concurrency-save='ci/main': a baseline name is letters*"),
+    ],
+)
+def test_a_baseline_that_could_not_be_saved_is_a_usage_error_before_any_test(
+    pytester: pytest.Pytester, run: Run, name: str, saved: str | None, message: str
+) -> None:
+    storage = pytester.path / ".storms"
+    storage.mkdir()
+    if saved is not None:
+        (storage / "main.json").write_text(saved, encoding="utf-8")
+    pytester.makepyfile(
+        test_storms="""
+        from pathlib import Path
+        from storm_apps import sleepy_wsgi
+
+        def test_one(storm):
+            Path("ran").touch()
+            storm(sleepy_wsgi, "GET", "/one", users=2, workers=2, duration=0.1)
+        """
+    )
+    result = run(f"--concurrency-save={name}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+    assert not (pytester.path / "ran").exists()
+    assert [p.read_text(encoding="utf-8") for p in storage.iterdir()] == (
+        [saved] if saved is not None else []
+    )
 
 
 def test_bad_ini_compare_fail_names_the_ini_file(pytester: pytest.Pytester, run: Run) -> None:
@@ -334,6 +386,23 @@ def test_a_report_lost_after_the_tests_fails_the_run(pytester: pytest.Pytester, 
             "report was asked for"
         ]
     )
+
+
+def test_a_link_at_the_old_temporary_name_is_not_followed(
+    pytester: pytest.Pytester, run: Run
+) -> None:
+    pytester.makepyfile(test_storms=ONE)
+    victim = pytester.path / "victim.txt"
+    victim.write_text("precious\n", encoding="utf-8")
+    (pytester.path / "storms.json.partial").symlink_to(victim)
+    storage = pytester.path / ".storms"
+    storage.mkdir()
+    (storage / "main.json.partial").symlink_to(victim)
+    result = run("--concurrency-json=storms.json", "--concurrency-save=main")
+    result.assert_outcomes(passed=1)
+    assert victim.read_text(encoding="utf-8") == "precious\n"
+    assert len(_storms(pytester.path / "storms.json")) == 1
+    assert len(_storms(storage / "main.json")) == 1
 
 
 def test_notes_are_not_warnings_under_w_error(pytester: pytest.Pytester, run: Run) -> None:

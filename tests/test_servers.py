@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import json
 import os
 import signal
@@ -183,9 +184,9 @@ def test_caller_path_cwd_and_setup_hook_reach_the_server(tmp_path: Path) -> None
 
 
 def test_missing_server_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = _process.importlib.util.find_spec
+    real = importlib.util.find_spec
     monkeypatch.setattr(
-        _process.importlib.util, "find_spec", lambda name: None if name == "granian" else real(name)
+        importlib.util, "find_spec", lambda name: None if name == "granian" else real(name)
     )
     monkeypatch.setattr(_process.subprocess, "Popen", None)  # nothing may start
     with (
@@ -344,3 +345,77 @@ def test_uvicorn_with_workers_stops_quickly() -> None:
         took = time.monotonic() - started
     assert took < 2.5, f"stop took {took:.2f} s of its {_process.STOP_GRACE:g} s grace"
     assert_gone(pids)
+
+
+# -- whatever answers on the server's port is the server ----------------------------------
+
+
+@contextlib.contextmanager
+def squatter() -> Iterator[int]:
+    """A listener on a loopback port that answers every connection with 200 'squatter'."""
+    import socket
+    import threading
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    sock.settimeout(0.1)
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(1)
+                with contextlib.suppress(OSError):
+                    conn.recv(4096)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsquatter")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        sock.close()
+
+
+@pytest.mark.parametrize("kind", ["uvicorn", "hypercorn", "gunicorn", "granian"])
+def test_a_squatted_port_is_never_taken_for_the_server(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip(kind)
+    with squatter() as taken:
+        ports = iter([taken])
+        real = _process._free_port
+        # The port a server would be given is taken by another listener before it binds.
+        monkeypatch.setattr(_process, "_free_port", lambda: next(ports, None) or real())
+        with serve(spec(kind)) as server:
+            assert server.port != taken
+            assert get(server.url + "/") == b"hello"
+
+
+def test_readiness_never_waits_for_the_apps_own_root(tmp_path: Path) -> None:
+    """An app whose / takes 5 s starts as fast as any: the probe is answered by the server."""
+    (tmp_path / "slow_root.py").write_text(
+        textwrap.dedent(
+            """
+            import asyncio
+
+            async def app(scope, receive, send):
+                if scope["type"] != "http":
+                    return
+                if scope["path"] == "/":
+                    await asyncio.sleep(5)
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                await send({"type": "http.response.body", "body": b"ok"})
+            """
+        )
+    )
+    slow = ServerSpec("uvicorn", "slow_root:app", sys_path=(str(tmp_path), *sys.path))
+    with serve(slow, startup_timeout=4) as server:
+        assert get(server.url + "/fast") == b"ok"

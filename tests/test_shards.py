@@ -77,6 +77,20 @@ def test_budgets_are_judged_on_the_merged_result() -> None:
         run_storm(asgi_sleep(0.02), "GET", "/", users=4, requests=40, processes=2, p99_ms=5)
 
 
+@pytest.mark.parametrize("app", [asgi_hello, wsgi_hello], ids=["asgi", "wsgi"])
+def test_a_start_hook_that_fails_in_a_shard_fails_the_storm(app: Any) -> None:
+    def login(user: Any) -> None:
+        if user.index == 3:  # a user of the second shard
+            raise PermissionError("locked out")
+
+    with pytest.raises(BudgetExceeded, match="on_start") as failed:
+        run_storm(app, "GET", "/", users=4, duration=0.3, processes=2, on_start=login)
+    start = failed.value.result.extras["on_start"]
+    assert start["users"] == 4
+    assert start["hooks_failed_count"] == 1
+    assert start["hook_errors"] == {"PermissionError": 1}
+
+
 def test_a_crashing_shard_is_named_and_nothing_is_left_running() -> None:
     parent = os.getpid()
 

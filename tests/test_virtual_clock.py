@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import socket
+import threading
 import time
 from time import perf_counter
 from typing import Any
@@ -193,9 +197,11 @@ def test_timeouts_are_virtual_too() -> None:
         timeout_ms=1000,
         clock="virtual",
         max_error_rate=1.0,
+        check=False,
     )
     assert perf_counter() - started < 20
     assert result.timeouts == result.requests > 0
+    assert not result.passed  # no request completed: nothing to judge
     assert result.latency.max == pytest.approx(1000, abs=1)
 
 
@@ -301,3 +307,83 @@ def test_a_storm_whose_clock_cannot_move_is_stopped(monkeypatch: pytest.MonkeyPa
     with pytest.raises(ConfigError, match=r"without virtual time moving"):
         run_storm(instant, "GET", "/", users=5, duration=1.0, clock="virtual")
     assert perf_counter() - started < 10
+
+
+def _respond(send: Any, body: bytes) -> Any:
+    async def go() -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    return go()
+
+
+def test_a_raw_thread_the_app_waits_on_is_refused_not_timed_out(no_leaked_threads: None) -> None:
+    threads: list[threading.Thread] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[bytes] = loop.create_future()
+
+        def work() -> None:
+            time.sleep(0.05)
+            with contextlib.suppress(RuntimeError):  # the refused round closed its loop
+                loop.call_soon_threadsafe(answer.set_result, b"done")
+
+        thread = threading.Thread(target=work, name="app-worker")
+        threads.append(thread)
+        thread.start()
+        await _respond(send, await answer)
+
+    started = perf_counter()
+    with pytest.raises(
+        ConfigError, match=r"cannot time work done in threads.*thread 'app-worker' running .*work"
+    ):
+        run_storm(app, "GET", "/", users=5, duration=2.0, timeout_ms=1000, clock="virtual")
+    assert perf_counter() - started < 5
+    for thread in threads:
+        thread.join(2)
+
+
+def test_an_apps_own_executor_is_refused_not_timed_out(no_leaked_threads: None) -> None:
+    executor = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="app-pool")
+
+    def compute() -> bytes:
+        time.sleep(0.05)
+        return b"done"
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await _respond(send, await asyncio.wrap_future(executor.submit(compute)))
+
+    try:
+        with pytest.raises(ConfigError, match=r"thread 'app-pool_0' running .*compute"):
+            run_storm(app, "GET", "/", users=2, duration=2.0, timeout_ms=1000, clock="virtual")
+    finally:
+        executor.shutdown(wait=True)
+
+
+def test_real_socket_io_is_refused_not_timed_out() -> None:
+    # A loopback listener that accepts and answers only after a while: the app's read waits
+    # on a real socket, which virtual time would jump past.
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            await _respond(send, await reader.read(10))
+        finally:
+            writer.close()
+
+    try:
+        with pytest.raises(
+            ConfigError, match=r"cannot time real I/O: the app waits on a real socket"
+        ):
+            run_storm(app, "GET", "/", users=2, duration=2.0, timeout_ms=1000, clock="virtual")
+    finally:
+        server.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -77,7 +78,9 @@ def test_bytes_echo() -> None:
             replies.append(message.get("bytes"))
             await send({"type": "websocket.send", "bytes": message["bytes"][::-1]})
 
-    result = run_websocket_storm(app, "/ws", users=3, messages=30, message=b"\x00\x01abc")
+    result = run_websocket_storm(
+        app, "/ws", users=3, messages=30, message=b"\x00\x01abc", expect=b"cba\x01\x00"
+    )
     assert result.messages == 30
     assert replies
     assert all(r == b"\x00\x01abc" for r in replies)
@@ -94,7 +97,9 @@ def test_factory_builds_each_users_messages() -> None:
             seen.append(message["text"])
             await send({"type": "websocket.send", "text": "ok"})
 
-    run_websocket_storm(app, "/ws", users=2, messages=6, factory=lambda user, i: f"{user}:{i}")
+    run_websocket_storm(
+        app, "/ws", users=2, messages=6, factory=lambda user, i: f"{user}:{i}", expect="ok"
+    )
     assert {"0:0", "0:1", "1:0", "1:1"} <= set(seen)
 
 
@@ -205,7 +210,7 @@ def test_the_app_hears_the_client_leave() -> None:
             await send({"type": "websocket.send", "text": "ok"})
         disconnects.append(message["code"])
 
-    result = run_websocket_storm(app, "/ws", users=3, messages=9)
+    result = run_websocket_storm(app, "/ws", users=3, messages=9, expect="ok")
     assert disconnects == [1000, 1000, 1000]
     assert result.held_connections == 3
 
@@ -373,6 +378,10 @@ def test_a_wsgi_app_is_refused_before_any_load() -> None:
         run_websocket_storm(flask_app.app, "/ws", users=10, duration=1)
 
 
+async def _async_matcher(message: Any) -> bool:
+    return True
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [
@@ -386,6 +395,9 @@ def test_a_wsgi_app_is_refused_before_any_load() -> None:
         ({"processes": 2}, "WebSocket storms run in one process"),
         ({"on_start": print}, "applies to HTTP requests"),
         ({"engine": "locust", "server": "http://127.0.0.1:9"}, "runs on the native engine"),
+        ({"expect": 42}, r"expect=42 \(from keyword argument\) must be the reply as str"),
+        ({"expect": _async_matcher}, "is an async function"),
+        ({"expect": "hi", "listeners": 2}, "does not apply to a broadcast room"),
     ],
 )
 def test_bad_websocket_parameters_fail_before_any_load(
@@ -578,3 +590,123 @@ def test_a_real_server_reports_refusals_and_close_codes() -> None:
     )
     assert refused.refused == 3
     assert refused.status_counts == {403: 3}
+
+
+def test_a_busy_shared_loop_is_a_note_that_passes_under_w_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pytest_concurrency import ConcurrencyWarning
+    from pytest_concurrency._engine import websocket as engine
+
+    real = engine.finish
+
+    def saturated(plan: Any, output: Any) -> Any:
+        # The loop's CPU share as a machine to itself would measure it under this load.
+        result = real(plan, output)
+        result.loop_cpu_share = 0.97
+        return result
+
+    monkeypatch.setattr(engine, "finish", saturated)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConcurrencyWarning)
+        result = run_websocket_storm(echo, "/ws", users=5, duration=0.2)
+    assert result.passed
+    assert not [w for w in result.warnings if "event loop" in w]
+    (note,) = [n for n in result.notes if "event loop" in n]
+    assert "busy 97% of the storm" in note
+    # Whether the app or the load generator kept it busy is not known: no advice to move.
+    assert "may do better" not in note
+
+
+# -- matching answers to messages -----------------------------------------------------------
+
+
+async def slow_answer_with_heartbeat(scope: Scope, receive: Any, send: Any) -> None:
+    """Module level, so that a server process can import it: each message is echoed after
+    200 ms, while a presence heartbeat goes out every 5 ms."""
+    if scope["type"] != "websocket":
+        return
+    await receive()
+    await send({"type": "websocket.accept"})
+
+    async def heartbeat() -> None:
+        with contextlib.suppress(Exception):  # the client has gone
+            while True:
+                await anyio.sleep(0.005)
+                await send({"type": "websocket.send", "text": "presence: 3 online"})
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(heartbeat)
+        with contextlib.suppress(Exception):
+            while (message := await receive())["type"] == "websocket.receive":
+                await anyio.sleep(0.2)
+                await send({"type": "websocket.send", "text": message["text"]})
+        group.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("server", [None, "uvicorn"], ids=["in-process", "uvicorn"])
+def test_a_heartbeat_does_not_end_a_round_trip(server: str | None) -> None:
+    app: Any = slow_answer_with_heartbeat
+    params: dict[str, Any] = {}
+    if server is not None:
+        app, params = "tests.test_websocket:slow_answer_with_heartbeat", {"server": server}
+    result = run_websocket_storm(
+        app, "/ws", users=2, messages=4, p99_ms=50, timeout_ms=5000, check=False, **params
+    )
+    assert result.messages == 4
+    assert result.status_counts == {101: 4}
+    # Each round trip ends at its echo, 200 ms on (less a timer's early wake-up), not at
+    # the next heartbeat 5 ms on; so the p99_ms=50 budget fails.
+    assert result.round_trip.min >= 195
+    assert not result.passed
+    assert [v.name for v in result.verdicts if not v.ok] == ["p99_ms"]
+    # ≈ 40 heartbeats per 200 ms wait: counted, never taken for an answer.
+    assert result.unmatched >= 4 * 10
+    assert result.extras["websocket"]["unmatched"] == result.unmatched
+    assert any("answered no message that waited" in note for note in result.notes)
+
+
+def _answering(reply: Callable[[Any], Any], *, flood: int = 0) -> App:
+    @websocket_only
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] == "websocket.receive":
+            for n in range(flood):
+                await send({"type": "websocket.send", "text": f"news #{n}"})
+            await send({"type": "websocket.send", **reply(message)})
+
+    return app
+
+
+def test_a_binary_reply_to_a_text_message_is_no_answer() -> None:
+    app = _answering(lambda m: {"bytes": m["text"].encode()})
+    result = run_websocket_storm(app, "/ws", users=1, duration=0.3, timeout_ms=50, check=False)
+    assert result.timeouts == result.failed == result.messages > 0
+    assert result.unmatched >= result.messages
+    assert not result.passed
+
+
+def test_a_flood_is_counted_and_the_echo_still_answers() -> None:
+    app = _answering(lambda m: {"text": m["text"]}, flood=20)
+    result = run_websocket_storm(app, "/ws", users=2, messages=10)
+    assert result.status_counts == {101: 10}
+    assert result.unmatched == 20 * 10
+    assert result.passed
+
+
+def test_an_unrelated_reply_needs_expect() -> None:
+    app = _answering(lambda m: {"text": "ok"})
+    unmatched = run_websocket_storm(app, "/ws", users=1, duration=0.3, timeout_ms=50, check=False)
+    assert unmatched.timeouts == unmatched.failed > 0
+    assert run_websocket_storm(app, "/ws", users=1, messages=5, expect="ok").passed
+    by_callable = run_websocket_storm(
+        app, "/ws", users=1, messages=5, expect=lambda m: m.startswith("o")
+    )
+    assert by_callable.passed
+    assert by_callable.unmatched == 0
+    # A literal matches its own kind only: bytes never answer text.
+    wrong_kind = run_websocket_storm(
+        app, "/ws", users=1, duration=0.3, timeout_ms=50, expect=b"ok", check=False
+    )
+    assert wrong_kind.timeouts == wrong_kind.failed > 0

@@ -9,10 +9,10 @@ from typing import Any
 import anyio
 import pytest
 
-from pytest_concurrency import BudgetExceeded, ConfigError, Request, run_storm
+from pytest_concurrency import BudgetExceeded, ConfigError, Request, StormError, run_storm
 from pytest_concurrency._workload import Profile
 
-from .apps import asgi_hello, asgi_sleep, wsgi_sleep
+from .apps import asgi_hello, asgi_sleep, wsgi_hello, wsgi_sleep
 
 
 def test_profile_arrivals_follow_the_rate() -> None:
@@ -235,3 +235,163 @@ def test_timeouts_are_booked_to_their_own_endpoint(interface: str) -> None:
     assert slow.errors == slow.requests
     assert fast.errors == 0
     assert result.timeouts == slow.requests
+
+
+# -- request headers that cannot be sent ---------------------------------------------------
+
+SMUGGLED = {"X": "v\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x"}
+BAD_HEADERS = [
+    SMUGGLED,
+    {"X\r\nInjected": "v"},
+    {"X": "a\x00b"},
+    {"X": "a\nb"},
+    {"Two words": "v"},
+    {"": "v"},
+]
+
+
+def _listener() -> Any:
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    sock.setblocking(False)
+    return sock
+
+
+@pytest.mark.parametrize("target", ["asgi", "wsgi", "server"])
+@pytest.mark.parametrize("headers", BAD_HEADERS, ids=repr)
+def test_a_header_with_cr_lf_nul_or_a_bad_name_is_refused_before_load(
+    headers: dict[str, str], target: str
+) -> None:
+    listener = _listener()
+    try:
+        params: dict[str, Any] = {"duration": 0.1, "users": 1}
+        app: Any = asgi_hello
+        if target == "wsgi":
+            app = wsgi_sleep(0.0)
+        elif target == "server":
+            params["server"] = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        with pytest.raises(ConfigError) as info:
+            run_storm(app, "GET", "/", headers=headers, **params)
+        message = str(info.value)
+        name, value = next(iter(headers.items()))
+        assert f"headers={{{name!r}: {value!r}}}" in message
+        assert "of request 'GET /'" in message
+        assert "(from storm() arguments)" in message
+        # Nothing reached the server: no connection was even made.
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    finally:
+        listener.close()
+
+
+def test_a_bad_header_in_a_mix_names_its_request_and_a_bad_cookie_its_field() -> None:
+    mix = [Request(path="/ok"), Request(path="/bad", headers=SMUGGLED)]
+    with pytest.raises(
+        ConfigError, match=r"headers=\{'X': .* of request 'GET /bad' \(from requests\[1\]\)"
+    ):
+        run_storm(asgi_hello, requests=mix, duration=0.1)
+    cookies = {"session": "a\r\nX-Injected: 1"}
+    with pytest.raises(
+        ConfigError, match=r"cookies=\{'session': .* must not contain CR, LF or NUL"
+    ):
+        run_storm(asgi_hello, requests=[Request(cookies=cookies)], duration=0.1)
+
+
+def test_a_body_that_is_not_bytes_is_a_config_error_naming_content() -> None:
+    with pytest.raises(ConfigError, match=r"content=\(1, 2\) \(from storm\(\) arguments\)"):
+        run_storm(asgi_hello, "POST", "/", content=(1, 2), duration=0.1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("interface", ["asgi", "wsgi"])
+def test_a_factory_header_that_cannot_be_sent_fails_its_request_and_is_never_sent(
+    interface: str,
+) -> None:
+    seen: list[Any] = []
+
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.append(dict(scope["headers"]).get(b"x"))
+        await asgi_hello(scope, receive, send)
+
+    def wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(environ.get("HTTP_X"))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    def factory(user: int, iteration: int) -> Request:
+        if iteration % 2:
+            return Request(path="/", headers=SMUGGLED)
+        return Request(path="/", headers={"X": "fine"})
+
+    app: Any = asgi if interface == "asgi" else wsgi
+    result = run_storm(app, requests=factory, users=2, duration=0.2, check=False)
+    failed = result.errors["InvalidRequestHeader"]
+    assert "headers={'X': 'v\\r\\n\\r\\nGET /smuggled" in failed.example
+    assert failed.count >= 10
+    # Only the good requests reached the app; every bad one was counted, none sent.
+    assert set(seen) <= {b"fine", "fine"}
+    assert result.requests == len(seen) + failed.count
+
+
+@pytest.mark.parametrize("interface", ["asgi", "wsgi"])
+def test_a_factory_returning_something_else_mid_storm_stops_the_storm_naming_it(
+    interface: str,
+) -> None:
+    def factory(user: int, iteration: int) -> Any:
+        return Request(path="/") if iteration < 3 else 42
+
+    app: Any = asgi_hello if interface == "asgi" else wsgi_sleep(0.0)
+    with pytest.raises(StormError, match=r"requests=<function .*factory.* returned 42 for user"):
+        run_storm(app, requests=factory, users=2, duration=0.5, check=False)
+
+
+@pytest.mark.parametrize("interface", ["asgi", "wsgi"])
+def test_a_header_a_start_hook_sets_that_cannot_be_sent_fails_every_request_unsent(
+    interface: str,
+) -> None:
+    seen: list[Any] = []
+
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.append(scope["path"])
+        await asgi_hello(scope, receive, send)
+
+    def wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(environ["PATH_INFO"])
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    def on_start(user: Any) -> None:
+        user.headers["X-Token"] = "t\r\nX-Admin: 1"
+
+    app: Any = asgi if interface == "asgi" else wsgi
+    result = run_storm(app, "GET", "/", users=2, duration=0.2, on_start=on_start, check=False)
+    failed = result.errors["InvalidRequestHeader"]
+    assert "user.headers['X-Token'] = 't\\r\\nX-Admin: 1'" in failed.example
+    assert failed.count == result.requests > 0
+    assert seen == []
+
+
+def test_a_method_outside_ascii_is_a_config_error_naming_method() -> None:
+    with pytest.raises(ConfigError, match=r"method='GÉT' \(from storm\(\) arguments\)"):
+        run_storm(asgi_hello, "GÉT", "/", duration=0.1)
+
+
+@pytest.mark.parametrize("app", [asgi_hello, wsgi_hello], ids=["asgi", "wsgi"])
+def test_a_request_factory_that_exits_stops_the_storm_with_an_error_naming_it(app: Any) -> None:
+    def leaves(user: Any, iteration: int) -> Request:
+        if iteration == 3:
+            raise SystemExit(0)  # would end a script with status 0 and no output
+        return Request("GET", "/")
+
+    with pytest.raises(StormError, match=r"requests=<function .*leaves.* raised SystemExit"):
+        run_storm(app, requests=leaves, users=1, duration=0.3)
+
+    def at_once(user: Any, iteration: int) -> Request:
+        raise SystemExit(2)
+
+    with pytest.raises(ConfigError, match=r"requests=<function .*at_once.* raised SystemExit: 2"):
+        run_storm(app, requests=at_once, users=1, duration=0.3)

@@ -90,7 +90,7 @@ def test_handler_that_never_returns_is_reported_not_hung() -> None:
 
     started = time.perf_counter()
     try:
-        with pytest.raises(StormError, match=r"still running the app"):
+        with pytest.raises(StormError, match=r"still running the app.*storm-wsgi-0 in app\(\)"):
             run_storm(app, "GET", "/", users=1, duration=0.1, timeout_ms=50)
     finally:
         release.set()
@@ -109,3 +109,124 @@ def test_window_shorter_than_a_round_of_users_is_flagged() -> None:
     assert any("shorter than one round of users" in w for w in result.warnings)
     steady = run_storm(wsgi_sleep(0.005), "GET", "/", users=4, workers=2, duration=0.3)
     assert not any("one round" in w for w in steady.warnings)
+
+
+# -- response headers and lengths, held to gunicorn and PEP 3333 ---------------------------
+
+
+def _answer(headers: list[Any], *chunks: bytes, written: bytes = b"") -> Any:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        write = start_response("200 OK", headers)
+        if written:
+            write(written)
+        return list(chunks)
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("header", "kind"),
+    [
+        (("X-A", "v\r\nSet-Cookie: evil=1"), "InvalidHeader"),
+        (("X-A", "a\x00b"), "InvalidHeader"),
+        (("X-A", "snow \u2603"), "InvalidHeader"),
+        (("X A", "v"), "InvalidHeader"),
+        (("Content-Length", "two"), "InvalidHeader"),
+        (("Connection", "close"), "HopByHopHeader"),
+        (("Keep-Alive", "timeout=5"), "HopByHopHeader"),
+        (("Transfer-Encoding", "chunked"), "HopByHopHeader"),
+        (("upgrade", "websocket"), "HopByHopHeader"),
+    ],
+    ids=repr,
+)
+def test_a_response_header_gunicorn_or_pep_3333_refuses_is_a_protocol_error(
+    header: tuple[str, str], kind: str
+) -> None:
+    app = _answer([("Content-Type", "text/plain"), header], b"ok")
+    result = run_storm(app, "GET", "/", requests=10, check=False)
+    assert result.errors[kind].count == result.failed == 10
+    assert header[0].lower() in result.errors[kind].example.lower()
+
+
+@pytest.mark.parametrize(
+    ("declared", "chunks", "written", "word"),
+    [
+        ("5", (b"ok",), b"", "shorter"),
+        ("1", (b"ok",), b"", "longer"),
+        ("3", (b"ok",), b"ab", "longer"),
+    ],
+)
+def test_a_content_length_that_lies_is_a_protocol_error(
+    declared: str, chunks: tuple[bytes, ...], written: bytes, word: str
+) -> None:
+    app = _answer([("Content-Length", declared)], *chunks, written=written)
+    result = run_storm(app, "GET", "/", requests=10, check=False)
+    mismatch = result.errors["ContentLengthMismatch"]
+    assert mismatch.count == result.failed == 10
+    assert f"the body is {word} than its content-length" in mismatch.example
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "chunks", "written"),
+    [
+        ("GET", [("Content-Length", "4")], (b"cd",), b"ab"),
+        ("HEAD", [("Content-Length", "100")], (), b""),
+        ("GET", [("X-Latin", "caf\u00e9"), ("X-Tab", "a\tb")], (b"ok",), b""),
+    ],
+)
+def test_responses_gunicorn_sends_pass(
+    method: str, headers: list[Any], chunks: tuple[bytes, ...], written: bytes
+) -> None:
+    app = _answer(headers, *chunks, written=written)
+    result = run_storm(app, method, "/", requests=10)
+    assert result.status_counts == {200: 10}
+
+
+@pytest.mark.parametrize(("sleep", "timeout_ms"), [(0.35, 300), (0.15, 100)])
+def test_handlers_slower_than_the_timeout_are_timeouts_not_a_crash(
+    sleep: float, timeout_ms: int, no_leaked_threads: None
+) -> None:
+    # 20 users on 8 threads, each handler slower than the timeout: the backlog drains past
+    # the storm's end; every late completion is a timeout, and no handler is "stuck" while
+    # it is inside its own deadline.
+    started = time.perf_counter()
+    result = run_storm(
+        wsgi_sleep(sleep),
+        "GET",
+        "/",
+        users=20,
+        workers=8,
+        duration=0.2,
+        timeout_ms=timeout_ms,
+        check=False,
+    )
+    assert result.timeouts == result.requests >= 8
+    assert result.latency.max == pytest.approx(timeout_ms, abs=1)
+    assert result.queue_wait is not None
+    assert result.queue_wait.max <= timeout_ms + 1
+    assert not result.passed
+    # The storm's end, its timeout, then at most one handler each past that.
+    assert time.perf_counter() - started < 0.2 + 2 * timeout_ms / 1000 + sleep + 2.0
+
+
+def test_a_pool_that_cannot_start_its_threads_stops_those_it_started(
+    monkeypatch: pytest.MonkeyPatch, no_leaked_threads: None
+) -> None:
+    real_start = threading.Thread.start
+    started: list[str] = []
+
+    def start(self: threading.Thread) -> None:
+        if self.name.removeprefix("storm-wsgi-").isdigit():  # a worker thread of the pool
+            if len(started) >= 5:
+                raise RuntimeError("can't start new thread")
+            started.append(self.name)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with pytest.raises(
+        StormError, match=r"could start only 5 of its 16 threads \(workers=4 × threads=4\)"
+    ):
+        run_storm(wsgi_hello, "GET", "/", workers=4, threads=4, users=4, duration=0.2)
+    monkeypatch.undo()
+    # The process can still storm: nothing of the failed pool is left running.
+    assert run_storm(wsgi_hello, "GET", "/", users=4, requests=20).requests == 20

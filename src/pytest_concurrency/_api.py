@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._capacity import CapacityResult, search_capacity
-from ._engine.plan import StormPlan, import_app, plan_storm
+from ._engine.plan import StormPlan, plan_storm
 from ._engine.storm import run_plan, run_plan_async
 from ._engine.websocket import WebSocketResult, plan_websocket, run_websocket_plan
 from ._errors import BudgetExceeded, ConcurrencyWarning, ConfigError
@@ -17,6 +17,7 @@ from ._fidelity import Fidelity, compare_servers
 from ._model.result import StormResult
 from ._params import Layer
 from ._report._text import budget_failure
+from ._servers._process import max_workers
 from ._workload import Request, RequestFactory, split_requests
 
 __all__ = [
@@ -156,7 +157,11 @@ def plan_capacity(
     budgets = dict(base.config.budgets)
     if not budgets:
         raise ConfigError("capacity() needs at least one budget to meet, e.g. p99_ms=200")
-    if base.interface == "asgi":
+    if base.server is not None:
+        # A real server takes at most max_workers() processes here: larger counts are
+        # not tried rather than refused halfway through the search.
+        candidates = [w for w in candidates if w <= max_workers()]
+    if base.interface == "asgi" and base.server is None and base.url is None:
         # In-process, an ASGI app runs on one event loop whatever the worker count: one
         # storm answers whether a single worker suffices.
         candidates = candidates[:1]
@@ -180,9 +185,15 @@ def _useful_workers(base: StormPlan) -> tuple[int | None, int | None]:
 
 
 def run_capacity(
-    plan: CapacityPlan, *, on_storm: Callable[[StormResult], None] | None = None
+    plan: CapacityPlan,
+    *,
+    on_storm: Callable[[StormResult], None] | None = None,
+    on_trial: Callable[[StormResult], None] | None = None,
 ) -> CapacityResult:
-    """Bisect the worker counts with as few storms as possible; *on_storm* sees one per count."""
+    """Bisect the worker counts with as few storms as possible; *on_storm* sees one per count.
+
+    *on_trial* sees every storm as soon as it has run (what an interrupted search measured).
+    """
     base = plan.base
     # One storm per worker count goes to the reports, in the order the counts were first
     # tried: the one whose figures the capacity table shows (repeats confirm the verdict).
@@ -190,7 +201,7 @@ def run_capacity(
 
     def run(workers: int) -> StormResult:
         trial = plan_storm(
-            base.app,
+            base.import_string or base.app,
             requests=base.mix.factory or list(base.mix.requests),
             layers=[Layer("capacity search", {"workers": workers}), *plan.layers],
             scale=plan.scale,
@@ -198,6 +209,8 @@ def run_capacity(
         trial.app_name, trial.label = base.app_name, base.label
         result = run_plan(trial)
         warn_about(result, stacklevel=4)
+        if on_trial is not None:
+            on_trial(result)
         if workers not in first_tried:
             first_tried.append(workers)
         return result
@@ -246,9 +259,6 @@ def compare(
     Budgets in *params* are judged on every result but do not raise: read
     ``fidelity[server].passed`` and the rows of :class:`Fidelity`.
     """
-
-    if isinstance(app, str) and ":" in app:
-        app = import_app(app)  # the in-process storm needs the object itself
 
     def run(server: str) -> StormResult:
         return run_storm(app, method, path, requests=requests, check=False, server=server, **params)

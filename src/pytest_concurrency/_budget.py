@@ -19,6 +19,7 @@ from ._params import BUDGET_NAMES, FLOOR_BUDGETS
 __all__ = [
     "QUEUED_AFTER_MS",
     "ROUND_FIGURES",
+    "completed",
     "evaluate",
     "evaluate_endpoint",
     "measure",
@@ -182,11 +183,17 @@ ROUND_FIGURES = {
 }
 
 
+def completed(result: StormResult) -> int:
+    """Requests of the measured window that got a response (any status) before their timeout."""
+    return max(0, result.requests - result.timeouts)
+
+
 def measure(result: StormResult, name: str) -> float:
     """The figure budget *name* limits, NaN when this storm could not measure it."""
-    if result.requests == 0:
-        # No request completed: every figure would describe nothing (an error rate of 0
-        # of 0 is not "no errors").
+    if not completed(result):
+        # No request completed (none was sent, or every one timed out): every figure would
+        # describe nothing (an error rate of 0 of 0 is not "no errors", nor is a p99 of
+        # timeouts a latency).
         return math.nan
     value = _MEASURES[name](result)
     return float(value) if value is not None else math.nan

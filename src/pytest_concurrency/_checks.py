@@ -4,14 +4,25 @@
 statuses, or a callable on the :class:`Response` that returns False or raises. A failed
 check counts as a failed request, under the kind ``CheckFailed`` with the first message
 and a sample of the body.
+
+A check is judged, never assumed: one that returns anything but True, False or None, or
+raises (``SystemExit`` too), or takes longer than the request's timeout, fails. An
+``async def`` check is awaited by async drivers; the in-process WSGI pool, whose threads
+run no event loop, refuses it before load.
 """
 
 from __future__ import annotations
 
+import inspect
 import json as jsonlib
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
+from time import perf_counter
 from typing import Any
+
+import anyio
 
 from ._errors import ConfigError
 
@@ -22,6 +33,7 @@ __all__ = [
     "Response",
     "Samples",
     "headers_text",
+    "is_async_callable",
     "parse_checks",
 ]
 
@@ -99,18 +111,64 @@ class Checks:
     def __bool__(self) -> bool:
         return self.statuses is not None or bool(self.funcs)
 
-    def judge(self, response: Response) -> str | None:
-        """None when the response passes; otherwise the first failure, in words."""
+    @cached_property
+    def awaits(self) -> bool:
+        """True when a check is an ``async def`` (only an async driver can await it)."""
+        return any(is_async_callable(func) for _, func in self.funcs)
+
+    def judge(self, response: Response, deadline: float = math.inf) -> str | None:
+        """None when the response passes; otherwise the first failure, in words.
+
+        A check that raises (``SystemExit`` too), returns anything but True, False or None,
+        returns an awaitable nobody awaits, or takes longer than *deadline* seconds fails.
+        """
+        failure = self._statuses_failure(response)
+        if failure is not None:
+            return failure
+        for name, func in self.funcs:
+            began = perf_counter()
+            try:
+                verdict = func(response)
+            except (Exception, SystemExit) as exc:
+                return f"{name} raised {type(exc).__name__}: {exc}"
+            if inspect.isawaitable(verdict):
+                _close(verdict)
+                return (
+                    f"{name} returned {type(verdict).__name__} (an async check) where nothing "
+                    "awaits it: the in-process WSGI pool runs no event loop; make it a plain def"
+                )
+            failure = _verdict_failure(name, verdict, perf_counter() - began, deadline)
+            if failure is not None:
+                return failure
+        return None
+
+    async def ajudge(self, response: Response, deadline: float = math.inf) -> str | None:
+        """:meth:`judge` for an async driver: awaitable checks are awaited within *deadline*."""
+        failure = self._statuses_failure(response)
+        if failure is not None:
+            return failure
+        for name, func in self.funcs:
+            began = perf_counter()
+            try:
+                verdict = func(response)
+                if inspect.isawaitable(verdict):
+                    pending = verdict
+                    with anyio.move_on_after(max(0.0, began + deadline - perf_counter())) as scope:
+                        verdict = await pending
+                    if scope.cancelled_caught:
+                        _close(pending)
+                        return f"check {name} was still running at its {deadline:g} s deadline"
+            except (Exception, SystemExit) as exc:
+                return f"{name} raised {type(exc).__name__}: {exc}"
+            failure = _verdict_failure(name, verdict, perf_counter() - began, deadline)
+            if failure is not None:
+                return failure
+        return None
+
+    def _statuses_failure(self, response: Response) -> str | None:
         if self.statuses is not None and response.status not in self.statuses:
             wanted = ", ".join(str(s) for s in sorted(self.statuses))
             return f"status {response.status}, expected {wanted}"
-        for name, func in self.funcs:
-            try:
-                verdict = func(response)
-            except Exception as exc:
-                return f"{name} raised {type(exc).__name__}: {exc}"
-            if verdict is False:
-                return f"{name} returned False"
         return None
 
     def merged(self, other: Checks) -> Checks:
@@ -124,6 +182,56 @@ class Checks:
 
 
 NO_CHECKS = Checks()
+
+
+def is_async_callable(func: Any) -> bool:
+    """True for an ``async def`` (or an object whose ``__call__`` is one)."""
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        getattr(func, "__call__", None)  # noqa: B004 - an object with an async __call__
+    )
+
+
+def _close(awaitable: Any) -> None:
+    close = getattr(awaitable, "close", None)
+    if close is not None:
+        close()  # never awaited: no "coroutine was never awaited" warning later
+
+
+def _verdict_failure(name: str, verdict: Any, took: float, deadline: float) -> str | None:
+    if took > deadline:
+        return f"check {name} blocked for {took:.1f} s past its {deadline:g} s deadline"
+    if type(verdict).__name__ == "bool_":  # numpy's bool: a verdict all the same
+        verdict = bool(verdict)
+    if verdict is False:
+        return f"{name} returned False"
+    if verdict is True or verdict is None:
+        return None
+    if inspect.isgenerator(verdict):
+        verdict.close()
+    # A truthy object is no verdict: a generator, a response, a string would all pass.
+    return f"{name} returned {type(verdict).__name__}, not True, False or None"
+
+
+def _check_callable(item: Any, value: Any, origin: str) -> None:
+    """Refuse a check that could never judge: a generator function, or the wrong arity."""
+    call = getattr(item, "__call__", None)  # noqa: B004 - the object's own __call__
+    target = item if inspect.isfunction(item) or not inspect.ismethod(call) else call
+    if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
+        raise ConfigError(
+            f"checks={value!r} (from {origin}): {item!r} is a generator function, which "
+            "judges nothing; make it a def (or async def) returning True, False or None"
+        )
+    try:
+        signature = inspect.signature(item)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(object())
+    except TypeError:
+        raise ConfigError(
+            f"checks={value!r} (from {origin}): {item!r} must take one argument, the "
+            f"response (its signature is {signature})"
+        ) from None
 
 
 def parse_checks(value: Any, origin: str) -> Checks:
@@ -143,6 +251,7 @@ def parse_checks(value: Any, origin: str) -> Checks:
         ):
             statuses = (statuses or set()) | set(item)
         elif callable(item):
+            _check_callable(item, value, origin)
             funcs.append((getattr(item, "__name__", repr(item)), item))
         else:
             raise ConfigError(

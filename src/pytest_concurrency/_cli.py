@@ -16,10 +16,8 @@ reaching the network.
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import warnings
@@ -29,10 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from ._api import plan_capacity, run_capacity
+from ._apps import load_app as _load_app
 from ._engine.plan import plan_storm
 from ._engine.storm import run_plan
 from ._errors import ConcurrencyWarning, ConfigError, StormError
 from ._fidelity import line_up
+from ._model.remarks import contention_summary, is_contention_note
 from ._model.result import StormResult
 from ._params import BUDGET_NAMES, Layer, budget_limit
 from ._report._csv import csv_paths, write_csv
@@ -62,48 +62,7 @@ INTERRUPTED = 130
 
 def load_app(spec: str) -> Any:
     """Import ``module:attr`` or ``path/to/file.py:attr`` and return the app object."""
-    where = f"app={spec!r} (from the command line)"
-    target, sep, attr = spec.rpartition(":")
-    if not sep or not target or not attr:
-        raise ConfigError(f"{where} must look like MODULE:APP or path/to/file.py:APP")
-    if target.endswith(".py") or os.sep in target:
-        path = Path(target).resolve()
-        if not path.is_file():
-            raise ConfigError(f"{where}: no file {path}")
-        # Import as a module of its package when it is one, so relative imports work.
-        root = path.parent
-        parts = [path.stem]
-        while (root / "__init__.py").exists():
-            parts.insert(0, root.name)
-            root = root.parent
-        _prepend_path(str(root))
-        name = ".".join(parts)
-    else:
-        _prepend_path(os.getcwd())
-        name = target
-    try:
-        module = importlib.import_module(name)
-    except SystemExit as exc:
-        # An app module that exits when imported (a script without a __main__ guard, an
-        # argument parser at import time) would end the command silently, status and all.
-        raise ConfigError(
-            f"{where}: importing {name} raised SystemExit({exc.code!r}): the module exits when "
-            'it is imported; put that code under `if __name__ == "__main__":`'
-        ) from None
-    except Exception as exc:
-        raise ConfigError(f"{where}: importing {name} failed: {type(exc).__name__}: {exc}") from exc
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ConfigError(f"{where}: {module.__name__} has no {attr!r}") from None
-    return obj
-
-
-def _prepend_path(entry: str) -> None:
-    if entry not in sys.path:
-        sys.path.insert(0, entry)
+    return _load_app(spec, origin="the command line", search_cwd=True)
 
 
 # -- option parsing --------------------------------------------------------------------------
@@ -302,6 +261,7 @@ def _params(args: argparse.Namespace, *, workers: bool = True) -> dict[str, Any]
         "seed",
         "processes",
         "engine",
+        "server",
     )
     # A capacity search sets the worker count itself (its --workers lists candidates).
     params = {name: getattr(args, name, None) for name in names if workers or name != "workers"}
@@ -327,11 +287,10 @@ def _storm(app_spec: str, args: argparse.Namespace, server: str | None = None) -
     if server is not None:
         params["server"] = server
     app: Any = load_app(app_spec)
-    if params.get("server", "inprocess") != "inprocess" and not app_spec.endswith(".py"):
-        # A real server imports the app by name in its own process.
-        module = app_spec.rpartition(":")[0]
-        if module and not module.endswith(".py") and "/" not in module:
-            app = app_spec
+    if params.get("server", "inprocess") != "inprocess":
+        # A real server is handed the name, unchanged: its process loads it with the same
+        # loader (a path/to/file.py:APP spec included).
+        app = app_spec
     plan = plan_storm(app, args.method, args.path, layers=[Layer("command line", params)])
     plan.app_name = app_spec
     return run_plan(plan)
@@ -344,8 +303,15 @@ def _notes(results: Sequence[StormResult], *, in_table: bool = False) -> None:
     failed request fails a storm without an error budget, under ``max_error_rate``).
     """
     seen: set[str] = set()
+    # The machine kept storms waiting for a CPU: one line for all of them (see storm_notes).
+    contended = [n for r in results for n in r.notes if is_contention_note(n)]
+    if len(contended) > 1:
+        shares = [r.extras.get("cpu_contention", {}).get("wait_share") for r in results]
+        known = [float(x) for x in shares if isinstance(x, int | float)]
+        print(f"note: {contention_summary(len(contended), known)}", file=sys.stderr)
     for result in results:
-        messages = [*result.warnings, *(f"note: {n}" for n in result.notes)]
+        notes = [n for n in result.notes if len(contended) < 2 or not is_contention_note(n)]
+        messages = [*result.warnings, *(f"note: {n}" for n in notes)]
         if result.failed and not in_table:
             messages.extend(failure_lines(result.to_dict(histograms=False)))
         for message in messages:
@@ -462,8 +428,10 @@ def _processes(text: str) -> int | str:
 
 def _cmd_capacity(args: argparse.Namespace) -> int:
     _check_reports(args)
-    app = load_app(args.app)
+    app: Any = load_app(args.app)
     mix, params = split_requests(None, _params(args, workers=False))
+    if params.get("server", "inprocess") != "inprocess":
+        app = args.app  # handed to the server unchanged, as for run
     plan = plan_capacity(
         app, args.method, args.path, mix, args.workers, [Layer("command line", params)]
     )
@@ -474,8 +442,15 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
         + ", ".join(f"{k}={format_number(v)}" for k, v in plan.budgets.items()),
         flush=True,
     )
-    with _upstreams(args):
-        found = run_capacity(plan)
+    tried: list[StormResult] = []
+    try:
+        with _upstreams(args):
+            found = run_capacity(plan, on_trial=tried.append)
+    except KeyboardInterrupt:
+        if tried:
+            # What the finished storms measured is still worth seeing, as in compare.
+            print(side_by_side(tried))
+        raise
     _notes(list(found.results.values()))
     print(found.table())
     if args.json:

@@ -13,7 +13,7 @@ import pytest
 
 from ._api import check_budgets, plan_capacity, run_capacity, warn_about
 from ._capacity import CapacityResult
-from ._engine.plan import LiveFigures, Progress, StormPlan, import_app, plan_storm
+from ._engine.plan import LiveFigures, Progress, StormPlan, plan_storm
 from ._engine.storm import run_plan, run_plan_async
 from ._engine.websocket import WebSocketResult, plan_websocket, run_websocket_plan
 from ._errors import ConfigError
@@ -133,8 +133,6 @@ class StormFixture:
         to the test's output.
         """
         __tracebackhide__ = True
-        if isinstance(app, str) and ":" in app:
-            app = import_app(app)
 
         def run(server: str) -> StormResult:
             plan = self._plan(app, method, path, requests, {**params, "server": server})

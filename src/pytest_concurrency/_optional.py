@@ -22,6 +22,7 @@ def require(modules: tuple[str, ...], extra: str, feature: str) -> None:
     missing = [m for m in modules if not installed(m)]
     if missing:
         raise ConfigError(
-            f"{feature} needs {', '.join(missing)}, which is not installed: "
+            f"{feature} needs {', '.join(missing)}, which "
+            f"{'is' if len(missing) == 1 else 'are'} not installed: "
             f"pip install 'pytest-storm[{extra}]'"
         )

@@ -8,8 +8,10 @@ can say where a bad value was written.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -254,7 +256,35 @@ def _choice(name: str, value: Any, origin: str, choices: Iterable[str]) -> str:
 
 
 SERVERS = ("inprocess", "uvicorn", "hypercorn", "granian", "gunicorn")
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _loopback_literal(host: str) -> bool:
+    """True for an IP literal in 127.0.0.0/8 or ``::1`` (never a name: names are resolved)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _checked_localhost(where: str, port: int) -> str:
+    """The loopback address ``localhost`` resolves to; refused unless every address is loopback.
+
+    The storm then connects to that address, so a later answer from the resolver cannot
+    send it elsewhere.
+    """
+    try:
+        infos = socket.getaddrinfo("localhost", port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(f"{where}: 'localhost' does not resolve here ({exc})") from None
+    addresses = [str(info[4][0]) for info in infos]
+    outside = sorted({a for a in addresses if not _loopback_literal(a)})
+    if not addresses or outside:
+        raise ConfigError(
+            f"{where}: 'localhost' resolves to {', '.join(outside) or 'nothing'}, which is not "
+            "loopback; give the address itself, such as 'http://127.0.0.1:8000'"
+        )
+    # IPv4 first: a server bound to 127.0.0.1 is the common case.
+    return min(addresses, key=lambda a: (":" in a, addresses.index(a)))
 
 
 def _server(value: Any, origin: str) -> str:
@@ -262,23 +292,37 @@ def _server(value: Any, origin: str) -> str:
         raise ConfigError(f"{_where('server', value, origin)} must be a string")
     if value in SERVERS:
         return value
+    where = _where("server", value, origin)
     parts = urlsplit(value)
     if parts.scheme in ("http", "https") and parts.hostname is not None:
         if parts.scheme != "http":
-            raise ConfigError(f"{_where('server', value, origin)}: only http:// is supported")
-        if parts.hostname not in _LOOPBACK and not parts.hostname.startswith("127."):
+            raise ConfigError(f"{where}: only http:// is supported")
+        host = parts.hostname
+        if host != "localhost" and not _loopback_literal(host):
+            # No name but localhost is resolved: a name that merely starts with 127. can
+            # resolve anywhere.
             raise ConfigError(
-                f"{_where('server', value, origin)} is not on loopback: storms are sent only "
-                "to in-process apps and to servers on this machine (127.0.0.1)"
+                f"{where} is not on loopback: storms are sent only to in-process apps and to "
+                "servers on this machine (an address in 127.0.0.0/8, [::1] or localhost)"
             )
-        if parts.path not in ("", "/") or parts.query:
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if port in (-1, 0) or (port is None and parts.netloc.endswith(":")):
+            raise ConfigError(f"{where} has no valid port: give a port from 1 to 65535")
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
             raise ConfigError(
-                f"{_where('server', value, origin)} must be a server root such as "
+                f"{where} must be a server root such as "
                 "'http://127.0.0.1:8000' (paths come from the storm's requests)"
             )
-        return value.rstrip("/")
+        port = port or 80
+        if host == "localhost":
+            host = _checked_localhost(where, port)
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{port}"
     raise ConfigError(
-        f"{_where('server', value, origin)} must be one of {', '.join(SERVERS)} or a loopback "
+        f"{where} must be one of {', '.join(SERVERS)} or a loopback "
         "URL such as 'http://127.0.0.1:8000'"
     )
 

@@ -29,10 +29,11 @@ from ._report._baseline import (
     judgement_line,
     judgements,
     load,
+    load_document,
     machine_load,
     machine_warning,
-    merged_for_save,
     parse_compare_fail,
+    save_merged,
 )
 from ._report._csv import csv_paths, write_csv
 from ._report._json import ensure_writable, machine_info, session_document, write_json
@@ -178,7 +179,7 @@ class ReportSession:
 
     def _check(self) -> None:
         if self.save_as is not None:
-            baseline_path(str(self.save_as.value), self.storage, option=self.save_as.label)
+            self._check_save(self.save_as)
         if (
             self.html is not None
             and not self.is_worker
@@ -202,6 +203,23 @@ class ReportSession:
         if not self.is_worker:
             self._check_writable()
 
+    def _check_save(self, save_as: Setting) -> None:
+        """A baseline that could not be saved when the session ends is a usage error now."""
+        path = baseline_path(str(save_as.value), self.storage, option=save_as.label)
+        if self.save_replace or not path.is_file():
+            return
+        # Merged into at the end of the session: a file that cannot be merged would be
+        # found only after every test had run. (It is read again, under its lock, then.)
+        try:
+            load_document(path, option=f"{save_as.label}={save_as.value!r}")
+        except ConfigError as exc:
+            hint = (
+                ""
+                if "--concurrency-save-replace" in str(exc)
+                else " (--concurrency-save-replace replaces it)"
+            )
+            raise ConfigError(f"{exc}; no test was run{hint}") from None
+
     def _check_writable(self) -> None:
         """A report asked for that cannot be written is a usage error before any storm runs."""
         targets: list[tuple[Setting, Path]] = []
@@ -210,6 +228,8 @@ class ReportSession:
                 targets.append((report, report.path()))
         if self.csv is not None:
             targets.extend((self.csv, path) for path in csv_paths(self.csv.path()))
+        if self.save_as is not None:
+            targets.append((self.save_as, baseline_path(str(self.save_as.value), self.storage)))
         for report, path in targets:
             try:
                 ensure_writable(path)
@@ -305,10 +325,9 @@ class ReportSession:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def _save(self, name: str, doc: dict[str, Any], option: str) -> Path:
-        path, merged, kept = merged_for_save(
+        written, kept = save_merged(
             name, doc, self.storage, replace=self.save_replace, option=option
         )
-        written = write_json(path, merged)
         if kept:
             self._notes.append(
                 f"baseline {name!r}: kept {kept} storm{'s' if kept != 1 else ''} of the saved "
@@ -356,6 +375,7 @@ class ReportSession:
                 "storm tests with -n 0 when their figures are gated",
                 yellow=True,
             )
+        compared = self.baseline is not None and self.compare_with is not None
         if self.baseline is not None and self.compare_with is not None:
             self._write_comparison(tr, records, str(self.compare_with.value), self.baseline)
         for line in self._written:
@@ -364,7 +384,7 @@ class ReportSession:
             tr.write_line(line)
         for line in self._problems:
             tr.write_line(line, red=True)
-        if records:
+        if records and not compared:  # (the comparison says it under its table)
             tr.write_line(noise_statement())
 
     def _write_comparison(

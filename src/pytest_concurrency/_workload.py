@@ -14,10 +14,43 @@ import httpx
 
 from ._checks import NO_CHECKS, Checks, parse_checks
 from ._errors import ConfigError, StormError
+from ._headers import request_header_fault
 
-__all__ = ["Profile", "Request", "RequestMix", "build_mix", "split_requests"]
+__all__ = [
+    "InvalidRequestHeader",
+    "Profile",
+    "Request",
+    "RequestMix",
+    "build_mix",
+    "checked_user_headers",
+    "split_requests",
+]
 
 _BASE_URL = "http://testserver"
+
+
+class InvalidRequestHeader(ValueError):
+    """A request built during the storm carries a header that cannot be sent.
+
+    The request is counted as failed under this kind and never reaches the app or the server.
+    """
+
+
+def checked_user_headers(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A user's own headers and cookies (set by its start hook), checked before each send.
+
+    Raises :class:`InvalidRequestHeader` for one that could not be sent as it is.
+    """
+    for name, value in pairs:
+        reason = request_header_fault(name, value)
+        if reason is not None:
+            given = (
+                f"user.cookies (cookie: {value!r})"
+                if name == "cookie"
+                else f"user.headers[{name!r}] = {value!r}"
+            )
+            raise InvalidRequestHeader(f"{given}, set by on_start: {reason}")
+    return pairs
 
 
 @dataclass(frozen=True)
@@ -53,7 +86,11 @@ class Request:
 
     def validate(self, origin: str) -> None:
         """Raise :class:`ConfigError` for a request that cannot be sent."""
-        if not isinstance(self.method, str) or not self.method.isalpha():
+        if (
+            not isinstance(self.method, str)
+            or not self.method.isalpha()
+            or not self.method.isascii()
+        ):
             raise ConfigError(
                 f"method={self.method!r} (from {origin}) must be an HTTP method such as 'GET'"
             )
@@ -76,12 +113,46 @@ class Request:
                 f"{' and '.join(bodies)} (from {origin}) are exclusive: give one request body"
             )
         try:
-            self.to_httpx()
+            built = self.to_httpx()
+            built.read()
         except Exception as exc:
             raise ConfigError(
                 f"{self._culprit()} (from {origin}) cannot be encoded as an HTTP request: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
+        fault = self._header_fault(built)
+        if fault is not None:
+            given, reason = fault
+            raise ConfigError(f"{given} of request {self.label!r} (from {origin}): {reason}")
+
+    def _header_fault(self, built: httpx.Request) -> tuple[str, str] | None:
+        """The header of the encoded request that cannot be sent, as given, and why; or None."""
+        for name, value in built.headers.raw:
+            reason = request_header_fault(name, value)
+            if reason is None:
+                continue
+            if name.lower() == b"cookie" and self.cookies:
+                given = f"cookies={dict(self.cookies)!r}"
+            else:
+                given = f"headers={{{name.decode('latin-1')!r}: {value.decode('latin-1')!r}}}"
+            return given, reason
+        return None
+
+    def checked_httpx(self) -> httpx.Request:
+        """:meth:`to_httpx` for a request built during the storm, its headers checked.
+
+        Raises :class:`InvalidRequestHeader` (the request is counted as failed, not sent)
+        for a header that could not be sent as it is.
+        """
+        built = self.to_httpx()
+        fault = self._header_fault(built)
+        if fault is not None:
+            given, reason = fault
+            raise InvalidRequestHeader(
+                f"{given} of request {self.label!r}, built during the storm: {reason}; "
+                "the request was not sent"
+            )
+        return built
 
     def _culprit(self) -> str:
         """The field that stops this request from encoding, as ``name=value``."""
@@ -91,7 +162,7 @@ class Request:
                 continue
             bare = Request(method=self.method, path="/" if name != "path" else self.path)
             try:
-                Request(**{**_fields(bare), name: value}).to_httpx()
+                Request(**{**_fields(bare), name: value}).to_httpx().read()
             except Exception:
                 return f"{name}={value!r}"
         return f"request {self.label!r}"
@@ -173,15 +244,16 @@ class RequestMix:
             raise RuntimeError("not a templated mix")
         try:
             request = self.factory(user, iteration)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in a factory: no silent end
             raise StormError(
                 f"requests={self.factory!r} raised {type(exc).__name__}: {exc} for user {user}, "
                 f"iteration {iteration}; the storm was stopped"
             ) from exc
         if not isinstance(request, Request):
-            raise ConfigError(
+            # Mid-storm: the storm stops, as for a factory that raises.
+            raise StormError(
                 f"requests={self.factory!r} returned {request!r} for user {user}, iteration "
-                f"{iteration}; it must return a pytest_concurrency.Request"
+                f"{iteration}; it must return a pytest_concurrency.Request; the storm was stopped"
             )
         return request
 
@@ -233,13 +305,17 @@ def build_mix(
             # Users have no state before their start hook ran: requests are checked as built.
             return mix
         try:
-            first = mix.build(0, 0)
-        except StormError as exc:
+            first = requests(0, 0)
+        except (Exception, SystemExit) as exc:  # sys.exit() in a factory: no silent end
             raise ConfigError(
                 f"requests={requests!r} (from keyword argument) raised "
-                f"{type(exc.__cause__).__name__}: {exc.__cause__} when called with (0, 0) "
-                "before the storm"
-            ) from exc.__cause__
+                f"{type(exc).__name__}: {exc} when called with (0, 0) before the storm"
+            ) from exc
+        if not isinstance(first, Request):
+            raise ConfigError(
+                f"requests={requests!r} (from keyword argument) returned {first!r} when called "
+                "with (0, 0) before the storm; it must return a pytest_concurrency.Request"
+            )
         first.validate("requests=<factory>(0, 0)")
         return mix
     if requests is not None:

@@ -20,13 +20,16 @@ import httpx
 from .. import _clock as clock
 from .._apps import as_asgi3
 from .._errors import StormError
-from .._workload import Request
+from .._headers import RESPONSE_VALUE_BAD, TOKEN_BYTES, content_length, response_header_fault
+from .._workload import Request, checked_user_headers
 from .base import (
     BadHeaders,
     BadStatus,
     BodyBeforeStart,
     BodyNotBytes,
+    ContentLengthMismatch,
     IncompleteResponse,
+    InvalidHeader,
     MessageAfterResponse,
     ProtocolViolation,
     StartedTwice,
@@ -89,6 +92,52 @@ _CHUNKS_PER_TURN = 16
 #: Body chunks kept as a sample of an error response (the report shows the first ones).
 _SAMPLE_CHUNKS = 4
 
+#: Response header lists already checked, and their declared content-length (-1: none). An
+#: app sends a handful of distinct lists; past this many, the cache starts afresh.
+_CHECKED_HEADERS: dict[tuple[Any, ...], int] = {}
+_CHECKED_HEADERS_KEPT = 256
+
+
+def response_headers(headers: Any) -> int:
+    """Check an ASGI response's headers as a real server does; return their content-length.
+
+    -1 when none is declared. Raises :class:`BadHeaders` for the wrong shape and
+    :class:`InvalidHeader` for what uvicorn and h11 refuse to write.
+    """
+    if not headers:
+        return -1
+    try:
+        key: tuple[Any, ...] | None = tuple(headers)
+        declared = _CHECKED_HEADERS.get(key)  # type: ignore[arg-type]
+    except TypeError:  # [name, value] lists: checked each time
+        key, declared = None, None
+    if declared is not None:
+        return declared
+    lengths = []
+    fullmatch, search = TOKEN_BYTES.fullmatch, RESPONSE_VALUE_BAD.search
+    for header in headers:
+        if len(header) != 2 or type(header[0]) is not bytes or type(header[1]) is not bytes:
+            raise BadHeaders(
+                f"http.response.start headers must be [name, value] pairs of bytes, not {header!r}"
+            )
+        name, value = header
+        if not fullmatch(name) or search(value):
+            raise InvalidHeader(response_header_fault(name, value) or repr(header))
+        if len(name) == 14 and name.lower() == b"content-length":
+            lengths.append(value)
+    length = None
+    if lengths:
+        try:
+            length = content_length(lengths)
+        except ValueError as exc:
+            raise InvalidHeader(str(exc)) from None
+    declared = -1 if length is None else length
+    if key is not None:
+        if len(_CHECKED_HEADERS) >= _CHECKED_HEADERS_KEPT:
+            _CHECKED_HEADERS.clear()  # lists that differ each time: start afresh
+        _CHECKED_HEADERS[key] = declared
+    return declared
+
 
 class Exchange:
     """One request/response exchange: the receive/send pair handed to the app.
@@ -104,7 +153,10 @@ class Exchange:
         "_capture",
         "_chunks",
         "_closed",
+        "_declared",
         "_gone",
+        "_head",
+        "_length",
         "_sent",
         "body",
         "done",
@@ -114,9 +166,12 @@ class Exchange:
         "violation",
     )
 
-    def __init__(self, body: bytes, capture: bool = False) -> None:
+    def __init__(self, body: bytes, capture: bool = False, head: bool = False) -> None:
         self._body = body
         self._capture = capture
+        self._head = head
+        #: Body bytes still owed to the declared content-length; -1 when none is enforced.
+        self._length = -1
         #: Response headers and body chunks, kept when asked (checks, cookies) or when the
         #: status is an error (a sample for the report); None otherwise.
         self.headers: Any = None
@@ -180,6 +235,8 @@ class Exchange:
                     )
                 )
             more = message.get("more_body", False)
+            if self._length >= 0:
+                self._owe(len(body), more)
             kept = self.body
             if kept is not None and body and (self._capture or len(kept) < _SAMPLE_CHUNKS):
                 kept.append(bytes(body))
@@ -204,17 +261,17 @@ class Exchange:
                         f"http.response.start 'status' must be an int from 100 to 599, not {status!r}"
                     )
                 )
-            for header in message.get("headers", ()):
-                if len(header) != 2 or type(header[0]) is not bytes or type(header[1]) is not bytes:
-                    raise self._broken(
-                        BadHeaders(
-                            f"http.response.start headers must be [name, value] pairs of bytes, "
-                            f"not {header!r}"
-                        )
-                    )
+            try:
+                headers = message.get("headers")
+                declared = response_headers(headers) if headers else -1
+            except BadHeaders as exc:
+                raise self._broken(exc) from None
+            if declared >= 0 and status >= 200 and status not in (204, 304) and not self._head:
+                # HEAD, 1xx, 204 and 304 have no body, whatever length they declare.
+                self._length = self._declared = declared
             self.status = status
             if self._capture or status >= 400:
-                self.headers = message.get("headers", ())
+                self.headers = headers or ()
                 self.body = []
         elif self._gone:
             return  # a server drops what a gone client cannot receive
@@ -222,6 +279,21 @@ class Exchange:
             raise self._broken(
                 UnknownMessage(f"unexpected ASGI message type {kind!r} on an http scope")
             )
+
+    def _owe(self, size: int, more: bool) -> None:
+        """Count *size* body bytes against the declared content-length, as uvicorn does."""
+        left = self._length - size
+        if left < 0 or (left and not more):
+            declared = self._declared
+            sent = declared - left
+            self._length = -1
+            raise self._broken(
+                ContentLengthMismatch(
+                    f"the body is {'longer' if left < 0 else 'shorter'} than its "
+                    f"content-length: {declared} declared, {sent}{' and more' if more else ''} sent"
+                )
+            )
+        self._length = left
 
     def close(self) -> None:
         """Release any receive() still waiting (the client has gone)."""
@@ -257,9 +329,13 @@ class AsgiDriver:
         # The coroutine itself, not one awaiting it: one frame less per request.
         return self.call_prepared(self._templates[index], holder)
 
-    def call_request(self, request: Request, holder: Any = None) -> Coroutine[Any, Any, Exchange]:
-        """Send a request built on the fly (templated requests pay for encoding it)."""
-        return self.call_prepared(build_scope(request.to_httpx()), holder)
+    async def call_request(self, request: Request, holder: Any = None) -> Exchange:
+        """Send a request built on the fly (templated requests pay for encoding it).
+
+        A header that could not be sent fails the request here, inside the coroutine, so
+        that it is counted as the request's failure and the app never sees it.
+        """
+        return await self.call_prepared(build_scope(request.checked_httpx()), holder)
 
     async def call_prepared(
         self, prepared: tuple[dict[str, Any], list[tuple[bytes, bytes]], bytes], holder: Any = None
@@ -279,9 +355,9 @@ class AsgiDriver:
             if user is not None and (user.headers or user.cookies):
                 scope["headers"].extend(
                     (k.lower().encode("latin-1"), v.encode("latin-1"))
-                    for k, v in user.header_pairs()
+                    for k, v in checked_user_headers(user.header_pairs())
                 )
-        exchange = Exchange(body, capture)
+        exchange = Exchange(body, capture, scope["method"] == "HEAD")
         if holder is not None:
             holder.exchange = exchange
         try:

@@ -26,14 +26,18 @@ __all__ = [
     "BadStatus",
     "BodyBeforeStart",
     "BodyNotBytes",
+    "ContentLengthMismatch",
     "Exchange",
+    "HopByHopHeader",
     "IncompleteResponse",
+    "InvalidHeader",
     "MessageAfterResponse",
     "NoStartResponse",
     "ProtocolViolation",
     "Slot",
     "StartedTwice",
     "UnknownMessage",
+    "UnsolicitedResponse",
 ]
 
 
@@ -62,6 +66,21 @@ class BadHeaders(ProtocolViolation):
     """Response headers of the wrong shape or type."""
 
 
+class InvalidHeader(BadHeaders):
+    """A response header a real server refuses to send: a name that is not a token, a value
+    with CR, LF, NUL or another control (WSGI: or outside latin-1), a content-length that is
+    not a number or conflicts with another."""
+
+
+class HopByHopHeader(BadHeaders):
+    """WSGI: a hop-by-hop header (``Connection``, ``Keep-Alive``, ``Transfer-Encoding``, …),
+    which PEP 3333 leaves to the server."""
+
+
+class ContentLengthMismatch(ProtocolViolation):
+    """A response body longer or shorter than its ``content-length``."""
+
+
 class MessageAfterResponse(ProtocolViolation):
     """ASGI: a message after the response was complete."""
 
@@ -76,6 +95,11 @@ class IncompleteResponse(ProtocolViolation):
 
 class NoStartResponse(ProtocolViolation):
     """WSGI: the app returned (or yielded a chunk) without calling ``start_response``."""
+
+
+class UnsolicitedResponse(ProtocolViolation):
+    """HTTP client: the server sent bytes with no request outstanding (a response nobody
+    asked for); the connection is failed rather than reading them as the next answer."""
 
 
 class Exchange(Protocol):

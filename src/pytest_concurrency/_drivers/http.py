@@ -21,8 +21,8 @@ import anyio.abc
 import httptools
 
 from .._errors import ConfigError, StormError
-from .._workload import Request
-from .base import AsyncDriver
+from .._workload import Request, checked_user_headers
+from .base import AsyncDriver, UnsolicitedResponse
 
 __all__ = ["Exchange", "HttpDriver", "encode_request"]
 
@@ -36,8 +36,12 @@ class ServerClosed(ConnectionResetError):
 
 
 def encode_request(request: Request, host: str) -> tuple[bytes, bool]:
-    """Raw HTTP/1.1 bytes of *request* for *host* (``Host`` header value), and whether it is HEAD."""
-    built = request.to_httpx()
+    """Raw HTTP/1.1 bytes of *request* for *host* (``Host`` header value), and whether it is HEAD.
+
+    Raises :class:`~.._workload.InvalidRequestHeader` for a header that cannot be sent as it
+    is (CR, LF or NUL in it, a name that is not a token): it is never written raw.
+    """
+    built = request.checked_httpx()
     body = built.read()
     method = built.method.encode("ascii")
     head = [method, b" ", built.url.raw_path, b" HTTP/1.1\r\nHost: ", host.encode("idna"), b"\r\n"]
@@ -81,6 +85,12 @@ class _Connection(asyncio.Protocol):
         self.used = 0
         self.head = False
         self.received = False
+        #: The response being read is interim (1xx but 101): the final one follows.
+        self.interim = False
+        #: A message began with no request outstanding.
+        self.stray = False
+        #: Why the connection failed between requests; raised for the next request on it.
+        self.fault: UnsolicitedResponse | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -88,12 +98,27 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.exchange is None:
+            self._unsolicited(f"{len(data)} bytes ({data[:40]!r})")
+            return
         self.received = True
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # 101 Switching Protocols: the exchange is over, and HTTP on this connection
+            # with it (upgrades are the WebSocket driver's business).
+            self.keep_alive = False
+            self.exchange = None
+            return
         except httptools.HttpParserError as exc:
+            if self.exchange is None:  # after the response asked for was complete
+                self._unsolicited(f"bytes that are not HTTP ({exc})")
+                return
             self._fail(exc)
             self.abort()
+            return
+        if self.stray:
+            self._unsolicited("a second response after the one asked for")
 
     def eof_received(self) -> bool | None:
         return None  # close the transport: connection_lost follows
@@ -110,18 +135,39 @@ class _Connection(asyncio.Protocol):
                 exc if exc is not None else ServerClosed("the server closed the connection")
             )
 
+    def _unsolicited(self, what: str) -> None:
+        """Bytes with no request outstanding: fail the connection, never read them as an answer."""
+        if self.fault is None:
+            self.fault = UnsolicitedResponse(
+                f"the server sent {what} with no request outstanding: a response nobody asked "
+                "for; the connection was closed"
+            )
+        self.abort()
+
     # -- httptools callbacks --------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.exchange is None:
+            self.stray = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         exchange = self.exchange
         if exchange is not None and exchange.headers is not None:
-            exchange.headers.append((name, value))
+            code = self.parser.get_status_code()
+            if code >= 200 or code == 101:  # an interim response's headers are not kept
+                exchange.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         exchange = self.exchange
         if exchange is None:
             return
-        exchange.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if status < 200 and status != 101:
+            # 100 Continue, 103 Early Hints: interim, kept apart from the final response
+            # that follows on the same connection (as h11 does).
+            self.interim = True
+            return
+        exchange.status = status
         if exchange.status >= 400 and exchange.body is None:
             exchange.headers, exchange.body = [], []
         self.keep_alive = self.parser.should_keep_alive()
@@ -141,6 +187,9 @@ class _Connection(asyncio.Protocol):
                 kept.append(bytes(body))
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         self.keep_alive = self.parser.should_keep_alive()
         self._complete()
 
@@ -255,6 +304,11 @@ class HttpDriver:
 
     async def _send(self, raw: bytes, head: bool, holder: Any) -> Exchange:
         conn: _Connection | None = getattr(holder, "conn", None)
+        if conn is not None and conn.fault is not None:
+            # The server broke the protocol between requests: this request, which those
+            # bytes would have answered, fails as a protocol error; the next one reconnects.
+            self._drop(conn, holder)
+            raise conn.fault
         if conn is None or conn.closed:
             conn = await self._connect()
             if holder is not None:
@@ -264,7 +318,8 @@ class HttpDriver:
         if user is not None and (user.headers or user.cookies):
             # The user's own headers and cookies go just before the blank line.
             end = raw.index(b"\r\n\r\n") + 2
-            extra = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in user.header_pairs())
+            pairs = checked_user_headers(user.header_pairs())
+            extra = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in pairs)
             raw = raw[:end] + extra + raw[end:]
         try:
             exchange = await self._attempt(conn, raw, head, holder, capture)

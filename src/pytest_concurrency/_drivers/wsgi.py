@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import heapq
 import io
+import os
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,9 +25,20 @@ import httpx
 from werkzeug.test import EnvironBuilder
 
 from .._checks import NO_CHECKS
+from .._errors import StormError
+from .._headers import HOP_BY_HOP, TOKEN, WSGI_VALUE_BAD, content_length, wsgi_header_fault
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
-from .._workload import Request
-from .base import BadHeaders, BadStatus, BodyNotBytes, NoStartResponse, StartedTwice
+from .._workload import Request, checked_user_headers
+from .base import (
+    BadHeaders,
+    BadStatus,
+    BodyNotBytes,
+    ContentLengthMismatch,
+    HopByHopHeader,
+    InvalidHeader,
+    NoStartResponse,
+    StartedTwice,
+)
 
 if TYPE_CHECKING:
     from .._engine.schedule import Schedule
@@ -53,8 +66,8 @@ _ERRORS = _NullErrors()
 
 
 def request_environ(request: Request) -> tuple[dict[str, Any], bytes]:
-    """The (environ template, body) of a request built on the fly."""
-    return build_environ(request.to_httpx())
+    """The (environ template, body) of a request built on the fly, its headers checked."""
+    return build_environ(request.checked_httpx())
 
 
 def build_environ(request: httpx.Request) -> tuple[dict[str, Any], bytes]:
@@ -96,17 +109,79 @@ def _status_code(status: object) -> int:
     return int(code)
 
 
+#: Header lists already checked, and their declared content-length (-1: none): an app
+#: sends a handful of distinct lists; past this many, the cache starts afresh.
+_CHECKED_HEADERS: dict[tuple[Any, ...], int] = {}
+_CHECKED_HEADERS_KEPT = 256
+
+
+def response_headers(headers: Any) -> int:
+    """Check a WSGI app's headers as gunicorn and PEP 3333 do; return their content-length.
+
+    -1 when none is declared. Raises :class:`BadHeaders` for the wrong shape,
+    :class:`InvalidHeader` for what gunicorn refuses to write and :class:`HopByHopHeader`
+    for a header PEP 3333 leaves to the server.
+    """
+    if type(headers) is not list:
+        raise BadHeaders(f"start_response headers must be a list, not {headers!r}")
+    if not headers:
+        return -1
+    try:
+        key: tuple[Any, ...] | None = tuple(headers)
+        declared = _CHECKED_HEADERS.get(key)  # type: ignore[arg-type]
+    except TypeError:  # an unhashable item: not a (str, str) tuple, refused below
+        key, declared = None, None
+    if declared is not None:
+        return declared
+    lengths = []
+    fullmatch, search = TOKEN.fullmatch, WSGI_VALUE_BAD.search
+    for header in headers:
+        if (
+            type(header) is not tuple
+            or len(header) != 2
+            or type(header[0]) is not str
+            or type(header[1]) is not str
+        ):
+            raise BadHeaders(f"start_response headers must be (str, str) tuples, not {header!r}")
+        name, value = header
+        if not fullmatch(name) or search(value):
+            raise InvalidHeader(wsgi_header_fault(name, value) or repr(header))
+        lower = name.lower()
+        if lower in HOP_BY_HOP:
+            raise HopByHopHeader(
+                f"hop-by-hop header {name!r} from a WSGI app: PEP 3333 leaves it to the server"
+            )
+        if lower == "content-length":
+            lengths.append(value.encode("latin-1"))
+    length = None
+    if lengths:
+        try:
+            length = content_length(lengths)
+        except ValueError as exc:
+            raise InvalidHeader(str(exc)) from None
+    declared = -1 if length is None else length
+    if key is not None:
+        if len(_CHECKED_HEADERS) >= _CHECKED_HEADERS_KEPT:
+            _CHECKED_HEADERS.clear()  # lists that differ each time: start afresh
+        _CHECKED_HEADERS[key] = declared
+    return declared
+
+
 class _StartResponse:
     """``start_response`` held to PEP 3333: once per response unless ``exc_info`` replaces
-    headers not yet sent; a status "NNN reason"; headers as (str, str) pairs."""
+    headers not yet sent; a status "NNN reason"; headers as (str, str) pairs that a real
+    server would send."""
 
-    __slots__ = ("first_byte", "headers", "sent", "status")
+    __slots__ = ("first_byte", "headers", "length", "sent", "status", "written")
 
     def __init__(self) -> None:
         self.status = 0
         self.sent = False
         self.first_byte = 0.0
         self.headers: list[tuple[str, str]] = []
+        #: The declared content-length (-1: none) and the bytes given to ``write()``.
+        self.length = -1
+        self.written = 0
 
     def __call__(self, status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], Any]:
         if exc_info is not None:
@@ -117,18 +192,7 @@ class _StartResponse:
         code = _STATUS_CODES.get(status) if type(status) is str else None
         if code is None:
             code = _status_code(status)
-        if type(headers) is not list:
-            raise BadHeaders(f"start_response headers must be a list, not {headers!r}")
-        for header in headers:
-            if (
-                type(header) is not tuple
-                or len(header) != 2
-                or type(header[0]) is not str
-                or type(header[1]) is not str
-            ):
-                raise BadHeaders(
-                    f"start_response headers must be (str, str) tuples, not {header!r}"
-                )
+        self.length = response_headers(headers)
         self.status = code
         self.headers = headers
         return self.write
@@ -139,6 +203,7 @@ class _StartResponse:
             raise BodyNotBytes(f"write() takes bytes, not {type(data).__name__}")
         if data:
             self.sent = True
+            self.written += len(data)
             if not self.first_byte:
                 self.first_byte = perf_counter()
 
@@ -163,7 +228,7 @@ class WsgiDriver:
         template, body = prepared
         if user is not None and (user.headers or user.cookies):
             template = template.copy()
-            for name, value in user.header_pairs():
+            for name, value in checked_user_headers(user.header_pairs()):
                 key = name.upper().replace("-", "_")
                 if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
                     key = "HTTP_" + key
@@ -173,6 +238,7 @@ class WsgiDriver:
         start_response = _StartResponse()
         result = self.app(environ, start_response)
         chunks: list[bytes] | None = None
+        size = 0
         try:
             for chunk in result:
                 if type(chunk) is not bytes and not isinstance(chunk, bytes):
@@ -180,6 +246,7 @@ class WsgiDriver:
                         f"the response iterable yielded {type(chunk).__name__}, not bytes"
                     )
                 if chunk:
+                    size += len(chunk)
                     if not start_response.sent:
                         if not start_response.status:
                             raise NoStartResponse("a body chunk came before start_response")
@@ -196,10 +263,40 @@ class WsgiDriver:
         status = start_response.status
         if not status:
             raise NoStartResponse("the app returned without calling start_response")
+        declared = start_response.length
+        if declared >= 0:
+            size += start_response.written
+            if (
+                size != declared
+                and status >= 200
+                and status not in (204, 304)
+                and template["REQUEST_METHOD"] != "HEAD"
+            ):
+                raise ContentLengthMismatch(
+                    f"the body is {'longer' if size > declared else 'shorter'} than its "
+                    f"content-length: {declared} declared, {size} sent"
+                )
         first = start_response.first_byte or perf_counter()
         if capture or status >= 400:
             return status, first, start_response.headers, chunks or []
         return status, first, None, None
+
+
+def _where(thread: threading.Thread) -> str:
+    """*thread*'s name and the innermost function of the app (or of a check) it is in."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    while frame is not None:
+        code = frame.f_code
+        if not code.co_filename.startswith((package, os.path.dirname(threading.__file__))):
+            where = f"{code.co_name}() at {os.path.basename(code.co_filename)}:{frame.f_lineno}"
+            return f"{thread.name} in {where}"
+        frame = frame.f_back
+    return thread.name
+
+
+class _Expired(Exception):
+    """A queued request whose client gave up before a worker picked it."""
 
 
 @dataclass
@@ -230,6 +327,22 @@ class WsgiPool:
         if self.threads == 1:
             return f"{self.workers} sync worker{'s' if self.workers != 1 else ''}"
         return f"{self.workers} worker{'s' if self.workers != 1 else ''} × {self.threads} threads"
+
+    @staticmethod
+    def _stop_started(
+        started: list[threading.Thread],
+        stop: threading.Event,
+        backlog: SimpleQueue[tuple[float, int] | None],
+        timer_cv: threading.Condition,
+        workers: int,
+    ) -> None:
+        stop.set()
+        for _ in range(workers):
+            backlog.put(None)
+        with timer_cv:
+            timer_cv.notify_all()
+        for thread in started:
+            thread.join(5.0)
 
     def run(
         self,
@@ -278,6 +391,9 @@ class WsgiPool:
         if live is not None:
             live.extend(recorders)  # read (lengths and tails only) by a progress line
         done_count = [0] * self.size
+        # When each thread picked the request it is serving (0.0 when idle): a handler is
+        # judged stuck from its own deadline, not from the storm's.
+        busy_since = [0.0] * self.size
         # One counter per thread (no lock): a user retires when the schedule has no next
         # send for it; the run is over when every user has retired.
         retired = [0] * self.size
@@ -353,31 +469,49 @@ class WsgiPool:
                     except BaseException as exc:  # the storm's own input failed: stop it
                         fail(exc)
                         return
+                # Its client gave up while it queued: late, it is a timeout, and not served.
+                expired = picked - intended >= timeout
                 try:
+                    if expired:
+                        raise _Expired
                     prepared = templates[index] if build is None else request_environ(request)
                     person = users[user] if users is not None and user >= 0 else None
-                    status, first_byte, kept, chunks = call_as(prepared, person, capture)
-                    if judges:
-                        checks = inspector.checks_for(index, None if build is None else request)
+                    if build is None:
+                        checks = inspector.checks_for(index) if judges else NO_CHECKS
+                        keep = capture
+                    else:
+                        # A request made mid-storm brings its own checks.
+                        checks = inspector.checks_for(index, request)
+                        keep = capture or checks.needs_body
+                    busy_since[slot] = picked
+                    status, first_byte, kept, chunks = call_as(prepared, person, keep)
+                    if checks:
                         error = inspector.look(person, index, checks, status, kept, chunks)
                     elif kept is not None:
                         # An error status: keep a sample body for the report.
                         error = inspector.look(person, index, NO_CHECKS, status, kept, chunks)
+                except _Expired:
+                    status, first_byte, error = STATUS_TIMEOUT, 0.0, timed_out_kind
                 except Exception as exc:
                     status, first_byte, error = STATUS_EXCEPTION, 0.0, book.kind(exc)
                 except (SystemExit, KeyboardInterrupt) as exc:
                     # Raised by the app in a worker thread (a real Ctrl-C reaches the main
                     # thread only): the app's failure, recorded like any other.
                     status, first_byte, error = STATUS_EXCEPTION, 0.0, book.kind(exc)
+                busy_since[slot] = 0.0
                 finished = perf_counter()
                 latency = finished - intended
                 if latency > timeout:
-                    # The client gave up at its deadline; the worker stayed busy until now.
-                    status, error, latency = STATUS_TIMEOUT, timed_out_kind, timeout
+                    # The client gave up at its deadline; the worker stayed busy until now
+                    # (unless a check held it, which is named as the failure).
+                    if not inspector.check_failed(error):
+                        status, error = STATUS_TIMEOUT, timed_out_kind
+                    latency = timeout
                 a_start(int((intended - origin) * 1e6))
                 a_lat(int(latency * 1e6))
                 a_ttfb(int((first_byte - intended) * 1e6) if first_byte else -1)
-                a_queue(int((picked - intended) * 1e6))
+                # A timed-out request waited at most its latency (the timeout) for its client.
+                a_queue(int(min(picked - intended, latency) * 1e6))
                 a_status(status)
                 a_end(index)
                 a_err(error)
@@ -418,9 +552,27 @@ class WsgiPool:
             for slot in range(self.size)
         ]
         cpu_before = process_time()
-        for thread in [*helpers, *workers]:
-            thread.start()
-        first_sends = schedule.first_sends()
+        started: list[threading.Thread] = []
+        try:
+            for thread in [*helpers, *workers]:
+                thread.start()
+                started.append(thread)
+        except RuntimeError as exc:
+            # The machine would not give the pool all its threads (a thread limit, memory
+            # for their stacks): stop those that started, so that none outlives the storm.
+            self._stop_started(started, stop, backlog, timer_cv, len(workers))
+            running = sum(1 for t in started if t in workers)
+            raise StormError(
+                f"the WSGI pool could start only {running:,} of its {self.size:,} threads "
+                f"(workers={self.workers} × threads={self.threads}): {exc}; lower workers= "
+                "or threads=, or raise the machine's limit on threads"
+            ) from exc
+        # A user whose on_start failed sends nothing.
+        first_sends = [
+            (user, when)
+            for user, when in schedule.first_sends()
+            if users is None or not getattr(users[user], "start_failed", False)
+        ]
         now = perf_counter()
         for user, when in first_sends:
             if when <= now:
@@ -464,16 +616,21 @@ class WsgiPool:
                 timer_cv.notify_all()
             stuck: list[str] = []
             # Interrupted (Ctrl-C): do not wait for handlers; the threads are daemons.
-            if interrupted:
-                join_until = perf_counter() + 0.2
-            elif stalled:
-                join_until = perf_counter() + 1.0
-            else:
-                join_until = deadline
-            for thread in [*workers, *helpers]:
-                thread.join(max(0.05 if interrupted else 1.0, join_until - perf_counter()))
+            # Otherwise a handler still running is waited for until its own deadline (its
+            # request's timeout and a grace from when it was picked): one still running
+            # then never returns in time, whatever the storm's own end.
+            ended = perf_counter()
+            for slot, thread in [*enumerate(workers), *((-1, t) for t in helpers)]:
+                if interrupted:
+                    until = ended + 0.2
+                elif stalled:
+                    until = ended + 1.0
+                else:
+                    since = busy_since[slot] if slot >= 0 else 0.0
+                    until = since + timeout + _STALL_GRACE if since else ended + 1.0
+                thread.join(max(0.05, until - perf_counter()))
                 if thread.is_alive():
-                    stuck.append(thread.name)
+                    stuck.append(_where(thread))
         if failures:
             raise failures[0]
         return PoolRun(recorders, stuck, process_time() - cpu_before)

@@ -8,6 +8,7 @@ storm without them pays nothing per request.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,8 +22,18 @@ __all__ = ["Inspector"]
 class Inspector:
     """Judges kept responses for one round (thread-safe under the GIL)."""
 
-    def __init__(self, book: ErrorBook, mix: RequestMix, checks: Checks, users: bool) -> None:
+    def __init__(
+        self,
+        book: ErrorBook,
+        mix: RequestMix,
+        checks: Checks,
+        users: bool,
+        *,
+        deadline: float = math.inf,
+    ) -> None:
         self.book = book
+        #: How long the checks on one response may take (the request's timeout).
+        self.deadline = deadline
         self.labels = mix.labels
         self.checks = checks
         self.endpoint_checks = [checks.merged(r.parsed_checks) for r in mix.requests]
@@ -48,17 +59,49 @@ class Inspector:
         chunks: Sequence[bytes] | None,
     ) -> int:
         """Cookies for *user*, a sample of an error body, the checks; the error kind or 0."""
+        response = self._seen(user, status, raw_headers, chunks)
+        if not checks:
+            return 0
+        return self._failed(index, response, checks.judge(response, self.deadline))
+
+    async def alook(
+        self,
+        user: Any,
+        index: int,
+        checks: Checks,
+        status: int,
+        raw_headers: Sequence[Any] | None,
+        chunks: Sequence[bytes] | None,
+    ) -> int:
+        """:meth:`look` on an event loop: ``async def`` checks are awaited."""
+        response = self._seen(user, status, raw_headers, chunks)
+        if not checks:
+            return 0
+        return self._failed(index, response, await checks.ajudge(response, self.deadline))
+
+    def check_failed(self, error: int) -> bool:
+        """True when failure kind *error* is a check's (a check past its deadline is named
+        as such, not as the request's timeout)."""
+        return error != 0 and self.book.kinds[error] == "CheckFailed"
+
+    def _seen(
+        self,
+        user: Any,
+        status: int,
+        raw_headers: Sequence[Any] | None,
+        chunks: Sequence[bytes] | None,
+    ) -> Response:
         body = b"".join(chunks) if chunks else b""
         headers = headers_text(raw_headers or ())
         if user is not None and headers:
             user.absorb(headers)
         if status >= 400:
             self.samples.keep(status, body)
-        if not checks:
-            return 0
-        failure = checks.judge(Response(status, headers, body))
+        return Response(status, headers, body)
+
+    def _failed(self, index: int, response: Response, failure: str | None) -> int:
         if failure is None:
             return 0
         label = self.labels[index] if index < len(self.labels) else "?"
-        sample = body[:SAMPLE_BYTES].decode("utf-8", "replace")
+        sample = response.content[:SAMPLE_BYTES].decode("utf-8", "replace")
         return self.book.adopt("CheckFailed", f"{label}: {failure}\nbody: {sample}")

@@ -18,7 +18,7 @@ from pathlib import Path
 from .._errors import ConfigError
 from .._params import StormConfig
 
-__all__ = ["check_limits"]
+__all__ = ["check_limits", "check_listeners"]
 
 #: Resident bytes per ASGI virtual user waiting on I/O (measured ≈ 18.6 KB, rounded up).
 ASGI_USER_BYTES = 24 * 1024
@@ -140,4 +140,24 @@ def check_limits(config: StormConfig, interface: str, *, real_server: bool = Fal
         raise ConfigError(
             f"{_where(config, 'ramp')} is longer than the storm ({config.warmup + config.duration:g} s): "
             "most users would never start"
+        )
+
+
+def check_listeners(listeners: int, origin: str, *, real_server: bool = False) -> None:
+    """Raise :class:`ConfigError` for more listen-only connections than the machine can hold."""
+    if real_server:
+        files = _open_files()
+        if files is not None and 2 * listeners + _FILES_SPARE > files:
+            raise ConfigError(
+                f"listeners={listeners:,} (from {origin}) over real connections needs "
+                f"≈{2 * listeners + _FILES_SPARE:,} open files (two per loopback connection) but "
+                f"this process may open {files:,} (ulimit -n): raise the limit or lower the room"
+            )
+    needed = listeners * ASGI_USER_BYTES
+    available = _available_memory()
+    if available is not None and needed > MEMORY_SHARE * available:
+        raise ConfigError(
+            f"listeners={listeners:,} (from {origin}) would need ≈{needed / 2**20:,.0f} MB "
+            f"(≈{ASGI_USER_BYTES / 1024:.0f} KB per connection), more than half of the "
+            f"{available / 2**20:,.0f} MB available"
         )

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
-from .._apps import Interface, app_label, detect_interface
-from .._apps import _module_attribute as importable_name
-from .._checks import NO_CHECKS, Checks, parse_checks
+from .._apps import Interface, app_label, detect_interface, import_name, load_app
+from .._checks import NO_CHECKS, Checks, is_async_callable, parse_checks
 from .._errors import ConfigError
 from .._metrics import Recorder
 from .._metrics.percentile import quantile
@@ -19,7 +19,6 @@ from .._metrics.records import is_failure
 from .._optional import require
 from .._params import Layer, StormConfig, resolve
 from .._servers import RunningServer, ServerSpec
-from .._servers._target import resolve as resolve_import
 from .._workload import Request, RequestFactory, RequestMix, build_mix
 from .limits import check_limits
 from .virtual import check_clock
@@ -49,6 +48,8 @@ class StormPlan:
     on_start: Any = None
     #: Checks on every response (``checks=``).
     checks: Checks = NO_CHECKS
+    #: The import string the app was given as (what a server is handed), or None.
+    import_string: str | None = None
 
     @property
     def on_loop(self) -> bool:
@@ -74,6 +75,12 @@ def plan_storm(
 
     *scale* is ``(factor, origin)``: users, rates and durations scaled for a quick run.
     """
+    for name, given in (("method", method), ("path", path)):
+        if given is not None and not isinstance(given, str):
+            raise ConfigError(
+                f"{name}={given!r} (from argument {name}) must be a string, such as "
+                f"{'GET' if name == 'method' else '/'!r}: storm(app, method, path, **params)"
+            )
     config = resolve(layers)
     if scale is not None and scale[0] != 1:
         config.scaled(*scale)
@@ -85,16 +92,18 @@ def plan_storm(
         config.seed,
         probe_factory=config.on_start is None,
     )
-    if isinstance(app, str) and ":" in app and config.server != "inprocess":
-        # A real server imports the app by name; in-process needs the object itself.
-        app = import_app(app)
+    # An import string is what a real server is given, unchanged; in-process needs the
+    # object, loaded by the same loader as the server's.
+    named = app if isinstance(app, str) and ":" in app else None
+    if named is not None:
+        app = import_app(named)
     if config.interface is not None:
         if not callable(app):
             detect_interface(app)  # raises the not-callable error
         interface: Interface = "asgi" if config.interface == "asgi" else "wsgi"
     else:
         interface = detect_interface(app)
-    server, url = _real_server(app, interface, config)
+    server, url = _real_server(app, interface, config, named)
     check_limits(config, interface, real_server=url is not None or server is not None)
     check_clock(config, interface, on_start=config.on_start)
     on_start = config.on_start
@@ -109,7 +118,10 @@ def plan_storm(
                 f"on_start (from {config.origin_of('on_start')}) needs the closed model: "
                 "open-model arrivals are not users with a session; use users= or stages="
             )
+        _check_hook(on_start, config.origin_of("on_start"))
     checks = parse_checks(config.checks, config.origin_of("checks"))
+    if interface == "wsgi" and url is None and server is None:
+        _refuse_async_checks(checks, mix, config)
     if config.engine == "locust":
         _check_locust(config, mix, server, url)
     if mix.factory is not None:
@@ -122,14 +134,56 @@ def plan_storm(
         app,
         interface,
         config.name or label,
-        app_label(app),
+        named or app_label(app),
         mix,
         config,
         server=server,
         url=url,
         on_start=on_start,
         checks=checks,
+        import_string=named,
     )
+
+
+def _refuse_async_checks(checks: Checks, mix: RequestMix, config: StormConfig) -> None:
+    """The in-process WSGI pool's threads run no event loop: an ``async def`` check could
+    only be run on a loop of its own per response, which would time the loop, not the app."""
+    for where, parsed, origin in [
+        ("checks", checks, config.origin_of("checks")),
+        *((f"checks of {r.label}", r.parsed_checks, "the request") for r in mix.requests),
+    ]:
+        for name, func in parsed.funcs:
+            if is_async_callable(func):
+                raise ConfigError(
+                    f"{where}: {name} (from {origin}) is an async def check, which the "
+                    "in-process WSGI pool cannot await (its threads run no event loop); make "
+                    "it a plain def returning True, False or None, or storm the app behind a "
+                    "server (server='gunicorn'), whose client awaits it"
+                )
+
+
+def _check_hook(hook: Any, origin: str) -> None:
+    """Refuse a start hook that could never run as one: a generator, or the wrong arity."""
+    target = hook if inspect.isfunction(hook) or inspect.ismethod(hook) else None
+    if target is None:
+        call = getattr(hook, "__call__", None)  # noqa: B004 - the object's own __call__
+        target = call if inspect.ismethod(call) else hook
+    if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
+        raise ConfigError(
+            f"on_start={hook!r} (from {origin}) is a generator function: calling it runs "
+            "nothing of it; make it a plain def or an async def taking the virtual user"
+        )
+    try:
+        signature = inspect.signature(hook)
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: judged when it runs
+    try:
+        signature.bind(object())
+    except TypeError as exc:
+        raise ConfigError(
+            f"on_start={hook!r} (from {origin}) must take one argument, the virtual user "
+            f"(its signature is {signature}: {exc})"
+        ) from None
 
 
 def _check_locust(
@@ -164,29 +218,30 @@ def _check_locust(
 
 
 def import_app(spec: str) -> Any:
-    """An app given as an import string ``module:attr``."""
-    try:
-        return resolve_import(spec)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(
-            f"app={spec!r} (from argument app) could not be imported: {type(exc).__name__}: {exc}"
-        ) from exc
+    """An app given as an import string ``module:attr`` (or ``path/to/file.py:attr``)."""
+    return load_app(spec, origin="argument app")
 
 
 def _real_server(
-    app: Any, interface: Interface, config: StormConfig
+    app: Any, interface: Interface, config: StormConfig, named: str | None = None
 ) -> tuple[ServerSpec | None, str | None]:
     """The server to start, or the URL to send to, for ``server=``."""
     if config.server == "inprocess":
         return None, None
     origin = config.origin_of("server")
-    require(("httptools",), "servers", f"server={config.server!r} (from {origin})")
     if config.server.startswith("http://"):
+        require(("httptools",), "servers", f"server={config.server!r} (from {origin})")
         return None, config.server
-    # A closure is found by the module variable that holds it, as a server would import it.
-    target = importable_name(app) or app_label(app)
-    module, sep, attr = target.partition(":")
-    if not sep or " " in target or module == "__main__" or not attr.isidentifier():
+    # A name the caller gave is passed on unchanged; an object (a closure too) is found by
+    # the one module variable that holds it, as a server would import it.
+    target = named or import_name(app) or app_label(app)
+    module, sep, attr = target.rpartition(":")
+    if (
+        not sep
+        or " " in target
+        or module == "__main__"
+        or not attr.replace(".", "_").isidentifier()
+    ):
         raise ConfigError(
             f"server={config.server!r} (from {origin}) starts a server process that imports the "
             f"app, but {target} cannot be imported by name: give the app as a module-level "
@@ -199,7 +254,7 @@ def _real_server(
         workers=config.workers,
         threads=config.threads,
     )
-    spec.validate(origin)
+    spec.validate(origin, config.origin_of("workers"))
     return spec, None
 
 

@@ -9,7 +9,9 @@ runs the same :class:`Schedule` from its own threads. Both fold into a
 
 from __future__ import annotations
 
+import inspect
 import threading
+import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -48,6 +50,7 @@ from .._probes.pools import ThreadPoolProbe
 from .._tasks import ABANDON_GRACE
 from .._workload import Request
 from .inspect import Inspector
+from .interrupts import app_interrupt
 from .plan import LiveFigures, StormPlan, plan_storm
 from .runner import AsyncRunner, Slot, running_loop
 from .schedule import Schedule
@@ -60,6 +63,7 @@ __all__ = [
     "execute_pool",
     "finish",
     "harness_cost_us",
+    "merge_start",
     "run_async_round",
     "run_pool_round",
 ]
@@ -84,21 +88,63 @@ def async_driver(plan: StormPlan) -> AsyncDriver:
 
 
 class StartRecords:
-    """Requests made by ``on_start`` hooks: recorded apart from the storm's figures."""
+    """Requests made by ``on_start`` hooks, recorded apart from the storm's figures, and the
+    hooks that failed (their users send nothing)."""
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
         self.latencies: list[float] = []
         self.statuses: Counter[int] = Counter()
         self.errors: Counter[str] = Counter()
         self.hooks_failed: list[str] = []
+        self.hook_errors: Counter[str] = Counter()
+        self.example = ""
+        self.left_running = 0
+        self._lock = threading.Lock()
 
     def add(self, seconds: float, status: int, error: str | None = None) -> None:
         """One start-hook request."""
-        self.latencies.append(seconds)
+        with self._lock:
+            self.latencies.append(seconds)
+            if error is not None:
+                self.errors[error] += 1
+            else:
+                self.statuses[status] += 1
+
+    def fail(self, user: User, kind: str, message: str, example: str = "") -> None:
+        """*user*'s hook failed: the user sends nothing."""
+        user.start_failed = True
+        with self._lock:
+            self.hooks_failed.append(f"user {int(user)}: {message}")
+            self.hook_errors[kind] += 1
+            if not self.example:
+                self.example = example or f"user {int(user)}: {message}"
+
+    def judge(self, user: User, outcome: Any, error: BaseException | None, took: float) -> None:
+        """Record how *user*'s hook ended: what it returned or raised, and how long it took."""
         if error is not None:
-            self.errors[error] += 1
-        else:
-            self.statuses[status] += 1
+            if isinstance(error, KeyboardInterrupt) and not app_interrupt(error):
+                raise error
+            example = "".join(traceback.format_exception(error))
+            self.fail(user, type(error).__name__, f"{type(error).__name__}: {error}", example)
+        elif inspect.isawaitable(outcome) or inspect.isgenerator(outcome):
+            close = getattr(outcome, "close", None)
+            if close is not None:
+                close()
+            what = type(outcome).__name__
+            self.fail(
+                user,
+                "NotRun",
+                f"on_start returned a {what} instead of running: nothing of it ran "
+                "(make it a plain def, or an async def the storm awaits)",
+            )
+        elif took > self.deadline:
+            self.fail(
+                user,
+                "HookDeadline",
+                f"on_start hook blocked for {took:.1f} s past its {self.deadline:g} s deadline "
+                "(timeout_ms)",
+            )
 
     def to_dict(self, users: int) -> dict[str, Any]:
         """Plain figures for ``result.extras["on_start"]``."""
@@ -113,9 +159,35 @@ class StartRecords:
             "errors": dict(self.errors),
             "hooks_failed": self.hooks_failed[:5],
             "hooks_failed_count": len(self.hooks_failed),
+            "hook_errors": dict(self.hook_errors),
+            "example": self.example,
+            "deadline_s": self.deadline,
+            "left_running": self.left_running,
             "p50_ms": quantile(ordered, 0.5) * 1000 if count else None,
             "p99_ms": quantile(ordered, 0.99) * 1000 if count else None,
         }
+
+
+def merge_start(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One ``extras["on_start"]`` from the shards' (counts added, the slowest percentiles)."""
+    if not parts:
+        return None
+    merged: dict[str, Any] = dict(parts[0])
+    for part in parts[1:]:
+        for key in ("users", "requests", "failed", "hooks_failed_count", "left_running"):
+            merged[key] = int(merged.get(key) or 0) + int(part.get(key) or 0)
+        for key in ("status_counts", "errors", "hook_errors"):
+            total = Counter(merged.get(key) or {})
+            total.update(part.get(key) or {})
+            merged[key] = dict(total)
+        merged["hooks_failed"] = [*merged.get("hooks_failed", []), *part.get("hooks_failed", [])][
+            :5
+        ]
+        merged["example"] = merged.get("example") or part.get("example", "")
+        for key in ("p50_ms", "p99_ms"):
+            values = [v for v in (merged.get(key), part.get(key)) if v is not None]
+            merged[key] = max(values) if values else None
+    return merged
 
 
 #: Start hooks that run at once (a login storm before the storm would distort nothing
@@ -123,12 +195,21 @@ class StartRecords:
 _START_CONCURRENCY = 64
 
 
+#: Said of a start hook's thread past its deadline: Python cannot stop a thread.
+_LEFT_RUNNING = "; its thread cannot be stopped and ends when the hook returns"
+
+
+def _hook_deadline(plan: StormPlan) -> float:
+    """How long one user's ``on_start`` may take: one request's timeout."""
+    return plan.config.timeout_ms / 1000
+
+
 async def _start_users_async(
     plan: StormPlan, driver: AsyncDriver, count: int
 ) -> tuple[list[User], StartRecords]:
     """Run ``on_start`` for *count* users through *driver*, before the round."""
     hook = plan.on_start
-    records = StartRecords()
+    records = StartRecords(_hook_deadline(plan))
     first = plan.config.first_user
 
     async def send(user: User, request: Request) -> Response:
@@ -153,16 +234,36 @@ async def _start_users_async(
 
         users = [SyncUser(first + uid, send_sync) for uid in range(count)]
     limiter = anyio.Semaphore(_START_CONCURRENCY)
+    deadline = records.deadline
 
     async def start(user: User) -> None:
         async with limiter:
-            try:
-                if is_async_hook(hook):
-                    await hook(user)
-                else:
-                    await anyio.to_thread.run_sync(hook, user)
-            except Exception as exc:
-                records.hooks_failed.append(f"user {int(user)}: {type(exc).__name__}: {exc}")
+            began = clock.now()
+            outcome: Any = None
+            error: BaseException | None = None
+            with anyio.move_on_after(deadline) as scope:
+                try:
+                    if is_async_hook(hook):
+                        outcome = await hook(user)
+                    else:
+                        # A thread blocked past the deadline cannot be stopped: the user
+                        # fails at the deadline and the thread is left to end on its own.
+                        outcome = await anyio.to_thread.run_sync(hook, user, abandon_on_cancel=True)
+                except anyio.get_cancelled_exc_class():
+                    raise
+                except BaseException as exc:
+                    error = exc
+            if scope.cancelled_caught:
+                left = "" if is_async_hook(hook) else _LEFT_RUNNING
+                records.left_running += bool(left)
+                records.fail(
+                    user,
+                    "HookDeadline",
+                    f"on_start hook was still running at its {deadline:g} s deadline "
+                    f"(timeout_ms){left}",
+                )
+                return
+            records.judge(user, outcome, error, clock.now() - began)
 
     async with anyio.create_task_group() as group:
         for user in users:
@@ -173,9 +274,10 @@ async def _start_users_async(
 def _start_users_sync(
     plan: StormPlan, driver: WsgiDriver, count: int
 ) -> tuple[list[User], StartRecords]:
-    """Run ``on_start`` for *count* users of the WSGI pool, one after another, before the round."""
+    """Run ``on_start`` for *count* users of the WSGI pool, up to 64 at once in threads of
+    their own, each within its deadline, before the round."""
     hook = plan.on_start
-    records = StartRecords()
+    records = StartRecords(_hook_deadline(plan))
     first = plan.config.first_user
 
     def send(user: User, request: Request) -> Response:
@@ -198,14 +300,50 @@ def _start_users_sync(
         AsyncUser(first + uid, send_async) if asynchronous else SyncUser(first + uid, send)
         for uid in range(count)
     ]
-    for user in users:
+    finished: dict[int, float] = {}
+    claim = threading.Lock()
+
+    def settle(user: User, took: float) -> bool:
+        """True for the first to settle *user*'s hook: its thread, or the deadline."""
+        with claim:
+            if int(user) in finished:
+                return False
+            finished[int(user)] = took
+            return True
+
+    def start(user: User) -> None:
+        began = perf_counter()
+        outcome: Any = None
+        error: BaseException | None = None
         try:
-            if asynchronous:
-                anyio.run(hook, user)
-            else:
-                hook(user)
-        except Exception as exc:
-            records.hooks_failed.append(f"user {int(user)}: {type(exc).__name__}: {exc}")
+            outcome = anyio.run(hook, user) if asynchronous else hook(user)
+        except BaseException as exc:
+            error = exc
+        took = perf_counter() - began
+        if settle(user, took):
+            records.judge(user, outcome, error, took)
+
+    deadline = records.deadline
+    for wave in range(0, count, _START_CONCURRENCY):
+        threads = [
+            (user, threading.Thread(target=start, args=(user,), name="storm-on-start", daemon=True))
+            for user in users[wave : wave + _START_CONCURRENCY]
+        ]
+        began = perf_counter()
+        for _, thread in threads:
+            thread.start()
+        for user, thread in threads:
+            thread.join(max(0.0, began + deadline - perf_counter()))
+            if thread.is_alive() and settle(user, -1.0):
+                # A thread cannot be stopped: the user fails now; the thread, a daemon,
+                # ends when the hook returns.
+                records.left_running += 1
+                records.fail(
+                    user,
+                    "HookDeadline",
+                    f"on_start hook was still running at its {deadline:g} s deadline "
+                    f"(timeout_ms){_LEFT_RUNNING}",
+                )
     return users, records
 
 
@@ -371,7 +509,9 @@ def execute_pool(
         count = Schedule(config, 0.0).users
         users, started = _start_users_sync(plan, driver, count)
         extras["on_start"] = started.to_dict(count)
-    inspector = Inspector(book, plan.mix, plan.checks, users is not None)
+    inspector = Inspector(
+        book, plan.mix, plan.checks, users is not None, deadline=config.timeout_ms / 1000
+    )
     schedule = Schedule(config, origin() if origin is not None else perf_counter() + _LEAD)
     wall_before = perf_counter()
     contention = CpuContention().start()
@@ -423,12 +563,13 @@ def run_pool_round(plan: StormPlan, live: LiveFigures | None = None) -> StormRes
 def finish(plan: StormPlan, output: RoundOutput) -> StormResult:
     """Fold a round's output into a result and add what the round itself noticed."""
     figures = output.figures
-    window = figures.window
     if output.stuck_threads:
         raise StormError(
-            f"{len(output.stuck_threads)} worker thread(s) were still running the app "
-            f"{window.deadline - window.stop_at:.1f} s after the storm's end "
-            f"({', '.join(output.stuck_threads[:4])}): a handler that never returns? "
+            f"{len(output.stuck_threads)} worker thread(s) were still running the app (or a "
+            "check on its response) "
+            f"{plan.config.timeout_ms / 1000:g} s (timeout_ms) and a 2 s grace after they "
+            f"picked their request ({', '.join(output.stuck_threads[:4])}): a handler that "
+            "never returns? "
             "Lower its wait or raise timeout_ms"
         )
     result = fold(plan, figures, server=output.server, pool=output.pool)

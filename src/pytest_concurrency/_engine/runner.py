@@ -127,7 +127,9 @@ class AsyncRunner:
             recorders.append(self.rec)  # read (lengths and tails only) by a live line
         self.book = ErrorBook()
         self.timeout_kind = self.book.kind(None, ErrorBook.TIMEOUT)
-        self.inspector = Inspector(self.book, mix, checks, users is not None)
+        self.inspector = Inspector(
+            self.book, mix, checks, users is not None, deadline=schedule.timeout
+        )
         self.capture = self.inspector.capture
         self.judges = self.inspector.judges
         self.pick = mix.picker()
@@ -174,6 +176,8 @@ class AsyncRunner:
             request = mix.build(slot.user if slot.user is not None else user, iteration)
             index = mix.intern(request.label)
             checks = self.inspector.checks_for(index, request)
+            if checks.needs_body:
+                slot.capture = True  # a request made mid-storm brings its own checks
             call = self.driver.call_request(request, slot)
         slot.index = index
         if clock.now() - intended >= self.timeout:
@@ -196,6 +200,13 @@ class AsyncRunner:
             status, first = exchange.status, exchange.first_byte
             if not status:
                 status, error = STATUS_EXCEPTION, self.book.kind(None, "NoResponse")
+            elif checks.awaits:
+                # The response is in: an async check is held to its own deadline, not the
+                # request's timeout (which would record it as a timeout, unnamed).
+                slot.since = 0.0
+                error = await self.inspector.alook(
+                    slot.user, index, checks, status, exchange.headers, exchange.body
+                )
             elif exchange.headers is not None:
                 error = self.inspector.look(
                     slot.user, index, checks, status, exchange.headers, exchange.body
@@ -208,7 +219,15 @@ class AsyncRunner:
             return done  # the monitor counted it at its deadline
         latency = done - intended
         if latency >= self.timeout:
-            status, error, latency, first = STATUS_TIMEOUT, self.timeout_kind, self.timeout, 0.0
+            if self.inspector.check_failed(error):
+                latency = self.timeout  # a check held it past its deadline: named as such
+            else:
+                status, error, latency, first = (
+                    STATUS_TIMEOUT,
+                    self.timeout_kind,
+                    self.timeout,
+                    0.0,
+                )
         self.record(intended, latency, first, status, error, index)
         return done
 
@@ -355,7 +374,10 @@ class AsyncRunner:
                     self.alive += 1
                     tasks.spawn(self.arrivals())
                 else:
+                    users = self.users
                     for uid, first in schedule.first_sends():
+                        if users is not None and users[uid].start_failed:
+                            continue  # its on_start failed: the user sends nothing
                         self.spawn_user(uid, first)
                 tasks.spawn(self.monitor())
                 await tasks.wait()

@@ -43,7 +43,7 @@ from .._model.remarks import idle_shards_note
 from .._model.result import StormResult
 from .._params import StormConfig
 from .plan import LiveFigures, StormPlan
-from .rounds import RoundOutput, execute_async, execute_pool, finish
+from .rounds import RoundOutput, execute_async, execute_pool, finish, merge_start
 from .schedule import Schedule
 
 __all__ = ["live_shards", "run_sharded_round", "shard_configs"]
@@ -330,7 +330,14 @@ def _merge(outputs: list[RoundOutput], n: int) -> RoundOutput:
         thread_pools=pools,
         stuck_threads=[t for o in outputs for t in o.stuck_threads],
         warnings=[w for o in outputs for w in o.warnings],
+        extras=_merged_extras(outputs),
     )
+
+
+def _merged_extras(outputs: list[RoundOutput]) -> dict[str, Any]:
+    # Start hooks ran in every shard: a failure in any of them fails the storm.
+    start = merge_start([o.extras["on_start"] for o in outputs if "on_start" in o.extras])
+    return {"on_start": start} if start is not None else {}
 
 
 def _sum_in_flight(shards: list[list[tuple[float, int]]]) -> list[tuple[float, int]]:

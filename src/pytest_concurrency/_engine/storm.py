@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from .._budget import evaluate, evaluate_endpoint
+from .._budget import completed, evaluate, evaluate_endpoint
 from .._errors import ConfigError
 from .._locust import build_locustfile, read_back, run_locust
 from .._model.remarks import (
@@ -33,7 +33,7 @@ from .._model.remarks import (
     server_probes_note,
     undeclared_upstream_warning,
 )
-from .._model.result import StormResult
+from .._model.result import StormResult, Verdict
 from .._params import StormConfig
 from .._servers import ResourceSampler, ResourceUsage, RunningServer, serve
 from .._servers.channel import ProbeReport
@@ -294,10 +294,16 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
         chosen.notes.append(scale_note(config.scale))
         chosen.extras["scale"] = config.scale
     budgets = dict(config.budgets)
-    if "max_error_rate" not in budgets and chosen.failed:
+    if "max_error_rate" not in budgets and (chosen.failed or not completed(chosen)):
         # Like Locust's exit code: any failed request fails a storm that set no error budget.
+        # A storm with no completed request has nothing to judge: the default error budget
+        # fails it as not measured, rather than passing on nothing.
         budgets["max_error_rate"] = 0.0
     chosen.verdicts = evaluate(chosen, budgets)
+    hooks_failed = int((chosen.extras.get("on_start") or {}).get("hooks_failed_count") or 0)
+    if hooks_failed:
+        # As in Locust, a user whose start hook failed fails, and so does its storm.
+        chosen.verdicts.append(Verdict("on_start", 0.0, float(hooks_failed), False))
     for endpoint, budgets in config.endpoint_budgets.items():
         chosen.verdicts.extend(evaluate_endpoint(chosen, endpoint, budgets))
     if chosen.knee is not None:

@@ -31,6 +31,8 @@ class User(int):
     state: dict[str, Any]
     cookies: dict[str, str]
     headers: dict[str, str]
+    #: True once its ``on_start`` hook failed: the user sends nothing.
+    start_failed: bool
     _call: Any
 
     def __new__(cls, index: int, call: Any = None) -> User:
@@ -38,6 +40,7 @@ class User(int):
         user.state = {}
         user.cookies = {}
         user.headers = {}
+        user.start_failed = False
         user._call = call
         return user
 

@@ -25,6 +25,8 @@ one, rather than report figures that mean nothing.
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 import time
 import types
@@ -70,6 +72,38 @@ _THREADS = (
     "clock='wall', or make the handler async"
 )
 
+_SOCKETS = (
+    "clock='virtual' cannot time real I/O: the app waits on a real socket ({what}), whose "
+    "answer comes on the wall clock while virtual time jumps past it, so every request would "
+    "time out in no time. Simulate the dependency (simulated_io, the upstream fixture) or use "
+    "clock='wall'"
+)
+
+#: Threads of the storm itself (the live line, the WSGI pool, start hooks, probes).
+_OWN_THREADS = ("storm-", "pytest-storm", "AnyIO worker thread")
+#: Files whose frames are a thread's plumbing, not the work it was given.
+_PLUMBING = (
+    f"{os.sep}threading.py",
+    f"{os.sep}queue.py",
+    f"concurrent{os.sep}futures{os.sep}thread.py",
+)
+
+
+def _thread_entry(frame: types.FrameType) -> str | None:
+    """The function a thread runs (its outermost frame outside the thread plumbing), or None
+    for an executor's worker waiting for work (nothing but plumbing on its stack)."""
+    stack: list[types.FrameType] = []
+    current: types.FrameType | None = frame
+    while current is not None:
+        stack.append(current)
+        current = current.f_back
+    for item in reversed(stack):
+        if not item.f_code.co_filename.endswith(_PLUMBING):
+            code = item.f_code
+            return f"{code.co_qualname}() at {os.path.basename(code.co_filename)}:{item.f_lineno}"
+    return None
+
+
 try:
     import resource
 except ImportError:  # pragma: no cover - Windows
@@ -91,6 +125,9 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         self._failed = False
         self._limiter: Any = None
         self._spins = 0
+        #: Threads alive before the round: any other busy thread is one the app started.
+        self._threads_before = set(threading.enumerate())
+        self._threads_count = len(self._threads_before)
         self._still_at = self._virtual_now
         self._still_since = time.perf_counter()
         self._still_jumps = 0
@@ -116,6 +153,11 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
             if not self._failed and self._threads_busy():
                 self._refuse(_THREADS.format(how="anyio.to_thread"))
                 return select(0)
+            if not self._failed:
+                real = self._real_wait()
+                if real is not None:
+                    self._refuse(real)
+                    return select(0)
             scheduled: list[asyncio.TimerHandle] = self._scheduled  # type: ignore[attr-defined]
             due = scheduled[0].when() if scheduled else self._virtual_now + timeout
             self._virtual_now = max(self._virtual_now, due)
@@ -173,6 +215,31 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         if self.jumps == self._still_jumps and moved < _STALL_PROGRESS * elapsed:
             self._refuse(_STALLED.format(seconds=elapsed, floor=CHARGE_FLOOR * 1000))
         self._still_at, self._still_since, self._still_jumps = self._virtual_now, wall, self.jumps
+
+    def _real_wait(self) -> str | None:
+        """What the app waits on in real time, if anything, which a jump would skip over:
+        a socket registered with the loop, or a thread of its own still at work."""
+        selector: Any = self._selector  # type: ignore[attr-defined]
+        wakeup = self._ssock.fileno()  # type: ignore[attr-defined]
+        for key in selector.get_map().values():
+            if key.fd != wakeup:
+                kinds = "read" if key.events & 1 else "write"
+                return _SOCKETS.format(what=f"fd {key.fd} ({type(key.fileobj).__name__}, {kinds})")
+        if threading.active_count() <= self._threads_count:
+            return None
+        frames = sys._current_frames()
+        for thread in threading.enumerate():
+            if thread in self._threads_before or thread.name.startswith(_OWN_THREADS):
+                continue
+            frame = frames.get(thread.ident or 0)
+            if frame is None or thread.ident == self._thread_id:  # type: ignore[attr-defined]
+                continue
+            entry = _thread_entry(frame)
+            if entry is None:
+                continue  # an idle worker of an executor: waits for work, not for time
+            how = f"thread {thread.name!r} running {entry}, which the loop may be waiting on"
+            return _THREADS.format(how=how)
+        return None
 
     def _threads_busy(self) -> bool:
         if self._limiter is None:

@@ -5,7 +5,11 @@ per user, opened at the user's first send; its next message is intended at the e
 the previous round trip plus think time. Open model: messages arrive at ``rate``, each
 on an idle connection, or on a new one while fewer than ``max_in_flight`` are busy.
 A round trip counts from the message's intended send time to the first message the
-server sends back after it; the handshake is timed on its own (``connect``).
+server sends back that answers it: by default its echo (the same kind, text or binary,
+equal to the message or carrying it, as in "You said: …"), or what ``expect=`` accepts
+(a literal, or a callable on the received message). Anything else the server sends while
+a message waits — a heartbeat, a flood, a reply of the wrong kind — is counted as
+``unmatched`` and never ends the round trip. The handshake is timed on its own (``connect``).
 
 A broadcast room (``listeners=N``): N connections only listen, opened before the first
 message; a sender's message is delivered when the last listener has it, and that is
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import math
 from array import array
 from collections import Counter
@@ -58,11 +63,12 @@ from .._metrics import (
     record_many,
 )
 from .._metrics.fold import RunFigures
-from .._model.remarks import shared_loop_warning
+from .._model.remarks import shared_loop_warning, unmatched_messages_note
 from .._model.result import StormResult, Verdict
 from .._params import Layer, budget_limit
 from .._workload import RequestMix
 from .interrupts import app_interrupt
+from .limits import check_listeners
 from .plan import LiveFigures, Progress, StormPlan, plan_storm
 from .rounds import execute_async, finish
 from .runner import AsyncRunner, Slot
@@ -86,6 +92,8 @@ WEBSOCKET_NAMES: dict[str, str] = {
     "connect_timeout_ms": "how long a handshake may take, ms (default: timeout_ms)",
     "subprotocols": "subprotocols the client offers, e.g. ['chat']",
     "listeners": "broadcast room: this many listen-only connections; latency is delivery to the last",
+    "expect": "what answers a message: a str or bytes literal, or a callable on the received "
+    "message; default: its echo (same kind, equal to it or carrying it)",
 }
 #: WebSocket budgets -> what they limit (the round trip has the HTTP latency budgets).
 WEBSOCKET_BUDGETS: dict[str, str] = {
@@ -112,6 +120,8 @@ class WebSocketSpec:
     subprotocols: tuple[str, ...]
     listeners: int
     budgets: dict[str, float]
+    #: What answers a message: None for its echo, a literal, or a callable on the reply.
+    expect: Data | Callable[[Data], Any] | None = None
 
 
 @dataclass
@@ -142,6 +152,9 @@ class WebSocketResult(StormResult):
     #: Messages the server sent that answered no message of the client.
     server_messages: int = 0
     listeners: int = 0
+    #: Messages the server sent while a round trip waited that did not answer it (not its
+    #: echo, nor what ``expect=`` accepts): heartbeats, floods, replies of the wrong kind.
+    unmatched: int = 0
 
     @property
     def round_trip(self) -> LatencyStats:
@@ -178,6 +191,7 @@ class WebSocketResult(StormResult):
             "disconnect_rate": self.disconnect_rate,
             "close_codes": {str(k): v for k, v in sorted(self.close_codes.items())},
             "server_messages": self.server_messages,
+            "unmatched": self.unmatched,
             "listeners": self.listeners,
         }
 
@@ -268,6 +282,26 @@ def _spec(merged: Mapping[str, tuple[Any, str]], timeout_ms: float) -> WebSocket
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"listeners={value!r} (from {origin}) must be a whole number >= 1")
         listeners = value
+    expect: Data | Callable[[Data], Any] | None = None
+    if (item := merged.get("expect")) is not None:
+        value, origin = item
+        if not callable(value) and not isinstance(value, str | bytes):
+            raise ConfigError(
+                f"expect={value!r} (from {origin}) must be the reply as str (text) or bytes "
+                "(binary), or a callable taking the received message and returning true when "
+                "it answers the message sent"
+            )
+        if inspect.iscoroutinefunction(value):
+            raise ConfigError(
+                f"expect={value!r} (from {origin}) is an async function: its coroutine would "
+                "always be true; give a plain callable"
+            )
+        if listeners:
+            raise ConfigError(
+                f"expect={value!r} (from {origin}) does not apply to a broadcast room "
+                "(listeners=): a room matches each delivery to the message sent"
+            )
+        expect = value
     budgets: dict[str, float] = {}
     for name in ("connect_p99_ms", "max_disconnect_rate"):
         if (item := merged.get(name)) is not None:
@@ -276,7 +310,31 @@ def _spec(merged: Mapping[str, tuple[Any, str]], timeout_ms: float) -> WebSocket
                 raise ConfigError(
                     f"budget {name}={item[0]!r} (from {item[1]}) is a fraction between 0 and 1"
                 )
-    return WebSocketSpec(message, factory, connect_timeout, subprotocols, listeners, budgets)
+    return WebSocketSpec(
+        message, factory, connect_timeout, subprotocols, listeners, budgets, expect
+    )
+
+
+def _echo(sent: Data, received: Data) -> bool:
+    """The default match: *received* is *sent*'s echo, the same kind and carrying it."""
+    return type(received) is type(sent) and (
+        received == sent or sent in received  # type: ignore[operator]
+    )
+
+
+class _Unmatched:
+    """Messages that did not answer the message waiting, and the first of them."""
+
+    __slots__ = ("count", "example")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.example: Data | None = None
+
+    def add(self, data: Data) -> None:
+        self.count += 1
+        if self.example is None:
+            self.example = data
 
 
 def _call_factory(factory: Callable[[int, int], Data], user: int, i: int) -> Data:
@@ -326,8 +384,12 @@ def plan_websocket(
                 f"{name} (from {config.origin_of(name)}) applies to HTTP requests, not to a "
                 "WebSocket storm"
             )
+    spec = _spec(merged, config.timeout_ms)
+    if spec.listeners:
+        real = plan.url is not None or plan.server is not None
+        check_listeners(spec.listeners, merged["listeners"][1], real_server=real)
     # Any failed message fails a storm without an error budget: the engine's own default.
-    return WebSocketPlan(plan, _spec(merged, config.timeout_ms))
+    return WebSocketPlan(plan, spec)
 
 
 # -- broadcast rooms -----------------------------------------------------------------------
@@ -429,6 +491,8 @@ class WebSocketFigures(RunFigures):
     counts: ConnectionCounts = field(default_factory=ConnectionCounts)
     held: int = 0
     server_messages: int = 0
+    unmatched: int = 0
+    unmatched_example: Data | None = None
 
 
 class WebSocketRunner(AsyncRunner):
@@ -452,8 +516,21 @@ class WebSocketRunner(AsyncRunner):
         self.room = room
         self.connect_us = connect if connect is not None else array("q")
         self.server_messages = 0
+        self.unmatched = _Unmatched()
         self.sequence = 0
         self.connections = 0
+        expect = spec.expect
+        self.answers: Callable[[Data, Data], Any]
+        if expect is None:
+            self.answers = _echo
+        elif isinstance(expect, str | bytes):
+            literal = expect
+            self.answers = lambda sent, received: (
+                type(received) is type(literal) and received == literal
+            )
+        else:
+            check = expect
+            self.answers = lambda sent, received: check(received)
 
     def note_connect(self, started: float, done: float) -> None:
         """Record one accepted handshake."""
@@ -529,7 +606,14 @@ class WebSocketRunner(AsyncRunner):
         try:
             if room is None:
                 await conn.send(payload)
-                await conn.receive()
+                answers = self.answers
+                while True:
+                    received = await conn.receive()
+                    if answers(payload, received):
+                        break
+                    # Not the answer (a heartbeat, a flood, the wrong kind): counted, and
+                    # the round trip goes on waiting.
+                    self.unmatched.add(received)
                 done = perf_counter()
             else:
                 delivery = room.expect(payload)
@@ -580,6 +664,8 @@ class WebSocketRunner(AsyncRunner):
             counts=counts,
             held=counts.open,
             server_messages=self.server_messages,
+            unmatched=self.unmatched.count,
+            unmatched_example=self.unmatched.example,
         )
 
 
@@ -633,7 +719,8 @@ async def run_websocket_round(
     busy = ws.loop_cpu_share
     # Behind a real server the client's own share is judged with the server's usage.
     if plan.url is None and busy is not None and busy >= _SATURATED_CPU:
-        ws.warnings.append(shared_loop_warning(busy))
+        # A note, not a warning: the app's own work may be what kept the loop busy.
+        ws.notes.append(shared_loop_warning(busy))
     return ws
 
 
@@ -657,7 +744,10 @@ def _websocket_result(
         close_codes=Counter(counts.close_codes),
         server_messages=figures.server_messages + (room.other if room is not None else 0),
         listeners=room.size if room is not None else 0,
+        unmatched=figures.unmatched,
     )
+    if figures.unmatched:
+        ws.notes.append(unmatched_messages_note(figures.unmatched, figures.unmatched_example))
     ws.histograms["connect"] = histogram
     ws.extras["websocket"] = ws.websocket_figures()
     return ws

@@ -447,7 +447,10 @@ def run_locust(
         )
         env = {**os.environ, REPORT_FILE_ENV: str(report_file), "PYTHONUNBUFFERED": "1"}
         started = time.monotonic()
-        with _locust_process(command, env=env, cwd=work, grace=stop_grace) as proc:
+        # A watcher leads the group: Locust stops with the storm's process, even a killed one.
+        watched = [sys.executable, str(Path(__file__).with_name("_watch.py"))]
+        watched += [str(os.getpid()), f"{stop_grace:g}", str(work), "--", *command]
+        with _locust_process(watched, env=env, cwd=work, grace=stop_grace) as proc:
             try:
                 code = _wait(proc, started + limit)
             except subprocess.TimeoutExpired:
@@ -681,7 +684,8 @@ def read_back(run: LocustRun, *, label: str = "locust storm") -> StormResult:
         budgets={},
         model="closed",
     )
-    result.warnings.extend(LOCUST_NOTES)
+    # What Locust cannot measure is said on every result: notes, since nothing went wrong.
+    result.notes.extend(LOCUST_NOTES)
     if not run.status_counts and requests:
         result.warnings.append(locust_no_status_warning(USER_CLASS))
     result.extras["locust"] = {

@@ -315,7 +315,8 @@ def _pool_figures(
         bucket.append(((at - first) << _KIND_BITS) | kind)
 
     for sent, queue, lat, status in zip(starts, queues, lats, statuses, strict=True):
-        begin = sent + queue if queue > 0 else sent
+        # A request waits at most its latency (a timed-out one, its timeout).
+        begin = sent + min(queue, lat) if queue > 0 else sent
         end = sent + lat if status != STATUS_TIMEOUT else begin
         served = end > begin
         if begin > sent:

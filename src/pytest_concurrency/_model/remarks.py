@@ -17,10 +17,12 @@ __all__ = [
     "abandoned_warning",
     "client_bound_warning",
     "contention_note",
+    "contention_summary",
     "dropped_arrivals_warning",
     "gil_note",
     "harness_bound_remark",
     "idle_shards_note",
+    "is_contention_note",
     "knee_note",
     "locust_no_status_warning",
     "rounds_note",
@@ -31,6 +33,7 @@ __all__ = [
     "shared_loop_warning",
     "short_window_warning",
     "undeclared_upstream_warning",
+    "unmatched_messages_note",
     "virtual_clock_notes",
     "virtual_uncharged_warning",
 ]
@@ -61,22 +64,47 @@ def gil_note(busy: float) -> str:
     )
 
 
+#: From this share of a saturated loop on, the load generator, not the app, is what is
+#: CPU-bound (the share at which the engine makes the remark a warning).
+_HARNESS_BOUND = 0.5
+
+
 def harness_bound_remark(loop_busy: float, harness_share: float, cost_us: float) -> str:
-    """How much of a saturated event loop the load generator itself took."""
-    return (
+    """How much of a saturated event loop the load generator itself took, and what that means.
+
+    Only when the load generator took most of it may a server of its own do better: when
+    the app's own work kept the loop busy, it would keep a server's loop just as busy.
+    """
+    head = (
         f"the event loop shared by the app and the load generator was busy "
         f"{loop_busy:.0%} of the storm; the load generator itself took ≈{harness_share:.0%} "
-        f"of that (≈{cost_us:.0f} µs per request): latency includes queueing for the CPU, "
-        f"so the app may do better than this on a server of its own"
+        f"of that (≈{cost_us:.0f} µs per request): "
     )
+    if harness_share >= _HARNESS_BOUND:
+        return head + (
+            "latency includes queueing for the CPU, so the app may do better than this on a "
+            "server of its own"
+        )
+    return head + "the rest was the app's own work, which a server of its own would not remove"
 
 
 def shared_loop_warning(busy: float) -> str:
     """A WebSocket round whose loop, shared with the load generator, was near saturation."""
     return (
         f"the event loop shared by the app and the load generator was busy {busy:.0%} of "
-        "the storm: latency includes queueing for the CPU, so the app may do better on a "
-        "server of its own"
+        "the storm: latency includes queueing for the CPU (how much of it the load "
+        "generator took is not measured for WebSocket storms; server= runs the app on a "
+        "server of its own)"
+    )
+
+
+def unmatched_messages_note(count: int, example: str | bytes | None) -> str:
+    """Server messages a WebSocket round trip waited past: not its answer."""
+    shown = example[:60] if example is not None else None
+    return (
+        f"{count:,} messages from the server answered no message that waited (not its echo, "
+        f"nor what expect= accepts), for example {shown!r}: they were counted as unmatched "
+        "and did not end a round trip"
     )
 
 
@@ -205,12 +233,34 @@ def server_probes_not_applicable(server: str) -> str:
     )
 
 
+_CONTENTION_HEAD = "the storm's threads waited for a CPU "
+_CONTENTION_WHY = (
+    "other threads had the machine's cores — other processes', or the storm's own when it "
+    "runs more threads than there are cores — so figures that depend on CPU read worse "
+    "than the cores alone would give"
+)
+
+
 def contention_note(wait_share: float, wait_s: float) -> str:
     """The share of its CPU demand the machine left a storm waiting for."""
     return (
-        f"the storm's threads waited for a CPU {wait_share:.0%} of the time they were ready to "
-        f"run ({wait_s:.2f} s over the round, Linux schedstat): other threads had the "
-        "machine's cores — other processes', or the storm's own when it runs more threads "
-        "than there are cores — so figures that depend on CPU read worse than the cores "
-        "alone would give"
+        f"{_CONTENTION_HEAD}{wait_share:.0%} of the time they were ready to "
+        f"run ({wait_s:.2f} s over the round, Linux schedstat): {_CONTENTION_WHY}"
+    )
+
+
+def is_contention_note(note: str) -> bool:
+    """True for a note made by :func:`contention_note` (said once per session in a summary)."""
+    return note.startswith(_CONTENTION_HEAD)
+
+
+def contention_summary(storms: int, shares: Sequence[float]) -> str:
+    """The contention notes of several storms as one line (each keeps its own on its result)."""
+    spread = ""
+    if shares:
+        low, high = min(shares), max(shares)
+        spread = f"{low:.0%} " if f"{low:.0%}" == f"{high:.0%}" else f"{low:.0%}–{high:.0%} "
+    return (
+        f"the threads of {storms} storms waited for a CPU {spread}of the time they were "
+        f"ready to run (Linux schedstat; each storm's figure is in its notes): {_CONTENTION_WHY}"
     )

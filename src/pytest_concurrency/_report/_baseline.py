@@ -46,6 +46,7 @@ from hdrh.histogram import HdrHistogram
 
 from .._errors import ConfigError
 from .._metrics.percentile import quantile, rank
+from ._files import LOCK_TIMEOUT, locked
 from ._json import SCHEMA_VERSION, document_records, write_json
 from ._records import FIGURES, StormRecord, StormRow, as_records, figures
 from ._schema import first_problem
@@ -55,6 +56,7 @@ __all__ = [
     "COMPARE_FAIL_OPTION",
     "COMPARE_ROUNDS",
     "DEFAULT_DIRECTORY",
+    "LONGEST_NAME",
     "Comparison",
     "FigureDelta",
     "Judgement",
@@ -64,6 +66,7 @@ __all__ = [
     "compare",
     "comparison_table",
     "cpu_slowdown",
+    "figure_problems",
     "history_spread",
     "judge",
     "judgement_head",
@@ -80,6 +83,7 @@ __all__ = [
     "regression_messages",
     "regressions",
     "save",
+    "save_merged",
     "session_summary",
     "show_figure",
     "with_history",
@@ -137,6 +141,9 @@ DEFAULT_DIRECTORY = ".storms"
 COMPARE_FAIL_OPTION = "--concurrency-compare-fail"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+#: Longest baseline name: ``NAME.json`` and the temporary and lock files beside it must
+#: fit the 255 bytes most file systems allow a file name.
+LONGEST_NAME = 100
 #: Machine fields that make figures incomparable when they differ (noise is expected to).
 _MACHINE_KEYS = ("host", "cpu_model", "cpu_count", "cpu_usable", "implementation", "python")
 _TABLE_FIGURES = ("p50", "p99", "max", "rps", "error_rate")
@@ -146,11 +153,17 @@ _TITLES = {"max": "max", "p50": "p50", "p99": "p99", "rps": "rps", "error_rate":
 def baseline_path(name: str, directory: str | os.PathLike[str], *, option: str = "") -> Path:
     """``directory/NAME.json``; a name with a path separator or odd characters is refused."""
     stem = name.removesuffix(".json")
+    where = f"{option}={name!r}" if option else f"baseline name {name!r}"
     if not _NAME.fullmatch(stem):
-        where = f"{option}={name!r}" if option else f"baseline name {name!r}"
         raise ConfigError(
             f"{where}: a baseline name is letters, digits, '.', '_' and '-' (such as main or "
             "py311-linux); it is stored as NAME.json in the storage directory"
+        )
+    if len(stem) > LONGEST_NAME:
+        shown = f"{option}={name[:40] + '…'!r}" if option else f"baseline name {name[:40]!r}…"
+        raise ConfigError(
+            f"{shown}: the name is {len(stem)} characters long; a baseline name has at "
+            f"most {LONGEST_NAME} (it is stored as NAME.json in the storage directory)"
         )
     return Path(directory) / f"{stem}.json"
 
@@ -184,15 +197,54 @@ def merged_for_save(
 
     An existing baseline of that name is merged with *doc* storm by storm (its storms that
     did not run this session are kept) unless *replace*. An existing file that is not a
-    valid baseline is a :class:`ConfigError`: it is neither merged nor silently lost.
+    valid baseline is a :class:`ConfigError`: it is neither merged nor silently lost. So is
+    a storm of *doc* with a compared figure that is not a finite number of at least 0 (a
+    storm that measured nothing): saved, it would switch the next run's gate off.
     """
     path = baseline_path(name, directory, option=option)
+    for entry in doc.get("storms", []):
+        problems = figure_problems(entry) if isinstance(entry, Mapping) else []
+        if problems:
+            raise ConfigError(
+                f"{option}={name!r}: storm {_storm_title(entry)} cannot be saved as a "
+                f"baseline: {'; '.join(problems)}. A gate compared with such a figure would "
+                f"pass anything, so {path} was left as it was (fix the storm, or leave its "
+                "test out of the saving run with -k)"
+            )
     doc = _with_load(doc)
     if replace or not path.is_file():
         return path, with_history(doc, None), 0
     old = load_document(path, option=f"{option}={name!r}")
     merged, kept = merge_documents(old, with_history(doc, old))
     return path, merged, kept
+
+
+def save_merged(
+    name: str,
+    doc: Mapping[str, Any],
+    directory: str | os.PathLike[str],
+    *,
+    replace: bool = False,
+    option: str = "--concurrency-save",
+) -> tuple[Path, int]:
+    """Save *doc* as baseline *name* (see :func:`merged_for_save`); the path and storms kept.
+
+    The read, the merge and the write happen under an exclusive lock on ``NAME.json.lock``,
+    so sessions saving the same baseline at once each keep their storms; the file is
+    replaced atomically, so a reader sees the old baseline or the new one, never a mix.
+    """
+    path = baseline_path(name, directory, option=option)
+    try:
+        with locked(path, timeout=LOCK_TIMEOUT):
+            path, merged, kept = merged_for_save(
+                name, doc, directory, replace=replace, option=option
+            )
+            return write_json(path, merged), kept
+    except TimeoutError as exc:
+        raise ConfigError(
+            f"{option}={name!r}: another process is saving {path} and still holds its lock "
+            f"({exc.filename}) after {LOCK_TIMEOUT:g} s; the baseline was not saved"
+        ) from None
 
 
 def with_history(doc: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -269,8 +321,63 @@ def save(
     name: str, doc: Mapping[str, Any], directory: str | os.PathLike[str], *, replace: bool = False
 ) -> Path:
     """Keep *doc* as the baseline *name*, merged by storm into one of that name unless *replace*."""
-    path, merged, _ = merged_for_save(name, doc, directory, replace=replace)
-    return write_json(path, merged)
+    return save_merged(name, doc, directory, replace=replace)[0]
+
+
+#: Smallest value a compared figure may have (every figure is a time, a rate or a share).
+_LEAST = 0.0
+
+
+def figure_problems(entry: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a storm's compared figures, as ``p99 is null (not measured)``.
+
+    A compared figure that is missing, null, not a number, NaN, infinite or negative would
+    switch a gate off (a comparison with NaN is never a regression; one with infinity is
+    always an improvement), so a baseline may hold none. The figures of each round, which
+    bound the noise, are held to the same rule where they are given.
+    """
+    problems = []
+    for name, (where, _, _) in FIGURES.items():
+        value: Any = entry
+        present = True
+        for step in where:
+            if not isinstance(value, Mapping) or step not in value:
+                present = False
+                break
+            value = value[step]
+        problem = _figure_problem(value) if present else "is missing"
+        if problem is not None:
+            problems.append(f"{name} {problem}")
+    rounds = entry.get("rounds")
+    for i, one in enumerate(rounds if isinstance(rounds, list) else []):
+        if not isinstance(one, Mapping):
+            continue
+        for name in _ROUND_KEYS:
+            value = one.get(name)
+            if value is None:  # a round may lack a figure; it is left out of the spread
+                continue
+            problem = _figure_problem(value)
+            if problem is not None:
+                problems.append(f"rounds[{i}].{name} {problem}")
+    return problems
+
+
+def _figure_problem(value: Any) -> str | None:
+    if value is None:
+        return "is null (not measured)"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"is {value!r}, not a number"
+    if not math.isfinite(value):
+        return f"is {value!r}, not a finite number"
+    if value < _LEAST:
+        return f"is {value!r}, below {_LEAST:g}"
+    return None
+
+
+def _storm_title(entry: Mapping[str, Any]) -> str:
+    index = entry.get("index")
+    suffix = f" [{index}]" if isinstance(index, int) and index else ""
+    return f"{entry.get('nodeid', '?')} · {entry.get('label', '?')}{suffix}"
 
 
 def load_document(path: Path, *, option: str) -> dict[str, Any]:
@@ -300,10 +407,21 @@ def load_document(path: Path, *, option: str) -> dict[str, Any]:
         )
     problem = first_problem(doc)
     if problem is not None:
+        storm = re.match(r"storms\[(\d+)\]", problem)
+        if storm is not None and isinstance(doc["storms"][int(storm.group(1))], Mapping):
+            problem += f" (storm {_storm_title(doc['storms'][int(storm.group(1))])})"
         raise ConfigError(
             f"{where} does not fit the session document schema: {problem} "
             "(save it again with --concurrency-save, or replace it with --concurrency-save-replace)"
         )
+    for entry in doc["storms"]:
+        problems = figure_problems(entry)
+        if problems:
+            raise ConfigError(
+                f"{where}: storm {_storm_title(entry)}: {'; '.join(problems)}. A compared "
+                "figure must be a finite number of at least 0, or a gate compared with it "
+                "would pass anything (replace the baseline with --concurrency-save-replace)"
+            )
     return doc
 
 

@@ -10,15 +10,18 @@ xdist workers and saved documents export the same way.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._files import write_atomic
 from ._records import StormRecord, StormRow, as_records
 
-__all__ = ["HISTORY_COLUMNS", "STATS_COLUMNS", "csv_paths", "write_csv"]
+__all__ = ["HISTORY_COLUMNS", "STATS_COLUMNS", "csv_paths", "neutralise", "write_csv"]
 
 #: Percentile columns of ``_stats.csv``: header -> key of the latency dict.
 _PERCENTILES = {
@@ -161,12 +164,33 @@ def history_rows(records: Sequence[StormRecord]) -> Iterable[list[str]]:
             ]
 
 
+#: A cell that a spreadsheet would take for a formula starts with one of these (OWASP's
+#: list for CSV injection: ``=``, ``+``, ``-``, ``@``, tab and carriage return).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+#: A number as this module writes one: a negative figure is a number, not a formula.
+_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+
+
+def neutralise(cell: str) -> str:
+    """*cell* as a spreadsheet shows it as text: a leading ``'`` before a would-be formula.
+
+    Test ids, labels and paths come from the project under test and may start with
+    ``=``, ``+``, ``-`` or ``@`` (``=HYPERLINK(...)`` in a parametrised id, say); a
+    spreadsheet would run them. OWASP's advice is to prefix such a cell with a single
+    quote. A number keeps its sign and stays a number.
+    """
+    if cell.startswith(_FORMULA_STARTS) and not _NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
+
+
 def _write(path: Path, header: Sequence[str], rows: Iterable[list[str]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
+    # Built whole, then written atomically: a failure leaves the previous file as it was.
+    out = io.StringIO(newline="")
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows([neutralise(cell) for cell in row] for row in rows)
+    write_atomic(path, out.getvalue())
 
 
 def write_csv(

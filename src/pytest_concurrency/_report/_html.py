@@ -23,6 +23,7 @@ from .._errors import ConfigError
 from .._model.result import Verdict
 from .._version import __version__
 from ._fidelity import differences, rows_of
+from ._files import write_atomic
 from ._records import StormRecord, StormRow, as_records
 from ._text import diagnosis, format_number, headline, machine_line, verdict_word
 
@@ -586,9 +587,6 @@ def write_html(
     title: str = "pytest-storm report",
     machine: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write the self-contained report page to *path* (parent directories created)."""
+    """Write the self-contained report page to *path* (parent directories created; atomically)."""
     text = render_html(rows, title=title, machine=machine)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text, encoding="utf-8")
-    return target
+    return write_atomic(path, text)

@@ -23,6 +23,7 @@ from hdrh.histogram import HdrHistogram
 
 from .._errors import ConfigError
 from .._version import __version__
+from ._files import check_directory, write_atomic
 from ._records import StormRecord, StormRow, as_records
 
 __all__ = [
@@ -293,19 +294,10 @@ def _plain(value: Any) -> Any:
 def ensure_writable(path: str | os.PathLike[str]) -> Path:
     """Check that a report can be written to *path* before any storm runs; :class:`OSError` if not.
 
-    The parent directories are made and the file opened for appending (a file that did
-    not exist is removed again), which is what writing it will need.
+    The parent directories are made and a temporary file created beside *path* and
+    removed again: a report replaces its file, so the directory is what must be writable.
     """
-    target = Path(path)
-    if target.is_dir():
-        raise IsADirectoryError(f"{target} is a directory")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    existed = target.exists()
-    with target.open("a", encoding="utf-8"):
-        pass
-    if not existed:
-        target.unlink()
-    return target
+    return check_directory(path)
 
 
 def write_json(path: str | os.PathLike[str], doc: Mapping[str, Any]) -> Path:
@@ -313,17 +305,14 @@ def write_json(path: str | os.PathLike[str], doc: Mapping[str, Any]) -> Path:
 
     A figure that is not a finite number is written as null, an object as its text.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    # JSON has no NaN or infinity. Python would write them anyway (as ``NaN``, which other
+    # readers refuse), so they are turned into null first and ``allow_nan=False`` makes
+    # sure none is left. Null is what the schema says a figure is when nothing was
+    # measured, and it can never switch a gate off: a document read as a baseline refuses
+    # a compared figure that is null, and a baseline save refuses a storm that has one
+    # (``_baseline.unmeasured``), so a run cannot save its way past its own gate.
     text = json.dumps(_plain(doc), indent=1, ensure_ascii=False, allow_nan=False)
-    partial = target.with_name(target.name + ".partial")
-    try:
-        partial.write_text(text + "\n", encoding="utf-8")
-        partial.replace(target)
-    except OSError:
-        partial.unlink(missing_ok=True)
-        raise
-    return target
+    return write_atomic(path, text + "\n")
 
 
 def load_json(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -3,12 +3,14 @@
 A hand-edited, truncated or foreign file must be a clear error naming the file and the
 first place it goes wrong, not an ``AttributeError`` deep in a comparison. The checker
 covers the keywords the schema uses (``type``, ``required``, ``properties``, ``items``,
-``$ref``, ``const``, ``anyOf``, ``additionalProperties``, ``minimum``) and walks the
-document without recursion, so absurd nesting cannot exhaust the stack.
+``$ref``, ``const``, ``anyOf``, ``additionalProperties``, ``minimum``), refuses NaN and
+infinity wherever a number stands, and walks the document without recursion, so absurd
+nesting cannot exhaust the stack.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -101,6 +103,10 @@ def first_problem(doc: Any, schema: Mapping[str, Any] = READ_SCHEMA) -> str | No
             if not any(_is(value, kind) for kind in allowed):
                 wanted = " or ".join(_name_of_kind(kind) for kind in allowed)
                 return f"{_where(path)} is {_name(value)}, expected {wanted}"
+        if isinstance(value, float) and not math.isfinite(value):
+            # JSON has no NaN or infinity (Python's reader takes them all the same), and
+            # NaN compares false with everything: ``value < minimum`` would let it through.
+            return f"{_where(path)} is {value!r}, not a finite number"
         if "minimum" in node and _is(value, "number") and value < node["minimum"]:
             return f"{_where(path)} is {value!r}, below its minimum {node['minimum']!r}"
         if isinstance(value, dict):

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TextIO
 
+from .._model.remarks import contention_summary, is_contention_note
 from .._probes.noise import noise_figures
 from ._records import StormRecord, StormRow, as_records
 from ._text import aligned, format_number
@@ -110,13 +111,36 @@ def storms_table(
 
 
 def storm_notes(rows: Sequence[StormRow | StormRecord]) -> list[str]:
-    """The notes of every storm, one line each, to print under the storms table."""
+    """The notes of every storm, one line each, to print under the storms table.
+
+    The note that the machine's other threads kept a storm waiting for a CPU is about the
+    machine, not the storm: said by several storms, it is one line for all of them (each
+    result keeps its own).
+    """
     lines = []
+    contended: list[tuple[StormRecord, str]] = []
     for record in as_records(rows):
         # A storm saved before notes existed has none.
         for note in record.data.get("notes") or []:
-            lines.append(f"note: {record.title}: {note}")
+            if is_contention_note(str(note)):
+                contended.append((record, str(note)))
+            else:
+                lines.append(f"note: {record.title}: {note}")
+    if len(contended) == 1:
+        record, note = contended[0]
+        lines.append(f"note: {record.title}: {note}")
+    elif contended:
+        shares = [_wait_share(record) for record, _ in contended]
+        known = [share for share in shares if share is not None]
+        lines.append(f"note: {contention_summary(len(contended), known)}")
     return lines
+
+
+def _wait_share(record: StormRecord) -> float | None:
+    extras = record.data.get("extras")
+    measured = extras.get("cpu_contention") if isinstance(extras, Mapping) else None
+    share = measured.get("wait_share") if isinstance(measured, Mapping) else None
+    return float(share) if isinstance(share, int | float) else None
 
 
 def noise_statement() -> str:

@@ -196,6 +196,11 @@ def unmeasured_reason(name: str, data: Mapping[str, Any]) -> str:
     wsgi = str(data.get("interface", "")).upper() == "WSGI"
     if not data.get("requests"):
         return "no request completed in the measured window, so there is nothing to judge"
+    if int(data.get("timeouts") or 0) >= int(data.get("requests") or 0):
+        return (
+            f"every one of the {int(data.get('requests') or 0):,} requests timed out, so no "
+            "request completed and there is nothing to judge"
+        )
     if budget in ("max_loop_lag_ms", "max_blocking_calls"):
         if wsgi:
             return "a WSGI app has no event loop to watch (use max_queued or max_threads_busy)"
@@ -231,6 +236,20 @@ def unmeasured_reason(name: str, data: Mapping[str, Any]) -> str:
             "middleware or the upstream fixture) whose p99 its own could be compared with"
         )
     return "the storm recorded no such figure"
+
+
+def start_hooks_failed(start: Mapping[str, Any]) -> str:
+    """Which ``on_start`` hooks failed, how many times, and one example."""
+    count = int(start.get("hooks_failed_count") or 0)
+    kinds = start.get("hook_errors") or {}
+    listed = ", ".join(f"{kind} ×{int(n):,}" for kind, n in list(kinds.items())[:_SHOWN])
+    lines = str(start.get("example") or "").strip().splitlines()
+    example = _one_line(lines[-1], 160) if lines else ""
+    text = (
+        f"{count:,} of {int(start.get('users') or count):,} users' start hooks failed "
+        f"({listed}), so those users sent nothing"
+    )
+    return f"{text}; e.g. {example}" if example else text
 
 
 def _noise_note(result: StormResult, v: Verdict, aggregate: str) -> str:
@@ -292,6 +311,8 @@ def verdict_table(result: StormResult, *, indent: str = "  ", remarks: bool = Tr
         word = verdict_word(v)
         if math.isnan(v.measured):
             word += f": {unmeasured_reason(v.name, data)}"
+        elif v.name == "on_start":
+            word += f": {start_hooks_failed((data.get('extras') or {}).get('on_start') or {})}"
         else:
             word += _noise_note(result, v, aggregate)
         rows.append((v.name, format_number(v.limit), format_number(v.measured), word))

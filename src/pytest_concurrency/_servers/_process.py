@@ -18,21 +18,51 @@ from dataclasses import dataclass, field
 from typing import IO, Literal
 
 from .._errors import ConfigError, StormError
-from .._optional import installed
+from .._optional import installed, require
 from . import agent
 from ._target import PATH_ENV
 from .channel import ProbeChannel
 
-__all__ = ["SERVER_KINDS", "RunningServer", "ServerSpec", "live_servers", "serve"]
+__all__ = [
+    "SERVER_KINDS",
+    "RunningServer",
+    "ServerSpec",
+    "live_servers",
+    "max_workers",
+    "serve",
+]
 
 ServerKind = Literal["uvicorn", "hypercorn", "granian", "gunicorn"]
 SERVER_KINDS: tuple[ServerKind, ...] = ("uvicorn", "hypercorn", "granian", "gunicorn")
-EXTRA_HINT = "pip install 'pytest-storm[servers]'"
 
 #: Seconds between SIGTERM to the process group and SIGKILL.
 STOP_GRACE = 3.0
 _TAIL_LINES = 20
 _PORT_ATTEMPTS = 3
+#: Pending connections the handed-over socket queues before the server accepts them.
+_BACKLOG = 2048
+#: Servers that take a listening socket from us (uvicorn, hypercorn and gunicorn take a
+#: file descriptor); granian binds its own port, checked once it answers.
+_FD_KINDS = ("uvicorn", "hypercorn", "gunicorn")
+#: Worker processes per core a server may be given: past a few per core they only queue for
+#: the CPU, and a typo (workers=1000) would fork-bomb the machine.
+WORKERS_PER_CORE = 4
+#: Worker processes allowed whatever the core count (a small machine still compares 1 to 8).
+_MIN_WORKER_CAP = 8
+#: Threads in one server's whole pool (workers × threads).
+MAX_SERVER_THREADS = 4096
+
+
+def cores() -> int:
+    """Cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def max_workers() -> int:
+    """Most worker processes a server may be given on this machine."""
+    return max(_MIN_WORKER_CAP, WORKERS_PER_CORE * cores())
 
 
 @dataclass(frozen=True)
@@ -51,19 +81,17 @@ class ServerSpec:
     #: Run the loop monitor and thread-pool probe inside each worker (ASGI apps only).
     probes: bool = False
 
-    def validate(self, origin: str = "server=") -> None:
-        """Raise :class:`ConfigError` for a spec that cannot start, before anything runs."""
+    def validate(self, origin: str = "server=", pool_origin: str | None = None) -> None:
+        """Raise :class:`ConfigError` for a spec that cannot start, before anything runs.
+
+        *pool_origin* is where ``workers`` and ``threads`` came from, when not *origin*.
+        """
         if self.kind not in SERVER_KINDS:
             raise ConfigError(
                 f"server={self.kind!r} (from {origin}) must be one of {', '.join(SERVER_KINDS)} "
                 "or a loopback URL such as 'http://127.0.0.1:8000'"
             )
-        missing = [m for m in _modules_needed(self) if not installed(m)]
-        if missing:
-            raise ConfigError(
-                f"server={self.kind!r} (from {origin}) needs {', '.join(missing)}, which is not "
-                f"installed: {EXTRA_HINT}"
-            )
+        require(tuple(_modules_needed(self)), "servers", f"server={self.kind!r} (from {origin})")
         module, sep, attr = self.app.partition(":")
         if not sep or not module or not attr:
             raise ConfigError(
@@ -78,6 +106,19 @@ class ServerSpec:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}={value!r} (from {origin}) must be a whole number ≥ 1")
+        if self.workers > (cap := max_workers()):
+            raise ConfigError(
+                f"workers={self.workers} (from {pool_origin or origin}) is more than {cap} "
+                "worker processes, "
+                f"the most for a server here ({WORKERS_PER_CORE} × {cores()} cores, at least "
+                f"{_MIN_WORKER_CAP}): past a few per core, workers only queue for the CPU"
+            )
+        if self.workers * self.threads > MAX_SERVER_THREADS:
+            raise ConfigError(
+                f"workers={self.workers} × threads={self.threads} (from {pool_origin or origin}) is "
+                f"{self.workers * self.threads:,} threads, more than the {MAX_SERVER_THREADS:,} "
+                "a server may be given"
+            )
         if self.threads > 1 and self.kind in ("uvicorn", "hypercorn"):
             raise ConfigError(
                 f"threads={self.threads} (from {origin}) has no meaning for {self.kind}; "
@@ -105,7 +146,8 @@ class ServerSpec:
 
 
 def _modules_needed(spec: ServerSpec) -> list[str]:
-    needed = [spec.kind, "psutil"]
+    # httptools parses the responses on the storm's side (the HTTP client driver).
+    needed = [spec.kind, "psutil", "httptools"]
     if spec.kind == "gunicorn" and spec.interface == "asgi":
         needed.append("uvicorn")
     return needed
@@ -293,7 +335,24 @@ def _free_port() -> int:
         return port
 
 
-def _command(spec: ServerSpec, port: int) -> list[str]:
+def _listener() -> socket.socket:
+    """A socket listening on a free loopback port, to be handed to the server process.
+
+    Bound here, the port can never be taken by another process between its choice and
+    the server's bind: whatever answers on it is the server.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(_BACKLOG)
+        sock.set_inheritable(True)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _command(spec: ServerSpec, port: int, fd: int | None = None) -> list[str]:
     command = [
         sys.executable,
         "-m",
@@ -315,6 +374,8 @@ def _command(spec: ServerSpec, port: int) -> list[str]:
     ]
     if spec.setup:
         command += ["--setup", spec.setup]
+    if fd is not None:
+        command += ["--fd", str(fd)]
     return command
 
 
@@ -337,7 +398,8 @@ def _environment(spec: ServerSpec, probes: ProbeChannel | None = None) -> dict[s
 def _start(spec: ServerSpec, startup_timeout: float) -> RunningServer:
     last_error: StormError | None = None
     for _attempt in range(_PORT_ATTEMPTS):
-        port = _free_port()
+        listener = _listener() if spec.kind in _FD_KINDS else None
+        port = listener.getsockname()[1] if listener is not None else _free_port()
         # Closed by RunningServer.stop(); the server writes to it for its whole life.
         log = tempfile.TemporaryFile(prefix="pytest-storm-server-")  # noqa: SIM115
         # A WSGI app runs on the server's threads or processes with no event loop of its
@@ -348,24 +410,34 @@ def _start(spec: ServerSpec, startup_timeout: float) -> RunningServer:
             else None
         )
         try:
+            fd = listener.fileno() if listener is not None else None
             process = subprocess.Popen(
-                _command(spec, port),
+                _command(spec, port, fd),
                 cwd=spec.cwd,
                 env=_environment(spec, probes),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                pass_fds=(fd,) if fd is not None else (),
             )
         except BaseException:
             log.close()
             if probes is not None:
                 probes.close()
             raise
+        finally:
+            # The server holds its own copy: once it has gone, the port is free again.
+            if listener is not None:
+                listener.close()
         server = RunningServer(spec, process, port, log, probes)
         _registry.add(server)
         try:
             _wait_ready(server, startup_timeout)
+        except _PortTaken as exc:
+            server.stop(grace=1.0)
+            last_error = exc
+            continue
         except StormError as exc:
             tail = server.stderr_tail()
             server.stop(grace=1.0)
@@ -383,8 +455,19 @@ def _start(spec: ServerSpec, startup_timeout: float) -> RunningServer:
     raise last_error
 
 
+class _PortTaken(StormError):
+    """Something other than the server answered on its port."""
+
+
 def _wait_ready(server: RunningServer, timeout: float) -> None:
-    """Return once the server answers HTTP (any status); raise StormError otherwise."""
+    """Return once the server itself answers on its port; raise StormError otherwise.
+
+    The probe never sends the app a request (a slow ``/`` must not fail the start): it
+    sends a request line no server accepts, which the server answers itself (400) or
+    closes. The socket was handed to the server (uvicorn, hypercorn, gunicorn), so the
+    answer is the server's; granian binds its own port, so its process must hold the
+    listening socket before an answer counts.
+    """
     name = server.describe()
     deadline = time.monotonic() + timeout
     while True:
@@ -401,18 +484,49 @@ def _wait_ready(server: RunningServer, timeout: float) -> None:
                 f"{timeout:g} s (startup_timeout); its output ends with:\n"
                 f"{_indent(server.stderr_tail())}"
             )
-        if _answers_http(server.port, min(remaining, 2.0)):
-            return
+        if _answers(server.port, min(remaining, 2.0)):
+            if server.spec.kind in _FD_KINDS or _listens(server, wait=1.0):
+                return
+            raise _PortTaken(
+                f"another process answered on {server.url} before {name} listened there"
+            )
         time.sleep(0.05)
 
 
-def _answers_http(port: int, timeout: float) -> bool:
+#: A request line no HTTP server accepts: answered by the server itself, never the app.
+_PROBE = b"\x01 * HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+
+
+def _answers(port: int, timeout: float) -> bool:
+    """True once a connection to *port* is answered (any HTTP status) or closed by its peer."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-            sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            return sock.recv(16).startswith(b"HTTP/")
+            sock.sendall(_PROBE)
+            reply = sock.recv(16)
+            return reply == b"" or reply.startswith(b"HTTP/")
     except OSError:
         return False
+
+
+def _listens(server: RunningServer, wait: float = 0.0) -> bool:
+    """True when a process of the server's tree holds a listening socket on its port."""
+    import psutil
+
+    deadline = time.monotonic() + wait
+    while True:
+        for pid in server.pids():
+            try:
+                connections = psutil.Process(pid).net_connections(kind="tcp")
+            except psutil.Error:
+                continue
+            if any(
+                c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == server.port
+                for c in connections
+            ):
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def _indent(text: str) -> str:

@@ -8,9 +8,10 @@ string and the hook travel in environment variables, which every descendant inhe
 
 from __future__ import annotations
 
-import importlib
 import os
 from typing import Any
+
+from .._apps import load_app as _load
 
 APP_ENV = "PYTEST_STORM_SERVER_APP"
 SETUP_ENV = "PYTEST_STORM_SERVER_SETUP"
@@ -21,12 +22,8 @@ _loaded: list[Any] = []
 
 
 def resolve(import_string: str) -> Any:
-    """Import ``module:attr`` (attr may be dotted) and return the object."""
-    module_name, _, attr = import_string.partition(":")
-    obj: Any = importlib.import_module(module_name)
-    for part in (attr or "app").split("."):
-        obj = getattr(obj, part)
-    return obj
+    """Import ``module:attr`` (attr may be dotted) with the package's one app loader."""
+    return _load(import_string, origin="the server process")
 
 
 def load_app() -> Any:

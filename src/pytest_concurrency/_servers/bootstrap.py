@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -67,10 +68,18 @@ def run_uvicorn(app: Any, args: argparse.Namespace) -> None:
         "log_level": "warning",
         "timeout_graceful_shutdown": GRACEFUL_SECONDS,
     }
+    # uvicorn's own fd= option labels the socket AF_UNIX, which turns TCP_NODELAY off on
+    # every accepted connection: the socket is built here, its family read from the fd.
+    sockets = [socket.socket(fileno=args.fd)] if args.fd is not None else None
     if args.workers == 1:
-        uvicorn.Server(uvicorn.Config(app, **options)).run()
-    else:
+        uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=sockets)
+    elif sockets is None:
         uvicorn.run(TARGET, workers=args.workers, **options)
+    else:
+        from uvicorn.supervisors import Multiprocess
+
+        config = uvicorn.Config(TARGET, workers=args.workers, **options)
+        Multiprocess(config, sockets=sockets).run()
 
 
 def run_hypercorn(app: Any, args: argparse.Namespace) -> None:
@@ -78,7 +87,7 @@ def run_hypercorn(app: Any, args: argparse.Namespace) -> None:
     from hypercorn.config import Config
 
     config = Config()
-    config.bind = [f"{HOST}:{args.port}"]
+    config.bind = [f"fd://{args.fd}" if args.fd is not None else f"{HOST}:{args.port}"]
     config.accesslog = None
     config.errorlog = "-"
     config.loglevel = "WARNING"
@@ -134,7 +143,7 @@ def run_gunicorn(app: Any, args: argparse.Namespace) -> None:
     else:
         worker_class = "gthread" if args.threads > 1 else "sync"
     options: dict[str, Any] = {
-        "bind": f"{HOST}:{args.port}",
+        "bind": f"fd://{args.fd}" if args.fd is not None else f"{HOST}:{args.port}",
         "workers": args.workers,
         "threads": args.threads,
         "worker_class": worker_class,
@@ -177,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--setup", help="module:function to call before the app is imported")
     parser.add_argument("--parent-pid", type=int, help="stop when this process goes away")
+    parser.add_argument("--fd", type=int, help="serve on this listening socket (already bound)")
     args = parser.parse_args(argv)
     _install_path()
     os.environ[APP_ENV] = args.app
