@@ -34,7 +34,7 @@ from .._report._remarks import (
     server_probes_note,
     undeclared_upstream_warning,
 )
-from .._result import StormResult
+from .._result import StormResult, Verdict
 from .._servers import ResourceSampler, ResourceUsage, RunningServer, serve
 from .._servers.channel import ProbeReport
 from .._servers.simio import ENV as SIMIO_ENV
@@ -42,6 +42,7 @@ from .._servers.simio import SETUP as SIMIO_SETUP
 from .._servers.simio import ship_upstreams
 from .._simio import INSTALLED as UPSTREAMS
 from .._simio import seed_latency, wait_recorder
+from .._simio.egress import EgressGuard
 from .interrupts import watch_interrupts
 from .plan import LiveFigures, Progress, StormPlan
 from .rounds import run_async_round, run_pool_round
@@ -307,16 +308,29 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
         )
     if chosen.dropped:
         chosen.warnings.append(dropped_arrivals_warning(chosen.dropped, config.max_in_flight))
+    chosen.verdicts.extend(_egress_verdicts(rounds))
     return chosen
+
+
+def _egress_verdicts(rounds: list[StormResult]) -> list[Verdict]:
+    """A storm whose app tried to leave the machine fails, whatever its budgets."""
+    refused = sum(entry["count"] for r in rounds for entry in r.refused_egress)
+    return [Verdict("refused_egress", 0.0, float(refused), False)] if refused else []
+
+
+def _declared_hosts() -> set[str]:
+    return {host for upstream in UPSTREAMS for host in upstream.hosts}
 
 
 @contextmanager
 def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResult]]:
-    """Seed simulated latency, record the simulated waits' own error, snapshot upstreams."""
+    """Seed simulated latency, record the simulated waits' own error, snapshot upstreams,
+    and refuse every connection off the machine (counted on the result)."""
     if plan.config.seed is not None:
         seed_latency(plan.config.seed)
     before = {id(u): {k: v.get("calls", 0) for k, v in u.stats().items()} for u in UPSTREAMS}
     undeclared_before = {id(u): u.undeclared_calls for u in UPSTREAMS}
+    guard = EgressGuard(plan.config.allow_hosts, declared=_declared_hosts)
     wait_recorder.start()
     results: list[StormResult] = []
 
@@ -325,10 +339,12 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
         return result
 
     try:
-        yield attach
+        with guard:
+            yield attach
     finally:
         waits = wait_recorder.stop(results[0].window if results else None)
     for result in results:
+        result.refused_egress = guard.refusals()
         if waits.async_waits.count or waits.blocking_waits.count:
             result.extras["simulated_waits"] = waits.to_dict()
         routes: dict[str, Any] = {}

@@ -493,6 +493,11 @@ class Upstream:
         """Every declared route."""
         return [route for routes in self._routes.values() for route in routes]
 
+    @property
+    def hosts(self) -> set[str]:
+        """The host names of the declared routes."""
+        return {host for _, host, _ in self._routes}
+
     # -- installing
 
     @property
