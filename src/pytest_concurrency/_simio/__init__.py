@@ -3,7 +3,8 @@
 ``distributions`` turns milliseconds into sampled waits; ``waits`` holds the process-wide
 generator, the two ways of waiting (``anyio.sleep`` and ``time.sleep``) and the recorder
 of how late they come back; ``middleware`` puts a wait in front of any ASGI or WSGI app;
-``upstream`` answers the app's own outbound ``httpx`` calls in-process.
+``upstream`` answers the app's own outbound ``httpx`` and ``httpx2`` calls in-process;
+``egress`` refuses every other connection off the machine while a storm runs.
 """
 
 from .distributions import (
