@@ -507,7 +507,35 @@ class Upstream:
         bytes; ``stream`` sends its chunks with ``chunk_latency`` between them. A fraction
         ``error_rate`` of calls get a 503 and ``timeout_rate`` raise ``httpx.ReadTimeout``.
         """
-        # Kept as declared, so a real server's process can declare the same routes.
+        new = Route(
+            url_prefix,
+            method=method,
+            latency=as_latency(latency, where=f"upstream.route({url_prefix!r}): "),
+            status=status,
+            json=json,
+            content=content,
+            headers=headers,
+            handler=handler,
+            stream=stream,
+            chunk_latency=as_latency(
+                chunk_latency, name="chunk_latency", where=f"upstream.route({url_prefix!r}): "
+            ),
+            error_rate=error_rate,
+            timeout_rate=timeout_rate,
+            rng=_default_rng if seed is None else random.Random(seed),
+        )
+        existing = self._routes.get(new._key, [])
+        for route in existing:
+            if route._path == new._path and route.method == new.method:
+                raise ConfigError(
+                    f"upstream.route({url_prefix!r}, method={method!r}) is already declared"
+                )
+        # Most specific first: longer prefixes, then routes that name a method. A new list
+        # replaces the old so threads answering calls never see one half-sorted.
+        self._routes[new._key] = sorted(
+            [*existing, new], key=lambda r: (-len(r._path), r.method is None)
+        )
+        # Kept as declared (once valid), so a real server's process can declare the same routes.
         self.declarations.append(
             {
                 "url_prefix": url_prefix,
@@ -524,32 +552,6 @@ class Upstream:
                 "timeout_rate": timeout_rate,
                 "seed": seed,
             }
-        )
-        new = Route(
-            url_prefix,
-            method=method,
-            latency=as_latency(latency),
-            status=status,
-            json=json,
-            content=content,
-            headers=headers,
-            handler=handler,
-            stream=stream,
-            chunk_latency=as_latency(chunk_latency),
-            error_rate=error_rate,
-            timeout_rate=timeout_rate,
-            rng=_default_rng if seed is None else random.Random(seed),
-        )
-        existing = self._routes.get(new._key, [])
-        for route in existing:
-            if route._path == new._path and route.method == new.method:
-                raise ConfigError(
-                    f"upstream.route({url_prefix!r}, method={method!r}) is already declared"
-                )
-        # Most specific first: longer prefixes, then routes that name a method. A new list
-        # replaces the old so threads answering calls never see one half-sorted.
-        self._routes[new._key] = sorted(
-            [*existing, new], key=lambda r: (-len(r._path), r.method is None)
         )
         return new
 
