@@ -239,6 +239,8 @@ def test_aiohttp_resolvers_are_guarded(spy: Spy) -> None:
     (refusal,) = guard.refusals()
     assert refusal["host"] == "model-server.invalid"
     assert refusal["client"] == "aiohttp"
+    assert refusal["site"].startswith(f"{THIS_FILE}:")
+    assert refusal["site"].endswith(" in main")
     assert spy.off_machine == []
 
 
@@ -492,3 +494,68 @@ def test_upstream_message_holds_for_every_client(spy: Spy) -> None:
     assert result.extras["upstream"]["http://model-server.invalid/generate"]["calls"] == 3
     assert result.refused_egress[0]["count"] == 3
     assert spy.off_machine == []
+
+
+# --------------------------------------------------------------------------- saying what went wrong
+
+MODEL = "http://model-server.invalid/generate"
+
+
+def test_a_route_never_called_while_requests_failed_is_named(spy: Spy) -> None:
+    aiohttp = pytest.importorskip("aiohttp")
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        async with aiohttp.ClientSession() as session, session.post(MODEL) as response:
+            body = await response.read()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    with Upstream() as upstream:
+        upstream.route(MODEL, latency=50, json={"text": "Hello!"})
+        result = run_storm(app, "GET", "/", users=2, requests=6, check=False)
+    assert result.failed == 6
+    assert result.extras["upstream"][MODEL]["calls_in_storm"] == 0
+    (warning,) = [w for w in result.warnings if "never called" in w]
+    assert warning.startswith(f"upstream route {MODEL} declared but never called, while 6 ")
+    assert "ClientConnectorDNSError ×6" in warning
+    assert "refused egress to model-server.invalid:80 from aiohttp at " in warning
+    assert "only httpx and httpx2 clients are answered in-process" in warning
+    assert "status 500" not in warning  # the same failures, counted once
+    (refusal,) = result.refused_egress
+    # aiohttp resolves names in a task of its own: the site is where the app entered it.
+    line = app.__code__.co_firstlineno + 3
+    assert refusal["site"] == f"{THIS_FILE}:{line} in app"
+    assert spy.off_machine == []
+
+
+def test_an_app_that_answers_its_own_status_shows_it(spy: Spy) -> None:
+    with Upstream() as upstream:
+        upstream.route(MODEL, latency=1)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+            try:
+                urllib.request.urlopen(MODEL, timeout=1)
+            except OSError:
+                start_response("502 Bad Gateway", [])
+                return [b"model unreachable"]
+            start_response("200 OK", [])
+            return [b"ok"]
+
+        result = run_storm(app, "GET", "/", users=1, requests=4, check=False)
+    (warning,) = [w for w in result.warnings if "never called" in w]
+    assert "(status 502 ×4; refused egress to model-server.invalid:80 from urllib" in warning
+
+
+def test_a_called_route_or_a_clean_storm_says_nothing(spy: Spy) -> None:
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [])
+        return [httpx.get(MODEL).content]
+
+    with Upstream() as upstream:
+        upstream.route(MODEL, latency=1, json={"text": "Hello!"})
+        upstream.route("http://other.invalid/", latency=1)
+        result = run_storm(wsgi, "GET", "/", users=1, requests=3)
+    assert not [w for w in result.warnings if "never called" in w]
+    assert result.extras["upstream"][MODEL]["calls_in_storm"] == 3

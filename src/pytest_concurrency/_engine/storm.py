@@ -32,6 +32,7 @@ from .._report._remarks import (
     server_probes_missing_warning,
     server_probes_not_applicable,
     server_probes_note,
+    uncalled_routes_warning,
     undeclared_upstream_warning,
 )
 from .._result import StormResult, Verdict
@@ -318,6 +319,22 @@ def _egress_verdicts(rounds: list[StormResult]) -> list[Verdict]:
     return [Verdict("refused_egress", 0.0, float(refused), False)] if refused else []
 
 
+def _warn_uncalled(result: StormResult, routes: dict[str, Any]) -> None:
+    """Say so when declared routes saw no call while the storm's requests failed."""
+    uncalled = [name for name, stats in routes.items() if not stats["calls_in_storm"]]
+    if not uncalled or not (result.failed or result.refused_egress):
+        return
+    seen = [(kind, error.count) for kind, error in result.errors.items()]
+    if not seen:  # an app that caught the error answered with a status of its own
+        seen = [(f"status {code}", n) for code, n in result.status_counts.items() if code >= 500]
+    seen += [
+        (f"refused egress to {r['host']}:{r['port']} from {r['client']} at {r['site']}", r["count"])
+        for r in result.refused_egress
+    ]
+    seen.sort(key=lambda item: -item[1])
+    result.warnings.append(uncalled_routes_warning(uncalled, result.failed, seen))
+
+
 def _declared_hosts() -> set[str]:
     return {host for upstream in UPSTREAMS for host in upstream.hosts}
 
@@ -357,6 +374,7 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
                 result.warnings.append(undeclared_upstream_warning(missed, upstream.undeclared))
         if routes:
             result.extras["upstream"] = routes
+            _warn_uncalled(result, routes)
 
 
 @contextmanager

@@ -28,6 +28,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Collection, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any
@@ -164,15 +165,32 @@ def _client_of(frame: FrameType) -> str | None:
     return _CLIENTS.get(top)
 
 
+#: Where the app entered a client whose work goes on in tasks of its own (aiohttp resolves
+#: names in a task it starts): tasks inherit the context, so a refusal there can still name
+#: the app's line.
+_ORIGIN: ContextVar[str | None] = ContextVar("pytest_storm_egress_origin", default=None)
+
+
+def _harness(frame: FrameType) -> bool:
+    """A frame of this package other than the guard: the storm itself, below the app."""
+    name = frame.f_globals.get("__name__")
+    return isinstance(name, str) and name.startswith("pytest_concurrency.") and name != __name__
+
+
 def _caller(frame: FrameType | None) -> tuple[str, str]:
     """(client library, app's call site) from the stack above a guarded call."""
     outer: str | None = None
     inner: str | None = None
+    site: str | None = None
     while frame is not None:
         client = _client_of(frame)
         if client is not None:
             inner = inner or client
             outer = client
+        elif _harness(frame) or frame.f_globals.get("__name__") == "asyncio.events":
+            # The storm below the app, or the loop running a task: the app's frame is not on
+            # this stack (a task the client started).
+            break
         else:
             top = _top(frame)
             if top and top not in _STDLIB and top not in _PLUMBING and top not in _CLIENTS:
@@ -180,8 +198,10 @@ def _caller(frame: FrameType | None) -> tuple[str, str]:
                 site = f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
                 break
         frame = frame.f_back
-    else:
-        site = f"an unknown call site (thread {threading.current_thread().name!r})"
+    if site is None:
+        site = _ORIGIN.get() or (
+            f"an unknown call site (thread {threading.current_thread().name!r})"
+        )
     if outer is None:
         return "a raw socket", site
     return (outer if inner == outer else f"{outer} ({inner})"), site
@@ -384,6 +404,17 @@ class EgressGuard:
 
             return resolve
 
+        def aiohttp_request(original: Any) -> Any:
+            async def _request(session: Any, *args: Any, **kw: Any) -> Any:
+                # The site is read now: a suspended coroutine's frame has no caller.
+                token = _ORIGIN.set(_caller(sys._getframe(1))[1])
+                try:
+                    return await original(session, *args, **kw)
+                finally:
+                    _ORIGIN.reset(token)
+
+            return _request
+
         targets: list[tuple[Any, str, Callable[[Any], Any]]] = [
             (socket, "getaddrinfo", resolver),
             (socket, "gethostbyname", by_name),
@@ -406,6 +437,10 @@ class EgressGuard:
                 cls = getattr(aiohttp_resolvers, name, None)
                 if isinstance(cls, type) and "resolve" in vars(cls):
                     targets.append((cls, "resolve", aiohttp_resolver))
+        aiohttp_client = sys.modules.get("aiohttp.client")
+        session = getattr(aiohttp_client, "ClientSession", None)
+        if isinstance(session, type) and "_request" in vars(session):
+            targets.append((session, "_request", aiohttp_request))
         return targets
 
     def __repr__(self) -> str:
