@@ -559,3 +559,99 @@ def test_a_called_route_or_a_clean_storm_says_nothing(spy: Spy) -> None:
         result = run_storm(wsgi, "GET", "/", users=1, requests=3)
     assert not [w for w in result.warnings if "never called" in w]
     assert result.extras["upstream"][MODEL]["calls_in_storm"] == 3
+
+
+# --------------------------------------------------------------------------- other processes
+
+SERVER_APP = """
+import socket
+import _socket
+
+from pytest_concurrency._simio.egress import is_loopback
+
+# A net below the guard: a lookup the guard let through is caught here, never sent.
+LEAKED = []
+_real = _socket.getaddrinfo
+
+
+def _net(host, *args, **kwargs):
+    if host is not None and not is_loopback(str(host)):
+        LEAKED.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "net: no lookups off the machine")
+    return _real(host, *args, **kwargs)
+
+
+_socket.getaddrinfo = _net
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    try:
+        socket.getaddrinfo("api.example.invalid", 443)
+        outcome = b"resolved"
+    except OSError as exc:
+        outcome = b"refused" if "egress refused" in str(exc) else b"other"
+    if LEAKED:
+        outcome += b" leaked"
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": outcome})
+"""
+
+
+def test_a_real_servers_processes_refuse_and_report(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("uvicorn")
+    (tmp_path / "egress_server_app.py").write_text(SERVER_APP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def refused_in_app(response: Any) -> bool:
+        return response.content == b"refused"
+
+    result = run_storm(
+        "egress_server_app:app",
+        "GET",
+        "/",
+        users=2,
+        requests=10,
+        server="uvicorn",
+        checks=[refused_in_app],
+        check=False,
+    )
+    assert result.status_counts == {200: 10}
+    assert result.failed == 0  # every check saw the guard's refusal, none a leak
+    (refusal,) = result.refused_egress
+    assert (refusal["host"], refusal["port"], refusal["count"]) == (
+        "api.example.invalid",
+        "443",
+        10,
+    )
+    line = (
+        SERVER_APP.splitlines().index('        socket.getaddrinfo("api.example.invalid", 443)') + 1
+    )
+    assert refusal["site"].endswith(f"egress_server_app.py:{line} in app")
+    assert [v.name for v in result.failed_verdicts] == ["refused_egress"]
+    # allow_hosts reaches the server: the lookup goes through, to the net below the guard.
+    opened = run_storm(
+        "egress_server_app:app",
+        "GET",
+        "/",
+        users=1,
+        requests=2,
+        server="uvicorn",
+        allow_hosts=["api.example.invalid"],
+        checks=[lambda response: response.content == b"other leaked"],
+    )
+    assert opened.refused_egress == []
+
+
+def test_shards_refuse_and_report(spy: Spy) -> None:
+    app = _calling("http://api.example.invalid/v1")
+    result = run_storm(app, "GET", "/", users=4, requests=40, processes=2, check=False)
+    assert result.status_counts == {200: 40}
+    (refusal,) = result.refused_egress
+    assert (refusal["host"], refusal["count"]) == ("api.example.invalid", 40)
+    assert refusal["client"] == "urllib (http.client)"
+    assert [v.name for v in result.failed_verdicts] == ["refused_egress"]
+    assert spy.off_machine == []

@@ -11,9 +11,11 @@ import asyncio
 import dataclasses
 import functools
 import gc
+import json
 import os
+import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from typing import Any
 
 import anyio
@@ -38,12 +40,12 @@ from .._report._remarks import (
 from .._result import StormResult, Verdict
 from .._servers import ResourceSampler, ResourceUsage, RunningServer, serve
 from .._servers.channel import ProbeReport
+from .._servers.simio import EGRESS_ENV, egress_settings, ship_upstreams
 from .._servers.simio import ENV as SIMIO_ENV
 from .._servers.simio import SETUP as SIMIO_SETUP
-from .._servers.simio import ship_upstreams
 from .._simio import INSTALLED as UPSTREAMS
 from .._simio import seed_latency, wait_recorder
-from .._simio.egress import EgressGuard
+from .._simio.egress import EgressGuard, read_log, tally
 from .interrupts import watch_interrupts
 from .plan import LiveFigures, Progress, StormPlan
 from .rounds import run_async_round, run_pool_round
@@ -160,16 +162,38 @@ def _served(plan: StormPlan) -> Iterator[StormPlan]:
     if PROBED_BUDGETS & set(plan.config.budgets):
         spec = dataclasses.replace(spec, probes=True)
     shipped = ship_upstreams(UPSTREAMS)
-    if shipped is not None:
-        spec = dataclasses.replace(spec, setup=SIMIO_SETUP, env={**spec.env, SIMIO_ENV: shipped})
+    log: str | None = None
     try:
+        # The server's processes refuse egress too, and log what they refused.
+        log = _egress_log()
+        env = {**spec.env, EGRESS_ENV: egress_settings(plan.config.allow_hosts, log)}
+        if shipped is not None:
+            env[SIMIO_ENV] = shipped
+        spec = dataclasses.replace(spec, setup=SIMIO_SETUP, env=env)
         with serve(spec) as server:
             yield dataclasses.replace(
                 plan, url=server.url, served_by=server.describe(), running=server
             )
     finally:
-        if shipped is not None:
-            os.unlink(shipped)
+        for path in (shipped, log):
+            if path is not None:
+                with suppress(FileNotFoundError):
+                    os.unlink(path)
+
+
+def _egress_log() -> str:
+    """A new empty file for other processes' egress refusals."""
+    handle, path = tempfile.mkstemp(prefix="pytest-storm-egress-", suffix=".jsonl")
+    os.close(handle)
+    return path
+
+
+def _server_egress_log(plan: StormPlan) -> str | None:
+    """The log file the plan's real server's processes write their refusals to, if any."""
+    if plan.running is None:
+        return None
+    settings = plan.running.spec.env.get(EGRESS_ENV)
+    return str(json.loads(settings)["log"]) if settings else None
 
 
 @contextmanager
@@ -347,7 +371,11 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
         seed_latency(plan.config.seed)
     before = {id(u): {k: v.get("calls", 0) for k, v in u.stats().items()} for u in UPSTREAMS}
     undeclared_before = {id(u): u.undeclared_calls for u in UPSTREAMS}
-    guard = EgressGuard(plan.config.allow_hosts, declared=_declared_hosts)
+    # Forked shards inherit the guard; they log their refusals for this process to read.
+    shard_log = _egress_log() if plan.config.processes > 1 else None
+    server_log = _server_egress_log(plan)
+    server_from = read_log(server_log)[1] if server_log is not None else 0
+    guard = EgressGuard(plan.config.allow_hosts, declared=_declared_hosts, log=shard_log)
     wait_recorder.start()
     results: list[StormResult] = []
 
@@ -358,10 +386,15 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
     try:
         with guard:
             yield attach
+        refused = guard.counts()
+        for refusal in read_log(server_log, server_from)[0] if server_log is not None else []:
+            refused[refusal] = refused.get(refusal, 0) + 1
     finally:
         waits = wait_recorder.stop(results[0].window if results else None)
+        if shard_log is not None:
+            os.unlink(shard_log)
     for result in results:
-        result.refused_egress = guard.refusals()
+        result.refused_egress = tally(refused)
         if waits.async_waits.count or waits.blocking_waits.count:
             result.extras["simulated_waits"] = waits.to_dict()
         routes: dict[str, Any] = {}

@@ -23,7 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import importlib
+import importlib.util
 import ipaddress
+import json
+import os
 import socket
 import sys
 import threading
@@ -35,7 +39,7 @@ from typing import Any
 
 from .._probes.patches import Patch, remove_all, wrap
 
-__all__ = ["EgressGuard", "EgressRefused", "Refusal", "is_loopback"]
+__all__ = ["EgressGuard", "EgressRefused", "Refusal", "is_loopback", "read_log", "tally"]
 
 #: Top-level packages of HTTP clients, with the name a report gives them.
 _CLIENTS = {
@@ -207,6 +211,50 @@ def _caller(frame: FrameType | None) -> tuple[str, str]:
     return (outer if inner == outer else f"{outer} ({inner})"), site
 
 
+#: Longest call site written to a log: one line stays one atomic append.
+_LOGGED_SITE = 1000
+
+
+def _append(path: str, refusal: Refusal) -> None:
+    line = json.dumps(
+        [refusal.host, refusal.port, refusal.client, refusal.site[:_LOGGED_SITE]],
+        ensure_ascii=True,
+    )
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    except OSError:
+        return  # the storm is over and its log gone: the refusal itself still stands
+    try:
+        os.write(fd, (line + "\n").encode("ascii"))
+    finally:
+        os.close(fd)
+
+
+def read_log(path: str, offset: int = 0) -> tuple[list[Refusal], int]:
+    """The refusals other processes appended to *path* from *offset*, and the offset after them."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(offset)
+            data = file.read()
+    except OSError:
+        return [], offset
+    end = data.rfind(b"\n") + 1  # a line still being written waits for the next read
+    refusals = []
+    for line in data[:end].splitlines():
+        try:
+            host, port, client, site = json.loads(line)
+        except (ValueError, TypeError):
+            continue
+        refusals.append(Refusal(str(host), str(port), str(client), str(site)))
+    return refusals, offset + end
+
+
+def tally(counts: dict[Refusal, int]) -> list[dict[str, Any]]:
+    """Refusals with their counts as plain data, most frequent first."""
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0].host, item[0].site))
+    return [refusal.to_dict(count) for refusal, count in ordered]
+
+
 def _host_port(address: Any) -> tuple[str, Any] | None:
     """(host, port) of an AF_INET/AF_INET6 address; None for any other kind of address."""
     if isinstance(address, tuple) and len(address) >= 2:
@@ -231,8 +279,15 @@ class EgressGuard:
         allow_hosts: Iterable[str] = (),
         *,
         declared: Callable[[], Collection[str]] | None = None,
+        log: str | None = None,
+        log_here: bool = False,
     ) -> None:
         self.allow_hosts = tuple(allow_hosts)
+        # Refusals made in another process (a forked shard; a server's process when
+        # log_here) are appended to the log file, where the storm's process reads them.
+        self.log = log
+        self._log_here = log_here
+        self._pid = os.getpid()
         self._names = {_normal(h) for h in self.allow_hosts if "/" not in h and not _is_ip(h)}
         self._networks = [
             ipaddress.ip_network(_normal(h) if "/" not in h else h, strict=False)
@@ -271,8 +326,11 @@ class EgressGuard:
             return
         client, site = _caller(frame)
         refusal = Refusal(_normal(host) or host, "" if port is None else str(port), client, site)
-        with self._lock:
-            self._counts[refusal] = self._counts.get(refusal, 0) + 1
+        if self.log is not None and (self._log_here or os.getpid() != self._pid):
+            _append(self.log, refusal)
+        else:
+            with self._lock:
+                self._counts[refusal] = self._counts.get(refusal, 0) + 1
         declared = self._declared() if self._declared is not None else ()
         raise EgressRefused(refusal, declared=refusal.host in declared, allowed=self.allow_hosts)
 
@@ -291,15 +349,21 @@ class EgressGuard:
     @property
     def refused(self) -> int:
         """How many connections were refused."""
+        return sum(self.counts().values())
+
+    def counts(self) -> dict[Refusal, int]:
+        """How many times each destination was refused: in this process, and in the other
+        processes that logged theirs."""
         with self._lock:
-            return sum(self._counts.values())
+            counts = dict(self._counts)
+        if self.log is not None:
+            for refusal in read_log(self.log)[0]:
+                counts[refusal] = counts.get(refusal, 0) + 1
+        return counts
 
     def refusals(self) -> list[dict[str, Any]]:
         """Every refused destination with its client, call site and count, most frequent first."""
-        with self._lock:
-            counts = list(self._counts.items())
-        counts.sort(key=lambda item: (-item[1], item[0].host, item[0].site))
-        return [refusal.to_dict(count) for refusal, count in counts]
+        return tally(self.counts())
 
     # -- installing
 
@@ -431,6 +495,11 @@ class EgressGuard:
                 (uvloop.Loop, "create_connection", loop_connector),
                 (uvloop.Loop, "sock_connect", loop_sock_connector),
             ]
+        if "aiohttp.resolver" not in sys.modules and all(
+            importlib.util.find_spec(name) is not None for name in ("aiodns", "aiohttp")
+        ):
+            # aiohttp picks its c-ares resolver when aiodns is there: it never meets ``socket``.
+            importlib.import_module("aiohttp.resolver")
         aiohttp_resolvers = sys.modules.get("aiohttp.resolver")
         if aiohttp_resolvers is not None:
             for name in ("ThreadedResolver", "AsyncResolver"):
