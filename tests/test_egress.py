@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import http.server
+import json
 import re
 import socket
 import threading
@@ -273,7 +274,7 @@ def test_an_allowed_name_opens_the_addresses_it_resolves_to(
 def test_a_declared_upstream_host_is_named_as_such(spy: Spy) -> None:
     with EgressGuard(declared=lambda: {"model-server.invalid"}):
         error = _refused(lambda: socket.getaddrinfo("model-server.invalid", 80))
-    assert "is declared on the upstream, but only httpx and httpx2 calls" in str(error)
+    assert "is declared on the upstream, but this call cannot be answered" in str(error)
 
 
 def test_the_guard_comes_off(spy: Spy) -> None:
@@ -476,29 +477,37 @@ def test_allow_hosts_from_marker_option_and_ini(
     )
 
 
-def test_upstream_message_holds_for_every_client(spy: Spy) -> None:
-    """A storm with an upstream: httpx is answered in-process, urllib is refused, no lookup."""
+def test_every_client_reaches_a_declared_route(spy: Spy) -> None:
+    """httpx in-process, urllib and requests over loopback: all answered, no lookup."""
     with Upstream() as upstream:
         upstream.route("http://model-server.invalid/generate", latency=1, json={"ok": True})
 
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-            answered = httpx.get("http://model-server.invalid/generate").json()
-            try:
-                urllib.request.urlopen("http://model-server.invalid/generate", timeout=1)
-            except OSError as exc:
-                refused = str(exc)
+            answers = [
+                httpx.get("http://model-server.invalid/generate").json(),
+                requests.get("http://model-server.invalid/generate", timeout=5).json(),
+            ]
+            with urllib.request.urlopen("http://model-server.invalid/generate") as response:
+                answers.append(json.loads(response.read()))
             start_response("200 OK", [])
-            return [b"ok" if answered == {"ok": True} and "declared" in refused else b"no"]
+            return [b"ok" if answers == [{"ok": True}] * 3 else b"no"]
 
-        result = run_storm(app, "GET", "/", users=1, requests=3, check=False)
-    assert result.extras["upstream"]["http://model-server.invalid/generate"]["calls"] == 3
-    assert result.refused_egress[0]["count"] == 3
+        result = run_storm(app, "GET", "/", users=1, requests=3, checks=[_says_ok])
+    assert result.extras["upstream"]["http://model-server.invalid/generate"]["calls"] == 9
+    assert result.refused_egress == []
     assert spy.off_machine == []
+    assert "model-server.invalid" not in spy.lookups
+
+
+def _says_ok(response: Any) -> bool:
+    return bool(response.content == b"ok")
 
 
 # --------------------------------------------------------------------------- saying what went wrong
 
 MODEL = "http://model-server.invalid/generate"
+#: Served in-process to httpx and httpx2 only: no loopback server answers https.
+MODEL_TLS = "https://model-server.invalid/generate"
 
 
 def test_a_route_never_called_while_requests_failed_is_named(spy: Spy) -> None:
@@ -507,20 +516,22 @@ def test_a_route_never_called_while_requests_failed_is_named(spy: Spy) -> None:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        async with aiohttp.ClientSession() as session, session.post(MODEL) as response:
+        async with aiohttp.ClientSession() as session, session.post(MODEL_TLS) as response:
             body = await response.read()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": body})
 
     with Upstream() as upstream:
-        upstream.route(MODEL, latency=50, json={"text": "Hello!"})
+        upstream.route(MODEL_TLS, latency=50, json={"text": "Hello!"})
         result = run_storm(app, "GET", "/", users=2, requests=6, check=False)
     assert result.failed == 6
-    assert result.extras["upstream"][MODEL]["calls_in_storm"] == 0
+    assert result.extras["upstream"][MODEL_TLS]["calls_in_storm"] == 0
     (warning,) = [w for w in result.warnings if "never called" in w]
-    assert warning.startswith(f"upstream route {MODEL} declared but never called, while 6 ")
+    assert warning.startswith(f"upstream route {MODEL_TLS} declared but never called, while 6 ")
     assert "ClientConnectorDNSError ×6" in warning
-    assert "refused egress to model-server.invalid:80 from aiohttp at " in warning
+    assert "refused egress to model-server.invalid:443 from aiohttp at " in warning
+    examples = [error.example for error in result.errors.values()]
+    assert any("is declared on the upstream, but this call cannot be" in e for e in examples)
     assert "only httpx and httpx2 clients are answered in-process" in warning
     assert "status 500" not in warning  # the same failures, counted once
     (refusal,) = result.refused_egress
@@ -532,11 +543,11 @@ def test_a_route_never_called_while_requests_failed_is_named(spy: Spy) -> None:
 
 def test_an_app_that_answers_its_own_status_shows_it(spy: Spy) -> None:
     with Upstream() as upstream:
-        upstream.route(MODEL, latency=1)
+        upstream.route(MODEL_TLS, latency=1)
 
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
             try:
-                urllib.request.urlopen(MODEL, timeout=1)
+                urllib.request.urlopen(MODEL_TLS, timeout=1)
             except OSError:
                 start_response("502 Bad Gateway", [])
                 return [b"model unreachable"]
@@ -545,7 +556,7 @@ def test_an_app_that_answers_its_own_status_shows_it(spy: Spy) -> None:
 
         result = run_storm(app, "GET", "/", users=1, requests=4, check=False)
     (warning,) = [w for w in result.warnings if "never called" in w]
-    assert "(status 502 ×4; refused egress to model-server.invalid:80 from urllib" in warning
+    assert "(status 502 ×4; refused egress to model-server.invalid:443 from urllib" in warning
 
 
 def test_a_called_route_or_a_clean_storm_says_nothing(spy: Spy) -> None:

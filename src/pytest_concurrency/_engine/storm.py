@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from typing import Any
 
 import anyio
@@ -46,6 +46,8 @@ from .._servers.simio import SETUP as SIMIO_SETUP
 from .._simio import INSTALLED as UPSTREAMS
 from .._simio import seed_latency, wait_recorder
 from .._simio.egress import EgressGuard, read_log, tally
+from .._simio.loopback import ALIAS as LOOPBACK_ALIAS
+from .._simio.loopback import LoopbackUpstream
 from .interrupts import watch_interrupts
 from .plan import LiveFigures, Progress, StormPlan
 from .rounds import run_async_round, run_pool_round
@@ -371,28 +373,43 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
         seed_latency(plan.config.seed)
     before = {id(u): {k: v.get("calls", 0) for k, v in u.stats().items()} for u in UPSTREAMS}
     undeclared_before = {id(u): u.undeclared_calls for u in UPSTREAMS}
-    # Forked shards inherit the guard; they log their refusals for this process to read.
-    shard_log = _egress_log() if plan.config.processes > 1 else None
     server_log = _server_egress_log(plan)
     server_from = read_log(server_log)[1] if server_log is not None else 0
-    guard = EgressGuard(plan.config.allow_hosts, declared=_declared_hosts, log=shard_log)
-    wait_recorder.start()
+    # Clients other than httpx and httpx2 reach the declared http:// routes over loopback.
+    served = {host for upstream in UPSTREAMS for host in upstream.http_hosts}
     results: list[StormResult] = []
 
     def attach(result: StormResult) -> StormResult:
         results.append(result)
         return result
 
-    try:
-        with guard:
-            yield attach
-        refused = guard.counts()
-        for refusal in read_log(server_log, server_from)[0] if server_log is not None else []:
-            refused[refusal] = refused.get(refusal, 0) + 1
-    finally:
-        waits = wait_recorder.stop(results[0].window if results else None)
+    with ExitStack() as cleanup:
+        # Forked shards inherit the guard; they log their refusals for this process to read.
+        shard_log = _egress_log() if plan.config.processes > 1 else None
         if shard_log is not None:
-            os.unlink(shard_log)
+            cleanup.callback(os.unlink, shard_log)
+        loopback = None
+        if served:
+            loopback = LoopbackUpstream(lambda: list(UPSTREAMS))
+            cleanup.callback(loopback.stop)
+            loopback.start()
+        guard = EgressGuard(
+            plan.config.allow_hosts,
+            declared=_declared_hosts,
+            log=shard_log,
+            serve=served,
+            serve_port=loopback.port if loopback is not None else None,
+            alias=LOOPBACK_ALIAS,
+        )
+        wait_recorder.start()
+        try:
+            with guard:
+                yield attach
+            refused = guard.counts()
+            for refusal in read_log(server_log, server_from)[0] if server_log is not None else []:
+                refused[refusal] = refused.get(refusal, 0) + 1
+        finally:
+            waits = wait_recorder.stop(results[0].window if results else None)
     for result in results:
         result.refused_egress = tally(refused)
         if waits.async_waits.count or waits.blocking_waits.count:

@@ -124,9 +124,10 @@ class EgressRefused(ConnectionRefusedError):
         opened = f" and the allowed hosts ({', '.join(allowed)})" if allowed else ""
         if declared:
             advice = (
-                f"{refusal.host!r} is declared on the upstream, but only httpx and httpx2 calls "
-                "are answered in-process; call it with one of those, or open the host on "
-                f'purpose with allow_hosts=["{refusal.host}"]'
+                f"{refusal.host!r} is declared on the upstream, but this call cannot be "
+                "answered: httpx and httpx2 are answered in-process, other clients over "
+                "loopback for http:// routes, in the storm's own process and its shards; "
+                f'open the host on purpose with allow_hosts=["{refusal.host}"]'
             )
         else:
             advice = (
@@ -281,6 +282,9 @@ class EgressGuard:
         declared: Callable[[], Collection[str]] | None = None,
         log: str | None = None,
         log_here: bool = False,
+        serve: Collection[str] = (),
+        serve_port: int | None = None,
+        alias: str = "127.77.0.1",
     ) -> None:
         self.allow_hosts = tuple(allow_hosts)
         # Refusals made in another process (a forked shard; a server's process when
@@ -296,6 +300,13 @@ class EgressGuard:
         ]
         self._resolved: set[str] = set()
         self._declared = declared
+        # Hosts answered by a loopback server: they resolve to ``alias``, and a connection
+        # to ``alias`` goes to 127.0.0.1:serve_port instead.
+        self._served = (
+            frozenset(_normal(h) for h in serve) if serve_port is not None else frozenset()
+        )
+        self.alias = alias
+        self._serve_port = serve_port
         self._lock = threading.Lock()
         self._counts: dict[Refusal, int] = {}
         self._patches: tuple[Patch, ...] = ()
@@ -333,6 +344,29 @@ class EgressGuard:
                 self._counts[refusal] = self._counts.get(refusal, 0) + 1
         declared = self._declared() if self._declared is not None else ()
         raise EgressRefused(refusal, declared=refusal.host in declared, allowed=self.allow_hosts)
+
+    def _serves(self, host: Any) -> bool:
+        if not self._served:
+            return False
+        if isinstance(host, bytes):
+            host = host.decode("ascii", "replace")
+        return isinstance(host, str) and _normal(host) in self._served
+
+    def _alias(self, port: Any, family: Any = 0, type: Any = 0, *args: Any, **kw: Any) -> Any:
+        """``getaddrinfo``'s answer for a served host: the alias, at the port asked for."""
+        socktype = type or socket.SOCK_STREAM
+        if isinstance(port, bytes):
+            port = port.decode("ascii")
+        if isinstance(port, str):
+            port = int(port) if port.isdigit() else socket.getservbyname(port)
+        proto = socket.IPPROTO_TCP if socktype == socket.SOCK_STREAM else socket.IPPROTO_UDP
+        return [(socket.AF_INET, socktype, proto, "", (self.alias, int(port or 0)))]
+
+    def _redirect(self, address: Any) -> Any:
+        """A connection to the alias goes to the loopback server."""
+        if self._serve_port is not None and address[0] == self.alias:
+            return ("127.0.0.1", self._serve_port)
+        return address
 
     def _note(self, host: Any, infos: Any) -> None:
         """Open the addresses an allowed host name resolved to."""
@@ -405,8 +439,12 @@ class EgressGuard:
     def _targets(self) -> list[tuple[Any, str, Callable[[Any], Any]]]:
         check, note = self._check, self._note
 
+        served, alias, redirect = self._serves, self._alias, self._redirect
+
         def resolver(original: Any) -> Any:
             def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+                if served(host):
+                    return alias(port, *args, **kwargs)
                 check(host, port, sys._getframe(1))
                 infos = original(host, port, *args, **kwargs)
                 note(host, infos)
@@ -416,10 +454,21 @@ class EgressGuard:
 
         def by_name(original: Any) -> Any:
             def gethostbyname(host: Any) -> Any:
+                if served(host):
+                    return self.alias
                 check(host, None, sys._getframe(1))
                 return original(host)
 
             return gethostbyname
+
+        def by_name_ex(original: Any) -> Any:
+            def gethostbyname_ex(host: Any) -> Any:
+                if served(host):
+                    return host, [], [self.alias]
+                check(host, None, sys._getframe(1))
+                return original(host)
+
+            return gethostbyname_ex
 
         def connector(original: Any) -> Any:
             def connect(sock: socket.socket, address: Any) -> Any:
@@ -427,12 +476,15 @@ class EgressGuard:
                     target = _host_port(address)
                     if target is not None:
                         check(target[0], target[1], sys._getframe(1))
+                        address = redirect(address)
                 return original(sock, address)
 
             return connect
 
         def loop_resolver(original: Any) -> Any:
             async def getaddrinfo(loop: Any, host: Any, port: Any, *args: Any, **kw: Any) -> Any:
+                if served(host):
+                    return alias(port, *args, **kw)
                 check(host, port, sys._getframe(1))
                 infos = await original(loop, host, port, *args, **kw)
                 note(host, infos)
@@ -444,7 +496,11 @@ class EgressGuard:
             async def create_connection(
                 loop: Any, factory: Any, host: Any = None, port: Any = None, **kw: Any
             ) -> Any:
+                if served(host):
+                    host = self.alias
                 check(host, port, sys._getframe(1))
+                if host is not None:
+                    host, port = redirect((host, port))
                 return await original(loop, factory, host, port, **kw)
 
             return create_connection
@@ -455,6 +511,7 @@ class EgressGuard:
                     target = _host_port(address)
                     if target is not None:
                         check(target[0], target[1], sys._getframe(1))
+                        address = redirect(address)
                 return await original(loop, sock, address)
 
             return sock_connect
@@ -463,6 +520,18 @@ class EgressGuard:
             async def resolve(
                 resolver: Any, host: Any, port: Any = 0, *args: Any, **kw: Any
             ) -> Any:
+                if served(host):
+                    # aiohttp's own form of an answer (its ResolveResult).
+                    return [
+                        {
+                            "hostname": host,
+                            "host": self.alias,
+                            "port": port,
+                            "family": socket.AF_INET,
+                            "proto": 0,
+                            "flags": socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+                        }
+                    ]
                 check(host, port, sys._getframe(1))
                 return await original(resolver, host, port, *args, **kw)
 
@@ -482,7 +551,7 @@ class EgressGuard:
         targets: list[tuple[Any, str, Callable[[Any], Any]]] = [
             (socket, "getaddrinfo", resolver),
             (socket, "gethostbyname", by_name),
-            (socket, "gethostbyname_ex", by_name),
+            (socket, "gethostbyname_ex", by_name_ex),
             (socket.socket, "connect", connector),
             (socket.socket, "connect_ex", connector),
             (asyncio.base_events.BaseEventLoop, "getaddrinfo", loop_resolver),

@@ -565,6 +565,11 @@ class Upstream:
         """The host names of the declared routes."""
         return {host for _, host, _ in self._routes}
 
+    @property
+    def http_hosts(self) -> set[str]:
+        """The host names of the declared ``http://`` routes (a loopback server can answer them)."""
+        return {host for scheme, host, _ in self._routes if scheme == "http"}
+
     # -- installing
 
     @property
