@@ -178,29 +178,25 @@ class LoopbackUpstream:
             if k.lower() not in ("connection", "keep-alive")
         ]
         stream = response.stream
+        # One write per response where the body is at hand: every write is a send(2), and
+        # each send hands the interpreter lock to the client's thread and waits to get it back.
+        streamed = not isinstance(stream, httpx.ByteStream)
+        pending = conn.send(h11.Response(status_code=response.status_code, headers=headers))
         try:
-            await self._send_head(conn, writer, response.status_code, headers)
             async for chunk in stream:
                 if chunk:
-                    writer.write(conn.send(h11.Data(data=chunk)))
+                    pending += conn.send(h11.Data(data=chunk))
+                if streamed:
+                    writer.write(pending)
+                    pending = b""
                     await writer.drain()
-            writer.write(conn.send(h11.EndOfMessage()))
+            writer.write(pending + conn.send(h11.EndOfMessage()))
             await writer.drain()
         finally:
             close = getattr(stream, "aclose", None)
             if close is not None:
                 await close()
         return True
-
-    async def _send_head(
-        self,
-        conn: h11.Connection,
-        writer: asyncio.StreamWriter,
-        status: int,
-        headers: list[tuple[str, str]],
-    ) -> None:
-        writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
-        await writer.drain()
 
     async def _send(
         self,
@@ -211,16 +207,14 @@ class LoopbackUpstream:
         body: list[bytes],
     ) -> None:
         content = b"".join(body)
-        await self._send_head(
-            conn,
-            writer,
-            status,
-            [
-                *headers,
-                ("content-type", "text/plain; charset=utf-8"),
-                ("content-length", str(len(content))),
-            ],
+        head = [
+            *headers,
+            ("content-type", "text/plain; charset=utf-8"),
+            ("content-length", str(len(content))),
+        ]
+        writer.write(
+            conn.send(h11.Response(status_code=status, headers=head))
+            + conn.send(h11.Data(data=content))
+            + conn.send(h11.EndOfMessage())
         )
-        writer.write(conn.send(h11.Data(data=content)))
-        writer.write(conn.send(h11.EndOfMessage()))
         await writer.drain()
