@@ -666,3 +666,38 @@ def test_shards_refuse_and_report(spy: Spy) -> None:
     assert refusal["client"] == "urllib (http.client)"
     assert [v.name for v in result.failed_verdicts] == ["refused_egress"]
     assert spy.off_machine == []
+
+
+def test_uvloop_ways_out_are_guarded(monkeypatch: pytest.MonkeyPatch) -> None:
+    uvloop = pytest.importorskip("uvloop")
+    reached: list[str] = []
+
+    # Spies in place of uvloop's own resolving methods (libuv never calls socket.*).
+    async def getaddrinfo(loop: Any, host: Any, *args: Any, **kwargs: Any) -> Any:
+        reached.append(f"getaddrinfo {host}")
+        raise OSError("spy: no lookups off the machine")
+
+    async def create_connection(
+        loop: Any, factory: Any, host: Any = None, *a: Any, **k: Any
+    ) -> Any:
+        reached.append(f"create_connection {host}")
+        raise OSError("spy: no connections off the machine")
+
+    monkeypatch.setattr(uvloop.Loop, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(uvloop.Loop, "create_connection", create_connection)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        with pytest.raises(EgressRefused, match=r"api\.example\.invalid:443"):
+            await loop.getaddrinfo("api.example.invalid", 443)
+        with pytest.raises(EgressRefused, match=r"192\.0\.2\.7:443"):
+            await loop.create_connection(asyncio.Protocol, "192.0.2.7", 443)
+
+    with EgressGuard() as guard:
+        loop = uvloop.new_event_loop()
+        try:
+            loop.run_until_complete(main())
+        finally:
+            loop.close()
+    assert reached == []
+    assert guard.refused == 2

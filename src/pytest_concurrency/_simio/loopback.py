@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,6 +30,16 @@ ALIAS = "127.77.0.1"
 _READ = 65_536
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 5.0
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when it is installed (less CPU per request), else asyncio's."""
+    try:
+        uvloop: Any = importlib.import_module("uvloop")  # optional: the servers extra
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
 
 
 class LoopbackUpstream:
@@ -53,7 +64,7 @@ class LoopbackUpstream:
         failure: list[BaseException] = []
 
         def run() -> None:
-            loop = asyncio.new_event_loop()
+            loop = _new_loop()
             self._loop = loop
             try:
                 loop.run_until_complete(self._main(ready))
