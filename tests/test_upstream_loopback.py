@@ -185,3 +185,69 @@ def test_a_storm_waits_on_the_declared_route(
     assert result.refused_egress == []
     assert "model-server.invalid" not in spy.lookups
     assert spy.off_machine == []
+
+
+SERVER_APP = """
+import _socket
+import socket
+
+import httpx
+
+from pytest_concurrency._simio.egress import is_loopback
+
+# A net below the guard: a lookup the guard let through is caught here, never sent.
+LEAKED = []
+_real = _socket.getaddrinfo
+
+
+def _net(host, *args, **kwargs):
+    if host is not None and not is_loopback(str(host)):
+        LEAKED.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "net: no lookups off the machine")
+    return _real(host, *args, **kwargs)
+
+
+_socket.getaddrinfo = _net
+CLIENT = httpx.AsyncClient()
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    answer = (await CLIENT.post("http://model-server.invalid/generate", json={})).content
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"leaked" if LEAKED else answer})
+"""
+
+
+def test_figures_come_back_from_a_real_servers_processes(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("uvicorn")
+    (tmp_path / "loopback_server_app.py").write_text(SERVER_APP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    users = 5
+
+    def hello(response: Any) -> bool:
+        return bool(response.content == b'{"text":"Hello!"}')
+
+    with Upstream() as upstream:
+        upstream.route(MODEL, latency=LATENCY_MS, json={"text": "Hello!"})
+        result = run_storm(
+            "loopback_server_app:app",
+            "POST",
+            "/",
+            users=users,
+            requests=60,
+            server="uvicorn",
+            checks=[hello],
+            p99_ratio=3,
+        )
+    assert result.status_counts == {200: 60}
+    route = result.extras["upstream"][MODEL]
+    assert route["calls_in_storm"] >= result.requests
+    assert LATENCY_MS <= route["waited_ms_p50"] <= LATENCY_MS + SLACK_MS
+    # The waits were recorded where the storm reads them: p99_ratio was measured.
+    (ratio,) = [v for v in result.verdicts if v.name == "p99_ratio"]
+    assert ratio.ok
+    assert 1.0 <= ratio.measured <= 3

@@ -40,7 +40,7 @@ from .._report._remarks import (
 from .._result import StormResult, Verdict
 from .._servers import ResourceSampler, ResourceUsage, RunningServer, serve
 from .._servers.channel import ProbeReport
-from .._servers.simio import EGRESS_ENV, egress_settings, ship_upstreams
+from .._servers.simio import EGRESS_ENV, egress_settings, served_port, ship_upstreams
 from .._servers.simio import ENV as SIMIO_ENV
 from .._servers.simio import SETUP as SIMIO_SETUP
 from .._simio import INSTALLED as UPSTREAMS
@@ -163,12 +163,23 @@ def _served(plan: StormPlan) -> Iterator[StormPlan]:
     spec = plan.server
     if PROBED_BUDGETS & set(plan.config.budgets):
         spec = dataclasses.replace(spec, probes=True)
-    shipped = ship_upstreams(UPSTREAMS)
-    log: str | None = None
-    try:
+    # The http:// routes are answered here, on loopback, for the server's processes too:
+    # their calls are counted where the storm reads its figures.
+    served = sorted({host for upstream in UPSTREAMS for host in upstream.http_hosts})
+    with ExitStack() as cleanup:
+        shipped = ship_upstreams(UPSTREAMS, skip=served)
+        if shipped is not None:
+            cleanup.callback(_unlink, shipped)
         # The server's processes refuse egress too, and log what they refused.
         log = _egress_log()
-        env = {**spec.env, EGRESS_ENV: egress_settings(plan.config.allow_hosts, log)}
+        cleanup.callback(_unlink, log)
+        port = None
+        if served:
+            loopback = LoopbackUpstream(lambda: list(UPSTREAMS))
+            cleanup.callback(loopback.stop)
+            port = loopback.start().port
+        settings = egress_settings(plan.config.allow_hosts, log, served, port)
+        env = {**spec.env, EGRESS_ENV: settings}
         if shipped is not None:
             env[SIMIO_ENV] = shipped
         spec = dataclasses.replace(spec, setup=SIMIO_SETUP, env=env)
@@ -176,11 +187,11 @@ def _served(plan: StormPlan) -> Iterator[StormPlan]:
             yield dataclasses.replace(
                 plan, url=server.url, served_by=server.describe(), running=server
             )
-    finally:
-        for path in (shipped, log):
-            if path is not None:
-                with suppress(FileNotFoundError):
-                    os.unlink(path)
+
+
+def _unlink(path: str) -> None:
+    with suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _egress_log() -> str:
@@ -388,17 +399,18 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
         shard_log = _egress_log() if plan.config.processes > 1 else None
         if shard_log is not None:
             cleanup.callback(os.unlink, shard_log)
-        loopback = None
-        if served:
+        # A real server's storm has one for all its rounds already.
+        port = served_port(plan.running.spec.env) if plan.running is not None else None
+        if served and port is None:
             loopback = LoopbackUpstream(lambda: list(UPSTREAMS))
             cleanup.callback(loopback.stop)
-            loopback.start()
+            port = loopback.start().port
         guard = EgressGuard(
             plan.config.allow_hosts,
             declared=_declared_hosts,
             log=shard_log,
             serve=served,
-            serve_port=loopback.port if loopback is not None else None,
+            serve_port=port,
             alias=LOOPBACK_ALIAS,
         )
         wait_recorder.start()

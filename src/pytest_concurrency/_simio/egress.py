@@ -556,6 +556,9 @@ class EgressGuard:
             (socket.socket, "connect_ex", connector),
             (asyncio.base_events.BaseEventLoop, "getaddrinfo", loop_resolver),
         ]
+        if "uvloop" not in sys.modules and importlib.util.find_spec("uvloop") is not None:
+            # A server may pick uvloop after the guard is in: its loop must be guarded then too.
+            importlib.import_module("uvloop")
         uvloop = sys.modules.get("uvloop")
         if uvloop is not None and isinstance(getattr(uvloop, "Loop", None), type):
             # uvloop resolves and connects through libuv, never through ``socket``.
