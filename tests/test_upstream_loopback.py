@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import pytest
 import requests
 
@@ -251,3 +252,28 @@ def test_figures_come_back_from_a_real_servers_processes(
     (ratio,) = [v for v in result.verdicts if v.name == "p99_ratio"]
     assert ratio.ok
     assert 1.0 <= ratio.measured <= 3
+
+
+HTTPX_CLIENT = httpx.AsyncClient()
+
+
+async def httpx_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An ASGI app whose every request awaits one call to the model with httpx."""
+    if scope["type"] != "http":
+        return
+    answer = (await HTTPX_CLIENT.post(MODEL, json={})).content
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": answer})
+
+
+def test_httpx_calls_in_shards_are_counted(spy: Spy) -> None:
+    with Upstream() as upstream:
+        upstream.route(MODEL, latency=LATENCY_MS, json={"text": "Hello!"})
+        result = run_storm(httpx_app, "POST", "/", users=4, requests=40, processes=2)
+    assert result.status_counts == {200: 40}
+    route = result.extras["upstream"][MODEL]
+    # Answered by the storm's process over loopback, so counted there.
+    assert route["calls_in_storm"] >= result.requests
+    assert LATENCY_MS <= route["waited_ms_p50"] <= LATENCY_MS + SLACK_MS
+    assert LATENCY_MS - 1 <= result.latency.p50 <= LATENCY_MS + SLACK_MS
+    assert spy.off_machine == []

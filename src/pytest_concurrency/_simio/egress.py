@@ -39,7 +39,15 @@ from typing import Any
 
 from .._probes.patches import Patch, remove_all, wrap
 
-__all__ = ["EgressGuard", "EgressRefused", "Refusal", "is_loopback", "read_log", "tally"]
+__all__ = [
+    "EgressGuard",
+    "EgressRefused",
+    "Refusal",
+    "is_loopback",
+    "loopback_serves",
+    "read_log",
+    "tally",
+]
 
 #: Top-level packages of HTTP clients, with the name a report gives them.
 _CLIENTS = {
@@ -267,6 +275,14 @@ def _host_port(address: Any) -> tuple[str, Any] | None:
     return None
 
 
+_ACTIVE: list[EgressGuard] = []
+
+
+def loopback_serves(host: Any) -> bool:
+    """Whether a guard in place sends *host* to a loopback upstream."""
+    return any(guard._serves(host) for guard in _ACTIVE)
+
+
 class EgressGuard:
     """Refuses non-loopback destinations while installed; a context manager.
 
@@ -418,10 +434,13 @@ class EgressGuard:
             remove_all(patches)
             raise
         self._patches = tuple(patches)
+        _ACTIVE.append(self)
 
     def uninstall(self) -> None:
         """Take the guard's patches off (a no-op when not installed)."""
         patches, self._patches = self._patches, ()
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
         remove_all(patches)
 
     def __enter__(self) -> EgressGuard:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import numbers
+import os
 import random
 import threading
 from array import array
@@ -42,8 +43,9 @@ from typing import Any
 import httpx
 
 from .._errors import ConfigError
-from .._probes.patches import Patch, patch, remove_all
+from .._probes.patches import PATCHES, Patch, patch, remove_all
 from .distributions import Latency, LatencyLike, _nearest_rank, _show, as_latency
+from .egress import loopback_serves
 from .waits import _default_rng, _wait_async, _wait_blocking
 
 __all__ = ["INSTALLED", "Route", "UndeclaredUpstreamError", "Upstream"]
@@ -606,11 +608,29 @@ class Upstream:
         self, client: _Client
     ) -> tuple[Callable[[Any, Any], Any], Callable[[Any, Any], Coroutine[Any, Any, Any]]]:
         match = self._match
+        # In a process forked after install (a storm's shard) the routes this process
+        # serves on loopback are left to the real transport: the storm's process answers
+        # them there and counts them with the rest.
+        pid = os.getpid()
+        real_sync = PATCHES.original(client.module.HTTPTransport, "handle_request")
+        real_async = PATCHES.original(client.module.AsyncHTTPTransport, "handle_async_request")
 
         def handle_request(transport: Any, request: Any) -> Any:
+            if (
+                os.getpid() != pid
+                and request.url.scheme == "http"
+                and loopback_serves(request.url.host)
+            ):
+                return real_sync(transport, request)
             return match(request, client)._handle_sync(request, client)
 
         async def handle_async_request(transport: Any, request: Any) -> Any:
+            if (
+                os.getpid() != pid
+                and request.url.scheme == "http"
+                and loopback_serves(request.url.host)
+            ):
+                return await real_async(transport, request)
             return await match(request, client)._handle_async(request, client)
 
         return handle_request, handle_async_request
