@@ -88,6 +88,24 @@ def test_streams_errors_timeouts_and_undeclared_paths(spy: Spy) -> None:
     assert upstream.undeclared == ["http://model-server.invalid/other"]
 
 
+def _broken(request: Any) -> Any:
+    raise ValueError("no model today")
+
+
+def test_head_requests_and_failing_handlers(spy: Spy) -> None:
+    with Upstream() as upstream:
+        upstream.route(MODEL, json={"text": "Hello!"})
+        upstream.route("http://model-server.invalid/broken", handler=_broken)
+        with served(upstream), requests.Session() as session:
+            head = session.head(MODEL, timeout=5)
+            broken = session.get("http://model-server.invalid/broken", timeout=5)
+            after = session.get(MODEL, timeout=5)  # the connection is still good
+    assert (head.status_code, head.headers["content-length"], head.content) == (200, "17", b"")
+    assert broken.status_code == 500
+    assert "handler of http://model-server.invalid/broken raised ValueError" in broken.text
+    assert after.json() == {"text": "Hello!"}
+
+
 def test_aiohttp_through_the_loop(spy: Spy) -> None:
     aiohttp = pytest.importorskip("aiohttp")
 

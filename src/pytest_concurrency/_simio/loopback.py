@@ -183,6 +183,10 @@ class LoopbackUpstream:
                 while await reader.read(_READ):
                     pass
             return False
+        except Exception as exc:  # the route's handler failed: a 500 that names it
+            message = f"handler of {route.label} raised {type(exc).__name__}: {exc}"
+            await self._send(conn, writer, 500, [], [message.encode("utf-8", "replace")])
+            return True
         headers = [
             (k, v)
             for k, v in response.headers.multi_items()
@@ -192,10 +196,11 @@ class LoopbackUpstream:
         # One write per response where the body is at hand: every write is a send(2), and
         # each send hands the interpreter lock to the client's thread and waits to get it back.
         streamed = not isinstance(stream, httpx.ByteStream)
+        head = request.method == "HEAD"  # the headers of a GET, and no body
         pending = conn.send(h11.Response(status_code=response.status_code, headers=headers))
         try:
             async for chunk in stream:
-                if chunk:
+                if chunk and not head:
                     pending += conn.send(h11.Data(data=chunk))
                 if streamed:
                     writer.write(pending)
