@@ -12,8 +12,10 @@ import contextlib
 import errno
 import http.server
 import json
+import os
 import re
 import socket
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -701,3 +703,21 @@ def test_uvloop_ways_out_are_guarded(monkeypatch: pytest.MonkeyPatch) -> None:
             loop.close()
     assert reached == []
     assert guard.refused == 2
+
+
+def test_a_sharded_storm_keeps_no_log_file_on_disk(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, spy: Spy
+) -> None:
+    """A SIGKILL runs no cleanup: the shards' log has no name on disk while the storm runs."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        with contextlib.suppress(OSError):
+            socket.getaddrinfo("api.example.invalid", 80)
+        named = [name for name in os.listdir(tmp_path) if name.startswith("pytest-storm")]
+        start_response("500 Internal Server Error" if named else "200 OK", [])
+        return [b" ".join(n.encode() for n in named)]
+
+    result = run_storm(app, "GET", "/", users=2, requests=10, processes=2, check=False)
+    assert result.status_counts == {200: 10}
+    assert result.refused_egress[0]["count"] == 10

@@ -45,7 +45,7 @@ from .._servers.simio import ENV as SIMIO_ENV
 from .._servers.simio import SETUP as SIMIO_SETUP
 from .._simio import INSTALLED as UPSTREAMS
 from .._simio import seed_latency, wait_recorder
-from .._simio.egress import EgressGuard, read_log, tally
+from .._simio.egress import EgressGuard, anonymous_log, read_log, tally
 from .._simio.loopback import ALIAS as LOOPBACK_ALIAS
 from .._simio.loopback import LoopbackUpstream
 from .interrupts import watch_interrupts
@@ -396,9 +396,9 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
 
     with ExitStack() as cleanup:
         # Forked shards inherit the guard; they log their refusals for this process to read.
-        shard_log = _egress_log() if plan.config.processes > 1 else None
+        shard_log = anonymous_log() if plan.config.processes > 1 else None
         if shard_log is not None:
-            cleanup.callback(os.unlink, shard_log)
+            cleanup.callback(os.close, shard_log)
         # A real server's storm has one for all its rounds already.
         port = served_port(plan.running.spec.env) if plan.running is not None else None
         if served and port is None:

@@ -22,6 +22,7 @@ exit path; a guard in place when a shard forks stays in place in the shard.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import importlib
 import importlib.util
@@ -30,6 +31,7 @@ import json
 import os
 import socket
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Collection, Iterable
 from contextvars import ContextVar
@@ -43,6 +45,7 @@ __all__ = [
     "EgressGuard",
     "EgressRefused",
     "Refusal",
+    "anonymous_log",
     "is_loopback",
     "loopback_serves",
     "read_log",
@@ -224,27 +227,52 @@ def _caller(frame: FrameType | None) -> tuple[str, str]:
 _LOGGED_SITE = 1000
 
 
-def _append(path: str, refusal: Refusal) -> None:
+def anonymous_log() -> int:
+    """An append-only file with no name, for processes forked with it open (shards): its
+    descriptor. Nothing is left on disk, whatever ends the storm."""
+    import fcntl  # POSIX only, as forked shards are
+
+    fd, path = tempfile.mkstemp(prefix="pytest-storm-egress-", suffix=".jsonl")
+    os.unlink(path)
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+    return fd
+
+
+def _append(log: str | int, refusal: Refusal) -> None:
     line = json.dumps(
         [refusal.host, refusal.port, refusal.client, refusal.site[:_LOGGED_SITE]],
         ensure_ascii=True,
     )
+    data = (line + "\n").encode("ascii")
+    if isinstance(log, int):
+        with contextlib.suppress(OSError):  # the storm is over: the refusal still stands
+            os.write(log, data)
+        return
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND)
     except OSError:
         return  # the storm is over and its log gone: the refusal itself still stands
     try:
-        os.write(fd, (line + "\n").encode("ascii"))
+        os.write(fd, data)
     finally:
         os.close(fd)
 
 
-def read_log(path: str, offset: int = 0) -> tuple[list[Refusal], int]:
-    """The refusals other processes appended to *path* from *offset*, and the offset after them."""
+def read_log(log: str | int, offset: int = 0) -> tuple[list[Refusal], int]:
+    """The refusals other processes appended to *log* (a path or a descriptor) from
+    *offset*, and the offset after them."""
     try:
-        with open(path, "rb") as file:
-            file.seek(offset)
-            data = file.read()
+        if isinstance(log, int):
+            chunks: list[bytes] = []
+            at = offset
+            while chunk := os.pread(log, 1 << 16, at):
+                chunks.append(chunk)
+                at += len(chunk)
+            data = b"".join(chunks)
+        else:
+            with open(log, "rb") as file:
+                file.seek(offset)
+                data = file.read()
     except OSError:
         return [], offset
     end = data.rfind(b"\n") + 1  # a line still being written waits for the next read
@@ -296,7 +324,7 @@ class EgressGuard:
         allow_hosts: Iterable[str] = (),
         *,
         declared: Callable[[], Collection[str]] | None = None,
-        log: str | None = None,
+        log: str | int | None = None,
         log_here: bool = False,
         serve: Collection[str] = (),
         serve_port: int | None = None,
