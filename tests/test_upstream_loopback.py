@@ -295,3 +295,26 @@ def test_httpx_calls_in_shards_are_counted(spy: Spy) -> None:
     assert LATENCY_MS <= route["waited_ms_p50"] <= LATENCY_MS + SLACK_MS
     assert LATENCY_MS - 1 <= result.latency.p50 <= LATENCY_MS + SLACK_MS
     assert spy.off_machine == []
+
+
+def test_no_loopback_server_under_virtual_time(spy: Spy) -> None:
+    """Virtual time cannot jump over a real server's waits: other clients are refused."""
+    seen: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            socket.getaddrinfo("model-server.invalid", 80)
+            seen.append("resolved")
+        except OSError as exc:
+            seen.append(str(exc))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with Upstream() as upstream:
+        upstream.route(MODEL, latency=LATENCY_MS)
+        result = run_storm(app, "GET", "/", users=1, requests=2, clock="virtual", check=False)
+    assert len(seen) == 2
+    assert all("is declared on the upstream, but this call cannot be answered" in s for s in seen)
+    assert result.refused_egress[0]["count"] == 2
