@@ -235,6 +235,7 @@ def test_undeclared_upstream_fails_inside_the_app_not_on_the_network(
         (["capacity", "{apps}:slow"], "needs at least one budget"),
         (["run", "{apps}:fast", "--upstream", "model-server"], "expected URL=LATENCY"),
         (["run", "{apps}:fast", "--upstream", "http://m/x=gamma:1"], "expected milliseconds"),
+        (["run", "{apps}:fast", "--upstream", "http://m/x=0.05"], "this would be 0.05 ms, not 50"),
         (["run", "{apps}:fast", "--upstream", "http://m/x=lognormal:9"], "takes 2 number(s)"),
         (["run", "{apps}:fast", "--body-json", "{oops"], "is not JSON"),
     ],

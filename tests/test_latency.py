@@ -216,7 +216,7 @@ def test_as_latency() -> None:
         (lambda: empirical([]), "empirical: samples_ms must not be empty"),
         (lambda: empirical([1, -2]), "empirical(samples_ms[1]=-2) must be >= 0"),
         (lambda: as_latency(-5), "constant(ms=-5) must be >= 0"),
-        (lambda: as_latency("fast"), "latency='fast' must be a Latency"),  # type: ignore[arg-type]
+        (lambda: as_latency("fast"), "latency='fast' must be a Latency"),
     ],
 )
 def test_bad_parameters_are_named(make: Callable[[], object], message: str) -> None:
@@ -717,3 +717,54 @@ def test_bad_route_urls() -> None:
     upstream.route("http://svc/a")
     with pytest.raises(ConfigError, match="already declared"):
         upstream.route("http://svc/a/")
+
+
+# --------------------------------------------------------------------------- latency units
+
+
+def test_a_bare_latency_below_one_is_refused_with_the_unit_spelled_out() -> None:
+    upstream = Upstream()
+    message = (
+        "upstream.route('http://model-server/generate'): latency=0.05 is a bare number below "
+        "1, and latencies are in milliseconds: this would be 0.05 ms, not 50 ms; for 0.05 "
+        "seconds write latency=50 or latency='0.05s', for 0.05 milliseconds write "
+        "latency='0.05ms' or latency=constant(0.05)"
+    )
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        upstream.route("http://model-server/generate", latency=0.05)
+    with pytest.raises(ConfigError, match=r"chunk_latency=0\.5 is a bare number below 1"):
+        upstream.route("http://model-server/stream", stream=["a"], chunk_latency=0.5)
+    # A refused route is not declared (nor shipped to a server's processes).
+    assert upstream.routes == []
+    assert upstream.declarations == []
+    with pytest.raises(ConfigError, match=r"latency=0\.2 is a bare number below 1"):
+        with_latency(lambda environ, start_response: [], 0.2)
+    with pytest.raises(ConfigError, match=r"latency=0\.05 is a bare number below 1"):
+        blocking_io(0.05)
+
+
+@pytest.mark.parametrize(
+    ("value", "ms"),
+    [
+        (0, 0.0),
+        (1, 1.0),
+        (50, 50.0),
+        ("0.05s", 50.0),
+        ("50ms", 50.0),
+        (" 50 ms ", 50.0),
+        ("0.05ms", 0.05),
+        ("500us", 0.5),
+        ("500µs", 0.5),
+        ("1e-3s", 1.0),
+    ],
+)
+def test_latency_with_a_unit_or_a_bare_number_of_milliseconds(value: Any, ms: float) -> None:
+    route = Upstream().route("http://model-server/", latency=value)
+    assert route.latency.mean_ms == pytest.approx(ms)
+
+
+@pytest.mark.parametrize("value", ["50", "50 sec", "fast", "-5ms", "ms"])
+def test_a_latency_string_needs_a_unit(value: str) -> None:
+    message = f"latency={value!r} must be a Latency (constant, uniform, normal, lognormal, "
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        as_latency(value)

@@ -44,6 +44,7 @@ from ._report._text import machine_line as describe_machine
 from ._simio import (
     Latency,
     Upstream,
+    as_latency,
     constant,
     exponential,
     lognormal,
@@ -113,10 +114,16 @@ def _latency(text: str) -> Latency:
     name, _, rest = text.partition(":")
     if name not in _DISTRIBUTIONS:
         try:
-            return constant(float(text))
+            value: float | str = float(text)
         except ValueError:
+            value = text
+        try:
+            # As in Python: a bare number below 1 is refused, a number with its unit is not.
+            return as_latency(value)
+        except ConfigError as exc:
+            detail = str(exc) if isinstance(value, float) else "expected milliseconds (80)"
             raise argparse.ArgumentTypeError(
-                f"latency {text!r}: expected milliseconds (80) or "
+                f"latency {text!r}: {detail}, a number with its unit ('0.05s') or "
                 f"{'|'.join(_DISTRIBUTIONS)}:MS[:MS], e.g. lognormal:80:200"
             ) from None
     make, count = _DISTRIBUTIONS[name]

@@ -49,6 +49,11 @@ RUN_DEFAULTS: dict[str, tuple[type, str]] = {
     "processes": (str, "default process shards of every storm: a number or 'auto'"),
     "engine": (str, "default load engine: native or locust"),
     "clock": (str, "default clock of async storms: wall or virtual"),
+    "allow_hosts": (
+        str,
+        "hosts every storm's app may reach besides loopback, comma-separated: names, IP "
+        "addresses or networks; any other connection is refused before it is made",
+    ),
 }
 
 _SCALE_HELP = (

@@ -118,6 +118,7 @@ WORKLOAD_NAMES: dict[str, str] = {
     "aggregate": "'median' (default), 'worst' or 'best' round, for rounds > 1",
     "budgets": "per-endpoint budgets of a request mix: {'POST /items': {'p99_ms': 200}}",
     "clock": "'wall' (default) or 'virtual': async in-process apps only; the loop's clock jumps over waits, so simulated I/O, think time and arrivals cost no wall time and the figures repeat exactly",
+    "allow_hosts": "hosts the app may reach during the storm besides loopback: names, IP addresses or networks ('db.internal', '10.0.0.0/8'); every other connection is refused before it is made",
 }
 
 REQUEST_NAMES = ("headers", "json", "content", "data", "query")
@@ -167,6 +168,7 @@ class StormConfig:
     lifespan: str = "auto"
     gc: str = "off"
     clock: str = "wall"
+    allow_hosts: tuple[str, ...] = ()
     name: str | None = None
     budgets: dict[str, float] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)
@@ -325,6 +327,41 @@ def _server(value: Any, origin: str) -> str:
         f"{where} must be one of {', '.join(SERVERS)} or a loopback "
         "URL such as 'http://127.0.0.1:8000'"
     )
+
+
+def _allow_hosts(value: Any, origin: str) -> tuple[str, ...]:
+    """Host names, IP addresses or networks: a list, or a comma-separated string."""
+    where = _where("allow_hosts", value, origin)
+    if isinstance(value, str):
+        items: list[Any] = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, Iterable) and not isinstance(value, bytes | bytearray | Mapping):
+        items = list(value)
+    else:
+        raise ConfigError(
+            f"{where} must be a list of host names, IP addresses or networks (a comma-separated "
+            "string on the command line or in the ini file)"
+        )
+    hosts = []
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise ConfigError(f"{where}: {item!r} is not a host name, IP address or network")
+        host = item.strip()
+        if "/" in host and "://" not in host:
+            try:
+                ipaddress.ip_network(host, strict=False)
+            except ValueError:
+                raise ConfigError(f"{where}: {host!r} is not an IP network") from None
+        else:
+            try:
+                ipaddress.ip_address(host.strip("[]"))
+            except ValueError:
+                if any(c in host for c in ":/@ \t") or host.startswith("."):
+                    raise ConfigError(
+                        f"{where}: {host!r} must be a bare host name or address, without a "
+                        "scheme or a port (every port of an allowed host is open)"
+                    ) from None
+        hosts.append(host)
+    return tuple(hosts)
 
 
 def _processes(value: Any, origin: str) -> int:
@@ -556,6 +593,8 @@ def resolve(layers: Iterable[Layer]) -> StormConfig:
         config.gc = _choice("gc", *item, ("off", "on"))
     if (item := take("clock")) is not None and item[0] is not None:
         config.clock = _choice("clock", *item, ("wall", "virtual"))
+    if (item := take("allow_hosts")) is not None and item[0] is not None:
+        config.allow_hosts = _allow_hosts(*item)
     if (item := take("name")) is not None and item[0] is not None:
         if not isinstance(item[0], str):
             raise ConfigError(f"{_where('name', *item)} must be a string")

@@ -59,7 +59,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.fixture
 def upstream() -> Iterator[Upstream]:
-    """Answer the app's own outbound httpx calls in-process: ``upstream.route(url, latency=...)``."""
+    """Answer the app's own outbound HTTP calls: ``upstream.route(url, latency=...)``.
+
+    httpx and httpx2 are answered in-process; during a storm every other client reaches
+    ``http://`` routes through a server on loopback.
+    """
     with Upstream() as fake:
         yield fake
 

@@ -11,9 +11,11 @@ import asyncio
 import dataclasses
 import functools
 import gc
+import json
 import os
+import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from typing import Any
 
 import anyio
@@ -31,17 +33,21 @@ from .._model.remarks import (
     server_probes_missing_warning,
     server_probes_not_applicable,
     server_probes_note,
+    uncalled_routes_warning,
     undeclared_upstream_warning,
 )
 from .._model.result import StormResult, Verdict
 from .._params import StormConfig
 from .._servers import ResourceSampler, ResourceUsage, RunningServer, serve
 from .._servers.channel import ProbeReport
+from .._servers.simio import EGRESS_ENV, egress_settings, served_port, ship_upstreams
 from .._servers.simio import ENV as SIMIO_ENV
 from .._servers.simio import SETUP as SIMIO_SETUP
-from .._servers.simio import ship_upstreams
 from .._simio import INSTALLED as UPSTREAMS
 from .._simio import seed_latency, wait_recorder
+from .._simio.egress import EgressGuard, anonymous_log, read_log, tally
+from .._simio.loopback import ALIAS as LOOPBACK_ALIAS
+from .._simio.loopback import LoopbackUpstream
 from .interrupts import watch_interrupts
 from .plan import LiveFigures, Progress, StormPlan
 from .rounds import run_async_round, run_pool_round
@@ -157,17 +163,50 @@ def _served(plan: StormPlan) -> Iterator[StormPlan]:
     spec = plan.server
     if PROBED_BUDGETS & set(plan.config.budgets):
         spec = dataclasses.replace(spec, probes=True)
-    shipped = ship_upstreams(UPSTREAMS)
-    if shipped is not None:
-        spec = dataclasses.replace(spec, setup=SIMIO_SETUP, env={**spec.env, SIMIO_ENV: shipped})
-    try:
+    # The http:// routes are answered here, on loopback, for the server's processes too:
+    # their calls are counted where the storm reads its figures.
+    served = sorted({host for upstream in UPSTREAMS for host in upstream.http_hosts})
+    with ExitStack() as cleanup:
+        shipped = ship_upstreams(UPSTREAMS, skip=served)
+        if shipped is not None:
+            cleanup.callback(_unlink, shipped)
+        # The server's processes refuse egress too, and log what they refused.
+        log = _egress_log()
+        cleanup.callback(_unlink, log)
+        port = None
+        if served:
+            loopback = LoopbackUpstream(lambda: list(UPSTREAMS))
+            cleanup.callback(loopback.stop)
+            port = loopback.start().port
+        settings = egress_settings(plan.config.allow_hosts, log, served, port)
+        env = {**spec.env, EGRESS_ENV: settings}
+        if shipped is not None:
+            env[SIMIO_ENV] = shipped
+        spec = dataclasses.replace(spec, setup=SIMIO_SETUP, env=env)
         with serve(spec) as server:
             yield dataclasses.replace(
                 plan, url=server.url, served_by=server.describe(), running=server
             )
-    finally:
-        if shipped is not None:
-            os.unlink(shipped)
+
+
+def _unlink(path: str) -> None:
+    with suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _egress_log() -> str:
+    """A new empty file for other processes' egress refusals."""
+    handle, path = tempfile.mkstemp(prefix="pytest-storm-egress-", suffix=".jsonl")
+    os.close(handle)
+    return path
+
+
+def _server_egress_log(plan: StormPlan) -> str | None:
+    """The log file the plan's real server's processes write their refusals to, if any."""
+    if plan.running is None:
+        return None
+    settings = plan.running.spec.env.get(EGRESS_ENV)
+    return str(json.loads(settings)["log"]) if settings else None
 
 
 @contextmanager
@@ -313,28 +352,85 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
         )
     if chosen.dropped:
         chosen.warnings.append(dropped_arrivals_warning(chosen.dropped, config.max_in_flight))
+    chosen.verdicts.extend(_egress_verdicts(rounds))
     return chosen
+
+
+def _egress_verdicts(rounds: list[StormResult]) -> list[Verdict]:
+    """A storm whose app tried to leave the machine fails, whatever its budgets."""
+    refused = sum(entry["count"] for r in rounds for entry in r.refused_egress)
+    return [Verdict("refused_egress", 0.0, float(refused), False)] if refused else []
+
+
+def _warn_uncalled(result: StormResult, routes: dict[str, Any]) -> None:
+    """Say so when declared routes saw no call while the storm's requests failed."""
+    uncalled = [name for name, stats in routes.items() if not stats["calls_in_storm"]]
+    if not uncalled or not (result.failed or result.refused_egress):
+        return
+    seen = [(kind, error.count) for kind, error in result.errors.items()]
+    if not seen:  # an app that caught the error answered with a status of its own
+        seen = [(f"status {code}", n) for code, n in result.status_counts.items() if code >= 500]
+    seen += [
+        (f"refused egress to {r['host']}:{r['port']} from {r['client']} at {r['site']}", r["count"])
+        for r in result.refused_egress
+    ]
+    seen.sort(key=lambda item: -item[1])
+    result.warnings.append(uncalled_routes_warning(uncalled, result.failed, seen))
+
+
+def _declared_hosts() -> set[str]:
+    return {host for upstream in UPSTREAMS for host in upstream.hosts}
 
 
 @contextmanager
 def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResult]]:
-    """Seed simulated latency, record the simulated waits' own error, snapshot upstreams."""
+    """Seed simulated latency, record the simulated waits' own error, snapshot upstreams,
+    and refuse every connection off the machine (counted on the result)."""
     if plan.config.seed is not None:
         seed_latency(plan.config.seed)
     before = {id(u): {k: v.get("calls", 0) for k, v in u.stats().items()} for u in UPSTREAMS}
     undeclared_before = {id(u): u.undeclared_calls for u in UPSTREAMS}
-    wait_recorder.start()
+    server_log = _server_egress_log(plan)
+    server_from = read_log(server_log)[1] if server_log is not None else 0
+    # Clients other than httpx and httpx2 reach the declared http:// routes over loopback.
+    served = {host for upstream in UPSTREAMS for host in upstream.http_hosts}
     results: list[StormResult] = []
 
     def attach(result: StormResult) -> StormResult:
         results.append(result)
         return result
 
-    try:
-        yield attach
-    finally:
-        waits = wait_recorder.stop(results[0].window if results else None)
+    with ExitStack() as cleanup:
+        # Forked shards inherit the guard; they log their refusals for this process to read.
+        shard_log = anonymous_log() if plan.config.processes > 1 else None
+        if shard_log is not None:
+            cleanup.callback(os.close, shard_log)
+        # A real server's storm has one for all its rounds already.
+        port = served_port(plan.running.spec.env) if plan.running is not None else None
+        # Not under virtual time: a real server's waits cannot be jumped over.
+        if served and port is None and plan.config.clock != "virtual":
+            loopback = LoopbackUpstream(lambda: list(UPSTREAMS))
+            cleanup.callback(loopback.stop)
+            port = loopback.start().port
+        guard = EgressGuard(
+            plan.config.allow_hosts,
+            declared=_declared_hosts,
+            log=shard_log,
+            serve=served,
+            serve_port=port,
+            alias=LOOPBACK_ALIAS,
+        )
+        wait_recorder.start()
+        try:
+            with guard:
+                yield attach
+            refused = guard.counts()
+            for refusal in read_log(server_log, server_from)[0] if server_log is not None else []:
+                refused[refusal] = refused.get(refusal, 0) + 1
+        finally:
+            waits = wait_recorder.stop(results[0].window if results else None)
     for result in results:
+        result.refused_egress = tally(refused)
         if waits.async_waits.count or waits.blocking_waits.count:
             result.extras["simulated_waits"] = waits.to_dict()
         routes: dict[str, Any] = {}
@@ -347,6 +443,7 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
                 result.warnings.append(undeclared_upstream_warning(missed, upstream.undeclared))
         if routes:
             result.extras["upstream"] = routes
+            _warn_uncalled(result, routes)
 
 
 @contextmanager

@@ -32,6 +32,7 @@ __all__ = [
     "server_probes_note",
     "shared_loop_warning",
     "short_window_warning",
+    "uncalled_routes_warning",
     "undeclared_upstream_warning",
     "unmatched_messages_note",
     "virtual_clock_notes",
@@ -154,6 +155,20 @@ def undeclared_upstream_warning(calls: int, hosts: Sequence[str]) -> str:
     return (
         f"the app made {calls:,} call(s) to undeclared upstream hosts "
         f"({', '.join(hosts[:_HOSTS_SHOWN])}): declare them with upstream.route(...)"
+    )
+
+
+def uncalled_routes_warning(
+    routes: Sequence[str], failed: int, errors: Sequence[tuple[str, int]]
+) -> str:
+    """Declared routes never called in a storm whose requests failed: the app's calls missed them."""
+    listed = ", ".join(routes[:_HOSTS_SHOWN]) + (" …" if len(routes) > _HOSTS_SHOWN else "")
+    seen = "; ".join(f"{kind} ×{count:,}" for kind, count in errors[:_HOSTS_SHOWN])
+    return (
+        f"upstream route{'s' if len(routes) > 1 else ''} {listed} declared but never called, "
+        f"while {failed:,} request(s) failed ({seen or 'no error recorded'}): the app's calls "
+        "did not reach the simulated upstream; only httpx and httpx2 clients are answered "
+        "in-process, and a call must match a route's scheme, host, port and path prefix"
     )
 
 

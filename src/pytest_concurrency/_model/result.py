@@ -241,6 +241,9 @@ class StormResult:
     #: Informational remarks (a knee, the spread of rounds, a scaled load): shown in the
     #: reports, never emitted as warnings, so ``-W error`` does not fail a passing storm.
     notes: list[str] = field(default_factory=list)
+    #: Connections off the machine refused during the storm: host, port, client, the app's
+    #: call site and a count each, most frequent first. Any of them fails the storm.
+    refused_egress: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def loop_lag_max_ms(self) -> float | None:
@@ -324,6 +327,7 @@ class StormResult:
             "extras": self.extras,
             "loop_lag": self.loop_lag.to_dict(histogram=histograms) if self.loop_lag else None,
             "thread_pools": [p.to_dict() for p in self.thread_pools],
+            "refused_egress": self.refused_egress,
         }
         if histograms:
             # HdrHistogram's encoding is already compressed and base64: text as it is.

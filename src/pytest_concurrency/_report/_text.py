@@ -297,6 +297,24 @@ def status_table(data: Mapping[str, Any], *, sample_width: int = _SAMPLE_WIDTH) 
     return aligned(rows, right={1})
 
 
+def egress_lines(data: Mapping[str, Any]) -> list[str]:
+    """One line per refused destination: ``refused egress: host:port ×n from client at site``."""
+    refused: Sequence[Mapping[str, Any]] = data.get("refused_egress") or []
+    lines = [
+        f"refused egress: {r.get('host')}{':' + str(r['port']) if r.get('port') else ''} "
+        f"×{int(r.get('count') or 0):,} from {r.get('client')} at {r.get('site')}"
+        for r in refused[:_SHOWN]
+    ]
+    if len(refused) > _SHOWN:
+        lines.append(f"refused egress: {len(refused) - _SHOWN} more destinations")
+    if refused:
+        lines.append(
+            "nothing leaves the machine during a storm: declare the host with upstream.route(...) "
+            "or open it with allow_hosts=[...]"
+        )
+    return lines
+
+
 def verdict_table(result: StormResult, *, indent: str = "  ", remarks: bool = True) -> str:
     """The budget table of DESIGN.md: headline, limit, measured, verdict, status codes and
     diagnosis (with the warnings and notes unless *remarks* is False).
@@ -320,6 +338,7 @@ def verdict_table(result: StormResult, *, indent: str = "  ", remarks: bool = Tr
         headline(data),
         *aligned(rows),
         *status_table(data),
+        *egress_lines(data),
         *diagnosis(data, result, remarks=remarks),
     ]
     return "\n".join((indent + line).rstrip() for line in lines)

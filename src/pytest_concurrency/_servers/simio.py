@@ -1,35 +1,64 @@
-"""Carry the test's simulated upstreams into a real server's processes.
+"""Carry the test's simulated upstreams and the egress guard into a real server's processes.
 
 The ``upstream`` fixture patches httpx in the test process; a server started for a
 storm runs the app in processes of its own, where those patches do not exist. The
 routes are declared again there: their arguments are pickled to a file named in the
 server's environment, and :func:`install_from_env` (the bootstrap's setup hook, run
-in every server process before the app is imported) declares and installs them.
+in every server process before the app is imported) declares and installs them. Routes of
+``http://`` hosts are not declared there: the storm's process serves them on loopback
+(``_simio.loopback``) and the server's processes reach it through the egress guard, so
+every client's calls are answered and counted where the storm reads its figures. The
+egress guard is installed there too, with the storm's ``allow_hosts``; its refusals are
+appended to a log file the storm's process reads after each round.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from .._errors import ConfigError
 
-__all__ = ["ENV", "SETUP", "install_from_env", "ship_upstreams"]
+__all__ = [
+    "EGRESS_ENV",
+    "ENV",
+    "SETUP",
+    "egress_settings",
+    "install_from_env",
+    "served_port",
+    "ship_upstreams",
+]
 
 #: Environment variable naming the file of pickled route declarations.
 ENV = "PYTEST_STORM_UPSTREAMS"
+#: Environment variable with the egress guard's settings (JSON: allow_hosts, log).
+EGRESS_ENV = "PYTEST_STORM_EGRESS"
 #: The bootstrap setup hook that declares them.
 SETUP = "pytest_concurrency._servers.simio:install_from_env"
 
 _KEEP: list[Any] = []
 
 
-def ship_upstreams(upstreams: Iterable[Any]) -> str | None:
-    """Pickle the routes of *upstreams* to a file; its path, or None when there are none."""
-    declarations = [d for upstream in upstreams for d in upstream.declarations]
+def ship_upstreams(upstreams: Iterable[Any], *, skip: Collection[str] = ()) -> str | None:
+    """Pickle the routes of *upstreams* to a file; its path, or None when there are none.
+
+    Routes of the ``http://`` hosts in *skip* stay behind: the storm's process serves them
+    over loopback, where their figures are counted.
+    """
+    declarations = [
+        d
+        for upstream in upstreams
+        for d in upstream.declarations
+        if not (
+            urlsplit(d["url_prefix"]).scheme == "http"
+            and (urlsplit(d["url_prefix"]).hostname or "") in skip
+        )
+    ]
     if not declarations:
         return None
     try:
@@ -46,17 +75,58 @@ def ship_upstreams(upstreams: Iterable[Any]) -> str | None:
     return path
 
 
-def install_from_env() -> None:
-    """Declare and install the shipped routes in this (server) process."""
-    path = os.environ.get(ENV)
-    if not path:
-        return
-    from .._simio import Upstream
+def egress_settings(
+    allow_hosts: Iterable[str],
+    log: str,
+    serve: Iterable[str] = (),
+    serve_port: int | None = None,
+) -> str:
+    """The value of :data:`EGRESS_ENV` for a server: the hosts it may reach, the log path,
+    and the hosts the storm's loopback upstream (on *serve_port*) answers."""
+    return json.dumps(
+        {
+            "allow_hosts": list(allow_hosts),
+            "log": log,
+            "serve": list(serve),
+            "serve_port": serve_port,
+        }
+    )
 
-    with open(path, "rb") as file:
-        declarations = pickle.load(file)  # written by this package for this server
+
+def served_port(env: Mapping[str, str]) -> int | None:
+    """The port of the storm's loopback upstream named in a server's environment, if any."""
+    settings = env.get(EGRESS_ENV)
+    port = json.loads(settings).get("serve_port") if settings else None
+    return int(port) if port is not None else None
+
+
+def install_from_env() -> None:
+    """Declare and install the shipped routes, then the egress guard, in this (server) process."""
+    from .._simio import Upstream
+    from .._simio.egress import EgressGuard
+    from .._simio.loopback import ALIAS
+
+    path = os.environ.get(ENV)
     upstream = Upstream()
-    for declaration in declarations:
-        upstream.route(**declaration)
-    upstream.install()
-    _KEEP.append(upstream)
+    if path:
+        with open(path, "rb") as file:
+            declarations = pickle.load(file)  # written by this package for this server
+        for declaration in declarations:
+            upstream.route(**declaration)
+        upstream.install()
+        _KEEP.append(upstream)
+    egress = os.environ.get(EGRESS_ENV)
+    if egress:
+        settings = json.loads(egress)
+        served = set(settings.get("serve") or ())
+        guard = EgressGuard(
+            settings["allow_hosts"],
+            declared=lambda: upstream.hosts | served,
+            log=settings["log"],
+            log_here=True,
+            serve=served,
+            serve_port=settings.get("serve_port"),
+            alias=ALIAS,
+        )
+        guard.install()
+        _KEEP.append(guard)

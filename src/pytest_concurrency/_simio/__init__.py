@@ -3,7 +3,9 @@
 ``distributions`` turns milliseconds into sampled waits; ``waits`` holds the process-wide
 generator, the two ways of waiting (``anyio.sleep`` and ``time.sleep``) and the recorder
 of how late they come back; ``middleware`` puts a wait in front of any ASGI or WSGI app;
-``upstream`` answers the app's own outbound ``httpx`` calls in-process.
+``upstream`` answers the app's own outbound ``httpx`` and ``httpx2`` calls in-process;
+``loopback`` serves the same routes over real HTTP on 127.0.0.1 to every other client during
+a storm, and ``egress`` refuses every other connection off the machine while a storm runs.
 """
 
 from .distributions import (

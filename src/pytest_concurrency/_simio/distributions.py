@@ -10,6 +10,7 @@ import math
 import numbers
 import os
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -376,21 +377,45 @@ def empirical(samples_ms: Sequence[float] | str | os.PathLike[str]) -> Empirical
     return EmpiricalLatency(tuple(samples_ms))
 
 
-LatencyLike: TypeAlias = Latency | float | None
-"""What latency parameters accept: a distribution, a number of milliseconds, or ``None``."""
+LatencyLike: TypeAlias = Latency | float | str | None
+"""What latency parameters accept: a distribution, a number of milliseconds (0, or 1 and
+more), a number with its unit (``"50ms"``, ``"0.05s"``, ``"500us"``), or ``None``."""
 
 _ZERO = ConstantLatency(0.0)
 
+#: Milliseconds per unit of a latency written with its unit.
+_UNITS = {"s": 1000.0, "ms": 1.0, "us": 0.001, "µs": 0.001}
+_WITH_UNIT = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(s|ms|us|µs)\s*")
 
-def as_latency(value: LatencyLike) -> Latency:
-    """A ``Latency`` from a distribution, milliseconds (constant) or ``None`` (no wait)."""
+
+def as_latency(value: LatencyLike, *, name: str = "latency", where: str = "") -> Latency:
+    """A ``Latency`` from a distribution, milliseconds (constant), a number with its unit
+    (``"0.05s"``) or ``None`` (no wait).
+
+    A bare number between 0 and 1 is refused: ``duration=`` and ``timeout=`` of the field's
+    tools are seconds, so ``latency=0.05`` is far more often a slip for 50 ms than a wish
+    for 50 µs; a wait that short is written with its unit (``"0.05ms"``, ``"50us"``) or as
+    ``constant(0.05)``.
+    """
     if isinstance(value, Latency):
         return value
     if value is None:
         return _ZERO
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    match = _WITH_UNIT.fullmatch(value) if isinstance(value, str) else None
+    if match is not None:
+        return ConstantLatency(float(match[1]) * _UNITS[match[2]])
+    if isinstance(value, bool | str) or not isinstance(value, numbers.Real):
         raise ConfigError(
-            f"latency={value!r} must be a Latency (constant, uniform, normal, lognormal, "
-            "exponential, empirical), a number of milliseconds, or None"
+            f"{where}{name}={value!r} must be a Latency (constant, uniform, normal, lognormal, "
+            "exponential, empirical), a number of milliseconds, a number with its unit "
+            "('50ms', '0.05s', '500us') or None"
+        )
+    if 0 < value < 1:
+        shown = f"{float(value):g}"
+        raise ConfigError(
+            f"{where}{name}={shown} is a bare number below 1, and latencies are in "
+            f"milliseconds: this would be {shown} ms, not {float(value) * 1000:g} ms; for "
+            f"{shown} seconds write {name}={float(value) * 1000:g} or {name}='{shown}s', for "
+            f"{shown} milliseconds write {name}='{shown}ms' or {name}=constant({shown})"
         )
     return ConstantLatency(value)

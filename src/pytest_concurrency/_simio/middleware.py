@@ -128,7 +128,7 @@ def with_latency(
     block their worker thread. ``seed`` gives the wrapper its own generator.
     """
     before = as_latency(latency)
-    after_latency = None if after is None else as_latency(after)
+    after_latency = None if after is None else as_latency(after, name="after")
     rng = None if seed is None else random.Random(seed)
     if detect_interface(app) == "asgi":
         return ASGILatencyMiddleware(app, before, after=after_latency, blocking=blocking, rng=rng)

@@ -1,8 +1,13 @@
-"""A fake of the hosts an app calls with ``httpx``, answered in-process after simulated latency.
+"""A fake of the hosts an app calls with ``httpx`` or ``httpx2``, answered in-process after
+simulated latency.
 
-``Upstream`` replaces ``httpx.HTTPTransport.handle_request`` and
-``httpx.AsyncHTTPTransport.handle_async_request``, as pytest-httpx does (respx patches the
-httpcore pools below them), so clients the app built before the storm are answered too.
+``Upstream`` replaces ``HTTPTransport.handle_request`` and
+``AsyncHTTPTransport.handle_async_request`` of httpx, and of httpx2 when it is installed
+(httpx's successor keeps its transport interface; Starlette's TestClient and the OpenAI
+SDK ride on it), as pytest-httpx does (respx patches the httpcore pools below them), so
+clients the app built before the storm are answered too. Each library gets responses,
+streams and errors of its own types. Calls through any other client meet the egress guard
+during a storm (``egress``): refused before a name is looked up.
 It is a small patch of its own, not a layer over either library, installed through the
 probes' patch registry so that upstreams nest and come off in any order. Per call, best
 of nine rounds of 10,000 sequential ``await client.get(...)`` with zero latency (CPython
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import numbers
+import os
 import random
 import threading
 from array import array
@@ -38,8 +44,9 @@ import httpx
 
 from .._errors import ConfigError
 from .._metrics.percentile import quantile
-from .._probes.patches import Patch, patch, remove_all
+from .._probes.patches import PATCHES, Patch, patch, remove_all
 from .distributions import Latency, LatencyLike, _show, as_latency
+from .egress import loopback_serves
 from .waits import _default_rng, _wait_async, _wait_blocking
 
 __all__ = ["INSTALLED", "Route", "UndeclaredUpstreamError", "Upstream"]
@@ -54,10 +61,13 @@ _ERROR_BODY = b"simulated upstream error"
 
 
 class UndeclaredUpstreamError(httpx.TransportError):
-    """The app called a host (or path) that the running ``Upstream`` has no route for."""
+    """The app called a host (or path) that the running ``Upstream`` has no route for.
+
+    Raised to httpx2 clients as a subclass that is also an ``httpx2.TransportError``.
+    """
 
 
-def _origin(url: httpx.URL) -> str:
+def _origin(url: Any) -> str:
     port = f":{url.port}" if url.port is not None else ""
     return f"{url.scheme}://{url.host}{port}"
 
@@ -90,8 +100,6 @@ class _Chunks:
             self._open = False
             self._route._exit()
 
-
-class _AsyncChunks(_Chunks, httpx.AsyncByteStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         latency = self._route.chunk_latency
         for index, chunk in enumerate(self._chunks):
@@ -105,8 +113,6 @@ class _AsyncChunks(_Chunks, httpx.AsyncByteStream):
     async def aclose(self) -> None:
         self._finish()
 
-
-class _SyncChunks(_Chunks, httpx.SyncByteStream):
     def __iter__(self) -> Iterator[bytes]:
         latency = self._route.chunk_latency
         for index, chunk in enumerate(self._chunks):
@@ -117,6 +123,57 @@ class _SyncChunks(_Chunks, httpx.SyncByteStream):
 
     def close(self) -> None:
         self._finish()
+
+
+class _Client:
+    """The classes of one httpx-shaped client library (httpx, or its successor httpx2).
+
+    httpx2 keeps httpx's transport interface, so one route answers both; each library's
+    client checks that responses and streams are its own types, so each gets its own.
+    """
+
+    def __init__(self, module: Any, undeclared: type[Exception]) -> None:
+        self.name: str = module.__name__
+        self.module = module
+        self.response: Any = module.Response
+        self.byte_stream: Any = module.ByteStream
+        self.read_timeout: Any = module.ReadTimeout
+        self.undeclared: Callable[..., Exception] = undeclared
+        self.async_chunks: type[_Chunks] = type(
+            "_AsyncChunks", (_Chunks, module.AsyncByteStream), {"__module__": __name__}
+        )
+        self.sync_chunks: type[_Chunks] = type(
+            "_SyncChunks", (_Chunks, module.SyncByteStream), {"__module__": __name__}
+        )
+
+
+_HTTPX = _Client(httpx, UndeclaredUpstreamError)
+_LOADED: dict[str, _Client | None] = {}
+
+
+def _httpx2() -> _Client | None:
+    """httpx2's classes when it is installed (imported on first use), else None."""
+    if "httpx2" not in _LOADED:
+        try:
+            import httpx2
+        except ImportError:
+            _LOADED["httpx2"] = None
+        else:
+            undeclared = type(
+                "UndeclaredUpstreamError",
+                (httpx2.TransportError, UndeclaredUpstreamError),
+                {"__module__": __name__, "__doc__": UndeclaredUpstreamError.__doc__},
+            )
+            _LOADED["httpx2"] = _Client(httpx2, undeclared)
+    return _LOADED["httpx2"]
+
+
+def _other_response(value: Any) -> bool:
+    """Whether *value* is a response of httpx or httpx2 (whichever client called)."""
+    if isinstance(value, httpx.Response):
+        return True
+    loaded = _LOADED.get("httpx2")
+    return loaded is not None and isinstance(value, loaded.response)
 
 
 class Route:
@@ -260,7 +317,7 @@ class Route:
         with self._lock:
             self.errors += 1
 
-    def _plan(self, request: httpx.Request) -> tuple[float, bool, bool]:
+    def _plan(self, request: Any) -> tuple[float, bool, bool]:
         """Decide (wait seconds, time out?, answer 503?) for one call."""
         rng = self._rng
         draw = rng.random() if self._faults else 1.0
@@ -274,16 +331,24 @@ class Route:
             return read_timeout, True, False
         return delay, False, draw < self._error_cut
 
-    def _timeout(self, request: httpx.Request, waited: float) -> httpx.ReadTimeout:
+    def _timeout(self, client: _Client, request: Any, waited: float) -> Exception:
         self._count_timeout()
-        return httpx.ReadTimeout(
+        return client.read_timeout(  # type: ignore[no-any-return]
             f"simulated read timeout after {waited * 1000:.1f} ms from {self.label}",
             request=request,
         )
 
-    def _handler_response(self, value: Any) -> httpx.Response:
-        if isinstance(value, httpx.Response):
+    def _handler_response(self, client: _Client, value: Any) -> Any:
+        if isinstance(value, client.response):
             return value
+        if _other_response(value):
+            # The other library's response: the same status, headers and body in this one's.
+            value.read()
+            return client.response(
+                value.status_code,
+                headers=value.headers.multi_items(),
+                stream=client.byte_stream(value.content),
+            )
         body, implied = _body_from(value, f"handler of {self.label}")
         names = {name.lower() for name, _ in self._user_headers}
         headers = [
@@ -291,28 +356,28 @@ class Route:
             ("content-length", str(len(body))),
             *self._user_headers,
         ]
-        return httpx.Response(self.status, headers=headers, stream=httpx.ByteStream(body))
+        return client.response(self.status, headers=headers, stream=client.byte_stream(body))
 
-    def _respond(self, stream_cls: type[_AsyncChunks] | type[_SyncChunks]) -> httpx.Response:
+    def _respond(self, client: _Client, stream_cls: type[_Chunks]) -> Any:
         if self._chunks is not None:
-            return httpx.Response(
+            return client.response(
                 self.status,
                 headers=self._stream_headers,
                 stream=stream_cls(self, self._chunks, self._rng),
             )
-        return httpx.Response(
-            self.status, headers=self._headers, stream=httpx.ByteStream(self._body)
+        return client.response(
+            self.status, headers=self._headers, stream=client.byte_stream(self._body)
         )
 
-    def _error_response(self) -> httpx.Response:
+    def _error_response(self, client: _Client) -> Any:
         self._count_error()
-        return httpx.Response(
+        return client.response(
             _ERROR_STATUS,
             headers=[("content-length", str(len(_ERROR_BODY)))],
-            stream=httpx.ByteStream(_ERROR_BODY),
+            stream=client.byte_stream(_ERROR_BODY),
         )
 
-    async def _handle_async(self, request: httpx.Request) -> httpx.Response:
+    async def _handle_async(self, request: Any, client: _Client = _HTTPX) -> Any:
         self._enter()
         streaming = False
         try:
@@ -320,22 +385,22 @@ class Route:
             waited = await _wait_async(delay)
             self._waits_us.append(round(waited * 1_000_000))
             if times_out:
-                raise self._timeout(request, waited)
+                raise self._timeout(client, request, waited)
             if fails:
-                return self._error_response()
+                return self._error_response(client)
             if self.handler is not None:
                 await request.aread()
                 value = self.handler(request)
                 if isinstance(value, Awaitable):
                     value = await value
-                return self._handler_response(value)
+                return self._handler_response(client, value)
             streaming = self._chunks is not None
-            return self._respond(_AsyncChunks)
+            return self._respond(client, client.async_chunks)
         finally:
             if not streaming:
                 self._exit()
 
-    def _handle_sync(self, request: httpx.Request) -> httpx.Response:
+    def _handle_sync(self, request: Any, client: _Client = _HTTPX) -> Any:
         self._enter()
         streaming = False
         try:
@@ -343,9 +408,9 @@ class Route:
             waited = _wait_blocking(delay)
             self._waits_us.append(round(waited * 1_000_000))
             if times_out:
-                raise self._timeout(request, waited)
+                raise self._timeout(client, request, waited)
             if fails:
-                return self._error_response()
+                return self._error_response(client)
             if self.handler is not None:
                 request.read()
                 value = self.handler(request)
@@ -353,12 +418,12 @@ class Route:
                     if isinstance(value, Coroutine):
                         value.close()  # never awaited; closing avoids a RuntimeWarning
                     raise TypeError(
-                        f"handler of {self.label} returned an awaitable to a sync httpx.Client; "
-                        "use a plain function"
+                        f"handler of {self.label} returned an awaitable to a sync "
+                        f"{client.name}.Client; use a plain function"
                     )
-                return self._handler_response(value)
+                return self._handler_response(client, value)
             streaming = self._chunks is not None
-            return self._respond(_SyncChunks)
+            return self._respond(client, client.sync_chunks)
         finally:
             if not streaming:
                 self._exit()
@@ -392,16 +457,18 @@ class Route:
 
 
 class Upstream:
-    """In-process fake of the hosts an app calls with ``httpx``; a context manager.
+    """In-process fake of the hosts an app calls with ``httpx`` or ``httpx2``; a context manager.
 
-    While installed, every ``httpx.Client`` and ``httpx.AsyncClient`` using the default
-    transport, including those created earlier, is answered from the declared routes after a
-    sampled wait: ``anyio.sleep`` for async clients, ``time.sleep`` for sync ones. Nothing
-    reaches the network; a call no route matches raises ``UndeclaredUpstreamError`` and is
-    listed in ``undeclared``. Only httpx is intercepted, and the client's connection-pool
-    limits are not modelled (every call proceeds at once). A call whose wait would exceed the
-    client's read timeout waits that timeout and raises ``httpx.ReadTimeout``; a call picked
-    by ``timeout_rate`` does the same (or waits one latency sample when the client has no
+    While installed, every ``Client`` and ``AsyncClient`` of httpx and httpx2 using the
+    default transport, including those created earlier, is answered from the declared
+    routes after a sampled wait: ``anyio.sleep`` for async clients, ``time.sleep`` for sync
+    ones. Nothing reaches the network; a call no route matches raises
+    ``UndeclaredUpstreamError`` and is listed in ``undeclared``. Only httpx and httpx2 are
+    intercepted (during a storm any other client is refused by the egress guard), and the
+    client's connection-pool limits are not modelled (every call proceeds at once). A call
+    whose wait would exceed the client's read timeout waits that timeout and raises the
+    client's ``ReadTimeout``; a call picked by ``timeout_rate`` does the same (or waits one
+    latency sample when the client has no
     read timeout). A 503 picked by ``error_rate`` comes after the usual latency.
     """
 
@@ -443,7 +510,35 @@ class Upstream:
         bytes; ``stream`` sends its chunks with ``chunk_latency`` between them. A fraction
         ``error_rate`` of calls get a 503 and ``timeout_rate`` raise ``httpx.ReadTimeout``.
         """
-        # Kept as declared, so a real server's process can declare the same routes.
+        new = Route(
+            url_prefix,
+            method=method,
+            latency=as_latency(latency, where=f"upstream.route({url_prefix!r}): "),
+            status=status,
+            json=json,
+            content=content,
+            headers=headers,
+            handler=handler,
+            stream=stream,
+            chunk_latency=as_latency(
+                chunk_latency, name="chunk_latency", where=f"upstream.route({url_prefix!r}): "
+            ),
+            error_rate=error_rate,
+            timeout_rate=timeout_rate,
+            rng=_default_rng if seed is None else random.Random(seed),
+        )
+        existing = self._routes.get(new._key, [])
+        for route in existing:
+            if route._path == new._path and route.method == new.method:
+                raise ConfigError(
+                    f"upstream.route({url_prefix!r}, method={method!r}) is already declared"
+                )
+        # Most specific first: longer prefixes, then routes that name a method. A new list
+        # replaces the old so threads answering calls never see one half-sorted.
+        self._routes[new._key] = sorted(
+            [*existing, new], key=lambda r: (-len(r._path), r.method is None)
+        )
+        # Kept as declared (once valid), so a real server's process can declare the same routes.
         self.declarations.append(
             {
                 "url_prefix": url_prefix,
@@ -461,38 +556,22 @@ class Upstream:
                 "seed": seed,
             }
         )
-        new = Route(
-            url_prefix,
-            method=method,
-            latency=as_latency(latency),
-            status=status,
-            json=json,
-            content=content,
-            headers=headers,
-            handler=handler,
-            stream=stream,
-            chunk_latency=as_latency(chunk_latency),
-            error_rate=error_rate,
-            timeout_rate=timeout_rate,
-            rng=_default_rng if seed is None else random.Random(seed),
-        )
-        existing = self._routes.get(new._key, [])
-        for route in existing:
-            if route._path == new._path and route.method == new.method:
-                raise ConfigError(
-                    f"upstream.route({url_prefix!r}, method={method!r}) is already declared"
-                )
-        # Most specific first: longer prefixes, then routes that name a method. A new list
-        # replaces the old so threads answering calls never see one half-sorted.
-        self._routes[new._key] = sorted(
-            [*existing, new], key=lambda r: (-len(r._path), r.method is None)
-        )
         return new
 
     @property
     def routes(self) -> list[Route]:
         """Every declared route."""
         return [route for routes in self._routes.values() for route in routes]
+
+    @property
+    def hosts(self) -> set[str]:
+        """The host names of the declared routes."""
+        return {host for _, host, _ in self._routes}
+
+    @property
+    def http_hosts(self) -> set[str]:
+        """The host names of the declared ``http://`` routes (a loopback server can answer them)."""
+        return {host for scheme, host, _ in self._routes if scheme == "http"}
 
     # -- installing
 
@@ -502,33 +581,60 @@ class Upstream:
         return bool(self._patches)
 
     def install(self) -> None:
-        """Patch httpx's default transports to answer from this upstream.
+        """Patch the default transports of httpx (and httpx2, when installed) to answer
+        from this upstream.
 
         Upstreams nest: the one installed last answers, and uninstalling them in any order
-        leaves the one installed latest of those left (or httpx itself) answering.
+        leaves the one installed latest of those left (or the library itself) answering.
         """
         if self._patches:
             raise RuntimeError("this Upstream is already installed")
-        match = self._match
-
-        def handle_request(
-            transport: httpx.HTTPTransport, request: httpx.Request
-        ) -> httpx.Response:
-            return match(request)._handle_sync(request)
-
-        async def handle_async_request(
-            transport: httpx.AsyncHTTPTransport, request: httpx.Request
-        ) -> httpx.Response:
-            return await match(request)._handle_async(request)
-
-        first = patch(httpx.HTTPTransport, "handle_request", handle_request)
+        clients = [_HTTPX]
+        if (second := _httpx2()) is not None:
+            clients.append(second)
+        patches: list[Patch] = []
         try:
-            second = patch(httpx.AsyncHTTPTransport, "handle_async_request", handle_async_request)
+            for client in clients:
+                sync, in_async = self._transports(client)
+                module = client.module
+                patches.append(patch(module.HTTPTransport, "handle_request", sync))
+                patches.append(patch(module.AsyncHTTPTransport, "handle_async_request", in_async))
         except BaseException:
-            first.remove()
+            remove_all(patches)
             raise
-        self._patches = (first, second)
+        self._patches = tuple(patches)
         INSTALLED.append(self)
+
+    def _transports(
+        self, client: _Client
+    ) -> tuple[Callable[[Any, Any], Any], Callable[[Any, Any], Coroutine[Any, Any, Any]]]:
+        match = self._match
+        # In a process forked after install (a storm's shard) the routes this process
+        # serves on loopback are left to the real transport: the storm's process answers
+        # them there and counts them with the rest.
+        pid = os.getpid()
+        real_sync = PATCHES.original(client.module.HTTPTransport, "handle_request")
+        real_async = PATCHES.original(client.module.AsyncHTTPTransport, "handle_async_request")
+
+        def handle_request(transport: Any, request: Any) -> Any:
+            if (
+                os.getpid() != pid
+                and request.url.scheme == "http"
+                and loopback_serves(request.url.host)
+            ):
+                return real_sync(transport, request)
+            return match(request, client)._handle_sync(request, client)
+
+        async def handle_async_request(transport: Any, request: Any) -> Any:
+            if (
+                os.getpid() != pid
+                and request.url.scheme == "http"
+                and loopback_serves(request.url.host)
+            ):
+                return await real_async(transport, request)
+            return await match(request, client)._handle_async(request, client)
+
+        return handle_request, handle_async_request
 
     def uninstall(self) -> None:
         """Take this upstream's patches off httpx's transports (a no-op when not installed)."""
@@ -551,7 +657,7 @@ class Upstream:
 
     # -- answering
 
-    def _match(self, request: httpx.Request) -> Route:
+    def _match(self, request: Any, client: _Client = _HTTPX) -> Route:
         url = request.url
         scheme = url.scheme
         routes = self._routes.get((scheme, url.host, url.port or _DEFAULT_PORTS.get(scheme, 0)))
@@ -560,11 +666,11 @@ class Upstream:
             for route in routes:
                 if route._matches(method, path):
                     return route
-        raise self._undeclared(request, routes)
+        raise self._undeclared(request, routes, client)
 
     def _undeclared(
-        self, request: httpx.Request, routes: list[Route] | None
-    ) -> UndeclaredUpstreamError:
+        self, request: Any, routes: list[Route] | None, client: _Client = _HTTPX
+    ) -> Exception:
         url = str(request.url)
         with self._lock:
             self.undeclared_calls += 1
@@ -579,7 +685,7 @@ class Upstream:
             declared = ", ".join(route.label for route in routes)
             problem = f"no route for this path on {origin} (declared: {declared})"
             suggestion = f"{origin}{request.url.path}"
-        return UndeclaredUpstreamError(
+        return client.undeclared(
             f"{problem}: {request.method} {url} was not answered, and no network is used "
             f'during a storm; declare it with upstream.route("{suggestion}", latency=...)',
             request=request,
