@@ -19,7 +19,7 @@ import time
 import tracemalloc
 from typing import Any
 
-from pytest_concurrency._engine import plan_storm
+from pytest_concurrency._engine.plan import plan_storm
 from pytest_concurrency._engine.schedule import Window
 from pytest_concurrency._metrics.fold import PoolModel, RunFigures, fold
 from pytest_concurrency._metrics.records import ErrorBook, Recorder

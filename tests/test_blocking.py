@@ -32,9 +32,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from pytest_concurrency._metrics import new_histogram
-from pytest_concurrency._probes.loop import LoopMonitor, _Stall
-from pytest_concurrency._probes.pools import ThreadPoolProbe
-from pytest_concurrency._probes.results import (
+from pytest_concurrency._model.probes import (
     ANYIO_LIMITER,
     ASGIREF_THREADS,
     DEFAULT_EXECUTOR,
@@ -42,6 +40,8 @@ from pytest_concurrency._probes.results import (
     LoopLag,
     PoolUsage,
 )
+from pytest_concurrency._probes.loop import LoopMonitor, _Stall
+from pytest_concurrency._probes.pools import ThreadPoolProbe
 from pytest_concurrency._report._blocking_text import diagnose
 
 BLOCK_S = 0.02

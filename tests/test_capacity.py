@@ -10,11 +10,12 @@ from collections.abc import Callable
 import pytest
 
 from pytest_concurrency._capacity import search_capacity
-from pytest_concurrency._engine import plan_storm, run_plan
+from pytest_concurrency._engine.plan import plan_storm
+from pytest_concurrency._engine.storm import run_plan
 from pytest_concurrency._errors import ConfigError
 from pytest_concurrency._metrics import LatencyStats
+from pytest_concurrency._model.result import PoolStats, StormResult
 from pytest_concurrency._params import Layer
-from pytest_concurrency._result import PoolStats, StormResult
 
 from .apps import wsgi_sleep
 

@@ -36,7 +36,7 @@ from examples.claims.workers import judge_worker_ratio
 
 from pytest_concurrency import run_storm
 from pytest_concurrency._cli import main
-from pytest_concurrency._report import storms_table
+from pytest_concurrency._report._terminal import storms_table
 from tests.apps import asgi_hello
 
 REPO = Path(__file__).resolve().parent.parent

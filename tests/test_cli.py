@@ -443,7 +443,7 @@ def test_the_cpu_contention_note_is_printed_once_for_several_storms(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from pytest_concurrency._cli import _notes
-    from pytest_concurrency._report._remarks import contention_note
+    from pytest_concurrency._model.remarks import contention_note
 
     from .test_report import make_result
 

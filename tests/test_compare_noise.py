@@ -13,7 +13,7 @@ import pytest
 
 from pytest_concurrency import ConfigError, StormResult
 from pytest_concurrency._report import _baseline, _json
-from pytest_concurrency._report._text import judgement_line
+from pytest_concurrency._report._baseline import judgement_line
 
 from .test_report import make_result
 from .test_report_plugin import ONE, TESTS, Run
@@ -154,7 +154,7 @@ def test_noise_wider_than_the_threshold_is_inconclusive_and_says_what_would_sett
 
 
 def _baseline_line(j: _baseline.Judgement) -> str:
-    from pytest_concurrency._report._text import judgement_line
+    from pytest_concurrency._report._baseline import judgement_line
 
     return judgement_line(j)
 

@@ -23,7 +23,7 @@ import pytest
 from examples import fastapi_app
 
 from pytest_concurrency import BudgetExceeded, ConcurrencyWarning, StormResult, run_storm
-from pytest_concurrency._probes.results import ANYIO_LIMITER, DEFAULT_EXECUTOR, BlockingSite
+from pytest_concurrency._model.probes import ANYIO_LIMITER, DEFAULT_EXECUTOR, BlockingSite
 
 HOLD_S = 0.05
 Scope = dict[str, Any]

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pytest_concurrency import ConfigError, StormError, run_storm
-from pytest_concurrency._engine import plan_storm
+from pytest_concurrency._engine.plan import plan_storm
 from pytest_concurrency._params import BUDGET_NAMES, WORKLOAD_NAMES, Layer
 
 from .apps import asgi_hello, wsgi_hello

@@ -17,9 +17,9 @@ from pytest_concurrency._budget import evaluate, measure
 from pytest_concurrency._capacity import search_capacity
 from pytest_concurrency._errors import ConfigError
 from pytest_concurrency._metrics import LatencyStats
+from pytest_concurrency._model.result import PoolStats, StormResult
 from pytest_concurrency._params import BUDGET_NAMES, Layer, budget_limit, resolve
 from pytest_concurrency._report._text import verdict_table
-from pytest_concurrency._result import PoolStats, StormResult
 
 from .apps import asgi_blocking, asgi_sleep, wsgi_sleep
 

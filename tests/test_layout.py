@@ -1,4 +1,4 @@
-"""The package's shape: no import cycle inside it, and no example code in the wheel."""
+"""The package's shape: no import cycle of any kind, layers that hold, no example code in the wheel."""
 
 from __future__ import annotations
 
@@ -24,25 +24,42 @@ def _modules() -> dict[str, Path]:
     return {_module_name(p): p for p in sorted((SRC / PACKAGE).rglob("*.py"))}
 
 
-def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
-    """Every node of *tree* but those under ``if TYPE_CHECKING:`` (imports a type checker reads)."""
+def _nodes(
+    tree: ast.AST, *, type_checking: bool = False, module_level: bool = False
+) -> list[ast.AST]:
+    """Every node of *tree* that runs: none under ``if TYPE_CHECKING:`` unless *type_checking*
+    (imports a type checker reads), none in a function or lambda body if *module_level* (what
+    runs when the module is imported)."""
     found: list[ast.AST] = []
     todo = [tree]
     while todo:
         node = todo.pop()
         found.append(node)
+        if module_level and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            # Decorators and defaults run at import; the body runs when called.
+            todo.extend(node.decorator_list if not isinstance(node, ast.Lambda) else [])
+            todo.append(node.args)
+            continue
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo.extend(node.body if type_checking else [])
             todo.extend(node.orelse)
             continue
         todo.extend(ast.iter_child_nodes(node))
     return found
 
 
-def _imports(name: str, path: Path) -> set[str]:
-    """Every module *name* imports when it runs, at module level or in functions, by full name."""
+def _imports(
+    name: str, path: Path, *, type_checking: bool = False, module_level: bool = False
+) -> set[str]:
+    """Every module *name* imports when it runs, at module level or in functions, by full name.
+
+    With *type_checking*, the imports under ``if TYPE_CHECKING:`` too; with *module_level*,
+    only what runs when the module is imported (not the imports inside functions).
+    """
     is_package = path.name == "__init__.py"
     found: set[str] = set()
-    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in _nodes(tree, type_checking=type_checking, module_level=module_level):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -64,9 +81,50 @@ def _imports(name: str, path: Path) -> set[str]:
 KNOWN_LAZY_EDGES: set[tuple[str, str]] = set()
 
 
-def _graph() -> dict[str, set[str]]:
+def _with_packages(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """*graph* with the edges that importing a module adds: ``a.b.c`` runs ``a/__init__`` and
+    ``a/b/__init__`` first (the packages of the importer itself are loaded already)."""
+    out: dict[str, set[str]] = {}
+    for importer, imported in graph.items():
+        parents = {
+            ".".join(target.split(".")[:i])
+            for target in imported
+            for i in range(2, target.count(".") + 1)
+        }
+        out[importer] = imported | {
+            p for p in parents & graph.keys() if p != importer and not importer.startswith(p + ".")
+        }
+    return out
+
+
+def _graph(
+    *, type_checking: bool = False, packages: bool = False, module_level: bool = False
+) -> dict[str, set[str]]:
+    """The package's modules and what each imports of it (see :func:`_imports` for the flags;
+    with *packages*, also the package ``__init__`` each import runs first)."""
     modules = _modules()
-    return {name: _imports(name, path) & modules.keys() - {name} for name, path in modules.items()}
+    graph = {
+        name: _imports(name, path, type_checking=type_checking, module_level=module_level)
+        & modules.keys() - {name}
+        for name, path in modules.items()
+    }
+    return _with_packages(graph) if packages else graph
+
+
+def _loaded_by(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module importing *start* loads through *graph* (*start* included).
+
+    A module's own packages are loaded before it (``from .. import x`` names the top
+    package, whose ``__init__`` is the public surface and loads everything): not followed.
+    """
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(t for t in graph.get(name, ()) if not name.startswith(t + "."))
+    return seen
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -123,10 +181,55 @@ def test_imports_for_the_type_checker_only_are_not_followed(tmp_path: Path) -> N
     assert not [name for name in found if "_engine" in name]
 
 
+def test_imports_for_the_type_checker_only_are_followed_when_asked(tmp_path: Path) -> None:
+    module = tmp_path / "fold.py"
+    module.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "import math\n"
+        "if TYPE_CHECKING:\n"
+        "    from .._engine.plan import StormPlan\n"
+        "else:\n"
+        "    from .._engine.live import Live\n"
+        "class Fold:\n"
+        "    from .records import Recorder\n"
+        "    def later(self):\n"
+        "        from .._cli import load_app\n"
+        "go = lambda: __import__('pytest')\n",
+        encoding="utf-8",
+    )
+    typed = _imports("p._metrics.fold", module, type_checking=True)
+    assert {"p._engine.plan", "p._engine.live", "p._metrics.records", "p._cli"} <= typed
+    at_import = _imports("p._metrics.fold", module, module_level=True)
+    assert {"math", "p._engine.live", "p._metrics.records"} <= at_import
+    assert not [name for name in at_import if "_cli" in name or "plan" in name]
+
+
+def test_importing_a_module_runs_the_packages_above_it() -> None:
+    # p.a.x imports p.b.y, so p.b's __init__ runs first; it imports p.b.z, which imports
+    # p.a.x: a cycle the import statements alone do not show.
+    graph = {
+        "p": set(),
+        "p.a": set(),
+        "p.a.x": {"p.b.y"},
+        "p.b": {"p.b.z"},
+        "p.b.y": set(),
+        "p.b.z": {"p.a.x", "p.a"},
+    }
+    assert _cycle(graph) is None
+    with_packages = _with_packages(graph)
+    assert with_packages["p.a.x"] == {"p.b.y", "p.b"}
+    # A module's own packages are loaded before it: no edge, and none to the top package.
+    assert with_packages["p.b.z"] == {"p.a.x", "p.a"}
+    assert with_packages["p.b"] == {"p.b.z"}
+    assert _cycle(with_packages) == ["p.a.x", "p.b", "p.b.z", "p.a.x"]
+
+
 def test_the_package_has_no_import_cycle() -> None:
-    graph = _graph()
+    # Of any kind: through imports inside functions, imports for the type checker only, and
+    # the package __init__ an import runs first.
+    graph = _graph(type_checking=True, packages=True)
     assert f"{PACKAGE}._cli" in graph
-    assert f"{PACKAGE}._report._terminal" in graph[f"{PACKAGE}._report"]
+    assert f"{PACKAGE}._metrics.records" in graph[f"{PACKAGE}._metrics"]
     for importer, imported in KNOWN_LAZY_EDGES:
         # Still there (remove it from the list once it is gone), and still what closes a cycle.
         assert imported in graph[importer], f"{importer} no longer imports {imported}"
@@ -173,9 +276,57 @@ def test_the_wheel_holds_no_example_code() -> None:
     assert not importers, f"modules of the wheel import the repository's examples: {importers}"
 
 
-#: Packages that measure; the words of their notes and warnings live in ``_report``.
-MEASURING = ("_engine", "_metrics", "_drivers", "_probes", "_simio", "_servers", "_locust")
+#: Packages that measure, and the plain result types they fill in; the words of their notes
+#: and warnings are functions of :data:`WORDING_HOME`, and none of them loads ``_report``.
+MEASURING = (
+    "_engine",
+    "_metrics",
+    "_drivers",
+    "_probes",
+    "_simio",
+    "_servers",
+    "_locust",
+    "_model",
+)
+#: The one module below the report that words remarks: the sentences a measurement attaches
+#: to its result, each a function of the figures.
+WORDING_HOME = f"{PACKAGE}._model.remarks"
 _REMARK_LISTS = {"notes", "warnings"}
+#: The one module below the report that may load pytest when imported: the public warning
+#: class is a ``pytest.PytestWarning``.
+PYTEST_HOME = f"{PACKAGE}._errors"
+
+
+def _is_measuring(name: str) -> bool:
+    return name.split(".")[1:2] != [] and name.split(".")[1] in MEASURING
+
+
+def test_measuring_modules_do_not_load_the_report() -> None:
+    # Directly, or through anything they import when they run (in functions too), the
+    # package __init__ of each import included.
+    graph = _graph(packages=True)
+    measuring = sorted(name for name in graph if _is_measuring(name))
+    assert f"{PACKAGE}._engine.storm" in measuring
+    offenders = {
+        name: sorted(loaded)
+        for name in measuring
+        if (loaded := {m for m in _loaded_by(graph, name) if m.startswith(f"{PACKAGE}._report")})
+    }
+    assert not offenders, f"measuring modules that load _report: {offenders}"
+
+
+def test_measuring_modules_load_pytest_only_through_the_errors() -> None:
+    # What runs when a measuring module is imported: its module-level imports, and theirs.
+    graph = _graph(packages=True, module_level=True)
+    modules = _modules()
+    assert "pytest" in _imports(PYTEST_HOME, modules[PYTEST_HOME], module_level=True)
+    offenders: dict[str, list[str]] = {}
+    for name in sorted(n for n in graph if _is_measuring(n)):
+        for loaded in _loaded_by({**graph, PYTEST_HOME: set()}, name) - {PYTEST_HOME}:
+            found = _imports(loaded, modules[loaded], module_level=True)
+            if {m.split(".")[0] for m in found} & {"pytest", "_pytest"}:
+                offenders.setdefault(name, []).append(loaded)
+    assert not offenders, f"measuring modules that load pytest when imported: {offenders}"
 
 
 def _is_text(node: ast.expr) -> bool:
@@ -271,17 +422,173 @@ def test_the_remark_check_finds_sentences_written_into_notes_and_warnings() -> N
 
 
 def test_measuring_modules_leave_the_wording_of_remarks_to_the_report() -> None:
+    modules = _modules()
+    assert WORDING_HOME in modules
     offenders = {
         name: lines
-        for name, path in _modules().items()
-        if name.split(".")[1:2] and name.split(".")[1] in MEASURING
+        for name, path in modules.items()
+        if _is_measuring(name) and name != WORDING_HOME
         if (lines := _written_remarks(path.read_text(encoding="utf-8")))
     }
-    assert f"{PACKAGE}._engine.storm" in _modules()
+    assert f"{PACKAGE}._engine.storm" in modules
     assert not offenders, (
         "notes or warnings worded in a measuring module (give the sentence a function in "
-        f"_report/_remarks.py and pass it the figures): {offenders}"
+        f"{WORDING_HOME} and pass it the figures): {offenders}"
     )
+
+
+def test_the_wording_home_only_words() -> None:
+    # The remarks module imports nothing of the package, so a measuring module that needs a
+    # sentence loads no more than the sentence.
+    path = _modules()[WORDING_HOME]
+    imported = _imports(WORDING_HOME, path, type_checking=True)
+    assert not [name for name in imported if name.split(".")[0] == PACKAGE]
+    assert not _written_remarks(path.read_text(encoding="utf-8"))
+
+
+#: What the plain result types of ``_model`` still borrow from outside it besides the errors,
+#: each a step to remove (the list must shrink, never grow): the probes' HDR percentile
+#: helper, which merging the loop lags of a server's workers reads its p50 and p99 with.
+MODEL_BORROWS = {
+    f"{PACKAGE}._probes",
+    f"{PACKAGE}._probes._common",
+}
+
+
+def test_the_model_imports_only_the_errors_and_what_it_still_borrows() -> None:
+    graph = _graph(type_checking=True, packages=True)
+    model = f"{PACKAGE}._model"
+    imported = {
+        target
+        for name, targets in graph.items()
+        if name == model or name.startswith(model + ".")
+        for target in targets
+        if target != model and not target.startswith(model + ".")
+    }
+    assert f"{model}.result" in graph
+    assert imported <= MODEL_BORROWS | {f"{PACKAGE}._errors"}, sorted(imported - MODEL_BORROWS)
+    gone = MODEL_BORROWS - imported
+    assert not gone, f"no longer borrowed (remove from MODEL_BORROWS): {sorted(gone)}"
+
+
+#: The layers of ``docs/architecture.md``, top first, by the first name under the package:
+#: a module imports its own layer or those below it, never one above.
+LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
+    (
+        "faces",
+        frozenset(
+            {
+                "plugin",
+                "_plugin_report",
+                "_fixture",
+                "_api",
+                "_cli",
+                "_capacity",
+                "_options",
+                "_session",
+            }
+        ),
+    ),
+    ("reports", frozenset({"_report"})),
+    (
+        "measuring",
+        frozenset({"_engine", "_drivers", "_locust", "_servers", "_probes", "_simio", "_metrics"}),
+    ),
+    (
+        "shared",
+        frozenset(
+            {
+                "_params",
+                "_budget",
+                "_workload",
+                "_checks",
+                "_apps",
+                "_tasks",
+                "_clock",
+                "_optional",
+                "_fidelity",
+                "_headers",
+            }
+        ),
+    ),
+    ("model", frozenset({"_model"})),
+    ("base", frozenset({"_errors", "_version"})),
+)
+#: Imports that still run up the layers, as (importer, imported); each is a defect to remove
+#: and the list must shrink, never grow.
+KNOWN_UPWARD_IMPORTS: set[tuple[str, str]] = set()
+
+
+def _layer(name: str) -> int | None:
+    """The index of *name*'s layer in :data:`LAYERS` (-1: the public surface on top)."""
+    parts = name.split(".")
+    if len(parts) == 1:
+        return -1
+    return next((i for i, (_, tops) in enumerate(LAYERS) if parts[1] in tops), None)
+
+
+def test_imports_run_down_the_layers() -> None:
+    graph = _graph(type_checking=True, packages=True)
+    unplaced = sorted(name for name in graph if _layer(name) is None)
+    assert not unplaced, f"modules in no layer of LAYERS (and docs/architecture.md): {unplaced}"
+    model = f"{PACKAGE}._model"
+    upward = {
+        (importer, imported)
+        for importer, targets in graph.items()
+        for imported in targets
+        # A module's own packages are loaded before it (``from .. import x``).
+        if not importer.startswith(imported + ".")
+        if (_layer(imported) or 0) < (_layer(importer) or 0)
+        # The model's borrowings are listed apart (MODEL_BORROWS).
+        if not (importer.startswith(model + ".") and imported in MODEL_BORROWS)
+    }
+    assert upward <= KNOWN_UPWARD_IMPORTS, (
+        f"imports up the layers: {sorted(upward - KNOWN_UPWARD_IMPORTS)}"
+    )
+    gone = KNOWN_UPWARD_IMPORTS - upward
+    assert not gone, f"no longer imported (remove from KNOWN_UPWARD_IMPORTS): {sorted(gone)}"
+
+
+#: Clocks a module reads to time something; the report words figures and times nothing.
+_TIMING_CLOCKS = {"perf_counter", "perf_counter_ns", "process_time", "thread_time"}
+
+
+def _timings(name: str, path: Path) -> list[int]:
+    """Lines where a module reads a timing clock (0: it imports asyncio, to run a loop)."""
+    found = [0] if "asyncio" in _imports(name, path) else []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        called = node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", None)
+        if isinstance(node, ast.Attribute | ast.Name) and called in _TIMING_CLOCKS:
+            found.append(node.lineno)
+    return sorted(set(found))
+
+
+def test_the_report_measures_nothing() -> None:
+    # Machine measurement (how late this machine's sleeps wake) lives in _probes.noise.
+    modules = _modules()
+    assert _timings(f"{PACKAGE}._probes.noise", modules[f"{PACKAGE}._probes.noise"])
+    offenders = {
+        name: lines
+        for name, path in modules.items()
+        if name.startswith(f"{PACKAGE}._report")
+        if (lines := _timings(name, path))
+    }
+    assert not offenders, f"report modules that time something: {offenders}"
+
+
+def test_the_report_loads_pytest_only_through_the_errors() -> None:
+    # Its pytest side (options, the session object and its hooks) is _plugin_report, beside
+    # plugin.py: the reports serve the command line and the API without pytest too.
+    graph = {**_graph(packages=True), PYTEST_HOME: set()}
+    modules = _modules()
+    report = sorted(name for name in graph if name.startswith(f"{PACKAGE}._report"))
+    assert f"{PACKAGE}._report._terminal" in report
+    offenders: dict[str, list[str]] = {}
+    for name in report:
+        for loaded in sorted(_loaded_by(graph, name) - {PYTEST_HOME}):
+            if {m.split(".")[0] for m in _imports(loaded, modules[loaded])} & {"pytest", "_pytest"}:
+                offenders.setdefault(name, []).append(loaded)
+    assert not offenders, f"report modules that load pytest: {offenders}"
 
 
 def test_the_report_does_not_load_the_engine() -> None:
@@ -298,6 +605,92 @@ def test_the_report_does_not_load_the_engine() -> None:
         seen.add(name)
         parents = {".".join(name.split(".")[:i]) for i in range(2, name.count(".") + 1)}
         todo.extend(graph[name] | (parents & modules))
-    assert f"{PACKAGE}._report._remarks" in seen
+    assert f"{PACKAGE}._report._blocking_text" in seen
     loaded = sorted(name for name in seen if name.startswith(f"{PACKAGE}._engine"))
     assert not loaded, f"_report loads the engine: {loaded}"
+
+
+#: The one percentile of a sorted list (the rank the HDR histograms take).
+PERCENTILE_HOME = f"{PACKAGE}._metrics.percentile"
+_RANK_NAMES = {"q", "quantile", "fraction", "percentile"}
+
+
+def _is_rank_factor(node: ast.expr) -> bool:
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, float) and 0 < node.value < 1
+    return isinstance(node, ast.Name) and node.id in _RANK_NAMES
+
+
+def _is_count(node: ast.expr) -> bool:
+    """``len(xs)``, ``count``, ``n``, ``self.n``, or arithmetic on one (``len(xs) - 1``)."""
+    if isinstance(node, ast.Call):
+        return isinstance(node.func, ast.Name) and node.func.id == "len"
+    if isinstance(node, ast.Name | ast.Attribute):
+        return (node.id if isinstance(node, ast.Name) else node.attr) in {"count", "n"}
+    if isinstance(node, ast.BinOp):
+        return _is_count(node.left) or _is_count(node.right)
+    return False
+
+
+#: Calls that turn a product into a rank (a drawn rank, ``round(n·q + noise)``, is a
+#: resampling, not a percentile).
+_TO_RANK = {"int", "ceil", "floor"}
+
+
+def _hand_ranks(source: str) -> list[int]:
+    """Lines that compute a rank in a list by hand: ``xs[int(0.99 * (n - 1))]``,
+    ``math.ceil(q * len(xs))``."""
+    found: list[int] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Subscript):
+            places = [node.slice]
+        elif isinstance(node, ast.Call):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            places = list(node.args) if called in _TO_RANK else []
+        else:
+            continue
+        for place in places:
+            for inner in ast.walk(place):
+                if isinstance(inner, ast.BinOp) and isinstance(inner.op, ast.Mult):
+                    sides = (inner.left, inner.right)
+                    if any(map(_is_rank_factor, sides)) and any(map(_is_count, sides)):
+                        found.append(inner.lineno)
+    return sorted(set(found))
+
+
+def test_the_rank_check_finds_percentiles_taken_by_hand() -> None:
+    taken = (
+        "values[int(0.99 * (count - 1))]\n"  # 1
+        "ordered[max(0, math.ceil(quantile * len(ordered)) - 1)]\n"  # 2
+        "ordered[min(len(ordered) - 1, max(0, int(q * len(ordered))))]\n"  # 3
+        "index = max(0, math.ceil(fraction * len(ordered)) - 1)\n"  # 4
+        "tail[int(len(tail) * 0.5)]\n"  # 5
+        "return self.at_rank(math.ceil(self.n * q))\n"  # 6
+    )
+    assert _hand_ranks(taken) == [1, 2, 3, 4, 5, 6]
+    fine = (
+        "quantile(values, 0.99)\n"
+        "ordered[(len(ordered) - 1) // 2]\n"
+        "values[-1] * 0.5\n"
+        "rows[i * 2]\n"
+        "width = 0.5 * total\n"
+        "k = round(n * q + rng.gauss(0.0, 1.0) * math.sqrt(n * q * (1.0 - q)))\n"
+    )
+    assert _hand_ranks(fine) == []
+
+
+def test_percentiles_of_a_list_come_from_one_function() -> None:
+    modules = _modules()
+    offenders = {
+        name: lines
+        for name, path in modules.items()
+        if name != PERCENTILE_HOME
+        if (lines := _hand_ranks(path.read_text(encoding="utf-8")))
+    }
+    assert not offenders, (
+        f"a percentile taken by hand (use {PERCENTILE_HOME}.quantile, the rank the HDR "
+        f"histograms take): {offenders}"
+    )
+    assert _hand_ranks(modules[PERCENTILE_HOME].read_text(encoding="utf-8"))
+    assert _hand_ranks(modules[PERCENTILE_HOME].read_text(encoding="utf-8"))

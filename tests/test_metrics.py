@@ -8,6 +8,7 @@ from array import array
 import pytest
 
 from pytest_concurrency._metrics import HISTOGRAM_MAX_US, latency_stats, new_histogram, record_many
+from pytest_concurrency._metrics.percentile import quantile
 from pytest_concurrency._metrics.records import STATUS_TIMEOUT, ErrorBook, Recorder
 
 
@@ -137,7 +138,7 @@ def test_warmup_requests_drop_the_first_completions_ties_in_index_order() -> Non
 def test_fold_holds_few_bytes_per_request() -> None:
     import tracemalloc
 
-    from pytest_concurrency._engine import plan_storm
+    from pytest_concurrency._engine.plan import plan_storm
     from pytest_concurrency._engine.schedule import Window
     from pytest_concurrency._metrics.fold import PoolModel, RunFigures, fold
     from pytest_concurrency._params import Layer
@@ -165,3 +166,28 @@ def test_fold_holds_few_bytes_per_request() -> None:
     # of lists and tuples took ≈ 400 bytes; the budget is 50 MB a million requests.
     per_request = (peak_bytes(60_000) - peak_bytes(20_000)) / 40_000
     assert per_request < 50
+
+
+def test_one_percentile_takes_the_rank_the_hdr_histogram_takes() -> None:
+    # Rank round(q·n), half up, 1 … n: not ceil(q·n) (5.4 → 6), nor int(q·(n-1)), nor
+    # int(q·n) + 1 (the three conventions a sorted list could otherwise be read with).
+    ten = list(range(1, 11))
+    assert [quantile(ten, q) for q in (0.0, 0.05, 0.5, 0.54, 0.55, 0.99, 1.0)] == [
+        1,
+        1,
+        5,
+        5,
+        6,
+        10,
+        10,
+    ]
+    assert quantile(list(range(1, 101)), 0.99) == 99
+    assert quantile([7.5], 0.5) == 7.5
+    # Values below 2,048 µs are exact in the histogram: both give the same value.
+    rng = random.Random(7)
+    for count in (1, 2, 3, 10, 99, 100, 101, 999, 1000):
+        values = sorted(rng.randrange(1, 2000) for _ in range(count))
+        histogram = new_histogram()
+        record_many(histogram, values)
+        for q in (0.0, 0.01, 0.25, 0.5, 0.54, 0.55, 0.9, 0.95, 0.99, 0.999, 1.0):
+            assert quantile(values, q) == histogram.get_value_at_percentile(q * 100), (count, q)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pytest_concurrency import ConfigError, Request, run_storm
-from pytest_concurrency._engine import plan_storm
+from pytest_concurrency._engine.plan import plan_storm
 from pytest_concurrency._params import Layer, resolve
 
 from .apps import asgi_hello, wsgi_hello

@@ -17,14 +17,14 @@ import httpx
 import pytest
 from asgiref.sync import SyncToAsync, sync_to_async
 
-from pytest_concurrency._probes.patches import PATCHES, PatchRegistry
-from pytest_concurrency._probes.pools import ThreadPoolProbe
-from pytest_concurrency._probes.results import (
+from pytest_concurrency._model.probes import (
     ANYIO_LIMITER,
     ASGIREF_THREADS,
     DEFAULT_EXECUTOR,
     PoolUsage,
 )
+from pytest_concurrency._probes.patches import PATCHES, PatchRegistry
+from pytest_concurrency._probes.pools import ThreadPoolProbe
 from pytest_concurrency._simio import INSTALLED, Upstream
 
 

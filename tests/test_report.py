@@ -670,8 +670,8 @@ def test_html_diagnosis_is_the_failure_message_diagnosis() -> None:
 
 
 def test_a_verdict_just_over_its_limit_shows_two_decimals() -> None:
+    from pytest_concurrency._model.result import Verdict
     from pytest_concurrency._report._text import verdict_word
-    from pytest_concurrency._result import Verdict
 
     assert verdict_word(Verdict("p99_ms", 200.0, 202.8, False)) == "✗ 1.01x over"
     assert verdict_word(Verdict("p99_ms", 200.0, 2820.0, False)) == "✗ 14.1x over"
@@ -681,7 +681,7 @@ def test_a_verdict_just_over_its_limit_shows_two_decimals() -> None:
 def test_verdict_holds_only_what_is_used() -> None:
     import dataclasses
 
-    from pytest_concurrency._result import Verdict
+    from pytest_concurrency._model.result import Verdict
 
     assert [f.name for f in dataclasses.fields(Verdict)] == ["name", "limit", "measured", "ok"]
 
@@ -730,7 +730,7 @@ def test_notes_are_shown_apart_from_warnings_everywhere() -> None:
 
 
 def _contended(share: float, label: str) -> StormResult:
-    from pytest_concurrency._report._remarks import contention_note
+    from pytest_concurrency._model.remarks import contention_note
 
     result = make_result([1.0, 2.0], label=label)
     result.extras["cpu_contention"] = {"wait_share": share, "wait_s": share / 10}
@@ -762,7 +762,7 @@ def test_the_cpu_contention_note_is_one_line_for_the_whole_session() -> None:
 def test_a_server_of_its_own_is_advised_only_when_the_load_generator_took_the_loop(
     share: float, advice: bool
 ) -> None:
-    from pytest_concurrency._report._remarks import harness_bound_remark
+    from pytest_concurrency._model.remarks import harness_bound_remark
 
     remark = harness_bound_remark(0.97, share, 12.0)
     assert remark.startswith(
@@ -778,7 +778,7 @@ def test_a_server_of_its_own_is_advised_only_when_the_load_generator_took_the_lo
 
 def test_storms_table_shows_each_endpoint_of_a_mix() -> None:
     from pytest_concurrency._metrics import LatencyStats
-    from pytest_concurrency._result import EndpointStats, Verdict
+    from pytest_concurrency._model.result import EndpointStats, Verdict
 
     result = make_result([5.0] * 100)
     result.label = "mix of 2 requests"

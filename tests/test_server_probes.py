@@ -15,15 +15,15 @@ import pytest
 
 from pytest_concurrency import BudgetExceeded, run_storm
 from pytest_concurrency._fidelity import line_up
-from pytest_concurrency._probes.results import (
+from pytest_concurrency._model.probes import (
     ANYIO_LIMITER,
     BlockingSite,
     LoopLag,
     PoolUsage,
     merge_loop_lags,
 )
+from pytest_concurrency._model.result import StormResult
 from pytest_concurrency._report import _html
-from pytest_concurrency._result import StormResult
 from pytest_concurrency._servers import RunningServer, live_servers
 from pytest_concurrency._servers.agent import ENV
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from examples.fastapi_app import IO_SECONDS
 from pytest_concurrency import StormResult, run_storm
-from pytest_concurrency._report import StormRecord
+from pytest_concurrency._report._records import StormRecord
 from pytest_concurrency._report._text import format_number
 
 __all__ = [

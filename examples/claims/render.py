@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 
-from pytest_concurrency._report import storms_table
+from pytest_concurrency._report._terminal import storms_table
 
 from .base import ClaimRow, DemoStorm
 

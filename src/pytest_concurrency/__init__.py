@@ -10,7 +10,7 @@ from ._engine.websocket import WebSocketResult
 from ._errors import BudgetExceeded, ConcurrencyWarning, ConfigError, StormError
 from ._fidelity import Fidelity
 from ._metrics import ErrorSummary, LatencyStats
-from ._result import EndpointStats, Knee, PoolStats, StormResult, TimelinePoint, Verdict
+from ._model.result import EndpointStats, Knee, PoolStats, StormResult, TimelinePoint, Verdict
 from ._simio import (
     Latency,
     Route,

@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._capacity import CapacityResult, search_capacity
-from ._engine import StormPlan, plan_storm, run_plan, run_plan_async
+from ._engine.plan import StormPlan, plan_storm
+from ._engine.storm import run_plan, run_plan_async
 from ._engine.websocket import WebSocketResult, plan_websocket, run_websocket_plan
 from ._errors import BudgetExceeded, ConcurrencyWarning, ConfigError
 from ._fidelity import Fidelity, compare_servers
+from ._model.result import StormResult
 from ._params import Layer
 from ._report._text import budget_failure
-from ._result import StormResult
 from ._servers._process import max_workers
 from ._workload import Request, RequestFactory, split_requests
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from ._model.result import EndpointStats, StormResult, Verdict
 from ._params import BUDGET_NAMES, FLOOR_BUDGETS
-from ._result import EndpointStats, StormResult, Verdict
 
 __all__ = [
     "QUEUED_AFTER_MS",

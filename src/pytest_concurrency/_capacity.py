@@ -20,9 +20,9 @@ from typing import Any
 
 from ._budget import evaluate
 from ._errors import ConfigError
+from ._model.result import StormResult, Verdict
 from ._params import budget_limit, check_budget_name
-from ._report._text import capacity_summary, capacity_table
-from ._result import StormResult, Verdict
+from ._report._text import _is_floor, aligned, format_number
 
 __all__ = ["CapacityResult", "CapacityTrial", "search_capacity"]
 
@@ -119,6 +119,106 @@ class CapacityResult:
             "answer_range": list(self.answer_range) if self.answer_range else None,
             "summary": self.summary(),
         }
+
+
+# -- what a capacity search says of itself ---------------------------------------------
+
+
+def _workers(n: int) -> str:
+    return f"{n} worker{'s' if n != 1 else ''}"
+
+
+def _budget_text(name: str, limit: float) -> str:
+    return f"{name} {'≥' if _is_floor(name) else '≤'} {format_number(limit)}"
+
+
+def _storms(n: int) -> str:
+    return f"{n} storm{'s' if n != 1 else ''}"
+
+
+def _confidence_line(found: CapacityResult) -> list[str]:
+    if not found.confidence:
+        return []
+    boundary = [t for t in found.tried if t.workers in (found.best, _below(found)) and t.runs > 1]
+    told = ", ".join(f"at {_workers(t.workers)} {t.votes} storms passed" for t in boundary)
+    if found.confidence == "high":
+        return [f"confidence: high — the storms at the boundary agreed ({told})"]
+    low, high = found.answer_range or (found.candidates[0], found.candidates[-1])
+    return [
+        f"confidence: uncertain — the storms at the boundary disagreed ({told}): on this "
+        f"machine the answer lies between {low} and {high} workers; a longer duration, more "
+        "users per worker or a quieter machine would settle it"
+    ]
+
+
+def _below(found: CapacityResult) -> int | None:
+    if found.best is None:
+        return found.candidates[-1]
+    index = found.candidates.index(found.best)
+    return found.candidates[index - 1] if index > 0 else None
+
+
+def capacity_summary(found: CapacityResult) -> list[str]:
+    """Sentences that state the answer of a capacity search, and how sure it is."""
+    budgets = ", ".join(_budget_text(name, limit) for name, limit in found.budgets.items())
+    low, high = found.candidates[0], found.candidates[-1]
+    count = len(found.candidates)
+    searched = f"{_storms(found.storms)} over {count} candidate{'s' if count != 1 else ''}" + (
+        f" ({low}–{high})" if count > 1 else ""
+    )
+    if found.confirming:
+        searched += f", and {found.confirming} more to confirm the boundary"
+    lines: list[str] = []
+    if found.best is None:
+        largest = found.trial(high)
+        still = ""
+        if largest is not None and largest.failed:
+            still = f": at {_workers(high)} " + "; ".join(
+                f"{v.name} is still {format_number(v.measured)} (limit {format_number(v.limit)})"
+                for v in largest.failed
+            )
+        lines.append(f"no candidate meets {budgets}{still} — {searched}")
+    elif found.best == low:
+        lines.append(
+            f"the smallest candidate, {_workers(low)}, already meets {budgets} — {searched}"
+        )
+    else:
+        lines.append(f"smallest worker count that meets {budgets}: {found.best} — {searched}")
+    if found.left_out:
+        users = f"{found.users:,} users" if found.users else "the storm's users"
+        lines.append(
+            f"more than {_workers(found.max_useful or high)} cannot help {users}: a user waits "
+            "for its response before sending again, so no more requests are ever in flight "
+            f"than {found.max_useful} workers serve; {len(found.left_out)} larger "
+            f"candidate{'s were' if len(found.left_out) != 1 else ' was'} left out"
+        )
+    lines.extend(_confidence_line(found))
+    if found.is_async_app and found.best == 1:
+        lines.append(
+            "one event-loop worker suffices: the app is async (ASGI), its concurrency "
+            "comes from the event loop, not from workers"
+        )
+    return lines
+
+
+def capacity_table(found: CapacityResult) -> str:
+    """The storms of a capacity search, in worker order, then the answer."""
+    rows = [("workers", "verdict", "throughput rps", "p50 ms", "p99 ms", "saturation")]
+    for t in found.tried:
+        rows.append(
+            (
+                str(t.workers),
+                ("✓" if t.passed else "✗ " + ", ".join(v.name for v in t.failed))
+                + (f" ({t.votes} passed)" if t.votes else ""),
+                format_number(t.throughput),
+                format_number(t.p50),
+                format_number(t.p99),
+                f"{t.saturation:.0%}" if t.saturation is not None else "–",
+            )
+        )
+    right = {0, 2, 3, 4, 5}
+    # The last column is right-justified: every row of the table has the same width.
+    return "\n".join([*aligned(rows, right=right), *capacity_summary(found)])
 
 
 def _finite(value: float) -> float | None:

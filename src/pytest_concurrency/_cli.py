@@ -28,18 +28,19 @@ from typing import Any
 
 from ._api import plan_capacity, run_capacity
 from ._apps import load_app as _load_app
-from ._engine import plan_storm, run_plan
+from ._engine.plan import plan_storm
+from ._engine.storm import run_plan
 from ._errors import ConcurrencyWarning, ConfigError, StormError
 from ._fidelity import line_up
+from ._model.remarks import contention_summary, is_contention_note
+from ._model.result import StormResult
 from ._params import BUDGET_NAMES, Layer, budget_limit
 from ._report._csv import csv_paths, write_csv
 from ._report._fidelity import fidelity_table
 from ._report._json import ensure_writable, machine_info
 from ._report._json import write_json as _write_json
-from ._report._remarks import contention_summary, is_contention_note
 from ._report._text import failure_lines, format_number, side_by_side, verdict_table
 from ._report._text import machine_line as describe_machine
-from ._result import StormResult
 from ._simio import (
     Latency,
     Upstream,

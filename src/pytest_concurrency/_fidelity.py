@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import ConfigError
-from ._result import StormResult
+from ._model.result import StormResult
 
 __all__ = ["Fidelity", "FidelityRow", "compare_servers", "line_up"]
 

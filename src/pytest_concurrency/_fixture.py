@@ -13,15 +13,16 @@ import pytest
 
 from ._api import check_budgets, plan_capacity, run_capacity, warn_about
 from ._capacity import CapacityResult
-from ._engine import LiveFigures, Progress, StormPlan, plan_storm, run_plan, run_plan_async
+from ._engine.plan import LiveFigures, Progress, StormPlan, plan_storm
+from ._engine.storm import run_plan, run_plan_async
 from ._engine.websocket import WebSocketResult, plan_websocket, run_websocket_plan
 from ._errors import ConfigError
 from ._fidelity import Fidelity, compare_servers
+from ._model.result import StormResult
 from ._options import scale, storm_layers
+from ._plugin_report import STORM_JSON_PROPERTY, compare_layers
 from ._report._fidelity import fidelity_table
-from ._report._options import STORM_JSON_PROPERTY, compare_layers
 from ._report._terminal import LiveProgress
-from ._result import StormResult
 from ._session import STORMS_KEY
 from ._workload import Request, RequestFactory, split_requests
 

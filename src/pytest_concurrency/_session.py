@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ._result import StormResult
+from ._model.result import StormResult
 
 __all__ = ["STORMS_KEY", "SessionStorms"]
 

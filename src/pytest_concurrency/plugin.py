@@ -16,7 +16,7 @@ from ._errors import ConfigError
 from ._fixture import StormFixture
 from ._options import add_run_options, disabled, marker_layer, run_layers, scale
 from ._params import BUDGET_NAMES, WORKLOAD_NAMES, resolve
-from ._report._options import ReportSession, add_options
+from ._plugin_report import ReportSession, add_options
 from ._report._terminal import storms_table
 from ._session import STORMS_KEY, SessionStorms
 from ._simio import Upstream

@@ -1,6 +1,6 @@
-"""The one load engine: a plan, its schedule, and the rounds that carry it out with a driver."""
+"""The one load engine: a plan, its schedule, and the rounds that carry it out with a driver.
 
-from .plan import LiveFigures, Progress, StormPlan, plan_storm
-from .storm import run_plan, run_plan_async
-
-__all__ = ["LiveFigures", "Progress", "StormPlan", "plan_storm", "run_plan", "run_plan_async"]
+Nothing is imported here: a driver or the fold that names a type of the engine (the plan,
+the schedule) loads that module only, not the storm that runs them. ``plan.plan_storm``
+and ``storm.run_plan`` / ``storm.run_plan_async`` are the entry points.
+"""

@@ -14,7 +14,8 @@ from .._apps import Interface, app_label, detect_interface, import_name, load_ap
 from .._checks import NO_CHECKS, Checks, is_async_callable, parse_checks
 from .._errors import ConfigError
 from .._metrics import Recorder
-from .._metrics.fold import is_failure
+from .._metrics.percentile import quantile
+from .._metrics.records import is_failure
 from .._optional import require
 from .._params import Layer, StormConfig, resolve
 from .._servers import RunningServer, ServerSpec
@@ -287,7 +288,7 @@ class LiveFigures:
         if elapsed > 0:
             figures["rps"] = requests / elapsed
         if tail:
-            figures["p99_ms"] = tail[int(0.99 * (len(tail) - 1))] / 1000
+            figures["p99_ms"] = quantile(tail, 0.99) / 1000
         if self.in_flight is not None:
             figures["in_flight"] = self.in_flight()
         return figures

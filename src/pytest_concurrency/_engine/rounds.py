@@ -34,18 +34,19 @@ from .._drivers.wsgi import WsgiDriver, WsgiPool, request_environ
 from .._errors import StormError
 from .._metrics import ErrorBook, Recorder
 from .._metrics.fold import PoolModel, RunFigures, fold
-from .._params import Layer
-from .._probes.contention import CpuContention
-from .._probes.loop import LoopMonitor
-from .._probes.pools import ThreadPoolProbe
-from .._probes.results import LoopLag, PoolUsage
-from .._report._remarks import (
+from .._metrics.percentile import quantile
+from .._model.probes import LoopLag, PoolUsage
+from .._model.remarks import (
     abandoned_warning,
     contention_note,
     gil_note,
     harness_bound_remark,
 )
-from .._result import StormResult
+from .._model.result import StormResult
+from .._params import Layer
+from .._probes.contention import CpuContention
+from .._probes.loop import LoopMonitor
+from .._probes.pools import ThreadPoolProbe
 from .._tasks import ABANDON_GRACE
 from .._workload import Request
 from .inspect import Inspector
@@ -162,8 +163,8 @@ class StartRecords:
             "example": self.example,
             "deadline_s": self.deadline,
             "left_running": self.left_running,
-            "p50_ms": ordered[int(0.5 * (count - 1))] * 1000 if count else None,
-            "p99_ms": ordered[int(0.99 * (count - 1))] * 1000 if count else None,
+            "p50_ms": quantile(ordered, 0.5) * 1000 if count else None,
+            "p99_ms": quantile(ordered, 0.99) * 1000 if count else None,
         }
 
 

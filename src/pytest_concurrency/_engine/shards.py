@@ -39,9 +39,9 @@ from hdrh.histogram import HdrHistogram
 from .._errors import StormError
 from .._metrics import ErrorBook, Recorder
 from .._metrics.fold import PoolModel, RunFigures
+from .._model.remarks import idle_shards_note
+from .._model.result import StormResult
 from .._params import StormConfig
-from .._report._remarks import idle_shards_note
-from .._result import StormResult
 from .plan import LiveFigures, StormPlan
 from .rounds import RoundOutput, execute_async, execute_pool, finish, merge_start
 from .schedule import Schedule

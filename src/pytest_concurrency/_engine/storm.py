@@ -24,8 +24,7 @@ import anyio.to_thread
 from .._budget import completed, evaluate, evaluate_endpoint
 from .._errors import ConfigError
 from .._locust import build_locustfile, read_back, run_locust
-from .._params import StormConfig
-from .._report._remarks import (
+from .._model.remarks import (
     client_bound_warning,
     dropped_arrivals_warning,
     knee_note,
@@ -37,7 +36,8 @@ from .._report._remarks import (
     uncalled_routes_warning,
     undeclared_upstream_warning,
 )
-from .._result import StormResult, Verdict
+from .._model.result import StormResult, Verdict
+from .._params import StormConfig
 from .._servers import ResourceSampler, ResourceUsage, RunningServer, serve
 from .._servers.channel import ProbeReport
 from .._servers.simio import EGRESS_ENV, egress_settings, served_port, ship_upstreams

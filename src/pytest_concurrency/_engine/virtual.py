@@ -35,8 +35,8 @@ from typing import Any
 
 from .. import _clock as clock
 from .._errors import ConfigError
+from .._model.remarks import virtual_clock_notes, virtual_uncharged_warning
 from .._params import StormConfig
-from .._report._remarks import virtual_clock_notes, virtual_uncharged_warning
 from .users import is_async_hook
 
 __all__ = [

@@ -63,9 +63,9 @@ from .._metrics import (
     record_many,
 )
 from .._metrics.fold import RunFigures
+from .._model.remarks import shared_loop_warning, unmatched_messages_note
+from .._model.result import StormResult, Verdict
 from .._params import Layer, budget_limit
-from .._report._remarks import shared_loop_warning, unmatched_messages_note
-from .._result import StormResult, Verdict
 from .._workload import RequestMix
 from .interrupts import app_interrupt
 from .limits import check_listeners

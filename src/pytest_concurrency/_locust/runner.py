@@ -41,8 +41,8 @@ from typing import Any
 
 from .._errors import ConfigError, StormError
 from .._metrics import ErrorSummary, LatencyStats, latency_stats, new_histogram, record_many
-from .._report._remarks import LOCUST_NOTES, locust_no_status_warning
-from .._result import EndpointStats, StormResult, TimelinePoint
+from .._model.remarks import LOCUST_NOTES, locust_no_status_warning
+from .._model.result import EndpointStats, StormResult, TimelinePoint
 from .locustfile import REPORT_FILE_ENV, USER_CLASS, Locustfile
 
 __all__ = [

@@ -14,15 +14,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .._report._remarks import short_window_warning
-from .._result import EndpointStats, Knee, PoolStats, StormResult, TimelinePoint
+from .._model.remarks import short_window_warning
+from .._model.result import EndpointStats, Knee, PoolStats, StormResult, TimelinePoint
 from .._workload import Profile
+from .percentile import quantile
 from .records import (
     STATUS_TIMEOUT,
     ErrorBook,
     LatencyStats,
     Moments,
     Recorder,
+    is_failure,
     latency_stats,
     new_histogram,
     record_many,
@@ -55,11 +57,6 @@ class RunFigures:
     dropped: list[float]
     in_flight: list[tuple[float, int]] = field(default_factory=list)
     profile: Profile | None = None
-
-
-def is_failure(status: int, error: int) -> bool:
-    """A request failed for its client: an exception, a timeout or a status >= 400."""
-    return bool(error) or status >= 400 or status == STATUS_TIMEOUT
 
 
 def fold(
@@ -437,8 +434,8 @@ def _timeline(
                 second=int(second),
                 requests=count,
                 errors=bad[second],
-                p50=values[int(0.5 * (count - 1))] / 1000 if count else math.nan,
-                p99=values[int(0.99 * (count - 1))] / 1000 if count else math.nan,
+                p50=quantile(values, 0.5) / 1000 if count else math.nan,
+                p99=quantile(values, 0.99) / 1000 if count else math.nan,
                 max=values[-1] / 1000 if count else math.nan,
                 busy_workers=busy[second] if second < len(busy) else None,
                 target=profile.value(offset + second + 0.5) if profile is not None else None,

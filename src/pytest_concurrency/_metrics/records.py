@@ -18,6 +18,8 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from .._model.result import ErrorSummary, LatencyStats
+
 __all__ = [
     "HISTOGRAM_MAX_US",
     "ErrorBook",
@@ -25,6 +27,7 @@ __all__ = [
     "LatencyStats",
     "Moments",
     "Recorder",
+    "is_failure",
     "latency_stats",
     "new_histogram",
     "record_many",
@@ -40,6 +43,11 @@ STATUS_TIMEOUT = 0
 STATUS_EXCEPTION = 500
 
 _PERCENTILES = (50.0, 75.0, 90.0, 95.0, 99.0, 99.9)
+
+
+def is_failure(status: int, error: int) -> bool:
+    """A request failed for its client: an exception, a timeout or a status >= 400."""
+    return bool(error) or status >= 400 or status == STATUS_TIMEOUT
 
 
 def new_histogram() -> HdrHistogram:
@@ -95,39 +103,6 @@ def record_many(histogram: HdrHistogram, values: Iterable[int]) -> Moments:
     return moments
 
 
-@dataclass(frozen=True)
-class LatencyStats:
-    """Percentiles of one distribution, in milliseconds."""
-
-    count: int = 0
-    min: float = math.nan
-    mean: float = math.nan
-    stdev: float = math.nan
-    p50: float = math.nan
-    p75: float = math.nan
-    p90: float = math.nan
-    p95: float = math.nan
-    p99: float = math.nan
-    p999: float = math.nan
-    max: float = math.nan
-
-    def to_dict(self) -> dict[str, float | int]:
-        """Plain dict for JSON."""
-        return {
-            "count": self.count,
-            "min": self.min,
-            "mean": self.mean,
-            "stdev": self.stdev,
-            "p50": self.p50,
-            "p75": self.p75,
-            "p90": self.p90,
-            "p95": self.p95,
-            "p99": self.p99,
-            "p999": self.p999,
-            "max": self.max,
-        }
-
-
 def latency_stats(histogram: HdrHistogram, moments: Moments | None = None) -> LatencyStats:
     """Query all percentiles of a µs histogram in one pass; figures in ms.
 
@@ -156,19 +131,6 @@ def latency_stats(histogram: HdrHistogram, moments: Moments | None = None) -> La
         p999=values[99.9] / ms,
         max=histogram.get_max_value() / ms,
     )
-
-
-@dataclass
-class ErrorSummary:
-    """Failures of one kind: how many, and one example traceback."""
-
-    type: str
-    count: int
-    example: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict for JSON."""
-        return {"type": self.type, "count": self.count, "example": self.example}
 
 
 class ErrorBook:

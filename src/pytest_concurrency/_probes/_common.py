@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -50,7 +49,3 @@ class _StartStop:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
-
-
-def _nearest_rank(ordered: Sequence[float], quantile: float) -> float:
-    return ordered[max(0, math.ceil(quantile * len(ordered)) - 1)]

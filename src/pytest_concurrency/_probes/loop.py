@@ -45,8 +45,9 @@ from types import CodeType, FrameType
 from typing import Any
 
 from .._metrics import new_histogram, record_many
-from ._common import _nearest_rank, _percentiles_ms, _running_asyncio_loop, _StartStop
-from .results import BlockingSite, LoopLag
+from .._metrics.percentile import quantile
+from .._model.probes import BlockingSite, LoopLag
+from ._common import _percentiles_ms, _running_asyncio_loop, _StartStop
 
 __all__ = ["INFRASTRUCTURE", "LoopMonitor"]
 
@@ -443,11 +444,11 @@ class LoopMonitor(_StartStop):
                     call=_call_text(file, line, callee_of.get(key)),
                     count=len(ordered),
                     total_s=sum(ordered),
-                    per_call_p50_ms=_nearest_rank(ordered, 0.50) * 1000,
-                    per_call_p99_ms=_nearest_rank(ordered, 0.99) * 1000,
+                    per_call_p50_ms=quantile(ordered, 0.50) * 1000,
+                    per_call_p99_ms=quantile(ordered, 0.99) * 1000,
                     per_call_max_ms=ordered[-1] * 1000,
                     stalls=len(stalls[key]),
-                    p99_stall_ms=_nearest_rank(sorted(stalls[key]), 0.99) * 1000,
+                    p99_stall_ms=quantile(sorted(stalls[key]), 0.99) * 1000,
                 )
             )
         sites.sort(key=lambda s: -s.total_s)

@@ -27,9 +27,9 @@ from typing import Any, Protocol
 import anyio.to_thread
 
 from .._metrics import new_histogram, record_many
+from .._model.probes import ANYIO_LIMITER, ASGIREF_THREADS, DEFAULT_EXECUTOR, PoolSecond, PoolUsage
 from ._common import _percentiles_ms, _running_asyncio_loop, _StartStop
 from .patches import Patch, remove_all, wrap
-from .results import ANYIO_LIMITER, ASGIREF_THREADS, DEFAULT_EXECUTOR, PoolSecond, PoolUsage
 
 __all__ = ["ANYIO_LIMITER", "ASGIREF_THREADS", "DEFAULT_EXECUTOR", "ThreadPoolProbe"]
 

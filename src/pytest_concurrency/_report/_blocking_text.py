@@ -1,19 +1,20 @@
 """Wording of what the probes found: blocking sites, busy thread pools, the diagnosis lines.
 
-The probes measure (``_probes``); this module says it in sentences, for the failure table,
-the terminal and HTML reports and the ``text`` entries of the JSON document.
+The probes measure (``_probes``) and their results describe themselves (one site, one pool:
+``_model.probes``); this module combines those sentences for the failure table, the
+terminal and HTML reports and the ``text`` entries of the JSON document.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from .._probes.names import ANYIO_LIMITER, DEFAULT_EXECUTOR
+from .._model.names import ANYIO_LIMITER, DEFAULT_EXECUTOR
+from .._model.probes import describe_pool, describe_site, site_location
 
 if TYPE_CHECKING:
-    from .._probes.results import BlockingSite, LoopLag, PoolUsage
+    from .._model.probes import LoopLag, PoolUsage
 
 __all__ = ["back_to_back_line", "describe_pool", "describe_site", "diagnose", "site_location"]
 
@@ -31,64 +32,6 @@ _POOL_ADVICE = {
         "loop.set_default_executor(ThreadPoolExecutor(max_workers=...))"
     ),
 }
-
-
-def _shown_path(path: str) -> str:
-    try:
-        relative = os.path.relpath(path)
-    except ValueError:  # another drive
-        return path
-    return path if relative.startswith("..") else relative
-
-
-def _seconds(value: float) -> str:
-    return f"{value:,.1f} s" if value >= 1 else f"{value * 1000:,.0f} ms"
-
-
-def site_location(site: BlockingSite) -> str:
-    """``app/main.py:12 in read_item`` (relative to the working directory when inside it)."""
-    return f"{_shown_path(site.file)}:{site.line} in {site.function}"
-
-
-def describe_site(site: BlockingSite) -> str:
-    """``app.py:12 in read_item → time.sleep(0.05): 812 calls held the loop 50.1 ms each …``."""
-    call = f" → {site.call}" if site.call else ""
-    if site.count == 1:
-        held = f"1 call held the loop {site.per_call_p50_ms:,.1f} ms"
-    else:
-        held = (
-            f"{site.count:,} calls held the loop {site.per_call_p50_ms:,.1f} ms each "
-            f"(p99 {site.per_call_p99_ms:,.1f} ms), {_seconds(site.total_s)} in total"
-        )
-    return f"{site_location(site)}{call}: {held}"
-
-
-def describe_pool(pool: PoolUsage) -> str:
-    """One sentence: ``anyio default thread limiter: 40 of 40 busy 96% of the time, …``."""
-    wait = (
-        f"; p99 wait for a thread {pool.wait_p99_ms:,.1f} ms"
-        if pool.wait_p99_ms is not None
-        else ""
-    )
-    if pool.size is None:
-        return (
-            f"{pool.name}: {pool.mean_busy:,.1f} threads busy on average, "
-            f"at most {pool.max_busy:,} at once{wait}"
-        )
-    if pool.full >= 0.01:
-        waiting = (
-            f", {pool.mean_waiting:,.0f} requests waiting on average"
-            if pool.mean_waiting is not None
-            else ""
-        )
-        return (
-            f"{pool.name}: {pool.size:,} of {pool.size:,} busy {pool.full:.0%} "
-            f"of the time{waiting}{wait}"
-        )
-    return (
-        f"{pool.name}: {pool.mean_busy:,.1f} of {pool.size:,} busy on average, "
-        f"at most {pool.max_busy:,}{wait}"
-    )
 
 
 def back_to_back_line(loop_lag: LoopLag) -> str | None:

@@ -20,7 +20,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from .._errors import ConfigError
-from .._result import Verdict
+from .._model.result import Verdict
 from .._version import __version__
 from ._fidelity import differences, rows_of
 from ._files import write_atomic

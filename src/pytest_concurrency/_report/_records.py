@@ -14,7 +14,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from .._result import StormResult
+from .._model.result import StormResult
 
 __all__ = ["FIGURES", "StormRecord", "StormRow", "as_records", "figures"]
 

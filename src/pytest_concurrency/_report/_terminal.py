@@ -1,28 +1,25 @@
-"""Terminal output: the storms table, a statement of this machine's timer noise, a live line."""
+"""Terminal output: the storms table, a statement of this machine's timer noise, a live line.
+
+The noise itself is measured in ``_probes.noise``.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import os
 import shutil
 import sys
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TextIO
 
-from .._metrics import latency_stats, new_histogram, record_many
+from .._model.remarks import contention_summary, is_contention_note
+from .._probes.noise import noise_figures
 from ._records import StormRecord, StormRow, as_records
-from ._remarks import contention_summary, is_contention_note
 from ._text import aligned, format_number
 
 __all__ = ["LiveProgress", "noise_figures", "noise_statement", "storm_notes", "storms_table"]
-
-_NOISE_SAMPLES = 200
-_NOISE_SLEEP_S = 0.001
 
 
 def _cell(value: Any, fmt: Callable[[float], str] = format_number) -> str:
@@ -144,62 +141,6 @@ def _wait_share(record: StormRecord) -> float | None:
     measured = extras.get("cpu_contention") if isinstance(extras, Mapping) else None
     share = measured.get("wait_share") if isinstance(measured, Mapping) else None
     return float(share) if isinstance(share, int | float) else None
-
-
-def _percentiles(overshoots_ms: list[float]) -> tuple[float, float]:
-    """p50 and p99 of the overshoots, through the same HDR histogram as storm latencies."""
-    histogram = new_histogram()
-    moments = record_many(histogram, (max(0, round(v * 1000)) for v in overshoots_ms))
-    stats = latency_stats(histogram, moments)
-    return stats.p50, stats.p99
-
-
-def _sleep_overshoots_ms() -> list[float]:
-    out = []
-    for _ in range(_NOISE_SAMPLES):
-        start = time.perf_counter()
-        time.sleep(_NOISE_SLEEP_S)
-        out.append((time.perf_counter() - start - _NOISE_SLEEP_S) * 1e3)
-    return out
-
-
-async def _asyncio_overshoots_ms() -> list[float]:
-    out = []
-    for _ in range(_NOISE_SAMPLES):
-        start = time.perf_counter()
-        await asyncio.sleep(_NOISE_SLEEP_S)
-        out.append((time.perf_counter() - start - _NOISE_SLEEP_S) * 1e3)
-    return out
-
-
-def _measure_asyncio() -> list[float]:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(_asyncio_overshoots_ms())
-    # A loop already runs in this thread: asyncio.run would refuse, so measure on another.
-    box: list[list[float]] = []
-    thread = threading.Thread(
-        target=lambda: box.append(asyncio.run(_asyncio_overshoots_ms())),
-        name="pytest-storm-noise",
-    )
-    thread.start()
-    thread.join()
-    return box[0]
-
-
-@functools.cache
-def noise_figures() -> dict[str, float]:
-    """How late 1 ms sleeps wake on this machine (ms over, p50 and p99); measured once (≈0.5 s)."""
-    sleep_p50, sleep_p99 = _percentiles(_sleep_overshoots_ms())
-    asyncio_p50, asyncio_p99 = _percentiles(_measure_asyncio())
-    return {
-        "samples": float(_NOISE_SAMPLES),
-        "sleep_p50_ms": round(sleep_p50, 3),
-        "sleep_p99_ms": round(sleep_p99, 3),
-        "asyncio_p50_ms": round(asyncio_p50, 3),
-        "asyncio_p99_ms": round(asyncio_p99, 3),
-    }
 
 
 def noise_statement() -> str:

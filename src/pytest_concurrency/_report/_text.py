@@ -1,5 +1,6 @@
 """The words of every report: numbers, verdicts, the storm headline, the failure table and
-its diagnosis, the capacity table, and aligned text tables.
+its diagnosis, and aligned text tables (a capacity search and a baseline comparison word
+themselves beside their types, in ``_capacity`` and ``_baseline``, with these helpers).
 
 Shared by the failure message of :class:`BudgetExceeded`, the terminal, the command line
 and the HTML page, so a storm reads the same wherever it is shown. Everything here reads
@@ -11,32 +12,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._budget import QUEUED_AFTER_MS, within_noise
+from .._model.result import StormResult, Verdict
 from .._params import FLOOR_BUDGETS
-from .._result import StormResult, Verdict
 from ._blocking_text import diagnose
-from ._records import FIGURES
-
-if TYPE_CHECKING:
-    from .._capacity import CapacityResult
-    from ._baseline import Judgement, Noise
 
 __all__ = [
     "aligned",
     "budget_failure",
-    "capacity_summary",
-    "capacity_table",
     "diagnosis",
     "failure_lines",
     "format_number",
     "headline",
-    "judgement_head",
-    "judgement_interval",
-    "judgement_line",
     "machine_line",
-    "show_figure",
     "side_by_side",
     "status_table",
     "unmeasured_reason",
@@ -392,242 +382,4 @@ def machine_line(machine: Mapping[str, Any]) -> str:
     return (
         f"{machine.get('implementation', '')} {machine.get('python', '')} on "
         f"{machine.get('platform', '')} ({cpu}), {cores} cores"
-    )
-
-
-# -- capacity ------------------------------------------------------------------------------
-
-
-def _workers(n: int) -> str:
-    return f"{n} worker{'s' if n != 1 else ''}"
-
-
-def _budget_text(name: str, limit: float) -> str:
-    return f"{name} {'≥' if _is_floor(name) else '≤'} {format_number(limit)}"
-
-
-def _storms(n: int) -> str:
-    return f"{n} storm{'s' if n != 1 else ''}"
-
-
-def _confidence_line(found: CapacityResult) -> list[str]:
-    if not found.confidence:
-        return []
-    boundary = [t for t in found.tried if t.workers in (found.best, _below(found)) and t.runs > 1]
-    told = ", ".join(f"at {_workers(t.workers)} {t.votes} storms passed" for t in boundary)
-    if found.confidence == "high":
-        return [f"confidence: high — the storms at the boundary agreed ({told})"]
-    low, high = found.answer_range or (found.candidates[0], found.candidates[-1])
-    return [
-        f"confidence: uncertain — the storms at the boundary disagreed ({told}): on this "
-        f"machine the answer lies between {low} and {high} workers; a longer duration, more "
-        "users per worker or a quieter machine would settle it"
-    ]
-
-
-def _below(found: CapacityResult) -> int | None:
-    if found.best is None:
-        return found.candidates[-1]
-    index = found.candidates.index(found.best)
-    return found.candidates[index - 1] if index > 0 else None
-
-
-def capacity_summary(found: CapacityResult) -> list[str]:
-    """Sentences that state the answer of a capacity search, and how sure it is."""
-    budgets = ", ".join(_budget_text(name, limit) for name, limit in found.budgets.items())
-    low, high = found.candidates[0], found.candidates[-1]
-    count = len(found.candidates)
-    searched = f"{_storms(found.storms)} over {count} candidate{'s' if count != 1 else ''}" + (
-        f" ({low}–{high})" if count > 1 else ""
-    )
-    if found.confirming:
-        searched += f", and {found.confirming} more to confirm the boundary"
-    lines: list[str] = []
-    if found.best is None:
-        largest = found.trial(high)
-        still = ""
-        if largest is not None and largest.failed:
-            still = f": at {_workers(high)} " + "; ".join(
-                f"{v.name} is still {format_number(v.measured)} (limit {format_number(v.limit)})"
-                for v in largest.failed
-            )
-        lines.append(f"no candidate meets {budgets}{still} — {searched}")
-    elif found.best == low:
-        lines.append(
-            f"the smallest candidate, {_workers(low)}, already meets {budgets} — {searched}"
-        )
-    else:
-        lines.append(f"smallest worker count that meets {budgets}: {found.best} — {searched}")
-    if found.left_out:
-        users = f"{found.users:,} users" if found.users else "the storm's users"
-        lines.append(
-            f"more than {_workers(found.max_useful or high)} cannot help {users}: a user waits "
-            "for its response before sending again, so no more requests are ever in flight "
-            f"than {found.max_useful} workers serve; {len(found.left_out)} larger "
-            f"candidate{'s were' if len(found.left_out) != 1 else ' was'} left out"
-        )
-    lines.extend(_confidence_line(found))
-    if found.is_async_app and found.best == 1:
-        lines.append(
-            "one event-loop worker suffices: the app is async (ASGI), its concurrency "
-            "comes from the event loop, not from workers"
-        )
-    return lines
-
-
-def capacity_table(found: CapacityResult) -> str:
-    """The storms of a capacity search, in worker order, then the answer."""
-    rows = [("workers", "verdict", "throughput rps", "p50 ms", "p99 ms", "saturation")]
-    for t in found.tried:
-        rows.append(
-            (
-                str(t.workers),
-                ("✓" if t.passed else "✗ " + ", ".join(v.name for v in t.failed))
-                + (f" ({t.votes} passed)" if t.votes else ""),
-                format_number(t.throughput),
-                format_number(t.p50),
-                format_number(t.p99),
-                f"{t.saturation:.0%}" if t.saturation is not None else "–",
-            )
-        )
-    right = {0, 2, 3, 4, 5}
-    # The last column is right-justified: every row of the table has the same width.
-    return "\n".join([*aligned(rows, right=right), *capacity_summary(found)])
-
-
-# -- baseline comparison -------------------------------------------------------------------
-
-
-def show_figure(figure: str, value: float) -> str:
-    """``12.01 ms``, ``1,000 rps``, ``2.00%`` — a compared figure with its unit."""
-    if figure == "error_rate":
-        return f"{value:.2%}"
-    unit = FIGURES[figure][1]
-    return f"{format_number(value)} {unit}".rstrip()
-
-
-def _signed(j: Judgement, worse: float) -> str:
-    """A worsening back in the figure's direction: ``+12.0%`` or ``-3 ms``."""
-    change = worse if FIGURES[j.figure][2] else -worse
-    if j.relative:
-        return f"{change:+.1%}"
-    if j.figure == "error_rate":
-        return f"{change:+g}"
-    unit = FIGURES[j.figure][1]
-    return f"{'+' if change >= 0 else '-'}{format_number(abs(change))} {unit}".rstrip()
-
-
-def _noise_source(j: Judgement) -> str:
-    noise = j.delta.noise
-    if noise is None:
-        return ""
-    if noise.source == "latencies":
-        where = "from the recorded latencies, one round each"
-    elif noise.source == "requests":
-        where = "from the count of requests, one round each"
-    elif noise.rounds_now == noise.rounds_then:
-        where = f"over {noise.rounds_now} rounds each"
-    else:
-        where = f"over {noise.rounds_now} rounds now and {noise.rounds_then} in the baseline"
-    return where + _machine_words(noise)
-
-
-def _machine_words(noise: Noise) -> str:
-    """What besides the rounds widened the interval: the machine, the sessions ('' if nothing)."""
-    parts = []
-    if noise.contention is not None:
-        then, now = (1.0 - 1.0 / slowdown for slowdown in noise.contention)
-        if abs(now - then) >= 0.005:
-            parts.append(
-                f"the storm's wait for a CPU ({then:.0%} of its ready time in the baseline, "
-                f"{now:.0%} now)"
-            )
-    elif noise.load_swing > 1.0:
-        parts.append(f"the machine's load (up to {noise.load_swing:.1f}× the CPU either way)")
-    if noise.history:
-        parts.append(
-            f"the spread of its {noise.history} saved sessions "
-            f"(±{math.expm1(noise.history_spread):.0%} for one more)"
-        )
-    elif noise.session_noise > 0 and noise.cpu_share >= 0.05:
-        parts.append(
-            f"±{noise.session_noise:.0%} between sessions for its CPU-bound time "
-            f"({noise.cpu_share:.0%} of each request; the default until the baseline holds "
-            "3 saved sessions of it)"
-        )
-    if noise.jitter >= 1.05:
-        parts.append(
-            f"a short window (a scheduler slice lost at each end moves it ±{noise.jitter - 1:.0%})"
-        )
-    if not parts:
-        return ""
-    return ", " + ", ".join(parts[:-1]) + (", and " if len(parts) > 1 else "and ") + parts[-1]
-
-
-def judgement_head(j: Judgement) -> str:
-    """``p99 grew from 10 ms to 12 ms (+20.0%; allowed p99:10%)``."""
-    d = j.delta
-    verb = "grew" if d.current >= d.baseline else "fell"
-    change = f"{d.relative:+.1%}" if not math.isnan(d.relative) else f"{d.delta:+g}"
-    return (
-        f"{d.figure} {verb} from {show_figure(d.figure, d.baseline)} to "
-        f"{show_figure(d.figure, d.current)} ({change}; allowed {j.threshold.describe()})"
-    )
-
-
-def judgement_interval(j: Judgement) -> str:
-    """``90% interval of the change +12.0% … +30.0%, over 3 rounds each`` ('' without noise)."""
-    if not j.has_noise:
-        return ""
-    noise = j.delta.noise
-    if noise is not None and noise.unbounded is not None:
-        needed, had = noise.unbounded
-        need = f"{needed:,} or more would" if needed else "no count of requests will; rounds will"
-        return (
-            f"one round each ({had:,} requests on the smaller side) cannot bound {j.figure} "
-            f"from above ({need})"
-        )
-    # In the figure's own direction: a fall in throughput is a negative change.
-    low, high = (j.low, j.high) if FIGURES[j.figure][2] else (j.high, j.low)
-    return f"90% interval of the change {_signed(j, low)} … {_signed(j, high)}, {_noise_source(j)}"
-
-
-def judgement_line(j: Judgement) -> str:
-    """The change, its interval and the verdict in one line; inconclusive says what would settle it."""
-    interval = judgement_interval(j)
-    line = judgement_head(j) + (f" — {interval}" if interval else "")
-    if j.verdict == "regressed":
-        return line
-    if j.verdict == "improved":
-        return f"{line}: improved beyond its noise"
-    if j.verdict == "unchanged":
-        return f"{line}: within its threshold"
-    noise = j.delta.noise
-    if noise is not None and noise.unbounded is not None:
-        return (
-            f"{line}: inconclusive — run rounds=3 on the storm (and save the baseline with as "
-            "many) to judge it"
-        )
-    half = (j.high - j.low) / 2
-    width = f"{half:.1%}" if j.relative else show_figure(j.figure, half)
-    if noise is not None and not noise.rounds_settle:
-        advice = (
-            "the storm moves that much between sessions (its CPU, the machine), which more "
-            "rounds in one session do not settle: "
-            + ("save the baseline in more sessions, " if noise.sessions_help else "")
-            + "compare on a quiet machine, or judge count-based budgets in CI"
-        )
-    elif j.settle_rounds is not None:
-        advice = (
-            f"run {j.settle_rounds} rounds (rounds={j.settle_rounds} on the storm, and save the "
-            "baseline with as many) to settle it"
-        )
-    else:
-        advice = (
-            "the change sits on the threshold, so more rounds will not settle it soon: "
-            "lengthen the storm or loosen the threshold"
-        )
-    return (
-        f"{line}: inconclusive — the noise (±{width}) is wider than the margin to the "
-        f"threshold; {advice}"
     )

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._probes.results import LoopLag, PoolUsage, merge_loop_lags
+from .._model.probes import LoopLag, PoolUsage, merge_loop_lags
 
 __all__ = ["ProbeChannel", "ProbeReport"]
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 from .._errors import ConfigError
+from .._metrics.percentile import quantile
 
 __all__ = [
     "ConstantLatency",
@@ -277,11 +278,6 @@ class ExponentialLatency(Latency):
         return self.scale_ms
 
 
-def _nearest_rank(ordered: Sequence[float], fraction: float) -> float:
-    index = max(0, math.ceil(fraction * len(ordered)) - 1)
-    return ordered[index]
-
-
 @dataclass(frozen=True, repr=False)
 class EmpiricalLatency(Latency):
     """A wait drawn uniformly from recorded latencies (for example, a production log)."""
@@ -311,8 +307,8 @@ class EmpiricalLatency(Latency):
         origin = f"{Path(self.source).name}: " if self.source else ""
         return (
             f"empirical({origin}{len(ordered):,} samples, "
-            f"p50={_fmt_ms(_nearest_rank(ordered, 0.5))} ms, "
-            f"p99={_fmt_ms(_nearest_rank(ordered, 0.99))} ms)"
+            f"p50={_fmt_ms(quantile(ordered, 0.5))} ms, "
+            f"p99={_fmt_ms(quantile(ordered, 0.99))} ms)"
         )
 
     def __repr__(self) -> str:

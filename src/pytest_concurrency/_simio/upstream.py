@@ -43,8 +43,9 @@ from typing import Any
 import httpx
 
 from .._errors import ConfigError
+from .._metrics.percentile import quantile
 from .._probes.patches import PATCHES, Patch, patch, remove_all
-from .distributions import Latency, LatencyLike, _nearest_rank, _show, as_latency
+from .distributions import Latency, LatencyLike, _show, as_latency
 from .egress import loopback_serves
 from .waits import _default_rng, _wait_async, _wait_blocking
 
@@ -446,8 +447,8 @@ class Route:
             "timeouts": self.timeouts,
             "waited_ms_total": sum(ordered) / 1000.0,
             "waited_ms_mean": (sum(ordered) / len(ordered) / 1000.0) if ordered else 0.0,
-            "waited_ms_p50": _nearest_rank(ordered, 0.5) / 1000.0 if ordered else 0.0,
-            "waited_ms_p99": _nearest_rank(ordered, 0.99) / 1000.0 if ordered else 0.0,
+            "waited_ms_p50": quantile(ordered, 0.5) / 1000.0 if ordered else 0.0,
+            "waited_ms_p99": quantile(ordered, 0.99) / 1000.0 if ordered else 0.0,
             "waited_ms_max": ordered[-1] / 1000.0 if ordered else 0.0,
         }
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import anyio
 
 from .. import _clock as clock
-from .distributions import Latency, LatencyLike, _nearest_rank, as_latency
+from .._metrics.percentile import quantile
+from .distributions import Latency, LatencyLike, as_latency
 
 __all__ = [
     "WaitErrors",
@@ -63,12 +64,12 @@ class WaitErrors:
         requested = sorted(requested_us)
         return cls(
             count=len(ordered),
-            p50_ms=_nearest_rank(ordered, 0.5) / 1000.0,
-            p99_ms=_nearest_rank(ordered, 0.99) / 1000.0,
+            p50_ms=quantile(ordered, 0.5) / 1000.0,
+            p99_ms=quantile(ordered, 0.99) / 1000.0,
             max_ms=ordered[-1] / 1000.0,
             mean_ms=sum(ordered) / len(ordered) / 1000.0,
-            requested_p50_ms=_nearest_rank(requested, 0.5) / 1000.0 if requested else 0.0,
-            requested_p99_ms=_nearest_rank(requested, 0.99) / 1000.0 if requested else 0.0,
+            requested_p50_ms=quantile(requested, 0.5) / 1000.0 if requested else 0.0,
+            requested_p99_ms=quantile(requested, 0.99) / 1000.0 if requested else 0.0,
         )
 
     def to_dict(self) -> dict[str, float]:

@@ -1,13 +1,15 @@
 """What the probes measured: plain data, importable without the probes themselves.
 
-The sentences that describe these figures live in ``_report._blocking_text``; ``str()``,
-``describe()`` and the ``text`` entry of ``to_dict()`` hand over to it.
+Each result describes itself (``str()``, ``describe()`` and the ``text`` entry of
+``to_dict()``: the functions at the end of this module); the lines that combine them into a
+diagnosis live in ``_report._blocking_text``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +25,10 @@ __all__ = [
     "LoopLag",
     "PoolSecond",
     "PoolUsage",
+    "describe_pool",
+    "describe_site",
     "merge_loop_lags",
+    "site_location",
 ]
 
 from .names import ANYIO_LIMITER, ASGIREF_THREADS, DEFAULT_EXECUTOR
@@ -66,13 +71,9 @@ class BlockingSite:
     @property
     def location(self) -> str:
         """``app/main.py:12 in read_item`` (relative to the working directory when inside it)."""
-        from .._report._blocking_text import site_location
-
         return site_location(self)
 
     def __str__(self) -> str:
-        from .._report._blocking_text import describe_site
-
         return describe_site(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -251,8 +252,6 @@ class PoolUsage:
 
     def describe(self) -> str:
         """One sentence: ``anyio default thread limiter: 40 of 40 busy 96% of the time, …``."""
-        from .._report._blocking_text import describe_pool
-
         return describe_pool(self)
 
     def __str__(self) -> str:
@@ -327,7 +326,7 @@ def merge_loop_lags(lags: Sequence[LoopLag]) -> LoopLag:
         raise ValueError("merge_loop_lags() needs at least one LoopLag")
     if len(lags) == 1:
         return lags[0]
-    from ._common import _percentiles_ms
+    from .._probes._common import _percentiles_ms
 
     histogram = HdrHistogram.decode(lags[0].histogram.encode())
     for lag in lags[1:]:
@@ -359,4 +358,65 @@ def merge_loop_lags(lags: Sequence[LoopLag]) -> LoopLag:
         calls=sum(lag.calls for lag in lags),
         longest_stall_calls=worst.longest_stall_calls,
         longest_stall_call_ms=worst.longest_stall_call_ms,
+    )
+
+
+# -- what each result says of itself ------------------------------------------------------
+
+
+def _shown_path(path: str) -> str:
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive
+        return path
+    return path if relative.startswith("..") else relative
+
+
+def _seconds(value: float) -> str:
+    return f"{value:,.1f} s" if value >= 1 else f"{value * 1000:,.0f} ms"
+
+
+def site_location(site: BlockingSite) -> str:
+    """``app/main.py:12 in read_item`` (relative to the working directory when inside it)."""
+    return f"{_shown_path(site.file)}:{site.line} in {site.function}"
+
+
+def describe_site(site: BlockingSite) -> str:
+    """``app.py:12 in read_item → time.sleep(0.05): 812 calls held the loop 50.1 ms each …``."""
+    call = f" → {site.call}" if site.call else ""
+    if site.count == 1:
+        held = f"1 call held the loop {site.per_call_p50_ms:,.1f} ms"
+    else:
+        held = (
+            f"{site.count:,} calls held the loop {site.per_call_p50_ms:,.1f} ms each "
+            f"(p99 {site.per_call_p99_ms:,.1f} ms), {_seconds(site.total_s)} in total"
+        )
+    return f"{site_location(site)}{call}: {held}"
+
+
+def describe_pool(pool: PoolUsage) -> str:
+    """One sentence: ``anyio default thread limiter: 40 of 40 busy 96% of the time, …``."""
+    wait = (
+        f"; p99 wait for a thread {pool.wait_p99_ms:,.1f} ms"
+        if pool.wait_p99_ms is not None
+        else ""
+    )
+    if pool.size is None:
+        return (
+            f"{pool.name}: {pool.mean_busy:,.1f} threads busy on average, "
+            f"at most {pool.max_busy:,} at once{wait}"
+        )
+    if pool.full >= 0.01:
+        waiting = (
+            f", {pool.mean_waiting:,.0f} requests waiting on average"
+            if pool.mean_waiting is not None
+            else ""
+        )
+        return (
+            f"{pool.name}: {pool.size:,} of {pool.size:,} busy {pool.full:.0%} "
+            f"of the time{waiting}{wait}"
+        )
+    return (
+        f"{pool.name}: {pool.mean_busy:,.1f} of {pool.size:,} busy on average, "
+        f"at most {pool.max_busy:,}{wait}"
     )

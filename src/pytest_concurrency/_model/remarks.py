@@ -1,8 +1,10 @@
 """The words of the notes and warnings a storm puts on its result as it runs.
 
 The engine, the metrics and the Locust reader measure; each remark they make is one
-function here that takes the figures and returns the sentence, so the wording lives with
-the rest of the reports and the measuring code carries data only.
+function here that takes the figures and returns the sentence, so the wording lives in one
+place and the measuring code carries data only. This module imports nothing of the package:
+a measuring module that needs a sentence loads no report (sentences that combine several
+results live in ``_report``).
 """
 
 from __future__ import annotations

@@ -9,10 +9,64 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from ._metrics import ErrorSummary, LatencyStats
-from ._probes.results import LoopLag, PoolUsage
+from .probes import LoopLag, PoolUsage
 
-__all__ = ["EndpointStats", "Knee", "PoolStats", "StormResult", "TimelinePoint", "Verdict"]
+__all__ = [
+    "EndpointStats",
+    "ErrorSummary",
+    "Knee",
+    "LatencyStats",
+    "PoolStats",
+    "StormResult",
+    "TimelinePoint",
+    "Verdict",
+]
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Percentiles of one distribution, in milliseconds."""
+
+    count: int = 0
+    min: float = math.nan
+    mean: float = math.nan
+    stdev: float = math.nan
+    p50: float = math.nan
+    p75: float = math.nan
+    p90: float = math.nan
+    p95: float = math.nan
+    p99: float = math.nan
+    p999: float = math.nan
+    max: float = math.nan
+
+    def to_dict(self) -> dict[str, float | int]:
+        """Plain dict for JSON."""
+        return {
+            "count": self.count,
+            "min": self.min,
+            "mean": self.mean,
+            "stdev": self.stdev,
+            "p50": self.p50,
+            "p75": self.p75,
+            "p90": self.p90,
+            "p95": self.p95,
+            "p99": self.p99,
+            "p999": self.p999,
+            "max": self.max,
+        }
+
+
+@dataclass
+class ErrorSummary:
+    """Failures of one kind: how many, and one example traceback."""
+
+    type: str
+    count: int
+    example: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return {"type": self.type, "count": self.count, "example": self.example}
 
 
 @dataclass(frozen=True)

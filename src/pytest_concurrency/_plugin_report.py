@@ -13,18 +13,20 @@ from typing import Any
 
 import pytest
 
-from .._errors import ConfigError
-from .._options import Setting, scale, setting
-from .._params import Layer
-from .._result import StormResult
-from .._session import STORMS_KEY
-from ._baseline import (
+from ._errors import ConfigError
+from ._model.result import StormResult
+from ._options import Setting, scale, setting
+from ._params import Layer
+from ._report._baseline import (
     COMPARE_ROUNDS,
     DEFAULT_DIRECTORY,
     Threshold,
     baseline_path,
     compare,
     comparison_table,
+    judgement_head,
+    judgement_interval,
+    judgement_line,
     judgements,
     load,
     load_document,
@@ -33,11 +35,11 @@ from ._baseline import (
     parse_compare_fail,
     save_merged,
 )
-from ._csv import csv_paths, write_csv
-from ._json import ensure_writable, machine_info, session_document, write_json
-from ._records import StormRecord, as_records
-from ._terminal import noise_figures, noise_statement, storm_notes, storms_table
-from ._text import judgement_head, judgement_interval, judgement_line
+from ._report._csv import csv_paths, write_csv
+from ._report._json import ensure_writable, machine_info, session_document, write_json
+from ._report._records import StormRecord, as_records
+from ._report._terminal import noise_figures, noise_statement, storm_notes, storms_table
+from ._session import STORMS_KEY
 
 __all__ = ["OPTIONS", "STORM_JSON_PROPERTY", "ReportSession", "add_options", "compare_layers"]
 
@@ -298,7 +300,7 @@ class ReportSession:
         if self.json is not None:
             self._attempt("JSON report", self.json, lambda p: write_json(p, doc))
         if self.html is not None:
-            from ._html import write_html
+            from ._report._html import write_html
 
             title = f"pytest-storm report: {self.config.rootpath.name}"
             self._attempt(
