@@ -25,6 +25,7 @@ __all__ = [
     "arun_storm",
     "capacity",
     "check_budgets",
+    "check_capacity",
     "compare",
     "plan_capacity",
     "run_capacity",
@@ -45,6 +46,14 @@ def check_budgets(result: StormResult) -> None:
     __tracebackhide__ = True
     if not result.passed:
         raise BudgetExceeded(budget_failure(result), result)
+
+
+def check_capacity(found: CapacityResult) -> None:
+    """Raise :class:`BudgetExceeded` with the search's table when no worker count met the
+    budgets."""
+    __tracebackhide__ = True
+    if found.best is None:
+        raise BudgetExceeded(found.table(), found)
 
 
 def _plan(
@@ -237,12 +246,20 @@ def capacity(
     *,
     workers: Iterable[int] = range(1, 129),
     requests: int | Sequence[Request] | RequestFactory | None = None,
+    check: bool = False,
     **params: Any,
 ) -> CapacityResult:
-    """Smallest WSGI worker count (of *workers*) whose storm meets the budgets in *params*."""
+    """Smallest WSGI worker count (of *workers*) whose storm meets the budgets in *params*.
+
+    With *check*, a search in which no worker count met the budgets raises
+    :class:`BudgetExceeded`; without it ``found.best`` is None.
+    """
     mix, params = split_requests(requests, params)
     layers = [Layer("keyword argument", params)]
-    return run_capacity(plan_capacity(app, method, path, mix, workers, layers))
+    found = run_capacity(plan_capacity(app, method, path, mix, workers, layers))
+    if check:
+        check_capacity(found)
+    return found
 
 
 def compare(

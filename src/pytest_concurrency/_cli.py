@@ -468,7 +468,7 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
 
 def _cmd_locust(args: argparse.Namespace) -> int:
     """Write the storm as a locustfile; with --host, run it with Locust and judge the budgets."""
-    from ._budget import evaluate
+    from ._engine.storm import judge_budgets
     from ._locust import build_locustfile, locust_available, read_back, run_locust
 
     params = _params(args)
@@ -505,7 +505,10 @@ def _cmd_locust(args: argparse.Namespace) -> int:
         expect_workers_from_elsewhere=args.expect_workers,
     )
     result = read_back(run, label=request.label)
-    result.verdicts = evaluate(result, dict(args.budget))
+    # Judged as any storm (engine="locust" among them): a failed request fails a storm
+    # that set no error budget.
+    result.budgets = dict(args.budget)
+    result.verdicts = judge_budgets(result, result.budgets)
     _notes([result], in_table=True)
     print(verdict_table(result, indent="", remarks=False))
     print(side_by_side([result]))
