@@ -461,7 +461,7 @@ class _PoolRound:
     # One frame per thread serves every request: the per-request path (pick, call, check,
     # record, next send) stays in this one loop over locals, since a call per request is
     # a measurable share of a do-nothing app's cost.
-    def worker_main(self, slot: int) -> None:
+    def worker_main(self, slot: int) -> None:  # noqa: PLR0915
         rec = self.recorders[slot]
         a_start, a_lat, a_ttfb = rec.start.append, rec.latency.append, rec.ttfb.append
         a_queue, a_status = rec.queue.append, rec.status.append

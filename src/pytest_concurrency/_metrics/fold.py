@@ -308,7 +308,7 @@ def _pool_figures(
     array per time slice, so the fold holds 8 bytes per event (at most 3 a request) and
     sorts one slice at a time, instead of a list of tuples for the whole storm.
     """
-    starts, lats, queues, statuses = rec.start, rec.latency, rec.queue, rec.status
+    starts, lats = rec.start, rec.latency
     lo = int((window.measure_from - window.origin) * 1e6)
     if math.isinf(window.stop_at):
         hi = max((starts[i] + lats[i] for i in keep), default=lo)
@@ -322,32 +322,7 @@ def _pool_figures(
     busy_total = 0.0
     peak = 0
 
-    first = min(starts, default=0)
-    last = max((s + lat for s, lat in zip(starts, lats, strict=True)), default=0)
-    # About _PER_SLICE requests' events a slice: an array costs ≈ 80 bytes of its own.
-    slice_count = min(_MAX_SLICES, max(1, len(rec) // _PER_SLICE))
-    width = max(1000, (last - first) // slice_count + 1)
-    slices: list[array[int] | None] = [None] * ((last - first) // width + 1)
-
-    def add(at: int, kind: int) -> None:
-        k = (at - first) // width
-        bucket = slices[k]
-        if bucket is None:
-            bucket = slices[k] = array("q")
-        bucket.append(((at - first) << _KIND_BITS) | kind)
-
-    for sent, queue, lat, status in zip(starts, queues, lats, statuses, strict=True):
-        # A request waits at most its latency (a timed-out one, its timeout).
-        begin = sent + min(queue, lat) if queue > 0 else sent
-        end = sent + lat if status != STATUS_TIMEOUT else begin
-        served = end > begin
-        if begin > sent:
-            add(sent, _WAIT_START)
-            add(begin, _TAKEN if served else _WAIT_END)
-        elif served:
-            add(begin, _BUSY_START)
-        if served:
-            add(end, _BUSY_END)
+    first, slices = _pool_events(rec)
     busy = waiting = 0
     prev = lo
     for k, bucket in enumerate(slices):
@@ -395,6 +370,39 @@ def _pool_figures(
         queue_share=share,
     )
     return _Sweep(stats, [b / 1e6 for b in busy_us], [f / 1e6 for f in flight_us], peak)
+
+
+def _pool_events(rec: Recorder) -> tuple[int, list[array[int] | None]]:
+    """Every request's pool events (wait start, taken, busy start and end), packed as
+    ``(time - first) << 3 | kind`` in time slices; returns ``first`` and the slices."""
+    starts, lats, queues, statuses = rec.start, rec.latency, rec.queue, rec.status
+    first = min(starts, default=0)
+    last = max((s + lat for s, lat in zip(starts, lats, strict=True)), default=0)
+    # About _PER_SLICE requests' events a slice: an array costs ≈ 80 bytes of its own.
+    slice_count = min(_MAX_SLICES, max(1, len(rec) // _PER_SLICE))
+    width = max(1000, (last - first) // slice_count + 1)
+    slices: list[array[int] | None] = [None] * ((last - first) // width + 1)
+
+    def add(at: int, kind: int) -> None:
+        k = (at - first) // width
+        bucket = slices[k]
+        if bucket is None:
+            bucket = slices[k] = array("q")
+        bucket.append(((at - first) << _KIND_BITS) | kind)
+
+    for sent, queue, lat, status in zip(starts, queues, lats, statuses, strict=True):
+        # A request waits at most its latency (a timed-out one, its timeout).
+        begin = sent + min(queue, lat) if queue > 0 else sent
+        end = sent + lat if status != STATUS_TIMEOUT else begin
+        served = end > begin
+        if begin > sent:
+            add(sent, _WAIT_START)
+            add(begin, _TAKEN if served else _WAIT_END)
+        elif served:
+            add(begin, _BUSY_START)
+        if served:
+            add(end, _BUSY_END)
+    return first, slices
 
 
 def _spread(buckets: list[float], a: int, b: int, weight: int) -> None:
