@@ -53,3 +53,16 @@ def test_a_result_reads_back_from_its_dict(storms: dict[str, StormResult], kind:
     assert back.verdicts == result.verdicts
     assert set(back.histograms) == set(result.histograms)
     assert back.latency == result.latency or back.latency.count == 0
+
+
+def test_peak_in_flight_is_its_own_figure() -> None:
+    closed = run_storm(wsgi_sleep(0.005), users=4, workers=2, duration=0.3)
+    # Four users on two workers: all four requests are out at once (two queued).
+    assert closed.users == 4
+    assert closed.peak_in_flight == 4
+    opened = run_storm(wsgi_sleep(0.005), rate=100, workers=2, duration=0.5)
+    assert opened.peak_in_flight is not None
+    assert opened.peak_in_flight >= 1
+    assert opened.users == opened.peak_in_flight  # an open-model storm has no users
+    assert run_storm(asgi_sleep(0.001), users=3, duration=0.2).peak_in_flight == 3
+    assert StormResult.from_dict(closed.to_dict()).peak_in_flight == 4

@@ -142,6 +142,7 @@ def fold(
         model="open" if open_model else "closed",
         rate=config.rate,
         dropped=len(dropped),
+        peak_in_flight=peak_in_flight if figures.in_flight or pool is not None else None,
     )
     if profile is not None and profile.varies:
         result.knee = _knee(timeline)

@@ -275,6 +275,8 @@ class StormResult:
     server: str
     method: str
     path: str
+    #: Users of a closed storm (the peak target of its stages); for an open-model storm,
+    #: which has no users, the most requests in flight (``peak_in_flight``).
     users: int
     requests: int
     duration: float
@@ -315,6 +317,9 @@ class StormResult:
     #: Connections off the machine refused during the storm: host, port, client, the app's
     #: call site and a count each, most frequent first. Any of them fails the storm.
     refused_egress: list[dict[str, Any]] = field(default_factory=list)
+    #: The most requests in flight at once (sent, not yet answered), where the storm
+    #: counted them (the WSGI pool, the open model); None where it did not.
+    peak_in_flight: int | None = None
 
     @property
     def loop_lag_max_ms(self) -> float | None:
@@ -399,6 +404,7 @@ class StormResult:
             "loop_lag": self.loop_lag.to_dict(histogram=histograms) if self.loop_lag else None,
             "thread_pools": [p.to_dict() for p in self.thread_pools],
             "refused_egress": self.refused_egress,
+            "peak_in_flight": self.peak_in_flight,
         }
         if histograms:
             # HdrHistogram's encoding is already compressed and base64: text as it is.
@@ -460,6 +466,7 @@ class StormResult:
             thread_pools=[PoolUsage.from_dict(p) for p in data.get("thread_pools") or []],
             notes=list(data.get("notes") or []),
             refused_egress=list(data.get("refused_egress") or []),
+            peak_in_flight=data.get("peak_in_flight"),
         )
 
 
