@@ -224,3 +224,16 @@ def test_cli_locust_host_fails_on_failed_requests_like_engine_locust(
     )
     assert code == 1
     assert "max_error_rate" in capsys.readouterr().out
+
+
+def test_a_plan_is_frozen_and_firing_it_leaves_it_as_it_was() -> None:
+    import dataclasses
+
+    from pytest_concurrency._engine.storm import run_plan
+
+    plan = plan_storm(asgi_hello, layers=[Layer("keyword argument", {"users": 2, "requests": 4})])
+    before = dataclasses.asdict(plan)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.url = "http://127.0.0.1:9"  # type: ignore[misc]
+    assert run_plan(plan).requests == 4
+    assert dataclasses.asdict(plan) == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -215,7 +216,7 @@ def run_capacity(
             layers=[Layer("capacity search", {"workers": workers}), *plan.layers],
             scale=plan.scale,
         )
-        trial.app_name, trial.label = base.app_name, base.label
+        trial = dataclasses.replace(trial, app_name=base.app_name, label=base.label)
         result = run_plan(trial)
         warn_about(result, stacklevel=4)
         if on_trial is not None:

@@ -16,6 +16,7 @@ reaching the network.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -299,8 +300,7 @@ def _storm(app_spec: str, args: argparse.Namespace, server: str | None = None) -
         # loader (a path/to/file.py:APP spec included).
         app = app_spec
     plan = plan_storm(app, args.method, args.path, layers=[Layer("command line", params)])
-    plan.app_name = app_spec
-    return run_plan(plan)
+    return run_plan(dataclasses.replace(plan, app_name=app_spec))
 
 
 def _notes(results: Sequence[StormResult], *, in_table: bool = False) -> None:
@@ -442,7 +442,7 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
     plan = plan_capacity(
         app, args.method, args.path, mix, args.workers, [Layer("command line", params)]
     )
-    plan.base.app_name = args.app
+    plan = dataclasses.replace(plan, base=dataclasses.replace(plan.base, app_name=args.app))
     print(
         f"capacity of {args.app} {plan.base.label}: smallest of {len(plan.candidates)} worker "
         "count(s) that meets "

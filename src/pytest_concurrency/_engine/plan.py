@@ -26,9 +26,14 @@ from .virtual import check_clock
 __all__ = ["LiveFigures", "Progress", "StormPlan", "import_app", "plan_storm"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class StormPlan:
-    """A validated storm, ready to fire: nothing has been sent yet."""
+    """A validated storm, ready to fire: nothing has been sent yet.
+
+    Frozen: firing it never changes it. The storm's running state (the real server it
+    started, what serves the app) is on the copy :func:`_engine.storm.run_plan` makes
+    once the server is up, never filled in on the plan itself.
+    """
 
     app: Any
     interface: Interface
