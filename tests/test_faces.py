@@ -237,3 +237,14 @@ def test_a_plan_is_frozen_and_firing_it_leaves_it_as_it_was() -> None:
         plan.url = "http://127.0.0.1:9"  # type: ignore[misc]
     assert run_plan(plan).requests == 4
     assert dataclasses.asdict(plan) == before
+
+
+def test_api_compare_takes_check_like_the_fixture() -> None:
+    pytest.importorskip("uvicorn")
+    from pytest_concurrency import BudgetExceeded, compare
+
+    params: dict[str, Any] = {"users": 2, "requests": 10, "p50_ms": 1e-6}
+    fidelity = compare("tests.apps:asgi_hello", servers=("inprocess", "uvicorn"), **params)
+    assert not fidelity["inprocess"].passed
+    with pytest.raises(BudgetExceeded, match="p50_ms"):
+        compare("tests.apps:asgi_hello", servers=("inprocess", "uvicorn"), check=True, **params)

@@ -270,15 +270,21 @@ def compare(
     *,
     servers: Sequence[str] = ("inprocess", "uvicorn"),
     requests: int | Sequence[Request] | RequestFactory | None = None,
+    check: bool = False,
     **params: Any,
 ) -> Fidelity:
     """Fire the same storm in-process and behind each real server; results side by side.
 
-    Budgets in *params* are judged on every result but do not raise: read
-    ``fidelity[server].passed`` and the rows of :class:`Fidelity`.
+    Budgets in *params* are judged on every result; without *check* they do not raise:
+    read ``fidelity[server].passed`` and the rows of :class:`Fidelity`. With *check* a
+    broken budget raises :class:`BudgetExceeded` once every storm has run.
     """
 
     def run(server: str) -> StormResult:
         return run_storm(app, method, path, requests=requests, check=False, server=server, **params)
 
-    return compare_servers(list(servers), run)
+    fidelity = compare_servers(list(servers), run)
+    if check:
+        for result in fidelity.results.values():
+            check_budgets(result)
+    return fidelity
