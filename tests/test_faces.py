@@ -248,3 +248,17 @@ def test_api_compare_takes_check_like_the_fixture() -> None:
     assert not fidelity["inprocess"].passed
     with pytest.raises(BudgetExceeded, match="p50_ms"):
         compare("tests.apps:asgi_hello", servers=("inprocess", "uvicorn"), check=True, **params)
+
+
+def test_capacity_judges_each_count_like_a_storm() -> None:
+    from pytest_concurrency import capacity
+
+    def failing(environ: object, start_response: Any) -> list[bytes]:
+        start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+        return [b"no"]
+
+    # Every request failed: no count meets the budgets, whatever its latency (as a storm
+    # with no error budget fails on its first failed request).
+    found = capacity(failing, workers=[1, 2], users=2, requests=4, p99_ms=10_000)
+    assert found.best is None
+    assert {v.name for t in found.tried for v in t.failed} == {"max_error_rate"}

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ._budget import evaluate
+from ._engine.storm import judge_budgets
 from ._errors import ConfigError
 from ._model.result import StormResult, Verdict
 from ._params import budget_limit, check_budget_name
@@ -317,7 +317,8 @@ class _Search:
         result = self.run(workers)
         if not self.detected:
             self.detected.append(result.interface.upper() == "ASGI")
-        verdicts = evaluate(result, self.limits)
+        # Judged as any storm: a failed request fails a count whose budgets set no error rate.
+        verdicts = judge_budgets(result, self.limits)
         ok = all(v.ok for v in verdicts)
         seen = self.votes.setdefault(workers, [])
         seen.append(ok)
