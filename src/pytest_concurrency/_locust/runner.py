@@ -428,16 +428,7 @@ def run_locust(
         code, elapsed = _run_watched(command, work, report_file, stop_grace, limit)
         stdout = (work / "stdout.txt").read_text(encoding="utf-8", errors="replace")
         stderr = (work / "stderr.txt").read_text(encoding="utf-8", errors="replace")
-        if code is None:
-            raise StormError(
-                f"Locust did not finish within timeout={limit:g} s (run of {duration:g} s against "
-                f"{host}); stopped it. Its stderr ends with:\n{_error_tail(stderr)}"
-            )
-        if code != 0:
-            raise StormError(
-                f"Locust exited with code {code} (locustfile {path.name}, host={host!r}). "
-                f"Its stderr ends with:\n{_error_tail(stderr)}"
-            )
+        code = _check_exit(code, stderr, limit=limit, duration=duration, host=host, path=path)
         entries = _parse_json(stdout, stderr)
         status_counts, failures = _read_report(report_file)
     return LocustRun(
@@ -502,6 +493,23 @@ def _run_watched(
         except subprocess.TimeoutExpired:
             code = None
     return code, time.monotonic() - started
+
+
+def _check_exit(
+    code: int | None, stderr: str, *, limit: float, duration: float, host: str, path: Path
+) -> int:
+    """Locust's exit code when it is 0; otherwise a :class:`StormError` quoting its stderr."""
+    if code is None:
+        raise StormError(
+            f"Locust did not finish within timeout={limit:g} s (run of {duration:g} s against "
+            f"{host}); stopped it. Its stderr ends with:\n{_error_tail(stderr)}"
+        )
+    if code != 0:
+        raise StormError(
+            f"Locust exited with code {code} (locustfile {path.name}, host={host!r}). "
+            f"Its stderr ends with:\n{_error_tail(stderr)}"
+        )
+    return code
 
 
 def _parse_json(stdout: str, stderr: str) -> list[LocustEntry]:

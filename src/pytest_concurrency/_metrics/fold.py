@@ -146,14 +146,20 @@ def fold(
     )
     if profile is not None and profile.varies:
         result.knee = _knee(timeline)
-    if not open_model and not config.stages and duration > 0:
-        # Little's law: one round of every user takes users / throughput seconds.
-        round_s = config.users / throughput if throughput > 0 else math.inf
-        if round_s > duration:
-            result.warnings.append(
-                short_window_warning(duration, round_s, config.users, throughput)
-            )
+    if not open_model and not config.stages:
+        _warn_short_window(result, config.users)
     return result
+
+
+def _warn_short_window(result: StormResult, users: int) -> None:
+    """Say so when a closed storm's window was shorter than one round of every user."""
+    duration, throughput = result.duration, result.throughput
+    if duration <= 0:
+        return
+    # Little's law: one round of every user takes users / throughput seconds.
+    round_s = users / throughput if throughput > 0 else math.inf
+    if round_s > duration:
+        result.warnings.append(short_window_warning(duration, round_s, users, throughput))
 
 
 def _queue_and_service(
