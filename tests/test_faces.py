@@ -262,3 +262,21 @@ def test_capacity_judges_each_count_like_a_storm() -> None:
     found = capacity(failing, workers=[1, 2], users=2, requests=4, p99_ms=10_000)
     assert found.best is None
     assert {v.name for t in found.tried for v in t.failed} == {"max_error_rate"}
+
+
+def test_the_running_state_is_a_record_apart_from_the_plan() -> None:
+    from pytest_concurrency._engine.plan import Serving
+
+    plan = plan_storm(asgi_hello, layers=[Layer("keyword argument", {"users": 2})])
+    assert plan.serving == Serving()
+    sent = plan_storm(
+        asgi_hello, layers=[Layer("keyword argument", {"server": "http://127.0.0.1:9"})]
+    )
+    assert sent.serving == Serving(url="http://127.0.0.1:9")
+    served = sent.serve_on(Serving(sent.url, served_by="server at http://127.0.0.1:9"))
+    assert (served.url, served.served_by, served.running) == (
+        "http://127.0.0.1:9",
+        "server at http://127.0.0.1:9",
+        None,
+    )
+    assert sent.served_by is None  # the plan itself is as it was

@@ -50,7 +50,7 @@ from .._simio.egress import EgressGuard, anonymous_log, read_log, tally
 from .._simio.loopback import ALIAS as LOOPBACK_ALIAS
 from .._simio.loopback import LoopbackUpstream
 from .interrupts import watch_interrupts
-from .plan import LiveFigures, Progress, StormPlan
+from .plan import LiveFigures, Progress, Serving, StormPlan
 from .rounds import run_async_round, run_pool_round
 from .shards import run_sharded_round
 from .virtual import loop_options
@@ -268,7 +268,7 @@ def _served(plan: StormPlan) -> Iterator[StormPlan]:
     """Start the plan's real server (if any) for the whole storm; stop it on every exit."""
     if plan.server is None:
         if plan.url is not None:
-            yield dataclasses.replace(plan, served_by=f"server at {plan.url}")
+            yield plan.serve_on(Serving(plan.url, served_by=f"server at {plan.url}"))
         else:
             yield plan
         return
@@ -296,9 +296,7 @@ def _served(plan: StormPlan) -> Iterator[StormPlan]:
             env[SIMIO_ENV] = shipped
         spec = dataclasses.replace(spec, setup=SIMIO_SETUP, env=env)
         with serve(spec) as server:
-            yield dataclasses.replace(
-                plan, url=server.url, served_by=server.describe(), running=server
-            )
+            yield plan.serve_on(Serving(server.url, served_by=server.describe(), running=server))
 
 
 def _unlink(path: str) -> None:
