@@ -178,7 +178,9 @@ def _served(plan: StormPlan) -> Iterator[StormPlan]:
             loopback = LoopbackUpstream(lambda: list(UPSTREAMS))
             cleanup.callback(loopback.stop)
             port = loopback.start().port
-        settings = egress_settings(plan.config.allow_hosts, log, served, port)
+        settings = egress_settings(
+            plan.config.allow_hosts, log, served, port, redirect=_proxy_redirects()
+        )
         env = {**spec.env, EGRESS_ENV: settings}
         if shipped is not None:
             env[SIMIO_ENV] = shipped
@@ -378,6 +380,11 @@ def _warn_uncalled(result: StormResult, routes: dict[str, Any]) -> None:
     result.warnings.append(uncalled_routes_warning(uncalled, result.failed, seen))
 
 
+def _proxy_redirects() -> dict[tuple[str, int], tuple[str, int]]:
+    """Each latency proxy's target, mapped to the proxy (the newest upstream wins)."""
+    return {key: to for upstream in UPSTREAMS for key, to in upstream.redirects.items()}
+
+
 def _declared_hosts() -> set[str]:
     return {host for upstream in UPSTREAMS for host in upstream.hosts}
 
@@ -419,6 +426,7 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
             serve=served,
             serve_port=port,
             alias=LOOPBACK_ALIAS,
+            redirect=_proxy_redirects(),
         )
         wait_recorder.start()
         try:

@@ -80,15 +80,19 @@ def egress_settings(
     log: str,
     serve: Iterable[str] = (),
     serve_port: int | None = None,
+    *,
+    redirect: Mapping[tuple[str, int], tuple[str, int]] | None = None,
 ) -> str:
     """The value of :data:`EGRESS_ENV` for a server: the hosts it may reach, the log path,
-    and the hosts the storm's loopback upstream (on *serve_port*) answers."""
+    the hosts the storm's loopback upstream (on *serve_port*) answers, and the targets of
+    the storm's latency proxies with the proxy each goes to."""
     return json.dumps(
         {
             "allow_hosts": list(allow_hosts),
             "log": log,
             "serve": list(serve),
             "serve_port": serve_port,
+            "redirect": [[h, p, to[0], to[1]] for (h, p), to in (redirect or {}).items()],
         }
     )
 
@@ -127,6 +131,7 @@ def install_from_env() -> None:
             serve=served,
             serve_port=settings.get("serve_port"),
             alias=ALIAS,
+            redirect={(h, p): (to_h, to_p) for h, p, to_h, to_p in settings.get("redirect", ())},
         )
         guard.install()
         _KEEP.append(guard)

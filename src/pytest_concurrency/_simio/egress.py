@@ -33,7 +33,7 @@ import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import FrameType, TracebackType
@@ -46,6 +46,7 @@ __all__ = [
     "EgressRefused",
     "Refusal",
     "anonymous_log",
+    "direct_connections",
     "is_loopback",
     "loopback_serves",
     "read_log",
@@ -304,6 +305,13 @@ def _host_port(address: Any) -> tuple[str, Any] | None:
 
 
 _ACTIVE: list[EgressGuard] = []
+_THREAD = threading.local()
+
+
+def direct_connections() -> None:
+    """Connections made from this thread go where they are aimed: a latency proxy's own
+    connections to its target are not turned back into the proxy."""
+    _THREAD.direct = True
 
 
 def loopback_serves(host: Any) -> bool:
@@ -329,6 +337,7 @@ class EgressGuard:
         serve: Collection[str] = (),
         serve_port: int | None = None,
         alias: str = "127.77.0.1",
+        redirect: Mapping[tuple[str, int], tuple[str, int]] | None = None,
     ) -> None:
         self.allow_hosts = tuple(allow_hosts)
         # Refusals made in another process (a forked shard; a server's process when
@@ -351,6 +360,8 @@ class EgressGuard:
         )
         self.alias = alias
         self._serve_port = serve_port
+        # Targets of latency proxies: a connection to one goes to its proxy instead.
+        self._redirects = {(_normal(h), int(p)): to for (h, p), to in (redirect or {}).items()}
         self._lock = threading.Lock()
         self._counts: dict[Refusal, int] = {}
         self._patches: tuple[Patch, ...] = ()
@@ -407,9 +418,23 @@ class EgressGuard:
         return [(socket.AF_INET, socktype, proto, "", (self.alias, int(port or 0)))]
 
     def _redirect(self, address: Any) -> Any:
-        """A connection to the alias goes to the loopback server."""
+        """A connection to the alias goes to the loopback server; one to a latency proxy's
+        target goes to the proxy (but not the proxy's own)."""
         if self._serve_port is not None and address[0] == self.alias:
             return ("127.0.0.1", self._serve_port)
+        if self._redirects and not getattr(_THREAD, "direct", False):
+            host, port = address[0], address[1]
+            if isinstance(host, bytes):
+                host = host.decode("ascii", "replace")
+            try:
+                key = (_normal(str(host)), int(port))
+            except (TypeError, ValueError):
+                return address
+            to = self._redirects.get(key)
+            if to is not None:
+                if len(address) == 4:  # an IPv6 socket reaches the proxy IPv4-mapped
+                    return (f"::ffff:{to[0]}", to[1], *address[2:])
+                return to
         return address
 
     def _note(self, host: Any, infos: Any) -> None:
