@@ -111,6 +111,7 @@ def test_each_round_trip_waits_the_latency_of_each_direction(echo: Echo) -> None
     assert stats["max_in_flight"] == 1
     assert stats["in_flight"] == 0
     assert (stats["bytes_up"], stats["bytes_down"]) == (20, 20)
+    assert (stats["chunks_up"], stats["chunks_down"]) == (5, 5)
     assert stats["chunks_delayed"] == 10
     assert 10 <= stats["waited_ms_p50"] <= 20 + SLACK_MS
     assert not proxy.running  # stopped with the upstream

@@ -380,6 +380,10 @@ def _warn_uncalled(result: StormResult, routes: dict[str, Any]) -> None:
     result.warnings.append(uncalled_routes_warning(uncalled, result.failed, seen))
 
 
+#: Counts of routes and proxies also given for the storm alone (``<count>_in_storm``).
+_IN_STORM = ("calls", "bytes_up", "bytes_down", "chunks_up", "chunks_down")
+
+
 def _proxy_redirects() -> dict[tuple[str, int], tuple[str, int]]:
     """Each latency proxy's target, mapped to the proxy (the newest upstream wins)."""
     return {key: to for upstream in UPSTREAMS for key, to in upstream.redirects.items()}
@@ -395,7 +399,10 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
     and refuse every connection off the machine (counted on the result)."""
     if plan.config.seed is not None:
         seed_latency(plan.config.seed)
-    before = {id(u): {k: v.get("calls", 0) for k, v in u.stats().items()} for u in UPSTREAMS}
+    before = {
+        id(u): {k: {c: v.get(c, 0) for c in _IN_STORM} for k, v in u.stats().items()}
+        for u in UPSTREAMS
+    }
     undeclared_before = {id(u): u.undeclared_calls for u in UPSTREAMS}
     server_log = _server_egress_log(plan)
     server_from = read_log(server_log)[1] if server_log is not None else 0
@@ -444,8 +451,15 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
         routes: dict[str, Any] = {}
         for upstream in UPSTREAMS:
             for name, stats in upstream.stats().items():
-                calls_before = before.get(id(upstream), {}).get(name, 0)
-                routes[name] = {**stats, "calls_in_storm": stats.get("calls", 0) - calls_before}
+                counts_before = before.get(id(upstream), {}).get(name, {})
+                routes[name] = {
+                    **stats,
+                    **{
+                        f"{count}_in_storm": stats[count] - counts_before.get(count, 0)
+                        for count in _IN_STORM
+                        if count in stats
+                    },
+                }
             missed = upstream.undeclared_calls - undeclared_before.get(id(upstream), 0)
             if missed:
                 result.warnings.append(undeclared_upstream_warning(missed, upstream.undeclared))

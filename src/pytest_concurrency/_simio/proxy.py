@@ -153,6 +153,10 @@ class Proxy:
         """Bytes relayed from the app to the target."""
         self.bytes_down = 0
         """Bytes relayed from the target to the app."""
+        self.chunks_up = 0
+        """Reads relayed from the app to the target (about one per request it sends)."""
+        self.chunks_down = 0
+        """Reads relayed from the target to the app (about one per round trip)."""
         self.timeouts = 0
         """Connections hung by ``timeout_rate``."""
         self.resets = 0
@@ -383,8 +387,10 @@ class Proxy:
                 with self._lock:
                     if up:
                         self.bytes_up += len(data)
+                        self.chunks_up += 1
                     else:
                         self.bytes_down += len(data)
+                        self.chunks_down += 1
                     if delays or rate is not None:
                         self._waits_us.append(round(waited * 1_000_000))
                 await writer.drain()
@@ -398,7 +404,7 @@ class Proxy:
     def _reset(self) -> None:
         with self._lock:
             self.calls = self.timeouts = self.resets = self.errors = 0
-            self.bytes_up = self.bytes_down = 0
+            self.bytes_up = self.bytes_down = self.chunks_up = self.chunks_down = 0
             self.max_in_flight = self.in_flight
             self._waits_us = array("q")
 
@@ -420,6 +426,8 @@ class Proxy:
                 "resets": self.resets,
                 "bytes_up": self.bytes_up,
                 "bytes_down": self.bytes_down,
+                "chunks_up": self.chunks_up,
+                "chunks_down": self.chunks_down,
             }
         return {
             "kind": "proxy",
