@@ -512,7 +512,13 @@ MODEL = "http://model-server.invalid/generate"
 MODEL_TLS = "https://model-server.invalid/generate"
 
 
-def test_a_route_never_called_while_requests_failed_is_named(spy: Spy) -> None:
+@pytest.fixture
+def no_trustme(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As without the clients extra: https:// routes reach httpx and httpx2 only."""
+    monkeypatch.setattr("pytest_concurrency._simio.tls.available", lambda: False)
+
+
+def test_a_route_never_called_while_requests_failed_is_named(spy: Spy, no_trustme: None) -> None:
     aiohttp = pytest.importorskip("aiohttp")
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -543,7 +549,7 @@ def test_a_route_never_called_while_requests_failed_is_named(spy: Spy) -> None:
     assert spy.off_machine == []
 
 
-def test_an_app_that_answers_its_own_status_shows_it(spy: Spy) -> None:
+def test_an_app_that_answers_its_own_status_shows_it(spy: Spy, no_trustme: None) -> None:
     with Upstream() as upstream:
         upstream.route(MODEL_TLS, latency=1)
 

@@ -628,6 +628,16 @@ class Upstream:
         """The host names of the declared ``http://`` routes (a loopback server can answer them)."""
         return {host for scheme, host, _ in self._routes if scheme == "http"}
 
+    @property
+    def https_hosts(self) -> set[str]:
+        """The host names of the declared ``https://`` routes."""
+        return {host for scheme, host, _ in self._routes if scheme == "https"}
+
+    @property
+    def https_ports(self) -> set[int]:
+        """The ports of the declared ``https://`` routes (443 unless named)."""
+        return {port for scheme, _, port in self._routes if scheme == "https"}
+
     # -- installing
 
     @property
@@ -672,20 +682,12 @@ class Upstream:
         real_async = PATCHES.original(client.module.AsyncHTTPTransport, "handle_async_request")
 
         def handle_request(transport: Any, request: Any) -> Any:
-            if (
-                os.getpid() != pid
-                and request.url.scheme == "http"
-                and loopback_serves(request.url.host)
-            ):
+            if os.getpid() != pid and loopback_serves(request.url.host, request.url.scheme):
                 return real_sync(transport, request)
             return match(request, client)._handle_sync(request, client)
 
         async def handle_async_request(transport: Any, request: Any) -> Any:
-            if (
-                os.getpid() != pid
-                and request.url.scheme == "http"
-                and loopback_serves(request.url.host)
-            ):
+            if os.getpid() != pid and loopback_serves(request.url.host, request.url.scheme):
                 return await real_async(transport, request)
             return await match(request, client)._handle_async(request, client)
 
