@@ -94,6 +94,7 @@ class _Chunks:
         self._chunks = chunks
         self._rng = rng
         self._open = True
+        self._next = 0
 
     def _finish(self) -> None:
         # A streamed call stays in flight until its body ends or is closed.
@@ -102,11 +103,15 @@ class _Chunks:
             self._route._exit()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        # A body is read once, as from a connection: iterating again (a client draining
+        # what is left after it stopped early) goes on from the next chunk, not the first.
         latency = self._route.chunk_latency
-        for index, chunk in enumerate(self._chunks):
+        while self._next < len(self._chunks):
+            index = self._next
             if index:
                 await _wait_async(latency.sample(self._rng))
-            yield chunk
+            self._next = index + 1
+            yield self._chunks[index]
         # An abandoned iterator is not the end of the call: only the body's end or the
         # response's close (aclose below) takes it out of flight, as with a real connection.
         self._finish()
@@ -116,10 +121,12 @@ class _Chunks:
 
     def __iter__(self) -> Iterator[bytes]:
         latency = self._route.chunk_latency
-        for index, chunk in enumerate(self._chunks):
+        while self._next < len(self._chunks):
+            index = self._next
             if index:
                 _wait_blocking(latency.sample(self._rng))
-            yield chunk
+            self._next = index + 1
+            yield self._chunks[index]
         self._finish()
 
     def close(self) -> None:
