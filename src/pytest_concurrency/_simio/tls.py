@@ -14,11 +14,12 @@ that used it is gone.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import ssl
 import threading
 from collections.abc import Iterable
 from typing import Any
+
+from .._optional import installed
 
 __all__ = ["available", "ca_pem", "server_context"]
 
@@ -28,7 +29,7 @@ _CA: list[Any] = []
 
 def available() -> bool:
     """Whether ``trustme`` is installed (https:// routes can be served on loopback)."""
-    return bool(_CA) or importlib.util.find_spec("trustme") is not None
+    return bool(_CA) or installed("trustme")
 
 
 def _ca() -> Any:
