@@ -239,11 +239,13 @@ def _echo_app(port: int) -> Any:
     return app
 
 
-def test_a_storm_waits_the_proxy_latency_per_round_trip(echo: Echo) -> None:
-    """The app keeps its own address for the service; during the storm it meets the proxy."""
+@pytest.mark.parametrize("params", [{}, {"processes": 2}], ids=["in-process", "2-shards"])
+def test_a_storm_waits_the_proxy_latency_per_round_trip(echo: Echo, params: dict[str, Any]) -> None:
+    """The app keeps its own address for the service; during the storm it meets the proxy
+    (in forked shards too: they inherit the guard, and the proxy counts in this process)."""
     with Upstream() as upstream:
         upstream.proxy(echo.target, latency=10)
-        result = run_storm(_echo_app(echo.port), "GET", "/", users=4, requests=40)
+        result = run_storm(_echo_app(echo.port), "GET", "/", users=4, requests=40, **params)
     assert result.status_counts == {200: 40}
     model_ms = ROUND_TRIPS * 10
     assert model_ms <= result.latency.p50 <= model_ms + SLACK_MS
@@ -254,3 +256,45 @@ def test_a_storm_waits_the_proxy_latency_per_round_trip(echo: Echo) -> None:
     assert 1 < figures["max_in_flight"] <= 2 * 4
     assert figures["bytes_down"] >= 40 * ROUND_TRIPS * 4
     assert result.refused_egress == []
+
+
+SERVER_APP = """
+import asyncio
+
+PORT = {port}
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
+    try:
+        for _ in range({trips}):
+            writer.write(b"ping")
+            await writer.drain()
+            await reader.readexactly(4)
+    finally:
+        writer.close()
+    await send({{"type": "http.response.start", "status": 200, "headers": []}})
+    await send({{"type": "http.response.body", "body": b"ok"}})
+"""
+
+
+def test_a_real_servers_processes_meet_the_proxy_too(
+    echo: Echo, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("uvicorn")
+    (tmp_path / "proxy_server_app.py").write_text(
+        SERVER_APP.format(port=echo.port, trips=ROUND_TRIPS)
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with Upstream() as upstream:
+        upstream.proxy(echo.target, latency=10)
+        result = run_storm(
+            "proxy_server_app:app", "GET", "/", users=4, requests=40, server="uvicorn"
+        )
+    assert result.status_counts == {200: 40}
+    model_ms = ROUND_TRIPS * 10
+    assert model_ms <= result.latency.p50 <= model_ms + SLACK_MS
+    # The proxy runs in the storm's process: the server's connections are counted there.
+    assert result.extras["upstream"][f"tcp://{echo.target}"]["calls_in_storm"] >= 40
