@@ -72,6 +72,13 @@ class StormFixture:
         """
         __tracebackhide__ = True
         plan = self._plan(app, method, path, requests, params)
+        control = self._item.config.pluginmanager.get_plugin("concurrency-control")
+        if control is not None and control.active:
+            # Paired mode: the storm runs against the control and the experiment.
+            mix, rest = split_requests(requests, params)
+            layers = [*storm_layers(self._item, rest), *compare_layers(self._item.config)]
+            paired = control.run(plan, app, method, path, mix, layers, scale(self._item.config))
+            return self._finish(paired, check=check)
         return self._finish(run_plan(plan, self._progress()), check=check)
 
     def arun(
@@ -229,6 +236,9 @@ class StormFixture:
         message = (
             report.check_regression(self._item.nodeid, report_index, result) if report else None
         )
+        control = self._item.config.pluginmanager.get_plugin("concurrency-control")
+        if not message and control is not None:
+            message = control.regression(result)
         if message:
             pytest.fail(message, pytrace=False)
         return result

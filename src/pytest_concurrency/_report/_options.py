@@ -187,7 +187,8 @@ class ReportSession:
                 "pip install 'pytest-storm[html]'"
             )
         fail = setting(self.config, "compare_fail")
-        if fail is not None:
+        # Under --concurrency-control the thresholds are the paired comparison's.
+        if fail is not None and setting(self.config, "control") is None:
             self.thresholds = parse_compare_fail(str(fail.value), origin=fail.label)
             self.compare_fail_label = fail.label
             if self.compare_with is None:
