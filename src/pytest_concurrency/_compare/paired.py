@@ -4,7 +4,7 @@ Both processes import the app by the same import path, each from its own tree, a
 build the same plan; each runs one warm-up round that is thrown away, then they
 alternate A B, B A, A B … (A the control), so a drift of the machine (a neighbour
 starting, a CPU clocking down) falls on both sides of the pairs alike. Each round is a
-fifth of the storm's duration (or request count), so five pairs cost about two storms.
+sixth of the storm's duration (or request count), so six pairs cost about two storms.
 
 After :data:`~.stats.MIN_PAIRS` pairs every judged figure is checked after each pair;
 the rounds stop when none is inconclusive or one regressed ("settled"), or when the next
@@ -48,8 +48,8 @@ _STARTUP_TIMEOUT = 60.0
 _KILL_GRACE = 2.0
 #: Most pairs, whatever the budget.
 MAX_PAIRS = 30
-#: A round is this fraction of the storm.
-ROUND_SHARE = 0.2
+#: A round is this fraction of the storm: the fewest pairs cost about two storms.
+ROUND_SHARE = 1 / 6
 #: Shortest round, seconds.
 MIN_ROUND_S = 0.2
 
@@ -105,7 +105,7 @@ class PairedOutcome:
 
 
 def round_layer(plan: StormPlan, scale: tuple[float, str] | None) -> Layer:
-    """One round of the pairs: a fifth of the storm, never repeated by ``rounds``."""
+    """One round of the pairs: a sixth of the storm, never repeated by ``rounds``."""
     config = plan.config
     factor = scale[0] if scale is not None else 1.0
     values: dict[str, Any] = {"rounds": 1}

@@ -12,13 +12,16 @@ change is judged on the paired log-ratios ``log(experiment / control)``, one per
   the null distribution of the signed-rank statistic, computed exactly.
 
 Why the signed-rank interval and not a bootstrap of the median: a CI gate has few pairs
-(5 to 20). The bootstrap's interval is only asymptotically right and, on 5 pairs,
-resamples at most 126 distinct medians, so its nominal 90 % is not what it delivers;
+(6 to 30). The bootstrap's interval is only asymptotically right and, on 6 pairs,
+resamples at most 462 distinct samples of few distinct medians, so its nominal 95 % is
+not what it delivers;
 the signed-rank interval is exact for every *n* under the one assumption pairing makes
 plausible (the log-ratios are symmetric about the true change), resists one wild pair
 (a GC pause, a neighbour's burst) as the median does, and is 95 % as efficient as a
-t-interval when the noise is normal. Its price is a floor on *n*: below 5 pairs no
-interval reaches 90 %, so the gate runs at least 5.
+t-interval when the noise is normal. Its price is a floor on *n*: below 6 pairs no
+interval reaches 95 %, so the gate runs at least 6. A figure is "regressed" only when the
+whole interval lies beyond its threshold: on unchanged code that happens at most
+2.5 % of the time per figure and look, and much less with a threshold above zero.
 """
 
 from __future__ import annotations
@@ -31,10 +34,10 @@ from functools import cache
 __all__ = ["MIN_PAIRS", "PairedChange", "paired_change", "signed_rank_cdf"]
 
 #: Two-sided confidence of the interval a verdict rests on.
-CONFIDENCE = 0.90
+CONFIDENCE = 0.95
 
 #: Fewest pairs for which the exact signed-rank interval reaches :data:`CONFIDENCE`.
-MIN_PAIRS = 5
+MIN_PAIRS = 6
 
 
 @cache

@@ -1,0 +1,391 @@
+"""The paired control/experiment mode: statistics, verdicts, wording, reports, and real sessions."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pytest_concurrency._compare.paired import PairedOutcome, live_children
+from pytest_concurrency._compare.stats import MIN_PAIRS, paired_change, signed_rank_cdf
+from pytest_concurrency._compare.verdict import (
+    LINE_LIMIT,
+    judge,
+    parse_thresholds,
+    storm_verdict,
+    verdict_line,
+)
+from pytest_concurrency._errors import ConfigError
+from pytest_concurrency._report import _json
+from pytest_concurrency._report._markdown import SummaryRow, markdown_summary
+from pytest_concurrency._report._schema import first_problem
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestAssertRewriteWarning")
+
+THRESHOLDS = parse_thresholds("p99:10%,rps:10%", origin="--concurrency-compare-fail")
+
+
+# -- statistics ---------------------------------------------------------------------------
+
+
+def test_signed_rank_null_distribution_is_exact() -> None:
+    # T+ is the sum of the ranks with a positive sign: n = 5, only the empty set sums to 0;
+    # n = 6, the sets {}, {1}, {2} sum to at most 2; n = 7, {}, {1}, {2}, {3}, {1, 2} to 3.
+    assert signed_rank_cdf(5, 0) == 1 / 32
+    assert signed_rank_cdf(6, 2) == 3 / 64
+    assert signed_rank_cdf(7, 3) == 5 / 128
+    assert signed_rank_cdf(4, 10) == 1.0
+    # Symmetric: P(T+ <= t) = P(T+ >= n(n+1)/2 - t).
+    for n in (5, 8, 11):
+        top = n * (n + 1) // 2
+        for t in range(top):
+            assert math.isclose(signed_rank_cdf(n, t), 1 - signed_rank_cdf(n, top - t - 1))
+
+
+def test_too_few_pairs_settle_nothing() -> None:
+    change = paired_change([1.0] * (MIN_PAIRS - 1), [2.0] * (MIN_PAIRS - 1))
+    assert change is not None
+    assert change.ratio == pytest.approx(2.0)
+    assert (change.low, change.high) == (0.0, math.inf)
+    assert judge(THRESHOLDS[0], change).verdict == "inconclusive"
+
+
+def test_interval_of_six_pairs_spans_their_ratios() -> None:
+    control = [100.0, 100.0, 100.0, 100.0, 100.0, 100.0]
+    experiment = [118.0, 121.0, 120.0, 125.0, 119.0, 122.0]
+    change = paired_change(control, experiment)
+    assert change is not None
+    assert change.confidence == pytest.approx(1 - 2 / 64)
+    assert change.low == pytest.approx(1.18)
+    assert change.high == pytest.approx(1.25)
+    assert change.ratio == pytest.approx(1.205, abs=0.01)
+
+
+def test_identical_rounds_are_never_regressed() -> None:
+    rng = random.Random(7)
+    for n in range(MIN_PAIRS, 16):
+        same = [rng.lognormvariate(0, 0.3) for _ in range(n)]
+        for threshold in THRESHOLDS:
+            verdict = judge(threshold, paired_change(same, list(same))).verdict
+            assert verdict == "unchanged"
+
+
+@pytest.mark.parametrize("noise", [0.02, 0.1, 0.5])
+def test_noise_alone_is_rarely_regressed_and_never_beyond_the_interval_error(
+    noise: float,
+) -> None:
+    # The same code under the machine's noise (a drift shared by the pair, and each
+    # side's own): "regressed" needs the whole 95 % interval past the threshold, so it
+    # is at most the interval's one-sided error, 2.5 %, and far rarer with small noise.
+    rng = random.Random(int(noise * 1000))
+    runs = 2000
+    regressed = 0
+    for _ in range(runs):
+        n = rng.randint(MIN_PAIRS, 12)
+        drift = [rng.lognormvariate(0, 0.3) for _ in range(n)]
+        control = [d * rng.lognormvariate(0, noise) for d in drift]
+        experiment = [d * rng.lognormvariate(0, noise) for d in drift]
+        regressed += judge(THRESHOLDS[1], paired_change(control, experiment)).verdict == "regressed"
+    assert regressed <= runs * 0.025
+    if noise <= 0.1:
+        assert regressed == 0
+
+
+def test_a_doubled_cpu_time_is_always_regressed() -> None:
+    rng = random.Random(11)
+    cpu = parse_thresholds("p99:10%", origin="x")[0]
+    assert cpu.figure == "cpu"
+    assert cpu.amount == 10.0
+    for _ in range(500):
+        n = rng.randint(MIN_PAIRS, 12)
+        drift = [rng.lognormvariate(0, 0.3) for _ in range(n)]
+        control = [1000 * d * rng.lognormvariate(0, 0.05) for d in drift]
+        experiment = [2000 * d * rng.lognormvariate(0, 0.05) for d in drift]
+        assert judge(cpu, paired_change(control, experiment)).verdict == "regressed"
+        # Throughput halves: worse, whatever its direction.
+        rps = next(t for t in THRESHOLDS if t.figure == "rps")
+        assert judge(rps, paired_change(experiment, control)).verdict == "regressed"
+
+
+def test_unmeasured_pairs_are_left_out() -> None:
+    change = paired_change([1.0, math.nan, 0.0, 1.0], [1.1, 1.0, 1.0, math.nan])
+    assert change is not None
+    assert change.pairs == 1
+    assert paired_change([math.nan], [1.0]) is None
+    assert judge(THRESHOLDS[0], None).verdict == "unmeasured"
+
+
+# -- thresholds and wording ---------------------------------------------------------------
+
+
+def test_thresholds_add_cpu_at_the_tightest_relative_amount() -> None:
+    found = parse_thresholds("rps:5%,p99:10%,mean:3ms", origin="--concurrency-compare-fail")
+    assert [(t.figure, t.amount, t.relative) for t in found] == [
+        ("cpu", 5.0, True),
+        ("p99", 10.0, True),
+        ("mean", 3.0, False),
+        ("rps", 5.0, True),
+    ]
+    own = parse_thresholds("cpu:20%,blocking:50%", origin="o")
+    assert [(t.figure, t.amount) for t in own] == [("cpu", 20.0), ("blocking", 50.0)]
+
+
+@pytest.mark.parametrize(
+    ("expr", "message"),
+    [
+        ("cpu:5ms", r"o='cpu:5ms': cpu is judged relative to the control: write cpu:N%"),
+        ("cpu:lots%", r"'lots%' for cpu is not an amount"),
+        ("p99:lots", r"'lots' for p99 is not an amount"),
+    ],
+)
+def test_bad_thresholds_name_the_item(expr: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_thresholds(expr, origin="o")
+
+
+def _verdicts(ratio: float, n: int = 6) -> list:  # type: ignore[type-arg]
+    rng = random.Random(3)
+    control = [100 * rng.lognormvariate(0, 0.01) for _ in range(n)]
+    experiment = [c * ratio for c in control]
+    return [judge(t, paired_change(control, experiment)) for t in THRESHOLDS]
+
+
+def test_verdict_line_is_one_short_line() -> None:
+    line = verdict_line(
+        _verdicts(2.0), against="control main (1a2b3c4d5)", pairs=6, ended="settled"
+    )
+    assert line.startswith("regressed vs control main (1a2b3c4d5): cpu +100.0% [")
+    assert line.endswith("; 6 pairs, settled")
+    assert len(line) <= LINE_LIMIT
+    long = verdict_line(
+        _verdicts(1.0) * 6, against="control " + "x" * 120, pairs=6, ended="time cap 8.0 s"
+    )
+    assert len(long) <= LINE_LIMIT
+    assert storm_verdict(_verdicts(1.0)) == "unchanged"
+
+
+def _outcome(ratio: float) -> PairedOutcome:
+    return PairedOutcome("control main (1a2b3c4d5)", _verdicts(ratio), 6, "settled", 4.2, "ABBAAB")
+
+
+def test_comparison_block_validates_against_the_schema() -> None:
+    from tests.test_report import three_storms, validate
+
+    records = three_storms()
+    block = {**_outcome(2.0).to_dict(), "fails": True}
+    records[0][1].extras["comparison"] = block  # type: ignore[union-attr]
+    doc = _json.session_document(records, machine=_json.machine_info())
+    json.loads(json.dumps(doc, allow_nan=False))
+    assert validate(doc, _json.JSON_SCHEMA, _json.JSON_SCHEMA) == []
+    assert first_problem(doc) is None
+    storm = doc["storms"][0]
+    assert storm["comparison"]["verdict"] == "regressed"
+    assert storm["comparison"]["figures"][0]["figure"] == "cpu"
+    assert "comparison" not in storm["extras"]
+    storm["comparison"]["pairs"] = -1
+    assert any("comparison" in e for e in validate(doc, _json.JSON_SCHEMA, _json.JSON_SCHEMA))
+    assert first_problem(doc) is not None
+
+
+MARKDOWN = """\
+### pytest-storm: storms vs control main (1a2b3c4d5)
+
+1 regressed, 1 inconclusive, 1 unchanged
+
+| verdict | test | storm | change |
+|---|---|---|---|
+| ❌ regressed | `tests/test_api.py::test_cpu` | GET /cpu | cpu +21.4% [+15.2%, +27.9%] >+10.0%; 6 pairs, settled |
+| ❔ inconclusive | `tests/test_api.py::test_io` | GET /io | p99 +3.0% [−9.0%, +16.0%] (noise); 12 pairs, time cap 8.0 s |
+| ✅ unchanged | `tests/test_api.py::test_a\\|b` | GET /a | cpu −0.4% [−1.9%, +1.1%]; 5 pairs, settled |
+"""
+
+
+def test_markdown_summary_verbatim() -> None:
+    rows = [
+        SummaryRow(
+            "unchanged", "tests/test_api.py::test_a|b", "GET /a",
+            "cpu −0.4% [−1.9%, +1.1%]; 5 pairs, settled",
+        ),
+        SummaryRow(
+            "regressed", "tests/test_api.py::test_cpu", "GET /cpu",
+            "cpu +21.4% [+15.2%, +27.9%] >+10.0%; 6 pairs, settled",
+        ),
+        SummaryRow(
+            "inconclusive", "tests/test_api.py::test_io", "GET /io",
+            "p99 +3.0% [−9.0%, +16.0%] (noise); 12 pairs, time cap 8.0 s",
+        ),
+    ]  # fmt: skip
+    assert markdown_summary("pytest-storm: storms vs control main (1a2b3c4d5)", rows) == MARKDOWN
+
+
+# -- real sessions ------------------------------------------------------------------------
+
+APP = """
+import time
+
+MS = {ms}
+
+
+def burn(ms):
+    end = time.thread_time() + ms / 1000
+    while time.thread_time() < end:
+        pass
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    burn(MS)
+    await send({{"type": "http.response.start", "status": 200, "headers": []}})
+    await send({{"type": "http.response.body", "body": b"ok"}})
+"""
+
+TEST = """
+import pytest
+from cpu_app import app
+
+@pytest.mark.concurrency(users=2, duration=1.0)
+def test_cpu(storm):
+    storm(app, "GET", "/")
+"""
+
+CLOSURE_TEST = """
+def test_closure(storm):
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    storm(app, "GET", "/", users=1, duration=0.5)
+"""
+
+
+@pytest.fixture
+def session(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    return pytester
+
+
+def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest("-p", "pytest_concurrency.plugin", "-p", "no:cacheprovider", *args)
+
+
+def _control(pytester: pytest.Pytester, ms: float) -> None:
+    (pytester.path / "control").mkdir()
+    (pytester.path / "control" / "cpu_app.py").write_text(APP.format(ms=ms), encoding="utf-8")
+
+
+def test_a_closure_is_an_error_before_any_load(session: pytest.Pytester) -> None:
+    _control(session, 0.5)
+    session.makepyfile(test_closure=CLOSURE_TEST)
+    result = _run(session, "--concurrency-control=control")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ConfigError: --concurrency-control: the app <function test_closure.<locals>.app "
+            "at *> cannot be imported by name, so the control cannot have its own version of "
+            "it (a closure or an app built inside the test?)*"
+        ]
+    )
+    result.stdout.no_fnmatch_line("*storms*=*")
+    assert live_children() == []
+
+
+def test_a_control_without_the_app_is_an_error_before_any_load(
+    session: pytest.Pytester,
+) -> None:
+    (session.path / "control").mkdir()
+    (session.path / "control" / "other.py").write_text("", encoding="utf-8")
+    session.makepyfile(cpu_app=APP.format(ms=0.5), test_cpu=TEST)
+    result = _run(session, "--concurrency-control=control")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ConfigError: --concurrency-control: the control 'control control' cannot import "
+            "the app 'cpu_app:app': ConfigError: app='cpu_app:app' (from argument app) could "
+            "not be imported: ModuleNotFoundError: No module named 'cpu_app'*"
+        ]
+    )
+    result.stdout.no_fnmatch_line("*storms*=*")
+    assert live_children() == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--concurrency-control=no-such-ref"],
+            "ERROR: --concurrency-control='no-such-ref' (from command-line option "
+            "--concurrency-control) is not a directory, and * is not in a git repository "
+            "where it could be a ref",
+        ),
+        (
+            ["--concurrency-control=control", "--concurrency-control-time=0"],
+            "ERROR: --concurrency-control-time='0' (from command-line option "
+            "--concurrency-control-time) must be a number of seconds greater than 0",
+        ),
+        (
+            ["--concurrency-control=control", "--concurrency-compare-fail=cpu:5ms"],
+            "ERROR: --concurrency-compare-fail='cpu:5ms': cpu is judged relative to the "
+            "control: write cpu:N% (got '5ms')",
+        ),
+    ],
+)
+def test_bad_options_are_usage_errors(
+    session: pytest.Pytester, args: list[str], message: str
+) -> None:
+    _control(session, 0.5)
+    session.makepyfile(cpu_app=APP.format(ms=0.5), test_cpu=TEST)
+    result = _run(session, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+@pytest.mark.timing
+def test_identical_code_passes_and_a_doubled_cpu_fails(session: pytest.Pytester) -> None:
+    _control(session, 1.0)
+    session.makepyfile(cpu_app=APP.format(ms=1.0), test_cpu=TEST)
+    args = ["--concurrency-control=control", "--concurrency-compare-fail=p99:10%,rps:10%"]
+    same = _run(session, *args, "--concurrency-json=same.json")
+    same.assert_outcomes(passed=1)
+    storm = json.loads((session.path / "same.json").read_text())["storms"][0]
+    assert storm["comparison"]["verdict"] != "regressed"
+    assert storm["comparison"]["pairs"] >= MIN_PAIRS
+    assert live_children() == []
+
+    session.makepyfile(cpu_app=APP.format(ms=2.0))
+    slower = _run(session, *args, "--concurrency-markdown=summary.md")
+    slower.assert_outcomes(failed=1)
+    slower.stdout.fnmatch_lines(
+        [
+            "*storm GET / regressed: regressed vs control control: cpu +*",
+            "*cpu: control * µs, experiment * µs (medians); threshold cpu:10%*",
+            "*FAIL vs control*regressed: cpu +*",
+        ]
+    )
+    summary = (session.path / "summary.md").read_text(encoding="utf-8")
+    assert "| ❌ regressed | `test_cpu.py::test_cpu` | GET / | cpu +" in summary
+    assert live_children() == []
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout
+
+
+@pytest.mark.timing
+def test_a_git_ref_is_checked_out_and_removed(session: pytest.Pytester) -> None:
+    repo = session.path
+    session.makepyfile(cpu_app=APP.format(ms=0.5), test_cpu=TEST)
+    _git(repo, "init", "-q")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t.invalid", "add", ".")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qm", "control")
+    result = _run(session, "--concurrency-control=HEAD", "--concurrency-json=out.json")
+    result.assert_outcomes(passed=1)
+    storm = json.loads((repo / "out.json").read_text())["storms"][0]
+    assert storm["comparison"]["against"].startswith("control HEAD (")
+    assert len(_git(repo, "worktree", "list").splitlines()) == 1
