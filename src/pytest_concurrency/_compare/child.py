@@ -2,7 +2,8 @@
 round of the storm each time the parent asks.
 
 Started by :mod:`pytest_concurrency._compare.paired` as ``python -m
-pytest_concurrency._compare.child FD``, FD the process's end of a socket pair. The
+pytest_concurrency._compare.child FD PARENT``, FD the process's end of a socket pair; it
+serves every storm of the session whose app comes from its tree. The
 harness is imported before ``sys.path`` is set, so it is the experiment's on both sides;
 only the app and its modules come from the process's own tree.
 """
@@ -61,35 +62,40 @@ def _load(spec: ChildSpec) -> Any:
 
 
 def serve(conn: Connection) -> None:
-    """Answer the parent until it says stop or goes away."""
-    spec: ChildSpec = conn.recv()
-    try:
-        app = _load(spec)
-        plan = plan_storm(
-            app,
-            spec.method,
-            spec.path,
-            requests=spec.requests,
-            layers=spec.layers,
-            scale=spec.scale,
-        )
-    except BaseException as exc:  # everything goes back to the parent, named
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        return
-    conn.send(("ready", None))
+    """Answer the parent until it says stop or goes away: ``("plan", spec)`` imports the
+    app and plans its storm (``ready`` or ``error``), ``"round"`` runs one round of it."""
+    plan = None
     while True:
         try:
             command = conn.recv()
         except (EOFError, OSError):
             return
-        if command != "round":
+        if isinstance(command, tuple) and command[0] == "plan":
+            spec: ChildSpec = command[1]
+            try:
+                app = _load(spec)
+                plan = plan_storm(
+                    app,
+                    spec.method,
+                    spec.path,
+                    requests=spec.requests,
+                    layers=spec.layers,
+                    scale=spec.scale,
+                )
+            except BaseException as exc:  # everything goes back to the parent, named
+                plan = None
+                conn.send(("error", f"{type(exc).__name__}: {exc}"))
+                continue
+            conn.send(("ready", None))
+            continue
+        if command != "round" or plan is None:
             return
         try:
             result = run_plan(plan)
         except BaseException as exc:
             detail = "".join(traceback.format_exception(exc))
             conn.send(("error", f"{type(exc).__name__}: {exc}\n{detail}"))
-            return
+            continue
         conn.send(("done", _sendable(result)))
 
 

@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -40,7 +40,7 @@ from .spec import ChildSpec
 from .stats import MIN_PAIRS, paired_change
 from .verdict import FigureVerdict, figure_values, judge, storm_verdict, verdict_line
 
-__all__ = ["PairedOutcome", "live_children", "run_paired"]
+__all__ = ["Child", "Children", "PairedOutcome", "live_children", "run_paired"]
 
 #: Seconds each process gets to import the app and plan the storm.
 _STARTUP_TIMEOUT = 60.0
@@ -150,8 +150,10 @@ def check_sendable(spec: ChildSpec, option: str) -> None:
         ) from None
 
 
-class _Child:
-    def __init__(self, role: str, spec: ChildSpec) -> None:
+class Child:
+    """A control or experiment process, serving every storm whose app comes from its tree."""
+
+    def __init__(self, role: str) -> None:
         self.role = role
         ours, theirs = socket.socketpair()
         package_parent = str(Path(pytest_concurrency.__file__).resolve().parent.parent)
@@ -176,7 +178,10 @@ class _Child:
             theirs.close()
         _LIVE.add(self.process)
         self.conn = Connection(ours.detach())
-        self.conn.send(spec)
+
+    def plan(self, spec: ChildSpec) -> None:
+        """Ask the process to import the app and plan its storm (answered by receive())."""
+        self.conn.send(("plan", spec))
 
     def receive(self, timeout: float) -> tuple[str, Any]:
         # The process holds the only other end of the socket: its death reads as EOF.
@@ -204,7 +209,13 @@ class _Child:
         result: StormResult = payload
         return result
 
+    @property
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.process.poll() is None
+
     def stop(self) -> None:
+        """Stop the process: its socket closed, SIGTERM, SIGKILL after a grace period."""
         with suppress(OSError):
             self.conn.close()
         if self.process.poll() is None:
@@ -217,17 +228,50 @@ class _Child:
         _LIVE.discard(self.process)
 
 
+class Children:
+    """The session's control and experiment processes, by role and ``sys.path``: started on
+    first use, reused by later storms, stopped by :meth:`close` (and when a storm fails)."""
+
+    def __init__(self) -> None:
+        self._running: dict[tuple[str, tuple[str, ...]], Child] = {}
+
+    def get(self, role: str, spec: ChildSpec) -> Child:
+        """The process for *role* importing from *spec*'s ``sys.path``."""
+        key = (role, tuple(spec.sys_path))
+        child = self._running.get(key)
+        if child is None or not child.alive:
+            child = self._running[key] = Child(role)
+        return child
+
+    def discard(self, child: Child) -> None:
+        """Stop *child* and forget it (its state is unknown after a failure)."""
+        child.stop()
+        self._running = {k: c for k, c in self._running.items() if c is not child}
+
+    def close(self) -> None:
+        """Stop every process."""
+        running, self._running = list(self._running.values()), {}
+        for child in running:
+            child.stop()
+
+
 @contextmanager
-def _children(control: ChildSpec, experiment: ChildSpec) -> Iterator[tuple[_Child, _Child]]:
-    with ExitStack() as stack:
-        a = _Child("control", control)
-        stack.callback(a.stop)
-        b = _Child("experiment", experiment)
-        stack.callback(b.stop)
+def _pair(
+    children: Children, control: ChildSpec, experiment: ChildSpec
+) -> Iterator[tuple[Child, Child]]:
+    a = children.get("control", control)
+    b = children.get("experiment", experiment)
+    try:
         yield a, b
+    except BaseException:
+        # A failed or interrupted storm leaves the processes mid-round: stop them.
+        children.discard(a)
+        children.discard(b)
+        raise
 
 
 def run_paired(
+    children: Children,
     control: ChildSpec,
     experiment: ChildSpec,
     *,
@@ -239,7 +283,9 @@ def run_paired(
 ) -> PairedOutcome:
     """Run the storm paired until its verdict settles or the budget is spent."""
     started = perf_counter()
-    with _children(control, experiment) as (a, b):
+    with _pair(children, control, experiment) as (a, b):
+        a.plan(control)
+        b.plan(experiment)
         for child, spec in ((a, control), (b, experiment)):
             kind, payload = child.receive(_STARTUP_TIMEOUT)
             if kind == "error":

@@ -26,7 +26,14 @@ from .._report._records import as_records
 from .._result import StormResult
 from .._session import STORMS_KEY
 from .control import Control, control_path, experiment_path, module_root
-from .paired import PairedOutcome, check_sendable, default_budget, round_layer, run_paired
+from .paired import (
+    Children,
+    PairedOutcome,
+    check_sendable,
+    default_budget,
+    round_layer,
+    run_paired,
+)
 from .spec import ChildSpec
 from .verdict import DEFAULT_THRESHOLDS, parse_thresholds
 
@@ -93,6 +100,7 @@ class ControlSession:
         self.thresholds = parse_thresholds(DEFAULT_THRESHOLDS, origin="default")
         self.failing = False
         self.markdown = setting(config, "markdown")
+        self.children = Children()
         try:
             self._check()
         except ConfigError as exc:
@@ -128,7 +136,8 @@ class ControlSession:
         return self.control is not None
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
-        """Remove the control's temporary worktree."""
+        """Stop the control and experiment processes; remove the control's worktree."""
+        self.children.close()
         if self.control is not None:
             self.control.close()
 
@@ -166,6 +175,7 @@ class ControlSession:
         budget = self.budget if self.budget is not None else default_budget(plan)
         seconds = (plan.config.duration or 0) + plan.config.warmup + plan.config.timeout_ms / 1000
         outcome = run_paired(
+            self.children,
             control,
             experiment,
             thresholds=self.thresholds,
