@@ -389,3 +389,79 @@ def test_a_git_ref_is_checked_out_and_removed(session: pytest.Pytester) -> None:
     storm = json.loads((repo / "out.json").read_text())["storms"][0]
     assert storm["comparison"]["against"].startswith("control HEAD (")
     assert len(_git(repo, "worktree", "list").splitlines()) == 1
+
+
+ASYNC_TEST = """
+import pytest
+from cpu_app import app
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+@pytest.mark.anyio
+async def test_async(storm):
+    result = await storm.arun(app, "GET", "/", users=2, duration=0.5)
+    assert result.extras["comparison"]["pairs"] >= 6
+"""
+
+
+@pytest.mark.timing
+def test_arun_runs_paired_too(session: pytest.Pytester) -> None:
+    _control(session, 0.5)
+    session.makepyfile(cpu_app=APP.format(ms=0.5), test_async=ASYNC_TEST)
+    result = _run(session, "-p", "anyio", "--concurrency-control=control")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*vs control*", "*test_async.py::test_async*GET /*pass*"])
+    assert live_children() == []
+
+
+# The socket to the process stays open in a holder that outlives the parent, as it does
+# mid-round: only the parent-death watch can end the process then.
+KILLED_PARENT = """
+import subprocess, sys, time
+from pytest_concurrency._compare.paired import Child
+child = Child("control")
+holder = subprocess.Popen(["sleep", "30"], pass_fds=(child.conn.fileno(),))
+print(child.process.pid, holder.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_processes_end_when_their_parent_is_killed() -> None:
+    import contextlib
+    import os
+    import signal
+    import sys
+    import time
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", KILLED_PARENT], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        pid, holder = (int(x) for x in parent.stdout.readline().split())
+        os.kill(pid, 0)  # running
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().split()[2] == "Z":  # ended, not yet reaped by init
+                    break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"process {pid} outlived its killed parent")
+    finally:
+        with contextlib.suppress(NameError, ProcessLookupError):
+            os.kill(holder, signal.SIGKILL)
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if parent.stdout is not None:
+            parent.stdout.close()
