@@ -465,3 +465,27 @@ def test_processes_end_when_their_parent_is_killed() -> None:
             parent.wait()
         if parent.stdout is not None:
             parent.stdout.close()
+
+
+SERVER_TEST = """
+from cpu_app import app
+
+def test_server(storm):
+    storm(app, "GET", "/", users=1, duration=0.5, server="uvicorn")
+"""
+
+
+def test_a_real_server_storm_is_an_error_before_any_load(session: pytest.Pytester) -> None:
+    pytest.importorskip("uvicorn")
+    _control(session, 0.5)
+    session.makepyfile(cpu_app=APP.format(ms=0.5), test_server=SERVER_TEST)
+    result = _run(session, "--concurrency-control=control")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ConfigError: --concurrency-control: a paired storm runs in-process with the "
+            "native engine; this one has server='uvicorn' (from keyword argument) and "
+            "engine='native' (from default)"
+        ]
+    )
+    assert live_children() == []

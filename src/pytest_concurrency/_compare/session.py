@@ -157,6 +157,14 @@ class ControlSession:
         with the comparison in ``extras["comparison"]`` (and a note)."""
         assert self.control is not None
         option = self.control.option
+        if plan.config.server != "inprocess" or plan.config.engine != "native":
+            # A server process imports the app by name from its own sys.path: it would not
+            # see the control's tree.
+            raise ConfigError(
+                f"{option}: a paired storm runs in-process with the native engine; this one "
+                f"has server={plan.config.server!r} (from {plan.config.origin_of('server')}) "
+                f"and engine={plan.config.engine!r} (from {plan.config.origin_of('engine')})"
+            )
         spec = _import_path(app, option)
         tree = self.control.tree()
         root = module_root(spec, option)
