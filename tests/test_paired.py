@@ -489,3 +489,29 @@ def test_a_real_server_storm_is_an_error_before_any_load(session: pytest.Pyteste
         ]
     )
     assert live_children() == []
+
+
+BASELINE_TEST = """
+from cpu_app import app
+
+def test_cpu(storm):
+    storm(app, "GET", "/", users=2, duration=0.3)
+"""
+
+
+def test_markdown_summary_of_a_saved_baseline_compare(session: pytest.Pytester) -> None:
+    session.makepyfile(cpu_app=APP.format(ms=0.2), test_cpu=BASELINE_TEST)
+    _run(session, "--concurrency-save=main").assert_outcomes(passed=1)
+    result = _run(
+        session,
+        "--concurrency-compare=main",
+        "--concurrency-compare-fail=p99:1000%",
+        "--concurrency-markdown=out/summary.md",
+    )
+    result.assert_outcomes(passed=1)
+    lines = (session.path / "out" / "summary.md").read_text(encoding="utf-8").splitlines()
+    assert lines[:2] == ["### pytest-storm: storms vs baseline main", ""]
+    assert lines[4:6] == ["| verdict | test | storm | change |", "|---|---|---|---|"]
+    assert lines[6].startswith("| ")
+    assert "| `test_cpu.py::test_cpu` | GET / | p99 " in lines[6]
+    assert len(lines) == 7
