@@ -515,3 +515,69 @@ def test_markdown_summary_of_a_saved_baseline_compare(session: pytest.Pytester) 
     assert lines[6].startswith("| ")
     assert "| `test_cpu.py::test_cpu` | GET / | p99 " in lines[6]
     assert len(lines) == 7
+
+
+LONG_TEST = """
+from cpu_app import app
+
+def test_long(storm):
+    storm(app, "GET", "/", users=2, duration=60)
+"""
+
+
+def _children_of(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"pytest_concurrency._compare.child" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_ctrl_c_stops_both_processes_and_removes_the_worktree(tmp_path: Path) -> None:
+    import os
+    import signal
+    import sys
+    import time
+
+    (tmp_path / "cpu_app.py").write_text(APP.format(ms=0.2), encoding="utf-8")
+    (tmp_path / "test_long.py").write_text(LONG_TEST, encoding="utf-8")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t.invalid", "add", ".")
+    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qm", "c")
+    src = Path(__file__).resolve().parent.parent / "src"
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONPATH": str(src)}
+    command = [sys.executable, "-m", "pytest", "-p", "pytest_concurrency.plugin"]
+    command += ["-p", "no:cacheprovider", "-q", "--concurrency-control=HEAD"]
+    with subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    ) as session:
+        try:
+            deadline = time.monotonic() + 60
+            pids: list[int] = []
+            while len(pids) < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+                pids = _children_of(session.pid)
+            assert len(pids) == 2, "the control and experiment processes did not start"
+            assert len(_git(tmp_path, "worktree", "list").splitlines()) == 2
+            time.sleep(1.0)  # into the rounds
+            session.send_signal(signal.SIGINT)
+            assert session.wait(timeout=30) == pytest.ExitCode.INTERRUPTED
+        finally:
+            if session.poll() is None:
+                session.kill()
+    assert not [pid for pid in pids if _alive(pid)]
+    assert len(_git(tmp_path, "worktree", "list").splitlines()) == 1
