@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -327,8 +326,3 @@ def _relative(value: float) -> str:
     if not math.isfinite(value):
         return "n/a"
     return f"{value * 100:+.1f}%".replace("-", "−")
-
-
-def markdown_path(found: Setting | None) -> Path | None:
-    """Where the summary goes."""
-    return found.path() if found is not None else None
