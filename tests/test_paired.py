@@ -10,8 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from pytest_concurrency._compare.paired import PairedOutcome, live_children
-from pytest_concurrency._compare.stats import MIN_PAIRS, paired_change, signed_rank_cdf
+from pytest_concurrency._compare.paired import PairedOutcome, could_settle, live_children
+from pytest_concurrency._compare.stats import (
+    MIN_PAIRS,
+    PairedChange,
+    paired_change,
+    signed_rank_cdf,
+)
 from pytest_concurrency._compare.verdict import (
     LINE_LIMIT,
     judge,
@@ -117,6 +122,26 @@ def test_unmeasured_pairs_are_left_out() -> None:
     assert change.pairs == 1
     assert paired_change([math.nan], [1.0]) is None
     assert judge(THRESHOLDS[0], None).verdict == "unmeasured"
+
+
+def _inconclusive(ratio: float, low: float, high: float) -> object:
+    change = PairedChange(6, ratio, low, high, 0.97, 100.0, 100.0 * ratio)
+    found = judge(THRESHOLDS[1], change)  # p99:10%
+    assert found.verdict == "inconclusive"
+    return found
+
+
+def test_rounds_stop_when_the_noise_cannot_settle_within_the_cap() -> None:
+    # An interval of ±15 % around no change halves by four times the pairs: inside 10 %.
+    narrowing = _inconclusive(1.0, 0.85, 1.15)
+    assert could_settle(narrowing, 6, 24)  # type: ignore[arg-type]
+    assert not could_settle(narrowing, 6, 8)  # type: ignore[arg-type]
+    # A change right at the threshold never settles, however many pairs.
+    assert not could_settle(_inconclusive(1.1, 0.9, 1.3), 6, 600)  # type: ignore[arg-type]
+    # Throughput: worse is lower.
+    rps = judge(THRESHOLDS[2], PairedChange(6, 0.7, 0.5, 0.95, 0.97, 100.0, 70.0))
+    assert rps.verdict == "inconclusive"
+    assert could_settle(rps, 6, 60)
 
 
 # -- thresholds and wording ---------------------------------------------------------------

@@ -7,8 +7,9 @@ starting, a CPU clocking down) falls on both sides of the pairs alike. Each roun
 sixth of the storm's duration (or request count), so six pairs cost about two storms.
 
 After :data:`~.stats.MIN_PAIRS` pairs every judged figure is checked after each pair;
-the rounds stop when none is inconclusive or one regressed ("settled"), or when the next
-pair would pass the time budget ("time cap"). Both processes are stopped on every exit
+the rounds stop when none is inconclusive or one regressed ("settled"), when the next
+pair would pass the time budget ("time cap"), or when no inconclusive figure could
+settle within it even if its interval narrowed as ``1/sqrt(pairs)`` ("noise too wide"). Both processes are stopped on every exit
 path: the parent terminates them, and each ends itself when its parent disappears.
 """
 
@@ -125,12 +126,12 @@ def round_layer(plan: StormPlan, scale: tuple[float, str] | None) -> Layer:
 
 
 def default_budget(plan: StormPlan) -> float | None:
-    """Seconds of pairs allowed when the user set none: four times the storm (None: unknown)."""
+    """Seconds of pairs allowed when the user set none: three times the storm (None: unknown)."""
     config = plan.config
     if config.stages:
-        return 4.0 * sum(seconds for seconds, _ in config.stages)
+        return 3.0 * sum(seconds for seconds, _ in config.stages)
     if config.duration is not None:
-        return 4.0 * (config.duration + config.warmup)
+        return 3.0 * (config.duration + config.warmup)
     return None
 
 
@@ -276,6 +277,22 @@ def _pair(
         raise
 
 
+def could_settle(verdict: FigureVerdict, pairs: int, reachable: int) -> bool:
+    """Whether an inconclusive figure could settle by *reachable* pairs: its interval,
+    narrowed as ``1/sqrt(n)`` around the estimate, would clear its threshold."""
+    change = verdict.change
+    if verdict.verdict != "inconclusive" or change is None or change.low <= 0:
+        return verdict.verdict == "inconclusive"
+    allowed = math.log(verdict.allowed)
+    estimate, low, high = math.log(change.ratio), math.log(change.low), math.log(change.high)
+    if not verdict.figure.bigger_is_worse:
+        estimate, low, high = -estimate, -high, -low
+    shrink = math.sqrt(pairs / max(pairs, reachable))
+    low = estimate - (estimate - low) * shrink
+    high = estimate + (high - estimate) * shrink
+    return low > allowed or high <= allowed
+
+
 def run_paired(
     children: Children,
     control: ChildSpec,
@@ -338,6 +355,10 @@ def run_paired(
                 cap = budget if budget is not None else pair_seconds * 2 * MIN_PAIRS
                 if spent + pair_seconds > cap:
                     outcome.ended = f"time cap {cap:.1f} s"
+                    break
+                reachable = outcome.pairs + int((cap - spent) / pair_seconds)
+                if not any(could_settle(v, outcome.pairs, reachable) for v in verdicts):
+                    outcome.ended = f"noise too wide to settle within {cap:.1f} s"
                     break
         else:
             outcome.ended = f"cap of {MAX_PAIRS} pairs"
