@@ -606,3 +606,37 @@ def test_ctrl_c_stops_both_processes_and_removes_the_worktree(tmp_path: Path) ->
                 session.kill()
     assert not [pid for pid in pids if _alive(pid)]
     assert len(_git(tmp_path, "worktree", "list").splitlines()) == 1
+
+
+IO_APP = """
+import asyncio
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await asyncio.sleep(0.02)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+IO_TEST = """
+from io_app import app
+
+def test_io(storm):
+    storm(app, "GET", "/", users=2, duration=0.5)
+"""
+
+
+def test_cpu_of_an_idle_storm_is_judged_only_when_named(session: pytest.Pytester) -> None:
+    (session.path / "control").mkdir()
+    (session.path / "control" / "io_app.py").write_text(IO_APP, encoding="utf-8")
+    session.makepyfile(io_app=IO_APP, test_io=IO_TEST)
+    base = ["--concurrency-control=control", "--concurrency-json=out.json"]
+    _run(session, *base, "--concurrency-compare-fail=p99:50%").assert_outcomes(passed=1)
+    block = json.loads((session.path / "out.json").read_text())["storms"][0]["comparison"]
+    assert [f["figure"] for f in block["figures"]] == ["p99"]
+    assert block["notes"][0].startswith("CPU per request not judged: the storm's threads ran ")
+    _run(session, *base, "--concurrency-compare-fail=p99:50%,cpu:500%").assert_outcomes(passed=1)
+    block = json.loads((session.path / "out.json").read_text())["storms"][0]["comparison"]
+    assert [f["figure"] for f in block["figures"]] == ["cpu", "p99"]
+    assert block["notes"] == []

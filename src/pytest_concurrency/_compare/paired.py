@@ -40,7 +40,15 @@ from .._report._baseline import Threshold
 from .._result import StormResult
 from .spec import ChildSpec
 from .stats import MIN_PAIRS, paired_change
-from .verdict import FigureVerdict, figure_values, judge, storm_verdict, verdict_line
+from .verdict import (
+    IDLE_BUSY,
+    FigureVerdict,
+    busy_share,
+    figure_values,
+    judge,
+    storm_verdict,
+    verdict_line,
+)
 
 __all__ = ["Child", "Children", "PairedOutcome", "live_children", "run_paired"]
 
@@ -79,6 +87,7 @@ class PairedOutcome:
     order: str
     experiment: list[StormResult] = field(default_factory=list)
     control: list[StormResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def verdict(self) -> str:
@@ -102,6 +111,7 @@ class PairedOutcome:
             "seconds": round(self.seconds, 3),
             "order": self.order,
             "figures": [v.to_dict() for v in self.verdicts],
+            "notes": list(self.notes),
         }
 
     def chosen(self) -> StormResult:
@@ -277,6 +287,14 @@ def _pair(
         raise
 
 
+def _median(values: Sequence[float]) -> float:
+    kept = sorted(v for v in values if not math.isnan(v))
+    if not kept:
+        return math.nan
+    mid = len(kept) // 2
+    return kept[mid] if len(kept) % 2 else (kept[mid - 1] + kept[mid]) / 2
+
+
 def could_settle(verdict: FigureVerdict, pairs: int, reachable: int) -> bool:
     """Whether an inconclusive figure could settle by *reachable* pairs: its interval,
     narrowed as ``1/sqrt(n)`` around the estimate, would clear its threshold."""
@@ -303,8 +321,13 @@ def run_paired(
     budget: float | None,
     option: str,
     round_timeout: float,
+    cpu_named: bool = True,
 ) -> PairedOutcome:
-    """Run the storm paired until its verdict settles or the budget is spent."""
+    """Run the storm paired until its verdict settles or the budget is spent.
+
+    CPU per request that the thresholds did not name (*cpu_named* False) is left out for
+    a storm whose threads ran less than :data:`IDLE_BUSY` of its rounds.
+    """
     started = perf_counter()
     with _pair(children, control, experiment) as (a, b):
         a.plan(control)
@@ -328,6 +351,8 @@ def run_paired(
         outcome = PairedOutcome(against, [], 0, "time cap", 0.0, "")
         order: list[str] = []
         verdicts: list[FigureVerdict] = []
+        judged = list(thresholds)
+        busy = math.nan
         pair_seconds = 0.0
         while outcome.pairs < MAX_PAIRS:
             first = perf_counter()
@@ -342,8 +367,12 @@ def run_paired(
             outcome.pairs += 1
             pair_seconds = max(pair_seconds, perf_counter() - first)
             if outcome.pairs >= MIN_PAIRS:
+                busy = _median([busy_share(r) for r in outcome.control + outcome.experiment])
+                judged = [
+                    t for t in thresholds if cpu_named or t.figure != "cpu" or not busy < IDLE_BUSY
+                ]
                 verdicts = [
-                    judge(t, paired_change(*values.get(t.figure, ([], [])))) for t in thresholds
+                    judge(t, paired_change(*values.get(t.figure, ([], [])))) for t in judged
                 ]
                 settled = all(v.verdict != "inconclusive" for v in verdicts) or any(
                     v.verdict == "regressed" for v in verdicts
@@ -363,6 +392,11 @@ def run_paired(
         else:
             outcome.ended = f"cap of {MAX_PAIRS} pairs"
         outcome.verdicts = verdicts
+        if len(judged) < len(thresholds):
+            outcome.notes.append(
+                f"CPU per request not judged: the storm's threads ran {busy:.0%} of its rounds, "
+                "so it is mostly the harness's own fixed costs (name cpu:N% to judge it)"
+            )
         outcome.order = "".join(order)
         outcome.seconds = perf_counter() - started
         return outcome

@@ -97,6 +97,9 @@ class ControlSession:
         self.control: Control | None = None
         self.budget: float | None = None
         self.thresholds = parse_thresholds(DEFAULT_THRESHOLDS, origin="default")
+        #: Whether the thresholds name CPU per request (else it is judged only when it means
+        #: something: a storm whose threads were busy).
+        self.cpu_named = False
         self.failing = False
         self.markdown = setting(config, "markdown")
         self.children = Children()
@@ -127,6 +130,9 @@ class ControlSession:
         fail = setting(self.config, "compare_fail")
         if fail is not None:
             self.thresholds = parse_thresholds(str(fail.value), origin=fail.label)
+            self.cpu_named = any(
+                item.partition(":")[0].strip() == "cpu" for item in str(fail.value).split(",")
+            )
             self.failing = True
 
     @property
@@ -190,6 +196,7 @@ class ControlSession:
             budget=budget,
             option=option,
             round_timeout=seconds + _ROUND_GRACE,
+            cpu_named=self.cpu_named,
         )
         return _attach(outcome, self.failing)
 
@@ -271,6 +278,7 @@ def _attach(outcome: PairedOutcome, failing: bool) -> StormResult:
     block["fails"] = failing
     result.extras["comparison"] = block
     result.notes.append(outcome.line)
+    result.notes.extend(outcome.notes)
     result.rounds = [
         {"p50": r.latency.p50, "p99": r.latency.p99, "max": r.latency.max, "rps": r.throughput}
         for r in outcome.experiment

@@ -22,9 +22,11 @@ from .stats import PairedChange
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
+    "IDLE_BUSY",
     "PAIRED_FIGURES",
     "FigureVerdict",
     "PairedFigure",
+    "busy_share",
     "figure_values",
     "judge",
     "parse_thresholds",
@@ -120,6 +122,19 @@ def parse_thresholds(expr: str, *, origin: str) -> list[Threshold]:
         found.insert(0, Threshold("cpu", min(relative) if relative else 10.0, True))
     order = list(PAIRED_FIGURES)
     return sorted(found, key=lambda t: order.index(t.figure))
+
+
+#: Below this share of a round spent running, a storm's CPU per request is mostly the
+#: harness's fixed costs (starting users, probes ticking) and too noisy to judge unasked.
+IDLE_BUSY = 0.2
+
+
+def busy_share(result: StormResult) -> float:
+    """Share of the round the storm's threads spent running (NaN where not measured)."""
+    measured = result.extras.get("cpu_contention")
+    if not isinstance(measured, Mapping) or not result.duration > 0:
+        return math.nan
+    return float(measured.get("run_s", math.nan)) / result.duration
 
 
 def figure_values(result: StormResult) -> dict[str, float]:

@@ -58,6 +58,7 @@ COMPARISON_SCHEMA: dict[str, Any] = {
         "seconds": {"type": "number", "minimum": 0},
         "order": {"type": "string", "description": "rounds in order: A control, B experiment"},
         "fails": {"type": "boolean"},
+        "notes": {"type": "array", "items": {"type": "string"}},
         "figures": {
             "type": "array",
             "items": {
