@@ -136,12 +136,12 @@ def round_layer(plan: StormPlan, scale: tuple[float, str] | None) -> Layer:
 
 
 def default_budget(plan: StormPlan) -> float | None:
-    """Seconds of pairs allowed when the user set none: three times the storm (None: unknown)."""
+    """Seconds of pairs allowed when the user set none: four times the storm (None: unknown)."""
     config = plan.config
     if config.stages:
-        return 3.0 * sum(seconds for seconds, _ in config.stages)
+        return 4.0 * sum(seconds for seconds, _ in config.stages)
     if config.duration is not None:
-        return 3.0 * (config.duration + config.warmup)
+        return 4.0 * (config.duration + config.warmup)
     return None
 
 

@@ -49,7 +49,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "control_time": (
         "SECONDS",
         "most seconds of paired rounds per storm under --concurrency-control "
-        "(default: 3 times the storm's duration); at least 6 pairs always run",
+        "(default: 4 times the storm's duration); at least 6 pairs always run",
     ),
     "markdown": (
         "PATH",
