@@ -84,7 +84,7 @@ def connection_pool_line(pool: ConnectionPoolUsage, latency_p50_ms: float | None
             f"{pool.saturation:.0%} of the storm, p99 wait {_ms(pool.wait_p99_ms)} "
             f"(p50 {_ms(pool.wait_p50_ms)}{of_latency}): {pool.fix}"
         )
-    if pool.library == "Django" and pool.connects:
+    if _opens_per_request(pool):
         each = _ms(pool.connect_p50_ms)
         opened = "1 connection" if pool.connects == 1 else f"{pool.connects:,} connections"
         return (
@@ -93,6 +93,11 @@ def connection_pool_line(pool: ConnectionPoolUsage, latency_p50_ms: float | None
             f"open at once: {pool.fix}"
         )
     return describe_connection_pool(pool)
+
+
+def _opens_per_request(pool: ConnectionPoolUsage) -> bool:
+    # Django opens one per thread and keeps it (CONN_MAX_AGE > 0), or one per request.
+    return pool.library == "Django" and pool.connects > 2 * max(1, pool.peak_in_use)
 
 
 def pool_bound(
@@ -121,7 +126,7 @@ def diagnose(
     used = [
         p
         for p in connections
-        if (p.saturation >= 0.01 and p.waited) or (p.library == "Django" and p.connects)
+        if (p.saturation >= 0.01 and p.waited) or _opens_per_request(p)
     ]
     used.sort(key=lambda p: (-p.saturation, -(p.wait_p50_ms or 0.0)))
     lines.extend(connection_pool_line(p, latency_p50_ms) for p in used)
