@@ -279,3 +279,12 @@ def test_django_without_persistent_connections_shows_the_time_opening_them(
     # CONN_MAX_AGE=60: one per worker thread, kept.
     assert reused.connects <= 4
     assert not [x for x in diagnosis(kept.to_dict(histograms=False), kept) if "CONN_MAX_AGE" in x]
+
+
+def test_the_pool_claim_holds_only_when_the_small_pool_is_the_bottleneck() -> None:
+    from examples.claims.base import HOLDS, NOT_HERE, PARTLY
+    from examples.claims.db_pool import judge_pool_bound
+
+    assert judge_pool_bound(84.0, 21.0, 0.8, 80.0).verdict == HOLDS
+    assert judge_pool_bound(84.0, 21.0, 0.2, 80.0).verdict == PARTLY  # not saturated
+    assert judge_pool_bound(22.0, 21.0, 0.0, 80.0).verdict == NOT_HERE
