@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -288,3 +290,70 @@ def test_the_pool_claim_holds_only_when_the_small_pool_is_the_bottleneck() -> No
     assert judge_pool_bound(84.0, 21.0, 0.8, 80.0).verdict == HOLDS
     assert judge_pool_bound(84.0, 21.0, 0.2, 80.0).verdict == PARTLY  # not saturated
     assert judge_pool_bound(22.0, 21.0, 0.0, 80.0).verdict == NOT_HERE
+
+
+class _SlowHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: the client's pool keeps its connections
+    disable_nagle_algorithm = True  # headers and body go out at once, no delayed-ACK stall
+
+    def do_GET(self) -> None:
+        time.sleep(SLOW_ROUTE)
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+SLOW_ROUTE = 0.05
+
+
+@pytest.fixture
+def slow_server() -> Iterator[str]:
+    """A server on 127.0.0.1 that answers every GET after 50 ms, one thread per connection."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowHandler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/slow"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.mark.timing
+def test_an_httpx_client_limited_to_five_connections_shows_its_queue(slow_server: str) -> None:
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    client = httpx.AsyncClient(limits=httpx.Limits(max_connections=5))
+
+    async def proxy(request: Any) -> JSONResponse:
+        answer = await client.get(slow_server)
+        return JSONResponse({"status": answer.status_code})
+
+    app = Starlette(routes=[Route("/proxy", proxy)])
+    result = run_storm(app, "GET", "/proxy", users=50, duration=1.5, warmup=0.3, check=False)
+    assert result.status_counts[200] == result.requests > 0
+    [pool] = result.connection_pools
+    assert pool.name == "httpx client pool (max_connections=5)"
+    assert (pool.size, pool.peak_in_use) == (5, 5)
+    # Full with calls waiting the whole storm; the probe's window also holds the storm's
+    # start and its drain, when fewer than 5 calls are in flight.
+    assert pool.saturation >= 0.6
+    # 5 connections × 50 ms serve at most 100 calls/s (a loaded machine's server fewer):
+    # Little's law on the rate the storm got, 50 users wait ≈ 50 / rate − 50 ms each.
+    assert result.throughput <= 5 / SLOW_ROUTE * 1.1
+    little_ms = (50 / result.throughput - SLOW_ROUTE) * 1000
+    assert pool.wait_p50_ms is not None
+    assert pool.wait_p50_ms == pytest.approx(little_ms, rel=0.2)
+    assert pool.connects <= 10  # kept alive, not one per call
+    [line] = _pool_line(diagnosis(result.to_dict(histograms=False), result))
+    assert "httpx.Limits(max_connections=...)" in line

@@ -3,8 +3,10 @@
 ``ConnectionPoolProbe`` wraps, through the patch registry and only while it runs, the
 checkout, return and connect of the pools apps use: SQLAlchemy's ``QueuePool`` (and the
 async engine's ``AsyncAdaptedQueuePool``), asyncpg's ``Pool``, psycopg_pool's
-``ConnectionPool`` and ``AsyncConnectionPool``, and Django's database connections (one per
-thread, opened by ``connect``). Each pool met during the storm gets a gauge, kept by
+``ConnectionPool`` and ``AsyncConnectionPool``, Django's database connections (one per
+thread, opened by ``connect``), and the connection pools of httpx and httpx2 clients
+(httpcore's, sized by ``Limits(max_connections=...)``; a simulated upstream answers
+without them, so only calls to real servers on loopback go through them). Each pool met during the storm gets a gauge, kept by
 events rather than samples so that it works the same under a loop and under threads:
 connections in use (the peak and the time-weighted mean), the time with every connection
 taken and a request waiting (saturation), each checkout's wait for a connection and each
@@ -43,6 +45,8 @@ _FIX = {
     "SQLAlchemy": "raise pool_size (or max_overflow), or hold the connection for less time",
     "asyncpg": "raise the pool's max_size, or hold the connection for less time",
     "psycopg_pool": "raise the pool's max_size, or hold the connection for less time",
+    "httpx": "raise httpx.Limits(max_connections=...) on the client, or make fewer calls",
+    "httpx2": "raise httpx2.Limits(max_connections=...) on the client, or make fewer calls",
     "Django": (
         "set CONN_MAX_AGE (persistent connections) so a request does not open its own, "
         "or use a connection pool"
@@ -68,6 +72,15 @@ class _Gauge:
         self.saturated_s = 0.0
         self.waits: array[int] = array("q")
         self.connects: array[int] = array("q")
+        #: Reads the connections in use from the pool itself, when it can tell (httpcore's
+        #: pool can, and retries a request on another connection: counting is not enough).
+        self.reader: Callable[[], int] | None = None
+
+    def _read(self) -> None:
+        if self.reader is not None:
+            self.in_use = self.reader()
+            self.handoffs = 0
+            self.peak = max(self.peak, self.in_use)
 
     def _advance(self, now: float) -> None:
         # Called with the lock held: the time since the last event had the state it had.
@@ -84,6 +97,7 @@ class _Gauge:
         with self.lock:
             self._advance(now)
             self.waiting += 1
+            self._read()
 
     def give_up(self, now: float) -> None:
         with self.lock:
@@ -95,7 +109,9 @@ class _Gauge:
             self._advance(now)
             if queued:
                 self.waiting -= 1
-            if self.handoffs > 0:
+            if self.reader is not None:
+                self._read()
+            elif self.handoffs > 0:
                 self.handoffs -= 1
             else:
                 self.in_use += 1
@@ -105,7 +121,9 @@ class _Gauge:
     def give_back(self, now: float) -> None:
         with self.lock:
             self._advance(now)
-            if self.waiting > self.handoffs:
+            if self.reader is not None:
+                self._read()
+            elif self.waiting > self.handoffs:
                 # A waiter gets this connection: the pool stays as full until it takes it.
                 self.handoffs += 1
             elif self.in_use > 0:
@@ -507,6 +525,277 @@ def _patch_django() -> list[Patch]:
     ]
 
 
+# -- httpx's connection pool (httpcore, and httpcore2 under httpx2) ------------------------------
+
+# The gauges of the HTTP pool whose request runs in this context: the wait for a connection
+# and the connect happen further down the same request's call.
+_HTTP: ContextVar[list[_Gauge] | None] = ContextVar("pytest_storm_http_pool", default=None)
+# When the request running in this context started waiting for a connection (None: it is
+# not waiting). httpcore may hand a request a busy connection and retry it: the wait lasts
+# until it gets one it can use.
+_HTTP_SINCE: ContextVar[list[float | None] | None] = ContextVar(
+    "pytest_storm_http_since", default=None
+)
+
+
+def _http_describe(library: str) -> Callable[[Any], tuple[str, str, int | None, int]]:
+    def describe(pool: Any) -> tuple[str, str, int | None, int]:
+        size = getattr(pool, "_max_connections", None)
+        limit = int(size) if isinstance(size, int) else None
+        shown = f"max_connections={limit}" if limit is not None else "no connection limit"
+        return f"{library} client pool ({shown})", library, limit, _http_in_use(pool)
+
+    return describe
+
+
+def _http_in_use(pool: Any) -> int:
+    # A connection that is not idle is connecting or carrying a request. (Requests can be
+    # assigned to a busy connection and retried: their count says nothing.)
+    connections = list(getattr(pool, "_connections", ()))
+    return sum(1 for c in connections if not c.is_idle())
+
+
+def _http_gauges(
+    pool: Any, describe: Callable[[Any], tuple[str, str, int | None, int]]
+) -> list[_Gauge]:
+    gauges = _gauges(pool, describe)
+    for gauge in gauges:
+        if gauge.reader is None:
+            gauge.reader = functools.partial(_http_in_use, pool)
+    return gauges
+
+
+def _http_handle(
+    library: str, is_async: bool
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    describe = _http_describe(library)
+
+    def factory(original: Callable[..., Any]) -> Callable[..., Any]:
+        if is_async:
+
+            @functools.wraps(original)
+            async def handle_async_request(self: Any, request: Any) -> Any:
+                if not _LIVE.probes:
+                    return await original(self, request)
+                gauges = _http_gauges(self, describe)
+                token = _HTTP.set(gauges)
+                since: list[float | None] = [None, None, 0.0]
+                waiting = _HTTP_SINCE.set(since)
+                try:
+                    return await original(self, request)
+                finally:
+                    _HTTP.reset(token)
+                    _HTTP_SINCE.reset(waiting)
+                    _gave_up(gauges, since)
+
+            return handle_async_request
+
+        @functools.wraps(original)
+        def handle_request(self: Any, request: Any) -> Any:
+            if not _LIVE.probes:
+                return original(self, request)
+            gauges = _http_gauges(self, describe)
+            token = _HTTP.set(gauges)
+            since: list[float | None] = [None, None, 0.0]
+            waiting = _HTTP_SINCE.set(since)
+            try:
+                return original(self, request)
+            finally:
+                _HTTP.reset(token)
+                _HTTP_SINCE.reset(waiting)
+                _gave_up(gauges, since)
+
+        return handle_request
+
+    return factory
+
+
+def _http_wait(is_async: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def factory(original: Callable[..., Any]) -> Callable[..., Any]:
+        if is_async:
+
+            @functools.wraps(original)
+            async def wait_for_connection(self: Any, timeout: float | None = None) -> Any:
+                gauges = _HTTP.get() if _LIVE.probes else None
+                if not gauges:
+                    return await original(self, timeout)
+                with _taking(gauges, self):
+                    return await original(self, timeout)
+
+            return wait_for_connection
+
+        @functools.wraps(original)
+        def wait_for_connection_sync(self: Any, timeout: float | None = None) -> Any:
+            gauges = _HTTP.get() if _LIVE.probes else None
+            if not gauges:
+                return original(self, timeout)
+            with _taking(gauges, self):
+                return original(self, timeout)
+
+        return wait_for_connection_sync
+
+    return factory
+
+
+def _gave_up(gauges: list[_Gauge], since: list[float | None]) -> None:
+    if since[0] is not None:  # failed or cancelled while waiting
+        since[0] = None
+        now = perf_counter()
+        for gauge in gauges:
+            gauge.give_up(now)
+
+
+@contextmanager
+def _taking(gauges: list[_Gauge], request: Any) -> Iterator[None]:
+    """A request about to wait for a connection of an HTTP pool: from now, when none is free.
+
+    The wait ends when the request sends on a connection (``_sending``): httpcore may hand
+    several waiters the same freed connection and retry the ones that lose it.
+    """
+    since = _HTTP_SINCE.get()
+    if since is not None and since[0] is None and request.connection is None:
+        since[0] = started = perf_counter()
+        for gauge in gauges:
+            gauge.queue(started)
+    yield
+
+
+def _sent() -> None:
+    """The request running here sends on its connection: its wait for one is over."""
+    gauges, since = _HTTP.get(), _HTTP_SINCE.get()
+    if not gauges or since is None or since[1] is not None:
+        return
+    now = perf_counter()
+    queued_at, since[0] = since[0], None
+    waited = max(0.0, now - queued_at - (since[2] or 0.0)) if queued_at is not None else 0.0
+    since[1] = now  # taken: a retried send is the same checkout
+    for gauge in gauges:
+        gauge.take(now, waited, queued=queued_at is not None)
+    charge("pool", gauges[0].name, waited)
+
+
+def _http_sending(is_async: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def factory(original: Callable[..., Any]) -> Callable[..., Any]:
+        if is_async:
+
+            @functools.wraps(original)
+            async def _send_request_headers(self: Any, request: Any) -> Any:
+                if _LIVE.probes:
+                    _sent()
+                return await original(self, request)
+
+            return _send_request_headers
+
+        @functools.wraps(original)
+        def _send_request_headers_sync(self: Any, request: Any) -> Any:
+            if _LIVE.probes:
+                _sent()
+            return original(self, request)
+
+        return _send_request_headers_sync
+
+    return factory
+
+
+def _http_close(library: str, is_async: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    describe = _http_describe(library)
+
+    def factory(original: Callable[..., Any]) -> Callable[..., Any]:
+        if is_async:
+
+            @functools.wraps(original)
+            async def aclose(self: Any) -> Any:
+                try:
+                    return await original(self)
+                finally:
+                    if _LIVE.probes:  # the pool now says who holds what
+                        _returned(_http_gauges(self._pool, describe))
+
+            return aclose
+
+        @functools.wraps(original)
+        def close(self: Any) -> Any:
+            try:
+                return original(self)
+            finally:
+                if _LIVE.probes:
+                    _returned(_http_gauges(self._pool, describe))
+
+        return close
+
+    return factory
+
+
+def _http_connect(is_async: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def factory(original: Callable[..., Any]) -> Callable[..., Any]:
+        if is_async:
+
+            @functools.wraps(original)
+            async def _connect(self: Any, request: Any) -> Any:
+                gauges = _HTTP.get() if _LIVE.probes else None
+                if not gauges:
+                    return await original(self, request)
+                started = perf_counter()
+                try:
+                    return await original(self, request)
+                finally:
+                    _http_opened(gauges, perf_counter() - started)
+
+            return _connect
+
+        @functools.wraps(original)
+        def _connect_sync(self: Any, request: Any) -> Any:
+            gauges = _HTTP.get() if _LIVE.probes else None
+            if not gauges:
+                return original(self, request)
+            started = perf_counter()
+            try:
+                return original(self, request)
+            finally:
+                _http_opened(gauges, perf_counter() - started)
+
+        return _connect_sync
+
+    return factory
+
+
+def _http_opened(gauges: list[_Gauge], seconds: float) -> None:
+    since = _HTTP_SINCE.get()
+    if since is not None:
+        since[2] = (since[2] or 0.0) + seconds  # opening is not waiting
+    _connected(gauges, seconds)
+
+
+def _patch_http_clients() -> list[Patch]:
+    import importlib
+
+    patches: list[Patch] = []
+    for core, library in (("httpcore", "httpx"), ("httpcore2", "httpx2")):
+        for flavour, is_async in (("_async", True), ("_sync", False)):
+            try:
+                pools = importlib.import_module(f"{core}.{flavour}.connection_pool")
+                connection = importlib.import_module(f"{core}.{flavour}.connection")
+                http11 = importlib.import_module(f"{core}.{flavour}.http11")
+            except ImportError:
+                continue
+            prefix = "Async" if is_async else ""
+            pool = getattr(pools, f"{prefix}ConnectionPool", None)
+            request = getattr(pools, f"{prefix}PoolRequest", None)
+            stream = getattr(pools, "PoolByteStream", None)
+            http = getattr(connection, f"{prefix}HTTPConnection", None)
+            h11 = getattr(http11, f"{prefix}HTTP11Connection", None)
+            handle = "handle_async_request" if is_async else "handle_request"
+            close = "aclose" if is_async else "close"
+            if None in (pool, request, stream, http, h11):
+                continue  # another layout than the one these wrappers know
+            patches.append(wrap(pool, handle, _http_handle(library, is_async)))
+            patches.append(wrap(request, "wait_for_connection", _http_wait(is_async)))
+            patches.append(wrap(stream, close, _http_close(library, is_async)))
+            patches.append(wrap(http, "_connect", _http_connect(is_async)))
+            patches.append(wrap(h11, "_send_request_headers", _http_sending(is_async)))
+    return patches
+
+
 # -- the probe ----------------------------------------------------------------------------------
 
 
@@ -556,7 +845,13 @@ class ConnectionPoolProbe:
             raise RuntimeError("a ConnectionPoolProbe can be started once")
         self._started = perf_counter()
         try:
-            for install in (_patch_sqlalchemy, _patch_asyncpg, _patch_psycopg_pool, _patch_django):
+            for install in (
+                _patch_sqlalchemy,
+                _patch_asyncpg,
+                _patch_psycopg_pool,
+                _patch_django,
+                _patch_http_clients,
+            ):
                 self._patches.extend(install())
         except BaseException:
             remove_all(self._patches)

@@ -123,11 +123,7 @@ def diagnose(
     busy = [p for p in pools if p.used and (p.mean_busy >= 1 or p.saturation > 0)]
     lines: list[str] = []
     # A pool nobody waited for is not news; a connection opened per request is.
-    used = [
-        p
-        for p in connections
-        if (p.saturation >= 0.01 and p.waited) or _opens_per_request(p)
-    ]
+    used = [p for p in connections if (p.saturation >= 0.01 and p.waited) or _opens_per_request(p)]
     used.sort(key=lambda p: (-p.saturation, -(p.wait_p50_ms or 0.0)))
     lines.extend(connection_pool_line(p, latency_p50_ms) for p in used)
     bound = pool_bound(used, latency_p50_ms)
