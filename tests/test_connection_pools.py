@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -333,13 +334,19 @@ def test_an_httpx_client_limited_to_five_connections_shows_its_queue(slow_server
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    client = httpx.AsyncClient(limits=httpx.Limits(max_connections=5))
+    clients: list[httpx.AsyncClient] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=5)) as client:
+            clients.append(client)
+            yield
 
     async def proxy(request: Any) -> JSONResponse:
-        answer = await client.get(slow_server)
+        answer = await clients[0].get(slow_server)
         return JSONResponse({"status": answer.status_code})
 
-    app = Starlette(routes=[Route("/proxy", proxy)])
+    app = Starlette(routes=[Route("/proxy", proxy)], lifespan=lifespan)
     result = run_storm(app, "GET", "/proxy", users=50, duration=1.5, warmup=0.3, check=False)
     assert result.status_counts[200] == result.requests > 0
     [pool] = result.connection_pools
