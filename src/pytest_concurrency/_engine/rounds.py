@@ -417,11 +417,13 @@ async def execute_async(
                 # (storm.py runs the same probes inside the server's workers instead).
                 # A virtual loop never lags (it charges the app's work to its clock), and
                 # the pool probe would watch threads a virtual round refuses.
+                # The connection-pool probe starts first: installing its wrappers is
+                # not the app's time on the loop.
+                if plan.url is None and config.clock == "wall":
+                    connections = await stack.enter_async_context(ConnectionPoolProbe())
                 if running_loop() is not None and plan.url is None and config.clock == "wall":
                     monitor = await stack.enter_async_context(LoopMonitor(threshold_ms=5.0))
                     probe = await stack.enter_async_context(ThreadPoolProbe())
-                if plan.url is None and config.clock == "wall":
-                    connections = await stack.enter_async_context(ConnectionPoolProbe())
                 schedule = Schedule(config, await origin())
                 recorders = live.recorders if live is not None else None
                 if runner_factory is not None:

@@ -15,13 +15,14 @@ connection's opening time.
 Each wait is also charged to the request that waited (``attribution.charge``: ``pool`` for
 the wait for a connection, ``connect`` for opening one), from the request's own code path.
 
-Libraries that are not installed are skipped; a library imported after the probe started
-is not watched.
+Only libraries the app has already imported are watched (the probe imports none of them
+itself, so starting it costs no import); one imported after the probe started is not.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 from array import array
 from collections.abc import Callable, Iterator
@@ -292,7 +293,14 @@ def _sqlalchemy_connect(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return connect
 
 
+def _loaded(*names: str) -> bool:
+    """True when the app has imported one of these packages: the probe imports none itself."""
+    return any(name in sys.modules for name in names)
+
+
 def _patch_sqlalchemy() -> list[Patch]:
+    if not _loaded("sqlalchemy.pool"):
+        return []
     try:
         from sqlalchemy.pool import QueuePool
         from sqlalchemy.pool.base import _ConnectionRecord
@@ -350,6 +358,8 @@ def _asyncpg_connect(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _patch_asyncpg() -> list[Patch]:
+    if not _loaded("asyncpg"):
+        return []
     try:
         from asyncpg.pool import Pool, PoolConnectionHolder
     except ImportError:
@@ -441,6 +451,8 @@ def _psycopg_aconnect(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _patch_psycopg_pool() -> list[Patch]:
+    if not _loaded("psycopg_pool"):
+        return []
     try:
         from psycopg_pool import AsyncConnectionPool, ConnectionPool
     except ImportError:
@@ -515,6 +527,9 @@ def _django_close(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 def _patch_django() -> list[Patch]:
+    # Django imports its database layer at the first query: its use of django.db is enough.
+    if not _loaded("django.db"):
+        return []
     try:
         from django.db.backends.base.base import BaseDatabaseWrapper
     except ImportError:
@@ -771,6 +786,8 @@ def _patch_http_clients() -> list[Patch]:
 
     patches: list[Patch] = []
     for core, library in (("httpcore", "httpx"), ("httpcore2", "httpx2")):
+        if not _loaded(core):
+            continue
         for flavour, is_async in (("_async", True), ("_sync", False)):
             try:
                 pools = importlib.import_module(f"{core}.{flavour}.connection_pool")
