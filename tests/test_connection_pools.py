@@ -364,3 +364,26 @@ def test_an_httpx_client_limited_to_five_connections_shows_its_queue(slow_server
     assert pool.connects <= 10  # kept alive, not one per call
     [line] = _pool_line(diagnosis(result.to_dict(histograms=False), result))
     assert "httpx.Limits(max_connections=...)" in line
+
+
+@pytest.mark.timing
+def test_the_pool_is_watched_inside_a_real_servers_worker() -> None:
+    pytest.importorskip("uvicorn")
+    from examples import db_pool_app
+
+    result = run_storm(
+        db_pool_app.app,
+        "GET",
+        "/report",
+        users=50,
+        duration=1.0,
+        server="uvicorn",
+        max_saturation=0.5,  # a probed budget: the probes run inside the worker
+        check=False,
+    )
+    assert result.extras["server_probes"]["measured"]
+    [pool] = result.connection_pools
+    assert pool.name == "SQLAlchemy pool (sqlite+aiosqlite)"
+    assert pool.size == db_pool_app.SMALL_POOL
+    assert pool.saturation >= 0.5
+    assert [v.name for v in result.failed_verdicts] == ["max_saturation"]
