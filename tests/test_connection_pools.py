@@ -120,6 +120,22 @@ def test_a_connection_pool_round_trips_through_json_and_the_schema() -> None:
     assert first_problem(usage.to_dict(), pool_schema) is None
 
 
+def test_the_html_cards_show_the_busiest_connection_pool() -> None:
+    from pytest_concurrency._report._html import _cards
+
+    usage = {
+        "library": "SQLAlchemy",
+        "size": 5,
+        "peak_in_use": 5,
+        "saturation": 0.97,
+        "wait_p99_ms": 412.0,
+    }
+    html = _cards({"latency": {}, "connection_pools": [usage]})
+    assert "SQLAlchemy connections in use (peak)" in html
+    assert "5 of 5" in html
+    assert "412" in html
+
+
 def _pool_line(lines: list[str]) -> list[str]:
     return [line for line in lines if "connections busy" in line]
 
@@ -138,11 +154,18 @@ def test_an_async_pool_of_five_queues_100_users_as_littles_law_says(storm: Any) 
             duration=2.0,
             warmup=0.5,
             max_saturation=0.5,
+            max_queue_p99_ms=100,
+            max_threads_busy=10,
         )
     result = failed.value.result
-    [verdict] = result.failed_verdicts
-    assert verdict.name == "max_saturation"
+    failed_budgets = {v.name: v for v in result.failed_verdicts}
+    assert set(failed_budgets) == {"max_saturation", "max_queue_p99_ms"}
+    verdict = failed_budgets["max_saturation"]
     [pool] = result.connection_pools
+    # The pool's budgets are judged on the pool: its p99 wait, and its 5 connections held.
+    assert failed_budgets["max_queue_p99_ms"].measured == pool.wait_p99_ms
+    assert result.verdicts[-1].name == "max_threads_busy"
+    assert result.verdicts[-1].measured == pool.peak_in_use
     assert pool.library == "SQLAlchemy"
     assert pool.size == db_pool_app.SMALL_POOL
     assert pool.saturation >= 0.9
