@@ -727,3 +727,16 @@ def test_a_sharded_storm_keeps_no_log_file_on_disk(
     result = run_storm(app, "GET", "/", users=2, requests=10, processes=2, check=False)
     assert result.status_counts == {200: 10}
     assert result.refused_egress[0]["count"] == 10
+
+
+def test_a_probe_wrapping_the_client_is_walked_through_to_the_apps_line(spy: Spy) -> None:
+    """A pool probe's wrapper sits inside the client's call: the site is still the app's."""
+    probe: dict[str, Any] = {"__name__": "pytest_concurrency._probes.fake"}
+    exec("import socket\ndef wrapped(host):\n    return socket.getaddrinfo(host, 443)\n", probe)
+    with EgressGuard(), pytest.raises(EgressRefused) as refused:
+        probe["wrapped"]("api.example.invalid")
+    assert refused.value.site.startswith(f"{THIS_FILE}:")
+    assert refused.value.site.endswith(
+        " in test_a_probe_wrapping_the_client_is_walked_through_to_the_apps_line"
+    )
+    assert spy.lookups == []

@@ -192,10 +192,20 @@ def _client_of(frame: FrameType) -> str | None:
 _ORIGIN: ContextVar[str | None] = ContextVar("pytest_storm_egress_origin", default=None)
 
 
+#: Modules of this package whose frames sit inside a client's own calls (a pool probe's or
+#: the upstream's wrapper of a transport): walked through, as the client's frames are.
+_INSIDE_CLIENTS = ("pytest_concurrency._probes.", "pytest_concurrency._simio.")
+
+
 def _harness(frame: FrameType) -> bool:
-    """A frame of this package other than the guard: the storm itself, below the app."""
+    """A frame of this package that runs the storm, below the app (not one wrapping a
+    client's call above it)."""
     name = frame.f_globals.get("__name__")
-    return isinstance(name, str) and name.startswith("pytest_concurrency.") and name != __name__
+    return (
+        isinstance(name, str)
+        and name.startswith("pytest_concurrency.")
+        and not name.startswith(_INSIDE_CLIENTS)
+    )
 
 
 def _caller(frame: FrameType | None) -> tuple[str, str]:
