@@ -192,6 +192,18 @@ JSON_SCHEMA: dict[str, Any] = {
                 "max": _NUMBER_OR_NULL,
             },
         },
+        "refusal": {
+            "type": "object",
+            "description": "a connection off the machine refused during the storm",
+            "required": ["host", "port", "client", "site", "count"],
+            "properties": {
+                "host": {"type": "string"},
+                "port": {"type": "string", "description": "empty when no port was given"},
+                "client": {"type": "string", "description": "the client library that tried"},
+                "site": {"type": "string", "description": "the app's line that made the call"},
+                "count": {"type": "integer", "minimum": 1},
+            },
+        },
         "verdict": {
             "type": "object",
             "required": ["name", "limit", "measured", "ok"],
@@ -277,6 +289,12 @@ JSON_SCHEMA: dict[str, Any] = {
                 "budgets": {"type": "object", "additionalProperties": {"type": "number"}},
                 "verdicts": {"type": "array", "items": {"$ref": "#/$defs/verdict"}},
                 "passed": {"type": "boolean"},
+                "refused_egress": {
+                    "type": "array",
+                    "items": {"$ref": "#/$defs/refusal"},
+                    "description": "connections off the machine refused during the storm, "
+                    "most frequent first; absent in documents written before the egress guard",
+                },
                 "warnings": {
                     "type": "array",
                     "items": {"type": "string"},
