@@ -540,7 +540,7 @@ def test_a_route_never_called_while_requests_failed_is_named(spy: Spy, no_trustm
     assert "refused egress to model-server.invalid:443 from aiohttp at " in warning
     examples = [error.example for error in result.errors.values()]
     assert any("is declared on the upstream, but this call cannot be" in e for e in examples)
-    assert "only httpx and httpx2 clients are answered in-process" in warning
+    assert "a call must match a route's scheme, host, port and path prefix" in warning
     assert "status 500" not in warning  # the same failures, counted once
     (refusal,) = result.refused_egress
     # aiohttp resolves names in a task of its own: the site is where the app entered it.
