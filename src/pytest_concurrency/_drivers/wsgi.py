@@ -28,6 +28,7 @@ from .._checks import NO_CHECKS
 from .._errors import StormError
 from .._headers import HOP_BY_HOP, TOKEN, WSGI_VALUE_BAD, content_length, wsgi_header_fault
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
+from .._probes.attribution import Ledger, bind
 from .._workload import Request, checked_user_headers
 from .base import (
     BadHeaders,
@@ -447,6 +448,11 @@ class WsgiPool:
             a_start, a_lat, a_ttfb = rec.start.append, rec.latency.append, rec.ttfb.append
             a_queue, a_status = rec.queue.append, rec.status.append
             a_end, a_err = rec.endpoint.append, rec.error.append
+            # One ledger per thread, emptied after each request: the waits the app's code
+            # charges while this thread serves a request are that request's.
+            waits = Ledger()
+            bind(waits)
+            entries = waits.entries
             while True:
                 item = backlog.get()
                 if item is None:
@@ -515,6 +521,9 @@ class WsgiPool:
                 a_status(status)
                 a_end(index)
                 a_err(error)
+                if entries:
+                    rec.add_waits(entries, origin)
+                    entries.clear()
                 done_count[slot] += 1
                 if user < 0:
                     continue

@@ -29,6 +29,7 @@ import anyio.to_thread
 from .._metrics import new_histogram, record_many
 from .._model.probes import ANYIO_LIMITER, ASGIREF_THREADS, DEFAULT_EXECUTOR, PoolSecond, PoolUsage
 from ._common import _percentiles_ms, _running_asyncio_loop, _StartStop
+from .attribution import charge, charge_to, current
 from .patches import Patch, remove_all, wrap
 
 __all__ = ["ANYIO_LIMITER", "ASGIREF_THREADS", "DEFAULT_EXECUTOR", "ThreadPoolProbe"]
@@ -148,9 +149,12 @@ def _timed_run_sync(original: Callable[..., Awaitable[Any]]) -> Callable[..., Aw
         queued = perf_counter()
 
         def timed(*inner: Any) -> Any:
-            waited = int((perf_counter() - queued) * 1e6)
+            # In the worker thread, which runs in a copy of the request's context.
+            started = perf_counter()
+            waited = int((started - queued) * 1e6)
             for sink in sinks:
                 sink.append(waited)
+            charge("worker", ANYIO_LIMITER, started - queued, ended=started)
             return func(*inner)
 
         return await original(timed, *args, limiter=limiter, **kwargs)
@@ -265,6 +269,8 @@ class _ExecutorWatch:
         queued = perf_counter()
         state = [_QUEUED]
         lock = self.lock
+        # The executor's threads do not run in the request's context: its ledger, read here.
+        book = current()
 
         def timed(*inner: Any) -> Any:
             started = perf_counter()
@@ -277,6 +283,7 @@ class _ExecutorWatch:
             waited = int((started - queued) * 1e6)
             for sink in sinks:
                 sink.append(waited)
+            charge_to(book, "worker", DEFAULT_EXECUTOR, started - queued, started)
             try:
                 return func(*inner)
             finally:

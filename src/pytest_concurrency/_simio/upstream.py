@@ -104,7 +104,7 @@ class _Chunks:
         latency = self._route.chunk_latency
         for index, chunk in enumerate(self._chunks):
             if index:
-                await _wait_async(latency.sample(self._rng))
+                await _wait_async(latency.sample(self._rng), self._route.label)
             yield chunk
         # An abandoned iterator is not the end of the call: only the body's end or the
         # response's close (aclose below) takes it out of flight, as with a real connection.
@@ -117,7 +117,7 @@ class _Chunks:
         latency = self._route.chunk_latency
         for index, chunk in enumerate(self._chunks):
             if index:
-                _wait_blocking(latency.sample(self._rng))
+                _wait_blocking(latency.sample(self._rng), self._route.label)
             yield chunk
         self._finish()
 
@@ -382,7 +382,7 @@ class Route:
         streaming = False
         try:
             delay, times_out, fails = self._plan(request)
-            waited = await _wait_async(delay)
+            waited = await _wait_async(delay, self.label)
             self._waits_us.append(round(waited * 1_000_000))
             if times_out:
                 raise self._timeout(client, request, waited)
@@ -405,7 +405,7 @@ class Route:
         streaming = False
         try:
             delay, times_out, fails = self._plan(request)
-            waited = _wait_blocking(delay)
+            waited = _wait_blocking(delay, self.label)
             self._waits_us.append(round(waited * 1_000_000))
             if times_out:
                 raise self._timeout(client, request, waited)
