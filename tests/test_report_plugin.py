@@ -66,7 +66,7 @@ def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Run:
 
 def _storms(path: Path) -> list[dict[str, object]]:
     doc = json.loads(path.read_text(encoding="utf-8"))
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2
     storms: list[dict[str, object]] = doc["storms"]
     return storms
 
@@ -231,7 +231,7 @@ def test_bad_report_options_are_usage_errors(
 ) -> None:
     storage = pytester.path / ".storms"
     storage.mkdir()
-    (storage / "main.json").write_text(json.dumps({"schema_version": 1, "storms": []}))
+    (storage / "main.json").write_text(json.dumps({"schema_version": 2, "storms": []}))
     pytester.makepyfile(test_storms=TESTS)
     result = run(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -249,7 +249,7 @@ def test_bad_report_options_are_usage_errors(
         ),
         (
             "main",
-            '{"schema_version": 1, "storms": 3}',
+            '{"schema_version": 2, "storms": 3}',
             "ERROR: --concurrency-save='main': baseline *main.json does not fit the session "
             "document schema: the document lacks 'generator'*; no test was run",
         ),

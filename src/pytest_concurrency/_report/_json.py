@@ -38,14 +38,14 @@ __all__ = [
     "write_json",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _NUMBER_OR_NULL: dict[str, Any] = {"type": ["number", "null"]}
 
 #: JSON Schema (draft 2020-12) of a session document.
 JSON_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "$id": "urn:pytest-storm:session-document:1",
+    "$id": "urn:pytest-storm:session-document:2",
     "title": "pytest-storm session document",
     "description": (
         "Every storm of a pytest session: workload, budgets, verdicts, percentiles (ms), "
@@ -136,6 +136,54 @@ JSON_SCHEMA: dict[str, Any] = {
                 "target": _NUMBER_OR_NULL,
             },
         },
+        "part": {
+            "type": "object",
+            "description": "one part of requests' time: a wait (kind worker, pool, connect, "
+            "upstream, proxy or loop, for what name says) or service (the rest)",
+            "required": ["kind", "name", "ms", "share"],
+            "properties": {
+                "kind": {"type": "string"},
+                "name": {"type": "string"},
+                "ms": {"type": "number", "description": "milliseconds per request"},
+                "share": {"type": "number", "minimum": 0, "description": "of latency"},
+            },
+        },
+        "attribution": {
+            "type": "object",
+            "required": ["bands", "slowest"],
+            "properties": {
+                "bands": {
+                    "type": "array",
+                    "description": "requests between two ranks around p50 (p49.5–p50.5) and "
+                    "p99 (p98.5–p99.5): their mean latency and its parts, largest first",
+                    "items": {
+                        "type": "object",
+                        "required": ["label", "requests", "latency_ms", "parts"],
+                        "properties": {
+                            "label": {"type": "string"},
+                            "requests": {"type": "integer", "minimum": 0},
+                            "latency_ms": {"type": "number"},
+                            "parts": {"type": "array", "items": {"$ref": "#/$defs/part"}},
+                        },
+                    },
+                },
+                "slowest": {
+                    "type": "array",
+                    "description": "the slowest requests, slowest first",
+                    "items": {
+                        "type": "object",
+                        "required": ["request", "status", "latency_ms", "sent_s", "parts"],
+                        "properties": {
+                            "request": {"type": "string"},
+                            "status": {"type": "integer"},
+                            "latency_ms": {"type": "number"},
+                            "sent_s": {"type": "number"},
+                            "parts": {"type": "array", "items": {"$ref": "#/$defs/part"}},
+                        },
+                    },
+                },
+            },
+        },
         "storm": {
             "type": "object",
             "required": [
@@ -214,6 +262,11 @@ JSON_SCHEMA: dict[str, Any] = {
                     "storm (p50, p99, max, rps as medians over rounds; cpu_slowdown; "
                     "cpu_share), the newest last; their spread is the storm's own noise "
                     "between sessions",
+                },
+                "attribution": {
+                    "anyOf": [{"$ref": "#/$defs/attribution"}, {"type": "null"}],
+                    "description": "in-process storms: where the p50 and p99 requests' time "
+                    "and the slowest requests' went; null behind a real server",
                 },
                 "histograms": {
                     "type": "object",
