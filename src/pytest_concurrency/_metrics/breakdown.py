@@ -22,13 +22,16 @@ p49.5 and p50.5, p98.5 and p99.5) and the slowest few, so the fold costs nothing
 from __future__ import annotations
 
 import bisect
+import heapq
 from array import array
 from collections import defaultdict
 from collections.abc import Sequence
 
+from hdrh.histogram import HdrHistogram
+
 from .._model.result import OWN_STEP, SERVICE, Attribution, Breakdown, Exemplar, WaitShare
 from .percentile import rank
-from .records import Recorder
+from .records import Recorder, new_histogram, record_many
 
 __all__ = ["BANDS", "SLOWEST", "attribute"]
 
@@ -49,21 +52,25 @@ def attribute(
     pool: str | None,
     labels: Sequence[str],
     measure_from_us: int,
+    histogram: HdrHistogram | None = None,
 ) -> Attribution | None:
     """The breakdown of the bands and the slowest requests among the *keep* indices.
 
     *stalls* are the loop monitor's ``(start, end)`` on the round's clock; *pool* names the
-    WSGI pool whose queue wait is a ``worker`` wait (None: no queue recorded).
+    WSGI pool whose queue wait is a ``worker`` wait (None: no queue recorded); *histogram*
+    holds the kept latencies (µs), made here when not given.
     """
     if not keep:
         return None
     lats = rec.latency
-    order = sorted(keep, key=lats.__getitem__)
-    n = len(order)
+    if histogram is None:
+        histogram = new_histogram()
+        record_many(histogram, (lats[i] for i in keep))
+    n = len(keep)
     chosen: dict[str, list[int]] = {}
     for label, lo, hi in BANDS:
-        chosen[label] = order[rank(n, lo) - 1 : rank(n, hi)]
-    slowest = order[: -SLOWEST - 1 : -1]
+        chosen[label] = _between(rec, keep, rank(n, lo), rank(n, hi), histogram, lo, hi)
+    slowest = heapq.nlargest(SLOWEST, keep, key=lats.__getitem__)
     wanted = {i for band in chosen.values() for i in band} | set(slowest)
     rows: dict[int, list[int]] = defaultdict(list)
     for row, at in enumerate(rec.wait_at):
@@ -86,6 +93,42 @@ def attribute(
         for i in slowest
     )
     return Attribution(bands, exemplars)
+
+
+#: Slack around the histogram's values (3 significant digits: buckets of at most 0.1 %).
+_SLACK = 0.01
+
+
+def _between(
+    rec: Recorder,
+    keep: Sequence[int],
+    first: int,
+    last: int,
+    histogram: HdrHistogram,
+    lo: float,
+    hi: float,
+) -> list[int]:
+    """The requests of ranks *first* to *last* (1-based, by latency) among *keep*.
+
+    Without sorting every request: the histogram bounds their latencies, the requests
+    below the bound are counted, and only those within it are sorted.
+    """
+    lats = rec.latency
+    low = int(histogram.get_value_at_percentile(lo * 100) * (1 - _SLACK))
+    high = int(histogram.get_value_at_percentile(hi * 100) * (1 + _SLACK)) + 1
+    below = 0
+    within = array("I")
+    for i in keep:
+        value = lats[i]
+        if value < low:
+            below += 1
+        elif value <= high:
+            within.append(i)
+    ordered = sorted(within, key=lats.__getitem__)
+    if below >= first or below + len(ordered) < last:  # pragma: no cover - the bounds hold
+        ordered = sorted(keep, key=lats.__getitem__)
+        below = 0
+    return ordered[first - 1 - below : last - below]
 
 
 def _band(label: str, requests: list[tuple[int, _Parts]]) -> Breakdown:

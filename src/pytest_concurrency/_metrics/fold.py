@@ -210,6 +210,7 @@ def fold(
             pool=pool.description if pool is not None else None,
             labels=plan.mix.labels,
             measure_from_us=measure_from_us,
+            histogram=latency_h,
         )
     if not open_model and not config.stages and duration > 0:
         # Little's law: one round of every user takes users / throughput seconds.
