@@ -29,6 +29,7 @@ from .._errors import StormError
 from .._headers import HOP_BY_HOP, TOKEN, WSGI_VALUE_BAD, content_length, wsgi_header_fault
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
 from .._probes.attribution import Ledger, bind
+from .._probes.attribution import attributing as attribution_on
 from .._workload import Request, checked_user_headers
 from .base import (
     BadHeaders,
@@ -403,6 +404,7 @@ class WsgiPool:
         failures: list[BaseException] = []
         capture = inspector.capture
         judges = inspector.judges
+        attributing = attribution_on()
         call_as = self.driver.call_as
 
         def fail(exc: BaseException) -> None:
@@ -451,7 +453,8 @@ class WsgiPool:
             # One ledger per thread, emptied after each request: the waits the app's code
             # charges while this thread serves a request are that request's.
             waits = Ledger()
-            bind(waits)
+            if attributing:
+                bind(waits)
             entries = waits.entries
             while True:
                 item = backlog.get()

@@ -35,7 +35,7 @@ from .._checks import NO_CHECKS, Checks
 from .._drivers.base import AsyncDriver
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
 from .._metrics.fold import RunFigures
-from .._probes.attribution import Ledger, OwnSteps, bind
+from .._probes.attribution import Ledger, OwnSteps, attributing, bind
 from .._tasks import ABANDON_GRACE, TaskSet
 from .._workload import RequestMix
 from .inspect import Inspector
@@ -149,7 +149,9 @@ class AsyncRunner:
         #: Users, arrivals and the monitor: a request whose app ignores its cancellation
         #: is abandoned (``tasks.abandoned`` counts them).
         self.tasks = TaskSet()
-        #: Keep each request's long steps of its own code (while a loop monitor runs).
+        #: Charge each request's waits to it; keep its long steps of its own code too
+        #: (set while a loop monitor runs).
+        self.attributing = attributing()
         self.own_steps = False
 
     # -- recording --------------------------------------------------------------------
@@ -194,14 +196,15 @@ class AsyncRunner:
         slot.since = intended
         book = slot.book
         if book is None:
-            # The user's task keeps one ledger: the request's waits are charged to it.
-            book = slot.book = Ledger()
-            bind(book)
+            if self.attributing:
+                # The user's task keeps one ledger: the request's waits are charged to it.
+                book = slot.book = Ledger()
+                bind(book)
         elif book.entries:
             book.entries.clear()
         error = 0
         try:
-            exchange = await (OwnSteps(call, book) if self.own_steps else call)
+            exchange = await (OwnSteps(call, book) if book is not None and self.own_steps else call)
         except Exception as exc:
             status, first, error = STATUS_EXCEPTION, 0.0, self.book.kind(exc)
         except (SystemExit, KeyboardInterrupt) as exc:
@@ -242,7 +245,7 @@ class AsyncRunner:
                     0.0,
                 )
         self.record(intended, latency, first, status, error, index)
-        if book.entries:
+        if book is not None and book.entries:
             self.rec.add_waits(book.entries, self.origin)
         return done
 

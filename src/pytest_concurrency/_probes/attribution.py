@@ -30,11 +30,13 @@ __all__ = [
     "WAIT_KINDS",
     "Ledger",
     "OwnSteps",
+    "attributing",
     "bind",
     "charge",
     "charge_to",
     "current",
     "ledger",
+    "switched",
 ]
 
 #: The kinds of wait, as the breakdown names them.
@@ -72,6 +74,27 @@ class Ledger:
 
 
 _CURRENT: ContextVar[Ledger | None] = ContextVar("pytest_storm_ledger", default=None)
+
+
+class _Switch:
+    """Whether the drivers open ledgers (on unless a benchmark measures their cost)."""
+
+    on = True
+
+
+def attributing() -> bool:
+    """True when storms starting now charge waits to their requests."""
+    return _Switch.on
+
+
+@contextmanager
+def switched(on: bool) -> Iterator[None]:
+    """Storms started inside the block open ledgers (or not): for measuring their cost."""
+    previous, _Switch.on = _Switch.on, on
+    try:
+        yield
+    finally:
+        _Switch.on = previous
 
 
 def charge(kind: str, name: str, seconds: float, *, ended: float | None = None) -> None:
