@@ -19,9 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from examples.fastapi_app import app  # noqa: E402
-from pytest_concurrency import run_storm  # noqa: E402
-from pytest_concurrency._probes.attribution import switched  # noqa: E402
+from examples.fastapi_app import app
+
+from pytest_concurrency import run_storm
+from pytest_concurrency._probes.attribution import switched
 
 
 def per_request(on: bool, requests: int, users: int) -> float:
