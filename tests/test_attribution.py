@@ -292,3 +292,28 @@ def test_a_blocking_call_in_an_async_handler_makes_the_others_wait_for_the_loop(
     # and serves its own 5 ms (its own stall is not charged back to it as a loop wait).
     assert parts[("loop", "")] > 0.6 * p99.latency_ms
     assert parts[(SERVICE, "")] >= 4.0
+
+
+def test_behind_a_real_server_the_workers_take_their_requests_apart() -> None:
+    pytest.importorskip("uvicorn")
+    # 60 users on anyio's 40 threads, each held 50 ms: requests wait for a thread. A
+    # budget on the probes' figures runs them inside the server's worker.
+    result = run_storm(
+        "examples.fastapi_app:app",
+        "GET",
+        "/sync-io",
+        users=60,
+        duration=0.8,
+        server="uvicorn",
+        max_saturation=1.0,
+    )
+    attribution = result.attribution
+    assert attribution is not None
+    assert attribution.side == "server"
+    p99 = attribution.band("p99")
+    assert p99 is not None
+    parts = _parts(p99.parts)
+    assert parts[("worker", ANYIO_LIMITER)] > 0
+    assert sum(parts.values()) == pytest.approx(p99.latency_ms, rel=0.05)
+    assert attribution.slowest[0].request == "GET /sync-io"
+    assert attribution.slowest[0].status == 200

@@ -251,6 +251,7 @@ def _with_probes(result: StormResult, report: ProbeReport) -> StormResult:
     if report.complete:
         result.loop_lag = report.loop_lag
         result.thread_pools = report.thread_pools
+        result.attribution = report.attribution
         result.notes.append(server_probes_note(report.where))
     else:
         result.loop_lag = None

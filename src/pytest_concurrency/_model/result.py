@@ -299,6 +299,35 @@ class Attribution:
 
     bands: tuple[Breakdown, ...]
     slowest: tuple[Exemplar, ...]
+    #: ``storm``: the latency the storm measured, in-process; ``server``: the time each
+    #: request spent in the app inside a real server's workers (from the server's call
+    #: to the app's return), as their probes saw it.
+    side: str = "storm"
+
+    @classmethod
+    def merged(cls, parts: list[Attribution], *, side: str) -> Attribution:
+        """Several processes' breakdowns as one: each band's parts weighted by its requests,
+        the slowest of all."""
+        bands = []
+        for label in dict.fromkeys(b.label for a in parts for b in a.bands):
+            mine = [b for a in parts for b in a.bands if b.label == label]
+            count = sum(b.requests for b in mine)
+            if not count:
+                continue
+            latency = sum(b.latency_ms * b.requests for b in mine) / count
+            totals: dict[tuple[str, str], float] = {}
+            for b in mine:
+                for p in b.parts:
+                    key = (p.kind, p.name)
+                    totals[key] = totals.get(key, 0.0) + p.ms * b.requests
+            merged = tuple(
+                WaitShare(kind, name, total / count, total / count / latency if latency else 0.0)
+                for (kind, name), total in sorted(totals.items(), key=lambda item: -item[1])
+            )
+            bands.append(Breakdown(label, count, latency, merged))
+        slowest = sorted((e for a in parts for e in a.slowest), key=lambda e: -e.latency_ms)
+        size = max((len(a.slowest) for a in parts), default=0)
+        return cls(tuple(bands), tuple(slowest[:size]), side)
 
     def band(self, label: str) -> Breakdown | None:
         """The band of *label* (``p50``, ``p99``), if the storm had one."""
@@ -309,6 +338,7 @@ class Attribution:
         return {
             "bands": [b.to_dict() for b in self.bands],
             "slowest": [e.to_dict() for e in self.slowest],
+            "side": self.side,
         }
 
     @classmethod
@@ -317,6 +347,7 @@ class Attribution:
         return cls(
             tuple(Breakdown.from_dict(b) for b in data.get("bands") or ()),
             tuple(Exemplar.from_dict(e) for e in data.get("slowest") or ()),
+            str(data.get("side") or "storm"),
         )
 
 

@@ -452,7 +452,8 @@ def _breakdown(d: Mapping[str, Any]) -> str:
     if not rows:
         return ""
     keys: dict[tuple[str, str], str] = {}
-    html = ["<div class='breakdown'><h3>where the requests' time went</h3>"]
+    where = " in the server's app" if attribution.get("side") == "server" else ""
+    html = [f"<div class='breakdown'><h3>where the requests' time went{where}</h3>"]
     for title, parts in rows:
         segments = []
         for part in parts:

@@ -152,6 +152,11 @@ JSON_SCHEMA: dict[str, Any] = {
             "type": "object",
             "required": ["bands", "slowest"],
             "properties": {
+                "side": {
+                    "type": "string",
+                    "description": "storm: the latency measured in-process; server: the "
+                    "time in the app inside a real server's workers",
+                },
                 "bands": {
                     "type": "array",
                     "description": "requests between two ranks around p50 (p49.5–p50.5) and "
@@ -266,7 +271,8 @@ JSON_SCHEMA: dict[str, Any] = {
                 "attribution": {
                     "anyOf": [{"$ref": "#/$defs/attribution"}, {"type": "null"}],
                     "description": "in-process storms: where the p50 and p99 requests' time "
-                    "and the slowest requests' went; null behind a real server",
+                    "and the slowest requests' went; behind a real server, their time in the app as "
+                    "the workers' probes saw it (side: server)",
                 },
                 "histograms": {
                     "type": "object",

@@ -195,15 +195,16 @@ def part_words(kind: str, name: str) -> str:
     return f"{kind} {name}".strip()
 
 
-def _breakdown_line(band: Mapping[str, Any]) -> str:
+def _breakdown_line(band: Mapping[str, Any], side: str) -> str:
     parts = [p for p in band.get("parts") or () if float(p.get("share") or 0) >= _SMALLEST_PART]
     shown = parts[:_PARTS_SHOWN]
     words = [f"{float(p['share']):.0%} {part_words(str(p['kind']), str(p['name']))}" for p in shown]
     rest = sum(float(p.get("share") or 0) for p in (band.get("parts") or ())[len(shown) :])
     if rest >= _SMALLEST_PART:
         words.append(f"{rest:.0%} other")
+    where = " in the server's app" if side == "server" else ""
     return (
-        f"{band.get('label')} requests ({format_number(band.get('latency_ms'))} ms, "
+        f"{band.get('label')} requests{where} ({format_number(band.get('latency_ms'))} ms, "
         f"{int(band.get('requests') or 0):,} of them): {', '.join(words)}"
     )
 
@@ -213,7 +214,8 @@ def breakdown_lines(data: Mapping[str, Any]) -> list[str]:
     attribution = data.get("attribution")
     if not attribution or not data.get("requests"):
         return []
-    return [_breakdown_line(band) for band in attribution.get("bands") or ()]
+    side = str(attribution.get("side") or "storm")
+    return [_breakdown_line(band, side) for band in attribution.get("bands") or ()]
 
 
 def diagnosis(
