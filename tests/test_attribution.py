@@ -15,7 +15,7 @@ import pytest
 from pytest_concurrency import BudgetExceeded, Upstream, blocking_io, run_storm, simulated_io
 from pytest_concurrency._metrics.breakdown import attribute
 from pytest_concurrency._metrics.records import Recorder
-from pytest_concurrency._model.names import ANYIO_LIMITER
+from pytest_concurrency._model.names import ANYIO_LIMITER, ASGIREF_THREADS
 from pytest_concurrency._model.result import SERVICE, StormResult, WaitShare
 from pytest_concurrency._probes.attribution import OWN, charge, current, ledger
 from pytest_concurrency._simio.waits import SIMULATED
@@ -202,6 +202,28 @@ def test_a_wait_for_a_thread_slot_is_charged_to_the_asgi_request() -> None:
     p99 = result.attribution.band("p99")
     assert p99 is not None
     assert _parts(p99.parts)[("worker", ANYIO_LIMITER)] > 0.5 * p99.latency_ms
+
+
+def test_a_wait_for_asgirefs_thread_is_charged_to_the_request() -> None:
+    from asgiref.sync import sync_to_async
+
+    nap = sync_to_async(time.sleep, thread_sensitive=True)
+
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        # Thread-sensitive calls outside a request context share one thread: 8 users
+        # each wait for the others' 5 ms.
+        await nap(0.005)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    result = run_storm(asgi, "GET", "/", users=8, requests=80, check=False)
+    _sums_to_latency(result)
+    assert result.attribution is not None
+    p50 = result.attribution.band("p50")
+    assert p50 is not None
+    assert _parts(p50.parts)[("worker", ASGIREF_THREADS)] > 0.5 * p50.latency_ms
 
 
 def test_a_pool_producer_shows_in_the_breakdown_and_the_failure_message() -> None:

@@ -21,6 +21,7 @@ import os
 import threading
 from array import array
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -204,12 +205,48 @@ class _Counters:
 _ASGIREF_COUNTERS = _Counters()
 
 
+#: When the request's code handed its call to ``SyncToAsync`` (set around ``__call__``, so
+#: that the context asgiref copies for the thread carries it).
+_SUBMITTED: ContextVar[float] = ContextVar("pytest_storm_sync_to_async", default=0.0)
+
+
+def _stamped_call(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        token = _SUBMITTED.set(perf_counter())
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            _SUBMITTED.reset(token)
+
+    __call__.__wrapped__ = original  # type: ignore[attr-defined]
+    return __call__
+
+
+def _charged(child: Callable[[], Any], took_thread: float) -> Callable[[], Any]:
+    """*child* (run by asgiref inside the request's copied context), charging the request
+    the wait for the thread first."""
+
+    def timed() -> Any:
+        submitted = _SUBMITTED.get()
+        if submitted:
+            charge("worker", ASGIREF_THREADS, took_thread - submitted, ended=took_thread)
+        return child()
+
+    timed._storm_timed = True  # type: ignore[attr-defined]
+    return timed
+
+
 def _counted_thread_handler(original: Callable[..., Any]) -> Callable[..., Any]:
     def thread_handler(self: Any, *args: Any, **kwargs: Any) -> Any:
         # Runs on the worker thread: locks, not the loop, keep the counts right.
+        took = perf_counter()
         counters = _ASGIREF_COUNTERS.live
         for counter in counters:
             counter.enter()
+        # (loop, exc_info, task_context, func, child): asgiref runs func(child), which
+        # enters the request's copied context and calls child there.
+        if len(args) == 5 and callable(args[4]) and not hasattr(args[4], "_storm_timed"):
+            args = (*args[:4], _charged(args[4], took))
         try:
             return original(self, *args, **kwargs)
         finally:
@@ -407,6 +444,7 @@ class ThreadPoolProbe(_StartStop):
         with _SINKS_LOCK:
             _ASGIREF_COUNTERS.live = (*_ASGIREF_COUNTERS.live, counter)
         self._patches.append(wrap(sync_to_async, "thread_handler", _counted_thread_handler))
+        self._patches.append(wrap(sync_to_async, "__call__", _stamped_call))
 
     def _start_executor(self, loop: asyncio.AbstractEventLoop) -> None:
         with _SINKS_LOCK:
