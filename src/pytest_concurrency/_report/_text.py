@@ -191,7 +191,7 @@ def part_words(kind: str, name: str) -> str:
     if kind == "loop":
         return "waiting for the event loop (held by other requests)"
     if kind == "service":
-        return "in the app"
+        return "in the app (its own code and awaits)"
     return f"{kind} {name}".strip()
 
 
