@@ -339,3 +339,20 @@ def test_behind_a_real_server_the_workers_take_their_requests_apart() -> None:
     assert sum(parts.values()) == pytest.approx(p99.latency_ms, rel=0.05)
     assert attribution.slowest[0].request == "GET /sync-io"
     assert attribution.slowest[0].status == 200
+
+
+def test_the_html_report_draws_a_stacked_bar_of_each_band() -> None:
+    from pytest_concurrency._report import _html
+
+    def wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        blocking_io(2)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    result = run_storm(wsgi, "GET", "/", users=6, workers=1, requests=60, check=False)
+    page = _html.render_html([("t.py::test", result)])
+    assert "where the requests' time went" in page
+    assert page.count("<div class='row'><span>p99 requests") == 1
+    assert page.count("<div class='row'><span>slowest ") == 5
+    assert "title='waiting for one of 1 sync worker: " in page
+    assert f"title='waiting on {SIMULATED}: " in page
