@@ -532,7 +532,7 @@ def test_save_merges_by_storm_unless_told_to_replace(tmp_path: Path) -> None:
 
 
 def test_save_over_a_corrupt_baseline_is_an_error_not_a_loss(tmp_path: Path) -> None:
-    (tmp_path / "main.json").write_text('{"schema_version": 2, "storms": 3}', encoding="utf-8")
+    (tmp_path / "main.json").write_text('{"schema_version": 1, "storms": 3}', encoding="utf-8")
     doc = _json.session_document([(NODE, make_result([1.0]))], machine={})
     with pytest.raises(ConfigError, match=r"--concurrency-save='main': baseline .*main\.json"):
         _baseline.save("main", doc, tmp_path)
@@ -570,7 +570,7 @@ def test_a_corrupt_baseline_is_a_usage_error_in_a_session(
     pytester.makepyfile(test_storms=ONE)
     storage = pytester.path / ".storms"
     storage.mkdir()
-    (storage / "main.json").write_text('{"schema_version": 2, "storms": [[]]}', encoding="utf-8")
+    (storage / "main.json").write_text('{"schema_version": 1, "storms": [[]]}', encoding="utf-8")
     result = run("--concurrency-compare=main")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --concurrency-compare='main': baseline *main.json*"])

@@ -231,7 +231,7 @@ def test_bad_report_options_are_usage_errors(
 ) -> None:
     storage = pytester.path / ".storms"
     storage.mkdir()
-    (storage / "main.json").write_text(json.dumps({"schema_version": 2, "storms": []}))
+    (storage / "main.json").write_text(json.dumps({"schema_version": 1, "storms": []}))
     pytester.makepyfile(test_storms=TESTS)
     result = run(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -249,7 +249,7 @@ def test_bad_report_options_are_usage_errors(
         ),
         (
             "main",
-            '{"schema_version": 2, "storms": 3}',
+            '{"schema_version": 1, "storms": 3}',
             "ERROR: --concurrency-save='main': baseline *main.json does not fit the session "
             "document schema: the document lacks 'generator'*; no test was run",
         ),

@@ -39,8 +39,62 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 2
+#: Versions a reader accepts: 2 added the optional ``comparison`` and ``attribution``
+#: blocks of a storm.
+READABLE_VERSIONS = (1, 2)
 
 _NUMBER_OR_NULL: dict[str, Any] = {"type": ["number", "null"]}
+
+#: A storm's paired comparison with a control: the verdict, its line, and each figure's
+#: paired change (ratio experiment/control, Hodges-Lehmann, with its signed-rank interval).
+COMPARISON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["mode", "against", "verdict", "line", "pairs", "ended", "order", "figures"],
+    "properties": {
+        "mode": {"const": "paired"},
+        "against": {"type": "string"},
+        "verdict": {"type": "string"},
+        "line": {"type": "string"},
+        "pairs": {"type": "integer", "minimum": 0},
+        "ended": {"type": "string"},
+        "seconds": {"type": "number", "minimum": 0},
+        "order": {"type": "string", "description": "rounds in order: A control, B experiment"},
+        "fails": {"type": "boolean"},
+        "notes": {"type": "array", "items": {"type": "string"}},
+        "figures": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["figure", "unit", "stable", "threshold", "verdict", "change"],
+                "properties": {
+                    "figure": {"type": "string"},
+                    "unit": {"type": "string"},
+                    "stable": {"type": "boolean"},
+                    "threshold": {"type": "string"},
+                    "verdict": {"type": "string"},
+                    "change": {
+                        "anyOf": [
+                            {
+                                "type": "object",
+                                "required": ["pairs", "ratio", "low", "high", "confidence"],
+                                "properties": {
+                                    "pairs": {"type": "integer", "minimum": 0},
+                                    "ratio": _NUMBER_OR_NULL,
+                                    "low": _NUMBER_OR_NULL,
+                                    "high": _NUMBER_OR_NULL,
+                                    "confidence": {"type": "number", "minimum": 0},
+                                    "control": _NUMBER_OR_NULL,
+                                    "experiment": _NUMBER_OR_NULL,
+                                },
+                            },
+                            {"type": "null"},
+                        ]
+                    },
+                },
+            },
+        },
+    },
+}
 
 #: JSON Schema (draft 2020-12) of a session document.
 JSON_SCHEMA: dict[str, Any] = {
@@ -55,7 +109,7 @@ JSON_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["schema_version", "generator", "created", "machine", "scaled", "storms"],
     "properties": {
-        "schema_version": {"const": SCHEMA_VERSION},
+        "schema_version": {"anyOf": [{"const": v} for v in READABLE_VERSIONS]},
         "generator": {
             "type": "object",
             "required": ["name", "version"],
@@ -70,6 +124,7 @@ JSON_SCHEMA: dict[str, Any] = {
         "storms": {"type": "array", "items": {"$ref": "#/$defs/storm"}},
     },
     "$defs": {
+        "comparison": COMPARISON_SCHEMA,
         "machine": {
             "type": "object",
             "required": [
@@ -271,8 +326,14 @@ JSON_SCHEMA: dict[str, Any] = {
                 "attribution": {
                     "anyOf": [{"$ref": "#/$defs/attribution"}, {"type": "null"}],
                     "description": "in-process storms: where the p50 and p99 requests' time "
-                    "and the slowest requests' went; behind a real server, their time in the app as "
-                    "the workers' probes saw it (side: server)",
+                    "and the slowest requests' went; behind a real server, their time in the "
+                    "app as the workers' probes saw it (side: server); absent before schema "
+                    "version 2",
+                },
+                "comparison": {
+                    "anyOf": [{"$ref": "#/$defs/comparison"}, {"type": "null"}],
+                    "description": "the storm against a control run paired with it "
+                    "(--concurrency-control); absent before schema version 2",
                 },
                 "histograms": {
                     "type": "object",
@@ -332,8 +393,17 @@ def session_document(
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "machine": dict(machine),
         "scaled": scaled,
-        "storms": [_plain(record.document_entry()) for record in as_records(rows)],
+        "storms": [_plain(_lifted(record.document_entry())) for record in as_records(rows)],
     }
+
+
+def _lifted(entry: dict[str, Any]) -> dict[str, Any]:
+    """A paired comparison travels in ``extras``; the document gives it its own block."""
+    extras = entry.get("extras")
+    if isinstance(extras, Mapping) and "comparison" in extras:
+        rest = dict(extras)
+        entry = {**entry, "extras": rest, "comparison": rest.pop("comparison")}
+    return entry
 
 
 def _plain(value: Any) -> Any:
@@ -386,7 +456,7 @@ def load_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(doc, dict) or "schema_version" not in doc or "storms" not in doc:
         raise ConfigError(f"{source}: not a pytest-storm session document (no schema_version)")
     version = doc["schema_version"]
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ConfigError(
             f"{source}: session document schema_version {version!r}; this pytest-storm "
             f"({__version__}) reads version {SCHEMA_VERSION}"
