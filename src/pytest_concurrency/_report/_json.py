@@ -148,6 +148,33 @@ JSON_SCHEMA: dict[str, Any] = {
                 "noise": {"type": ["object", "null"]},
             },
         },
+        "connection_pool": {
+            "type": "object",
+            "description": "one connection pool: size (null: no limit), peak and mean in use, "
+            "saturation (share of the storm with every connection taken and a request "
+            "waiting), each checkout's wait for a connection (ms) and the time spent opening "
+            "connections (s)",
+            "required": ["name", "library", "size", "peak_in_use", "saturation", "checkouts"],
+            "properties": {
+                "name": {"type": "string"},
+                "library": {"type": "string"},
+                "size": {"type": ["integer", "null"]},
+                "peak_in_use": {"type": "integer", "minimum": 0},
+                "mean_in_use": {"type": "number", "minimum": 0},
+                "full": {"type": "number", "minimum": 0},
+                "saturation": {"type": "number", "minimum": 0},
+                "checkouts": {"type": "integer", "minimum": 0},
+                "waited": {"type": "integer", "minimum": 0},
+                "wait_p50_ms": {"type": ["number", "null"]},
+                "wait_p99_ms": {"type": ["number", "null"]},
+                "connects": {"type": "integer", "minimum": 0},
+                "connect_s": {"type": "number", "minimum": 0},
+                "connect_p50_ms": {"type": ["number", "null"]},
+                "duration_s": {"type": "number"},
+                "fix": {"type": "string"},
+                "text": {"type": "string"},
+            },
+        },
         "latency": {
             "type": "object",
             "description": "percentiles in milliseconds; null when nothing was measured",
@@ -314,6 +341,12 @@ JSON_SCHEMA: dict[str, Any] = {
                     "items": {"type": "string"},
                     "description": "informational remarks (a knee, rounds, a scaled load); "
                     "absent in documents written before notes existed",
+                },
+                "connection_pools": {
+                    "type": "array",
+                    "items": {"$ref": "#/$defs/connection_pool"},
+                    "description": "the app's connection pools used during the storm "
+                    "(SQLAlchemy, asyncpg, psycopg_pool, Django); absent in older documents",
                 },
                 "sessions": {
                     "type": "array",

@@ -154,7 +154,7 @@ class _Agent:
     def __init__(self, path: str, loop: asyncio.AbstractEventLoop) -> None:
         self.path = path
         self.loop = loop
-        self._probes: tuple[Any, Any] | None = None
+        self._probes: tuple[Any, Any, Any] | None = None
         #: The open window's requests (None between windows: nothing is kept then).
         self.requests: _Requests | None = None
 
@@ -196,34 +196,44 @@ class _Agent:
         sock.sendall(json.dumps(message).encode() + b"\n")
 
     async def _start(self) -> None:
+        from .._probes.connpools import ConnectionPoolProbe
         from .._probes.loop import LoopMonitor
         from .._probes.pools import ThreadPoolProbe
 
         if self._probes is not None:
             await self._stop()
+        connections = ConnectionPoolProbe().start()
         monitor = LoopMonitor(threshold_ms=THRESHOLD_MS, infrastructure=SERVER_INFRASTRUCTURE)
         probe = ThreadPoolProbe()
-        await monitor.start()
         try:
-            await probe.start()
+            await monitor.start()
+            try:
+                await probe.start()
+            except BaseException:
+                await monitor.stop()
+                raise
         except BaseException:
-            await monitor.stop()
+            connections.stop()
             raise
-        self._probes = (monitor, probe)
+        self._probes = (monitor, probe, connections)
         self.requests = _Requests()
 
     async def _stop(self) -> dict[str, Any]:
         if self._probes is None:
             raise RuntimeError("no probe window was open in this worker")
-        monitor, probe = self._probes
+        monitor, probe, connections = self._probes
         self._probes = None
         requests, self.requests = self.requests, None
         try:
-            pools = await probe.stop()
+            try:
+                pools = await probe.stop()
+            finally:
+                lag = await monitor.stop()
         finally:
-            lag = await monitor.stop()
+            held = connections.stop()
         return {
             "loop_lag": lag.to_dict(histogram=True),
             "thread_pools": [pool.to_dict() for pool in pools],
+            "connection_pools": [pool.to_dict() for pool in held],
             "attribution": requests.breakdown(monitor.stall_spans()) if requests else None,
         }
