@@ -240,7 +240,7 @@ def test_a_pool_producer_shows_in_the_breakdown_and_the_failure_message() -> Non
         run_storm(asgi, "GET", "/", users=4, requests=40, p99_ms=0.5)
     message = str(raised.value)
     assert "p99 requests (" in message
-    assert "waiting for a fake connection" in message
+    assert "waiting for a connection from fake" in message
     result = raised.value.result
     assert result.attribution is not None
     p50 = result.attribution.band("p50")
@@ -356,3 +356,21 @@ def test_the_html_report_draws_a_stacked_bar_of_each_band() -> None:
     assert page.count("<div class='row'><span>slowest ") == 5
     assert "title='waiting for one of 1 sync worker: " in page
     assert f"title='waiting on {SIMULATED}: " in page
+
+
+@pytest.mark.timing
+def test_a_sqlalchemy_pool_of_five_is_what_the_slow_requests_waited_for() -> None:
+    from examples import db_pool_app
+
+    with pytest.raises(BudgetExceeded) as raised:
+        run_storm(db_pool_app.app, "GET", "/report", users=20, duration=1.0, p99_ms=1)
+    result = raised.value.result
+    assert result.attribution is not None
+    p99 = result.attribution.band("p99")
+    assert p99 is not None
+    [pool] = result.connection_pools
+    # 5 connections × 20 ms for 20 users: each waits ≈ 20 / 250 s − 20 ms = 60 ms of 80.
+    assert p99.parts[0].kind == "pool"
+    assert p99.parts[0].name == pool.name
+    assert p99.parts[0].share > 0.5
+    assert f"waiting for a connection from {pool.name}" in str(raised.value)

@@ -182,7 +182,7 @@ def part_words(kind: str, name: str) -> str:
             else (f"waiting for one of {name}")
         )
     if kind == "pool":
-        return f"waiting for a {name} connection"
+        return f"waiting for a connection from {name}"
     if kind == "connect":
         return f"opening {name} connections"
     if kind == "upstream":
