@@ -267,6 +267,7 @@ def _with_probes(result: StormResult, report: ProbeReport) -> StormResult:
         result.loop_lag = report.loop_lag
         result.thread_pools = report.thread_pools
         result.connection_pools = report.connection_pools
+        result.attribution = report.attribution
         result.notes.append(server_probes_note(report.where))
     else:
         result.loop_lag = None

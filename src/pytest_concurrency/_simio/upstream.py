@@ -109,7 +109,7 @@ class _Chunks:
         while self._next < len(self._chunks):
             index = self._next
             if index:
-                await _wait_async(latency.sample(self._rng))
+                await _wait_async(latency.sample(self._rng), self._route.label)
             self._next = index + 1
             yield self._chunks[index]
         # An abandoned iterator is not the end of the call: only the body's end or the
@@ -124,7 +124,7 @@ class _Chunks:
         while self._next < len(self._chunks):
             index = self._next
             if index:
-                _wait_blocking(latency.sample(self._rng))
+                _wait_blocking(latency.sample(self._rng), self._route.label)
             self._next = index + 1
             yield self._chunks[index]
         self._finish()
@@ -390,7 +390,7 @@ class Route:
         streaming = False
         try:
             delay, times_out, fails = self._plan(request)
-            waited = await _wait_async(delay)
+            waited = await _wait_async(delay, self.label)
             self._waits_us.append(round(waited * 1_000_000))
             if times_out:
                 raise self._timeout(client, request, waited)
@@ -413,7 +413,7 @@ class Route:
         streaming = False
         try:
             delay, times_out, fails = self._plan(request)
-            waited = _wait_blocking(delay)
+            waited = _wait_blocking(delay, self.label)
             self._waits_us.append(round(waited * 1_000_000))
             if times_out:
                 raise self._timeout(client, request, waited)
