@@ -28,6 +28,8 @@ from .._checks import NO_CHECKS
 from .._errors import StormError
 from .._headers import HOP_BY_HOP, TOKEN, WSGI_VALUE_BAD, content_length, wsgi_header_fault
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
+from .._probes.attribution import Ledger, bind
+from .._probes.attribution import attributing as attribution_on
 from .._workload import Request, checked_user_headers
 from .base import (
     BadHeaders,
@@ -415,6 +417,7 @@ class _PoolRound:
         self.dispatched = [0, 0]  # arrivals put in the backlog; 1 once the dispatcher is done
         self.iterations: dict[int, int] = {}
         self.failures: list[BaseException] = []
+        self.attributing = attribution_on()
         self.helpers: list[threading.Thread] = []
         self.workers: list[threading.Thread] = []
 
@@ -487,6 +490,12 @@ class _PoolRound:
         timed_out_kind = self.timed_out_kind
         retired, done_count, busy_since = self.retired, self.done_count, self.busy_since
         iterations, fail, later = self.iterations, self.fail, self.later
+        # One ledger per thread, emptied after each request: the waits the app's code
+        # charges while this thread serves a request are that request's.
+        waits = Ledger()
+        if self.attributing:
+            bind(waits)
+        entries = waits.entries
         while True:
             item = backlog.get()
             if item is None:
@@ -555,6 +564,9 @@ class _PoolRound:
             a_status(status)
             a_end(index)
             a_err(error)
+            if entries:
+                rec.add_waits(entries, origin)
+                entries.clear()
             done_count[slot] += 1
             if user < 0:
                 continue

@@ -38,14 +38,68 @@ __all__ = [
     "write_json",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions a reader accepts: 2 added the optional ``comparison`` and ``attribution``
+#: blocks of a storm.
+READABLE_VERSIONS = (1, 2)
 
 _NUMBER_OR_NULL: dict[str, Any] = {"type": ["number", "null"]}
+
+#: A storm's paired comparison with a control: the verdict, its line, and each figure's
+#: paired change (ratio experiment/control, Hodges-Lehmann, with its signed-rank interval).
+COMPARISON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["mode", "against", "verdict", "line", "pairs", "ended", "order", "figures"],
+    "properties": {
+        "mode": {"const": "paired"},
+        "against": {"type": "string"},
+        "verdict": {"type": "string"},
+        "line": {"type": "string"},
+        "pairs": {"type": "integer", "minimum": 0},
+        "ended": {"type": "string"},
+        "seconds": {"type": "number", "minimum": 0},
+        "order": {"type": "string", "description": "rounds in order: A control, B experiment"},
+        "fails": {"type": "boolean"},
+        "notes": {"type": "array", "items": {"type": "string"}},
+        "figures": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["figure", "unit", "stable", "threshold", "verdict", "change"],
+                "properties": {
+                    "figure": {"type": "string"},
+                    "unit": {"type": "string"},
+                    "stable": {"type": "boolean"},
+                    "threshold": {"type": "string"},
+                    "verdict": {"type": "string"},
+                    "change": {
+                        "anyOf": [
+                            {
+                                "type": "object",
+                                "required": ["pairs", "ratio", "low", "high", "confidence"],
+                                "properties": {
+                                    "pairs": {"type": "integer", "minimum": 0},
+                                    "ratio": _NUMBER_OR_NULL,
+                                    "low": _NUMBER_OR_NULL,
+                                    "high": _NUMBER_OR_NULL,
+                                    "confidence": {"type": "number", "minimum": 0},
+                                    "control": _NUMBER_OR_NULL,
+                                    "experiment": _NUMBER_OR_NULL,
+                                },
+                            },
+                            {"type": "null"},
+                        ]
+                    },
+                },
+            },
+        },
+    },
+}
 
 #: JSON Schema (draft 2020-12) of a session document.
 JSON_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "$id": "urn:pytest-storm:session-document:1",
+    "$id": "urn:pytest-storm:session-document:2",
     "title": "pytest-storm session document",
     "description": (
         "Every storm of a pytest session: workload, budgets, verdicts, percentiles (ms), "
@@ -55,7 +109,7 @@ JSON_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["schema_version", "generator", "created", "machine", "scaled", "storms"],
     "properties": {
-        "schema_version": {"const": SCHEMA_VERSION},
+        "schema_version": {"anyOf": [{"const": v} for v in READABLE_VERSIONS]},
         "generator": {
             "type": "object",
             "required": ["name", "version"],
@@ -70,6 +124,7 @@ JSON_SCHEMA: dict[str, Any] = {
         "storms": {"type": "array", "items": {"$ref": "#/$defs/storm"}},
     },
     "$defs": {
+        "comparison": COMPARISON_SCHEMA,
         "machine": {
             "type": "object",
             "required": [
@@ -93,6 +148,33 @@ JSON_SCHEMA: dict[str, Any] = {
                 "noise": {"type": ["object", "null"]},
             },
         },
+        "connection_pool": {
+            "type": "object",
+            "description": "one connection pool: size (null: no limit), peak and mean in use, "
+            "saturation (share of the storm with every connection taken and a request "
+            "waiting), each checkout's wait for a connection (ms) and the time spent opening "
+            "connections (s)",
+            "required": ["name", "library", "size", "peak_in_use", "saturation", "checkouts"],
+            "properties": {
+                "name": {"type": "string"},
+                "library": {"type": "string"},
+                "size": {"type": ["integer", "null"]},
+                "peak_in_use": {"type": "integer", "minimum": 0},
+                "mean_in_use": {"type": "number", "minimum": 0},
+                "full": {"type": "number", "minimum": 0},
+                "saturation": {"type": "number", "minimum": 0},
+                "checkouts": {"type": "integer", "minimum": 0},
+                "waited": {"type": "integer", "minimum": 0},
+                "wait_p50_ms": {"type": ["number", "null"]},
+                "wait_p99_ms": {"type": ["number", "null"]},
+                "connects": {"type": "integer", "minimum": 0},
+                "connect_s": {"type": "number", "minimum": 0},
+                "connect_p50_ms": {"type": ["number", "null"]},
+                "duration_s": {"type": "number"},
+                "fix": {"type": "string"},
+                "text": {"type": "string"},
+            },
+        },
         "latency": {
             "type": "object",
             "description": "percentiles in milliseconds; null when nothing was measured",
@@ -109,6 +191,18 @@ JSON_SCHEMA: dict[str, Any] = {
                 "p99": _NUMBER_OR_NULL,
                 "p999": _NUMBER_OR_NULL,
                 "max": _NUMBER_OR_NULL,
+            },
+        },
+        "refusal": {
+            "type": "object",
+            "description": "a connection off the machine refused during the storm",
+            "required": ["host", "port", "client", "site", "count"],
+            "properties": {
+                "host": {"type": "string"},
+                "port": {"type": "string", "description": "empty when no port was given"},
+                "client": {"type": "string", "description": "the client library that tried"},
+                "site": {"type": "string", "description": "the app's line that made the call"},
+                "count": {"type": "integer", "minimum": 1},
             },
         },
         "verdict": {
@@ -134,6 +228,59 @@ JSON_SCHEMA: dict[str, Any] = {
                 "busy_workers": _NUMBER_OR_NULL,
                 "in_flight": _NUMBER_OR_NULL,
                 "target": _NUMBER_OR_NULL,
+            },
+        },
+        "part": {
+            "type": "object",
+            "description": "one part of requests' time: a wait (kind worker, pool, connect, "
+            "upstream, proxy or loop, for what name says) or service (the rest)",
+            "required": ["kind", "name", "ms", "share"],
+            "properties": {
+                "kind": {"type": "string"},
+                "name": {"type": "string"},
+                "ms": {"type": "number", "description": "milliseconds per request"},
+                "share": {"type": "number", "minimum": 0, "description": "of latency"},
+            },
+        },
+        "attribution": {
+            "type": "object",
+            "required": ["bands", "slowest"],
+            "properties": {
+                "side": {
+                    "type": "string",
+                    "description": "storm: the latency measured in-process; server: the "
+                    "time in the app inside a real server's workers",
+                },
+                "bands": {
+                    "type": "array",
+                    "description": "requests between two ranks around p50 (p49.5–p50.5) and "
+                    "p99 (p98.5–p99.5): their mean latency and its parts, largest first",
+                    "items": {
+                        "type": "object",
+                        "required": ["label", "requests", "latency_ms", "parts"],
+                        "properties": {
+                            "label": {"type": "string"},
+                            "requests": {"type": "integer", "minimum": 0},
+                            "latency_ms": {"type": "number"},
+                            "parts": {"type": "array", "items": {"$ref": "#/$defs/part"}},
+                        },
+                    },
+                },
+                "slowest": {
+                    "type": "array",
+                    "description": "the slowest requests, slowest first",
+                    "items": {
+                        "type": "object",
+                        "required": ["request", "status", "latency_ms", "sent_s", "parts"],
+                        "properties": {
+                            "request": {"type": "string"},
+                            "status": {"type": "integer"},
+                            "latency_ms": {"type": "number"},
+                            "sent_s": {"type": "number"},
+                            "parts": {"type": "array", "items": {"$ref": "#/$defs/part"}},
+                        },
+                    },
+                },
             },
         },
         "storm": {
@@ -205,6 +352,12 @@ JSON_SCHEMA: dict[str, Any] = {
                 "budgets": {"type": "object", "additionalProperties": {"type": "number"}},
                 "verdicts": {"type": "array", "items": {"$ref": "#/$defs/verdict"}},
                 "passed": {"type": "boolean"},
+                "refused_egress": {
+                    "type": "array",
+                    "items": {"$ref": "#/$defs/refusal"},
+                    "description": "connections off the machine refused during the storm, "
+                    "most frequent first; absent in documents written before the egress guard",
+                },
                 "warnings": {
                     "type": "array",
                     "items": {"type": "string"},
@@ -216,6 +369,12 @@ JSON_SCHEMA: dict[str, Any] = {
                     "description": "informational remarks (a knee, rounds, a scaled load); "
                     "absent in documents written before notes existed",
                 },
+                "connection_pools": {
+                    "type": "array",
+                    "items": {"$ref": "#/$defs/connection_pool"},
+                    "description": "the app's connection pools used during the storm "
+                    "(SQLAlchemy, asyncpg, psycopg_pool, Django); absent in older documents",
+                },
                 "sessions": {
                     "type": "array",
                     "items": {"type": "object"},
@@ -223,6 +382,18 @@ JSON_SCHEMA: dict[str, Any] = {
                     "storm (p50, p99, max, rps as medians over rounds; cpu_slowdown; "
                     "cpu_share), the newest last; their spread is the storm's own noise "
                     "between sessions",
+                },
+                "attribution": {
+                    "anyOf": [{"$ref": "#/$defs/attribution"}, {"type": "null"}],
+                    "description": "in-process storms: where the p50 and p99 requests' time "
+                    "and the slowest requests' went; behind a real server, their time in the "
+                    "app as the workers' probes saw it (side: server); absent before schema "
+                    "version 2",
+                },
+                "comparison": {
+                    "anyOf": [{"$ref": "#/$defs/comparison"}, {"type": "null"}],
+                    "description": "the storm against a control run paired with it "
+                    "(--concurrency-control); absent before schema version 2",
                 },
                 "histograms": {
                     "type": "object",
@@ -282,8 +453,17 @@ def session_document(
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "machine": dict(machine),
         "scaled": scaled,
-        "storms": [_plain(record.document_entry()) for record in as_records(rows)],
+        "storms": [_plain(_lifted(record.document_entry())) for record in as_records(rows)],
     }
+
+
+def _lifted(entry: dict[str, Any]) -> dict[str, Any]:
+    """A paired comparison travels in ``extras``; the document gives it its own block."""
+    extras = entry.get("extras")
+    if isinstance(extras, Mapping) and "comparison" in extras:
+        rest = dict(extras)
+        entry = {**entry, "extras": rest, "comparison": rest.pop("comparison")}
+    return entry
 
 
 def _plain(value: Any) -> Any:
@@ -336,7 +516,7 @@ def load_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(doc, dict) or "schema_version" not in doc or "storms" not in doc:
         raise ConfigError(f"{source}: not a pytest-storm session document (no schema_version)")
     version = doc["schema_version"]
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ConfigError(
             f"{source}: session document schema_version {version!r}; this pytest-storm "
             f"({__version__}) reads version {SCHEMA_VERSION}"
