@@ -98,21 +98,26 @@ def test_websocket_and_capacity_fixture_forms_take_check(pytester: pytest.Pytest
 def test_websocket_and_capacity_storms_take_the_compare_layers(
     pytester: pytest.Pytester,
     run,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A storm saved as a baseline runs three rounds (its spread is what a later comparison
-    # judges against), whichever fixture form fired it.
+    # A storm whose comparison with a baseline can fail its test runs three rounds (their
+    # spread is what the comparison judges against), whichever fixture form fired it.
     pytester.makepyfile(
         test_layers="""
+        import os
+
         from apps_for_layers import hello_wsgi
         from face_apps import echo
 
+        ROUNDS = int(os.environ["EXPECT_ROUNDS"])
+
         def test_websocket(storm):
             result = storm.websocket(echo, "/ws", users=2, messages=6)
-            assert len(result.rounds) == 3
+            assert len(result.rounds) == ROUNDS
 
         def test_capacity(storm):
             found = storm.capacity(hello_wsgi, workers=[1], users=2, requests=4, p99_ms=10_000)
-            assert [len(r.rounds) for r in found.results.values()] == [3]
+            assert [len(r.rounds) for r in found.results.values()] == [ROUNDS]
 
         def test_websocket_keeps_its_own_rounds(storm):
             result = storm.websocket(echo, "/ws", users=2, messages=6, rounds=1)
@@ -124,7 +129,11 @@ def test_websocket_and_capacity_storms_take_the_compare_layers(
             return [b"ok"]
         """,
     )
+    monkeypatch.setenv("EXPECT_ROUNDS", "0")
     run("--concurrency-save=main").assert_outcomes(passed=3)
+    monkeypatch.setenv("EXPECT_ROUNDS", "3")
+    compared = run("--concurrency-compare=main", "--concurrency-compare-fail=p50:100000%")
+    compared.assert_outcomes(passed=3)
 
 
 def test_two_storms_at_once_in_one_process_are_refused() -> None:
