@@ -499,6 +499,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         frozenset(
             {
                 "_params",
+                "_spec",
                 "_budget",
                 "_workload",
                 "_checks",

@@ -51,6 +51,7 @@ from ._simio import (
     normal,
     uniform,
 )
+from ._spec.table import PARAMS, Param
 from ._workload import Request, split_requests
 
 __all__ = ["build_parser", "load_app", "machine_line", "main", "side_by_side"]
@@ -67,6 +68,11 @@ def load_app(spec: str) -> Any:
 
 
 # -- option parsing --------------------------------------------------------------------------
+
+
+def cli_params() -> list[Param]:
+    """The parameters with a flag ``--NAME`` (their rows in ``_spec.table``)."""
+    return [row for row in PARAMS.values() if row.cli is not None]
 
 
 def _budget(text: str) -> tuple[str, float]:
@@ -140,22 +146,6 @@ def _latency(text: str) -> Latency:
     return made
 
 
-def _stages(text: str) -> list[tuple[float, float]]:
-    """``30:100,60:100,10:0`` as k6 stages: (seconds, target) pairs."""
-    stages = []
-    for part in text.split(","):
-        seconds, sep, target = part.strip().partition(":")
-        try:
-            stages.append((float(seconds), float(target)))
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: expected SECONDS:TARGET pairs separated by commas, e.g. 10:50,20:50,5:0"
-            ) from None
-        if not sep:
-            raise argparse.ArgumentTypeError(f"{text!r}: {part!r} is not SECONDS:TARGET")
-    return stages
-
-
 def _header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition(":")
     if not sep or not name.strip():
@@ -191,38 +181,19 @@ def _add_storm_options(parser: argparse.ArgumentParser, *, workers: bool = True)
         metavar="'NAME: VALUE'",
         help="a request header (repeat for more)",
     )
-    parser.add_argument("--users", type=int, help="concurrent virtual users (closed model)")
-    parser.add_argument(
-        "--rate", type=float, help="arrivals per second (open model); exclusive with --users"
-    )
-    parser.add_argument(
-        "--stages",
-        type=_stages,
-        metavar="S:T,...",
-        help="k6-style ramp: SECONDS:TARGET pairs of users (or of arrivals with --rate)",
-    )
-    parser.add_argument("--duration", type=float)
-    parser.add_argument("--requests", type=int)
-    parser.add_argument("--warmup", type=float)
-    parser.add_argument("--think-ms", type=float, dest="think_ms")
-    parser.add_argument("--timeout-ms", type=float, dest="timeout_ms")
-    if workers:
-        parser.add_argument("--workers", type=int, help="WSGI worker processes of the server model")
-    parser.add_argument("--threads", type=int, help="threads per WSGI worker")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument(
-        "--processes",
-        type=_processes,
-        help="shard the storm over N processes ('auto': one per core)",
-    )
-    parser.add_argument(
-        "--engine", choices=("native", "locust"), help="'locust' runs the storm with Locust"
-    )
-    parser.add_argument(
-        "--server",
-        help="inprocess (default), uvicorn, hypercorn, granian, gunicorn or a loopback URL; "
-        "compare takes a comma-separated list and prints the fidelity table",
-    )
+    for row in cli_params():
+        if row.name == "workers" and not workers:
+            continue
+        flag = row.cli
+        assert flag is not None
+        parser.add_argument(
+            "--" + row.name.replace("_", "-"),
+            dest=row.name,
+            type=flag.type,
+            help=flag.help,
+            choices=flag.choices,
+            metavar=flag.metavar,
+        )
     parser.add_argument("--budget", type=_budget, action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument(
         "--upstream",
@@ -254,22 +225,7 @@ def _add_storm_options(parser: argparse.ArgumentParser, *, workers: bool = True)
 
 
 def _params(args: argparse.Namespace, *, workers: bool = True) -> dict[str, Any]:
-    names = (
-        "users",
-        "rate",
-        "stages",
-        "duration",
-        "requests",
-        "warmup",
-        "think_ms",
-        "timeout_ms",
-        "workers",
-        "threads",
-        "seed",
-        "processes",
-        "engine",
-        "server",
-    )
+    names = [row.name for row in cli_params()]
     # A capacity search sets the worker count itself (its --workers lists candidates).
     params = {name: getattr(args, name, None) for name in names if workers or name != "workers"}
     params = {name: value for name, value in params.items() if value is not None}
@@ -422,15 +378,6 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         _write_json(args.json, _storms_doc(results))
     _write_reports(args, results)
     return 0 if all(r.passed for r in results) else 1
-
-
-def _processes(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or 'auto'") from None
 
 
 def _cmd_capacity(args: argparse.Namespace) -> int:

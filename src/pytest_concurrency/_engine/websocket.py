@@ -65,7 +65,7 @@ from .._metrics import (
 from .._metrics.fold import RunFigures
 from .._model.remarks import shared_loop_warning, unmatched_messages_note
 from .._model.result import StormResult, Verdict
-from .._params import Layer, budget_limit
+from .._params import WEBSOCKET_BUDGETS, WEBSOCKET_NAMES, Layer, budget_limit
 from .._workload import RequestMix
 from .interrupts import app_interrupt
 from .limits import check_listeners
@@ -84,23 +84,6 @@ __all__ = [
     "run_websocket_plan",
 ]
 
-#: WebSocket workload parameters -> one line of help.
-WEBSOCKET_NAMES: dict[str, str] = {
-    "messages": "stop after this many measured messages (all connections together); exclusive with duration",
-    "message": "the message every user sends: str (a text frame) or bytes (a binary frame); default 'ping'",
-    "factory": "factory(user, i) -> str | bytes: user's i-th message, instead of message",
-    "connect_timeout_ms": "how long a handshake may take, ms (default: timeout_ms)",
-    "subprotocols": "subprotocols the client offers, e.g. ['chat']",
-    "listeners": "broadcast room: this many listen-only connections; latency is delivery to the last",
-    "expect": "what answers a message: a str or bytes literal, or a callable on the received "
-    "message; default: its echo (same kind, equal to it or carrying it)",
-}
-#: WebSocket budgets -> what they limit (the round trip has the HTTP latency budgets).
-WEBSOCKET_BUDGETS: dict[str, str] = {
-    "connect_p99_ms": "99th percentile handshake time, ms",
-    "min_messages_per_s": "minimum throughput, messages per second (judged as min_rps)",
-    "max_disconnect_rate": "largest fraction of accepted connections the server closed",
-}
 #: HTTP parameters a WebSocket storm has no use for.
 _HTTP_ONLY = ("requests", "json", "content", "data", "budgets")
 
