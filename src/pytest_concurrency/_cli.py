@@ -34,7 +34,7 @@ from ._errors import ConcurrencyWarning, ConfigError, StormError
 from ._fidelity import line_up
 from ._model.remarks import contention_summary, is_contention_note
 from ._model.result import StormResult
-from ._params import BUDGET_NAMES, Layer, budget_limit
+from ._params import BUDGET_NAMES, Layer, budget_limit, resolve
 from ._report._csv import csv_paths, write_csv
 from ._report._fidelity import fidelity_table
 from ._report._json import ensure_writable, machine_info
@@ -419,6 +419,8 @@ def _cmd_locust(args: argparse.Namespace) -> int:
     from ._locust import build_locustfile, locust_available, read_back, run_locust
 
     params = _params(args)
+    # Every flag is validated by its row of the parameter table, as for any other storm.
+    config = resolve([Layer("command line", params)])
     request = Request(
         method=args.method,
         path=args.path,
@@ -428,11 +430,12 @@ def _cmd_locust(args: argparse.Namespace) -> int:
     request.validate("command line")
     locustfile = build_locustfile(
         [request],
-        users=params.get("users", 10),
-        duration=params.get("duration", 10.0),
-        think_ms=params.get("think_ms"),
-        stages=params.get("stages") or (),
-        timeout_ms=params.get("timeout_ms"),
+        users=config.users if "users" in params else 10,
+        duration=config.duration if "duration" in params and config.duration else 10.0,
+        think_ms=config.think_ms if "think_ms" in params else None,
+        stages=config.stages,
+        timeout_ms=config.timeout_ms if "timeout_ms" in params else None,
+        origin="command line",
     )
     path = locustfile.write(args.out)
     print(f"wrote {path} (a plain locustfile: {', '.join(locustfile.endpoints)})")
