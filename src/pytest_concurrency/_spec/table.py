@@ -20,6 +20,7 @@ flight is ``in_flight_cap``, beside the budget ``max_in_flight_peak`` on the fig
 from __future__ import annotations
 
 import difflib
+import inspect
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -33,6 +34,7 @@ from . import values as v
 __all__ = [
     "ALL",
     "BUDGETS",
+    "COMPARE_FIGURES",
     "HTTP",
     "INPROCESS",
     "LOCUST",
@@ -370,6 +372,21 @@ def _subprotocols(name: str, value: Any, origin: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _expect(name: str, value: Any, origin: str) -> Any:
+    where = v._where(name, value, origin)
+    if not callable(value) and not isinstance(value, str | bytes):
+        raise ConfigError(
+            f"{where} must be the reply as str (text) or bytes (binary), or a callable taking "
+            "the received message and returning true when it answers the message sent"
+        )
+    if inspect.iscoroutinefunction(value):
+        raise ConfigError(
+            f"{where} is an async function: its coroutine would always be true; give a plain "
+            "callable"
+        )
+    return value
+
+
 _SERVERS_HELP = (
     "'inprocess' (default), 'uvicorn', 'hypercorn', 'granian', 'gunicorn' (started on "
     "127.0.0.1 for the storm), or the URL of a server already running on loopback"
@@ -703,10 +720,25 @@ _PARAM_ROWS: tuple[Param, ...] = (
         "expect",
         "what answers a message: a str or bytes literal, or a callable on the received "
         "message; default: its echo (same kind, equal to it or carrying it)",
+        _expect,
         target="websocket",
         storms=frozenset({WEBSOCKET}),
     ),
 )
+
+#: Figures a compare threshold may name (``--concurrency-compare-fail``), by the naming
+#: rule -> the key the baseline comparison files them under.
+COMPARE_FIGURES: dict[str, str] = {
+    "p50_ms": "p50",
+    "p90_ms": "p90",
+    "p95_ms": "p95",
+    "p99_ms": "p99",
+    "p999_ms": "p999",
+    "max_ms": "max",
+    "mean_ms": "mean",
+    "rps": "rps",
+    "error_rate": "error_rate",
+}
 
 #: Options of the request itself (not of the load), passed to the request as given.
 REQUEST_NAMES = ("headers", "json", "content", "data", "query")
