@@ -658,7 +658,8 @@ _PARAM_ROWS: tuple[Param, ...] = (
         "wall",
         run_wide=str,
         run_help="default clock of async storms: wall or virtual",
-        storms=frozenset({INPROCESS, VIRTUAL, SERVER, SHARDS}),
+        # What cannot run on the virtual clock is refused by ``rules.check_clock``.
+        storms=ALL,
     ),
     Param(
         "allow_hosts",
