@@ -327,3 +327,31 @@ def test_a_broadcast_room_larger_than_memory_is_refused() -> None:
         ConfigError, match=r"listeners=10,000,000 \(from keyword argument\) would need"
     ):
         run_websocket_storm(asgi_hello, "/ws", users=1, listeners=10**7, messages=1)
+
+
+def test_a_wsgi_pool_larger_than_the_address_space_allows_is_refused_before_load(
+    monkeypatch: pytest.MonkeyPatch, no_leaked_threads: None
+) -> None:
+    # Each thread reserves its whole stack (8 MiB by default) in the address space: under
+    # `ulimit -v` a pool of a few hundred threads cannot start, whatever memory is free.
+    import resource
+    import threading
+
+    real = resource.getrlimit
+    limit = 1024 * 2**20
+
+    def getrlimit(which: int) -> tuple[int, int]:
+        return (limit, limit) if which == resource.RLIMIT_AS else real(which)
+
+    monkeypatch.setattr(resource, "getrlimit", getrlimit)
+    started = threading.active_count()
+    with pytest.raises(
+        ConfigError,
+        match=(
+            r"workers=200 × threads=2 \(from keyword argument\) asks for 400 threads; this "
+            r"process may start about [\d,]+ more \(ulimit -v: 1,024 MB of address space, "
+            r"[\d.]+ MB of stack per thread\)"
+        ),
+    ):
+        run_storm(wsgi_hello, "GET", "/", workers=200, threads=2, duration=0.1)
+    assert threading.active_count() == started

@@ -283,3 +283,56 @@ def test_an_app_reexported_by_its_package_is_served_from_the_module_that_builds_
     finally:
         for name in ("chained_pkg", "chained_pkg.main"):
             sys.modules.pop(name, None)
+
+
+def test_a_killed_storm_leaves_no_handed_over_file(tmp_path: Path) -> None:
+    # A storm behind a server hands its processes the routes they answer in a file, and a
+    # log for the connections they refuse. A SIGKILL of the storm's process runs no
+    # cleanup: the server's own watcher of its parent removes them.
+    psutil = pytest.importorskip("psutil")
+    script = textwrap.dedent(
+        """
+        from pytest_concurrency import Upstream, run_storm
+
+        with Upstream() as upstream:
+            upstream.route("https://api.example.invalid/v1", latency=5, json={"ok": True})
+            run_storm("tests.apps:asgi_hello", "GET", "/", users=2, duration=60, server="uvicorn")
+        """
+    )
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TMPDIR": str(temp)}
+    caller = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, cwd=Path(__file__).parent.parent
+    )
+    try:
+        deadline = time.monotonic() + 60
+        handed: list[Path] = []
+        while time.monotonic() < deadline and len(handed) < 2:
+            handed = sorted(temp.glob("pytest-storm-*"))
+            time.sleep(0.1)
+        assert [p.name.split("-")[2] for p in handed] == ["egress", "upstreams"]
+        # The files are made before the server starts: wait for its process to be up.
+        servers: list[Any] = []
+        while time.monotonic() < deadline and not servers:
+            servers = [
+                p
+                for p in psutil.Process(caller.pid).children(recursive=True)
+                if "pytest_concurrency._servers.bootstrap" in " ".join(p.cmdline())
+            ]
+            time.sleep(0.1)
+        assert servers
+        time.sleep(1.0)  # its watcher of the parent starts once its arguments are read
+        caller.kill()  # no finally, no atexit, no cleanup in the storm's process
+        caller.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (
+            list(temp.glob("pytest-storm-*")) or any(p.is_running() for p in servers)
+        ):
+            time.sleep(0.1)
+        assert list(temp.glob("pytest-storm-*")) == []
+        assert [p.pid for p in servers if p.is_running() and p.status() != "zombie"] == []
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+            caller.wait()

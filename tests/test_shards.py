@@ -220,3 +220,39 @@ def test_cpu_bound_storm_scales_with_processes() -> None:
     if (os.cpu_count() or 1) < 2:
         pytest.skip("needs two cores")
     assert two.throughput > 1.3 * one.throughput
+
+
+def _spawning_app(pids: Path) -> Any:
+    """An app that starts a long-lived process of its own on its first request in a shard,
+    and one that ignores SIGTERM."""
+    started: list[int] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not started:
+            for command in ("sleep 300", "trap '' TERM; sleep 300"):
+                child = subprocess.Popen(
+                    ["sh", "-c", f"exec {command}" if "trap" not in command else command]
+                )
+                started.append(child.pid)
+                with pids.open("a") as file:
+                    file.write(f"{child.pid}\n")
+        await asgi_hello(scope, receive, send)
+
+    return app
+
+
+@pytest.mark.parametrize("how", ["finished", "failed"])
+def test_processes_the_app_started_in_a_shard_end_with_it(tmp_path: Path, how: str) -> None:
+    pids = tmp_path / "pids"
+    app = _spawning_app(pids)
+    if how == "finished":
+        run_storm(app, "GET", "/", users=2, duration=0.3, processes=2)
+    else:
+        with pytest.raises(BudgetExceeded):
+            run_storm(app, "GET", "/", users=2, duration=0.3, processes=2, min_rps=1e9)
+    started = [int(line) for line in pids.read_text().split()]
+    assert len(started) == 4  # two per shard
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in started) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [pid for pid in started if _alive(pid)] == []

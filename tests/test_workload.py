@@ -395,3 +395,20 @@ def test_a_request_factory_that_exits_stops_the_storm_with_an_error_naming_it(ap
 
     with pytest.raises(ConfigError, match=r"requests=<function .*at_once.* raised SystemExit: 2"):
         run_storm(app, requests=at_once, users=1, duration=0.3)
+
+
+def test_a_budget_for_an_endpoint_the_mix_does_not_have_is_named_before_load() -> None:
+    mix = [Request("GET", "/ok", name="health"), Request("GET", "/items/1")]
+    with pytest.raises(
+        ConfigError,
+        match=(
+            r"budgets=\{'GET /ok': \.\.\.\} \(from keyword argument\) names an endpoint that no "
+            r"request of the storm has; the storm's endpoints are 'health', 'GET /items/1' "
+            r"\(a request's name= is its endpoint\)"
+        ),
+    ):
+        run_storm(asgi_hello, requests=mix, duration=0.1, budgets={"GET /ok": {"p99_ms": 50}})
+    with pytest.raises(ConfigError, match=r"did you mean 'GET /items/1'\?"):
+        run_storm(asgi_hello, requests=mix, duration=0.1, budgets={"GET /items/2": {"p99_ms": 50}})
+    named = run_storm(asgi_hello, requests=mix, duration=0.1, budgets={"health": {"p99_ms": 5000}})
+    assert [v.name for v in named.verdicts if v.name.startswith("health")] == ["health p99_ms"]

@@ -49,21 +49,56 @@ def _available_memory() -> int | None:
     return None
 
 
-def _thread_room() -> int:
-    """Threads this process may still start, by the tightest limit known."""
-    room = MAX_THREADS
+def _stack_bytes() -> int:
+    """Address space one new thread reserves for its stack (glibc: the stack rlimit, 8 MiB
+    when unlimited, or what ``threading.stack_size`` set)."""
+    chosen = threading.stack_size()
+    if chosen:
+        return chosen
+    soft, _ = resource.getrlimit(resource.RLIMIT_STACK)
+    return 8 * 2**20 if soft == resource.RLIM_INFINITY or soft <= 0 else int(soft)
+
+
+def _address_space_used() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _thread_room() -> tuple[int, str]:
+    """Threads this process may still start, by the tightest limit known, and that limit."""
+    room, limit = MAX_THREADS, f"at most {MAX_THREADS:,} threads per storm"
     current = threading.active_count()
+
+    def tighter(candidate: int, what: str) -> None:
+        nonlocal room, limit
+        if candidate < room:
+            room, limit = candidate, what
+
     soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
     if soft != resource.RLIM_INFINITY:
-        room = min(room, soft - current)
+        tighter(soft - current, "ulimit -u")
     for path in ("/sys/fs/cgroup/pids.max", "/proc/sys/kernel/threads-max"):
         try:
             text = Path(path).read_text().strip()
         except OSError:
             continue
         if text.isdigit():
-            room = min(room, int(text) - current)
-    return max(0, room)
+            tighter(int(text) - current, path)
+    # Each thread reserves its whole stack in the address space, touched or not.
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        stack = _stack_bytes()
+        tighter(
+            (soft - _address_space_used()) // stack,
+            f"ulimit -v: {soft / 2**20:,.0f} MB of address space, {stack / 2**20:g} MB of stack "
+            "per thread",
+        )
+    return max(0, room), limit
 
 
 def _where(config: StormConfig, name: str) -> str:
@@ -105,11 +140,12 @@ def check_limits(config: StormConfig, interface: str, *, real_server: bool = Fal
             )
     per_user = ASGI_USER_BYTES if interface == "asgi" or real_server else WSGI_USER_BYTES
     threads = config.workers * config.threads if interface == "wsgi" and not real_server else 0
-    if threads > (room := _thread_room()):
+    room, limit = _thread_room()
+    if threads > room:
         raise ConfigError(
             f"workers={config.workers} × threads={config.threads} (from "
             f"{config.origin_of('workers')}) asks for {threads:,} threads; this process may "
-            f"start about {room:,} more"
+            f"start about {room:,} more ({limit})"
         )
     needed = users * per_user + threads * THREAD_BYTES
     available = _available_memory()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import inspect
 from collections.abc import Callable, Sequence
@@ -120,6 +121,7 @@ def plan_storm(
                 "open-model arrivals are not users with a session; use users= or stages="
             )
         _check_hook(on_start, config.origin_of("on_start"))
+    _check_endpoint_budgets(config, mix)
     checks = parse_checks(config.checks, config.origin_of("checks"))
     if interface == "wsgi" and url is None and server is None:
         _refuse_async_checks(checks, mix, config)
@@ -187,6 +189,27 @@ def _check_hook(hook: Any, origin: str) -> None:
             f"on_start={hook!r} (from {origin}) must take one argument, the virtual user "
             f"(its signature is {signature}: {exc})"
         ) from None
+
+
+def _check_endpoint_budgets(config: StormConfig, mix: RequestMix) -> None:
+    """Refuse per-endpoint budgets for endpoints the storm's requests do not have.
+
+    A factory names its endpoints as it builds requests, so only a fixed mix is checked
+    before load; an endpoint a factory never produced fails its budgets as not measured.
+    """
+    if mix.factory is not None or not config.endpoint_budgets:
+        return
+    known = list(dict.fromkeys(mix.labels))
+    for endpoint in config.endpoint_budgets:
+        if endpoint in known:
+            continue
+        close = difflib.get_close_matches(endpoint, known, n=1, cutoff=0.8)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"budgets={{{endpoint!r}: ...}} (from {config.origin_of('budgets')}) names an "
+            f"endpoint that no request of the storm has{hint}; the storm's endpoints are "
+            f"{', '.join(repr(label) for label in known)} (a request's name= is its endpoint)"
+        )
 
 
 def _check_locust(

@@ -140,6 +140,7 @@ def _watch_parent(parent: int) -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(_PARENT_POLL)
+        _stop_own_group(signal.SIGKILL)
         os._exit(1)
 
     threading.Thread(target=watch, name="storm-shard-parent-watch", daemon=True).start()
@@ -151,6 +152,8 @@ def _shard_main(
     """Body of one shard process: start, report ready, wait for the origin, run, send back."""
     # The parent handles Ctrl-C and stops the shards itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A group of its own: processes the app starts are in it, and end with the shard.
+    os.setpgid(0, 0)
     _watch_parent(parent)
     try:
         if not plan.on_loop:
@@ -177,7 +180,17 @@ def _shard_main(
         conn.close()
         sys.stdout.flush()
         sys.stderr.flush()
+        _stop_own_group(signal.SIGTERM)
         os._exit(0)  # no atexit hooks or inherited finalizers of the parent
+
+
+def _stop_own_group(sig: signal.Signals) -> None:
+    """Signal the processes of this shard's group (what the app started); SIGKILL ends the
+    shard too, SIGTERM is ignored by it (called from its main thread)."""
+    if sig != signal.SIGKILL:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with suppress(OSError):
+        os.killpg(0, sig)
 
 
 @contextmanager
@@ -213,6 +226,10 @@ def _shards(plans: list[StormPlan]) -> Iterator[list[tuple[Any, Any]]]:
             if process.is_alive():
                 process.kill()
                 process.join(1.0)
+            # What the app started in the shard's group and survived it (SIGTERM ignored,
+            # or the shard killed before it could stop them).
+            with suppress(OSError):
+                os.killpg(process.pid, signal.SIGKILL)
             _LIVE.discard(process)
 
 

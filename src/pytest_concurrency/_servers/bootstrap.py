@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -42,12 +43,32 @@ def _install_path() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join(extra + ([previous] if previous else []))
 
 
+def _handed_files() -> list[str]:
+    """Temporary files the storm's process made for this server (see ``_servers/simio``)."""
+    from .simio import EGRESS_ENV
+    from .simio import ENV as UPSTREAMS_ENV
+
+    found = [os.environ[UPSTREAMS_ENV]] if os.environ.get(UPSTREAMS_ENV) else []
+    settings = os.environ.get(EGRESS_ENV)
+    if settings:
+        log = json.loads(settings).get("log")
+        if log:
+            found.append(str(log))
+    return found
+
+
 def _watch_parent(parent: int) -> None:
     """Stop the whole process group if the process that started it dies (SIGKILL, crash)."""
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.25)
+        # The files the storm handed over (shipped routes, the egress log) are its to
+        # remove; with the storm gone, they are removed here, before the group is stopped
+        # (a graceful stop may end this very process).
+        for path in _handed_files():
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         group = os.getpgid(0)
         os.killpg(group, signal.SIGTERM)
         time.sleep(GRACEFUL_SECONDS + 1)

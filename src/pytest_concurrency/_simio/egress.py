@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any
 
+from .._optional import installed
 from .._probes.patches import Patch, remove_all, wrap
 
 __all__ = [
@@ -603,7 +604,7 @@ class EgressGuard:
             (socket.socket, "connect_ex", connector),
             (asyncio.base_events.BaseEventLoop, "getaddrinfo", loop_resolver),
         ]
-        if "uvloop" not in sys.modules and importlib.util.find_spec("uvloop") is not None:
+        if "uvloop" not in sys.modules and installed("uvloop"):
             # A server may pick uvloop after the guard is in: its loop must be guarded then too.
             importlib.import_module("uvloop")
         uvloop = sys.modules.get("uvloop")
@@ -615,7 +616,7 @@ class EgressGuard:
                 (uvloop.Loop, "sock_connect", loop_sock_connector),
             ]
         if "aiohttp.resolver" not in sys.modules and all(
-            importlib.util.find_spec(name) is not None for name in ("aiodns", "aiohttp")
+            installed(name) for name in ("aiodns", "aiohttp")
         ):
             # aiohttp picks its c-ares resolver when aiodns is there: it never meets ``socket``.
             importlib.import_module("aiohttp.resolver")
