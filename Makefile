@@ -18,11 +18,15 @@ demo: $(STAMP)
 	$(BIN)/python -m examples.claims
 
 ## The test suite, with the type and lint checks. The HTML report's browser test needs
-## Chromium: installed from Debian's packages when missing (as root; otherwise it skips).
+## Chromium, the database tests PostgreSQL: installed from Debian's packages when missing
+## (as root; otherwise those tests skip with the reason).
 test: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 \
 		|| (apt-get update -qq && apt-get install -y -qq chromium) \
 		|| echo "chromium is not installed and could not be (not root?): the HTML rendering test will skip"
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
+		|| (apt-get update -qq && apt-get install -y -qq postgresql) \
+		|| echo "postgresql is not installed and could not be (not root?): the PostgreSQL tests will skip"
 	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/ruff format --check src tests examples benchmarks
 	$(BIN)/mypy

@@ -6,6 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests._postgres import PostgresCluster
+from tests._postgres import unavailable as postgres_unavailable
+
 pytest_plugins = ["pytester"]
 
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
@@ -25,3 +28,31 @@ def no_leaked_threads() -> Iterator[None]:
     # asyncio.run; anything else left alive is a leak.
     leaked = [t for t in leaked if not t.name.startswith(("asyncio_", "ThreadPoolExecutor"))]
     assert not leaked, f"threads left running: {[t.name for t in leaked]}"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL cluster on loopback for the session (skips when none can run)."""
+    why = postgres_unavailable()
+    if why is not None:
+        pytest.skip(why)
+    try:
+        cluster = PostgresCluster.start()
+    except RuntimeError as e:
+        pytest.skip(f"PostgreSQL could not be started: {e}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres: PostgresCluster) -> str:
+    """``postgresql://postgres@127.0.0.1:PORT/storm`` (swap the scheme for a driver)."""
+    return postgres.url
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(postgres: PostgresCluster) -> str:
+    """``host=127.0.0.1 port=PORT user=postgres dbname=storm`` for psycopg."""
+    return postgres.dsn

@@ -484,6 +484,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "_api",
                 "_cli",
                 "_capacity",
+                "_compare",
                 "_options",
                 "_session",
             }

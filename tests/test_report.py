@@ -175,7 +175,9 @@ def _keywords(schema: Any, in_properties: bool = False) -> set[str]:
 def test_schema_is_draft_2020_12_and_uses_only_checked_keywords() -> None:
     schema = _json.JSON_SCHEMA
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert schema["properties"]["schema_version"] == {"const": 1} == {"const": _json.SCHEMA_VERSION}
+    assert _json.SCHEMA_VERSION == 2
+    # Version 2 added an optional block: documents of version 1 still read.
+    assert schema["properties"]["schema_version"] == {"anyOf": [{"const": 1}, {"const": 2}]}
     # Every keyword the validator above would silently skip is a hole in this test.
     assert _keywords(schema) <= _KEYWORDS
 
@@ -201,11 +203,11 @@ def test_validator_rejects_a_broken_document() -> None:
     doc = _json.session_document(three_storms()[:1], machine=_json.machine_info())
     del doc["storms"][0]["histograms"]
     doc["storms"][0]["latency"]["count"] = -1
-    doc["schema_version"] = 2
+    doc["schema_version"] = 3
     errors = validate(doc, _json.JSON_SCHEMA, _json.JSON_SCHEMA)
     assert any("missing 'histograms'" in e for e in errors)
     assert any("count" in e and "< 0" in e for e in errors)
-    assert any("!= 1" in e for e in errors)
+    assert any("schema_version: matches none of anyOf" in e for e in errors)
 
 
 def test_rows_may_be_results_or_their_dicts() -> None:
@@ -253,8 +255,8 @@ def test_json_round_trip_re_merges_into_the_same_percentiles(tmp_path: Path) -> 
         ("{not json", r"not a readable JSON file"),
         ('{"storms": []}', r"not a pytest-storm session document"),
         (
-            '{"schema_version": 2, "storms": []}',
-            r"schema_version 2; this pytest-storm .* reads version 1",
+            '{"schema_version": 3, "storms": []}',
+            r"schema_version 3; this pytest-storm .* reads version 2",
         ),
         ('{"schema_version": 1, "storms": {}}', r"'storms' must be a list"),
     ],

@@ -66,7 +66,7 @@ def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Run:
 
 def _storms(path: Path) -> list[dict[str, object]]:
     doc = json.loads(path.read_text(encoding="utf-8"))
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2
     storms: list[dict[str, object]] = doc["storms"]
     return storms
 

@@ -18,6 +18,7 @@ from pytest_concurrency import ConcurrencyWarning
 
 from . import (
     blocking,
+    db_pool,
     pydantic_speed,
     scale,
     streaming,
@@ -39,6 +40,7 @@ STEPS: tuple[Callable[[Demo], ClaimRow | tuple[ClaimRow, ...]], ...] = (
     streaming.run,
     websocket_chat.run,
     pydantic_speed.run,
+    db_pool.run,
 )
 
 

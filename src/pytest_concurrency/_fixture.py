@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import anyio
 import pytest
 
 from ._api import check_budgets, plan_capacity, run_capacity, warn_about
@@ -72,7 +73,28 @@ class StormFixture:
         """
         __tracebackhide__ = True
         plan = self._plan(app, method, path, requests, params)
+        paired = self._paired(plan, app, method, path, requests, params)
+        if paired is not None:
+            return self._finish(paired(), check=check)
         return self._finish(run_plan(plan, self._progress()), check=check)
+
+    def _paired(
+        self,
+        plan: StormPlan,
+        app: Any,
+        method: str | None,
+        path: str | None,
+        requests: int | Sequence[Request] | RequestFactory | None,
+        params: dict[str, Any],
+    ) -> Callable[[], StormResult] | None:
+        """Under --concurrency-control: the storm against the control and the experiment."""
+        control = self._item.config.pluginmanager.get_plugin("concurrency-control")
+        if control is None or not control.active:
+            return None
+        mix, rest = split_requests(requests, params)
+        layers = [*storm_layers(self._item, rest), *compare_layers(self._item.config)]
+        found = scale(self._item.config)
+        return lambda: control.run(plan, app, method, path, mix, layers, found)
 
     def arun(
         self,
@@ -98,10 +120,15 @@ class StormFixture:
                 "asyncio_mode = auto (or @pytest.mark.asyncio); a sync test calls storm(...)"
             ) from None
         plan = self._plan(app, method, path, requests, params)
-        return self._arun(plan, check)
+        return self._arun(plan, check, self._paired(plan, app, method, path, requests, params))
 
-    async def _arun(self, plan: StormPlan, check: bool) -> StormResult:
+    async def _arun(
+        self, plan: StormPlan, check: bool, paired: Callable[[], StormResult] | None = None
+    ) -> StormResult:
         __tracebackhide__ = True
+        if paired is not None:
+            # The storm runs in other processes: the test's loop only waits for them.
+            return self._finish(await anyio.to_thread.run_sync(paired), check=check)
         return self._finish(await run_plan_async(plan, self._progress()), check=check)
 
     def websocket(self, app: Any, path: str = "/", **params: Any) -> WebSocketResult:
@@ -227,6 +254,9 @@ class StormFixture:
         message = (
             report.check_regression(self._item.nodeid, report_index, result) if report else None
         )
+        control = self._item.config.pluginmanager.get_plugin("concurrency-control")
+        if not message and control is not None:
+            message = control.regression(result)
         if message:
             pytest.fail(message, pytrace=False)
         return result

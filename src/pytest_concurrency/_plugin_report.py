@@ -102,21 +102,18 @@ def add_options(parser: pytest.Parser) -> None:
 
 
 def compare_layers(config: pytest.Config) -> list[Layer]:
-    """``rounds=3`` for a storm whose comparison can fail its test, or that is saved as a
-    baseline for one (lowest precedence).
+    """``rounds=3`` for a storm whose comparison with a saved baseline can fail its test
+    (lowest precedence); the terminal summary says so.
 
-    A single round has no spread to judge a difference against, on either side of the
-    comparison; a storm (marker or keyword) that sets ``rounds`` keeps its own.
+    A single round has no spread to judge a difference against; a storm (marker or
+    keyword) that sets ``rounds`` keeps its own. Saving a baseline alone runs what the
+    user asked for.
     """
     report = config.pluginmanager.get_plugin("concurrency-report")
-    if not isinstance(report, ReportSession):
+    if not isinstance(report, ReportSession) or not report.thresholds:
         return []
-    if report.thresholds:
-        label = report.compare_fail_label or "--concurrency-compare-fail"
-    elif report.save_as is not None:
-        label = report.save_as.label or "--concurrency-save"
-    else:
-        return []
+    label = report.compare_fail_label or "--concurrency-compare-fail"
+    report.rounds_added = label
     return [Layer(f"default of {label}", {"rounds": COMPARE_ROUNDS})]
 
 
@@ -169,6 +166,8 @@ class ReportSession:
         self.baseline: dict[str, Any] | None = None
         self.thresholds: list[Threshold] = []
         self.compare_fail_label = ""
+        #: The option that added rounds to this session's storms ('' while none did).
+        self.rounds_added = ""
         self.save_replace = bool(config.getoption("concurrency_save_replace", None)) or bool(
             _ini(config, "concurrency_save_replace")
         )
@@ -190,7 +189,8 @@ class ReportSession:
                 "pip install 'pytest-storm[html]'"
             )
         fail = setting(self.config, "compare_fail")
-        if fail is not None:
+        # Under --concurrency-control the thresholds are the paired comparison's.
+        if fail is not None and setting(self.config, "control") is None:
             self.thresholds = parse_compare_fail(str(fail.value), origin=fail.label)
             self.compare_fail_label = fail.label
             if self.compare_with is None:
@@ -374,6 +374,11 @@ class ReportSession:
                 "with each other and with other tests, so their latency is inflated; run the "
                 "storm tests with -n 0 when their figures are gated",
                 yellow=True,
+            )
+        if self.rounds_added and records:
+            tr.write_line(
+                f"storms ran {COMPARE_ROUNDS} rounds each unless they set rounds: "
+                f"{self.rounds_added} judges them on the spread of their rounds"
             )
         compared = self.baseline is not None and self.compare_with is not None
         if self.baseline is not None and self.compare_with is not None:

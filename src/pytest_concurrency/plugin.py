@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from ._compare.session import ControlSession
+from ._compare.session import add_options as add_control_options
 from ._errors import ConfigError
 from ._fixture import StormFixture
 from ._options import add_run_options, disabled, marker_layer, run_layers, scale
@@ -28,6 +30,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     """Options ``--concurrency-*`` with their ini twins ``concurrency_*``."""
     add_run_options(parser)
     add_options(parser)
+    add_control_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -43,6 +46,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[STORMS_KEY] = SessionStorms()
     config.pluginmanager.register(ReportSession(config), "concurrency-report")
+    config.pluginmanager.register(ControlSession(config), "concurrency-control")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -35,7 +35,7 @@ from .._errors import StormError
 from .._metrics import ErrorBook, Recorder
 from .._metrics.fold import PoolModel, RunFigures, fold
 from .._metrics.percentile import quantile
-from .._model.probes import LoopLag, PoolUsage
+from .._model.probes import ConnectionPoolUsage, LoopLag, PoolUsage
 from .._model.remarks import (
     abandoned_warning,
     contention_note,
@@ -44,6 +44,7 @@ from .._model.remarks import (
 )
 from .._model.result import StormResult
 from .._params import Layer
+from .._probes.connpools import ConnectionPoolProbe
 from .._probes.contention import CpuContention
 from .._probes.loop import LoopMonitor
 from .._probes.pools import ThreadPoolProbe
@@ -368,6 +369,7 @@ class RoundOutput:
     pool: PoolModel | None = None
     loop_lag: LoopLag | None = None
     thread_pools: list[PoolUsage] = field(default_factory=list)
+    connection_pools: list[ConnectionPoolUsage] = field(default_factory=list)
     stuck_threads: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
@@ -400,6 +402,7 @@ async def execute_async(
     figures: RunFigures | None = None
     monitor: LoopMonitor | None = None
     probe: ThreadPoolProbe | None = None
+    connections: ConnectionPoolProbe | None = None
     async with anyio.create_task_group() as lifespan_group:
         try:
             await driver.startup(lifespan_group, timeout=max(timeout, 10.0))
@@ -414,6 +417,10 @@ async def execute_async(
                 # (storm.py runs the same probes inside the server's workers instead).
                 # A virtual loop never lags (it charges the app's work to its clock), and
                 # the pool probe would watch threads a virtual round refuses.
+                # The connection-pool probe starts first: installing its wrappers is
+                # not the app's time on the loop.
+                if plan.url is None and config.clock == "wall":
+                    connections = await stack.enter_async_context(ConnectionPoolProbe())
                 if running_loop() is not None and plan.url is None and config.clock == "wall":
                     monitor = await stack.enter_async_context(LoopMonitor(threshold_ms=5.0))
                     probe = await stack.enter_async_context(ThreadPoolProbe())
@@ -466,6 +473,7 @@ async def execute_async(
         driver.describe(),
         loop_lag=monitor.result if monitor is not None else None,
         thread_pools=list(probe.result or []) if probe is not None else [],
+        connection_pools=list(connections.result) if connections is not None else [],
         warnings=warnings,
         extras=extras,
     )
@@ -515,16 +523,17 @@ def execute_pool(
     schedule = Schedule(config, origin() if origin is not None else perf_counter() + _LEAD)
     wall_before = perf_counter()
     contention = CpuContention().start()
-    run = pool.run(
-        schedule,
-        pick=plan.mix.picker(),
-        book=book,
-        build=build,
-        live=live.recorders if live is not None else None,
-        users=users,
-        inspector=inspector,
-        watch=contention.watch,
-    )
+    with ConnectionPoolProbe() as connections:
+        run = pool.run(
+            schedule,
+            pick=plan.mix.picker(),
+            book=book,
+            build=build,
+            live=live.recorders if live is not None else None,
+            users=users,
+            inspector=inspector,
+            watch=contention.watch,
+        )
     _note_contention(extras, contention)
     if inspector.samples.by_status:
         extras["samples"] = dict(inspector.samples.by_status)
@@ -544,6 +553,7 @@ def execute_pool(
         figures,
         description,
         pool=PoolModel(description, pool.size),
+        connection_pools=connections.result,
         stuck_threads=run.stuck_threads,
         extras=extras,
     )
@@ -575,6 +585,7 @@ def finish(plan: StormPlan, output: RoundOutput) -> StormResult:
     result = fold(plan, figures, server=output.server, pool=output.pool)
     result.loop_lag = output.loop_lag
     result.thread_pools = list(output.thread_pools)
+    result.connection_pools = list(output.connection_pools)
     result.loop_cpu_share = output.cpu_share
     result.warnings.extend(output.warnings)
     result.extras.update(output.extras)

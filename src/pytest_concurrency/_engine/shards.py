@@ -349,6 +349,11 @@ def _merge(outputs: list[RoundOutput], n: int) -> RoundOutput:
     for index, output in enumerate(outputs):
         for usage in output.thread_pools:
             pools.append(dataclasses.replace(usage, name=f"{usage.name} (shard {index})"))
+    connections = [
+        dataclasses.replace(usage, name=f"{usage.name} (shard {index})")
+        for index, output in enumerate(outputs)
+        for usage in output.connection_pools
+    ]
     pool = None
     if first.pool is not None:
         size = sum(o.pool.size for o in outputs if o.pool is not None)
@@ -359,6 +364,7 @@ def _merge(outputs: list[RoundOutput], n: int) -> RoundOutput:
         pool=pool,
         loop_lag=max(lags, key=lambda lag: lag.max_ms) if lags else None,
         thread_pools=pools,
+        connection_pools=connections,
         stuck_threads=[t for o in outputs for t in o.stuck_threads],
         warnings=[w for o in outputs for w in o.warnings],
         extras=_merged_extras(outputs),

@@ -244,10 +244,12 @@ def _with_probes(result: StormResult, report: ProbeReport) -> StormResult:
     if report.complete:
         result.loop_lag = report.loop_lag
         result.thread_pools = report.thread_pools
+        result.connection_pools = report.connection_pools
         result.notes.append(server_probes_note(report.where))
     else:
         result.loop_lag = None
         result.thread_pools = []
+        result.connection_pools = []
         result.warnings.append(
             server_probes_missing_warning(report.where, report.reason or "no reason given")
         )

@@ -22,9 +22,11 @@ __all__ = [
     "BACK_TO_BACK",
     "DEFAULT_EXECUTOR",
     "BlockingSite",
+    "ConnectionPoolUsage",
     "LoopLag",
     "PoolSecond",
     "PoolUsage",
+    "describe_connection_pool",
     "describe_pool",
     "describe_site",
     "merge_loop_lags",
@@ -296,6 +298,97 @@ class PoolUsage:
         )
 
 
+@dataclass(frozen=True)
+class ConnectionPoolUsage:
+    """How one connection pool of the app (a database's, an HTTP client's) held up during a storm.
+
+    ``size`` is the most connections it hands out at once (None: no limit). ``saturation``
+    is the share of the storm with every connection taken and a request waiting for one;
+    ``full`` the share with every connection taken. Waits are each checkout's time to get
+    a connection, opening a new one excluded (that is ``connect_s``, ``connects`` times).
+    """
+
+    name: str
+    library: str
+    size: int | None
+    peak_in_use: int
+    mean_in_use: float
+    full: float
+    saturation: float
+    checkouts: int
+    waited: int
+    wait_p50_ms: float | None
+    wait_p99_ms: float | None
+    connects: int
+    connect_s: float
+    connect_p50_ms: float | None
+    duration_s: float
+    #: What to change when the pool is the bottleneck (``raise pool_size``).
+    fix: str = ""
+
+    @property
+    def used(self) -> bool:
+        """True when a connection was taken or opened during the storm."""
+        return self.checkouts > 0 or self.connects > 0 or self.peak_in_use > 0
+
+    def describe(self) -> str:
+        """One sentence: ``5 of 5 SQLAlchemy connections busy 97% of the storm, …``."""
+        return describe_connection_pool(self)
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return {
+            "name": self.name,
+            "library": self.library,
+            "size": self.size,
+            "peak_in_use": self.peak_in_use,
+            "mean_in_use": self.mean_in_use,
+            "full": self.full,
+            "saturation": self.saturation,
+            "checkouts": self.checkouts,
+            "waited": self.waited,
+            "wait_p50_ms": self.wait_p50_ms,
+            "wait_p99_ms": self.wait_p99_ms,
+            "connects": self.connects,
+            "connect_s": self.connect_s,
+            "connect_p50_ms": self.connect_p50_ms,
+            "duration_s": self.duration_s,
+            "fix": self.fix,
+            "text": self.describe(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConnectionPoolUsage:
+        """The usage back from :meth:`to_dict` (its ``text`` is made again, not read)."""
+
+        def optional(key: str) -> float | None:
+            value = data.get(key)
+            return float(value) if value is not None else None
+
+        size = data.get("size")
+        return cls(
+            name=str(data["name"]),
+            library=str(data["library"]),
+            size=int(size) if size is not None else None,
+            peak_in_use=int(data["peak_in_use"]),
+            mean_in_use=float(data["mean_in_use"]),
+            full=float(data["full"]),
+            saturation=float(data["saturation"]),
+            checkouts=int(data["checkouts"]),
+            waited=int(data["waited"]),
+            wait_p50_ms=optional("wait_p50_ms"),
+            wait_p99_ms=optional("wait_p99_ms"),
+            connects=int(data["connects"]),
+            connect_s=float(data["connect_s"]),
+            connect_p50_ms=optional("connect_p50_ms"),
+            duration_s=float(data["duration_s"]),
+            fix=str(data.get("fix") or ""),
+        )
+
+
 def _merge_sites(sites: Sequence[BlockingSite]) -> BlockingSite:
     """One site from the same line's figures in several processes."""
     first = sites[0]
@@ -420,3 +513,38 @@ def describe_pool(pool: PoolUsage) -> str:
         f"{pool.name}: {pool.mean_busy:,.1f} of {pool.size:,} busy on average, "
         f"at most {pool.max_busy:,}{wait}"
     )
+
+
+def describe_connection_pool(pool: ConnectionPoolUsage) -> str:
+    """``SQLAlchemy pool (sqlite+pysqlite): 5 of 5 connections busy 97% of the storm, …``."""
+    parts: list[str] = []
+    if pool.size is not None and pool.saturation >= 0.01:
+        parts.append(
+            f"{pool.size:,} of {pool.size:,} connections busy with requests waiting "
+            f"{pool.saturation:.0%} of the storm"
+        )
+    elif pool.size is not None:
+        parts.append(
+            f"at most {pool.peak_in_use:,} of {pool.size:,} connections in use "
+            f"({pool.mean_in_use:,.1f} on average)"
+        )
+    else:
+        parts.append(
+            f"at most {pool.peak_in_use:,} connections open at once "
+            f"({pool.mean_in_use:,.1f} on average)"
+        )
+    if pool.checkouts:
+        if pool.waited and pool.wait_p50_ms is not None and pool.wait_p99_ms is not None:
+            parts.append(
+                f"{pool.waited:,} of {pool.checkouts:,} checkouts waited for a connection, "
+                f"p50 wait {pool.wait_p50_ms:,.1f} ms, p99 {pool.wait_p99_ms:,.1f} ms"
+            )
+        else:
+            parts.append(f"none of {pool.checkouts:,} checkouts waited for a connection")
+    if pool.connects:
+        each = (
+            f", {pool.connect_p50_ms:,.1f} ms each (p50)" if pool.connect_p50_ms is not None else ""
+        )
+        opened = "1 connection" if pool.connects == 1 else f"{pool.connects:,} connections"
+        parts.append(f"{opened} opened{each}, {_seconds(pool.connect_s)} opening in total")
+    return f"{pool.name}: " + "; ".join(parts)

@@ -9,7 +9,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from .probes import LoopLag, PoolUsage
+from .probes import ConnectionPoolUsage, LoopLag, PoolUsage
 
 __all__ = [
     "EndpointStats",
@@ -238,6 +238,8 @@ class StormResult:
     extras: dict[str, Any] = field(default_factory=dict)
     loop_lag: LoopLag | None = None
     thread_pools: list[PoolUsage] = field(default_factory=list)
+    #: The app's connection pools (databases, HTTP clients) used during the storm.
+    connection_pools: list[ConnectionPoolUsage] = field(default_factory=list)
     #: Informational remarks (a knee, the spread of rounds, a scaled load): shown in the
     #: reports, never emitted as warnings, so ``-W error`` does not fail a passing storm.
     notes: list[str] = field(default_factory=list)
@@ -249,6 +251,12 @@ class StormResult:
     def loop_lag_max_ms(self) -> float | None:
         """Longest time the event loop could not run during the storm (ASGI only)."""
         return self.loop_lag.max_ms if self.loop_lag is not None else None
+
+    @property
+    def busiest_connection_pool(self) -> ConnectionPoolUsage | None:
+        """The connection pool of the app that was closest to saturation, if any was used."""
+        used = [p for p in self.connection_pools if p.used]
+        return max(used, key=lambda p: (p.saturation, p.wait_p99_ms or 0.0)) if used else None
 
     @property
     def busiest_pool(self) -> PoolUsage | None:
@@ -327,6 +335,7 @@ class StormResult:
             "extras": self.extras,
             "loop_lag": self.loop_lag.to_dict(histogram=histograms) if self.loop_lag else None,
             "thread_pools": [p.to_dict() for p in self.thread_pools],
+            "connection_pools": [p.to_dict() for p in self.connection_pools],
             "refused_egress": self.refused_egress,
         }
         if histograms:

@@ -48,7 +48,7 @@ from .._errors import ConfigError
 from .._metrics.percentile import quantile, rank
 from .._spec.table import COMPARE_FIGURES
 from ._files import LOCK_TIMEOUT, locked
-from ._json import SCHEMA_VERSION, document_records, write_json
+from ._json import READABLE_VERSIONS, SCHEMA_VERSION, document_records, write_json
 from ._records import FIGURES, StormRecord, StormRow, as_records, figures
 from ._schema import first_problem
 from ._text import format_number
@@ -401,7 +401,7 @@ def load_document(path: Path, *, option: str) -> dict[str, Any]:
         ) from None
     if not isinstance(doc, dict) or "schema_version" not in doc:
         raise ConfigError(f"{where} is not a pytest-storm session document (no schema_version)")
-    if doc["schema_version"] != SCHEMA_VERSION:
+    if doc["schema_version"] not in READABLE_VERSIONS:
         raise ConfigError(
             f"{where} has schema_version {doc['schema_version']!r}; this pytest-storm reads "
             f"version {SCHEMA_VERSION} (save it again with --concurrency-save)"

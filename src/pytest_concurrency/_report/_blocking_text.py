@@ -7,16 +7,33 @@ terminal and HTML reports and the ``text`` entries of the JSON document.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from .._model.names import ANYIO_LIMITER, DEFAULT_EXECUTOR
-from .._model.probes import describe_pool, describe_site, site_location
+from .._model.probes import (
+    describe_connection_pool,
+    describe_pool,
+    describe_site,
+    site_location,
+)
 
 if TYPE_CHECKING:
-    from .._model.probes import LoopLag, PoolUsage
+    from .._model.probes import ConnectionPoolUsage, LoopLag, PoolUsage
 
-__all__ = ["back_to_back_line", "describe_pool", "describe_site", "diagnose", "site_location"]
+__all__ = [
+    "back_to_back_line",
+    "connection_pool_line",
+    "describe_pool",
+    "describe_site",
+    "diagnose",
+    "pool_bound",
+    "site_location",
+]
+
+#: A pool whose median wait is this share of the median latency explains the latency.
+EXPLAINS = 0.5
 
 _MAX_SITES = 5
 
@@ -47,12 +64,83 @@ def back_to_back_line(loop_lag: LoopLag) -> str | None:
     )
 
 
-def diagnose(loop_lag: LoopLag | None, pools: Iterable[PoolUsage]) -> list[str]:
-    """Lines for the budget table: what blocked the event loop, and which thread pools filled up."""
+def _ms(value: float | None) -> str:
+    return f"{value:,.1f} ms" if value is not None else "n/a"
+
+
+def _share(part: float | None, whole: float | None) -> float | None:
+    if part is None or whole is None or not math.isfinite(whole) or whole <= 0:
+        return None
+    return min(1.0, part / whole)
+
+
+def connection_pool_line(pool: ConnectionPoolUsage, latency_p50_ms: float | None = None) -> str:
+    """The diagnosis of one connection pool: the queue for it and the fix, or what it did."""
+    share = _share(pool.wait_p50_ms, latency_p50_ms)
+    of_latency = f", {share:.0%} of the p50 latency" if share is not None and share >= 0.01 else ""
+    if pool.size is not None and pool.saturation >= 0.01 and pool.waited:
+        return (
+            f"{pool.name}: {pool.size:,} of {pool.size:,} connections busy "
+            f"{pool.saturation:.0%} of the storm, p99 wait {_ms(pool.wait_p99_ms)} "
+            f"(p50 {_ms(pool.wait_p50_ms)}{of_latency}): {pool.fix}"
+        )
+    if _opens_per_request(pool):
+        each = _ms(pool.connect_p50_ms)
+        opened = "1 connection" if pool.connects == 1 else f"{pool.connects:,} connections"
+        return (
+            f"{pool.name}: {opened} opened during the storm, {each} each "
+            f"(p50), {pool.connect_s:,.2f} s opening in total, at most {pool.peak_in_use:,} "
+            f"open at once: {pool.fix}"
+        )
+    return describe_connection_pool(pool)
+
+
+def _opens_per_request(pool: ConnectionPoolUsage) -> bool:
+    # Django opens one per thread and keeps it (CONN_MAX_AGE > 0), or one per request.
+    return pool.library == "Django" and pool.connects > 2 * max(1, pool.peak_in_use)
+
+
+def pool_bound(
+    connections: Sequence[ConnectionPoolUsage], latency_p50_ms: float | None
+) -> ConnectionPoolUsage | None:
+    """The connection pool whose wait explains most of the median latency, if one does."""
+    for pool in sorted(connections, key=lambda p: -(p.wait_p50_ms or 0.0)):
+        share = _share(pool.wait_p50_ms, latency_p50_ms)
+        if share is not None and share >= EXPLAINS:
+            return pool
+    return None
+
+
+def diagnose(
+    loop_lag: LoopLag | None,
+    pools: Iterable[PoolUsage],
+    connections: Sequence[ConnectionPoolUsage] = (),
+    latency_p50_ms: float | None = None,
+) -> list[str]:
+    """Lines for the budget table: the connection pools requests queued for, what blocked the
+    event loop, and which thread pools filled up."""
     # A pool touched once (Django's own request_started signal, say) is not news.
     busy = [p for p in pools if p.used and (p.mean_busy >= 1 or p.saturation > 0)]
     lines: list[str] = []
-    if loop_lag is not None and loop_lag.stalls:
+    # A pool nobody waited for is not news; a connection opened per request is.
+    used = [p for p in connections if (p.saturation >= 0.01 and p.waited) or _opens_per_request(p)]
+    used.sort(key=lambda p: (-p.saturation, -(p.wait_p50_ms or 0.0)))
+    lines.extend(connection_pool_line(p, latency_p50_ms) for p in used)
+    bound = pool_bound(used, latency_p50_ms)
+    if (
+        loop_lag is not None
+        and loop_lag.stalls
+        and bound is not None
+        and (
+            loop_lag.blocked_share < EXPLAINS * (bound.wait_p50_ms or 0.0) / (latency_p50_ms or 1.0)
+        )
+    ):
+        # The pool explains the latency: a few stalls of the loop are not the story.
+        lines.append(
+            f"event loop blocked {loop_lag.blocked_share:.0%} of the storm (longest "
+            f"{loop_lag.max_ms:,.1f} ms): not what the requests waited for"
+        )
+    elif loop_lag is not None and loop_lag.stalls:
         times = "once" if loop_lag.stalls == 1 else f"{loop_lag.stalls:,} times"
         lines.append(
             f"event loop blocked {times} for more than {loop_lag.threshold_ms:g} ms, "

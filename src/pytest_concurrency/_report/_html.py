@@ -348,6 +348,17 @@ def _cards(d: Mapping[str, Any]) -> str:
     queue = d.get("queue_wait")
     if queue:
         items.append(("queue p99 ms", _num(queue.get("p99"))))
+    connections = [c for c in d.get("connection_pools") or [] if isinstance(c, Mapping)]
+    if connections:
+        worst = max(connections, key=lambda c: float(c.get("saturation") or 0))
+        size = worst.get("size")
+        items.append(
+            (
+                f"{worst.get('library', 'pool')} connections in use (peak)",
+                f"{worst.get('peak_in_use', 0)} of {size if size is not None else '∞'}",
+            )
+        )
+        items.append(("connection wait p99 ms", _num(worst.get("wait_p99_ms"))))
     return (
         '<div class="cards">'
         + "".join(f"<div class='card'><b>{_e(v)}</b><span>{_e(k)}</span></div>" for k, v in items)

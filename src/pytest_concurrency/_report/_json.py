@@ -38,14 +38,67 @@ __all__ = [
     "write_json",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions a reader accepts: 2 added the optional ``comparison`` block of a storm.
+READABLE_VERSIONS = (1, 2)
 
 _NUMBER_OR_NULL: dict[str, Any] = {"type": ["number", "null"]}
+
+#: A storm's paired comparison with a control: the verdict, its line, and each figure's
+#: paired change (ratio experiment/control, Hodges-Lehmann, with its signed-rank interval).
+COMPARISON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["mode", "against", "verdict", "line", "pairs", "ended", "order", "figures"],
+    "properties": {
+        "mode": {"const": "paired"},
+        "against": {"type": "string"},
+        "verdict": {"type": "string"},
+        "line": {"type": "string"},
+        "pairs": {"type": "integer", "minimum": 0},
+        "ended": {"type": "string"},
+        "seconds": {"type": "number", "minimum": 0},
+        "order": {"type": "string", "description": "rounds in order: A control, B experiment"},
+        "fails": {"type": "boolean"},
+        "notes": {"type": "array", "items": {"type": "string"}},
+        "figures": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["figure", "unit", "stable", "threshold", "verdict", "change"],
+                "properties": {
+                    "figure": {"type": "string"},
+                    "unit": {"type": "string"},
+                    "stable": {"type": "boolean"},
+                    "threshold": {"type": "string"},
+                    "verdict": {"type": "string"},
+                    "change": {
+                        "anyOf": [
+                            {
+                                "type": "object",
+                                "required": ["pairs", "ratio", "low", "high", "confidence"],
+                                "properties": {
+                                    "pairs": {"type": "integer", "minimum": 0},
+                                    "ratio": _NUMBER_OR_NULL,
+                                    "low": _NUMBER_OR_NULL,
+                                    "high": _NUMBER_OR_NULL,
+                                    "confidence": {"type": "number", "minimum": 0},
+                                    "control": _NUMBER_OR_NULL,
+                                    "experiment": _NUMBER_OR_NULL,
+                                },
+                            },
+                            {"type": "null"},
+                        ]
+                    },
+                },
+            },
+        },
+    },
+}
 
 #: JSON Schema (draft 2020-12) of a session document.
 JSON_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "$id": "urn:pytest-storm:session-document:1",
+    "$id": "urn:pytest-storm:session-document:2",
     "title": "pytest-storm session document",
     "description": (
         "Every storm of a pytest session: workload, budgets, verdicts, percentiles (ms), "
@@ -55,7 +108,7 @@ JSON_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["schema_version", "generator", "created", "machine", "scaled", "storms"],
     "properties": {
-        "schema_version": {"const": SCHEMA_VERSION},
+        "schema_version": {"anyOf": [{"const": v} for v in READABLE_VERSIONS]},
         "generator": {
             "type": "object",
             "required": ["name", "version"],
@@ -70,6 +123,7 @@ JSON_SCHEMA: dict[str, Any] = {
         "storms": {"type": "array", "items": {"$ref": "#/$defs/storm"}},
     },
     "$defs": {
+        "comparison": COMPARISON_SCHEMA,
         "machine": {
             "type": "object",
             "required": [
@@ -91,6 +145,33 @@ JSON_SCHEMA: dict[str, Any] = {
                 "cpu_model": {"type": ["string", "null"]},
                 "host": {"type": "string", "description": "hash of the host name"},
                 "noise": {"type": ["object", "null"]},
+            },
+        },
+        "connection_pool": {
+            "type": "object",
+            "description": "one connection pool: size (null: no limit), peak and mean in use, "
+            "saturation (share of the storm with every connection taken and a request "
+            "waiting), each checkout's wait for a connection (ms) and the time spent opening "
+            "connections (s)",
+            "required": ["name", "library", "size", "peak_in_use", "saturation", "checkouts"],
+            "properties": {
+                "name": {"type": "string"},
+                "library": {"type": "string"},
+                "size": {"type": ["integer", "null"]},
+                "peak_in_use": {"type": "integer", "minimum": 0},
+                "mean_in_use": {"type": "number", "minimum": 0},
+                "full": {"type": "number", "minimum": 0},
+                "saturation": {"type": "number", "minimum": 0},
+                "checkouts": {"type": "integer", "minimum": 0},
+                "waited": {"type": "integer", "minimum": 0},
+                "wait_p50_ms": {"type": ["number", "null"]},
+                "wait_p99_ms": {"type": ["number", "null"]},
+                "connects": {"type": "integer", "minimum": 0},
+                "connect_s": {"type": "number", "minimum": 0},
+                "connect_p50_ms": {"type": ["number", "null"]},
+                "duration_s": {"type": "number"},
+                "fix": {"type": "string"},
+                "text": {"type": "string"},
             },
         },
         "latency": {
@@ -207,6 +288,12 @@ JSON_SCHEMA: dict[str, Any] = {
                     "description": "informational remarks (a knee, rounds, a scaled load); "
                     "absent in documents written before notes existed",
                 },
+                "connection_pools": {
+                    "type": "array",
+                    "items": {"$ref": "#/$defs/connection_pool"},
+                    "description": "the app's connection pools used during the storm "
+                    "(SQLAlchemy, asyncpg, psycopg_pool, Django); absent in older documents",
+                },
                 "sessions": {
                     "type": "array",
                     "items": {"type": "object"},
@@ -214,6 +301,11 @@ JSON_SCHEMA: dict[str, Any] = {
                     "storm (p50, p99, max, rps as medians over rounds; cpu_slowdown; "
                     "cpu_share), the newest last; their spread is the storm's own noise "
                     "between sessions",
+                },
+                "comparison": {
+                    "anyOf": [{"$ref": "#/$defs/comparison"}, {"type": "null"}],
+                    "description": "the storm against a control run paired with it "
+                    "(--concurrency-control); absent before schema version 2",
                 },
                 "histograms": {
                     "type": "object",
@@ -273,8 +365,17 @@ def session_document(
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "machine": dict(machine),
         "scaled": scaled,
-        "storms": [_plain(record.document_entry()) for record in as_records(rows)],
+        "storms": [_plain(_lifted(record.document_entry())) for record in as_records(rows)],
     }
+
+
+def _lifted(entry: dict[str, Any]) -> dict[str, Any]:
+    """A paired comparison travels in ``extras``; the document gives it its own block."""
+    extras = entry.get("extras")
+    if isinstance(extras, Mapping) and "comparison" in extras:
+        rest = dict(extras)
+        entry = {**entry, "extras": rest, "comparison": rest.pop("comparison")}
+    return entry
 
 
 def _plain(value: Any) -> Any:
@@ -327,7 +428,7 @@ def load_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(doc, dict) or "schema_version" not in doc or "storms" not in doc:
         raise ConfigError(f"{source}: not a pytest-storm session document (no schema_version)")
     version = doc["schema_version"]
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ConfigError(
             f"{source}: session document schema_version {version!r}; this pytest-storm "
             f"({__version__}) reads version {SCHEMA_VERSION}"

@@ -35,6 +35,42 @@ def _endpoint_verdict(name: str, verdicts: Sequence[Mapping[str, Any]]) -> str:
     return "FAIL " + ",".join(failed) if failed else "pass"
 
 
+def _comparison(data: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    # Live and transported storms carry it in extras; a session document, at the top.
+    extras = data.get("extras")
+    found = data.get("comparison") or (
+        extras.get("comparison") if isinstance(extras, Mapping) else None
+    )
+    return found if isinstance(found, Mapping) else None
+
+
+def _verdict_cell(failed: Sequence[str], comparison: Mapping[str, Any] | None) -> str:
+    """``pass`` / ``FAIL p99_ms`` / ``FAIL vs control`` (a regression that failed the test)."""
+    if (
+        comparison is not None
+        and comparison.get("fails")
+        and comparison.get("verdict") == "regressed"
+    ):
+        failed = [*failed, "vs control"]
+    return "FAIL " + ",".join(failed) if failed else "pass"
+
+
+def _comparison_cell(comparison: Mapping[str, Any] | None) -> str:
+    """The paired verdict and the change it rests on, such as ``regressed: cpu +21.4%``."""
+    if comparison is None:
+        return ""
+    verdict = str(comparison.get("verdict", ""))
+    figures = [f for f in comparison.get("figures") or [] if isinstance(f, Mapping)]
+    ranked = [f for f in figures if f.get("verdict") == verdict] or figures
+    for figure in ranked:
+        change = figure.get("change") or {}
+        ratio = change.get("ratio")
+        if isinstance(ratio, int | float):
+            shown = f"{(ratio - 1) * 100:+.1f}%".replace("-", "−")
+            return f"{verdict}: {figure.get('figure')} {shown}"
+    return verdict
+
+
 def storms_table(
     rows: Sequence[StormRow | StormRecord], *, first_header: str = "test"
 ) -> list[str]:
@@ -47,6 +83,7 @@ def storms_table(
     """
     records = as_records(rows)
     memory = any("rss_growth_mb" in record.data for record in records)
+    compared = any(_comparison(record.data) is not None for record in records)
     header = (
         first_header,
         "storm",
@@ -61,6 +98,8 @@ def storms_table(
         "saturation",
         "verdict",
     ) + (("+RSS MB",) if memory else ())
+    if compared:
+        header += ("vs control",)
     table = [header]
     for record in records:
         d = record.data
@@ -81,9 +120,10 @@ def storms_table(
                 _cell(latency.get("max")),
                 _cell(d.get("error_rate"), lambda v: f"{v:.1%}"),
                 _cell(pool.get("saturation"), lambda v: f"{v:.0%}") if pool else "-",
-                "FAIL " + ",".join(failed) if failed else "pass",
+                _verdict_cell(failed, _comparison(d)),
             )
             + ((_cell(d.get("rss_growth_mb"), lambda v: f"{v:,.0f}"),) if memory else ())
+            + ((_comparison_cell(_comparison(d)),) if compared else ())
         )
         endpoints: Mapping[str, Mapping[str, Any]] = d.get("endpoints") or {}
         for name, endpoint in endpoints.items():

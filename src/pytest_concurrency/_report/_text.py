@@ -15,6 +15,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from .._budget import within_noise
+from .._model.probes import ConnectionPoolUsage
 from .._model.result import StormResult, Verdict
 from .._params import FLOOR_BUDGETS
 from .._spec.table import BUDGETS
@@ -175,8 +176,25 @@ def diagnosis(
     (from an xdist worker or a file) is diagnosed without it.
     """
     lines = _pool_line(data) + failure_lines(data)
+    if result is None:
+        # Known only as a dict: the connection pools describe themselves from it.
+        connections = [
+            ConnectionPoolUsage.from_dict(c)
+            for c in data.get("connection_pools") or []
+            if isinstance(c, Mapping)
+        ]
+        latency = data.get("latency") or {}
+        p50 = latency.get("p50") if isinstance(latency, Mapping) else None
+        lines.extend(diagnose(None, [], connections, float(p50) if p50 is not None else None))
     if result is not None:
-        lines.extend(diagnose(result.loop_lag, result.thread_pools))
+        lines.extend(
+            diagnose(
+                result.loop_lag,
+                result.thread_pools,
+                result.connection_pools,
+                result.latency.p50 if result.requests else None,
+            )
+        )
     if not remarks:
         return lines
     lines.extend(str(w) for w in data.get("warnings") or [])

@@ -78,7 +78,7 @@ class _Agent:
     def __init__(self, path: str, loop: asyncio.AbstractEventLoop) -> None:
         self.path = path
         self.loop = loop
-        self._probes: tuple[Any, Any] | None = None
+        self._probes: tuple[Any, Any, Any] | None = None
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="pytest-storm probe agent", daemon=True).start()
@@ -118,31 +118,41 @@ class _Agent:
         sock.sendall(json.dumps(message).encode() + b"\n")
 
     async def _start(self) -> None:
+        from .._probes.connpools import ConnectionPoolProbe
         from .._probes.loop import LoopMonitor
         from .._probes.pools import ThreadPoolProbe
 
         if self._probes is not None:
             await self._stop()
+        connections = ConnectionPoolProbe().start()
         monitor = LoopMonitor(threshold_ms=THRESHOLD_MS, infrastructure=SERVER_INFRASTRUCTURE)
         probe = ThreadPoolProbe()
-        await monitor.start()
         try:
-            await probe.start()
+            await monitor.start()
+            try:
+                await probe.start()
+            except BaseException:
+                await monitor.stop()
+                raise
         except BaseException:
-            await monitor.stop()
+            connections.stop()
             raise
-        self._probes = (monitor, probe)
+        self._probes = (monitor, probe, connections)
 
     async def _stop(self) -> dict[str, Any]:
         if self._probes is None:
             raise RuntimeError("no probe window was open in this worker")
-        monitor, probe = self._probes
+        monitor, probe, connections = self._probes
         self._probes = None
         try:
-            pools = await probe.stop()
+            try:
+                pools = await probe.stop()
+            finally:
+                lag = await monitor.stop()
         finally:
-            lag = await monitor.stop()
+            held = connections.stop()
         return {
             "loop_lag": lag.to_dict(histogram=True),
             "thread_pools": [pool.to_dict() for pool in pools],
+            "connection_pools": [pool.to_dict() for pool in held],
         }

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._model.probes import LoopLag, PoolUsage, merge_loop_lags
+from .._model.probes import ConnectionPoolUsage, LoopLag, PoolUsage, merge_loop_lags
 
 __all__ = ["ProbeChannel", "ProbeReport"]
 
@@ -59,6 +59,7 @@ class ProbeReport:
     where: str
     loop_lags: dict[int, LoopLag] = field(default_factory=dict)
     pools: dict[int, list[PoolUsage]] = field(default_factory=dict)
+    connections: dict[int, list[ConnectionPoolUsage]] = field(default_factory=dict)
     #: Worker (``pid 123``, or how many never connected) -> why it gave no figures.
     missing: dict[str, str] = field(default_factory=dict)
 
@@ -91,6 +92,19 @@ class ProbeReport:
         return [
             dataclasses.replace(pool, name=f"{pool.name} (worker pid {pid})")
             for pid, usages in sorted(self.pools.items())
+            for pool in usages
+        ]
+
+    @property
+    def connection_pools(self) -> list[ConnectionPoolUsage]:
+        """Every worker's connection pools, named by worker when there are several."""
+        if not self.complete:
+            return []
+        if len(self.connections) == 1:
+            return next(iter(self.connections.values()))
+        return [
+            dataclasses.replace(pool, name=f"{pool.name} (worker pid {pid})")
+            for pid, usages in sorted(self.connections.items())
             for pool in usages
         ]
 
@@ -186,6 +200,10 @@ class ProbeChannel:
             report.loop_lags[worker.pid] = LoopLag.from_dict(figures["loop_lag"])
             report.pools[worker.pid] = [
                 PoolUsage.from_dict(pool) for pool in figures.get("thread_pools") or []
+            ]
+            report.connections[worker.pid] = [
+                ConnectionPoolUsage.from_dict(pool)
+                for pool in figures.get("connection_pools") or []
             ]
         return report
 

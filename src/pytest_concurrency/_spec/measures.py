@@ -17,21 +17,32 @@ Measure = Callable[[StormResult], float]
 QUEUED_AFTER_MS = 1.0
 
 
+def _connection_waits(r: StormResult) -> list[float]:
+    # The wait of the app's connection pools for a connection: a queue like the workers'.
+    return [
+        float(p.wait_p99_ms) for p in r.connection_pools if p.used and p.wait_p99_ms is not None
+    ]
+
+
 def queue_p99(r: StormResult) -> float:
+    connections = _connection_waits(r)
     if r.queue_wait is not None:
-        return r.queue_wait.p99
+        return max([float(r.queue_wait.p99), *connections])
     # ASGI: the wait for a thread of the app's own pool (FastAPI `def` endpoints, Django).
     pool = r.busiest_pool
     if pool is not None and pool.wait_p99_ms is not None:
-        return float(pool.wait_p99_ms)
-    return math.nan
+        connections.append(float(pool.wait_p99_ms))
+    return max(connections) if connections else math.nan
 
 
 def saturation(r: StormResult) -> float:
+    connections = [p.saturation for p in r.connection_pools if p.used and p.size is not None]
     if r.pool is not None:
-        return r.pool.saturation
+        return max([r.pool.saturation, *connections])
     pool = r.busiest_pool
-    return pool.saturation if pool is not None else math.nan
+    if pool is not None:
+        connections.append(pool.saturation)
+    return max(connections) if connections else math.nan
 
 
 def loop_lag(r: StormResult) -> float:
@@ -83,8 +94,10 @@ def threads_busy(r: StormResult) -> float:
         # Otherwise the busiest second's mean, rounded up (the timeline keeps no finer peak).
         busy = [p.busy_workers for p in r.timeline if p.busy_workers is not None]
         return float(min(r.pool.size, math.ceil(max(busy)))) if busy else math.nan
-    if r.thread_pools:
-        return float(max(p.max_busy for p in r.thread_pools))
+    if r.thread_pools or r.connection_pools:
+        # Threads, or connections a thread holds (one per request at most).
+        held = [p.max_busy for p in r.thread_pools] + [p.peak_in_use for p in r.connection_pools]
+        return float(max(held))
     if r.loop_lag is not None:
         # The thread-pool probes ran with the loop monitor and saw no pool at work.
         return 0.0

@@ -1,0 +1,136 @@
+"""Paired statistics: the change of a figure from control to experiment, with its interval.
+
+Each pair is one control round and one experiment round run back to back on the same
+machine, so whatever the machine did to one it did, nearly, to the other. A figure's
+change is judged on the paired log-ratios ``log(experiment / control)``, one per pair:
+
+- **Estimate**: the Hodges–Lehmann estimate, the median of the Walsh averages (the means
+  of every two log-ratios, each with itself included).
+- **Interval**: the exact distribution-free interval that inverts the Wilcoxon
+  signed-rank test: the Walsh averages between the ``c + 1``-th smallest and the
+  ``c + 1``-th largest, ``c`` the largest count with ``P(T+ <= c) <= alpha / 2`` under
+  the null distribution of the signed-rank statistic, computed exactly.
+
+Why the signed-rank interval and not a bootstrap of the median: a CI gate has few pairs
+(6 to 30). The bootstrap's interval is only asymptotically right and, on 6 pairs,
+resamples at most 462 distinct samples of few distinct medians, so its nominal 95 % is
+not what it delivers;
+the signed-rank interval is exact for every *n* under the one assumption pairing makes
+plausible (the log-ratios are symmetric about the true change), resists one wild pair
+(a GC pause, a neighbour's burst) as the median does, and is 95 % as efficient as a
+t-interval when the noise is normal. Its price is a floor on *n*: below 6 pairs no
+interval reaches 95 %, so the gate runs at least 6. A figure is "regressed" only when the
+whole interval lies beyond its threshold: on unchanged code that happens at most
+2.5 % of the time per figure and look, and much less with a threshold above zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+
+__all__ = ["MIN_PAIRS", "PairedChange", "paired_change", "signed_rank_cdf"]
+
+#: Two-sided confidence of the interval a verdict rests on.
+CONFIDENCE = 0.95
+
+#: Fewest pairs for which the exact signed-rank interval reaches :data:`CONFIDENCE`.
+MIN_PAIRS = 6
+
+
+@cache
+def _null_counts(n: int) -> tuple[int, ...]:
+    """How many of the 2**n sign patterns give each value of T+ (0 … n(n+1)/2)."""
+    counts = [1]
+    for rank in range(1, n + 1):
+        grown = counts + [0] * rank
+        for total, ways in enumerate(counts):
+            grown[total + rank] += ways
+        counts = grown
+    return tuple(counts)
+
+
+def signed_rank_cdf(n: int, t: int) -> float:
+    """``P(T+ <= t)`` for the Wilcoxon signed-rank statistic of *n* pairs with no effect."""
+    if t < 0:
+        return 0.0
+    counts = _null_counts(n)
+    return float(sum(counts[: t + 1])) / float(2**n)
+
+
+@dataclass(frozen=True)
+class PairedChange:
+    """The change of a figure across pairs, as a ratio experiment/control (1.0: no change).
+
+    ``low`` and ``high`` bound the ratio at ``confidence``; with too few pairs for that
+    confidence they are 0 and infinity (nothing is settled).
+    """
+
+    pairs: int
+    ratio: float
+    low: float
+    high: float
+    confidence: float
+    control: float
+    experiment: float
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        """Plain data for JSON (an unbounded side is null)."""
+        return {
+            "pairs": self.pairs,
+            "ratio": _finite(self.ratio),
+            "low": _finite(self.low) if self.low > 0 else None,
+            "high": _finite(self.high),
+            "confidence": round(self.confidence, 4),
+            "control": _finite(self.control),
+            "experiment": _finite(self.experiment),
+        }
+
+
+def _finite(value: float) -> float | None:
+    return round(value, 6) if math.isfinite(value) else None
+
+
+def paired_change(
+    control: Sequence[float], experiment: Sequence[float], *, confidence: float = CONFIDENCE
+) -> PairedChange | None:
+    """The paired change of a figure; pairs where either side is missing or not positive
+    are left out. None when no pair is left."""
+    kept = [
+        (c, e)
+        for c, e in zip(control, experiment, strict=True)
+        if math.isfinite(c) and math.isfinite(e) and c > 0 and e > 0
+    ]
+    if not kept:
+        return None
+    logs = [math.log(e / c) for c, e in kept]
+    n = len(logs)
+    walsh = sorted((logs[i] + logs[j]) / 2 for i in range(n) for j in range(i, n))
+    estimate = _median(walsh)
+    alpha = 1.0 - confidence
+    c = -1
+    while signed_rank_cdf(n, c + 1) <= alpha / 2:
+        c += 1
+    if c < 0:
+        low, high, reached = 0.0, math.inf, 0.0
+    else:
+        low = math.exp(walsh[c])
+        high = math.exp(walsh[len(walsh) - 1 - c])
+        reached = 1.0 - 2 * signed_rank_cdf(n, c)
+    return PairedChange(
+        pairs=n,
+        ratio=math.exp(estimate),
+        low=low,
+        high=high,
+        confidence=reached,
+        control=_median([c for c, _ in kept]),
+        experiment=_median([e for _, e in kept]),
+    )
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
