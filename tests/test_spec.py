@@ -235,3 +235,11 @@ def test_a_limit_is_checked_by_its_rows_unit() -> None:
     for name in fraction:
         with pytest.raises(ConfigError, match="is a fraction between 0 and 1"):
             _config(**{name: 1.5})
+
+
+def test_a_run_wide_default_does_not_refuse_a_storm_it_does_not_apply_to() -> None:
+    config = resolve([Layer("keyword argument", {}), Layer("ini options", {"workers": 4})])
+    check_kind(config, WEBSOCKET)
+    config = resolve([Layer("keyword argument", {"workers": 4})])
+    with pytest.raises(ConfigError, match=r"workers \(from keyword argument\) does not apply"):
+        check_kind(config, WEBSOCKET)

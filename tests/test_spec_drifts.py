@@ -99,3 +99,14 @@ def test_a_compare_threshold_names_its_figure_as_budgets_and_properties_do() -> 
     assert parse_compare_fail("p99_ms:10%,mean_ms:5ms,max_ms:12.5,rps:5%") == parse_compare_fail(
         "p99:10%,mean:5ms,max:12.5,rps:5%"
     )
+
+
+def test_process_shards_refuse_a_loop_lag_budget_before_load() -> None:
+    app = Counting()
+    with pytest.raises(
+        ConfigError,
+        match=r"budget max_loop_lag_ms \(from keyword argument\) cannot be measured by a storm "
+        r"sharded over processes .*does not watch process shards",
+    ):
+        run_storm(app, "GET", "/", users=2, requests=4, processes=2, max_loop_lag_ms=5)
+    assert app.calls == 0

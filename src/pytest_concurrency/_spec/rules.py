@@ -25,7 +25,7 @@ from .table import (
     WEBSOCKET,
 )
 
-__all__ = ["KIND_WORDS", "check_clock", "check_kind", "storm_kind"]
+__all__ = ["KIND_WORDS", "RUN_WIDE_LAYERS", "check_clock", "check_kind", "storm_kind"]
 
 
 class _Config(Protocol):
@@ -41,6 +41,9 @@ class _Config(Protocol):
 
     def origin_of(self, name: str) -> str: ...
 
+
+#: The layers of run-wide defaults (``--concurrency-NAME`` and the ini file).
+RUN_WIDE_LAYERS = frozenset({"command-line options", "ini options"})
 
 #: How an error names each kind of storm.
 KIND_WORDS = {
@@ -95,8 +98,12 @@ def storm_kind(config: _Config, *, real_server: bool, websocket: bool = False) -
 
 def check_kind(config: _Config, kind: str) -> None:
     """Refuse a parameter or budget set for *config* that a storm of *kind* cannot honour."""
-    for name in config.origins:
+    for name, origin in config.origins.items():
         row = PARAMS.get(name)
+        if origin in RUN_WIDE_LAYERS:
+            # A default for the whole run is not a request of this storm: a storm it does
+            # not apply to goes without it.
+            continue
         if row is not None and kind not in row.storms:
             where = f"{name} (from {config.origin_of(name)})"
             if row.storms == {WEBSOCKET}:
