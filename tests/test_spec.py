@@ -243,3 +243,16 @@ def test_a_run_wide_default_does_not_refuse_a_storm_it_does_not_apply_to() -> No
     config = resolve([Layer("keyword argument", {"workers": 4})])
     with pytest.raises(ConfigError, match=r"workers \(from keyword argument\) does not apply"):
         check_kind(config, WEBSOCKET)
+
+
+def test_junit_properties_and_compare_thresholds_use_the_figures_names() -> None:
+    from pytest_concurrency._fixture import _figures
+    from pytest_concurrency._spec.table import COMPARE_FIGURES
+
+    figures = {row.figure for row in BUDGETS.values()}
+    result = run_storm(Counting(), "GET", "/", users=1, requests=5)
+    described = {"label", "interface", "server", "users", "requests", "rate", "passed"}
+    properties = set(_figures(result)) - described
+    assert properties
+    assert properties <= figures
+    assert set(COMPARE_FIGURES) <= figures
