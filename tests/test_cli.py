@@ -50,6 +50,22 @@ def needs_token(environ, start_response):
 client = httpx.AsyncClient()
 
 
+async def looks_up_a_host(scope, receive, send):
+    """ASGI app that looks up api.example.invalid and answers with what became of it."""
+    import socket
+
+    if scope["type"] != "http":
+        return
+    try:
+        socket.getaddrinfo("api.example.invalid", 443)
+    except OSError as exc:
+        body = type(exc).__name__.encode()
+    else:
+        body = b"resolved"
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def calls_model(scope, receive, send):
     """ASGI app that forwards each request to a model server with httpx."""
     if scope["type"] != "http":
@@ -219,6 +235,26 @@ def test_undeclared_upstream_fails_inside_the_app_not_on_the_network(
     assert main(["run", f"{apps}:calls_model", "--users", "2", "--requests", "4", *lifted]) == 0
 
 
+def test_allow_hosts_opens_a_host_on_the_command_line(
+    apps: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from .test_egress import Spy
+
+    spy = Spy(monkeypatch)  # below the guard: a lookup it lets through goes no further
+    storm = ["run", f"{apps}:looks_up_a_host", "--users", "1", "--requests", "3"]
+    # A refused connection fails the storm.
+    assert main([*storm, "--json", str(tmp_path / "closed.json")]) == 1
+    closed = json.loads((tmp_path / "closed.json").read_text())["storms"][0]
+    assert closed["refused_egress"][0]["host"] == "api.example.invalid"
+    assert closed["refused_egress"][0]["count"] == 3
+    assert spy.lookups == []
+    opened = ["--allow-hosts", "db.example.invalid,api.example.invalid"]
+    assert main([*storm, *opened, "--json", str(tmp_path / "open.json")]) == 0
+    assert json.loads((tmp_path / "open.json").read_text())["storms"][0]["refused_egress"] == []
+    assert spy.lookups == ["api.example.invalid"] * 3
+    assert spy.off_machine == ["api.example.invalid"] * 3  # asked of the spy, never sent
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -238,6 +274,7 @@ def test_undeclared_upstream_fails_inside_the_app_not_on_the_network(
         (["run", "{apps}:fast", "--upstream", "http://m/x=0.05"], "this would be 0.05 ms, not 50"),
         (["run", "{apps}:fast", "--upstream", "http://m/x=lognormal:9"], "takes 2 number(s)"),
         (["run", "{apps}:fast", "--body-json", "{oops"], "is not JSON"),
+        (["run", "{apps}:fast", "--allow-hosts", "10.0.0.0/99"], "allow_hosts="),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(

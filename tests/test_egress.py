@@ -512,7 +512,13 @@ MODEL = "http://model-server.invalid/generate"
 MODEL_TLS = "https://model-server.invalid/generate"
 
 
-def test_a_route_never_called_while_requests_failed_is_named(spy: Spy) -> None:
+@pytest.fixture
+def no_trustme(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As without the clients extra: https:// routes reach httpx and httpx2 only."""
+    monkeypatch.setattr("pytest_concurrency._simio.tls.available", lambda: False)
+
+
+def test_a_route_never_called_while_requests_failed_is_named(spy: Spy, no_trustme: None) -> None:
     aiohttp = pytest.importorskip("aiohttp")
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -534,7 +540,7 @@ def test_a_route_never_called_while_requests_failed_is_named(spy: Spy) -> None:
     assert "refused egress to model-server.invalid:443 from aiohttp at " in warning
     examples = [error.example for error in result.errors.values()]
     assert any("is declared on the upstream, but this call cannot be" in e for e in examples)
-    assert "only httpx and httpx2 clients are answered in-process" in warning
+    assert "a call must match a route's scheme, host, port and path prefix" in warning
     assert "status 500" not in warning  # the same failures, counted once
     (refusal,) = result.refused_egress
     # aiohttp resolves names in a task of its own: the site is where the app entered it.
@@ -543,7 +549,7 @@ def test_a_route_never_called_while_requests_failed_is_named(spy: Spy) -> None:
     assert spy.off_machine == []
 
 
-def test_an_app_that_answers_its_own_status_shows_it(spy: Spy) -> None:
+def test_an_app_that_answers_its_own_status_shows_it(spy: Spy, no_trustme: None) -> None:
     with Upstream() as upstream:
         upstream.route(MODEL_TLS, latency=1)
 
@@ -721,3 +727,16 @@ def test_a_sharded_storm_keeps_no_log_file_on_disk(
     result = run_storm(app, "GET", "/", users=2, requests=10, processes=2, check=False)
     assert result.status_counts == {200: 10}
     assert result.refused_egress[0]["count"] == 10
+
+
+def test_a_probe_wrapping_the_client_is_walked_through_to_the_apps_line(spy: Spy) -> None:
+    """A pool probe's wrapper sits inside the client's call: the site is still the app's."""
+    probe: dict[str, Any] = {"__name__": "pytest_concurrency._probes.fake"}
+    exec("import socket\ndef wrapped(host):\n    return socket.getaddrinfo(host, 443)\n", probe)
+    with EgressGuard(), pytest.raises(EgressRefused) as refused:
+        probe["wrapped"]("api.example.invalid")
+    assert refused.value.site.startswith(f"{THIS_FILE}:")
+    assert refused.value.site.endswith(
+        " in test_a_probe_wrapping_the_client_is_walked_through_to_the_apps_line"
+    )
+    assert spy.lookups == []

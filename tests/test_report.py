@@ -23,7 +23,7 @@ from hdrh.histogram import HdrHistogram
 from pytest_concurrency import ConfigError, StormResult, TimelinePoint
 from pytest_concurrency._budget import evaluate
 from pytest_concurrency._metrics import latency_stats, new_histogram, record_many
-from pytest_concurrency._report import _baseline, _html, _json, _terminal
+from pytest_concurrency._report import _baseline, _html, _json, _schema, _terminal
 from pytest_concurrency._report._records import StormRecord, as_records
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -208,6 +208,27 @@ def test_validator_rejects_a_broken_document() -> None:
     assert any("missing 'histograms'" in e for e in errors)
     assert any("count" in e and "< 0" in e for e in errors)
     assert any("schema_version: matches none of anyOf" in e for e in errors)
+
+
+def test_refused_egress_is_in_the_schema() -> None:
+    rows = three_storms()[:1]
+    rows[0][1].refused_egress = [
+        {
+            "host": "api.example.invalid",
+            "port": "443",
+            "client": "requests",
+            "site": "a.py:3 in f",
+            "count": 2,
+        }
+    ]
+    doc = _json.session_document(rows, machine=_json.machine_info())
+    assert validate(doc, _json.JSON_SCHEMA, _json.JSON_SCHEMA) == []
+    assert doc["storms"][0]["refused_egress"][0]["count"] == 2
+    doc["storms"][0]["refused_egress"] = [{"host": "api.example.invalid", "count": 0}]
+    errors = validate(doc, _json.JSON_SCHEMA, _json.JSON_SCHEMA)
+    assert any("missing 'site'" in e for e in errors)
+    assert any("count" in e and "< 1" in e for e in errors)
+    assert _schema.first_problem(doc) is not None
 
 
 def test_rows_may_be_results_or_their_dicts() -> None:

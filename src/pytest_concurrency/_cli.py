@@ -211,6 +211,15 @@ def _add_storm_options(parser: argparse.ArgumentParser, *, workers: bool = True)
         metavar="JSON",
         help="body every --upstream route answers with (default {})",
     )
+    parser.add_argument(
+        "--allow-hosts",
+        dest="allow_hosts",
+        action="append",
+        default=[],
+        metavar="HOSTS",
+        help="hosts the app may reach besides loopback (comma-separated names, IP addresses "
+        "or networks; repeat for more); every other connection is refused before it is made",
+    )
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument(
         "--html",
@@ -234,6 +243,8 @@ def _params(args: argparse.Namespace, *, workers: bool = True) -> dict[str, Any]
     if args.header:
         params["headers"] = dict(args.header)
     params.update(dict(args.budget))
+    if getattr(args, "allow_hosts", None):
+        params["allow_hosts"] = ",".join(args.allow_hosts)
     return params
 
 

@@ -28,6 +28,8 @@ from .._checks import NO_CHECKS
 from .._errors import StormError
 from .._headers import HOP_BY_HOP, TOKEN, WSGI_VALUE_BAD, content_length, wsgi_header_fault
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
+from .._probes.attribution import Ledger, bind
+from .._probes.attribution import attributing as attribution_on
 from .._workload import Request, checked_user_headers
 from .base import (
     BadHeaders,
@@ -402,6 +404,7 @@ class WsgiPool:
         failures: list[BaseException] = []
         capture = inspector.capture
         judges = inspector.judges
+        attributing = attribution_on()
         call_as = self.driver.call_as
 
         def fail(exc: BaseException) -> None:
@@ -447,6 +450,12 @@ class WsgiPool:
             a_start, a_lat, a_ttfb = rec.start.append, rec.latency.append, rec.ttfb.append
             a_queue, a_status = rec.queue.append, rec.status.append
             a_end, a_err = rec.endpoint.append, rec.error.append
+            # One ledger per thread, emptied after each request: the waits the app's code
+            # charges while this thread serves a request are that request's.
+            waits = Ledger()
+            if attributing:
+                bind(waits)
+            entries = waits.entries
             while True:
                 item = backlog.get()
                 if item is None:
@@ -515,6 +524,9 @@ class WsgiPool:
                 a_status(status)
                 a_end(index)
                 a_err(error)
+                if entries:
+                    rec.add_waits(entries, origin)
+                    entries.clear()
                 done_count[slot] += 1
                 if user < 0:
                     continue

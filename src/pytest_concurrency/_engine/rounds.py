@@ -439,6 +439,7 @@ async def execute_async(
                     )
                 else:
                     raise StormError("a driver given to execute_async() needs its runner_factory")
+                runner.own_steps = monitor is not None
                 if live is not None:
                     live.in_flight = lambda: len(runner.slots)
                 contention = CpuContention().start() if config.clock == "wall" else None
@@ -459,6 +460,8 @@ async def execute_async(
         raise failure
     if figures is None or runner is None:  # pragma: no cover - the group re-raises the rest
         raise StormError("the storm ended without figures")
+    if monitor is not None:
+        figures.stalls = monitor.stall_spans()
     if runner.inspector.samples.by_status:
         extras["samples"] = dict(runner.inspector.samples.by_status)
     warnings: list[str] = []

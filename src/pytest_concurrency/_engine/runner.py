@@ -35,6 +35,7 @@ from .._checks import NO_CHECKS, Checks
 from .._drivers.base import AsyncDriver
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
 from .._metrics.fold import RunFigures
+from .._probes.attribution import Ledger, OwnSteps, attributing, bind
 from .._tasks import ABANDON_GRACE, TaskSet
 from .._workload import RequestMix
 from .inspect import Inspector
@@ -55,6 +56,7 @@ class Slot:
 
     __slots__ = (
         "abandon_at",
+        "book",
         "cancel_at",
         "capture",
         "conn",
@@ -79,6 +81,8 @@ class Slot:
         self.exchange: Any = None
         self.conn: Any = None  # a driver's per-user state (a keep-alive connection)
         self.task: asyncio.Task[None] | None = None
+        #: The waits of the request in flight (bound to the user's task on its first request).
+        self.book: Ledger | None = None
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:
@@ -145,6 +149,10 @@ class AsyncRunner:
         #: Users, arrivals and the monitor: a request whose app ignores its cancellation
         #: is abandoned (``tasks.abandoned`` counts them).
         self.tasks = TaskSet()
+        #: Charge each request's waits to it; keep its long steps of its own code too
+        #: (set while a loop monitor runs).
+        self.attributing = attributing()
+        self.own_steps = False
 
     # -- recording --------------------------------------------------------------------
 
@@ -186,9 +194,17 @@ class AsyncRunner:
             self.record_timeout(slot, intended)
             return intended + self.timeout
         slot.since = intended
+        book = slot.book
+        if book is None:
+            if self.attributing:
+                # The user's task keeps one ledger: the request's waits are charged to it.
+                book = slot.book = Ledger()
+                bind(book)
+        elif book.entries:
+            book.entries.clear()
         error = 0
         try:
-            exchange = await call
+            exchange = await (OwnSteps(call, book) if book is not None and self.own_steps else call)
         except Exception as exc:
             status, first, error = STATUS_EXCEPTION, 0.0, self.book.kind(exc)
         except (SystemExit, KeyboardInterrupt) as exc:
@@ -229,6 +245,8 @@ class AsyncRunner:
                     0.0,
                 )
         self.record(intended, latency, first, status, error, index)
+        if book is not None and book.entries:
+            self.rec.add_waits(book.entries, self.origin)
         return done
 
     # -- closed model -------------------------------------------------------------------

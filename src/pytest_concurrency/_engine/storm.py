@@ -14,7 +14,7 @@ import gc
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from typing import Any
 
@@ -40,11 +40,17 @@ from .._model.result import StormResult, Verdict
 from .._params import StormConfig
 from .._servers import ResourceSampler, ResourceUsage, RunningServer, serve
 from .._servers.channel import ProbeReport
-from .._servers.simio import EGRESS_ENV, egress_settings, served_port, ship_upstreams
+from .._servers.simio import (
+    EGRESS_ENV,
+    egress_settings,
+    served_port,
+    served_tls,
+    ship_upstreams,
+)
 from .._servers.simio import ENV as SIMIO_ENV
 from .._servers.simio import SETUP as SIMIO_SETUP
 from .._simio import INSTALLED as UPSTREAMS
-from .._simio import seed_latency, wait_recorder
+from .._simio import seed_latency, tls, wait_recorder
 from .._simio.egress import EgressGuard, anonymous_log, read_log, tally
 from .._simio.loopback import ALIAS as LOOPBACK_ALIAS
 from .._simio.loopback import LoopbackUpstream
@@ -159,19 +165,28 @@ def _served(plan: StormPlan) -> Iterator[StormPlan]:
     # The http:// routes are answered here, on loopback, for the server's processes too:
     # their calls are counted where the storm reads its figures.
     served = sorted({host for upstream in UPSTREAMS for host in upstream.http_hosts})
+    tls_hosts = sorted(_tls_hosts())
     with ExitStack() as cleanup:
-        shipped = ship_upstreams(UPSTREAMS, skip=served)
+        shipped = ship_upstreams(UPSTREAMS, skip=served, skip_tls=tls_hosts)
         if shipped is not None:
             cleanup.callback(_unlink, shipped)
         # The server's processes refuse egress too, and log what they refused.
         log = _egress_log()
         cleanup.callback(_unlink, log)
-        port = None
-        if served:
-            loopback = LoopbackUpstream(lambda: list(UPSTREAMS))
+        port = tls_port = ca = None
+        if served or tls_hosts:
+            loopback, ca = _loopback(tls_hosts)
             cleanup.callback(loopback.stop)
             port = loopback.start().port
-        settings = egress_settings(plan.config.allow_hosts, log, served, port)
+            tls_port = loopback.tls_port
+        settings = egress_settings(
+            plan.config.allow_hosts,
+            log,
+            served,
+            port,
+            redirect=_proxy_redirects(),
+            tls=(tls_hosts, sorted(_tls_ports()), tls_port, ca) if ca is not None else None,
+        )
         env = {**spec.env, EGRESS_ENV: settings}
         if shipped is not None:
             env[SIMIO_ENV] = shipped
@@ -245,6 +260,7 @@ def _with_probes(result: StormResult, report: ProbeReport) -> StormResult:
         result.loop_lag = report.loop_lag
         result.thread_pools = report.thread_pools
         result.connection_pools = report.connection_pools
+        result.attribution = report.attribution
         result.notes.append(server_probes_note(report.where))
     else:
         result.loop_lag = None
@@ -373,6 +389,35 @@ def _warn_uncalled(result: StormResult, routes: dict[str, Any]) -> None:
     result.warnings.append(uncalled_routes_warning(uncalled, result.failed, seen))
 
 
+#: Counts of routes and proxies also given for the storm alone (``<count>_in_storm``).
+_IN_STORM = ("calls", "bytes_up", "bytes_down", "chunks_up", "chunks_down")
+
+
+def _tls_hosts() -> set[str]:
+    """Hosts of https:// routes the loopback upstream can serve (trustme is installed)."""
+    if not tls.available():
+        return set()
+    return {host for upstream in UPSTREAMS for host in upstream.https_hosts}
+
+
+def _tls_ports() -> set[int]:
+    return {port for upstream in UPSTREAMS for port in upstream.https_ports}
+
+
+def _loopback(tls_hosts: Collection[str]) -> tuple[LoopbackUpstream, str | None]:
+    """A loopback upstream for the installed upstreams (not started), serving TLS for
+    *tls_hosts* with a certificate of the session CA; and that CA (PEM) when it does."""
+    if not tls_hosts:
+        return LoopbackUpstream(lambda: list(UPSTREAMS)), None
+    context = tls.server_context(tls_hosts)
+    return LoopbackUpstream(lambda: list(UPSTREAMS), tls=context), tls.ca_pem()
+
+
+def _proxy_redirects() -> dict[tuple[str, int], tuple[str, int]]:
+    """Each latency proxy's target, mapped to the proxy (the newest upstream wins)."""
+    return {key: to for upstream in UPSTREAMS for key, to in upstream.redirects.items()}
+
+
 def _declared_hosts() -> set[str]:
     return {host for upstream in UPSTREAMS for host in upstream.hosts}
 
@@ -383,12 +428,16 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
     and refuse every connection off the machine (counted on the result)."""
     if plan.config.seed is not None:
         seed_latency(plan.config.seed)
-    before = {id(u): {k: v.get("calls", 0) for k, v in u.stats().items()} for u in UPSTREAMS}
+    before = {
+        id(u): {k: {c: v.get(c, 0) for c in _IN_STORM} for k, v in u.stats().items()}
+        for u in UPSTREAMS
+    }
     undeclared_before = {id(u): u.undeclared_calls for u in UPSTREAMS}
     server_log = _server_egress_log(plan)
     server_from = read_log(server_log)[1] if server_log is not None else 0
     # Clients other than httpx and httpx2 reach the declared http:// routes over loopback.
     served = {host for upstream in UPSTREAMS for host in upstream.http_hosts}
+    tls_hosts = _tls_hosts()
     results: list[StormResult] = []
 
     def attach(result: StormResult) -> StormResult:
@@ -401,12 +450,15 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
         if shard_log is not None:
             cleanup.callback(os.close, shard_log)
         # A real server's storm has one for all its rounds already.
-        port = served_port(plan.running.spec.env) if plan.running is not None else None
+        env = plan.running.spec.env if plan.running is not None else {}
+        port = served_port(env)
+        tls_port, ca = served_tls(env)
         # Not under virtual time: a real server's waits cannot be jumped over.
-        if served and port is None and plan.config.clock != "virtual":
-            loopback = LoopbackUpstream(lambda: list(UPSTREAMS))
+        if (served or tls_hosts) and port is None and plan.config.clock != "virtual":
+            loopback, ca = _loopback(tls_hosts)
             cleanup.callback(loopback.stop)
             port = loopback.start().port
+            tls_port = loopback.tls_port
         guard = EgressGuard(
             plan.config.allow_hosts,
             declared=_declared_hosts,
@@ -414,6 +466,11 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
             serve=served,
             serve_port=port,
             alias=LOOPBACK_ALIAS,
+            redirect=_proxy_redirects(),
+            serve_tls=tls_hosts,
+            serve_tls_port=tls_port,
+            tls_ports=_tls_ports(),
+            tls_ca=ca,
         )
         wait_recorder.start()
         try:
@@ -431,8 +488,15 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
         routes: dict[str, Any] = {}
         for upstream in UPSTREAMS:
             for name, stats in upstream.stats().items():
-                calls_before = before.get(id(upstream), {}).get(name, 0)
-                routes[name] = {**stats, "calls_in_storm": stats.get("calls", 0) - calls_before}
+                counts_before = before.get(id(upstream), {}).get(name, {})
+                routes[name] = {
+                    **stats,
+                    **{
+                        f"{count}_in_storm": stats[count] - counts_before.get(count, 0)
+                        for count in _IN_STORM
+                        if count in stats
+                    },
+                }
             missed = upstream.undeclared_calls - undeclared_before.get(id(upstream), 0)
             if missed:
                 result.warnings.append(undeclared_upstream_warning(missed, upstream.undeclared))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from .._model.remarks import short_window_warning
 from .._model.result import EndpointStats, Knee, PoolStats, StormResult, TimelinePoint
 from .._workload import Profile
+from .breakdown import attribute
 from .percentile import quantile
 from .records import (
     STATUS_TIMEOUT,
@@ -57,6 +58,9 @@ class RunFigures:
     dropped: list[float]
     in_flight: list[tuple[float, int]] = field(default_factory=list)
     profile: Profile | None = None
+    #: Loop stalls seen by a loop monitor, ``(start, end)`` on the round's clock: the
+    #: requests in flight meanwhile waited for the loop.
+    stalls: list[tuple[float, float]] = field(default_factory=list)
 
 
 def fold(
@@ -196,6 +200,18 @@ def fold(
     )
     if profile is not None and profile.varies:
         result.knee = _knee(timeline)
+    if plan.url is None:
+        # In-process only: behind a real server the waits are the server's, not seen here.
+        result.attribution = attribute(
+            rec,
+            keep,
+            origin=window.origin,
+            stalls=figures.stalls,
+            pool=pool.description if pool is not None else None,
+            labels=plan.mix.labels,
+            measure_from_us=measure_from_us,
+            histogram=latency_h,
+        )
     if not open_model and not config.stages and duration > 0:
         # Little's law: one round of every user takes users / throughput seconds.
         round_s = config.users / throughput if throughput > 0 else math.inf

@@ -194,6 +194,11 @@ class Recorder:
     Times are integer microseconds relative to the storm's origin; ``start`` is the
     intended send time. ``ttfb`` and ``queue`` are -1 where they do not apply;
     ``error`` is 0 or an index into the storm's :class:`ErrorBook`.
+
+    The waits charged to a request (see ``_probes/attribution.py``) are kept apart, one
+    row per wait and only for requests that waited: ``wait_at`` is the request's index,
+    ``wait_key`` an index into ``wait_names`` (``(kind, name)``), ``wait_us`` the wait
+    and ``wait_end`` the instant it ended (µs from the origin, like ``start``).
     """
 
     start: array[int] = field(default_factory=lambda: array("q"))
@@ -203,12 +208,43 @@ class Recorder:
     status: array[int] = field(default_factory=lambda: array("i"))
     endpoint: array[int] = field(default_factory=lambda: array("H"))
     error: array[int] = field(default_factory=lambda: array("H"))
+    wait_at: array[int] = field(default_factory=lambda: array("I"))
+    wait_key: array[int] = field(default_factory=lambda: array("H"))
+    wait_us: array[int] = field(default_factory=lambda: array("q"))
+    wait_end: array[int] = field(default_factory=lambda: array("q"))
+    wait_names: list[tuple[str, str]] = field(default_factory=list)
+    _wait_index: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
+
+    def wait_key_of(self, kind: str, name: str) -> int:
+        """The index of ``(kind, name)`` in ``wait_names``, registering it."""
+        key = (kind, name)
+        index = self._wait_index.get(key)
+        if index is None:
+            index = self._wait_index[key] = len(self.wait_names)
+            self.wait_names.append(key)
+        return index
+
+    def add_waits(self, entries: Iterable[tuple[str, str, float, float]], origin: float) -> None:
+        """Keep a ledger's entries as the waits of the last request recorded."""
+        at = len(self.latency) - 1
+        for kind, name, seconds, ended in entries:
+            self.wait_at.append(at)
+            self.wait_key.append(self.wait_key_of(kind, name))
+            self.wait_us.append(int(seconds * 1e6))
+            self.wait_end.append(int((ended - origin) * 1e6))
 
     def __len__(self) -> int:
         return len(self.latency)
 
     def extend(self, other: Recorder, error_map: Sequence[int] | None = None) -> None:
         """Append *other*'s records; *error_map* renumbers its error kinds (merging books)."""
+        if other.wait_at:
+            offset = len(self.latency)
+            keys = [self.wait_key_of(kind, name) for kind, name in other.wait_names]
+            self.wait_at.extend(i + offset for i in other.wait_at)
+            self.wait_key.extend(keys[k] for k in other.wait_key)
+            self.wait_us.extend(other.wait_us)
+            self.wait_end.extend(other.wait_end)
         self.start.extend(other.start)
         self.latency.extend(other.latency)
         self.ttfb.extend(other.ttfb)

@@ -167,8 +167,9 @@ def uncalled_routes_warning(
     return (
         f"upstream route{'s' if len(routes) > 1 else ''} {listed} declared but never called, "
         f"while {failed:,} request(s) failed ({seen or 'no error recorded'}): the app's calls "
-        "did not reach the simulated upstream; only httpx and httpx2 clients are answered "
-        "in-process, and a call must match a route's scheme, host, port and path prefix"
+        "did not reach the simulated upstream: a call must match a route's scheme, host, port "
+        "and path prefix (httpx and httpx2 are answered in-process, other clients through the "
+        "storm's loopback server)"
     )
 
 

@@ -12,14 +12,18 @@ from hdrh.histogram import HdrHistogram
 from .probes import ConnectionPoolUsage, LoopLag, PoolUsage
 
 __all__ = [
+    "Attribution",
+    "Breakdown",
     "EndpointStats",
     "ErrorSummary",
+    "Exemplar",
     "Knee",
     "LatencyStats",
     "PoolStats",
     "StormResult",
     "TimelinePoint",
     "Verdict",
+    "WaitShare",
 ]
 
 
@@ -194,6 +198,159 @@ class PoolStats:
         }
 
 
+#: The part of a request's time that is no wait the storm could see: its own service.
+SERVICE = "service"
+#: A step of a request's own code that held the event loop: kept beside its waits so that
+#: a loop stall it caused is not charged back to it as a wait (it is its own service).
+OWN_STEP = "own"
+
+
+@dataclass(frozen=True)
+class WaitShare:
+    """One part of requests' time: a kind of wait (``worker``, ``pool``, ``connect``,
+    ``upstream``, ``proxy``, ``loop``) for something named, or ``service`` (the rest)."""
+
+    kind: str
+    name: str
+    #: Milliseconds per request.
+    ms: float
+    #: Share of the requests' latency.
+    share: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return {"kind": self.kind, "name": self.name, "ms": self.ms, "share": self.share}
+
+
+def _parts(data: Any) -> tuple[WaitShare, ...]:
+    return tuple(
+        WaitShare(str(p["kind"]), str(p["name"]), float(p["ms"]), float(p["share"])) for p in data
+    )
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """Where the time of a band of requests around one percentile went, largest part first."""
+
+    #: ``p50`` or ``p99``.
+    label: str
+    #: Requests in the band (between two ranks around the percentile).
+    requests: int
+    #: Their mean latency.
+    latency_ms: float
+    parts: tuple[WaitShare, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return {
+            "label": self.label,
+            "requests": self.requests,
+            "latency_ms": self.latency_ms,
+            "parts": [p.to_dict() for p in self.parts],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Breakdown:
+        """The breakdown of :meth:`to_dict`'s output."""
+        return cls(
+            str(data["label"]),
+            int(data["requests"]),
+            float(data["latency_ms"]),
+            _parts(data["parts"]),
+        )
+
+
+@dataclass(frozen=True)
+class Exemplar:
+    """One of the slowest requests: what it was, how it ended and where its time went."""
+
+    request: str
+    status: int
+    latency_ms: float
+    #: When it was sent, seconds from the start of measurement.
+    sent_s: float
+    parts: tuple[WaitShare, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return {
+            "request": self.request,
+            "status": self.status,
+            "latency_ms": self.latency_ms,
+            "sent_s": self.sent_s,
+            "parts": [p.to_dict() for p in self.parts],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Exemplar:
+        """The exemplar of :meth:`to_dict`'s output."""
+        return cls(
+            str(data["request"]),
+            int(data["status"]),
+            float(data["latency_ms"]),
+            float(data["sent_s"]),
+            _parts(data["parts"]),
+        )
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Each request's time taken apart: the p50 and p99 bands and the slowest requests."""
+
+    bands: tuple[Breakdown, ...]
+    slowest: tuple[Exemplar, ...]
+    #: ``storm``: the latency the storm measured, in-process; ``server``: the time each
+    #: request spent in the app inside a real server's workers (from the server's call
+    #: to the app's return), as their probes saw it.
+    side: str = "storm"
+
+    @classmethod
+    def merged(cls, parts: list[Attribution], *, side: str) -> Attribution:
+        """Several processes' breakdowns as one: each band's parts weighted by its requests,
+        the slowest of all."""
+        bands = []
+        for label in dict.fromkeys(b.label for a in parts for b in a.bands):
+            mine = [b for a in parts for b in a.bands if b.label == label]
+            count = sum(b.requests for b in mine)
+            if not count:
+                continue
+            latency = sum(b.latency_ms * b.requests for b in mine) / count
+            totals: dict[tuple[str, str], float] = {}
+            for b in mine:
+                for p in b.parts:
+                    key = (p.kind, p.name)
+                    totals[key] = totals.get(key, 0.0) + p.ms * b.requests
+            merged = tuple(
+                WaitShare(kind, name, total / count, total / count / latency if latency else 0.0)
+                for (kind, name), total in sorted(totals.items(), key=lambda item: -item[1])
+            )
+            bands.append(Breakdown(label, count, latency, merged))
+        slowest = sorted((e for a in parts for e in a.slowest), key=lambda e: -e.latency_ms)
+        size = max((len(a.slowest) for a in parts), default=0)
+        return cls(tuple(bands), tuple(slowest[:size]), side)
+
+    def band(self, label: str) -> Breakdown | None:
+        """The band of *label* (``p50``, ``p99``), if the storm had one."""
+        return next((b for b in self.bands if b.label == label), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return {
+            "bands": [b.to_dict() for b in self.bands],
+            "slowest": [e.to_dict() for e in self.slowest],
+            "side": self.side,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Attribution:
+        """The attribution of :meth:`to_dict`'s output."""
+        return cls(
+            tuple(Breakdown.from_dict(b) for b in data.get("bands") or ()),
+            tuple(Exemplar.from_dict(e) for e in data.get("slowest") or ()),
+            str(data.get("side") or "storm"),
+        )
+
+
 @dataclass(repr=False)
 class StormResult:
     """Figures of one storm; latencies in milliseconds, throughput in requests per second."""
@@ -246,6 +403,8 @@ class StormResult:
     #: Connections off the machine refused during the storm: host, port, client, the app's
     #: call site and a count each, most frequent first. Any of them fails the storm.
     refused_egress: list[dict[str, Any]] = field(default_factory=list)
+    #: Where the requests' time went (in-process storms): waits charged to each request.
+    attribution: Attribution | None = None
 
     @property
     def loop_lag_max_ms(self) -> float | None:
@@ -337,6 +496,7 @@ class StormResult:
             "thread_pools": [p.to_dict() for p in self.thread_pools],
             "connection_pools": [p.to_dict() for p in self.connection_pools],
             "refused_egress": self.refused_egress,
+            "attribution": self.attribution.to_dict() if self.attribution else None,
         }
         if histograms:
             # HdrHistogram's encoding is already compressed and base64: text as it is.

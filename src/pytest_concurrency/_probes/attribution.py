@@ -3,49 +3,128 @@
 A producer of waits (a pool probe, a simulated upstream, a latency proxy, the worker pool)
 calls :func:`charge` with the kind of wait, the name of what was waited for and the seconds
 waited, from the code path of the request itself. The driver opens one :class:`Ledger` per
-request with :func:`ledger`; the ledger travels in a context variable, so a wait charged
-in a thread the request handed work to (``anyio.to_thread``, ``asyncio.to_thread`` copy the
-context) lands on the same request. With no ledger open, :func:`charge` does nothing.
+request with :func:`ledger` (or keeps one per user and :meth:`Ledger.clear`\\ s it between
+requests); the ledger travels in a context variable, so a wait charged in a thread the
+request handed work to (``anyio.to_thread``, ``asyncio.to_thread`` copy the context) lands
+on the same request. With no ledger open, :func:`charge` does nothing.
+
+Each wait is kept with the instant it ended, so that the fold can tell the time a request
+spent waiting for something else from the time the event loop was held by another request
+(a loop stall that overlaps the request, outside its own waits and its own long steps).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from time import perf_counter
+from typing import Any, TypeVar
 
-__all__ = ["WAIT_KINDS", "Ledger", "charge", "current", "ledger"]
+from .. import _clock as clock
+from .._model.result import OWN_STEP
+
+__all__ = [
+    "LONG_STEP",
+    "OWN",
+    "WAIT_KINDS",
+    "Ledger",
+    "OwnSteps",
+    "attributing",
+    "bind",
+    "charge",
+    "charge_to",
+    "current",
+    "ledger",
+    "switched",
+]
 
 #: The kinds of wait, as the breakdown names them.
 WAIT_KINDS = ("worker", "pool", "connect", "upstream", "proxy", "loop")
+#: A step of the request's own code that held the loop (its own service, not a wait).
+OWN = OWN_STEP
+
+_T = TypeVar("_T")
 
 
 class Ledger:
-    """The waits of one request: ``(kind, name, seconds)`` in the order they ended."""
+    """The waits of one request, in the order they ended.
 
-    __slots__ = ("waits",)
+    ``entries`` holds ``(kind, name, seconds, ended)``, ``ended`` an instant
+    of the engine's clock (``_clock.now()``); one append each, so that threads charging the same request never tear one.
+    """
+
+    __slots__ = ("entries",)
 
     def __init__(self) -> None:
-        self.waits: list[tuple[str, str, float]] = []
+        self.entries: list[tuple[str, str, float, float]] = []
+
+    @property
+    def waits(self) -> list[tuple[str, str, float]]:
+        """``(kind, name, seconds)`` of each wait (the request's own long steps left out)."""
+        return [(k, n, s) for k, n, s, _ in self.entries if k != OWN]
 
     def total(self, kind: str | None = None) -> float:
-        """Seconds charged, of one kind or of all."""
+        """Seconds charged, of one kind or of all (the request's own steps are not waits)."""
         return sum(s for k, _, s in self.waits if kind is None or k == kind)
+
+    def clear(self) -> None:
+        """Forget the waits (the next request of the same user starts afresh)."""
+        self.entries.clear()
 
 
 _CURRENT: ContextVar[Ledger | None] = ContextVar("pytest_storm_ledger", default=None)
 
 
-def charge(kind: str, name: str, seconds: float) -> None:
-    """Charge *seconds* of waiting for *name* (a wait of *kind*) to the current request."""
+class _Switch:
+    """Whether the drivers open ledgers (on unless a benchmark measures their cost)."""
+
+    on = True
+
+
+def attributing() -> bool:
+    """True when storms starting now charge waits to their requests."""
+    return _Switch.on
+
+
+@contextmanager
+def switched(on: bool) -> Iterator[None]:
+    """Storms started inside the block open ledgers (or not): for measuring their cost."""
+    previous, _Switch.on = _Switch.on, on
+    try:
+        yield
+    finally:
+        _Switch.on = previous
+
+
+def charge(kind: str, name: str, seconds: float, *, ended: float | None = None) -> None:
+    """Charge *seconds* of waiting for *name* (a wait of *kind*) to the current request.
+
+    The wait ended now, or at the instant *ended* (``_clock.now()``).
+    """
     book = _CURRENT.get()
     if book is not None and seconds > 0:
-        book.waits.append((kind, name, seconds))
+        book.entries.append((kind, name, seconds, clock.now() if ended is None else ended))
+
+
+def charge_to(
+    book: Ledger | None, kind: str, name: str, seconds: float, ended: float | None = None
+) -> None:
+    """Charge a wait to *book*, a ledger read earlier (work that runs without the context,
+    such as ``loop.run_in_executor``'s)."""
+    if book is not None and seconds > 0:
+        book.entries.append((kind, name, seconds, clock.now() if ended is None else ended))
 
 
 def current() -> Ledger | None:
     """The ledger of the request whose code is running, if one is open."""
     return _CURRENT.get()
+
+
+def bind(book: Ledger | None) -> None:
+    """Make *book* the current ledger of this context for good (a user's task or thread
+    that keeps one ledger for all its requests)."""
+    _CURRENT.set(book)
 
 
 @contextmanager
@@ -57,3 +136,61 @@ def ledger() -> Iterator[Ledger]:
         yield book
     finally:
         _CURRENT.reset(token)
+
+
+#: A step of a request's own code at least this long is kept (seconds): shorter ones
+#: cannot make a loop stall the monitor sees (5 ms).
+LONG_STEP = 0.001
+
+
+class OwnSteps:
+    """Awaits a request's coroutine, keeping each step of its own code that held the loop
+    for :data:`LONG_STEP` or more as an :data:`OWN` entry of its ledger.
+
+    A loop stall that a request caused itself is its own service, not a wait for the loop:
+    the fold leaves these steps out of the stalls it charges to the request.
+    """
+
+    __slots__ = ("_book", "_coro")
+
+    def __init__(self, coro: Coroutine[Any, Any, _T], book: Ledger) -> None:
+        self._coro = coro
+        self._book = book
+
+    def __await__(self) -> OwnSteps:
+        return self
+
+    def __iter__(self) -> OwnSteps:
+        return self
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+    def send(self, value: Any) -> Any:
+        """Run one step of the request."""
+        began = perf_counter()
+        try:
+            return self._coro.send(value)
+        finally:
+            took = perf_counter() - began
+            if took >= LONG_STEP:
+                self._own(began, took)
+
+    def throw(self, *args: Any) -> Any:
+        """Raise into the request (a cancellation, a timeout)."""
+        began = perf_counter()
+        try:
+            return self._coro.throw(*args)
+        finally:
+            took = perf_counter() - began
+            if took >= LONG_STEP:
+                self._own(began, took)
+
+    def close(self) -> None:
+        """Close the request's coroutine."""
+        self._coro.close()
+
+    def _own(self, began: float, took: float) -> None:
+        # Steps are timed on the wall clock; the ledger is on the engine's (the same in
+        # any round that keeps steps: a virtual round does not).
+        self._book.entries.append((OWN, "", took, began + took))

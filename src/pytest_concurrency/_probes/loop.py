@@ -255,6 +255,15 @@ class LoopMonitor(_StartStop):
             raise RuntimeError("the LoopMonitor has not been stopped yet")
         return self._result
 
+    def stall_spans(self) -> list[tuple[float, float]]:
+        """The stalls over the threshold, as ``(start, end)`` ``perf_counter()`` instants in
+        order: from when the late tick was due to when it ran (the loop ran nothing else
+        meanwhile but the code that held it)."""
+        interval = self._interval
+        return [
+            (beat + interval, beat + interval + lag) for beat, lag in sorted(self._late.items())
+        ]
+
     async def start(self) -> None:
         """Begin probing the running loop and, with the watchdog, sampling its stalls."""
         if self._loop is not None:

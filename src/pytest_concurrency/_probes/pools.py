@@ -21,6 +21,7 @@ import os
 import threading
 from array import array
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -29,6 +30,7 @@ import anyio.to_thread
 from .._metrics import new_histogram, record_many
 from .._model.probes import ANYIO_LIMITER, ASGIREF_THREADS, DEFAULT_EXECUTOR, PoolSecond, PoolUsage
 from ._common import _percentiles_ms, _running_asyncio_loop, _StartStop
+from .attribution import charge, charge_to, current
 from .patches import Patch, remove_all, wrap
 
 __all__ = ["ANYIO_LIMITER", "ASGIREF_THREADS", "DEFAULT_EXECUTOR", "ThreadPoolProbe"]
@@ -148,9 +150,12 @@ def _timed_run_sync(original: Callable[..., Awaitable[Any]]) -> Callable[..., Aw
         queued = perf_counter()
 
         def timed(*inner: Any) -> Any:
-            waited = int((perf_counter() - queued) * 1e6)
+            # In the worker thread, which runs in a copy of the request's context.
+            started = perf_counter()
+            waited = int((started - queued) * 1e6)
             for sink in sinks:
                 sink.append(waited)
+            charge("worker", ANYIO_LIMITER, started - queued, ended=started)
             return func(*inner)
 
         return await original(timed, *args, limiter=limiter, **kwargs)
@@ -200,12 +205,48 @@ class _Counters:
 _ASGIREF_COUNTERS = _Counters()
 
 
+#: When the request's code handed its call to ``SyncToAsync`` (set around ``__call__``, so
+#: that the context asgiref copies for the thread carries it).
+_SUBMITTED: ContextVar[float] = ContextVar("pytest_storm_sync_to_async", default=0.0)
+
+
+def _stamped_call(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        token = _SUBMITTED.set(perf_counter())
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            _SUBMITTED.reset(token)
+
+    __call__.__wrapped__ = original  # type: ignore[attr-defined]
+    return __call__
+
+
+def _charged(child: Callable[[], Any], took_thread: float) -> Callable[[], Any]:
+    """*child* (run by asgiref inside the request's copied context), charging the request
+    the wait for the thread first."""
+
+    def timed() -> Any:
+        submitted = _SUBMITTED.get()
+        if submitted:
+            charge("worker", ASGIREF_THREADS, took_thread - submitted, ended=took_thread)
+        return child()
+
+    timed._storm_timed = True  # type: ignore[attr-defined]
+    return timed
+
+
 def _counted_thread_handler(original: Callable[..., Any]) -> Callable[..., Any]:
     def thread_handler(self: Any, *args: Any, **kwargs: Any) -> Any:
         # Runs on the worker thread: locks, not the loop, keep the counts right.
+        took = perf_counter()
         counters = _ASGIREF_COUNTERS.live
         for counter in counters:
             counter.enter()
+        # (loop, exc_info, task_context, func, child): asgiref runs func(child), which
+        # enters the request's copied context and calls child there.
+        if len(args) == 5 and callable(args[4]) and not hasattr(args[4], "_storm_timed"):
+            args = (*args[:4], _charged(args[4], took))
         try:
             return original(self, *args, **kwargs)
         finally:
@@ -265,6 +306,8 @@ class _ExecutorWatch:
         queued = perf_counter()
         state = [_QUEUED]
         lock = self.lock
+        # The executor's threads do not run in the request's context: its ledger, read here.
+        book = current()
 
         def timed(*inner: Any) -> Any:
             started = perf_counter()
@@ -277,6 +320,7 @@ class _ExecutorWatch:
             waited = int((started - queued) * 1e6)
             for sink in sinks:
                 sink.append(waited)
+            charge_to(book, "worker", DEFAULT_EXECUTOR, started - queued, started)
             try:
                 return func(*inner)
             finally:
@@ -400,6 +444,7 @@ class ThreadPoolProbe(_StartStop):
         with _SINKS_LOCK:
             _ASGIREF_COUNTERS.live = (*_ASGIREF_COUNTERS.live, counter)
         self._patches.append(wrap(sync_to_async, "thread_handler", _counted_thread_handler))
+        self._patches.append(wrap(sync_to_async, "__call__", _stamped_call))
 
     def _start_executor(self, loop: asyncio.AbstractEventLoop) -> None:
         with _SINKS_LOCK:

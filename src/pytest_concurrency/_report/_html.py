@@ -25,7 +25,7 @@ from .._version import __version__
 from ._fidelity import differences, rows_of
 from ._files import write_atomic
 from ._records import StormRecord, StormRow, as_records
-from ._text import diagnosis, format_number, headline, machine_line, verdict_word
+from ._text import diagnosis, format_number, headline, machine_line, part_words, verdict_word
 
 __all__ = ["PERCENTILE_TICKS", "percentile_curve", "render_html", "write_html"]
 
@@ -80,6 +80,14 @@ pre { background: var(--bg2); padding: 8px; overflow-x: auto; font-size: 12px; }
 .fidelity { border: 1px solid var(--line); border-radius: 6px; padding: 4px 14px 8px;
   margin: 10px 0; }
 .fidelity h3 { margin-top: 8px; }
+.breakdown { margin: 8px 0 12px; }
+.breakdown .row { display: grid; grid-template-columns: 170px 1fr; gap: 10px;
+  align-items: center; margin: 3px 0; }
+.breakdown .bar { display: flex; height: 18px; border-radius: 3px; overflow: hidden;
+  background: var(--bg2); }
+.breakdown .bar span { display: block; height: 100%; }
+.breakdown .key { color: var(--muted); font-size: 12px; }
+.breakdown .key i { display: inline-block; width: 10px; height: 10px; margin: 0 4px 0 10px; }
 @media (max-width: 900px) { .charts { grid-template-columns: 1fr; } }
 """
 
@@ -420,6 +428,65 @@ def _fidelity_card(d: Mapping[str, Any], number: int, seen: dict[str, int]) -> s
     )
 
 
+#: Colours of the parts of a request's time, by kind.
+_PART_COLOURS = {
+    "worker": "#d1242f",
+    "pool": "#8250df",
+    "connect": "#bf3989",
+    "upstream": "#0969da",
+    "proxy": "#1b7c83",
+    "loop": "#bc4c00",
+    "service": "#8c959f",
+}
+
+
+def _breakdown(d: Mapping[str, Any]) -> str:
+    """A stacked bar per band of requests (p50, p99) and per slowest request: where their
+    time went."""
+    attribution = d.get("attribution")
+    if not attribution:
+        return ""
+    rows: list[tuple[str, list[Mapping[str, Any]]]] = [
+        (
+            f"{b.get('label')} requests · {format_number(b.get('latency_ms'))} ms",
+            list(b.get("parts") or ()),
+        )
+        for b in attribution.get("bands") or ()
+    ]
+    rows += [
+        (
+            f"slowest {i} · {format_number(e.get('latency_ms'))} ms · {e.get('status')}",
+            list(e.get("parts") or ()),
+        )
+        for i, e in enumerate(attribution.get("slowest") or (), 1)
+    ]
+    if not rows:
+        return ""
+    keys: dict[tuple[str, str], str] = {}
+    where = " in the server's app" if attribution.get("side") == "server" else ""
+    html = [f"<div class='breakdown'><h3>where the requests' time went{where}</h3>"]
+    for title, parts in rows:
+        segments = []
+        for part in parts:
+            kind, name = str(part.get("kind")), str(part.get("name"))
+            words = part_words(kind, name)
+            keys[(kind, words)] = _PART_COLOURS.get(kind, "#6e7781")
+            share = float(part.get("share") or 0)
+            segments.append(
+                f"<span style='width:{share * 100:.2f}%;background:{keys[(kind, words)]}' "
+                f"title='{_e(words)}: {share:.0%}, {format_number(part.get('ms'))} ms'></span>"
+            )
+        html.append(
+            f"<div class='row'><span>{_e(title)}</span><div class='bar'>{''.join(segments)}</div></div>"
+        )
+    html.append(
+        "<p class='key'>"
+        + "".join(f"<i style='background:{colour}'></i>{_e(w)}" for (_, w), colour in keys.items())
+        + "</p></div>"
+    )
+    return "".join(html)
+
+
 def _storm_section(
     p: SimpleNamespace, number: int, record: StormRecord, fidelity_seen: dict[str, int]
 ) -> str:
@@ -453,6 +520,7 @@ def _storm_section(
         parts.append(
             "<ul class='diagnosis'>" + "".join(f"<li>{_e(x)}</li>" for x in lines) + "</ul>"
         )
+    parts.append(_breakdown(d))
     card = _fidelity_card(d, number, fidelity_seen)
     if card:
         parts.append(card)

@@ -39,7 +39,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 2
-#: Versions a reader accepts: 2 added the optional ``comparison`` block of a storm.
+#: Versions a reader accepts: 2 added the optional ``comparison`` and ``attribution``
+#: blocks of a storm.
 READABLE_VERSIONS = (1, 2)
 
 _NUMBER_OR_NULL: dict[str, Any] = {"type": ["number", "null"]}
@@ -192,6 +193,18 @@ JSON_SCHEMA: dict[str, Any] = {
                 "max": _NUMBER_OR_NULL,
             },
         },
+        "refusal": {
+            "type": "object",
+            "description": "a connection off the machine refused during the storm",
+            "required": ["host", "port", "client", "site", "count"],
+            "properties": {
+                "host": {"type": "string"},
+                "port": {"type": "string", "description": "empty when no port was given"},
+                "client": {"type": "string", "description": "the client library that tried"},
+                "site": {"type": "string", "description": "the app's line that made the call"},
+                "count": {"type": "integer", "minimum": 1},
+            },
+        },
         "verdict": {
             "type": "object",
             "required": ["name", "limit", "measured", "ok"],
@@ -215,6 +228,59 @@ JSON_SCHEMA: dict[str, Any] = {
                 "busy_workers": _NUMBER_OR_NULL,
                 "in_flight": _NUMBER_OR_NULL,
                 "target": _NUMBER_OR_NULL,
+            },
+        },
+        "part": {
+            "type": "object",
+            "description": "one part of requests' time: a wait (kind worker, pool, connect, "
+            "upstream, proxy or loop, for what name says) or service (the rest)",
+            "required": ["kind", "name", "ms", "share"],
+            "properties": {
+                "kind": {"type": "string"},
+                "name": {"type": "string"},
+                "ms": {"type": "number", "description": "milliseconds per request"},
+                "share": {"type": "number", "minimum": 0, "description": "of latency"},
+            },
+        },
+        "attribution": {
+            "type": "object",
+            "required": ["bands", "slowest"],
+            "properties": {
+                "side": {
+                    "type": "string",
+                    "description": "storm: the latency measured in-process; server: the "
+                    "time in the app inside a real server's workers",
+                },
+                "bands": {
+                    "type": "array",
+                    "description": "requests between two ranks around p50 (p49.5–p50.5) and "
+                    "p99 (p98.5–p99.5): their mean latency and its parts, largest first",
+                    "items": {
+                        "type": "object",
+                        "required": ["label", "requests", "latency_ms", "parts"],
+                        "properties": {
+                            "label": {"type": "string"},
+                            "requests": {"type": "integer", "minimum": 0},
+                            "latency_ms": {"type": "number"},
+                            "parts": {"type": "array", "items": {"$ref": "#/$defs/part"}},
+                        },
+                    },
+                },
+                "slowest": {
+                    "type": "array",
+                    "description": "the slowest requests, slowest first",
+                    "items": {
+                        "type": "object",
+                        "required": ["request", "status", "latency_ms", "sent_s", "parts"],
+                        "properties": {
+                            "request": {"type": "string"},
+                            "status": {"type": "integer"},
+                            "latency_ms": {"type": "number"},
+                            "sent_s": {"type": "number"},
+                            "parts": {"type": "array", "items": {"$ref": "#/$defs/part"}},
+                        },
+                    },
+                },
             },
         },
         "storm": {
@@ -277,6 +343,12 @@ JSON_SCHEMA: dict[str, Any] = {
                 "budgets": {"type": "object", "additionalProperties": {"type": "number"}},
                 "verdicts": {"type": "array", "items": {"$ref": "#/$defs/verdict"}},
                 "passed": {"type": "boolean"},
+                "refused_egress": {
+                    "type": "array",
+                    "items": {"$ref": "#/$defs/refusal"},
+                    "description": "connections off the machine refused during the storm, "
+                    "most frequent first; absent in documents written before the egress guard",
+                },
                 "warnings": {
                     "type": "array",
                     "items": {"type": "string"},
@@ -301,6 +373,13 @@ JSON_SCHEMA: dict[str, Any] = {
                     "storm (p50, p99, max, rps as medians over rounds; cpu_slowdown; "
                     "cpu_share), the newest last; their spread is the storm's own noise "
                     "between sessions",
+                },
+                "attribution": {
+                    "anyOf": [{"$ref": "#/$defs/attribution"}, {"type": "null"}],
+                    "description": "in-process storms: where the p50 and p99 requests' time "
+                    "and the slowest requests' went; behind a real server, their time in the "
+                    "app as the workers' probes saw it (side: server); absent before schema "
+                    "version 2",
                 },
                 "comparison": {
                     "anyOf": [{"$ref": "#/$defs/comparison"}, {"type": "null"}],

@@ -23,12 +23,14 @@ from ._blocking_text import diagnose
 
 __all__ = [
     "aligned",
+    "breakdown_lines",
     "budget_failure",
     "diagnosis",
     "failure_lines",
     "format_number",
     "headline",
     "machine_line",
+    "part_words",
     "side_by_side",
     "status_table",
     "unmeasured_reason",
@@ -166,6 +168,58 @@ def _pool_line(data: Mapping[str, Any]) -> list[str]:
     ]
 
 
+#: Parts of a breakdown below this share are left out of its line.
+_SMALLEST_PART = 0.01
+#: Parts a breakdown line names at most (the rest are summed as "other").
+_PARTS_SHOWN = 4
+
+
+def part_words(kind: str, name: str) -> str:
+    """What a part of a request's time was spent on, in words."""
+    if kind == "worker":
+        return (
+            f"waiting for a thread of the {name}"
+            if "thread" in name or "executor" in name
+            else (f"waiting for one of {name}")
+        )
+    if kind == "pool":
+        return f"waiting for a connection from {name}"
+    if kind == "connect":
+        return f"opening {name} connections"
+    if kind == "upstream":
+        return f"waiting on {name}"
+    if kind == "proxy":
+        return f"delayed by the proxy {name}"
+    if kind == "loop":
+        return "waiting for the event loop (held by other requests)"
+    if kind == "service":
+        return "in the app (its own code and awaits)"
+    return f"{kind} {name}".strip()
+
+
+def _breakdown_line(band: Mapping[str, Any], side: str) -> str:
+    parts = [p for p in band.get("parts") or () if float(p.get("share") or 0) >= _SMALLEST_PART]
+    shown = parts[:_PARTS_SHOWN]
+    words = [f"{float(p['share']):.0%} {part_words(str(p['kind']), str(p['name']))}" for p in shown]
+    rest = sum(float(p.get("share") or 0) for p in (band.get("parts") or ())[len(shown) :])
+    if rest >= _SMALLEST_PART:
+        words.append(f"{rest:.0%} other")
+    where = " in the server's app" if side == "server" else ""
+    return (
+        f"{band.get('label')} requests{where} ({format_number(band.get('latency_ms'))} ms, "
+        f"{int(band.get('requests') or 0):,} of them): {', '.join(words)}"
+    )
+
+
+def breakdown_lines(data: Mapping[str, Any]) -> list[str]:
+    """Where the p50 and p99 requests' time went, one line each (in-process storms)."""
+    attribution = data.get("attribution")
+    if not attribution or not data.get("requests"):
+        return []
+    side = str(attribution.get("side") or "storm")
+    return [_breakdown_line(band, side) for band in attribution.get("bands") or ()]
+
+
 def diagnosis(
     data: Mapping[str, Any], result: StormResult | None = None, *, remarks: bool = True
 ) -> list[str]:
@@ -175,7 +229,7 @@ def diagnosis(
     What blocked the event loop needs the live *result*; a storm known only as a dict
     (from an xdist worker or a file) is diagnosed without it.
     """
-    lines = _pool_line(data) + failure_lines(data)
+    lines = _pool_line(data) + breakdown_lines(data) + failure_lines(data)
     if result is None:
         # Known only as a dict: the connection pools describe themselves from it.
         connections = [

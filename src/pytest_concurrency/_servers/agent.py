@@ -12,7 +12,8 @@ Between windows nothing runs but the middleware's one comparison per call; the t
 sleeps in a blocking read, so it takes no interpreter lock from the server either.
 
 Messages are JSON objects, one a line. The worker sends ``{"hello": {...}}`` once, then
-``{"started": n}`` / ``{"report": n, "loop_lag": ..., "thread_pools": [...]}`` or
+``{"started": n}`` / ``{"report": n, "loop_lag": ..., "thread_pools": [...],
+"attribution": ...}`` or
 ``{"failed": n, "error": "..."}``; the storm sends ``{"op": "start"|"stop", "round": n}``.
 """
 
@@ -24,6 +25,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -52,19 +54,93 @@ def wrap(app: Any) -> Any:
 
 
 class ProbeMiddleware:
-    """ASGI middleware that starts this process's probe agent on its first call."""
+    """ASGI middleware that starts this process's probe agent on its first call.
+
+    While a window is open it also opens a ledger per HTTP request and keeps the request's
+    time in the app and its waits, for the breakdown of the window's requests.
+    """
 
     def __init__(self, app: Any, path: str) -> None:
         self.app = app
         self.path = path
         # Per process: gunicorn imports the app in its master and forks the workers.
         self._pid = 0
+        self._agent: _Agent | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if self._pid != os.getpid():
             self._pid = os.getpid()
-            _Agent(self.path, asyncio.get_running_loop()).start()
-        await self.app(scope, receive, send)
+            self._agent = _Agent(self.path, asyncio.get_running_loop())
+            self._agent.start()
+        book = self._agent.requests if self._agent is not None else None
+        if book is None or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await book.serve(self.app, scope, receive, send)
+
+
+class _Requests:
+    """The requests one window served in this process: their time in the app and waits."""
+
+    def __init__(self) -> None:
+        from .._metrics.records import Recorder
+
+        self.origin = time.perf_counter()
+        self.rec = Recorder()
+        self.labels: list[str] = []
+        self._label_index: dict[str, int] = {}
+
+    async def serve(self, app: Any, scope: Any, receive: Any, send: Any) -> None:
+        from .._probes.attribution import OwnSteps, ledger
+
+        status = [0]
+
+        async def sending(message: Any) -> None:
+            if message.get("type") == "http.response.start":
+                status[0] = int(message.get("status") or 0)
+            await send(message)
+
+        with ledger() as book:
+            started = time.perf_counter()
+            try:
+                await OwnSteps(app(scope, receive, sending), book)
+            finally:
+                self._record(scope, started, time.perf_counter() - started, status[0], book)
+
+    def _record(self, scope: Any, started: float, took: float, status: int, book: Any) -> None:
+        rec = self.rec
+        label = f"{scope.get('method', '?')} {scope.get('path', '?')}"
+        index = self._label_index.get(label)
+        if index is None:
+            index = self._label_index[label] = len(self.labels)
+            self.labels.append(label)
+        rec.start.append(int((started - self.origin) * 1e6))
+        rec.latency.append(int(took * 1e6))
+        rec.ttfb.append(-1)
+        rec.queue.append(-1)
+        rec.status.append(status)
+        rec.endpoint.append(min(index, 65535))
+        rec.error.append(0)
+        if book.entries:
+            rec.add_waits(book.entries, self.origin)
+
+    def breakdown(self, stalls: list[tuple[float, float]]) -> dict[str, Any] | None:
+        """The breakdown of the window's requests (their time in the app), as plain data."""
+        from array import array
+
+        from .._metrics.breakdown import attribute
+
+        rec = self.rec
+        found = attribute(
+            rec,
+            array("I", range(len(rec))),
+            origin=self.origin,
+            stalls=stalls,
+            pool=None,
+            labels=self.labels,
+            measure_from_us=0,
+        )
+        return found.to_dict() if found is not None else None
 
 
 def _loop_kind(loop: asyncio.AbstractEventLoop) -> str:
@@ -79,6 +155,8 @@ class _Agent:
         self.path = path
         self.loop = loop
         self._probes: tuple[Any, Any, Any] | None = None
+        #: The open window's requests (None between windows: nothing is kept then).
+        self.requests: _Requests | None = None
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="pytest-storm probe agent", daemon=True).start()
@@ -138,12 +216,14 @@ class _Agent:
             connections.stop()
             raise
         self._probes = (monitor, probe, connections)
+        self.requests = _Requests()
 
     async def _stop(self) -> dict[str, Any]:
         if self._probes is None:
             raise RuntimeError("no probe window was open in this worker")
         monitor, probe, connections = self._probes
         self._probes = None
+        requests, self.requests = self.requests, None
         try:
             try:
                 pools = await probe.stop()
@@ -155,4 +235,5 @@ class _Agent:
             "loop_lag": lag.to_dict(histogram=True),
             "thread_pools": [pool.to_dict() for pool in pools],
             "connection_pools": [pool.to_dict() for pool in held],
+            "attribution": requests.breakdown(monitor.stall_spans()) if requests else None,
         }

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._model.probes import ConnectionPoolUsage, LoopLag, PoolUsage, merge_loop_lags
+from .._model.result import Attribution
 
 __all__ = ["ProbeChannel", "ProbeReport"]
 
@@ -60,6 +61,8 @@ class ProbeReport:
     loop_lags: dict[int, LoopLag] = field(default_factory=dict)
     pools: dict[int, list[PoolUsage]] = field(default_factory=dict)
     connections: dict[int, list[ConnectionPoolUsage]] = field(default_factory=dict)
+    #: Each worker's breakdown of the requests it served in the window (time in the app).
+    attributions: dict[int, Attribution] = field(default_factory=dict)
     #: Worker (``pid 123``, or how many never connected) -> why it gave no figures.
     missing: dict[str, str] = field(default_factory=dict)
 
@@ -94,6 +97,13 @@ class ProbeReport:
             for pid, usages in sorted(self.pools.items())
             for pool in usages
         ]
+
+    @property
+    def attribution(self) -> Attribution | None:
+        """The workers' breakdowns merged (None unless every worker reported)."""
+        if not self.complete or not self.attributions:
+            return None
+        return Attribution.merged(list(self.attributions.values()), side="server")
 
     @property
     def connection_pools(self) -> list[ConnectionPoolUsage]:
@@ -198,6 +208,8 @@ class ProbeChannel:
                 report.missing[worker.name] = _absence(worker, number, "send its figures", timeout)
                 continue
             report.loop_lags[worker.pid] = LoopLag.from_dict(figures["loop_lag"])
+            if figures.get("attribution"):
+                report.attributions[worker.pid] = Attribution.from_dict(figures["attribution"])
             report.pools[worker.pid] = [
                 PoolUsage.from_dict(pool) for pool in figures.get("thread_pools") or []
             ]

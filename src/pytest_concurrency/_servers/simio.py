@@ -31,6 +31,7 @@ __all__ = [
     "egress_settings",
     "install_from_env",
     "served_port",
+    "served_tls",
     "ship_upstreams",
 ]
 
@@ -44,20 +45,25 @@ SETUP = "pytest_concurrency._servers.simio:install_from_env"
 _KEEP: list[Any] = []
 
 
-def ship_upstreams(upstreams: Iterable[Any], *, skip: Collection[str] = ()) -> str | None:
+def ship_upstreams(
+    upstreams: Iterable[Any], *, skip: Collection[str] = (), skip_tls: Collection[str] = ()
+) -> str | None:
     """Pickle the routes of *upstreams* to a file; its path, or None when there are none.
 
-    Routes of the ``http://`` hosts in *skip* stay behind: the storm's process serves them
-    over loopback, where their figures are counted.
+    Routes of the ``http://`` hosts in *skip* and the ``https://`` hosts in *skip_tls* stay
+    behind: the storm's process serves them over loopback, where their figures are counted.
     """
-    declarations = [
-        d
-        for upstream in upstreams
-        for d in upstream.declarations
-        if not (
-            urlsplit(d["url_prefix"]).scheme == "http"
-            and (urlsplit(d["url_prefix"]).hostname or "") in skip
+
+    def kept(url: str) -> bool:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        return not (
+            (parts.scheme == "http" and host in skip)
+            or (parts.scheme == "https" and host in skip_tls)
         )
+
+    declarations = [
+        d for upstream in upstreams for d in upstream.declarations if kept(d["url_prefix"])
     ]
     if not declarations:
         return None
@@ -80,15 +86,26 @@ def egress_settings(
     log: str,
     serve: Iterable[str] = (),
     serve_port: int | None = None,
+    *,
+    redirect: Mapping[tuple[str, int], tuple[str, int]] | None = None,
+    tls: tuple[Collection[str], Collection[int], int | None, str] | None = None,
 ) -> str:
     """The value of :data:`EGRESS_ENV` for a server: the hosts it may reach, the log path,
-    and the hosts the storm's loopback upstream (on *serve_port*) answers."""
+    the hosts the storm's loopback upstream (on *serve_port*) answers, and the targets of
+    the storm's latency proxies with the proxy each goes to."""
     return json.dumps(
         {
             "allow_hosts": list(allow_hosts),
             "log": log,
             "serve": list(serve),
             "serve_port": serve_port,
+            "redirect": [[h, p, to[0], to[1]] for (h, p), to in (redirect or {}).items()],
+            # https:// hosts, their ports, the TLS port answering them and the CA to trust.
+            "tls": (
+                None
+                if tls is None
+                else {"hosts": list(tls[0]), "ports": list(tls[1]), "port": tls[2], "ca": tls[3]}
+            ),
         }
     )
 
@@ -98,6 +115,16 @@ def served_port(env: Mapping[str, str]) -> int | None:
     settings = env.get(EGRESS_ENV)
     port = json.loads(settings).get("serve_port") if settings else None
     return int(port) if port is not None else None
+
+
+def served_tls(env: Mapping[str, str]) -> tuple[int | None, str | None]:
+    """The TLS port of the storm's loopback upstream and its CA (PEM) named in a server's
+    environment, if any."""
+    settings = env.get(EGRESS_ENV)
+    tls = json.loads(settings).get("tls") if settings else None
+    if not tls:
+        return None, None
+    return (int(tls["port"]) if tls.get("port") is not None else None), tls.get("ca")
 
 
 def install_from_env() -> None:
@@ -119,6 +146,8 @@ def install_from_env() -> None:
     if egress:
         settings = json.loads(egress)
         served = set(settings.get("serve") or ())
+        tls = settings.get("tls") or {}
+        served |= set(tls.get("hosts", ()))
         guard = EgressGuard(
             settings["allow_hosts"],
             declared=lambda: upstream.hosts | served,
@@ -127,6 +156,11 @@ def install_from_env() -> None:
             serve=served,
             serve_port=settings.get("serve_port"),
             alias=ALIAS,
+            redirect={(h, p): (to_h, to_p) for h, p, to_h, to_p in settings.get("redirect", ())},
+            serve_tls=tls.get("hosts", ()),
+            serve_tls_port=tls.get("port"),
+            tls_ports=tls.get("ports", (443,)),
+            tls_ca=tls.get("ca"),
         )
         guard.install()
         _KEEP.append(guard)

@@ -30,10 +30,12 @@ import ipaddress
 import json
 import os
 import socket
+import ssl
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Collection, Iterable
+import weakref
+from collections.abc import Callable, Collection, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import FrameType, TracebackType
@@ -47,6 +49,7 @@ __all__ = [
     "EgressRefused",
     "Refusal",
     "anonymous_log",
+    "direct_connections",
     "is_loopback",
     "loopback_serves",
     "read_log",
@@ -138,7 +141,8 @@ class EgressRefused(ConnectionRefusedError):
             advice = (
                 f"{refusal.host!r} is declared on the upstream, but this call cannot be "
                 "answered: httpx and httpx2 are answered in-process, other clients over "
-                "loopback for http:// routes, in the storm's own process and its shards; "
+                "loopback for http:// routes and for https:// routes when trustme is installed "
+                "(the clients extra), in the storm's own process and its shards; "
                 f'open the host on purpose with allow_hosts=["{refusal.host}"]'
             )
         else:
@@ -188,10 +192,20 @@ def _client_of(frame: FrameType) -> str | None:
 _ORIGIN: ContextVar[str | None] = ContextVar("pytest_storm_egress_origin", default=None)
 
 
+#: Modules of this package whose frames sit inside a client's own calls (a pool probe's or
+#: the upstream's wrapper of a transport): walked through, as the client's frames are.
+_INSIDE_CLIENTS = ("pytest_concurrency._probes.", "pytest_concurrency._simio.")
+
+
 def _harness(frame: FrameType) -> bool:
-    """A frame of this package other than the guard: the storm itself, below the app."""
+    """A frame of this package that runs the storm, below the app (not one wrapping a
+    client's call above it)."""
     name = frame.f_globals.get("__name__")
-    return isinstance(name, str) and name.startswith("pytest_concurrency.") and name != __name__
+    return (
+        isinstance(name, str)
+        and name.startswith("pytest_concurrency.")
+        and not name.startswith(_INSIDE_CLIENTS)
+    )
 
 
 def _caller(frame: FrameType | None) -> tuple[str, str]:
@@ -293,6 +307,13 @@ def tally(counts: dict[Refusal, int]) -> list[dict[str, Any]]:
     return [refusal.to_dict(count) for refusal, count in ordered]
 
 
+def _port(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _host_port(address: Any) -> tuple[str, Any] | None:
     """(host, port) of an AF_INET/AF_INET6 address; None for any other kind of address."""
     if isinstance(address, tuple) and len(address) >= 2:
@@ -305,10 +326,19 @@ def _host_port(address: Any) -> tuple[str, Any] | None:
 
 
 _ACTIVE: list[EgressGuard] = []
+_THREAD = threading.local()
 
 
-def loopback_serves(host: Any) -> bool:
-    """Whether a guard in place sends *host* to a loopback upstream."""
+def direct_connections() -> None:
+    """Connections made from this thread go where they are aimed: a latency proxy's own
+    connections to its target are not turned back into the proxy."""
+    _THREAD.direct = True
+
+
+def loopback_serves(host: Any, scheme: str = "http") -> bool:
+    """Whether a guard in place sends *host*'s *scheme* (http or https) to a loopback upstream."""
+    if scheme == "https":
+        return any(guard._serves_tls(host) for guard in _ACTIVE)
     return any(guard._serves(host) for guard in _ACTIVE)
 
 
@@ -330,6 +360,11 @@ class EgressGuard:
         serve: Collection[str] = (),
         serve_port: int | None = None,
         alias: str = "127.77.0.1",
+        redirect: Mapping[tuple[str, int], tuple[str, int]] | None = None,
+        serve_tls: Collection[str] = (),
+        serve_tls_port: int | None = None,
+        tls_ports: Collection[int] = (443,),
+        tls_ca: str | None = None,
     ) -> None:
         self.allow_hosts = tuple(allow_hosts)
         # Refusals made in another process (a forked shard; a server's process when
@@ -352,6 +387,21 @@ class EgressGuard:
         )
         self.alias = alias
         self._serve_port = serve_port
+        # Hosts of https:// routes answered by the loopback server's TLS port: they resolve
+        # to the alias too, a connection to the alias at one of ``tls_ports`` goes to the TLS
+        # port, and a client's TLS context trusts ``tls_ca`` on its way to one of them.
+        self._served_tls = (
+            frozenset(_normal(h) for h in serve_tls)
+            if serve_tls_port is not None and tls_ca is not None
+            else frozenset()
+        )
+        self._served = self._served | self._served_tls
+        self._serve_tls_port = serve_tls_port
+        self._tls_ports = frozenset(int(p) for p in tls_ports)
+        self._tls_ca = tls_ca
+        self._trusting: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
+        # Targets of latency proxies: a connection to one goes to its proxy instead.
+        self._redirects = {(_normal(h), int(p)): to for (h, p), to in (redirect or {}).items()}
         self._lock = threading.Lock()
         self._counts: dict[Refusal, int] = {}
         self._patches: tuple[Patch, ...] = ()
@@ -397,6 +447,28 @@ class EgressGuard:
             host = host.decode("ascii", "replace")
         return isinstance(host, str) and _normal(host) in self._served
 
+    def _serves_tls(self, host: Any) -> bool:
+        if not self._served_tls:
+            return False
+        if isinstance(host, bytes):
+            host = host.decode("ascii", "replace")
+        return isinstance(host, str) and _normal(host) in self._served_tls
+
+    def _trust(self, context: ssl.SSLContext, server_side: bool, hostname: Any) -> None:
+        """Load the session CA into a client context about to meet a served https host."""
+        if (
+            server_side
+            or self._tls_ca is None
+            or context.verify_mode == ssl.CERT_NONE
+            or not self._serves_tls(hostname)
+        ):
+            return
+        with self._lock:
+            if context in self._trusting:
+                return
+            context.load_verify_locations(cadata=self._tls_ca)
+            self._trusting.add(context)
+
     def _alias(self, port: Any, family: Any = 0, type: Any = 0, *args: Any, **kw: Any) -> Any:
         """``getaddrinfo``'s answer for a served host: the alias, at the port asked for."""
         socktype = type or socket.SOCK_STREAM
@@ -408,9 +480,26 @@ class EgressGuard:
         return [(socket.AF_INET, socktype, proto, "", (self.alias, int(port or 0)))]
 
     def _redirect(self, address: Any) -> Any:
-        """A connection to the alias goes to the loopback server."""
-        if self._serve_port is not None and address[0] == self.alias:
-            return ("127.0.0.1", self._serve_port)
+        """A connection to the alias goes to the loopback server; one to a latency proxy's
+        target goes to the proxy (but not the proxy's own)."""
+        if address[0] == self.alias:
+            if self._serve_tls_port is not None and _port(address[1]) in self._tls_ports:
+                return ("127.0.0.1", self._serve_tls_port)
+            if self._serve_port is not None:
+                return ("127.0.0.1", self._serve_port)
+        if self._redirects and not getattr(_THREAD, "direct", False):
+            host, port = address[0], address[1]
+            if isinstance(host, bytes):
+                host = host.decode("ascii", "replace")
+            try:
+                key = (_normal(str(host)), int(port))
+            except (TypeError, ValueError):
+                return address
+            to = self._redirects.get(key)
+            if to is not None:
+                if len(address) == 4:  # an IPv6 socket reaches the proxy IPv4-mapped
+                    return (f"::ffff:{to[0]}", to[1], *address[2:])
+                return to
         return address
 
     def _note(self, host: Any, infos: Any) -> None:
@@ -585,6 +674,26 @@ class EgressGuard:
 
             return resolve
 
+        trust = self._trust
+
+        def tls_socket(original: Any) -> Any:
+            def wrap_socket(context: Any, sock: Any, *args: Any, **kw: Any) -> Any:
+                server_side = kw.get("server_side", args[0] if args else False)
+                hostname = kw.get("server_hostname", args[3] if len(args) > 3 else None)
+                trust(context, bool(server_side), hostname)
+                return original(context, sock, *args, **kw)
+
+            return wrap_socket
+
+        def tls_bio(original: Any) -> Any:
+            def wrap_bio(context: Any, incoming: Any, outgoing: Any, *args: Any, **kw: Any) -> Any:
+                server_side = kw.get("server_side", args[0] if args else False)
+                hostname = kw.get("server_hostname", args[1] if len(args) > 1 else None)
+                trust(context, bool(server_side), hostname)
+                return original(context, incoming, outgoing, *args, **kw)
+
+            return wrap_bio
+
         def aiohttp_request(original: Any) -> Any:
             async def _request(session: Any, *args: Any, **kw: Any) -> Any:
                 # The site is read now: a suspended coroutine's frame has no caller.
@@ -604,6 +713,11 @@ class EgressGuard:
             (socket.socket, "connect_ex", connector),
             (asyncio.base_events.BaseEventLoop, "getaddrinfo", loop_resolver),
         ]
+        if self._served_tls:
+            targets += [
+                (ssl.SSLContext, "wrap_socket", tls_socket),
+                (ssl.SSLContext, "wrap_bio", tls_bio),
+            ]
         if "uvloop" not in sys.modules and installed("uvloop"):
             # A server may pick uvloop after the guard is in: its loop must be guarded then too.
             importlib.import_module("uvloop")

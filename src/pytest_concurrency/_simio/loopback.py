@@ -6,7 +6,9 @@ during a storm the declared hosts resolve to :data:`ALIAS`, a loopback address n
 uses, and the egress guard turns a connection to it into one to this server on 127.0.0.1.
 The server reads the host from the ``Host`` header and answers from the same ``Route``
 objects as the in-process path (same waits on its own event loop, same counts), with h11
-(httpx's own HTTP/1.1 parser) for the protocol. A route's ``timeout_rate`` call is held
+(httpx's own HTTP/1.1 parser) for the protocol. ``https://`` routes are answered on a
+second port over TLS, with a certificate for their hosts from the session's throwaway CA
+(``tls``), which the egress guard has the clients trust. A route's ``timeout_rate`` call is held
 open without an answer until the client gives up; a path no route matches on a declared
 host gets a 502 naming the routes, and is counted as undeclared.
 """
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
+import ssl
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -49,8 +53,15 @@ class LoopbackUpstream:
     in-process); start it with :meth:`start` and stop it on every exit with :meth:`stop`.
     """
 
-    def __init__(self, upstreams: Callable[[], Sequence[Any]]) -> None:
+    def __init__(
+        self, upstreams: Callable[[], Sequence[Any]], *, tls: ssl.SSLContext | None = None
+    ) -> None:
         self._upstreams = upstreams
+        self._tls = tls
+        self._tls_server: asyncio.Server | None = None
+        self._closing = False
+        self.tls_port: int | None = None
+        """The port answering ``https://`` routes over TLS (when started with a context)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
@@ -85,15 +96,28 @@ class LoopbackUpstream:
 
     async def _main(self, ready: threading.Event) -> None:
         self._stopped = asyncio.Event()
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(
+            functools.partial(self._serve, scheme="http"), "127.0.0.1", 0
+        )
         self.port = self._server.sockets[0].getsockname()[1]
+        if self._tls is not None:
+            # TLS is started on each accepted connection (in _serve), so a connection still
+            # in its handshake is one of ``_writers`` and is dropped with them on stop.
+            self._tls_server = await asyncio.start_server(
+                functools.partial(self._serve, scheme="https"), "127.0.0.1", 0, ssl=self._tls
+            )
+            self.tls_port = self._tls_server.sockets[0].getsockname()[1]
         ready.set()
         try:
             await self._stopped.wait()
         finally:
             self._server.close()
+            if self._tls_server is not None:
+                self._tls_server.close()
+            self._closing = True
             for writer in list(self._writers):
-                writer.close()
+                # Aborted, not closed: a TLS close would wait on the client's close_notify.
+                writer.transport.abort()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), _STOP_TIMEOUT)
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -113,26 +137,31 @@ class LoopbackUpstream:
 
     # -- one connection
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, scheme: str
+    ) -> None:
         self._writers.add(writer)
         conn = h11.Connection(h11.SERVER)
         try:
             while True:
-                request = await self._next_request(conn, reader)
+                request = await self._next_request(conn, reader, scheme)
                 if request is None:
                     return
                 answered = await self._answer(conn, reader, writer, request)
                 if not answered or conn.our_state is not h11.DONE:
                     return
                 conn.start_next_cycle()
-        except (ConnectionError, h11.ProtocolError, asyncio.IncompleteReadError):
+        except (ConnectionError, h11.ProtocolError, asyncio.IncompleteReadError, ssl.SSLError):
             return
         finally:
             self._writers.discard(writer)
-            writer.close()
+            if self._closing:
+                writer.transport.abort()
+            else:
+                writer.close()
 
     async def _next_request(
-        self, conn: h11.Connection, reader: asyncio.StreamReader
+        self, conn: h11.Connection, reader: asyncio.StreamReader, scheme: str = "http"
     ) -> httpx.Request | None:
         head: h11.Request | None = None
         body = bytearray()
@@ -152,7 +181,7 @@ class LoopbackUpstream:
                 target = head.target.decode("latin-1")
                 return httpx.Request(
                     head.method.decode("ascii"),
-                    f"http://{host}{target}",
+                    f"{scheme}://{host}{target}",
                     headers=headers,
                     content=bytes(body),
                 )

@@ -10,6 +10,9 @@ from .._apps import as_asgi3, detect_interface
 from .distributions import Latency, LatencyLike, as_latency
 from .waits import _default_rng, _wait_async, _wait_blocking
 
+#: What the middleware's waits are charged to, in a request's breakdown.
+_MIDDLEWARE = "latency middleware"
+
 __all__ = ["ASGILatencyMiddleware", "WSGILatencyMiddleware", "with_latency"]
 
 Scope: TypeAlias = MutableMapping[str, Any]
@@ -57,9 +60,9 @@ class ASGILatencyMiddleware:
         rng = _default_rng if self._rng is None else self._rng
         if self.blocking:
             # Deliberately stalls the event loop: the mistake this option demonstrates.
-            _wait_blocking(self.latency.sample(rng))
+            _wait_blocking(self.latency.sample(rng), _MIDDLEWARE)
         else:
-            await _wait_async(self.latency.sample(rng))
+            await _wait_async(self.latency.sample(rng), _MIDDLEWARE)
         after = self.after
         if after is None:
             await self.app(scope, receive, send)
@@ -69,9 +72,9 @@ class ASGILatencyMiddleware:
         async def send_after(message: Message) -> None:
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 if blocking:
-                    _wait_blocking(after.sample(rng))
+                    _wait_blocking(after.sample(rng), _MIDDLEWARE)
                 else:
-                    await _wait_async(after.sample(rng))
+                    await _wait_async(after.sample(rng), _MIDDLEWARE)
             await send(message)
 
         await self.app(scope, receive, send_after)
@@ -103,10 +106,10 @@ class WSGILatencyMiddleware:
     ) -> Iterable[bytes]:
         """Block for one wait, call the app, then block ``after`` before handing back the body."""
         rng = _default_rng if self._rng is None else self._rng
-        _wait_blocking(self.latency.sample(rng))
+        _wait_blocking(self.latency.sample(rng), _MIDDLEWARE)
         body = self.app(environ, start_response)
         if self.after is not None:
-            _wait_blocking(self.after.sample(rng))
+            _wait_blocking(self.after.sample(rng), _MIDDLEWARE)
         return body
 
     def __repr__(self) -> str:

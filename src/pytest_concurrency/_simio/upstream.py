@@ -47,6 +47,7 @@ from .._metrics.percentile import quantile
 from .._probes.patches import PATCHES, Patch, patch, remove_all
 from .distributions import Latency, LatencyLike, _show, as_latency
 from .egress import loopback_serves
+from .proxy import Proxy
 from .waits import _default_rng, _wait_async, _wait_blocking
 
 __all__ = ["INSTALLED", "Route", "UndeclaredUpstreamError", "Upstream"]
@@ -93,6 +94,7 @@ class _Chunks:
         self._chunks = chunks
         self._rng = rng
         self._open = True
+        self._next = 0
 
     def _finish(self) -> None:
         # A streamed call stays in flight until its body ends or is closed.
@@ -101,11 +103,15 @@ class _Chunks:
             self._route._exit()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        # A body is read once, as from a connection: iterating again (a client draining
+        # what is left after it stopped early) goes on from the next chunk, not the first.
         latency = self._route.chunk_latency
-        for index, chunk in enumerate(self._chunks):
+        while self._next < len(self._chunks):
+            index = self._next
             if index:
-                await _wait_async(latency.sample(self._rng))
-            yield chunk
+                await _wait_async(latency.sample(self._rng), self._route.label)
+            self._next = index + 1
+            yield self._chunks[index]
         # An abandoned iterator is not the end of the call: only the body's end or the
         # response's close (aclose below) takes it out of flight, as with a real connection.
         self._finish()
@@ -115,10 +121,12 @@ class _Chunks:
 
     def __iter__(self) -> Iterator[bytes]:
         latency = self._route.chunk_latency
-        for index, chunk in enumerate(self._chunks):
+        while self._next < len(self._chunks):
+            index = self._next
             if index:
-                _wait_blocking(latency.sample(self._rng))
-            yield chunk
+                _wait_blocking(latency.sample(self._rng), self._route.label)
+            self._next = index + 1
+            yield self._chunks[index]
         self._finish()
 
     def close(self) -> None:
@@ -382,7 +390,7 @@ class Route:
         streaming = False
         try:
             delay, times_out, fails = self._plan(request)
-            waited = await _wait_async(delay)
+            waited = await _wait_async(delay, self.label)
             self._waits_us.append(round(waited * 1_000_000))
             if times_out:
                 raise self._timeout(client, request, waited)
@@ -405,7 +413,7 @@ class Route:
         streaming = False
         try:
             delay, times_out, fails = self._plan(request)
-            waited = _wait_blocking(delay)
+            waited = _wait_blocking(delay, self.label)
             self._waits_us.append(round(waited * 1_000_000))
             if times_out:
                 raise self._timeout(client, request, waited)
@@ -484,6 +492,8 @@ class Upstream:
         """How many calls had no route, including repeats."""
         self.declarations: list[dict[str, Any]] = []
         """Every ``route(...)`` call's arguments, in order."""
+        self.proxies: list[Proxy] = []
+        """Every latency proxy declared with ``proxy(...)``, in order."""
 
     # -- declaring
 
@@ -558,6 +568,58 @@ class Upstream:
         )
         return new
 
+    def proxy(
+        self,
+        target: str | tuple[str, int],
+        *,
+        name: str | None = None,
+        latency: LatencyLike = None,
+        upstream_latency: LatencyLike = None,
+        bandwidth: float | None = None,
+        upstream_bandwidth: float | None = None,
+        timeout_rate: float = 0.0,
+        timeout_after: LatencyLike = None,
+        reset_rate: float = 0.0,
+        reset_after: LatencyLike = None,
+        seed: int | None = None,
+    ) -> Proxy:
+        """Put a loopback TCP proxy with toxics in front of a real service at *target*
+        (``"127.0.0.1:5432"``); it listens from now until this upstream is uninstalled.
+
+        The app connects to the returned proxy's ``address``, or to *target* itself during a
+        storm (the egress guard sends it to the proxy). ``latency`` delays each chunk from
+        the service to the app, ``upstream_latency`` each chunk the other way (any latency
+        distribution); ``bandwidth`` and ``upstream_bandwidth`` cap KB/s; a fraction
+        ``timeout_rate`` of connections hang (closed after ``timeout_after``, or never) and
+        ``reset_rate`` are reset after ``reset_after``. See ``_simio.proxy``.
+        """
+        new = Proxy(
+            target,
+            name=name,
+            latency=latency,
+            upstream_latency=upstream_latency,
+            bandwidth=bandwidth,
+            upstream_bandwidth=upstream_bandwidth,
+            timeout_rate=timeout_rate,
+            timeout_after=timeout_after,
+            reset_rate=reset_rate,
+            reset_after=reset_after,
+            seed=seed,
+        )
+        if any(existing.label == new.label for existing in self.proxies):
+            new.close()
+            raise ConfigError(
+                f"upstream.proxy({target!r}): a proxy named {new.label!r} is already declared; "
+                "give this one another name="
+            )
+        self.proxies.append(new)
+        return new
+
+    @property
+    def redirects(self) -> dict[tuple[str, int], tuple[str, int]]:
+        """Every proxy's target addresses, each mapped to its proxy (the newest wins)."""
+        return {key: to for proxy in self.proxies for key, to in proxy.redirects.items()}
+
     @property
     def routes(self) -> list[Route]:
         """Every declared route."""
@@ -572,6 +634,16 @@ class Upstream:
     def http_hosts(self) -> set[str]:
         """The host names of the declared ``http://`` routes (a loopback server can answer them)."""
         return {host for scheme, host, _ in self._routes if scheme == "http"}
+
+    @property
+    def https_hosts(self) -> set[str]:
+        """The host names of the declared ``https://`` routes."""
+        return {host for scheme, host, _ in self._routes if scheme == "https"}
+
+    @property
+    def https_ports(self) -> set[int]:
+        """The ports of the declared ``https://`` routes (443 unless named)."""
+        return {port for scheme, _, port in self._routes if scheme == "https"}
 
     # -- installing
 
@@ -617,20 +689,12 @@ class Upstream:
         real_async = PATCHES.original(client.module.AsyncHTTPTransport, "handle_async_request")
 
         def handle_request(transport: Any, request: Any) -> Any:
-            if (
-                os.getpid() != pid
-                and request.url.scheme == "http"
-                and loopback_serves(request.url.host)
-            ):
+            if os.getpid() != pid and loopback_serves(request.url.host, request.url.scheme):
                 return real_sync(transport, request)
             return match(request, client)._handle_sync(request, client)
 
         async def handle_async_request(transport: Any, request: Any) -> Any:
-            if (
-                os.getpid() != pid
-                and request.url.scheme == "http"
-                and loopback_serves(request.url.host)
-            ):
+            if os.getpid() != pid and loopback_serves(request.url.host, request.url.scheme):
                 return await real_async(transport, request)
             return await match(request, client)._handle_async(request, client)
 
@@ -641,7 +705,11 @@ class Upstream:
         patches, self._patches = self._patches, ()
         if self in INSTALLED:
             INSTALLED.remove(self)
-        remove_all(patches)
+        try:
+            for proxy in self.proxies:
+                proxy.close()
+        finally:
+            remove_all(patches)
 
     def __enter__(self) -> Upstream:
         self.install()
@@ -694,13 +762,18 @@ class Upstream:
     # -- reporting
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        """Per-route figures keyed by route label (see ``Route.stats``)."""
-        return {route.label: route.stats() for route in self.routes}
+        """Per-route figures keyed by route label (see ``Route.stats``), and each proxy's
+        keyed by its label (see ``Proxy.stats``)."""
+        figures = {route.label: route.stats() for route in self.routes}
+        figures.update((proxy.label, proxy.stats()) for proxy in self.proxies)
+        return figures
 
     def reset(self) -> None:
         """Zero every route's counts and forget undeclared calls."""
         for route in self.routes:
             route._reset()
+        for proxy in self.proxies:
+            proxy._reset()
         with self._lock:
             self.undeclared = []
             self._undeclared_seen = set()

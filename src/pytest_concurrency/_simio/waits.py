@@ -17,6 +17,7 @@ import anyio
 
 from .. import _clock as clock
 from .._metrics.percentile import quantile
+from .._probes.attribution import current
 from .distributions import Latency, LatencyLike, as_latency
 
 __all__ = [
@@ -164,13 +165,26 @@ wait_recorder = WaitRecorder()
 
 _perf_counter = time.perf_counter
 
+#: What a wait of ``simulated_io``/``blocking_io`` is charged to, in a request's breakdown.
+SIMULATED = "simulated I/O"
 
-async def _wait_async(seconds: float) -> float:
+
+def _charge(name: str, start: float, seconds: float, waited: float) -> None:
+    """Charge the wait as asked to the request that made it; lateness past it is not the
+    upstream's (a loop held by someone else, or the request's own thread descheduled)."""
+    book = current()
+    if book is not None and seconds > 0:
+        spent = min(seconds, waited)
+        book.entries.append(("upstream", name, spent, start + spent))
+
+
+async def _wait_async(seconds: float, name: str = SIMULATED) -> float:
     # The engine's clock: under virtual time an async wait costs virtual seconds only.
     start = clock.now()
     await anyio.sleep(seconds)
     end = clock.now()
     waited = end - start
+    _charge(name, start, seconds, waited)
     if wait_recorder._active:
         wait_recorder._async_us.append(round((waited - seconds) * 1_000_000))
         wait_recorder._async_req.append(round(seconds * 1_000_000))
@@ -178,7 +192,7 @@ async def _wait_async(seconds: float) -> float:
     return waited
 
 
-def _wait_blocking(seconds: float) -> float:
+def _wait_blocking(seconds: float, name: str = SIMULATED) -> float:
     if seconds <= 0.0:
         # time.sleep(0) still costs ~100 µs of timer slack on Linux; a zero wait skips it.
         return 0.0
@@ -186,6 +200,8 @@ def _wait_blocking(seconds: float) -> float:
     time.sleep(seconds)
     end = _perf_counter()
     waited = end - start
+    if current() is not None:
+        _charge(name, (end if clock.wall() else clock.now()) - waited, seconds, waited)
     if wait_recorder._active:
         wait_recorder._blocking_us.append(round((waited - seconds) * 1_000_000))
         wait_recorder._blocking_req.append(round(seconds * 1_000_000))
