@@ -193,6 +193,8 @@ def _add_storm_options(parser: argparse.ArgumentParser, *, workers: bool = True)
             help=flag.help,
             choices=flag.choices,
             metavar=flag.metavar,
+            action="append" if flag.repeat else "store",
+            default=[] if flag.repeat else None,
         )
     parser.add_argument("--budget", type=_budget, action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument(
@@ -211,15 +213,6 @@ def _add_storm_options(parser: argparse.ArgumentParser, *, workers: bool = True)
         metavar="JSON",
         help="body every --upstream route answers with (default {})",
     )
-    parser.add_argument(
-        "--allow-hosts",
-        dest="allow_hosts",
-        action="append",
-        default=[],
-        metavar="HOSTS",
-        help="hosts the app may reach besides loopback (comma-separated names, IP addresses "
-        "or networks; repeat for more); every other connection is refused before it is made",
-    )
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument(
         "--html",
@@ -234,17 +227,19 @@ def _add_storm_options(parser: argparse.ArgumentParser, *, workers: bool = True)
 
 
 def _params(args: argparse.Namespace, *, workers: bool = True) -> dict[str, Any]:
-    names = [row.name for row in cli_params()]
+    rows = [row for row in cli_params() if workers or row.name != "workers"]
     # A capacity search sets the worker count itself (its --workers lists candidates).
-    params = {name: getattr(args, name, None) for name in names if workers or name != "workers"}
+    params = {row.name: getattr(args, row.name, None) for row in rows}
+    for row in rows:
+        if row.cli is not None and row.cli.repeat:
+            # A repeated flag's values join as one comma-separated value (none: not set).
+            params[row.name] = ",".join(params[row.name] or []) or None
     params = {name: value for name, value in params.items() if value is not None}
     if args.body_json is not None:
         params["json"] = args.body_json
     if args.header:
         params["headers"] = dict(args.header)
     params.update(dict(args.budget))
-    if getattr(args, "allow_hosts", None):
-        params["allow_hosts"] = ",".join(args.allow_hosts)
     return params
 
 

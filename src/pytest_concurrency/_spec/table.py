@@ -85,6 +85,8 @@ class CliFlag:
     help: str | None = None
     choices: tuple[str, ...] | None = None
     metavar: str | None = None
+    #: The flag may be repeated; its values are joined with commas.
+    repeat: bool = False
 
 
 @dataclass(frozen=True)
@@ -670,6 +672,13 @@ _PARAM_ROWS: tuple[Param, ...] = (
         run_help=(
             "hosts every storm's app may reach besides loopback, comma-separated: names, IP "
             "addresses or networks; any other connection is refused before it is made"
+        ),
+        cli=CliFlag(
+            str,
+            "hosts the app may reach besides loopback (comma-separated names, IP addresses "
+            "or networks; repeat for more); every other connection is refused before it is made",
+            metavar="HOSTS",
+            repeat=True,
         ),
         storms=ALL,
     ),
