@@ -76,7 +76,7 @@ SMALL = st.fixed_dictionaries(
         "stages": st.lists(
             st.tuples(st.floats(-0.1, 0.2), st.floats(-2, 20)), min_size=0, max_size=2
         ),
-        "max_in_flight": st.integers(min_value=-1, max_value=50),
+        "in_flight_cap": st.integers(min_value=-1, max_value=50),
         "workers": st.integers(min_value=-1, max_value=8),
         "threads": st.integers(min_value=-1, max_value=4),
         "ramp": st.floats(min_value=-0.1, max_value=0.2),

@@ -500,6 +500,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         frozenset(
             {
                 "_params",
+                "_spec",
                 "_budget",
                 "_workload",
                 "_checks",

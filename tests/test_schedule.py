@@ -61,7 +61,7 @@ def test_request_count_is_spent_once() -> None:
 
 
 def test_open_model_arrivals_and_drops() -> None:
-    schedule = _schedule(rate=100, duration=1.0, max_in_flight=2)
+    schedule = _schedule(rate=100, duration=1.0, in_flight_cap=2)
     arrivals = list(schedule.arrivals())
     assert len(arrivals) == 100
     assert arrivals[0] == pytest.approx(100.0)

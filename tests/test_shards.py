@@ -34,7 +34,7 @@ def test_shard_configs_split_the_load() -> None:
     assert [s.workers for s in shards] == [2, 2, 2, 2]
     assert [s.seed for s in shards] == [7, 8, 9, 10]
     assert all(s.processes == 1 and not s.budgets for s in shards)
-    rate = shard_configs(_config(rate=300, processes=3, max_in_flight=100))
+    rate = shard_configs(_config(rate=300, processes=3, in_flight_cap=100))
     assert [s.rate for s in rate] == [100, 100, 100]
     assert [s.max_in_flight for s in rate] == [34, 34, 34]
     # Never more shards than users or requests.

@@ -125,7 +125,7 @@ def test_open_model_drops_arrivals_beyond_max_in_flight() -> None:
     # 5 in flight at most, each taking 100 ms: at most 50 rps are served of the 200 arriving.
     with pytest.raises(BudgetExceeded, match="max_dropped") as raised:
         run_storm(
-            asgi_sleep(0.1), "GET", "/", rate=200, max_in_flight=5, duration=1.0, max_dropped=0
+            asgi_sleep(0.1), "GET", "/", rate=200, in_flight_cap=5, duration=1.0, max_dropped=0
         )
     result = raised.value.result  # type: ignore[attr-defined]
     assert result.model == "open"
@@ -136,7 +136,7 @@ def test_open_model_drops_arrivals_beyond_max_in_flight() -> None:
 
 def test_open_model_on_wsgi_counts_drops() -> None:
     result = run_storm(
-        wsgi_sleep(0.1), "GET", "/", rate=100, max_in_flight=3, workers=2, duration=1.0, check=False
+        wsgi_sleep(0.1), "GET", "/", rate=100, in_flight_cap=3, workers=2, duration=1.0, check=False
     )
     assert result.dropped > 0
     assert result.requests + result.dropped == pytest.approx(100, abs=5)

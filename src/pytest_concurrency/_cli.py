@@ -35,7 +35,7 @@ from ._errors import ConcurrencyWarning, ConfigError, StormError
 from ._fidelity import line_up
 from ._model.remarks import contention_summary, is_contention_note
 from ._model.result import StormResult
-from ._params import BUDGET_NAMES, Layer, budget_limit
+from ._params import BUDGET_NAMES, Layer, budget_limit, resolve
 from ._report._csv import csv_paths, write_csv
 from ._report._fidelity import fidelity_table
 from ._report._json import ensure_writable, machine_info
@@ -52,6 +52,7 @@ from ._simio import (
     normal,
     uniform,
 )
+from ._spec.table import PARAMS, Param
 from ._workload import Request, split_requests
 
 __all__ = ["build_parser", "load_app", "machine_line", "main", "side_by_side"]
@@ -68,6 +69,11 @@ def load_app(spec: str) -> Any:
 
 
 # -- option parsing --------------------------------------------------------------------------
+
+
+def cli_params() -> list[Param]:
+    """The parameters with a flag ``--NAME`` (their rows in ``_spec.table``)."""
+    return [row for row in PARAMS.values() if row.cli is not None]
 
 
 def _budget(text: str) -> tuple[str, float]:
@@ -141,22 +147,6 @@ def _latency(text: str) -> Latency:
     return made
 
 
-def _stages(text: str) -> list[tuple[float, float]]:
-    """``30:100,60:100,10:0`` as k6 stages: (seconds, target) pairs."""
-    stages = []
-    for part in text.split(","):
-        seconds, sep, target = part.strip().partition(":")
-        try:
-            stages.append((float(seconds), float(target)))
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: expected SECONDS:TARGET pairs separated by commas, e.g. 10:50,20:50,5:0"
-            ) from None
-        if not sep:
-            raise argparse.ArgumentTypeError(f"{text!r}: {part!r} is not SECONDS:TARGET")
-    return stages
-
-
 def _header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition(":")
     if not sep or not name.strip():
@@ -192,38 +182,21 @@ def _add_storm_options(parser: argparse.ArgumentParser, *, workers: bool = True)
         metavar="'NAME: VALUE'",
         help="a request header (repeat for more)",
     )
-    parser.add_argument("--users", type=int, help="concurrent virtual users (closed model)")
-    parser.add_argument(
-        "--rate", type=float, help="arrivals per second (open model); exclusive with --users"
-    )
-    parser.add_argument(
-        "--stages",
-        type=_stages,
-        metavar="S:T,...",
-        help="k6-style ramp: SECONDS:TARGET pairs of users (or of arrivals with --rate)",
-    )
-    parser.add_argument("--duration", type=float)
-    parser.add_argument("--requests", type=int)
-    parser.add_argument("--warmup", type=float)
-    parser.add_argument("--think-ms", type=float, dest="think_ms")
-    parser.add_argument("--timeout-ms", type=float, dest="timeout_ms")
-    if workers:
-        parser.add_argument("--workers", type=int, help="WSGI worker processes of the server model")
-    parser.add_argument("--threads", type=int, help="threads per WSGI worker")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument(
-        "--processes",
-        type=_processes,
-        help="shard the storm over N processes ('auto': one per core)",
-    )
-    parser.add_argument(
-        "--engine", choices=("native", "locust"), help="'locust' runs the storm with Locust"
-    )
-    parser.add_argument(
-        "--server",
-        help="inprocess (default), uvicorn, hypercorn, granian, gunicorn or a loopback URL; "
-        "compare takes a comma-separated list and prints the fidelity table",
-    )
+    for row in cli_params():
+        if row.name == "workers" and not workers:
+            continue
+        flag = row.cli
+        assert flag is not None
+        parser.add_argument(
+            "--" + row.name.replace("_", "-"),
+            dest=row.name,
+            type=flag.type,
+            help=flag.help,
+            choices=flag.choices,
+            metavar=flag.metavar,
+            action="append" if flag.repeat else "store",
+            default=[] if flag.repeat else None,
+        )
     parser.add_argument("--budget", type=_budget, action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument(
         "--upstream",
@@ -241,15 +214,6 @@ def _add_storm_options(parser: argparse.ArgumentParser, *, workers: bool = True)
         metavar="JSON",
         help="body every --upstream route answers with (default {})",
     )
-    parser.add_argument(
-        "--allow-hosts",
-        dest="allow_hosts",
-        action="append",
-        default=[],
-        metavar="HOSTS",
-        help="hosts the app may reach besides loopback (comma-separated names, IP addresses "
-        "or networks; repeat for more); every other connection is refused before it is made",
-    )
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument(
         "--html",
@@ -264,32 +228,19 @@ def _add_storm_options(parser: argparse.ArgumentParser, *, workers: bool = True)
 
 
 def _params(args: argparse.Namespace, *, workers: bool = True) -> dict[str, Any]:
-    names = (
-        "users",
-        "rate",
-        "stages",
-        "duration",
-        "requests",
-        "warmup",
-        "think_ms",
-        "timeout_ms",
-        "workers",
-        "threads",
-        "seed",
-        "processes",
-        "engine",
-        "server",
-    )
+    rows = [row for row in cli_params() if workers or row.name != "workers"]
     # A capacity search sets the worker count itself (its --workers lists candidates).
-    params = {name: getattr(args, name, None) for name in names if workers or name != "workers"}
+    params = {row.name: getattr(args, row.name, None) for row in rows}
+    for row in rows:
+        if row.cli is not None and row.cli.repeat:
+            # A repeated flag's values join as one comma-separated value (none: not set).
+            params[row.name] = ",".join(params[row.name] or []) or None
     params = {name: value for name, value in params.items() if value is not None}
     if args.body_json is not None:
         params["json"] = args.body_json
     if args.header:
         params["headers"] = dict(args.header)
     params.update(dict(args.budget))
-    if getattr(args, "allow_hosts", None):
-        params["allow_hosts"] = ",".join(args.allow_hosts)
     return params
 
 
@@ -435,15 +386,6 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0 if all(r.passed for r in results) else 1
 
 
-def _processes(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or 'auto'") from None
-
-
 def _cmd_capacity(args: argparse.Namespace) -> int:
     _check_reports(args)
     app: Any = load_app(args.app)
@@ -483,6 +425,8 @@ def _cmd_locust(args: argparse.Namespace) -> int:
     from ._locust import build_locustfile, locust_available, read_back, run_locust
 
     params = _params(args)
+    # Every flag is validated by its row of the parameter table, as for any other storm.
+    config = resolve([Layer("command line", params)])
     request = Request(
         method=args.method,
         path=args.path,
@@ -492,11 +436,12 @@ def _cmd_locust(args: argparse.Namespace) -> int:
     request.validate("command line")
     locustfile = build_locustfile(
         [request],
-        users=params.get("users", 10),
-        duration=params.get("duration", 10.0),
-        think_ms=params.get("think_ms"),
-        stages=params.get("stages") or (),
-        timeout_ms=params.get("timeout_ms"),
+        users=config.users if "users" in params else 10,
+        duration=config.duration if "duration" in params and config.duration else 10.0,
+        think_ms=config.think_ms if "think_ms" in params else None,
+        stages=config.stages,
+        timeout_ms=config.timeout_ms if "timeout_ms" in params else None,
+        origin="command line",
     )
     path = locustfile.write(args.out)
     print(f"wrote {path} (a plain locustfile: {', '.join(locustfile.endpoints)})")

@@ -7,7 +7,7 @@ the words that name its source, so an error says where the bad value was written
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import pytest
 
 from ._errors import ConfigError
 from ._params import Layer, check_names
+from ._spec.table import PARAMS
 
 __all__ = [
     "RUN_DEFAULTS",
@@ -30,31 +31,30 @@ __all__ = [
     "storm_layers",
 ]
 
-#: Parameters that can also be set for the whole run: option --concurrency-NAME, ini concurrency_NAME.
-RUN_DEFAULTS: dict[str, tuple[type, str]] = {
-    "duration": (
-        float,
-        "default storm duration in seconds when a storm gives neither duration nor requests",
-    ),
-    "timeout_ms": (float, "default per-request timeout in milliseconds"),
-    "warmup": (float, "default warm-up in seconds, discarded from the figures"),
-    "users": (int, "default number of virtual users"),
-    "workers": (int, "default WSGI worker count (server model)"),
-    "threads": (int, "default threads per WSGI worker (server model)"),
-    "seed": (int, "default seed for request mixes and simulated latency"),
-    "server": (
-        str,
-        "default server: inprocess, uvicorn, hypercorn, granian, gunicorn or a loopback URL",
-    ),
-    "processes": (str, "default process shards of every storm: a number or 'auto'"),
-    "engine": (str, "default load engine: native or locust"),
-    "clock": (str, "default clock of async storms: wall or virtual"),
-    "allow_hosts": (
-        str,
-        "hosts every storm's app may reach besides loopback, comma-separated: names, IP "
-        "addresses or networks; any other connection is refused before it is made",
-    ),
-}
+
+class _RunDefaults(Mapping[str, tuple[type, str]]):
+    """Parameters that can also be set for the whole run: option --concurrency-NAME, ini
+    concurrency_NAME -> (type, help); the rows of ``_spec.table`` with ``run_wide``, read when
+    asked."""
+
+    def _live(self) -> dict[str, tuple[type, str]]:
+        return {
+            name: (row.run_wide, row.run_help or row.help)
+            for name, row in PARAMS.items()
+            if row.run_wide is not None
+        }
+
+    def __getitem__(self, name: str) -> tuple[type, str]:
+        return self._live()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._live())
+
+    def __len__(self) -> int:
+        return len(self._live())
+
+
+RUN_DEFAULTS: Mapping[str, tuple[type, str]] = _RunDefaults()
 
 _SCALE_HELP = (
     "scale users, rates, durations and request counts of every storm by FACTOR for a quick "

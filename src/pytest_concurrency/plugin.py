@@ -17,7 +17,7 @@ from ._compare.session import add_options as add_control_options
 from ._errors import ConfigError
 from ._fixture import StormFixture
 from ._options import add_run_options, disabled, marker_layer, run_layers, scale
-from ._params import BUDGET_NAMES, WORKLOAD_NAMES, resolve
+from ._params import BUDGET_NAMES, WEBSOCKET_BUDGETS, WEBSOCKET_NAMES, WORKLOAD_NAMES, resolve
 from ._plugin_report import ReportSession, add_options
 from ._report._terminal import storms_table
 from ._session import STORMS_KEY, SessionStorms
@@ -37,10 +37,12 @@ def pytest_configure(config: pytest.Config) -> None:
     """Register the marker (documented by ``pytest --markers``) and the session store."""
     workload = ", ".join(f"{name}=…" for name in WORKLOAD_NAMES)
     budgets = ", ".join(BUDGET_NAMES)
+    websocket = ", ".join([*WEBSOCKET_NAMES, *WEBSOCKET_BUDGETS])
     config.addinivalue_line(
         "markers",
         f"concurrency({workload}, <budget>=…): parameters of the storms fired by the `storm` "
-        f"fixture in this test. Budgets: {budgets}. Keyword arguments of storm() override it.",
+        f"fixture in this test. Budgets: {budgets}. WebSocket storms also: {websocket}. "
+        "Keyword arguments of storm() override it.",
     )
     config.stash[STORMS_KEY] = SessionStorms()
     config.pluginmanager.register(ReportSession(config), "concurrency-report")

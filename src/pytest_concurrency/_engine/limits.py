@@ -125,7 +125,7 @@ def check_limits(config: StormConfig, interface: str, *, real_server: bool = Fal
                 f"at most {MAX_RATE:,.0f} (spread the storm with processes=, or lower the rate)"
             )
         users = config.max_in_flight
-        unit = "max_in_flight"
+        unit = "in_flight_cap"
     else:
         users = max(config.users, math.ceil(peak))
         unit = "stages" if config.stages and peak > config.users else "users"

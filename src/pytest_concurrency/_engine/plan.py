@@ -21,9 +21,10 @@ from .._metrics.records import is_failure
 from .._optional import require
 from .._params import Layer, StormConfig, resolve
 from .._servers import RunningServer, ServerSpec
+from .._spec.rules import check_clock, check_kind, storm_kind
 from .._workload import Request, RequestFactory, RequestMix, build_mix
 from .limits import check_limits
-from .virtual import check_clock
+from .users import is_async_hook
 
 __all__ = ["LiveFigures", "Progress", "Serving", "StormPlan", "import_app", "plan_storm"]
 
@@ -143,7 +144,7 @@ def plan_storm(
         interface = detect_interface(app)
     server, url = _real_server(app, interface, config, named)
     check_limits(config, interface, real_server=url is not None or server is not None)
-    check_clock(config, interface, on_start=config.on_start)
+    check_clock(config, interface, on_start=config.on_start, is_async_hook=is_async_hook)
     on_start = config.on_start
     if on_start is not None:
         if not callable(on_start):
@@ -163,6 +164,8 @@ def plan_storm(
         _refuse_async_checks(checks, mix, config)
     if config.engine == "locust":
         _check_locust(config, mix, server, url)
+    if method != "WEBSOCKET":  # a WebSocket storm checks its own (``plan_websocket``)
+        check_kind(config, storm_kind(config, real_server=url is not None or server is not None))
     if mix.factory is not None:
         label = f"templated requests ({mix.labels[0] if mix.labels else '?'} …)"
     elif len(mix.requests) == 1:

@@ -28,7 +28,7 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from time import perf_counter
 from typing import Any
@@ -42,6 +42,7 @@ from .._metrics.fold import PoolModel, RunFigures
 from .._model.remarks import idle_shards_note
 from .._model.result import StormResult
 from .._params import StormConfig
+from .._spec.table import PARAMS
 from .plan import LiveFigures, StormPlan
 from .rounds import RoundOutput, execute_async, execute_pool, finish, merge_start
 from .schedule import Schedule
@@ -99,24 +100,37 @@ def shard_configs(config: StormConfig) -> list[StormConfig]:
     n = max(1, n)
     shards = []
     for i in range(n):
-        shard = dataclasses.replace(
-            config,
-            processes=1,
-            rounds=1,
-            users=_split(config.users, n, i),
-            rate=config.rate / n if config.rate is not None else None,
-            stages=tuple((seconds, target / n) for seconds, target in config.stages),
-            requests=_split(config.requests, n, i) if config.requests is not None else None,
-            warmup_requests=_split(config.warmup_requests, n, i),
-            max_in_flight=max(1, math.ceil(config.max_in_flight / n)),
-            workers=max(1, _split(config.workers, n, i)),
-            seed=config.seed + i if config.seed is not None else None,
-            first_user=config.first_user + sum(_split(config.users, n, j) for j in range(i)),
-            budgets={},
-            endpoint_budgets={},
+        changes: dict[str, Any] = {"budgets": {}}
+        for row in PARAMS.values():
+            if row.split is not None and row.target in ("config", "resolve"):
+                field = "endpoint_budgets" if row.name == "budgets" else row.name
+                field = "max_in_flight" if field == "in_flight_cap" else field
+                changes[field] = _SPLIT[row.split](getattr(config, field), n, i)
+        # Shards number their users apart.
+        changes["first_user"] = config.first_user + sum(
+            _split(config.users, n, j) for j in range(i)
         )
-        shards.append(shard)
+        shards.append(dataclasses.replace(config, **changes))
     return shards
+
+
+#: How each kind of ``split`` (``_spec.table``) shares a value among *n* shards: shard *i*'s part.
+_SPLIT: dict[str, Callable[[Any, int, int], Any]] = {
+    "users": _split,
+    "count": lambda count, n, i: _split(count, n, i) if count is not None else None,
+    "divide": lambda x, n, i: (
+        None
+        if x is None
+        else tuple((seconds, target / n) for seconds, target in x)
+        if isinstance(x, tuple)
+        else x / n
+    ),
+    "cap": lambda cap, n, i: max(1, math.ceil(cap / n)),
+    "workers": lambda workers, n, i: max(1, _split(workers, n, i)),
+    "seed": lambda seed, n, i: seed + i if seed is not None else None,
+    "one": lambda value, n, i: 1,
+    "clear": lambda value, n, i: {},
+}
 
 
 def _watch_parent(parent: int) -> None:

@@ -55,6 +55,7 @@ from .._simio import seed_latency, tls, wait_recorder
 from .._simio.egress import EgressGuard, anonymous_log, read_log, tally
 from .._simio.loopback import ALIAS as LOOPBACK_ALIAS
 from .._simio.loopback import LoopbackUpstream
+from .._spec.table import BUDGETS
 from .interrupts import watch_interrupts
 from .plan import LiveFigures, Progress, Serving, StormPlan
 from .rounds import run_async_round, run_pool_round
@@ -76,15 +77,7 @@ _CLIENT_BOUND = 0.85
 #: server the probes run inside its workers only for a storm that sets one of these:
 #: they tick every millisecond on the server's loop, which a storm measuring the server
 #: alone should not pay.
-PROBED_BUDGETS = frozenset(
-    {
-        "max_loop_lag_ms",
-        "max_blocking_calls",
-        "max_saturation",
-        "max_queue_p99_ms",
-        "max_threads_busy",
-    }
-)
+PROBED_BUDGETS = frozenset(name for name, row in BUDGETS.items() if row.probed)
 
 
 @dataclass(frozen=True)

@@ -36,13 +36,10 @@ from typing import Any
 from .. import _clock as clock
 from .._errors import ConfigError
 from .._model.remarks import virtual_clock_notes, virtual_uncharged_warning
-from .._params import StormConfig
-from .users import is_async_hook
 
 __all__ = [
     "CHARGE_FLOOR",
     "VirtualClockLoop",
-    "check_clock",
     "loop_factory",
     "loop_options",
     "metered",
@@ -326,45 +323,6 @@ def metered(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None
 def loop_factory() -> asyncio.AbstractEventLoop:
     """A new :class:`VirtualClockLoop` (for ``anyio.run(..., backend_options=...)``)."""
     return VirtualClockLoop()
-
-
-def check_clock(config: StormConfig, interface: str, *, on_start: Any = None) -> None:
-    """Refuse, before any load, a virtual-time storm whose time could not be virtual."""
-    if config.clock != "virtual":
-        return
-    where = f"clock='virtual' (from {config.origin_of('clock')})"
-    if interface == "wsgi":
-        raise ConfigError(
-            f"{where} needs an async (ASGI) app: a WSGI app blocks real threads, whose time "
-            "cannot jump; use clock='wall'"
-        )
-    if config.engine != "native":
-        raise ConfigError(
-            f"{where} runs on the native engine only, not engine={config.engine!r} (from "
-            f"{config.origin_of('engine')}), which sends real HTTP on the wall clock"
-        )
-    if config.server != "inprocess":
-        raise ConfigError(
-            f"{where} cannot run against server={config.server!r} (from "
-            f"{config.origin_of('server')}): a real server answers over real sockets on the "
-            "wall clock; use server='inprocess' or clock='wall'"
-        )
-    if config.processes > 1:
-        raise ConfigError(
-            f"{where} runs on one event loop: processes={config.processes} (from "
-            f"{config.origin_of('processes')}) would shard it over several clocks; use processes=1"
-        )
-    if on_start is not None and not is_async_hook(on_start):
-        raise ConfigError(
-            f"{where}: on_start={on_start!r} (from {config.origin_of('on_start')}) is a plain "
-            "function, which runs in a worker thread; make it async def"
-        )
-    if "max_loop_lag_ms" in config.budgets:
-        raise ConfigError(
-            f"{where}: budget max_loop_lag_ms (from {config.origin_of('max_loop_lag_ms')}) "
-            "cannot be measured: a virtual loop never lags, it charges the app's work to its "
-            "clock instead; set a latency budget or use clock='wall'"
-        )
 
 
 def virtual_report() -> tuple[dict[str, Any], list[str]]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import inspect
 import math
 from array import array
 from collections import Counter
@@ -65,7 +64,8 @@ from .._metrics import (
 from .._metrics.fold import RunFigures
 from .._model.remarks import shared_loop_warning, unmatched_messages_note
 from .._model.result import StormResult, Verdict
-from .._params import Layer, budget_limit
+from .._params import WEBSOCKET_BUDGETS, WEBSOCKET_NAMES, Layer, budget_limit
+from .._spec.table import PARAMS
 from .._workload import RequestMix
 from .interrupts import app_interrupt
 from .limits import check_listeners
@@ -84,23 +84,6 @@ __all__ = [
     "run_websocket_plan",
 ]
 
-#: WebSocket workload parameters -> one line of help.
-WEBSOCKET_NAMES: dict[str, str] = {
-    "messages": "stop after this many measured messages (all connections together); exclusive with duration",
-    "message": "the message every user sends: str (a text frame) or bytes (a binary frame); default 'ping'",
-    "factory": "factory(user, i) -> str | bytes: user's i-th message, instead of message",
-    "connect_timeout_ms": "how long a handshake may take, ms (default: timeout_ms)",
-    "subprotocols": "subprotocols the client offers, e.g. ['chat']",
-    "listeners": "broadcast room: this many listen-only connections; latency is delivery to the last",
-    "expect": "what answers a message: a str or bytes literal, or a callable on the received "
-    "message; default: its echo (same kind, equal to it or carrying it)",
-}
-#: WebSocket budgets -> what they limit (the round trip has the HTTP latency budgets).
-WEBSOCKET_BUDGETS: dict[str, str] = {
-    "connect_p99_ms": "99th percentile handshake time, ms",
-    "min_messages_per_s": "minimum throughput, messages per second (judged as min_rps)",
-    "max_disconnect_rate": "largest fraction of accepted connections the server closed",
-}
 #: HTTP parameters a WebSocket storm has no use for.
 _HTTP_ONLY = ("requests", "json", "content", "data", "budgets")
 
@@ -236,82 +219,39 @@ def _split_layers(layers: Sequence[Layer]) -> tuple[list[Layer], dict[str, tuple
 
 
 def _spec(merged: Mapping[str, tuple[Any, str]], timeout_ms: float) -> WebSocketSpec:
-    message: Data = _DEFAULT_MESSAGE
-    if (item := merged.get("message")) is not None:
-        if not isinstance(item[0], str | bytes):
-            raise ConfigError(
-                f"message={item[0]!r} (from {item[1]}) must be str (a text frame) or bytes "
-                "(a binary frame)"
-            )
-        message = item[0]
-    factory = None
-    if (item := merged.get("factory")) is not None:
-        if not callable(item[0]):
-            raise ConfigError(
-                f"factory={item[0]!r} (from {item[1]}) must be callable as factory(user, i) -> "
-                "str | bytes"
-            )
+    """The WebSocket options, each validated by its row of ``_spec.table``, and how they combine."""
+    valid: dict[str, Any] = {}
+    for name, (value, origin) in merged.items():
+        if name in PARAMS:
+            valid[name] = PARAMS[name].validate(name, value, origin)
+    message: Data = valid.get("message", _DEFAULT_MESSAGE)
+    factory = valid.get("factory")
+    if factory is not None:
+        origin = merged["factory"][1]
         if "message" in merged:
             raise ConfigError(
-                f"message and factory are both set (from {item[1]}): give one or the other"
+                f"message and factory are both set (from {origin}): give one or the other"
             )
-        factory = item[0]
         try:
             _call_factory(factory, 0, 0)
         except StormError as exc:
-            raise ConfigError(f"{exc} (from {item[1]}), before the storm") from exc.__cause__
-    connect_timeout = timeout_ms / 1000
-    if (item := merged.get("connect_timeout_ms")) is not None:
-        value, origin = item
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ConfigError(
-                f"connect_timeout_ms={value!r} (from {origin}) must be a number greater than 0"
-            )
-        connect_timeout = float(value) / 1000
-    subprotocols: tuple[str, ...] = ()
-    if (item := merged.get("subprotocols")) is not None:
-        value, origin = item
-        if isinstance(value, str) or not all(isinstance(p, str) for p in value):
-            raise ConfigError(
-                f"subprotocols={value!r} (from {origin}) must be a list of strings, e.g. ['chat']"
-            )
-        subprotocols = tuple(value)
-    listeners = 0
-    if (item := merged.get("listeners")) is not None:
-        value, origin = item
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"listeners={value!r} (from {origin}) must be a whole number >= 1")
-        listeners = value
-    expect: Data | Callable[[Data], Any] | None = None
-    if (item := merged.get("expect")) is not None:
-        value, origin = item
-        if not callable(value) and not isinstance(value, str | bytes):
-            raise ConfigError(
-                f"expect={value!r} (from {origin}) must be the reply as str (text) or bytes "
-                "(binary), or a callable taking the received message and returning true when "
-                "it answers the message sent"
-            )
-        if inspect.iscoroutinefunction(value):
-            raise ConfigError(
-                f"expect={value!r} (from {origin}) is an async function: its coroutine would "
-                "always be true; give a plain callable"
-            )
-        if listeners:
-            raise ConfigError(
-                f"expect={value!r} (from {origin}) does not apply to a broadcast room "
-                "(listeners=): a room matches each delivery to the message sent"
-            )
-        expect = value
-    budgets: dict[str, float] = {}
-    for name in ("connect_p99_ms", "max_disconnect_rate"):
-        if (item := merged.get(name)) is not None:
-            budgets[name] = budget_limit(name, *item)
-            if name == "max_disconnect_rate" and budgets[name] > 1:
-                raise ConfigError(
-                    f"budget {name}={item[0]!r} (from {item[1]}) is a fraction between 0 and 1"
-                )
+            raise ConfigError(f"{exc} (from {origin}), before the storm") from exc.__cause__
+    connect_ms = valid.get("connect_timeout_ms")
+    connect_timeout = (connect_ms if connect_ms is not None else timeout_ms) / 1000
+    listeners = valid.get("listeners", 0)
+    expect: Data | Callable[[Data], Any] | None = valid.get("expect")
+    if expect is not None and listeners:
+        raise ConfigError(
+            f"expect={expect!r} (from {merged['expect'][1]}) does not apply to a broadcast room "
+            "(listeners=): a room matches each delivery to the message sent"
+        )
+    budgets = {
+        name: budget_limit(name, *item)
+        for name, item in merged.items()
+        if name in WEBSOCKET_BUDGETS and name != "min_messages_per_s"
+    }
     return WebSocketSpec(
-        message, factory, connect_timeout, subprotocols, listeners, budgets, expect
+        message, factory, connect_timeout, valid.get("subprotocols", ()), listeners, budgets, expect
     )
 
 

@@ -91,6 +91,7 @@ def build_locustfile(
     start_users: int = 0,
     timeout_ms: float | None = None,
     label: str = "storm",
+    origin: str = "keyword argument",
 ) -> Locustfile:
     """Write the storm's workload as locustfile source: the mix, think time, stages, users and length.
 
@@ -107,12 +108,12 @@ def build_locustfile(
             )
         request.validate(f"requests[{index}]")
     if isinstance(users, bool) or not isinstance(users, int) or users < 0:
-        raise ConfigError(f"users={users!r} (from keyword argument) must be a whole number >= 0")
+        raise ConfigError(f"users={users!r} (from {origin}) must be a whole number >= 0")
     if not stages and users < 1:
-        raise ConfigError(f"users={users!r} (from keyword argument) must be at least 1")
+        raise ConfigError(f"users={users!r} (from {origin}) must be at least 1")
     if not (isinstance(duration, int | float) and math.isfinite(duration) and duration > 0):
-        raise ConfigError(f"duration={duration!r} (from keyword argument) must be a number > 0")
-    knots = _knots(start_users, stages)
+        raise ConfigError(f"duration={duration!r} (from {origin}) must be a number > 0")
+    knots = _knots(start_users, stages, origin)
     weights = task_weights(requests)
     parts = [
         _header(label, requests, users, duration, knots) + "\n\n" + _imports(think_ms, bool(knots)),
@@ -133,7 +134,9 @@ def build_locustfile(
     )
 
 
-def _knots(start: int, stages: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+def _knots(
+    start: int, stages: Sequence[tuple[float, float]], origin: str
+) -> list[tuple[float, float]]:
     if not stages:
         return []
     points = [(0.0, float(start))]
@@ -143,7 +146,7 @@ def _knots(start: int, stages: Sequence[tuple[float, float]]) -> list[tuple[floa
             seconds, target = stage
         except (TypeError, ValueError):
             raise ConfigError(
-                f"stages[{index}]={stage!r} (from keyword argument) must be a (seconds, target_users) pair"
+                f"stages[{index}]={stage!r} (from {origin}) must be a (seconds, target_users) pair"
             ) from None
         for name, value in (("seconds", seconds), ("target_users", target)):
             if (
@@ -153,13 +156,13 @@ def _knots(start: int, stages: Sequence[tuple[float, float]]) -> list[tuple[floa
                 or value < 0
             ):
                 raise ConfigError(
-                    f"stages[{index}]={stage!r} (from keyword argument): {name}={value!r} must be "
+                    f"stages[{index}]={stage!r} (from {origin}): {name}={value!r} must be "
                     "a number >= 0"
                 )
         t += float(seconds)
         points.append((t, float(target)))
     if t <= 0:
-        raise ConfigError(f"stages={list(stages)!r} (from keyword argument) last 0 seconds in all")
+        raise ConfigError(f"stages={list(stages)!r} (from {origin}) last 0 seconds in all")
     return points
 
 

@@ -145,7 +145,7 @@ def knee_note(
 def dropped_arrivals_warning(dropped: int, max_in_flight: int) -> str:
     """Open-model arrivals that found the in-flight cap reached and were not sent."""
     return (
-        f"{dropped:,} arrivals dropped: max_in_flight={max_in_flight:,} requests "
+        f"{dropped:,} arrivals dropped: in_flight_cap={max_in_flight:,} requests "
         "were already in flight"
     )
 

@@ -46,6 +46,7 @@ from hdrh.histogram import HdrHistogram
 
 from .._errors import ConfigError
 from .._metrics.percentile import quantile, rank
+from .._spec.table import COMPARE_FIGURES
 from ._files import LOCK_TIMEOUT, locked
 from ._json import READABLE_VERSIONS, SCHEMA_VERSION, document_records, write_json
 from ._records import FIGURES, StormRecord, StormRow, as_records, figures
@@ -1039,6 +1040,8 @@ def parse_compare_fail(expr: str, *, origin: str = COMPARE_FAIL_OPTION) -> list[
     thresholds = []
     for item in items:
         figure, sep, amount = (part.strip() for part in item.partition(":"))
+        # A figure by its name (``p99_ms``), or by the key it is filed under (``p99``).
+        figure = COMPARE_FIGURES.get(figure, figure)
         if not sep:
             raise ConfigError(
                 f"{origin}={expr!r}: {item!r} has no ':'; expected FIGURE:AMOUNT such as p99:10%"

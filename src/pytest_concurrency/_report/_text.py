@@ -14,10 +14,11 @@ import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from .._budget import QUEUED_AFTER_MS, within_noise
+from .._budget import within_noise
 from .._model.probes import ConnectionPoolUsage
 from .._model.result import StormResult, Verdict
 from .._params import FLOOR_BUDGETS
+from .._spec.table import BUDGETS
 from ._blocking_text import diagnose
 
 __all__ = [
@@ -256,12 +257,6 @@ def diagnosis(
     return lines
 
 
-_NO_POOL = (
-    "no worker pool was busy: the app's handlers ran on its event loop and none of its "
-    "thread pools was used"
-)
-
-
 def unmeasured_reason(name: str, data: Mapping[str, Any]) -> str:
     """Why budget *name* could not be measured on the storm *data* (its dict form)."""
     budget = name.rsplit(" ", 1)[-1]
@@ -273,41 +268,20 @@ def unmeasured_reason(name: str, data: Mapping[str, Any]) -> str:
             f"every one of the {int(data.get('requests') or 0):,} requests timed out, so no "
             "request completed and there is nothing to judge"
         )
-    if budget in ("max_loop_lag_ms", "max_blocking_calls"):
-        if wsgi:
-            return "a WSGI app has no event loop to watch (use max_queued or max_threads_busy)"
+    row = BUDGETS.get(budget)
+    if row is None:
+        return "the storm recorded no such figure"
+    if wsgi and row.unmeasured_wsgi:
+        return row.unmeasured_wsgi
+    if row.probed and budget in ("max_loop_lag_ms", "max_blocking_calls"):
         probes = (data.get("extras") or {}).get("server_probes") or {}
         if isinstance(probes, Mapping) and probes.get("reason"):
             return f"the probes inside the server sent no figures: {probes['reason']}"
-        return (
-            "the event-loop monitor did not run for this storm (it watches in-process storms "
-            "and real servers' event loops, not process shards)"
-        )
-    if budget in ("max_queue_p99_ms", "max_saturation"):
-        return _NO_POOL if not wsgi else "the WSGI pool recorded no figures"
-    if budget == "max_dropped":
-        return "only an open-model storm (rate=) drops arrivals; this storm had users"
-    if budget == "max_in_flight_peak":
-        return "the storm kept no in-flight samples (its timeline has none)"
-    if budget == "max_threads_busy":
-        return "no worker pool or thread pool was watched during the storm"
-    if budget == "max_queued":
-        if wsgi:
-            return "the WSGI pool's queue-wait histogram is missing from this result"
-        return (
-            f"only the WSGI pool records each request's wait for a worker (queued: over "
-            f"{format_number(QUEUED_AFTER_MS)} ms); for an ASGI app use max_queue_p99_ms for "
-            "its thread pools and max_blocking_calls for its event loop"
-        )
     if budget == "p99_ratio":
         waits = (data.get("extras") or {}).get("simulated_waits") or {}
         if any(isinstance(w, Mapping) and w.get("count") for w in waits.values()):
             return "the simulated waits were 0 ms long, so no ratio to them means anything"
-        return (
-            "the storm made no simulated waits (simulated_io, blocking_io, the latency "
-            "middleware or the upstream fixture) whose p99 its own could be compared with"
-        )
-    return "the storm recorded no such figure"
+    return row.unmeasured
 
 
 def start_hooks_failed(start: Mapping[str, Any]) -> str:

@@ -1,0 +1,165 @@
+"""How each budget's figure is read from a storm's result (NaN: this storm could not measure it)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+from .._model.result import EndpointStats, StormResult
+
+Measure = Callable[[StormResult], float]
+
+#: A request that waited longer than this for a worker counts as queued (``max_queued``);
+#: below it, the wait is the pool's own hand-off, not a shortage of workers.
+QUEUED_AFTER_MS = 1.0
+
+
+def _connection_waits(r: StormResult) -> list[float]:
+    # The wait of the app's connection pools for a connection: a queue like the workers'.
+    return [
+        float(p.wait_p99_ms) for p in r.connection_pools if p.used and p.wait_p99_ms is not None
+    ]
+
+
+def queue_p99(r: StormResult) -> float:
+    connections = _connection_waits(r)
+    if r.queue_wait is not None:
+        return max([float(r.queue_wait.p99), *connections])
+    # ASGI: the wait for a thread of the app's own pool (FastAPI `def` endpoints, Django).
+    pool = r.busiest_pool
+    if pool is not None and pool.wait_p99_ms is not None:
+        connections.append(float(pool.wait_p99_ms))
+    return max(connections) if connections else math.nan
+
+
+def saturation(r: StormResult) -> float:
+    connections = [p.saturation for p in r.connection_pools if p.used and p.size is not None]
+    if r.pool is not None:
+        return max([r.pool.saturation, *connections])
+    pool = r.busiest_pool
+    if pool is not None:
+        connections.append(pool.saturation)
+    return max(connections) if connections else math.nan
+
+
+def loop_lag(r: StormResult) -> float:
+    lag = r.loop_lag_max_ms
+    return float(lag) if lag is not None else math.nan
+
+
+def _count_above(histogram: HdrHistogram, threshold_us: int) -> int:
+    return sum(
+        item.count_at_value_iterated_to
+        for item in histogram.get_recorded_iterator()
+        if item.value_iterated_to > threshold_us
+    )
+
+
+def queued(r: StormResult) -> float:
+    # Only the WSGI pool records every request's wait; an app's own thread pools keep a
+    # p99, not a count (their count would be a guess).
+    histogram = r.histograms.get("queue_wait")
+    if r.pool is None or histogram is None:
+        return math.nan
+    if r.pool.saturation <= 0:
+        # Never were all workers busy with requests queued: a wait seen then is the hand-off
+        # to an idle worker (the first requests wait for the pool's threads to be scheduled
+        # on a loaded machine), not a shortage of workers.
+        return 0.0
+    return float(_count_above(histogram, round(QUEUED_AFTER_MS * 1000)))
+
+
+def in_flight_peak(r: StormResult) -> float:
+    samples = [float(p.in_flight) for p in r.timeline if p.in_flight is not None]
+    # Open model: the result's user count is the largest in-flight sample of the storm;
+    # otherwise the busiest second's mean is the closest figure the timeline keeps.
+    if r.model == "open":
+        samples.append(float(r.users))
+    # Samples are taken on the event loop, so a loop held by a blocking call sees none of
+    # the requests it holds back. Little's law counts them, from the intended send time:
+    # the mean in flight (a floor for the peak) is throughput × mean latency.
+    if math.isfinite(r.latency.mean) and math.isfinite(r.throughput):
+        samples.append(r.throughput * r.latency.mean / 1000)
+    return max(samples) if samples else math.nan
+
+
+def threads_busy(r: StormResult) -> float:
+    if r.pool is not None:
+        if r.pool.saturation > 0:
+            # Requests queued while every worker was busy: all of them were, at that moment.
+            return float(r.pool.size)
+        # Otherwise the busiest second's mean, rounded up (the timeline keeps no finer peak).
+        busy = [p.busy_workers for p in r.timeline if p.busy_workers is not None]
+        return float(min(r.pool.size, math.ceil(max(busy)))) if busy else math.nan
+    if r.thread_pools or r.connection_pools:
+        # Threads, or connections a thread holds (one per request at most).
+        held = [p.max_busy for p in r.thread_pools] + [p.peak_in_use for p in r.connection_pools]
+        return float(max(held))
+    if r.loop_lag is not None:
+        # The thread-pool probes ran with the loop monitor and saw no pool at work.
+        return 0.0
+    return math.nan
+
+
+def blocking_calls(r: StormResult) -> float:
+    lag = r.loop_lag
+    if lag is None:
+        return math.nan
+    # Only calls the watchdog named in the app's code: a stall with no named call is the
+    # machine's or the harness's, and counting it would make the budget flap.
+    return float(lag.calls)
+
+
+def _waits_p99(waits: Any) -> float:
+    """The p99 of the simulated waits as requested; NaN when the storm made none.
+
+    With both kinds (awaited and blocking), the larger p99: the combined p99 is no larger.
+    """
+    if not isinstance(waits, Mapping):
+        return math.nan
+    kinds = [w for w in waits.values() if isinstance(w, Mapping) and w.get("count")]
+    if not kinds:
+        return math.nan
+    return max(float(w.get("requested_p99_ms") or 0.0) for w in kinds)
+
+
+def p99_ratio(r: StormResult) -> float:
+    own = _waits_p99(r.extras.get("simulated_waits"))
+    if not own > 0:
+        return math.nan
+    return r.latency.p99 / own
+
+
+#: Latency budgets -> the LatencyStats field they limit (for storms and endpoints alike).
+def latency(field: str) -> Callable[[StormResult | EndpointStats], float]:
+    """The latency statistic *field* (``p99``, ``max``, …) of a storm or an endpoint, ms."""
+    return lambda r: float(getattr(r.latency, field))
+
+
+def ttfb_p99(r: StormResult) -> float:
+    return r.ttfb.p99
+
+
+def throughput(r: StormResult | EndpointStats) -> float:
+    return r.throughput
+
+
+def error_rate(r: StormResult | EndpointStats) -> float:
+    return r.error_rate
+
+
+def dropped(r: StormResult) -> float:
+    return float(r.dropped) if r.model == "open" else math.nan
+
+
+def connect_p99(r: Any) -> float:
+    """A WebSocket storm's handshake p99 (infinite when no handshake completed)."""
+    return float(r.connect.p99) if r.connect.count else math.inf
+
+
+def disconnect_rate(r: Any) -> float:
+    """Fraction of a WebSocket storm's accepted connections the server closed."""
+    return float(r.disconnect_rate) if r.connections else math.inf
