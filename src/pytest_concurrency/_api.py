@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -25,6 +26,7 @@ __all__ = [
     "arun_storm",
     "capacity",
     "check_budgets",
+    "check_capacity",
     "compare",
     "plan_capacity",
     "run_capacity",
@@ -45,6 +47,14 @@ def check_budgets(result: StormResult) -> None:
     __tracebackhide__ = True
     if not result.passed:
         raise BudgetExceeded(budget_failure(result), result)
+
+
+def check_capacity(found: CapacityResult) -> None:
+    """Raise :class:`BudgetExceeded` with the search's table when no worker count met the
+    budgets."""
+    __tracebackhide__ = True
+    if found.best is None:
+        raise BudgetExceeded(found.table(), found)
 
 
 def _plan(
@@ -206,7 +216,7 @@ def run_capacity(
             layers=[Layer("capacity search", {"workers": workers}), *plan.layers],
             scale=plan.scale,
         )
-        trial.app_name, trial.label = base.app_name, base.label
+        trial = dataclasses.replace(trial, app_name=base.app_name, label=base.label)
         result = run_plan(trial)
         warn_about(result, stacklevel=4)
         if on_trial is not None:
@@ -237,12 +247,20 @@ def capacity(
     *,
     workers: Iterable[int] = range(1, 129),
     requests: int | Sequence[Request] | RequestFactory | None = None,
+    check: bool = False,
     **params: Any,
 ) -> CapacityResult:
-    """Smallest WSGI worker count (of *workers*) whose storm meets the budgets in *params*."""
+    """Smallest WSGI worker count (of *workers*) whose storm meets the budgets in *params*.
+
+    With *check*, a search in which no worker count met the budgets raises
+    :class:`BudgetExceeded`; without it ``found.best`` is None.
+    """
     mix, params = split_requests(requests, params)
     layers = [Layer("keyword argument", params)]
-    return run_capacity(plan_capacity(app, method, path, mix, workers, layers))
+    found = run_capacity(plan_capacity(app, method, path, mix, workers, layers))
+    if check:
+        check_capacity(found)
+    return found
 
 
 def compare(
@@ -252,15 +270,21 @@ def compare(
     *,
     servers: Sequence[str] = ("inprocess", "uvicorn"),
     requests: int | Sequence[Request] | RequestFactory | None = None,
+    check: bool = False,
     **params: Any,
 ) -> Fidelity:
     """Fire the same storm in-process and behind each real server; results side by side.
 
-    Budgets in *params* are judged on every result but do not raise: read
-    ``fidelity[server].passed`` and the rows of :class:`Fidelity`.
+    Budgets in *params* are judged on every result; without *check* they do not raise:
+    read ``fidelity[server].passed`` and the rows of :class:`Fidelity`. With *check* a
+    broken budget raises :class:`BudgetExceeded` once every storm has run.
     """
 
     def run(server: str) -> StormResult:
         return run_storm(app, method, path, requests=requests, check=False, server=server, **params)
 
-    return compare_servers(list(servers), run)
+    fidelity = compare_servers(list(servers), run)
+    if check:
+        for result in fidelity.results.values():
+            check_budgets(result)
+    return fidelity

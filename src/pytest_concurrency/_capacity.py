@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ._budget import evaluate
+from ._engine.storm import judge_budgets
 from ._errors import ConfigError
 from ._model.result import StormResult, Verdict
 from ._params import budget_limit, check_budget_name
@@ -273,27 +273,61 @@ def search_capacity(
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ConfigError(f"repeats={repeats!r} must be a whole number of at least 1")
     limits = {name: budget_limit(name, limit) for name, limit in budgets.items()}
-    votes: dict[int, list[bool]] = {}
-    trials: dict[int, CapacityTrial] = {}
-    results: dict[int, StormResult] = {}
-    detected: list[bool] = []
-    need = repeats // 2 + 1
+    search = _Search(run, order, limits, repeats)
+    lo = search.boundary(is_async_app)
+    votes, detected = search.votes, search.detected
+    async_app = is_async_app if is_async_app is not None else bool(detected and detected[0])
+    confidence, answer_range = _confidence(order, votes, lo, repeats)
+    return CapacityResult(
+        best=order[lo] if lo < len(order) else None,
+        tried=[search.trials[w] for w in sorted(search.trials)],
+        storms=len(search.trials),
+        budgets=limits,
+        candidates=order,
+        is_async_app=async_app,
+        results=search.results,
+        confirming=sum(len(v) for v in votes.values()) - len(votes),
+        repeats=repeats,
+        max_useful=max_useful,
+        left_out=left_out,
+        confidence=confidence,
+        answer_range=answer_range,
+    )
 
-    def storm(index: int) -> None:
-        workers = order[index]
-        result = run(workers)
-        if not detected:
-            detected.append(result.interface.upper() == "ASGI")
-        verdicts = evaluate(result, limits)
+
+class _Search:
+    """The storms of one capacity search: each worker count's votes, its trial, its result."""
+
+    def __init__(
+        self,
+        run: Callable[[int], StormResult],
+        order: list[int],
+        limits: dict[str, float],
+        repeats: int,
+    ) -> None:
+        self.run, self.order, self.limits, self.repeats = run, order, limits, repeats
+        self.votes: dict[int, list[bool]] = {}
+        self.trials: dict[int, CapacityTrial] = {}
+        self.results: dict[int, StormResult] = {}
+        self.detected: list[bool] = []
+        self.need = repeats // 2 + 1
+
+    def storm(self, index: int) -> None:
+        workers = self.order[index]
+        result = self.run(workers)
+        if not self.detected:
+            self.detected.append(result.interface.upper() == "ASGI")
+        # Judged as any storm: a failed request fails a count whose budgets set no error rate.
+        verdicts = judge_budgets(result, self.limits)
         ok = all(v.ok for v in verdicts)
-        seen = votes.setdefault(workers, [])
+        seen = self.votes.setdefault(workers, [])
         seen.append(ok)
         passes = sum(seen)
         majority = passes * 2 > len(seen)
-        if workers not in results or ok == majority:
+        if workers not in self.results or ok == majority:
             # The figures shown are those of a storm that agrees with the verdict.
-            results[workers] = result
-            trials[workers] = CapacityTrial(
+            self.results[workers] = result
+            self.trials[workers] = CapacityTrial(
                 workers=workers,
                 passed=majority,
                 throughput=result.throughput,
@@ -305,65 +339,52 @@ def search_capacity(
                 passes=passes,
             )
         else:
-            trials[workers] = replace(
-                trials[workers], passed=majority, runs=len(seen), passes=passes
+            self.trials[workers] = replace(
+                self.trials[workers], passed=majority, runs=len(seen), passes=passes
             )
 
-    def passes(index: int) -> bool:
-        if order[index] not in votes:
-            storm(index)
-        return trials[order[index]].passed
+    def passes(self, index: int) -> bool:
+        if self.order[index] not in self.votes:
+            self.storm(index)
+        return self.trials[self.order[index]].passed
 
-    def settle(index: int) -> None:
-        seen = votes.get(order[index], [])
-        while len(seen) < repeats and max(sum(seen), len(seen) - sum(seen)) < need:
-            storm(index)
-            seen = votes[order[index]]
+    def settle(self, index: int) -> None:
+        seen = self.votes.get(self.order[index], [])
+        while len(seen) < self.repeats and max(sum(seen), len(seen) - sum(seen)) < self.need:
+            self.storm(index)
+            seen = self.votes[self.order[index]]
 
-    def bisect(lo: int, hi: int) -> int:
+    def bisect(self, lo: int, hi: int) -> int:
         # Invariant: every index below lo failed; order[hi] passed (hi == len: none known to).
         while lo < hi:
             mid = (lo + hi) // 2
-            if passes(mid):
+            if self.passes(mid):
                 hi = mid
             else:
                 lo = mid + 1
         return lo
 
-    # Told the app is async: its smallest count is the likely answer, so try it first.
-    first = 0 if is_async_app and passes(0) else None
-    lo = first if first is not None else bisect(1 if is_async_app else 0, len(order))
-    # Settled verdicts never change again, so each round settles new counts: it ends.
-    for _ in range(len(order) + 1):
-        if repeats == 1:
-            break
-        if lo < len(order):
-            settle(lo)
-        if lo > 0:
-            settle(lo - 1)
-        if lo < len(order) and not passes(lo):
-            lo = bisect(lo + 1, len(order))
-        elif lo > 0 and passes(lo - 1):
-            lo = bisect(0, lo - 1)
-        else:
-            break
-    async_app = is_async_app if is_async_app is not None else bool(detected and detected[0])
-    confidence, answer_range = _confidence(order, votes, lo, repeats)
-    return CapacityResult(
-        best=order[lo] if lo < len(order) else None,
-        tried=[trials[w] for w in sorted(trials)],
-        storms=len(trials),
-        budgets=limits,
-        candidates=order,
-        is_async_app=async_app,
-        results=results,
-        confirming=sum(len(v) for v in votes.values()) - len(votes),
-        repeats=repeats,
-        max_useful=max_useful,
-        left_out=left_out,
-        confidence=confidence,
-        answer_range=answer_range,
-    )
+    def boundary(self, is_async_app: bool | None) -> int:
+        """The index of the smallest passing count (``len(order)``: none passed)."""
+        size = len(self.order)
+        # Told the app is async: its smallest count is the likely answer, so try it first.
+        first = 0 if is_async_app and self.passes(0) else None
+        lo = first if first is not None else self.bisect(1 if is_async_app else 0, size)
+        # Settled verdicts never change again, so each round settles new counts: it ends.
+        for _ in range(size + 1):
+            if self.repeats == 1:
+                break
+            if lo < size:
+                self.settle(lo)
+            if lo > 0:
+                self.settle(lo - 1)
+            if lo < size and not self.passes(lo):
+                lo = self.bisect(lo + 1, size)
+            elif lo > 0 and self.passes(lo - 1):
+                lo = self.bisect(0, lo - 1)
+            else:
+                break
+        return lo
 
 
 def _confidence(

@@ -16,6 +16,7 @@ reaching the network.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -261,8 +262,7 @@ def _storm(app_spec: str, args: argparse.Namespace, server: str | None = None) -
         # loader (a path/to/file.py:APP spec included).
         app = app_spec
     plan = plan_storm(app, args.method, args.path, layers=[Layer("command line", params)])
-    plan.app_name = app_spec
-    return run_plan(plan)
+    return run_plan(dataclasses.replace(plan, app_name=app_spec))
 
 
 def _notes(results: Sequence[StormResult], *, in_table: bool = False) -> None:
@@ -395,7 +395,7 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
     plan = plan_capacity(
         app, args.method, args.path, mix, args.workers, [Layer("command line", params)]
     )
-    plan.base.app_name = args.app
+    plan = dataclasses.replace(plan, base=dataclasses.replace(plan.base, app_name=args.app))
     print(
         f"capacity of {args.app} {plan.base.label}: smallest of {len(plan.candidates)} worker "
         "count(s) that meets "
@@ -421,7 +421,7 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
 
 def _cmd_locust(args: argparse.Namespace) -> int:
     """Write the storm as a locustfile; with --host, run it with Locust and judge the budgets."""
-    from ._budget import evaluate
+    from ._engine.storm import judge_budgets
     from ._locust import build_locustfile, locust_available, read_back, run_locust
 
     params = _params(args)
@@ -461,7 +461,10 @@ def _cmd_locust(args: argparse.Namespace) -> int:
         expect_workers_from_elsewhere=args.expect_workers,
     )
     result = read_back(run, label=request.label)
-    result.verdicts = evaluate(result, dict(args.budget))
+    # Judged as any storm (engine="locust" among them): a failed request fails a storm
+    # that set no error budget.
+    result.budgets = dict(args.budget)
+    result.verdicts = judge_budgets(result, result.budgets)
     _notes([result], in_table=True)
     print(verdict_table(result, indent="", remarks=False))
     print(side_by_side([result]))

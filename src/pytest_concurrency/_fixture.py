@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
-from ._api import check_budgets, plan_capacity, run_capacity, warn_about
+from ._api import check_budgets, check_capacity, plan_capacity, run_capacity, warn_about
 from ._capacity import CapacityResult
 from ._engine.plan import LiveFigures, Progress, StormPlan, plan_storm
 from ._engine.storm import run_plan, run_plan_async
@@ -21,6 +21,7 @@ from ._errors import ConfigError
 from ._fidelity import Fidelity, compare_servers
 from ._model.result import StormResult
 from ._options import scale, storm_layers
+from ._params import Layer
 from ._plugin_report import STORM_JSON_PROPERTY, compare_layers
 from ._report._fidelity import fidelity_table
 from ._report._terminal import LiveProgress
@@ -52,9 +53,13 @@ class StormFixture:
             method,
             path,
             requests=mix,
-            layers=[*storm_layers(self._item, params), *compare_layers(self._item.config)],
+            layers=self._layers(params),
             scale=scale(self._item.config),
         )
+
+    def _layers(self, params: dict[str, Any]) -> list[Layer]:
+        """The parameter layers of every storm this fixture fires, whichever form fires it."""
+        return [*storm_layers(self._item, params), *compare_layers(self._item.config)]
 
     def __call__(
         self,
@@ -131,15 +136,18 @@ class StormFixture:
             return self._finish(await anyio.to_thread.run_sync(paired), check=check)
         return self._finish(await run_plan_async(plan, self._progress()), check=check)
 
-    def websocket(self, app: Any, path: str = "/", **params: Any) -> WebSocketResult:
+    def websocket(
+        self, app: Any, path: str = "/", *, check: bool = True, **params: Any
+    ) -> WebSocketResult:
         """Fire a WebSocket storm at an ASGI *app* (one connection per user); budgets from
-        the marker and *params* are enforced on return (see ``run_websocket_storm``)."""
+        the marker and *params* are enforced on return unless *check* is False (see
+        ``run_websocket_storm``)."""
         __tracebackhide__ = True
         plan = plan_websocket(
-            app, path, layers=storm_layers(self._item, params), scale=scale(self._item.config)
+            app, path, layers=self._layers(params), scale=scale(self._item.config)
         )
         result = run_websocket_plan(plan, self._progress())
-        self._finish(result)
+        self._finish(result, check=check)
         return result
 
     def compare(
@@ -183,9 +191,14 @@ class StormFixture:
         *,
         workers: Iterable[int] = range(1, 129),
         requests: int | Sequence[Request] | RequestFactory | None = None,
+        check: bool = True,
         **params: Any,
     ) -> CapacityResult:
-        """Smallest worker count of *workers* that meets the budgets (bisection, few storms)."""
+        """Smallest worker count of *workers* that meets the budgets (bisection, few storms).
+
+        With *check*, a search in which no worker count met the budgets raises
+        :class:`BudgetExceeded` (``found.best`` is None otherwise).
+        """
         __tracebackhide__ = True
         mix, params = split_requests(requests, params)
         plan = plan_capacity(
@@ -194,13 +207,15 @@ class StormFixture:
             path,
             mix,
             workers,
-            storm_layers(self._item, params),
+            self._layers(params),
             scale=scale(self._item.config),
         )
         found = run_capacity(plan, on_storm=self._record)
         prefix = "capacity" if not self.results else f"capacity[{len(self.results)}]"
         self._item.user_properties.append((f"{prefix}.best_workers", found.best))
         self._item.user_properties.append((f"{prefix}.storms", found.storms))
+        if check:
+            check_capacity(found)
         return found
 
     def _progress(self) -> Progress | None:

@@ -257,8 +257,10 @@ class ReportSession:
             if key != STORM_JSON_PROPERTY:
                 kept.append((key, value))
                 continue
-            data = json.loads(str(value))
-            self._transported.append(StormRecord.from_dict(report.nodeid, index, data))
+            # The worker runs this version: its storm reads back whole, so the reports see
+            # the same result (the event loop's blocking sites among it) as without xdist.
+            result = StormResult.from_dict(json.loads(str(value)))
+            self._transported.append(StormRecord.from_result(report.nodeid, index, result))
             index += 1
             self._workers_with_storms.add(str(getattr(report, "worker_id", "")))
         # The encoded histograms are a transport, not figures: keep them out of JUnit XML.

@@ -330,22 +330,6 @@ class WsgiPool:
             return f"{self.workers} sync worker{'s' if self.workers != 1 else ''}"
         return f"{self.workers} worker{'s' if self.workers != 1 else ''} × {self.threads} threads"
 
-    @staticmethod
-    def _stop_started(
-        started: list[threading.Thread],
-        stop: threading.Event,
-        backlog: SimpleQueue[tuple[float, int] | None],
-        timer_cv: threading.Condition,
-        workers: int,
-    ) -> None:
-        stop.set()
-        for _ in range(workers):
-            backlog.put(None)
-        with timer_cv:
-            timer_cv.notify_all()
-        for thread in started:
-            thread.join(5.0)
-
     def run(
         self,
         schedule: Schedule,
@@ -369,280 +353,361 @@ class WsgiPool:
         (stateful *users*); the *inspector* looks at the responses it asks to keep.
         *watch* wraps each thread's target (a probe that reads the thread at its start and end).
         """
-        backlog: SimpleQueue[tuple[float, int] | None] = SimpleQueue()
-        stop = threading.Event()
-        templates = self.driver.templates
+        state = _PoolRound(
+            self, schedule, pick=pick, book=book, build=build, users=users, inspector=inspector
+        )
+        if live is not None:
+            live.extend(state.recorders)  # read (lengths and tails only) by a progress line
+        cpu_before = process_time()
+        state.start(watch)
+        population = state.first_sends()
+        interrupted = stalled = False
+        try:
+            stalled = state.wait(population)
+        except BaseException:
+            interrupted = True
+            raise
+        finally:
+            stuck = state.stop(interrupted=interrupted, stalled=stalled)
+        if state.failures:
+            raise state.failures[0]
+        return PoolRun(state.recorders, stuck, process_time() - cpu_before)
+
+
+class _PoolRound:
+    """One round of a :class:`WsgiPool`: what its threads share, and each thread's loop.
+
+    The threads share plain lists (no lock on the per-request path: each thread writes
+    only its own slot); a worker binds what it reads to locals once, before its loop.
+    """
+
+    def __init__(
+        self,
+        pool: WsgiPool,
+        schedule: Schedule,
+        *,
+        pick: Callable[[], int],
+        book: ErrorBook,
+        build: Callable[[int, int], tuple[int, Request]] | None,
+        users: list[Any] | None,
+        inspector: Any,
+    ) -> None:
+        self.pool = pool
+        self.schedule = schedule
+        self.pick = pick
+        self.book = book
+        self.build = build
+        self.users = users
+        self.inspector = inspector
+        self.backlog: SimpleQueue[tuple[float, int] | None] = SimpleQueue()
+        self.stop_event = threading.Event()
+        # A plain list read is cheaper than Event.is_set() on the per-request path.
+        self.halt = [False]
+        self.timers: list[tuple[float, int]] = []
+        self.timer_cv = threading.Condition()
+        self.timed_out_kind = book.kind(None, ErrorBook.TIMEOUT)
+        self.recorders = [Recorder() for _ in range(pool.size)]
+        self.done_count = [0] * pool.size
+        # When each thread picked the request it is serving (0.0 when idle): a handler is
+        # judged stuck from its own deadline, not from the storm's.
+        self.busy_since = [0.0] * pool.size
+        # One counter per thread (no lock): a user retires when the schedule has no next
+        # send for it; the run is over when every user has retired.
+        self.retired = [0] * pool.size
+        self.dispatched = [0, 0]  # arrivals put in the backlog; 1 once the dispatcher is done
+        self.iterations: dict[int, int] = {}
+        self.failures: list[BaseException] = []
+        self.attributing = attribution_on()
+        self.helpers: list[threading.Thread] = []
+        self.workers: list[threading.Thread] = []
+
+    def fail(self, exc: BaseException) -> None:
+        self.failures.append(exc)
+        self.halt[0] = True
+
+    def later(self, when: float, user: int) -> None:
+        with self.timer_cv:
+            heapq.heappush(self.timers, (when, user))
+            self.timer_cv.notify()
+
+    def timer_main(self) -> None:
+        timers, backlog, stop = self.timers, self.backlog, self.stop_event
+        with self.timer_cv:
+            while not stop.is_set():
+                if not timers:
+                    self.timer_cv.wait(0.05)
+                    continue
+                when, user = timers[0]
+                wait = when - perf_counter()
+                if wait > 0:
+                    self.timer_cv.wait(min(wait, 0.05))
+                    continue
+                heapq.heappop(timers)
+                backlog.put((when, user))
+
+    def dispatcher_main(self) -> None:
+        schedule, dispatched, done_count = self.schedule, self.dispatched, self.done_count
+        try:
+            for at in schedule.arrivals():
+                wait = at - perf_counter()
+                if wait > 0 and self.stop_event.wait(wait):
+                    return
+                if not schedule.take():
+                    return
+                # In flight: put in the backlog and not yet completed.
+                if schedule.admits_arrival(at, dispatched[0] - sum(done_count)):
+                    dispatched[0] += 1
+                    self.backlog.put((at, -1))
+        finally:
+            dispatched[1] = 1
+
+    # One frame per thread serves every request: the per-request path (pick, call, check,
+    # record, next send) stays in this one loop over locals, since a call per request is
+    # a measurable share of a do-nothing app's cost.
+    def worker_main(self, slot: int) -> None:  # noqa: PLR0915
+        rec = self.recorders[slot]
+        a_start, a_lat, a_ttfb = rec.start.append, rec.latency.append, rec.ttfb.append
+        a_queue, a_status = rec.queue.append, rec.status.append
+        a_end, a_err = rec.endpoint.append, rec.error.append
+        schedule, inspector, book = self.schedule, self.inspector, self.book
+        backlog, halt, build, pick, users = (
+            self.backlog,
+            self.halt,
+            self.build,
+            self.pick,
+            self.users,
+        )
+        templates, call_as = self.pool.driver.templates, self.pool.driver.call_as
+        capture, judges = inspector.capture, inspector.judges
         window = schedule.window
-        origin = schedule.origin
-        timeout = schedule.timeout
-        deadline = window.deadline
-        next_send = schedule.next_send
-        take = schedule.take
+        origin, timeout, next_send = schedule.origin, schedule.timeout, schedule.next_send
         # The schedule's rules, inlined on the per-request path where they are trivial: no
         # request count to spend, no think time or stages between a user's requests.
         counted = window.total is not None
         issued, limit = schedule.counter, window.total or 0
         plain = not schedule.thinks and not schedule.profile.varies
         stop_at = window.stop_at
-        # A plain list read is cheaper than Event.is_set() on the per-request path.
-        halt = [False]
-        timers: list[tuple[float, int]] = []
-        timer_cv = threading.Condition()
-        timed_out_kind = book.kind(None, ErrorBook.TIMEOUT)
-        recorders = [Recorder() for _ in range(self.size)]
-        if live is not None:
-            live.extend(recorders)  # read (lengths and tails only) by a progress line
-        done_count = [0] * self.size
-        # When each thread picked the request it is serving (0.0 when idle): a handler is
-        # judged stuck from its own deadline, not from the storm's.
-        busy_since = [0.0] * self.size
-        # One counter per thread (no lock): a user retires when the schedule has no next
-        # send for it; the run is over when every user has retired.
-        retired = [0] * self.size
-        dispatched = [0, 0]  # arrivals put in the backlog; 1 once the dispatcher is done
-        iterations: dict[int, int] = {}
-        failures: list[BaseException] = []
-        capture = inspector.capture
-        judges = inspector.judges
-        attributing = attribution_on()
-        call_as = self.driver.call_as
-
-        def fail(exc: BaseException) -> None:
-            failures.append(exc)
-            halt[0] = True
-
-        def later(when: float, user: int) -> None:
-            with timer_cv:
-                heapq.heappush(timers, (when, user))
-                timer_cv.notify()
-
-        def timer_main() -> None:
-            with timer_cv:
-                while not stop.is_set():
-                    if not timers:
-                        timer_cv.wait(0.05)
-                        continue
-                    when, user = timers[0]
-                    wait = when - perf_counter()
-                    if wait > 0:
-                        timer_cv.wait(min(wait, 0.05))
-                        continue
-                    heapq.heappop(timers)
-                    backlog.put((when, user))
-
-        def dispatcher_main() -> None:
-            try:
-                for at in schedule.arrivals():
-                    wait = at - perf_counter()
-                    if wait > 0 and stop.wait(wait):
-                        return
-                    if not take():
-                        return
-                    # In flight: put in the backlog and not yet completed.
-                    if schedule.admits_arrival(at, dispatched[0] - sum(done_count)):
-                        dispatched[0] += 1
-                        backlog.put((at, -1))
-            finally:
-                dispatched[1] = 1
-
-        def worker_main(slot: int) -> None:
-            rec = recorders[slot]
-            a_start, a_lat, a_ttfb = rec.start.append, rec.latency.append, rec.ttfb.append
-            a_queue, a_status = rec.queue.append, rec.status.append
-            a_end, a_err = rec.endpoint.append, rec.error.append
-            # One ledger per thread, emptied after each request: the waits the app's code
-            # charges while this thread serves a request are that request's.
-            waits = Ledger()
-            if attributing:
-                bind(waits)
-            entries = waits.entries
-            while True:
-                item = backlog.get()
-                if item is None:
-                    return
-                intended, user = item
-                picked = perf_counter()
-                # Requests meant to be sent before the end are still served (the backlog
-                # drains, as a real server's would); later ones are not sent.
-                if halt[0] or (counted and user >= 0 and next(issued) >= limit):
-                    retired[slot] += 1
-                    continue
-                error = 0
-                if build is None:
-                    index = pick()
-                else:
-                    iteration = iterations.get(user, 0)
-                    iterations[user] = iteration + 1
-                    try:
-                        index, request = build(user, iteration)
-                    except BaseException as exc:  # the storm's own input failed: stop it
-                        fail(exc)
-                        return
-                # Its client gave up while it queued: late, it is a timeout, and not served.
-                expired = picked - intended >= timeout
+        timed_out_kind = self.timed_out_kind
+        retired, done_count, busy_since = self.retired, self.done_count, self.busy_since
+        iterations, fail, later = self.iterations, self.fail, self.later
+        # One ledger per thread, emptied after each request: the waits the app's code
+        # charges while this thread serves a request are that request's.
+        waits = Ledger()
+        if self.attributing:
+            bind(waits)
+        entries = waits.entries
+        while True:
+            item = backlog.get()
+            if item is None:
+                return
+            intended, user = item
+            picked = perf_counter()
+            # Requests meant to be sent before the end are still served (the backlog
+            # drains, as a real server's would); later ones are not sent.
+            if halt[0] or (counted and user >= 0 and next(issued) >= limit):
+                retired[slot] += 1
+                continue
+            error = 0
+            if build is None:
+                index = pick()
+            else:
+                iteration = iterations.get(user, 0)
+                iterations[user] = iteration + 1
                 try:
-                    if expired:
-                        raise _Expired
-                    prepared = templates[index] if build is None else request_environ(request)
-                    person = users[user] if users is not None and user >= 0 else None
-                    if build is None:
-                        checks = inspector.checks_for(index) if judges else NO_CHECKS
-                        keep = capture
-                    else:
-                        # A request made mid-storm brings its own checks.
-                        checks = inspector.checks_for(index, request)
-                        keep = capture or checks.needs_body
-                    busy_since[slot] = picked
-                    status, first_byte, kept, chunks = call_as(prepared, person, keep)
-                    if checks:
-                        error = inspector.look(person, index, checks, status, kept, chunks)
-                    elif kept is not None:
-                        # An error status: keep a sample body for the report.
-                        error = inspector.look(person, index, NO_CHECKS, status, kept, chunks)
-                except _Expired:
-                    status, first_byte, error = STATUS_TIMEOUT, 0.0, timed_out_kind
-                except Exception as exc:
-                    status, first_byte, error = STATUS_EXCEPTION, 0.0, book.kind(exc)
-                except (SystemExit, KeyboardInterrupt) as exc:
-                    # Raised by the app in a worker thread (a real Ctrl-C reaches the main
-                    # thread only): the app's failure, recorded like any other.
-                    status, first_byte, error = STATUS_EXCEPTION, 0.0, book.kind(exc)
-                busy_since[slot] = 0.0
-                finished = perf_counter()
-                latency = finished - intended
-                if latency > timeout:
-                    # The client gave up at its deadline; the worker stayed busy until now
-                    # (unless a check held it, which is named as the failure).
-                    if not inspector.check_failed(error):
-                        status, error = STATUS_TIMEOUT, timed_out_kind
-                    latency = timeout
-                a_start(int((intended - origin) * 1e6))
-                a_lat(int(latency * 1e6))
-                a_ttfb(int((first_byte - intended) * 1e6) if first_byte else -1)
-                # A timed-out request waited at most its latency (the timeout) for its client.
-                a_queue(int(min(picked - intended, latency) * 1e6))
-                a_status(status)
-                a_end(index)
-                a_err(error)
-                if entries:
-                    rec.add_waits(entries, origin)
-                    entries.clear()
-                done_count[slot] += 1
-                if user < 0:
-                    continue
-                try:
-                    again = (
-                        (finished if finished < stop_at else None)
-                        if plain
-                        else next_send(user, finished)
-                    )
-                except BaseException as exc:  # a think-time sampler that failed
+                    index, request = build(user, iteration)
+                except BaseException as exc:  # the storm's own input failed: stop it
                     fail(exc)
                     return
-                if again is None or halt[0]:
-                    retired[slot] += 1
-                elif again > finished:
-                    later(again, user)
+            # Its client gave up while it queued: late, it is a timeout, and not served.
+            expired = picked - intended >= timeout
+            try:
+                if expired:
+                    raise _Expired
+                prepared = templates[index] if build is None else request_environ(request)
+                person = users[user] if users is not None and user >= 0 else None
+                if build is None:
+                    checks = inspector.checks_for(index) if judges else NO_CHECKS
+                    keep = capture
                 else:
-                    backlog.put((again, user))
+                    # A request made mid-storm brings its own checks.
+                    checks = inspector.checks_for(index, request)
+                    keep = capture or checks.needs_body
+                busy_since[slot] = picked
+                status, first_byte, kept, chunks = call_as(prepared, person, keep)
+                if checks:
+                    error = inspector.look(person, index, checks, status, kept, chunks)
+                elif kept is not None:
+                    # An error status: keep a sample body for the report.
+                    error = inspector.look(person, index, NO_CHECKS, status, kept, chunks)
+            except _Expired:
+                status, first_byte, error = STATUS_TIMEOUT, 0.0, timed_out_kind
+            except Exception as exc:
+                status, first_byte, error = STATUS_EXCEPTION, 0.0, book.kind(exc)
+            except (SystemExit, KeyboardInterrupt) as exc:
+                # Raised by the app in a worker thread (a real Ctrl-C reaches the main
+                # thread only): the app's failure, recorded like any other.
+                status, first_byte, error = STATUS_EXCEPTION, 0.0, book.kind(exc)
+            busy_since[slot] = 0.0
+            finished = perf_counter()
+            latency = finished - intended
+            if latency > timeout:
+                # The client gave up at its deadline; the worker stayed busy until now
+                # (unless a check held it, which is named as the failure).
+                if not inspector.check_failed(error):
+                    status, error = STATUS_TIMEOUT, timed_out_kind
+                latency = timeout
+            a_start(int((intended - origin) * 1e6))
+            a_lat(int(latency * 1e6))
+            a_ttfb(int((first_byte - intended) * 1e6) if first_byte else -1)
+            # A timed-out request waited at most its latency (the timeout) for its client.
+            a_queue(int(min(picked - intended, latency) * 1e6))
+            a_status(status)
+            a_end(index)
+            a_err(error)
+            if entries:
+                rec.add_waits(entries, origin)
+                entries.clear()
+            done_count[slot] += 1
+            if user < 0:
+                continue
+            try:
+                again = (
+                    (finished if finished < stop_at else None)
+                    if plain
+                    else next_send(user, finished)
+                )
+            except BaseException as exc:  # a think-time sampler that failed
+                fail(exc)
+                return
+            if again is None or halt[0]:
+                retired[slot] += 1
+            elif again > finished:
+                later(again, user)
+            else:
+                backlog.put((again, user))
+
+    def start(self, watch: Callable[[Callable[..., None]], Callable[..., None]] | None) -> None:
+        """Start the timer, the dispatcher (open model) and the workers; on a refusal, stop
+        those that started and raise :class:`StormError`."""
 
         def watched(target: Callable[..., None]) -> Callable[..., None]:
             return watch(target) if watch is not None else target
 
-        timer = threading.Thread(target=watched(timer_main), name="storm-wsgi-timer", daemon=True)
-        helpers = [timer]
-        if schedule.open:
-            helpers.append(
+        pool = self.pool
+        timer = threading.Thread(
+            target=watched(self.timer_main), name="storm-wsgi-timer", daemon=True
+        )
+        self.helpers = [timer]
+        if self.schedule.open:
+            self.helpers.append(
                 threading.Thread(
-                    target=watched(dispatcher_main), name="storm-wsgi-arrivals", daemon=True
+                    target=watched(self.dispatcher_main), name="storm-wsgi-arrivals", daemon=True
                 )
             )
-        workers = [
+        self.workers = [
             threading.Thread(
-                target=watched(worker_main), args=(slot,), name=f"storm-wsgi-{slot}", daemon=True
+                target=watched(self.worker_main),
+                args=(slot,),
+                name=f"storm-wsgi-{slot}",
+                daemon=True,
             )
-            for slot in range(self.size)
+            for slot in range(pool.size)
         ]
-        cpu_before = process_time()
         started: list[threading.Thread] = []
         try:
-            for thread in [*helpers, *workers]:
+            for thread in [*self.helpers, *self.workers]:
                 thread.start()
                 started.append(thread)
         except RuntimeError as exc:
             # The machine would not give the pool all its threads (a thread limit, memory
             # for their stacks): stop those that started, so that none outlives the storm.
-            self._stop_started(started, stop, backlog, timer_cv, len(workers))
-            running = sum(1 for t in started if t in workers)
+            self._stop_started(started)
+            running = sum(1 for t in started if t in self.workers)
             raise StormError(
-                f"the WSGI pool could start only {running:,} of its {self.size:,} threads "
-                f"(workers={self.workers} × threads={self.threads}): {exc}; lower workers= "
+                f"the WSGI pool could start only {running:,} of its {pool.size:,} threads "
+                f"(workers={pool.workers} × threads={pool.threads}): {exc}; lower workers= "
                 "or threads=, or raise the machine's limit on threads"
             ) from exc
+
+    def _stop_started(self, started: list[threading.Thread]) -> None:
+        self.stop_event.set()
+        for _ in range(len(self.workers)):
+            self.backlog.put(None)
+        with self.timer_cv:
+            self.timer_cv.notify_all()
+        for thread in started:
+            thread.join(5.0)
+
+    def first_sends(self) -> int:
+        """Put each user's first send in the backlog (or the timer's heap); the users sent."""
+        users = self.users
         # A user whose on_start failed sends nothing.
         first_sends = [
             (user, when)
-            for user, when in schedule.first_sends()
+            for user, when in self.schedule.first_sends()
             if users is None or not getattr(users[user], "start_failed", False)
         ]
         now = perf_counter()
         for user, when in first_sends:
             if when <= now:
-                backlog.put((when, user))
+                self.backlog.put((when, user))
             else:
-                later(when, user)
-        population = len(first_sends)
-        total = window.total
+                self.later(when, user)
+        return len(first_sends)
+
+    def wait(self, population: int) -> bool:
+        """Wait for the round's end (deadline, users retired, requests spent, a failure);
+        True when it ended because nothing completed for a whole timeout."""
+        schedule, done_count, failures = self.schedule, self.done_count, self.failures
+        deadline = schedule.window.deadline
+        total = schedule.window.total
         # A request-count storm has no stop time: it also ends once nothing has completed
         # for a whole timeout while requests wait (a handler that never returns).
-        stall_limit = timeout + _STALL_GRACE
+        stall_limit = schedule.timeout + _STALL_GRACE
         completed, progress_at = 0, perf_counter()
-        interrupted = stalled = False
-        try:
-            while perf_counter() < deadline and not failures:
-                if schedule.open:
-                    if dispatched[1] and sum(done_count) >= dispatched[0]:
-                        break
-                elif sum(retired) >= population:
-                    break
-                if total is not None:
-                    now_done = sum(done_count)
-                    if now_done >= total:
-                        break
-                    now = perf_counter()
-                    if now_done != completed:
-                        completed, progress_at = now_done, now
-                    elif now - progress_at > stall_limit:
-                        stalled = True
-                        break
-                sleep(0.005)
-        except BaseException:
-            interrupted = True
-            raise
-        finally:
-            halt[0] = True
-            stop.set()
-            for _ in workers:
-                backlog.put(None)
-            with timer_cv:
-                timer_cv.notify_all()
-            stuck: list[str] = []
-            # Interrupted (Ctrl-C): do not wait for handlers; the threads are daemons.
-            # Otherwise a handler still running is waited for until its own deadline (its
-            # request's timeout and a grace from when it was picked): one still running
-            # then never returns in time, whatever the storm's own end.
-            ended = perf_counter()
-            for slot, thread in [*enumerate(workers), *((-1, t) for t in helpers)]:
-                if interrupted:
-                    until = ended + 0.2
-                elif stalled:
-                    until = ended + 1.0
-                else:
-                    since = busy_since[slot] if slot >= 0 else 0.0
-                    until = since + timeout + _STALL_GRACE if since else ended + 1.0
-                thread.join(max(0.05, until - perf_counter()))
-                if thread.is_alive():
-                    stuck.append(_where(thread))
-        if failures:
-            raise failures[0]
-        return PoolRun(recorders, stuck, process_time() - cpu_before)
+        while perf_counter() < deadline and not failures:
+            if schedule.open:
+                if self.dispatched[1] and sum(done_count) >= self.dispatched[0]:
+                    return False
+            elif sum(self.retired) >= population:
+                return False
+            if total is not None:
+                now_done = sum(done_count)
+                if now_done >= total:
+                    return False
+                now = perf_counter()
+                if now_done != completed:
+                    completed, progress_at = now_done, now
+                elif now - progress_at > stall_limit:
+                    return True
+            sleep(0.005)
+        return False
+
+    def stop(self, *, interrupted: bool, stalled: bool) -> list[str]:
+        """Stop every thread; the threads (and where they were) still running past their
+        deadline."""
+        self.halt[0] = True
+        self.stop_event.set()
+        for _ in self.workers:
+            self.backlog.put(None)
+        with self.timer_cv:
+            self.timer_cv.notify_all()
+        stuck: list[str] = []
+        # Interrupted (Ctrl-C): do not wait for handlers; the threads are daemons.
+        # Otherwise a handler still running is waited for until its own deadline (its
+        # request's timeout and a grace from when it was picked): one still running
+        # then never returns in time, whatever the storm's own end.
+        ended = perf_counter()
+        timeout = self.schedule.timeout
+        for slot, thread in [*enumerate(self.workers), *((-1, t) for t in self.helpers)]:
+            if interrupted:
+                until = ended + 0.2
+            elif stalled:
+                until = ended + 1.0
+            else:
+                since = self.busy_since[slot] if slot >= 0 else 0.0
+                until = since + timeout + _STALL_GRACE if since else ended + 1.0
+            thread.join(max(0.05, until - perf_counter()))
+            if thread.is_alive():
+                stuck.append(_where(thread))
+        return stuck

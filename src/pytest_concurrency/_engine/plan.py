@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
 import inspect
@@ -25,12 +26,33 @@ from .._workload import Request, RequestFactory, RequestMix, build_mix
 from .limits import check_limits
 from .users import is_async_hook
 
-__all__ = ["LiveFigures", "Progress", "StormPlan", "import_app", "plan_storm"]
+__all__ = ["LiveFigures", "Progress", "Serving", "StormPlan", "import_app", "plan_storm"]
 
 
-@dataclass
+@dataclass(frozen=True)
+class Serving:
+    """Where a storm's requests go while it runs: its running state, apart from its plan.
+
+    A plan sent to a URL it was given knows its URL from the start; the rest (what
+    serves the app, the real server started for the storm) is known once the storm has
+    started it, and the round loop attaches it to the plan once (:meth:`StormPlan.serve_on`).
+    """
+
+    #: Where the storm is sent over HTTP (a loopback URL), or None for in-process.
+    url: str | None = None
+    #: What serves the app, in the field's words, once known.
+    served_by: str | None = None
+    #: The real server started for the storm, while it runs.
+    running: RunningServer | None = None
+
+
+@dataclass(frozen=True)
 class StormPlan:
-    """A validated storm, ready to fire: nothing has been sent yet."""
+    """A validated storm, ready to fire: nothing has been sent yet.
+
+    Frozen: firing it never changes it. Its running state (:class:`Serving`) is a record
+    of its own, on the copy the round loop makes once, when the server is up.
+    """
 
     app: Any
     interface: Interface
@@ -40,18 +62,33 @@ class StormPlan:
     config: StormConfig
     #: A real server to start for the storm (``server="uvicorn"`` …), or None.
     server: ServerSpec | None = None
-    #: Where the storm is sent over HTTP (a loopback URL), or None for in-process.
-    url: str | None = None
-    #: What serves the app, in the field's words, once known.
-    served_by: str | None = None
-    #: The real server started for the storm, while it runs.
-    running: RunningServer | None = None
+    #: Where the requests go and what serves them, while the storm runs.
+    serving: Serving = Serving()
     #: Per-user start hook (``on_start=``), or None.
     on_start: Any = None
     #: Checks on every response (``checks=``).
     checks: Checks = NO_CHECKS
     #: The import string the app was given as (what a server is handed), or None.
     import_string: str | None = None
+
+    @property
+    def url(self) -> str | None:
+        """Where the storm is sent over HTTP (a loopback URL), or None for in-process."""
+        return self.serving.url
+
+    @property
+    def served_by(self) -> str | None:
+        """What serves the app, in the field's words, once known."""
+        return self.serving.served_by
+
+    @property
+    def running(self) -> RunningServer | None:
+        """The real server started for the storm, while it runs."""
+        return self.serving.running
+
+    def serve_on(self, serving: Serving) -> StormPlan:
+        """The plan with its running state: what the rounds of a started storm run."""
+        return dataclasses.replace(self, serving=serving)
 
     @property
     def on_loop(self) -> bool:
@@ -143,7 +180,7 @@ def plan_storm(
         mix,
         config,
         server=server,
-        url=url,
+        serving=Serving(url=url),
         on_start=on_start,
         checks=checks,
         import_string=named,

@@ -43,7 +43,7 @@ from .._model.remarks import (
     harness_bound_remark,
 )
 from .._model.result import StormResult
-from .._params import Layer
+from .._params import Layer, StormConfig
 from .._probes.connpools import ConnectionPoolProbe
 from .._probes.contention import CpuContention
 from .._probes.loop import LoopMonitor
@@ -381,6 +381,26 @@ class RoundOutput:
         return figures.cpu / figures.wall if figures.wall > 0 else None
 
 
+def _round_remarks(
+    extras: dict[str, Any],
+    runner: AsyncRunner,
+    driver: AsyncDriver | WebSocketDriver,
+    config: StormConfig,
+) -> list[str]:
+    """Put a finished async round's error-body samples, virtual clock and abandoned tasks
+    in *extras*; the warnings they call for."""
+    if runner.inspector.samples.by_status:
+        extras["samples"] = dict(runner.inspector.samples.by_status)
+    warnings: list[str] = []
+    if config.clock == "virtual":
+        extras["clock"], warnings = virtual_report()
+    abandoned = runner.tasks.abandoned + getattr(driver, "abandoned", 0)
+    if abandoned:
+        extras["abandoned"] = {"tasks": abandoned, "grace_s": ABANDON_GRACE}
+        warnings.append(abandoned_warning(abandoned, ABANDON_GRACE))
+    return warnings
+
+
 async def execute_async(
     plan: StormPlan,
     live: LiveFigures | None = None,
@@ -462,15 +482,7 @@ async def execute_async(
         raise StormError("the storm ended without figures")
     if monitor is not None:
         figures.stalls = monitor.stall_spans()
-    if runner.inspector.samples.by_status:
-        extras["samples"] = dict(runner.inspector.samples.by_status)
-    warnings: list[str] = []
-    if config.clock == "virtual":
-        extras["clock"], warnings = virtual_report()
-    abandoned = runner.tasks.abandoned + getattr(driver, "abandoned", 0)
-    if abandoned:
-        extras["abandoned"] = {"tasks": abandoned, "grace_s": ABANDON_GRACE}
-        warnings.append(abandoned_warning(abandoned, ABANDON_GRACE))
+    warnings = _round_remarks(extras, runner, driver, config)
     return RoundOutput(
         figures,
         driver.describe(),

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import gc
 import json
 import os
 import tempfile
-from collections.abc import Callable, Collection, Iterator
+import threading
+from collections.abc import Awaitable, Callable, Collection, Generator, Iterator, Mapping
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import anyio
 import anyio.to_thread
@@ -56,12 +57,19 @@ from .._simio.loopback import ALIAS as LOOPBACK_ALIAS
 from .._simio.loopback import LoopbackUpstream
 from .._spec.table import BUDGETS
 from .interrupts import watch_interrupts
-from .plan import LiveFigures, Progress, StormPlan
+from .plan import LiveFigures, Progress, Serving, StormPlan
 from .rounds import run_async_round, run_pool_round
 from .shards import run_sharded_round
 from .virtual import loop_options
 
-__all__ = ["run_plan", "run_plan_async"]
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "executor_for",
+    "judge_budgets",
+    "run_plan",
+    "run_plan_async",
+]
 
 #: Client CPU share (of one core) above which a real-server storm may be client-bound.
 _CLIENT_BOUND = 0.85
@@ -72,7 +80,66 @@ _CLIENT_BOUND = 0.85
 PROBED_BUDGETS = frozenset(name for name, row in BUDGETS.items() if row.probed)
 
 
-def run_plan(plan: StormPlan, progress: Progress | None = None) -> StormResult:
+@dataclass(frozen=True)
+class Executor:
+    """How a round is carried out: from a thread with no event loop (``run``), and on the
+    caller's running loop (``arun``). The round loop is the same for every executor."""
+
+    name: str
+    run: Callable[[StormPlan, LiveFigures], StormResult]
+    arun: Callable[[StormPlan, LiveFigures], Awaitable[StormResult]]
+    #: Verdicts the executor's own figures add once the round to report is chosen.
+    judge: Callable[[StormResult], StormResult] | None = None
+
+
+def _in_thread(name: str, run: Callable[[StormPlan, LiveFigures], StormResult]) -> Executor:
+    """An executor that blocks its thread: from async code it runs on a helper thread."""
+
+    async def arun(plan: StormPlan, live: LiveFigures) -> StormResult:
+        return await anyio.to_thread.run_sync(run, plan, live)
+
+    return Executor(name, run, arun)
+
+
+def _locust_round(plan: StormPlan, live: LiveFigures) -> StormResult:
+    return run_locust_round(plan)
+
+
+def _native_round(plan: StormPlan, live: LiveFigures) -> StormResult:
+    return anyio.run(run_async_round, plan, live, **loop_options(plan))
+
+
+async def _native_round_on_loop(plan: StormPlan, live: LiveFigures) -> StormResult:
+    if plan.config.clock == "virtual":
+        # Virtual time needs a loop of its own: run the round on one in a thread.
+        return await anyio.to_thread.run_sync(_native_round, plan, live)
+    return await run_async_round(plan, live)
+
+
+#: Every way a round of an HTTP storm is carried out (a WebSocket storm brings its own,
+#: ``_engine/websocket.py``), chosen once per storm by :func:`executor_for`.
+EXECUTORS: dict[str, Executor] = {
+    "locust": _in_thread("locust", _locust_round),
+    "shards": _in_thread("shards", run_sharded_round),
+    "wsgi pool": _in_thread("wsgi pool", run_pool_round),
+    "native async": Executor("native async", _native_round, _native_round_on_loop),
+}
+
+
+def executor_for(plan: StormPlan) -> Executor:
+    """The executor of *plan*'s rounds: Locust, forked shards, the WSGI pool or the loop."""
+    if plan.config.engine == "locust":
+        return EXECUTORS["locust"]
+    if plan.config.processes > 1:
+        return EXECUTORS["shards"]
+    if not plan.on_loop:
+        return EXECUTORS["wsgi pool"]
+    return EXECUTORS["native async"]
+
+
+def run_plan(
+    plan: StormPlan, progress: Progress | None = None, executor: Executor | None = None
+) -> StormResult:
     """Fire the storm from synchronous code (no event loop may be running in this thread)."""
     try:
         asyncio.get_running_loop()
@@ -83,45 +150,90 @@ def run_plan(plan: StormPlan, progress: Progress | None = None) -> StormResult:
             "storm() was called inside a running event loop; in an async test use "
             "`await storm.arun(...)` instead"
         )
-    rounds = []
-    with _served(plan) as served:
-        for _ in range(served.config.rounds):
-            with _round(served, progress) as (live, attach), _sampled(served) as sampled:
-                if served.config.engine == "locust":
-                    result = run_locust_round(served)
-                elif served.config.processes > 1:
-                    result = run_sharded_round(served, live)
-                elif not served.on_loop:
-                    result = run_pool_round(served, live)
-                else:
-                    result = anyio.run(run_async_round, served, live, **loop_options(served))
-                rounds.append(attach(sampled(result)))
-    return _judge(plan, rounds)
+    run = (executor or executor_for(plan)).run
+    rounds = _rounds(plan, progress, executor)
+    request = next(rounds)
+    while True:
+        try:
+            result = run(*request)
+        except BaseException as exc:
+            # Through the loop's blocks on its way out: they stop what they started.
+            rounds.throw(exc)
+            raise  # pragma: no cover - the loop re-raises what it is thrown
+        try:
+            request = rounds.send(result)
+        except StopIteration as done:
+            return cast(StormResult, done.value)
 
 
-async def run_plan_async(plan: StormPlan, progress: Progress | None = None) -> StormResult:
+async def run_plan_async(
+    plan: StormPlan, progress: Progress | None = None, executor: Executor | None = None
+) -> StormResult:
     """Fire the storm from async code: ASGI on the running loop, WSGI on a helper thread."""
-    rounds = []
-    with _served(plan) as served:
+    arun = (executor or executor_for(plan)).arun
+    rounds = _rounds(plan, progress, executor)
+    request = next(rounds)
+    while True:
+        try:
+            result = await arun(*request)
+        except BaseException as exc:
+            rounds.throw(exc)
+            raise  # pragma: no cover - the loop re-raises what it is thrown
+        try:
+            request = rounds.send(result)
+        except StopIteration as done:
+            return cast(StormResult, done.value)
+
+
+def _rounds(
+    plan: StormPlan, progress: Progress | None, executor: Executor | None
+) -> Generator[tuple[StormPlan, LiveFigures], StormResult, StormResult]:
+    """The one round loop: yields each round to run (the plan as served, its live figures)
+    and is sent the round's result; returns the judged result.
+
+    Everything a round needs around it starts and stops here, whichever executor runs it
+    and whether it is driven from synchronous or async code.
+    """
+    rounds: list[StormResult] = []
+    with _one_storm(), _served(plan) as served:
         for _ in range(served.config.rounds):
             with _round(served, progress) as (live, attach), _sampled(served) as sampled:
-                if served.config.engine == "locust":
-                    result = await anyio.to_thread.run_sync(run_locust_round, served)
-                elif served.config.processes > 1:
-                    result = await anyio.to_thread.run_sync(run_sharded_round, served, live)
-                elif not served.on_loop:
-                    result = await anyio.to_thread.run_sync(run_pool_round, served, live)
-                elif served.config.clock == "virtual":
-                    # Virtual time needs a loop of its own: run the round on one in a thread.
-                    result = await anyio.to_thread.run_sync(
-                        functools.partial(
-                            anyio.run, run_async_round, served, live, **loop_options(served)
-                        )
-                    )
-                else:
-                    result = await run_async_round(served, live)
+                result = yield served, live
                 rounds.append(attach(sampled(result)))
-    return _judge(plan, rounds)
+    chosen = _judge(plan, rounds)
+    if executor is not None and executor.judge is not None:
+        chosen = executor.judge(chosen)
+    return chosen
+
+
+#: Held while a storm runs in this process: the simulated clock, the wait recorder, the
+#: installed upstreams, the egress guard and the probes' patches are process-wide, so two
+#: storms at once would mix their figures.
+_STORM_RUNNING = [threading.Lock()]
+
+
+def _release_in_child() -> None:
+    # A process forked while a storm runs (a shard) starts with none of its own.
+    _STORM_RUNNING[0] = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_release_in_child)
+
+
+@contextmanager
+def _one_storm() -> Iterator[None]:
+    """Refuse a second storm while one runs in this process (another task or thread)."""
+    lock = _STORM_RUNNING[0]
+    if not lock.acquire(blocking=False):
+        raise ConfigError(
+            "another storm is already running in this process: storms share the process's "
+            "simulated clock, wait recorder, upstreams and patches, so one runs at a time "
+            "(await them one after the other, not with asyncio.gather)"
+        )
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def run_locust_round(plan: StormPlan) -> StormResult:
@@ -155,7 +267,7 @@ def _served(plan: StormPlan) -> Iterator[StormPlan]:
     """Start the plan's real server (if any) for the whole storm; stop it on every exit."""
     if plan.server is None:
         if plan.url is not None:
-            yield dataclasses.replace(plan, served_by=f"server at {plan.url}")
+            yield plan.serve_on(Serving(plan.url, served_by=f"server at {plan.url}"))
         else:
             yield plan
         return
@@ -192,9 +304,7 @@ def _served(plan: StormPlan) -> Iterator[StormPlan]:
             env[SIMIO_ENV] = shipped
         spec = dataclasses.replace(spec, setup=SIMIO_SETUP, env=env)
         with serve(spec) as server:
-            yield dataclasses.replace(
-                plan, url=server.url, served_by=server.describe(), running=server
-            )
+            yield plan.serve_on(Serving(server.url, served_by=server.describe(), running=server))
 
 
 def _unlink(path: str) -> None:
@@ -343,19 +453,7 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
     if config.scale is not None:
         chosen.notes.append(scale_note(config.scale))
         chosen.extras["scale"] = config.scale
-    budgets = dict(config.budgets)
-    if "max_error_rate" not in budgets and (chosen.failed or not completed(chosen)):
-        # Like Locust's exit code: any failed request fails a storm that set no error budget.
-        # A storm with no completed request has nothing to judge: the default error budget
-        # fails it as not measured, rather than passing on nothing.
-        budgets["max_error_rate"] = 0.0
-    chosen.verdicts = evaluate(chosen, budgets)
-    hooks_failed = int((chosen.extras.get("on_start") or {}).get("hooks_failed_count") or 0)
-    if hooks_failed:
-        # As in Locust, a user whose start hook failed fails, and so does its storm.
-        chosen.verdicts.append(Verdict("on_start", 0.0, float(hooks_failed), False))
-    for endpoint, budgets in config.endpoint_budgets.items():
-        chosen.verdicts.extend(evaluate_endpoint(chosen, endpoint, budgets))
+    chosen.verdicts = judge_budgets(chosen, config.budgets, config.endpoint_budgets)
     if chosen.knee is not None:
         knee = chosen.knee
         chosen.notes.append(
@@ -365,6 +463,29 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
         chosen.warnings.append(dropped_arrivals_warning(chosen.dropped, config.max_in_flight))
     chosen.verdicts.extend(_egress_verdicts(rounds))
     return chosen
+
+
+def judge_budgets(
+    result: StormResult,
+    budgets: Mapping[str, float],
+    endpoint_budgets: Mapping[str, Mapping[str, float]] | None = None,
+) -> list[Verdict]:
+    """The verdicts of every storm, whatever fired it: its budgets, the default error budget,
+    failed start hooks and the per-endpoint budgets."""
+    budgets = dict(budgets)
+    if "max_error_rate" not in budgets and (result.failed or not completed(result)):
+        # Like Locust's exit code: any failed request fails a storm that set no error budget.
+        # A storm with no completed request has nothing to judge: the default error budget
+        # fails it as not measured, rather than passing on nothing.
+        budgets["max_error_rate"] = 0.0
+    verdicts = evaluate(result, budgets)
+    hooks_failed = int((result.extras.get("on_start") or {}).get("hooks_failed_count") or 0)
+    if hooks_failed:
+        # As in Locust, a user whose start hook failed fails, and so does its storm.
+        verdicts.append(Verdict("on_start", 0.0, float(hooks_failed), False))
+    for endpoint, limits in (endpoint_budgets or {}).items():
+        verdicts.extend(evaluate_endpoint(result, endpoint, limits))
+    return verdicts
 
 
 def _egress_verdicts(rounds: list[StormResult]) -> list[Verdict]:

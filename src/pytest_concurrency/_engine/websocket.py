@@ -73,7 +73,7 @@ from .plan import LiveFigures, Progress, StormPlan, plan_storm
 from .rounds import execute_async, finish
 from .runner import AsyncRunner, Slot
 from .schedule import Schedule
-from .storm import _judge, _round, _sampled, _served
+from .storm import Executor, run_plan
 
 __all__ = [
     "WEBSOCKET_BUDGETS",
@@ -693,6 +693,26 @@ def _websocket_result(
     return ws
 
 
+def websocket_executor(wplan: WebSocketPlan) -> Executor:
+    """The executor of a WebSocket storm's rounds: one connection per user on the loop, and
+    the connection budgets judged on the chosen round."""
+
+    def run(plan: StormPlan, live: LiveFigures) -> StormResult:
+        return anyio.run(run_websocket_round, dataclasses.replace(wplan, plan=plan), live)
+
+    async def arun(plan: StormPlan, live: LiveFigures) -> StormResult:
+        return await run_websocket_round(dataclasses.replace(wplan, plan=plan), live)
+
+    def judge(chosen: StormResult) -> StormResult:
+        if not isinstance(chosen, WebSocketResult):  # pragma: no cover - every round is one
+            raise StormError("a WebSocket storm ended without its WebSocket figures")
+        chosen.verdicts.extend(_websocket_verdicts(chosen, wplan.spec.budgets))
+        chosen.budgets.update(wplan.spec.budgets)
+        return chosen
+
+    return Executor("websocket", run, arun, judge)
+
+
 def run_websocket_plan(wplan: WebSocketPlan, progress: Progress | None = None) -> WebSocketResult:
     """Fire a WebSocket storm from synchronous code (no event loop may run in this thread)."""
     try:
@@ -704,20 +724,7 @@ def run_websocket_plan(wplan: WebSocketPlan, progress: Progress | None = None) -
             "a WebSocket storm was started inside a running event loop; run it from a "
             "synchronous test"
         )
-    plan = wplan.plan
-    rounds: list[StormResult] = []
-    with _served(plan) as served:
-        splan = dataclasses.replace(wplan, plan=served)
-        for _ in range(served.config.rounds):
-            with _round(served, progress) as (live, attach), _sampled(served) as sampled:
-                result = anyio.run(run_websocket_round, splan, live)
-                rounds.append(attach(sampled(result)))
-    chosen = _judge(plan, rounds)
-    if not isinstance(chosen, WebSocketResult):  # pragma: no cover - every round is one
-        raise StormError("a WebSocket storm ended without its WebSocket figures")
-    chosen.verdicts.extend(_websocket_verdicts(chosen, wplan.spec.budgets))
-    chosen.budgets.update(wplan.spec.budgets)
-    return chosen
+    return cast(WebSocketResult, run_plan(wplan.plan, progress, websocket_executor(wplan)))
 
 
 def _websocket_verdicts(result: WebSocketResult, budgets: Mapping[str, float]) -> list[Verdict]:

@@ -397,20 +397,7 @@ def run_locust(
         )
     address = _address(host)
     generated = locustfile if isinstance(locustfile, Locustfile) else None
-    if users is None:
-        if generated is None:
-            raise ConfigError(
-                "users=None (from keyword argument): give users for a locustfile path"
-            )
-        users = generated.users
-    if duration is None:
-        if generated is None:
-            raise ConfigError(
-                "duration=None (from keyword argument): give duration for a locustfile path"
-            )
-        duration = generated.duration
-    users = _positive_int("users", users, 1)
-    duration = _positive_number("duration", duration)
+    users, duration = _users_and_duration(generated, users, duration)
     processes = _positive_int("processes", processes, 1 if expect_workers_from_elsewhere else 0)
     rate = _positive_number("spawn_rate", spawn_rate if spawn_rate is not None else users)
     limit = _positive_number(
@@ -423,14 +410,7 @@ def run_locust(
 
     with tempfile.TemporaryDirectory(prefix="pytest-storm-locust-") as tmp:
         work = Path(tmp)
-        if isinstance(locustfile, Locustfile):
-            path = locustfile.write(work / "storm_locustfile.py")
-        else:
-            path = Path(locustfile).resolve()
-            if not path.is_file():
-                raise ConfigError(
-                    f"locustfile={str(locustfile)!r} (from keyword argument) is not a file"
-                )
+        path = _locustfile_path(locustfile, work)
         report_file = work / "storm_report.json"
         command = _command(
             path,
@@ -445,29 +425,10 @@ def run_locust(
             bind_port=master_bind_port,
             wait_for_workers=limit,
         )
-        env = {**os.environ, REPORT_FILE_ENV: str(report_file), "PYTHONUNBUFFERED": "1"}
-        started = time.monotonic()
-        # A watcher leads the group: Locust stops with the storm's process, even a killed one.
-        watched = [sys.executable, str(Path(__file__).with_name("_watch.py"))]
-        watched += [str(os.getpid()), f"{stop_grace:g}", str(work), "--", *command]
-        with _locust_process(watched, env=env, cwd=work, grace=stop_grace) as proc:
-            try:
-                code = _wait(proc, started + limit)
-            except subprocess.TimeoutExpired:
-                code = None
-        elapsed = time.monotonic() - started
+        code, elapsed = _run_watched(command, work, report_file, stop_grace, limit)
         stdout = (work / "stdout.txt").read_text(encoding="utf-8", errors="replace")
         stderr = (work / "stderr.txt").read_text(encoding="utf-8", errors="replace")
-        if code is None:
-            raise StormError(
-                f"Locust did not finish within timeout={limit:g} s (run of {duration:g} s against "
-                f"{host}); stopped it. Its stderr ends with:\n{_error_tail(stderr)}"
-            )
-        if code != 0:
-            raise StormError(
-                f"Locust exited with code {code} (locustfile {path.name}, host={host!r}). "
-                f"Its stderr ends with:\n{_error_tail(stderr)}"
-            )
+        code = _check_exit(code, stderr, limit=limit, duration=duration, host=host, path=path)
         entries = _parse_json(stdout, stderr)
         status_counts, failures = _read_report(report_file)
     return LocustRun(
@@ -485,6 +446,70 @@ def run_locust(
         stderr_tail=stderr[-STDERR_TAIL:],
         extra={"shape": shape, "spawn_rate": rate, "remote_workers": expect_workers_from_elsewhere},
     )
+
+
+def _users_and_duration(
+    generated: Locustfile | None, users: int | None, duration: float | None
+) -> tuple[int, float]:
+    """The run's users and duration: as given, or the generated locustfile's."""
+    if users is None:
+        if generated is None:
+            raise ConfigError(
+                "users=None (from keyword argument): give users for a locustfile path"
+            )
+        users = generated.users
+    if duration is None:
+        if generated is None:
+            raise ConfigError(
+                "duration=None (from keyword argument): give duration for a locustfile path"
+            )
+        duration = generated.duration
+    return _positive_int("users", users, 1), _positive_number("duration", duration)
+
+
+def _locustfile_path(locustfile: Locustfile | str | os.PathLike[str], work: Path) -> Path:
+    """The locustfile to run: a generated one written into *work*, or the file given."""
+    if isinstance(locustfile, Locustfile):
+        return locustfile.write(work / "storm_locustfile.py")
+    path = Path(locustfile).resolve()
+    if not path.is_file():
+        raise ConfigError(f"locustfile={str(locustfile)!r} (from keyword argument) is not a file")
+    return path
+
+
+def _run_watched(
+    command: list[str], work: Path, report_file: Path, stop_grace: float, limit: float
+) -> tuple[int | None, float]:
+    """Run Locust's *command* in *work* under its watcher; its exit code (None when it
+    overran *limit* seconds and was stopped) and the seconds it took."""
+    env = {**os.environ, REPORT_FILE_ENV: str(report_file), "PYTHONUNBUFFERED": "1"}
+    started = time.monotonic()
+    # A watcher leads the group: Locust stops with the storm's process, even a killed one.
+    watched = [sys.executable, str(Path(__file__).with_name("_watch.py"))]
+    watched += [str(os.getpid()), f"{stop_grace:g}", str(work), "--", *command]
+    with _locust_process(watched, env=env, cwd=work, grace=stop_grace) as proc:
+        try:
+            code: int | None = _wait(proc, started + limit)
+        except subprocess.TimeoutExpired:
+            code = None
+    return code, time.monotonic() - started
+
+
+def _check_exit(
+    code: int | None, stderr: str, *, limit: float, duration: float, host: str, path: Path
+) -> int:
+    """Locust's exit code when it is 0; otherwise a :class:`StormError` quoting its stderr."""
+    if code is None:
+        raise StormError(
+            f"Locust did not finish within timeout={limit:g} s (run of {duration:g} s against "
+            f"{host}); stopped it. Its stderr ends with:\n{_error_tail(stderr)}"
+        )
+    if code != 0:
+        raise StormError(
+            f"Locust exited with code {code} (locustfile {path.name}, host={host!r}). "
+            f"Its stderr ends with:\n{_error_tail(stderr)}"
+        )
+    return code
 
 
 def _parse_json(stdout: str, stderr: str) -> list[LocustEntry]:

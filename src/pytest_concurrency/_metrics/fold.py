@@ -11,6 +11,7 @@ import heapq
 import math
 from array import array
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,8 @@ from .records import (
 )
 
 if TYPE_CHECKING:
+    from hdrh.histogram import HdrHistogram
+
     from .._engine.plan import StormPlan
     from .._engine.schedule import Window
 
@@ -70,83 +73,29 @@ def fold(
     config = plan.config
     rec, book, window = figures.rec, figures.book, figures.window
     n = len(rec)
-    starts = rec.start
     lats = rec.latency
     measure_from_us = int((window.measure_from - window.origin) * 1e6)
     keep = _kept(rec, measure_from_us, config.warmup_requests)
     discarded = n - len(keep)
 
-    latency_h, ttfb_h, queue_h, service_h = (new_histogram() for _ in range(4))
+    latency_h, ttfb_h = new_histogram(), new_histogram()
     latency_m = record_many(latency_h, (lats[i] for i in keep))
     ttfbs = rec.ttfb
     ttfb_m = record_many(ttfb_h, (ttfbs[i] for i in keep if ttfbs[i] >= 0))
     histograms = {"latency": latency_h, "ttfb": ttfb_h}
-    queue_stats: LatencyStats | None = None
-    service_stats: LatencyStats | None = None
+    queue_stats, service_stats = _queue_and_service(rec, keep, histograms, pool)
     pool_stats: PoolStats | None = None
-    queues = rec.queue
     statuses = rec.status
-    if pool is not None:
-        queue_m = record_many(queue_h, (queues[i] for i in keep))
-        service_m = record_many(
-            service_h, (lats[i] - queues[i] for i in keep if statuses[i] != STATUS_TIMEOUT)
-        )
-        histograms["queue_wait"] = queue_h
-        histograms["service_time"] = service_h
-        queue_stats = latency_stats(queue_h, queue_m)
-        service_stats = latency_stats(service_h, service_m)
-
     status_counts: Counter[int] = Counter(statuses[i] for i in keep)
     timeouts = status_counts.pop(STATUS_TIMEOUT, 0)
     errors_idx = rec.error
-
-    def failed_at(i: int) -> bool:
-        return is_failure(statuses[i], errors_idx[i])
-
-    failed = sum(1 for i in keep if failed_at(i))
+    failed = sum(1 for i in keep if is_failure(statuses[i], errors_idx[i]))
     errors = book.summaries(errors_idx[i] for i in keep)
-
-    # Throughput: completions inside the measurement window over its length, whenever
-    # the request was sent (a request sent during warm-up still used the window).
-    if math.isinf(window.stop_at):
-        if keep:
-            first = min(starts[i] for i in keep)
-            last = max(starts[i] + lats[i] for i in keep)
-            duration = max(1e-6, (last - first) / 1e6)
-        else:
-            duration = 0.0
-        completed = len(keep)
-    else:
-        duration = window.stop_at - window.measure_from
-        stop_us = int((window.stop_at - window.origin) * 1e6)
-        # A timed-out request did not complete for its client, whenever its worker finished.
-        completed = sum(
-            1
-            for s, lat, st in zip(starts, lats, statuses, strict=True)
-            if measure_from_us <= s + lat <= stop_us and st != STATUS_TIMEOUT
-        )
-    throughput = completed / duration if duration > 0 else 0.0
-
+    duration, throughput = _throughput(rec, keep, window, measure_from_us)
     endpoints: dict[str, EndpointStats] = {}
     labels = plan.mix.labels
     if len(labels) > 1 or plan.mix.factory is not None:
-        ends = rec.endpoint
-        chosen_by: dict[int, array[int]] = {}
-        for i in keep:
-            bucket = chosen_by.get(ends[i])
-            if bucket is None:
-                bucket = chosen_by[ends[i]] = array("I")
-            bucket.append(i)
-        for index, label in enumerate(labels):
-            chosen = chosen_by.pop(index, array("I"))
-            h = new_histogram()
-            moments = record_many(h, (lats[i] for i in chosen))
-            bad = sum(1 for i in chosen if failed_at(i))
-            rps = len(chosen) / duration if duration > 0 else 0.0
-            endpoints[label] = EndpointStats(
-                label, len(chosen), bad, latency_stats(h, moments), rps
-            )
-            histograms[f"latency:{label}"] = h
+        endpoints = _endpoints(rec, keep, labels, duration, histograms)
 
     busy_by_second: list[float] = []
     flight_by_second: list[float] = []
@@ -197,6 +146,7 @@ def fold(
         model="open" if open_model else "closed",
         rate=config.rate,
         dropped=len(dropped),
+        peak_in_flight=peak_in_flight if figures.in_flight or pool is not None else None,
     )
     if profile is not None and profile.varies:
         result.knee = _knee(timeline)
@@ -212,14 +162,93 @@ def fold(
             measure_from_us=measure_from_us,
             histogram=latency_h,
         )
-    if not open_model and not config.stages and duration > 0:
-        # Little's law: one round of every user takes users / throughput seconds.
-        round_s = config.users / throughput if throughput > 0 else math.inf
-        if round_s > duration:
-            result.warnings.append(
-                short_window_warning(duration, round_s, config.users, throughput)
-            )
+    if not open_model and not config.stages:
+        _warn_short_window(result, config.users)
     return result
+
+
+def _warn_short_window(result: StormResult, users: int) -> None:
+    """Say so when a closed storm's window was shorter than one round of every user."""
+    duration, throughput = result.duration, result.throughput
+    if duration <= 0:
+        return
+    # Little's law: one round of every user takes users / throughput seconds.
+    round_s = users / throughput if throughput > 0 else math.inf
+    if round_s > duration:
+        result.warnings.append(short_window_warning(duration, round_s, users, throughput))
+
+
+def _queue_and_service(
+    rec: Recorder, keep: array[int], histograms: dict[str, HdrHistogram], pool: PoolModel | None
+) -> tuple[LatencyStats | None, LatencyStats | None]:
+    """Queue wait and service time of a pool's requests (None without a pool)."""
+    if pool is None:
+        return None, None
+    lats, queues, statuses = rec.latency, rec.queue, rec.status
+    queue_h, service_h = new_histogram(), new_histogram()
+    queue_m = record_many(queue_h, (queues[i] for i in keep))
+    service_m = record_many(
+        service_h, (lats[i] - queues[i] for i in keep if statuses[i] != STATUS_TIMEOUT)
+    )
+    histograms["queue_wait"] = queue_h
+    histograms["service_time"] = service_h
+    return latency_stats(queue_h, queue_m), latency_stats(service_h, service_m)
+
+
+def _throughput(
+    rec: Recorder, keep: array[int], window: Window, measure_from_us: int
+) -> tuple[float, float]:
+    """The measured duration (s) and throughput (rps) of a round.
+
+    Throughput: completions inside the measurement window over its length, whenever the
+    request was sent (a request sent during warm-up still used the window).
+    """
+    starts, lats, statuses = rec.start, rec.latency, rec.status
+    if math.isinf(window.stop_at):
+        if keep:
+            first = min(starts[i] for i in keep)
+            last = max(starts[i] + lats[i] for i in keep)
+            duration = max(1e-6, (last - first) / 1e6)
+        else:
+            duration = 0.0
+        completed = len(keep)
+    else:
+        duration = window.stop_at - window.measure_from
+        stop_us = int((window.stop_at - window.origin) * 1e6)
+        # A timed-out request did not complete for its client, whenever its worker finished.
+        completed = sum(
+            1
+            for s, lat, st in zip(starts, lats, statuses, strict=True)
+            if measure_from_us <= s + lat <= stop_us and st != STATUS_TIMEOUT
+        )
+    return duration, completed / duration if duration > 0 else 0.0
+
+
+def _endpoints(
+    rec: Recorder,
+    keep: array[int],
+    labels: Sequence[str],
+    duration: float,
+    histograms: dict[str, HdrHistogram],
+) -> dict[str, EndpointStats]:
+    """Per-endpoint figures of a mix (each endpoint's latency histogram added to *histograms*)."""
+    lats, statuses, errors_idx, ends = rec.latency, rec.status, rec.error, rec.endpoint
+    chosen_by: dict[int, array[int]] = {}
+    for i in keep:
+        bucket = chosen_by.get(ends[i])
+        if bucket is None:
+            bucket = chosen_by[ends[i]] = array("I")
+        bucket.append(i)
+    endpoints: dict[str, EndpointStats] = {}
+    for index, label in enumerate(labels):
+        chosen = chosen_by.pop(index, array("I"))
+        h = new_histogram()
+        moments = record_many(h, (lats[i] for i in chosen))
+        bad = sum(1 for i in chosen if is_failure(statuses[i], errors_idx[i]))
+        rps = len(chosen) / duration if duration > 0 else 0.0
+        endpoints[label] = EndpointStats(label, len(chosen), bad, latency_stats(h, moments), rps)
+        histograms[f"latency:{label}"] = h
+    return endpoints
 
 
 def _knee(timeline: list[TimelinePoint]) -> Knee | None:
@@ -302,7 +331,7 @@ def _pool_figures(
     array per time slice, so the fold holds 8 bytes per event (at most 3 a request) and
     sorts one slice at a time, instead of a list of tuples for the whole storm.
     """
-    starts, lats, queues, statuses = rec.start, rec.latency, rec.queue, rec.status
+    starts, lats = rec.start, rec.latency
     lo = int((window.measure_from - window.origin) * 1e6)
     if math.isinf(window.stop_at):
         hi = max((starts[i] + lats[i] for i in keep), default=lo)
@@ -316,32 +345,7 @@ def _pool_figures(
     busy_total = 0.0
     peak = 0
 
-    first = min(starts, default=0)
-    last = max((s + lat for s, lat in zip(starts, lats, strict=True)), default=0)
-    # About _PER_SLICE requests' events a slice: an array costs ≈ 80 bytes of its own.
-    slice_count = min(_MAX_SLICES, max(1, len(rec) // _PER_SLICE))
-    width = max(1000, (last - first) // slice_count + 1)
-    slices: list[array[int] | None] = [None] * ((last - first) // width + 1)
-
-    def add(at: int, kind: int) -> None:
-        k = (at - first) // width
-        bucket = slices[k]
-        if bucket is None:
-            bucket = slices[k] = array("q")
-        bucket.append(((at - first) << _KIND_BITS) | kind)
-
-    for sent, queue, lat, status in zip(starts, queues, lats, statuses, strict=True):
-        # A request waits at most its latency (a timed-out one, its timeout).
-        begin = sent + min(queue, lat) if queue > 0 else sent
-        end = sent + lat if status != STATUS_TIMEOUT else begin
-        served = end > begin
-        if begin > sent:
-            add(sent, _WAIT_START)
-            add(begin, _TAKEN if served else _WAIT_END)
-        elif served:
-            add(begin, _BUSY_START)
-        if served:
-            add(end, _BUSY_END)
+    first, slices = _pool_events(rec)
     busy = waiting = 0
     prev = lo
     for k, bucket in enumerate(slices):
@@ -389,6 +393,39 @@ def _pool_figures(
         queue_share=share,
     )
     return _Sweep(stats, [b / 1e6 for b in busy_us], [f / 1e6 for f in flight_us], peak)
+
+
+def _pool_events(rec: Recorder) -> tuple[int, list[array[int] | None]]:
+    """Every request's pool events (wait start, taken, busy start and end), packed as
+    ``(time - first) << 3 | kind`` in time slices; returns ``first`` and the slices."""
+    starts, lats, queues, statuses = rec.start, rec.latency, rec.queue, rec.status
+    first = min(starts, default=0)
+    last = max((s + lat for s, lat in zip(starts, lats, strict=True)), default=0)
+    # About _PER_SLICE requests' events a slice: an array costs ≈ 80 bytes of its own.
+    slice_count = min(_MAX_SLICES, max(1, len(rec) // _PER_SLICE))
+    width = max(1000, (last - first) // slice_count + 1)
+    slices: list[array[int] | None] = [None] * ((last - first) // width + 1)
+
+    def add(at: int, kind: int) -> None:
+        k = (at - first) // width
+        bucket = slices[k]
+        if bucket is None:
+            bucket = slices[k] = array("q")
+        bucket.append(((at - first) << _KIND_BITS) | kind)
+
+    for sent, queue, lat, status in zip(starts, queues, lats, statuses, strict=True):
+        # A request waits at most its latency (a timed-out one, its timeout).
+        begin = sent + min(queue, lat) if queue > 0 else sent
+        end = sent + lat if status != STATUS_TIMEOUT else begin
+        served = end > begin
+        if begin > sent:
+            add(sent, _WAIT_START)
+            add(begin, _TAKEN if served else _WAIT_END)
+        elif served:
+            add(begin, _BUSY_START)
+        if served:
+            add(end, _BUSY_END)
+    return first, slices
 
 
 def _spread(buckets: list[float], a: int, b: int, weight: int) -> None:

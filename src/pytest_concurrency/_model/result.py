@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,14 @@ class LatencyStats:
             "max": self.max,
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LatencyStats:
+        """The figures back from :meth:`to_dict` (a figure written as null is NaN again)."""
+        return cls(
+            count=int(data.get("count") or 0),
+            **{name: _number(data.get(name)) for name in _LATENCY_FIGURES},
+        )
+
 
 @dataclass
 class ErrorSummary:
@@ -71,6 +80,11 @@ class ErrorSummary:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
         return {"type": self.type, "count": self.count, "example": self.example}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ErrorSummary:
+        """The summary back from :meth:`to_dict`."""
+        return cls(str(data["type"]), int(data["count"]), str(data["example"]))
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,17 @@ class Verdict:
             "measured": _finite(self.measured),
             "ok": self.ok,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Verdict:
+        """The verdict back from :meth:`to_dict` (a figure not measured is infinite again)."""
+        measured = data.get("measured")
+        return cls(
+            str(data["name"]),
+            float(data["limit"]),
+            float(measured) if measured is not None else math.inf,
+            bool(data["ok"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -129,6 +154,22 @@ class TimelinePoint:
             "in_flight": self.in_flight,
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TimelinePoint:
+        """The point back from :meth:`to_dict`."""
+        return cls(
+            second=int(data["second"]),
+            requests=int(data["requests"]),
+            errors=int(data["errors"]),
+            p50=_number(data.get("p50")),
+            p99=_number(data.get("p99")),
+            max=_number(data.get("max")),
+            busy_workers=data.get("busy_workers"),
+            target=data.get("target"),
+            dropped=int(data.get("dropped") or 0),
+            in_flight=data.get("in_flight"),
+        )
+
 
 @dataclass(frozen=True)
 class Knee:
@@ -147,6 +188,13 @@ class Knee:
             "p99": self.p99,
             "calm_p99": self.calm_p99,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Knee:
+        """The knee back from :meth:`to_dict`."""
+        return cls(
+            int(data["second"]), data.get("target"), float(data["p99"]), float(data["calm_p99"])
+        )
 
 
 @dataclass(frozen=True)
@@ -174,6 +222,17 @@ class EndpointStats:
             "latency": _finite_dict(self.latency.to_dict()),
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EndpointStats:
+        """The endpoint's figures back from :meth:`to_dict`."""
+        return cls(
+            name=str(data["name"]),
+            requests=int(data["requests"]),
+            errors=int(data["errors"]),
+            latency=LatencyStats.from_dict(data["latency"]),
+            throughput=float(data.get("throughput") or 0.0),
+        )
+
 
 @dataclass(frozen=True)
 class PoolStats:
@@ -196,6 +255,18 @@ class PoolStats:
             "mean_queue_ms": _finite(self.mean_queue_ms),
             "queue_share": _finite(self.queue_share),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PoolStats:
+        """The pool's figures back from :meth:`to_dict`."""
+        return cls(
+            description=str(data["description"]),
+            size=int(data["size"]),
+            saturation=float(data["saturation"]),
+            mean_busy=float(data["mean_busy"]),
+            mean_queue_ms=_number(data.get("mean_queue_ms")),
+            queue_share=_number(data.get("queue_share")),
+        )
 
 
 #: The part of a request's time that is no wait the storm could see: its own service.
@@ -361,6 +432,8 @@ class StormResult:
     server: str
     method: str
     path: str
+    #: Users of a closed storm (the peak target of its stages); for an open-model storm,
+    #: which has no users, the most requests in flight (``peak_in_flight``).
     users: int
     requests: int
     duration: float
@@ -405,6 +478,9 @@ class StormResult:
     refused_egress: list[dict[str, Any]] = field(default_factory=list)
     #: Where the requests' time went (in-process storms): waits charged to each request.
     attribution: Attribution | None = None
+    #: The most requests in flight at once (sent, not yet answered), where the storm
+    #: counted them (the WSGI pool, the open model); None where it did not.
+    peak_in_flight: int | None = None
 
     @property
     def loop_lag_max_ms(self) -> float | None:
@@ -497,6 +573,7 @@ class StormResult:
             "connection_pools": [p.to_dict() for p in self.connection_pools],
             "refused_egress": self.refused_egress,
             "attribution": self.attribution.to_dict() if self.attribution else None,
+            "peak_in_flight": self.peak_in_flight,
         }
         if histograms:
             # HdrHistogram's encoding is already compressed and base64: text as it is.
@@ -504,6 +581,74 @@ class StormResult:
                 name: h.encode().decode("ascii") for name, h in self.histograms.items()
             }
         return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StormResult:
+        """The result back from :meth:`to_dict` (with its histograms): a storm sent by a
+        pytest-xdist worker, or read from a session document.
+
+        ``StormResult.from_dict(r.to_dict()).to_dict() == r.to_dict()``; what ``to_dict``
+        leaves out (the measured window, parameters that are not plain data) stays out.
+        """
+        queue_wait, service_time = data.get("queue_wait"), data.get("service_time")
+        pool, knee, loop_lag = data.get("pool"), data.get("knee"), data.get("loop_lag")
+        attribution = data.get("attribution")
+        return cls(
+            label=str(data["label"]),
+            app=str(data["app"]),
+            interface=str(data["interface"]),
+            server=str(data["server"]),
+            method=str(data["method"]),
+            path=str(data["path"]),
+            users=int(data["users"]),
+            requests=int(data["requests"]),
+            duration=float(data["duration"]),
+            throughput=float(data["throughput"]),
+            latency=LatencyStats.from_dict(data["latency"]),
+            ttfb=LatencyStats.from_dict(data["ttfb"]),
+            queue_wait=LatencyStats.from_dict(queue_wait) if queue_wait else None,
+            service_time=LatencyStats.from_dict(service_time) if service_time else None,
+            status_counts=Counter({int(k): int(v) for k, v in data["status_counts"].items()}),
+            errors={k: ErrorSummary.from_dict(v) for k, v in data["errors"].items()},
+            failed=int(data["failed"]),
+            timeouts=int(data["timeouts"]),
+            pool=PoolStats.from_dict(pool) if pool else None,
+            timeline=[TimelinePoint.from_dict(p) for p in data["timeline"]],
+            endpoints={k: EndpointStats.from_dict(v) for k, v in data["endpoints"].items()},
+            histograms={
+                name: HdrHistogram.decode(text)
+                for name, text in (data.get("histograms") or {}).items()
+            },
+            params=dict(data["params"]),
+            budgets={k: float(v) for k, v in data["budgets"].items()},
+            verdicts=[Verdict.from_dict(v) for v in data["verdicts"]],
+            warnings=list(data["warnings"]),
+            loop_cpu_share=data.get("loop_cpu_share"),
+            harness_share=data.get("harness_share"),
+            discarded=int(data.get("discarded") or 0),
+            model=str(data.get("model") or "closed"),
+            rate=data.get("rate"),
+            dropped=int(data.get("dropped") or 0),
+            knee=Knee.from_dict(knee) if knee else None,
+            rounds=list(data.get("rounds") or []),
+            extras=dict(data.get("extras") or {}),
+            loop_lag=LoopLag.from_dict(loop_lag) if loop_lag else None,
+            thread_pools=[PoolUsage.from_dict(p) for p in data.get("thread_pools") or []],
+            connection_pools=[
+                ConnectionPoolUsage.from_dict(p) for p in data.get("connection_pools") or []
+            ],
+            notes=list(data.get("notes") or []),
+            refused_egress=list(data.get("refused_egress") or []),
+            attribution=Attribution.from_dict(attribution) if attribution else None,
+            peak_in_flight=data.get("peak_in_flight"),
+        )
+
+
+_LATENCY_FIGURES = ("min", "mean", "stdev", "p50", "p75", "p90", "p95", "p99", "p999", "max")
+
+
+def _number(value: Any) -> float:
+    return float(value) if value is not None else math.nan
 
 
 def _finite(value: float) -> float | None:

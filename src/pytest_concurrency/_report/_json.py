@@ -317,7 +317,16 @@ JSON_SCHEMA: dict[str, Any] = {
                 "server": {"type": "string"},
                 "method": {"type": "string"},
                 "path": {"type": "string"},
-                "users": {"type": "integer"},
+                "users": {
+                    "type": "integer",
+                    "description": "users of a closed storm (the peak of its stages); for an "
+                    "open-model storm, the most requests in flight",
+                },
+                "peak_in_flight": {
+                    "type": ["integer", "null"],
+                    "description": "most requests in flight at once, where the storm counted "
+                    "them (the WSGI pool, the open model); absent in older documents",
+                },
                 "requests": {"type": "integer", "minimum": 0},
                 "duration": _NUMBER_OR_NULL,
                 "throughput": {
