@@ -318,7 +318,7 @@ def test_quick_demo_writes_the_claims_table(tmp_path: Path) -> None:
     assert elapsed < 90
     doc = json.loads((tmp_path / "claims.json").read_text())
     numbers = [claim["number"] for claim in doc["claims"]]
-    assert numbers == ["1", "2a", "2b", "3", "4a", "4b", "5", "6", "7"]
+    assert numbers == ["1", "2a", "2b", "3", "4a", "4b", "5", "6", "7", "8"]
     for claim in doc["claims"]:
         assert claim["verdict"] in ("holds", "holds partly", "does not hold here")
         assert claim["reason"]
