@@ -133,8 +133,12 @@ def test_io_behind_uvicorn_passes_the_loop_budgets() -> None:
 
 @pytest.mark.timing
 def test_io_behind_uvicorn_keeps_its_loop_lag_low() -> None:
+    # The blocking twin holds the loop 50 ms per call (one simulated wait). The awaiting
+    # endpoint must stay under that; on this 2-core machine the worker's loop shows one or
+    # two stalls not traced to app code, of either ≈ 10 or ≈ 30 ms, per 2 s storm (seen on
+    # older releases too), so the limit is below one blocking call with room for them.
     result = run_storm(
-        FASTAPI, "GET", "/io", users=20, duration=2.0, server="uvicorn", max_loop_lag_ms=25
+        FASTAPI, "GET", "/io", users=20, duration=2.0, server="uvicorn", max_loop_lag_ms=45
     )
     assert result.passed, str(result.verdicts)
 
