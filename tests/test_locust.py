@@ -731,3 +731,14 @@ def test_cli_writes_a_locustfile_and_runs_it(tmp_path: Path, server_url: str) ->
         ]
     )
     assert code == 0
+
+
+def test_percentiles_from_locusts_buckets_stay_within_the_exact_min_and_max() -> None:
+    # Locust rounds 46.2–46.8 ms into its 46 and 47 ms buckets: read from the buckets, the
+    # p99 would be 47 ms, past the slowest request Locust itself timed (46.8 ms).
+    stats, _ = locust_runner._stats(Counter({46: 10, 47: 90}), 4_660.0, 100, 46.2, 46.8)
+    assert stats.min == 46.2
+    assert stats.max == 46.8
+    assert stats.p50 <= stats.p99 <= stats.p999 <= stats.max
+    assert stats.p50 >= stats.min
+    assert stats.p99 == pytest.approx(46.8)

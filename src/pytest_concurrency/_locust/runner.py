@@ -565,12 +565,15 @@ def _stats(
     )
     stats = latency_stats(histogram, moments)
     if stats.count and count:
-        stats = replace(
-            stats,
-            mean=total_ms / count,
-            min=low if low is not None else stats.min,
-            max=high,
-        )
+        low = low if low is not None else stats.min
+        # Locust rounds each time into a bucket (to 1 ms below 100 ms, 10 ms to 1 s): a
+        # percentile read from the buckets may lie past the exact slowest or below the
+        # exact fastest request, which bound every percentile.
+        bounded = {
+            name: min(max(getattr(stats, name), low), high)
+            for name in ("p50", "p75", "p90", "p95", "p99", "p999")
+        }
+        stats = replace(stats, mean=total_ms / count, min=low, max=high, **bounded)
     return stats, histogram
 
 
