@@ -105,7 +105,12 @@ def test_other_async_frameworks_forward_to_the_model(
     app = starlette_app.app if framework == "starlette" else django_app.asgi_app
     result = storm(app, requests=[PROMPT])
     assert result.status_counts[200] == result.requests
-    assert result.latency.p50 >= 75  # at least the model's median (80 ms; sleeps never end early)
+    # Every request lasts at least its own model call (sleeps never end early), so the
+    # medians keep that order (5 % for the histograms' rounding). The model's 80 ms median
+    # is not a floor: the median of ≈ 240 lognormal draws varies by ≈ 2.5 ms.
+    waits = result.extras["simulated_waits"]["async"]
+    assert waits["requested_p50_ms"] > 60
+    assert result.latency.p50 >= 0.95 * waits["requested_p50_ms"]
 
 
 @pytest.mark.concurrency(users=20, duration=1.0, max_error_rate=0)

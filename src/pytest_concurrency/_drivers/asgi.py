@@ -20,13 +20,14 @@ import httpx
 from .. import _clock as clock
 from .._apps import as_asgi3
 from .._errors import StormError
-from .._headers import RESPONSE_VALUE_BAD, TOKEN_BYTES, content_length, response_header_fault
+from .._headers import RESPONSE_VALUE_BAD, TOKEN_BYTES, response_header_fault
 from .._workload import Request, checked_user_headers
 from .base import (
     BadHeaders,
     BadStatus,
     BodyBeforeStart,
     BodyNotBytes,
+    CheckedHeaders,
     ContentLengthMismatch,
     IncompleteResponse,
     InvalidHeader,
@@ -92,10 +93,8 @@ _CHUNKS_PER_TURN = 16
 #: Body chunks kept as a sample of an error response (the report shows the first ones).
 _SAMPLE_CHUNKS = 4
 
-#: Response header lists already checked, and their declared content-length (-1: none). An
-#: app sends a handful of distinct lists; past this many, the cache starts afresh.
-_CHECKED_HEADERS: dict[tuple[Any, ...], int] = {}
-_CHECKED_HEADERS_KEPT = 256
+#: Response header lists already checked, with their declared content-length.
+_CHECKED_HEADERS = CheckedHeaders()
 
 
 def response_headers(headers: Any) -> int:
@@ -106,11 +105,7 @@ def response_headers(headers: Any) -> int:
     """
     if not headers:
         return -1
-    try:
-        key: tuple[Any, ...] | None = tuple(headers)
-        declared = _CHECKED_HEADERS.get(key)  # type: ignore[arg-type]
-    except TypeError:  # [name, value] lists: checked each time
-        key, declared = None, None
+    key, declared = _CHECKED_HEADERS.lookup(headers)
     if declared is not None:
         return declared
     lengths = []
@@ -125,18 +120,7 @@ def response_headers(headers: Any) -> int:
             raise InvalidHeader(response_header_fault(name, value) or repr(header))
         if len(name) == 14 and name.lower() == b"content-length":
             lengths.append(value)
-    length = None
-    if lengths:
-        try:
-            length = content_length(lengths)
-        except ValueError as exc:
-            raise InvalidHeader(str(exc)) from None
-    declared = -1 if length is None else length
-    if key is not None:
-        if len(_CHECKED_HEADERS) >= _CHECKED_HEADERS_KEPT:
-            _CHECKED_HEADERS.clear()  # lists that differ each time: start afresh
-        _CHECKED_HEADERS[key] = declared
-    return declared
+    return _CHECKED_HEADERS.remember(key, lengths)
 
 
 class Exchange:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import anyio.abc
 
+from .._headers import content_length
 from .._workload import Request
 
 __all__ = [
@@ -142,3 +143,41 @@ class AsyncDriver(Protocol):
 
     def call_request(self, request: Request, slot: Slot) -> Coroutine[Any, Any, Exchange]:
         """Send a request built on the fly (templated requests)."""
+
+
+class CheckedHeaders:
+    """Response header lists already checked, and their declared content-length (-1: none).
+
+    An app sends a handful of distinct lists; past :attr:`KEPT` of them, the cache starts
+    afresh.
+    """
+
+    KEPT = 256
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[Any, ...], int] = {}
+
+    def lookup(self, headers: Any) -> tuple[tuple[Any, ...] | None, int | None]:
+        """The cache key of *headers* (None: unhashable, checked each time) and their
+        declared length if they were checked before."""
+        try:
+            key = tuple(headers)
+            return key, self._known.get(key)
+        except TypeError:
+            return None, None
+
+    def remember(self, key: tuple[Any, ...] | None, lengths: list[bytes]) -> int:
+        """The declared length of checked headers whose content-length values are *lengths*;
+        raises :class:`InvalidHeader` for a bad or conflicting one."""
+        length = None
+        if lengths:
+            try:
+                length = content_length(lengths)
+            except ValueError as exc:
+                raise InvalidHeader(str(exc)) from None
+        declared = -1 if length is None else length
+        if key is not None:
+            if len(self._known) >= self.KEPT:
+                self._known.clear()  # lists that differ each time: start afresh
+            self._known[key] = declared
+        return declared

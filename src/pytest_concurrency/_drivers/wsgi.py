@@ -26,7 +26,7 @@ from werkzeug.test import EnvironBuilder
 
 from .._checks import NO_CHECKS
 from .._errors import StormError
-from .._headers import HOP_BY_HOP, TOKEN, WSGI_VALUE_BAD, content_length, wsgi_header_fault
+from .._headers import HOP_BY_HOP, TOKEN, WSGI_VALUE_BAD, wsgi_header_fault
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
 from .._probes.attribution import Ledger, bind
 from .._probes.attribution import attributing as attribution_on
@@ -35,6 +35,7 @@ from .base import (
     BadHeaders,
     BadStatus,
     BodyNotBytes,
+    CheckedHeaders,
     ContentLengthMismatch,
     HopByHopHeader,
     InvalidHeader,
@@ -111,10 +112,8 @@ def _status_code(status: object) -> int:
     return int(code)
 
 
-#: Header lists already checked, and their declared content-length (-1: none): an app
-#: sends a handful of distinct lists; past this many, the cache starts afresh.
-_CHECKED_HEADERS: dict[tuple[Any, ...], int] = {}
-_CHECKED_HEADERS_KEPT = 256
+#: Response header lists already checked, with their declared content-length.
+_CHECKED_HEADERS = CheckedHeaders()
 
 
 def response_headers(headers: Any) -> int:
@@ -128,11 +127,7 @@ def response_headers(headers: Any) -> int:
         raise BadHeaders(f"start_response headers must be a list, not {headers!r}")
     if not headers:
         return -1
-    try:
-        key: tuple[Any, ...] | None = tuple(headers)
-        declared = _CHECKED_HEADERS.get(key)  # type: ignore[arg-type]
-    except TypeError:  # an unhashable item: not a (str, str) tuple, refused below
-        key, declared = None, None
+    key, declared = _CHECKED_HEADERS.lookup(headers)
     if declared is not None:
         return declared
     lengths = []
@@ -155,18 +150,7 @@ def response_headers(headers: Any) -> int:
             )
         if lower == "content-length":
             lengths.append(value.encode("latin-1"))
-    length = None
-    if lengths:
-        try:
-            length = content_length(lengths)
-        except ValueError as exc:
-            raise InvalidHeader(str(exc)) from None
-    declared = -1 if length is None else length
-    if key is not None:
-        if len(_CHECKED_HEADERS) >= _CHECKED_HEADERS_KEPT:
-            _CHECKED_HEADERS.clear()  # lists that differ each time: start afresh
-        _CHECKED_HEADERS[key] = declared
-    return declared
+    return _CHECKED_HEADERS.remember(key, lengths)
 
 
 class _StartResponse:

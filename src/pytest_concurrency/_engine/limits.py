@@ -39,14 +39,19 @@ _FILES_SPARE = 200
 MAX_TIMEOUT_MS = 86_400_000.0
 
 
-def _available_memory() -> int | None:
+def _proc_bytes(path: str, key: str) -> int | None:
+    """A ``key: N kB`` figure of a /proc file, in bytes (None where it cannot be read)."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _available_memory() -> int | None:
+    return _proc_bytes("/proc/meminfo", "MemAvailable")
 
 
 def _stack_bytes() -> int:
@@ -60,13 +65,7 @@ def _stack_bytes() -> int:
 
 
 def _address_space_used() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    return _proc_bytes("/proc/self/status", "VmSize") or 0
 
 
 def _thread_room() -> tuple[int, str]:
