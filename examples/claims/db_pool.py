@@ -75,7 +75,7 @@ def run(demo: Demo) -> ClaimRow:
     )
     return ClaimRow(
         "8",
-        "An async framework serves many users at once, whatever the database",
+        "An async framework does not save you from a 5-connection database pool",
         "async framework tutorials (FastAPI + SQLAlchemy async)",
         f"GET /report on FastAPI + SQLAlchemy async ({backend}), each request holding a "
         f"connection {format_number(hold_ms)} ms, {POOL_USERS} users: pool_size 5 against 20",
