@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ from pytest_concurrency import Upstream
 from pytest_concurrency._simio import wait_recorder
 from pytest_concurrency._simio.egress import EgressGuard
 from pytest_concurrency._simio.loopback import ALIAS, LoopbackUpstream
+from pytest_concurrency._simio.loopserver import LoopbackProcess
 
 URL = "http://model.invalid/x"
 _FIXED = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n"
@@ -105,11 +107,22 @@ def do_nothing_server() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def loopback(upstream: Upstream) -> Iterator[None]:
-    server = LoopbackUpstream(lambda: [upstream]).start()
+def loopback(upstream: Upstream, process: bool = True) -> Iterator[Callable[[], None]]:
+    """The upstream served on loopback (by a process of its own, or a thread of this one);
+    yields what brings its figures back."""
+    server: LoopbackProcess | LoopbackUpstream
+    if process:
+        server = LoopbackProcess(upstream).start()
+        collect = server.collect
+    else:
+        server = LoopbackUpstream(lambda: [upstream]).start()
+
+        def collect() -> None:
+            pass
+
     try:
         with EgressGuard(serve=upstream.http_hosts, serve_port=server.port, alias=ALIAS):
-            yield
+            yield collect
     finally:
         server.stop()
 
@@ -165,13 +178,13 @@ def per_call(calls: int, rounds: int) -> dict[str, float]:
     return figures
 
 
-def burst(count: int) -> str:
+def burst(count: int, process: bool = True) -> str:
     try:
         aiohttp: Any = importlib.import_module("aiohttp")
     except ImportError:
         return "burst: aiohttp is not installed"
 
-    async def run() -> tuple[Any, list[float]]:
+    async def run(collect: Callable[[], None]) -> tuple[Any, list[float]]:
         latencies: list[float] = []
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -183,22 +196,27 @@ def burst(count: int) -> str:
                 latencies.append((time.perf_counter() - start) * 1000)
 
             await asyncio.gather(*(one() for _ in range(count)))  # open the connections
+            collect()
             latencies.clear()
             wait_recorder.start()
             await asyncio.gather(*(one() for _ in range(count)))
+            collect()
             return wait_recorder.stop(), sorted(latencies)
 
+    load = os.getloadavg()[0]
     with Upstream() as upstream:
         upstream.route(URL, latency=50, json={"ok": True})
-        with loopback(upstream):
-            report, latencies = asyncio.run(run())
+        with loopback(upstream, process) as collect:
+            report, latencies = asyncio.run(run(collect))
     waits = report.async_waits
     p50 = latencies[len(latencies) // 2]
     p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)]
+    where = "a loopback process" if process else "the loopback thread"
     return (
-        f"{count:,} concurrent aiohttp calls at 50 ms through the loopback upstream: wait error "
-        f"p50 {waits.p50_ms:.1f} ms, p99 {waits.p99_ms:.1f} ms; call latency p50 {p50:.1f} ms, "
-        f"p99 {p99:.1f} ms"
+        f"{count:,} concurrent aiohttp calls at 50 ms through {where}: wait error "
+        f"p50 {waits.p50_ms:.1f} ms, p99 {waits.p99_ms:.1f} ms, max {waits.max_ms:.1f} ms; "
+        f"call latency p50 {p50:.1f} ms, p99 {p99:.1f} ms (load average before: {load:.2f}, "
+        f"{os.cpu_count()} cores)"
     )
 
 
@@ -207,6 +225,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--burst", type=int, default=1000)
+    parser.add_argument("--thread", action="store_true", help="also burst the loopback thread")
     args = parser.parse_args()
     figures = per_call(args.calls, args.rounds)
     base = figures["httpx, in-process"]
@@ -217,7 +236,9 @@ def main() -> None:
         bare = figures.get(f"{client}, do-nothing server")
         if served is not None and bare is not None:
             print(f"{client}: the loopback upstream's own share {served - bare:,.0f} µs/call")
-    print(burst(args.burst))
+    print(burst(args.burst, process=True))
+    if args.thread:
+        print(burst(args.burst, process=False))
 
 
 if __name__ == "__main__":

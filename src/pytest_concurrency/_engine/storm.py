@@ -55,6 +55,7 @@ from .._simio import seed_latency, tls, wait_recorder
 from .._simio.egress import EgressGuard, anonymous_log, read_log, tally
 from .._simio.loopback import ALIAS as LOOPBACK_ALIAS
 from .._simio.loopback import LoopbackUpstream
+from .._simio.loopserver import LoopbackProcess, collect_live, portable
 from .._spec.table import BUDGETS
 from .interrupts import watch_interrupts
 from .plan import LiveFigures, Progress, Serving, StormPlan
@@ -525,9 +526,20 @@ def _tls_ports() -> set[int]:
     return {port for upstream in UPSTREAMS for port in upstream.https_ports}
 
 
-def _loopback(tls_hosts: Collection[str]) -> tuple[LoopbackUpstream, str | None]:
+def _loopback(
+    tls_hosts: Collection[str],
+) -> tuple[LoopbackUpstream | LoopbackProcess, str | None]:
     """A loopback upstream for the installed upstreams (not started), serving TLS for
-    *tls_hosts* with a certificate of the session CA; and that CA (PEM) when it does."""
+    *tls_hosts* with a certificate of the session CA; and that CA (PEM) when it does.
+
+    The newest upstream answers; when none of its routes has a handler, a process of its
+    own serves them (off the storm's interpreter lock), else a thread of this process.
+    """
+    newest = UPSTREAMS[-1] if UPSTREAMS else None
+    if newest is not None and portable(newest):
+        if not tls_hosts:
+            return LoopbackProcess(newest), None
+        return LoopbackProcess(newest, tls_pem=tls.server_pem(tls_hosts)), tls.ca_pem()
     if not tls_hosts:
         return LoopbackUpstream(lambda: list(UPSTREAMS)), None
     context = tls.server_context(tls_hosts)
@@ -597,6 +609,8 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
         try:
             with guard:
                 yield attach
+            # A loopback process's calls and waits, added where the storm reads them.
+            collect_live()
             refused = guard.counts()
             for refusal in read_log(server_log, server_from)[0] if server_log is not None else []:
                 refused[refusal] = refused.get(refusal, 0) + 1

@@ -21,7 +21,7 @@ from typing import Any
 
 from .._optional import installed
 
-__all__ = ["available", "ca_pem", "server_context"]
+__all__ = ["available", "ca_pem", "server_context", "server_pem"]
 
 _LOCK = threading.Lock()
 _CA: list[Any] = []
@@ -53,3 +53,11 @@ def server_context(hosts: Iterable[str]) -> ssl.SSLContext:
     context.set_alpn_protocols(["http/1.1"])
     _ca().issue_cert(*names).configure_cert(context)
     return context
+
+
+def server_pem(hosts: Iterable[str]) -> bytes:
+    """A key and certificate chain for *hosts* (PEM), issued by the CA, for a loopback
+    upstream process to load from memory."""
+    names = sorted(set(hosts))
+    pem: bytes = _ca().issue_cert(*names).private_key_and_cert_chain_pem.bytes()
+    return pem
