@@ -23,8 +23,8 @@ import requests
 
 from pytest_concurrency import Upstream
 from pytest_concurrency._api import run_storm
-from pytest_concurrency._simio import loopserver, wait_recorder
-from pytest_concurrency._simio.distributions import normal, uniform
+from pytest_concurrency._simio import loopserver, seed_latency, wait_recorder
+from pytest_concurrency._simio.distributions import normal
 from pytest_concurrency._simio.egress import EgressGuard, is_loopback
 from pytest_concurrency._simio.loopback import ALIAS
 from pytest_concurrency._simio.loopserver import LoopbackProcess, portable
@@ -71,7 +71,8 @@ def test_requests_and_urllib_get_the_declared_answer_and_figures(spy: Spy) -> No
     with Upstream() as upstream:
         route = upstream.route(MODEL, latency=5, json={"text": "Hello!"}, headers={"x-a": "1"})
         with served(upstream) as server:
-            assert server.pid is not None and server.pid != os.getpid()
+            assert server.pid is not None
+            assert server.pid != os.getpid()
             response = requests.post(MODEL, json={"prompt": "hi"}, timeout=5)
             with urllib.request.urlopen(MODEL) as answer:
                 body = answer.read()
@@ -117,32 +118,28 @@ def test_streams_errors_timeouts_head_and_undeclared_paths(spy: Spy) -> None:
     assert model.calls == 2
 
 
-def test_a_seeded_route_draws_what_it_draws_in_process(spy: Spy) -> None:
-    def waits(serve: bool) -> list[int]:
-        with Upstream() as upstream:
-            route = upstream.route(MODEL, latency=uniform(5, 200), seed=7)
-            if serve:
-                with served(upstream), requests.Session() as session:
-                    for _ in range(5):
-                        session.get(MODEL, timeout=5)
-            else:
-                planned = [route._plan(loopserver._NO_TIMEOUT)[0] for _ in range(5)]
-                return [round(p * 1000) for p in planned]
-        return [round(w / 1000) for w in route._waits_us]
+@pytest.mark.parametrize("seed", [7, None], ids=["route-seed", "storm-seed"])
+def test_a_seeded_route_draws_what_it_draws_in_process(seed: int | None, spy: Spy) -> None:
+    """Which calls fail is drawn from the route's generator, or the process-wide one the
+    storm seeds: the child draws the same as this process would have."""
 
-    # The child's waits are timed (late by a timer's tick, or a loaded machine's slice), the
-    # draws the same: each within 10 ms of its plan, while draws lie ≈ 40 ms apart.
-    served_ms, planned_ms = waits(True), waits(False)
-    assert all(-1 <= s - p <= 10 for s, p in zip(served_ms, planned_ms, strict=True)), (
-        served_ms,
-        planned_ms,
-    )
+    def statuses(serve: bool) -> list[int]:
+        seed_latency(3)
+        with Upstream() as upstream:
+            route = upstream.route(MODEL, error_rate=0.5, seed=seed)
+            if not serve:
+                plan = [route._plan(loopserver._NO_TIMEOUT)[2] for _ in range(12)]
+                return [503 if fails else 200 for fails in plan]
+            with served(upstream), requests.Session() as session:
+                return [session.get(MODEL, timeout=5).status_code for _ in range(12)]
+
+    answered = statuses(True)
+    assert answered == statuses(False)
+    assert set(answered) == {200, 503}
 
 
 @pytest.mark.parametrize("parser", ["httptools", "h11"])
-def test_pipelined_requests_parsed_in_pieces(
-    parser: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_pipelined_requests_parsed_in_pieces(parser: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if parser == "h11":
         monkeypatch.setitem(sys.modules, "httptools", None)  # import fails: h11 parses
     else:

@@ -182,9 +182,7 @@ class LoopbackProcess:
                 control.sendall(_COLLECT)
                 figures = pickle.loads(_receive(control))
             except (OSError, pickle.UnpicklingError) as exc:
-                raise StormError(
-                    f"the loopback upstream process gave no figures: {exc}"
-                ) from exc
+                raise StormError(f"the loopback upstream process gave no figures: {exc}") from exc
         routes = {route.label: route for route in self._upstream.routes}
         for label, counts in figures["routes"].items():
             route = routes.get(label)
@@ -221,7 +219,8 @@ class LoopbackProcess:
 class _NoTimeout:
     """What a route's plan reads of a request: a server cannot know the client's timeout."""
 
-    extensions: dict[str, Any] = {}
+    def __init__(self) -> None:
+        self.extensions: dict[str, Any] = {}
 
 
 _NO_TIMEOUT = _NoTimeout()
@@ -402,9 +401,7 @@ class _Parser:
                 self._host = next(
                     (v.decode("latin-1") for k, v in event.headers if k == b"host"), ""
                 )
-                close = any(
-                    k == b"connection" and b"close" in v.lower() for k, v in event.headers
-                )
+                close = any(k == b"connection" and b"close" in v.lower() for k, v in event.headers)
                 self._keep = not close and event.http_version == b"1.1"
                 self._method = event.method.decode("ascii")
             elif isinstance(event, h11.EndOfMessage):
@@ -658,4 +655,3 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         control.close()
         loop.close()
-
