@@ -6,13 +6,20 @@ the storm's duration, and a destination that is not loopback (127.0.0.0/8, ``::1
 name is looked up or any packet sent. Guarded are name resolution (``socket.getaddrinfo``,
 ``gethostbyname``, ``gethostbyname_ex``; ``socket.create_connection`` goes through them),
 ``socket.socket.connect`` and ``connect_ex`` (a name given to ``connect`` is resolved by
-the C library, so it is checked there too), the event loop's ``getaddrinfo`` (asyncio runs
+the C library, so it is checked there too), ``sendto`` and ``sendmsg`` with an address
+(UDP: a datagram needs no connection; asyncio's datagram transports send through them, and
+uvloop's ``create_datagram_endpoint`` is checked for its ``remote_addr``), the event loop's ``getaddrinfo`` (asyncio runs
 ``socket.getaddrinfo`` on its default executor, where the caller's stack is gone: the
 loop's method is checked first, on the caller's stack) and uvloop's resolving methods,
 which never reach ``socket``, and aiohttp's resolvers (``AsyncResolver`` asks c-ares
 directly). The error, :class:`EgressRefused`, is a ``ConnectionRefusedError``, so every
 client fails the call as it would fail a refused connection; it names the host, the port,
 the client library and the app's own line that made the call, read from the stack.
+
+What runs in C below Python is out of reach: a C library's own sockets and name lookups
+(libpq resolving a database host, c-ares in a driver other than aiohttp's resolver, a Rust
+or Go extension's client) never meet these functions, so a host they reach is neither
+refused nor counted; give such services loopback addresses (or a latency proxy) in tests.
 
 Every refusal is counted by host, port, client and call site, so a storm can report and
 fail on them. The patches go through the probes' patch registry and come off on every
@@ -618,6 +625,41 @@ class EgressGuard:
 
             return connect
 
+        def sender(original: Any) -> Any:
+            def sendto(sock: socket.socket, data: Any, *args: Any) -> Any:
+                # sendto(data, address) or sendto(data, flags, address); a name in the
+                # address is resolved by the C library, so it is checked here first.
+                if args and sock.family in (socket.AF_INET, socket.AF_INET6):
+                    target = _host_port(args[-1])
+                    if target is not None:
+                        check(target[0], target[1], sys._getframe(1))
+                return original(sock, data, *args)
+
+            return sendto
+
+        def message_sender(original: Any) -> Any:
+            def sendmsg(sock: socket.socket, buffers: Any, *args: Any, **kw: Any) -> Any:
+                # sendmsg(buffers, ancdata, flags, address): the address is the fourth.
+                address = kw.get("address", args[2] if len(args) > 2 else None)
+                if address is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                    target = _host_port(address)
+                    if target is not None:
+                        check(target[0], target[1], sys._getframe(1))
+                return original(sock, buffers, *args, **kw)
+
+            return sendmsg
+
+        def loop_datagram(original: Any) -> Any:
+            async def create_datagram_endpoint(
+                loop: Any, factory: Any, local_addr: Any = None, remote_addr: Any = None, **kw: Any
+            ) -> Any:
+                target = _host_port(remote_addr)
+                if target is not None:
+                    check(target[0], target[1], sys._getframe(1))
+                return await original(loop, factory, local_addr, remote_addr, **kw)
+
+            return create_datagram_endpoint
+
         def loop_resolver(original: Any) -> Any:
             async def getaddrinfo(loop: Any, host: Any, port: Any, *args: Any, **kw: Any) -> Any:
                 if served(host):
@@ -711,8 +753,11 @@ class EgressGuard:
             (socket, "gethostbyname_ex", by_name_ex),
             (socket.socket, "connect", connector),
             (socket.socket, "connect_ex", connector),
+            (socket.socket, "sendto", sender),
             (asyncio.base_events.BaseEventLoop, "getaddrinfo", loop_resolver),
         ]
+        if hasattr(socket.socket, "sendmsg"):
+            targets.append((socket.socket, "sendmsg", message_sender))
         if self._served_tls:
             targets += [
                 (ssl.SSLContext, "wrap_socket", tls_socket),
@@ -728,6 +773,9 @@ class EgressGuard:
                 (uvloop.Loop, "getaddrinfo", loop_resolver),
                 (uvloop.Loop, "create_connection", loop_connector),
                 (uvloop.Loop, "sock_connect", loop_sock_connector),
+                # Its datagram transports send through libuv: their remote_addr is checked
+                # here (a later transport.sendto(data, addr) to another address is not).
+                (uvloop.Loop, "create_datagram_endpoint", loop_datagram),
             ]
         if "aiohttp.resolver" not in sys.modules and all(
             installed(name) for name in ("aiodns", "aiohttp")
