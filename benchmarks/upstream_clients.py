@@ -165,7 +165,8 @@ class Bare(asyncio.Protocol):
 
 server = loop.run_until_complete(loop.create_server(Bare, "127.0.0.1", 0))
 print(server.sockets[0].getsockname()[1], flush=True)
-sys.stdin.read()
+loop.add_reader(sys.stdin.fileno(), loop.stop)  # the end of its input ends it
+loop.run_forever()
 """.replace("FIXED_RESPONSE", repr(_FIXED))
 
 
