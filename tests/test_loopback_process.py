@@ -195,6 +195,29 @@ def test_a_storm_is_answered_by_a_process_that_ends_with_it(spy: Spy) -> None:
     assert spy.off_machine == []
 
 
+def test_a_storm_with_a_handler_route_is_answered_in_its_own_process(spy: Spy) -> None:
+    seen: list[str] = []
+    children: list[int] = []
+
+    def handler(request: Any) -> dict[str, str]:
+        seen.append(request.method)  # runs here, where the test can see it
+        return {"text": "Hello!"}
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        children.extend(server.pid for server in loopserver._LIVE if server.pid is not None)
+        answer = requests.post(MODEL, json={}, timeout=5).content
+        start_response("200 OK", [])
+        return [answer]
+
+    with Upstream() as upstream:
+        upstream.route(MODEL, latency=5, handler=handler)
+        result = run_storm(app, "POST", "/", users=2, threads=2, requests=10)
+    assert result.status_counts == {200: 10}
+    assert len(seen) >= 10
+    assert children == []
+    assert result.extras["upstream"][MODEL]["calls_in_storm"] >= 10
+
+
 CHILD = """
 import sys, time
 from pytest_concurrency import Upstream

@@ -89,6 +89,15 @@ def _stop_all() -> None:
 atexit.register(_stop_all)
 
 
+def _forget_in_child() -> None:
+    # A process forked from the storm's (a shard) does not own the storm's loopback
+    # processes: it must neither ask them for figures nor stop them.
+    _LIVE.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def _send(sock: socket.socket, payload: bytes) -> None:
     sock.sendall(_LENGTH.pack(len(payload)) + payload)
 
@@ -126,6 +135,7 @@ class LoopbackProcess:
         self.port = 0
         self.tls_port: int | None = None
         self.pid: int | None = None
+        self._owner = os.getpid()
 
     def start(self) -> LoopbackProcess:
         """Start the child, hand it the routes, and wait until it listens; return self."""
@@ -175,7 +185,7 @@ class LoopbackProcess:
 
         with self._lock:
             control = self._control
-            if control is None:
+            if control is None or os.getpid() != self._owner:
                 return
             try:
                 control.settimeout(_COLLECT_TIMEOUT)
@@ -196,6 +206,8 @@ class LoopbackProcess:
         with _LIVE_LOCK:
             if self in _LIVE:
                 _LIVE.remove(self)
+        if os.getpid() != self._owner:
+            return  # a forked copy: the storm's process stops it
         process = self._process
         if process is not None and process.poll() is None and self._control is not None:
             with contextlib.suppress(StormError):
