@@ -410,3 +410,58 @@ def test_the_pool_is_watched_inside_a_real_servers_worker() -> None:
     assert pool.size == db_pool_app.SMALL_POOL
     assert pool.saturation >= 0.5
     assert [v.name for v in result.failed_verdicts] == ["max_saturation"]
+
+
+@pytest.mark.timing
+def test_an_aiohttp_connector_limited_to_five_shows_its_queue() -> None:
+    """aiohttp reaches a declared route over real loopback connections, through its pool."""
+    aiohttp = pytest.importorskip("aiohttp")
+    from pytest_concurrency import Upstream
+
+    sessions: list[Any] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    sessions.append(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=5)))
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await sessions.pop().close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        async with sessions[-1].get("http://model-server.invalid/slow") as response:
+            body = await response.read()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    with Upstream() as upstream:
+        upstream.route("http://model-server.invalid/slow", latency=SLOW_ROUTE * 1000, json={})
+        result = run_storm(app, "GET", "/", users=50, duration=1.5, warmup=0.3, check=False)
+    assert result.status_counts[200] == result.requests > 0
+    [pool] = result.connection_pools
+    assert pool.name == "aiohttp TCPConnector pool (limit=5)"
+    assert (pool.library, pool.size, pool.peak_in_use) == ("aiohttp", 5, 5)
+    assert pool.saturation >= 0.6  # as for httpx: the window holds the start and the drain
+    # 5 connections × 50 ms serve at most 100 calls/s; on the rate the storm got, each of
+    # 50 users waits 50 / rate − 50 ms for a connection on average (Little's law). The
+    # connector is not first come, first served: a call arriving as a connection comes back
+    # takes it before the waiter that was woken for it (here a quarter of the calls never
+    # wait), so the waits spread and their median sits above that mean, never below.
+    assert result.throughput <= 5 / SLOW_ROUTE * 1.1
+    little_ms = (50 / result.throughput - SLOW_ROUTE) * 1000
+    assert pool.wait_p50_ms is not None
+    assert 0.8 * little_ms <= pool.wait_p50_ms <= 1.35 * little_ms
+    assert 0 < pool.waited < pool.checkouts
+    assert pool.connects <= 10  # kept alive, not one per call
+    [line] = _pool_line(diagnosis(result.to_dict(histograms=False), result))
+    assert line.startswith("aiohttp TCPConnector pool (limit=5): 5 of 5 connections busy")
+    assert "aiohttp.TCPConnector(limit=...)" in line
+    # Each request's wait for the connector is charged to it, by the pool's name.
+    assert result.attribution is not None
+    band = result.attribution.band("p50")
+    assert band is not None
+    [wait] = [p for p in band.parts if p.kind == "pool"]
+    assert wait.name == pool.name
+    assert wait.ms == pytest.approx(pool.wait_p50_ms, rel=0.2)

@@ -373,7 +373,8 @@ JSON_SCHEMA: dict[str, Any] = {
                     "type": "array",
                     "items": {"$ref": "#/$defs/connection_pool"},
                     "description": "the app's connection pools used during the storm "
-                    "(SQLAlchemy, asyncpg, psycopg_pool, Django); absent in older documents",
+                    "(SQLAlchemy, asyncpg, psycopg_pool, Django, httpx, aiohttp); absent in older "
+                    "documents",
                 },
                 "sessions": {
                     "type": "array",
