@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 
 from ._model.result import StormResult, Verdict
-from ._spec.measures import QUEUED_AFTER_MS
+from ._spec.measures import QUEUED_AFTER_MS, find_pool, pools_measured
 from ._spec.table import BUDGETS
 
 __all__ = [
@@ -20,7 +20,9 @@ __all__ = [
     "completed",
     "evaluate",
     "evaluate_endpoint",
+    "evaluate_pool",
     "measure",
+    "pool_verdict_name",
     "round_spread",
     "within_noise",
 ]
@@ -96,4 +98,26 @@ def evaluate_endpoint(
         measure = BUDGETS[name].endpoint
         measured = measure(stats) if measure is not None else math.nan
         verdicts.append(_verdict(f"{endpoint} {name}", limit, measured, name))
+    return verdicts
+
+
+def pool_verdict_name(selector: str, budget: str) -> str:
+    """The name of the verdict of *budget* aimed at the pool *selector* names."""
+    return f"pool {selector} {budget}"
+
+
+def evaluate_pool(
+    result: StormResult, selector: str, budgets: Mapping[str, float]
+) -> list[Verdict]:
+    """Judge the one pool *selector* names; no such pool (or none) fails its budgets unmeasured."""
+    pools = pools_measured(result.thread_pools, result.connection_pools)
+    name, _ = find_pool(selector, [p.name for p in pools])
+    pool = next((p for p in pools if p.name == name), None)
+    verdicts = []
+    for budget, limit in budgets.items():
+        measure = BUDGETS[budget].pool
+        measured = math.nan
+        if pool is not None and measure is not None and completed(result):
+            measured = float(measure(pool))
+        verdicts.append(_verdict(pool_verdict_name(selector, budget), limit, measured, budget))
     return verdicts
