@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import http.server
 import threading
 import time
@@ -305,6 +306,31 @@ def test_django_without_persistent_connections_shows_the_time_opening_them(
     # CONN_MAX_AGE=60: one per worker thread, kept.
     assert reused.connects <= 4
     assert not [x for x in diagnosis(kept.to_dict(histograms=False), kept) if "CONN_MAX_AGE" in x]
+
+
+# As above: CONN_MAX_AGE=60 drops each worker thread's connection open when the storm ends.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_django_counts_connections_reused_against_those_opened(postgres: Any) -> None:
+    pytest.importorskip("psycopg")
+    from examples import django_db
+
+    django_db.configure(postgres.settings)
+    fresh = run_storm(django_db.wsgi_app("pg0"), "GET", "/report", users=4, workers=2, requests=40)
+    kept = run_storm(django_db.wsgi_app("pg60"), "GET", "/report", users=4, workers=2, requests=40)
+    gc.collect()  # the connections the ended threads left open go here, not in a later test
+    assert fresh.status_counts == kept.status_counts == {200: 40}
+    [opened] = fresh.connection_pools
+    [reused] = kept.connection_pools
+    # CONN_MAX_AGE=0: each request opens the connection it queries on, none is reused.
+    assert opened.reused == 0
+    assert opened.connects == 40
+    # CONN_MAX_AGE=60: one opened per worker thread (2), every other request reuses one.
+    assert 1 <= reused.connects <= 2
+    assert reused.reused == 40 - reused.connects
+    assert f"{reused.reused} requests reused an open connection" in str(reused)
+    [line] = [x for x in diagnosis(fresh.to_dict(histograms=False), fresh) if "opened" in x]
+    assert "none reused: set CONN_MAX_AGE" in line
+    assert ConnectionPoolUsage.from_dict(reused.to_dict()) == reused
 
 
 def test_the_pool_claim_holds_only_when_the_small_pool_is_the_bottleneck() -> None:

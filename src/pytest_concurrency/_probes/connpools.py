@@ -76,6 +76,7 @@ class _Gauge:
         self.saturated_s = 0.0
         self.waits: array[int] = array("q")
         self.connects: array[int] = array("q")
+        self.reused = 0  # requests served on a connection an earlier one opened (Django)
         #: Reads the connections in use from the pool itself, when it can tell (httpcore's
         #: pool can, and retries a request on another connection: counting is not enough).
         self.reader: Callable[[], int] | None = None
@@ -169,6 +170,7 @@ class _Gauge:
             connect_p50_ms=connect_p50,
             duration_s=stopped - started,
             fix=_FIX.get(self.library, ""),
+            reused=self.reused,
         )
 
 
@@ -474,6 +476,12 @@ def _patch_psycopg_pool() -> list[Patch]:
 
 # Django keeps one connection object per alias and thread: the gauge is per alias.
 _DJANGO_ALIASES: dict[str, object] = {}
+# The connection objects (by id) whose connection the running request has used already:
+# a request starts and ends with ``close_if_unusable_or_obsolete`` (Django's request
+# signals), which closes a connection past CONN_MAX_AGE and keeps the others.
+_DJANGO_TAKEN: set[int] = set()
+# True inside ``close_if_unusable_or_obsolete``, which looks at the connection itself.
+_DJANGO_EDGE: ContextVar[bool] = ContextVar("pytest_storm_django_edge", default=False)
 
 
 def _django_key(wrapper: Any) -> object:
@@ -497,6 +505,8 @@ def _django_connect(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
         if not _LIVE.probes:
             return original(self)
         gauges = _gauges(_django_key(self), _django_describe(self))
+        with _LOCK:  # opened for this request (its own set-up queries too): not a reuse
+            _DJANGO_TAKEN.add(id(self))
         started = perf_counter()
         result = original(self)
         now = perf_counter()
@@ -529,6 +539,40 @@ def _django_close(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return close
 
 
+def _django_ensure(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    @functools.wraps(original)
+    def ensure_connection(self: Any) -> Any:
+        if (
+            _LIVE.probes
+            and not _DJANGO_EDGE.get()
+            and getattr(self, "connection", None) is not None
+        ):
+            with _LOCK:
+                first = id(self) not in _DJANGO_TAKEN
+                _DJANGO_TAKEN.add(id(self))
+            if first:  # this request's first use of a connection an earlier one opened
+                for gauge in _gauges(_django_key(self), _django_describe(self)):
+                    with gauge.lock:
+                        gauge.reused += 1
+        return original(self)
+
+    return ensure_connection
+
+
+def _django_request_edge(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    @functools.wraps(original)
+    def close_if_unusable_or_obsolete(self: Any) -> Any:
+        token = _DJANGO_EDGE.set(True)  # its own look at the connection is no request's use
+        try:
+            return original(self)
+        finally:
+            _DJANGO_EDGE.reset(token)
+            with _LOCK:
+                _DJANGO_TAKEN.discard(id(self))
+
+    return close_if_unusable_or_obsolete
+
+
 def _patch_django() -> list[Patch]:
     # Django imports its database layer at the first query: its use of django.db is enough.
     if not _loaded("django.db"):
@@ -540,6 +584,8 @@ def _patch_django() -> list[Patch]:
     return [
         wrap(BaseDatabaseWrapper, "connect", _django_connect),
         wrap(BaseDatabaseWrapper, "close", _django_close),
+        wrap(BaseDatabaseWrapper, "ensure_connection", _django_ensure),
+        wrap(BaseDatabaseWrapper, "close_if_unusable_or_obsolete", _django_request_edge),
     ]
 
 
@@ -1053,6 +1099,8 @@ class ConnectionPoolProbe:
         stopped = perf_counter()
         with _LOCK:
             _LIVE.probes = tuple(p for p in _LIVE.probes if p is not self)
+            if not _LIVE.probes:
+                _DJANGO_TAKEN.clear()  # ids of objects that may not outlive the storm
         try:
             remove_all(self._patches)
         finally:
