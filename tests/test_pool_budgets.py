@@ -46,21 +46,26 @@ def two_pools_app(path: Path) -> Any:
 
 def test_a_pool_is_named_by_its_whole_name_or_a_part_only_it_holds() -> None:
     names = [SQLALCHEMY, DEFAULT_EXECUTOR]
-    assert find_pool(SQLALCHEMY, names) == (SQLALCHEMY, "")
-    assert find_pool("sqlalchemy", names) == (SQLALCHEMY, "")
-    assert find_pool("executor", names) == (DEFAULT_EXECUTOR, "")
+    assert find_pool(SQLALCHEMY, names) == ([SQLALCHEMY], "")
+    assert find_pool("sqlalchemy", names) == ([SQLALCHEMY], "")
+    assert find_pool("executor", names) == ([DEFAULT_EXECUTOR], "")
     assert find_pool("e", names) == (
-        None,
+        [],
         f"'e' names 2 pools measured ('{SQLALCHEMY}', '{DEFAULT_EXECUTOR}'): give more of "
         "one's name",
     )
     assert find_pool("db", names) == (
-        None,
+        [],
         f"no pool named 'db' was measured; the pools measured: '{SQLALCHEMY}', "
         f"'{DEFAULT_EXECUTOR}'",
     )
-    assert find_pool("db", [])[0] is None
+    assert find_pool("db", [])[0] == []
     assert "used no thread pool or connection pool" in find_pool("db", [])[1]
+    # The same pool in each process shard (or server worker) is one pool: all its copies.
+    copies = [f"{SQLALCHEMY} (shard 0)", f"{SQLALCHEMY} (shard 1)", f"{DEFAULT_EXECUTOR} (shard 0)"]
+    assert find_pool("SQLAlchemy", copies) == (copies[:2], "")
+    assert find_pool(SQLALCHEMY, copies) == (copies[:2], "")
+    assert find_pool(f"{SQLALCHEMY} (shard 1)", copies) == (copies[1:2], "")
 
 
 def test_a_budget_aimed_at_one_pool_judges_that_pool_not_the_worst(tmp_path: Path) -> None:
@@ -112,6 +117,28 @@ def test_a_budget_aimed_at_one_pool_judges_that_pool_not_the_worst(tmp_path: Pat
         f"no pool named 'db' was measured; the pools measured: '{DEFAULT_EXECUTOR}', "
         f"'{SQLALCHEMY}'" in message
     )
+
+
+def test_over_shards_a_named_pool_is_judged_on_its_worst_copy(tmp_path: Path) -> None:
+    result = run_storm(
+        two_pools_app(tmp_path / "db.sqlite3"),
+        "GET",
+        "/",
+        users=8,
+        processes=2,
+        duration=0.5,
+        pool_budgets={"SQLAlchemy": {"max_threads_busy": 2, "max_queue_p99_ms": 0}},
+        check=False,
+    )
+    copies = [p for p in result.connection_pools if p.name.startswith(SQLALCHEMY)]
+    assert [p.name for p in copies] == [f"{SQLALCHEMY} (shard {i})" for i in range(2)]
+    verdicts = {v.name: v for v in result.verdicts}
+    busy = verdicts["pool SQLAlchemy max_threads_busy"]
+    assert (busy.measured, busy.ok) == (2, True)
+    # 4 users a shard for 2 connections: both shards' copies queued; the worse is judged.
+    waited = verdicts["pool SQLAlchemy max_queue_p99_ms"]
+    assert waited.measured == max(p.wait_p99_ms or 0.0 for p in copies)
+    assert not waited.ok
 
 
 @pytest.mark.parametrize(

@@ -109,15 +109,17 @@ def pool_verdict_name(selector: str, budget: str) -> str:
 def evaluate_pool(
     result: StormResult, selector: str, budgets: Mapping[str, float]
 ) -> list[Verdict]:
-    """Judge the one pool *selector* names; no such pool (or none) fails its budgets unmeasured."""
+    """Judge the one pool *selector* names (the worst of its copies in process shards or
+    server workers); no such pool fails its budgets unmeasured."""
     pools = pools_measured(result.thread_pools, result.connection_pools)
-    name, _ = find_pool(selector, [p.name for p in pools])
-    pool = next((p for p in pools if p.name == name), None)
+    names, _ = find_pool(selector, [p.name for p in pools])
+    chosen = [p for p in pools if p.name in names]  # one pool, or its copy in each process
     verdicts = []
     for budget, limit in budgets.items():
         measure = BUDGETS[budget].pool
-        measured = math.nan
-        if pool is not None and measure is not None and completed(result):
-            measured = float(measure(pool))
+        figures = [float(measure(p)) for p in chosen] if measure is not None else []
+        finite = [f for f in figures if not math.isnan(f)]
+        # Every pool budget is a ceiling: the worst copy is judged.
+        measured = max(finite) if finite and completed(result) else math.nan
         verdicts.append(_verdict(pool_verdict_name(selector, budget), limit, measured, budget))
     return verdicts

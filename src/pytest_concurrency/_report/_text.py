@@ -294,9 +294,10 @@ def _pool_unmeasured(selector: str, budget: str, data: Mapping[str, Any]) -> str
         [PoolUsage.from_dict(p) for p in data.get("thread_pools") or ()],
         [ConnectionPoolUsage.from_dict(p) for p in data.get("connection_pools") or ()],
     )
-    name, why = find_pool(selector, [p.name for p in pools])
-    if name is None:
+    names, why = find_pool(selector, [p.name for p in pools])
+    if not names:
         return why
+    name = names[0] if len(names) == 1 else f"{selector} (every copy)"
     if budget == "max_saturation":
         return f"the pool {name!r} has no size limit: it is never full"
     if budget == "max_queue_p99_ms":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -77,30 +78,34 @@ def pools_measured(
     ]
 
 
-def find_pool(selector: str, names: Sequence[str]) -> tuple[str | None, str]:
-    """The one pool of *names* that *selector* names, or None and why none.
+#: The suffix of one pool's copy in a process shard or a server's worker.
+_COPY = re.compile(r" \((?:shard \d+|worker pid \d+)\)$")
+
+
+def find_pool(selector: str, names: Sequence[str]) -> tuple[list[str], str]:
+    """The pools of *names* that *selector* names, or none and why.
 
     A pool is named by its whole name, or by a part of it (case aside) that no other
-    pool's name holds: ``'SQLAlchemy'``, ``'aiohttp'``, ``'asgiref'``.
+    pool's name holds: ``'SQLAlchemy'``, ``'aiohttp'``, ``'asgiref'``. Its copies in each
+    process shard or server worker (``… (shard 1)``) are the same pool: all are found.
     """
-    if selector in names:
-        return selector, ""
-    wanted = selector.casefold()
-    found = [n for n in names if wanted in n.casefold()]
-    if len(found) == 1:
-        return found[0], ""
+    found = [n for n in names if selector in (n, _COPY.sub("", n))]
+    if not found:
+        wanted = selector.casefold()
+        found = [n for n in names if wanted in n.casefold()]
+    if found and len({_COPY.sub("", n) for n in found}) == 1:
+        return found, ""
     listed = ", ".join(repr(n) for n in (found or names))
     if found:
-        return (
-            None,
-            f"{selector!r} names {len(found)} pools measured ({listed}): give more of one's name",
+        return [], (
+            f"{selector!r} names {len(found)} pools measured ({listed}): give more of one's name"
         )
     if not names:
-        return None, (
+        return [], (
             f"no pool named {selector!r} was measured: the storm used no thread pool or "
             "connection pool the probes watch"
         )
-    return None, f"no pool named {selector!r} was measured; the pools measured: {listed}"
+    return [], f"no pool named {selector!r} was measured; the pools measured: {listed}"
 
 
 def loop_lag(r: StormResult) -> float:
