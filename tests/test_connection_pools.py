@@ -438,6 +438,35 @@ def test_the_pool_is_watched_inside_a_real_servers_worker() -> None:
     assert [v.name for v in result.failed_verdicts] == ["max_saturation"]
 
 
+def test_an_aiohttp_connectors_waits_are_counted_and_charged(slow_server: str) -> None:
+    aiohttp = pytest.importorskip("aiohttp")
+    import asyncio
+
+    async def main() -> tuple[list[ConnectionPoolUsage], list[list[tuple[str, str, float]]]]:
+        connector = aiohttp.TCPConnector(limit=2)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def one() -> list[tuple[str, str, float]]:
+                with ledger() as book:
+                    async with session.get(slow_server) as response:
+                        await response.read()
+                return book.waits
+
+            async with ConnectionPoolProbe() as probe:
+                books = await asyncio.gather(*(one() for _ in range(6)))
+        return probe.result, list(books)
+
+    [usage], books = asyncio.run(main())
+    assert usage.name == "aiohttp TCPConnector pool (limit=2)"
+    # Two calls open the connections; four wait, and get them as the first calls end.
+    assert (usage.size, usage.peak_in_use, usage.checkouts, usage.connects) == (2, 2, 6, 2)
+    assert usage.waited == 4
+    waits = sorted(sum(s for k, _, s in book if k == "pool") for book in books)
+    assert waits[:2] == [0, 0]
+    assert waits[-1] >= 2 * SLOW_ROUTE * 0.9  # the last two waited for two calls each
+    assert sum(1 for book in books for k, _, _ in book if k == "connect") == 2
+
+
 @pytest.mark.timing
 def test_an_aiohttp_connector_limited_to_five_shows_its_queue() -> None:
     """aiohttp reaches a declared route over real loopback connections, through its pool."""
