@@ -23,6 +23,7 @@ import requests
 
 from pytest_concurrency import Upstream
 from pytest_concurrency._api import run_storm
+from pytest_concurrency._probes import noise
 from pytest_concurrency._simio import loopserver, seed_latency, wait_recorder
 from pytest_concurrency._simio.distributions import normal
 from pytest_concurrency._simio.egress import EgressGuard, is_loopback
@@ -266,9 +267,11 @@ def test_the_process_ends_when_the_storms_process_is_killed() -> None:
 @pytest.mark.timing
 def test_waits_keep_time_under_a_burst(spy: Spy) -> None:
     """500 concurrent calls at 50 ms from one aiohttp session: each wait's error (answer
-    written minus request parsed plus wait) stays within the model's 5 ms at p99 — timer
-    granularity (1 ms) plus the answers written in the same tick (≈ 30 µs each, on a core
-    of its own) — where a thread of the client's own process came back 25-50 ms late."""
+    written minus request parsed plus wait) stays within the model: 5 ms at p99 — timer
+    granularity (1 ms) plus the answers due in the same tick (≈ 40 µs of CPU each, on a
+    core of its own) — plus what this machine's scheduler adds to any short sleep now
+    (its p99, measured just before). A thread of the client's own process came back
+    25-200 ms late at p99 (``benchmarks/upstream_clients.py --thread``)."""
     aiohttp = pytest.importorskip("aiohttp")
     count = 500
 
@@ -286,11 +289,12 @@ def test_waits_keep_time_under_a_burst(spy: Spy) -> None:
             server.collect()
             return wait_recorder.stop().async_waits
 
+    _, machine_p99_ms = noise._percentiles(noise._sleep_overshoots_ms())
     with Upstream() as upstream:
         route = upstream.route(MODEL, latency=LATENCY_MS, json={"ok": True})
         with served(upstream) as server:
             waits = asyncio.run(run(server))
     assert waits.count == count
     assert route.calls == 2 * count
-    assert 0 <= waits.p50_ms <= 2.0
-    assert waits.p99_ms <= 5.0
+    assert 0 <= waits.p50_ms <= 2.0 + machine_p99_ms
+    assert waits.p99_ms <= 5.0 + machine_p99_ms
