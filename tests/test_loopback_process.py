@@ -12,7 +12,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import types
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +27,7 @@ from pytest_concurrency import Upstream
 from pytest_concurrency._api import run_storm
 from pytest_concurrency._probes import noise
 from pytest_concurrency._simio import loopserver, seed_latency, wait_recorder
-from pytest_concurrency._simio.distributions import normal
+from pytest_concurrency._simio.distributions import Latency, normal
 from pytest_concurrency._simio.egress import EgressGuard, is_loopback
 from pytest_concurrency._simio.loopback import ALIAS
 from pytest_concurrency._simio.loopserver import LoopbackProcess, portable
@@ -216,6 +218,41 @@ def test_a_storm_with_a_handler_route_is_answered_in_its_own_process(spy: Spy) -
     assert result.status_counts == {200: 10}
     assert len(seen) >= 10
     assert children == []
+    assert result.extras["upstream"][MODEL]["calls_in_storm"] >= 10
+
+
+def test_routes_a_process_cannot_import_are_answered_by_the_thread(
+    spy: Spy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A latency class from a module only this process has (not importable by name).
+    module = types.ModuleType("storm_latency_only_here")
+
+    class Slow(Latency):
+        def sample(self, rng: Any) -> float:
+            return 0.005
+
+        def describe(self) -> str:
+            return "slow"
+
+    Slow.__module__ = module.__name__
+    Slow.__qualname__ = "Slow"
+    module.Slow = Slow  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    threads: list[bool] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        threads.append(any(t.name == "storm-loopback-upstream" for t in threading.enumerate()))
+        answer = requests.post(MODEL, json={}, timeout=5).content
+        start_response("200 OK", [])
+        return [answer]
+
+    with Upstream() as upstream:
+        upstream.route(MODEL, latency=Slow(), json={"text": "Hello!"})
+        assert portable(upstream)  # it pickles; the child fails to load it
+        result = run_storm(app, "POST", "/", users=2, threads=2, requests=10)
+    assert result.status_counts == {200: 10}
+    assert all(threads)
+    assert loopserver._LIVE == []
     assert result.extras["upstream"][MODEL]["calls_in_storm"] >= 10
 
 

@@ -58,9 +58,11 @@ _LIVE: list[LoopbackProcess] = []
 _LIVE_LOCK = threading.Lock()
 
 
-def portable(upstream: Any) -> bool:
+def portable(upstream: Any, *, tls: bool = False) -> bool:
     """Whether *upstream*'s routes can be answered by another process: none has a handler,
-    and every declaration pickles."""
+    every declaration pickles, and (with *tls*) the key can reach it in memory."""
+    if tls and not hasattr(os, "memfd_create"):
+        return False
     declarations = list(upstream.declarations)
     if any(d.get("handler") is not None for d in declarations):
         return False
@@ -601,9 +603,9 @@ async def _serve(control: socket.socket) -> None:
     from .waits import _default_rng
 
     loop = asyncio.get_running_loop()
-    setup = pickle.loads(_receive(control))  # from the process that started this one
-    _default_rng.setstate(setup["random"])
     try:
+        setup = pickle.loads(_receive(control))  # from the process that started this one
+        _default_rng.setstate(setup["random"])
         server = _Server(setup["declarations"])
         plain = await loop.create_server(
             lambda: _Connection(server, "http"), "127.0.0.1", 0, backlog=4096
