@@ -93,7 +93,12 @@ atexit.register(_stop_all)
 
 def _forget_in_child() -> None:
     # A process forked from the storm's (a shard) does not own the storm's loopback
-    # processes: it must neither ask them for figures nor stop them.
+    # processes: it must neither ask them for figures nor stop them, nor hold their
+    # sockets open (each ends when the storm's process closes its end).
+    for server in _LIVE:
+        control, server._control = server._control, None
+        if control is not None:
+            control.close()
     _LIVE.clear()
 
 
