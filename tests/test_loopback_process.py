@@ -18,6 +18,7 @@ import types
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -27,7 +28,7 @@ from pytest_concurrency import Upstream
 from pytest_concurrency._api import run_storm
 from pytest_concurrency._probes import noise
 from pytest_concurrency._simio import loopserver, seed_latency, wait_recorder
-from pytest_concurrency._simio.distributions import Latency, normal
+from pytest_concurrency._simio.distributions import ConstantLatency, Latency, normal
 from pytest_concurrency._simio.egress import EgressGuard, is_loopback
 from pytest_concurrency._simio.loopback import ALIAS
 from pytest_concurrency._simio.loopserver import LoopbackProcess, portable
@@ -219,6 +220,21 @@ def test_a_storm_with_a_handler_route_is_answered_in_its_own_process(spy: Spy) -
     assert len(seen) >= 10
     assert children == []
     assert result.extras["upstream"][MODEL]["calls_in_storm"] >= 10
+
+
+@dataclass(frozen=True)
+class Steady(ConstantLatency):
+    """A latency of the test's own, from a module that imports the package's public names."""
+
+
+def test_a_latency_of_the_users_own_module_loads_in_the_process(spy: Spy) -> None:
+    with Upstream() as upstream:
+        route = upstream.route(MODEL, latency=Steady(5), json={"text": "Hello!"})
+        with served(upstream):
+            response = requests.get(MODEL, timeout=5)
+    assert response.json() == {"text": "Hello!"}
+    assert route.calls == 1
+    assert route.waited_s >= 0.004
 
 
 def test_routes_a_process_cannot_import_are_answered_by_the_thread(

@@ -51,8 +51,33 @@ _COLLECT_TIMEOUT = 10.0
 _STOP_TIMEOUT = 3.0
 _LENGTH = struct.Struct("!Q")
 _COLLECT = b"c"
-#: The child's command (``-c``, not ``-m``: the package imports this module first).
-_CHILD = f"import sys; from {__name__} import main; main(sys.argv[1:])"
+_PACKAGE = __name__.split(".", 1)[0]
+#: The child's command (``-c``, not ``-m``: the package imports this module first). The
+#: package's ``__init__`` (the whole engine, ≈ 0.3 s) is run only if something the child
+#: unpickles asks the package for a name: the child needs ``_simio`` alone.
+_CHILD = f"""
+import importlib.util, sys, types
+spec = importlib.util.find_spec({_PACKAGE!r})
+package = types.ModuleType({_PACKAGE!r})
+package.__path__ = list(spec.submodule_search_locations)
+package.__file__ = spec.origin
+package.__spec__ = spec
+
+
+def __getattr__(name):
+    if name.startswith("_"):  # a submodule: imported by itself
+        raise AttributeError(name)
+    del package.__dict__["__getattr__"]
+    with open(spec.origin) as source:
+        exec(compile(source.read(), spec.origin, "exec"), package.__dict__)
+    return getattr(package, name)
+
+
+package.__getattr__ = __getattr__
+sys.modules[{_PACKAGE!r}] = package
+from {__name__} import main
+main(sys.argv[1:])
+"""
 
 _LIVE: list[LoopbackProcess] = []
 _LIVE_LOCK = threading.Lock()
