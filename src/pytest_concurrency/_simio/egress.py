@@ -49,6 +49,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from .._optional import installed
+from .._probes.attribution import Ledger, current
 from .._probes.patches import Patch, remove_all, wrap
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "is_loopback",
     "loopback_serves",
     "read_log",
+    "request_on",
     "tally",
 ]
 
@@ -334,6 +336,23 @@ def _host_port(address: Any) -> tuple[str, Any] | None:
 
 _ACTIVE: list[EgressGuard] = []
 _THREAD = threading.local()
+#: The app's sockets connected to a latency proxy, each with its local port (the port the
+#: proxy sees the connection come from).
+_PROXIED: weakref.WeakKeyDictionary[socket.socket, int] = weakref.WeakKeyDictionary()
+#: Local port of a proxied connection -> the request that last sent on it: the one waiting
+#: for what the proxy delays next (a pooled connection serves one request at a time).
+_SENDERS: dict[int, Ledger | None] = {}
+
+
+def request_on(port: int) -> Ledger | None:
+    """The ledger of the request that last sent on the app's connection from *port* to a
+    latency proxy (None when none is known)."""
+    return _SENDERS.get(port)
+
+
+def _mark_proxied(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError, TypeError, IndexError):
+        _PROXIED[sock] = int(sock.getsockname()[1])
 
 
 def direct_connections() -> None:
@@ -409,6 +428,7 @@ class EgressGuard:
         self._trusting: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
         # Targets of latency proxies: a connection to one goes to its proxy instead.
         self._redirects = {(_normal(h), int(p)): to for (h, p), to in (redirect or {}).items()}
+        self._proxies = {(_normal(h), int(p)) for h, p in self._redirects.values()}
         self._lock = threading.Lock()
         self._counts: dict[Refusal, int] = {}
         self._patches: tuple[Patch, ...] = ()
@@ -509,6 +529,17 @@ class EgressGuard:
                 return to
         return address
 
+    def _to_proxy(self, address: Any) -> bool:
+        """Whether *address* is a latency proxy's (the app's own connection to it)."""
+        if not self._proxies or getattr(_THREAD, "direct", False):
+            return False
+        target = _host_port(address)
+        if target is None:
+            return False
+        host = _normal(target[0])
+        host = host.removeprefix("::ffff:")
+        return (host, _port(target[1]) or 0) in self._proxies
+
     def _note(self, host: Any, infos: Any) -> None:
         """Open the addresses an allowed host name resolved to."""
         if not self._names or not isinstance(host, str) or _normal(host) not in self._names:
@@ -566,6 +597,8 @@ class EgressGuard:
         patches, self._patches = self._patches, ()
         if self in _ACTIVE:
             _ACTIVE.remove(self)
+        if not _ACTIVE:
+            _SENDERS.clear()
         remove_all(patches)
 
     def __enter__(self) -> EgressGuard:
@@ -614,6 +647,8 @@ class EgressGuard:
 
             return gethostbyname_ex
 
+        to_proxy = self._to_proxy
+
         def connector(original: Any) -> Any:
             def connect(sock: socket.socket, address: Any) -> Any:
                 if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -621,9 +656,25 @@ class EgressGuard:
                     if target is not None:
                         check(target[0], target[1], sys._getframe(1))
                         address = redirect(address)
+                        if to_proxy(address):
+                            # Known by its local port, which the proxy sees (a
+                            # non-blocking connect has one once it has begun).
+                            try:
+                                return original(sock, address)
+                            finally:
+                                _mark_proxied(sock)
                 return original(sock, address)
 
             return connect
+
+        def stream_sender(original: Any) -> Any:
+            def send(sock: socket.socket, data: Any, *args: Any) -> Any:
+                port = _PROXIED.get(sock)
+                if port is not None:
+                    _SENDERS[port] = current()
+                return original(sock, data, *args)
+
+            return send
 
         def sender(original: Any) -> Any:
             def sendto(sock: socket.socket, data: Any, *args: Any) -> Any:
@@ -758,6 +809,12 @@ class EgressGuard:
         ]
         if hasattr(socket.socket, "sendmsg"):
             targets.append((socket.socket, "sendmsg", message_sender))
+        if self._proxies:
+            # What the app sends to a latency proxy tells it whose request waits next.
+            targets += [
+                (socket.socket, "send", stream_sender),
+                (socket.socket, "sendall", stream_sender),
+            ]
         if self._served_tls:
             targets += [
                 (ssl.SSLContext, "wrap_socket", tls_socket),
