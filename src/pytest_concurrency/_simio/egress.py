@@ -696,6 +696,8 @@ class EgressGuard:
                     target = _host_port(address)
                     if target is not None:
                         check(target[0], target[1], sys._getframe(1))
+                elif _PROXIED and (port := _PROXIED.get(sock)) is not None:
+                    _SENDERS[port] = current()  # asyncio's writelines sends this way
                 return original(sock, buffers, *args, **kw)
 
             return sendmsg
