@@ -620,15 +620,6 @@ def _tls_context(pem: bytes) -> ssl.SSLContext:
     return context
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        uvloop: Any = importlib.import_module("uvloop")
-    except ImportError:
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
-
-
 async def _serve(control: socket.socket) -> None:
     from .waits import _default_rng
 
@@ -692,6 +683,8 @@ async def _serve(control: socket.socket) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """The child: serve the routes sent over the socket numbered ``argv[0]`` until it closes."""
     args = sys.argv[1:] if argv is None else list(argv)
+    from .loopback import _new_loop
+
     control = socket.socket(fileno=int(args[0]))
     loop = _new_loop()
     try:
