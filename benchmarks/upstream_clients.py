@@ -1,6 +1,7 @@
 """What a simulated upstream call costs, per client, and how late its waits come back.
 
-    python benchmarks/upstream_clients.py [--calls N] [--rounds R] [--burst B]
+    python benchmarks/upstream_clients.py [--calls N] [--rounds R] [--burst B] [--storm S]
+                                          [--thread]
 
 Per call (µs, best of R rounds of N sequential calls, zero latency, one keep-alive
 connection), in one run so the ratios hold on a noisy machine:
@@ -15,7 +16,9 @@ connection), in one run so the ratios hold on a noisy machine:
 Then B concurrent aiohttp calls at 50 ms through the loopback process (``--thread``: and
 the thread), once connections are open: the simulated waits' own error (the answer written
 minus the request parsed plus the wait; p50, p99, max), the calls' latency and the server's
-CPU per call. The machine's load average is printed before and after. Nothing leaves the
+CPU per call. Then a storm of S users (``--storm S``, 1,000 by default) on an ASGI app
+calling the route with aiohttp: the simulated waits' error as the storm reports it. The
+machine's load average is printed beside each. Nothing leaves the
 machine: every host is under ``.invalid`` or is 127.0.0.1.
 """
 
@@ -25,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -316,12 +320,63 @@ def burst(count: int, process: bool = True) -> str:
     )
 
 
+SESSIONS: list[Any] = []
+
+
+async def _aiohttp_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An ASGI app whose every request awaits one model call on a session kept for the app."""
+    aiohttp: Any = importlib.import_module("aiohttp")
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                connector = aiohttp.TCPConnector(limit=0)
+                SESSIONS.append(aiohttp.ClientSession(connector=connector))
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await SESSIONS.pop().close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    async with SESSIONS[-1].post(URL, json={}) as response:
+        body = await response.read()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+def storm(users: int, process: bool = True) -> str:
+    """A storm of *users* (4 s, 1 s warm-up) on an app calling a 50 ms route with aiohttp:
+    the simulated waits' error as the storm reports it (``simulated_waits``). A route with
+    a handler is answered by the loopback thread, one without by the loopback process."""
+    if importlib.util.find_spec("aiohttp") is None:
+        return "storm: aiohttp is not installed"
+    from pytest_concurrency._api import run_storm
+
+    answer: dict[str, Any] = (
+        {"json": {"ok": True}} if process else {"handler": lambda request: {"ok": True}}
+    )
+    load = os.getloadavg()
+    with Upstream() as upstream:
+        upstream.route(URL, latency=50, **answer)
+        result = run_storm(
+            _aiohttp_app, "POST", "/", users=users, duration=4, warmup=1, check=False
+        )
+    waits = result.extras["simulated_waits"]["async"]
+    where = "a loopback process" if process else "the loopback thread"
+    return (
+        f"storm of {users:,} users, aiohttp at 50 ms through {where}: simulated wait error "
+        f"p50 {waits['p50_ms']:.1f} ms, p99 {waits['p99_ms']:.1f} ms; "
+        f"{result.throughput:,.0f} requests/s, latency p50 {result.latency.p50:.0f} ms "
+        f"(load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--thread", action="store_true", help="also burst the loopback thread")
+    parser.add_argument("--storm", type=int, default=1000, help="users of the storm (0: none)")
     args = parser.parse_args()
     load = os.getloadavg()
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores")
@@ -342,6 +397,10 @@ def main() -> None:
     print(burst(args.burst, process=True))
     if args.thread:
         print(burst(args.burst, process=False))
+    if args.storm:
+        print(storm(args.storm, process=True))
+        if args.thread:
+            print(storm(args.storm, process=False))
     load = os.getloadavg()
     print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
