@@ -205,6 +205,9 @@ class LoopbackProcess:
             if "error" in ready:
                 raise RuntimeError(ready["error"])
         except BaseException as exc:
+            with self._lock:  # no figures to ask a process that never started for
+                self._control = None
+            ours.close()
             self.stop()
             raise StormError(f"the loopback upstream process did not start: {exc}") from exc
         self.port = int(ready["port"])
