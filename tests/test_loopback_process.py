@@ -322,9 +322,11 @@ def test_waits_keep_time_under_a_burst(spy: Spy) -> None:
     """500 concurrent calls at 50 ms from one aiohttp session: each wait's error (answer
     written minus request parsed plus wait) stays within the model: 5 ms at p99 — timer
     granularity (1 ms) plus the answers due in the same tick (≈ 40 µs of CPU each, on a
-    core of its own) — plus what this machine's scheduler adds to any short sleep now
-    (its p99, measured just before). A thread of the client's own process came back
-    25-200 ms late at p99 (``benchmarks/upstream_clients.py --thread``)."""
+    core of its own) — plus the longest stall this machine's scheduler puts on any short
+    sleep around the burst (measured just before and just after): a stall delays every
+    timer due in it, so on a busy machine it sets the top percent. A thread of the
+    client's own process came back 25-200 ms late at p99
+    (``benchmarks/upstream_clients.py --thread``)."""
     aiohttp = pytest.importorskip("aiohttp")
     count = 500
 
@@ -342,12 +344,13 @@ def test_waits_keep_time_under_a_burst(spy: Spy) -> None:
             server.collect()
             return wait_recorder.stop().async_waits
 
-    _, machine_p99_ms = noise._percentiles(noise._sleep_overshoots_ms())
+    before = max(noise._sleep_overshoots_ms())
     with Upstream() as upstream:
         route = upstream.route(MODEL, latency=LATENCY_MS, json={"ok": True})
         with served(upstream) as server:
             waits = asyncio.run(run(server))
+    stall_ms = max(before, *noise._sleep_overshoots_ms())
     assert waits.count == count
     assert route.calls == 2 * count
-    assert 0 <= waits.p50_ms <= 2.0 + machine_p99_ms
-    assert waits.p99_ms <= 5.0 + machine_p99_ms
+    assert 0 <= waits.p50_ms <= 2.0
+    assert waits.p99_ms <= 5.0 + stall_ms
