@@ -480,13 +480,14 @@ def test_the_cpu_contention_note_is_printed_once_for_several_storms(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from pytest_concurrency._cli import _notes
+    from pytest_concurrency._model.extras import ContentionFigures
     from pytest_concurrency._model.remarks import contention_note
 
     from .test_report import make_result
 
     results = [make_result([1.0, 2.0], label=f"GET /{i}") for i in range(3)]
     for share, result in zip((0.3, 0.5, 0.4), results, strict=True):
-        result.extras["cpu_contention"] = {"wait_share": share, "wait_s": 0.1}
+        result.cpu_contention = ContentionFigures(wait_share=share, wait_s=0.1)
         result.notes.append(contention_note(share, 0.1))
     _notes(results)
     (line,) = capsys.readouterr().err.splitlines()

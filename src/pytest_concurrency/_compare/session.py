@@ -16,6 +16,7 @@ import pytest
 
 from .._engine.plan import StormPlan
 from .._errors import ConfigError
+from .._model.extras import Comparison
 from .._model.result import StormResult
 from .._options import Setting, setting
 from .._params import Layer
@@ -159,7 +160,7 @@ class ControlSession:
         scale: tuple[float, str] | None,
     ) -> StormResult:
         """Run *plan*'s storm against control and experiment; the experiment's median round,
-        with the comparison in ``extras["comparison"]`` (and a note)."""
+        with the comparison in ``result.comparison`` (and a note)."""
         assert self.control is not None
         option = self.control.option
         if plan.config.server != "inprocess" or plan.config.engine != "native":
@@ -203,11 +204,11 @@ class ControlSession:
     def regression(self, result: StormResult) -> str | None:
         """The failure message when this storm regressed against the control and
         ``--concurrency-compare-fail`` was given."""
-        block = result.extras.get("comparison")
-        if not self.failing or not isinstance(block, dict) or block.get("verdict") != "regressed":
+        block = result.comparison
+        if not self.failing or block is None or not block.regressed:
             return None
-        lines = [f"storm {result.label} regressed: {block['line']}"]
-        for figure in block["figures"]:
+        lines = [f"storm {result.label} regressed: {block.line}"]
+        for figure in block.figures:
             if figure["verdict"] == "regressed":
                 change = figure["change"]
                 lines.append(
@@ -217,7 +218,7 @@ class ControlSession:
                     f"{change['confidence']:.0%} interval of the ratio "
                     f"{change['low']:.3f}…{change['high']:.3f} over {change['pairs']} pairs"
                 )
-        lines.append(f"  rounds in order (A control, B experiment): {block['order']}")
+        lines.append(f"  rounds in order (A control, B experiment): {block.order}")
         return "\n".join(lines)
 
     # -- the Markdown summary ----------------------------------------------------------
@@ -274,9 +275,7 @@ def _import_path(app: Any, option: str) -> str:
 
 def _attach(outcome: PairedOutcome, failing: bool) -> StormResult:
     result = outcome.chosen()
-    block = outcome.to_dict()
-    block["fails"] = failing
-    result.extras["comparison"] = block
+    result.comparison = Comparison.from_dict({**outcome.to_dict(), "fails": failing})
     result.notes.append(outcome.line)
     result.notes.extend(outcome.notes)
     result.rounds = [

@@ -41,6 +41,7 @@ from typing import Any
 
 from .._errors import ConfigError, StormError
 from .._metrics import ErrorSummary, LatencyStats, latency_stats, new_histogram, record_many
+from .._model.extras import LocustInvocation
 from .._model.remarks import LOCUST_NOTES, locust_no_status_warning
 from .._model.result import EndpointStats, StormResult, TimelinePoint
 from .locustfile import REPORT_FILE_ENV, USER_CLASS, Locustfile
@@ -716,9 +717,5 @@ def read_back(run: LocustRun, *, label: str = "locust storm") -> StormResult:
     result.notes.extend(LOCUST_NOTES)
     if not run.status_counts and requests:
         result.warnings.append(locust_no_status_warning(USER_CLASS))
-    result.extras["locust"] = {
-        "version": run.version,
-        "command": run.command,
-        "elapsed": run.elapsed,
-    }
+    result.locust = LocustInvocation(run.version, tuple(run.command), run.elapsed)
     return result

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from .._model.extras import SimulatedWaits
 from .._model.result import EndpointStats, StormResult
 
 Measure = Callable[[StormResult], float]
@@ -113,21 +114,21 @@ def blocking_calls(r: StormResult) -> float:
     return float(lag.calls)
 
 
-def _waits_p99(waits: Any) -> float:
+def _waits_p99(waits: SimulatedWaits | None) -> float:
     """The p99 of the simulated waits as requested; NaN when the storm made none.
 
     With both kinds (awaited and blocking), the larger p99: the combined p99 is no larger.
     """
-    if not isinstance(waits, Mapping):
+    if waits is None:
         return math.nan
-    kinds = [w for w in waits.values() if isinstance(w, Mapping) and w.get("count")]
+    kinds = [w for w in (waits.async_waits, waits.blocking_waits) if w.count]
     if not kinds:
         return math.nan
-    return max(float(w.get("requested_p99_ms") or 0.0) for w in kinds)
+    return max(w.requested_p99_ms for w in kinds)
 
 
 def p99_ratio(r: StormResult) -> float:
-    own = _waits_p99(r.extras.get("simulated_waits"))
+    own = _waits_p99(r.simulated_waits)
     if not own > 0:
         return math.nan
     return r.latency.p99 / own
