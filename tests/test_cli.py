@@ -406,7 +406,7 @@ def test_rate_header_stages_html_and_csv_options(
     assert storm["rate"] == 40
     assert storm["status_counts"] == {"200": storm["requests"]}  # the header was sent
     # Requests in flight on the WSGI pool, counted from its records: ≈ 40 rps × 10 ms.
-    assert storm["users"] >= 1
+    assert storm["peak_in_flight"] >= 1
     assert "<html" in (tmp_path / "report.html").read_text()
     with (tmp_path / "run_stats.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))

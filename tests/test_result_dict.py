@@ -63,6 +63,25 @@ def test_peak_in_flight_is_its_own_figure() -> None:
     opened = run_storm(wsgi_sleep(0.005), rate=100, workers=2, duration=0.5)
     assert opened.peak_in_flight is not None
     assert opened.peak_in_flight >= 1
-    assert opened.users == opened.peak_in_flight  # an open-model storm has no users
+    assert opened.users == 0  # an open-model storm has no users
     assert run_storm(asgi_sleep(0.001), users=3, duration=0.2).peak_in_flight == 3
     assert StormResult.from_dict(closed.to_dict()).peak_in_flight == 4
+
+
+def test_users_are_the_users_asked_for_and_peak_in_flight_what_was_measured() -> None:
+    # Stages: the highest target, whatever the stage the storm ended on.
+    staged = run_storm(asgi_sleep(0.02), stages=[(0.2, 2), (0.3, 6), (0.2, 3)])
+    assert staged.users == 6
+    assert staged.peak_in_flight is not None
+    assert 1 <= staged.peak_in_flight <= 6
+    # Open model: arrivals are not users; what was in flight is its own figure.
+    opened = run_storm(wsgi_sleep(0.02), rate=200, workers=8, duration=0.5)
+    assert opened.users == 0
+    assert opened.peak_in_flight is not None
+    assert opened.peak_in_flight >= 2  # ≈ 200/s × 20 ms = 4 in flight on average
+    back = StormResult.from_dict(json.loads(json.dumps(opened.to_dict())))
+    assert (back.users, back.peak_in_flight) == (0, opened.peak_in_flight)
+    from pytest_concurrency._report._text import headline
+
+    assert "200 arrivals/s" in headline(opened.to_dict(histograms=False))
+    assert "6 users" in headline(staged.to_dict(histograms=False))

@@ -295,6 +295,8 @@ def _figures(result: StormResult) -> dict[str, Any]:
     }
     if result.rate is not None:
         figures["rate"] = result.rate
+    if result.peak_in_flight is not None:
+        figures["peak_in_flight"] = result.peak_in_flight
     if result.saturation is not None:
         figures["saturation"] = round(result.saturation, 4)
     if result.queue_wait is not None:

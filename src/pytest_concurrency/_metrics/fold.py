@@ -123,7 +123,7 @@ def fold(
         server=server,
         method=spec0.method.upper() if single and spec0 is not None else "MIX",
         path=spec0.path if single and spec0 is not None else "*",
-        users=_users(config.users, open_model, profile, peak_in_flight),
+        users=_users(config.users, open_model, profile),
         requests=len(keep),
         duration=duration,
         throughput=throughput,
@@ -263,10 +263,12 @@ def _knee(timeline: list[TimelinePoint]) -> Knee | None:
     return None
 
 
-def _users(users: int, open_model: bool, profile: Profile | None, peak_in_flight: int) -> int:
-    """Users of a closed storm (the peak target of its stages), or the peak in flight of an open one."""
+def _users(users: int, open_model: bool, profile: Profile | None) -> int:
+    """The users the storm was asked for: the configured users, or the highest target of its
+    stages; none for an open-model storm (its arrivals are not users). What was measured in
+    flight is ``peak_in_flight``."""
     if open_model:
-        return peak_in_flight
+        return 0
     if profile is not None and profile.varies:
         return max(users, math.ceil(max(value for _, value in profile.points)))
     return users

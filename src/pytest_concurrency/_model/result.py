@@ -447,8 +447,9 @@ class StormResult:
     server: str
     method: str
     path: str
-    #: Users of a closed storm (the peak target of its stages); for an open-model storm,
-    #: which has no users, the most requests in flight (``peak_in_flight``).
+    #: The users the storm was asked for: the configured users, or the highest target of
+    #: its stages; 0 for an open-model storm, whose arrivals are not users. The measured
+    #: figure is ``peak_in_flight``.
     users: int
     requests: int
     duration: float

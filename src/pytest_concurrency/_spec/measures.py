@@ -75,10 +75,10 @@ def queued(r: StormResult) -> float:
 
 def in_flight_peak(r: StormResult) -> float:
     samples = [float(p.in_flight) for p in r.timeline if p.in_flight is not None]
-    # Open model: the result's user count is the largest in-flight sample of the storm;
+    # Open model: the most requests in flight at once, which the storm counted;
     # otherwise the busiest second's mean is the closest figure the timeline keeps.
-    if r.model == "open":
-        samples.append(float(r.users))
+    if r.model == "open" and r.peak_in_flight is not None:
+        samples.append(float(r.peak_in_flight))
     # Samples are taken on the event loop, so a loop held by a blocking call sees none of
     # the requests it holds back. Little's law counts them, from the intended send time:
     # the mean in flight (a floor for the peak) is throughput × mean latency.
