@@ -564,4 +564,4 @@ def test_open_model_storm_reports_users_and_rate(pytester: pytest.Pytester, run:
         for p in ET.parse(pytester.path / "junit.xml").iter("property")
     }
     assert props["storm.rate"] == "100.0"
-    assert int(props["storm.peak_in_flight"]) >= 1
+    assert float(props["storm.in_flight_peak"]) >= 1

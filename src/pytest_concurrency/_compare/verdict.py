@@ -84,7 +84,7 @@ PAIRED_FIGURES: dict[str, PairedFigure] = {
 }
 
 #: Judged when ``--concurrency-compare-fail`` does not say.
-DEFAULT_THRESHOLDS = "cpu:10%,blocking:50%,p99:10%,rps:10%"
+DEFAULT_THRESHOLDS = "cpu:10%,blocking:50%,p99_ms:10%,rps:10%"
 
 
 def parse_thresholds(expr: str, *, origin: str) -> list[Threshold]:
