@@ -40,7 +40,7 @@ from ._report._json import ensure_writable, machine_info, session_document, writ
 from ._report._records import StormRecord, as_records
 from ._report._terminal import noise_figures, noise_statement, storm_notes, storms_table
 from ._session import STORMS_KEY
-from ._spec.table import canonical_thresholds
+from ._spec.table import warn_old_threshold_names
 
 __all__ = ["OPTIONS", "STORM_JSON_PROPERTY", "ReportSession", "add_options", "compare_layers"]
 
@@ -192,9 +192,8 @@ class ReportSession:
         fail = setting(self.config, "compare_fail")
         # Under --concurrency-control the thresholds are the paired comparison's.
         if fail is not None and setting(self.config, "control") is None:
-            self.thresholds = parse_compare_fail(
-                canonical_thresholds(str(fail.value), fail.label), origin=fail.label
-            )
+            warn_old_threshold_names(str(fail.value), fail.label)
+            self.thresholds = parse_compare_fail(str(fail.value), origin=fail.label)
             self.compare_fail_label = fail.label
             if self.compare_with is None:
                 raise ConfigError(

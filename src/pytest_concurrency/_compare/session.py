@@ -25,7 +25,7 @@ from .._report._baseline import judgements
 from .._report._markdown import SummaryRow, markdown_summary, write_markdown
 from .._report._records import as_records
 from .._session import STORMS_KEY
-from .._spec.table import canonical_thresholds
+from .._spec.table import warn_old_threshold_names
 from .control import Control, control_path, experiment_path, module_root
 from .paired import (
     Children,
@@ -131,9 +131,8 @@ class ControlSession:
         )
         fail = setting(self.config, "compare_fail")
         if fail is not None:
-            self.thresholds = parse_thresholds(
-                canonical_thresholds(str(fail.value), fail.label), origin=fail.label
-            )
+            warn_old_threshold_names(str(fail.value), fail.label)
+            self.thresholds = parse_thresholds(str(fail.value), origin=fail.label)
             self.cpu_named = any(
                 item.partition(":")[0].strip() == "cpu" for item in str(fail.value).split(",")
             )

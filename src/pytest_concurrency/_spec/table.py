@@ -50,10 +50,10 @@ __all__ = [
     "Param",
     "budget_limit",
     "canonical",
-    "canonical_thresholds",
     "check_budget_name",
     "endpoint_budgets",
     "registered",
+    "warn_old_threshold_names",
 ]
 
 # -- the storms a row applies to ---------------------------------------------------------------
@@ -830,17 +830,15 @@ OLD_THRESHOLD_NAMES: dict[str, str] = {
 }
 
 
-def canonical_thresholds(expr: str, origin: str) -> str:
-    """*expr* (``FIGURE:AMOUNT,…``, as ``--concurrency-compare-fail`` takes it) with every
-    figure by its name; each old spelling warns, naming the new one and *origin*."""
-    items = []
+def warn_old_threshold_names(expr: str, origin: str) -> None:
+    """Warn of each old figure name in *expr* (``FIGURE:AMOUNT,…``, as
+    ``--concurrency-compare-fail`` takes it), naming the new one and *origin*; the old names
+    are still read (as the keys a baseline files its figures under)."""
     for item in expr.split(","):
-        figure, sep, amount = item.partition(":")
-        new = OLD_THRESHOLD_NAMES.get(figure.strip())
+        figure, sep, _ = (part.strip() for part in item.partition(":"))
+        new = OLD_THRESHOLD_NAMES.get(figure)
         if sep and new is not None:
-            _deprecated(figure.strip(), new, origin, stacklevel=3)
-        items.append(f"{new}:{amount}" if sep and new is not None else item)
-    return ",".join(items)
+            _deprecated(figure, new, origin, stacklevel=3)
 
 
 @contextmanager
