@@ -385,6 +385,35 @@ def _round_remarks(
         output.warnings.append(abandoned_warning(abandoned, ABANDON_GRACE))
 
 
+async def _started_users(
+    plan: StormPlan, http: AsyncDriver | None
+) -> tuple[list[User] | None, StartHooks | None]:
+    """The users of an HTTP round with start hooks, their hooks run; (None, None) without."""
+    if plan.on_start is None or http is None:
+        return None, None
+    count = Schedule(plan.config, 0.0).users
+    users, started = await _start_users_async(plan, http, count)
+    return users, started.record(count)
+
+
+def _runner(
+    plan: StormPlan,
+    schedule: Schedule,
+    recorders: list[Recorder] | None,
+    http: AsyncDriver | None,
+    users: list[User] | None,
+    factory: RunnerFactory | None,
+) -> AsyncRunner:
+    """The runner of an async round: *factory*'s, else the HTTP driver's."""
+    if factory is not None:
+        return factory(schedule, recorders)
+    if http is None:
+        raise StormError("a driver given to execute_async() needs its runner_factory")
+    return AsyncRunner(
+        schedule, http, plan.mix, recorders=recorders, users=users, checks=plan.checks
+    )
+
+
 async def execute_async(
     plan: StormPlan,
     live: LiveFigures | None = None,
@@ -412,11 +441,7 @@ async def execute_async(
         try:
             await driver.startup(lifespan_group, timeout=max(timeout, 10.0))
             # Lifespan is not monitored: only the storm itself.
-            users: list[User] | None = None
-            if plan.on_start is not None and http is not None:
-                count = Schedule(config, 0.0).users
-                users, started = await _start_users_async(plan, http, count)
-                on_start = started.record(count)
+            users, on_start = await _started_users(plan, http)
             async with AsyncExitStack() as stack:
                 # In-process only: behind a real server these would watch the client
                 # (storm.py runs the same probes inside the server's workers instead).
@@ -431,19 +456,7 @@ async def execute_async(
                     probe = await stack.enter_async_context(ThreadPoolProbe())
                 schedule = Schedule(config, await origin())
                 recorders = live.recorders if live is not None else None
-                if runner_factory is not None:
-                    runner = runner_factory(schedule, recorders)
-                elif http is not None:
-                    runner = AsyncRunner(
-                        schedule,
-                        http,
-                        plan.mix,
-                        recorders=recorders,
-                        users=users,
-                        checks=plan.checks,
-                    )
-                else:
-                    raise StormError("a driver given to execute_async() needs its runner_factory")
+                runner = _runner(plan, schedule, recorders, http, users, runner_factory)
                 runner.own_steps = monitor is not None
                 if live is not None:
                     live.in_flight = lambda: len(runner.slots)
