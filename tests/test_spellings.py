@@ -94,9 +94,7 @@ def test_junit_properties_are_named_by_the_rule(run: Run, pytester: pytest.Pytes
     assert "peak_in_flight" not in names
 
 
-def test_an_old_threshold_spelling_on_the_command_line_fails_under_w_error(
-    run: Run, pytester: pytest.Pytester
-) -> None:
+def _save_a_baseline(run: Run, pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_one="""
         from spelling_apps import hello
@@ -106,6 +104,12 @@ def test_an_old_threshold_spelling_on_the_command_line_fails_under_w_error(
         """
     )
     run("--concurrency-save=main").assert_outcomes(passed=1)
+
+
+def test_an_old_threshold_spelling_on_the_command_line_fails_under_w_error(
+    run: Run, pytester: pytest.Pytester
+) -> None:
+    _save_a_baseline(run, pytester)
     old = run(
         "-W",
         "error::DeprecationWarning",
@@ -133,15 +137,7 @@ def test_an_old_threshold_spelling_on_the_command_line_fails_under_w_error(
 def test_an_old_threshold_spelling_in_the_ini_names_the_ini(
     run: Run, pytester: pytest.Pytester
 ) -> None:
-    pytester.makepyfile(
-        test_one="""
-        from spelling_apps import hello
-
-        def test_one(storm):
-            storm(hello, "GET", "/", users=2, workers=2, requests=8)
-        """
-    )
-    run("--concurrency-save=main").assert_outcomes(passed=1)
+    _save_a_baseline(run, pytester)
     pytester.makeini("[pytest]\nconcurrency_compare_fail = mean:100000%\n")
     old = run("-W", "error::DeprecationWarning", "--concurrency-compare=main")
     assert old.ret != 0

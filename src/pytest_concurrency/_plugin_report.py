@@ -15,7 +15,7 @@ import pytest
 
 from ._errors import ConfigError
 from ._model.result import StormResult
-from ._options import Setting, scale, setting
+from ._options import Setting, add_string_options, scale, setting
 from ._params import Layer
 from ._report._baseline import (
     COMPARE_ROUNDS,
@@ -68,7 +68,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "compare_fail": (
         "EXPR",
         "fail a storm's test when it regressed against the --concurrency-compare baseline "
-        "beyond EXPR, such as p99:10%,rps:5%,mean:5ms (N% relative, Nms absolute)",
+        "beyond EXPR, such as p99_ms:10%,rps:5%,mean_ms:5ms (N% relative, Nms absolute)",
     ),
     "storage": ("DIR", f"directory of saved baselines (default {DEFAULT_DIRECTORY})"),
 }
@@ -81,17 +81,8 @@ _SAVE_REPLACE_HELP = (
 
 def add_options(parser: pytest.Parser) -> None:
     """Add the report options and their ini twins to the ``concurrency`` group."""
+    add_string_options(parser, OPTIONS)
     group = parser.getgroup("concurrency")
-    for name, (metavar, help_text) in OPTIONS.items():
-        group.addoption(
-            "--concurrency-" + name.replace("_", "-"),
-            dest=f"concurrency_{name}",
-            default=None,
-            metavar=metavar,
-            # argparse %-formats option help (not ini help): "p99:10%" must be escaped there.
-            help=help_text.replace("%", "%%"),
-        )
-        parser.addini(f"concurrency_{name}", help_text, default=None)
     group.addoption(
         "--concurrency-save-replace",
         dest="concurrency_save_replace",

@@ -18,7 +18,7 @@ from .._engine.plan import StormPlan
 from .._errors import ConfigError
 from .._model.extras import Comparison
 from .._model.result import StormResult
-from .._options import Setting, setting
+from .._options import Setting, add_string_options, setting
 from .._params import Layer
 from .._plugin_report import ReportSession
 from .._report._baseline import judgements
@@ -66,16 +66,7 @@ _ROUND_GRACE = 120.0
 
 def add_options(parser: pytest.Parser) -> None:
     """Add the paired-mode options and their ini twins to the ``concurrency`` group."""
-    group = parser.getgroup("concurrency")
-    for name, (metavar, help_text) in OPTIONS.items():
-        group.addoption(
-            "--concurrency-" + name.replace("_", "-"),
-            dest=f"concurrency_{name}",
-            default=None,
-            metavar=metavar,
-            help=help_text.replace("%", "%%"),
-        )
-        parser.addini(f"concurrency_{name}", help_text, default=None)
+    add_string_options(parser, OPTIONS)
 
 
 def _seconds(found: Setting) -> float:
