@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -713,7 +713,7 @@ class StormResult:
 
 
 #: The records of the ``extras`` block, by key: how each reads back.
-_EXTRAS: dict[str, Any] = {
+_EXTRAS: dict[str, Callable[[Any], Any]] = {
     "samples": lambda d: {int(k): str(v) for k, v in d.items()},
     "clock": VirtualClock.from_dict,
     "abandoned": Abandoned.from_dict,
