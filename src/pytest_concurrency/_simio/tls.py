@@ -7,8 +7,9 @@ to the system's trust store or to disk: while a storm runs, the egress guard loa
 into a client's ``ssl.SSLContext`` on its way to a TLS handshake with a declared https host
 (``SSLContext.wrap_socket``, used by requests, urllib3 and ``urllib.request``, and
 ``wrap_bio``, used by asyncio's TLS and so by aiohttp), and into no other. A context that
-was given the CA keeps it after the storm; its key never left this process, and the server
-that used it is gone.
+was given the CA keeps it after the storm; the CA's key never left this process, and the
+server that used it is gone. A loopback upstream process gets its host certificate and key
+(:func:`server_pem`) over a socket pair and loads them from memory (``memfd``).
 """
 
 from __future__ import annotations
