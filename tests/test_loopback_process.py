@@ -8,6 +8,7 @@ Host names are under ``.invalid``; a spy stands in for ``socket.getaddrinfo`` an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 import requests
 
-from pytest_concurrency import Upstream
+from pytest_concurrency import BudgetExceeded, Upstream
 from pytest_concurrency._api import run_storm
 from pytest_concurrency._probes import noise
 from pytest_concurrency._simio import loopserver, seed_latency, wait_recorder
@@ -270,6 +271,27 @@ def test_routes_a_process_cannot_import_are_answered_by_the_thread(
     assert all(threads)
     assert loopserver._LIVE == []
     assert result.extras["upstream"][MODEL]["calls_in_storm"] >= 10
+
+
+def test_a_storm_stopped_by_ctrl_c_stops_its_process(spy: Spy) -> None:
+    children: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if not children:
+            children.extend(s.pid for s in loopserver._LIVE if s.pid is not None)
+            os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C in the middle of the storm
+        answer = requests.post(MODEL, json={}, timeout=5).content
+        start_response("200 OK", [])
+        return [answer]
+
+    with Upstream() as upstream:
+        upstream.route(MODEL, latency=5, json={"text": "Hello!"})
+        # However the storm ends on an interrupt (it stops early or raises), its process ends.
+        with contextlib.suppress(KeyboardInterrupt, BudgetExceeded):
+            run_storm(app, "POST", "/", users=2, threads=2, duration=5)
+    assert children
+    assert all(_gone(child) for child in set(children))
+    assert loopserver._LIVE == []
 
 
 CHILD = """
