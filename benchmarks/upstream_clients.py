@@ -41,6 +41,7 @@ import httpx
 import requests
 
 from pytest_concurrency import Upstream
+from pytest_concurrency._probes.noise import _sleep_overshoots_ms
 from pytest_concurrency._simio import wait_recorder
 from pytest_concurrency._simio.egress import EgressGuard
 from pytest_concurrency._simio.loopback import ALIAS, LoopbackUpstream
@@ -303,10 +304,12 @@ def burst(count: int, process: bool = True) -> str:
             return wait_recorder.stop(), sorted(latencies), used
 
     load = os.getloadavg()
+    stall = max(_sleep_overshoots_ms())
     with Upstream() as upstream:
         upstream.route(URL, latency=50, json={"ok": True})
         with loopback(upstream, process) as served:
             report, latencies, used = asyncio.run(run(served))
+    stall = max(stall, *_sleep_overshoots_ms())
     waits = report.async_waits
     p50 = latencies[len(latencies) // 2]
     p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)]
@@ -315,7 +318,8 @@ def burst(count: int, process: bool = True) -> str:
     return (
         f"{count:,} concurrent aiohttp calls at 50 ms through {where}: wait error "
         f"p50 {waits.p50_ms:.1f} ms, p99 {waits.p99_ms:.1f} ms, max {waits.max_ms:.1f} ms; "
-        f"call latency p50 {p50:.1f} ms, p99 {p99:.1f} ms{server_cpu} (load average "
+        f"call latency p50 {p50:.1f} ms, p99 {p99:.1f} ms{server_cpu}; the longest a 1 ms "
+        f"sleep overslept just before or after: {stall:.1f} ms (load average "
         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores)"
     )
 
