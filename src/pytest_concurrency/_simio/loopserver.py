@@ -14,8 +14,8 @@ and what it touches, live in the storm's process, where the thread answers them.
 Figures come back over a Unix socket pair: :meth:`LoopbackProcess.collect` (called at the end
 of every round, and on stop) asks the child for what its routes counted since it last asked
 (calls, errors, timeouts, waits, in-flight peaks, undeclared calls) and each simulated wait's
-error, measured as the time its answer is written minus the time its request was parsed and
-the wait requested; they are added to the storm process's ``Route`` objects and to
+error, measured as the time its answer is written minus the time its wait began (when the
+connection took up its request: one pipelined behind another waits from the other's answer); they are added to the storm process's ``Route`` objects and to
 ``wait_recorder``. The in-flight peak of a route answered both in-process and here is the
 larger of the two peaks (a lower bound on their sum). The child ends when that socket
 closes: on :meth:`LoopbackProcess.stop`, and on any end of the storm's process, killed
@@ -472,7 +472,7 @@ class _Connection(asyncio.Protocol):
         self._scheme = scheme
         self._transport: asyncio.Transport | None = None
         self._parser = _Parser(self._request)
-        self._queue: deque[tuple[str, str, str, bool, float]] = deque()
+        self._queue: deque[tuple[str, str, str, bool]] = deque()
         self._busy = False
         self._holding = False
         self._timers: list[asyncio.TimerHandle] = []
@@ -500,7 +500,7 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
     def _request(self, method: str, target: str, host: str, keep: bool) -> None:
-        self._queue.append((method, target, host, keep, time.perf_counter()))
+        self._queue.append((method, target, host, keep))
         if not self._busy:
             self._next()
 
@@ -510,7 +510,7 @@ class _Connection(asyncio.Protocol):
             self._busy = False
             return
         self._busy = True
-        method, target, host, keep, parsed = self._queue.popleft()
+        method, target, host, keep = self._queue.popleft()
         answer = self._server.match(self._scheme, method, host, target)
         if isinstance(answer, tuple):
             transport.write(answer[0] + answer[1])
@@ -520,10 +520,11 @@ class _Connection(asyncio.Protocol):
         route._enter()
         self._route = route
         delay, times_out, fails = route._plan(_NO_TIMEOUT)
+        started = time.perf_counter()  # not when it was parsed: it may have queued since
         loop = asyncio.get_running_loop()
         self._timers = [
             loop.call_later(
-                delay, self._answer, answer, method, keep, parsed, delay, times_out, fails
+                delay, self._answer, answer, method, keep, started, delay, times_out, fails
             )
         ]
 
@@ -541,14 +542,14 @@ class _Connection(asyncio.Protocol):
         answer: _Answer,
         method: str,
         keep: bool,
-        parsed: float,
+        started: float,
         delay: float,
         times_out: bool,
         fails: bool,
     ) -> None:
         transport = self._transport
         route = answer.route
-        waited = self._record(delay, parsed)
+        waited = self._record(delay, started)
         route._waits_us.append(round(waited * 1_000_000))
         if transport is None:
             return
