@@ -1,13 +1,18 @@
-"""Edges of the loopback upstream process: requests pipelined on one connection.
+"""Edges of the loopback upstream process: requests pipelined on one connection, and a
+shard forked while another thread holds the registry of running processes.
 
 Host names are under ``.invalid``; requests go to the process's port on 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
+import os
 import socket
+import threading
+import time
 
 from pytest_concurrency import Upstream
+from pytest_concurrency._simio import loopserver
 from pytest_concurrency._simio.loopserver import LoopbackProcess
 
 MODEL = "http://model-server.invalid/generate"
@@ -49,3 +54,40 @@ def test_a_pipelined_request_waits_its_own_latency_not_its_queue() -> None:
         assert len(waits_ms) == 2
         for waited in waits_ms:
             assert LATENCY_MS - 1 <= waited <= LATENCY_MS + SLACK_MS, waits_ms
+
+
+def test_a_shard_forked_while_the_registry_is_held_can_still_collect() -> None:
+    # Another thread of the storm's process holds the registry's lock when a shard forks:
+    # the shard (which owns no loopback process) must not wait on a lock nobody releases.
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with loopserver._LIVE_LOCK:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10)
+        pid = os.fork()
+        if pid == 0:  # the shard
+            done = threading.Event()
+
+            def collect() -> None:
+                loopserver.collect_live()
+                done.set()
+
+            threading.Thread(target=collect, daemon=True).start()
+            os._exit(0 if done.wait(5) else 1)
+    finally:
+        release.set()
+        holder.join()
+    deadline = time.monotonic() + 30
+    while True:
+        ended, status = os.waitpid(pid, os.WNOHANG)
+        if ended:
+            break
+        assert time.monotonic() < deadline, "the shard did not end"
+        time.sleep(0.02)
+    assert os.waitstatus_to_exitcode(status) == 0, "the shard hung on the registry's lock"

@@ -119,7 +119,11 @@ atexit.register(_stop_all)
 def _forget_in_child() -> None:
     # A process forked from the storm's (a shard) does not own the storm's loopback
     # processes: it must neither ask them for figures nor stop them, nor hold their
-    # sockets open (each ends when the storm's process closes its end).
+    # sockets open (each ends when the storm's process closes its end). The registry's
+    # lock is made anew: a thread of the parent may have held it at the fork, and no
+    # thread of the shard would ever release it.
+    global _LIVE_LOCK  # noqa: PLW0603 - a lock of the shard's own, after a fork
+    _LIVE_LOCK = threading.Lock()
     for server in _LIVE:
         control, server._control = server._control, None
         if control is not None:
