@@ -35,6 +35,7 @@ from .._errors import StormError
 from .._metrics import ErrorBook, Recorder
 from .._metrics.fold import PoolModel, RunFigures, fold
 from .._metrics.percentile import quantile
+from .._metrics.records import LiveRecords
 from .._model.probes import ConnectionPoolUsage, LoopLag, PoolUsage
 from .._model.remarks import (
     abandoned_warning,
@@ -357,7 +358,7 @@ async def _soon() -> float:
 AsyncOrigin = Callable[[], Awaitable[float]]
 #: Makes the runner of a round from its schedule and live recorders (a WebSocket round
 #: runs its own subclass of :class:`AsyncRunner` with its own driver).
-RunnerFactory = Callable[[Schedule, list[Recorder] | None], AsyncRunner]
+RunnerFactory = Callable[[Schedule, list[LiveRecords] | None], AsyncRunner]
 
 
 @dataclass

@@ -35,6 +35,7 @@ from .._checks import NO_CHECKS, Checks
 from .._drivers.base import AsyncDriver
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
 from .._metrics.fold import RunFigures
+from .._metrics.records import LiveRecords
 from .._probes.attribution import Ledger, OwnSteps, attributing, bind
 from .._tasks import ABANDON_GRACE, TaskSet
 from .._workload import RequestMix
@@ -106,7 +107,7 @@ class AsyncRunner:
         driver: AsyncDriver,
         mix: RequestMix,
         *,
-        recorders: list[Recorder] | None = None,
+        recorders: list[LiveRecords] | None = None,
         users: list[User] | None = None,
         checks: Checks = NO_CHECKS,
     ) -> None:
