@@ -461,6 +461,7 @@ async def execute_async(
                 else:
                     raise StormError("a driver given to execute_async() needs its runner_factory")
                 runner.own_steps = monitor is not None
+                runner.progress = monitor.progress if monitor is not None else None
                 if live is not None:
                     live.in_flight = lambda: len(runner.slots)
                 contention = CpuContention().start() if config.clock == "wall" else None

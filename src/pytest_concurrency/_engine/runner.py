@@ -154,6 +154,8 @@ class AsyncRunner:
         #: (set while a loop monitor runs).
         self.attributing = attributing()
         self.own_steps = False
+        #: The loop monitor's progress cell, which each step kept writes its end to.
+        self.progress: list[float] | None = None
 
     # -- recording --------------------------------------------------------------------
 
@@ -205,7 +207,9 @@ class AsyncRunner:
             book.entries.clear()
         error = 0
         try:
-            exchange = await (OwnSteps(call, book) if book is not None and self.own_steps else call)
+            exchange = await (
+                OwnSteps(call, book, self.progress) if book is not None and self.own_steps else call
+            )
         except Exception as exc:
             status, first, error = STATUS_EXCEPTION, 0.0, self.book.kind(exc)
         except (SystemExit, KeyboardInterrupt) as exc:
