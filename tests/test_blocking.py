@@ -732,3 +732,28 @@ def test_each_step_of_a_storms_request_tells_the_loop_monitor_it_ran(
     assert result.requests == 50
     assert len(monitors) == 1
     assert before < monitors[0].progress[0] < time.perf_counter()
+
+
+def test_the_storms_figure_of_its_own_cost_is_taken_with_its_probes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pytest_concurrency._engine import rounds
+
+    monitors: list[LoopMonitor] = []
+
+    def kept(*args: Any, **kwargs: Any) -> LoopMonitor:
+        monitors.append(LoopMonitor(*args, **kwargs))
+        return monitors[-1]
+
+    monkeypatch.setattr(rounds, "LoopMonitor", kept)
+    monkeypatch.setattr(rounds, "_HARNESS_COST", {})
+    before = time.perf_counter()
+    probed = asyncio.run(rounds.harness_cost_us())
+    # The calibration ran as an in-process storm runs: watched, its steps kept.
+    assert len(monitors) == 1
+    assert monitors[0].result.ticks > 0
+    assert before < monitors[0].progress[0] < time.perf_counter()
+    bare = asyncio.run(rounds.harness_cost_us(probed=False))
+    assert len(monitors) == 1  # a storm without the probes is calibrated without them
+    assert probed > 0
+    assert bare > 0

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from time import perf_counter
+from time import perf_counter, process_time
 from typing import Any
 
 import anyio
@@ -505,7 +505,7 @@ async def run_async_round(plan: StormPlan, live: LiveFigures | None = None) -> S
         result.loop_cpu_share = None
         result.notes.extend(result.extras["clock"].pop("notes", []))
     if result.loop_cpu_share is not None and result.loop_cpu_share >= _SATURATED_CPU:
-        await _warn_harness_bound(result, output.figures.cpu)
+        await _warn_harness_bound(result, output.figures.cpu, probed=output.loop_lag is not None)
     return result
 
 
@@ -627,21 +627,39 @@ async def _null_app(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-async def harness_cost_us() -> float:
-    """CPU µs the storm engine itself spends per request (measured once per process)."""
-    if "asgi" not in _HARNESS_COST:
+async def harness_cost_us(probed: bool = True) -> float:
+    """CPU µs the storm engine itself spends per request (measured once per process).
+
+    *probed*: as an in-process storm runs, with the loop monitor and its watchdog, the
+    thread-pool and connection-pool probes and each request's steps kept; all of it is
+    the engine's cost. The CPU is the whole process's (the probes' threads too): a null
+    app leaves nothing else to run.
+    """
+    key = "asgi probed" if probed else "asgi"
+    if key not in _HARNESS_COST:
         plan = plan_storm(
             _null_app, "GET", "/", layers=[Layer("calibration", {"users": 100, "requests": 5000})]
         )
         driver = AsgiDriver(_null_app, list(plan.requests), lifespan="off")
-        schedule = Schedule(plan.config, perf_counter() + _LEAD)
-        figures = await AsyncRunner(schedule, driver, plan.mix).run()
-        _HARNESS_COST["asgi"] = figures.cpu / max(1, len(figures.rec)) * 1e6
-    return _HARNESS_COST["asgi"]
+        async with AsyncExitStack() as stack:
+            monitor = None
+            if probed:
+                await stack.enter_async_context(ConnectionPoolProbe())
+                monitor = await stack.enter_async_context(LoopMonitor(threshold_ms=5.0))
+                await stack.enter_async_context(ThreadPoolProbe())
+            runner = AsyncRunner(Schedule(plan.config, perf_counter() + _LEAD), driver, plan.mix)
+            if monitor is not None:
+                runner.own_steps = True
+                runner.progress = monitor.progress
+            cpu = process_time()
+            figures = await runner.run()
+            cpu = process_time() - cpu
+        _HARNESS_COST[key] = cpu / max(1, len(figures.rec)) * 1e6
+    return _HARNESS_COST[key]
 
 
-async def _warn_harness_bound(result: StormResult, loop_cpu: float) -> None:
-    cost = await harness_cost_us()
+async def _warn_harness_bound(result: StormResult, loop_cpu: float, *, probed: bool) -> None:
+    cost = await harness_cost_us(probed)
     # Requests discarded by warm-up also cost the loop: count everything that was sent.
     sent = result.requests + result.discarded
     share = min(1.0, sent * cost / 1e6 / loop_cpu) if loop_cpu > 0 else 0.0
