@@ -134,13 +134,16 @@ def test_io_behind_uvicorn_passes_the_loop_budgets() -> None:
 @pytest.mark.timing
 def test_io_behind_uvicorn_keeps_its_loop_lag_low() -> None:
     # The blocking twin holds the loop 50 ms per call (one simulated wait). The awaiting
-    # endpoint must stay under that; on this 2-core machine the worker's loop shows one or
-    # two stalls not traced to app code, of either ≈ 10 or ≈ 30 ms, per 2 s storm (seen on
-    # older releases too), so the limit is below one blocking call with room for them.
+    # endpoint must show no blocking call in the app's code, and its loop's p99 lag stays
+    # under one such call. Not the longest lag: on this 2-core machine the worker's loop
+    # shows one or two stalls not traced to app code, of ≈ 10 or ≈ 30 ms, per 2 s storm
+    # (seen on older releases too), and another process can take the CPU for longer.
     result = run_storm(
-        FASTAPI, "GET", "/io", users=20, duration=2.0, server="uvicorn", max_loop_lag_ms=45
+        FASTAPI, "GET", "/io", users=20, duration=2.0, server="uvicorn", max_blocking_calls=0
     )
     assert result.passed, str(result.verdicts)
+    assert result.loop_lag is not None
+    assert result.loop_lag.p99_ms < 45, result.loop_lag
 
 
 def test_sync_io_behind_uvicorn_reports_the_anyio_limiter() -> None:

@@ -317,11 +317,12 @@ def _deadline(config: StormConfig, origin: float) -> float:
 
 def _merge(outputs: list[RoundOutput], n: int) -> RoundOutput:
     """One output from the shards': records concatenated on the shared clock, error kinds
-    renumbered, the worst loop lag, every pool."""
+    renumbered, each shard's loop stalls for its own requests, the worst loop lag, every pool."""
     book = ErrorBook()
     merged = Recorder()
     cpu = wall = 0.0
     dropped: list[float] = []
+    loops: list[tuple[int, list[tuple[float, float]]]] = []
     for output in outputs:
         figures = output.figures
         shard_book = figures.book
@@ -329,6 +330,8 @@ def _merge(outputs: list[RoundOutput], n: int) -> RoundOutput:
             book.adopt(kind, example)
             for kind, example in zip(shard_book.kinds[1:], shard_book.examples[1:], strict=True)
         ]
+        # A shard's loop stalls held its own requests only: kept with where they start.
+        loops.append((len(merged), figures.stalls))
         merged.extend(figures.rec, remap)
         cpu = max(cpu, figures.cpu)
         wall = max(wall, figures.wall)
@@ -343,6 +346,7 @@ def _merge(outputs: list[RoundOutput], n: int) -> RoundOutput:
         sorted(dropped),
         _sum_in_flight([o.figures.in_flight for o in outputs]),
         first.figures.profile,
+        loops=loops,
     )
     lags = [o.loop_lag for o in outputs if o.loop_lag is not None]
     pools = []

@@ -22,7 +22,7 @@ from typing import Any, cast
 import anyio
 import anyio.to_thread
 
-from .._budget import completed, evaluate, evaluate_endpoint
+from .._budget import completed, evaluate, evaluate_endpoint, evaluate_pool
 from .._errors import ConfigError
 from .._locust import build_locustfile, read_back, run_locust
 from .._model.remarks import (
@@ -280,7 +280,7 @@ def _served(plan: StormPlan) -> Iterator[StormPlan]:
             yield plan
         return
     spec = plan.server
-    if PROBED_BUDGETS & set(plan.config.budgets):
+    if PROBED_BUDGETS & set(plan.config.budgets) or plan.config.pool_budgets:
         spec = dataclasses.replace(spec, probes=True)
     # The http:// routes are answered here, on loopback, for the server's processes too:
     # their calls are counted where the storm reads its figures.
@@ -488,7 +488,9 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
     if config.scale is not None:
         chosen.notes.append(scale_note(config.scale))
         chosen.extras["scale"] = config.scale
-    chosen.verdicts = judge_budgets(chosen, config.budgets, config.endpoint_budgets)
+    chosen.verdicts = judge_budgets(
+        chosen, config.budgets, config.endpoint_budgets, config.pool_budgets
+    )
     if chosen.knee is not None:
         knee = chosen.knee
         chosen.notes.append(
@@ -504,9 +506,10 @@ def judge_budgets(
     result: StormResult,
     budgets: Mapping[str, float],
     endpoint_budgets: Mapping[str, Mapping[str, float]] | None = None,
+    pool_budgets: Mapping[str, Mapping[str, float]] | None = None,
 ) -> list[Verdict]:
     """The verdicts of every storm, whatever fired it: its budgets, the default error budget,
-    failed start hooks and the per-endpoint budgets."""
+    failed start hooks, the per-endpoint budgets and those of named pools."""
     budgets = dict(budgets)
     if "max_error_rate" not in budgets and (result.failed or not completed(result)):
         # Like Locust's exit code: any failed request fails a storm that set no error budget.
@@ -520,6 +523,8 @@ def judge_budgets(
         verdicts.append(Verdict("on_start", 0.0, float(hooks_failed), False))
     for endpoint, limits in (endpoint_budgets or {}).items():
         verdicts.extend(evaluate_endpoint(result, endpoint, limits))
+    for pool, limits in (pool_budgets or {}).items():
+        verdicts.extend(evaluate_pool(result, pool, limits))
     return verdicts
 
 

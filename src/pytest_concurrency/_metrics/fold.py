@@ -64,6 +64,9 @@ class RunFigures:
     #: Loop stalls seen by a loop monitor, ``(start, end)`` on the round's clock: the
     #: requests in flight meanwhile waited for the loop.
     stalls: list[tuple[float, float]] = field(default_factory=list)
+    #: Records of several processes, each with its own loop (shards): each one's first
+    #: record and its loop's stalls (which held its requests only), in place of ``stalls``.
+    loops: list[tuple[int, list[tuple[float, float]]]] = field(default_factory=list)
 
 
 def fold(
@@ -157,6 +160,7 @@ def fold(
             keep,
             origin=window.origin,
             stalls=figures.stalls,
+            loops=figures.loops,
             pool=pool.description if pool is not None else None,
             labels=plan.mix.labels,
             measure_from_us=measure_from_us,

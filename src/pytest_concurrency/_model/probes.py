@@ -325,11 +325,14 @@ class ConnectionPoolUsage:
     duration_s: float
     #: What to change when the pool is the bottleneck (``raise pool_size``).
     fix: str = ""
+    #: Requests served on a connection an earlier request opened and left open (Django
+    #: with ``CONN_MAX_AGE`` > 0); a pool's checkouts are all reuses or opens already.
+    reused: int = 0
 
     @property
     def used(self) -> bool:
         """True when a connection was taken or opened during the storm."""
-        return self.checkouts > 0 or self.connects > 0 or self.peak_in_use > 0
+        return self.checkouts > 0 or self.connects > 0 or self.peak_in_use > 0 or self.reused > 0
 
     def describe(self) -> str:
         """One sentence: ``5 of 5 SQLAlchemy connections busy 97% of the storm, …``."""
@@ -357,6 +360,7 @@ class ConnectionPoolUsage:
             "connect_p50_ms": self.connect_p50_ms,
             "duration_s": self.duration_s,
             "fix": self.fix,
+            "reused": self.reused,
             "text": self.describe(),
         }
 
@@ -386,6 +390,7 @@ class ConnectionPoolUsage:
             connect_p50_ms=optional("connect_p50_ms"),
             duration_s=float(data["duration_s"]),
             fix=str(data.get("fix") or ""),
+            reused=int(data.get("reused") or 0),
         )
 
 
@@ -547,4 +552,6 @@ def describe_connection_pool(pool: ConnectionPoolUsage) -> str:
         )
         opened = "1 connection" if pool.connects == 1 else f"{pool.connects:,} connections"
         parts.append(f"{opened} opened{each}, {_seconds(pool.connect_s)} opening in total")
+    if pool.reused:
+        parts.append(f"{pool.reused:,} requests reused an open connection")
     return f"{pool.name}: " + "; ".join(parts)
