@@ -17,6 +17,7 @@ from pytest_concurrency._budget import evaluate, measure
 from pytest_concurrency._capacity import search_capacity
 from pytest_concurrency._errors import ConfigError
 from pytest_concurrency._metrics import LatencyStats
+from pytest_concurrency._model.extras import SimulatedWaits
 from pytest_concurrency._model.result import PoolStats, StormResult
 from pytest_concurrency._params import BUDGET_NAMES, Layer, budget_limit, resolve
 from pytest_concurrency._report._text import verdict_table
@@ -32,7 +33,7 @@ def synthetic(
     p99: float = 20.0,
     interface: str = "ASGI",
     pool: PoolStats | None = None,
-    extras: dict[str, Any] | None = None,
+    simulated_waits: dict[str, Any] | None = None,
     rounds: list[dict[str, float]] | None = None,
 ) -> StormResult:
     """A storm result built by hand: figures chosen by the test, nothing timed."""
@@ -66,7 +67,7 @@ def synthetic(
         histograms={},
         params={},
         budgets={},
-        extras=extras or {},
+        simulated_waits=SimulatedWaits.from_dict(simulated_waits) if simulated_waits else None,
         rounds=rounds or [],
     )
 
@@ -117,9 +118,9 @@ def test_p99_ratio_without_simulated_waits_fails_with_the_reason() -> None:
 def test_p99_ratio_compares_with_the_waits_own_p99() -> None:
     kind = {"count": 50, "p50_ms": 0.1, "p99_ms": 0.5, "requested_p99_ms": 10.0}
     waits = {"async": kind, "blocking": {"count": 0}}
-    assert measure(synthetic(p99=25.0, extras={"simulated_waits": waits}), "p99_ratio") == 2.5
-    (held,) = evaluate(synthetic(p99=25.0, extras={"simulated_waits": waits}), {"p99_ratio": 3})
-    (broke,) = evaluate(synthetic(p99=40.0, extras={"simulated_waits": waits}), {"p99_ratio": 3})
+    assert measure(synthetic(p99=25.0, simulated_waits=waits), "p99_ratio") == 2.5
+    (held,) = evaluate(synthetic(p99=25.0, simulated_waits=waits), {"p99_ratio": 3})
+    (broke,) = evaluate(synthetic(p99=40.0, simulated_waits=waits), {"p99_ratio": 3})
     assert held.ok
     assert not broke.ok
 

@@ -15,6 +15,7 @@ import pytest
 
 from pytest_concurrency import BudgetExceeded, run_storm
 from pytest_concurrency._fidelity import line_up
+from pytest_concurrency._model.extras import ServerUsage
 from pytest_concurrency._model.probes import (
     ANYIO_LIMITER,
     BlockingSite,
@@ -332,11 +333,9 @@ def _compared(real_rps: float) -> tuple[StormResult, StormResult]:
     inprocess.server = "in-process"
     real = make_result([12.0] * 200, label="GET /", throughput=real_rps)
     real.server = "uvicorn, 1 worker (uvloop, httptools), over loopback HTTP"
-    real.extras["server_usage"] = {
-        "server_cpu_mean": 0.62,
-        "server_cpu_peak": 0.9,
-        "client_cpu_mean": 0.4,
-    }
+    real.server_usage = ServerUsage.from_dict(
+        {"server_cpu_mean": 0.62, "server_cpu_peak": 0.9, "client_cpu_mean": 0.4}
+    )
     line_up({"inprocess": inprocess, "uvicorn": real})
     return inprocess, real
 

@@ -25,6 +25,7 @@ import anyio.to_thread
 from .._budget import completed, evaluate, evaluate_endpoint, evaluate_pool
 from .._errors import ConfigError
 from .._locust import build_locustfile, read_back, run_locust
+from .._model.extras import ServerProbes
 from .._model.remarks import (
     client_bound_warning,
     client_share_warning,
@@ -373,7 +374,7 @@ def _sampled(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResult]]:
 
 def _with_probes(result: StormResult, report: ProbeReport) -> StormResult:
     """The figures the workers' probes sent back, or why there are none (never a pass)."""
-    result.extras["server_probes"] = report.to_dict()
+    result.server_probes = report.record()
     if report.complete:
         result.loop_lag = report.loop_lag
         result.thread_pools = report.thread_pools
@@ -393,13 +394,7 @@ def _with_probes(result: StormResult, report: ProbeReport) -> StormResult:
 def _without_probes(result: StormResult, running: RunningServer) -> StormResult:
     """Say why a WSGI app behind a real server has no loop or thread-pool figures."""
     reason = server_probes_not_applicable(running.describe())
-    result.extras["server_probes"] = {
-        "where": None,
-        "workers": [],
-        "measured": False,
-        "missing": {},
-        "reason": reason,
-    }
+    result.server_probes = ServerProbes(where=None, measured=False, reason=reason)
     result.notes.append(reason)
     return result
 
@@ -426,7 +421,7 @@ def client_share(usage: ResourceUsage, machine_cores: int) -> float | None:
 
 
 def _with_usage(result: StormResult, usage: ResourceUsage) -> StormResult:
-    result.extras["server_usage"] = usage.to_dict()
+    result.server_usage = usage
     client, server = usage.client_cpu_mean, usage.server_cpu_mean
     if client >= _CLIENT_BOUND:
         result.warnings.append(client_bound_warning(client, server))
@@ -462,9 +457,9 @@ def _round_entry(result: StormResult) -> dict[str, Any]:
         "rps": result.throughput,
         "error_rate": result.error_rate,
     }
-    contention = result.extras.get("cpu_contention")
-    if contention and "slowdown" in contention:
-        entry["cpu_slowdown"] = contention["slowdown"]
+    contention = result.cpu_contention
+    if contention is not None and contention.slowdown is not None:
+        entry["cpu_slowdown"] = contention.slowdown
     return entry
 
 
@@ -487,7 +482,7 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
         chosen.notes.append(rounds_note(config.aggregate, p99s, rps))
     if config.scale is not None:
         chosen.notes.append(scale_note(config.scale))
-        chosen.extras["scale"] = config.scale
+        chosen.scale = config.scale
     chosen.verdicts = judge_budgets(
         chosen, config.budgets, config.endpoint_budgets, config.pool_budgets
     )
@@ -517,7 +512,7 @@ def judge_budgets(
         # fails it as not measured, rather than passing on nothing.
         budgets["max_error_rate"] = 0.0
     verdicts = evaluate(result, budgets)
-    hooks_failed = int((result.extras.get("on_start") or {}).get("hooks_failed_count") or 0)
+    hooks_failed = result.on_start.hooks_failed_count if result.on_start is not None else 0
     if hooks_failed:
         # As in Locust, a user whose start hook failed fails, and so does its storm.
         verdicts.append(Verdict("on_start", 0.0, float(hooks_failed), False))
@@ -645,7 +640,7 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
     for result in results:
         result.refused_egress = tally(refused)
         if waits.async_waits.count or waits.blocking_waits.count:
-            result.extras["simulated_waits"] = waits.to_dict()
+            result.simulated_waits = waits.record()
         routes: dict[str, Any] = {}
         for upstream in UPSTREAMS:
             for name, stats in upstream.stats().items():
@@ -662,7 +657,7 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
             if missed:
                 result.warnings.append(undeclared_upstream_warning(missed, upstream.undeclared))
         if routes:
-            result.extras["upstream"] = routes
+            result.upstream = routes
             _warn_uncalled(result, routes)
 
 
