@@ -208,7 +208,7 @@ class AsyncRunner:
         error = 0
         try:
             exchange = await (
-                OwnSteps(call, book, self.progress) if book is not None and self.own_steps else call
+                OwnSteps(call, book, self.progress) if book and self.own_steps else call
             )
         except Exception as exc:
             status, first, error = STATUS_EXCEPTION, 0.0, self.book.kind(exc)
