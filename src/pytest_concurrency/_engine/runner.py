@@ -183,9 +183,8 @@ class AsyncRunner:
         else:
             iteration = self.iterations.get(user, 0)
             self.iterations[user] = iteration + 1
-            mix = self.mix
-            request = mix.build(slot.user if slot.user is not None else user, iteration)
-            index = mix.intern(request.label)
+            request = self.mix.build(slot.user if slot.user is not None else user, iteration)
+            index = self.mix.intern(request.label)
             checks = self.inspector.checks_for(index, request)
             if checks.needs_body:
                 slot.capture = True  # a request made mid-storm brings its own checks
