@@ -706,10 +706,9 @@ def test_a_call_sampled_after_a_pause_is_timed_from_when_the_loop_ran() -> None:
     assert durations[1][1] == pytest.approx(0.014)
 
 
-def test_each_step_of_a_storms_request_tells_the_loop_monitor_it_ran(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from pytest_concurrency import run_storm
+@pytest.fixture
+def storm_monitors(monkeypatch: pytest.MonkeyPatch) -> list[LoopMonitor]:
+    """Every loop monitor the engine starts, kept for the test to read."""
     from pytest_concurrency._engine import rounds
 
     monitors: list[LoopMonitor] = []
@@ -719,6 +718,15 @@ def test_each_step_of_a_storms_request_tells_the_loop_monitor_it_ran(
         return monitors[-1]
 
     monkeypatch.setattr(rounds, "LoopMonitor", kept)
+    return monitors
+
+
+def test_each_step_of_a_storms_request_tells_the_loop_monitor_it_ran(
+    storm_monitors: list[LoopMonitor],
+) -> None:
+    from pytest_concurrency import run_storm
+
+    monitors = storm_monitors
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -735,17 +743,11 @@ def test_each_step_of_a_storms_request_tells_the_loop_monitor_it_ran(
 
 
 def test_the_storms_figure_of_its_own_cost_is_taken_with_its_probes_on(
-    monkeypatch: pytest.MonkeyPatch,
+    storm_monitors: list[LoopMonitor], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from pytest_concurrency._engine import rounds
 
-    monitors: list[LoopMonitor] = []
-
-    def kept(*args: Any, **kwargs: Any) -> LoopMonitor:
-        monitors.append(LoopMonitor(*args, **kwargs))
-        return monitors[-1]
-
-    monkeypatch.setattr(rounds, "LoopMonitor", kept)
+    monitors = storm_monitors
     monkeypatch.setattr(rounds, "_HARNESS_COST", {})
     before = time.perf_counter()
     probed = asyncio.run(rounds.harness_cost_us())
