@@ -3,11 +3,13 @@
 ``LoopMonitor`` schedules a timer callback every ``interval_ms`` on the running asyncio
 loop and records how late each one ran (the loop's lag) into a list of integers,
 folded into an HDR histogram when the monitor stops. Each callback also stamps a
-heartbeat. A daemon watchdog thread reads that heartbeat; while the loop has not beaten
-for longer than ``threshold_ms`` it samples the loop thread's stack every
-``sample_interval_ms`` and keeps the innermost frame of the app's own code (a handler
-that ``httpx.MockTransport`` calls in place of the network is not the app's: the app's
-call into the client is).
+heartbeat. A daemon watchdog thread reads that heartbeat, and :attr:`LoopMonitor.progress`,
+where the storm's requests write the end of each step they run; while the loop has done
+neither for longer than ``threshold_ms`` (a pass of the loop over many ready requests
+makes the tick late without any call holding the loop) it samples the loop thread's
+stack every ``sample_interval_ms`` and keeps the innermost frame of the app's own code
+(a handler that ``httpx.MockTransport`` calls in place of the network is not the app's:
+the app's call into the client is).
 
 Two figures come out of that, and they differ when calls queue up. A *stall* is one
 continuous period without a heartbeat: the loop lag a timer sees. asyncio runs every
