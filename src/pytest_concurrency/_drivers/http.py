@@ -126,8 +126,10 @@ class _Wire:
         except (BlockingIOError, InterruptedError):
             sent = 0  # still connecting, or a full buffer
         except OSError as exc:
-            self._lose(exc)
-            return
+            if exc.errno != errno.ENOTCONN:  # what some systems say while connecting
+                self._lose(exc)
+                return
+            sent = 0
         if sent < len(data):
             self._pending = data[sent:]
             self._loop.add_writer(self._fd, self._writable)
