@@ -1,6 +1,6 @@
 """Per-request overhead of a storm, next to floors and peers measured in the same run.
 
-    python benchmarks/overhead.py [--requests N] [--rounds R] [--json PATH]
+    python benchmarks/overhead.py [--requests N] [--rounds R] [--json PATH] [--only WORD]
 
 ASGI: a storm against a minimal app (no I/O) with 1 and 100 users, against
   - floor 1: a bare loop awaiting the app with a prebuilt scope (no concurrency at all),
@@ -22,6 +22,7 @@ import asyncio
 import gc
 import io
 import json
+import os
 import statistics
 import threading
 import time
@@ -240,6 +241,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--only", default=None, help="measure only the ratios whose name has this word"
+    )
     args = parser.parse_args()
     n, rounds = args.requests, args.rounds
     slow_n = max(200, n // 20)
@@ -283,6 +287,11 @@ def main() -> None:
             "flask floor: 8 bare threads",
         ),
     }
+    if args.only:
+        pairs = {name: pair for name, pair in pairs.items() if args.only in name}
+        used = {figure for pair in pairs.values() for figure in pair}
+        figures = {name: fn for name, fn in figures.items() if name in used}
+    load_before = os.getloadavg()[0]
     values, per_round = measure(figures, pairs, rounds)
     medians = {name: statistics.median(found) for name, found in values.items()}
     ratios = {name: statistics.median(found) for name, found in per_round.items()}
@@ -291,7 +300,10 @@ def main() -> None:
     for name, value in medians.items():
         low, high = min(values[name]), max(values[name])
         print(f"  {name:<{width}}  {value:9.2f} µs  ({low:.2f}–{high:.2f})")
-    print(f"ratios, each from {rounds} interleaved pairs: median (range over rounds)")
+    print(
+        f"ratios, each from {rounds} interleaved pairs: median (range over rounds); "
+        f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
+    )
     for name, value in ratios.items():
         low, high = min(per_round[name]), max(per_round[name])
         print(f"  {name:<{width}}  {value:9.2f}x  ({low:.2f}–{high:.2f})")

@@ -668,3 +668,94 @@ def test_probe_leaves_an_unused_default_executor_out_and_counts_cancelled_work()
     # Only the call that ran waited for a thread.
     assert series.waits is not None
     assert len(series.waits) == 1
+
+
+def test_the_loop_is_quiet_only_since_its_tick_was_due_or_a_step_ended() -> None:
+    monitor = LoopMonitor(threshold_ms=5.0, interval_ms=1.0)
+    # No step has ended: the tick after the beat at 100.0 was due at 100.001.
+    assert monitor.quiet(100.010, 100.0) == pytest.approx(0.009)
+    # With 100 requests always ready the tick is 9 ms late, but a request's step ended
+    # 0.5 ms ago: no call has held the loop for longer, nothing to sample yet.
+    monitor.progress[0] = 100.0095
+    assert monitor.quiet(100.010, 100.0) == pytest.approx(0.0005)
+    # A step that ended before the tick was due says nothing more than the tick.
+    monitor.progress[0] = 100.0005
+    assert monitor.quiet(100.010, 100.0) == pytest.approx(0.009)
+
+
+def test_a_call_sampled_after_a_pause_is_timed_from_when_the_loop_ran() -> None:
+    # Samples every 1 ms from the beat at 100.0; then steps ended until 100.030, when
+    # sampling started again: call B was seen first at 100.0345.
+    a, b = ("app.py", 6, "bad"), ("app.py", 9, "other")
+    stall = _Stall(100.0)
+    at = 100.005
+    for i in range(10):
+        stall.add(at, a, i > 0)
+        at += 0.001
+    at = 100.0345
+    stall.add(at, b, False, resumed=100.030)
+    for _ in range(9):
+        at += 0.001
+        stall.add(at, b, True)
+    durations = list(stall.calls(poll=0.002))
+    assert [key for key, _ in durations] == [a, b]
+    # A: from the beat to its last sample (100.014) plus half the 1 ms spacing.
+    assert durations[0][1] == pytest.approx(0.0145)
+    # B: from the step's end to its last sample (100.0435) plus half a gap; the pause
+    # between the two runs of samples is not a gap between samples.
+    assert durations[1][1] == pytest.approx(0.014)
+
+
+@pytest.fixture
+def storm_monitors(monkeypatch: pytest.MonkeyPatch) -> list[LoopMonitor]:
+    """Every loop monitor the engine starts, kept for the test to read."""
+    from pytest_concurrency._engine import rounds
+
+    monitors: list[LoopMonitor] = []
+
+    def kept(*args: Any, **kwargs: Any) -> LoopMonitor:
+        monitors.append(LoopMonitor(*args, **kwargs))
+        return monitors[-1]
+
+    monkeypatch.setattr(rounds, "LoopMonitor", kept)
+    return monitors
+
+
+def test_each_step_of_a_storms_request_tells_the_loop_monitor_it_ran(
+    storm_monitors: list[LoopMonitor],
+) -> None:
+    from pytest_concurrency import run_storm
+
+    monitors = storm_monitors
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await asyncio.sleep(0)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    before = time.perf_counter()
+    result = run_storm(app, "GET", "/", users=5, requests=50, lifespan="off")
+    assert result.requests == 50
+    assert len(monitors) == 1
+    assert before < monitors[0].progress[0] < time.perf_counter()
+
+
+def test_the_storms_figure_of_its_own_cost_is_taken_with_its_probes_on(
+    storm_monitors: list[LoopMonitor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_concurrency._engine import rounds
+
+    monitors = storm_monitors
+    monkeypatch.setattr(rounds, "_HARNESS_COST", {})
+    before = time.perf_counter()
+    probed = asyncio.run(rounds.harness_cost_us())
+    # The calibration ran as an in-process storm runs: watched, its steps kept.
+    assert len(monitors) == 1
+    assert monitors[0].result.ticks > 0
+    assert before < monitors[0].progress[0] < time.perf_counter()
+    bare = asyncio.run(rounds.harness_cost_us(probed=False))
+    assert len(monitors) == 1  # a storm without the probes is calibrated without them
+    assert probed > 0
+    assert bare > 0

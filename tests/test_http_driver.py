@@ -515,3 +515,84 @@ def test_a_storm_against_a_server_that_answers_twice_fails() -> None:
     assert result.status_counts[200] == 3
     assert len(holder["received"]) == 3
     assert not result.passed
+
+
+def test_a_server_that_closes_each_connection_is_reconnected_to_without_resolving_again(
+    gunicorn_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver = HttpDriver(gunicorn_server.url, REQUESTS)
+    user = Holder()
+    opened: list[str] = []
+    original = asyncio.BaseEventLoop.create_connection
+
+    async def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(args[1] if len(args) > 1 else kwargs.get("host", "?"))
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "create_connection", counted)
+
+    async def main() -> tuple[list[Exchange], set[int]]:
+        exchanges, connections = [], set()
+        try:
+            for _ in range(20):
+                exchanges.append(await driver.call(0, user))
+                connections.add(id(exchanges[-1]._conn))
+        finally:
+            await driver.shutdown(1.0)
+        return exchanges, connections
+
+    exchanges, connections = anyio.run(main)
+    assert [e.status for e in exchanges] == [200] * 20
+    assert len(connections) == 20  # sync workers close every connection
+    # Only the first connection went through name resolution and asyncio's transport.
+    assert len(opened) == 1
+
+
+def test_a_server_gone_between_two_connections_is_a_refused_request() -> None:
+    async def main() -> tuple[Exchange, BaseException | None]:
+        async def handle(reader: Any, writer: Any) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        driver = HttpDriver(f"http://127.0.0.1:{port}", [Request(path="/")])
+        user = Holder()
+        first = await driver.call(0, user)
+        server.close()
+        await server.wait_closed()
+        failure = None
+        try:
+            await driver.call(0, user)
+        except OSError as exc:
+            failure = exc
+        await driver.shutdown(1.0)
+        return first, failure
+
+    first, failure = anyio.run(main)
+    assert (first.status, first.nbytes) == (200, 2)
+    assert isinstance(failure, ConnectionRefusedError)
+
+
+def test_a_storm_on_a_real_server_runs_its_client_on_uvloop(
+    uvicorn_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("uvloop")
+    from pytest_concurrency import run_storm
+
+    loops: list[str] = []
+    original = HttpDriver._connect
+
+    async def spied(self: HttpDriver) -> Any:
+        loops.append(type(asyncio.get_running_loop()).__module__)
+        return await original(self)
+
+    monkeypatch.setattr(HttpDriver, "_connect", spied)
+    result = run_storm(
+        "tests.apps:asgi_routes", "GET", "/", users=2, requests=10, server=uvicorn_server.url
+    )
+    assert result.requests == 10
+    assert loops
+    assert {module.split(".")[0] for module in loops} == {"uvloop"}

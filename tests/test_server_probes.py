@@ -361,3 +361,30 @@ def test_html_fidelity_card_says_when_they_agree_and_the_server_usage() -> None:
     assert "<td class='num ok'>1.05×</td>" in page
     assert "uvicorn: throughput agrees within 15%" in page
     assert "uvicorn processes used 62% of a core on average (peak 90%), the client 40%" in page
+
+
+def test_a_request_served_behind_a_server_tells_the_workers_loop_monitor_it_ran() -> None:
+    import asyncio
+
+    from pytest_concurrency._servers.agent import _Requests
+
+    progress = [0.0]
+    requests = _Requests(progress)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(0)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def ignore(message: Any) -> None:
+        return None
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    before = time.perf_counter()
+    asyncio.run(
+        requests.serve(app, {"type": "http", "method": "GET", "path": "/"}, receive, ignore)
+    )
+    assert before < progress[0] < time.perf_counter()
+    assert len(requests.rec) == 1

@@ -419,3 +419,35 @@ def test_readiness_never_waits_for_the_apps_own_root(tmp_path: Path) -> None:
     slow = ServerSpec("uvicorn", "slow_root:app", sys_path=(str(tmp_path), *sys.path))
     with serve(slow, startup_timeout=4) as server:
         assert get(server.url + "/fast") == b"ok"
+
+
+def test_a_client_sharing_a_busy_machine_with_its_server_is_said_to_limit_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from pytest_concurrency._engine import storm
+    from pytest_concurrency._servers import ResourceUsage
+
+    def usage(client: float, server: float) -> ResourceUsage:
+        return ResourceUsage(server, server, 0, client, 10, 1.0)
+
+    # gunicorn -w 8 on 2 cores with a client reconnecting per request: 0.37 of a core for
+    # the client, 1.3 for the server. Far below one core, yet the server's loss.
+    assert storm.client_share(usage(0.37, 1.3), 2) == pytest.approx(0.37 / 1.67)
+    # The same client on 8 cores leaves the server room: it limits nothing.
+    assert storm.client_share(usage(0.37, 1.3), 8) is None
+    # A busy machine, but the client took under 5 % of what the storm used.
+    assert storm.client_share(usage(0.08, 1.8), 2) is None
+    # A client loop with a core to itself limits, whatever the machine.
+    assert storm.client_share(usage(0.9, 0.2), 64) == pytest.approx(0.9 / 1.1)
+
+    monkeypatch.setattr(storm, "cores", lambda: 2)
+    result = SimpleNamespace(extras={}, warnings=[])
+    storm._with_usage(result, usage(0.37, 1.3))  # type: ignore[arg-type]
+    assert len(result.warnings) == 1
+    assert "0.37 of the machine's 2 cores" in result.warnings[0]
+    assert "up to 28% low" in result.warnings[0]
+    quiet = SimpleNamespace(extras={}, warnings=[])
+    storm._with_usage(quiet, usage(0.2, 0.6))  # type: ignore[arg-type]
+    assert quiet.warnings == []

@@ -230,3 +230,69 @@ def test_a_pool_that_cannot_start_its_threads_stops_those_it_started(
     monkeypatch.undo()
     # The process can still storm: nothing of the failed pool is left running.
     assert run_storm(wsgi_hello, "GET", "/", users=4, requests=20).requests == 20
+
+
+def test_a_live_line_reads_a_wsgi_storm_while_it_runs() -> None:
+    from pytest_concurrency._engine.plan import LiveFigures, plan_storm
+    from pytest_concurrency._engine.rounds import run_pool_round
+    from pytest_concurrency._params import Layer
+
+    plan = plan_storm(
+        wsgi_sleep(0.005),
+        "GET",
+        "/",
+        layers=[Layer("test", {"users": 4, "workers": 4, "requests": 40})],
+    )
+    live = LiveFigures(plan)
+    seen: list[dict[str, Any]] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.append(live.snapshot())
+            stop.wait(0.002)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        result = run_pool_round(plan, live)
+    finally:
+        stop.set()
+        reader.join()
+    final = live.snapshot()
+    assert final["requests"] == result.requests == 40
+    assert final["errors"] == 0
+    # Every latency read live is a whole request's: at least the handler's sleep.
+    assert final["p99_ms"] >= 1.0
+    counts = [figures["requests"] for figures in seen]
+    assert counts == sorted(counts)
+    assert any(0 < count < 40 for count in counts)
+
+
+def test_a_worker_records_become_the_same_integer_records() -> None:
+    from pytest_concurrency._drivers.wsgi import _Tape
+    from pytest_concurrency._metrics import Recorder
+
+    tape = _Tape()
+    origin, timeout = 64.0, 1.0  # instants that binary floats hold exactly
+    # intended, picked, first byte (0.0: none), finished; status | endpoint << 16 | error << 32
+    rows = [
+        ((64.5, 64.515625, 64.53125, 64.5625), 200),
+        ((65.0, 65.25, 0.0, 65.5), 500 | 3 << 32),
+        ((66.0, 67.5, 0.0, 67.625), 0 | 1 << 16 | 2 << 32),  # queued past its timeout
+        ((67.0, 67.125, 67.25, 68.5), 404 | 1 << 16),  # finished after its deadline
+    ]
+    for times, code in rows:
+        tape.times.extend(times)
+        tape.codes.append(code)
+    rec = Recorder()
+    tape.into(rec, origin, timeout)
+    assert list(rec.start) == [500_000, 1_000_000, 2_000_000, 3_000_000]
+    # A latency is capped at the client's deadline, a queue wait at the latency.
+    assert list(rec.latency) == [62_500, 500_000, 1_000_000, 1_000_000]
+    assert list(rec.ttfb) == [31_250, -1, -1, 250_000]
+    assert list(rec.queue) == [15_625, 250_000, 1_000_000, 125_000]
+    assert list(rec.status) == [200, 500, 0, 404]
+    assert list(rec.endpoint) == [0, 0, 1, 1]
+    assert list(rec.error) == [0, 3, 2, 0]
+    assert tape.tail(2) == (4, [1_625_000, 1_500_000], [0, 404])

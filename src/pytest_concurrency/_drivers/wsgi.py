@@ -15,6 +15,7 @@ import io
 import os
 import sys
 import threading
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from queue import SimpleQueue
@@ -28,6 +29,7 @@ from .._checks import NO_CHECKS
 from .._errors import StormError
 from .._headers import HOP_BY_HOP, TOKEN, WSGI_VALUE_BAD, wsgi_header_fault
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
+from .._metrics.records import LiveRecords
 from .._probes.attribution import Ledger, bind
 from .._probes.attribution import attributing as attribution_on
 from .._workload import Request, checked_user_headers
@@ -156,7 +158,10 @@ def response_headers(headers: Any) -> int:
 class _StartResponse:
     """``start_response`` held to PEP 3333: once per response unless ``exc_info`` replaces
     headers not yet sent; a status "NNN reason"; headers as (str, str) pairs that a real
-    server would send."""
+    server would send.
+
+    A worker thread keeps one and :meth:`reset` s it before each request (cheaper than a
+    new object per request)."""
 
     __slots__ = ("first_byte", "headers", "length", "sent", "status", "written")
 
@@ -169,6 +174,13 @@ class _StartResponse:
         self.length = -1
         self.written = 0
 
+    def reset(self) -> None:
+        """Ready for the next response (what ``__call__`` does not set itself)."""
+        self.status = 0
+        self.sent = False
+        self.first_byte = 0.0
+        self.written = 0
+
     def __call__(self, status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], Any]:
         if exc_info is not None:
             if self.sent:
@@ -178,7 +190,7 @@ class _StartResponse:
         code = _STATUS_CODES.get(status) if type(status) is str else None
         if code is None:
             code = _status_code(status)
-        self.length = response_headers(headers)
+        self.length = response_headers(headers) if headers or type(headers) is not list else -1
         self.status = code
         self.headers = headers
         return self.write
@@ -192,6 +204,75 @@ class _StartResponse:
             self.written += len(data)
             if not self.first_byte:
                 self.first_byte = perf_counter()
+
+
+def respond(
+    app: WSGIApp, environ: dict[str, Any], start_response: _StartResponse, keep: bool
+) -> list[bytes] | None:
+    """Call *app* and consume its whole response, holding it to PEP 3333.
+
+    The status, first-byte instant and headers are left on *start_response*; the body chunks
+    are returned when *keep* or when the status is an error (a sample), else None. Raises
+    :class:`ProtocolViolation` where the app breaks PEP 3333 (a chunk that is not bytes, no
+    ``start_response`` before the body, ``start_response`` twice, a body that is not as long
+    as its content-length).
+    """
+    result = app(environ, start_response)
+    chunks: list[bytes] | None = None
+    size = 0
+    try:
+        for chunk in result:
+            if type(chunk) is not bytes and not isinstance(chunk, bytes):
+                raise BodyNotBytes(
+                    f"the response iterable yielded {type(chunk).__name__}, not bytes"
+                )
+            if chunk:
+                size += len(chunk)
+                if not start_response.sent:
+                    if not start_response.status:
+                        raise NoStartResponse("a body chunk came before start_response")
+                    start_response.sent = True
+                    start_response.first_byte = start_response.first_byte or perf_counter()
+                    if keep or start_response.status >= 400:
+                        chunks = []
+                if chunks is not None and (keep or len(chunks) < _SAMPLE_CHUNKS):
+                    chunks.append(chunk)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    status = start_response.status
+    if not status:
+        raise NoStartResponse("the app returned without calling start_response")
+    declared = start_response.length
+    if declared >= 0:
+        size += start_response.written
+        if (
+            size != declared
+            and status >= 200
+            and status not in (204, 304)
+            and environ["REQUEST_METHOD"] != "HEAD"
+        ):
+            raise ContentLengthMismatch(
+                f"the body is {'longer' if size > declared else 'shorter'} than its "
+                f"content-length: {declared} declared, {size} sent"
+            )
+    if chunks is None and (keep or status >= 400):
+        return []
+    return chunks
+
+
+def user_template(template: dict[str, Any], user: Any) -> dict[str, Any]:
+    """*template* with *user*'s headers and cookies added (itself when it has none)."""
+    if user is None or not (user.headers or user.cookies):
+        return template
+    template = template.copy()
+    for name, value in checked_user_headers(user.header_pairs()):
+        key = name.upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+        template[key] = value
+    return template
 
 
 class WsgiDriver:
@@ -208,64 +289,17 @@ class WsgiDriver:
         and body when *capture* or when the status is an error.
 
         Returns (status, first byte, headers or None, body chunks or None). Raises
-        :class:`ProtocolViolation` where the app breaks PEP 3333 (a chunk that is not bytes,
-        no ``start_response`` before the body, ``start_response`` twice).
+        :class:`ProtocolViolation` where the app breaks PEP 3333 (see :func:`respond`).
         """
         template, body = prepared
-        if user is not None and (user.headers or user.cookies):
-            template = template.copy()
-            for name, value in checked_user_headers(user.header_pairs()):
-                key = name.upper().replace("-", "_")
-                if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                    key = "HTTP_" + key
-                template[key] = value
-        environ = template.copy()
+        environ = user_template(template, user).copy()
         environ["wsgi.input"] = io.BytesIO(body)
         start_response = _StartResponse()
-        result = self.app(environ, start_response)
-        chunks: list[bytes] | None = None
-        size = 0
-        try:
-            for chunk in result:
-                if type(chunk) is not bytes and not isinstance(chunk, bytes):
-                    raise BodyNotBytes(
-                        f"the response iterable yielded {type(chunk).__name__}, not bytes"
-                    )
-                if chunk:
-                    size += len(chunk)
-                    if not start_response.sent:
-                        if not start_response.status:
-                            raise NoStartResponse("a body chunk came before start_response")
-                        start_response.sent = True
-                        start_response.first_byte = start_response.first_byte or perf_counter()
-                        if capture or start_response.status >= 400:
-                            chunks = []
-                    if chunks is not None and (capture or len(chunks) < _SAMPLE_CHUNKS):
-                        chunks.append(chunk)
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
-        status = start_response.status
-        if not status:
-            raise NoStartResponse("the app returned without calling start_response")
-        declared = start_response.length
-        if declared >= 0:
-            size += start_response.written
-            if (
-                size != declared
-                and status >= 200
-                and status not in (204, 304)
-                and template["REQUEST_METHOD"] != "HEAD"
-            ):
-                raise ContentLengthMismatch(
-                    f"the body is {'longer' if size > declared else 'shorter'} than its "
-                    f"content-length: {declared} declared, {size} sent"
-                )
+        chunks = respond(self.app, environ, start_response, capture)
         first = start_response.first_byte or perf_counter()
-        if capture or status >= 400:
-            return status, first, start_response.headers, chunks or []
-        return status, first, None, None
+        if chunks is not None:
+            return start_response.status, first, start_response.headers, chunks
+        return start_response.status, first, None, None
 
 
 def _where(thread: threading.Thread) -> str:
@@ -283,6 +317,53 @@ def _where(thread: threading.Thread) -> str:
 
 class _Expired(Exception):
     """A queued request whose client gave up before a worker picked it."""
+
+
+class _Tape:
+    """One worker thread's records as its per-request path takes them.
+
+    Four ``perf_counter()`` instants per request in ``times`` (intended send, picked by the
+    thread, first body byte or 0.0, finished) and one code in ``codes`` (status, endpoint
+    index << 16, error kind << 32): a few appends per request, where a :class:`Recorder`'s
+    seven integer records take several conversions each. :meth:`into` writes those records
+    after the round, off the per-request path.
+    """
+
+    __slots__ = ("codes", "times")
+
+    def __init__(self) -> None:
+        self.times = array("d")
+        self.codes = array("q")
+
+    def tail(self, count: int) -> tuple[int, list[int], list[int]]:
+        """Requests recorded so far, and the latencies (µs) and statuses of the last *count*
+        (read from another thread while the worker appends: lengths first)."""
+        n = len(self.codes)
+        first = max(0, n - count)
+        times = self.times[4 * first : 4 * n]
+        latencies = [int((times[i + 3] - times[i]) * 1e6) for i in range(0, len(times), 4)]
+        return n, latencies, [code & 0xFFFF for code in self.codes[first:n]]
+
+    def into(self, rec: Recorder, origin: float, timeout: float) -> None:
+        """Append this tape's requests to *rec* as integer µs from *origin*; a latency is
+        capped at *timeout*, the client's deadline, and a queue wait at the latency."""
+        n = len(self.codes)
+        times = self.times
+        intended, picked = times[0 : 4 * n : 4], times[1 : 4 * n : 4]
+        first, finished = times[2 : 4 * n : 4], times[3 : 4 * n : 4]
+        latency = [min(f - i, timeout) for i, f in zip(intended, finished, strict=True)]
+        rec.start.fromlist([int((i - origin) * 1e6) for i in intended])
+        rec.latency.fromlist([int(x * 1e6) for x in latency])
+        rec.ttfb.fromlist(
+            [int((b - i) * 1e6) if b else -1 for i, b in zip(intended, first, strict=True)]
+        )
+        rec.queue.fromlist(
+            [int(min(p - i, x) * 1e6) for i, p, x in zip(intended, picked, latency, strict=True)]
+        )
+        codes = self.codes[:n]
+        rec.status.fromlist([code & 0xFFFF for code in codes])
+        rec.endpoint.fromlist([(code >> 16) & 0xFFFF for code in codes])
+        rec.error.fromlist([code >> 32 for code in codes])
 
 
 @dataclass
@@ -321,7 +402,7 @@ class WsgiPool:
         pick: Callable[[], int],
         book: ErrorBook,
         build: Callable[[int, int], tuple[int, Request]] | None = None,
-        live: list[Recorder] | None = None,
+        live: list[LiveRecords] | None = None,
         users: list[Any] | None = None,
         inspector: Any,
         watch: Callable[[Callable[..., None]], Callable[..., None]] | None = None,
@@ -341,7 +422,7 @@ class WsgiPool:
             self, schedule, pick=pick, book=book, build=build, users=users, inspector=inspector
         )
         if live is not None:
-            live.extend(state.recorders)  # read (lengths and tails only) by a progress line
+            live.extend(state.tapes)  # read (lengths and tails only) by a progress line
         cpu_before = process_time()
         state.start(watch)
         population = state.first_sends()
@@ -353,9 +434,12 @@ class WsgiPool:
             raise
         finally:
             stuck = state.stop(interrupted=interrupted, stalled=stalled)
+        cpu = process_time() - cpu_before
         if state.failures:
             raise state.failures[0]
-        return PoolRun(state.recorders, stuck, process_time() - cpu_before)
+        for tape, rec in zip(state.tapes, state.recorders, strict=True):
+            tape.into(rec, schedule.origin, schedule.timeout)
+        return PoolRun(state.recorders, stuck, cpu)
 
 
 class _PoolRound:
@@ -391,6 +475,7 @@ class _PoolRound:
         self.timer_cv = threading.Condition()
         self.timed_out_kind = book.kind(None, ErrorBook.TIMEOUT)
         self.recorders = [Recorder() for _ in range(pool.size)]
+        self.tapes = [_Tape() for _ in range(pool.size)]
         self.done_count = [0] * pool.size
         # When each thread picked the request it is serving (0.0 when idle): a handler is
         # judged stuck from its own deadline, not from the storm's.
@@ -450,10 +535,9 @@ class _PoolRound:
     # record, next send) stays in this one loop over locals, since a call per request is
     # a measurable share of a do-nothing app's cost.
     def worker_main(self, slot: int) -> None:  # noqa: PLR0915
-        rec = self.recorders[slot]
-        a_start, a_lat, a_ttfb = rec.start.append, rec.latency.append, rec.ttfb.append
-        a_queue, a_status = rec.queue.append, rec.status.append
-        a_end, a_err = rec.endpoint.append, rec.error.append
+        tape = self.tapes[slot]
+        a_time, a_code = tape.times.append, tape.codes.append
+        add_waits, rec = self.recorders[slot].add_waits, tape.codes
         schedule, inspector, book = self.schedule, self.inspector, self.book
         backlog, halt, build, pick, users = (
             self.backlog,
@@ -462,8 +546,12 @@ class _PoolRound:
             self.pick,
             self.users,
         )
-        templates, call_as = self.pool.driver.templates, self.pool.driver.call_as
+        get, put = backlog.get, backlog.put
+        driver = self.pool.driver
+        app, templates = driver.app, driver.templates
+        picking = build is None and len(templates) > 1
         capture, judges = inspector.capture, inspector.judges
+        checks_for, look = inspector.checks_for, inspector.look
         window = schedule.window
         origin, timeout, next_send = schedule.origin, schedule.timeout, schedule.next_send
         # The schedule's rules, inlined on the per-request path where they are trivial: no
@@ -481,8 +569,13 @@ class _PoolRound:
         if self.attributing:
             bind(waits)
         entries = waits.entries
+        start_response = _StartResponse()
+        new_input = io.BytesIO
+        checks = NO_CHECKS
+        keep = capture
+        index = 0
         while True:
-            item = backlog.get()
+            item = get()
             if item is None:
                 return
             intended, user = item
@@ -494,7 +587,8 @@ class _PoolRound:
                 continue
             error = 0
             if build is None:
-                index = pick()
+                if picking:
+                    index = pick()
             else:
                 iteration = iterations.get(user, 0)
                 iterations[user] = iteration + 1
@@ -503,27 +597,39 @@ class _PoolRound:
                 except BaseException as exc:  # the storm's own input failed: stop it
                     fail(exc)
                     return
-            # Its client gave up while it queued: late, it is a timeout, and not served.
-            expired = picked - intended >= timeout
             try:
-                if expired:
+                # Its client gave up while it queued: late, it is a timeout, and not served.
+                if picked - intended >= timeout:
                     raise _Expired
-                prepared = templates[index] if build is None else request_environ(request)
-                person = users[user] if users is not None and user >= 0 else None
                 if build is None:
-                    checks = inspector.checks_for(index) if judges else NO_CHECKS
-                    keep = capture
+                    template, body = templates[index]
+                    if judges:
+                        checks = checks_for(index)
                 else:
+                    template, body = request_environ(request)
                     # A request made mid-storm brings its own checks.
-                    checks = inspector.checks_for(index, request)
+                    checks = checks_for(index, request)
                     keep = capture or checks.needs_body
+                if users is not None and user >= 0:
+                    person = users[user]
+                    environ = user_template(template, person).copy()
+                else:
+                    person = None
+                    environ = template.copy()
+                environ["wsgi.input"] = new_input(body)
+                start_response.status = 0
+                start_response.sent = False
+                start_response.first_byte = 0.0
+                start_response.written = 0
                 busy_since[slot] = picked
-                status, first_byte, kept, chunks = call_as(prepared, person, keep)
-                if checks:
-                    error = inspector.look(person, index, checks, status, kept, chunks)
-                elif kept is not None:
-                    # An error status: keep a sample body for the report.
-                    error = inspector.look(person, index, NO_CHECKS, status, kept, chunks)
+                chunks = respond(app, environ, start_response, keep)
+                status = start_response.status
+                first_byte = start_response.first_byte or perf_counter()
+                if chunks is not None:
+                    # Kept for the checks, or an error status: a sample body for the report.
+                    error = look(person, index, checks, status, start_response.headers, chunks)
+                elif checks is not NO_CHECKS and checks:
+                    error = look(person, index, checks, status, None, None)
             except _Expired:
                 status, first_byte, error = STATUS_TIMEOUT, 0.0, timed_out_kind
             except Exception as exc:
@@ -534,23 +640,17 @@ class _PoolRound:
                 status, first_byte, error = STATUS_EXCEPTION, 0.0, book.kind(exc)
             busy_since[slot] = 0.0
             finished = perf_counter()
-            latency = finished - intended
-            if latency > timeout:
-                # The client gave up at its deadline; the worker stayed busy until now
-                # (unless a check held it, which is named as the failure).
-                if not inspector.check_failed(error):
-                    status, error = STATUS_TIMEOUT, timed_out_kind
-                latency = timeout
-            a_start(int((intended - origin) * 1e6))
-            a_lat(int(latency * 1e6))
-            a_ttfb(int((first_byte - intended) * 1e6) if first_byte else -1)
-            # A timed-out request waited at most its latency (the timeout) for its client.
-            a_queue(int(min(picked - intended, latency) * 1e6))
-            a_status(status)
-            a_end(index)
-            a_err(error)
+            # The client gave up at its deadline; the worker stayed busy until now (unless
+            # a check held it, which is named as the failure). The tape caps the latency.
+            if finished - intended > timeout and not inspector.check_failed(error):
+                status, error = STATUS_TIMEOUT, timed_out_kind
+            a_time(intended)
+            a_time(picked)
+            a_time(first_byte)
+            a_time(finished)
+            a_code(status | index << 16 | error << 32)
             if entries:
-                rec.add_waits(entries, origin)
+                add_waits(entries, origin, len(rec) - 1)
                 entries.clear()
             done_count[slot] += 1
             if user < 0:
@@ -569,7 +669,7 @@ class _PoolRound:
             elif again > finished:
                 later(again, user)
             else:
-                backlog.put((again, user))
+                put((again, user))
 
     def start(self, watch: Callable[[Callable[..., None]], Callable[..., None]] | None) -> None:
         """Start the timer, the dispatcher (open model) and the workers; on a refusal, stop

@@ -15,9 +15,8 @@ from typing import Any
 from .._apps import Interface, app_label, detect_interface, import_name, load_app
 from .._checks import NO_CHECKS, Checks, is_async_callable, parse_checks
 from .._errors import ConfigError
-from .._metrics import Recorder
 from .._metrics.percentile import quantile
-from .._metrics.records import is_failure
+from .._metrics.records import LiveRecords, is_failure
 from .._optional import require
 from .._params import Layer, StormConfig, resolve
 from .._servers import RunningServer, ServerSpec
@@ -345,7 +344,7 @@ class LiveFigures:
 
     def __init__(self, plan: StormPlan) -> None:
         self.plan = plan
-        self.recorders: list[Recorder] = []
+        self.recorders: list[LiveRecords] = []
         self.started = perf_counter()
         self.in_flight: Callable[[], int] | None = None
 
@@ -355,11 +354,9 @@ class LiveFigures:
         requests = errors = 0
         tail: list[int] = []
         for rec in list(self.recorders):
-            n = len(rec.latency)
+            n, latencies, statuses = rec.tail(500)
             requests += n
-            start = max(0, n - 500)
-            tail.extend(rec.latency[start:n])
-            statuses = rec.status[start:n]
+            tail.extend(latencies)
             errors += sum(1 for st in statuses if is_failure(st, 0))
         tail.sort()
         figures: dict[str, Any] = {"elapsed": elapsed, "requests": requests, "errors": errors}

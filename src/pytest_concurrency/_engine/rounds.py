@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from time import perf_counter
+from time import perf_counter, process_time
 from typing import Any
 
 import anyio
@@ -35,6 +35,7 @@ from .._errors import StormError
 from .._metrics import ErrorBook, Recorder
 from .._metrics.fold import PoolModel, RunFigures, fold
 from .._metrics.percentile import quantile
+from .._metrics.records import LiveRecords
 from .._model.extras import Abandoned, ContentionFigures, StartHooks, VirtualClock
 from .._model.probes import ConnectionPoolUsage, LoopLag, PoolUsage
 from .._model.remarks import (
@@ -335,7 +336,7 @@ async def _soon() -> float:
 AsyncOrigin = Callable[[], Awaitable[float]]
 #: Makes the runner of a round from its schedule and live recorders (a WebSocket round
 #: runs its own subclass of :class:`AsyncRunner` with its own driver).
-RunnerFactory = Callable[[Schedule, list[Recorder] | None], AsyncRunner]
+RunnerFactory = Callable[[Schedule, list[LiveRecords] | None], AsyncRunner]
 
 
 @dataclass
@@ -399,7 +400,7 @@ async def _started_users(
 def _runner(
     plan: StormPlan,
     schedule: Schedule,
-    recorders: list[Recorder] | None,
+    recorders: list[LiveRecords] | None,
     http: AsyncDriver | None,
     users: list[User] | None,
     factory: RunnerFactory | None,
@@ -458,6 +459,7 @@ async def execute_async(
                 recorders = live.recorders if live is not None else None
                 runner = _runner(plan, schedule, recorders, http, users, runner_factory)
                 runner.own_steps = monitor is not None
+                runner.progress = monitor.progress if monitor is not None else None
                 if live is not None:
                     live.in_flight = lambda: len(runner.slots)
                 contention = CpuContention().start() if config.clock == "wall" else None
@@ -502,7 +504,7 @@ async def run_async_round(plan: StormPlan, live: LiveFigures | None = None) -> S
         result.loop_cpu_share = None
         result.notes.extend(output.clock_notes)
     if result.loop_cpu_share is not None and result.loop_cpu_share >= _SATURATED_CPU:
-        await _warn_harness_bound(result, output.figures.cpu)
+        await _warn_harness_bound(result, output.figures.cpu, probed=output.loop_lag is not None)
     return result
 
 
@@ -630,21 +632,39 @@ async def _null_app(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-async def harness_cost_us() -> float:
-    """CPU µs the storm engine itself spends per request (measured once per process)."""
-    if "asgi" not in _HARNESS_COST:
+async def harness_cost_us(probed: bool = True) -> float:
+    """CPU µs the storm engine itself spends per request (measured once per process).
+
+    *probed*: as an in-process storm runs, with the loop monitor and its watchdog, the
+    thread-pool and connection-pool probes and each request's steps kept; all of it is
+    the engine's cost. The CPU is the whole process's (the probes' threads too): a null
+    app leaves nothing else to run.
+    """
+    key = "asgi probed" if probed else "asgi"
+    if key not in _HARNESS_COST:
         plan = plan_storm(
             _null_app, "GET", "/", layers=[Layer("calibration", {"users": 100, "requests": 5000})]
         )
         driver = AsgiDriver(_null_app, list(plan.requests), lifespan="off")
-        schedule = Schedule(plan.config, perf_counter() + _LEAD)
-        figures = await AsyncRunner(schedule, driver, plan.mix).run()
-        _HARNESS_COST["asgi"] = figures.cpu / max(1, len(figures.rec)) * 1e6
-    return _HARNESS_COST["asgi"]
+        async with AsyncExitStack() as stack:
+            monitor = None
+            if probed:
+                await stack.enter_async_context(ConnectionPoolProbe())
+                monitor = await stack.enter_async_context(LoopMonitor(threshold_ms=5.0))
+                await stack.enter_async_context(ThreadPoolProbe())
+            runner = AsyncRunner(Schedule(plan.config, perf_counter() + _LEAD), driver, plan.mix)
+            if monitor is not None:
+                runner.own_steps = True
+                runner.progress = monitor.progress
+            cpu = process_time()
+            figures = await runner.run()
+            cpu = process_time() - cpu
+        _HARNESS_COST[key] = cpu / max(1, len(figures.rec)) * 1e6
+    return _HARNESS_COST[key]
 
 
-async def _warn_harness_bound(result: StormResult, loop_cpu: float) -> None:
-    cost = await harness_cost_us()
+async def _warn_harness_bound(result: StormResult, loop_cpu: float, *, probed: bool) -> None:
+    cost = await harness_cost_us(probed)
     # Requests discarded by warm-up also cost the loop: count everything that was sent.
     sent = result.requests + result.discarded
     share = min(1.0, sent * cost / 1e6 / loop_cpu) if loop_cpu > 0 else 0.0

@@ -35,6 +35,7 @@ from .._checks import NO_CHECKS, Checks
 from .._drivers.base import AsyncDriver
 from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
 from .._metrics.fold import RunFigures
+from .._metrics.records import LiveRecords
 from .._probes.attribution import Ledger, OwnSteps, attributing, bind
 from .._tasks import ABANDON_GRACE, TaskSet
 from .._workload import RequestMix
@@ -106,7 +107,7 @@ class AsyncRunner:
         driver: AsyncDriver,
         mix: RequestMix,
         *,
-        recorders: list[Recorder] | None = None,
+        recorders: list[LiveRecords] | None = None,
         users: list[User] | None = None,
         checks: Checks = NO_CHECKS,
     ) -> None:
@@ -153,6 +154,8 @@ class AsyncRunner:
         #: (set while a loop monitor runs).
         self.attributing = attributing()
         self.own_steps = False
+        #: The loop monitor's progress cell, which each step kept writes its end to.
+        self.progress: list[float] | None = None
 
     # -- recording --------------------------------------------------------------------
 
@@ -180,9 +183,8 @@ class AsyncRunner:
         else:
             iteration = self.iterations.get(user, 0)
             self.iterations[user] = iteration + 1
-            mix = self.mix
-            request = mix.build(slot.user if slot.user is not None else user, iteration)
-            index = mix.intern(request.label)
+            request = self.mix.build(slot.user if slot.user is not None else user, iteration)
+            index = self.mix.intern(request.label)
             checks = self.inspector.checks_for(index, request)
             if checks.needs_body:
                 slot.capture = True  # a request made mid-storm brings its own checks
@@ -204,7 +206,9 @@ class AsyncRunner:
             book.entries.clear()
         error = 0
         try:
-            exchange = await (OwnSteps(call, book) if book is not None and self.own_steps else call)
+            exchange = await (
+                OwnSteps(call, book, self.progress) if book and self.own_steps else call
+            )
         except Exception as exc:
             status, first, error = STATUS_EXCEPTION, 0.0, self.book.kind(exc)
         except (SystemExit, KeyboardInterrupt) as exc:

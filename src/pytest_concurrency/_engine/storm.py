@@ -28,6 +28,7 @@ from .._locust import build_locustfile, read_back, run_locust
 from .._model.extras import ServerProbes
 from .._model.remarks import (
     client_bound_warning,
+    client_share_warning,
     dropped_arrivals_warning,
     knee_note,
     rounds_note,
@@ -41,6 +42,7 @@ from .._model.remarks import (
 from .._model.result import StormResult, Verdict
 from .._params import StormConfig
 from .._servers import ResourceSampler, ResourceUsage, RunningServer, serve
+from .._servers._process import cores
 from .._servers.channel import ProbeReport
 from .._servers.simio import (
     EGRESS_ENV,
@@ -75,6 +77,12 @@ __all__ = [
 
 #: Client CPU share (of one core) above which a real-server storm may be client-bound.
 _CLIENT_BOUND = 0.85
+#: Share of the machine's cores that client and server together use above which the
+#: machine counts as busy: past it, what the client spends the server lacks.
+_MACHINE_FULL = 0.75
+#: The client's share of the CPU a storm used past which, on a busy machine, the client is
+#: said to limit the server: its figures may read that much low or more.
+_CLIENT_SHARE = 0.05
 #: Budgets judged on the loop monitor's and thread-pool probe's figures. Behind a real
 #: server the probes run inside its workers only for a storm that sets one of these:
 #: they tick every millisecond on the server's loop, which a storm measuring the server
@@ -389,10 +397,37 @@ def _without_probes(result: StormResult, running: RunningServer) -> StormResult:
     return result
 
 
+def client_share(usage: ResourceUsage, machine_cores: int) -> float | None:
+    """The client's share of the CPU the storm used (client and server), when the client's
+    CPU is what limited the server; None when it was not.
+
+    It limits when its own loop has a core to itself (:data:`_CLIENT_BOUND`), and when
+    client and server together kept the machine's cores busy (:data:`_MACHINE_FULL`): every
+    core-second the client spent was then one the server lacked, and a client share of
+    :data:`_CLIENT_SHARE` or more costs the server's figures that much or more.
+    """
+    client, server = usage.client_cpu_mean, usage.server_cpu_mean
+    total = client + server
+    if total <= 0:
+        return None
+    share = client / total
+    if client >= _CLIENT_BOUND:
+        return share
+    if total >= _MACHINE_FULL * machine_cores and share >= _CLIENT_SHARE:
+        return share
+    return None
+
+
 def _with_usage(result: StormResult, usage: ResourceUsage) -> StormResult:
     result.server_usage = usage
-    if usage.client_cpu_mean >= _CLIENT_BOUND:
-        result.warnings.append(client_bound_warning(usage.client_cpu_mean, usage.server_cpu_mean))
+    client, server = usage.client_cpu_mean, usage.server_cpu_mean
+    if client >= _CLIENT_BOUND:
+        result.warnings.append(client_bound_warning(client, server))
+        return result
+    machine_cores = cores()
+    share = client_share(usage, machine_cores)
+    if share is not None:
+        result.warnings.append(client_share_warning(client, server, machine_cores, share))
     return result
 
 

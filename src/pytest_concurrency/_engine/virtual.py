@@ -25,6 +25,7 @@ one, rather than report figures that mean nothing.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import sys
 import threading
@@ -349,7 +350,13 @@ def virtual_report() -> tuple[VirtualClock, list[str], list[str]]:
 
 
 def loop_options(plan: Any) -> dict[str, Any]:
-    """Keyword arguments of ``anyio.run`` for one round of *plan* (a virtual loop if asked)."""
-    if plan.config.clock != "virtual":
-        return {}
-    return {"backend_options": {"loop_factory": loop_factory}}
+    """Keyword arguments of ``anyio.run`` for one round of *plan*: a virtual loop if asked;
+    uvloop's, when it is installed, for a storm on a real server."""
+    if plan.config.clock == "virtual":
+        return {"backend_options": {"loop_factory": loop_factory}}
+    if plan.url is not None and importlib.util.find_spec("uvloop") is not None:
+        # The app runs in the server's processes, not on this loop, which only writes
+        # requests and reads responses: uvloop's sockets cost the client less CPU per
+        # request, and that CPU is taken from the server on a small machine.
+        return {"backend_options": {"use_uvloop": True}}
+    return {}

@@ -56,12 +56,12 @@ from .._metrics import (
     STATUS_EXCEPTION,
     STATUS_TIMEOUT,
     LatencyStats,
-    Recorder,
     latency_stats,
     new_histogram,
     record_many,
 )
 from .._metrics.fold import RunFigures
+from .._metrics.records import LiveRecords
 from .._model.extras import WebSocketConnections
 from .._model.remarks import shared_loop_warning, unmatched_messages_note
 from .._model.result import StormResult, Verdict
@@ -448,7 +448,7 @@ class WebSocketRunner(AsyncRunner):
         spec: WebSocketSpec,
         *,
         room: Room | None = None,
-        recorders: list[Recorder] | None = None,
+        recorders: list[LiveRecords] | None = None,
         connect: array[int] | None = None,
     ) -> None:
         # serve() below replaces the HTTP exchange: the runner never calls an HTTP driver.
@@ -663,7 +663,7 @@ async def run_websocket_round(
             await room.open(driver, spec.connect_timeout, note)
         return perf_counter() + _LEAD
 
-    def make_runner(schedule: Schedule, recorders: list[Recorder] | None) -> AsyncRunner:
+    def make_runner(schedule: Schedule, recorders: list[LiveRecords] | None) -> AsyncRunner:
         return WebSocketRunner(
             schedule,
             driver,

@@ -14,7 +14,7 @@ from array import array
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from hdrh.histogram import HdrHistogram
 
@@ -25,6 +25,7 @@ __all__ = [
     "ErrorBook",
     "ErrorSummary",
     "LatencyStats",
+    "LiveRecords",
     "Moments",
     "Recorder",
     "is_failure",
@@ -187,6 +188,14 @@ class ErrorBook:
         }
 
 
+class LiveRecords(Protocol):
+    """Records a live status line may read while a storm appends to them."""
+
+    def tail(self, count: int) -> tuple[int, list[int], list[int]]:
+        """Requests recorded so far, and the latencies (µs) and statuses of the last *count*."""
+        ...
+
+
 @dataclass
 class Recorder:
     """Per-request raw records of one user group or worker thread (not shared across threads).
@@ -224,9 +233,12 @@ class Recorder:
             self.wait_names.append(key)
         return index
 
-    def add_waits(self, entries: Iterable[tuple[str, str, float, float]], origin: float) -> None:
-        """Keep a ledger's entries as the waits of the last request recorded."""
-        at = len(self.latency) - 1
+    def add_waits(
+        self, entries: Iterable[tuple[str, str, float, float]], origin: float, at: int = -1
+    ) -> None:
+        """Keep a ledger's entries as the waits of request *at* (default: the last recorded)."""
+        if at < 0:
+            at = len(self.latency) - 1
         for kind, name, seconds, ended in entries:
             self.wait_at.append(at)
             self.wait_key.append(self.wait_key_of(kind, name))
@@ -235,6 +247,12 @@ class Recorder:
 
     def __len__(self) -> int:
         return len(self.latency)
+
+    def tail(self, count: int) -> tuple[int, list[int], list[int]]:
+        """Requests recorded so far, and the latencies (µs) and statuses of the last *count*."""
+        n = len(self.latency)
+        first = max(0, n - count)
+        return n, self.latency[first:n].tolist(), self.status[first:n].tolist()
 
     def extend(self, other: Recorder, error_map: Sequence[int] | None = None) -> None:
         """Append *other*'s records; *error_map* renumbers its error kinds (merging books)."""

@@ -16,6 +16,7 @@ __all__ = [
     "LOCUST_NOTES",
     "abandoned_warning",
     "client_bound_warning",
+    "client_share_warning",
     "contention_note",
     "contention_summary",
     "dropped_arrivals_warning",
@@ -115,6 +116,18 @@ def client_bound_warning(client_cpu: float, server_cpu: float) -> str:
         f"the load generator used {client_cpu:.0%} of a core while the server "
         f"used {server_cpu:.0%}: the client may be the bottleneck, not the server "
         "(spread the users over processes=)"
+    )
+
+
+def client_share_warning(client_cpu: float, server_cpu: float, cores: int, share: float) -> str:
+    """Client and server shared a busy machine: the client's CPU was the server's loss."""
+    low = share / (1 - share) if share < 1 else float("inf")
+    return (
+        f"the load generator used {client_cpu:.2f} of the machine's {cores} "
+        f"core{'s' if cores != 1 else ''} while the server used {server_cpu:.2f}: together "
+        f"they kept the machine busy, so the client's {share:.0%} of that CPU was taken from "
+        f"the server, whose throughput may read up to {low:.0%} low (give the server cores "
+        "of its own, or fewer users per client process)"
     )
 
 

@@ -138,6 +138,9 @@ def ledger() -> Iterator[Ledger]:
         _CURRENT.reset(token)
 
 
+#: Where the steps of a request no monitor watches write their end.
+_NOWHERE = [0.0]
+
 #: A step of a request's own code at least this long is kept (seconds): shorter ones
 #: cannot make a loop stall the monitor sees (5 ms).
 LONG_STEP = 0.001
@@ -148,14 +151,19 @@ class OwnSteps:
     for :data:`LONG_STEP` or more as an :data:`OWN` entry of its ledger.
 
     A loop stall that a request caused itself is its own service, not a wait for the loop:
-    the fold leaves these steps out of the stalls it charges to the request.
+    the fold leaves these steps out of the stalls it charges to the request. The end of
+    every step is written to *progress* (a one-item list a loop monitor reads): the loop
+    ran its callbacks until then, so no call can have held it for longer since.
     """
 
-    __slots__ = ("_book", "_coro")
+    __slots__ = ("_book", "_coro", "_progress")
 
-    def __init__(self, coro: Coroutine[Any, Any, _T], book: Ledger) -> None:
+    def __init__(
+        self, coro: Coroutine[Any, Any, _T], book: Ledger, progress: list[float] | None = None
+    ) -> None:
         self._coro = coro
         self._book = book
+        self._progress = _NOWHERE if progress is None else progress
 
     def __await__(self) -> OwnSteps:
         return self
@@ -172,9 +180,9 @@ class OwnSteps:
         try:
             return self._coro.send(value)
         finally:
-            took = perf_counter() - began
-            if took >= LONG_STEP:
-                self._own(began, took)
+            ended = self._progress[0] = perf_counter()
+            if ended - began >= LONG_STEP:
+                self._own(began, ended - began)
 
     def throw(self, *args: Any) -> Any:
         """Raise into the request (a cancellation, a timeout)."""
@@ -182,9 +190,9 @@ class OwnSteps:
         try:
             return self._coro.throw(*args)
         finally:
-            took = perf_counter() - began
-            if took >= LONG_STEP:
-                self._own(began, took)
+            ended = self._progress[0] = perf_counter()
+            if ended - began >= LONG_STEP:
+                self._own(began, ended - began)
 
     def close(self) -> None:
         """Close the request's coroutine."""

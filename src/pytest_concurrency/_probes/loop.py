@@ -3,11 +3,13 @@
 ``LoopMonitor`` schedules a timer callback every ``interval_ms`` on the running asyncio
 loop and records how late each one ran (the loop's lag) into a list of integers,
 folded into an HDR histogram when the monitor stops. Each callback also stamps a
-heartbeat. A daemon watchdog thread reads that heartbeat; while the loop has not beaten
-for longer than ``threshold_ms`` it samples the loop thread's stack every
-``sample_interval_ms`` and keeps the innermost frame of the app's own code (a handler
-that ``httpx.MockTransport`` calls in place of the network is not the app's: the app's
-call into the client is).
+heartbeat. A daemon watchdog thread reads that heartbeat, and :attr:`LoopMonitor.progress`,
+where the storm's requests write the end of each step they run; while the loop has done
+neither for longer than ``threshold_ms`` (a pass of the loop over many ready requests
+makes the tick late without any call holding the loop) it samples the loop thread's
+stack every ``sample_interval_ms`` and keeps the innermost frame of the app's own code
+(a handler that ``httpx.MockTransport`` calls in place of the network is not the app's:
+the app's call into the client is).
 
 Two figures come out of that, and they differ when calls queue up. A *stall* is one
 continuous period without a heartbeat: the loop lag a timer sees. asyncio runs every
@@ -228,6 +230,9 @@ class LoopMonitor(_StartStop):
         self._late: dict[float, float] = {}
         self._beat = 0.0
         self._started = 0.0
+        #: When a step of a request last ended on the loop (``perf_counter()``), written
+        #: by the requests' :class:`OwnSteps` wrappers: the loop was running then.
+        self.progress = [0.0]
         self._loop_thread = 0
         self._thread: threading.Thread | None = None
         self._stop_event = threading.Event()
@@ -328,7 +333,7 @@ class LoopMonitor(_StartStop):
     # -- on the watchdog thread --------------------------------------------------------------
 
     def _watch(self) -> None:
-        interval, poll = self._interval, self._poll
+        poll, progress = self._poll, self.progress
         # Sampling starts one poll before the threshold so that a stall just over it is
         # seen at least twice (one sample alone may be the OS pausing the whole process).
         start = max(0.0, self._threshold - poll)
@@ -338,34 +343,52 @@ class LoopMonitor(_StartStop):
         # The frame of the call being timed, held until the next sample only: while it
         # is alive no new frame can take its address, so `is` tells calls apart exactly.
         frame: FrameType | None = None
+        # Whether the previous look sampled: a sample after a pause starts a new call,
+        # which began when the loop was last seen running its callbacks.
+        sampling = False
         self._go.wait()
         while not self._stop_event.is_set():
             beat = self._beat
             now = perf_counter()
-            overdue = now - beat - interval
             if stall is not None and beat != stall.beat:
                 self._stalls.append(stall)
                 stall = key = frame = None
-            if overdue > start:
+                sampling = False
+            quiet = self.quiet(now, beat)
+            if quiet > start:
                 if stall is None:
                     stall = _Stall(beat)
                 previous = frame
                 sampled, frame = self._sample()
                 stall.add(
-                    now, sampled, sampled is not None and sampled == key and frame is previous
+                    now,
+                    sampled,
+                    sampling and sampled is not None and sampled == key and frame is previous,
+                    resumed=None if sampling else max(beat, progress[0]),
                 )
                 key = sampled
                 previous = None
+                sampling = True
                 pause = poll
             else:
-                # While the loop beats on time, sleep until the earliest moment a stall
+                if sampling:
+                    key = frame = None
+                    sampling = False
+                # While the loop runs on time, sleep until the earliest moment a stall
                 # could need sampling: polling every millisecond would cost ~2x more.
-                pause = max(poll, start - overdue)
+                pause = max(poll, start - quiet)
             if wait(pause):
                 break
         frame = None
         if stall is not None:
             self._stalls.append(stall)
+
+    def quiet(self, now: float, beat: float) -> float:
+        """Seconds up to *now* since the loop was last seen running: when its tick after
+        the heartbeat *beat* was due or, later, when a request's step ended. With many
+        requests ready one pass of the loop outlasts the threshold (the tick is late)
+        while no single call holds the loop that long: the steps' ends tell them apart."""
+        return now - max(beat + self._interval, self.progress[0])
 
     def _sample(self) -> tuple[_SiteKey | None, FrameType | None]:
         frame = sys._current_frames().get(self._loop_thread)
@@ -485,30 +508,42 @@ class LoopMonitor(_StartStop):
 class _Stall:
     """The watchdog's samples of one stall, and the blocking calls they make up."""
 
-    __slots__ = ("beat", "ends", "first", "keys", "last", "n", "samples", "starts")
+    __slots__ = ("beat", "began", "ends", "gap_sum", "gaps", "keys", "last", "samples", "starts")
 
     def __init__(self, beat: float) -> None:
         self.beat = beat
         self.samples: Counter[_SiteKey | None] = Counter()
-        self.first = self.last = 0.0
-        self.n = 0
-        # One entry per call: its site, and the times of its first and last sample.
+        self.last = 0.0
+        # The spacing of samples taken one after another (not across a pause).
+        self.gap_sum = 0.0
+        self.gaps = 0
+        # One entry per call: its site, the times of its first and last sample, and when
+        # it began if that is known (-1.0: half a gap before its first sample).
         self.keys: list[_SiteKey] = []
         self.starts = array("d")
         self.ends = array("d")
+        self.began = array("d")
 
-    def add(self, at: float, key: _SiteKey | None, same_call: bool) -> None:
+    def add(
+        self, at: float, key: _SiteKey | None, same_call: bool, resumed: float | None = None
+    ) -> None:
+        """Count a sample taken at *at*; *resumed* is when the loop was last seen running
+        if sampling starts again with this one (None: it follows the previous sample, or
+        it is the stall's first, seen since the heartbeat)."""
         self.samples[key] += 1
-        if not self.n:
-            self.first = at
+        if resumed is None and not self.last:
+            resumed = self.beat
+        elif resumed is None:
+            self.gap_sum += at - self.last
+            self.gaps += 1
         self.last = at
-        self.n += 1
         if same_call:
             self.ends[-1] = at
         elif key is not None:
             self.keys.append(key)
             self.starts.append(at)
             self.ends.append(at)
+            self.began.append(-1.0 if resumed is None else resumed)
 
     def named(self) -> set[_SiteKey]:
         """Sites seen often enough in this stall to be named."""
@@ -518,10 +553,12 @@ class _Stall:
         """Each call's site and duration in seconds, within one sampling interval."""
         # The spacing the samples really had: wider than asked when the loop thread
         # holds the interpreter lock and the watchdog waits for it.
-        gap = (self.last - self.first) / (self.n - 1) if self.n > 1 else poll
-        for key, start, end in zip(self.keys, self.starts, self.ends, strict=True):
+        gap = self.gap_sum / self.gaps if self.gaps else poll
+        for key, start, end, began in zip(
+            self.keys, self.starts, self.ends, self.began, strict=True
+        ):
             # A call runs from half a gap before its first sample to half a gap after its
-            # last. Sampling starts only once the loop is overdue: the call seen first
-            # began when the loop last beat.
-            began = self.beat if start == self.first else start - gap / 2
-            yield key, end + gap / 2 - began
+            # last. Sampling starts only once the loop is overdue: a call seen first then
+            # began when the loop was last seen running (its heartbeat, or the end of a
+            # request's step).
+            yield key, end + gap / 2 - (start - gap / 2 if began < 0 else began)

@@ -82,9 +82,11 @@ class ProbeMiddleware:
 class _Requests:
     """The requests one window served in this process: their time in the app and waits."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: list[float] | None = None) -> None:
         from .._metrics.records import Recorder
 
+        #: The loop monitor's progress cell: each step of a request writes its end there.
+        self.progress = progress
         self.origin = time.perf_counter()
         self.rec = Recorder()
         self.labels: list[str] = []
@@ -103,7 +105,7 @@ class _Requests:
         with ledger() as book:
             started = time.perf_counter()
             try:
-                await OwnSteps(app(scope, receive, sending), book)
+                await OwnSteps(app(scope, receive, sending), book, self.progress)
             finally:
                 self._record(scope, started, time.perf_counter() - started, status[0], book)
 
@@ -216,7 +218,7 @@ class _Agent:
             connections.stop()
             raise
         self._probes = (monitor, probe, connections)
-        self.requests = _Requests()
+        self.requests = _Requests(monitor.progress)
 
     async def _stop(self) -> dict[str, Any]:
         if self._probes is None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import importlib
 import importlib.util
 import ipaddress
@@ -90,8 +91,12 @@ _STDLIB = frozenset(sys.stdlib_module_names)
 _LOCALHOST = frozenset({"localhost", "localhost."})
 
 
+@functools.lru_cache(maxsize=1024)
 def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and IP literals in 127.0.0.0/8 or ``::1`` (IPv4-mapped too)."""
+    """True for ``localhost`` and IP literals in 127.0.0.0/8 or ``::1`` (IPv4-mapped too).
+
+    Kept per host name: a client that reconnects per request asks about one host each time.
+    """
     name = host.strip("[]").split("%", 1)[0].lower()
     if name in _LOCALHOST:
         return True
