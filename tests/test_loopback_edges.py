@@ -91,3 +91,23 @@ def test_a_shard_forked_while_the_registry_is_held_can_still_collect() -> None:
         assert time.monotonic() < deadline, "the shard did not end"
         time.sleep(0.02)
     assert os.waitstatus_to_exitcode(status) == 0, "the shard hung on the registry's lock"
+
+
+def test_a_percent_encoded_path_matches_its_route_as_in_process() -> None:
+    # A client sends a route's non-ASCII path percent-encoded; the route matches the decoded
+    # path (httpx's ``URL.path``), as the thread of the storm's process matches it.
+    with Upstream() as upstream:
+        route = upstream.route("http://model-server.invalid/search/café", json={"hit": 1})
+        server = LoopbackProcess(upstream).start()
+        try:
+            request = b"GET /search/caf%C3%A9?q=1 HTTP/1.1\r\nHost: model-server.invalid\r\n\r\n"
+            with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                sock.sendall(request)
+                sock.settimeout(10)
+                answer = sock.recv(65536)
+            server.collect()
+        finally:
+            server.stop()
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert route.calls == 1
+        assert upstream.undeclared_calls == 0

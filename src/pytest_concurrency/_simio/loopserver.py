@@ -41,6 +41,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, cast
+from urllib.parse import unquote
 
 from .._errors import StormError
 
@@ -368,7 +369,9 @@ class _Server:
         """The route answering, or the 502 (head, body) naming why none does."""
         from .upstream import _DEFAULT_PORTS
 
-        path = target.partition("?")[0]
+        # Decoded, as httpx's ``URL.path`` that routes are matched on in-process (and
+        # returned as it is when it has no escape).
+        path = unquote(target.partition("?")[0])
         name, port = _split_host(host, _DEFAULT_PORTS[scheme])
         routes = self.upstream._routes.get((scheme, name, port))
         if routes is not None:
