@@ -11,6 +11,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 from pytest_concurrency import Upstream
 from pytest_concurrency._simio import loopserver
 from pytest_concurrency._simio.loopserver import LoopbackProcess
@@ -111,3 +113,24 @@ def test_a_percent_encoded_path_matches_its_route_as_in_process() -> None:
         assert answer.startswith(b"HTTP/1.1 200"), answer
         assert route.calls == 1
         assert upstream.undeclared_calls == 0
+
+
+def test_ctrl_c_while_the_process_starts_stops_it_and_stays_a_ctrl_c(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A Ctrl-C while the storm waits for the process to listen is the user's: it must not
+    # become a failed start (which the storm answers by serving the routes from a thread).
+    def interrupted(sock: socket.socket) -> bytes:
+        raise KeyboardInterrupt
+
+    with Upstream() as upstream:
+        upstream.route(MODEL, latency=5, json={})
+        server = LoopbackProcess(upstream)
+        monkeypatch.setattr(loopserver, "_receive", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            server.start()
+    assert server.pid is not None
+    assert server._process is None  # reaped
+    with pytest.raises(ProcessLookupError):
+        os.kill(server.pid, 0)
+    assert server not in loopserver._LIVE

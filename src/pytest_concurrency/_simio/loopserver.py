@@ -214,6 +214,8 @@ class LoopbackProcess:
                 self._control = None
             ours.close()
             self.stop()
+            if not isinstance(exc, Exception):
+                raise  # a Ctrl-C (or an exit) is not a failed start
             raise StormError(f"the loopback upstream process did not start: {exc}") from exc
         self.port = int(ready["port"])
         self.tls_port = ready.get("tls_port")
