@@ -344,28 +344,25 @@ class _Server:
     def figures(self) -> dict[str, Any]:
         """What was counted since the last call, then forgotten."""
         upstream = self.upstream
-        routes = {}
-        for route in upstream.routes:
-            routes[route.label] = {
-                "calls": route.calls,
-                "errors": route.errors,
-                "timeouts": route.timeouts,
-                "in_flight": route.in_flight,
-                "max_in_flight": route.max_in_flight,
-                "waits_us": list(route._waits_us),
-            }
-            route._reset()
-        waits, self.waits = self.waits, []
-        undeclared = (upstream.undeclared_calls, list(upstream.undeclared))
-        upstream.undeclared_calls = 0
-        upstream.undeclared = []
-        upstream._undeclared_seen = set()
-        return {
-            "routes": routes,
-            "waits": waits,
-            "undeclared_calls": undeclared[0],
-            "undeclared": undeclared[1],
+        figures = {
+            "routes": {
+                route.label: {
+                    "calls": route.calls,
+                    "errors": route.errors,
+                    "timeouts": route.timeouts,
+                    "in_flight": route.in_flight,
+                    "max_in_flight": route.max_in_flight,
+                    "waits_us": list(route._waits_us),
+                }
+                for route in upstream.routes
+            },
+            "waits": self.waits,
+            "undeclared_calls": upstream.undeclared_calls,
+            "undeclared": list(upstream.undeclared),
         }
+        self.waits = []
+        upstream.reset()  # routes' counts and undeclared calls (calls in flight stay)
+        return figures
 
     def match(self, scheme: str, method: str, host: str, target: str) -> Any:
         """The route answering, or the 502 (head, body) naming why none does."""
