@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from .._model.remarks import contention_summary, is_contention_note
 from .._probes.noise import noise_figures
 from ._records import StormRecord, StormRow, as_records
-from ._text import aligned, format_number
+from ._text import aligned, format_number, load_cell
 
 __all__ = ["LiveProgress", "noise_figures", "noise_statement", "storm_notes", "storms_table"]
 
@@ -112,7 +112,7 @@ def storms_table(
                 record.nodeid,
                 record.label,
                 f"{d.get('interface', '')} {d.get('server', '')}".strip(),
-                f"{d.get('users', 0):,}",
+                load_cell(d),
                 f"{d.get('requests', 0):,}",
                 _cell(d.get("throughput")),
                 _cell(latency.get("p50")),

@@ -1,0 +1,36 @@
+"""The storms table of an open-model storm: it has no users (``result.users`` is 0), so its
+load column states its arrival rate, as its headline does."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from pytest_concurrency._model.result import StormResult
+from pytest_concurrency._report import _html, _terminal
+
+from .test_report import make_result
+
+
+def _open_storm() -> StormResult:
+    result = make_result([5.0 + i % 7 for i in range(400)])
+    result.model, result.rate, result.users = "open", 50.0, 0
+    return result
+
+
+def test_the_terminal_table_states_an_open_storms_rate_not_zero_users() -> None:
+    lines = _terminal.storms_table([("tests/test_api.py::test_open", _open_storm())])
+    assert re.search(r"WSGI 2 sync workers\s+50/s\s+400\s", lines[1]), lines[1]
+
+
+def test_the_html_table_states_an_open_storms_rate_not_zero_users(tmp_path: Path) -> None:
+    pytest.importorskip("plotly")
+    path = _html.write_html(
+        tmp_path / "report.html",
+        [("tests/test_api.py::test_open", _open_storm())],
+        title="t",
+    )
+    page = path.read_text(encoding="utf-8")
+    assert "<td class='num'>50/s</td><td class='num'>400</td>" in page
