@@ -34,3 +34,16 @@ def test_the_html_table_states_an_open_storms_rate_not_zero_users(tmp_path: Path
     )
     page = path.read_text(encoding="utf-8")
     assert "<td class='num'>50/s</td><td class='num'>400</td>" in page
+
+
+def test_a_thread_pools_unmeasured_wait_speaks_of_its_threads() -> None:
+    from pytest_concurrency._model.probes import PoolUsage
+    from pytest_concurrency._report._text import unmeasured_reason
+
+    pool = PoolUsage("anyio default thread limiter", 40, 1.0, 3, 0.0, 0.0, None, None, 10, [])
+    data = {"requests": 400, "timeouts": 0, "thread_pools": [pool.to_dict()]}
+    reason = unmeasured_reason("pool anyio max_queue_p99_ms", data)
+    assert reason == (
+        "the pool 'anyio default thread limiter' recorded no wait: no request waited for "
+        "one of its threads"
+    )
