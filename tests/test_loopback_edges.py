@@ -7,6 +7,7 @@ Host names are under ``.invalid``; requests go to the process's port on 127.0.0.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import threading
 import time
@@ -14,8 +15,10 @@ import time
 import pytest
 
 from pytest_concurrency import Upstream
-from pytest_concurrency._simio import loopserver
+from pytest_concurrency._simio import loopserver, seed_latency
+from pytest_concurrency._simio.distributions import normal
 from pytest_concurrency._simio.loopserver import LoopbackProcess
+from pytest_concurrency._simio.waits import _default_rng
 
 MODEL = "http://model-server.invalid/generate"
 LATENCY_MS = 300.0
@@ -134,3 +137,52 @@ def test_ctrl_c_while_the_process_starts_stops_it_and_stays_a_ctrl_c(
     with pytest.raises(ProcessLookupError):
         os.kill(server.pid, 0)
     assert server not in loopserver._LIVE
+
+
+def _calls(server: LoopbackProcess, count: int) -> None:
+    """*count* calls to the route, one after another, on one connection."""
+    request = b"GET /generate HTTP/1.1\r\nHost: model-server.invalid\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        for _ in range(count):
+            sock.sendall(request)
+            assert _read_answers(sock, 1).startswith(b"HTTP/1.1 200")
+
+
+def test_the_generator_goes_on_from_what_the_process_drew() -> None:
+    # In-process, a storm's draws advance the process-wide generator, so the next storm
+    # (or round) draws on from there. Served by a process, it must go on from the draws the
+    # process made, not draw the same latencies again.
+    seed_latency(11)
+    with Upstream() as upstream:
+        route = upstream.route(MODEL, latency=normal(5, 1), json={})
+        model = random.Random()
+        model.setstate(_default_rng.getstate())
+        for _ in range(3):
+            route.latency.sample(model)
+        server = LoopbackProcess(upstream).start()
+        try:
+            _calls(server, 3)
+            server.collect()
+        finally:
+            server.stop()
+    assert _default_rng.getstate() == model.getstate()
+
+
+def test_a_routes_own_generator_goes_on_where_it_was() -> None:
+    # A route with its own seed has drawn already (an earlier round): the process draws on
+    # from there, as the route would in-process, and hands back where it stopped.
+    with Upstream() as upstream:
+        route = upstream.route(MODEL, latency=normal(5, 1), json={}, seed=5)
+        for _ in range(4):
+            route.latency.sample(route._rng)
+        model = random.Random()
+        model.setstate(route._rng.getstate())
+        for _ in range(2):
+            route.latency.sample(model)
+        server = LoopbackProcess(upstream).start()
+        try:
+            _calls(server, 2)
+            server.collect()
+        finally:
+            server.stop()
+        assert route._rng.getstate() == model.getstate()

@@ -7,9 +7,12 @@ child process started for the storm (:func:`main`, run by ``python -c``),
 with an ``asyncio.Protocol`` per connection, httptools' parser when it is installed (the
 ``servers`` extra) or h11's, answers of static routes made once as bytes, and each wait a
 timer (``loop.call_later``) rather than a task. The child declares the routes again from
-their pickled arguments (and the storm's random state, so a seeded storm draws the same
-latencies), so only routes without a ``handler`` are served this way: a handler's code,
-and what it touches, live in the storm's process, where the thread answers them.
+their pickled arguments, so only routes without a ``handler`` are served this way: a
+handler's code, and what it touches, live in the storm's process, where the thread answers
+them. The child starts the generators the routes draw from where this process's stand (so
+a seeded storm draws the same latencies), and each collect hands them back: this process
+draws on from where the child stopped, as if it had drawn those latencies itself (unless it
+drew from a generator meanwhile, whose own draws are kept).
 
 Figures come back over a Unix socket pair: :meth:`LoopbackProcess.collect` (called at the end
 of every round, and on stop) asks the child for what its routes counted since it last asked
@@ -135,6 +138,17 @@ def _forget_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
+def _random_states(routes: Sequence[Any]) -> dict[str, Any]:
+    """The states of the generators *routes* draw from: the process-wide one, and each
+    route's own (None for a route that draws from the process-wide one)."""
+    from .waits import _default_rng
+
+    return {
+        "process": _default_rng.getstate(),
+        "routes": [None if r._rng is _default_rng else r._rng.getstate() for r in routes],
+    }
+
+
 def _send(sock: socket.socket, payload: bytes) -> None:
     sock.sendall(_LENGTH.pack(len(payload)) + payload)
 
@@ -173,11 +187,11 @@ class LoopbackProcess:
         self.tls_port: int | None = None
         self.pid: int | None = None
         self._owner = os.getpid()
+        #: The generators' states the child last drew on from (given, or reported).
+        self._random: dict[str, Any] = {}
 
     def start(self) -> LoopbackProcess:
         """Start the child, hand it the routes, and wait until it listens; return self."""
-        from .waits import _default_rng
-
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
@@ -200,9 +214,10 @@ class LoopbackProcess:
             _LIVE.append(self)
         try:
             ours.settimeout(_START_TIMEOUT)
+            self._random = _random_states(self._upstream.routes)
             setup = {
                 "declarations": list(self._upstream.declarations),
-                "random": _default_rng.getstate(),
+                "random": self._random,
                 "tls_pem": self._tls_pem,
             }
             _send(ours, pickle.dumps(setup))
@@ -242,6 +257,21 @@ class LoopbackProcess:
                 route._merge(counts)
         self._upstream._merge_undeclared(figures["undeclared_calls"], figures["undeclared"])
         wait_recorder.merge_async(figures["waits"])
+        self._draw_on(figures["random"])
+
+    def _draw_on(self, drawn: dict[str, Any]) -> None:
+        """Take up the generators where the child's stopped, each that this process has not
+        drawn from since the child took it up (else this process's own draws are kept)."""
+        from .waits import _default_rng
+
+        given = self._random
+        if _default_rng.getstate() == given["process"]:
+            _default_rng.setstate(drawn["process"])
+        routes = self._upstream.routes
+        for route, before, after in zip(routes, given["routes"], drawn["routes"], strict=False):
+            if before is not None and after is not None and route._rng.getstate() == before:
+                route._rng.setstate(after)
+        self._random = drawn
 
     def stop(self) -> None:
         """Collect the last figures, end the child (its socket's close) and reap it."""
@@ -359,6 +389,7 @@ class _Server:
             "waits": self.waits,
             "undeclared_calls": upstream.undeclared_calls,
             "undeclared": list(upstream.undeclared),
+            "random": _random_states(upstream.routes),
         }
         self.waits = []
         upstream.reset()  # routes' counts and undeclared calls (calls in flight stay)
@@ -636,8 +667,12 @@ async def _serve(control: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     try:
         setup = pickle.loads(_receive(control))  # from the process that started this one
-        _default_rng.setstate(setup["random"])
+        states = setup["random"]
+        _default_rng.setstate(states["process"])
         server = _Server(setup["declarations"])
+        for route, state in zip(server.upstream.routes, states["routes"], strict=False):
+            if state is not None:
+                route._rng.setstate(state)
         plain = await loop.create_server(
             lambda: _Connection(server, "http"), "127.0.0.1", 0, backlog=4096
         )
