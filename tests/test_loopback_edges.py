@@ -1,5 +1,6 @@
-"""Edges of the loopback upstream process: requests pipelined on one connection, and a
-shard forked while another thread holds the registry of running processes.
+"""Edges of the loopback upstream process: requests pipelined on one connection, a shard
+forked while another thread holds the registry of running processes, a percent-encoded
+path, a Ctrl-C while it starts, and the latency generators it hands back.
 
 Host names are under ``.invalid``; requests go to the process's port on 127.0.0.1 only.
 """

@@ -1,5 +1,6 @@
-"""The storms table of an open-model storm: it has no users (``result.users`` is 0), so its
-load column states its arrival rate, as its headline does."""
+"""What reports say of storms the figures alone do not name: an open-model storm has no
+users (``result.users`` is 0), so the storms table states its arrival rate, as its headline
+does; a thread pool's budget that could not be measured speaks of its threads."""
 
 from __future__ import annotations
 
