@@ -187,3 +187,18 @@ def test_a_routes_own_generator_goes_on_where_it_was() -> None:
         finally:
             server.stop()
         assert route._rng.getstate() == model.getstate()
+
+
+def test_no_answer_comes_before_its_latency() -> None:
+    # uvloop's timers count whole milliseconds of a clock read at the loop's last turn, so a
+    # timer may fire up to 1 ms early: the process waits out the rest before it answers.
+    with Upstream() as upstream:
+        route = upstream.route(MODEL, latency=5.3, json={})
+        server = LoopbackProcess(upstream).start()
+        try:
+            _calls(server, 40)
+            server.collect()
+        finally:
+            server.stop()
+    assert len(route._waits_us) == 40
+    assert min(route._waits_us) >= 5300, sorted(route._waits_us)[:5]

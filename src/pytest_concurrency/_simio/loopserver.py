@@ -574,6 +574,16 @@ class _Connection(asyncio.Protocol):
         )
         return waited
 
+    def _early(self, started: float, delay: float, callback: Any, *args: Any) -> bool:
+        """Whether the timer of a wait fired before *delay* had passed since *started*; if
+        so, *callback* is set to run for the rest. uvloop's timers count whole milliseconds
+        of a clock read at the loop's last turn: one may fire up to 1 ms early."""
+        left = started + delay - time.perf_counter()
+        if left <= 0:
+            return False
+        self._timers = [asyncio.get_running_loop().call_later(left, callback, *args)]
+        return True
+
     def _answer(
         self,
         answer: _Answer,
@@ -584,6 +594,9 @@ class _Connection(asyncio.Protocol):
         times_out: bool,
         fails: bool,
     ) -> None:
+        again = (answer, method, keep, started, delay, times_out, fails)
+        if self._early(started, delay, self._answer, *again):
+            return
         transport = self._transport
         route = answer.route
         waited = self._record(delay, started)
@@ -629,6 +642,8 @@ class _Connection(asyncio.Protocol):
         started = time.perf_counter()
 
         def send() -> None:
+            if self._early(started, delay, send):
+                return
             self._record(delay, started)
             if self._transport is not None:
                 self._transport.write(_chunk(chunks[index]))
