@@ -45,3 +45,36 @@ def test_a_route_written_as_a_template_is_refused_with_the_prefix_to_use(
 )
 def test_literal_prefixes_stay_accepted(url: str) -> None:
     Upstream().route(url, json={"price": 1})
+
+
+PLAIN_TEST = """
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+def test_plain(storm):
+    storm(app, "GET", "/", users=2, requests=20)
+"""
+
+
+def test_a_markdown_summary_asked_for_without_a_comparison_says_why_it_is_empty(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the file was silently not written: a CI job summary showed nothing at all.
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    pytester.makepyfile(test_plain=PLAIN_TEST)
+    result = pytester.runpytest(
+        "-p", "pytest_concurrency.plugin", "-p", "no:cacheprovider",
+        "--concurrency-markdown=out/summary.md",
+    )  # fmt: skip
+    result.assert_outcomes(passed=1)
+    lines = (pytester.path / "out" / "summary.md").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "### pytest-storm: storms"
+    assert lines[2].startswith("No storm was compared: this session had no comparison")
+    assert "--concurrency-compare=NAME" in lines[2]
+    assert "--concurrency-control=REF" in lines[2]
+    result.stdout.fnmatch_lines(
+        ["Markdown summary (--concurrency-markdown, *summary.md): this session had no comparison*"]
+    )
