@@ -48,7 +48,9 @@ def markdown_summary(title: str, rows: Sequence[SummaryRow], *, why_none: str = 
     ]
     lines = [f"### {_escape(title)}", ""]
     if not rows:
-        none = f"No storm was compared: {_escape(why_none)}" if why_none else "No storm was compared."
+        none = (
+            f"No storm was compared: {_escape(why_none)}" if why_none else "No storm was compared."
+        )
         return "\n".join([*lines, none, ""])
     lines += [
         ", ".join(counts),

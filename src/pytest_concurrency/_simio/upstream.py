@@ -59,6 +59,27 @@ INSTALLED: list[Upstream] = []
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
+def _route_url(url_prefix: str, where: str) -> httpx.URL:
+    """*url_prefix* parsed, or a ``ConfigError`` saying why no call could match it."""
+    url = httpx.URL(url_prefix)
+    if url.scheme not in _DEFAULT_PORTS or not url.host:
+        raise ConfigError(
+            f"{where}: url_prefix must be an absolute http(s) URL such as "
+            "'http://model-server/generate'"
+        )
+    if url.query:
+        raise ConfigError(f"{where}: url_prefix must not have a query; routes match paths")
+    template = _template_segment(url_prefix)
+    if template is not None:
+        prefix = url_prefix[: url_prefix.index(template)].rstrip("/")
+        raise ConfigError(
+            f"{where}: the path segment {template!r} looks like a path parameter or a "
+            "wildcard, but routes match a literal path prefix (no templates): no call "
+            f"would reach it; declare {prefix!r} to answer every call under it"
+        )
+    return url
+
+
 def _template_segment(url_prefix: str) -> str | None:
     """The first path segment of *url_prefix* written as a template (``{id}``, ``<id>``,
     ``*``), which a literal prefix never matches: clients send the value, not the name."""
@@ -70,6 +91,8 @@ def _template_segment(url_prefix: str) -> str | None:
         ):
             return segment
     return None
+
+
 _ERROR_STATUS = 503
 _ERROR_BODY = b"simulated upstream error"
 
@@ -218,22 +241,7 @@ class Route:
         rng: random.Random,
     ) -> None:
         where = f"upstream.route({url_prefix!r})"
-        url = httpx.URL(url_prefix)
-        if url.scheme not in _DEFAULT_PORTS or not url.host:
-            raise ConfigError(
-                f"{where}: url_prefix must be an absolute http(s) URL such as "
-                "'http://model-server/generate'"
-            )
-        if url.query:
-            raise ConfigError(f"{where}: url_prefix must not have a query; routes match paths")
-        template = _template_segment(url_prefix)
-        if template is not None:
-            prefix = url_prefix[: url_prefix.index(template)].rstrip("/")
-            raise ConfigError(
-                f"{where}: the path segment {template!r} looks like a path parameter or a "
-                "wildcard, but routes match a literal path prefix (no templates): no call "
-                f"would reach it; declare {prefix!r} to answer every call under it"
-            )
+        url = _route_url(url_prefix, where)
         bodies = [
             name
             for name, value in (
