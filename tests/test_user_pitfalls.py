@@ -4,6 +4,7 @@ each is refused or said before it can mislead."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -78,3 +79,66 @@ def test_a_markdown_summary_asked_for_without_a_comparison_says_why_it_is_empty(
     result.stdout.fnmatch_lines(
         ["Markdown summary (--concurrency-markdown, *summary.md): this session had no comparison*"]
     )
+
+
+def test_a_request_in_the_server_s_app_ends_with_its_response_not_with_the_app_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Quart behind uvicorn with a blocking handler: the app's coroutine returns one round of
+    # blocking calls after the response went out, so "p99 requests in the server's app"
+    # read 830 ms while the storm's slowest request took 439 ms.
+    import asyncio
+    import types
+
+    from pytest_concurrency._servers import agent
+
+    clock = [1.0]
+    monkeypatch.setattr(agent, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        clock[0] = 1.02
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        clock[0] = 1.05
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        clock[0] = 1.1
+        await send({"type": "http.response.body", "body": b"b"})
+        clock[0] = 3.0  # the framework's teardown, after the client has its answer
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    requests = agent._Requests()
+    scope = {"type": "http", "method": "GET", "path": "/slow"}
+    asyncio.run(requests.serve(app, scope, receive, send))
+    assert len(sent) == 3
+    assert list(requests.rec.latency) == [100_000]  # 1.0 → 1.1 s, in µs
+    assert list(requests.rec.status) == [200]
+
+
+def test_a_request_whose_app_never_finished_its_response_ends_when_the_app_returns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+    import types
+
+    from pytest_concurrency._servers import agent
+
+    clock = [1.0]
+    monkeypatch.setattr(agent, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        clock[0] = 1.5
+
+    async def ignore(*_: Any) -> Any:
+        return {"type": "http.disconnect"}
+
+    requests = agent._Requests()
+    asyncio.run(requests.serve(app, {"type": "http", "method": "GET", "path": "/"}, ignore, ignore))
+    assert list(requests.rec.latency) == [500_000]
