@@ -142,3 +142,39 @@ def test_a_request_whose_app_never_finished_its_response_ends_when_the_app_retur
     requests = agent._Requests()
     asyncio.run(requests.serve(app, {"type": "http", "method": "GET", "path": "/"}, ignore, ignore))
     assert list(requests.rec.latency) == [500_000]
+
+
+async def _asgi_ok(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def _wsgi_ok(environ: Any, start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+def test_workers_on_an_asgi_app_in_process_are_said_to_change_nothing() -> None:
+    # Before, workers=4 on a Quart or Litestar app in-process was dropped without a word,
+    # and the storm read as if four workers had served it.
+    from pytest_concurrency import run_storm
+
+    result = run_storm(_asgi_ok, "GET", "/", users=2, requests=20, workers=4, threads=2)
+    assert result.requests == 20
+    said = [n for n in result.notes if "was not applied" in n]
+    assert len(said) == 2
+    assert said[0].startswith("workers=4 (from keyword argument) was not applied: an ASGI app")
+    assert said[1].startswith("threads=2 (from keyword argument) was not applied")
+    assert "processes=N" in said[0]
+    assert "server='uvicorn' with workers=N" in said[0]
+
+
+def test_workers_on_a_wsgi_app_or_left_at_one_say_nothing() -> None:
+    from pytest_concurrency import run_storm
+
+    wsgi = run_storm(_wsgi_ok, "GET", "/", users=2, requests=20, workers=4)
+    asgi = run_storm(_asgi_ok, "GET", "/", users=2, requests=20, workers=1)
+    for result in (wsgi, asgi):
+        assert not [n for n in result.notes if "was not applied" in n]

@@ -36,6 +36,7 @@ from .._model.remarks import (
     server_probes_note,
     uncalled_routes_warning,
     undeclared_upstream_warning,
+    unused_server_model_note,
 )
 from .._model.result import StormResult, Verdict
 from .._params import StormConfig
@@ -55,6 +56,7 @@ from .._simio import seed_latency, tls, wait_recorder
 from .._simio.egress import EgressGuard, anonymous_log, read_log, tally
 from .._simio.loopback import ALIAS as LOOPBACK_ALIAS
 from .._simio.loopback import LoopbackUpstream
+from .._spec.rules import unused_server_model
 from .._spec.table import BUDGETS
 from .interrupts import watch_interrupts
 from .plan import LiveFigures, Progress, Serving, StormPlan
@@ -450,6 +452,9 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
         p99s = [r.latency.p99 for r in rounds]
         rps = [r.throughput for r in rounds]
         chosen.notes.append(rounds_note(config.aggregate, p99s, rps))
+    real_server = plan.server is not None or plan.url is not None
+    for name, value, origin in unused_server_model(config, plan.interface, real_server=real_server):
+        chosen.notes.append(unused_server_model_note(name, value, origin))
     if config.scale is not None:
         chosen.notes.append(scale_note(config.scale))
         chosen.extras["scale"] = config.scale

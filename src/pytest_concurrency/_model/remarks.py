@@ -227,6 +227,15 @@ def abandoned_warning(count: int, grace_s: float) -> str:
     )
 
 
+def unused_server_model_note(name: str, value: int, origin: str) -> str:
+    """Why ``workers``/``threads`` changed nothing in an in-process ASGI storm."""
+    return (
+        f"{name}={value} (from {origin}) was not applied: an ASGI app in-process runs on one "
+        "event loop whatever the count (workers and threads are a WSGI server's pool); for "
+        "more loops use processes=N, or a real server: server='uvicorn' with workers=N"
+    )
+
+
 def server_probes_note(where: str) -> str:
     """Where the loop and thread-pool figures of a real-server storm were measured."""
     return f"event-loop lag and thread pools measured {where}"
