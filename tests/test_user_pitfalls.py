@@ -178,3 +178,30 @@ def test_workers_on_a_wsgi_app_or_left_at_one_say_nothing() -> None:
     asgi = run_storm(_asgi_ok, "GET", "/", users=2, requests=20, workers=1)
     for result in (wsgi, asgi):
         assert not [n for n in result.notes if "was not applied" in n]
+
+
+def test_a_capacity_answer_that_failed_one_of_its_storms_gives_a_range_above_it() -> None:
+    # Falcon + requests, 30 users: 8 workers failed 2 of 2 storms, 9 passed 2 of 3. The
+    # search said "the answer lies between 9 and 9 workers"; 9 may not be enough, and 10
+    # passed every storm it had.
+    from pytest_concurrency._capacity import search_capacity
+    from pytest_concurrency._model.result import StormResult
+
+    from .test_gates import pool_result
+
+    calls: dict[int, int] = {}
+    script = {9: [True, False, True]}
+
+    def run(workers: int) -> StormResult:
+        calls[workers] = calls.get(workers, 0) + 1
+        seq = script.get(workers)
+        ok = seq.pop(0) if seq else workers >= 9
+        return pool_result(workers, 10.0 if ok else 500.0)
+
+    found = search_capacity(run, range(1, 31), budgets={"p99_ms": 100}, repeats=3)
+    assert found.best == 9
+    assert calls[9] == 3
+    assert found.confidence == "uncertain"
+    assert found.answer_range == (9, 10)
+    summary = "\n".join(found.summary())
+    assert "the answer lies between 9 and 10 workers" in summary
