@@ -205,3 +205,97 @@ def test_a_capacity_answer_that_failed_one_of_its_storms_gives_a_range_above_it(
     assert found.answer_range == (9, 10)
     summary = "\n".join(found.summary())
     assert "the answer lies between 9 and 10 workers" in summary
+
+
+def _fake_module(name: str, filename: str, source: str, **names: Any) -> dict[str, Any]:
+    namespace: dict[str, Any] = {"__name__": name, **names}
+    exec(compile(source, filename, "exec"), namespace)
+    return namespace
+
+
+def test_a_refusal_in_a_task_under_a_server_names_the_app_line_not_the_server() -> None:
+    # Litestar + aiohttp behind uvicorn: aiohttp resolves names in a task of its own, and
+    # uvloop runs tasks from C, so below aiohttp's frames the stack held uvicorn's
+    # asyncio_run. The refusal was blamed on "uvicorn/_compat.py:30 in asyncio_run"; the
+    # line the app called aiohttp from (kept when the call began) is what it must name.
+    import sys
+
+    from pytest_concurrency._simio import egress
+
+    resolver = _fake_module(
+        "aiohttp.resolver",
+        "/venv/site-packages/aiohttp/resolver.py",
+        "def resolve():\n    return caller(sys._getframe())\n",
+        caller=egress._caller,
+        sys=sys,
+    )
+    for server in (
+        "uvicorn._compat",
+        "hypercorn.asyncio.run",
+        "granian._loops",
+        "gunicorn.arbiter",
+    ):
+        top = server.partition(".")[0]
+        runner = _fake_module(
+            server, f"/venv/site-packages/{top}/run.py", "def run(task):\n    return task()\n"
+        )
+        token = egress._ORIGIN.set("/srv/app.py:45 in evil")
+        try:
+            client, site = runner["run"](resolver["resolve"])
+        finally:
+            egress._ORIGIN.reset(token)
+        assert client == "aiohttp"
+        assert site == "/srv/app.py:45 in evil", server
+
+
+AIOHTTP_SERVER_APP = """
+import aiohttp
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    async with aiohttp.ClientSession() as session:
+        try:
+            async with session.get("http://not-declared.invalid/x") as response:
+                status = response.status
+        except aiohttp.ClientError:
+            status = 502
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+"""
+
+
+def test_an_aiohttp_refusal_behind_a_real_server_names_the_apps_line(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server process installs the guard before it imports the app, so aiohttp's
+    # session was not there to be wrapped, and the name lookup's own task (whose stack ends
+    # in uvicorn's loop) was all the guard saw: "uvicorn/_compat.py:30 in asyncio_run".
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("aiohttp")
+    from pytest_concurrency import run_storm
+
+    (tmp_path / "aiohttp_server_app.py").write_text(AIOHTTP_SERVER_APP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = run_storm(
+        "aiohttp_server_app:app",
+        "GET",
+        "/",
+        users=1,
+        requests=3,
+        server="uvicorn",
+        max_error_rate=1,
+        check=False,
+    )
+    assert result.status_counts == {502: 3}
+    (refusal,) = result.refused_egress
+    assert refusal["host"] == "not-declared.invalid"
+    assert refusal["client"] == "aiohttp"
+    line = (
+        AIOHTTP_SERVER_APP.splitlines().index(
+            '            async with session.get("http://not-declared.invalid/x") as response:'
+        )
+        + 1
+    )
+    assert refusal["site"].endswith(f"aiohttp_server_app.py:{line} in app"), refusal["site"]

@@ -78,6 +78,10 @@ _PLUMBING = frozenset(
     | {"yarl", "multidict", "pycares", "asgiref", "_pytest", "pluggy"}
 )
 _STDLIB = frozenset(sys.stdlib_module_names)
+#: Servers that run the app: below the app on any stack, so a frame of theirs met before
+#: the app's is the bottom of a task the client started (uvloop runs tasks from C, with no
+#: ``asyncio.events`` frame between).
+_SERVERS = frozenset({"uvicorn", "hypercorn", "granian", "gunicorn"})
 _LOCALHOST = frozenset({"localhost", "localhost."})
 
 
@@ -218,9 +222,13 @@ def _caller(frame: FrameType | None) -> tuple[str, str]:
         if client is not None:
             inner = inner or client
             outer = client
-        elif _harness(frame) or frame.f_globals.get("__name__") == "asyncio.events":
-            # The storm below the app, or the loop running a task: the app's frame is not on
-            # this stack (a task the client started).
+        elif (
+            _harness(frame)
+            or frame.f_globals.get("__name__") == "asyncio.events"
+            or _top(frame) in _SERVERS
+        ):
+            # The storm or a server below the app, or the loop running a task: the app's
+            # frame is not on this stack (a task the client started).
             break
         else:
             top = _top(frame)
