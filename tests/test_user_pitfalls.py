@@ -299,3 +299,39 @@ def test_an_aiohttp_refusal_behind_a_real_server_names_the_apps_line(
         + 1
     )
     assert refusal["site"].endswith(f"aiohttp_server_app.py:{line} in app"), refusal["site"]
+
+
+def test_concurrent_aiohttp_calls_sharing_one_refused_lookup_are_each_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Litestar + aiohttp, 5 users: aiohttp makes one name lookup for concurrent calls to a
+    # host, so 1,029 failed requests read "refused egress ×512".
+    aiohttp = pytest.importorskip("aiohttp")
+    import asyncio
+
+    from pytest_concurrency._simio.egress import EgressGuard
+
+    from .test_egress import Spy
+
+    spy = Spy(monkeypatch)
+
+    async def main() -> list[BaseException | None]:
+        async with aiohttp.ClientSession() as session:
+
+            async def call() -> BaseException | None:
+                try:
+                    async with session.get("http://not-declared.invalid/x"):
+                        return None
+                except aiohttp.ClientError as exc:
+                    return exc
+
+            return await asyncio.gather(*(call() for _ in range(5)))
+
+    with EgressGuard() as guard:
+        errors = asyncio.run(main())
+    assert all(isinstance(e, aiohttp.ClientConnectorError) for e in errors)
+    (refusal,) = guard.refusals()
+    assert refusal["host"] == "not-declared.invalid"
+    assert refusal["count"] == 5
+    assert spy.lookups == []
+    assert spy.off_machine == []

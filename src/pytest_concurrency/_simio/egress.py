@@ -196,6 +196,31 @@ def _client_of(frame: FrameType) -> str | None:
 _ORIGIN: ContextVar[str | None] = ContextVar("pytest_storm_egress_origin", default=None)
 
 
+#: Per aiohttp call: whether a refusal was counted in its context (a name lookup shared by
+#: concurrent calls runs, and is refused, in the task of the first one only).
+_COUNTED: ContextVar[list[bool] | None] = ContextVar("pytest_storm_egress_counted", default=None)
+
+
+def _refusal_in(exc: BaseException) -> Refusal | None:
+    """The refusal behind a client's error (its cause, context or ``os_error``), if any."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, EgressRefused):
+            return current._made[0]
+        os_error = getattr(current, "os_error", None)
+        stack += [
+            current.__cause__,
+            current.__context__,
+            os_error if isinstance(os_error, BaseException) else None,
+        ]
+    return None
+
+
 #: Modules of this package whose frames sit inside a client's own calls (a pool probe's or
 #: the upstream's wrapper of a transport): walked through, as the client's frames are.
 _INSIDE_CLIENTS = ("pytest_concurrency._probes.", "pytest_concurrency._simio.")
@@ -440,13 +465,19 @@ class EgressGuard:
             return
         client, site = _caller(frame)
         refusal = Refusal(_normal(host) or host, "" if port is None else str(port), client, site)
+        self._count(refusal)
+        counted = _COUNTED.get()
+        if counted is not None:
+            counted[0] = True
+        declared = self._declared() if self._declared is not None else ()
+        raise EgressRefused(refusal, declared=refusal.host in declared, allowed=self.allow_hosts)
+
+    def _count(self, refusal: Refusal) -> None:
         if self.log is not None and (self._log_here or os.getpid() != self._pid):
             _append(self.log, refusal)
         else:
             with self._lock:
                 self._counts[refusal] = self._counts.get(refusal, 0) + 1
-        declared = self._declared() if self._declared is not None else ()
-        raise EgressRefused(refusal, declared=refusal.host in declared, allowed=self.allow_hosts)
 
     def _serves(self, host: Any) -> bool:
         if not self._served:
@@ -706,9 +737,19 @@ class EgressGuard:
             async def _request(session: Any, *args: Any, **kw: Any) -> Any:
                 # The site is read now: a suspended coroutine's frame has no caller.
                 token = _ORIGIN.set(_caller(sys._getframe(1))[1])
+                counted = [False]
+                held = _COUNTED.set(counted)
                 try:
                     return await original(session, *args, **kw)
+                except Exception as exc:
+                    refused = None if counted[0] else _refusal_in(exc)
+                    if refused is not None:
+                        # Concurrent calls to one host share one name lookup, refused and
+                        # counted once, in the first call's task: count each call it failed.
+                        self._count(refused)
+                    raise
                 finally:
+                    _COUNTED.reset(held)
                     _ORIGIN.reset(token)
 
             return _request
