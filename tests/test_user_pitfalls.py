@@ -335,3 +335,39 @@ def test_concurrent_aiohttp_calls_sharing_one_refused_lookup_are_each_counted(
     assert refusal["count"] == 5
     assert spy.lookups == []
     assert spy.off_machine == []
+
+
+def test_aiohttp_on_the_virtual_clock_is_told_to_use_the_wall_clock() -> None:
+    # Litestar + aiohttp with clock='virtual': the loopback upstream is not started under
+    # virtual time, so every call was refused with "declare the host with upstream.route",
+    # though it was declared, and "declared but never called ... through the storm's
+    # loopback server", which was not running.
+    aiohttp = pytest.importorskip("aiohttp")
+    from pytest_concurrency import run_storm
+    from pytest_concurrency._simio.upstream import Upstream
+
+    url = "http://llm.internal.invalid/v1/generate"
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            async with aiohttp.ClientSession() as session, session.post(url) as response:
+                status = response.status
+        except aiohttp.ClientError:
+            status = 502
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    with Upstream() as upstream:
+        upstream.route(url, latency=200, json={"text": "Hello!"})
+        result = run_storm(app, "POST", "/", users=2, requests=4, clock="virtual", check=False)
+    assert result.status_counts == {502: 4}
+    assert sum(r["count"] for r in result.refused_egress) == 4
+    (said,) = [w for w in result.warnings if "clock='virtual'" in w]
+    assert said.startswith(
+        "clock='virtual' answers declared upstream routes for httpx and httpx2 only, in-process:"
+        " 4 call(s) to llm.internal.invalid from aiohttp at "
+    )
+    assert "run this storm with clock='wall'" in said
+    assert not [w for w in result.warnings if "never called" in w]

@@ -37,6 +37,7 @@ from .._model.remarks import (
     uncalled_routes_warning,
     undeclared_upstream_warning,
     unused_server_model_note,
+    virtual_unserved_warning,
 )
 from .._model.result import StormResult, Verdict
 from .._params import StormConfig
@@ -631,9 +632,16 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
             missed = upstream.undeclared_calls - undeclared_before.get(id(upstream), 0)
             if missed:
                 result.warnings.append(undeclared_upstream_warning(missed, upstream.undeclared))
+        unserved = [
+            r for r in result.refused_egress if port is None and r["host"] in served | tls_hosts
+        ]
+        if unserved and plan.config.clock == "virtual":
+            # Said apart: the generic advice (declare the host) would send the user in circles.
+            result.warnings.append(virtual_unserved_warning(unserved))
+        elif routes:
+            _warn_uncalled(result, routes)
         if routes:
             result.extras["upstream"] = routes
-            _warn_uncalled(result, routes)
 
 
 @contextmanager
