@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from pytest_concurrency import ConfigError, StormResult
+from pytest_concurrency._model.extras import ContentionFigures, SimulatedWaits
 from pytest_concurrency._report import _baseline, _json
 from pytest_concurrency._report._baseline import judgement_line
 
@@ -76,7 +77,7 @@ def loads(one: float, five: float | None = None, fifteen: float | None = None) -
 def simulated(result: StormResult, wait_ms: float) -> StormResult:
     """*result* with one simulated wait of *wait_ms* per request (all but its CPU time)."""
     kind = {"count": result.requests, "requested_p50_ms": wait_ms, "requested_p99_ms": wait_ms}
-    result.extras["simulated_waits"] = {"async": kind, "blocking": {"count": 0}}
+    result.simulated_waits = SimulatedWaits.from_dict({"async": kind, "blocking": {"count": 0}})
     return result
 
 
@@ -267,7 +268,7 @@ def contended(result: StormResult, *slowdowns: float) -> StormResult:
     for entry, slowdown in zip(result.rounds, slowdowns, strict=False):
         entry["cpu_slowdown"] = slowdown
     run = 1.0
-    result.extras["cpu_contention"] = {"run_s": run, "wait_s": run * (slowdowns[0] - 1)}
+    result.cpu_contention = ContentionFigures(run_s=run, wait_s=run * (slowdowns[0] - 1))
     return result
 
 
@@ -496,7 +497,7 @@ def test_a_run_cannot_save_a_baseline_that_disables_its_gate(tmp_path: Path) -> 
 def test_a_json_report_never_holds_nan_or_infinity(tmp_path: Path) -> None:
     result = make_result([1.0, 2.0])
     result.throughput = math.inf
-    result.extras["odd"] = [math.nan, -math.inf]
+    result.unknown_extras["odd"] = [math.nan, -math.inf]
     path = _json.write_json(
         tmp_path / "r.json", _json.session_document([(NODE, result)], machine={})
     )
@@ -751,7 +752,7 @@ def test_a_storm_busy_a_few_percent_of_its_window_is_judged_tightly() -> None:
     now = with_rounds(make_result(latencies(4)), [51, 52, 53], [100] * 3)
     for result in (base, now):
         result.duration = 1.0
-        result.extras["cpu_contention"] = {"run_s": 0.018, "wait_s": 0.002}
+        result.cpu_contention = ContentionFigures(run_s=0.018, wait_s=0.002)
     assert _baseline.cpu_share(
         json.loads(json.dumps(_json.session_document([(NODE, base)], machine={})))["storms"][0]
     ) == pytest.approx(0.02)
@@ -759,6 +760,6 @@ def test_a_storm_busy_a_few_percent_of_its_window_is_judged_tightly() -> None:
     assert p99.verdict == "unchanged"
     # Busy the whole window, the same change is left to the sessions' spread.
     for result in (base, now):
-        result.extras["cpu_contention"] = {"run_s": 0.9, "wait_s": 0.1}
+        result.cpu_contention = ContentionFigures(run_s=0.9, wait_s=0.1)
     (p99,) = judged(base, now, "p99:10%")
     assert p99.verdict == "inconclusive"

@@ -25,6 +25,7 @@ from pytest_concurrency._compare.verdict import (
     verdict_line,
 )
 from pytest_concurrency._errors import ConfigError
+from pytest_concurrency._model.extras import Comparison
 from pytest_concurrency._report import _json
 from pytest_concurrency._report._markdown import SummaryRow, markdown_summary
 from pytest_concurrency._report._schema import first_problem
@@ -202,7 +203,7 @@ def test_comparison_block_validates_against_the_schema() -> None:
 
     records = three_storms()
     block = {**_outcome(2.0).to_dict(), "fails": True}
-    records[0][1].extras["comparison"] = block  # type: ignore[union-attr]
+    records[0][1].comparison = Comparison.from_dict(block)  # type: ignore[union-attr]
     doc = _json.session_document(records, machine=_json.machine_info())
     json.loads(json.dumps(doc, allow_nan=False))
     assert validate(doc, _json.JSON_SCHEMA, _json.JSON_SCHEMA) == []

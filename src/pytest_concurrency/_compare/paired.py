@@ -311,6 +311,7 @@ def could_settle(verdict: FigureVerdict, pairs: int, reachable: int) -> bool:
     return low > allowed or high <= allowed
 
 
+# long: the round loop of a paired comparison, its stopping rules read in order.
 def run_paired(
     children: Children,
     control: ChildSpec,

@@ -39,12 +39,13 @@ from hdrh.histogram import HdrHistogram
 from .._errors import StormError
 from .._metrics import ErrorBook, Recorder
 from .._metrics.fold import PoolModel, RunFigures
+from .._model.extras import ShardFigures, ShardShare, StartHooks
 from .._model.remarks import idle_shards_note
 from .._model.result import StormResult
 from .._params import StormConfig
 from .._spec.table import PARAMS
 from .plan import LiveFigures, StormPlan
-from .rounds import RoundOutput, execute_async, execute_pool, finish, merge_start
+from .rounds import RoundOutput, execute_async, execute_pool, finish
 from .schedule import Schedule
 
 __all__ = ["live_shards", "run_sharded_round", "shard_configs"]
@@ -293,19 +294,19 @@ def run_sharded_round(plan: StormPlan, live: LiveFigures | None = None) -> Storm
         window_deadline = _deadline(configs[0], origin)
         outputs: list[RoundOutput] = _receive(started, "done", window_deadline + _RETURN_GRACE)
     result = finish(plan, _merge(outputs, len(plans)))
-    result.extras["shards"] = {
-        "processes": len(plans),
-        "start_method": "fork",
-        "startup_s": startup,
-        "per_shard": [
-            {
-                "requests": len(output.figures.rec),
-                "cpu_share": output.cpu_share,
-                "loop_lag_max_ms": output.loop_lag.max_ms if output.loop_lag else None,
-            }
+    result.shards = ShardFigures(
+        processes=len(plans),
+        start_method="fork",
+        startup_s=startup,
+        per_shard=tuple(
+            ShardShare(
+                requests=len(output.figures.rec),
+                cpu_share=output.cpu_share,
+                loop_lag_max_ms=output.loop_lag.max_ms if output.loop_lag else None,
+            )
             for output in outputs
-        ],
-    }
+        ),
+    )
     if len(plans) < plan.config.processes:
         result.notes.append(idle_shards_note(plan.config.processes, len(plans)))
     return result
@@ -371,14 +372,9 @@ def _merge(outputs: list[RoundOutput], n: int) -> RoundOutput:
         connection_pools=connections,
         stuck_threads=[t for o in outputs for t in o.stuck_threads],
         warnings=[w for o in outputs for w in o.warnings],
-        extras=_merged_extras(outputs),
+        # Start hooks ran in every shard: a failure in any of them fails the storm.
+        on_start=StartHooks.merged([o.on_start for o in outputs if o.on_start is not None]),
     )
-
-
-def _merged_extras(outputs: list[RoundOutput]) -> dict[str, Any]:
-    # Start hooks ran in every shard: a failure in any of them fails the storm.
-    start = merge_start([o.extras["on_start"] for o in outputs if "on_start" in o.extras])
-    return {"on_start": start} if start is not None else {}
 
 
 def _sum_in_flight(shards: list[list[tuple[float, int]]]) -> list[tuple[float, int]]:

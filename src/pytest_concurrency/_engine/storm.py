@@ -25,6 +25,7 @@ import anyio.to_thread
 from .._budget import completed, evaluate, evaluate_endpoint, evaluate_pool
 from .._errors import ConfigError
 from .._locust import build_locustfile, read_back, run_locust
+from .._model.extras import ServerProbes
 from .._model.remarks import (
     client_bound_warning,
     dropped_arrivals_warning,
@@ -368,7 +369,7 @@ def _sampled(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResult]]:
 
 def _with_probes(result: StormResult, report: ProbeReport) -> StormResult:
     """The figures the workers' probes sent back, or why there are none (never a pass)."""
-    result.extras["server_probes"] = report.to_dict()
+    result.server_probes = report.record()
     if report.complete:
         result.loop_lag = report.loop_lag
         result.thread_pools = report.thread_pools
@@ -388,19 +389,13 @@ def _with_probes(result: StormResult, report: ProbeReport) -> StormResult:
 def _without_probes(result: StormResult, running: RunningServer) -> StormResult:
     """Say why a WSGI app behind a real server has no loop or thread-pool figures."""
     reason = server_probes_not_applicable(running.describe())
-    result.extras["server_probes"] = {
-        "where": None,
-        "workers": [],
-        "measured": False,
-        "missing": {},
-        "reason": reason,
-    }
+    result.server_probes = ServerProbes(where=None, measured=False, reason=reason)
     result.notes.append(reason)
     return result
 
 
 def _with_usage(result: StormResult, usage: ResourceUsage) -> StormResult:
-    result.extras["server_usage"] = usage.to_dict()
+    result.server_usage = usage
     if usage.client_cpu_mean >= _CLIENT_BOUND:
         result.warnings.append(client_bound_warning(usage.client_cpu_mean, usage.server_cpu_mean))
     return result
@@ -430,9 +425,9 @@ def _round_entry(result: StormResult) -> dict[str, Any]:
         "rps": result.throughput,
         "error_rate": result.error_rate,
     }
-    contention = result.extras.get("cpu_contention")
-    if contention and "slowdown" in contention:
-        entry["cpu_slowdown"] = contention["slowdown"]
+    contention = result.cpu_contention
+    if contention is not None and contention.slowdown is not None:
+        entry["cpu_slowdown"] = contention.slowdown
     return entry
 
 
@@ -458,7 +453,7 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
         chosen.notes.append(unused_server_model_note(name, value, origin))
     if config.scale is not None:
         chosen.notes.append(scale_note(config.scale))
-        chosen.extras["scale"] = config.scale
+        chosen.scale = config.scale
     chosen.verdicts = judge_budgets(
         chosen, config.budgets, config.endpoint_budgets, config.pool_budgets
     )
@@ -488,7 +483,7 @@ def judge_budgets(
         # fails it as not measured, rather than passing on nothing.
         budgets["max_error_rate"] = 0.0
     verdicts = evaluate(result, budgets)
-    hooks_failed = int((result.extras.get("on_start") or {}).get("hooks_failed_count") or 0)
+    hooks_failed = result.on_start.hooks_failed_count if result.on_start is not None else 0
     if hooks_failed:
         # As in Locust, a user whose start hook failed fails, and so does its storm.
         verdicts.append(Verdict("on_start", 0.0, float(hooks_failed), False))
@@ -616,32 +611,50 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
     for result in results:
         result.refused_egress = tally(refused)
         if waits.async_waits.count or waits.blocking_waits.count:
-            result.extras["simulated_waits"] = waits.to_dict()
-        routes: dict[str, Any] = {}
-        for upstream in UPSTREAMS:
-            for name, stats in upstream.stats().items():
-                counts_before = before.get(id(upstream), {}).get(name, {})
-                routes[name] = {
-                    **stats,
-                    **{
-                        f"{count}_in_storm": stats[count] - counts_before.get(count, 0)
-                        for count in _IN_STORM
-                        if count in stats
-                    },
-                }
-            missed = upstream.undeclared_calls - undeclared_before.get(id(upstream), 0)
-            if missed:
-                result.warnings.append(undeclared_upstream_warning(missed, upstream.undeclared))
-        unserved = [
-            r for r in result.refused_egress if port is None and r["host"] in served | tls_hosts
-        ]
-        if unserved and plan.config.clock == "virtual":
-            # Said apart: the generic advice (declare the host) would send the user in circles.
-            result.warnings.append(virtual_unserved_warning(unserved))
-        elif routes:
-            _warn_uncalled(result, routes)
+            result.simulated_waits = waits.record()
+        routes = _routes_in_storm(result, before, undeclared_before)
+        unserved = (served | tls_hosts) if port is None else set()
+        _say_why_routes_missed(result, routes, unserved, virtual=plan.config.clock == "virtual")
         if routes:
-            result.extras["upstream"] = routes
+            result.upstream = routes
+
+
+def _routes_in_storm(
+    result: StormResult,
+    before: Mapping[int, Mapping[str, Mapping[str, int]]],
+    undeclared_before: Mapping[int, int],
+) -> dict[str, Any]:
+    """Each declared route's figures, with its counts over this storm alone; calls to
+    undeclared routes are a warning on *result*."""
+    routes: dict[str, Any] = {}
+    for upstream in UPSTREAMS:
+        for name, stats in upstream.stats().items():
+            counts_before = before.get(id(upstream), {}).get(name, {})
+            routes[name] = {
+                **stats,
+                **{
+                    f"{count}_in_storm": stats[count] - counts_before.get(count, 0)
+                    for count in _IN_STORM
+                    if count in stats
+                },
+            }
+        missed = upstream.undeclared_calls - undeclared_before.get(id(upstream), 0)
+        if missed:
+            result.warnings.append(undeclared_upstream_warning(missed, upstream.undeclared))
+    return routes
+
+
+def _say_why_routes_missed(
+    result: StormResult, routes: dict[str, Any], unserved: set[str], *, virtual: bool
+) -> None:
+    """Why declared routes were not reached. On the virtual clock the loopback upstream,
+    which clients other than httpx and httpx2 need, is not started: said apart, since the
+    generic advice (declare the host) would send the user in circles."""
+    refused = [r for r in result.refused_egress if r["host"] in unserved]
+    if refused and virtual:
+        result.warnings.append(virtual_unserved_warning(refused))
+    elif routes:
+        _warn_uncalled(result, routes)
 
 
 @contextmanager

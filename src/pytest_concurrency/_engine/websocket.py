@@ -62,6 +62,7 @@ from .._metrics import (
     record_many,
 )
 from .._metrics.fold import RunFigures
+from .._model.extras import WebSocketConnections
 from .._model.remarks import shared_loop_warning, unmatched_messages_note
 from .._model.result import StormResult, Verdict
 from .._params import WEBSOCKET_BUDGETS, WEBSOCKET_NAMES, Layer, budget_limit
@@ -163,21 +164,21 @@ class WebSocketResult(StormResult):
             f"{'passed' if self.passed else 'FAILED'}>"
         )
 
-    def websocket_figures(self) -> dict[str, Any]:
-        """The WebSocket figures as plain data (kept in ``extras["websocket"]`` for reports)."""
-        return {
-            "connect": {k: _finite(v) for k, v in self.connect.to_dict().items()},
-            "connections": self.connections,
-            "refused": self.refused,
-            "peak_connections": self.peak_connections,
-            "held_connections": self.held_connections,
-            "disconnects": self.disconnects,
-            "disconnect_rate": self.disconnect_rate,
-            "close_codes": {str(k): v for k, v in sorted(self.close_codes.items())},
-            "server_messages": self.server_messages,
-            "unmatched": self.unmatched,
-            "listeners": self.listeners,
-        }
+    def websocket_figures(self) -> WebSocketConnections:
+        """The WebSocket figures as reports read them (``result.websocket``)."""
+        return WebSocketConnections(
+            connect={k: _finite(v) for k, v in self.connect.to_dict().items()},
+            connections=self.connections,
+            refused=self.refused,
+            peak_connections=self.peak_connections,
+            held_connections=self.held_connections,
+            disconnects=self.disconnects,
+            disconnect_rate=self.disconnect_rate,
+            close_codes={str(k): v for k, v in sorted(self.close_codes.items())},
+            server_messages=self.server_messages,
+            unmatched=self.unmatched,
+            listeners=self.listeners,
+        )
 
 
 def _finite(value: float | int) -> float | int | None:
@@ -712,7 +713,7 @@ def _websocket_result(
     if figures.unmatched:
         ws.notes.append(unmatched_messages_note(figures.unmatched, figures.unmatched_example))
     ws.histograms["connect"] = histogram
-    ws.extras["websocket"] = ws.websocket_figures()
+    ws.websocket = ws.websocket_figures()
     return ws
 
 

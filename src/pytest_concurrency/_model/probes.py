@@ -279,10 +279,6 @@ class PoolUsage:
     def from_dict(cls, data: Mapping[str, Any]) -> PoolUsage:
         """The usage back from :meth:`to_dict` (its ``text`` is made again, not read)."""
 
-        def optional(key: str) -> float | None:
-            value = data.get(key)
-            return float(value) if value is not None else None
-
         size = data.get("size")
         return cls(
             name=str(data["name"]),
@@ -291,8 +287,8 @@ class PoolUsage:
             max_busy=int(data["max_busy"]),
             full=float(data["full"]),
             saturation=float(data["saturation"]),
-            mean_waiting=optional("mean_waiting"),
-            wait_p99_ms=optional("wait_p99_ms"),
+            mean_waiting=_optional(data, "mean_waiting"),
+            wait_p99_ms=_optional(data, "wait_p99_ms"),
             samples=int(data["samples"]),
             timeline=[PoolSecond.from_dict(p) for p in data.get("timeline") or []],
         )
@@ -368,10 +364,6 @@ class ConnectionPoolUsage:
     def from_dict(cls, data: Mapping[str, Any]) -> ConnectionPoolUsage:
         """The usage back from :meth:`to_dict` (its ``text`` is made again, not read)."""
 
-        def optional(key: str) -> float | None:
-            value = data.get(key)
-            return float(value) if value is not None else None
-
         size = data.get("size")
         return cls(
             name=str(data["name"]),
@@ -383,11 +375,11 @@ class ConnectionPoolUsage:
             saturation=float(data["saturation"]),
             checkouts=int(data["checkouts"]),
             waited=int(data["waited"]),
-            wait_p50_ms=optional("wait_p50_ms"),
-            wait_p99_ms=optional("wait_p99_ms"),
+            wait_p50_ms=_optional(data, "wait_p50_ms"),
+            wait_p99_ms=_optional(data, "wait_p99_ms"),
             connects=int(data["connects"]),
             connect_s=float(data["connect_s"]),
-            connect_p50_ms=optional("connect_p50_ms"),
+            connect_p50_ms=_optional(data, "connect_p50_ms"),
             duration_s=float(data["duration_s"]),
             fix=str(data.get("fix") or ""),
             reused=int(data.get("reused") or 0),
@@ -555,3 +547,9 @@ def describe_connection_pool(pool: ConnectionPoolUsage) -> str:
     if pool.reused:
         parts.append(f"{pool.reused:,} requests reused an open connection")
     return f"{pool.name}: " + "; ".join(parts)
+
+
+def _optional(data: Mapping[str, Any], key: str) -> float | None:
+    """*key* of *data* as a float, or None where it is absent or null."""
+    value = data.get(key)
+    return float(value) if value is not None else None

@@ -320,8 +320,9 @@ JSON_SCHEMA: dict[str, Any] = {
                 "path": {"type": "string"},
                 "users": {
                     "type": "integer",
-                    "description": "users of a closed storm (the peak of its stages); for an "
-                    "open-model storm, the most requests in flight",
+                    "description": "the users the storm was asked for (the configured users, "
+                    "or the highest target of its stages); 0 for an open-model storm, whose "
+                    "arrivals are not users (see peak_in_flight)",
                 },
                 "peak_in_flight": {
                     "type": ["integer", "null"],

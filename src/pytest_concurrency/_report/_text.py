@@ -99,9 +99,14 @@ def verdict_word(v: Verdict) -> str:
 
 def headline(data: Mapping[str, Any]) -> str:
     """``storm GET /io on app (WSGI, 8 sync workers) — 50 users, 3.0 s, 480 requests``."""
+    load = (
+        f"{float(data.get('rate') or 0):g} arrivals/s"
+        if data.get("model") == "open"
+        else f"{int(data.get('users') or 0):,} users"
+    )
     return (
         f"storm {data.get('label', '')} on {data.get('app', '')} ({data.get('interface', '')}, "
-        f"{data.get('server', '')}) — {int(data.get('users') or 0):,} users, "
+        f"{data.get('server', '')}) — {load}, "
         f"{float(data.get('duration') or 0):.1f} s, {int(data.get('requests') or 0):,} requests"
     )
 
@@ -425,7 +430,15 @@ def side_by_side(results: Sequence[StormResult]) -> str:
         rows.append((name, *values))
 
     row("kind", [f"{r.interface}, {r.server}" for r in results])
-    row("storm", [f"{r.label}, {r.users:,} users" for r in results])
+    row(
+        "storm",
+        [
+            f"{r.label}, {r.rate:g} arrivals/s"
+            if r.rate is not None
+            else f"{r.label}, {r.users:,} users"
+            for r in results
+        ],
+    )
     row("requests", [f"{r.requests:,}" for r in results])
     row("rps", [format_number(r.throughput) for r in results])
     for pct in ("p50", "p90", "p99", "max"):

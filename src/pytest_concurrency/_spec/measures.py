@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from .._model.extras import SimulatedWaits
 from .._model.probes import ConnectionPoolUsage, PoolUsage
 from .._model.result import EndpointStats, StormResult
 
@@ -137,10 +138,10 @@ def queued(r: StormResult) -> float:
 
 def in_flight_peak(r: StormResult) -> float:
     samples = [float(p.in_flight) for p in r.timeline if p.in_flight is not None]
-    # Open model: the result's user count is the largest in-flight sample of the storm;
+    # Open model: the most requests in flight at once, which the storm counted;
     # otherwise the busiest second's mean is the closest figure the timeline keeps.
-    if r.model == "open":
-        samples.append(float(r.users))
+    if r.model == "open" and r.peak_in_flight is not None:
+        samples.append(float(r.peak_in_flight))
     # Samples are taken on the event loop, so a loop held by a blocking call sees none of
     # the requests it holds back. Little's law counts them, from the intended send time:
     # the mean in flight (a floor for the peak) is throughput × mean latency.
@@ -176,21 +177,21 @@ def blocking_calls(r: StormResult) -> float:
     return float(lag.calls)
 
 
-def _waits_p99(waits: Any) -> float:
+def _waits_p99(waits: SimulatedWaits | None) -> float:
     """The p99 of the simulated waits as requested; NaN when the storm made none.
 
     With both kinds (awaited and blocking), the larger p99: the combined p99 is no larger.
     """
-    if not isinstance(waits, Mapping):
+    if waits is None:
         return math.nan
-    kinds = [w for w in waits.values() if isinstance(w, Mapping) and w.get("count")]
+    kinds = [w for w in (waits.async_waits, waits.blocking_waits) if w.count]
     if not kinds:
         return math.nan
-    return max(float(w.get("requested_p99_ms") or 0.0) for w in kinds)
+    return max(w.requested_p99_ms for w in kinds)
 
 
 def p99_ratio(r: StormResult) -> float:
-    own = _waits_p99(r.extras.get("simulated_waits"))
+    own = _waits_p99(r.simulated_waits)
     if not own > 0:
         return math.nan
     return r.latency.p99 / own

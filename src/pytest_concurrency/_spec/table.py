@@ -38,6 +38,7 @@ __all__ = [
     "HTTP",
     "INPROCESS",
     "LOCUST",
+    "OLD_THRESHOLD_NAMES",
     "PARAMS",
     "REQUEST_NAMES",
     "SERVER",
@@ -53,6 +54,7 @@ __all__ = [
     "endpoint_budgets",
     "pool_budgets",
     "registered",
+    "warn_old_threshold_names",
 ]
 
 # -- the storms a row applies to ---------------------------------------------------------------
@@ -850,17 +852,40 @@ def _aliases() -> dict[str, str]:
     }
 
 
+def _deprecated(old: str, new: str, origin: str, stacklevel: int) -> None:
+    """The one warning of an old spelling, whatever it names (parameter, budget, threshold)."""
+    warnings.warn(
+        f"{old!r} (from {origin}) is now called {new!r}; the old name will be removed",
+        DeprecationWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
 def canonical(name: str, origin: str) -> str:
     """The name of parameter or budget *name*; an old spelling warns and gives the new one."""
     new = _aliases().get(name)
     if new is None:
         return name
-    warnings.warn(
-        f"{name!r} (from {origin}) is now called {new!r}; the old name will be removed",
-        DeprecationWarning,
-        stacklevel=4,
-    )
+    _deprecated(name, new, origin, stacklevel=4)
     return new
+
+
+#: Old spellings of compare thresholds (the keys a baseline files a figure under, such as
+#: ``p99``) -> the figure's name by the naming rule (``p99_ms``).
+OLD_THRESHOLD_NAMES: dict[str, str] = {
+    old: new for new, old in COMPARE_FIGURES.items() if old != new
+}
+
+
+def warn_old_threshold_names(expr: str, origin: str) -> None:
+    """Warn of each old figure name in *expr* (``FIGURE:AMOUNT,…``, as
+    ``--concurrency-compare-fail`` takes it), naming the new one and *origin*; the old names
+    are still read (as the keys a baseline files its figures under)."""
+    for item in expr.split(","):
+        figure, sep, _ = (part.strip() for part in item.partition(":"))
+        new = OLD_THRESHOLD_NAMES.get(figure)
+        if sep and new is not None:
+            _deprecated(figure, new, origin, stacklevel=3)
 
 
 @contextmanager
