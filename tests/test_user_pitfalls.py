@@ -371,3 +371,47 @@ def test_aiohttp_on_the_virtual_clock_is_told_to_use_the_wall_clock() -> None:
     )
     assert "run this storm with clock='wall'" in said
     assert not [w for w in result.warnings if "never called" in w]
+
+
+GROUP_TRACEBACK = """  + Exception Group Traceback (most recent call last):
+  |   File "/venv/litestar/app.py", line 645, in lifespan
+  |     async with AsyncExitStack() as exit_stack:
+  | ExceptionGroup: unhandled errors in a TaskGroup (1 sub-exception)
+  +-+---------------- 1 ----------------
+    | Traceback (most recent call last):
+    |   File "/srv/broken_app.py", line 4, in boom
+    |     raise RuntimeError("database unreachable at startup")
+    | RuntimeError: database unreachable at startup
+    +------------------------------------
+"""
+
+
+@pytest.mark.parametrize(
+    ("message", "first_line"),
+    [
+        (GROUP_TRACEBACK, "RuntimeError: database unreachable at startup"),
+        (
+            'Traceback (most recent call last):\n  File "app.py", line 3, in startup\n'
+            "    connect()\nsqlalchemy.exc.OperationalError: unable to open database file\n",
+            "sqlalchemy.exc.OperationalError: unable to open database file",
+        ),
+        ("the cache is cold", "the cache is cold"),
+    ],
+)
+def test_a_failed_lifespan_startup_leads_with_the_exception_the_app_sent(
+    message: str, first_line: str
+) -> None:
+    # Litestar sends its whole traceback as the lifespan.startup.failed message: the cause
+    # was the last of some 30 lines.
+    from pytest_concurrency import StormError, run_storm
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert scope["type"] == "lifespan"
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": message})
+
+    with pytest.raises(StormError) as caught:
+        run_storm(app, "GET", "/", users=1, requests=1)
+    lines = str(caught.value).splitlines()
+    assert lines[0] == f"the app's lifespan startup failed: {first_line}"
+    assert message.strip() in str(caught.value)
