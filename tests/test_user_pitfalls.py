@@ -415,3 +415,25 @@ def test_a_failed_lifespan_startup_leads_with_the_exception_the_app_sent(
     lines = str(caught.value).splitlines()
     assert lines[0] == f"the app's lifespan startup failed: {first_line}"
     assert message.strip() in str(caught.value)
+
+
+def _fidelity_data(inprocess: float, real: float) -> dict[str, Any]:
+    return {
+        "servers": {"inprocess": {}, "uvicorn": {}},
+        "rows": [{"figure": "rps", "inprocess": inprocess, "real": real, "server": "uvicorn"}],
+    }
+
+
+def test_an_in_process_storm_slower_than_the_real_server_is_not_explained_as_faster() -> None:
+    # Litestar + aiohttp to a loopback upstream: 457 rps in-process, 604 behind uvicorn. The
+    # sentence said the in-process model leaves out the server's per-request costs, which
+    # explains the opposite difference.
+    from pytest_concurrency._report._fidelity import differences
+
+    (slower,) = differences(_fidelity_data(457, 604))
+    assert slower.startswith("uvicorn: in-process throughput is 0.8× the real server's: ")
+    assert "shares one process and its interpreter lock with the load generator" in slower
+    assert "leaves out" not in slower
+    (faster,) = differences(_fidelity_data(10_768, 5_693))
+    assert faster.startswith("uvicorn: in-process throughput is 1.9× the real server's: ")
+    assert "which the in-process model leaves out" in faster
