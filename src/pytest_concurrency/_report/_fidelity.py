@@ -85,8 +85,7 @@ def differences(
             lines.append(
                 f"{server}: in-process throughput is {1 / rps.ratio:.1f}× the real server's: "
                 "in-process the app shares one process and its interpreter lock with the load "
-                "generator (and the loopback upstream that answers clients other than httpx), "
-                "which the server's own processes do not — trust the real figure here"
+                "generator, which the server's own processes do not — trust the real figure here"
             )
         used = (usage or {}).get(server)
         if used:
