@@ -60,6 +60,12 @@ OPTIONS: dict[str, tuple[str, str]] = {
     ),
 }
 
+#: The Markdown summary's line when the session compared nothing.
+NOTHING_COMPARED = (
+    "this session had no comparison to summarise; run it with --concurrency-compare=NAME "
+    "(a baseline saved by --concurrency-save=NAME) or --concurrency-control=REF"
+)
+
 #: Extra seconds a round may take beyond its own length before the storm fails.
 _ROUND_GRACE = 120.0
 
@@ -226,6 +232,7 @@ class ControlSession:
         else:
             store = self.config.stash.get(STORMS_KEY, None)
             records = as_records(store.rows) if store is not None else []
+        why_none = ""
         if self.control is not None:
             title = f"pytest-storm: storms vs control {self.control.describe}"
             rows = paired_rows(records)
@@ -234,19 +241,24 @@ class ControlSession:
             title = f"pytest-storm: storms vs baseline {name}"
             rows = baseline_rows(report, records)
         else:
-            return
+            # Asked for and never written would look like a CI step that found nothing.
+            title, rows = "pytest-storm: storms", []
+            why_none = NOTHING_COMPARED
         target = self.markdown.path()
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         try:
-            write_markdown(target, markdown_summary(title, rows))
+            write_markdown(target, markdown_summary(title, rows, why_none=why_none))
         except OSError as exc:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
             if reporter is not None:
                 reporter.write_line(
                     f"could not write the Markdown summary ({self.markdown.label}, {target}): "
                     f"{exc}",
                     red=True,
                 )
+            return
+        if why_none and reporter is not None:
+            reporter.write_line(f"Markdown summary ({self.markdown.label}, {target}): {why_none}")
 
 
 def _import_path(app: Any, option: str) -> str:
