@@ -165,6 +165,7 @@ def main() -> None:
     figures: Counter[str] = Counter()
     walls: dict[str, list[float]] = {"gated": [], "ungated": []}
     raw: list[dict[str, Any]] = []
+    loads: list[float] = []
     reached = 0
     with tempfile.TemporaryDirectory(prefix="storm-gate-power-") as tmp:
         repo = Path(tmp)
@@ -200,10 +201,13 @@ def main() -> None:
                         counts[name][key] += 1
                     elif verdict == "regressed":
                         counts[name]["false failures"] += 1
+                load = os.getloadavg()[0]
+                loads.append(load)
                 raw.append({"k": k, "change": name, "wall": wall, "exit": code,
-                            "verdicts": outcome,
+                            "verdicts": outcome, "load": load,
                             "lines": [(s.get("comparison") or {}).get("line") for s in storms]})  # fmt: skip
-                print(f"k={k} {name}: {outcome} ({wall:.1f} s, exit {code})", flush=True)
+                print(f"k={k} {name}: {outcome} ({wall:.1f} s, exit {code}, load {load:.2f})",
+                      flush=True)  # fmt: skip
                 for storm in storms:
                     print(f"    {(storm.get('comparison') or {}).get('line')}", flush=True)
             _write(repo, work, 0.0, args.duration)
@@ -218,6 +222,9 @@ def main() -> None:
             f"{name:<10} {found['caught']:>7} {found['missed']:>7} {found['inconclusive']:>9} "
             f"{found['false failures']:>11}"
         )
+    if loads:
+        print(f"load average (1 min) after each gated session: min {min(loads):.2f}, "
+              f"median {sorted(loads)[len(loads) // 2]:.2f}, max {max(loads):.2f}")  # fmt: skip
     judged = sum(figures.values())
     if judged:
         share = figures["inconclusive"] / judged

@@ -12,8 +12,11 @@ from typing import Any
 import pytest
 
 from pytest_concurrency import ConfigError, StormResult
-from pytest_concurrency._report import _baseline, _json
-from pytest_concurrency._report._baseline import judgement_line
+from pytest_concurrency._baseline import compare as judged_against
+from pytest_concurrency._baseline import noise, store, wording
+from pytest_concurrency._baseline import thresholds as compare_fail
+from pytest_concurrency._baseline.wording import judgement_line
+from pytest_concurrency._report import _json
 
 from .test_report import make_result
 from .test_report_plugin import ONE, TESTS, Run
@@ -44,15 +47,15 @@ def judged(
     load_then: dict[str, float] | None = None,
     load_now: dict[str, float] | None = None,
     session_noise: float | None = None,
-) -> list[_baseline.Judgement]:
-    thresholds = _baseline.parse_compare_fail(expr)
+) -> list[judged_against.Judgement]:
+    thresholds = compare_fail.parse_compare_fail(expr)
     machine: dict[str, Any] = {"host": "h"}
     if load_then is not None:
         machine["load"] = load_then
     doc = _json.session_document([(NODE, baseline)], machine=machine)
     # Through JSON, as a saved baseline is read back.
     doc = json.loads(json.dumps(doc))
-    (comparison,) = _baseline.compare(
+    (comparison,) = judged_against.compare(
         # Not this machine's load: the verdicts must not depend on who else is running.
         [(NODE, current)],
         doc,
@@ -60,7 +63,7 @@ def judged(
         load=load_now if load_now is not None else {},
         session_noise=session_noise,
     )
-    return _baseline.judgements(comparison, thresholds)
+    return judged_against.judgements(comparison, thresholds)
 
 
 def loads(one: float, five: float | None = None, fifteen: float | None = None) -> dict[str, float]:
@@ -153,8 +156,8 @@ def test_noise_wider_than_the_threshold_is_inconclusive_and_says_what_would_sett
     assert "regressed" not in line
 
 
-def _baseline_line(j: _baseline.Judgement) -> str:
-    from pytest_concurrency._report._baseline import judgement_line
+def _baseline_line(j: judged_against.Judgement) -> str:
+    from pytest_concurrency._baseline.wording import judgement_line
 
     return judgement_line(j)
 
@@ -251,12 +254,12 @@ def test_a_two_fold_slowdown_is_regressed_when_the_load_held_still() -> None:
 
 
 def test_load_swing_is_the_spread_of_the_cpu_each_session_could_have_had() -> None:
-    assert _baseline.load_swing(None, None) == 1.0
-    assert _baseline.load_swing(loads(1.0), loads(2.0)) == 1.0  # nothing competed
+    assert noise.load_swing(None, None) == 1.0
+    assert noise.load_swing(loads(1.0), loads(2.0)) == 1.0  # nothing competed
     # Any of the three averages: a storm lasts seconds.
-    assert _baseline.load_swing(None, loads(2.0, 8.0, 4.0)) == pytest.approx(4.0)
-    assert _baseline.load_swing(CALM, BUSY) == pytest.approx(5.2 / 2)
-    assert _baseline.load_swing({"1m": 3.0}, None) == 1.0  # no cores: no share known
+    assert noise.load_swing(None, loads(2.0, 8.0, 4.0)) == pytest.approx(4.0)
+    assert noise.load_swing(CALM, BUSY) == pytest.approx(5.2 / 2)
+    assert noise.load_swing({"1m": 3.0}, None) == 1.0  # no cores: no share known
 
 
 # -- the CPU contention each storm measured -------------------------------------------------
@@ -344,26 +347,26 @@ def test_cpu_slowdown_is_the_median_over_rounds_else_the_single_round() -> None:
     result = with_rounds(make_result(latencies(2)), [10, 11, 12], [1, 1, 1])
     result = contended(result, 1.5, 1.1, 3.0)
     data = json.loads(json.dumps(_json.session_document([(NODE, result)], machine={})))["storms"][0]
-    assert _baseline.cpu_slowdown(data) == pytest.approx(1.5)
+    assert noise.cpu_slowdown(data) == pytest.approx(1.5)
     data["rounds"] = []
-    assert _baseline.cpu_slowdown(data) == pytest.approx(1.5)  # the extras: run 1 s, wait 0.5 s
+    assert noise.cpu_slowdown(data) == pytest.approx(1.5)  # the extras: run 1 s, wait 0.5 s
     data["extras"] = {}
-    assert _baseline.cpu_slowdown(data) is None
+    assert noise.cpu_slowdown(data) is None
 
 
 def test_cpu_share_is_the_time_per_request_outside_simulated_waits() -> None:
     plain = make_result([10.0] * 100)
     data = _json.session_document([(NODE, plain)], machine={})["storms"][0]
-    assert _baseline.cpu_share(data) == 1.0
+    assert noise.cpu_share(data) == 1.0
     waited = simulated(make_result([10.0] * 100), 8.0)
     data = _json.session_document([(NODE, waited)], machine={})["storms"][0]
-    assert _baseline.cpu_share(data) == pytest.approx(0.2, abs=0.01)
+    assert noise.cpu_share(data) == pytest.approx(0.2, abs=0.01)
 
 
 def test_a_saved_baseline_records_the_load_it_was_measured_under(tmp_path: Path) -> None:
     doc = _json.session_document([(NODE, make_result([1.0] * 10))], machine={"host": "h"})
-    path = _baseline.save("main", doc, tmp_path)
-    load = _baseline.load("main", tmp_path)["machine"]["load"]
+    path = store.save("main", doc, tmp_path)
+    load = store.load("main", tmp_path)["machine"]["load"]
     assert path == tmp_path / "main.json"
     assert set(load) == {"1m", "5m", "15m", "cores"}
     assert load["cores"] >= 1
@@ -407,7 +410,7 @@ def test_a_corrupt_baseline_is_a_clear_error_naming_the_file(
     path = tmp_path / "main.json"
     path.write_text(write(_good_doc()), encoding="utf-8")
     with pytest.raises(ConfigError, match=message) as raised:
-        _baseline.load("main", tmp_path)
+        store.load("main", tmp_path)
     assert str(path) in str(raised.value)
     assert "--concurrency-compare='main'" in str(raised.value)
 
@@ -421,7 +424,7 @@ def _nested(levels: int) -> Any:
 
 def test_a_valid_baseline_loads(tmp_path: Path) -> None:
     (tmp_path / "main.json").write_text(json.dumps(_good_doc()), encoding="utf-8")
-    assert len(_baseline.load("main", tmp_path)["storms"]) == 1
+    assert len(store.load("main", tmp_path)["storms"]) == 1
 
 
 def _with_figure(doc: dict[str, Any], where: tuple[str, ...], value: Any) -> dict[str, Any]:
@@ -452,7 +455,7 @@ def test_a_baseline_figure_that_would_switch_the_gate_off_is_an_error(
     path = tmp_path / "main.json"
     path.write_text(json.dumps(_with_figure(_good_doc(), where, value)), encoding="utf-8")
     with pytest.raises(ConfigError, match=message) as raised:
-        _baseline.load("main", tmp_path)
+        store.load("main", tmp_path)
     text = str(raised.value)
     assert str(path) in text
     assert f"storm {NODE} · GET /items/1" in text
@@ -461,19 +464,19 @@ def test_a_baseline_figure_that_would_switch_the_gate_off_is_an_error(
 def test_a_nine_fold_regression_is_not_let_through_by_a_null_baseline(tmp_path: Path) -> None:
     doc = _json.session_document([(NODE, make_result([10.0] * 200))], machine={"host": "h"})
     slower = [(NODE, make_result([90.0] * 200))]
-    thresholds = _baseline.parse_compare_fail("p99:10%")
-    (comparison,) = _baseline.compare(slower, json.loads(json.dumps(doc)), load={})
-    assert _baseline.regressions([comparison], thresholds)
+    thresholds = compare_fail.parse_compare_fail("p99:10%")
+    (comparison,) = judged_against.compare(slower, json.loads(json.dumps(doc)), load={})
+    assert wording.regressions([comparison], thresholds)
     # With the baseline's p99 made null, a comparison has no verdict on p99 and the 9x
     # slower run would pass: reading such a baseline is an error instead.
     path = tmp_path / "main.json"
     path.write_text(json.dumps(_with_figure(doc, ("latency", "p99"), None)), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"p99 is null"):
-        _baseline.load("main", tmp_path)
+        store.load("main", tmp_path)
 
 
 def test_a_run_cannot_save_a_baseline_that_disables_its_gate(tmp_path: Path) -> None:
-    _baseline.save(
+    store.save(
         "main", _json.session_document([(NODE, make_result([10.0] * 50))], machine={}), tmp_path
     )
     before = (tmp_path / "main.json").read_text(encoding="utf-8")
@@ -482,14 +485,14 @@ def test_a_run_cannot_save_a_baseline_that_disables_its_gate(tmp_path: Path) -> 
     nothing.throughput = math.nan
     doc = _json.session_document([(NODE, nothing)], machine={})
     with pytest.raises(ConfigError) as raised:
-        _baseline.save("main", doc, tmp_path)
+        store.save("main", doc, tmp_path)
     text = str(raised.value)
     assert f"--concurrency-save='main': storm {NODE} · GET /items/1 cannot be saved" in text
     assert "p99 is null (not measured)" in text
     assert "rps is null (not measured)" in text
     assert (tmp_path / "main.json").read_text(encoding="utf-8") == before
     with pytest.raises(ConfigError, match=r"p99 is null"):
-        _baseline.save("main", doc, tmp_path / "fresh", replace=True)
+        store.save("main", doc, tmp_path / "fresh", replace=True)
     assert not (tmp_path / "fresh" / "main.json").exists()
 
 
@@ -509,7 +512,7 @@ def test_a_json_report_never_holds_nan_or_infinity(tmp_path: Path) -> None:
     # ... and a report read as a baseline does not let the null through.
     (tmp_path / "main.json").write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match=r"rps is null"):
-        _baseline.load("main", tmp_path)
+        store.load("main", tmp_path)
 
 
 # -- saving merges by storm ---------------------------------------------------------------
@@ -517,16 +520,16 @@ def test_a_json_report_never_holds_nan_or_infinity(tmp_path: Path) -> None:
 
 def test_save_merges_by_storm_unless_told_to_replace(tmp_path: Path) -> None:
     storms = [(f"t.py::test_{i}", make_result([float(i + 1)] * 10)) for i in range(3)]
-    _baseline.save("main", _json.session_document(storms, machine={}), tmp_path)
+    store.save("main", _json.session_document(storms, machine={}), tmp_path)
     again = [("t.py::test_1", make_result([9.0] * 10))]
-    _baseline.save("main", _json.session_document(again, machine={}), tmp_path)
+    store.save("main", _json.session_document(again, machine={}), tmp_path)
 
     saved = json.loads((tmp_path / "main.json").read_text())
     by_node = {s["nodeid"]: s["latency"]["p50"] for s in saved["storms"]}
     assert set(by_node) == {"t.py::test_0", "t.py::test_1", "t.py::test_2"}
     assert by_node["t.py::test_1"] == pytest.approx(9.0, rel=0.01)
 
-    _baseline.save("main", _json.session_document(again, machine={}), tmp_path, replace=True)
+    store.save("main", _json.session_document(again, machine={}), tmp_path, replace=True)
     saved = json.loads((tmp_path / "main.json").read_text())
     assert [s["nodeid"] for s in saved["storms"]] == ["t.py::test_1"]
 
@@ -535,9 +538,9 @@ def test_save_over_a_corrupt_baseline_is_an_error_not_a_loss(tmp_path: Path) -> 
     (tmp_path / "main.json").write_text('{"schema_version": 1, "storms": 3}', encoding="utf-8")
     doc = _json.session_document([(NODE, make_result([1.0]))], machine={})
     with pytest.raises(ConfigError, match=r"--concurrency-save='main': baseline .*main\.json"):
-        _baseline.save("main", doc, tmp_path)
-    _baseline.save("main", doc, tmp_path, replace=True)
-    assert len(_baseline.load("main", tmp_path)["storms"]) == 1
+        store.save("main", doc, tmp_path)
+    store.save("main", doc, tmp_path, replace=True)
+    assert len(store.load("main", tmp_path)["storms"]) == 1
 
 
 # -- in a pytest session ------------------------------------------------------------------
@@ -617,8 +620,8 @@ def saved_sessions(tmp_path: Path, results: list[StormResult]) -> dict[str, Any]
         # No load averages (a document that states its own keeps them): the verdicts must
         # not depend on who else is running while the test saves.
         doc = _json.session_document([(NODE, result)], machine={"host": "h", "load": {}})
-        _baseline.save("main", doc, tmp_path)
-    return _baseline.load("main", tmp_path)
+        store.save("main", doc, tmp_path)
+    return store.load("main", tmp_path)
 
 
 def test_a_baseline_keeps_the_last_sessions_of_each_storm(tmp_path: Path) -> None:
@@ -636,16 +639,16 @@ def test_a_baseline_keeps_the_last_sessions_of_each_storm(tmp_path: Path) -> Non
     assert all(s["cpu_share"] == 1.0 for s in sessions)
     # Replacing the baseline starts its history again.
     doc = _json.session_document([(NODE, results[0])], machine={"host": "h"})
-    _baseline.save("main", doc, tmp_path, replace=True)
-    assert len(_baseline.load("main", tmp_path)["storms"][0]["sessions"]) == 1
+    store.save("main", doc, tmp_path, replace=True)
+    assert len(store.load("main", tmp_path)["storms"][0]["sessions"]) == 1
     # At most HISTORY sessions are kept, the newest last.
-    many = saved_sessions(tmp_path, [results[i % 3] for i in range(_baseline.HISTORY + 4)])
-    assert len(many["storms"][0]["sessions"]) == _baseline.HISTORY
+    many = saved_sessions(tmp_path, [results[i % 3] for i in range(noise.HISTORY + 4)])
+    assert len(many["storms"][0]["sessions"]) == noise.HISTORY
 
 
 def history_judged(
     tmp_path: Path, spread: float, change: float, expr: str = "p99:10%"
-) -> _baseline.Judgement:
+) -> judged_against.Judgement:
     """Five saved sessions whose p99 varied by ±*spread*, then one *change* times slower."""
 
     def session(seed: int, p99: float) -> StormResult:
@@ -659,8 +662,8 @@ def history_judged(
     steps = (-1, -0.5, 0.5, 1, 0)
     doc = saved_sessions(tmp_path, [session(i, 30 * (1 + spread * k)) for i, k in enumerate(steps)])
     now = session(9, 30 * change)
-    (comparison,) = _baseline.compare([(NODE, now)], doc, noise_for={"p99"}, load={})
-    (j,) = _baseline.judgements(comparison, _baseline.parse_compare_fail(expr))
+    (comparison,) = judged_against.compare([(NODE, now)], doc, noise_for={"p99"}, load={})
+    (j,) = judged_against.judgements(comparison, compare_fail.parse_compare_fail(expr))
     return j
 
 
@@ -752,7 +755,7 @@ def test_a_storm_busy_a_few_percent_of_its_window_is_judged_tightly() -> None:
     for result in (base, now):
         result.duration = 1.0
         result.extras["cpu_contention"] = {"run_s": 0.018, "wait_s": 0.002}
-    assert _baseline.cpu_share(
+    assert noise.cpu_share(
         json.loads(json.dumps(_json.session_document([(NODE, base)], machine={})))["storms"][0]
     ) == pytest.approx(0.02)
     (p99,) = judged(base, now, "p99:10%")

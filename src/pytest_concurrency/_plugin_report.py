@@ -13,28 +13,15 @@ from typing import Any
 
 import pytest
 
+from ._baseline.compare import COMPARE_ROUNDS, compare, judgements, machine_warning
+from ._baseline.noise import machine_load
+from ._baseline.store import DEFAULT_DIRECTORY, baseline_path, load, load_document, save_merged
+from ._baseline.thresholds import Threshold, parse_compare_fail
+from ._baseline.wording import comparison_table, judgement_head, judgement_interval, judgement_line
 from ._errors import ConfigError
 from ._model.result import StormResult
 from ._options import Setting, scale, setting
 from ._params import Layer
-from ._report._baseline import (
-    COMPARE_ROUNDS,
-    DEFAULT_DIRECTORY,
-    Threshold,
-    baseline_path,
-    compare,
-    comparison_table,
-    judgement_head,
-    judgement_interval,
-    judgement_line,
-    judgements,
-    load,
-    load_document,
-    machine_load,
-    machine_warning,
-    parse_compare_fail,
-    save_merged,
-)
 from ._report._csv import csv_paths, write_csv
 from ._report._json import ensure_writable, machine_info, session_document, write_json
 from ._report._records import StormRecord, as_records

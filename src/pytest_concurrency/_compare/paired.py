@@ -32,12 +32,12 @@ from typing import Any
 
 import pytest_concurrency
 
+from .._baseline.thresholds import Threshold
 from .._engine import shards as _shards  # noqa: F401 - registers the histogram pickler
 from .._engine.plan import StormPlan
 from .._errors import ConfigError, StormError
 from .._model.result import StormResult
 from .._params import Layer
-from .._report._baseline import Threshold
 from .spec import ChildSpec
 from .stats import MIN_PAIRS, paired_change
 from .verdict import (

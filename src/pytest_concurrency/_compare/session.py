@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
+from .._baseline.compare import judgements
 from .._engine.plan import StormPlan
 from .._errors import ConfigError
 from .._model.result import StormResult
 from .._options import Setting, setting
 from .._params import Layer
 from .._plugin_report import ReportSession
-from .._report._baseline import judgements
 from .._report._markdown import SummaryRow, markdown_summary, write_markdown
 from .._report._records import as_records
 from .._session import STORMS_KEY
@@ -300,7 +300,7 @@ def paired_rows(records: Sequence[Any]) -> list[SummaryRow]:
 
 def baseline_rows(report: ReportSession, records: Sequence[Any]) -> list[SummaryRow]:
     """A summary row per storm compared with the saved baseline."""
-    from .._report._baseline import compare
+    from .._baseline.compare import compare
 
     assert report.baseline is not None
     rows = []

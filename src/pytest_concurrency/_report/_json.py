@@ -499,7 +499,7 @@ def write_json(path: str | os.PathLike[str], doc: Mapping[str, Any]) -> Path:
     # sure none is left. Null is what the schema says a figure is when nothing was
     # measured, and it can never switch a gate off: a document read as a baseline refuses
     # a compared figure that is null, and a baseline save refuses a storm that has one
-    # (``_baseline.unmeasured``), so a run cannot save its way past its own gate.
+    # (``_baseline.store.figure_problems``), so a run cannot save its way past its own gate.
     text = json.dumps(_plain(doc), indent=1, ensure_ascii=False, allow_nan=False)
     return write_atomic(path, text + "\n")
 
