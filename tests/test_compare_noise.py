@@ -765,3 +765,34 @@ def test_a_storm_busy_a_few_percent_of_its_window_is_judged_tightly() -> None:
         result.extras["cpu_contention"] = {"run_s": 0.9, "wait_s": 0.1}
     (p99,) = judged(base, now, "p99:10%")
     assert p99.verdict == "inconclusive"
+
+
+def test_three_saved_sessions_never_make_a_doubling_harder_to_catch(tmp_path: Path) -> None:
+    # Three sessions ±10% apart: a 99% prediction interval on 2 degrees of freedom spans
+    # ×3 either way. Saving more sessions must not turn a gate that catches a doubling into
+    # one that cannot fail: history narrows the default spread between sessions, never
+    # widens it.
+    def session(seed: int, p99: float) -> StormResult:
+        result = with_rounds(
+            make_result(latencies(seed)), [p99 * 0.98, p99, p99 * 1.02], [1000] * 3
+        )
+        result.latency = type(result.latency)(**{**result.latency.__dict__, "p99": p99})
+        return result
+
+    doc = saved_sessions(
+        tmp_path, [session(i, 30 * (1 + 0.1 * k)) for i, k in enumerate((-1, 1, 0))]
+    )
+    (comparison,) = judged_against.compare(
+        [(NODE, session(9, 60.0))], doc, noise_for={"p99"}, load={}
+    )
+    (j,) = judged_against.judgements(comparison, compare_fail.parse_compare_fail("p99:10%"))
+    assert j.delta.noise is not None
+    assert j.delta.noise.history == 3
+    assert j.verdict == "regressed"
+    # One saved session of the same storm catches it too.
+    one = saved_sessions(tmp_path / "one", [session(0, 30.0)])
+    (comparison,) = judged_against.compare(
+        [(NODE, session(9, 60.0))], one, noise_for={"p99"}, load={}
+    )
+    (j,) = judged_against.judgements(comparison, compare_fail.parse_compare_fail("p99:10%"))
+    assert j.verdict == "regressed"
