@@ -22,7 +22,7 @@ from .._options import Setting, setting
 from .._params import Layer
 from .._plugin_report import ReportSession
 from .._report._markdown import SummaryRow, markdown_summary, write_markdown
-from .._report._records import as_records
+from .._report._records import as_records, comparison_of
 from .._session import STORMS_KEY
 from .control import Control, control_path, experiment_path, module_root
 from .paired import (
@@ -290,8 +290,8 @@ def paired_rows(records: Sequence[Any]) -> list[SummaryRow]:
     """A summary row per storm that carries a paired comparison."""
     rows = []
     for record in records:
-        block = (record.data.get("extras") or {}).get("comparison")
-        if isinstance(block, dict):
+        block = comparison_of(record.data)
+        if block is not None:
             line = str(block.get("line", ""))
             change = line.partition(": ")[2] or line
             rows.append(SummaryRow(str(block.get("verdict")), record.nodeid, record.label, change))
