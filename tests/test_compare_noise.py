@@ -796,3 +796,68 @@ def test_three_saved_sessions_never_make_a_doubling_harder_to_catch(tmp_path: Pa
     )
     (j,) = judged_against.judgements(comparison, compare_fail.parse_compare_fail("p99:10%"))
     assert j.verdict == "regressed"
+
+
+# -- CPU time per request: the figure a busy machine moves least ----------------------------
+
+
+def on_cpu(result: StormResult, run_s: float, *rounds_us: float) -> StormResult:
+    """*result* whose threads ran *run_s* in its window (and, per round, *rounds_us* µs per
+    request), having waited for a CPU as long again."""
+    result.extras["cpu_contention"] = {"run_s": run_s, "wait_s": run_s}
+    for entry, us in zip(result.rounds, rounds_us, strict=True):
+        entry["cpu"] = us
+    return result
+
+
+def cpu_judged(
+    baseline: StormResult, current: StormResult, expr: str, **loads_kw: Any
+) -> dict[str, str]:
+    thresholds = compare_fail.with_cpu(compare_fail.parse_compare_fail(expr))
+    machine: dict[str, Any] = {"host": "h", "load": loads_kw.get("load_then", {})}
+    doc = json.loads(json.dumps(_json.session_document([(NODE, baseline)], machine=machine)))
+    (comparison,) = judged_against.compare(
+        [(NODE, current)],
+        doc,
+        noise_for={t.figure for t in thresholds},
+        load=loads_kw.get("load_now", {}),
+    )
+    return {j.figure: j.verdict for j in judged_against.judgements(comparison, thresholds)}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_doubled_cpu_time_is_regressed_when_the_wall_clock_cannot_tell(seed: int) -> None:
+    # The baseline saved in one round on a calm machine; now three rounds on a busy one,
+    # where wall-clock figures moved with the load: CPU per request (500 µs then, 1,000 µs
+    # now, rounds within ±6 %) still says the code got slower.
+    rng = random.Random(seed)
+    base = on_cpu(make_result(latencies(seed)), 1.0)
+    p99s = [rng.uniform(40, 80) for _ in range(3)]
+    now = with_rounds(make_result(latencies(seed + 100, scale=1.5)), p99s, [700, 800, 900])
+    now = on_cpu(now, 2.0, *(1000 * rng.uniform(0.94, 1.06) for _ in range(3)))
+    verdicts = cpu_judged(base, now, "p99:10%,rps:10%", load_then=CALM, load_now=BUSY)
+    assert verdicts["cpu"] == "regressed"
+    # Unchanged code, its CPU per request within ±6 % between the sessions: never regressed.
+    same = with_rounds(make_result(latencies(seed + 200, scale=1.5)), p99s, [700, 800, 900])
+    same = on_cpu(same, 1.0, *(500 * rng.uniform(0.94, 1.06) for _ in range(3)))
+    assert cpu_judged(base, same, "p99:10%,rps:10%", load_then=CALM, load_now=BUSY)["cpu"] in (
+        "unchanged",
+        "inconclusive",
+    )
+
+
+def test_cpu_of_an_idle_storm_is_judged_only_when_named() -> None:
+    # Threads busy 10 % and 15 % of the window: CPU per request is mostly the harness's
+    # fixed costs.
+    base = on_cpu(make_result(latencies(1)), 0.2)
+    now = on_cpu(make_result(latencies(1)), 0.3)
+    assert "cpu" not in cpu_judged(base, now, "p99:10%")
+    assert cpu_judged(base, now, "p99:10%,cpu:10%")["cpu"] == "regressed"
+
+
+def test_cpu_is_judged_relative_to_the_baseline() -> None:
+    with pytest.raises(ConfigError, match=r"cpu \(CPU time per request\) is judged relative"):
+        compare_fail.parse_compare_fail("cpu:5ms")
+    assert compare_fail.parse_compare_fail("cpu:5%") == [compare_fail.Threshold("cpu", 5.0, True)]
+    implied = compare_fail.with_cpu(compare_fail.parse_compare_fail("p99:20%,rps:5%"))
+    assert [(t.figure, t.amount, t.implied) for t in implied][-1] == ("cpu", 5.0, True)

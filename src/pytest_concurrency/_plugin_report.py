@@ -16,7 +16,7 @@ import pytest
 from ._baseline.compare import COMPARE_ROUNDS, compare, judgements, machine_warning
 from ._baseline.noise import machine_load
 from ._baseline.store import DEFAULT_DIRECTORY, baseline_path, load, load_document, save_merged
-from ._baseline.thresholds import Threshold, parse_compare_fail
+from ._baseline.thresholds import Threshold, parse_compare_fail, with_cpu
 from ._baseline.wording import comparison_table, judgement_head, judgement_interval, judgement_line
 from ._errors import ConfigError
 from ._model.result import StormResult
@@ -178,7 +178,7 @@ class ReportSession:
         fail = setting(self.config, "compare_fail")
         # Under --concurrency-control the thresholds are the paired comparison's.
         if fail is not None and setting(self.config, "control") is None:
-            self.thresholds = parse_compare_fail(str(fail.value), origin=fail.label)
+            self.thresholds = with_cpu(parse_compare_fail(str(fail.value), origin=fail.label))
             self.compare_fail_label = fail.label
             if self.compare_with is None:
                 raise ConfigError(

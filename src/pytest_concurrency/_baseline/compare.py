@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._compare.stats import verdict_of
+from .._compare.verdict import IDLE_BUSY
 from .._metrics.percentile import quantile
 from .._report._json import document_records
-from .._report._records import FIGURES, StormRecord, StormRow, as_records, figures
+from .._report._records import StormRecord, StormRow, as_records
+from .figures import COMPARED, busy_share, compared_figures, worse_up
 from .noise import (
     SESSION_NOISE,
     Latencies,
@@ -82,7 +84,7 @@ class FigureDelta:
     @property
     def worse(self) -> float:
         """How much worse the figure got, in its unit (negative when it improved)."""
-        return self.delta if FIGURES[self.figure][2] else -self.delta
+        return self.delta if worse_up(self.figure) else -self.delta
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ class Comparison:
     label: str
     index: int
     deltas: dict[str, FigureDelta] | None
+    #: The larger share of the window the storm's threads ran, now or in the baseline.
+    busy: float = math.nan
 
     @property
     def is_new(self) -> bool:
@@ -130,7 +134,7 @@ def compare(
         old = saved.get(record.key)
         deltas = None
         if old is not None:
-            now, then = figures(record.data), figures(old.data)
+            now, then = compared_figures(record.data), compared_figures(old.data)
             cache: dict[int, Latencies | None] = {}
             slowed_then, slowed_now = cpu_slowdown(old.data), cpu_slowdown(record.data)
             contention = (
@@ -158,9 +162,12 @@ def compare(
                     if name in noise_for
                     else None,
                 )
-                for name in FIGURES
+                for name in COMPARED
+                # CPU time is measured in-process only: a storm without it has no such figure.
+                if name != "cpu" or not (math.isnan(then[name]) or math.isnan(now[name]))
             }
-        out.append(Comparison(record.nodeid, record.label, record.index, deltas))
+        busy = max(busy_share(record.data), busy_share(old.data)) if old is not None else math.nan
+        out.append(Comparison(record.nodeid, record.label, record.index, deltas, busy))
     return out
 
 
@@ -198,7 +205,7 @@ def judge(d: FigureDelta, threshold: Threshold) -> Judgement | None:
     """Regressed, improved, unchanged or inconclusive; None when either side was not measured."""
     if math.isnan(d.baseline) or math.isnan(d.current):
         return None
-    sign = 1.0 if FIGURES[d.figure][2] else -1.0
+    sign = 1.0 if worse_up(d.figure) else -1.0
     relative = threshold.relative and d.baseline != 0
 
     def worsening(then: float, now: float) -> float:
@@ -241,12 +248,20 @@ def judge(d: FigureDelta, threshold: Threshold) -> Judgement | None:
 
 
 def judgements(comparison: Comparison, thresholds: Sequence[Threshold]) -> list[Judgement]:
-    """Every threshold's verdict on *comparison* (none for a storm new since the baseline)."""
+    """Every threshold's verdict on *comparison* (none for a storm new since the baseline).
+
+    CPU per request that no threshold named (added by :func:`~.thresholds.with_cpu`) is left
+    out for a storm whose threads ran less than :data:`IDLE_BUSY` of its window in both
+    sessions, as the paired mode does: it is then mostly the harness's own fixed costs.
+    """
     if comparison.deltas is None:
         return []
     out = []
     for threshold in thresholds:
-        found = judge(comparison.deltas[threshold.figure], threshold)
+        if threshold.implied and threshold.figure == "cpu" and not comparison.busy >= IDLE_BUSY:
+            continue
+        delta = comparison.deltas.get(threshold.figure)
+        found = judge(delta, threshold) if delta is not None else None
         if found is not None:
             out.append(found)
     return out

@@ -40,6 +40,7 @@ from .._report._records import StormRecord
 
 __all__ = [
     "CONTENTION_POWER",
+    "CPU_SESSION_NOISE",
     "HISTORY",
     "HISTORY_MIN",
     "SESSION_NOISE",
@@ -56,7 +57,7 @@ __all__ = [
 HISTORY = 20
 
 
-HISTORY_FIGURES = ("p50", "p99", "max", "rps")
+HISTORY_FIGURES = ("p50", "p99", "max", "rps", "cpu")
 
 
 #: Bootstrap draws per figure; seeded per storm and figure, so a verdict is reproducible.
@@ -75,6 +76,10 @@ CONTENTION_POWER = 2.5
 #: equal contention: rounds of one session share its process and its moment and cannot see
 #: it. Measured with ``benchmarks/flake.py`` (see the README).
 SESSION_NOISE = 0.5
+#: How far a storm's CPU time per request moves between two sessions on its own: ±6 % over
+#: eight sessions of ``benchmarks/gate_power.py``'s CPU-bound storm at a load average of 4
+#: on 2 cores; bounded at 2.5 times that.
+CPU_SESSION_NOISE = 0.15
 
 
 #: Saved sessions a storm needs before their spread stands in for :data:`SESSION_NOISE`.
@@ -127,8 +132,9 @@ class Noise:
 
     baseline: tuple[float, ...]
     current: tuple[float, ...]
-    #: ``rounds`` (run-to-run spread), ``latencies`` (the requests of one round each) or
-    #: ``requests`` (the count of completions of one round each, a closed model's rps).
+    #: ``rounds`` (run-to-run spread), ``latencies`` (the requests of one round each),
+    #: ``requests`` (the count of completions of one round each, a closed model's rps) or
+    #: ``sessions`` (one round each of CPU time: only the spread between sessions).
     source: str
     rounds_now: int = 1
     rounds_then: int = 1
@@ -171,7 +177,7 @@ class Noise:
 
 
 #: Figures each round of a ``rounds=`` storm keeps (``StormResult.rounds``).
-ROUND_KEYS = ("p50", "p99", "max", "rps", "error_rate")
+ROUND_KEYS = ("p50", "p99", "max", "rps", "error_rate", "cpu")
 
 
 #: Latency figures -> the quantile of the recorded latencies they are (None: the mean).
@@ -359,6 +365,11 @@ def noise_of(
         share = 0.0  # an open model that kept its arrival rate: throughput is the schedule's
     jitter = _window_jitter(old.data, new.data)
     envelope = _envelope(figure, share, swing, contention, floor, history, jitter)
+    if figure == "cpu":
+        # Run time, not wall time: the machine's load and the window's edges do not move
+        # it; the sessions do, by CPU_SESSION_NOISE or the history's narrower spread.
+        floor, share, swing, contention, jitter = CPU_SESSION_NOISE, 1.0, 1.0, None, 1.0
+        envelope = _envelope(figure, share, swing, contention, floor, history, jitter)
     return Noise(
         baseline=baseline,
         current=current,
@@ -403,6 +414,9 @@ def _draws(
     elif counted:
         draw_then = draw_now = _unchanged
         source = "requests"
+    elif figure == "cpu":
+        draw_then = draw_now = _unchanged
+        source = "sessions"
     else:
         return None
     if counted:
@@ -539,14 +553,14 @@ def cpu_slowdown(data: Mapping[str, Any]) -> float | None:
             values.append(float(value))
     if values:
         return statistics.median(values)
-    measured = _run_and_wait(data)
+    measured = run_and_wait(data)
     if measured is None or not measured[0] > 0:
         return None
     run, wait = measured
     return (run + max(0.0, wait)) / run
 
 
-def _run_and_wait(data: Mapping[str, Any]) -> tuple[float, float] | None:
+def run_and_wait(data: Mapping[str, Any]) -> tuple[float, float] | None:
     """The seconds a storm's threads ran and waited for a CPU (``extras["cpu_contention"]``)."""
     extras = data.get("extras")
     measured = extras.get("cpu_contention") if isinstance(extras, Mapping) else None
@@ -595,7 +609,7 @@ def cpu_share(data: Mapping[str, Any]) -> float:
 
 
 def _share_busy(data: Mapping[str, Any]) -> float:
-    measured = _run_and_wait(data)
+    measured = run_and_wait(data)
     window = data.get("duration")
     if measured is None or not isinstance(window, int | float) or window <= 0:
         return 1.0

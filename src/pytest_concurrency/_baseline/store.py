@@ -22,8 +22,9 @@ from typing import Any
 from .._errors import ConfigError
 from .._report._files import LOCK_TIMEOUT, locked
 from .._report._json import READABLE_VERSIONS, SCHEMA_VERSION, write_json
-from .._report._records import FIGURES, figures
+from .._report._records import FIGURES
 from .._report._schema import first_problem
+from .figures import compared_figures
 from .noise import (
     HISTORY,
     HISTORY_FIGURES,
@@ -187,7 +188,7 @@ def with_history(doc: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[
 
 def session_summary(data: Mapping[str, Any], created: str) -> dict[str, Any]:
     """One session of a storm as its history keeps it: figures (medians over rounds), CPU."""
-    point = figures(data)
+    point = compared_figures(data)
     summary: dict[str, Any] = {"created": created}
     for figure in HISTORY_FIGURES:
         values = round_values(data, figure)

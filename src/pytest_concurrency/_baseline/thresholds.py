@@ -6,17 +6,19 @@ Both comparisons read them: against a saved baseline and against a control run p
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .._errors import ConfigError
 from .._report._records import FIGURES
 from .._report._text import format_number
 from .._spec.table import COMPARE_FIGURES
+from .figures import COMPARED
 
 __all__ = [
     "COMPARE_FAIL_OPTION",
     "Threshold",
     "parse_compare_fail",
+    "with_cpu",
 ]
 
 COMPARE_FAIL_OPTION = "--concurrency-compare-fail"
@@ -29,6 +31,8 @@ class Threshold:
     figure: str
     amount: float
     relative: bool
+    #: Added by :func:`with_cpu`, not written by the user.
+    implied: bool = field(default=False, compare=False)
 
     def allowed(self, baseline: float) -> float:
         """Largest allowed worsening in the figure's unit."""
@@ -36,7 +40,7 @@ class Threshold:
 
     def describe(self) -> str:
         """``p99:10%`` / ``mean:5ms`` — as it was written."""
-        unit = FIGURES[self.figure][1]
+        unit = COMPARED[self.figure][0]
         if self.figure == "error_rate":
             return f"error_rate:{format_number(self.amount * 100)}%"
         if self.relative:
@@ -67,6 +71,9 @@ def parse_compare_fail(expr: str, *, origin: str = COMPARE_FAIL_OPTION) -> list[
             raise ConfigError(
                 f"{origin}={expr!r}: {item!r} has no ':'; expected FIGURE:AMOUNT such as p99:10%"
             )
+        if figure == "cpu":
+            thresholds.append(_cpu(expr, amount, origin))
+            continue
         if figure not in FIGURES:
             raise ConfigError(f"{origin}={expr!r}: unknown figure {figure!r}; choose from {names}")
         unit = FIGURES[figure][1]
@@ -87,3 +94,22 @@ def parse_compare_fail(expr: str, *, origin: str = COMPARE_FAIL_OPTION) -> list[
         else:
             thresholds.append(Threshold(figure, value, suffix == "%"))
     return thresholds
+
+
+def _cpu(expr: str, amount: str, origin: str) -> Threshold:
+    match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*%", amount)
+    if match is None:
+        raise ConfigError(
+            f"{origin}={expr!r}: cpu (CPU time per request) is judged relative to the "
+            f"baseline: write cpu:N% (got {amount!r})"
+        )
+    return Threshold("cpu", float(match.group(1)), True)
+
+
+def with_cpu(thresholds: list[Threshold]) -> list[Threshold]:
+    """*thresholds* with CPU per request: by its own item, else added after them at the
+    tightest relative threshold (10 % when there is none), as the paired mode judges it."""
+    if not thresholds or any(t.figure == "cpu" for t in thresholds):
+        return thresholds
+    relative = [t.amount for t in thresholds if t.relative and t.figure != "error_rate"]
+    return [*thresholds, Threshold("cpu", min(relative) if relative else 10.0, True, implied=True)]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .._report._records import FIGURES
 from .._report._text import format_number
 from .compare import Comparison, FigureDelta, Judgement, judgements
+from .figures import COMPARED, worse_up
 from .noise import Noise
 from .thresholds import Threshold
 
@@ -85,18 +85,18 @@ def show_figure(figure: str, value: float) -> str:
     """``12.01 ms``, ``1,000 rps``, ``2.00%`` — a compared figure with its unit."""
     if figure == "error_rate":
         return f"{value:.2%}"
-    unit = FIGURES[figure][1]
+    unit = COMPARED[figure][0]
     return f"{format_number(value)} {unit}".rstrip()
 
 
 def _signed(j: Judgement, worse: float) -> str:
     """A worsening back in the figure's direction: ``+12.0%`` or ``-3 ms``."""
-    change = worse if FIGURES[j.figure][2] else -worse
+    change = worse if worse_up(j.figure) else -worse
     if j.relative:
         return f"{change:+.1%}"
     if j.figure == "error_rate":
         return f"{change:+g}"
-    unit = FIGURES[j.figure][1]
+    unit = COMPARED[j.figure][0]
     return f"{'+' if change >= 0 else '-'}{format_number(abs(change))} {unit}".rstrip()
 
 
@@ -108,6 +108,8 @@ def _noise_source(j: Judgement) -> str:
         where = "from the recorded latencies, one round each"
     elif noise.source == "requests":
         where = "from the count of requests, one round each"
+    elif noise.source == "sessions":
+        where = "one round each"
     elif noise.rounds_now == noise.rounds_then:
         where = f"over {noise.rounds_now} rounds each"
     else:
@@ -177,7 +179,7 @@ def judgement_interval(j: Judgement) -> str:
             f"from above ({need})"
         )
     # In the figure's own direction: a fall in throughput is a negative change.
-    low, high = (j.low, j.high) if FIGURES[j.figure][2] else (j.high, j.low)
+    low, high = (j.low, j.high) if worse_up(j.figure) else (j.high, j.low)
     return f"90% interval of the change {_signed(j, low)} … {_signed(j, high)}, {_noise_source(j)}"
 
 

@@ -430,6 +430,10 @@ def _round_entry(result: StormResult) -> dict[str, Any]:
     contention = result.extras.get("cpu_contention")
     if contention and "slowdown" in contention:
         entry["cpu_slowdown"] = contention["slowdown"]
+    handled = result.requests + result.discarded
+    if contention and contention.get("run_s") and handled:
+        # CPU µs the storm's threads ran per request: what a busy machine moves least.
+        entry["cpu"] = float(contention["run_s"]) * 1e6 / handled
     return entry
 
 

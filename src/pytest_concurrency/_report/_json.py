@@ -379,7 +379,8 @@ JSON_SCHEMA: dict[str, Any] = {
                     "type": "array",
                     "items": {"type": "object"},
                     "description": "in a saved baseline: the last sessions that saved this "
-                    "storm (p50, p99, max, rps as medians over rounds; cpu_slowdown; "
+                    "storm (p50, p99, max, rps, cpu µs per request as medians over rounds; "
+                    "cpu_slowdown; "
                     "cpu_share), the newest last; their spread is the storm's own noise "
                     "between sessions",
                 },
