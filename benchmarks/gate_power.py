@@ -130,7 +130,8 @@ def _write(repo: Path, work: int, block: float, duration: float) -> None:
     (repo / "test_gate.py").write_text(TESTS.format(duration=duration), encoding="utf-8")
 
 
-def _session(repo: Path, args: list[str]) -> tuple[float, int, dict[str, Any]]:
+def _session(repo: Path, args: list[str]) -> tuple[float, int, dict[str, Any], str]:
+    """Run the tests in a child pytest: wall time, exit code, JSON report, terminal output."""
     report = repo / "storms.json"
     report.unlink(missing_ok=True)
     env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
@@ -151,7 +152,7 @@ def _session(repo: Path, args: list[str]) -> tuple[float, int, dict[str, Any]]:
     doc = json.loads(report.read_text(encoding="utf-8")) if report.exists() else {}
     if not doc:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-    return wall, proc.returncode, doc
+    return wall, proc.returncode, doc, proc.stdout
 
 
 def _deadline(until: str | None) -> dt.datetime | None:
@@ -196,7 +197,7 @@ def paired(repo: Path, work: int, args: argparse.Namespace) -> dict[str, Any]:
             break
         for name, (factor, block, changed) in CHANGES.items():
             _write(repo, int(work * factor), block, args.duration)
-            wall, code, doc = _session(repo, gated)
+            wall, code, doc, _ = _session(repo, gated)
             walls["gated"].append(wall)
             load = _load()
             loads.append(load)
@@ -217,7 +218,7 @@ def paired(repo: Path, work: int, args: argparse.Namespace) -> dict[str, Any]:
             for line in lines:
                 print(f"    {line}", flush=True)
         _write(repo, work, 0.0, args.duration)
-        wall, _, _ = _session(repo, [])
+        wall, _, _, _ = _session(repo, [])
         walls["ungated"].append(wall)
         reached = k + 1
     print(f"\npaired: K = {reached} runs per change, --concurrency-compare-fail={args.fail}, "
@@ -300,7 +301,7 @@ def saved(repo: Path, work: int, args: argparse.Namespace) -> dict[str, Any]:
         storage = repo / f"storms-{k}"
         _write(repo, work, 0.0, args.duration)
         for i in range(3):
-            wall, code, _ = _session(
+            wall, code, _, _ = _session(
                 repo, ["--concurrency-save=three", f"--concurrency-storage={storage}"]
             )
             walls.append(wall)
@@ -312,7 +313,11 @@ def saved(repo: Path, work: int, args: argparse.Namespace) -> dict[str, Any]:
         for (change, baseline), (factor, changed) in SAVED_RUNS.items():
             _write(repo, int(work * factor), 0.0, args.duration)
             name = "one" if baseline == "1 session" else "three"
-            wall, code, stdout = _compare_session(repo, name, storage, args.fail)
+            wall, code, _, stdout = _session(
+                repo,
+                [f"--concurrency-compare={name}", f"--concurrency-storage={storage}",
+                 f"--concurrency-compare-fail={args.fail}"],
+            )  # fmt: skip
             walls.append(wall)
             load = _load()
             loads.append(load)
@@ -337,25 +342,6 @@ def saved(repo: Path, work: int, args: argparse.Namespace) -> dict[str, Any]:
         share = figures["inconclusive"] / judged
         print(f"judged figures: {judged}, inconclusive {figures['inconclusive']} ({share:.0%})")
     return {"runs": raw, "counts": counts, "k": reached}
-
-
-def _compare_session(repo: Path, name: str, storage: Path, fail: str) -> tuple[float, int, str]:
-    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT / "src"), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
-    )
-    started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "test_gate.py", *PLUGINS, "-q", "-p", "no:randomly",
-         f"--concurrency-compare={name}", f"--concurrency-storage={storage}",
-         f"--concurrency-compare-fail={fail}"],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )  # fmt: skip
-    return time.perf_counter() - started, proc.returncode, proc.stdout
 
 
 def main() -> None:

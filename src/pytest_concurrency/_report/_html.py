@@ -315,6 +315,13 @@ def _div(p: SimpleNamespace, fig: Any, div_id: str, *, wide: bool = False) -> st
     return f'<div class="chart{" wide" if wide else ""}">{body}</div>'
 
 
+def _bullets(lines: Sequence[str]) -> str:
+    """A list of sentences ('' when there are none)."""
+    if not lines:
+        return ""
+    return "<ul class='diagnosis'>" + "".join(f"<li>{_e(x)}</li>" for x in lines) + "</ul>"
+
+
 def _e(value: Any) -> str:
     return html.escape(str(value))
 
@@ -437,15 +444,7 @@ def comparison_card(block: Mapping[str, Any]) -> str:
         )
         + "</p><table class='comparison'><tr><th>figure</th><th>control</th>"
         "<th>experiment</th><th>change</th><th>interval</th><th>threshold</th>"
-        "<th>verdict</th></tr>"
-        + "".join(rows)
-        + "</table>"
-        + (
-            "<ul class='diagnosis'>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>"
-            if notes
-            else ""
-        )
-        + "</div>"
+        "<th>verdict</th></tr>" + "".join(rows) + "</table>" + _bullets(notes) + "</div>"
     )
 
 
@@ -494,11 +493,7 @@ def _fidelity_card(d: Mapping[str, Any], number: int, seen: dict[str, int]) -> s
         "<th>real</th><th>real / in-process</th></tr>"
         + "".join(body)
         + "</table>"
-        + (
-            "<ul class='diagnosis'>" + "".join(f"<li>{_e(x)}</li>" for x in sentences) + "</ul>"
-            if sentences
-            else ""
-        )
+        + _bullets(sentences)
         + "</div>"
     )
 
