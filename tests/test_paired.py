@@ -734,3 +734,21 @@ def test_a_paired_verdict_is_in_every_artifact() -> None:
     )
     for row in CARD_ROWS:
         assert row in page
+
+
+def test_a_saved_baseline_passes_identical_code_and_fails_a_doubled_cpu(
+    session: pytest.Pytester,
+) -> None:
+    session.makepyfile(cpu_app=APP.format(ms=1.0), test_cpu=TEST)
+    _run(session, "--concurrency-save=main").assert_outcomes(passed=1)
+    args = ["--concurrency-compare=main", "--concurrency-compare-fail=p99:10%,rps:10%"]
+    same = _run(session, *args)
+    same.assert_outcomes(passed=1)
+    assert "regressed:" not in same.stdout.str()
+
+    session.makepyfile(cpu_app=APP.format(ms=2.0))
+    slower = _run(session, *args, "--concurrency-markdown=summary.md")
+    slower.assert_outcomes(failed=1)
+    slower.stdout.fnmatch_lines(["*regressed against baseline 'main'*", "*cpu grew from *µs to *"])
+    summary = (session.path / "summary.md").read_text(encoding="utf-8")
+    assert "| ❌ regressed | `test_cpu.py::test_cpu` | GET / |" in summary
