@@ -1,6 +1,6 @@
 """How often do the gates fail on unchanged code? Budgets and a baseline compare, K times.
 
-    python benchmarks/flake.py [--k 20] [--fail p99:10%,rps:5%] [--json PATH] [--until HH:MM]
+    python benchmarks/flake.py [--k 20] [--fail p99_ms:10%,rps:5%] [--json PATH] [--until HH:MM]
 
 Each of K iterations runs, in child pytest processes and on unchanged code:
   1. the examples' budget tests (``examples/test_claims.py``, ``examples/test_llm.py``),
@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=20, help="iterations (default 20)")
     parser.add_argument(
         "--fail",
-        default="p99:10%,rps:5%",
-        help="--concurrency-compare-fail thresholds (default p99:10%%,rps:5%%)",
+        default="p99_ms:10%,rps:5%",
+        help="--concurrency-compare-fail thresholds (default p99_ms:10%%,rps:5%%)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to PATH")
     parser.add_argument(

@@ -1,7 +1,7 @@
 """How much do the gates catch, and what do they cost? Changes and none, K times, in both modes.
 
     python benchmarks/gate_power.py [--mode paired|saved|both] [--k 5]
-                                    [--fail p99:10%,rps:10%] [--duration 1.0]
+                                    [--fail p99_ms:10%,rps:10%] [--duration 1.0]
                                     [--json PATH] [--until HH:MM]
 
 A temporary git repository holds an example app (a bare ASGI app: ``/cpu`` spends about
@@ -348,7 +348,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mode", choices=("paired", "saved", "both"), default="both")
     parser.add_argument("--k", type=int, default=5, help="runs per change (default 5)")
-    parser.add_argument("--fail", default="p99:10%,rps:10%", help="--concurrency-compare-fail")
+    parser.add_argument("--fail", default="p99_ms:10%,rps:10%", help="--concurrency-compare-fail")
     parser.add_argument("--duration", type=float, default=1.0, help="storm duration, s")
     parser.add_argument("--json", type=Path, help="write the raw outcomes here")
     parser.add_argument("--until", help="start no run likely to end after HH:MM UTC")

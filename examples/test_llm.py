@@ -43,12 +43,13 @@ def test_async_llm_endpoint_tracks_the_model_latency(storm: Any, model_server: A
     result = storm(fastapi_app.app, requests=[PROMPT])
     # Each request waits only for its own model call, so the 50 users' calls overlap: about
     # 50 × 86 / (86 + the framework's time) in flight at once (Little's law), never more.
-    route = result.extras["upstream"][fastapi_app.MODEL_URL]
+    route = result.upstream[fastapi_app.MODEL_URL]
     assert 25 < route["max_in_flight"] <= 50
     # Every request lasts at least its own model call, so the medians keep that order too
     # (5 % for the histograms' rounding).
-    waits = result.extras["simulated_waits"]["async"]
-    assert result.latency.p50 >= 0.95 * waits["requested_p50_ms"]
+    assert result.simulated_waits is not None
+    waits = result.simulated_waits.async_waits
+    assert result.latency.p50 >= 0.95 * waits.requested_p50_ms
 
 
 @LLM_GATE
@@ -63,7 +64,7 @@ def test_sync_llm_endpoint_queues_behind_eight_workers(storm: Any, model_server:
     assert result.queue_wait is not None
     assert result.queue_wait.mean > result.service_time.mean  # type: ignore[union-attr]
     assert result.latency.mean >= 0.9 * 50 / (8 / 0.086) * 1000
-    route = result.extras["upstream"][fastapi_app.MODEL_URL]
+    route = result.upstream[fastapi_app.MODEL_URL]
     assert route["max_in_flight"] <= 8  # never more calls than workers
 
 
@@ -108,9 +109,10 @@ def test_other_async_frameworks_forward_to_the_model(
     # Every request lasts at least its own model call (sleeps never end early), so the
     # medians keep that order (5 % for the histograms' rounding). The model's 80 ms median
     # is not a floor: the median of ≈ 240 lognormal draws varies by ≈ 2.5 ms.
-    waits = result.extras["simulated_waits"]["async"]
-    assert waits["requested_p50_ms"] > 60
-    assert result.latency.p50 >= 0.95 * waits["requested_p50_ms"]
+    assert result.simulated_waits is not None
+    waits = result.simulated_waits.async_waits
+    assert waits.requested_p50_ms > 60
+    assert result.latency.p50 >= 0.95 * waits.requested_p50_ms
 
 
 @pytest.mark.concurrency(users=20, duration=1.0, max_error_rate=0)

@@ -56,7 +56,7 @@ def _storm(url: str, latency: float | None) -> tuple[Any, dict[str, Any]]:
     with Upstream() as upstream:
         upstream.proxy(host_port, name="postgres", latency=latency)
         result = run_storm(app, "GET", "/items/7", users=4, requests=REQUESTS)
-    return result, result.extras["upstream"]["postgres"]
+    return result, result.upstream["postgres"]
 
 
 def test_twenty_ms_on_the_wire_moves_p50_by_twenty_ms_per_round_trip(database_url: str) -> None:

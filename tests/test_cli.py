@@ -406,7 +406,7 @@ def test_rate_header_stages_html_and_csv_options(
     assert storm["rate"] == 40
     assert storm["status_counts"] == {"200": storm["requests"]}  # the header was sent
     # Requests in flight on the WSGI pool, counted from its records: ≈ 40 rps × 10 ms.
-    assert storm["users"] >= 1
+    assert storm["peak_in_flight"] >= 1
     assert "<html" in (tmp_path / "report.html").read_text()
     with (tmp_path / "run_stats.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -480,13 +480,14 @@ def test_the_cpu_contention_note_is_printed_once_for_several_storms(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from pytest_concurrency._cli import _notes
+    from pytest_concurrency._model.extras import ContentionFigures
     from pytest_concurrency._model.remarks import contention_note
 
     from .test_report import make_result
 
     results = [make_result([1.0, 2.0], label=f"GET /{i}") for i in range(3)]
     for share, result in zip((0.3, 0.5, 0.4), results, strict=True):
-        result.extras["cpu_contention"] = {"wait_share": share, "wait_s": 0.1}
+        result.cpu_contention = ContentionFigures(wait_share=share, wait_s=0.1)
         result.notes.append(contention_note(share, 0.1))
     _notes(results)
     (line,) = capsys.readouterr().err.splitlines()

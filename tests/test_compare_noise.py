@@ -16,6 +16,7 @@ from pytest_concurrency._baseline import compare as judged_against
 from pytest_concurrency._baseline import noise, store, wording
 from pytest_concurrency._baseline import thresholds as compare_fail
 from pytest_concurrency._baseline.wording import judgement_line
+from pytest_concurrency._model.extras import ContentionFigures, SimulatedWaits
 from pytest_concurrency._report import _json
 
 from .test_report import make_result
@@ -79,7 +80,7 @@ def loads(one: float, five: float | None = None, fifteen: float | None = None) -
 def simulated(result: StormResult, wait_ms: float) -> StormResult:
     """*result* with one simulated wait of *wait_ms* per request (all but its CPU time)."""
     kind = {"count": result.requests, "requested_p50_ms": wait_ms, "requested_p99_ms": wait_ms}
-    result.extras["simulated_waits"] = {"async": kind, "blocking": {"count": 0}}
+    result.simulated_waits = SimulatedWaits.from_dict({"async": kind, "blocking": {"count": 0}})
     return result
 
 
@@ -270,7 +271,7 @@ def contended(result: StormResult, *slowdowns: float) -> StormResult:
     for entry, slowdown in zip(result.rounds, slowdowns, strict=False):
         entry["cpu_slowdown"] = slowdown
     run = 1.0
-    result.extras["cpu_contention"] = {"run_s": run, "wait_s": run * (slowdowns[0] - 1)}
+    result.cpu_contention = ContentionFigures(run_s=run, wait_s=run * (slowdowns[0] - 1))
     return result
 
 
@@ -499,7 +500,7 @@ def test_a_run_cannot_save_a_baseline_that_disables_its_gate(tmp_path: Path) -> 
 def test_a_json_report_never_holds_nan_or_infinity(tmp_path: Path) -> None:
     result = make_result([1.0, 2.0])
     result.throughput = math.inf
-    result.extras["odd"] = [math.nan, -math.inf]
+    result.unknown_extras["odd"] = [math.nan, -math.inf]
     path = _json.write_json(
         tmp_path / "r.json", _json.session_document([(NODE, result)], machine={})
     )
@@ -754,7 +755,7 @@ def test_a_storm_busy_a_few_percent_of_its_window_is_judged_tightly() -> None:
     now = with_rounds(make_result(latencies(4)), [51, 52, 53], [100] * 3)
     for result in (base, now):
         result.duration = 1.0
-        result.extras["cpu_contention"] = {"run_s": 0.018, "wait_s": 0.002}
+        result.cpu_contention = ContentionFigures(run_s=0.018, wait_s=0.002)
     assert noise.cpu_share(
         json.loads(json.dumps(_json.session_document([(NODE, base)], machine={})))["storms"][0]
     ) == pytest.approx(0.02)
@@ -762,7 +763,7 @@ def test_a_storm_busy_a_few_percent_of_its_window_is_judged_tightly() -> None:
     assert p99.verdict == "unchanged"
     # Busy the whole window, the same change is left to the sessions' spread.
     for result in (base, now):
-        result.extras["cpu_contention"] = {"run_s": 0.9, "wait_s": 0.1}
+        result.cpu_contention = ContentionFigures(run_s=0.9, wait_s=0.1)
     (p99,) = judged(base, now, "p99:10%")
     assert p99.verdict == "inconclusive"
 
@@ -804,7 +805,7 @@ def test_three_saved_sessions_never_make_a_doubling_harder_to_catch(tmp_path: Pa
 def on_cpu(result: StormResult, run_s: float, *rounds_us: float) -> StormResult:
     """*result* whose threads ran *run_s* in its window (and, per round, *rounds_us* µs per
     request), having waited for a CPU as long again."""
-    result.extras["cpu_contention"] = {"run_s": run_s, "wait_s": run_s}
+    result.cpu_contention = ContentionFigures(run_s=run_s, wait_s=run_s)
     for entry, us in zip(result.rounds, rounds_us, strict=True):
         entry["cpu"] = us
     return result

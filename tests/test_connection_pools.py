@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import http.server
 import threading
 import time
@@ -307,6 +308,31 @@ def test_django_without_persistent_connections_shows_the_time_opening_them(
     assert not [x for x in diagnosis(kept.to_dict(histograms=False), kept) if "CONN_MAX_AGE" in x]
 
 
+# As above: CONN_MAX_AGE=60 drops each worker thread's connection open when the storm ends.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_django_counts_connections_reused_against_those_opened(postgres: Any) -> None:
+    pytest.importorskip("psycopg")
+    from examples import django_db
+
+    django_db.configure(postgres.settings)
+    fresh = run_storm(django_db.wsgi_app("pg0"), "GET", "/report", users=4, workers=2, requests=40)
+    kept = run_storm(django_db.wsgi_app("pg60"), "GET", "/report", users=4, workers=2, requests=40)
+    gc.collect()  # the connections the ended threads left open go here, not in a later test
+    assert fresh.status_counts == kept.status_counts == {200: 40}
+    [opened] = fresh.connection_pools
+    [reused] = kept.connection_pools
+    # CONN_MAX_AGE=0: each request opens the connection it queries on, none is reused.
+    assert opened.reused == 0
+    assert opened.connects == 40
+    # CONN_MAX_AGE=60: one opened per worker thread (2), every other request reuses one.
+    assert 1 <= reused.connects <= 2
+    assert reused.reused == 40 - reused.connects
+    assert f"{reused.reused} requests reused an open connection" in str(reused)
+    [line] = [x for x in diagnosis(fresh.to_dict(histograms=False), fresh) if "opened" in x]
+    assert "none reused: set CONN_MAX_AGE" in line
+    assert ConnectionPoolUsage.from_dict(reused.to_dict()) == reused
+
+
 def test_the_pool_claim_holds_only_when_the_small_pool_is_the_bottleneck() -> None:
     from examples.claims.base import HOLDS, NOT_HERE, PARTLY
     from examples.claims.db_pool import judge_pool_bound
@@ -410,3 +436,87 @@ def test_the_pool_is_watched_inside_a_real_servers_worker() -> None:
     assert pool.size == db_pool_app.SMALL_POOL
     assert pool.saturation >= 0.5
     assert [v.name for v in result.failed_verdicts] == ["max_saturation"]
+
+
+def test_an_aiohttp_connectors_waits_are_counted_and_charged(slow_server: str) -> None:
+    aiohttp = pytest.importorskip("aiohttp")
+    import asyncio
+
+    async def main() -> tuple[list[ConnectionPoolUsage], list[list[tuple[str, str, float]]]]:
+        connector = aiohttp.TCPConnector(limit=2)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def one() -> list[tuple[str, str, float]]:
+                with ledger() as book:
+                    async with session.get(slow_server) as response:
+                        await response.read()
+                return book.waits
+
+            async with ConnectionPoolProbe() as probe:
+                books = await asyncio.gather(*(one() for _ in range(6)))
+        return probe.result, list(books)
+
+    [usage], books = asyncio.run(main())
+    assert usage.name == "aiohttp TCPConnector pool (limit=2)"
+    # Two calls open the connections; four wait, and get them as the first calls end.
+    assert (usage.size, usage.peak_in_use, usage.checkouts, usage.connects) == (2, 2, 6, 2)
+    assert usage.waited == 4
+    waits = sorted(sum(s for k, _, s in book if k == "pool") for book in books)
+    assert waits[:2] == [0, 0]
+    assert waits[-1] >= 2 * SLOW_ROUTE * 0.9  # the last two waited for two calls each
+    assert sum(1 for book in books for k, _, _ in book if k == "connect") == 2
+
+
+@pytest.mark.timing
+def test_an_aiohttp_connector_limited_to_five_shows_its_queue() -> None:
+    """aiohttp reaches a declared route over real loopback connections, through its pool."""
+    aiohttp = pytest.importorskip("aiohttp")
+    from pytest_concurrency import Upstream
+
+    sessions: list[Any] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    sessions.append(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=5)))
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await sessions.pop().close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        async with sessions[-1].get("http://model-server.invalid/slow") as response:
+            body = await response.read()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    with Upstream() as upstream:
+        upstream.route("http://model-server.invalid/slow", latency=SLOW_ROUTE * 1000, json={})
+        result = run_storm(app, "GET", "/", users=50, duration=1.5, warmup=0.3, check=False)
+    assert result.status_counts[200] == result.requests > 0
+    [pool] = result.connection_pools
+    assert pool.name == "aiohttp TCPConnector pool (limit=5)"
+    assert (pool.library, pool.size, pool.peak_in_use) == ("aiohttp", 5, 5)
+    assert pool.saturation >= 0.6  # as for httpx: the window holds the start and the drain
+    # 5 connections × 50 ms serve at most 100 calls/s; on the rate the storm got, each of
+    # 50 users waits 50 / rate − 50 ms for a connection on average (Little's law). The
+    # connector is not first come, first served: a call arriving as a connection comes back
+    # takes it before the waiter that was woken for it (here a quarter of the calls never
+    # wait), so the waits spread and their median sits above that mean, never below.
+    assert result.throughput <= 5 / SLOW_ROUTE * 1.1
+    little_ms = (50 / result.throughput - SLOW_ROUTE) * 1000
+    assert pool.wait_p50_ms is not None
+    assert 0.8 * little_ms <= pool.wait_p50_ms <= 1.35 * little_ms
+    assert 0 < pool.waited < pool.checkouts
+    assert pool.connects <= 10  # kept alive, not one per call
+    [line] = _pool_line(diagnosis(result.to_dict(histograms=False), result))
+    assert line.startswith("aiohttp TCPConnector pool (limit=5): 5 of 5 connections busy")
+    assert "aiohttp.TCPConnector(limit=...)" in line
+    # Each request's wait for the connector is charged to it, by the pool's name.
+    assert result.attribution is not None
+    band = result.attribution.band("p50")
+    assert band is not None
+    [wait] = [p for p in band.parts if p.kind == "pool"]
+    assert wait.name == pool.name
+    assert wait.ms == pytest.approx(pool.wait_p50_ms, rel=0.2)

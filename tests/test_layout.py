@@ -697,3 +697,58 @@ def test_percentiles_of_a_list_come_from_one_function() -> None:
     )
     assert _hand_ranks(modules[PERCENTILE_HOME].read_text(encoding="utf-8"))
     assert _hand_ranks(modules[PERCENTILE_HOME].read_text(encoding="utf-8"))
+
+
+# -- functions a reader can hold in view -------------------------------------------------------
+
+#: The longest a function may be without a reason.
+LONGEST = 80
+#: Files whose long functions are being moved elsewhere (each with why it is exempt here).
+LONG_EXEMPT = {
+    "_report/_baseline.py": "the saved-baseline comparison moves to a package of its own",
+}
+
+
+def _long_functions(source: str, limit: int = LONGEST) -> list[tuple[str, int, int]]:
+    """``(name, line, length)`` of each function longer than *limit* lines without a comment
+    block right above it (or above its decorators) that holds ``# long: <reason>``."""
+    lines = source.splitlines()
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        length = (node.end_lineno or node.lineno) - node.lineno + 1
+        if length <= limit:
+            continue
+        above = min([node.lineno, *(d.lineno for d in node.decorator_list)]) - 2
+        reason = False
+        while above >= 0 and lines[above].strip().startswith("#"):
+            text = lines[above].strip().removeprefix("#").strip()
+            reason = reason or (text.startswith("long:") and len(text) > len("long:") + 10)
+            above -= 1
+        if not reason:
+            found.append((node.name, node.lineno, length))
+    return found
+
+
+def test_the_long_function_check_wants_a_reason() -> None:
+    body = "\n".join(f"    x{i} = {i}" for i in range(81))
+    bare = f"def f():\n{body}\n"
+    assert _long_functions(bare) == [("f", 1, 82)]
+    assert _long_functions(f"# long: one table of eighty rows, read in order\n{bare}") == []
+    assert _long_functions(f"# long:\n{bare}") == [("f", 2, 82)]  # a reason, not a bare mark
+    decorated = f"# long: one table of eighty rows, read in order\n# more\n@dec\n{bare}"
+    assert _long_functions(decorated) == []
+    assert _long_functions(f"# long: one table of eighty rows\n\n{bare}") == [("f", 3, 82)]
+    eighty = "\n".join(f"    x{i} = {i}" for i in range(79))
+    assert _long_functions(f"def g():\n{eighty}\n") == []  # 80 lines: within
+
+
+def test_no_function_is_over_80_lines_without_a_reason() -> None:
+    long = [
+        f"{path.relative_to(SRC / PACKAGE)}:{line} {name} ({length} lines)"
+        for path in sorted((SRC / PACKAGE).rglob("*.py"))
+        if path.relative_to(SRC / PACKAGE).as_posix() not in LONG_EXEMPT
+        for name, line, length in _long_functions(path.read_text(encoding="utf-8"))
+    ]
+    assert long == [], "split these, or say why not in a '# long: <reason>' comment above them"

@@ -150,8 +150,9 @@ def test_simulated_wait_error_is_reported() -> None:
     # machine (at 1,000 users it was 40 % of a core, and a busy machine starved it).
     # Each wait's own error (actual − requested) is reported so harness noise can be told
     # from app behaviour. Measured here: p99 of a few ms (a timer that fires behind a
-    # batch of other callbacks waits for them). 40 ms leaves room for a busy CI machine
-    # while still catching a broken timer or a loop blocked for a whole wait (≥ 50 ms).
+    # batch of other callbacks waits for them). A broken timer or a loop blocked for a
+    # whole wait moves the median by ≥ 50 ms; the p99 is held below one wait, since a
+    # busy machine that takes the CPU for 40 ms makes every timer due then that late.
     from pytest_concurrency import constant, simulated_io
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -167,7 +168,8 @@ def test_simulated_wait_error_is_reported() -> None:
     waits = result.extras["simulated_waits"]["async"]
     # Waits that ended inside the measured window: about one per measured request.
     assert waits["count"] == pytest.approx(result.requests, rel=0.1)
-    assert 0 <= waits["p50_ms"] <= waits["p99_ms"] < 40
+    assert 0 <= waits["p50_ms"] < 10
+    assert waits["p50_ms"] <= waits["p99_ms"] < 50
     if not any("load generator" in str(w.message) for w in caught):
         # The request's latency is its wait plus a little framework-free handling.
         assert result.latency.p50 == pytest.approx(50 + waits["p50_ms"], abs=5)

@@ -25,6 +25,7 @@ from pytest_concurrency._compare.verdict import (
     verdict_line,
 )
 from pytest_concurrency._errors import ConfigError
+from pytest_concurrency._model.extras import Comparison
 from pytest_concurrency._report import _json
 from pytest_concurrency._report._markdown import SummaryRow, markdown_summary
 from pytest_concurrency._report._schema import first_problem
@@ -202,7 +203,7 @@ def test_comparison_block_validates_against_the_schema() -> None:
 
     records = three_storms()
     block = {**_outcome(2.0).to_dict(), "fails": True}
-    records[0][1].extras["comparison"] = block  # type: ignore[union-attr]
+    records[0][1].comparison = Comparison.from_dict(block)  # type: ignore[union-attr]
     doc = _json.session_document(records, machine=_json.machine_info())
     json.loads(json.dumps(doc, allow_nan=False))
     assert validate(doc, _json.JSON_SCHEMA, _json.JSON_SCHEMA) == []
@@ -713,7 +714,7 @@ def test_a_paired_verdict_is_in_every_artifact() -> None:
     from tests.test_report import make_result
 
     result = make_result([5.0 + i % 7 for i in range(400)])
-    result.extras["comparison"] = BLOCK
+    result.comparison = Comparison.from_dict(BLOCK)
     rows = [("tests/test_api.py::test_cpu", result)]
     # The terminal: the storms table's verdict and "vs control" columns.
     table = "\n".join(storms_table(rows))
@@ -741,7 +742,7 @@ def test_a_saved_baseline_passes_identical_code_and_fails_a_doubled_cpu(
 ) -> None:
     session.makepyfile(cpu_app=APP.format(ms=1.0), test_cpu=TEST)
     _run(session, "--concurrency-save=main").assert_outcomes(passed=1)
-    args = ["--concurrency-compare=main", "--concurrency-compare-fail=p99:10%,rps:10%"]
+    args = ["--concurrency-compare=main", "--concurrency-compare-fail=p99_ms:10%,rps:10%"]
     same = _run(session, *args)
     same.assert_outcomes(passed=1)
     assert "regressed:" not in same.stdout.str()

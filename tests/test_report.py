@@ -726,7 +726,7 @@ def test_failure_table_shows_status_codes_and_one_sample_body_per_code() -> None
         ["status", "count"],
         ["404", "12"],
     ]
-    result.extras["samples"] = {404: '{"detail":\n "Not Found"}', 503: "x" * 500}
+    result.samples = {404: '{"detail":\n "Not Found"}', 503: "x" * 500}
     lines = verdict_table(result).splitlines()
     assert any(line.split()[:3] == ["status", "count", "sample"] for line in lines)
     assert any(line.split() == ["404", "12", '{"detail":', '"Not', 'Found"}'] for line in lines)
@@ -758,10 +758,11 @@ def test_notes_are_shown_apart_from_warnings_everywhere() -> None:
 
 
 def _contended(share: float, label: str) -> StormResult:
+    from pytest_concurrency._model.extras import ContentionFigures
     from pytest_concurrency._model.remarks import contention_note
 
     result = make_result([1.0, 2.0], label=label)
-    result.extras["cpu_contention"] = {"wait_share": share, "wait_s": share / 10}
+    result.cpu_contention = ContentionFigures(wait_share=share, wait_s=share / 10)
     result.notes = ["knee: p99 broke at ≈18 users", contention_note(share, share / 10)]
     return result
 

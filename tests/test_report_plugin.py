@@ -553,7 +553,7 @@ def test_open_model_storm_reports_users_and_rate(pytester: pytest.Pytester, run:
         def test_rate(storm):
             result = storm(sleepy_wsgi, "GET", "/", rate=100, workers=2, duration=0.5)
             # ≈ 100 rps × 5 ms = 0.5 in flight on average: at least one at the peak.
-            assert 1 <= result.users <= 10
+            assert 1 <= result.peak_in_flight <= 10
             assert any(p.in_flight for p in result.timeline)
         """
     )
@@ -564,4 +564,4 @@ def test_open_model_storm_reports_users_and_rate(pytester: pytest.Pytester, run:
         for p in ET.parse(pytester.path / "junit.xml").iter("property")
     }
     assert props["storm.rate"] == "100.0"
-    assert int(props["storm.users"]) >= 1
+    assert float(props["storm.in_flight_peak"]) >= 1

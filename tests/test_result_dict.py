@@ -44,7 +44,7 @@ def test_a_result_reads_back_from_its_dict(storms: dict[str, StormResult], kind:
     result = storms[kind]
     data = result.to_dict()
     back = StormResult.from_dict(data)
-    assert back.to_dict() == data
+    assert json.loads(json.dumps(back.to_dict())) == data
     # Through JSON too, as a pytest-xdist worker sends it.
     assert StormResult.from_dict(json.loads(json.dumps(data))).to_dict() == json.loads(
         json.dumps(data)
@@ -63,6 +63,73 @@ def test_peak_in_flight_is_its_own_figure() -> None:
     opened = run_storm(wsgi_sleep(0.005), rate=100, workers=2, duration=0.5)
     assert opened.peak_in_flight is not None
     assert opened.peak_in_flight >= 1
-    assert opened.users == opened.peak_in_flight  # an open-model storm has no users
+    assert opened.users == 0  # an open-model storm has no users
     assert run_storm(asgi_sleep(0.001), users=3, duration=0.2).peak_in_flight == 3
     assert StormResult.from_dict(closed.to_dict()).peak_in_flight == 4
+
+
+def test_users_are_the_users_asked_for_and_peak_in_flight_what_was_measured() -> None:
+    # Stages: the highest target, whatever the stage the storm ended on.
+    staged = run_storm(asgi_sleep(0.02), stages=[(0.2, 2), (0.3, 6), (0.2, 3)])
+    assert staged.users == 6
+    assert staged.peak_in_flight is not None
+    assert 1 <= staged.peak_in_flight <= 6
+    # Open model: arrivals are not users; what was in flight is its own figure.
+    opened = run_storm(wsgi_sleep(0.02), rate=200, workers=8, duration=0.5)
+    assert opened.users == 0
+    assert opened.peak_in_flight is not None
+    assert opened.peak_in_flight >= 2  # ≈ 200/s × 20 ms = 4 in flight on average
+    back = StormResult.from_dict(json.loads(json.dumps(opened.to_dict())))
+    assert (back.users, back.peak_in_flight) == (0, opened.peak_in_flight)
+    from pytest_concurrency._report._text import headline
+
+    assert "200 arrivals/s" in headline(opened.to_dict(histograms=False))
+    assert "6 users" in headline(staged.to_dict(histograms=False))
+
+
+def test_every_record_beside_the_figures_is_typed_and_keeps_its_json_key() -> None:
+    from pytest_concurrency._model import extras as x
+
+    from .test_report import make_result
+
+    result = make_result([1.0, 2.0])
+    result.samples = {503: "upstream is down"}
+    result.clock = x.VirtualClock("virtual", 1.5, 900.0, 2.0, 0.1)
+    result.abandoned = x.Abandoned(2, 1.0)
+    result.on_start = x.StartHooks(users=4, requests=4, status_counts={200: 4}, p50_ms=1.0)
+    result.cpu_contention = x.ContentionFigures(1.0, 0.25, 0.2, 1.25)
+    result.server_probes = x.ServerProbes("uvicorn", (11, 12), True)
+    result.server_usage = x.ServerUsage(0.6, 0.9, 50_000_000, 0.3, 20, 2.0)
+    result.simulated_waits = x.SimulatedWaits(x.WaitFigures(10, 1.0), x.WaitFigures())
+    result.upstream = {"http://model.invalid/": {"calls": 9, "calls_in_storm": 9}}
+    result.scale = 0.5
+    result.shards = x.ShardFigures(2, "fork", 0.1, (x.ShardShare(5, 0.5, None),) * 2)
+    result.websocket = x.WebSocketConnections({}, 2, 0, 2, 0, 0, 0.0, {"1000": 2}, 0, 0, 0)
+    result.locust = x.LocustInvocation("2.30", ("locust", "-f", "x.py"), 3.0)
+    result.fidelity = x.FidelityFigures(
+        {"inprocess": "in-process"}, (x.FidelityRowFigures("rps", "uvicorn", 10, 9, 0.9),)
+    )
+    result.comparison = x.Comparison(
+        "paired", "control main", "unchanged", "…", 6, "settled", 4.2, "ABBA"
+    )
+    result.unknown_extras["from_a_newer_version"] = [1, 2]
+    expected = {
+        "samples", "clock", "abandoned", "on_start", "cpu_contention", "server_probes",
+        "server_usage", "simulated_waits", "upstream", "scale", "shards", "websocket",
+        "locust", "fidelity", "comparison", "from_a_newer_version",
+    }  # fmt: skip
+    data = json.loads(json.dumps(result.to_dict()))
+    assert set(data["extras"]) == expected
+    assert data["extras"]["on_start"]["status_counts"] == {"200": 4}
+    assert data["extras"]["simulated_waits"]["async"]["count"] == 10
+    back = StormResult.from_dict(data)
+    assert back.on_start == result.on_start  # the status code is an int again
+    assert back.samples == {503: "upstream is down"}
+    for name in expected - {"from_a_newer_version"}:
+        assert getattr(back, name) == getattr(result, name), name
+    assert back.unknown_extras == {"from_a_newer_version": [1, 2]}
+    assert json.loads(json.dumps(back.to_dict())) == data
+    # The extras block is a view of the records: read it, set the record.
+    assert result.extras["abandoned"] == {"tasks": 2, "grace_s": 1.0}
+    with pytest.raises(TypeError):
+        result.extras["abandoned"] = {"tasks": 3}  # type: ignore[index]

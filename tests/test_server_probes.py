@@ -15,6 +15,7 @@ import pytest
 
 from pytest_concurrency import BudgetExceeded, run_storm
 from pytest_concurrency._fidelity import line_up
+from pytest_concurrency._model.extras import ServerUsage
 from pytest_concurrency._model.probes import (
     ANYIO_LIMITER,
     BlockingSite,
@@ -134,13 +135,16 @@ def test_io_behind_uvicorn_passes_the_loop_budgets() -> None:
 @pytest.mark.timing
 def test_io_behind_uvicorn_keeps_its_loop_lag_low() -> None:
     # The blocking twin holds the loop 50 ms per call (one simulated wait). The awaiting
-    # endpoint must stay under that; on this 2-core machine the worker's loop shows one or
-    # two stalls not traced to app code, of either ≈ 10 or ≈ 30 ms, per 2 s storm (seen on
-    # older releases too), so the limit is below one blocking call with room for them.
+    # endpoint must show no blocking call in the app's code, and its loop's p99 lag stays
+    # under one such call. Not the longest lag: on this 2-core machine the worker's loop
+    # shows one or two stalls not traced to app code, of ≈ 10 or ≈ 30 ms, per 2 s storm
+    # (seen on older releases too), and another process can take the CPU for longer.
     result = run_storm(
-        FASTAPI, "GET", "/io", users=20, duration=2.0, server="uvicorn", max_loop_lag_ms=45
+        FASTAPI, "GET", "/io", users=20, duration=2.0, server="uvicorn", max_blocking_calls=0
     )
     assert result.passed, str(result.verdicts)
+    assert result.loop_lag is not None
+    assert result.loop_lag.p99_ms < 45, result.loop_lag
 
 
 def test_sync_io_behind_uvicorn_reports_the_anyio_limiter() -> None:
@@ -329,11 +333,9 @@ def _compared(real_rps: float) -> tuple[StormResult, StormResult]:
     inprocess.server = "in-process"
     real = make_result([12.0] * 200, label="GET /", throughput=real_rps)
     real.server = "uvicorn, 1 worker (uvloop, httptools), over loopback HTTP"
-    real.extras["server_usage"] = {
-        "server_cpu_mean": 0.62,
-        "server_cpu_peak": 0.9,
-        "client_cpu_mean": 0.4,
-    }
+    real.server_usage = ServerUsage.from_dict(
+        {"server_cpu_mean": 0.62, "server_cpu_peak": 0.9, "client_cpu_mean": 0.4}
+    )
     line_up({"inprocess": inprocess, "uvicorn": real})
     return inprocess, real
 

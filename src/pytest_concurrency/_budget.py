@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 
 from ._model.result import StormResult, Verdict
-from ._spec.measures import QUEUED_AFTER_MS
+from ._spec.measures import QUEUED_AFTER_MS, find_pool, pools_measured
 from ._spec.table import BUDGETS
 
 __all__ = [
@@ -20,7 +20,9 @@ __all__ = [
     "completed",
     "evaluate",
     "evaluate_endpoint",
+    "evaluate_pool",
     "measure",
+    "pool_verdict_name",
     "round_spread",
     "within_noise",
 ]
@@ -96,4 +98,28 @@ def evaluate_endpoint(
         measure = BUDGETS[name].endpoint
         measured = measure(stats) if measure is not None else math.nan
         verdicts.append(_verdict(f"{endpoint} {name}", limit, measured, name))
+    return verdicts
+
+
+def pool_verdict_name(selector: str, budget: str) -> str:
+    """The name of the verdict of *budget* aimed at the pool *selector* names."""
+    return f"pool {selector} {budget}"
+
+
+def evaluate_pool(
+    result: StormResult, selector: str, budgets: Mapping[str, float]
+) -> list[Verdict]:
+    """Judge the one pool *selector* names (the worst of its copies in process shards or
+    server workers); no such pool fails its budgets unmeasured."""
+    pools = pools_measured(result.thread_pools, result.connection_pools)
+    names, _ = find_pool(selector, [p.name for p in pools])
+    chosen = [p for p in pools if p.name in names]  # one pool, or its copy in each process
+    verdicts = []
+    for budget, limit in budgets.items():
+        measure = BUDGETS[budget].pool
+        figures = [float(measure(p)) for p in chosen] if measure is not None else []
+        finite = [f for f in figures if not math.isnan(f)]
+        # Every pool budget is a ceiling: the worst copy is judged.
+        measured = max(finite) if finite and completed(result) else math.nan
+        verdicts.append(_verdict(pool_verdict_name(selector, budget), limit, measured, budget))
     return verdicts

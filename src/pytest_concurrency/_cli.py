@@ -275,8 +275,8 @@ def _notes(results: Sequence[StormResult], *, in_table: bool = False) -> None:
     # The machine kept storms waiting for a CPU: one line for all of them (see storm_notes).
     contended = [n for r in results for n in r.notes if is_contention_note(n)]
     if len(contended) > 1:
-        shares = [r.extras.get("cpu_contention", {}).get("wait_share") for r in results]
-        known = [float(x) for x in shares if isinstance(x, int | float)]
+        shares = [r.cpu_contention.wait_share if r.cpu_contention else None for r in results]
+        known = [x for x in shares if x is not None]
         print(f"note: {contention_summary(len(contended), known)}", file=sys.stderr)
     for result in results:
         notes = [n for n in result.notes if len(contended) < 2 or not is_contention_note(n)]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import ConfigError
+from ._model.extras import FidelityFigures, FidelityRowFigures
 from ._model.result import StormResult
 
 __all__ = ["Fidelity", "FidelityRow", "compare_servers", "line_up"]
@@ -58,19 +59,17 @@ class Fidelity:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON reports."""
-        return {
-            "servers": {name: r.server for name, r in self.results.items()},
-            "rows": [
-                {
-                    "figure": row.figure,
-                    "server": row.server,
-                    "inprocess": row.inprocess,
-                    "real": row.real,
-                    "ratio": row.ratio if math.isfinite(row.ratio) else None,
-                }
+        return self.record().to_dict()
+
+    def record(self) -> FidelityFigures:
+        """The table as each result keeps it (``result.fidelity``)."""
+        return FidelityFigures(
+            servers={name: r.server for name, r in self.results.items()},
+            rows=tuple(
+                FidelityRowFigures(row.figure, row.server, row.inprocess, row.real, row.ratio)
                 for row in self.rows
-            ],
-        }
+            ),
+        )
 
 
 _FIGURES: dict[str, Callable[[StormResult], float]] = {
@@ -103,5 +102,5 @@ def line_up(results: dict[str, StormResult]) -> Fidelity:
     ]
     fidelity = Fidelity(results, rows)
     for result in results.values():
-        result.extras["fidelity"] = fidelity.to_dict()
+        result.fidelity = fidelity.record()
     return fidelity

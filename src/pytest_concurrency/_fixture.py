@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ import anyio
 import pytest
 
 from ._api import check_budgets, check_capacity, plan_capacity, run_capacity, warn_about
+from ._budget import measure
 from ._capacity import CapacityResult
 from ._engine.plan import LiveFigures, Progress, StormPlan, plan_storm
 from ._engine.storm import run_plan, run_plan_async
@@ -295,6 +297,9 @@ def _figures(result: StormResult) -> dict[str, Any]:
     }
     if result.rate is not None:
         figures["rate"] = result.rate
+    in_flight_peak = measure(result, "max_in_flight_peak")
+    if math.isfinite(in_flight_peak):
+        figures["in_flight_peak"] = round(in_flight_peak, 3)
     if result.saturation is not None:
         figures["saturation"] = round(result.saturation, 4)
     if result.queue_wait is not None:

@@ -22,6 +22,7 @@ __all__ = [
     "RUN_DEFAULTS",
     "Setting",
     "add_run_options",
+    "add_string_options",
     "disabled",
     "flag",
     "marker_layer",
@@ -66,6 +67,22 @@ _DISABLE_HELP = "skip every test that uses the storm fixture (with a reason)"
 def flag(name: str) -> str:
     """The command-line option of run setting *name*: ``--concurrency-NAME``."""
     return "--concurrency-" + name.replace("_", "-")
+
+
+def add_string_options(parser: pytest.Parser, options: Mapping[str, tuple[str, str]]) -> None:
+    """For each ``NAME -> (METAVAR, help)`` of *options*: the option ``--concurrency-NAME``
+    and its ini twin ``concurrency_NAME``, both unset by default, with the same help."""
+    group = parser.getgroup("concurrency")
+    for name, (metavar, help_text) in options.items():
+        group.addoption(
+            flag(name),
+            dest=f"concurrency_{name}",
+            default=None,
+            metavar=metavar,
+            # argparse %-formats option help (not ini help): "p99_ms:10%" must be escaped there.
+            help=help_text.replace("%", "%%"),
+        )
+        parser.addini(f"concurrency_{name}", help_text, default=None)
 
 
 def add_run_options(parser: pytest.Parser) -> None:

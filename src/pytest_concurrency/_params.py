@@ -133,6 +133,7 @@ class StormConfig:
     rounds: int = 1
     aggregate: str = "median"
     endpoint_budgets: dict[str, dict[str, float]] = field(default_factory=dict)
+    pool_budgets: dict[str, dict[str, float]] = field(default_factory=dict)
     think: Any = None
     duration: float | None = DEFAULT_DURATION
     requests: int | None = None
@@ -206,6 +207,7 @@ class StormConfig:
             "origins",
             "request_options",
             "endpoint_budgets",
+            "pool_budgets",
             "think",
             "on_start",
             "checks",

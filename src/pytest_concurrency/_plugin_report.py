@@ -20,13 +20,14 @@ from ._baseline.thresholds import Threshold, parse_compare_fail, with_cpu
 from ._baseline.wording import comparison_table, judgement_head, judgement_interval, judgement_line
 from ._errors import ConfigError
 from ._model.result import StormResult
-from ._options import Setting, scale, setting
+from ._options import Setting, add_string_options, scale, setting
 from ._params import Layer
 from ._report._csv import csv_paths, write_csv
 from ._report._json import ensure_writable, machine_info, session_document, write_json
 from ._report._records import StormRecord, as_records
 from ._report._terminal import noise_figures, noise_statement, storm_notes, storms_table
 from ._session import STORMS_KEY
+from ._spec.table import warn_old_threshold_names
 
 __all__ = ["OPTIONS", "STORM_JSON_PROPERTY", "ReportSession", "add_options", "compare_layers"]
 
@@ -54,7 +55,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "compare_fail": (
         "EXPR",
         "fail a storm's test when it regressed against the --concurrency-compare baseline "
-        "beyond EXPR, such as p99:10%,rps:5%,mean:5ms (N% relative, Nms absolute)",
+        "beyond EXPR, such as p99_ms:10%,rps:5%,mean_ms:5ms (N% relative, Nms absolute)",
     ),
     "storage": ("DIR", f"directory of saved baselines (default {DEFAULT_DIRECTORY})"),
 }
@@ -67,17 +68,8 @@ _SAVE_REPLACE_HELP = (
 
 def add_options(parser: pytest.Parser) -> None:
     """Add the report options and their ini twins to the ``concurrency`` group."""
+    add_string_options(parser, OPTIONS)
     group = parser.getgroup("concurrency")
-    for name, (metavar, help_text) in OPTIONS.items():
-        group.addoption(
-            "--concurrency-" + name.replace("_", "-"),
-            dest=f"concurrency_{name}",
-            default=None,
-            metavar=metavar,
-            # argparse %-formats option help (not ini help): "p99:10%" must be escaped there.
-            help=help_text.replace("%", "%%"),
-        )
-        parser.addini(f"concurrency_{name}", help_text, default=None)
     group.addoption(
         "--concurrency-save-replace",
         dest="concurrency_save_replace",
@@ -178,6 +170,7 @@ class ReportSession:
         fail = setting(self.config, "compare_fail")
         # Under --concurrency-control the thresholds are the paired comparison's.
         if fail is not None and setting(self.config, "control") is None:
+            warn_old_threshold_names(str(fail.value), fail.label)
             self.thresholds = with_cpu(parse_compare_fail(str(fail.value), origin=fail.label))
             self.compare_fail_label = fail.label
             if self.compare_with is None:

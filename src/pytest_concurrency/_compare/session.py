@@ -17,13 +17,15 @@ import pytest
 from .._baseline.compare import judgements
 from .._engine.plan import StormPlan
 from .._errors import ConfigError
+from .._model.extras import Comparison
 from .._model.result import StormResult
-from .._options import Setting, setting
+from .._options import Setting, add_string_options, setting
 from .._params import Layer
 from .._plugin_report import ReportSession
 from .._report._markdown import SummaryRow, markdown_summary, write_markdown
 from .._report._records import as_records, comparison_of
 from .._session import STORMS_KEY
+from .._spec.table import warn_old_threshold_names
 from .control import Control, control_path, experiment_path, module_root
 from .paired import (
     Children,
@@ -64,16 +66,7 @@ _ROUND_GRACE = 120.0
 
 def add_options(parser: pytest.Parser) -> None:
     """Add the paired-mode options and their ini twins to the ``concurrency`` group."""
-    group = parser.getgroup("concurrency")
-    for name, (metavar, help_text) in OPTIONS.items():
-        group.addoption(
-            "--concurrency-" + name.replace("_", "-"),
-            dest=f"concurrency_{name}",
-            default=None,
-            metavar=metavar,
-            help=help_text.replace("%", "%%"),
-        )
-        parser.addini(f"concurrency_{name}", help_text, default=None)
+    add_string_options(parser, OPTIONS)
 
 
 def _seconds(found: Setting) -> float:
@@ -129,6 +122,7 @@ class ControlSession:
         )
         fail = setting(self.config, "compare_fail")
         if fail is not None:
+            warn_old_threshold_names(str(fail.value), fail.label)
             self.thresholds = parse_thresholds(str(fail.value), origin=fail.label)
             self.cpu_named = any(
                 item.partition(":")[0].strip() == "cpu" for item in str(fail.value).split(",")
@@ -159,7 +153,7 @@ class ControlSession:
         scale: tuple[float, str] | None,
     ) -> StormResult:
         """Run *plan*'s storm against control and experiment; the experiment's median round,
-        with the comparison in ``extras["comparison"]`` (and a note)."""
+        with the comparison in ``result.comparison`` (and a note)."""
         assert self.control is not None
         option = self.control.option
         if plan.config.server != "inprocess" or plan.config.engine != "native":
@@ -203,11 +197,11 @@ class ControlSession:
     def regression(self, result: StormResult) -> str | None:
         """The failure message when this storm regressed against the control and
         ``--concurrency-compare-fail`` was given."""
-        block = result.extras.get("comparison")
-        if not self.failing or not isinstance(block, dict) or block.get("verdict") != "regressed":
+        block = result.comparison
+        if not self.failing or block is None or not block.regressed:
             return None
-        lines = [f"storm {result.label} regressed: {block['line']}"]
-        for figure in block["figures"]:
+        lines = [f"storm {result.label} regressed: {block.line}"]
+        for figure in block.figures:
             if figure["verdict"] == "regressed":
                 change = figure["change"]
                 lines.append(
@@ -217,7 +211,7 @@ class ControlSession:
                     f"{change['confidence']:.0%} interval of the ratio "
                     f"{change['low']:.3f}…{change['high']:.3f} over {change['pairs']} pairs"
                 )
-        lines.append(f"  rounds in order (A control, B experiment): {block['order']}")
+        lines.append(f"  rounds in order (A control, B experiment): {block.order}")
         return "\n".join(lines)
 
     # -- the Markdown summary ----------------------------------------------------------
@@ -274,9 +268,7 @@ def _import_path(app: Any, option: str) -> str:
 
 def _attach(outcome: PairedOutcome, failing: bool) -> StormResult:
     result = outcome.chosen()
-    block = outcome.to_dict()
-    block["fails"] = failing
-    result.extras["comparison"] = block
+    result.comparison = Comparison.from_dict({**outcome.to_dict(), "fails": failing})
     result.notes.append(outcome.line)
     result.notes.extend(outcome.notes)
     result.rounds = [

@@ -11,7 +11,7 @@ interval says how much.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,11 +54,11 @@ class PairedFigure:
 
 
 def _cpu_us(result: StormResult) -> float:
-    measured = result.extras.get("cpu_contention")
+    measured = result.cpu_contention
     handled = result.requests + result.discarded
-    if not isinstance(measured, Mapping) or not handled:
+    if measured is None or measured.run_s is None or not handled:
         return math.nan
-    return float(measured.get("run_s", math.nan)) * 1e6 / handled
+    return measured.run_s * 1e6 / handled
 
 
 def _blocking(result: StormResult) -> float:
@@ -84,7 +84,7 @@ PAIRED_FIGURES: dict[str, PairedFigure] = {
 }
 
 #: Judged when ``--concurrency-compare-fail`` does not say.
-DEFAULT_THRESHOLDS = "cpu:10%,blocking:50%,p99:10%,rps:10%"
+DEFAULT_THRESHOLDS = "cpu:10%,blocking:50%,p99_ms:10%,rps:10%"
 
 
 def parse_thresholds(expr: str, *, origin: str) -> list[Threshold]:
@@ -131,10 +131,10 @@ IDLE_BUSY = 0.2
 
 def busy_share(result: StormResult) -> float:
     """Share of the round the storm's threads spent running (NaN where not measured)."""
-    measured = result.extras.get("cpu_contention")
-    if not isinstance(measured, Mapping) or not result.duration > 0:
+    measured = result.cpu_contention
+    if measured is None or measured.run_s is None or not result.duration > 0:
         return math.nan
-    return float(measured.get("run_s", math.nan)) / result.duration
+    return measured.run_s / result.duration
 
 
 def figure_values(result: StormResult) -> dict[str, float]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections import Counter, deque
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Coroutine, MutableMapping
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from .._probes.attribution import OwnSteps, current
 from .._tasks import ABANDON_GRACE, TaskSet
 from .._workload import Request
 from .asgi import ASGIApp, AsgiDriver, build_scope
@@ -522,6 +523,9 @@ class AsgiWebSocketDriver:
         self._apps: TaskSet | None = None
         #: App tasks abandoned because they went on after being cancelled at shutdown.
         self.abandoned = 0
+        #: Keep the app's long steps on each connection as its messages' own service, in
+        #: the ledger its task inherits from the user that opened it.
+        self.own_steps = False
 
     def describe(self) -> str:
         """The event loop that serves the connections in-process."""
@@ -575,7 +579,12 @@ class AsgiWebSocketDriver:
             scope["state"] = state.copy()
         error: BaseException | None = None
         try:
-            await self.app(scope, conn.app_receive, conn.app_send)
+            served = self.app(scope, conn.app_receive, conn.app_send)
+            book = current() if self.own_steps else None
+            if book is not None and isinstance(served, Coroutine):
+                await OwnSteps(served, book)
+            else:
+                await served
         except Exception as exc:
             error = exc
         finally:

@@ -445,6 +445,7 @@ class _PoolRound:
         finally:
             dispatched[1] = 1
 
+    # long: the pool's hot loop, kept whole on purpose (below).
     # One frame per thread serves every request: the per-request path (pick, call, check,
     # record, next send) stays in this one loop over locals, since a call per request is
     # a measurable share of a do-nothing app's cost.

@@ -59,24 +59,14 @@ class Inspector:
         chunks: Sequence[bytes] | None,
     ) -> int:
         """Cookies for *user*, a sample of an error body, the checks; the error kind or 0."""
-        response = self._seen(user, status, raw_headers, chunks)
+        response = self.seen(user, status, raw_headers, chunks)
         if not checks:
             return 0
         return self._failed(index, response, checks.judge(response, self.deadline))
 
-    async def alook(
-        self,
-        user: Any,
-        index: int,
-        checks: Checks,
-        status: int,
-        raw_headers: Sequence[Any] | None,
-        chunks: Sequence[bytes] | None,
-    ) -> int:
-        """:meth:`look` on an event loop: ``async def`` checks are awaited."""
-        response = self._seen(user, status, raw_headers, chunks)
-        if not checks:
-            return 0
+    async def ajudged(self, index: int, checks: Checks, response: Response) -> int:
+        """The checks of a response :meth:`seen` on an event loop (``async def`` checks are
+        awaited, each within the deadline); the error kind or 0."""
         return self._failed(index, response, await checks.ajudge(response, self.deadline))
 
     def check_failed(self, error: int) -> bool:
@@ -84,13 +74,14 @@ class Inspector:
         as such, not as the request's timeout)."""
         return error != 0 and self.book.kinds[error] == "CheckFailed"
 
-    def _seen(
+    def seen(
         self,
         user: Any,
         status: int,
         raw_headers: Sequence[Any] | None,
         chunks: Sequence[bytes] | None,
     ) -> Response:
+        """The response as checks read it: *user* takes its cookies, an error body is sampled."""
         body = b"".join(chunks) if chunks else b""
         headers = headers_text(raw_headers or ())
         if user is not None and headers:

@@ -114,12 +114,7 @@ def plan_storm(
 
     *scale* is ``(factor, origin)``: users, rates and durations scaled for a quick run.
     """
-    for name, given in (("method", method), ("path", path)):
-        if given is not None and not isinstance(given, str):
-            raise ConfigError(
-                f"{name}={given!r} (from argument {name}) must be a string, such as "
-                f"{'GET' if name == 'method' else '/'!r}: storm(app, method, path, **params)"
-            )
+    _check_method_and_path(method, path)
     config = resolve(layers)
     if scale is not None and scale[0] != 1:
         config.scaled(*scale)
@@ -136,28 +131,11 @@ def plan_storm(
     named = app if isinstance(app, str) and ":" in app else None
     if named is not None:
         app = import_app(named)
-    if config.interface is not None:
-        if not callable(app):
-            detect_interface(app)  # raises the not-callable error
-        interface: Interface = "asgi" if config.interface == "asgi" else "wsgi"
-    else:
-        interface = detect_interface(app)
+    interface = _interface(app, config)
     server, url = _real_server(app, interface, config, named)
     check_limits(config, interface, real_server=url is not None or server is not None)
     check_clock(config, interface, on_start=config.on_start, is_async_hook=is_async_hook)
-    on_start = config.on_start
-    if on_start is not None:
-        if not callable(on_start):
-            raise ConfigError(
-                f"on_start={on_start!r} (from {config.origin_of('on_start')}) must be a callable "
-                "taking the virtual user"
-            )
-        if config.rate is not None:
-            raise ConfigError(
-                f"on_start (from {config.origin_of('on_start')}) needs the closed model: "
-                "open-model arrivals are not users with a session; use users= or stages="
-            )
-        _check_hook(on_start, config.origin_of("on_start"))
+    _check_on_start(config)
     _check_endpoint_budgets(config, mix)
     checks = parse_checks(config.checks, config.origin_of("checks"))
     if interface == "wsgi" and url is None and server is None:
@@ -166,25 +144,62 @@ def plan_storm(
         _check_locust(config, mix, server, url)
     if method != "WEBSOCKET":  # a WebSocket storm checks its own (``plan_websocket``)
         check_kind(config, storm_kind(config, real_server=url is not None or server is not None))
-    if mix.factory is not None:
-        label = f"templated requests ({mix.labels[0] if mix.labels else '?'} …)"
-    elif len(mix.requests) == 1:
-        label = mix.requests[0].label
-    else:
-        label = f"mix of {len(mix.requests)} requests"
     return StormPlan(
         app,
         interface,
-        config.name or label,
+        config.name or _mix_label(mix),
         named or app_label(app),
         mix,
         config,
         server=server,
         serving=Serving(url=url),
-        on_start=on_start,
+        on_start=config.on_start,
         checks=checks,
         import_string=named,
     )
+
+
+def _check_method_and_path(method: str | None, path: str | None) -> None:
+    for name, given in (("method", method), ("path", path)):
+        if given is not None and not isinstance(given, str):
+            raise ConfigError(
+                f"{name}={given!r} (from argument {name}) must be a string, such as "
+                f"{'GET' if name == 'method' else '/'!r}: storm(app, method, path, **params)"
+            )
+
+
+def _interface(app: Any, config: StormConfig) -> Interface:
+    """The interface the storm was told (``interface=``), else the one the app shows."""
+    if config.interface is None:
+        return detect_interface(app)
+    if not callable(app):
+        detect_interface(app)  # raises the not-callable error
+    return "asgi" if config.interface == "asgi" else "wsgi"
+
+
+def _check_on_start(config: StormConfig) -> None:
+    on_start = config.on_start
+    if on_start is None:
+        return
+    if not callable(on_start):
+        raise ConfigError(
+            f"on_start={on_start!r} (from {config.origin_of('on_start')}) must be a callable "
+            "taking the virtual user"
+        )
+    if config.rate is not None:
+        raise ConfigError(
+            f"on_start (from {config.origin_of('on_start')}) needs the closed model: "
+            "open-model arrivals are not users with a session; use users= or stages="
+        )
+    _check_hook(on_start, config.origin_of("on_start"))
+
+
+def _mix_label(mix: RequestMix) -> str:
+    if mix.factory is not None:
+        return f"templated requests ({mix.labels[0] if mix.labels else '?'} …)"
+    if len(mix.requests) == 1:
+        return mix.requests[0].label
+    return f"mix of {len(mix.requests)} requests"
 
 
 def _refuse_async_checks(checks: Checks, mix: RequestMix, config: StormConfig) -> None:

@@ -35,6 +35,7 @@ from .._errors import StormError
 from .._metrics import ErrorBook, Recorder
 from .._metrics.fold import PoolModel, RunFigures, fold
 from .._metrics.percentile import quantile
+from .._model.extras import Abandoned, ContentionFigures, StartHooks, VirtualClock
 from .._model.probes import ConnectionPoolUsage, LoopLag, PoolUsage
 from .._model.remarks import (
     abandoned_warning,
@@ -64,7 +65,6 @@ __all__ = [
     "execute_pool",
     "finish",
     "harness_cost_us",
-    "merge_start",
     "run_async_round",
     "run_pool_round",
 ]
@@ -147,48 +147,26 @@ class StartRecords:
                 "(timeout_ms)",
             )
 
-    def to_dict(self, users: int) -> dict[str, Any]:
-        """Plain figures for ``result.extras["on_start"]``."""
+    def record(self, users: int) -> StartHooks:
+        """The hooks' figures, for ``result.on_start``."""
         ordered = sorted(self.latencies)
         count = len(ordered)
-        return {
-            "users": users,
-            "requests": count,
-            "failed": sum(self.errors.values())
+        return StartHooks(
+            users=users,
+            requests=count,
+            failed=sum(self.errors.values())
             + sum(n for status, n in self.statuses.items() if status >= 400),
-            "status_counts": dict(self.statuses),
-            "errors": dict(self.errors),
-            "hooks_failed": self.hooks_failed[:5],
-            "hooks_failed_count": len(self.hooks_failed),
-            "hook_errors": dict(self.hook_errors),
-            "example": self.example,
-            "deadline_s": self.deadline,
-            "left_running": self.left_running,
-            "p50_ms": quantile(ordered, 0.5) * 1000 if count else None,
-            "p99_ms": quantile(ordered, 0.99) * 1000 if count else None,
-        }
-
-
-def merge_start(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """One ``extras["on_start"]`` from the shards' (counts added, the slowest percentiles)."""
-    if not parts:
-        return None
-    merged: dict[str, Any] = dict(parts[0])
-    for part in parts[1:]:
-        for key in ("users", "requests", "failed", "hooks_failed_count", "left_running"):
-            merged[key] = int(merged.get(key) or 0) + int(part.get(key) or 0)
-        for key in ("status_counts", "errors", "hook_errors"):
-            total = Counter(merged.get(key) or {})
-            total.update(part.get(key) or {})
-            merged[key] = dict(total)
-        merged["hooks_failed"] = [*merged.get("hooks_failed", []), *part.get("hooks_failed", [])][
-            :5
-        ]
-        merged["example"] = merged.get("example") or part.get("example", "")
-        for key in ("p50_ms", "p99_ms"):
-            values = [v for v in (merged.get(key), part.get(key)) if v is not None]
-            merged[key] = max(values) if values else None
-    return merged
+            status_counts=dict(self.statuses),
+            errors=dict(self.errors),
+            hooks_failed=tuple(self.hooks_failed[:5]),
+            hooks_failed_count=len(self.hooks_failed),
+            hook_errors=dict(self.hook_errors),
+            example=self.example,
+            deadline_s=self.deadline,
+            left_running=self.left_running,
+            p50_ms=quantile(ordered, 0.5) * 1000 if count else None,
+            p99_ms=quantile(ordered, 0.99) * 1000 if count else None,
+        )
 
 
 #: Start hooks that run at once (a login storm before the storm would distort nothing
@@ -372,7 +350,14 @@ class RoundOutput:
     connection_pools: list[ConnectionPoolUsage] = field(default_factory=list)
     stuck_threads: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    extras: dict[str, Any] = field(default_factory=dict)
+    #: What the round noticed beside its figures (see :class:`StormResult`'s records).
+    on_start: StartHooks | None = None
+    samples: dict[int, str] | None = None
+    clock: VirtualClock | None = None
+    #: The virtual clock's notes, for the result's notes.
+    clock_notes: list[str] = field(default_factory=list)
+    abandoned: Abandoned | None = None
+    cpu_contention: ContentionFigures | None = None
 
     @property
     def cpu_share(self) -> float | None:
@@ -382,23 +367,51 @@ class RoundOutput:
 
 
 def _round_remarks(
-    extras: dict[str, Any],
+    output: RoundOutput,
     runner: AsyncRunner,
     driver: AsyncDriver | WebSocketDriver,
     config: StormConfig,
-) -> list[str]:
+) -> None:
     """Put a finished async round's error-body samples, virtual clock and abandoned tasks
-    in *extras*; the warnings they call for."""
+    on *output*, with the warnings they call for."""
     if runner.inspector.samples.by_status:
-        extras["samples"] = dict(runner.inspector.samples.by_status)
-    warnings: list[str] = []
+        output.samples = dict(runner.inspector.samples.by_status)
     if config.clock == "virtual":
-        extras["clock"], warnings = virtual_report()
+        output.clock, output.clock_notes, warnings = virtual_report()
+        output.warnings.extend(warnings)
     abandoned = runner.tasks.abandoned + getattr(driver, "abandoned", 0)
     if abandoned:
-        extras["abandoned"] = {"tasks": abandoned, "grace_s": ABANDON_GRACE}
-        warnings.append(abandoned_warning(abandoned, ABANDON_GRACE))
-    return warnings
+        output.abandoned = Abandoned(abandoned, ABANDON_GRACE)
+        output.warnings.append(abandoned_warning(abandoned, ABANDON_GRACE))
+
+
+async def _started_users(
+    plan: StormPlan, http: AsyncDriver | None
+) -> tuple[list[User] | None, StartHooks | None]:
+    """The users of an HTTP round with start hooks, their hooks run; (None, None) without."""
+    if plan.on_start is None or http is None:
+        return None, None
+    count = Schedule(plan.config, 0.0).users
+    users, started = await _start_users_async(plan, http, count)
+    return users, started.record(count)
+
+
+def _runner(
+    plan: StormPlan,
+    schedule: Schedule,
+    recorders: list[Recorder] | None,
+    http: AsyncDriver | None,
+    users: list[User] | None,
+    factory: RunnerFactory | None,
+) -> AsyncRunner:
+    """The runner of an async round: *factory*'s, else the HTTP driver's."""
+    if factory is not None:
+        return factory(schedule, recorders)
+    if http is None:
+        raise StormError("a driver given to execute_async() needs its runner_factory")
+    return AsyncRunner(
+        schedule, http, plan.mix, recorders=recorders, users=users, checks=plan.checks
+    )
 
 
 async def execute_async(
@@ -416,7 +429,8 @@ async def execute_async(
     if driver is None:
         http = driver = async_driver(plan)
     timeout = config.timeout_ms / 1000
-    extras: dict[str, Any] = {}
+    on_start: StartHooks | None = None
+    contended: ContentionFigures | None = None
     runner: AsyncRunner | None = None
     failure: StormError | None = None
     figures: RunFigures | None = None
@@ -427,11 +441,7 @@ async def execute_async(
         try:
             await driver.startup(lifespan_group, timeout=max(timeout, 10.0))
             # Lifespan is not monitored: only the storm itself.
-            users: list[User] | None = None
-            if plan.on_start is not None and http is not None:
-                count = Schedule(config, 0.0).users
-                users, started = await _start_users_async(plan, http, count)
-                extras["on_start"] = started.to_dict(count)
+            users, on_start = await _started_users(plan, http)
             async with AsyncExitStack() as stack:
                 # In-process only: behind a real server these would watch the client
                 # (storm.py runs the same probes inside the server's workers instead).
@@ -446,25 +456,13 @@ async def execute_async(
                     probe = await stack.enter_async_context(ThreadPoolProbe())
                 schedule = Schedule(config, await origin())
                 recorders = live.recorders if live is not None else None
-                if runner_factory is not None:
-                    runner = runner_factory(schedule, recorders)
-                elif http is not None:
-                    runner = AsyncRunner(
-                        schedule,
-                        http,
-                        plan.mix,
-                        recorders=recorders,
-                        users=users,
-                        checks=plan.checks,
-                    )
-                else:
-                    raise StormError("a driver given to execute_async() needs its runner_factory")
+                runner = _runner(plan, schedule, recorders, http, users, runner_factory)
                 runner.own_steps = monitor is not None
                 if live is not None:
                     live.in_flight = lambda: len(runner.slots)
                 contention = CpuContention().start() if config.clock == "wall" else None
                 figures = await runner.run()
-                _note_contention(extras, contention)
+                contended = _contention(contention)
         except StormError as exc:
             # Raised after the task group, so that callers see the error itself rather
             # than an exception group.
@@ -482,16 +480,17 @@ async def execute_async(
         raise StormError("the storm ended without figures")
     if monitor is not None:
         figures.stalls = monitor.stall_spans()
-    warnings = _round_remarks(extras, runner, driver, config)
-    return RoundOutput(
+    output = RoundOutput(
         figures,
         driver.describe(),
         loop_lag=monitor.result if monitor is not None else None,
         thread_pools=list(probe.result or []) if probe is not None else [],
         connection_pools=list(connections.result) if connections is not None else [],
-        warnings=warnings,
-        extras=extras,
+        on_start=on_start,
+        cpu_contention=contended,
     )
+    _round_remarks(output, runner, driver, config)
+    return output
 
 
 async def run_async_round(plan: StormPlan, live: LiveFigures | None = None) -> StormResult:
@@ -501,7 +500,7 @@ async def run_async_round(plan: StormPlan, live: LiveFigures | None = None) -> S
     if plan.config.clock == "virtual":
         # The loop thread's CPU over virtual seconds says nothing about saturation.
         result.loop_cpu_share = None
-        result.notes.extend(result.extras["clock"].pop("notes", []))
+        result.notes.extend(output.clock_notes)
     if result.loop_cpu_share is not None and result.loop_cpu_share >= _SATURATED_CPU:
         await _warn_harness_bound(result, output.figures.cpu)
     return result
@@ -526,12 +525,12 @@ def execute_pool(
                 return mix.intern(request.label), request
 
         build = build_request
-    extras: dict[str, Any] = {}
+    on_start: StartHooks | None = None
     users: list[User] | None = None
     if plan.on_start is not None:
         count = Schedule(config, 0.0).users
         users, started = _start_users_sync(plan, driver, count)
-        extras["on_start"] = started.to_dict(count)
+        on_start = started.record(count)
     inspector = Inspector(
         book, plan.mix, plan.checks, users is not None, deadline=config.timeout_ms / 1000
     )
@@ -549,9 +548,7 @@ def execute_pool(
             inspector=inspector,
             watch=contention.watch,
         )
-    _note_contention(extras, contention)
-    if inspector.samples.by_status:
-        extras["samples"] = dict(inspector.samples.by_status)
+    contended = _contention(contention)
     wall = perf_counter() - wall_before
     figures = RunFigures(
         Recorder.merge(run.recorders),
@@ -570,14 +567,15 @@ def execute_pool(
         pool=PoolModel(description, pool.size),
         connection_pools=connections.result,
         stuck_threads=run.stuck_threads,
-        extras=extras,
+        on_start=on_start,
+        samples=dict(inspector.samples.by_status) if inspector.samples.by_status else None,
+        cpu_contention=contended,
     )
 
 
-def _note_contention(extras: dict[str, Any], contention: CpuContention | None) -> None:
+def _contention(contention: CpuContention | None) -> ContentionFigures | None:
     measured = contention.stop() if contention is not None else None
-    if measured is not None:
-        extras["cpu_contention"] = measured.to_dict()
+    return measured.record() if measured is not None else None
 
 
 def run_pool_round(plan: StormPlan, live: LiveFigures | None = None) -> StormResult:
@@ -603,10 +601,17 @@ def finish(plan: StormPlan, output: RoundOutput) -> StormResult:
     result.connection_pools = list(output.connection_pools)
     result.loop_cpu_share = output.cpu_share
     result.warnings.extend(output.warnings)
-    result.extras.update(output.extras)
-    contention = output.extras.get("cpu_contention")
-    if contention and contention["wait_share"] >= _CONTENDED:
-        result.notes.append(contention_note(contention["wait_share"], contention["wait_s"]))
+    result.on_start = output.on_start
+    result.samples = output.samples
+    result.clock = output.clock
+    result.abandoned = output.abandoned
+    result.cpu_contention = contention = output.cpu_contention
+    if (
+        contention is not None
+        and contention.wait_share is not None
+        and contention.wait_share >= _CONTENDED
+    ):
+        result.notes.append(contention_note(contention.wait_share, contention.wait_s or 0.0))
     busy = result.loop_cpu_share
     if output.pool is not None and busy is not None and busy >= _SATURATED_CPU:
         result.notes.append(gil_note(busy))

@@ -220,8 +220,10 @@ class AsyncRunner:
                 # The response is in: an async check is held to its own deadline, not the
                 # request's timeout (which would record it as a timeout, unnamed).
                 slot.since = 0.0
-                error = await self.inspector.alook(
-                    slot.user, index, checks, status, exchange.headers, exchange.body
+                error = await self.inspector.ajudged(
+                    index,
+                    checks,
+                    self.inspector.seen(slot.user, status, exchange.headers, exchange.body),
                 )
             elif exchange.headers is not None:
                 error = self.inspector.look(

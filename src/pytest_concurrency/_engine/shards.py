@@ -39,12 +39,13 @@ from hdrh.histogram import HdrHistogram
 from .._errors import StormError
 from .._metrics import ErrorBook, Recorder
 from .._metrics.fold import PoolModel, RunFigures
+from .._model.extras import ShardFigures, ShardShare, StartHooks
 from .._model.remarks import idle_shards_note
 from .._model.result import StormResult
 from .._params import StormConfig
 from .._spec.table import PARAMS
 from .plan import LiveFigures, StormPlan
-from .rounds import RoundOutput, execute_async, execute_pool, finish, merge_start
+from .rounds import RoundOutput, execute_async, execute_pool, finish
 from .schedule import Schedule
 
 __all__ = ["live_shards", "run_sharded_round", "shard_configs"]
@@ -293,19 +294,19 @@ def run_sharded_round(plan: StormPlan, live: LiveFigures | None = None) -> Storm
         window_deadline = _deadline(configs[0], origin)
         outputs: list[RoundOutput] = _receive(started, "done", window_deadline + _RETURN_GRACE)
     result = finish(plan, _merge(outputs, len(plans)))
-    result.extras["shards"] = {
-        "processes": len(plans),
-        "start_method": "fork",
-        "startup_s": startup,
-        "per_shard": [
-            {
-                "requests": len(output.figures.rec),
-                "cpu_share": output.cpu_share,
-                "loop_lag_max_ms": output.loop_lag.max_ms if output.loop_lag else None,
-            }
+    result.shards = ShardFigures(
+        processes=len(plans),
+        start_method="fork",
+        startup_s=startup,
+        per_shard=tuple(
+            ShardShare(
+                requests=len(output.figures.rec),
+                cpu_share=output.cpu_share,
+                loop_lag_max_ms=output.loop_lag.max_ms if output.loop_lag else None,
+            )
             for output in outputs
-        ],
-    }
+        ),
+    )
     if len(plans) < plan.config.processes:
         result.notes.append(idle_shards_note(plan.config.processes, len(plans)))
     return result
@@ -317,11 +318,12 @@ def _deadline(config: StormConfig, origin: float) -> float:
 
 def _merge(outputs: list[RoundOutput], n: int) -> RoundOutput:
     """One output from the shards': records concatenated on the shared clock, error kinds
-    renumbered, the worst loop lag, every pool."""
+    renumbered, each shard's loop stalls for its own requests, the worst loop lag, every pool."""
     book = ErrorBook()
     merged = Recorder()
     cpu = wall = 0.0
     dropped: list[float] = []
+    loops: list[tuple[int, list[tuple[float, float]]]] = []
     for output in outputs:
         figures = output.figures
         shard_book = figures.book
@@ -329,6 +331,8 @@ def _merge(outputs: list[RoundOutput], n: int) -> RoundOutput:
             book.adopt(kind, example)
             for kind, example in zip(shard_book.kinds[1:], shard_book.examples[1:], strict=True)
         ]
+        # A shard's loop stalls held its own requests only: kept with where they start.
+        loops.append((len(merged), figures.stalls))
         merged.extend(figures.rec, remap)
         cpu = max(cpu, figures.cpu)
         wall = max(wall, figures.wall)
@@ -343,6 +347,7 @@ def _merge(outputs: list[RoundOutput], n: int) -> RoundOutput:
         sorted(dropped),
         _sum_in_flight([o.figures.in_flight for o in outputs]),
         first.figures.profile,
+        loops=loops,
     )
     lags = [o.loop_lag for o in outputs if o.loop_lag is not None]
     pools = []
@@ -367,14 +372,9 @@ def _merge(outputs: list[RoundOutput], n: int) -> RoundOutput:
         connection_pools=connections,
         stuck_threads=[t for o in outputs for t in o.stuck_threads],
         warnings=[w for o in outputs for w in o.warnings],
-        extras=_merged_extras(outputs),
+        # Start hooks ran in every shard: a failure in any of them fails the storm.
+        on_start=StartHooks.merged([o.on_start for o in outputs if o.on_start is not None]),
     )
-
-
-def _merged_extras(outputs: list[RoundOutput]) -> dict[str, Any]:
-    # Start hooks ran in every shard: a failure in any of them fails the storm.
-    start = merge_start([o.extras["on_start"] for o in outputs if "on_start" in o.extras])
-    return {"on_start": start} if start is not None else {}
 
 
 def _sum_in_flight(shards: list[list[tuple[float, int]]]) -> list[tuple[float, int]]:

@@ -22,9 +22,10 @@ from typing import Any, cast
 import anyio
 import anyio.to_thread
 
-from .._budget import completed, evaluate, evaluate_endpoint
+from .._budget import completed, evaluate, evaluate_endpoint, evaluate_pool
 from .._errors import ConfigError
 from .._locust import build_locustfile, read_back, run_locust
+from .._model.extras import ServerProbes
 from .._model.remarks import (
     client_bound_warning,
     dropped_arrivals_warning,
@@ -272,7 +273,7 @@ def _served(plan: StormPlan) -> Iterator[StormPlan]:
             yield plan
         return
     spec = plan.server
-    if PROBED_BUDGETS & set(plan.config.budgets):
+    if PROBED_BUDGETS & set(plan.config.budgets) or plan.config.pool_budgets:
         spec = dataclasses.replace(spec, probes=True)
     # The http:// routes are answered here, on loopback, for the server's processes too:
     # their calls are counted where the storm reads its figures.
@@ -365,7 +366,7 @@ def _sampled(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResult]]:
 
 def _with_probes(result: StormResult, report: ProbeReport) -> StormResult:
     """The figures the workers' probes sent back, or why there are none (never a pass)."""
-    result.extras["server_probes"] = report.to_dict()
+    result.server_probes = report.record()
     if report.complete:
         result.loop_lag = report.loop_lag
         result.thread_pools = report.thread_pools
@@ -385,19 +386,13 @@ def _with_probes(result: StormResult, report: ProbeReport) -> StormResult:
 def _without_probes(result: StormResult, running: RunningServer) -> StormResult:
     """Say why a WSGI app behind a real server has no loop or thread-pool figures."""
     reason = server_probes_not_applicable(running.describe())
-    result.extras["server_probes"] = {
-        "where": None,
-        "workers": [],
-        "measured": False,
-        "missing": {},
-        "reason": reason,
-    }
+    result.server_probes = ServerProbes(where=None, measured=False, reason=reason)
     result.notes.append(reason)
     return result
 
 
 def _with_usage(result: StormResult, usage: ResourceUsage) -> StormResult:
-    result.extras["server_usage"] = usage.to_dict()
+    result.server_usage = usage
     if usage.client_cpu_mean >= _CLIENT_BOUND:
         result.warnings.append(client_bound_warning(usage.client_cpu_mean, usage.server_cpu_mean))
     return result
@@ -427,13 +422,13 @@ def _round_entry(result: StormResult) -> dict[str, Any]:
         "rps": result.throughput,
         "error_rate": result.error_rate,
     }
-    contention = result.extras.get("cpu_contention")
-    if contention and "slowdown" in contention:
-        entry["cpu_slowdown"] = contention["slowdown"]
+    contention = result.cpu_contention
+    if contention is not None and contention.slowdown is not None:
+        entry["cpu_slowdown"] = contention.slowdown
     handled = result.requests + result.discarded
-    if contention and contention.get("run_s") and handled:
+    if contention is not None and contention.run_s and handled:
         # CPU µs the storm's threads ran per request: what a busy machine moves least.
-        entry["cpu"] = float(contention["run_s"]) * 1e6 / handled
+        entry["cpu"] = contention.run_s * 1e6 / handled
     return entry
 
 
@@ -456,8 +451,10 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
         chosen.notes.append(rounds_note(config.aggregate, p99s, rps))
     if config.scale is not None:
         chosen.notes.append(scale_note(config.scale))
-        chosen.extras["scale"] = config.scale
-    chosen.verdicts = judge_budgets(chosen, config.budgets, config.endpoint_budgets)
+        chosen.scale = config.scale
+    chosen.verdicts = judge_budgets(
+        chosen, config.budgets, config.endpoint_budgets, config.pool_budgets
+    )
     if chosen.knee is not None:
         knee = chosen.knee
         chosen.notes.append(
@@ -473,9 +470,10 @@ def judge_budgets(
     result: StormResult,
     budgets: Mapping[str, float],
     endpoint_budgets: Mapping[str, Mapping[str, float]] | None = None,
+    pool_budgets: Mapping[str, Mapping[str, float]] | None = None,
 ) -> list[Verdict]:
     """The verdicts of every storm, whatever fired it: its budgets, the default error budget,
-    failed start hooks and the per-endpoint budgets."""
+    failed start hooks, the per-endpoint budgets and those of named pools."""
     budgets = dict(budgets)
     if "max_error_rate" not in budgets and (result.failed or not completed(result)):
         # Like Locust's exit code: any failed request fails a storm that set no error budget.
@@ -483,12 +481,14 @@ def judge_budgets(
         # fails it as not measured, rather than passing on nothing.
         budgets["max_error_rate"] = 0.0
     verdicts = evaluate(result, budgets)
-    hooks_failed = int((result.extras.get("on_start") or {}).get("hooks_failed_count") or 0)
+    hooks_failed = result.on_start.hooks_failed_count if result.on_start is not None else 0
     if hooks_failed:
         # As in Locust, a user whose start hook failed fails, and so does its storm.
         verdicts.append(Verdict("on_start", 0.0, float(hooks_failed), False))
     for endpoint, limits in (endpoint_budgets or {}).items():
         verdicts.extend(evaluate_endpoint(result, endpoint, limits))
+    for pool, limits in (pool_budgets or {}).items():
+        verdicts.extend(evaluate_pool(result, pool, limits))
     return verdicts
 
 
@@ -609,7 +609,7 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
     for result in results:
         result.refused_egress = tally(refused)
         if waits.async_waits.count or waits.blocking_waits.count:
-            result.extras["simulated_waits"] = waits.to_dict()
+            result.simulated_waits = waits.record()
         routes: dict[str, Any] = {}
         for upstream in UPSTREAMS:
             for name, stats in upstream.stats().items():
@@ -626,7 +626,7 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
             if missed:
                 result.warnings.append(undeclared_upstream_warning(missed, upstream.undeclared))
         if routes:
-            result.extras["upstream"] = routes
+            result.upstream = routes
             _warn_uncalled(result, routes)
 
 

@@ -4,7 +4,7 @@ A closed-model user is a :class:`User`: its ``index``, a ``state`` dict of its o
 cookie jar (``Set-Cookie`` honoured, sent back on every later request) and default
 headers. An ``on_start(user)`` hook runs once per user before the round starts — a
 login, typically — through the same driver as the storm; its requests are recorded
-apart (``result.extras["on_start"]``), not mixed into the storm's figures. Request
+apart (``result.on_start``), not mixed into the storm's figures. Request
 factories receive the user itself as their first argument: it is also the user's
 index (an ``int``), so ``factory(user, iteration)`` may read ``user.state``.
 

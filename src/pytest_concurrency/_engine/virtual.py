@@ -35,6 +35,7 @@ from typing import Any
 
 from .. import _clock as clock
 from .._errors import ConfigError
+from .._model.extras import VirtualClock
 from .._model.remarks import virtual_clock_notes, virtual_uncharged_warning
 
 __all__ = [
@@ -325,27 +326,26 @@ def loop_factory() -> asyncio.AbstractEventLoop:
     return VirtualClockLoop()
 
 
-def virtual_report() -> tuple[dict[str, Any], list[str]]:
-    """What a virtual round charged and left out (``result.extras["clock"]``), and warnings."""
+def virtual_report() -> tuple[VirtualClock, list[str], list[str]]:
+    """What a virtual round charged and left out (``result.clock``), its notes and warnings."""
     loop = asyncio.get_running_loop()
     if not isinstance(loop, VirtualClockLoop):  # pragma: no cover - a virtual round's loop
-        return {"clock": "virtual"}, []
+        return VirtualClock(), [], []
     elapsed = loop.time() - loop.started
-    note = {
-        "clock": "virtual",
-        "virtual_seconds": round(elapsed, 6),
-        "charged_ms": round(loop.charged * 1000, 3),
-        "uncharged_ms": round(loop.uncharged * 1000, 3),
-        "charge_floor_ms": CHARGE_FLOOR * 1000,
-        "notes": virtual_clock_notes(CHARGE_FLOOR * 1000),
-    }
+    note = VirtualClock(
+        virtual_seconds=round(elapsed, 6),
+        charged_ms=round(loop.charged * 1000, 3),
+        uncharged_ms=round(loop.uncharged * 1000, 3),
+        charge_floor_ms=CHARGE_FLOOR * 1000,
+    )
+    notes = virtual_clock_notes(CHARGE_FLOOR * 1000)
     warnings = []
     share = loop.uncharged / elapsed if elapsed > 0 else 0.0
     if share >= _UNCHARGED_WARN:
         warnings.append(
             virtual_uncharged_warning(loop.uncharged * 1000, CHARGE_FLOOR * 1000, share)
         )
-    return note, warnings
+    return note, notes, warnings
 
 
 def loop_options(plan: Any) -> dict[str, Any]:

@@ -62,9 +62,11 @@ from .._metrics import (
     record_many,
 )
 from .._metrics.fold import RunFigures
+from .._model.extras import WebSocketConnections
 from .._model.remarks import shared_loop_warning, unmatched_messages_note
 from .._model.result import StormResult, Verdict
 from .._params import WEBSOCKET_BUDGETS, WEBSOCKET_NAMES, Layer, budget_limit
+from .._probes.attribution import Ledger, bind
 from .._spec.table import PARAMS
 from .._workload import RequestMix
 from .interrupts import app_interrupt
@@ -162,21 +164,21 @@ class WebSocketResult(StormResult):
             f"{'passed' if self.passed else 'FAILED'}>"
         )
 
-    def websocket_figures(self) -> dict[str, Any]:
-        """The WebSocket figures as plain data (kept in ``extras["websocket"]`` for reports)."""
-        return {
-            "connect": {k: _finite(v) for k, v in self.connect.to_dict().items()},
-            "connections": self.connections,
-            "refused": self.refused,
-            "peak_connections": self.peak_connections,
-            "held_connections": self.held_connections,
-            "disconnects": self.disconnects,
-            "disconnect_rate": self.disconnect_rate,
-            "close_codes": {str(k): v for k, v in sorted(self.close_codes.items())},
-            "server_messages": self.server_messages,
-            "unmatched": self.unmatched,
-            "listeners": self.listeners,
-        }
+    def websocket_figures(self) -> WebSocketConnections:
+        """The WebSocket figures as reports read them (``result.websocket``)."""
+        return WebSocketConnections(
+            connect={k: _finite(v) for k, v in self.connect.to_dict().items()},
+            connections=self.connections,
+            refused=self.refused,
+            peak_connections=self.peak_connections,
+            held_connections=self.held_connections,
+            disconnects=self.disconnects,
+            disconnect_rate=self.disconnect_rate,
+            close_codes={str(k): v for k, v in sorted(self.close_codes.items())},
+            server_messages=self.server_messages,
+            unmatched=self.unmatched,
+            listeners=self.listeners,
+        )
 
 
 def _finite(value: float | int) -> float | int | None:
@@ -519,9 +521,19 @@ class WebSocketRunner(AsyncRunner):
         self.connections += 1
         return _Client(conn, user)
 
+    def ledger(self, slot: Slot) -> Ledger | None:
+        """The ledger of the slot's user, bound to its task before its connection opens: the
+        app's task for the connection inherits it, and charges its waits to the message."""
+        book = slot.book
+        if book is None and self.attributing:
+            book = slot.book = Ledger()
+            bind(book)
+        return book
+
     async def serve(self, slot: Slot, intended: float, user: int) -> float:
         """Send one message on the slot's connection (opened first if needed) and record its
         round trip; return when it completed."""
+        book = self.ledger(slot)
         client: _Client | None = slot.conn
         if client is None or not client.conn.open:
             opened = await self.open(slot, intended, user)
@@ -537,6 +549,8 @@ class WebSocketRunner(AsyncRunner):
         if perf_counter() - intended >= self.timeout:
             self.record_timeout(slot, intended)
             return intended + self.timeout
+        if book is not None:
+            book.entries.clear()  # the handshake's and the last message's are not this one's
         slot.since = intended
         slot.exchange = conn
         room = self.room
@@ -575,8 +589,12 @@ class WebSocketRunner(AsyncRunner):
         finally:
             if delivery is not None and room is not None:
                 room.forget(delivery)
-        if not done:
-            done = perf_counter()
+        return self.settle(slot, intended, done or perf_counter(), status, error, book)
+
+    def settle(
+        self, slot: Slot, intended: float, done: float, status: int, error: int, book: Ledger | None
+    ) -> float:
+        """Record the message that ended at *done*, with the waits charged to it."""
         slot.since = 0.0
         if slot.timed_out:
             return done  # the monitor counted it at its deadline
@@ -585,10 +603,16 @@ class WebSocketRunner(AsyncRunner):
         if latency >= self.timeout:
             status, error, latency, first = STATUS_TIMEOUT, self.timeout_kind, self.timeout, 0.0
         self.record(intended, latency, first, status, error, 0)
+        if book is not None and book.entries:
+            self.rec.add_waits(book.entries, self.origin)
         return done
 
     async def run(self) -> RunFigures:
         """Run the round; the figures carry the connections' too."""
+        if isinstance(self.ws, AsgiWebSocketDriver):
+            # The app's own long steps are each message's service (set once a loop monitor
+            # runs): a loop stall a message's handler caused is not its wait for the loop.
+            self.ws.own_steps = self.own_steps
         figures = await super().run()
         counts = self.ws.counts
         return WebSocketFigures(
@@ -689,7 +713,7 @@ def _websocket_result(
     if figures.unmatched:
         ws.notes.append(unmatched_messages_note(figures.unmatched, figures.unmatched_example))
     ws.histograms["connect"] = histogram
-    ws.extras["websocket"] = ws.websocket_figures()
+    ws.websocket = ws.websocket_figures()
     return ws
 
 

@@ -41,6 +41,7 @@ from typing import Any
 
 from .._errors import ConfigError, StormError
 from .._metrics import ErrorSummary, LatencyStats, latency_stats, new_histogram, record_many
+from .._model.extras import LocustInvocation
 from .._model.remarks import LOCUST_NOTES, locust_no_status_warning
 from .._model.result import EndpointStats, StormResult, TimelinePoint
 from .locustfile import REPORT_FILE_ENV, USER_CLASS, Locustfile
@@ -615,6 +616,43 @@ def _errors(
     return dict(sorted(errors.items(), key=lambda item: -item[1].count)), timeouts
 
 
+def _endpoints(
+    entries: list[LocustEntry], duration: float, histograms: dict[str, Any]
+) -> dict[str, EndpointStats]:
+    """Each Locust entry's figures (its histogram added to *histograms*)."""
+    endpoints: dict[str, EndpointStats] = {}
+    for entry in entries:
+        key = entry.label if entry.label not in endpoints else f"{entry.method} {entry.label}"
+        stats, h = _stats(
+            entry.response_times, entry.total_ms, entry.requests, entry.min_ms, entry.max_ms
+        )
+        rps = entry.requests / duration if duration > 0 else 0.0
+        endpoints[key] = EndpointStats(key, entry.requests, entry.failures, stats, rps)
+        histograms[f"latency:{key}"] = h
+    return endpoints
+
+
+def _timeline(entries: list[LocustEntry]) -> list[TimelinePoint]:
+    """Requests and failures per second (Locust keeps no per-second latency)."""
+    per_second: Counter[int] = Counter()
+    bad_per_second: Counter[int] = Counter()
+    for entry in entries:
+        per_second.update(entry.per_second)
+        bad_per_second.update(entry.failures_per_second)
+    seconds = sorted(per_second.keys() | bad_per_second.keys())
+    return [
+        TimelinePoint(
+            second=second - seconds[0],
+            requests=per_second[second],
+            errors=bad_per_second[second],
+            p50=math.nan,
+            p99=math.nan,
+            max=math.nan,
+        )
+        for second in seconds
+    ]
+
+
 def read_back(run: LocustRun, *, label: str = "locust storm") -> StormResult:
     """Build a :class:`StormResult` from a Locust run's statistics."""
     entries = [e for e in run.entries if e.requests or e.failures]
@@ -640,37 +678,9 @@ def read_back(run: LocustRun, *, label: str = "locust storm") -> StormResult:
     )
     histograms = {"latency": histogram}
 
-    endpoints: dict[str, EndpointStats] = {}
-    for entry in entries:
-        key = entry.label if entry.label not in endpoints else f"{entry.method} {entry.label}"
-        stats, h = _stats(
-            entry.response_times, entry.total_ms, entry.requests, entry.min_ms, entry.max_ms
-        )
-        rps = entry.requests / duration if duration > 0 else 0.0
-        endpoints[key] = EndpointStats(key, entry.requests, entry.failures, stats, rps)
-        histograms[f"latency:{key}"] = h
-
+    endpoints = _endpoints(entries, duration, histograms)
     errors, timeouts = _errors(run.failures, entries)
-
-    timeline: list[TimelinePoint] = []
-    per_second: Counter[int] = Counter()
-    bad_per_second: Counter[int] = Counter()
-    for entry in entries:
-        per_second.update(entry.per_second)
-        bad_per_second.update(entry.failures_per_second)
-    if per_second or bad_per_second:
-        first = min(per_second.keys() | bad_per_second.keys())
-        for second in sorted(per_second.keys() | bad_per_second.keys()):
-            timeline.append(
-                TimelinePoint(
-                    second=second - first,
-                    requests=per_second[second],
-                    errors=bad_per_second[second],
-                    p50=math.nan,
-                    p99=math.nan,
-                    max=math.nan,
-                )
-            )
+    timeline = _timeline(entries)
 
     single = len(entries) == 1
     method = entries[0].method.upper() if single else "MIX"
@@ -716,9 +726,5 @@ def read_back(run: LocustRun, *, label: str = "locust storm") -> StormResult:
     result.notes.extend(LOCUST_NOTES)
     if not run.status_counts and requests:
         result.warnings.append(locust_no_status_warning(USER_CLASS))
-    result.extras["locust"] = {
-        "version": run.version,
-        "command": run.command,
-        "elapsed": run.elapsed,
-    }
+    result.locust = LocustInvocation(run.version, tuple(run.command), run.elapsed)
     return result

@@ -53,12 +53,15 @@ def attribute(
     labels: Sequence[str],
     measure_from_us: int,
     histogram: HdrHistogram | None = None,
+    loops: Sequence[tuple[int, Sequence[tuple[float, float]]]] = (),
 ) -> Attribution | None:
     """The breakdown of the bands and the slowest requests among the *keep* indices.
 
     *stalls* are the loop monitor's ``(start, end)`` on the round's clock; *pool* names the
     WSGI pool whose queue wait is a ``worker`` wait (None: no queue recorded); *histogram*
-    holds the kept latencies (µs), made here when not given.
+    holds the kept latencies (µs), made here when not given. *loops*, for records from
+    several processes (shards) each with its own loop, replaces *stalls*: each process's
+    first record and its loop's stalls, which held only that process's requests.
     """
     if not keep:
         return None
@@ -76,9 +79,12 @@ def attribute(
     for row, at in enumerate(rec.wait_at):
         if at in wanted:
             rows[at].append(row)
-    spans = [(int((a - origin) * 1e6), int((b - origin) * 1e6)) for a, b in stalls]
-    ends = array("q", (b for _, b in spans))
-    parts = {i: _take_apart(rec, i, rows.get(i, ()), spans, ends, pool) for i in wanted}
+    groups = [(first, _spans(held, origin)) for first, held in loops or [(0, stalls)]]
+    firsts = [first for first, _ in groups]
+    parts = {}
+    for i in wanted:
+        spans, ends = groups[max(0, bisect.bisect_right(firsts, i) - 1)][1]
+        parts[i] = _take_apart(rec, i, rows.get(i, ()), spans, ends, pool)
     bands = tuple(
         _band(label, [(lats[i], parts[i]) for i in band]) for label, band in chosen.items() if band
     )
@@ -93,6 +99,14 @@ def attribute(
         for i in slowest
     )
     return Attribution(bands, exemplars)
+
+
+def _spans(
+    stalls: Sequence[tuple[float, float]], origin: float
+) -> tuple[list[tuple[int, int]], array[int]]:
+    """Stalls in µs from the origin, and their ends (for a bisect)."""
+    spans = [(int((a - origin) * 1e6), int((b - origin) * 1e6)) for a, b in stalls]
+    return spans, array("q", (b for _, b in spans))
 
 
 #: Slack around the histogram's values (3 significant digits: buckets of at most 0.1 %).

@@ -23,6 +23,7 @@ from .percentile import quantile
 from .records import (
     STATUS_TIMEOUT,
     ErrorBook,
+    ErrorSummary,
     LatencyStats,
     Moments,
     Recorder,
@@ -64,6 +65,9 @@ class RunFigures:
     #: Loop stalls seen by a loop monitor, ``(start, end)`` on the round's clock: the
     #: requests in flight meanwhile waited for the loop.
     stalls: list[tuple[float, float]] = field(default_factory=list)
+    #: Records of several processes, each with its own loop (shards): each one's first
+    #: record and its loop's stalls (which held its requests only), in place of ``stalls``.
+    loops: list[tuple[int, list[tuple[float, float]]]] = field(default_factory=list)
 
 
 def fold(
@@ -72,58 +76,38 @@ def fold(
     """Fold one round's records into a :class:`StormResult` (budgets not yet judged)."""
     config = plan.config
     rec, book, window = figures.rec, figures.book, figures.window
-    n = len(rec)
-    lats = rec.latency
     measure_from_us = int((window.measure_from - window.origin) * 1e6)
     keep = _kept(rec, measure_from_us, config.warmup_requests)
-    discarded = n - len(keep)
 
-    latency_h, ttfb_h = new_histogram(), new_histogram()
-    latency_m = record_many(latency_h, (lats[i] for i in keep))
-    ttfbs = rec.ttfb
-    ttfb_m = record_many(ttfb_h, (ttfbs[i] for i in keep if ttfbs[i] >= 0))
+    latency_h, latency_m, ttfb_h, ttfb_m = _latency_and_ttfb(rec, keep)
     histograms = {"latency": latency_h, "ttfb": ttfb_h}
     queue_stats, service_stats = _queue_and_service(rec, keep, histograms, pool)
-    pool_stats: PoolStats | None = None
-    statuses = rec.status
-    status_counts: Counter[int] = Counter(statuses[i] for i in keep)
-    timeouts = status_counts.pop(STATUS_TIMEOUT, 0)
-    errors_idx = rec.error
-    failed = sum(1 for i in keep if is_failure(statuses[i], errors_idx[i]))
-    errors = book.summaries(errors_idx[i] for i in keep)
+    status_counts, timeouts, failed, errors = _outcomes(rec, keep, book)
     duration, throughput = _throughput(rec, keep, window, measure_from_us)
     endpoints: dict[str, EndpointStats] = {}
-    labels = plan.mix.labels
-    if len(labels) > 1 or plan.mix.factory is not None:
-        endpoints = _endpoints(rec, keep, labels, duration, histograms)
+    if len(plan.mix.labels) > 1 or plan.mix.factory is not None:
+        endpoints = _endpoints(rec, keep, plan.mix.labels, duration, histograms)
 
-    busy_by_second: list[float] = []
-    flight_by_second: list[float] = []
-    peak_in_flight = max((b for _, b in figures.in_flight), default=0)
-    if pool is not None:
-        sweep = _pool_figures(rec, keep, window, pool, queue_stats, latency_m)
-        pool_stats, busy_by_second = sweep.stats, sweep.busy_by_second
-        if not figures.in_flight:
-            # The pool samples nothing while it runs: its own records say what was in
-            # flight (dispatched, not yet completed) at every moment.
-            peak_in_flight, flight_by_second = sweep.peak_in_flight, sweep.in_flight_by_second
+    sweep = _pool_figures(rec, keep, window, pool, queue_stats, latency_m) if pool else None
+    pool_stats = sweep.stats if sweep is not None else None
+    busy_by_second = sweep.busy_by_second if sweep is not None else []
+    peak_in_flight, flight_by_second = _in_flight(figures, sweep)
 
     dropped = [t for t in figures.dropped if t >= window.measure_from]
     profile = figures.profile
     timeline = _timeline(
         rec, keep, window, busy_by_second, dropped, figures.in_flight, profile, flight_by_second
     )
-    spec0 = plan.requests[0] if plan.requests else None
-    single = spec0 is not None and len(plan.requests) == 1
     open_model = config.rate is not None
+    single = plan.requests[0] if len(plan.requests) == 1 else None
     result = StormResult(
         label=plan.label,
         app=plan.app_name,
         interface=plan.interface.upper(),
         server=server,
-        method=spec0.method.upper() if single and spec0 is not None else "MIX",
-        path=spec0.path if single and spec0 is not None else "*",
-        users=_users(config.users, open_model, profile, peak_in_flight),
+        method=single.method.upper() if single is not None else "MIX",
+        path=single.path if single is not None else "*",
+        users=_users(config.users, open_model, profile),
         requests=len(keep),
         duration=duration,
         throughput=throughput,
@@ -141,7 +125,7 @@ def fold(
         histograms=histograms,
         params=config.workload(),
         budgets=dict(config.budgets),
-        discarded=discarded,
+        discarded=len(rec) - len(keep),
         window=(window.measure_from, window.stop_at if math.isfinite(window.stop_at) else math.inf),
         model="open" if open_model else "closed",
         rate=config.rate,
@@ -157,6 +141,7 @@ def fold(
             keep,
             origin=window.origin,
             stalls=figures.stalls,
+            loops=figures.loops,
             pool=pool.description if pool is not None else None,
             labels=plan.mix.labels,
             measure_from_us=measure_from_us,
@@ -165,6 +150,37 @@ def fold(
     if not open_model and not config.stages:
         _warn_short_window(result, config.users)
     return result
+
+
+def _in_flight(figures: RunFigures, sweep: _Sweep | None) -> tuple[int, list[float]]:
+    """The most requests in flight at once, and per second where only the pool counted them."""
+    if sweep is not None and not figures.in_flight:
+        # The pool samples nothing while it runs: its own records say what was in
+        # flight (dispatched, not yet completed) at every moment.
+        return sweep.peak_in_flight, sweep.in_flight_by_second
+    return max((b for _, b in figures.in_flight), default=0), []
+
+
+def _latency_and_ttfb(
+    rec: Recorder, keep: array[int]
+) -> tuple[HdrHistogram, Moments, HdrHistogram, Moments]:
+    """The measured requests' latency and time to first byte: histograms and moments."""
+    lats, ttfbs = rec.latency, rec.ttfb
+    latency_h, ttfb_h = new_histogram(), new_histogram()
+    latency_m = record_many(latency_h, (lats[i] for i in keep))
+    ttfb_m = record_many(ttfb_h, (ttfbs[i] for i in keep if ttfbs[i] >= 0))
+    return latency_h, latency_m, ttfb_h, ttfb_m
+
+
+def _outcomes(
+    rec: Recorder, keep: array[int], book: ErrorBook
+) -> tuple[Counter[int], int, int, dict[str, ErrorSummary]]:
+    """The measured requests' status counts (timeouts apart), failures and error summaries."""
+    statuses, errors_idx = rec.status, rec.error
+    status_counts: Counter[int] = Counter(statuses[i] for i in keep)
+    timeouts = status_counts.pop(STATUS_TIMEOUT, 0)
+    failed = sum(1 for i in keep if is_failure(statuses[i], errors_idx[i]))
+    return status_counts, timeouts, failed, book.summaries(errors_idx[i] for i in keep)
 
 
 def _warn_short_window(result: StormResult, users: int) -> None:
@@ -263,10 +279,12 @@ def _knee(timeline: list[TimelinePoint]) -> Knee | None:
     return None
 
 
-def _users(users: int, open_model: bool, profile: Profile | None, peak_in_flight: int) -> int:
-    """Users of a closed storm (the peak target of its stages), or the peak in flight of an open one."""
+def _users(users: int, open_model: bool, profile: Profile | None) -> int:
+    """The users the storm was asked for: the configured users, or the highest target of its
+    stages; none for an open-model storm (its arrivals are not users). What was measured in
+    flight is ``peak_in_flight``."""
     if open_model:
-        return peak_in_flight
+        return 0
     if profile is not None and profile.varies:
         return max(users, math.ceil(max(value for _, value in profile.points)))
     return users

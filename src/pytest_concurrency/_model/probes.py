@@ -279,10 +279,6 @@ class PoolUsage:
     def from_dict(cls, data: Mapping[str, Any]) -> PoolUsage:
         """The usage back from :meth:`to_dict` (its ``text`` is made again, not read)."""
 
-        def optional(key: str) -> float | None:
-            value = data.get(key)
-            return float(value) if value is not None else None
-
         size = data.get("size")
         return cls(
             name=str(data["name"]),
@@ -291,8 +287,8 @@ class PoolUsage:
             max_busy=int(data["max_busy"]),
             full=float(data["full"]),
             saturation=float(data["saturation"]),
-            mean_waiting=optional("mean_waiting"),
-            wait_p99_ms=optional("wait_p99_ms"),
+            mean_waiting=_optional(data, "mean_waiting"),
+            wait_p99_ms=_optional(data, "wait_p99_ms"),
             samples=int(data["samples"]),
             timeline=[PoolSecond.from_dict(p) for p in data.get("timeline") or []],
         )
@@ -325,11 +321,14 @@ class ConnectionPoolUsage:
     duration_s: float
     #: What to change when the pool is the bottleneck (``raise pool_size``).
     fix: str = ""
+    #: Requests served on a connection an earlier request opened and left open (Django
+    #: with ``CONN_MAX_AGE`` > 0); a pool's checkouts are all reuses or opens already.
+    reused: int = 0
 
     @property
     def used(self) -> bool:
         """True when a connection was taken or opened during the storm."""
-        return self.checkouts > 0 or self.connects > 0 or self.peak_in_use > 0
+        return self.checkouts > 0 or self.connects > 0 or self.peak_in_use > 0 or self.reused > 0
 
     def describe(self) -> str:
         """One sentence: ``5 of 5 SQLAlchemy connections busy 97% of the storm, …``."""
@@ -357,16 +356,13 @@ class ConnectionPoolUsage:
             "connect_p50_ms": self.connect_p50_ms,
             "duration_s": self.duration_s,
             "fix": self.fix,
+            "reused": self.reused,
             "text": self.describe(),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ConnectionPoolUsage:
         """The usage back from :meth:`to_dict` (its ``text`` is made again, not read)."""
-
-        def optional(key: str) -> float | None:
-            value = data.get(key)
-            return float(value) if value is not None else None
 
         size = data.get("size")
         return cls(
@@ -379,13 +375,14 @@ class ConnectionPoolUsage:
             saturation=float(data["saturation"]),
             checkouts=int(data["checkouts"]),
             waited=int(data["waited"]),
-            wait_p50_ms=optional("wait_p50_ms"),
-            wait_p99_ms=optional("wait_p99_ms"),
+            wait_p50_ms=_optional(data, "wait_p50_ms"),
+            wait_p99_ms=_optional(data, "wait_p99_ms"),
             connects=int(data["connects"]),
             connect_s=float(data["connect_s"]),
-            connect_p50_ms=optional("connect_p50_ms"),
+            connect_p50_ms=_optional(data, "connect_p50_ms"),
             duration_s=float(data["duration_s"]),
             fix=str(data.get("fix") or ""),
+            reused=int(data.get("reused") or 0),
         )
 
 
@@ -547,4 +544,12 @@ def describe_connection_pool(pool: ConnectionPoolUsage) -> str:
         )
         opened = "1 connection" if pool.connects == 1 else f"{pool.connects:,} connections"
         parts.append(f"{opened} opened{each}, {_seconds(pool.connect_s)} opening in total")
+    if pool.reused:
+        parts.append(f"{pool.reused:,} requests reused an open connection")
     return f"{pool.name}: " + "; ".join(parts)
+
+
+def _optional(data: Mapping[str, Any], key: str) -> float | None:
+    """*key* of *data* as a float, or None where it is absent or null."""
+    value = data.get(key)
+    return float(value) if value is not None else None

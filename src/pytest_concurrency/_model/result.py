@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from .extras import (
+    Abandoned,
+    Comparison,
+    ContentionFigures,
+    FidelityFigures,
+    LocustInvocation,
+    ServerProbes,
+    ServerUsage,
+    ShardFigures,
+    SimulatedWaits,
+    StartHooks,
+    VirtualClock,
+    WebSocketConnections,
+)
 from .probes import ConnectionPoolUsage, LoopLag, PoolUsage
 
 __all__ = [
@@ -432,8 +447,9 @@ class StormResult:
     server: str
     method: str
     path: str
-    #: Users of a closed storm (the peak target of its stages); for an open-model storm,
-    #: which has no users, the most requests in flight (``peak_in_flight``).
+    #: The users the storm was asked for: the configured users, or the highest target of
+    #: its stages; 0 for an open-model storm, whose arrivals are not users. The measured
+    #: figure is ``peak_in_flight``.
     users: int
     requests: int
     duration: float
@@ -465,7 +481,6 @@ class StormResult:
     dropped: int = 0
     knee: Knee | None = None
     rounds: list[dict[str, float]] = field(default_factory=list)
-    extras: dict[str, Any] = field(default_factory=dict)
     loop_lag: LoopLag | None = None
     thread_pools: list[PoolUsage] = field(default_factory=list)
     #: The app's connection pools (databases, HTTP clients) used during the storm.
@@ -481,6 +496,59 @@ class StormResult:
     #: The most requests in flight at once (sent, not yet answered), where the storm
     #: counted them (the WSGI pool, the open model); None where it did not.
     peak_in_flight: int | None = None
+    # -- the records beside the figures (the document's ``extras`` block) -----------------
+    #: A sample of the error bodies the app answered, by status code.
+    samples: dict[int, str] | None = None
+    #: What a round on the virtual clock charged and left out.
+    clock: VirtualClock | None = None
+    #: Tasks the app would not let go of after their cancellation.
+    abandoned: Abandoned | None = None
+    #: The users' start hooks (``on_start``), recorded apart from the storm's figures.
+    on_start: StartHooks | None = None
+    #: How long the storm's threads waited for a CPU (Linux schedstat).
+    cpu_contention: ContentionFigures | None = None
+    #: Whether the probes inside a real server's workers measured, and why not.
+    server_probes: ServerProbes | None = None
+    #: CPU and memory of a real server and of the storm's own process.
+    server_usage: ServerUsage | None = None
+    #: Lateness of simulated waits (what the harness added to them).
+    simulated_waits: SimulatedWaits | None = None
+    #: Per simulated upstream route or proxy, keyed by its label, its figures as it
+    #: states them (``Route.stats``, ``Proxy.stats``) with the counts taken in the storm.
+    upstream: dict[str, dict[str, Any]] | None = None
+    #: The factor the storm's load was scaled by (``scale=``).
+    scale: float | None = None
+    #: How the storm ran in forked processes.
+    shards: ShardFigures | None = None
+    #: A WebSocket storm's connection figures.
+    websocket: WebSocketConnections | None = None
+    #: The Locust run read back into this result.
+    locust: LocustInvocation | None = None
+    #: The in-process model against real servers.
+    fidelity: FidelityFigures | None = None
+    #: The verdict of a storm paired with a control.
+    comparison: Comparison | None = None
+    #: ``extras`` keys this version has no record for (a document from another version),
+    #: written back as they came.
+    unknown_extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def extras(self) -> Mapping[str, Any]:
+        """The records above as the document's ``extras`` block (read-only: set a record's
+        attribute instead)."""
+        return MappingProxyType(self._extras_dict())
+
+    def _extras_dict(self) -> dict[str, Any]:
+        data = dict(self.unknown_extras)
+        for key in _EXTRAS:
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if key in _PLAIN_EXTRAS:
+                data[key] = dict(value) if isinstance(value, dict) else value
+            else:
+                data[key] = value.to_dict()
+        return data
 
     @property
     def loop_lag_max_ms(self) -> float | None:
@@ -567,7 +635,7 @@ class StormResult:
             "dropped": self.dropped,
             "knee": self.knee.to_dict() if self.knee else None,
             "rounds": self.rounds,
-            "extras": self.extras,
+            "extras": self._extras_dict(),
             "loop_lag": self.loop_lag.to_dict(histogram=histograms) if self.loop_lag else None,
             "thread_pools": [p.to_dict() for p in self.thread_pools],
             "connection_pools": [p.to_dict() for p in self.connection_pools],
@@ -631,7 +699,6 @@ class StormResult:
             dropped=int(data.get("dropped") or 0),
             knee=Knee.from_dict(knee) if knee else None,
             rounds=list(data.get("rounds") or []),
-            extras=dict(data.get("extras") or {}),
             loop_lag=LoopLag.from_dict(loop_lag) if loop_lag else None,
             thread_pools=[PoolUsage.from_dict(p) for p in data.get("thread_pools") or []],
             connection_pools=[
@@ -641,7 +708,37 @@ class StormResult:
             refused_egress=list(data.get("refused_egress") or []),
             attribution=Attribution.from_dict(attribution) if attribution else None,
             peak_in_flight=data.get("peak_in_flight"),
+            **_extras_from_dict(data.get("extras") or {}),
         )
+
+
+#: The records of the ``extras`` block, by key: how each reads back.
+_EXTRAS: dict[str, Callable[[Any], Any]] = {
+    "samples": lambda d: {int(k): str(v) for k, v in d.items()},
+    "clock": VirtualClock.from_dict,
+    "abandoned": Abandoned.from_dict,
+    "on_start": StartHooks.from_dict,
+    "cpu_contention": ContentionFigures.from_dict,
+    "server_probes": ServerProbes.from_dict,
+    "server_usage": ServerUsage.from_dict,
+    "simulated_waits": SimulatedWaits.from_dict,
+    "upstream": lambda d: {str(k): dict(v) for k, v in d.items()},
+    "scale": float,
+    "shards": ShardFigures.from_dict,
+    "websocket": WebSocketConnections.from_dict,
+    "locust": LocustInvocation.from_dict,
+    "fidelity": FidelityFigures.from_dict,
+    "comparison": Comparison.from_dict,
+}
+#: Records that are plain data of their own (no ``to_dict``).
+_PLAIN_EXTRAS = frozenset({"samples", "upstream", "scale"})
+
+
+def _extras_from_dict(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of :class:`StormResult` for an ``extras`` block."""
+    known = {key: read(data[key]) for key, read in _EXTRAS.items() if data.get(key) is not None}
+    unknown = {key: value for key, value in data.items() if key not in _EXTRAS}
+    return {**known, "unknown_extras": unknown}
 
 
 _LATENCY_FIGURES = ("min", "mean", "stdev", "p50", "p75", "p90", "p95", "p99", "p999", "max")

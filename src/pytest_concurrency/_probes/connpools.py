@@ -6,7 +6,9 @@ async engine's ``AsyncAdaptedQueuePool``), asyncpg's ``Pool``, psycopg_pool's
 ``ConnectionPool`` and ``AsyncConnectionPool``, Django's database connections (one per
 thread, opened by ``connect``), and the connection pools of httpx and httpx2 clients
 (httpcore's, sized by ``Limits(max_connections=...)``; a simulated upstream answers
-without them, so only calls to real servers on loopback go through them). Each pool met during the storm gets a gauge, kept by
+without them, so only calls to real servers on loopback go through them) and aiohttp's
+connector (``TCPConnector(limit=...)``, through its tracing signals; aiohttp reaches a
+simulated upstream over real connections). Each pool met during the storm gets a gauge, kept by
 events rather than samples so that it works the same under a loop and under threads:
 connections in use (the peak and the time-weighted mean), the time with every connection
 taken and a request waiting (saturation), each checkout's wait for a connection and each
@@ -48,6 +50,7 @@ _FIX = {
     "psycopg_pool": "raise the pool's max_size, or hold the connection for less time",
     "httpx": "raise httpx.Limits(max_connections=...) on the client, or make fewer calls",
     "httpx2": "raise httpx2.Limits(max_connections=...) on the client, or make fewer calls",
+    "aiohttp": "raise the connector's limit (aiohttp.TCPConnector(limit=...)), or make fewer calls",
     "Django": (
         "set CONN_MAX_AGE (persistent connections) so a request does not open its own, "
         "or use a connection pool"
@@ -73,6 +76,7 @@ class _Gauge:
         self.saturated_s = 0.0
         self.waits: array[int] = array("q")
         self.connects: array[int] = array("q")
+        self.reused = 0  # requests served on a connection an earlier one opened (Django)
         #: Reads the connections in use from the pool itself, when it can tell (httpcore's
         #: pool can, and retries a request on another connection: counting is not enough).
         self.reader: Callable[[], int] | None = None
@@ -166,6 +170,7 @@ class _Gauge:
             connect_p50_ms=connect_p50,
             duration_s=stopped - started,
             fix=_FIX.get(self.library, ""),
+            reused=self.reused,
         )
 
 
@@ -471,6 +476,12 @@ def _patch_psycopg_pool() -> list[Patch]:
 
 # Django keeps one connection object per alias and thread: the gauge is per alias.
 _DJANGO_ALIASES: dict[str, object] = {}
+# The connection objects (by id) whose connection the running request has used already:
+# a request starts and ends with ``close_if_unusable_or_obsolete`` (Django's request
+# signals), which closes a connection past CONN_MAX_AGE and keeps the others.
+_DJANGO_TAKEN: set[int] = set()
+# True inside ``close_if_unusable_or_obsolete``, which looks at the connection itself.
+_DJANGO_EDGE: ContextVar[bool] = ContextVar("pytest_storm_django_edge", default=False)
 
 
 def _django_key(wrapper: Any) -> object:
@@ -494,6 +505,8 @@ def _django_connect(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
         if not _LIVE.probes:
             return original(self)
         gauges = _gauges(_django_key(self), _django_describe(self))
+        with _LOCK:  # opened for this request (its own set-up queries too): not a reuse
+            _DJANGO_TAKEN.add(id(self))
         started = perf_counter()
         result = original(self)
         now = perf_counter()
@@ -526,6 +539,40 @@ def _django_close(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return close
 
 
+def _django_ensure(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    @functools.wraps(original)
+    def ensure_connection(self: Any) -> Any:
+        if (
+            _LIVE.probes
+            and not _DJANGO_EDGE.get()
+            and getattr(self, "connection", None) is not None
+        ):
+            with _LOCK:
+                first = id(self) not in _DJANGO_TAKEN
+                _DJANGO_TAKEN.add(id(self))
+            if first:  # this request's first use of a connection an earlier one opened
+                for gauge in _gauges(_django_key(self), _django_describe(self)):
+                    with gauge.lock:
+                        gauge.reused += 1
+        return original(self)
+
+    return ensure_connection
+
+
+def _django_request_edge(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    @functools.wraps(original)
+    def close_if_unusable_or_obsolete(self: Any) -> Any:
+        token = _DJANGO_EDGE.set(True)  # its own look at the connection is no request's use
+        try:
+            return original(self)
+        finally:
+            _DJANGO_EDGE.reset(token)
+            with _LOCK:
+                _DJANGO_TAKEN.discard(id(self))
+
+    return close_if_unusable_or_obsolete
+
+
 def _patch_django() -> list[Patch]:
     # Django imports its database layer at the first query: its use of django.db is enough.
     if not _loaded("django.db"):
@@ -537,6 +584,8 @@ def _patch_django() -> list[Patch]:
     return [
         wrap(BaseDatabaseWrapper, "connect", _django_connect),
         wrap(BaseDatabaseWrapper, "close", _django_close),
+        wrap(BaseDatabaseWrapper, "ensure_connection", _django_ensure),
+        wrap(BaseDatabaseWrapper, "close_if_unusable_or_obsolete", _django_request_edge),
     ]
 
 
@@ -813,6 +862,171 @@ def _patch_http_clients() -> list[Patch]:
     return patches
 
 
+# -- aiohttp's connector ------------------------------------------------------------------------
+
+# aiohttp's connector says when a request queues for a connection slot, opens a connection
+# or reuses one through its tracing signals (``TraceConfig``): the probe adds one trace of
+# its own to each ``connect`` of a connector, and reads the connections in use (those
+# carrying a request or being opened) from the connector. A connection's release has no
+# signal: ``Connection.release`` and ``close`` are watched for it.
+_AIOHTTP_TRACE: list[Any] = []  # the probe's frozen TraceConfig, made at the first patch
+
+
+def _aiohttp_describe(connector: Any) -> tuple[str, str, int | None, int]:
+    limit = int(getattr(connector, "limit", 0) or 0)
+    per_host = int(getattr(connector, "limit_per_host", 0) or 0)
+    shown = f"limit={limit}" if limit else "no connection limit"
+    if per_host:
+        shown += f", limit_per_host={per_host}"
+    kind = type(connector).__name__
+    return f"aiohttp {kind} pool ({shown})", "aiohttp", limit or None, _aiohttp_in_use(connector)
+
+
+def _aiohttp_in_use(connector: Any) -> int:
+    return len(getattr(connector, "_acquired", ()))
+
+
+def _aiohttp_gauges(connector: Any) -> list[_Gauge]:
+    gauges = _gauges(connector, _aiohttp_describe)
+    for gauge in gauges:
+        if gauge.reader is None:
+            gauge.reader = functools.partial(_aiohttp_in_use, connector)
+    return gauges
+
+
+class _AiohttpCheckout:
+    """One ``connect`` of a connector, told apart by its tracing signals."""
+
+    __slots__ = ("gauges", "opening", "queued", "taken")
+
+    def __init__(self, gauges: list[_Gauge]) -> None:
+        self.gauges = gauges
+        self.queued: float | None = None  # waiting for a slot since
+        self.taken = False
+        self.opening: float | None = None
+
+    def queue(self) -> None:
+        # The connector may wake a waiter that then loses the slot and queues again: one wait.
+        if self.queued is None and not self.taken:
+            self.queued = now = perf_counter()
+            for gauge in self.gauges:
+                gauge.queue(now)
+
+    def take(self) -> None:
+        if self.taken:
+            return
+        self.taken = True
+        now = perf_counter()
+        queued_at, self.queued = self.queued, None
+        waited = now - queued_at if queued_at is not None else 0.0
+        for gauge in self.gauges:
+            gauge.take(now, waited, queued=queued_at is not None)
+        charge("pool", self.gauges[0].name, waited)
+
+    def give_up(self) -> None:
+        if self.queued is not None:
+            self.queued = None
+            now = perf_counter()
+            for gauge in self.gauges:
+                gauge.give_up(now)
+        elif self.taken:  # a connection slot taken, then the open failed: it is free again
+            _returned(self.gauges)
+
+
+def _checkout_of(context: Any) -> _AiohttpCheckout | None:
+    checkout = getattr(context, "trace_request_ctx", None)
+    return checkout if isinstance(checkout, _AiohttpCheckout) else None
+
+
+async def _aiohttp_queued(_session: Any, context: Any, _params: Any) -> None:
+    checkout = _checkout_of(context)
+    if checkout is not None:
+        checkout.queue()
+
+
+async def _aiohttp_reused(_session: Any, context: Any, _params: Any) -> None:
+    checkout = _checkout_of(context)
+    if checkout is not None:
+        checkout.take()
+
+
+async def _aiohttp_create_start(_session: Any, context: Any, _params: Any) -> None:
+    checkout = _checkout_of(context)
+    if checkout is not None:
+        checkout.take()
+        checkout.opening = perf_counter()
+
+
+async def _aiohttp_create_end(_session: Any, context: Any, _params: Any) -> None:
+    checkout = _checkout_of(context)
+    if checkout is not None and checkout.opening is not None:
+        opened, checkout.opening = perf_counter() - checkout.opening, None
+        _connected(checkout.gauges, opened)
+
+
+def _aiohttp_trace_config() -> Any:
+    if not _AIOHTTP_TRACE:
+        from aiohttp import TraceConfig
+
+        config = TraceConfig()
+        config.on_connection_queued_start.append(_aiohttp_queued)
+        config.on_connection_reuseconn.append(_aiohttp_reused)
+        config.on_connection_create_start.append(_aiohttp_create_start)
+        config.on_connection_create_end.append(_aiohttp_create_end)
+        config.freeze()
+        _AIOHTTP_TRACE.append(config)
+    return _AIOHTTP_TRACE[0]
+
+
+def _aiohttp_connect(trace: Callable[[Any, Any, Any], Any]) -> Callable[..., Any]:
+    config = _aiohttp_trace_config()
+
+    def factory(original: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(original)
+        async def connect(self: Any, req: Any, traces: Any, timeout: Any) -> Any:
+            if not _LIVE.probes:
+                return await original(self, req, traces, timeout)
+            checkout = _AiohttpCheckout(_aiohttp_gauges(self))
+            ours = trace(None, config, config.trace_config_ctx(trace_request_ctx=checkout))
+            try:
+                return await original(self, req, [*traces, ours], timeout)
+            except BaseException:
+                checkout.give_up()
+                raise
+
+        return connect
+
+    return factory
+
+
+def _aiohttp_release(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    @functools.wraps(original)
+    def release(self: Any) -> Any:
+        held = _LIVE.probes and getattr(self, "_protocol", None) is not None
+        try:
+            return original(self)
+        finally:
+            if held:
+                _returned(_aiohttp_gauges(self._connector))
+
+    return release
+
+
+def _patch_aiohttp() -> list[Patch]:
+    if not _loaded("aiohttp"):
+        return []
+    try:
+        from aiohttp.connector import BaseConnector, Connection
+        from aiohttp.tracing import Trace
+    except ImportError:
+        return []
+    return [
+        wrap(BaseConnector, "connect", _aiohttp_connect(Trace)),
+        wrap(Connection, "release", _aiohttp_release),
+        wrap(Connection, "close", _aiohttp_release),
+    ]
+
+
 # -- the probe ----------------------------------------------------------------------------------
 
 
@@ -868,6 +1082,7 @@ class ConnectionPoolProbe:
                 _patch_psycopg_pool,
                 _patch_django,
                 _patch_http_clients,
+                _patch_aiohttp,
             ):
                 self._patches.extend(install())
         except BaseException:
@@ -884,6 +1099,8 @@ class ConnectionPoolProbe:
         stopped = perf_counter()
         with _LOCK:
             _LIVE.probes = tuple(p for p in _LIVE.probes if p is not self)
+            if not _LIVE.probes:
+                _DJANGO_TAKEN.clear()  # ids of objects that may not outlive the storm
         try:
             remove_all(self._patches)
         finally:

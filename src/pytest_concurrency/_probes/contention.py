@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._model.extras import ContentionFigures
+
 __all__ = ["Contention", "CpuContention"]
 
 
@@ -42,14 +44,14 @@ class Contention:
         ready = self.run_s + self.wait_s
         return self.wait_s / ready if ready > 0 else 0.0
 
-    def to_dict(self) -> dict[str, float]:
-        """Plain data for ``result.extras["cpu_contention"]``."""
-        return {
-            "run_s": round(self.run_s, 6),
-            "wait_s": round(self.wait_s, 6),
-            "wait_share": round(self.wait_share, 4),
-            "slowdown": round(self.slowdown, 4),
-        }
+    def record(self) -> ContentionFigures:
+        """The figures as a result keeps them (``result.cpu_contention``)."""
+        return ContentionFigures(
+            run_s=round(self.run_s, 6),
+            wait_s=round(self.wait_s, 6),
+            wait_share=round(self.wait_share, 4),
+            slowdown=round(self.slowdown, 4),
+        )
 
 
 def _schedstat(path: Path) -> tuple[int, int] | None:

@@ -87,17 +87,22 @@ def connection_pool_line(pool: ConnectionPoolUsage, latency_p50_ms: float | None
     if _opens_per_request(pool):
         each = _ms(pool.connect_p50_ms)
         opened = "1 connection" if pool.connects == 1 else f"{pool.connects:,} connections"
+        reused = f"{pool.reused:,} reused" if pool.reused else "none reused"
         return (
             f"{pool.name}: {opened} opened during the storm, {each} each "
             f"(p50), {pool.connect_s:,.2f} s opening in total, at most {pool.peak_in_use:,} "
-            f"open at once: {pool.fix}"
+            f"open at once, {reused}: {pool.fix}"
         )
     return describe_connection_pool(pool)
 
 
 def _opens_per_request(pool: ConnectionPoolUsage) -> bool:
     # Django opens one per thread and keeps it (CONN_MAX_AGE > 0), or one per request.
-    return pool.library == "Django" and pool.connects > 2 * max(1, pool.peak_in_use)
+    return (
+        pool.library == "Django"
+        and pool.connects > 2 * max(1, pool.peak_in_use)
+        and pool.reused < pool.connects
+    )
 
 
 def pool_bound(

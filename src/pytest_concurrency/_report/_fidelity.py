@@ -32,7 +32,10 @@ def fidelity_table(fidelity: Fidelity) -> str:
 
 def where_they_differ(fidelity: Fidelity) -> list[str]:
     """Sentences on where the in-process model and a real server must differ."""
-    usage = {server: r.extras.get("server_usage") for server, r in fidelity.results.items()}
+    usage = {
+        server: r.server_usage.to_dict() if r.server_usage is not None else None
+        for server, r in fidelity.results.items()
+    }
     return differences(fidelity.to_dict(), usage)
 
 

@@ -152,8 +152,8 @@ JSON_SCHEMA: dict[str, Any] = {
             "type": "object",
             "description": "one connection pool: size (null: no limit), peak and mean in use, "
             "saturation (share of the storm with every connection taken and a request "
-            "waiting), each checkout's wait for a connection (ms) and the time spent opening "
-            "connections (s)",
+            "waiting), each checkout's wait for a connection (ms), the time spent opening "
+            "connections (s) and the requests that reused one left open (Django)",
             "required": ["name", "library", "size", "peak_in_use", "saturation", "checkouts"],
             "properties": {
                 "name": {"type": "string"},
@@ -172,6 +172,7 @@ JSON_SCHEMA: dict[str, Any] = {
                 "connect_p50_ms": {"type": ["number", "null"]},
                 "duration_s": {"type": "number"},
                 "fix": {"type": "string"},
+                "reused": {"type": "integer", "minimum": 0},
                 "text": {"type": "string"},
             },
         },
@@ -319,8 +320,9 @@ JSON_SCHEMA: dict[str, Any] = {
                 "path": {"type": "string"},
                 "users": {
                     "type": "integer",
-                    "description": "users of a closed storm (the peak of its stages); for an "
-                    "open-model storm, the most requests in flight",
+                    "description": "the users the storm was asked for (the configured users, "
+                    "or the highest target of its stages); 0 for an open-model storm, whose "
+                    "arrivals are not users (see peak_in_flight)",
                 },
                 "peak_in_flight": {
                     "type": ["integer", "null"],
@@ -373,7 +375,8 @@ JSON_SCHEMA: dict[str, Any] = {
                     "type": "array",
                     "items": {"$ref": "#/$defs/connection_pool"},
                     "description": "the app's connection pools used during the storm "
-                    "(SQLAlchemy, asyncpg, psycopg_pool, Django); absent in older documents",
+                    "(SQLAlchemy, asyncpg, psycopg_pool, Django, httpx, aiohttp); absent in older "
+                    "documents",
                 },
                 "sessions": {
                     "type": "array",

@@ -14,10 +14,11 @@ import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from .._budget import within_noise
-from .._model.probes import ConnectionPoolUsage
+from .._budget import pool_verdict_name, within_noise
+from .._model.probes import ConnectionPoolUsage, PoolUsage
 from .._model.result import StormResult, Verdict
 from .._params import FLOOR_BUDGETS
+from .._spec.measures import find_pool, pools_measured
 from .._spec.table import BUDGETS
 from ._blocking_text import diagnose
 
@@ -98,9 +99,14 @@ def verdict_word(v: Verdict) -> str:
 
 def headline(data: Mapping[str, Any]) -> str:
     """``storm GET /io on app (WSGI, 8 sync workers) — 50 users, 3.0 s, 480 requests``."""
+    load = (
+        f"{float(data.get('rate') or 0):g} arrivals/s"
+        if data.get("model") == "open"
+        else f"{int(data.get('users') or 0):,} users"
+    )
     return (
         f"storm {data.get('label', '')} on {data.get('app', '')} ({data.get('interface', '')}, "
-        f"{data.get('server', '')}) — {int(data.get('users') or 0):,} users, "
+        f"{data.get('server', '')}) — {load}, "
         f"{float(data.get('duration') or 0):.1f} s, {int(data.get('requests') or 0):,} requests"
     )
 
@@ -271,6 +277,9 @@ def unmeasured_reason(name: str, data: Mapping[str, Any]) -> str:
     row = BUDGETS.get(budget)
     if row is None:
         return "the storm recorded no such figure"
+    selector = name.removeprefix("pool ").removesuffix(f" {budget}")
+    if row.pool is not None and name == pool_verdict_name(selector, budget):
+        return _pool_unmeasured(selector, budget, data)
     if wsgi and row.unmeasured_wsgi:
         return row.unmeasured_wsgi
     if row.probed and budget in ("max_loop_lag_ms", "max_blocking_calls"):
@@ -282,6 +291,23 @@ def unmeasured_reason(name: str, data: Mapping[str, Any]) -> str:
         if any(isinstance(w, Mapping) and w.get("count") for w in waits.values()):
             return "the simulated waits were 0 ms long, so no ratio to them means anything"
     return row.unmeasured
+
+
+def _pool_unmeasured(selector: str, budget: str, data: Mapping[str, Any]) -> str:
+    """Why the budget *budget* of the pool *selector* names was not measured."""
+    pools = pools_measured(
+        [PoolUsage.from_dict(p) for p in data.get("thread_pools") or ()],
+        [ConnectionPoolUsage.from_dict(p) for p in data.get("connection_pools") or ()],
+    )
+    names, why = find_pool(selector, [p.name for p in pools])
+    if not names:
+        return why
+    name = names[0] if len(names) == 1 else f"{selector} (every copy)"
+    if budget == "max_saturation":
+        return f"the pool {name!r} has no size limit: it is never full"
+    if budget == "max_queue_p99_ms":
+        return f"the pool {name!r} recorded no wait: no request took one of its connections"
+    return f"the pool {name!r} recorded no such figure"
 
 
 def start_hooks_failed(start: Mapping[str, Any]) -> str:
@@ -404,7 +430,15 @@ def side_by_side(results: Sequence[StormResult]) -> str:
         rows.append((name, *values))
 
     row("kind", [f"{r.interface}, {r.server}" for r in results])
-    row("storm", [f"{r.label}, {r.users:,} users" for r in results])
+    row(
+        "storm",
+        [
+            f"{r.label}, {r.rate:g} arrivals/s"
+            if r.rate is not None
+            else f"{r.label}, {r.users:,} users"
+            for r in results
+        ],
+    )
     row("requests", [f"{r.requests:,}" for r in results])
     row("rps", [format_number(r.throughput) for r in results])
     for pct in ("p50", "p90", "p99", "max"):

@@ -5,34 +5,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+
+from .._model.extras import ServerUsage
 
 __all__ = ["ResourceSampler", "ResourceUsage"]
 
 
-@dataclass(frozen=True)
-class ResourceUsage:
-    """What the sampler saw: CPU as a share of one core (1.0 = one core busy), RSS in bytes."""
-
-    server_cpu_mean: float
-    server_cpu_peak: float
-    server_rss_peak: int
-    client_cpu_mean: float
-    samples: int
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for JSON reports."""
-        return {
-            "server_cpu_mean": self.server_cpu_mean,
-            "server_cpu_peak": self.server_cpu_peak,
-            "server_rss_peak": self.server_rss_peak,
-            "client_cpu_mean": self.client_cpu_mean,
-            "samples": self.samples,
-            "seconds": self.seconds,
-        }
+#: What the sampler saw: the result keeps it as ``server_usage``.
+ResourceUsage = ServerUsage
 
 
 class ResourceSampler:

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._model.extras import ServerProbes
 from .._model.probes import ConnectionPoolUsage, LoopLag, PoolUsage, merge_loop_lags
 from .._model.result import Attribution
 
@@ -118,15 +119,15 @@ class ProbeReport:
             for pool in usages
         ]
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for ``result.extras["server_probes"]``."""
-        return {
-            "where": self.where,
-            "workers": sorted(self.loop_lags),
-            "measured": self.complete,
-            "missing": dict(self.missing),
-            "reason": self.reason,
-        }
+    def record(self) -> ServerProbes:
+        """Whether the probes measured, and why not, as a result keeps it."""
+        return ServerProbes(
+            where=self.where,
+            workers=tuple(sorted(self.loop_lags)),
+            measured=self.complete,
+            missing=dict(self.missing),
+            reason=self.reason,
+        )
 
 
 class ProbeChannel:

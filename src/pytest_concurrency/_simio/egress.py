@@ -573,6 +573,8 @@ class EgressGuard:
     ) -> None:
         self.uninstall()
 
+    # long: one small wrapper factory per guarded function, over the same five callables;
+    # apart, each would take them as arguments and the list of targets would lose its place.
     def _targets(self) -> list[tuple[Any, str, Callable[[Any], Any]]]:
         check, note = self._check, self._note
 

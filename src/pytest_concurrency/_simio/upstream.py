@@ -184,6 +184,42 @@ def _other_response(value: Any) -> bool:
     return loaded is not None and isinstance(value, loaded.response)
 
 
+def _route_url(where: str, url_prefix: str) -> httpx.URL:
+    url = httpx.URL(url_prefix)
+    if url.scheme not in _DEFAULT_PORTS or not url.host:
+        raise ConfigError(
+            f"{where}: url_prefix must be an absolute http(s) URL such as "
+            "'http://model-server/generate'"
+        )
+    if url.query:
+        raise ConfigError(f"{where}: url_prefix must not have a query; routes match paths")
+    return url
+
+
+def _check_answer(where: str, **answers: Any) -> None:
+    """At most one way to answer (json, content, handler, stream); a handler is callable."""
+    if len([name for name, value in answers.items() if value is not None]) > 1:
+        raise ConfigError(f"{where}: give at most one of json, content, handler, stream")
+    handler = answers.get("handler")
+    if handler is not None and not callable(handler):
+        raise ConfigError(f"{where}: handler={handler!r} is not callable")
+
+
+def _check_faults(where: str, status: int, error_rate: float, timeout_rate: float) -> None:
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        raise ConfigError(f"{where}: status={status!r} must be an HTTP status (100-599)")
+    for name, rate in (("error_rate", error_rate), ("timeout_rate", timeout_rate)):
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
+            raise ConfigError(f"{where}: {name}={rate!r} must be a fraction (0.0-1.0)")
+        if not 0.0 <= rate <= 1.0:
+            raise ConfigError(f"{where}: {name}={_show(rate)} must be between 0.0 and 1.0")
+    if error_rate + timeout_rate > 1.0:
+        raise ConfigError(
+            f"{where}: error_rate={_show(error_rate)} + timeout_rate={_show(timeout_rate)} "
+            "must not exceed 1.0"
+        )
+
+
 class Route:
     """One declared upstream endpoint and what it has seen; create with ``Upstream.route``."""
 
@@ -205,40 +241,9 @@ class Route:
         rng: random.Random,
     ) -> None:
         where = f"upstream.route({url_prefix!r})"
-        url = httpx.URL(url_prefix)
-        if url.scheme not in _DEFAULT_PORTS or not url.host:
-            raise ConfigError(
-                f"{where}: url_prefix must be an absolute http(s) URL such as "
-                "'http://model-server/generate'"
-            )
-        if url.query:
-            raise ConfigError(f"{where}: url_prefix must not have a query; routes match paths")
-        bodies = [
-            name
-            for name, value in (
-                ("json", json),
-                ("content", content),
-                ("handler", handler),
-                ("stream", stream),
-            )
-            if value is not None
-        ]
-        if len(bodies) > 1:
-            raise ConfigError(f"{where}: give at most one of json, content, handler, stream")
-        if handler is not None and not callable(handler):
-            raise ConfigError(f"{where}: handler={handler!r} is not callable")
-        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
-            raise ConfigError(f"{where}: status={status!r} must be an HTTP status (100-599)")
-        for name, rate in (("error_rate", error_rate), ("timeout_rate", timeout_rate)):
-            if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
-                raise ConfigError(f"{where}: {name}={rate!r} must be a fraction (0.0-1.0)")
-            if not 0.0 <= rate <= 1.0:
-                raise ConfigError(f"{where}: {name}={_show(rate)} must be between 0.0 and 1.0")
-        if error_rate + timeout_rate > 1.0:
-            raise ConfigError(
-                f"{where}: error_rate={_show(error_rate)} + timeout_rate={_show(timeout_rate)} "
-                "must not exceed 1.0"
-            )
+        url = _route_url(where, url_prefix)
+        _check_answer(where, json=json, content=content, handler=handler, stream=stream)
+        _check_faults(where, status, error_rate, timeout_rate)
 
         self.url_prefix = url_prefix
         self.method = method.upper() if method is not None else None

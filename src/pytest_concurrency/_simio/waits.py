@@ -17,6 +17,7 @@ import anyio
 
 from .. import _clock as clock
 from .._metrics.percentile import quantile
+from .._model.extras import SimulatedWaits, WaitFigures
 from .._probes.attribution import current
 from .distributions import Latency, LatencyLike, as_latency
 
@@ -95,7 +96,14 @@ class WaitReport:
 
     def to_dict(self) -> dict[str, dict[str, float]]:
         """The figures as a JSON-ready dict."""
-        return {"async": self.async_waits.to_dict(), "blocking": self.blocking_waits.to_dict()}
+        return self.record().to_dict()
+
+    def record(self) -> SimulatedWaits:
+        """The figures as a result keeps them (``result.simulated_waits``)."""
+        return SimulatedWaits(
+            WaitFigures.from_dict(self.async_waits.to_dict()),
+            WaitFigures.from_dict(self.blocking_waits.to_dict()),
+        )
 
 
 class WaitRecorder:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from .._model.extras import SimulatedWaits
+from .._model.probes import ConnectionPoolUsage, PoolUsage
 from .._model.result import EndpointStats, StormResult
 
 Measure = Callable[[StormResult], float]
@@ -45,6 +48,67 @@ def saturation(r: StormResult) -> float:
     return max(connections) if connections else math.nan
 
 
+# -- one named pool (``pool_budgets``) ----------------------------------------------------------
+
+
+def pool_wait_p99(pool: PoolUsage | ConnectionPoolUsage) -> float:
+    """The p99 wait for a thread or a connection of one pool, ms."""
+    return float(pool.wait_p99_ms) if pool.wait_p99_ms is not None else math.nan
+
+
+def pool_saturation(pool: PoolUsage | ConnectionPoolUsage) -> float:
+    """The share of the storm with every thread or connection of one pool taken, someone waiting."""
+    if isinstance(pool, ConnectionPoolUsage) and pool.size is None:
+        return math.nan  # a pool without a limit is never full
+    return float(pool.saturation)
+
+
+def pool_busy(pool: PoolUsage | ConnectionPoolUsage) -> float:
+    """The most threads (or connections) of one pool busy at once."""
+    return float(pool.max_busy if isinstance(pool, PoolUsage) else pool.peak_in_use)
+
+
+def pools_measured(
+    thread_pools: Sequence[PoolUsage], connection_pools: Sequence[ConnectionPoolUsage]
+) -> list[PoolUsage | ConnectionPoolUsage]:
+    """The app's thread pools and connection pools used during the storm (a thread pool
+    whose work was too short to be seen busy still timed its waits)."""
+    return [
+        *(p for p in thread_pools if p.used or p.wait_p99_ms is not None),
+        *(p for p in connection_pools if p.used),
+    ]
+
+
+#: The suffix of one pool's copy in a process shard or a server's worker.
+_COPY = re.compile(r" \((?:shard \d+|worker pid \d+)\)$")
+
+
+def find_pool(selector: str, names: Sequence[str]) -> tuple[list[str], str]:
+    """The pools of *names* that *selector* names, or none and why.
+
+    A pool is named by its whole name, or by a part of it (case aside) that no other
+    pool's name holds: ``'SQLAlchemy'``, ``'aiohttp'``, ``'asgiref'``. Its copies in each
+    process shard or server worker (``… (shard 1)``) are the same pool: all are found.
+    """
+    found = [n for n in names if selector in (n, _COPY.sub("", n))]
+    if not found:
+        wanted = selector.casefold()
+        found = [n for n in names if wanted in n.casefold()]
+    if found and len({_COPY.sub("", n) for n in found}) == 1:
+        return found, ""
+    listed = ", ".join(repr(n) for n in (found or names))
+    if found:
+        return [], (
+            f"{selector!r} names {len(found)} pools measured ({listed}): give more of one's name"
+        )
+    if not names:
+        return [], (
+            f"no pool named {selector!r} was measured: the storm used no thread pool or "
+            "connection pool the probes watch"
+        )
+    return [], f"no pool named {selector!r} was measured; the pools measured: {listed}"
+
+
 def loop_lag(r: StormResult) -> float:
     lag = r.loop_lag_max_ms
     return float(lag) if lag is not None else math.nan
@@ -74,10 +138,10 @@ def queued(r: StormResult) -> float:
 
 def in_flight_peak(r: StormResult) -> float:
     samples = [float(p.in_flight) for p in r.timeline if p.in_flight is not None]
-    # Open model: the result's user count is the largest in-flight sample of the storm;
+    # Open model: the most requests in flight at once, which the storm counted;
     # otherwise the busiest second's mean is the closest figure the timeline keeps.
-    if r.model == "open":
-        samples.append(float(r.users))
+    if r.model == "open" and r.peak_in_flight is not None:
+        samples.append(float(r.peak_in_flight))
     # Samples are taken on the event loop, so a loop held by a blocking call sees none of
     # the requests it holds back. Little's law counts them, from the intended send time:
     # the mean in flight (a floor for the peak) is throughput × mean latency.
@@ -113,21 +177,21 @@ def blocking_calls(r: StormResult) -> float:
     return float(lag.calls)
 
 
-def _waits_p99(waits: Any) -> float:
+def _waits_p99(waits: SimulatedWaits | None) -> float:
     """The p99 of the simulated waits as requested; NaN when the storm made none.
 
     With both kinds (awaited and blocking), the larger p99: the combined p99 is no larger.
     """
-    if not isinstance(waits, Mapping):
+    if waits is None:
         return math.nan
-    kinds = [w for w in waits.values() if isinstance(w, Mapping) and w.get("count")]
+    kinds = [w for w in (waits.async_waits, waits.blocking_waits) if w.count]
     if not kinds:
         return math.nan
-    return max(float(w.get("requested_p99_ms") or 0.0) for w in kinds)
+    return max(w.requested_p99_ms for w in kinds)
 
 
 def p99_ratio(r: StormResult) -> float:
-    own = _waits_p99(r.extras.get("simulated_waits"))
+    own = _waits_p99(r.simulated_waits)
     if not own > 0:
         return math.nan
     return r.latency.p99 / own

@@ -38,6 +38,7 @@ __all__ = [
     "HTTP",
     "INPROCESS",
     "LOCUST",
+    "OLD_THRESHOLD_NAMES",
     "PARAMS",
     "REQUEST_NAMES",
     "SERVER",
@@ -51,7 +52,9 @@ __all__ = [
     "canonical",
     "check_budget_name",
     "endpoint_budgets",
+    "pool_budgets",
     "registered",
+    "warn_old_threshold_names",
 ]
 
 # -- the storms a row applies to ---------------------------------------------------------------
@@ -129,6 +132,9 @@ class Budget:
     figure: str = ""
     #: Measure of one endpoint of a request mix, if the budget applies per endpoint.
     endpoint: Callable[[Any], float] | None = None
+    #: Measure of one named pool (a thread pool or a connection pool), if the budget can
+    #: be aimed at one with ``pool_budgets``.
+    pool: Callable[[Any], float] | None = None
     #: Key of the figure in each round of a ``rounds=`` storm.
     round_key: str | None = None
     #: Judged on the loop monitor's or thread-pool probe's figures (the probes run inside
@@ -210,6 +216,7 @@ _BUDGET_ROWS: tuple[Budget, ...] = (
         measures.queue_p99,
         "ms",
         figure="queue_p99_ms",
+        pool=measures.pool_wait_p99,
         probed=True,
         storms=_PROBED | {SHARDS},
         unmeasured=_NO_POOL,
@@ -221,6 +228,7 @@ _BUDGET_ROWS: tuple[Budget, ...] = (
         measures.saturation,
         "fraction",
         figure="saturation",
+        pool=measures.pool_saturation,
         probed=True,
         storms=_PROBED | {SHARDS},
         unmeasured=_NO_POOL,
@@ -260,6 +268,7 @@ _BUDGET_ROWS: tuple[Budget, ...] = (
         measures.threads_busy,
         "count",
         figure="threads_busy",
+        pool=measures.pool_busy,
         probed=True,
         storms=_PROBED | {SHARDS},
         unmeasured="no worker pool or thread pool was watched during the storm",
@@ -340,6 +349,31 @@ def _budgets_field(name: str, value: Any, origin: str) -> dict[str, dict[str, fl
         for budget, limit in budgets.items():
             check_budget_name(budget, where, endpoint=True)
             result[endpoint][budget] = budget_limit(f"{endpoint} {budget}", limit, origin)
+    return result
+
+
+def _pool_budgets_field(name: str, value: Any, origin: str) -> dict[str, dict[str, float]]:
+    where = v._where(name, value, origin)
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"{where} must map a pool's name (or a part of it, such as 'SQLAlchemy') to its "
+            "budgets: {'SQLAlchemy': {'max_queue_p99_ms': 50}}"
+        )
+    known = pool_budgets()
+    result: dict[str, dict[str, float]] = {}
+    for pool, budgets in value.items():
+        if not isinstance(pool, str) or not pool.strip() or not isinstance(budgets, Mapping):
+            raise ConfigError(
+                f"{where}: {pool!r} must be a pool's name mapped to a dict of budgets"
+            )
+        result[pool] = {}
+        for budget, limit in budgets.items():
+            if budget not in known:
+                raise ConfigError(
+                    f"{where}: {budget!r} is not a budget of one pool; pool budgets: "
+                    f"{', '.join(known)}"
+                )
+            result[pool][budget] = budget_limit(f"pool_budgets[{pool!r}] {budget}", limit, origin)
     return result
 
 
@@ -654,6 +688,16 @@ _PARAM_ROWS: tuple[Param, ...] = (
         storms=HTTP,
     ),
     Param(
+        "pool_budgets",
+        "budgets of one pool, by its name or a part of it (the app's thread pools and "
+        "connection pools): {'SQLAlchemy': {'max_queue_p99_ms': 50, 'max_saturation': 0.5}}; "
+        "the budgets themselves apply to the worst pool",
+        _pool_budgets_field,
+        {},
+        split="clear",
+        storms=_PROBED | {SHARDS},
+    ),
+    Param(
         "clock",
         "'wall' (default) or 'virtual': async in-process apps only; the loop's clock jumps over waits, so simulated I/O, think time and arrivals cost no wall time and the figures repeat exactly",
         v.choice("wall", "virtual"),
@@ -764,6 +808,11 @@ def endpoint_budgets() -> tuple[str, ...]:
     return tuple(name for name, row in BUDGETS.items() if row.endpoint is not None)
 
 
+def pool_budgets() -> tuple[str, ...]:
+    """Budgets that can be aimed at one named pool (``pool_budgets``)."""
+    return tuple(name for name, row in BUDGETS.items() if row.pool is not None)
+
+
 def check_budget_name(name: Any, where: str, *, endpoint: bool = False) -> str:
     """Raise :class:`ConfigError` unless *name* is a budget (of one endpoint, if *endpoint*)."""
     known = endpoint_budgets() if endpoint else tuple(BUDGETS)
@@ -803,17 +852,40 @@ def _aliases() -> dict[str, str]:
     }
 
 
+def _deprecated(old: str, new: str, origin: str, stacklevel: int) -> None:
+    """The one warning of an old spelling, whatever it names (parameter, budget, threshold)."""
+    warnings.warn(
+        f"{old!r} (from {origin}) is now called {new!r}; the old name will be removed",
+        DeprecationWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
 def canonical(name: str, origin: str) -> str:
     """The name of parameter or budget *name*; an old spelling warns and gives the new one."""
     new = _aliases().get(name)
     if new is None:
         return name
-    warnings.warn(
-        f"{name!r} (from {origin}) is now called {new!r}; the old name will be removed",
-        DeprecationWarning,
-        stacklevel=4,
-    )
+    _deprecated(name, new, origin, stacklevel=4)
     return new
+
+
+#: Old spellings of compare thresholds (the keys a baseline files a figure under, such as
+#: ``p99``) -> the figure's name by the naming rule (``p99_ms``).
+OLD_THRESHOLD_NAMES: dict[str, str] = {
+    old: new for new, old in COMPARE_FIGURES.items() if old != new
+}
+
+
+def warn_old_threshold_names(expr: str, origin: str) -> None:
+    """Warn of each old figure name in *expr* (``FIGURE:AMOUNT,…``, as
+    ``--concurrency-compare-fail`` takes it), naming the new one and *origin*; the old names
+    are still read (as the keys a baseline files its figures under)."""
+    for item in expr.split(","):
+        figure, sep, _ = (part.strip() for part in item.partition(":"))
+        new = OLD_THRESHOLD_NAMES.get(figure)
+        if sep and new is not None:
+            _deprecated(figure, new, origin, stacklevel=3)
 
 
 @contextmanager
