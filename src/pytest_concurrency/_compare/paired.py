@@ -331,7 +331,6 @@ def _plan_both(
             )
 
 
-# long: the round loop of a paired comparison, its stopping rules read in order.
 def run_paired(
     children: Children,
     control: ChildSpec,
