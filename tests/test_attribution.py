@@ -266,10 +266,13 @@ def test_wsgi_p99_requests_wait_for_a_worker_as_littles_law_says() -> None:
     p99 = result.attribution.band("p99")
     assert p99 is not None
     worker = _parts(p99.parts)[("worker", "2 sync workers")]
-    # Little's law: 20 users at 2 / 20 ms take 200 ms a request, 20 ms of it served.
+    # Little's law: 20 users at 2 / 20 ms take 200 ms a request, 20 ms of it served; the
+    # mean wait is the rest. The p99 band waits at least that (less 20 % for the sleeps'
+    # overshoot), and at most its own latency less one service, however long a busy
+    # machine stretches the tail.
     service = 20.0
     expected = 20 / result.throughput * 1000 - service
-    assert worker == pytest.approx(expected, rel=0.2)
+    assert 0.8 * expected <= worker <= p99.latency_ms - service
     assert p99.parts[0].kind == "worker"
     assert p99.parts[0].share > 0.8
 

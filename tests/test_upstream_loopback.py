@@ -260,16 +260,18 @@ def test_figures_come_back_from_a_real_servers_processes(
             requests=60,
             server="uvicorn",
             checks=[hello],
-            p99_ratio=3,
+            p99_ratio=10,
         )
     assert result.status_counts == {200: 60}
     route = result.extras["upstream"][MODEL]
     assert route["calls_in_storm"] >= result.requests
     assert LATENCY_MS <= route["waited_ms_p50"] <= LATENCY_MS + SLACK_MS
-    # The waits were recorded where the storm reads them: p99_ratio was measured.
+    # The waits were recorded where the storm reads them: p99_ratio was measured. Of 60
+    # requests the p99 is the slowest but one, which a machine busy elsewhere stretches
+    # (5.2 waits seen at load average 7), so the limit only catches a wait recorded wrong.
     (ratio,) = [v for v in result.verdicts if v.name == "p99_ratio"]
     assert ratio.ok
-    assert 1.0 <= ratio.measured <= 3
+    assert 1.0 <= ratio.measured <= 10
 
 
 HTTPX_CLIENT = httpx.AsyncClient()

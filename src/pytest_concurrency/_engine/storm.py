@@ -23,7 +23,7 @@ import anyio
 import anyio.to_thread
 
 from .._budget import completed, evaluate, evaluate_endpoint, evaluate_pool
-from .._errors import ConfigError
+from .._errors import ConfigError, StormError
 from .._locust import build_locustfile, read_back, run_locust
 from .._model.extras import ServerProbes
 from .._model.remarks import (
@@ -56,6 +56,7 @@ from .._simio import seed_latency, tls, wait_recorder
 from .._simio.egress import EgressGuard, anonymous_log, read_log, tally
 from .._simio.loopback import ALIAS as LOOPBACK_ALIAS
 from .._simio.loopback import LoopbackUpstream
+from .._simio.loopserver import LoopbackProcess, collect_live, portable
 from .._spec.table import BUDGETS
 from .interrupts import watch_interrupts
 from .plan import LiveFigures, Progress, Serving, StormPlan
@@ -288,10 +289,7 @@ def _served(plan: StormPlan) -> Iterator[StormPlan]:
         cleanup.callback(_unlink, log)
         port = tls_port = ca = None
         if served or tls_hosts:
-            loopback, ca = _loopback(tls_hosts)
-            cleanup.callback(loopback.stop)
-            port = loopback.start().port
-            tls_port = loopback.tls_port
+            port, tls_port, ca = _start_loopback(cleanup, tls_hosts)
         settings = egress_settings(
             plan.config.allow_hosts,
             log,
@@ -529,13 +527,46 @@ def _tls_ports() -> set[int]:
     return {port for upstream in UPSTREAMS for port in upstream.https_ports}
 
 
-def _loopback(tls_hosts: Collection[str]) -> tuple[LoopbackUpstream, str | None]:
+def _loopback(
+    tls_hosts: Collection[str], *, thread: bool = False
+) -> tuple[LoopbackUpstream | LoopbackProcess, str | None]:
     """A loopback upstream for the installed upstreams (not started), serving TLS for
-    *tls_hosts* with a certificate of the session CA; and that CA (PEM) when it does."""
+    *tls_hosts* with a certificate of the session CA; and that CA (PEM) when it does.
+
+    The newest upstream answers; when none of its routes has a handler, a process of its
+    own serves them (off the storm's interpreter lock), else (or with *thread*) a thread
+    of this process.
+    """
+    newest = UPSTREAMS[-1] if UPSTREAMS else None
+    if not thread and newest is not None and portable(newest, tls=bool(tls_hosts)):
+        if not tls_hosts:
+            return LoopbackProcess(newest), None
+        return LoopbackProcess(newest, tls_pem=tls.server_pem(tls_hosts)), tls.ca_pem()
     if not tls_hosts:
         return LoopbackUpstream(lambda: list(UPSTREAMS)), None
     context = tls.server_context(tls_hosts)
     return LoopbackUpstream(lambda: list(UPSTREAMS), tls=context), tls.ca_pem()
+
+
+def _start_loopback(
+    cleanup: ExitStack, tls_hosts: Collection[str]
+) -> tuple[int, int | None, str | None]:
+    """Start the loopback upstream, stopped by *cleanup*: its port, TLS port and CA (PEM).
+
+    A process that cannot start (a route's latency its interpreter cannot import) leaves
+    the routes to a thread of this process, which answers them as before.
+    """
+    loopback, ca = _loopback(tls_hosts)
+    cleanup.callback(loopback.stop)
+    try:
+        loopback.start()
+    except StormError:
+        if not isinstance(loopback, LoopbackProcess):
+            raise
+        loopback, ca = _loopback(tls_hosts, thread=True)
+        cleanup.callback(loopback.stop)
+        loopback.start()
+    return loopback.port, loopback.tls_port, ca
 
 
 def _proxy_redirects() -> dict[tuple[str, int], tuple[str, int]]:
@@ -580,10 +611,7 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
         tls_port, ca = served_tls(env)
         # Not under virtual time: a real server's waits cannot be jumped over.
         if (served or tls_hosts) and port is None and plan.config.clock != "virtual":
-            loopback, ca = _loopback(tls_hosts)
-            cleanup.callback(loopback.stop)
-            port = loopback.start().port
-            tls_port = loopback.tls_port
+            port, tls_port, ca = _start_loopback(cleanup, tls_hosts)
         guard = EgressGuard(
             plan.config.allow_hosts,
             declared=_declared_hosts,
@@ -601,6 +629,8 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
         try:
             with guard:
                 yield attach
+            # A loopback process's calls and waits, added where the storm reads them.
+            collect_live()
             refused = guard.counts()
             for refusal in read_log(server_log, server_from)[0] if server_log is not None else []:
                 refused[refusal] = refused.get(refusal, 0) + 1

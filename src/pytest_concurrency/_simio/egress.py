@@ -6,13 +6,20 @@ the storm's duration, and a destination that is not loopback (127.0.0.0/8, ``::1
 name is looked up or any packet sent. Guarded are name resolution (``socket.getaddrinfo``,
 ``gethostbyname``, ``gethostbyname_ex``; ``socket.create_connection`` goes through them),
 ``socket.socket.connect`` and ``connect_ex`` (a name given to ``connect`` is resolved by
-the C library, so it is checked there too), the event loop's ``getaddrinfo`` (asyncio runs
+the C library, so it is checked there too), ``sendto`` and ``sendmsg`` with an address
+(UDP: a datagram needs no connection; asyncio's datagram transports send through them, and
+uvloop's ``create_datagram_endpoint`` is checked for its ``remote_addr``), the event loop's ``getaddrinfo`` (asyncio runs
 ``socket.getaddrinfo`` on its default executor, where the caller's stack is gone: the
 loop's method is checked first, on the caller's stack) and uvloop's resolving methods,
 which never reach ``socket``, and aiohttp's resolvers (``AsyncResolver`` asks c-ares
 directly). The error, :class:`EgressRefused`, is a ``ConnectionRefusedError``, so every
 client fails the call as it would fail a refused connection; it names the host, the port,
 the client library and the app's own line that made the call, read from the stack.
+
+What runs in C below Python is out of reach: a C library's own sockets and name lookups
+(libpq resolving a database host, c-ares in a driver other than aiohttp's resolver, a Rust
+or Go extension's client) never meet these functions, so a host they reach is neither
+refused nor counted; give such services loopback addresses (or a latency proxy) in tests.
 
 Every refusal is counted by host, port, client and call site, so a storm can report and
 fail on them. The patches go through the probes' patch registry and come off on every
@@ -42,6 +49,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from .._optional import installed
+from .._probes.attribution import Ledger, current
 from .._probes.patches import Patch, remove_all, wrap
 
 __all__ = [
@@ -53,6 +61,7 @@ __all__ = [
     "is_loopback",
     "loopback_serves",
     "read_log",
+    "request_on",
     "tally",
 ]
 
@@ -327,6 +336,23 @@ def _host_port(address: Any) -> tuple[str, Any] | None:
 
 _ACTIVE: list[EgressGuard] = []
 _THREAD = threading.local()
+#: The app's sockets connected to a latency proxy, each with its local port (the port the
+#: proxy sees the connection come from).
+_PROXIED: weakref.WeakKeyDictionary[socket.socket, int] = weakref.WeakKeyDictionary()
+#: Local port of a proxied connection -> the request that last sent on it: the one waiting
+#: for what the proxy delays next (a pooled connection serves one request at a time).
+_SENDERS: dict[int, Ledger | None] = {}
+
+
+def request_on(port: int) -> Ledger | None:
+    """The ledger of the request that last sent on the app's connection from *port* to a
+    latency proxy (None when none is known)."""
+    return _SENDERS.get(port)
+
+
+def _mark_proxied(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError, TypeError, IndexError):
+        _PROXIED[sock] = int(sock.getsockname()[1])
 
 
 def direct_connections() -> None:
@@ -402,6 +428,7 @@ class EgressGuard:
         self._trusting: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
         # Targets of latency proxies: a connection to one goes to its proxy instead.
         self._redirects = {(_normal(h), int(p)): to for (h, p), to in (redirect or {}).items()}
+        self._proxies = {(_normal(h), int(p)) for h, p in self._redirects.values()}
         self._lock = threading.Lock()
         self._counts: dict[Refusal, int] = {}
         self._patches: tuple[Patch, ...] = ()
@@ -502,6 +529,17 @@ class EgressGuard:
                 return to
         return address
 
+    def _to_proxy(self, address: Any) -> bool:
+        """Whether *address* is a latency proxy's (the app's own connection to it)."""
+        if not self._proxies or getattr(_THREAD, "direct", False):
+            return False
+        target = _host_port(address)
+        if target is None:
+            return False
+        host = _normal(target[0])
+        host = host.removeprefix("::ffff:")
+        return (host, _port(target[1]) or 0) in self._proxies
+
     def _note(self, host: Any, infos: Any) -> None:
         """Open the addresses an allowed host name resolved to."""
         if not self._names or not isinstance(host, str) or _normal(host) not in self._names:
@@ -559,6 +597,8 @@ class EgressGuard:
         patches, self._patches = self._patches, ()
         if self in _ACTIVE:
             _ACTIVE.remove(self)
+        if not _ACTIVE:
+            _SENDERS.clear()
         remove_all(patches)
 
     def __enter__(self) -> EgressGuard:
@@ -609,6 +649,8 @@ class EgressGuard:
 
             return gethostbyname_ex
 
+        to_proxy = self._to_proxy
+
         def connector(original: Any) -> Any:
             def connect(sock: socket.socket, address: Any) -> Any:
                 if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -616,9 +658,62 @@ class EgressGuard:
                     if target is not None:
                         check(target[0], target[1], sys._getframe(1))
                         address = redirect(address)
+                        if to_proxy(address):
+                            # Known by its local port, which the proxy sees (a
+                            # non-blocking connect has one once it has begun).
+                            try:
+                                return original(sock, address)
+                            finally:
+                                _mark_proxied(sock)
                 return original(sock, address)
 
             return connect
+
+        def stream_sender(original: Any) -> Any:
+            def send(sock: socket.socket, data: Any, *args: Any) -> Any:
+                port = _PROXIED.get(sock)
+                if port is not None:
+                    _SENDERS[port] = current()
+                return original(sock, data, *args)
+
+            return send
+
+        def sender(original: Any) -> Any:
+            def sendto(sock: socket.socket, data: Any, *args: Any) -> Any:
+                # sendto(data, address) or sendto(data, flags, address); a name in the
+                # address is resolved by the C library, so it is checked here first.
+                if args and sock.family in (socket.AF_INET, socket.AF_INET6):
+                    target = _host_port(args[-1])
+                    if target is not None:
+                        check(target[0], target[1], sys._getframe(1))
+                return original(sock, data, *args)
+
+            return sendto
+
+        def message_sender(original: Any) -> Any:
+            def sendmsg(sock: socket.socket, buffers: Any, *args: Any, **kw: Any) -> Any:
+                # sendmsg(buffers, ancdata, flags, address): the address is the fourth.
+                address = kw.get("address", args[2] if len(args) > 2 else None)
+                if address is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                    target = _host_port(address)
+                    if target is not None:
+                        check(target[0], target[1], sys._getframe(1))
+                elif _PROXIED and (port := _PROXIED.get(sock)) is not None:
+                    _SENDERS[port] = current()  # asyncio's writelines sends this way
+                return original(sock, buffers, *args, **kw)
+
+            return sendmsg
+
+        def loop_datagram(original: Any) -> Any:
+            async def create_datagram_endpoint(
+                loop: Any, factory: Any, local_addr: Any = None, remote_addr: Any = None, **kw: Any
+            ) -> Any:
+                target = _host_port(remote_addr)
+                if target is not None:
+                    check(target[0], target[1], sys._getframe(1))
+                return await original(loop, factory, local_addr, remote_addr, **kw)
+
+            return create_datagram_endpoint
 
         def loop_resolver(original: Any) -> Any:
             async def getaddrinfo(loop: Any, host: Any, port: Any, *args: Any, **kw: Any) -> Any:
@@ -713,8 +808,17 @@ class EgressGuard:
             (socket, "gethostbyname_ex", by_name_ex),
             (socket.socket, "connect", connector),
             (socket.socket, "connect_ex", connector),
+            (socket.socket, "sendto", sender),
             (asyncio.base_events.BaseEventLoop, "getaddrinfo", loop_resolver),
         ]
+        if hasattr(socket.socket, "sendmsg"):
+            targets.append((socket.socket, "sendmsg", message_sender))
+        if self._proxies:
+            # What the app sends to a latency proxy tells it whose request waits next.
+            targets += [
+                (socket.socket, "send", stream_sender),
+                (socket.socket, "sendall", stream_sender),
+            ]
         if self._served_tls:
             targets += [
                 (ssl.SSLContext, "wrap_socket", tls_socket),
@@ -730,6 +834,9 @@ class EgressGuard:
                 (uvloop.Loop, "getaddrinfo", loop_resolver),
                 (uvloop.Loop, "create_connection", loop_connector),
                 (uvloop.Loop, "sock_connect", loop_sock_connector),
+                # Its datagram transports send through libuv: their remote_addr is checked
+                # here (a later transport.sendto(data, addr) to another address is not).
+                (uvloop.Loop, "create_datagram_endpoint", loop_datagram),
             ]
         if "aiohttp.resolver" not in sys.modules and all(
             installed(name) for name in ("aiodns", "aiohttp")

@@ -16,10 +16,17 @@ during a storm the egress guard turns a connection to the target into one to the
 (except the proxy's own connections to the target).
 
 Each proxy counts connections (``calls``), connections open (``in_flight``) and their peak,
-bytes each way, hung and reset connections, and the wait of every delayed chunk. Those
-waits are not charged to a request's ledger: the proxy relays bytes on a thread of its
-own, where no request's context runs, and a pooled connection carries the bytes of many
-requests one after another, so a chunk cannot be tied to the request that waits for it.
+bytes each way, hung and reset connections, and the wait of every delayed chunk. A
+chunk's wait is charged to the request that waits for it (a ``proxy`` part of its
+breakdown) through the app's connection: the egress guard knows the app's sockets
+connected to a proxy by their local port, and which request last sent on each (a pooled
+connection serves one request at a time, and a request sends before it waits for the
+answer); the proxy, on a thread of its own, charges each delayed chunk of that connection
+to that request. This holds where the app's sends are Python ``socket`` calls in the
+request's context: blocking drivers in Python (PyMySQL, redis-py) and asyncio transports
+on asyncio's own loop (asyncpg, redis.asyncio). A C library's sends (libpq under psycopg)
+and uvloop's transports (libuv) never meet Python's ``socket``, so their waits show only
+in the proxy's totals (the upstream table), not in a request's breakdown.
 """
 
 from __future__ import annotations
@@ -37,8 +44,9 @@ from typing import Any
 
 from .._errors import ConfigError
 from .._metrics.percentile import quantile
+from .._probes.attribution import charge_to
 from .distributions import ConstantLatency, Latency, LatencyLike, _show, as_latency
-from .egress import direct_connections
+from .egress import direct_connections, request_on
 
 __all__ = ["Proxy"]
 
@@ -289,6 +297,8 @@ class Proxy:
                     self.errors += 1
                 return
             self._transports.add(target_writer.transport)
+            peer = writer.get_extra_info("peername")
+            client = int(peer[1]) if isinstance(peer, tuple) and len(peer) > 1 else None
             pipes = [
                 asyncio.ensure_future(
                     self._pipe(
@@ -297,10 +307,13 @@ class Proxy:
                         self.upstream_latency,
                         self.upstream_bandwidth,
                         up=True,
+                        client=client,
                     )
                 ),
                 asyncio.ensure_future(
-                    self._pipe(target_reader, writer, self.latency, self.bandwidth, up=False)
+                    self._pipe(
+                        target_reader, writer, self.latency, self.bandwidth, up=False, client=client
+                    )
                 ),
             ]
             if reset:
@@ -347,8 +360,13 @@ class Proxy:
         rate: float | None,
         *,
         up: bool,
+        client: int | None = None,
     ) -> None:
-        """Relay one direction: each chunk leaves a sampled delay after it arrived, in order."""
+        """Relay one direction: each chunk leaves a sampled delay after it arrived, in order.
+
+        A chunk's delay is charged to the request that last sent on the app's connection
+        (from port *client*), when the app's own code sent it (see ``egress.request_on``).
+        """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[float, float, bytes]] = asyncio.Queue(_QUEUE)
         delays = not (isinstance(latency, ConstantLatency) and latency.ms == 0)
@@ -382,8 +400,12 @@ class Proxy:
                 pause = due - loop.time()
                 if pause > 0:
                     await asyncio.sleep(pause)
-                writer.write(data)
                 waited = loop.time() - arrived
+                if (delays or rate is not None) and client is not None:
+                    # Charged before the chunk leaves: once the app has it, the request
+                    # may end and its breakdown be read.
+                    charge_to(request_on(client), "proxy", self.label, waited)
+                writer.write(data)
                 with self._lock:
                     if up:
                         self.bytes_up += len(data)

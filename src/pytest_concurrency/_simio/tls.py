@@ -7,8 +7,9 @@ to the system's trust store or to disk: while a storm runs, the egress guard loa
 into a client's ``ssl.SSLContext`` on its way to a TLS handshake with a declared https host
 (``SSLContext.wrap_socket``, used by requests, urllib3 and ``urllib.request``, and
 ``wrap_bio``, used by asyncio's TLS and so by aiohttp), and into no other. A context that
-was given the CA keeps it after the storm; its key never left this process, and the server
-that used it is gone.
+was given the CA keeps it after the storm; the CA's key never left this process, and the
+server that used it is gone. A loopback upstream process gets its host certificate and key
+(:func:`server_pem`) over a socket pair and loads them from memory (``memfd``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from .._optional import installed
 
-__all__ = ["available", "ca_pem", "server_context"]
+__all__ = ["available", "ca_pem", "server_context", "server_pem"]
 
 _LOCK = threading.Lock()
 _CA: list[Any] = []
@@ -53,3 +54,11 @@ def server_context(hosts: Iterable[str]) -> ssl.SSLContext:
     context.set_alpn_protocols(["http/1.1"])
     _ca().issue_cert(*names).configure_cert(context)
     return context
+
+
+def server_pem(hosts: Iterable[str]) -> bytes:
+    """A key and certificate chain for *hosts* (PEM), issued by the CA, for a loopback
+    upstream process to load from memory."""
+    names = sorted(set(hosts))
+    pem: bytes = _ca().issue_cert(*names).private_key_and_cert_chain_pem.bytes()
+    return pem

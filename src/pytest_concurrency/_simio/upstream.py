@@ -296,6 +296,8 @@ class Route:
         self.timeouts = 0
         """Calls that raised ``httpx.ReadTimeout``."""
         self._waits_us: array[int] = array("q")
+        # Calls in flight in a loopback upstream process when it last reported.
+        self._remote_in_flight = 0
 
     @property
     def label(self) -> str:
@@ -441,6 +443,16 @@ class Route:
             if not streaming:
                 self._exit()
 
+    def _merge(self, counts: Mapping[str, Any]) -> None:
+        """Add what another process's copy of this route counted since it last reported."""
+        with self._lock:
+            self.calls += counts["calls"]
+            self.errors += counts["errors"]
+            self.timeouts += counts["timeouts"]
+            self._remote_in_flight = counts["in_flight"]
+            self.max_in_flight = max(self.max_in_flight, counts["max_in_flight"])
+            self._waits_us.extend(counts["waits_us"])
+
     def _reset(self) -> None:
         with self._lock:
             # Calls still in flight will leave through _exit(), so in_flight is kept.
@@ -454,7 +466,7 @@ class Route:
         return {
             "latency": self.latency.describe(),
             "calls": self.calls,
-            "in_flight": self.in_flight,
+            "in_flight": self.in_flight + self._remote_in_flight,
             "max_in_flight": self.max_in_flight,
             "errors": self.errors,
             "timeouts": self.timeouts,
@@ -763,6 +775,15 @@ class Upstream:
             f'during a storm; declare it with upstream.route("{suggestion}", latency=...)',
             request=request,
         )
+
+    def _merge_undeclared(self, calls: int, urls: Sequence[str]) -> None:
+        """Add the calls without a route that another process answered with a 502."""
+        with self._lock:
+            self.undeclared_calls += calls
+            for url in urls:
+                if url not in self._undeclared_seen and len(self.undeclared) < self._max_undeclared:
+                    self._undeclared_seen.add(url)
+                    self.undeclared.append(url)
 
     # -- reporting
 

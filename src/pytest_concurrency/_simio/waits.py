@@ -141,6 +141,17 @@ class WaitRecorder:
             self._blocking_req = []
             self._active = True
 
+    def merge_async(self, waits: Sequence[tuple[int, int, float]]) -> None:
+        """Add async waits timed in another process: (error µs, requested µs, ended at
+        ``perf_counter``, which is the same clock in every process of the machine on Linux)."""
+        if not self._active:
+            return
+        with self._lock:
+            for error_us, requested_us, at in waits:
+                self._async_us.append(error_us)
+                self._async_req.append(requested_us)
+                self._async_at.append(at)
+
     def stop(self, window: tuple[float, float] | None = None) -> WaitReport:
         """Stop recording and summarise the waits since ``start()``.
 
