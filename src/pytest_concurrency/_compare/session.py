@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from .._baseline.compare import judgements
 from .._engine.plan import StormPlan
 from .._errors import ConfigError
 from .._model.extras import Comparison
@@ -21,9 +22,8 @@ from .._model.result import StormResult
 from .._options import Setting, add_string_options, setting
 from .._params import Layer
 from .._plugin_report import ReportSession
-from .._report._baseline import judgements
 from .._report._markdown import SummaryRow, markdown_summary, write_markdown
-from .._report._records import as_records
+from .._report._records import as_records, comparison_of
 from .._session import STORMS_KEY
 from .._spec.table import warn_old_threshold_names
 from .control import Control, control_path, experiment_path, module_root
@@ -294,8 +294,8 @@ def paired_rows(records: Sequence[Any]) -> list[SummaryRow]:
     """A summary row per storm that carries a paired comparison."""
     rows = []
     for record in records:
-        block = (record.data.get("extras") or {}).get("comparison")
-        if isinstance(block, dict):
+        block = comparison_of(record.data)
+        if block is not None:
             line = str(block.get("line", ""))
             change = line.partition(": ")[2] or line
             rows.append(SummaryRow(str(block.get("verdict")), record.nodeid, record.label, change))
@@ -304,7 +304,7 @@ def paired_rows(records: Sequence[Any]) -> list[SummaryRow]:
 
 def baseline_rows(report: ReportSession, records: Sequence[Any]) -> list[SummaryRow]:
     """A summary row per storm compared with the saved baseline."""
-    from .._report._baseline import compare
+    from .._baseline.compare import compare
 
     assert report.baseline is not None
     rows = []

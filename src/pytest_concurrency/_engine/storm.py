@@ -461,6 +461,10 @@ def _round_entry(result: StormResult) -> dict[str, Any]:
     contention = result.cpu_contention
     if contention is not None and contention.slowdown is not None:
         entry["cpu_slowdown"] = contention.slowdown
+    handled = result.requests + result.discarded
+    if contention is not None and contention.run_s and handled:
+        # CPU µs the storm's threads ran per request: what a busy machine moves least.
+        entry["cpu"] = contention.run_s * 1e6 / handled
     return entry
 
 
