@@ -825,3 +825,14 @@ def test_storms_table_shows_each_endpoint_of_a_mix() -> None:
     assert lines[1].endswith("FAIL POST /b p99_ms")
     assert re.search(r"^\s+GET /a\s+75\s+30\s+4\s+5\s+6\s+0\.0%$", lines[2])
     assert re.search(r"^\s+POST /b\s+25\s+10\s+8\s+9\s+9\.5\s+20\.0%\s+FAIL p99_ms$", lines[3])
+
+
+def test_the_storms_table_shows_an_open_storms_arrival_rate_not_zero_users() -> None:
+    from pytest_concurrency import run_storm
+    from pytest_concurrency._report._terminal import storms_table
+    from tests.apps import asgi_hello
+
+    result = run_storm(asgi_hello, "GET", "/", duration=0.2, rate=200)
+    assert result.users == 0
+    (row,) = [line for line in storms_table([("t", result)]) if line.startswith("t ")]
+    assert " 200/s " in row

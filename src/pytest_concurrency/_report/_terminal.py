@@ -30,6 +30,14 @@ __all__ = [
 ]
 
 
+def _users_cell(d: Mapping[str, Any]) -> str:
+    """A closed storm's users; an open one's arrival rate (it has no users)."""
+    rate = d.get("rate")
+    if d.get("model") == "open" and isinstance(rate, int | float):
+        return f"{rate:,.6g}/s"
+    return f"{d.get('users', 0):,}"
+
+
 def _cell(value: Any, fmt: Callable[[float], str] = format_number) -> str:
     return fmt(float(value)) if isinstance(value, int | float) else "n/a"
 
@@ -111,7 +119,7 @@ def storms_table(
                 record.nodeid,
                 record.label,
                 f"{d.get('interface', '')} {d.get('server', '')}".strip(),
-                f"{d.get('users', 0):,}",
+                _users_cell(d),
                 f"{d.get('requests', 0):,}",
                 _cell(d.get("throughput")),
                 _cell(latency.get("p50")),
