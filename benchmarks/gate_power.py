@@ -1,6 +1,7 @@
-"""How much does the paired gate catch, and what does it cost? Three changes and none, K times.
+"""How much do the gates catch, and what do they cost? Changes and none, K times, in both modes.
 
-    python benchmarks/gate_power.py [--k 5] [--fail p99:10%,rps:10%] [--duration 1.0]
+    python benchmarks/gate_power.py [--mode paired|saved|both] [--k 5]
+                                    [--fail p99_ms:10%,rps:10%] [--duration 1.0]
                                     [--json PATH] [--until HH:MM]
 
 A temporary git repository holds an example app (a bare ASGI app: ``/cpu`` spends about
@@ -17,6 +18,14 @@ Per change it counts the changed storm caught (regressed), missed (unchanged or
 improved) or inconclusive, and false failures (a regressed verdict on a storm whose code
 did not change). It also counts the judged figures that came out inconclusive, and
 times a gated session against the same session ungated (one per iteration).
+
+The saved-baseline half (``--mode saved``) saves the unchanged code as a baseline in three
+sessions (``--concurrency-save``; a copy of the file after the first stands for a
+one-session baseline), then runs ``cpu×2`` and ``unchanged`` with
+``--concurrency-compare=NAME --concurrency-compare-fail=...`` against each: the doubling
+must be caught with one saved session and with three, and unchanged code never fail.
+Each iteration uses a storage directory of its own. Every session's 1-minute load
+average is recorded beside it: the false-failure count is meant for a busy machine.
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -119,7 +130,8 @@ def _write(repo: Path, work: int, block: float, duration: float) -> None:
     (repo / "test_gate.py").write_text(TESTS.format(duration=duration), encoding="utf-8")
 
 
-def _session(repo: Path, args: list[str]) -> tuple[float, int, dict[str, Any]]:
+def _session(repo: Path, args: list[str]) -> tuple[float, int, dict[str, Any], str]:
+    """Run the tests in a child pytest: wall time, exit code, JSON report, terminal output."""
     report = repo / "storms.json"
     report.unlink(missing_ok=True)
     env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
@@ -140,84 +152,80 @@ def _session(repo: Path, args: list[str]) -> tuple[float, int, dict[str, Any]]:
     doc = json.loads(report.read_text(encoding="utf-8")) if report.exists() else {}
     if not doc:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-    return wall, proc.returncode, doc
+    return wall, proc.returncode, doc, proc.stdout
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--k", type=int, default=5, help="runs per change (default 5)")
-    parser.add_argument("--fail", default="p99:10%,rps:10%", help="--concurrency-compare-fail")
-    parser.add_argument("--duration", type=float, default=1.0, help="storm duration, s")
-    parser.add_argument("--json", type=Path, help="write the raw outcomes here")
-    parser.add_argument("--until", help="start no run likely to end after HH:MM UTC")
-    args = parser.parse_args()
-    deadline = None
-    if args.until:
-        hour, minute = (int(x) for x in args.until.split(":"))
-        now = dt.datetime.now(dt.UTC)
-        deadline = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-        if deadline < now:
-            deadline += dt.timedelta(days=1)
-    work = _calibrate()
-    print(f"calibrated: {work} loop iterations ≈ 1 ms of /cpu", flush=True)
+def _deadline(until: str | None) -> dt.datetime | None:
+    if not until:
+        return None
+    hour, minute = (int(x) for x in until.split(":"))
+    now = dt.datetime.now(dt.UTC)
+    deadline = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    return deadline + dt.timedelta(days=1) if deadline < now else deadline
+
+
+def _late(deadline: dt.datetime | None, seconds: float) -> bool:
+    return bool(
+        deadline and seconds and dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds) > deadline
+    )
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def _loads_line(loads: list[float]) -> str:
+    ordered = sorted(loads)
+    return (
+        f"load average (1 min) after each session: min {ordered[0]:.2f}, "
+        f"median {ordered[len(ordered) // 2]:.2f}, max {ordered[-1]:.2f}"
+    )
+
+
+def paired(repo: Path, work: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The paired half: each change against the committed control, K times."""
+    deadline = _deadline(args.until)
     gated = ["--concurrency-control=HEAD", f"--concurrency-compare-fail={args.fail}"]
     counts: dict[str, Counter[str]] = {name: Counter() for name in CHANGES}
     figures: Counter[str] = Counter()
     walls: dict[str, list[float]] = {"gated": [], "ungated": []}
     raw: list[dict[str, Any]] = []
+    loads: list[float] = []
     reached = 0
-    with tempfile.TemporaryDirectory(prefix="storm-gate-power-") as tmp:
-        repo = Path(tmp)
-        _git(repo, "init", "-q")
+    for k in range(args.k):
+        if _late(deadline, sum(walls["gated"][-4:]) + sum(walls["ungated"][-1:])):
+            break
+        for name, (factor, block, changed) in CHANGES.items():
+            _write(repo, int(work * factor), block, args.duration)
+            wall, code, doc, _ = _session(repo, gated)
+            walls["gated"].append(wall)
+            load = _load()
+            loads.append(load)
+            outcome: dict[str, str] = {}
+            for storm in doc.get("storms", []):
+                test = storm["nodeid"].rsplit("::", 1)[-1]
+                comparison = storm.get("comparison") or {}
+                verdict = comparison.get("verdict", "missing")
+                outcome[test] = verdict
+                for figure in comparison.get("figures", []):
+                    figures[figure["verdict"]] += 1
+                _count(counts[name], test, changed, verdict)
+            lines = [(s.get("comparison") or {}).get("line") for s in doc.get("storms", [])]
+            raw.append({"k": k, "change": name, "wall": wall, "exit": code,
+                        "verdicts": outcome, "load": load, "lines": lines})  # fmt: skip
+            print(f"k={k} {name}: {outcome} ({wall:.1f} s, exit {code}, load {load:.2f})",
+                  flush=True)  # fmt: skip
+            for line in lines:
+                print(f"    {line}", flush=True)
         _write(repo, work, 0.0, args.duration)
-        _git(repo, "add", ".")
-        _git(repo, "commit", "-qm", "control")
-        for k in range(args.k):
-            per_iteration = sum(walls["gated"][-4:]) + sum(walls["ungated"][-1:])
-            if (
-                deadline
-                and per_iteration
-                and (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=per_iteration) > deadline)
-            ):
-                break
-            for name, (factor, block, changed) in CHANGES.items():
-                _write(repo, int(work * factor), block, args.duration)
-                wall, code, doc = _session(repo, gated)
-                walls["gated"].append(wall)
-                storms = doc.get("storms", [])
-                outcome: dict[str, str] = {}
-                for storm in storms:
-                    test = storm["nodeid"].rsplit("::", 1)[-1]
-                    comparison = storm.get("comparison") or {}
-                    verdict = comparison.get("verdict", "missing")
-                    outcome[test] = verdict
-                    for figure in comparison.get("figures", []):
-                        figures[figure["verdict"]] += 1
-                    if test == changed:
-                        key = {"regressed": "caught", "inconclusive": "inconclusive"}.get(
-                            verdict, "missed"
-                        )
-                        counts[name][key] += 1
-                    elif verdict == "regressed":
-                        counts[name]["false failures"] += 1
-                raw.append({"k": k, "change": name, "wall": wall, "exit": code,
-                            "verdicts": outcome,
-                            "lines": [(s.get("comparison") or {}).get("line") for s in storms]})  # fmt: skip
-                print(f"k={k} {name}: {outcome} ({wall:.1f} s, exit {code})", flush=True)
-                for storm in storms:
-                    print(f"    {(storm.get('comparison') or {}).get('line')}", flush=True)
-            _write(repo, work, 0.0, args.duration)
-            wall, _, _ = _session(repo, [])
-            walls["ungated"].append(wall)
-            reached = k + 1
-    print(f"\nK = {reached} runs per change, --concurrency-compare-fail={args.fail}, "
+        wall, _, _, _ = _session(repo, [])
+        walls["ungated"].append(wall)
+        reached = k + 1
+    print(f"\npaired: K = {reached} runs per change, --concurrency-compare-fail={args.fail}, "
           f"storms of {args.duration:g} s")  # fmt: skip
-    print(f"{'change':<10} {'caught':>7} {'missed':>7} {'inconcl.':>9} {'false fail':>11}")
-    for name, found in counts.items():
-        print(
-            f"{name:<10} {found['caught']:>7} {found['missed']:>7} {found['inconclusive']:>9} "
-            f"{found['false failures']:>11}"
-        )
+    _table(counts)
+    if loads:
+        print(_loads_line(loads))
     judged = sum(figures.values())
     if judged:
         share = figures["inconclusive"] / judged
@@ -229,8 +237,137 @@ def main() -> None:
             f"session wall time: gated {gated_mean:.1f} s, ungated {ungated_mean:.1f} s "
             f"({gated_mean / ungated_mean:.1f}×)"
         )
+    return {"runs": raw, "counts": counts, "k": reached}
+
+
+def _count(found: Counter[str], test: str, changed: str | None, verdict: str) -> None:
+    if test == changed:
+        key = {"regressed": "caught", "inconclusive": "inconclusive"}.get(verdict, "missed")
+        found[key] += 1
+    elif verdict == "regressed":
+        found["false failures"] += 1
+
+
+def _table(counts: dict[str, Counter[str]]) -> None:
+    print(f"{'change':<16} {'caught':>7} {'missed':>7} {'inconcl.':>9} {'false fail':>11}")
+    for name, found in counts.items():
+        print(
+            f"{name:<16} {found['caught']:>7} {found['missed']:>7} {found['inconclusive']:>9} "
+            f"{found['false failures']:>11}"
+        )
+
+
+#: A judged figure's line in the terminal summary of a saved-baseline compare.
+_JUDGED = re.compile(r"^(regressed|inconclusive|improved): test_gate\.py::(test_\w+) · ")
+_WITHIN = re.compile(r"^(\d+) compared figures? within")
+
+
+def _saved_verdicts(stdout: str, figures: Counter[str]) -> dict[str, str]:
+    """Each storm's verdict from the terminal summary (the worst of its figures)."""
+    rank = ["regressed", "inconclusive", "improved", "unchanged"]
+    found = {"test_cpu": "unchanged", "test_io": "unchanged"}
+    for line in stdout.splitlines():
+        if (match := _JUDGED.match(line)) is not None:
+            verdict, test = match.groups()
+            figures[verdict] += 1
+            if rank.index(verdict) < rank.index(found.get(test, "unchanged")):
+                found[test] = verdict
+        elif (match := _WITHIN.match(line)) is not None:
+            figures["unchanged"] += int(match.group(1))
+    return found
+
+
+#: Saved-baseline runs: (change, baseline) -> (work multiplier of /cpu, the storm that changed).
+SAVED_RUNS: dict[tuple[str, str], tuple[float, str | None]] = {
+    ("cpu×2", "1 session"): (2.0, "test_cpu"),
+    ("unchanged", "1 session"): (1.0, None),
+    ("cpu×2", "3 sessions"): (2.0, "test_cpu"),
+    ("unchanged", "3 sessions"): (1.0, None),
+}
+
+
+def saved(repo: Path, work: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The saved-baseline half: save unchanged code 1 and 3 times, compare each change, K times."""
+    deadline = _deadline(args.until)
+    counts: dict[str, Counter[str]] = {f"{c} vs {b}": Counter() for c, b in SAVED_RUNS}
+    figures: Counter[str] = Counter()
+    raw: list[dict[str, Any]] = []
+    loads: list[float] = []
+    walls: list[float] = []
+    reached = 0
+    for k in range(args.k):
+        if _late(deadline, sum(walls[-7:])):
+            break
+        storage = repo / f"storms-{k}"
+        _write(repo, work, 0.0, args.duration)
+        for i in range(3):
+            wall, code, _, _ = _session(
+                repo, ["--concurrency-save=three", f"--concurrency-storage={storage}"]
+            )
+            walls.append(wall)
+            load = _load()
+            loads.append(load)
+            print(f"k={k} save {i + 1}/3 ({wall:.1f} s, exit {code}, load {load:.2f})", flush=True)
+            if i == 0:
+                shutil.copy(storage / "three.json", storage / "one.json")
+        for (change, baseline), (factor, changed) in SAVED_RUNS.items():
+            _write(repo, int(work * factor), 0.0, args.duration)
+            name = "one" if baseline == "1 session" else "three"
+            wall, code, _, stdout = _session(
+                repo,
+                [f"--concurrency-compare={name}", f"--concurrency-storage={storage}",
+                 f"--concurrency-compare-fail={args.fail}"],
+            )  # fmt: skip
+            walls.append(wall)
+            load = _load()
+            loads.append(load)
+            outcome = _saved_verdicts(stdout, figures)
+            for test, verdict in outcome.items():
+                _count(counts[f"{change} vs {baseline}"], test, changed, verdict)
+            lines = [line for line in stdout.splitlines() if _JUDGED.match(line)]
+            raw.append({"k": k, "change": change, "baseline": baseline, "wall": wall,
+                        "exit": code, "verdicts": outcome, "load": load, "lines": lines})  # fmt: skip
+            print(f"k={k} {change} vs {baseline}: {outcome} ({wall:.1f} s, exit {code}, "
+                  f"load {load:.2f})", flush=True)  # fmt: skip
+            for line in lines:
+                print(f"    {line[:300]}", flush=True)
+        reached = k + 1
+    print(f"\nsaved baseline: K = {reached} runs per change, "
+          f"--concurrency-compare-fail={args.fail}, storms of {args.duration:g} s")  # fmt: skip
+    _table(counts)
+    if loads:
+        print(_loads_line(loads))
+    judged = sum(figures.values())
+    if judged:
+        share = figures["inconclusive"] / judged
+        print(f"judged figures: {judged}, inconclusive {figures['inconclusive']} ({share:.0%})")
+    return {"runs": raw, "counts": counts, "k": reached}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=("paired", "saved", "both"), default="both")
+    parser.add_argument("--k", type=int, default=5, help="runs per change (default 5)")
+    parser.add_argument("--fail", default="p99_ms:10%,rps:10%", help="--concurrency-compare-fail")
+    parser.add_argument("--duration", type=float, default=1.0, help="storm duration, s")
+    parser.add_argument("--json", type=Path, help="write the raw outcomes here")
+    parser.add_argument("--until", help="start no run likely to end after HH:MM UTC")
+    args = parser.parse_args()
+    work = _calibrate()
+    print(f"calibrated: {work} loop iterations ≈ 1 ms of /cpu", flush=True)
+    found: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="storm-gate-power-") as tmp:
+        repo = Path(tmp)
+        _git(repo, "init", "-q")
+        _write(repo, work, 0.0, args.duration)
+        _git(repo, "add", ".")
+        _git(repo, "commit", "-qm", "control")
+        if args.mode in ("paired", "both"):
+            found["paired"] = paired(repo, work, args)
+        if args.mode in ("saved", "both"):
+            found["saved"] = saved(repo, work, args)
     if args.json:
-        args.json.write_text(json.dumps({"runs": raw, "counts": counts}, indent=1))
+        args.json.write_text(json.dumps(found, indent=1))
 
 
 if __name__ == "__main__":

@@ -12,9 +12,12 @@ from typing import Any
 import pytest
 
 from pytest_concurrency import ConfigError, StormResult
+from pytest_concurrency._baseline import compare as judged_against
+from pytest_concurrency._baseline import noise, store, wording
+from pytest_concurrency._baseline import thresholds as compare_fail
+from pytest_concurrency._baseline.wording import judgement_line
 from pytest_concurrency._model.extras import ContentionFigures, SimulatedWaits
-from pytest_concurrency._report import _baseline, _json
-from pytest_concurrency._report._baseline import judgement_line
+from pytest_concurrency._report import _json
 
 from .test_report import make_result
 from .test_report_plugin import ONE, TESTS, Run
@@ -45,15 +48,15 @@ def judged(
     load_then: dict[str, float] | None = None,
     load_now: dict[str, float] | None = None,
     session_noise: float | None = None,
-) -> list[_baseline.Judgement]:
-    thresholds = _baseline.parse_compare_fail(expr)
+) -> list[judged_against.Judgement]:
+    thresholds = compare_fail.parse_compare_fail(expr)
     machine: dict[str, Any] = {"host": "h"}
     if load_then is not None:
         machine["load"] = load_then
     doc = _json.session_document([(NODE, baseline)], machine=machine)
     # Through JSON, as a saved baseline is read back.
     doc = json.loads(json.dumps(doc))
-    (comparison,) = _baseline.compare(
+    (comparison,) = judged_against.compare(
         # Not this machine's load: the verdicts must not depend on who else is running.
         [(NODE, current)],
         doc,
@@ -61,7 +64,7 @@ def judged(
         load=load_now if load_now is not None else {},
         session_noise=session_noise,
     )
-    return _baseline.judgements(comparison, thresholds)
+    return judged_against.judgements(comparison, thresholds)
 
 
 def loads(one: float, five: float | None = None, fifteen: float | None = None) -> dict[str, float]:
@@ -154,8 +157,8 @@ def test_noise_wider_than_the_threshold_is_inconclusive_and_says_what_would_sett
     assert "regressed" not in line
 
 
-def _baseline_line(j: _baseline.Judgement) -> str:
-    from pytest_concurrency._report._baseline import judgement_line
+def _baseline_line(j: judged_against.Judgement) -> str:
+    from pytest_concurrency._baseline.wording import judgement_line
 
     return judgement_line(j)
 
@@ -252,12 +255,12 @@ def test_a_two_fold_slowdown_is_regressed_when_the_load_held_still() -> None:
 
 
 def test_load_swing_is_the_spread_of_the_cpu_each_session_could_have_had() -> None:
-    assert _baseline.load_swing(None, None) == 1.0
-    assert _baseline.load_swing(loads(1.0), loads(2.0)) == 1.0  # nothing competed
+    assert noise.load_swing(None, None) == 1.0
+    assert noise.load_swing(loads(1.0), loads(2.0)) == 1.0  # nothing competed
     # Any of the three averages: a storm lasts seconds.
-    assert _baseline.load_swing(None, loads(2.0, 8.0, 4.0)) == pytest.approx(4.0)
-    assert _baseline.load_swing(CALM, BUSY) == pytest.approx(5.2 / 2)
-    assert _baseline.load_swing({"1m": 3.0}, None) == 1.0  # no cores: no share known
+    assert noise.load_swing(None, loads(2.0, 8.0, 4.0)) == pytest.approx(4.0)
+    assert noise.load_swing(CALM, BUSY) == pytest.approx(5.2 / 2)
+    assert noise.load_swing({"1m": 3.0}, None) == 1.0  # no cores: no share known
 
 
 # -- the CPU contention each storm measured -------------------------------------------------
@@ -345,26 +348,26 @@ def test_cpu_slowdown_is_the_median_over_rounds_else_the_single_round() -> None:
     result = with_rounds(make_result(latencies(2)), [10, 11, 12], [1, 1, 1])
     result = contended(result, 1.5, 1.1, 3.0)
     data = json.loads(json.dumps(_json.session_document([(NODE, result)], machine={})))["storms"][0]
-    assert _baseline.cpu_slowdown(data) == pytest.approx(1.5)
+    assert noise.cpu_slowdown(data) == pytest.approx(1.5)
     data["rounds"] = []
-    assert _baseline.cpu_slowdown(data) == pytest.approx(1.5)  # the extras: run 1 s, wait 0.5 s
+    assert noise.cpu_slowdown(data) == pytest.approx(1.5)  # the extras: run 1 s, wait 0.5 s
     data["extras"] = {}
-    assert _baseline.cpu_slowdown(data) is None
+    assert noise.cpu_slowdown(data) is None
 
 
 def test_cpu_share_is_the_time_per_request_outside_simulated_waits() -> None:
     plain = make_result([10.0] * 100)
     data = _json.session_document([(NODE, plain)], machine={})["storms"][0]
-    assert _baseline.cpu_share(data) == 1.0
+    assert noise.cpu_share(data) == 1.0
     waited = simulated(make_result([10.0] * 100), 8.0)
     data = _json.session_document([(NODE, waited)], machine={})["storms"][0]
-    assert _baseline.cpu_share(data) == pytest.approx(0.2, abs=0.01)
+    assert noise.cpu_share(data) == pytest.approx(0.2, abs=0.01)
 
 
 def test_a_saved_baseline_records_the_load_it_was_measured_under(tmp_path: Path) -> None:
     doc = _json.session_document([(NODE, make_result([1.0] * 10))], machine={"host": "h"})
-    path = _baseline.save("main", doc, tmp_path)
-    load = _baseline.load("main", tmp_path)["machine"]["load"]
+    path = store.save("main", doc, tmp_path)
+    load = store.load("main", tmp_path)["machine"]["load"]
     assert path == tmp_path / "main.json"
     assert set(load) == {"1m", "5m", "15m", "cores"}
     assert load["cores"] >= 1
@@ -408,7 +411,7 @@ def test_a_corrupt_baseline_is_a_clear_error_naming_the_file(
     path = tmp_path / "main.json"
     path.write_text(write(_good_doc()), encoding="utf-8")
     with pytest.raises(ConfigError, match=message) as raised:
-        _baseline.load("main", tmp_path)
+        store.load("main", tmp_path)
     assert str(path) in str(raised.value)
     assert "--concurrency-compare='main'" in str(raised.value)
 
@@ -422,7 +425,7 @@ def _nested(levels: int) -> Any:
 
 def test_a_valid_baseline_loads(tmp_path: Path) -> None:
     (tmp_path / "main.json").write_text(json.dumps(_good_doc()), encoding="utf-8")
-    assert len(_baseline.load("main", tmp_path)["storms"]) == 1
+    assert len(store.load("main", tmp_path)["storms"]) == 1
 
 
 def _with_figure(doc: dict[str, Any], where: tuple[str, ...], value: Any) -> dict[str, Any]:
@@ -453,7 +456,7 @@ def test_a_baseline_figure_that_would_switch_the_gate_off_is_an_error(
     path = tmp_path / "main.json"
     path.write_text(json.dumps(_with_figure(_good_doc(), where, value)), encoding="utf-8")
     with pytest.raises(ConfigError, match=message) as raised:
-        _baseline.load("main", tmp_path)
+        store.load("main", tmp_path)
     text = str(raised.value)
     assert str(path) in text
     assert f"storm {NODE} · GET /items/1" in text
@@ -462,19 +465,19 @@ def test_a_baseline_figure_that_would_switch_the_gate_off_is_an_error(
 def test_a_nine_fold_regression_is_not_let_through_by_a_null_baseline(tmp_path: Path) -> None:
     doc = _json.session_document([(NODE, make_result([10.0] * 200))], machine={"host": "h"})
     slower = [(NODE, make_result([90.0] * 200))]
-    thresholds = _baseline.parse_compare_fail("p99:10%")
-    (comparison,) = _baseline.compare(slower, json.loads(json.dumps(doc)), load={})
-    assert _baseline.regressions([comparison], thresholds)
+    thresholds = compare_fail.parse_compare_fail("p99:10%")
+    (comparison,) = judged_against.compare(slower, json.loads(json.dumps(doc)), load={})
+    assert wording.regressions([comparison], thresholds)
     # With the baseline's p99 made null, a comparison has no verdict on p99 and the 9x
     # slower run would pass: reading such a baseline is an error instead.
     path = tmp_path / "main.json"
     path.write_text(json.dumps(_with_figure(doc, ("latency", "p99"), None)), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"p99 is null"):
-        _baseline.load("main", tmp_path)
+        store.load("main", tmp_path)
 
 
 def test_a_run_cannot_save_a_baseline_that_disables_its_gate(tmp_path: Path) -> None:
-    _baseline.save(
+    store.save(
         "main", _json.session_document([(NODE, make_result([10.0] * 50))], machine={}), tmp_path
     )
     before = (tmp_path / "main.json").read_text(encoding="utf-8")
@@ -483,14 +486,14 @@ def test_a_run_cannot_save_a_baseline_that_disables_its_gate(tmp_path: Path) -> 
     nothing.throughput = math.nan
     doc = _json.session_document([(NODE, nothing)], machine={})
     with pytest.raises(ConfigError) as raised:
-        _baseline.save("main", doc, tmp_path)
+        store.save("main", doc, tmp_path)
     text = str(raised.value)
     assert f"--concurrency-save='main': storm {NODE} · GET /items/1 cannot be saved" in text
     assert "p99 is null (not measured)" in text
     assert "rps is null (not measured)" in text
     assert (tmp_path / "main.json").read_text(encoding="utf-8") == before
     with pytest.raises(ConfigError, match=r"p99 is null"):
-        _baseline.save("main", doc, tmp_path / "fresh", replace=True)
+        store.save("main", doc, tmp_path / "fresh", replace=True)
     assert not (tmp_path / "fresh" / "main.json").exists()
 
 
@@ -510,7 +513,7 @@ def test_a_json_report_never_holds_nan_or_infinity(tmp_path: Path) -> None:
     # ... and a report read as a baseline does not let the null through.
     (tmp_path / "main.json").write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match=r"rps is null"):
-        _baseline.load("main", tmp_path)
+        store.load("main", tmp_path)
 
 
 # -- saving merges by storm ---------------------------------------------------------------
@@ -518,16 +521,16 @@ def test_a_json_report_never_holds_nan_or_infinity(tmp_path: Path) -> None:
 
 def test_save_merges_by_storm_unless_told_to_replace(tmp_path: Path) -> None:
     storms = [(f"t.py::test_{i}", make_result([float(i + 1)] * 10)) for i in range(3)]
-    _baseline.save("main", _json.session_document(storms, machine={}), tmp_path)
+    store.save("main", _json.session_document(storms, machine={}), tmp_path)
     again = [("t.py::test_1", make_result([9.0] * 10))]
-    _baseline.save("main", _json.session_document(again, machine={}), tmp_path)
+    store.save("main", _json.session_document(again, machine={}), tmp_path)
 
     saved = json.loads((tmp_path / "main.json").read_text())
     by_node = {s["nodeid"]: s["latency"]["p50"] for s in saved["storms"]}
     assert set(by_node) == {"t.py::test_0", "t.py::test_1", "t.py::test_2"}
     assert by_node["t.py::test_1"] == pytest.approx(9.0, rel=0.01)
 
-    _baseline.save("main", _json.session_document(again, machine={}), tmp_path, replace=True)
+    store.save("main", _json.session_document(again, machine={}), tmp_path, replace=True)
     saved = json.loads((tmp_path / "main.json").read_text())
     assert [s["nodeid"] for s in saved["storms"]] == ["t.py::test_1"]
 
@@ -536,9 +539,9 @@ def test_save_over_a_corrupt_baseline_is_an_error_not_a_loss(tmp_path: Path) -> 
     (tmp_path / "main.json").write_text('{"schema_version": 1, "storms": 3}', encoding="utf-8")
     doc = _json.session_document([(NODE, make_result([1.0]))], machine={})
     with pytest.raises(ConfigError, match=r"--concurrency-save='main': baseline .*main\.json"):
-        _baseline.save("main", doc, tmp_path)
-    _baseline.save("main", doc, tmp_path, replace=True)
-    assert len(_baseline.load("main", tmp_path)["storms"]) == 1
+        store.save("main", doc, tmp_path)
+    store.save("main", doc, tmp_path, replace=True)
+    assert len(store.load("main", tmp_path)["storms"]) == 1
 
 
 # -- in a pytest session ------------------------------------------------------------------
@@ -618,8 +621,8 @@ def saved_sessions(tmp_path: Path, results: list[StormResult]) -> dict[str, Any]
         # No load averages (a document that states its own keeps them): the verdicts must
         # not depend on who else is running while the test saves.
         doc = _json.session_document([(NODE, result)], machine={"host": "h", "load": {}})
-        _baseline.save("main", doc, tmp_path)
-    return _baseline.load("main", tmp_path)
+        store.save("main", doc, tmp_path)
+    return store.load("main", tmp_path)
 
 
 def test_a_baseline_keeps_the_last_sessions_of_each_storm(tmp_path: Path) -> None:
@@ -637,16 +640,16 @@ def test_a_baseline_keeps_the_last_sessions_of_each_storm(tmp_path: Path) -> Non
     assert all(s["cpu_share"] == 1.0 for s in sessions)
     # Replacing the baseline starts its history again.
     doc = _json.session_document([(NODE, results[0])], machine={"host": "h"})
-    _baseline.save("main", doc, tmp_path, replace=True)
-    assert len(_baseline.load("main", tmp_path)["storms"][0]["sessions"]) == 1
+    store.save("main", doc, tmp_path, replace=True)
+    assert len(store.load("main", tmp_path)["storms"][0]["sessions"]) == 1
     # At most HISTORY sessions are kept, the newest last.
-    many = saved_sessions(tmp_path, [results[i % 3] for i in range(_baseline.HISTORY + 4)])
-    assert len(many["storms"][0]["sessions"]) == _baseline.HISTORY
+    many = saved_sessions(tmp_path, [results[i % 3] for i in range(noise.HISTORY + 4)])
+    assert len(many["storms"][0]["sessions"]) == noise.HISTORY
 
 
 def history_judged(
     tmp_path: Path, spread: float, change: float, expr: str = "p99:10%"
-) -> _baseline.Judgement:
+) -> judged_against.Judgement:
     """Five saved sessions whose p99 varied by ±*spread*, then one *change* times slower."""
 
     def session(seed: int, p99: float) -> StormResult:
@@ -660,8 +663,8 @@ def history_judged(
     steps = (-1, -0.5, 0.5, 1, 0)
     doc = saved_sessions(tmp_path, [session(i, 30 * (1 + spread * k)) for i, k in enumerate(steps)])
     now = session(9, 30 * change)
-    (comparison,) = _baseline.compare([(NODE, now)], doc, noise_for={"p99"}, load={})
-    (j,) = _baseline.judgements(comparison, _baseline.parse_compare_fail(expr))
+    (comparison,) = judged_against.compare([(NODE, now)], doc, noise_for={"p99"}, load={})
+    (j,) = judged_against.judgements(comparison, compare_fail.parse_compare_fail(expr))
     return j
 
 
@@ -753,7 +756,7 @@ def test_a_storm_busy_a_few_percent_of_its_window_is_judged_tightly() -> None:
     for result in (base, now):
         result.duration = 1.0
         result.cpu_contention = ContentionFigures(run_s=0.018, wait_s=0.002)
-    assert _baseline.cpu_share(
+    assert noise.cpu_share(
         json.loads(json.dumps(_json.session_document([(NODE, base)], machine={})))["storms"][0]
     ) == pytest.approx(0.02)
     (p99,) = judged(base, now, "p99:10%")
@@ -763,3 +766,99 @@ def test_a_storm_busy_a_few_percent_of_its_window_is_judged_tightly() -> None:
         result.cpu_contention = ContentionFigures(run_s=0.9, wait_s=0.1)
     (p99,) = judged(base, now, "p99:10%")
     assert p99.verdict == "inconclusive"
+
+
+def test_three_saved_sessions_never_make_a_doubling_harder_to_catch(tmp_path: Path) -> None:
+    # Three sessions ±10% apart: a 99% prediction interval on 2 degrees of freedom spans
+    # ×3 either way. Saving more sessions must not turn a gate that catches a doubling into
+    # one that cannot fail: history narrows the default spread between sessions, never
+    # widens it.
+    def session(seed: int, p99: float) -> StormResult:
+        result = with_rounds(
+            make_result(latencies(seed)), [p99 * 0.98, p99, p99 * 1.02], [1000] * 3
+        )
+        result.latency = type(result.latency)(**{**result.latency.__dict__, "p99": p99})
+        return result
+
+    doc = saved_sessions(
+        tmp_path, [session(i, 30 * (1 + 0.1 * k)) for i, k in enumerate((-1, 1, 0))]
+    )
+    (comparison,) = judged_against.compare(
+        [(NODE, session(9, 60.0))], doc, noise_for={"p99"}, load={}
+    )
+    (j,) = judged_against.judgements(comparison, compare_fail.parse_compare_fail("p99:10%"))
+    assert j.delta.noise is not None
+    assert j.delta.noise.history == 3
+    assert j.verdict == "regressed"
+    # One saved session of the same storm catches it too.
+    one = saved_sessions(tmp_path / "one", [session(0, 30.0)])
+    (comparison,) = judged_against.compare(
+        [(NODE, session(9, 60.0))], one, noise_for={"p99"}, load={}
+    )
+    (j,) = judged_against.judgements(comparison, compare_fail.parse_compare_fail("p99:10%"))
+    assert j.verdict == "regressed"
+
+
+# -- CPU time per request: the figure a busy machine moves least ----------------------------
+
+
+def on_cpu(result: StormResult, run_s: float, *rounds_us: float) -> StormResult:
+    """*result* whose threads ran *run_s* in its window (and, per round, *rounds_us* µs per
+    request), having waited for a CPU as long again."""
+    result.cpu_contention = ContentionFigures(run_s=run_s, wait_s=run_s)
+    for entry, us in zip(result.rounds, rounds_us, strict=True):
+        entry["cpu"] = us
+    return result
+
+
+def cpu_judged(
+    baseline: StormResult, current: StormResult, expr: str, **loads_kw: Any
+) -> dict[str, str]:
+    thresholds = compare_fail.with_cpu(compare_fail.parse_compare_fail(expr))
+    machine: dict[str, Any] = {"host": "h", "load": loads_kw.get("load_then", {})}
+    doc = json.loads(json.dumps(_json.session_document([(NODE, baseline)], machine=machine)))
+    (comparison,) = judged_against.compare(
+        [(NODE, current)],
+        doc,
+        noise_for={t.figure for t in thresholds},
+        load=loads_kw.get("load_now", {}),
+    )
+    return {j.figure: j.verdict for j in judged_against.judgements(comparison, thresholds)}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_doubled_cpu_time_is_regressed_when_the_wall_clock_cannot_tell(seed: int) -> None:
+    # The baseline saved in one round on a calm machine; now three rounds on a busy one,
+    # where wall-clock figures moved with the load: CPU per request (500 µs then, 1,000 µs
+    # now, rounds within ±6 %) still says the code got slower.
+    rng = random.Random(seed)
+    base = on_cpu(make_result(latencies(seed)), 1.0)
+    p99s = [rng.uniform(40, 80) for _ in range(3)]
+    now = with_rounds(make_result(latencies(seed + 100, scale=1.5)), p99s, [700, 800, 900])
+    now = on_cpu(now, 2.0, *(1000 * rng.uniform(0.94, 1.06) for _ in range(3)))
+    verdicts = cpu_judged(base, now, "p99:10%,rps:10%", load_then=CALM, load_now=BUSY)
+    assert verdicts["cpu"] == "regressed"
+    # Unchanged code, its CPU per request within ±6 % between the sessions: never regressed.
+    same = with_rounds(make_result(latencies(seed + 200, scale=1.5)), p99s, [700, 800, 900])
+    same = on_cpu(same, 1.0, *(500 * rng.uniform(0.94, 1.06) for _ in range(3)))
+    assert cpu_judged(base, same, "p99:10%,rps:10%", load_then=CALM, load_now=BUSY)["cpu"] in (
+        "unchanged",
+        "inconclusive",
+    )
+
+
+def test_cpu_of_an_idle_storm_is_judged_only_when_named() -> None:
+    # Threads busy 10 % and 15 % of the window: CPU per request is mostly the harness's
+    # fixed costs.
+    base = on_cpu(make_result(latencies(1)), 0.2)
+    now = on_cpu(make_result(latencies(1)), 0.3)
+    assert "cpu" not in cpu_judged(base, now, "p99:10%")
+    assert cpu_judged(base, now, "p99:10%,cpu:10%")["cpu"] == "regressed"
+
+
+def test_cpu_is_judged_relative_to_the_baseline() -> None:
+    with pytest.raises(ConfigError, match=r"cpu \(CPU time per request\) is judged relative"):
+        compare_fail.parse_compare_fail("cpu:5ms")
+    assert compare_fail.parse_compare_fail("cpu:5%") == [compare_fail.Threshold("cpu", 5.0, True)]
+    implied = compare_fail.with_cpu(compare_fail.parse_compare_fail("p99:20%,rps:5%"))
+    assert [(t.figure, t.amount, t.implied) for t in implied][-1] == ("cpu", 5.0, True)

@@ -485,6 +485,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "_cli",
                 "_capacity",
                 "_compare",
+                "_baseline",
                 "_options",
                 "_session",
             }

@@ -641,3 +641,115 @@ def test_cpu_of_an_idle_storm_is_judged_only_when_named(session: pytest.Pytester
     block = json.loads((session.path / "out.json").read_text())["storms"][0]["comparison"]
     assert [f["figure"] for f in block["figures"]] == ["cpu", "p99"]
     assert block["notes"] == []
+
+
+# -- the HTML card: the verdict is in every artifact -----------------------------------------
+
+BLOCK = {
+    "mode": "paired",
+    "against": "control main (1a2b3c4d5)",
+    "verdict": "regressed",
+    "line": "regressed vs control main (1a2b3c4d5): cpu +21.4% [+15.2%, +27.9%] >+10.0%, "
+    "p99 +3.0% [−9.0%, +16.0%] (noise); 8 pairs, noise too wide to settle within 12.0 s",
+    "pairs": 8,
+    "ended": "noise too wide to settle within 12.0 s",
+    "seconds": 9.84,
+    "order": "ABBAABBAABBAABBA",
+    "fails": True,
+    "notes": ["a note on the comparison"],
+    "figures": [
+        {
+            "figure": "cpu",
+            "unit": "µs",
+            "stable": True,
+            "threshold": "cpu:10%",
+            "verdict": "regressed",
+            "change": {
+                "pairs": 8, "ratio": 1.214, "low": 1.152, "high": 1.279, "confidence": 0.9609,
+                "control": 1002.5, "experiment": 1217.0,
+            },
+        },
+        {
+            "figure": "p99",
+            "unit": "ms",
+            "stable": False,
+            "threshold": "p99:10%",
+            "verdict": "inconclusive",
+            "change": {
+                "pairs": 8, "ratio": 1.03, "low": 0.91, "high": 1.16, "confidence": 0.9609,
+                "control": 40.0, "experiment": 41.2,
+            },
+        },
+    ],
+}  # fmt: skip
+
+CARD_ROWS = [
+    "<tr><td>cpu</td><td class='num'>1,002.5 µs</td><td class='num'>1,217 µs</td>"
+    "<td class='num'>+21.4%</td><td class='num'>[+15.2%, +27.9%] at 96%</td><td>cpu:10%</td>"
+    "<td class='bad'>regressed</td></tr>",
+    "<tr><td>p99</td><td class='num'>40 ms</td><td class='num'>41.2 ms</td>"
+    "<td class='num'>+3.0%</td><td class='num'>[−9.0%, +16.0%] at 96%</td><td>p99:10%</td>"
+    "<td>inconclusive: its interval straddles the threshold, and more pairs within "
+    "the time budget could not narrow it enough</td></tr>",
+]
+
+
+def test_the_html_card_shows_each_figure_of_the_paired_comparison() -> None:
+    from pytest_concurrency._report._html import comparison_card
+
+    card = comparison_card(BLOCK)
+    for row in CARD_ROWS:
+        assert row in card
+    assert "vs control main (1a2b3c4d5): <span class='bad'>regressed</span>" in card
+    assert "8 pairs of rounds in the order ABBAABBAABBAABBA (A control, B experiment)" in card
+    assert "<li>a note on the comparison</li>" in card
+
+
+def test_a_paired_verdict_is_in_every_artifact() -> None:
+    pytest.importorskip("plotly")
+    from pytest_concurrency._compare.session import paired_rows
+    from pytest_concurrency._report._html import render_html
+    from pytest_concurrency._report._records import as_records
+    from pytest_concurrency._report._terminal import storms_table
+    from tests.test_report import make_result
+
+    result = make_result([5.0 + i % 7 for i in range(400)])
+    result.comparison = Comparison.from_dict(BLOCK)
+    rows = [("tests/test_api.py::test_cpu", result)]
+    # The terminal: the storms table's verdict and "vs control" columns.
+    table = "\n".join(storms_table(rows))
+    assert "FAIL vs control" in table
+    assert "regressed: cpu +21.4%" in table
+    # The JSON: the comparison block of the storm, read back as it was written.
+    doc = json.loads(json.dumps(_json.session_document(rows, machine={"host": "h"})))
+    assert doc["storms"][0]["comparison"]["verdict"] == "regressed"
+    # The Markdown summary, from the live storm and from the document read back.
+    for records in (as_records(rows), as_records([(s["nodeid"], s) for s in doc["storms"]])):
+        (row,) = paired_rows(records)
+        assert (row.verdict, row.change) == ("regressed", BLOCK["line"].partition(": ")[2])
+    # The HTML: a failed storm, the summary's columns and the card.
+    page = render_html(rows)
+    assert "<span class='bad'>✗</span></h2>" in page
+    assert (
+        "<span class='bad'>FAIL vs control</span></td><td class='bad'>regressed: cpu +21.4%" in page
+    )
+    for row in CARD_ROWS:
+        assert row in page
+
+
+def test_a_saved_baseline_passes_identical_code_and_fails_a_doubled_cpu(
+    session: pytest.Pytester,
+) -> None:
+    session.makepyfile(cpu_app=APP.format(ms=1.0), test_cpu=TEST)
+    _run(session, "--concurrency-save=main").assert_outcomes(passed=1)
+    args = ["--concurrency-compare=main", "--concurrency-compare-fail=p99_ms:10%,rps:10%"]
+    same = _run(session, *args)
+    same.assert_outcomes(passed=1)
+    assert "regressed:" not in same.stdout.str()
+
+    session.makepyfile(cpu_app=APP.format(ms=2.0))
+    slower = _run(session, *args, "--concurrency-markdown=summary.md")
+    slower.assert_outcomes(failed=1)
+    slower.stdout.fnmatch_lines(["*regressed against baseline 'main'*", "*cpu grew from *µs to *"])
+    summary = (session.path / "summary.md").read_text(encoding="utf-8")
+    assert "| ❌ regressed | `test_cpu.py::test_cpu` | GET / |" in summary

@@ -21,9 +21,12 @@ import pytest
 from hdrh.histogram import HdrHistogram
 
 from pytest_concurrency import ConfigError, StormResult, TimelinePoint
+from pytest_concurrency._baseline import compare as judged_against
+from pytest_concurrency._baseline import store, wording
+from pytest_concurrency._baseline import thresholds as compare_fail
 from pytest_concurrency._budget import evaluate
 from pytest_concurrency._metrics import latency_stats, new_histogram, record_many
-from pytest_concurrency._report import _baseline, _html, _json, _schema, _terminal
+from pytest_concurrency._report import _html, _json, _schema, _terminal
 from pytest_concurrency._report._records import StormRecord, as_records
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -308,13 +311,13 @@ def test_machine_info_hashes_the_host_name() -> None:
 
 
 def test_parse_compare_fail() -> None:
-    parsed = _baseline.parse_compare_fail("p99:10%, rps:5%,mean:5ms,max:12.5,error_rate:1%")
+    parsed = compare_fail.parse_compare_fail("p99:10%, rps:5%,mean:5ms,max:12.5,error_rate:1%")
     assert parsed == [
-        _baseline.Threshold("p99", 10.0, True),
-        _baseline.Threshold("rps", 5.0, True),
-        _baseline.Threshold("mean", 5.0, False),
-        _baseline.Threshold("max", 12.5, False),
-        _baseline.Threshold("error_rate", 0.01, False),
+        compare_fail.Threshold("p99", 10.0, True),
+        compare_fail.Threshold("rps", 5.0, True),
+        compare_fail.Threshold("mean", 5.0, False),
+        compare_fail.Threshold("max", 12.5, False),
+        compare_fail.Threshold("error_rate", 0.01, False),
     ]
     assert [t.describe() for t in parsed] == [
         "p99:10%",
@@ -340,12 +343,14 @@ def test_parse_compare_fail() -> None:
 )
 def test_parse_compare_fail_errors_name_the_option_and_value(expr: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        _baseline.parse_compare_fail(expr)
+        compare_fail.parse_compare_fail(expr)
 
 
 def test_parse_compare_fail_names_an_ini_origin() -> None:
     with pytest.raises(ConfigError, match=r"^ini option concurrency_compare_fail in tox.ini='x'"):
-        _baseline.parse_compare_fail("x", origin="ini option concurrency_compare_fail in tox.ini")
+        compare_fail.parse_compare_fail(
+            "x", origin="ini option concurrency_compare_fail in tox.ini"
+        )
 
 
 def _doc(rows: list[tuple[str, StormResult]], **machine: Any) -> dict[str, Any]:
@@ -355,24 +360,24 @@ def _doc(rows: list[tuple[str, StormResult]], **machine: Any) -> dict[str, Any]:
 def test_compare_matches_nodeid_label_and_index() -> None:
     rows = three_storms()
     baseline = _doc(rows[:2])
-    comparisons = _baseline.compare(rows, baseline)
+    comparisons = judged_against.compare(rows, baseline)
     assert [c.is_new for c in comparisons] == [False, False, True]
     same = comparisons[0].deltas
     assert same is not None
     assert all(d.delta == 0 for d in same.values())
     # Same node id and label, other index: a different storm.
     renumbered = [(rows[1][0], make_result([1.0], label="POST /items"))]
-    assert _baseline.compare(renumbered, baseline)[0].is_new
+    assert judged_against.compare(renumbered, baseline)[0].is_new
 
 
 def test_regressions_latency_grows_and_rps_falls() -> None:
     base = make_result([10.0] * 100, throughput=1000.0)
     nodeid = "t.py::test_a"
     baseline = _doc([(nodeid, base)])
-    thresholds = _baseline.parse_compare_fail("p50:10%,rps:5%,mean:1ms")
+    thresholds = compare_fail.parse_compare_fail("p50:10%,rps:5%,mean:1ms")
 
     def check(result: StormResult) -> list[str]:
-        return _baseline.regressions(_baseline.compare([(nodeid, result)], baseline), thresholds)
+        return wording.regressions(judged_against.compare([(nodeid, result)], baseline), thresholds)
 
     assert check(make_result([10.0] * 100, throughput=1000.0)) == []
     # +10% exactly and -5% exactly are allowed; beyond is not.
@@ -393,11 +398,11 @@ def test_regressions_latency_grows_and_rps_falls() -> None:
 def test_regressions_of_error_rate_are_in_points() -> None:
     nodeid = "t.py::test_a"
     baseline = _doc([(nodeid, make_result([1.0] * 100))])
-    thresholds = _baseline.parse_compare_fail("error_rate:1%")
-    ok = _baseline.compare([(nodeid, make_result([1.0] * 100, failed=1))], baseline)
-    bad = _baseline.compare([(nodeid, make_result([1.0] * 100, failed=2))], baseline)
-    assert _baseline.regressions(ok, thresholds) == []
-    assert _baseline.regressions(bad, thresholds) == [
+    thresholds = compare_fail.parse_compare_fail("error_rate:1%")
+    ok = judged_against.compare([(nodeid, make_result([1.0] * 100, failed=1))], baseline)
+    bad = judged_against.compare([(nodeid, make_result([1.0] * 100, failed=2))], baseline)
+    assert wording.regressions(ok, thresholds) == []
+    assert wording.regressions(bad, thresholds) == [
         "t.py::test_a · GET /items/1: error_rate grew from 0.00% to 2.00% (+0.02; allowed error_rate:1%)"
     ]
 
@@ -406,7 +411,7 @@ def test_comparison_table() -> None:
     rows = three_storms()
     baseline = _doc(rows[:1])
     slower = [(rows[0][0], make_result([6.0 + i % 7 for i in range(400)])), rows[2]]
-    lines = _baseline.comparison_table(_baseline.compare(slower, baseline)).splitlines()
+    lines = wording.comparison_table(judged_against.compare(slower, baseline)).splitlines()
     assert lines[0].split() == ["test", "storm", "p50", "p99", "max", "rps", "errors"]
     assert re.search(
         r"test_items\s+GET /items/1\s+9\.01 ms \(\+12\.5%\)\s+12\.01 ms \(\+9\.1%\)", lines[1]
@@ -417,9 +422,9 @@ def test_comparison_table() -> None:
 
 def test_machine_warning() -> None:
     here = {"host": "abc", "cpu_count": 8, "cpu_model": "X", "python": "3.11.7"}
-    assert _baseline.machine_warning({"machine": here}, here) is None
+    assert judged_against.machine_warning({"machine": here}, here) is None
     there = {**here, "cpu_count": 2, "host": "def"}
-    warning = _baseline.machine_warning({"machine": there}, here)
+    warning = judged_against.machine_warning({"machine": there}, here)
     assert warning == (
         "the baseline was measured on a different machine or Python (host 'def' → 'abc'; cpu_count 2 → 8): "
         "differences may come from the machine, not the code"
@@ -428,31 +433,31 @@ def test_machine_warning() -> None:
 
 def test_save_and_load(tmp_path: Path) -> None:
     doc = _doc(three_storms())
-    path = _baseline.save("py311-linux", doc, tmp_path / ".storms")
+    path = store.save("py311-linux", doc, tmp_path / ".storms")
     assert path == tmp_path / ".storms" / "py311-linux.json"
-    saved = _baseline.load("py311-linux", tmp_path / ".storms")["storms"]
+    saved = store.load("py311-linux", tmp_path / ".storms")["storms"]
     # Each storm as it was, with its first saved session as its history.
     assert [{k: v for k, v in s.items() if k != "sessions"} for s in saved] == doc["storms"]
     assert all(len(s["sessions"]) == 1 for s in saved)
-    assert _baseline.load("py311-linux.json", tmp_path / ".storms")["created"] == doc["created"]
+    assert store.load("py311-linux.json", tmp_path / ".storms")["created"] == doc["created"]
 
 
 @pytest.mark.parametrize("name", ["../main", "a/b", "", ".hidden", "main branch"])
 def test_baseline_names_are_plain(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError, match=r"--concurrency-save=.*: a baseline name is letters"):
-        _baseline.save(name, {}, tmp_path)
+        store.save(name, {}, tmp_path)
 
 
 def test_missing_baseline_lists_the_saved_ones(tmp_path: Path) -> None:
-    _baseline.save("main", _doc([]), tmp_path)
-    _baseline.save("nightly", _doc([]), tmp_path)
+    store.save("main", _doc([]), tmp_path)
+    store.save("nightly", _doc([]), tmp_path)
     with pytest.raises(
         ConfigError,
         match=r"--concurrency-compare='old': no baseline .*old\.json \(saved baselines: main, nightly;",
     ):
-        _baseline.load("old", tmp_path)
+        store.load("old", tmp_path)
     with pytest.raises(ConfigError, match=r"no baseline is saved there; save one with"):
-        _baseline.load("old", tmp_path / "empty")
+        store.load("old", tmp_path / "empty")
 
 
 # -- terminal ----------------------------------------------------------------------------
@@ -820,3 +825,14 @@ def test_storms_table_shows_each_endpoint_of_a_mix() -> None:
     assert lines[1].endswith("FAIL POST /b p99_ms")
     assert re.search(r"^\s+GET /a\s+75\s+30\s+4\s+5\s+6\s+0\.0%$", lines[2])
     assert re.search(r"^\s+POST /b\s+25\s+10\s+8\s+9\s+9\.5\s+20\.0%\s+FAIL p99_ms$", lines[3])
+
+
+def test_the_storms_table_shows_an_open_storms_arrival_rate_not_zero_users() -> None:
+    from pytest_concurrency import run_storm
+    from pytest_concurrency._report._terminal import storms_table
+    from tests.apps import asgi_hello
+
+    result = run_storm(asgi_hello, "GET", "/", duration=0.2, rate=200)
+    assert result.users == 0
+    (row,) = [line for line in storms_table([("t", result)]) if line.startswith("t ")]
+    assert " 200/s " in row

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from pytest_concurrency import ConfigError
-from pytest_concurrency._report import _baseline, _csv, _files, _html, _json
+from pytest_concurrency._baseline import store
+from pytest_concurrency._report import _csv, _files, _html, _json
 
 from .test_report import make_result, three_storms
 
@@ -30,7 +31,7 @@ def _doc() -> dict[str, Any]:
 
 SAVER = """
 import json, sys, time
-from pytest_concurrency._report import _baseline
+from pytest_concurrency._baseline import store
 
 template, directory, worker, saves, start = sys.argv[1:6]
 storm = json.loads(open(template, encoding="utf-8").read())
@@ -39,7 +40,7 @@ while time.time() < float(start):
     time.sleep(0.001)
 for i in range(int(saves)):
     doc = {**storm["doc"], "storms": [{**storm["entry"], "nodeid": f"t.py::test_{worker}_{i}"}]}
-    _baseline.save("main", doc, directory)
+    store.save("main", doc, directory)
 """
 
 WORKERS = 4
@@ -94,7 +95,7 @@ def test_concurrent_saves_keep_every_storm_and_the_file_stays_valid(tmp_path: Pa
         reader.join(timeout=10)
     assert [p.returncode for p in savers] == [0] * WORKERS, [err for _, err in outcomes]
     assert seen == []
-    saved = _baseline.load("main", storage)
+    saved = store.load("main", storage)
     names = sorted(s["nodeid"] for s in saved["storms"])
     assert names == sorted(f"t.py::test_{w}_{i}" for w in range(WORKERS) for i in range(SAVES))
     # No writer's temporary file or lock file is left behind.
@@ -104,18 +105,18 @@ def test_concurrent_saves_keep_every_storm_and_the_file_stays_valid(tmp_path: Pa
 def test_a_save_that_cannot_get_the_lock_in_time_says_who_holds_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_baseline, "LOCK_TIMEOUT", 0.05)
+    monkeypatch.setattr(store, "LOCK_TIMEOUT", 0.05)
     # flock locks belong to an open file: a second open in this process waits like another.
     with _files.locked(tmp_path / "main.json"), pytest.raises(ConfigError) as raised:
-        _baseline.save("main", _doc(), tmp_path)
+        store.save("main", _doc(), tmp_path)
     assert str(raised.value) == (
         f"--concurrency-save='main': another process is saving {tmp_path / 'main.json'} and "
         f"still holds its lock ({tmp_path / 'main.json.lock'}) after 0.05 s; the baseline was "
         "not saved"
     )
     assert not (tmp_path / "main.json").exists()
-    _baseline.save("main", _doc(), tmp_path)
-    assert len(_baseline.load("main", tmp_path)["storms"]) == 3
+    store.save("main", _doc(), tmp_path)
+    assert len(store.load("main", tmp_path)["storms"]) == 3
 
 
 # -- no link is followed, nothing is left half-written -------------------------------------
@@ -131,7 +132,7 @@ def _writers(tmp_path: Path) -> dict[str, tuple[Path, Any]]:
     doc = _doc()
     return {
         "json": (tmp_path / "out.json", lambda p: _json.write_json(p, doc)),
-        "baseline": (tmp_path / "main.json", lambda p: _baseline.save("main", doc, p.parent)),
+        "baseline": (tmp_path / "main.json", lambda p: store.save("main", doc, p.parent)),
         "html": (tmp_path / "out.html", lambda p: _html.write_html(p, three_storms())),
         "csv": (
             tmp_path / "out_stats.csv",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -68,3 +69,38 @@ def test_open_model_arrivals_and_drops() -> None:
     assert schedule.admits_arrival(100.0, 1)
     assert not schedule.admits_arrival(100.01, 2)
     assert schedule.dropped == [100.01]
+
+
+@pytest.mark.parametrize("model", [{"users": 1}, {"rate": 200}])
+def test_a_timer_that_fires_early_sends_nothing_before_its_time(
+    model: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # uvloop's timers count whole milliseconds from a time read once per loop pass, so a
+    # sleep may end before perf_counter reaches its end. A request sent early reads a
+    # latency shorter than its own (below zero on a fast app), and the next one falls
+    # before the round's start, out of the count.
+    import anyio
+
+    from pytest_concurrency import run_storm
+    from tests.apps import asgi_hello
+
+    real_sleep = anyio.sleep
+
+    async def early(delay: float) -> None:
+        await real_sleep(max(0.0, delay - 0.002))
+
+    monkeypatch.setattr(anyio, "sleep", early)
+    result = run_storm(asgi_hello, "GET", "/", requests=5, **model)
+    assert result.requests == 5
+    assert result.status_counts == {200: 5}
+    assert result.latency.min >= 0
+
+
+def test_an_open_storm_of_a_request_count_sends_them_all() -> None:
+    # A request-count storm has no end time: the arrivals run until the count is spent.
+    from pytest_concurrency import run_storm
+    from tests.apps import asgi_hello
+
+    result = run_storm(asgi_hello, "GET", "/", requests=40, rate=400)
+    assert result.requests == 40
+    assert result.status_counts == {200: 40}

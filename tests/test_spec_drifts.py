@@ -94,7 +94,7 @@ def test_the_open_models_cap_is_in_flight_cap_and_the_old_name_warns() -> None:
 
 
 def test_a_compare_threshold_names_its_figure_as_budgets_and_properties_do() -> None:
-    from pytest_concurrency._report._baseline import parse_compare_fail
+    from pytest_concurrency._baseline.thresholds import parse_compare_fail
 
     assert parse_compare_fail("p99_ms:10%,mean_ms:5ms,max_ms:12.5,rps:5%") == parse_compare_fail(
         "p99:10%,mean:5ms,max:12.5,rps:5%"

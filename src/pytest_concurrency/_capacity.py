@@ -400,4 +400,10 @@ def _confidence(
     passed_once = [w for w, seen in votes.items() if any(seen)]
     low = min(passed_once) if passed_once else order[-1]
     high = order[lo] if lo < len(order) else order[-1]
+    seen = votes.get(high, [])
+    if 0 < sum(seen) < len(seen):
+        # The answer itself failed some of its storms: it may take the next count up,
+        # the first one above that passed every storm it had (or that was not tried).
+        above = [w for w in order[lo + 1 :] if w not in votes or all(votes[w])]
+        high = above[0] if above else high
     return "uncertain", (min(low, high), high)

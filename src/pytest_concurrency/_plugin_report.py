@@ -13,28 +13,15 @@ from typing import Any
 
 import pytest
 
+from ._baseline.compare import COMPARE_ROUNDS, compare, judgements, machine_warning
+from ._baseline.noise import machine_load
+from ._baseline.store import DEFAULT_DIRECTORY, baseline_path, load, load_document, save_merged
+from ._baseline.thresholds import Threshold, parse_compare_fail, with_cpu
+from ._baseline.wording import comparison_table, judgement_head, judgement_interval, judgement_line
 from ._errors import ConfigError
 from ._model.result import StormResult
 from ._options import Setting, add_string_options, scale, setting
 from ._params import Layer
-from ._report._baseline import (
-    COMPARE_ROUNDS,
-    DEFAULT_DIRECTORY,
-    Threshold,
-    baseline_path,
-    compare,
-    comparison_table,
-    judgement_head,
-    judgement_interval,
-    judgement_line,
-    judgements,
-    load,
-    load_document,
-    machine_load,
-    machine_warning,
-    parse_compare_fail,
-    save_merged,
-)
 from ._report._csv import csv_paths, write_csv
 from ._report._json import ensure_writable, machine_info, session_document, write_json
 from ._report._records import StormRecord, as_records
@@ -184,7 +171,7 @@ class ReportSession:
         # Under --concurrency-control the thresholds are the paired comparison's.
         if fail is not None and setting(self.config, "control") is None:
             warn_old_threshold_names(str(fail.value), fail.label)
-            self.thresholds = parse_compare_fail(str(fail.value), origin=fail.label)
+            self.thresholds = with_cpu(parse_compare_fail(str(fail.value), origin=fail.label))
             self.compare_fail_label = fail.label
             if self.compare_with is None:
                 raise ConfigError(

@@ -429,7 +429,10 @@ class Profile:
             width = t1 - t0
             slope = (v1 - v0) / width if math.isfinite(width) and width > 0 else 0.0
             seg_end = min(t1, end)
-            seg_area = v0 * (seg_end - t0) + 0.5 * slope * (seg_end - t0) ** 2
+            span = seg_end - t0
+            # A flat segment's area alone: with no end (a request-count storm) the span is
+            # infinite, and 0 × inf² would make the area NaN and end the arrivals at once.
+            seg_area = v0 * span + (0.5 * slope * span**2 if slope else 0.0)
             while target <= area + seg_area:
                 need = target - area
                 if slope == 0.0:

@@ -32,12 +32,12 @@ from typing import Any
 
 import pytest_concurrency
 
+from .._baseline.thresholds import Threshold
 from .._engine import shards as _shards  # noqa: F401 - registers the histogram pickler
 from .._engine.plan import StormPlan
 from .._errors import ConfigError, StormError
 from .._model.result import StormResult
 from .._params import Layer
-from .._report._baseline import Threshold
 from .spec import ChildSpec
 from .stats import MIN_PAIRS, paired_change
 from .verdict import (
@@ -311,7 +311,26 @@ def could_settle(verdict: FigureVerdict, pairs: int, reachable: int) -> bool:
     return low > allowed or high <= allowed
 
 
-# long: the round loop of a paired comparison, its stopping rules read in order.
+def _plan_both(
+    a: Child, b: Child, control: ChildSpec, experiment: ChildSpec, *, against: str, option: str
+) -> None:
+    """Both processes import the app and plan the storm; one that cannot is a clear error
+    before any load."""
+    a.plan(control)
+    b.plan(experiment)
+    for child, spec in ((a, control), (b, experiment)):
+        kind, payload = child.receive(_STARTUP_TIMEOUT)
+        if kind == "error":
+            if child is a:
+                raise ConfigError(
+                    f"{option}: the control {against!r} cannot import the app "
+                    f"{spec.app!r}: {payload}"
+                )
+            raise ConfigError(
+                f"{option}: the experiment process cannot import the app {spec.app!r}: {payload}"
+            )
+
+
 def run_paired(
     children: Children,
     control: ChildSpec,
@@ -331,20 +350,7 @@ def run_paired(
     """
     started = perf_counter()
     with _pair(children, control, experiment) as (a, b):
-        a.plan(control)
-        b.plan(experiment)
-        for child, spec in ((a, control), (b, experiment)):
-            kind, payload = child.receive(_STARTUP_TIMEOUT)
-            if kind == "error":
-                if child is a:
-                    raise ConfigError(
-                        f"{option}: the control {against!r} cannot import the app "
-                        f"{spec.app!r}: {payload}"
-                    )
-                raise ConfigError(
-                    f"{option}: the experiment process cannot import the app {spec.app!r}: "
-                    f"{payload}"
-                )
+        _plan_both(a, b, control, experiment, against=against, option=option)
         a.round(round_timeout)  # warm-up rounds, thrown away
         b.round(round_timeout)
         begun = perf_counter()

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from .._baseline.compare import judgements
 from .._engine.plan import StormPlan
 from .._errors import ConfigError
 from .._model.extras import Comparison
@@ -21,9 +22,8 @@ from .._model.result import StormResult
 from .._options import Setting, add_string_options, setting
 from .._params import Layer
 from .._plugin_report import ReportSession
-from .._report._baseline import judgements
 from .._report._markdown import SummaryRow, markdown_summary, write_markdown
-from .._report._records import as_records
+from .._report._records import as_records, comparison_of
 from .._session import STORMS_KEY
 from .._spec.table import warn_old_threshold_names
 from .control import Control, control_path, experiment_path, module_root
@@ -59,6 +59,12 @@ OPTIONS: dict[str, tuple[str, str]] = {
         "first, to PATH ($GITHUB_STEP_SUMMARY works)",
     ),
 }
+
+#: The Markdown summary's line when the session compared nothing.
+NOTHING_COMPARED = (
+    "this session had no comparison to summarise; run it with --concurrency-compare=NAME "
+    "(a baseline saved by --concurrency-save=NAME) or --concurrency-control=REF"
+)
 
 #: Extra seconds a round may take beyond its own length before the storm fails.
 _ROUND_GRACE = 120.0
@@ -226,6 +232,7 @@ class ControlSession:
         else:
             store = self.config.stash.get(STORMS_KEY, None)
             records = as_records(store.rows) if store is not None else []
+        why_none = ""
         if self.control is not None:
             title = f"pytest-storm: storms vs control {self.control.describe}"
             rows = paired_rows(records)
@@ -234,19 +241,24 @@ class ControlSession:
             title = f"pytest-storm: storms vs baseline {name}"
             rows = baseline_rows(report, records)
         else:
-            return
+            # Asked for and never written would look like a CI step that found nothing.
+            title, rows = "pytest-storm: storms", []
+            why_none = NOTHING_COMPARED
         target = self.markdown.path()
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         try:
-            write_markdown(target, markdown_summary(title, rows))
+            write_markdown(target, markdown_summary(title, rows, why_none=why_none))
         except OSError as exc:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
             if reporter is not None:
                 reporter.write_line(
                     f"could not write the Markdown summary ({self.markdown.label}, {target}): "
                     f"{exc}",
                     red=True,
                 )
+            return
+        if why_none and reporter is not None:
+            reporter.write_line(f"Markdown summary ({self.markdown.label}, {target}): {why_none}")
 
 
 def _import_path(app: Any, option: str) -> str:
@@ -282,8 +294,8 @@ def paired_rows(records: Sequence[Any]) -> list[SummaryRow]:
     """A summary row per storm that carries a paired comparison."""
     rows = []
     for record in records:
-        block = (record.data.get("extras") or {}).get("comparison")
-        if isinstance(block, dict):
+        block = comparison_of(record.data)
+        if block is not None:
             line = str(block.get("line", ""))
             change = line.partition(": ")[2] or line
             rows.append(SummaryRow(str(block.get("verdict")), record.nodeid, record.label, change))
@@ -292,7 +304,7 @@ def paired_rows(records: Sequence[Any]) -> list[SummaryRow]:
 
 def baseline_rows(report: ReportSession, records: Sequence[Any]) -> list[SummaryRow]:
     """A summary row per storm compared with the saved baseline."""
-    from .._report._baseline import compare
+    from .._baseline.compare import compare
 
     assert report.baseline is not None
     rows = []

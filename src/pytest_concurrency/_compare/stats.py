@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
-__all__ = ["MIN_PAIRS", "PairedChange", "paired_change", "signed_rank_cdf"]
+__all__ = ["MIN_PAIRS", "PairedChange", "paired_change", "signed_rank_cdf", "verdict_of"]
 
 #: Two-sided confidence of the interval a verdict rests on.
 CONFIDENCE = 0.95
@@ -58,6 +58,27 @@ def signed_rank_cdf(n: int, t: int) -> float:
         return 0.0
     counts = _null_counts(n)
     return float(sum(counts[: t + 1])) / float(2**n)
+
+
+#: Rounding a bound may not move it past a threshold it sits on.
+_SLACK = 1e-12
+
+
+def verdict_of(worse_low: float, worse_high: float, allowed: float) -> str:
+    """The verdict on an interval of how much worse a figure got (positive: worse), against
+    the worsening *allowed*: ``regressed`` when the whole interval lies beyond it,
+    ``improved`` when the whole interval lies as far the other way, ``unchanged`` when it
+    stays within it, else ``inconclusive`` (the noise straddles the threshold).
+
+    The one rule of both comparisons, paired and against a saved baseline.
+    """
+    if worse_low > allowed + _SLACK:
+        return "regressed"
+    if worse_high < -allowed - _SLACK:
+        return "improved"
+    if worse_high <= allowed + _SLACK:
+        return "unchanged"
+    return "inconclusive"
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .._baseline.thresholds import Threshold, parse_compare_fail
 from .._errors import ConfigError
 from .._model.result import StormResult
-from .._report._baseline import Threshold, parse_compare_fail
-from .stats import PairedChange
+from .stats import PairedChange, verdict_of
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -190,19 +190,10 @@ def judge(threshold: Threshold, change: PairedChange | None) -> FigureVerdict:
         return FigureVerdict(figure, threshold, "unmeasured", None)
     allowed = math.log(_allowed(threshold, change, figure))
     # As "how much worse", log scale: positive is worse.
-    bounds = [_log(change.low), _log(change.high)]
+    low, high = _log(change.low), _log(change.high)
     if not figure.bigger_is_worse:
-        bounds = [-bounds[1], -bounds[0]]
-    worse_low, worse_high = bounds
-    if worse_low > allowed:
-        verdict = "regressed"
-    elif worse_high < -allowed:
-        verdict = "improved"
-    elif worse_high <= allowed:
-        verdict = "unchanged"
-    else:
-        verdict = "inconclusive"
-    return FigureVerdict(figure, threshold, verdict, change)
+        low, high = -high, -low
+    return FigureVerdict(figure, threshold, verdict_of(low, high, allowed), change)
 
 
 def _log(value: float) -> float:

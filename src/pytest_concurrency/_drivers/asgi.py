@@ -9,6 +9,7 @@ any thread hop or extra task.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 from urllib.parse import unquote
@@ -370,7 +371,7 @@ class AsgiDriver:
         if scope.cancelled_caught:
             raise StormError(f"the app's lifespan startup did not complete within {timeout:g} s")
         if self._startup_error is not None:
-            raise StormError(f"the app's lifespan startup failed: {self._startup_error}")
+            raise StormError(f"the app's lifespan startup failed: {_lead(self._startup_error)}")
         if not self._lifespan_supported:
             self._state = None
             if self._lifespan == "on":
@@ -386,7 +387,7 @@ class AsgiDriver:
         with anyio.move_on_after(timeout):
             await self._shutdown_done.wait()
         if self._shutdown_error is not None:
-            raise StormError(f"the app's lifespan shutdown failed: {self._shutdown_error}")
+            raise StormError(f"the app's lifespan shutdown failed: {_lead(self._shutdown_error)}")
 
     async def _lifespan_main(self) -> None:
         scope = {"type": "lifespan", "asgi": _ASGI, "state": self._state}
@@ -427,3 +428,25 @@ class AsgiDriver:
         finally:
             self._startup_done.set()
             self._shutdown_done.set()
+
+
+#: The line of a formatted traceback that names the exception (``RuntimeError: …``), as
+#: printed inside an exception group too (``| RuntimeError: …``).
+_RAISED = re.compile(
+    r"^[\s|]*((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|Failure)"
+    r"(?:: .*)?)$"
+)
+
+
+def _lead(message: str) -> str:
+    """A lifespan failure's message, led by the exception it ends with when the framework
+    sent a whole traceback (Litestar, Starlette do): the cause is on the first line then,
+    not under a screenful of frames."""
+    lines = message.strip().splitlines()
+    if len(lines) < 2:
+        return message
+    for line in reversed(lines):
+        found = _RAISED.match(line)
+        if found:
+            return f"{found.group(1)}\n{message}"
+    return message

@@ -52,6 +52,18 @@ _LATE_PER_TURN = 64
 _DISCONNECT_GRACE = 0.02
 
 
+async def sleep_until(at: float) -> None:
+    """Return at *at* on the engine's clock, never before it.
+
+    A loop's timers may fire early against ``perf_counter``: uvloop's (libuv's) count in
+    whole milliseconds from a time read once per pass of the loop. A request sent before
+    its intended time would read a latency shorter than its own, below zero on a fast
+    server, and the next one would fall before the round's start and out of the count.
+    """
+    while (delay := at - clock.now()) > 0:
+        await anyio.sleep(delay)
+
+
 class Slot:
     """One virtual user's (or open-model connection's) slot: its request in flight, if any."""
 
@@ -269,9 +281,7 @@ class AsyncRunner:
         try:
             while intended is not None:
                 if intended > done:  # not back to back: think time, a stagger, a stage
-                    delay = intended - clock.now()
-                    if delay > 0:
-                        await anyio.sleep(delay)
+                    await sleep_until(intended)
                 await yield_now(0)
                 if not take():
                     break
@@ -314,9 +324,8 @@ class AsyncRunner:
         try:
             late = 0
             for at in schedule.arrivals():
-                now = clock.now()
-                if at > now:
-                    await anyio.sleep(at - now)
+                if at > clock.now():
+                    await sleep_until(at)
                 else:
                     # Behind schedule: still give the connections a turn now and then.
                     late += 1

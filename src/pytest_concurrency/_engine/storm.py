@@ -38,6 +38,8 @@ from .._model.remarks import (
     server_probes_note,
     uncalled_routes_warning,
     undeclared_upstream_warning,
+    unused_server_model_note,
+    virtual_unserved_warning,
 )
 from .._model.result import StormResult, Verdict
 from .._params import StormConfig
@@ -59,6 +61,7 @@ from .._simio.egress import EgressGuard, anonymous_log, read_log, tally
 from .._simio.loopback import ALIAS as LOOPBACK_ALIAS
 from .._simio.loopback import LoopbackUpstream
 from .._simio.loopserver import LoopbackProcess, collect_live, portable
+from .._spec.rules import unused_server_model
 from .._spec.table import BUDGETS
 from .interrupts import watch_interrupts
 from .plan import LiveFigures, Progress, Serving, StormPlan
@@ -458,6 +461,10 @@ def _round_entry(result: StormResult) -> dict[str, Any]:
     contention = result.cpu_contention
     if contention is not None and contention.slowdown is not None:
         entry["cpu_slowdown"] = contention.slowdown
+    handled = result.requests + result.discarded
+    if contention is not None and contention.run_s and handled:
+        # CPU µs the storm's threads ran per request: what a busy machine moves least.
+        entry["cpu"] = contention.run_s * 1e6 / handled
     return entry
 
 
@@ -478,6 +485,9 @@ def _judge(plan: StormPlan, rounds: list[StormResult]) -> StormResult:
         p99s = [r.latency.p99 for r in rounds]
         rps = [r.throughput for r in rounds]
         chosen.notes.append(rounds_note(config.aggregate, p99s, rps))
+    real_server = plan.server is not None or plan.url is not None
+    for name, value, origin in unused_server_model(config, plan.interface, real_server=real_server):
+        chosen.notes.append(unused_server_model_note(name, value, origin))
     if config.scale is not None:
         chosen.notes.append(scale_note(config.scale))
         chosen.scale = config.scale
@@ -671,24 +681,49 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
         result.refused_egress = tally(refused)
         if waits.async_waits.count or waits.blocking_waits.count:
             result.simulated_waits = waits.record()
-        routes: dict[str, Any] = {}
-        for upstream in UPSTREAMS:
-            for name, stats in upstream.stats().items():
-                counts_before = before.get(id(upstream), {}).get(name, {})
-                routes[name] = {
-                    **stats,
-                    **{
-                        f"{count}_in_storm": stats[count] - counts_before.get(count, 0)
-                        for count in _IN_STORM
-                        if count in stats
-                    },
-                }
-            missed = upstream.undeclared_calls - undeclared_before.get(id(upstream), 0)
-            if missed:
-                result.warnings.append(undeclared_upstream_warning(missed, upstream.undeclared))
+        routes = _routes_in_storm(result, before, undeclared_before)
+        unserved = (served | tls_hosts) if port is None else set()
+        _say_why_routes_missed(result, routes, unserved, virtual=plan.config.clock == "virtual")
         if routes:
             result.upstream = routes
-            _warn_uncalled(result, routes)
+
+
+def _routes_in_storm(
+    result: StormResult,
+    before: Mapping[int, Mapping[str, Mapping[str, int]]],
+    undeclared_before: Mapping[int, int],
+) -> dict[str, Any]:
+    """Each declared route's figures, with its counts over this storm alone; calls to
+    undeclared routes are a warning on *result*."""
+    routes: dict[str, Any] = {}
+    for upstream in UPSTREAMS:
+        for name, stats in upstream.stats().items():
+            counts_before = before.get(id(upstream), {}).get(name, {})
+            routes[name] = {
+                **stats,
+                **{
+                    f"{count}_in_storm": stats[count] - counts_before.get(count, 0)
+                    for count in _IN_STORM
+                    if count in stats
+                },
+            }
+        missed = upstream.undeclared_calls - undeclared_before.get(id(upstream), 0)
+        if missed:
+            result.warnings.append(undeclared_upstream_warning(missed, upstream.undeclared))
+    return routes
+
+
+def _say_why_routes_missed(
+    result: StormResult, routes: dict[str, Any], unserved: set[str], *, virtual: bool
+) -> None:
+    """Why declared routes were not reached. On the virtual clock the loopback upstream,
+    which clients other than httpx and httpx2 need, is not started: said apart, since the
+    generic advice (declare the host) would send the user in circles."""
+    refused = [r for r in result.refused_egress if r["host"] in unserved]
+    if refused and virtual:
+        result.warnings.append(virtual_unserved_warning(refused))
+    elif routes:
+        _warn_uncalled(result, routes)
 
 
 @contextmanager

@@ -10,7 +10,8 @@ results live in ``_report``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "LOCUST_NOTES",
@@ -237,6 +238,30 @@ def abandoned_warning(count: int, grace_s: float) -> str:
         f"{grace_s:g} s later, as a server would kill its worker: a handler must let "
         "CancelledError propagate (re-raise it after cleaning up), or a server leaks "
         "the task and its connection"
+    )
+
+
+def unused_server_model_note(name: str, value: int, origin: str) -> str:
+    """Why ``workers``/``threads`` changed nothing in an in-process ASGI storm."""
+    return (
+        f"{name}={value} (from {origin}) was not applied: an ASGI app in-process runs on one "
+        "event loop whatever the count (workers and threads are a WSGI server's pool); for "
+        "more loops use processes=N, or a real server: server='uvicorn' with workers=N"
+    )
+
+
+def virtual_unserved_warning(refused: Sequence[Mapping[str, Any]]) -> str:
+    """Why calls to declared hosts were refused on the virtual clock."""
+    first = refused[0]
+    calls = sum(int(r.get("count") or 0) for r in refused)
+    hosts = ", ".join(sorted({str(r.get("host")) for r in refused}))
+    return (
+        f"clock='virtual' answers declared upstream routes for httpx and httpx2 only, "
+        f"in-process: {calls:,} call(s) to {hosts} from {first.get('client')} at "
+        f"{first.get('site')} were refused, because other clients reach declared routes "
+        "through the storm's loopback server, which runs on the wall clock and is not "
+        "started under virtual time; run this storm with clock='wall', or call the upstream "
+        "with httpx or httpx2"
     )
 
 

@@ -73,13 +73,19 @@ def differences(
                 f"{server}: throughput agrees within {100 * (AGREE - 1):.0f}%: the app waits on "
                 "I/O, so the server's own per-request cost hides in the waits"
             )
-        else:
+        elif not (math.isfinite(rps.ratio) and rps.ratio > 0):
+            lines.append(f"{server}: no throughput to compare")
+        elif rps.ratio < 1:
             lines.append(
                 f"{server}: in-process throughput is {1 / rps.ratio:.1f}× the real server's: a real "
                 "server pays HTTP parsing, sockets and (gunicorn) separate worker processes per "
                 "request, which the in-process model leaves out — trust the real figure here"
-                if math.isfinite(rps.ratio) and rps.ratio > 0
-                else f"{server}: no throughput to compare"
+            )
+        else:
+            lines.append(
+                f"{server}: in-process throughput is {1 / rps.ratio:.1f}× the real server's: "
+                "in-process the app shares one process and its interpreter lock with the load "
+                "generator, which the server's own processes do not — trust the real figure here"
             )
         used = (usage or {}).get(server)
         if used:

@@ -24,18 +24,11 @@ from .._model.result import Verdict
 from .._version import __version__
 from ._fidelity import differences, rows_of
 from ._files import write_atomic
-from ._records import StormRecord, StormRow, as_records
-from ._text import (
-    diagnosis,
-    format_number,
-    headline,
-    load_cell,
-    machine_line,
-    part_words,
-    verdict_word,
-)
+from ._records import StormRecord, StormRow, as_records, comparison_of
+from ._terminal import comparison_cell, users_cell, verdict_cell
+from ._text import diagnosis, format_number, headline, machine_line, part_words, verdict_word
 
-__all__ = ["PERCENTILE_TICKS", "percentile_curve", "render_html", "write_html"]
+__all__ = ["PERCENTILE_TICKS", "comparison_card", "percentile_curve", "render_html", "write_html"]
 
 #: Ticks of the percentile axis: 1/(1-p) -> label.
 PERCENTILE_TICKS: dict[float, str] = {
@@ -88,6 +81,9 @@ pre { background: var(--bg2); padding: 8px; overflow-x: auto; font-size: 12px; }
 .fidelity { border: 1px solid var(--line); border-radius: 6px; padding: 4px 14px 8px;
   margin: 10px 0; }
 .fidelity h3 { margin-top: 8px; }
+.vs { border: 1px solid var(--line); border-radius: 6px; padding: 4px 14px 8px; margin: 10px 0; }
+.vs h3 { margin-top: 8px; }
+.vs.regressed { border-color: var(--bad); }
 .breakdown { margin: 8px 0 12px; }
 .breakdown .row { display: grid; grid-template-columns: 170px 1fr; gap: 10px;
   align-items: center; margin: 3px 0; }
@@ -319,6 +315,13 @@ def _div(p: SimpleNamespace, fig: Any, div_id: str, *, wide: bool = False) -> st
     return f'<div class="chart{" wide" if wide else ""}">{body}</div>'
 
 
+def _bullets(lines: Sequence[str]) -> str:
+    """A list of sentences ('' when there are none)."""
+    if not lines:
+        return ""
+    return "<ul class='diagnosis'>" + "".join(f"<li>{_e(x)}</li>" for x in lines) + "</ul>"
+
+
 def _e(value: Any) -> str:
     return html.escape(str(value))
 
@@ -382,6 +385,69 @@ def _cards(d: Mapping[str, Any]) -> str:
     )
 
 
+#: Why a figure is inconclusive, by how the rounds ended (the start of ``ended``).
+_UNSETTLED = {
+    "noise too wide": "its interval straddles the threshold, and more pairs within the "
+    "time budget could not narrow it enough",
+    "time cap": "its interval still straddled the threshold when the time budget ran out",
+    "cap of": "its interval still straddled the threshold after the most pairs allowed",
+}
+
+
+def _ratio_cell(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "n/a"
+    change = (value - 1) * 100
+    return (f"{change:+.1f}%" if abs(change) < 1000 else f"×{value:.1f}").replace("-", "−")
+
+
+def comparison_card(block: Mapping[str, Any]) -> str:
+    """A storm's paired comparison: the verdict and its line, then per figure the control
+    and the experiment (medians over their rounds), the change (Hodges-Lehmann) with its
+    interval, the threshold and the verdict, and why an inconclusive one did not settle."""
+    verdict = str(block.get("verdict", ""))
+    ended = str(block.get("ended", ""))
+    unsettled = next((why for start, why in _UNSETTLED.items() if ended.startswith(start)), "")
+    rows = []
+    for figure in block.get("figures") or ():
+        change = figure.get("change") or {}
+        unit = str(figure.get("unit") or "")
+        low, high = change.get("low"), change.get("high")
+        interval = (
+            f"[{_ratio_cell(low)}, {_ratio_cell(high)}] at "
+            f"{float(change.get('confidence') or 0):.0%}"
+            if isinstance(low, int | float) and isinstance(high, int | float)
+            else "unbounded (too few pairs)"
+        )
+        said = str(figure.get("verdict", ""))
+        css = {"regressed": "'bad'", "improved": "'ok'", "unchanged": "'ok'"}.get(said, "")
+        reason = f": {unsettled}" if said == "inconclusive" and unsettled else ""
+        rows.append(
+            f"<tr><td>{_e(figure.get('figure'))}</td>"
+            f"<td class='num'>{_num(change.get('control'), ' ' + unit if unit else '')}</td>"
+            f"<td class='num'>{_num(change.get('experiment'), ' ' + unit if unit else '')}</td>"
+            f"<td class='num'>{_e(_ratio_cell(change.get('ratio')))}</td>"
+            f"<td class='num'>{_e(interval)}</td><td>{_e(figure.get('threshold'))}</td>"
+            f"<td{f' class={css}' if css else ''}>{_e(said)}{_e(reason)}</td></tr>"
+        )
+    notes = [str(n) for n in block.get("notes") or ()]
+    return (
+        f"<div class='vs {_e(verdict)}'><h3>vs {_e(block.get('against', ''))}: "
+        f"<span class='{'bad' if verdict == 'regressed' else ''}'>{_e(verdict)}</span></h3>"
+        f"<p class='muted'>{_e(block.get('line', ''))}</p>"
+        f"<p class='muted'>{_e(block.get('pairs', 0))} pairs of rounds in the order "
+        f"{_e(block.get('order', ''))} (A control, B experiment), {_e(ended)}"
+        + (
+            f"; {_e(round(float(block['seconds']), 1))} s"
+            if isinstance(block.get("seconds"), int | float)
+            else ""
+        )
+        + "</p><table class='comparison'><tr><th>figure</th><th>control</th>"
+        "<th>experiment</th><th>change</th><th>interval</th><th>threshold</th>"
+        "<th>verdict</th></tr>" + "".join(rows) + "</table>" + _bullets(notes) + "</div>"
+    )
+
+
 def _fidelity_card(d: Mapping[str, Any], number: int, seen: dict[str, int]) -> str:
     """The side-by-side table of a compared storm: figure, in-process, real, ratio, and
     the sentences on where the two must differ.
@@ -427,11 +493,7 @@ def _fidelity_card(d: Mapping[str, Any], number: int, seen: dict[str, int]) -> s
         "<th>real</th><th>real / in-process</th></tr>"
         + "".join(body)
         + "</table>"
-        + (
-            "<ul class='diagnosis'>" + "".join(f"<li>{_e(x)}</li>" for x in sentences) + "</ul>"
-            if sentences
-            else ""
-        )
+        + _bullets(sentences)
         + "</div>"
     )
 
@@ -500,7 +562,9 @@ def _storm_section(
 ) -> str:
     d = record.data
     verdicts = d.get("verdicts") or []
-    passed = all(v.get("ok", True) for v in verdicts)
+    compared = comparison_of(d)
+    failed = [str(v.get("name")) for v in verdicts if not v.get("ok", True)]
+    passed = verdict_cell(failed, compared) == "pass"
     parts = [
         f'<section class="storm" id="storm-{number}">',
         f"<h2>{number}. {_e(record.title)} "
@@ -528,6 +592,8 @@ def _storm_section(
         parts.append(
             "<ul class='diagnosis'>" + "".join(f"<li>{_e(x)}</li>" for x in lines) + "</ul>"
         )
+    if compared is not None:
+        parts.append(comparison_card(compared))
     parts.append(_breakdown(d))
     card = _fidelity_card(d, number, fidelity_seen)
     if card:
@@ -560,26 +626,28 @@ def _storm_section(
 
 
 def _summary_table(records: Sequence[StormRecord]) -> str:
+    compared = any(comparison_of(record.data) is not None for record in records)
     head = (
         "<tr><th>#</th><th>test · storm</th><th>app</th><th>users</th><th>requests</th>"
         "<th>rps</th><th>p50 ms</th><th>p99 ms</th><th>max ms</th><th>errors</th>"
-        "<th>verdict</th></tr>"
+        "<th>verdict</th>" + ("<th>vs control</th>" if compared else "") + "</tr>"
     )
     body = []
     for number, record in enumerate(records, 1):
         d = record.data
         lat = d.get("latency") or {}
-        failed = [v["name"] for v in d.get("verdicts") or [] if not v.get("ok", True)]
-        verdict = (
-            f"<span class='bad'>FAIL {_e(', '.join(failed))}</span>"
-            if failed
-            else "<span class='ok'>pass</span>"
-        )
+        failed = [str(v["name"]) for v in d.get("verdicts") or [] if not v.get("ok", True)]
+        cell = verdict_cell(failed, comparison_of(d))
+        verdict = f"<span class='{'ok' if cell == 'pass' else 'bad'}'>{_e(cell.replace(',', ', '))}</span>"
+        if compared:
+            vs = comparison_cell(comparison_of(d))
+            css = "bad" if vs.startswith("regressed") else "muted" if not vs else ""
+            verdict += f"</td><td class='{css}'>{_e(vs)}"
         body.append(
             f"<tr><td>{number}</td><td><a href='#storm-{number}'>{_e(record.title)}</a></td>"
             f"<td>{_e(d.get('app', ''))} ({_e(d.get('interface', ''))}, "
             f"{_e(d.get('server', ''))})</td>"
-            f"<td class='num'>{_e(load_cell(d))}</td>"
+            f"<td class='num'>{_e(users_cell(d))}</td>"
             f"<td class='num'>{d.get('requests', 0):,}</td>"
             f"<td class='num'>{_num(d.get('throughput'))}</td>"
             f"<td class='num'>{_num(lat.get('p50'))}</td>"

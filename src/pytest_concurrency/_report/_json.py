@@ -382,7 +382,8 @@ JSON_SCHEMA: dict[str, Any] = {
                     "type": "array",
                     "items": {"type": "object"},
                     "description": "in a saved baseline: the last sessions that saved this "
-                    "storm (p50, p99, max, rps as medians over rounds; cpu_slowdown; "
+                    "storm (p50, p99, max, rps, cpu µs per request as medians over rounds; "
+                    "cpu_slowdown; "
                     "cpu_share), the newest last; their spread is the storm's own noise "
                     "between sessions",
                 },
@@ -502,7 +503,7 @@ def write_json(path: str | os.PathLike[str], doc: Mapping[str, Any]) -> Path:
     # sure none is left. Null is what the schema says a figure is when nothing was
     # measured, and it can never switch a gate off: a document read as a baseline refuses
     # a compared figure that is null, and a baseline save refuses a storm that has one
-    # (``_baseline.unmeasured``), so a run cannot save its way past its own gate.
+    # (``_baseline.store.figure_problems``), so a run cannot save its way past its own gate.
     text = json.dumps(_plain(doc), indent=1, ensure_ascii=False, allow_nan=False)
     return write_atomic(path, text + "\n")
 

@@ -34,8 +34,9 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def markdown_summary(title: str, rows: Sequence[SummaryRow]) -> str:
-    """A heading, a count of verdicts, and one table with the regressions first."""
+def markdown_summary(title: str, rows: Sequence[SummaryRow], *, why_none: str = "") -> str:
+    """A heading, a count of verdicts, and one table with the regressions first (or, with
+    no rows, a line saying so and *why_none*)."""
     ordered = sorted(
         rows,
         key=lambda r: (_ORDER.index(r.verdict) if r.verdict in _ORDER else len(_ORDER), r.test),
@@ -47,7 +48,10 @@ def markdown_summary(title: str, rows: Sequence[SummaryRow]) -> str:
     ]
     lines = [f"### {_escape(title)}", ""]
     if not rows:
-        return "\n".join([*lines, "No storm was compared.", ""])
+        none = (
+            f"No storm was compared: {_escape(why_none)}" if why_none else "No storm was compared."
+        )
+        return "\n".join([*lines, none, ""])
     lines += [
         ", ".join(counts),
         "",

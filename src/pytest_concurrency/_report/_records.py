@@ -16,7 +16,7 @@ from hdrh.histogram import HdrHistogram
 
 from .._model.result import StormResult
 
-__all__ = ["FIGURES", "StormRecord", "StormRow", "as_records", "figures"]
+__all__ = ["FIGURES", "StormRecord", "StormRow", "as_records", "comparison_of", "figures"]
 
 #: A row as the plugin keeps it: the test's node id and the storm, live or as a dict.
 StormRow = tuple[str, StormResult | Mapping[str, Any]]
@@ -113,3 +113,13 @@ def figures(data: Mapping[str, Any]) -> dict[str, float]:
             value = value.get(step) if isinstance(value, Mapping) else None
         out[name] = float(value) if isinstance(value, int | float) else math.nan
     return out
+
+
+def comparison_of(data: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """A storm's paired comparison block (None without one): a session document carries it
+    at the top of the storm, a live or transported storm in its ``extras``."""
+    extras = data.get("extras")
+    found = data.get("comparison") or (
+        extras.get("comparison") if isinstance(extras, Mapping) else None
+    )
+    return found if isinstance(found, Mapping) else None

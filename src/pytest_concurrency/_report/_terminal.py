@@ -16,10 +16,27 @@ from typing import Any, TextIO
 
 from .._model.remarks import contention_summary, is_contention_note
 from .._probes.noise import noise_figures
-from ._records import StormRecord, StormRow, as_records
-from ._text import aligned, format_number, load_cell
+from ._records import StormRecord, StormRow, as_records, comparison_of
+from ._text import aligned, format_number
 
-__all__ = ["LiveProgress", "noise_figures", "noise_statement", "storm_notes", "storms_table"]
+__all__ = [
+    "LiveProgress",
+    "comparison_cell",
+    "noise_figures",
+    "noise_statement",
+    "storm_notes",
+    "storms_table",
+    "users_cell",
+    "verdict_cell",
+]
+
+
+def users_cell(d: Mapping[str, Any]) -> str:
+    """A closed storm's users; an open one's arrival rate (it has no users)."""
+    rate = d.get("rate")
+    if d.get("model") == "open" and isinstance(rate, int | float):
+        return f"{rate:,.6g}/s"
+    return f"{d.get('users', 0):,}"
 
 
 def _cell(value: Any, fmt: Callable[[float], str] = format_number) -> str:
@@ -35,16 +52,7 @@ def _endpoint_verdict(name: str, verdicts: Sequence[Mapping[str, Any]]) -> str:
     return "FAIL " + ",".join(failed) if failed else "pass"
 
 
-def _comparison(data: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    # Live and transported storms carry it in extras; a session document, at the top.
-    extras = data.get("extras")
-    found = data.get("comparison") or (
-        extras.get("comparison") if isinstance(extras, Mapping) else None
-    )
-    return found if isinstance(found, Mapping) else None
-
-
-def _verdict_cell(failed: Sequence[str], comparison: Mapping[str, Any] | None) -> str:
+def verdict_cell(failed: Sequence[str], comparison: Mapping[str, Any] | None) -> str:
     """``pass`` / ``FAIL p99_ms`` / ``FAIL vs control`` (a regression that failed the test)."""
     if (
         comparison is not None
@@ -55,7 +63,7 @@ def _verdict_cell(failed: Sequence[str], comparison: Mapping[str, Any] | None) -
     return "FAIL " + ",".join(failed) if failed else "pass"
 
 
-def _comparison_cell(comparison: Mapping[str, Any] | None) -> str:
+def comparison_cell(comparison: Mapping[str, Any] | None) -> str:
     """The paired verdict and the change it rests on, such as ``regressed: cpu +21.4%``."""
     if comparison is None:
         return ""
@@ -83,7 +91,7 @@ def storms_table(
     """
     records = as_records(rows)
     memory = any("rss_growth_mb" in record.data for record in records)
-    compared = any(_comparison(record.data) is not None for record in records)
+    compared = any(comparison_of(record.data) is not None for record in records)
     header = (
         first_header,
         "storm",
@@ -112,7 +120,7 @@ def storms_table(
                 record.nodeid,
                 record.label,
                 f"{d.get('interface', '')} {d.get('server', '')}".strip(),
-                load_cell(d),
+                users_cell(d),
                 f"{d.get('requests', 0):,}",
                 _cell(d.get("throughput")),
                 _cell(latency.get("p50")),
@@ -120,10 +128,10 @@ def storms_table(
                 _cell(latency.get("max")),
                 _cell(d.get("error_rate"), lambda v: f"{v:.1%}"),
                 _cell(pool.get("saturation"), lambda v: f"{v:.0%}") if pool else "-",
-                _verdict_cell(failed, _comparison(d)),
+                verdict_cell(failed, comparison_of(d)),
             )
             + ((_cell(d.get("rss_growth_mb"), lambda v: f"{v:,.0f}"),) if memory else ())
-            + ((_comparison_cell(_comparison(d)),) if compared else ())
+            + ((comparison_cell(comparison_of(d)),) if compared else ())
         )
         endpoints: Mapping[str, Mapping[str, Any]] = d.get("endpoints") or {}
         for name, endpoint in endpoints.items():

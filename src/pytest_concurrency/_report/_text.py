@@ -30,7 +30,6 @@ __all__ = [
     "failure_lines",
     "format_number",
     "headline",
-    "load_cell",
     "machine_line",
     "part_words",
     "side_by_side",
@@ -96,14 +95,6 @@ def verdict_word(v: Verdict) -> str:
     ratio = v.ratio
     # One decimal would call 202.8 against 200 "1.0x over": near the limit, show two.
     return f"✗ {ratio:.2f}x over" if ratio < 1.1 else f"✗ {ratio:.1f}x over"
-
-
-def load_cell(data: Mapping[str, Any]) -> str:
-    """The load a storm was asked for, as a table's ``users`` column shows it: its users, or
-    its arrival rate (``50/s``) for an open-model storm, which has no users."""
-    if data.get("model") == "open":
-        return f"{float(data.get('rate') or 0):g}/s"
-    return f"{int(data.get('users') or 0):,}"
 
 
 def headline(data: Mapping[str, Any]) -> str:

@@ -96,18 +96,26 @@ class _Requests:
         from .._probes.attribution import OwnSteps, ledger
 
         status = [0]
+        # When the last byte of the response went out: the client's request ends there,
+        # however long the app's coroutine runs on (a framework's teardown that waits for
+        # the loop, a background task), so its time in the app ends there too.
+        answered: list[float] = []
 
         async def sending(message: Any) -> None:
-            if message.get("type") == "http.response.start":
+            kind = message.get("type")
+            if kind == "http.response.start":
                 status[0] = int(message.get("status") or 0)
             await send(message)
+            if kind == "http.response.body" and not message.get("more_body", False):
+                answered.append(time.perf_counter())
 
         with ledger() as book:
             started = time.perf_counter()
             try:
                 await OwnSteps(app(scope, receive, sending), book, self.progress)
             finally:
-                self._record(scope, started, time.perf_counter() - started, status[0], book)
+                ended = answered[0] if answered else time.perf_counter()
+                self._record(scope, started, ended - started, status[0], book)
 
     def _record(self, scope: Any, started: float, took: float, status: int, book: Any) -> None:
         rec = self.rec

@@ -14,15 +14,18 @@ appended to a log file the storm's process reads after each round.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pickle
+import sys
 import tempfile
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from .._errors import ConfigError
+from .._optional import installed
 
 __all__ = [
     "EGRESS_ENV",
@@ -144,6 +147,11 @@ def install_from_env() -> None:
         _KEEP.append(upstream)
     egress = os.environ.get(EGRESS_ENV)
     if egress:
+        if "aiohttp.client" not in sys.modules and installed("aiohttp"):
+            # The app is imported after this hook; the guard must find aiohttp's session in
+            # place to keep the app's line where a call begins: aiohttp resolves names in a
+            # task of its own, whose stack ends in the server's loop, not in the app.
+            importlib.import_module("aiohttp.client")
         settings = json.loads(egress)
         served = set(settings.get("serve") or ())
         tls = settings.get("tls") or {}

@@ -88,6 +88,10 @@ _PLUMBING = frozenset(
     | {"yarl", "multidict", "pycares", "asgiref", "_pytest", "pluggy"}
 )
 _STDLIB = frozenset(sys.stdlib_module_names)
+#: Servers that run the app: below the app on any stack, so a frame of theirs met before
+#: the app's is the bottom of a task the client started (uvloop runs tasks from C, with no
+#: ``asyncio.events`` frame between).
+_SERVERS = frozenset({"uvicorn", "hypercorn", "granian", "gunicorn"})
 _LOCALHOST = frozenset({"localhost", "localhost."})
 
 
@@ -206,6 +210,31 @@ def _client_of(frame: FrameType) -> str | None:
 _ORIGIN: ContextVar[str | None] = ContextVar("pytest_storm_egress_origin", default=None)
 
 
+#: Per aiohttp call: whether a refusal was counted in its context (a name lookup shared by
+#: concurrent calls runs, and is refused, in the task of the first one only).
+_COUNTED: ContextVar[list[bool] | None] = ContextVar("pytest_storm_egress_counted", default=None)
+
+
+def _refusal_in(exc: BaseException) -> Refusal | None:
+    """The refusal behind a client's error (its cause, context or ``os_error``), if any."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, EgressRefused):
+            return current._made[0]
+        os_error = getattr(current, "os_error", None)
+        stack += [
+            current.__cause__,
+            current.__context__,
+            os_error if isinstance(os_error, BaseException) else None,
+        ]
+    return None
+
+
 #: Modules of this package whose frames sit inside a client's own calls (a pool probe's or
 #: the upstream's wrapper of a transport): walked through, as the client's frames are.
 _INSIDE_CLIENTS = ("pytest_concurrency._probes.", "pytest_concurrency._simio.")
@@ -232,9 +261,13 @@ def _caller(frame: FrameType | None) -> tuple[str, str]:
         if client is not None:
             inner = inner or client
             outer = client
-        elif _harness(frame) or frame.f_globals.get("__name__") == "asyncio.events":
-            # The storm below the app, or the loop running a task: the app's frame is not on
-            # this stack (a task the client started).
+        elif (
+            _harness(frame)
+            or frame.f_globals.get("__name__") == "asyncio.events"
+            or _top(frame) in _SERVERS
+        ):
+            # The storm or a server below the app, or the loop running a task: the app's
+            # frame is not on this stack (a task the client started).
             break
         else:
             top = _top(frame)
@@ -468,13 +501,19 @@ class EgressGuard:
             return
         client, site = _caller(frame)
         refusal = Refusal(_normal(host) or host, "" if port is None else str(port), client, site)
+        self._count(refusal)
+        counted = _COUNTED.get()
+        if counted is not None:
+            counted[0] = True
+        declared = self._declared() if self._declared is not None else ()
+        raise EgressRefused(refusal, declared=refusal.host in declared, allowed=self.allow_hosts)
+
+    def _count(self, refusal: Refusal) -> None:
         if self.log is not None and (self._log_here or os.getpid() != self._pid):
             _append(self.log, refusal)
         else:
             with self._lock:
                 self._counts[refusal] = self._counts.get(refusal, 0) + 1
-        declared = self._declared() if self._declared is not None else ()
-        raise EgressRefused(refusal, declared=refusal.host in declared, allowed=self.allow_hosts)
 
     def _serves(self, host: Any) -> bool:
         if not self._served:
@@ -804,9 +843,19 @@ class EgressGuard:
             async def _request(session: Any, *args: Any, **kw: Any) -> Any:
                 # The site is read now: a suspended coroutine's frame has no caller.
                 token = _ORIGIN.set(_caller(sys._getframe(1))[1])
+                counted = [False]
+                held = _COUNTED.set(counted)
                 try:
                     return await original(session, *args, **kw)
+                except Exception as exc:
+                    refused = None if counted[0] else _refusal_in(exc)
+                    if refused is not None:
+                        # Concurrent calls to one host share one name lookup, refused and
+                        # counted once, in the first call's task: count each call it failed.
+                        self._count(refused)
+                    raise
                 finally:
+                    _COUNTED.reset(held)
                     _ORIGIN.reset(token)
 
             return _request

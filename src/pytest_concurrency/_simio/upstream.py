@@ -57,6 +57,21 @@ INSTALLED: list[Upstream] = []
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _template_segment(url_prefix: str) -> str | None:
+    """The first path segment of *url_prefix* written as a template (``{id}``, ``<id>``,
+    ``*``), which a literal prefix never matches: clients send the value, not the name."""
+    _, _, rest = url_prefix.partition("://")
+    path = rest[rest.find("/") :] if "/" in rest else ""
+    for segment in path.split("/"):
+        if segment in ("*", "**") or any(
+            opening in segment and closing in segment for opening, closing in ("{}", "<>")
+        ):
+            return segment
+    return None
+
+
 _ERROR_STATUS = 503
 _ERROR_BODY = b"simulated upstream error"
 
@@ -193,6 +208,14 @@ def _route_url(where: str, url_prefix: str) -> httpx.URL:
         )
     if url.query:
         raise ConfigError(f"{where}: url_prefix must not have a query; routes match paths")
+    template = _template_segment(url_prefix)
+    if template is not None:
+        prefix = url_prefix[: url_prefix.index(template)].rstrip("/")
+        raise ConfigError(
+            f"{where}: the path segment {template!r} looks like a path parameter or a "
+            "wildcard, but routes match a literal path prefix (no templates): no call "
+            f"would reach it; declare {prefix!r} to answer every call under it"
+        )
     return url
 
 

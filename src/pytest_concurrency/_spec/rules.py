@@ -25,13 +25,22 @@ from .table import (
     WEBSOCKET,
 )
 
-__all__ = ["KIND_WORDS", "RUN_WIDE_LAYERS", "check_clock", "check_kind", "storm_kind"]
+__all__ = [
+    "KIND_WORDS",
+    "RUN_WIDE_LAYERS",
+    "check_clock",
+    "check_kind",
+    "storm_kind",
+    "unused_server_model",
+]
 
 
 class _Config(Protocol):
     """The parts of a ``StormConfig`` the rules read."""
 
     clock: str
+    workers: int
+    threads: int
     engine: str
     server: str
     processes: int
@@ -125,6 +134,32 @@ def check_kind(config: _Config, kind: str) -> None:
             f"budget {name} (from {config.origin_of(name)}) cannot be measured by "
             f"{KIND_WORDS[kind]}{because}{instead}"
         )
+
+
+#: Layers that set a worker count for every app they try, ASGI ones included.
+_SEARCH_LAYERS = frozenset({"capacity search"})
+
+
+def unused_server_model(
+    config: _Config, interface: str, *, real_server: bool
+) -> list[tuple[str, int, str]]:
+    """``workers``/``threads`` a storm set that nothing honours: ``(name, value, origin)``.
+
+    The in-process WSGI pool and a real server's processes take them; an ASGI app in-process
+    runs every request on the one event loop of its storm (or of each shard). They are not
+    refused, since one test often storms WSGI and ASGI apps with the same arguments, but
+    the result says so, or its figures would read as if they had been applied.
+    """
+    if interface != "asgi" or real_server:
+        return []
+    found = []
+    for name in ("workers", "threads"):
+        origin = config.origins.get(name)
+        value = getattr(config, name)
+        if origin is None or origin in RUN_WIDE_LAYERS or origin in _SEARCH_LAYERS or value == 1:
+            continue
+        found.append((name, value, origin))
+    return found
 
 
 def check_clock(
