@@ -542,8 +542,10 @@ def _django_close(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
 def _django_ensure(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     @functools.wraps(original)
     def ensure_connection(self: Any) -> Any:
+        # Every query passes here: once the request has used its connection, no lock.
         if (
             _LIVE.probes
+            and id(self) not in _DJANGO_TAKEN
             and not _DJANGO_EDGE.get()
             and getattr(self, "connection", None) is not None
         ):

@@ -25,7 +25,7 @@ from .._version import __version__
 from ._fidelity import differences, rows_of
 from ._files import write_atomic
 from ._records import StormRecord, StormRow, as_records, comparison_of
-from ._terminal import comparison_cell, verdict_cell
+from ._terminal import comparison_cell, users_cell, verdict_cell
 from ._text import diagnosis, format_number, headline, machine_line, part_words, verdict_word
 
 __all__ = ["PERCENTILE_TICKS", "comparison_card", "percentile_curve", "render_html", "write_html"]
@@ -647,7 +647,7 @@ def _summary_table(records: Sequence[StormRecord]) -> str:
             f"<tr><td>{number}</td><td><a href='#storm-{number}'>{_e(record.title)}</a></td>"
             f"<td>{_e(d.get('app', ''))} ({_e(d.get('interface', ''))}, "
             f"{_e(d.get('server', ''))})</td>"
-            f"<td class='num'>{d.get('users', 0):,}</td>"
+            f"<td class='num'>{_e(users_cell(d))}</td>"
             f"<td class='num'>{d.get('requests', 0):,}</td>"
             f"<td class='num'>{_num(d.get('throughput'))}</td>"
             f"<td class='num'>{_num(lat.get('p50'))}</td>"

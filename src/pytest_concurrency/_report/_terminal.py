@@ -26,11 +26,12 @@ __all__ = [
     "noise_statement",
     "storm_notes",
     "storms_table",
+    "users_cell",
     "verdict_cell",
 ]
 
 
-def _users_cell(d: Mapping[str, Any]) -> str:
+def users_cell(d: Mapping[str, Any]) -> str:
     """A closed storm's users; an open one's arrival rate (it has no users)."""
     rate = d.get("rate")
     if d.get("model") == "open" and isinstance(rate, int | float):
@@ -119,7 +120,7 @@ def storms_table(
                 record.nodeid,
                 record.label,
                 f"{d.get('interface', '')} {d.get('server', '')}".strip(),
-                _users_cell(d),
+                users_cell(d),
                 f"{d.get('requests', 0):,}",
                 _cell(d.get("throughput")),
                 _cell(latency.get("p50")),

@@ -306,6 +306,8 @@ def _pool_unmeasured(selector: str, budget: str, data: Mapping[str, Any]) -> str
     if budget == "max_saturation":
         return f"the pool {name!r} has no size limit: it is never full"
     if budget == "max_queue_p99_ms":
+        if any(isinstance(p, PoolUsage) for p in pools if p.name in names):
+            return f"the pool {name!r} recorded no wait: no request waited for one of its threads"
         return f"the pool {name!r} recorded no wait: no request took one of its connections"
     return f"the pool {name!r} recorded no such figure"
 

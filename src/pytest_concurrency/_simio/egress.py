@@ -390,7 +390,11 @@ def request_on(port: int) -> Ledger | None:
 
 def _mark_proxied(sock: socket.socket) -> None:
     with contextlib.suppress(OSError, TypeError, IndexError):
-        _PROXIED[sock] = int(sock.getsockname()[1])
+        port = int(sock.getsockname()[1])
+        _PROXIED[sock] = port
+        # A new connection: no request has sent on it yet, whatever an earlier connection
+        # from the same port (closed since) was last sent for.
+        _SENDERS.pop(port, None)
 
 
 def direct_connections() -> None:

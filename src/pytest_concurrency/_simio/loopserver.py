@@ -7,15 +7,18 @@ child process started for the storm (:func:`main`, run by ``python -c``),
 with an ``asyncio.Protocol`` per connection, httptools' parser when it is installed (the
 ``servers`` extra) or h11's, answers of static routes made once as bytes, and each wait a
 timer (``loop.call_later``) rather than a task. The child declares the routes again from
-their pickled arguments (and the storm's random state, so a seeded storm draws the same
-latencies), so only routes without a ``handler`` are served this way: a handler's code,
-and what it touches, live in the storm's process, where the thread answers them.
+their pickled arguments, so only routes without a ``handler`` are served this way: a
+handler's code, and what it touches, live in the storm's process, where the thread answers
+them. The child starts the generators the routes draw from where this process's stand (so
+a seeded storm draws the same latencies), and each collect hands them back: this process
+draws on from where the child stopped, as if it had drawn those latencies itself (unless it
+drew from a generator meanwhile, whose own draws are kept).
 
 Figures come back over a Unix socket pair: :meth:`LoopbackProcess.collect` (called at the end
 of every round, and on stop) asks the child for what its routes counted since it last asked
 (calls, errors, timeouts, waits, in-flight peaks, undeclared calls) and each simulated wait's
-error, measured as the time its answer is written minus the time its request was parsed and
-the wait requested; they are added to the storm process's ``Route`` objects and to
+error, measured as the time its answer is written minus the time its wait began (when the
+connection took up its request: one pipelined behind another waits from the other's answer); they are added to the storm process's ``Route`` objects and to
 ``wait_recorder``. The in-flight peak of a route answered both in-process and here is the
 larger of the two peaks (a lower bound on their sum). The child ends when that socket
 closes: on :meth:`LoopbackProcess.stop`, and on any end of the storm's process, killed
@@ -41,6 +44,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, cast
+from urllib.parse import unquote
 
 from .._errors import StormError
 
@@ -119,7 +123,11 @@ atexit.register(_stop_all)
 def _forget_in_child() -> None:
     # A process forked from the storm's (a shard) does not own the storm's loopback
     # processes: it must neither ask them for figures nor stop them, nor hold their
-    # sockets open (each ends when the storm's process closes its end).
+    # sockets open (each ends when the storm's process closes its end). The registry's
+    # lock is made anew: a thread of the parent may have held it at the fork, and no
+    # thread of the shard would ever release it.
+    global _LIVE_LOCK  # noqa: PLW0603 - a lock of the shard's own, after a fork
+    _LIVE_LOCK = threading.Lock()
     for server in _LIVE:
         control, server._control = server._control, None
         if control is not None:
@@ -128,6 +136,17 @@ def _forget_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def _random_states(routes: Sequence[Any]) -> dict[str, Any]:
+    """The states of the generators *routes* draw from: the process-wide one, and each
+    route's own (None for a route that draws from the process-wide one)."""
+    from .waits import _default_rng
+
+    return {
+        "process": _default_rng.getstate(),
+        "routes": [None if r._rng is _default_rng else r._rng.getstate() for r in routes],
+    }
 
 
 def _send(sock: socket.socket, payload: bytes) -> None:
@@ -168,11 +187,11 @@ class LoopbackProcess:
         self.tls_port: int | None = None
         self.pid: int | None = None
         self._owner = os.getpid()
+        #: The generators' states the child last drew on from (given, or reported).
+        self._random: dict[str, Any] = {}
 
     def start(self) -> LoopbackProcess:
         """Start the child, hand it the routes, and wait until it listens; return self."""
-        from .waits import _default_rng
-
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
@@ -195,9 +214,10 @@ class LoopbackProcess:
             _LIVE.append(self)
         try:
             ours.settimeout(_START_TIMEOUT)
+            self._random = _random_states(self._upstream.routes)
             setup = {
                 "declarations": list(self._upstream.declarations),
-                "random": _default_rng.getstate(),
+                "random": self._random,
                 "tls_pem": self._tls_pem,
             }
             _send(ours, pickle.dumps(setup))
@@ -209,6 +229,8 @@ class LoopbackProcess:
                 self._control = None
             ours.close()
             self.stop()
+            if not isinstance(exc, Exception):
+                raise  # a Ctrl-C (or an exit) is not a failed start
             raise StormError(f"the loopback upstream process did not start: {exc}") from exc
         self.port = int(ready["port"])
         self.tls_port = ready.get("tls_port")
@@ -235,6 +257,21 @@ class LoopbackProcess:
                 route._merge(counts)
         self._upstream._merge_undeclared(figures["undeclared_calls"], figures["undeclared"])
         wait_recorder.merge_async(figures["waits"])
+        self._draw_on(figures["random"])
+
+    def _draw_on(self, drawn: dict[str, Any]) -> None:
+        """Take up the generators where the child's stopped, each that this process has not
+        drawn from since the child took it up (else this process's own draws are kept)."""
+        from .waits import _default_rng
+
+        given = self._random
+        if _default_rng.getstate() == given["process"]:
+            _default_rng.setstate(drawn["process"])
+        routes = self._upstream.routes
+        for route, before, after in zip(routes, given["routes"], drawn["routes"], strict=False):
+            if before is not None and after is not None and route._rng.getstate() == before:
+                route._rng.setstate(after)
+        self._random = drawn
 
     def stop(self) -> None:
         """Collect the last figures, end the child (its socket's close) and reap it."""
@@ -337,34 +374,34 @@ class _Server:
     def figures(self) -> dict[str, Any]:
         """What was counted since the last call, then forgotten."""
         upstream = self.upstream
-        routes = {}
-        for route in upstream.routes:
-            routes[route.label] = {
-                "calls": route.calls,
-                "errors": route.errors,
-                "timeouts": route.timeouts,
-                "in_flight": route.in_flight,
-                "max_in_flight": route.max_in_flight,
-                "waits_us": list(route._waits_us),
-            }
-            route._reset()
-        waits, self.waits = self.waits, []
-        undeclared = (upstream.undeclared_calls, list(upstream.undeclared))
-        upstream.undeclared_calls = 0
-        upstream.undeclared = []
-        upstream._undeclared_seen = set()
-        return {
-            "routes": routes,
-            "waits": waits,
-            "undeclared_calls": undeclared[0],
-            "undeclared": undeclared[1],
+        figures = {
+            "routes": {
+                route.label: {
+                    "calls": route.calls,
+                    "errors": route.errors,
+                    "timeouts": route.timeouts,
+                    "in_flight": route.in_flight,
+                    "max_in_flight": route.max_in_flight,
+                    "waits_us": list(route._waits_us),
+                }
+                for route in upstream.routes
+            },
+            "waits": self.waits,
+            "undeclared_calls": upstream.undeclared_calls,
+            "undeclared": list(upstream.undeclared),
+            "random": _random_states(upstream.routes),
         }
+        self.waits = []
+        upstream.reset()  # routes' counts and undeclared calls (calls in flight stay)
+        return figures
 
     def match(self, scheme: str, method: str, host: str, target: str) -> Any:
         """The route answering, or the 502 (head, body) naming why none does."""
         from .upstream import _DEFAULT_PORTS
 
-        path = target.partition("?")[0]
+        # Decoded, as httpx's ``URL.path`` that routes are matched on in-process (and
+        # returned as it is when it has no escape).
+        path = unquote(target.partition("?")[0])
         name, port = _split_host(host, _DEFAULT_PORTS[scheme])
         routes = self.upstream._routes.get((scheme, name, port))
         if routes is not None:
@@ -472,7 +509,7 @@ class _Connection(asyncio.Protocol):
         self._scheme = scheme
         self._transport: asyncio.Transport | None = None
         self._parser = _Parser(self._request)
-        self._queue: deque[tuple[str, str, str, bool, float]] = deque()
+        self._queue: deque[tuple[str, str, str, bool]] = deque()
         self._busy = False
         self._holding = False
         self._timers: list[asyncio.TimerHandle] = []
@@ -500,7 +537,7 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
     def _request(self, method: str, target: str, host: str, keep: bool) -> None:
-        self._queue.append((method, target, host, keep, time.perf_counter()))
+        self._queue.append((method, target, host, keep))
         if not self._busy:
             self._next()
 
@@ -510,7 +547,7 @@ class _Connection(asyncio.Protocol):
             self._busy = False
             return
         self._busy = True
-        method, target, host, keep, parsed = self._queue.popleft()
+        method, target, host, keep = self._queue.popleft()
         answer = self._server.match(self._scheme, method, host, target)
         if isinstance(answer, tuple):
             transport.write(answer[0] + answer[1])
@@ -520,10 +557,11 @@ class _Connection(asyncio.Protocol):
         route._enter()
         self._route = route
         delay, times_out, fails = route._plan(_NO_TIMEOUT)
+        started = time.perf_counter()  # not when it was parsed: it may have queued since
         loop = asyncio.get_running_loop()
         self._timers = [
             loop.call_later(
-                delay, self._answer, answer, method, keep, parsed, delay, times_out, fails
+                delay, self._answer, answer, method, keep, started, delay, times_out, fails
             )
         ]
 
@@ -536,19 +574,32 @@ class _Connection(asyncio.Protocol):
         )
         return waited
 
+    def _early(self, started: float, delay: float, callback: Any, *args: Any) -> bool:
+        """Whether the timer of a wait fired before *delay* had passed since *started*; if
+        so, *callback* is set to run for the rest. uvloop's timers count whole milliseconds
+        of a clock read at the loop's last turn: one may fire up to 1 ms early."""
+        left = started + delay - time.perf_counter()
+        if left <= 0:
+            return False
+        self._timers = [asyncio.get_running_loop().call_later(left, callback, *args)]
+        return True
+
     def _answer(
         self,
         answer: _Answer,
         method: str,
         keep: bool,
-        parsed: float,
+        started: float,
         delay: float,
         times_out: bool,
         fails: bool,
     ) -> None:
+        again = (answer, method, keep, started, delay, times_out, fails)
+        if self._early(started, delay, self._answer, *again):
+            return
         transport = self._transport
         route = answer.route
-        waited = self._record(delay, parsed)
+        waited = self._record(delay, started)
         route._waits_us.append(round(waited * 1_000_000))
         if transport is None:
             return
@@ -591,6 +642,8 @@ class _Connection(asyncio.Protocol):
         started = time.perf_counter()
 
         def send() -> None:
+            if self._early(started, delay, send):
+                return
             self._record(delay, started)
             if self._transport is not None:
                 self._transport.write(_chunk(chunks[index]))
@@ -629,8 +682,12 @@ async def _serve(control: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     try:
         setup = pickle.loads(_receive(control))  # from the process that started this one
-        _default_rng.setstate(setup["random"])
+        states = setup["random"]
+        _default_rng.setstate(states["process"])
         server = _Server(setup["declarations"])
+        for route, state in zip(server.upstream.routes, states["routes"], strict=False):
+            if state is not None:
+                route._rng.setstate(state)
         plain = await loop.create_server(
             lambda: _Connection(server, "http"), "127.0.0.1", 0, backlog=4096
         )

@@ -782,9 +782,7 @@ class Upstream:
         url = str(request.url)
         with self._lock:
             self.undeclared_calls += 1
-            if url not in self._undeclared_seen and len(self.undeclared) < self._max_undeclared:
-                self._undeclared_seen.add(url)
-                self.undeclared.append(url)
+            self._remember_undeclared(url)
         origin = _origin(request.url)
         if routes is None:
             problem = f"undeclared upstream host {request.url.host!r}"
@@ -804,9 +802,13 @@ class Upstream:
         with self._lock:
             self.undeclared_calls += calls
             for url in urls:
-                if url not in self._undeclared_seen and len(self.undeclared) < self._max_undeclared:
-                    self._undeclared_seen.add(url)
-                    self.undeclared.append(url)
+                self._remember_undeclared(url)
+
+    def _remember_undeclared(self, url: str) -> None:
+        """Keep *url* among the first few distinct undeclared URLs (the lock held)."""
+        if url not in self._undeclared_seen and len(self.undeclared) < self._max_undeclared:
+            self._undeclared_seen.add(url)
+            self.undeclared.append(url)
 
     # -- reporting
 
