@@ -768,3 +768,29 @@ def test_a_latency_string_needs_a_unit(value: str) -> None:
     message = f"latency={value!r} must be a Latency (constant, uniform, normal, lognormal, "
     with pytest.raises(ConfigError, match=re.escape(message)):
         as_latency(value)
+
+
+def test_a_simulated_wait_never_ends_before_its_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # uvloop's timers count whole milliseconds and may fire up to one early.
+    import time
+
+    import anyio
+
+    from pytest_concurrency import simulated_io
+
+    real_sleep = anyio.sleep
+
+    async def early(delay: float) -> None:
+        await real_sleep(max(0.0, delay - 0.001))
+
+    monkeypatch.setattr(anyio, "sleep", early)
+
+    async def main() -> list[float]:
+        out = []
+        for _ in range(5):
+            start = time.perf_counter()
+            await simulated_io(5)
+            out.append(time.perf_counter() - start)
+        return out
+
+    assert min(anyio.run(main)) >= 0.005

@@ -202,6 +202,13 @@ async def _wait_async(seconds: float, name: str = SIMULATED) -> float:
     start = clock.now()
     await anyio.sleep(seconds)
     end = clock.now()
+    if end - start < seconds:
+        # uvloop's timers count whole milliseconds and may fire early: a simulated wait,
+        # like a real one, never ends before its time.
+        deadline = start + seconds
+        while end < deadline:
+            await anyio.sleep(deadline - end)
+            end = clock.now()
     waited = end - start
     _charge(name, start, seconds, waited)
     if wait_recorder._active:
