@@ -21,6 +21,7 @@ from ._text import aligned, format_number
 
 __all__ = [
     "LiveProgress",
+    "compared_with",
     "comparison_cell",
     "noise_figures",
     "noise_statement",
@@ -52,14 +53,20 @@ def _endpoint_verdict(name: str, verdicts: Sequence[Mapping[str, Any]]) -> str:
     return "FAIL " + ",".join(failed) if failed else "pass"
 
 
+def compared_with(comparison: Mapping[str, Any]) -> str:
+    """``vs control`` for a paired comparison, ``vs baseline`` for a saved baseline's."""
+    return "vs baseline" if comparison.get("mode") == "saved" else "vs control"
+
+
 def verdict_cell(failed: Sequence[str], comparison: Mapping[str, Any] | None) -> str:
-    """``pass`` / ``FAIL p99_ms`` / ``FAIL vs control`` (a regression that failed the test)."""
+    """``pass`` / ``FAIL p99_ms`` / ``FAIL vs control`` or ``FAIL vs baseline`` (a regression
+    that failed the test)."""
     if (
         comparison is not None
         and comparison.get("fails")
         and comparison.get("verdict") == "regressed"
     ):
-        failed = [*failed, "vs control"]
+        failed = [*failed, compared_with(comparison)]
     return "FAIL " + ",".join(failed) if failed else "pass"
 
 
