@@ -98,7 +98,8 @@ def storms_table(
     """
     records = as_records(rows)
     memory = any("rss_growth_mb" in record.data for record in records)
-    compared = any(comparison_of(record.data) is not None for record in records)
+    blocks = [b for b in (comparison_of(record.data) for record in records) if b is not None]
+    compared = bool(blocks)
     header = (
         first_header,
         "storm",
@@ -114,7 +115,7 @@ def storms_table(
         "verdict",
     ) + (("+RSS MB",) if memory else ())
     if compared:
-        header += ("vs control",)
+        header += (compared_with(blocks[0]),)
     table = [header]
     for record in records:
         d = record.data
