@@ -424,12 +424,13 @@ def client_share(usage: ResourceUsage, machine_cores: int) -> float | None:
 def _with_usage(result: StormResult, usage: ResourceUsage) -> StormResult:
     result.server_usage = usage
     client, server = usage.client_cpu_mean, usage.server_cpu_mean
-    if client >= _CLIENT_BOUND:
-        result.warnings.append(client_bound_warning(client, server))
-        return result
     machine_cores = cores()
     share = client_share(usage, machine_cores)
-    if share is not None:
+    if share is None:
+        return result
+    if client >= _CLIENT_BOUND:  # its own loop had a core to itself: the client set the pace
+        result.warnings.append(client_bound_warning(client, server))
+    else:
         result.warnings.append(client_share_warning(client, server, machine_cores, share))
     return result
 
