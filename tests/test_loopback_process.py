@@ -339,6 +339,40 @@ def test_the_process_ends_when_the_storms_process_is_killed() -> None:
             parent.stdout.close()
 
 
+def test_a_collect_after_one_that_timed_out_fails_rather_than_read_its_late_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The answer to a collect that timed out comes later: the next collect must not take it
+    for its own (its figures are an earlier window's, and every answer after is off by one)."""
+    import select
+
+    from pytest_concurrency._errors import StormError
+
+    with Upstream() as upstream:
+        upstream.route(MODEL, latency=5)
+        server = LoopbackProcess(upstream).start()
+        assert server.pid is not None
+        try:
+            os.kill(server.pid, signal.SIGSTOP)  # it cannot answer in time
+            try:
+                monkeypatch.setattr(loopserver, "_COLLECT_TIMEOUT", 0.2)
+                with pytest.raises(StormError, match="gave no figures: timed out"):
+                    server.collect()
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            control = server._control
+            assert control is not None
+            # The late answer is now waiting on the control socket.
+            assert select.select([control], [], [], 10)[0] == [control]
+            monkeypatch.setattr(loopserver, "_COLLECT_TIMEOUT", 10.0)
+            with pytest.raises(StormError, match=r"an earlier collect failed \(timed out\)"):
+                server.collect()
+        finally:
+            pid = server.pid
+            server.stop()
+    assert _gone(pid)
+
+
 @pytest.mark.timing
 def test_waits_keep_time_under_a_burst(spy: Spy) -> None:
     """500 concurrent calls at 50 ms from one aiohttp session: each wait's error (answer
