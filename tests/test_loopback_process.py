@@ -17,8 +17,6 @@ import threading
 import time
 import types
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,34 +28,14 @@ from pytest_concurrency._api import run_storm
 from pytest_concurrency._probes import noise
 from pytest_concurrency._simio import loopserver, seed_latency, wait_recorder
 from pytest_concurrency._simio.distributions import ConstantLatency, Latency, normal
-from pytest_concurrency._simio.egress import EgressGuard, is_loopback
-from pytest_concurrency._simio.loopback import ALIAS
+from pytest_concurrency._simio.egress import is_loopback
 from pytest_concurrency._simio.loopserver import LoopbackProcess, portable
 
+from ._upstream import LATENCY_MS, MODEL, SLACK_MS, spy
+from ._upstream import served_by_process as served
 from .test_egress import Spy
 
-MODEL = "http://model-server.invalid/generate"
-LATENCY_MS = 50.0
-#: What the model allows on top of a 50 ms wait on a loaded 2-core machine (as the thread's
-#: tests): the timer's overshoot, a loopback exchange, the client's work.
-SLACK_MS = 12.0
-
-
-@pytest.fixture
-def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
-    return Spy(monkeypatch)
-
-
-@contextmanager
-def served(upstream: Upstream) -> Iterator[LoopbackProcess]:
-    """The upstream's http:// hosts served by a loopback process, and the guard sending them
-    there."""
-    server = LoopbackProcess(upstream).start()
-    try:
-        with EgressGuard(serve=upstream.http_hosts, serve_port=server.port, alias=ALIAS):
-            yield server
-    finally:
-        server.stop()
+__all__ = ["spy"]
 
 
 def _gone(pid: int, within: float = 10.0) -> bool:
