@@ -9,9 +9,9 @@ Host names are under ``.invalid``; the spy stands in for ``socket.getaddrinfo`` 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -27,6 +27,7 @@ __all__ = [
     "LATENCY_MS",
     "MODEL",
     "SLACK_MS",
+    "calling_with_aiohttp",
     "served_by_process",
     "served_by_thread",
     "served_over_tls",
@@ -97,3 +98,30 @@ def _http_guard(upstream: Upstream) -> Callable[[LoopbackUpstream | LoopbackProc
         return EgressGuard(serve=upstream.http_hosts, serve_port=server.port, alias=ALIAS)
 
     return guard
+
+
+def calling_with_aiohttp(url: str) -> Callable[[dict[str, Any], Any, Any], Awaitable[None]]:
+    """An ASGI app whose every request awaits one call to *url* with aiohttp, on one session
+    opened at startup and closed at shutdown, as apps keep them (its TLS context, for an
+    https *url*, made long before the storm)."""
+    sessions: list[Any] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        import aiohttp
+
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    sessions.append(aiohttp.ClientSession())
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await sessions.pop().close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        async with sessions[-1].post(url, json={}) as response:
+            answer = await response.read()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": answer})
+
+    return app

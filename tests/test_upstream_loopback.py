@@ -21,7 +21,7 @@ from pytest_concurrency import Upstream
 from pytest_concurrency._api import run_storm
 from pytest_concurrency._simio.egress import is_loopback
 
-from ._upstream import LATENCY_MS, MODEL, SLACK_MS, spy
+from ._upstream import LATENCY_MS, MODEL, SLACK_MS, calling_with_aiohttp, spy
 from ._upstream import served_by_thread as served
 from .test_egress import Spy
 
@@ -130,28 +130,7 @@ def urllib_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> l
     return [answer]
 
 
-SESSIONS: list[Any] = []
-
-
-async def aiohttp_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """An ASGI app whose every request awaits one call to the model with aiohttp, on one
-    session opened at startup and closed at shutdown, as apps keep them."""
-    import aiohttp
-
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                SESSIONS.append(aiohttp.ClientSession())
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await SESSIONS.pop().close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    async with SESSIONS[-1].post(MODEL, json={}) as response:
-        answer = await response.read()
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": answer})
+aiohttp_app = calling_with_aiohttp(MODEL)
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ import requests
 from pytest_concurrency import Upstream
 from pytest_concurrency._api import run_storm
 
-from ._upstream import LATENCY_MS, SLACK_MS, spy
+from ._upstream import LATENCY_MS, SLACK_MS, calling_with_aiohttp, spy
 from ._upstream import served_over_tls as served
 from .test_egress import Spy
 
@@ -97,28 +97,7 @@ def urllib_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> l
     return [answer]
 
 
-SESSIONS: list[Any] = []
-
-
-async def aiohttp_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """An ASGI app whose every request awaits one https call with aiohttp, on one session
-    opened at startup (its TLS context made long before the storm)."""
-    import aiohttp
-
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                SESSIONS.append(aiohttp.ClientSession())
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await SESSIONS.pop().close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    async with SESSIONS[-1].post(API, json={}) as response:
-        answer = await response.read()
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": answer})
+aiohttp_app = calling_with_aiohttp(API)
 
 
 #: urllib keeps no connection: each call pays a TLS handshake (ECDSA: the client verifies a
