@@ -467,6 +467,19 @@ def test_an_aiohttp_connectors_waits_are_counted_and_charged(slow_server: str) -
     assert sum(1 for book in books for k, _, _ in book if k == "connect") == 2
 
 
+def test_an_aiohttp_checkout_without_gauges_takes_its_slot_quietly() -> None:
+    """A probe stopped while a request was connecting leaves it no gauge: nothing to charge."""
+    from pytest_concurrency._probes.connpools import _AiohttpCheckout
+
+    checkout = _AiohttpCheckout([])
+    with ledger() as book:
+        checkout.queue()
+        checkout.take()
+        checkout.give_up()
+    assert checkout.taken
+    assert book.waits == []
+
+
 @pytest.mark.timing
 def test_an_aiohttp_connector_limited_to_five_shows_its_queue() -> None:
     """aiohttp reaches a declared route over real loopback connections, through its pool."""

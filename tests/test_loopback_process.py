@@ -17,8 +17,6 @@ import threading
 import time
 import types
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,34 +28,14 @@ from pytest_concurrency._api import run_storm
 from pytest_concurrency._probes import noise
 from pytest_concurrency._simio import loopserver, seed_latency, wait_recorder
 from pytest_concurrency._simio.distributions import ConstantLatency, Latency, normal
-from pytest_concurrency._simio.egress import EgressGuard, is_loopback
-from pytest_concurrency._simio.loopback import ALIAS
+from pytest_concurrency._simio.egress import is_loopback
 from pytest_concurrency._simio.loopserver import LoopbackProcess, portable
 
+from ._upstream import LATENCY_MS, MODEL, SLACK_MS, spy
+from ._upstream import served_by_process as served
 from .test_egress import Spy
 
-MODEL = "http://model-server.invalid/generate"
-LATENCY_MS = 50.0
-#: What the model allows on top of a 50 ms wait on a loaded 2-core machine (as the thread's
-#: tests): the timer's overshoot, a loopback exchange, the client's work.
-SLACK_MS = 12.0
-
-
-@pytest.fixture
-def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
-    return Spy(monkeypatch)
-
-
-@contextmanager
-def served(upstream: Upstream) -> Iterator[LoopbackProcess]:
-    """The upstream's http:// hosts served by a loopback process, and the guard sending them
-    there."""
-    server = LoopbackProcess(upstream).start()
-    try:
-        with EgressGuard(serve=upstream.http_hosts, serve_port=server.port, alias=ALIAS):
-            yield server
-    finally:
-        server.stop()
+__all__ = ["spy"]
 
 
 def _gone(pid: int, within: float = 10.0) -> bool:
@@ -337,6 +315,40 @@ def test_the_process_ends_when_the_storms_process_is_killed() -> None:
             parent.wait(10)
         if parent.stdout is not None:
             parent.stdout.close()
+
+
+def test_a_collect_after_one_that_timed_out_fails_rather_than_read_its_late_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The answer to a collect that timed out comes later: the next collect must not take it
+    for its own (its figures are an earlier window's, and every answer after is off by one)."""
+    import select
+
+    from pytest_concurrency._errors import StormError
+
+    with Upstream() as upstream:
+        upstream.route(MODEL, latency=5)
+        server = LoopbackProcess(upstream).start()
+        assert server.pid is not None
+        try:
+            os.kill(server.pid, signal.SIGSTOP)  # it cannot answer in time
+            try:
+                monkeypatch.setattr(loopserver, "_COLLECT_TIMEOUT", 0.2)
+                with pytest.raises(StormError, match="gave no figures: timed out"):
+                    server.collect()
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            control = server._control
+            assert control is not None
+            # The late answer is now waiting on the control socket.
+            assert select.select([control], [], [], 10)[0] == [control]
+            monkeypatch.setattr(loopserver, "_COLLECT_TIMEOUT", 10.0)
+            with pytest.raises(StormError, match=r"an earlier collect failed \(timed out\)"):
+                server.collect()
+        finally:
+            pid = server.pid
+            server.stop()
+    assert _gone(pid)
 
 
 @pytest.mark.timing

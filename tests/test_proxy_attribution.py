@@ -75,3 +75,27 @@ def test_a_request_is_charged_the_proxy_delays_it_waited(echo: Echo, kind: str) 
     model_ms = ROUND_TRIPS * LATENCY_MS
     assert model_ms * 0.95 <= charged <= p50.latency_ms
     assert p50.parts[0].kind == "proxy"
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_shard_requests_proxy_delays_are_said_to_be_missing_from_the_breakdown(
+    echo: Echo, processes: int
+) -> None:
+    """The proxy runs in this process; a request sent from a forked shard cannot be charged
+    its delays: the result says where they are instead."""
+    with Upstream() as upstream:
+        proxy = upstream.proxy(echo.target, latency=LATENCY_MS)
+        result = run_storm(
+            _echo_app(echo.port), "GET", "/", users=4, requests=40, processes=processes
+        )
+    assert result.status_counts == {200: 40}
+    assert result.upstream[proxy.label]["calls_in_storm"] >= 40
+    said = [n for n in result.notes if "not in the per-request breakdown" in n]
+    if processes == 1:
+        assert said == []
+        return
+    assert said == [
+        f"processes=2: the delays of latency proxy {proxy.label} on requests sent from the "
+        "shards appear only in the proxy's totals (result.upstream), not in the per-request "
+        "breakdown"
+    ]

@@ -451,3 +451,20 @@ def test_a_client_sharing_a_busy_machine_with_its_server_is_said_to_limit_it(
     quiet = SimpleNamespace(extras={}, warnings=[])
     storm._with_usage(quiet, usage(0.2, 0.6))  # type: ignore[arg-type]
     assert quiet.warnings == []
+
+
+def test_a_client_loop_with_a_core_to_itself_is_said_to_set_the_pace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from pytest_concurrency._engine import storm
+    from pytest_concurrency._servers import ResourceUsage
+
+    # On a machine with room to spare, a client loop busy 90 % of a core limits on its own.
+    monkeypatch.setattr(storm, "cores", lambda: 64)
+    result = SimpleNamespace(extras={}, warnings=[])
+    storm._with_usage(result, ResourceUsage(0.2, 0.2, 0, 0.9, 10, 1.0))  # type: ignore[arg-type]
+    [warning] = result.warnings
+    assert warning.startswith("the load generator used 90% of a core while the server used 20%")
+    assert "the client may be the bottleneck" in warning

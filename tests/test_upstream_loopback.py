@@ -10,8 +10,7 @@ import asyncio
 import socket
 import threading
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -20,32 +19,13 @@ import requests
 
 from pytest_concurrency import Upstream
 from pytest_concurrency._api import run_storm
-from pytest_concurrency._simio.egress import EgressGuard, is_loopback
-from pytest_concurrency._simio.loopback import ALIAS, LoopbackUpstream
+from pytest_concurrency._simio.egress import is_loopback
 
+from ._upstream import LATENCY_MS, MODEL, SLACK_MS, calling_with_aiohttp, spy
+from ._upstream import served_by_thread as served
 from .test_egress import Spy
 
-MODEL = "http://model-server.invalid/generate"
-#: A 50 ms simulated wait and what the model allows on top of it on a loaded 2-core
-#: machine: the timer's overshoot, a loopback HTTP exchange (≈ 0.3 ms), the client's work.
-LATENCY_MS = 50.0
-SLACK_MS = 12.0
-
-
-@pytest.fixture
-def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
-    return Spy(monkeypatch)
-
-
-@contextmanager
-def served(upstream: Upstream) -> Iterator[LoopbackUpstream]:
-    """The upstream's http:// hosts served on loopback, and the guard sending them there."""
-    server = LoopbackUpstream(lambda: [upstream]).start()
-    try:
-        with EgressGuard(serve=upstream.http_hosts, serve_port=server.port, alias=ALIAS):
-            yield server
-    finally:
-        server.stop()
+__all__ = ["spy"]
 
 
 def test_requests_and_urllib_get_the_declared_answer(spy: Spy) -> None:
@@ -150,28 +130,7 @@ def urllib_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> l
     return [answer]
 
 
-SESSIONS: list[Any] = []
-
-
-async def aiohttp_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """An ASGI app whose every request awaits one call to the model with aiohttp, on one
-    session opened at startup and closed at shutdown, as apps keep them."""
-    import aiohttp
-
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                SESSIONS.append(aiohttp.ClientSession())
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await SESSIONS.pop().close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    async with SESSIONS[-1].post(MODEL, json={}) as response:
-        answer = await response.read()
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": answer})
+aiohttp_app = calling_with_aiohttp(MODEL)
 
 
 @pytest.mark.parametrize(

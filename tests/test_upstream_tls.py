@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,40 +19,16 @@ import requests
 
 from pytest_concurrency import Upstream
 from pytest_concurrency._api import run_storm
-from pytest_concurrency._simio import tls
-from pytest_concurrency._simio.egress import EgressGuard
-from pytest_concurrency._simio.loopback import ALIAS, LoopbackUpstream
 
+from ._upstream import LATENCY_MS, SLACK_MS, calling_with_aiohttp, spy
+from ._upstream import served_over_tls as served
 from .test_egress import Spy
+
+__all__ = ["spy"]
 
 pytest.importorskip("trustme")
 
 API = "https://api.example.invalid/v1/chat/completions"
-LATENCY_MS = 50.0
-SLACK_MS = 12.0
-
-
-@pytest.fixture
-def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
-    return Spy(monkeypatch)
-
-
-@contextmanager
-def served(upstream: Upstream) -> Iterator[LoopbackUpstream]:
-    """The upstream's https:// hosts served over TLS on loopback, as a storm serves them."""
-    context = tls.server_context(upstream.https_hosts)
-    server = LoopbackUpstream(lambda: [upstream], tls=context).start()
-    try:
-        with EgressGuard(
-            serve_tls=upstream.https_hosts,
-            serve_tls_port=server.tls_port,
-            tls_ports=upstream.https_ports,
-            tls_ca=tls.ca_pem(),
-            alias=ALIAS,
-        ):
-            yield server
-    finally:
-        server.stop()
 
 
 def test_requests_urllib_and_aiohttp_get_the_declared_answer_over_tls(spy: Spy) -> None:
@@ -122,28 +97,7 @@ def urllib_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> l
     return [answer]
 
 
-SESSIONS: list[Any] = []
-
-
-async def aiohttp_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """An ASGI app whose every request awaits one https call with aiohttp, on one session
-    opened at startup (its TLS context made long before the storm)."""
-    import aiohttp
-
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                SESSIONS.append(aiohttp.ClientSession())
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await SESSIONS.pop().close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    async with SESSIONS[-1].post(API, json={}) as response:
-        answer = await response.read()
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": answer})
+aiohttp_app = calling_with_aiohttp(API)
 
 
 #: urllib keeps no connection: each call pays a TLS handshake (ECDSA: the client verifies a

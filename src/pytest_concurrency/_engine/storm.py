@@ -36,6 +36,7 @@ from .._model.remarks import (
     server_probes_missing_warning,
     server_probes_not_applicable,
     server_probes_note,
+    shard_proxy_note,
     uncalled_routes_warning,
     undeclared_upstream_warning,
     unused_server_model_note,
@@ -424,12 +425,13 @@ def client_share(usage: ResourceUsage, machine_cores: int) -> float | None:
 def _with_usage(result: StormResult, usage: ResourceUsage) -> StormResult:
     result.server_usage = usage
     client, server = usage.client_cpu_mean, usage.server_cpu_mean
-    if client >= _CLIENT_BOUND:
-        result.warnings.append(client_bound_warning(client, server))
-        return result
     machine_cores = cores()
     share = client_share(usage, machine_cores)
-    if share is not None:
+    if share is None:
+        return result
+    if client >= _CLIENT_BOUND:  # its own loop had a core to itself: the client set the pace
+        result.warnings.append(client_bound_warning(client, server))
+    else:
         result.warnings.append(client_share_warning(client, server, machine_cores, share))
     return result
 
@@ -686,6 +688,7 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
         _say_why_routes_missed(result, routes, unserved, virtual=plan.config.clock == "virtual")
         if routes:
             result.upstream = routes
+        _say_shard_proxies(result, routes, plan.config.processes)
 
 
 def _routes_in_storm(
@@ -711,6 +714,21 @@ def _routes_in_storm(
         if missed:
             result.warnings.append(undeclared_upstream_warning(missed, upstream.undeclared))
     return routes
+
+
+def _say_shard_proxies(result: StormResult, routes: dict[str, Any], processes: int) -> None:
+    """A latency proxy runs in this process: the delays it gave requests sent from forked
+    shards are in its totals, never charged to those requests. Said when it carried any."""
+    if processes <= 1:
+        return
+    carried = [
+        name
+        for name, figures in routes.items()
+        if figures.get("kind") == "proxy"
+        and (figures.get("calls_in_storm", 0) or figures.get("chunks_down_in_storm", 0))
+    ]
+    if carried:
+        result.notes.append(shard_proxy_note(processes, carried))
 
 
 def _say_why_routes_missed(

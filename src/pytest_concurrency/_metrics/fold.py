@@ -405,18 +405,29 @@ def _pool_figures(
                 busy += 1
             else:
                 waiting -= 1
+    stats = _pool_stats(pool, saturated / span, busy_total / span, queue_stats, latency_m)
+    return _Sweep(stats, [b / 1e6 for b in busy_us], [f / 1e6 for f in flight_us], peak)
+
+
+def _pool_stats(
+    pool: PoolModel,
+    saturation: float,
+    mean_busy: float,
+    queue_stats: LatencyStats | None,
+    latency_m: Moments,
+) -> PoolStats:
+    """The pool's figures from the sweep's shares and the storm's queue and latency."""
     mean_queue = queue_stats.mean if queue_stats is not None else math.nan
     mean_latency = latency_m.mean / 1000
     share = mean_queue / mean_latency if mean_latency and not math.isnan(mean_latency) else math.nan
-    stats = PoolStats(
+    return PoolStats(
         description=pool.description,
         size=pool.size,
-        saturation=saturated / span,
-        mean_busy=busy_total / span,
+        saturation=saturation,
+        mean_busy=mean_busy,
         mean_queue_ms=mean_queue,
         queue_share=share,
     )
-    return _Sweep(stats, [b / 1e6 for b in busy_us], [f / 1e6 for f in flight_us], peak)
 
 
 def _pool_events(rec: Recorder) -> tuple[int, list[array[int] | None]]:

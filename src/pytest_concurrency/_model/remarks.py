@@ -192,6 +192,17 @@ def idle_shards_note(processes: int, shards: int) -> str:
     return f"processes={processes} but only {shards} shard(s) had load to carry"
 
 
+def shard_proxy_note(processes: int, proxies: Sequence[str]) -> str:
+    """Requests sent from forked shards crossed latency proxies that run in the parent
+    process: their delays could not be charged to those requests."""
+    listed = ", ".join(proxies)
+    return (
+        f"processes={processes}: the delays of latency prox{'ies' if len(proxies) > 1 else 'y'} "
+        f"{listed} on requests sent from the shards appear only in the proxy's totals "
+        "(result.upstream), not in the per-request breakdown"
+    )
+
+
 def virtual_clock_notes(charge_floor_ms: float) -> list[str]:
     """What a round on the virtual clock charged to the clock and what it could not measure."""
     return [

@@ -923,7 +923,8 @@ class _AiohttpCheckout:
         waited = now - queued_at if queued_at is not None else 0.0
         for gauge in self.gauges:
             gauge.take(now, waited, queued=queued_at is not None)
-        charge("pool", self.gauges[0].name, waited)
+        if self.gauges:  # none when the probes stopped while the request was on its way
+            charge("pool", self.gauges[0].name, waited)
 
     def give_up(self) -> None:
         if self.queued is not None:

@@ -189,6 +189,9 @@ class LoopbackProcess:
         self._owner = os.getpid()
         #: The generators' states the child last drew on from (given, or reported).
         self._random: dict[str, Any] = {}
+        #: Why a collect failed, once one has: its answer may still come, in whole or in
+        #: part, so what the control socket reads next is no longer the next collect's.
+        self._failed: str | None = None
 
     def start(self) -> LoopbackProcess:
         """Start the child, hand it the routes, and wait until it listens; return self."""
@@ -244,11 +247,18 @@ class LoopbackProcess:
             control = self._control
             if control is None or os.getpid() != self._owner:
                 return
+            if self._failed is not None:
+                raise StormError(
+                    "the loopback upstream process gave no figures: an earlier collect "
+                    f"failed ({self._failed}) and its answer may still be on the way, so "
+                    "answers can no longer be told apart"
+                )
             try:
                 control.settimeout(_COLLECT_TIMEOUT)
                 control.sendall(_COLLECT)
                 figures = pickle.loads(_receive(control))
             except (OSError, pickle.UnpicklingError) as exc:
+                self._failed = str(exc) or type(exc).__name__
                 raise StormError(f"the loopback upstream process gave no figures: {exc}") from exc
         routes = {route.label: route for route in self._upstream.routes}
         for label, counts in figures["routes"].items():
