@@ -45,6 +45,16 @@ READABLE_VERSIONS = (1, 2)
 
 _NUMBER_OR_NULL: dict[str, Any] = {"type": ["number", "null"]}
 
+#: What both comparisons state: what the storm was compared with, the verdict, its line,
+#: whether a regression fails the storm, and notes.
+_COMPARISON_COMMON: dict[str, Any] = {
+    "against": {"type": "string"},
+    "verdict": {"type": "string"},
+    "line": {"type": "string"},
+    "fails": {"type": "boolean"},
+    "notes": {"type": "array", "items": {"type": "string"}},
+}
+
 #: A storm's paired comparison with a control: the verdict, its line, and each figure's
 #: paired change (ratio experiment/control, Hodges-Lehmann, with its signed-rank interval).
 COMPARISON_SCHEMA: dict[str, Any] = {
@@ -52,15 +62,11 @@ COMPARISON_SCHEMA: dict[str, Any] = {
     "required": ["mode", "against", "verdict", "line", "pairs", "ended", "order", "figures"],
     "properties": {
         "mode": {"const": "paired"},
-        "against": {"type": "string"},
-        "verdict": {"type": "string"},
-        "line": {"type": "string"},
+        **_COMPARISON_COMMON,
         "pairs": {"type": "integer", "minimum": 0},
         "ended": {"type": "string"},
         "seconds": {"type": "number", "minimum": 0},
         "order": {"type": "string", "description": "rounds in order: A control, B experiment"},
-        "fails": {"type": "boolean"},
-        "notes": {"type": "array", "items": {"type": "string"}},
         "figures": {
             "type": "array",
             "items": {
@@ -104,12 +110,8 @@ SAVED_COMPARISON_SCHEMA: dict[str, Any] = {
     "required": ["mode", "against", "verdict", "line", "figures"],
     "properties": {
         "mode": {"const": "saved"},
-        "against": {"type": "string"},
+        **_COMPARISON_COMMON,
         "saved": {"type": "string", "description": "when the baseline was saved"},
-        "verdict": {"type": "string"},
-        "line": {"type": "string"},
-        "fails": {"type": "boolean"},
-        "notes": {"type": "array", "items": {"type": "string"}},
         "figures": {
             "type": "array",
             "items": {
