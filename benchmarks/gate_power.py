@@ -223,13 +223,7 @@ def paired(repo: Path, work: int, args: argparse.Namespace) -> dict[str, Any]:
         reached = k + 1
     print(f"\npaired: K = {reached} runs per change, --concurrency-compare-fail={args.fail}, "
           f"storms of {args.duration:g} s")  # fmt: skip
-    _table(counts)
-    if loads:
-        print(_loads_line(loads))
-    judged = sum(figures.values())
-    if judged:
-        share = figures["inconclusive"] / judged
-        print(f"judged figures: {judged}, inconclusive {figures['inconclusive']} ({share:.0%})")
+    _summary(counts, loads, figures)
     if walls["gated"] and walls["ungated"]:
         gated_mean = sum(walls["gated"]) / len(walls["gated"])
         ungated_mean = sum(walls["ungated"]) / len(walls["ungated"])
@@ -246,6 +240,17 @@ def _count(found: Counter[str], test: str, changed: str | None, verdict: str) ->
         found[key] += 1
     elif verdict == "regressed":
         found["false failures"] += 1
+
+
+def _summary(counts: Any, loads: list[float], figures: Any) -> None:
+    """The table of verdicts, the machine's load and the share of inconclusive figures."""
+    _table(counts)
+    if loads:
+        print(_loads_line(loads))
+    judged = sum(figures.values())
+    if judged:
+        share = figures["inconclusive"] / judged
+        print(f"judged figures: {judged}, inconclusive {figures['inconclusive']} ({share:.0%})")
 
 
 def _table(counts: dict[str, Counter[str]]) -> None:
@@ -334,13 +339,7 @@ def saved(repo: Path, work: int, args: argparse.Namespace) -> dict[str, Any]:
         reached = k + 1
     print(f"\nsaved baseline: K = {reached} runs per change, "
           f"--concurrency-compare-fail={args.fail}, storms of {args.duration:g} s")  # fmt: skip
-    _table(counts)
-    if loads:
-        print(_loads_line(loads))
-    judged = sum(figures.values())
-    if judged:
-        share = figures["inconclusive"] / judged
-        print(f"judged figures: {judged}, inconclusive {figures['inconclusive']} ({share:.0%})")
+    _summary(counts, loads, figures)
     return {"runs": raw, "counts": counts, "k": reached}
 
 
