@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import random
@@ -753,3 +754,66 @@ def test_a_saved_baseline_passes_identical_code_and_fails_a_doubled_cpu(
     slower.stdout.fnmatch_lines(["*regressed against baseline 'main'*", "*cpu grew from *µs to *"])
     summary = (session.path / "summary.md").read_text(encoding="utf-8")
     assert "| ❌ regressed | `test_cpu.py::test_cpu` | GET / |" in summary
+
+
+def test_a_saved_baseline_verdict_is_in_every_artifact(session: pytest.Pytester) -> None:
+    pytest.importorskip("plotly")
+    session.makepyfile(cpu_app=APP.format(ms=1.0), test_cpu=TEST)
+    _run(session, "--concurrency-save=main").assert_outcomes(passed=1)
+    session.makepyfile(cpu_app=APP.format(ms=2.0))
+    slower = _run(
+        session,
+        "--concurrency-compare=main",
+        "--concurrency-compare-fail=p99_ms:10%,rps:10%",
+        "--concurrency-json=out.json",
+        "--concurrency-html=out.html",
+        "--concurrency-markdown=summary.md",
+    )
+    slower.assert_outcomes(failed=1)
+    # The JSON: the storm's comparison block, against the saved baseline, fits the schema.
+    from tests.test_report import validate
+
+    doc = json.loads((session.path / "out.json").read_text(encoding="utf-8"))
+    assert validate(doc, _json.JSON_SCHEMA, _json.JSON_SCHEMA) == []
+    assert first_problem(doc) is None
+    block = doc["storms"][0]["comparison"]
+    assert (block["mode"], block["against"], block["verdict"], block["fails"]) == (
+        "saved",
+        "baseline main",
+        "regressed",
+        True,
+    )
+    judged = {f["figure"]: f for f in block["figures"] if f["verdict"] is not None}
+    assert judged["cpu"]["verdict"] == "regressed"
+    assert judged["cpu"]["change"]["ratio"] > 1.5
+    # The terminal: the same verdict and line, and its storms table as it was.
+    line = block["line"].partition(": ")[2]
+    assert f"regressed: test_cpu.py::test_cpu · GET /: {line}" in slower.stdout.lines
+    assert "vs control" not in slower.stdout.str()
+    # The Markdown summary.
+    summary = (session.path / "summary.md").read_text(encoding="utf-8")
+    assert "| ❌ regressed | `test_cpu.py::test_cpu` | GET / |" in summary
+    # The HTML: a failed storm, the summary's columns and the card with the same line.
+    page = (session.path / "out.html").read_text(encoding="utf-8")
+    assert "<span class='bad'>✗</span></h2>" in page
+    assert "<th>vs baseline</th>" in page
+    assert "<span class='bad'>FAIL vs baseline</span></td><td class='bad'>regressed: cpu +" in page
+    assert "<h3>vs baseline main: <span class='bad'>regressed</span></h3>" in page
+    assert f"<p class='muted'>{html.escape(block['line'])}</p>" in page
+    # A baseline saved by a comparing session keeps no verdict of its own.
+    _run(session, "--concurrency-compare=main", "--concurrency-save=main")
+    saved = json.loads((session.path / ".storms" / "main.json").read_text(encoding="utf-8"))
+    assert all("comparison" not in storm for storm in saved["storms"])
+
+
+def test_a_saved_comparison_block_is_checked_by_the_schema() -> None:
+    from tests.test_report import three_storms, validate
+
+    doc = _json.session_document(three_storms(), machine=_json.machine_info())
+    block = {"mode": "saved", "against": "baseline main", "verdict": "regressed", "line": ""}
+    doc["storms"][0]["comparison"] = {**block, "figures": []}
+    assert validate(doc, _json.JSON_SCHEMA, _json.JSON_SCHEMA) == []
+    assert first_problem(doc) is None
+    doc["storms"][0]["comparison"] = block  # no figures
+    assert validate(doc, _json.JSON_SCHEMA, _json.JSON_SCHEMA) != []
+    assert first_problem(doc) is not None

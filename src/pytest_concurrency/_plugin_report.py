@@ -5,19 +5,26 @@ Each option wins over its ini twin (resolved by :func:`pytest_concurrency._optio
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ._baseline.compare import COMPARE_ROUNDS, compare, judgements, machine_warning
+from ._baseline.compare import COMPARE_ROUNDS, Comparison, compare, judgements, machine_warning
 from ._baseline.noise import machine_load
 from ._baseline.store import DEFAULT_DIRECTORY, baseline_path, load, load_document, save_merged
 from ._baseline.thresholds import Threshold, parse_compare_fail, with_cpu
-from ._baseline.wording import comparison_table, judgement_head, judgement_interval, judgement_line
+from ._baseline.wording import (
+    comparison_table,
+    judgement_head,
+    judgement_interval,
+    judgement_line,
+    saved_block,
+)
 from ._errors import ConfigError
 from ._model.result import StormResult
 from ._options import Setting, add_string_options, scale, setting
@@ -133,6 +140,7 @@ class ReportSession:
         self._problems: list[str] = []
         self._notes: list[str] = []
         self._machine_cache: dict[str, Any] | None = None
+        self._compared: tuple[tuple[tuple[str, str, int], ...], list[Comparison]] | None = None
         self.json = setting(config, "json")
         self.html = setting(config, "html")
         self.csv = setting(config, "csv")
@@ -279,8 +287,15 @@ class ReportSession:
             return
         machine = self._machine(with_noise=bool(records))
         doc = session_document(records, machine=machine, scaled=_scale(self.config))
+        # The reports carry the baseline's verdicts; a baseline saved from this session does not.
+        reported = self._with_saved_blocks(records)
         if self.json is not None:
-            self._attempt("JSON report", self.json, lambda p: write_json(p, doc))
+            shown = (
+                doc
+                if reported is records
+                else session_document(reported, machine=machine, scaled=doc["scaled"])
+            )
+            self._attempt("JSON report", self.json, lambda p: write_json(p, shown))
         if self.html is not None:
             from ._report._html import write_html
 
@@ -288,7 +303,7 @@ class ReportSession:
             self._attempt(
                 "HTML report",
                 self.html,
-                lambda p: write_html(p, records, title=title, machine=machine),
+                lambda p: write_html(p, reported, title=title, machine=machine),
             )
         if self.csv is not None:
             self._attempt(
@@ -305,6 +320,42 @@ class ReportSession:
         if self._problems and session.exitstatus == pytest.ExitCode.OK:
             # A report that was asked for and not written fails the run, whatever the tests did.
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def saved_comparisons(self, records: Sequence[StormRecord]) -> list[Comparison]:
+        """*records* against the saved baseline, compared once: the terminal, the Markdown
+        summary and the JSON and HTML reports state the same verdicts."""
+        assert self.baseline is not None
+        # (The noise depends on the machine's load as it is read: compared twice, a verdict
+        # near its threshold could differ between two reports of one session.)
+        keys = tuple(r.key for r in records)
+        if self._compared is None or self._compared[0] != keys:
+            self._compared = (keys, compare(records, self.baseline, noise_for=self._judged()))
+        return self._compared[1]
+
+    def _with_saved_blocks(self, records: list[StormRecord]) -> list[StormRecord]:
+        """*records* with each storm's ``comparison`` block against the saved baseline (the
+        same list when this session compares with none)."""
+        if self.baseline is None or self.compare_with is None or not records:
+            return records
+        name = str(self.compare_with.value)
+        warning = machine_warning(self.baseline, self._machine_now())
+        blocks = {
+            (c.nodeid, c.label, c.index): saved_block(
+                c,
+                self.thresholds,
+                against=f"baseline {name}",
+                saved=str(self.baseline.get("created", "?")),
+                fails=bool(self.thresholds),
+                notes=[warning] if warning else [],
+            )
+            for c in self.saved_comparisons(records)
+        }
+        return [
+            dataclasses.replace(r, data={**r.data, "comparison": blocks[r.key]})
+            if r.key in blocks
+            else r
+            for r in records
+        ]
 
     def _save(self, name: str, doc: dict[str, Any], option: str) -> Path:
         written, kept = save_merged(
@@ -381,7 +432,7 @@ class ReportSession:
         warning = machine_warning(baseline, self._machine_now())
         if warning:
             tr.write_line(warning, yellow=True)
-        comparisons = compare(records, baseline, noise_for=self._judged())
+        comparisons = self.saved_comparisons(records)
         if not comparisons:
             tr.write_line("no storms ran in this session")
             return

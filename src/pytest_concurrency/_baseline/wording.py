@@ -1,9 +1,11 @@
-"""A saved-baseline comparison in words: the table of changes and one line per judgement."""
+"""A saved-baseline comparison in words: the table of changes, one line per judgement, and
+the storm's ``comparison`` block that the JSON and HTML reports carry."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from .._report._text import format_number
 from .compare import Comparison, FigureDelta, Judgement, judgements
@@ -12,14 +14,20 @@ from .noise import Noise
 from .thresholds import Threshold
 
 __all__ = [
+    "VERDICTS",
     "comparison_table",
     "judgement_head",
     "judgement_interval",
     "judgement_line",
     "regression_messages",
     "regressions",
+    "saved_block",
     "show_figure",
+    "storm_verdict",
 ]
+
+#: A storm's verdicts, the worst first: a storm takes the worst of its figures'.
+VERDICTS = ("regressed", "inconclusive", "improved", "unchanged")
 
 _TABLE_FIGURES = ("p50", "p99", "max", "rps", "error_rate")
 
@@ -222,3 +230,76 @@ def judgement_line(j: Judgement) -> str:
         f"{line}: inconclusive — the noise (±{width}) is wider than the margin to the "
         f"threshold; {advice}"
     )
+
+
+def storm_verdict(comparison: Comparison, found: Sequence[Judgement]) -> str:
+    """The storm's verdict: ``new`` (not in the baseline), ``unmeasured`` (no threshold
+    judged a figure of it) or the worst of its figures' verdicts."""
+    if comparison.deltas is None:
+        return "new"
+    if not found:
+        return "unmeasured"
+    return min(
+        (j.verdict for j in found),
+        key=lambda v: VERDICTS.index(v) if v in VERDICTS else len(VERDICTS),
+    )
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def saved_block(
+    comparison: Comparison,
+    thresholds: Sequence[Threshold],
+    *,
+    against: str,
+    saved: str,
+    fails: bool,
+    notes: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The storm's ``comparison`` block (``mode: saved``): its verdict and line as the
+    terminal says them, then every compared figure, the judged ones first, with the
+    baseline's value, this session's, their ratio and, where a threshold judged it, the
+    threshold, the verdict and the interval of the change."""
+    found = judgements(comparison, thresholds)
+    verdict = storm_verdict(comparison, found)
+    judged = {j.figure: j for j in found}
+    if comparison.deltas is None:
+        line = "new: not in the baseline"
+    elif not found:
+        line = (
+            "unmeasured: no threshold judged it (--concurrency-compare-fail names the figures "
+            "to judge)"
+        )
+    else:
+        line = f"{verdict}: " + judgement_line(next(j for j in found if j.verdict == verdict))
+    figures = []
+    deltas = comparison.deltas or {}
+    for name in sorted(deltas, key=lambda n: n not in judged):
+        d, j = deltas[name], judged.get(name)
+        ratio = d.current / d.baseline if d.baseline else math.nan
+        figures.append(
+            {
+                "figure": name,
+                "unit": COMPARED[name][0],
+                "threshold": j.threshold.describe() if j is not None else None,
+                "verdict": j.verdict if j is not None else None,
+                "interval": judgement_interval(j) if j is not None else "",
+                "change": {
+                    "baseline": _finite(d.baseline),
+                    "current": _finite(d.current),
+                    "ratio": _finite(ratio),
+                },
+            }
+        )
+    return {
+        "mode": "saved",
+        "against": against,
+        "saved": saved,
+        "verdict": verdict,
+        "line": line,
+        "fails": fails,
+        "figures": figures,
+        "notes": list(notes),
+    }

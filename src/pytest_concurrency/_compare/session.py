@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from .._baseline.compare import judgements
+from .._baseline.wording import storm_verdict
 from .._engine.plan import StormPlan
 from .._errors import ConfigError
 from .._model.extras import Comparison
@@ -304,33 +305,20 @@ def paired_rows(records: Sequence[Any]) -> list[SummaryRow]:
 
 def baseline_rows(report: ReportSession, records: Sequence[Any]) -> list[SummaryRow]:
     """A summary row per storm compared with the saved baseline."""
-    from .._baseline.compare import compare
-
-    assert report.baseline is not None
     rows = []
-    for c in compare(records, report.baseline, noise_for={t.figure for t in report.thresholds}):
+    for c in report.saved_comparisons(records):
         storm = c.label + (f" [{c.index}]" if c.index else "")
         if c.deltas is None:
             rows.append(SummaryRow("new", c.nodeid, storm, "not in the baseline"))
             continue
         found = judgements(c, report.thresholds)
         if found:
-            worst = min(
-                found,
-                key=lambda j: (
-                    ("regressed", "inconclusive", "improved", "unchanged").index(j.verdict)
-                    if j.verdict in ("regressed", "inconclusive", "improved", "unchanged")
-                    else 4
-                ),
-            )
-            verdict = worst.verdict
             parts = [f"{j.delta.figure} {_relative(j.delta.relative)}" for j in found]
         else:
-            verdict = "unmeasured"
             parts = [
                 f"{f} {_relative(c.deltas[f].relative)}" for f in ("p99", "rps") if f in c.deltas
             ]
-        rows.append(SummaryRow(verdict, c.nodeid, storm, ", ".join(parts)))
+        rows.append(SummaryRow(storm_verdict(c, found), c.nodeid, storm, ", ".join(parts)))
     return rows
 
 

@@ -25,7 +25,7 @@ from .._version import __version__
 from ._fidelity import differences, rows_of
 from ._files import write_atomic
 from ._records import StormRecord, StormRow, as_records, comparison_of
-from ._terminal import comparison_cell, users_cell, verdict_cell
+from ._terminal import compared_with, comparison_cell, users_cell, verdict_cell
 from ._text import diagnosis, format_number, headline, machine_line, part_words, verdict_word
 
 __all__ = ["PERCENTILE_TICKS", "comparison_card", "percentile_curve", "render_html", "write_html"]
@@ -401,17 +401,55 @@ def _ratio_cell(value: Any) -> str:
     return (f"{change:+.1f}%" if abs(change) < 1000 else f"×{value:.1f}").replace("-", "−")
 
 
-def comparison_card(block: Mapping[str, Any]) -> str:
-    """A storm's paired comparison: the verdict and its line, then per figure the control
-    and the experiment (medians over their rounds), the change (Hodges-Lehmann) with its
-    interval, the threshold and the verdict, and why an inconclusive one did not settle."""
+def _verdict_td(said: str, reason: str = "") -> str:
+    css = {"regressed": "'bad'", "improved": "'ok'", "unchanged": "'ok'"}.get(said, "")
+    return f"<td{f' class={css}' if css else ''}>{_e(said)}{_e(reason)}</td>"
+
+
+def _figure_cells(figure: Mapping[str, Any], then: str, now: str) -> str:
+    """A compared figure's name, its two values (keys *then* and *now* of its change) and
+    their ratio as a change."""
+    change = figure.get("change") or {}
+    unit = str(figure.get("unit") or "")
+    return (
+        f"<td>{_e(figure.get('figure'))}</td>"
+        f"<td class='num'>{_num(change.get(then), ' ' + unit if unit else '')}</td>"
+        f"<td class='num'>{_num(change.get(now), ' ' + unit if unit else '')}</td>"
+        f"<td class='num'>{_e(_ratio_cell(change.get('ratio')))}</td>"
+    )
+
+
+def _card(block: Mapping[str, Any], about: str, heads: Sequence[str], rows: Sequence[str]) -> str:
+    """A comparison card: the verdict against what was compared, its line, *about* (already
+    escaped), the table of figures and the notes."""
     verdict = str(block.get("verdict", ""))
+    notes = [str(n) for n in block.get("notes") or ()]
+    return (
+        f"<div class='vs {_e(verdict)}'><h3>vs {_e(block.get('against', ''))}: "
+        f"<span class='{'bad' if verdict == 'regressed' else ''}'>{_e(verdict)}</span></h3>"
+        f"<p class='muted'>{_e(block.get('line', ''))}</p>"
+        f"<p class='muted'>{about}</p><table class='comparison'><tr>"
+        + "".join(f"<th>{_e(h)}</th>" for h in heads)
+        + "</tr>"
+        + "".join(rows)
+        + "</table>"
+        + _bullets(notes)
+        + "</div>"
+    )
+
+
+def comparison_card(block: Mapping[str, Any]) -> str:
+    """A storm's comparison: the verdict and its line, then per figure the two sides, the
+    change, its interval, the threshold and the verdict. Paired with a control: medians over
+    their rounds, the change Hodges-Lehmann, and why an inconclusive one did not settle;
+    against a saved baseline (``mode: saved``): the baseline's figure and this session's."""
+    if block.get("mode") == "saved":
+        return _saved_card(block)
     ended = str(block.get("ended", ""))
     unsettled = next((why for start, why in _UNSETTLED.items() if ended.startswith(start)), "")
     rows = []
     for figure in block.get("figures") or ():
         change = figure.get("change") or {}
-        unit = str(figure.get("unit") or "")
         low, high = change.get("low"), change.get("high")
         interval = (
             f"[{_ratio_cell(low)}, {_ratio_cell(high)}] at "
@@ -420,32 +458,42 @@ def comparison_card(block: Mapping[str, Any]) -> str:
             else "unbounded (too few pairs)"
         )
         said = str(figure.get("verdict", ""))
-        css = {"regressed": "'bad'", "improved": "'ok'", "unchanged": "'ok'"}.get(said, "")
         reason = f": {unsettled}" if said == "inconclusive" and unsettled else ""
         rows.append(
-            f"<tr><td>{_e(figure.get('figure'))}</td>"
-            f"<td class='num'>{_num(change.get('control'), ' ' + unit if unit else '')}</td>"
-            f"<td class='num'>{_num(change.get('experiment'), ' ' + unit if unit else '')}</td>"
-            f"<td class='num'>{_e(_ratio_cell(change.get('ratio')))}</td>"
-            f"<td class='num'>{_e(interval)}</td><td>{_e(figure.get('threshold'))}</td>"
-            f"<td{f' class={css}' if css else ''}>{_e(said)}{_e(reason)}</td></tr>"
+            "<tr>"
+            + _figure_cells(figure, "control", "experiment")
+            + f"<td class='num'>{_e(interval)}</td><td>{_e(figure.get('threshold'))}</td>"
+            + _verdict_td(said, reason)
+            + "</tr>"
         )
-    notes = [str(n) for n in block.get("notes") or ()]
-    return (
-        f"<div class='vs {_e(verdict)}'><h3>vs {_e(block.get('against', ''))}: "
-        f"<span class='{'bad' if verdict == 'regressed' else ''}'>{_e(verdict)}</span></h3>"
-        f"<p class='muted'>{_e(block.get('line', ''))}</p>"
-        f"<p class='muted'>{_e(block.get('pairs', 0))} pairs of rounds in the order "
+    about = (
+        f"{_e(block.get('pairs', 0))} pairs of rounds in the order "
         f"{_e(block.get('order', ''))} (A control, B experiment), {_e(ended)}"
         + (
             f"; {_e(round(float(block['seconds']), 1))} s"
             if isinstance(block.get("seconds"), int | float)
             else ""
         )
-        + "</p><table class='comparison'><tr><th>figure</th><th>control</th>"
-        "<th>experiment</th><th>change</th><th>interval</th><th>threshold</th>"
-        "<th>verdict</th></tr>" + "".join(rows) + "</table>" + _bullets(notes) + "</div>"
     )
+    heads = ("figure", "control", "experiment", "change", "interval", "threshold", "verdict")
+    return _card(block, about, heads, rows)
+
+
+def _saved_card(block: Mapping[str, Any]) -> str:
+    rows = [
+        "<tr>"
+        + _figure_cells(figure, "baseline", "current")
+        + f"<td>{_e(figure.get('interval') or '')}</td>"
+        + f"<td>{_e(figure.get('threshold') or '')}</td>"
+        + _verdict_td(str(figure.get("verdict") or ""))
+        + "</tr>"
+        for figure in block.get("figures") or ()
+    ]
+    about = f"baseline saved {_e(block.get('saved', '?'))}; figures of this session against it" + (
+        "; a regression fails the storm's test" if block.get("fails") else ""
+    )
+    heads = ("figure", "baseline", "now", "change", "interval", "threshold", "verdict")
+    return _card(block, about, heads, rows)
 
 
 def _fidelity_card(d: Mapping[str, Any], number: int, seen: dict[str, int]) -> str:
@@ -626,11 +674,14 @@ def _storm_section(
 
 
 def _summary_table(records: Sequence[StormRecord]) -> str:
-    compared = any(comparison_of(record.data) is not None for record in records)
+    blocks = [b for b in (comparison_of(record.data) for record in records) if b is not None]
+    compared = bool(blocks)
     head = (
         "<tr><th>#</th><th>test · storm</th><th>app</th><th>users</th><th>requests</th>"
         "<th>rps</th><th>p50 ms</th><th>p99 ms</th><th>max ms</th><th>errors</th>"
-        "<th>verdict</th>" + ("<th>vs control</th>" if compared else "") + "</tr>"
+        "<th>verdict</th>"
+        + (f"<th>{_e(compared_with(blocks[0]))}</th>" if compared else "")
+        + "</tr>"
     )
     body = []
     for number, record in enumerate(records, 1):

@@ -45,6 +45,16 @@ READABLE_VERSIONS = (1, 2)
 
 _NUMBER_OR_NULL: dict[str, Any] = {"type": ["number", "null"]}
 
+#: What both comparisons state: what the storm was compared with, the verdict, its line,
+#: whether a regression fails the storm, and notes.
+_COMPARISON_COMMON: dict[str, Any] = {
+    "against": {"type": "string"},
+    "verdict": {"type": "string"},
+    "line": {"type": "string"},
+    "fails": {"type": "boolean"},
+    "notes": {"type": "array", "items": {"type": "string"}},
+}
+
 #: A storm's paired comparison with a control: the verdict, its line, and each figure's
 #: paired change (ratio experiment/control, Hodges-Lehmann, with its signed-rank interval).
 COMPARISON_SCHEMA: dict[str, Any] = {
@@ -52,15 +62,11 @@ COMPARISON_SCHEMA: dict[str, Any] = {
     "required": ["mode", "against", "verdict", "line", "pairs", "ended", "order", "figures"],
     "properties": {
         "mode": {"const": "paired"},
-        "against": {"type": "string"},
-        "verdict": {"type": "string"},
-        "line": {"type": "string"},
+        **_COMPARISON_COMMON,
         "pairs": {"type": "integer", "minimum": 0},
         "ended": {"type": "string"},
         "seconds": {"type": "number", "minimum": 0},
         "order": {"type": "string", "description": "rounds in order: A control, B experiment"},
-        "fails": {"type": "boolean"},
-        "notes": {"type": "array", "items": {"type": "string"}},
         "figures": {
             "type": "array",
             "items": {
@@ -96,6 +102,42 @@ COMPARISON_SCHEMA: dict[str, Any] = {
     },
 }
 
+#: A storm against a saved baseline (--concurrency-compare): the verdict and line the terminal
+#: states, and every compared figure, the baseline's value and this session's; a figure a
+#: threshold judged has its threshold, its verdict and the interval of its change in words.
+SAVED_COMPARISON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["mode", "against", "verdict", "line", "figures"],
+    "properties": {
+        "mode": {"const": "saved"},
+        **_COMPARISON_COMMON,
+        "saved": {"type": "string", "description": "when the baseline was saved"},
+        "figures": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["figure", "unit", "threshold", "verdict", "change"],
+                "properties": {
+                    "figure": {"type": "string"},
+                    "unit": {"type": "string"},
+                    "threshold": {"type": ["string", "null"]},
+                    "verdict": {"type": ["string", "null"]},
+                    "interval": {"type": "string"},
+                    "change": {
+                        "type": "object",
+                        "required": ["baseline", "current", "ratio"],
+                        "properties": {
+                            "baseline": _NUMBER_OR_NULL,
+                            "current": _NUMBER_OR_NULL,
+                            "ratio": _NUMBER_OR_NULL,
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
 #: JSON Schema (draft 2020-12) of a session document.
 JSON_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -124,7 +166,7 @@ JSON_SCHEMA: dict[str, Any] = {
         "storms": {"type": "array", "items": {"$ref": "#/$defs/storm"}},
     },
     "$defs": {
-        "comparison": COMPARISON_SCHEMA,
+        "comparison": {"anyOf": [COMPARISON_SCHEMA, SAVED_COMPARISON_SCHEMA]},
         "machine": {
             "type": "object",
             "required": [
@@ -397,7 +439,8 @@ JSON_SCHEMA: dict[str, Any] = {
                 "comparison": {
                     "anyOf": [{"$ref": "#/$defs/comparison"}, {"type": "null"}],
                     "description": "the storm against a control run paired with it "
-                    "(--concurrency-control); absent before schema version 2",
+                    "(mode paired, --concurrency-control) or against a saved baseline (mode "
+                    "saved, --concurrency-compare); absent before schema version 2",
                 },
                 "histograms": {
                     "type": "object",

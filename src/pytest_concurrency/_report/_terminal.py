@@ -21,6 +21,7 @@ from ._text import aligned, format_number
 
 __all__ = [
     "LiveProgress",
+    "compared_with",
     "comparison_cell",
     "noise_figures",
     "noise_statement",
@@ -52,14 +53,20 @@ def _endpoint_verdict(name: str, verdicts: Sequence[Mapping[str, Any]]) -> str:
     return "FAIL " + ",".join(failed) if failed else "pass"
 
 
+def compared_with(comparison: Mapping[str, Any]) -> str:
+    """``vs control`` for a paired comparison, ``vs baseline`` for a saved baseline's."""
+    return "vs baseline" if comparison.get("mode") == "saved" else "vs control"
+
+
 def verdict_cell(failed: Sequence[str], comparison: Mapping[str, Any] | None) -> str:
-    """``pass`` / ``FAIL p99_ms`` / ``FAIL vs control`` (a regression that failed the test)."""
+    """``pass`` / ``FAIL p99_ms`` / ``FAIL vs control`` or ``FAIL vs baseline`` (a regression
+    that failed the test)."""
     if (
         comparison is not None
         and comparison.get("fails")
         and comparison.get("verdict") == "regressed"
     ):
-        failed = [*failed, "vs control"]
+        failed = [*failed, compared_with(comparison)]
     return "FAIL " + ",".join(failed) if failed else "pass"
 
 
@@ -91,7 +98,8 @@ def storms_table(
     """
     records = as_records(rows)
     memory = any("rss_growth_mb" in record.data for record in records)
-    compared = any(comparison_of(record.data) is not None for record in records)
+    blocks = [b for b in (comparison_of(record.data) for record in records) if b is not None]
+    compared = bool(blocks)
     header = (
         first_header,
         "storm",
@@ -107,7 +115,7 @@ def storms_table(
         "verdict",
     ) + (("+RSS MB",) if memory else ())
     if compared:
-        header += ("vs control",)
+        header += (compared_with(blocks[0]),)
     table = [header]
     for record in records:
         d = record.data
