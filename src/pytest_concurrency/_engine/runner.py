@@ -76,6 +76,7 @@ class Slot:
         "exchange",
         "index",
         "since",
+        "steps",
         "task",
         "timed_out",
         "uid",
@@ -96,6 +97,8 @@ class Slot:
         self.task: asyncio.Task[None] | None = None
         #: The waits of the request in flight (bound to the user's task on its first request).
         self.book: Ledger | None = None
+        #: The wrapper that times the steps of its requests (kept from one to the next).
+        self.steps: OwnSteps | None = None
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:
@@ -186,6 +189,19 @@ class AsyncRunner:
     def record_timeout(self, slot: Slot, intended: float) -> None:
         self.record(intended, self.timeout, 0.0, STATUS_TIMEOUT, self.timeout_kind, slot.index)
 
+    def bind_ledger(self, slot: Slot) -> Ledger:
+        """Open the ledger of *slot*'s user: its task keeps one, charged with the waits of
+        each of its requests in turn."""
+        book = slot.book = Ledger()
+        bind(book)
+        return book
+
+    def past_timeout(self, status: int, error: int, first: float) -> tuple[int, int, float, float]:
+        """Status, error, latency and first byte of a request that completed past its timeout."""
+        if self.inspector.check_failed(error):
+            return status, error, self.timeout, first  # a check held it: named as such
+        return STATUS_TIMEOUT, self.timeout_kind, self.timeout, 0.0
+
     async def serve(self, slot: Slot, intended: float, user: int) -> float:
         """Send one request and record it; return when it completed."""
         if self.prepared:
@@ -211,16 +227,17 @@ class AsyncRunner:
         book = slot.book
         if book is None:
             if self.attributing:
-                # The user's task keeps one ledger: the request's waits are charged to it.
-                book = slot.book = Ledger()
-                bind(book)
+                book = self.bind_ledger(slot)
         elif book.entries:
             book.entries.clear()
         error = 0
+        steps = slot.steps  # kept from the user's previous request, on the same ledger
+        if steps is not None:
+            steps.coro = call
+        elif book is not None and self.own_steps:
+            steps = slot.steps = OwnSteps(call, book, self.progress)
         try:
-            exchange = await (
-                OwnSteps(call, book, self.progress) if book and self.own_steps else call
-            )
+            exchange = await (call if steps is None else steps)
         except Exception as exc:
             status, first, error = STATUS_EXCEPTION, 0.0, self.book.kind(exc)
         except (SystemExit, KeyboardInterrupt) as exc:
@@ -253,15 +270,7 @@ class AsyncRunner:
             return done  # the monitor counted it at its deadline
         latency = done - intended
         if latency >= self.timeout:
-            if self.inspector.check_failed(error):
-                latency = self.timeout  # a check held it past its deadline: named as such
-            else:
-                status, error, latency, first = (
-                    STATUS_TIMEOUT,
-                    self.timeout_kind,
-                    self.timeout,
-                    0.0,
-                )
+            status, error, latency, first = self.past_timeout(status, error, first)
         self.record(intended, latency, first, status, error, index)
         if book is not None and book.entries:
             self.rec.add_waits(book.entries, self.origin)

@@ -156,12 +156,14 @@ class OwnSteps:
     ran its callbacks until then, so no call can have held it for longer since.
     """
 
-    __slots__ = ("_book", "_coro", "_progress")
+    __slots__ = ("_book", "_progress", "coro")
 
     def __init__(
         self, coro: Coroutine[Any, Any, _T], book: Ledger, progress: list[float] | None = None
     ) -> None:
-        self._coro = coro
+        #: The request awaited. A caller that awaits one request after another for the same
+        #: ledger may set the next one here and await the same wrapper again.
+        self.coro: Coroutine[Any, Any, Any] = coro
         self._book = book
         self._progress = _NOWHERE if progress is None else progress
 
@@ -172,15 +174,25 @@ class OwnSteps:
         return self
 
     def __next__(self) -> Any:
-        return self.send(None)
+        # `send(None)` written out: the loop resumes a request through here at every step,
+        # and one call less is a tenth of the wrapper's cost.
+        progress = self._progress
+        began = perf_counter()
+        try:
+            return self.coro.send(None)
+        finally:
+            progress[0] = ended = perf_counter()
+            if ended - began >= LONG_STEP:
+                self._own(began, ended - began)
 
     def send(self, value: Any) -> Any:
         """Run one step of the request."""
+        progress = self._progress
         began = perf_counter()
         try:
-            return self._coro.send(value)
+            return self.coro.send(value)
         finally:
-            ended = self._progress[0] = perf_counter()
+            progress[0] = ended = perf_counter()
             if ended - began >= LONG_STEP:
                 self._own(began, ended - began)
 
@@ -188,7 +200,7 @@ class OwnSteps:
         """Raise into the request (a cancellation, a timeout)."""
         began = perf_counter()
         try:
-            return self._coro.throw(*args)
+            return self.coro.throw(*args)
         finally:
             ended = self._progress[0] = perf_counter()
             if ended - began >= LONG_STEP:
@@ -196,7 +208,7 @@ class OwnSteps:
 
     def close(self) -> None:
         """Close the request's coroutine."""
-        self._coro.close()
+        self.coro.close()
 
     def _own(self, began: float, took: float) -> None:
         # Steps are timed on the wall clock; the ledger is on the engine's (the same in
