@@ -155,9 +155,11 @@ def test_awaited_sleep_does_not_block() -> None:
     lag = anyio.run(functools.partial(storm, awaiting_handler, rounds=3))
 
     assert lag.ticks >= 20  # three rounds of 20 ms with a 1 ms probe
-    # One blocking call would hold the loop for the whole 20 ms; scheduling noise on a
-    # shared machine stays well below that.
-    assert lag.p99_ms < 15
+    # A blocking call would hold the loop for the whole 20 ms, so a 1 ms probe would run
+    # late by up to 20 ms most of the time (median ≈ 10 ms). Of ≈ 60 ticks the p99 is the
+    # longest but one, which another process taking the CPU stretches (29 ms seen at load
+    # 1.5); the median holds, and no call in the app was named.
+    assert lag.p50_ms < 5
     assert lag.sites == []
 
 
