@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
+from time import perf_counter
 from typing import Any
 
 import anyio
@@ -33,10 +35,10 @@ import anyio.lowlevel
 from .. import _clock as clock
 from .._checks import NO_CHECKS, Checks
 from .._drivers.base import AsyncDriver
-from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
+from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook
 from .._metrics.fold import RunFigures
-from .._metrics.records import LiveRecords
-from .._probes.attribution import Ledger, OwnSteps, attributing, bind
+from .._metrics.records import LiveRecords, RawRecords
+from .._probes.attribution import LONG_STEP, Ledger, OwnSteps, attributing, bind
 from .._tasks import ABANDON_GRACE, TaskSet
 from .._workload import RequestMix
 from .inspect import Inspector
@@ -131,14 +133,14 @@ class AsyncRunner:
         self.driver = driver
         self.mix = mix
         self.timeout = schedule.timeout
-        self.rec = rec = Recorder()
+        #: The round's records, in seconds until the round ends (``RawRecords.recorder``).
+        self.rec = rec = RawRecords()
         self.origin = schedule.origin
         # Bound once: recording is on every request's path.
         self._appends = (
             rec.start.append,
             rec.latency.append,
-            rec.ttfb.append,
-            rec.queue.append,
+            rec.first.append,
             rec.status.append,
             rec.endpoint.append,
             rec.error.append,
@@ -177,11 +179,10 @@ class AsyncRunner:
     def record(
         self, intended: float, latency: float, first: float, status: int, error: int, index: int
     ) -> None:
-        start, latency_, ttfb, queue, status_, endpoint, error_ = self._appends
-        start(int((intended - self.origin) * 1e6))
-        latency_(int(latency * 1e6))
-        ttfb(int((first - intended) * 1e6) if first else -1)
-        queue(-1)
+        start, latency_, first_, status_, endpoint, error_ = self._appends
+        start(intended)
+        latency_(latency)
+        first_(first)
         status_(status)
         endpoint(index)
         error_(error)
@@ -202,21 +203,48 @@ class AsyncRunner:
             return status, error, self.timeout, first  # a check held it: named as such
         return STATUS_TIMEOUT, self.timeout_kind, self.timeout, 0.0
 
-    async def serve(self, slot: Slot, intended: float, user: int) -> float:
-        """Send one request and record it; return when it completed."""
+    def built(self, slot: Slot, user: int) -> tuple[int, Checks, Coroutine[Any, Any, Any]]:
+        """The endpoint, checks and call of a request the mix's factory builds for *user*."""
+        iteration = self.iterations.get(user, 0)
+        self.iterations[user] = iteration + 1
+        request = self.mix.build(slot.user if slot.user is not None else user, iteration)
+        index = self.mix.intern(request.label)
+        checks = self.inspector.checks_for(index, request)
+        if checks.needs_body:
+            slot.capture = True  # a request made mid-storm brings its own checks
+        return index, checks, self.driver.call_request(request, slot)
+
+    async def judged(
+        self, slot: Slot, index: int, checks: Checks, exchange: Any
+    ) -> tuple[int, int]:
+        """Status and error of a response that came back: none, or one to look at."""
+        status = exchange.status
+        if not status:
+            return STATUS_EXCEPTION, self.book.kind(None, "NoResponse")
+        if checks.awaits:
+            # The response is in: an async check is held to its own deadline, not the
+            # request's timeout (which would record it as a timeout, unnamed).
+            slot.since = 0.0
+            seen = self.inspector.seen(slot.user, status, exchange.headers, exchange.body)
+            return status, await self.inspector.ajudged(index, checks, seen)
+        if exchange.headers is not None:
+            return status, self.inspector.look(
+                slot.user, index, checks, status, exchange.headers, exchange.body
+            )
+        return status, self.inspector.look(None, index, checks, status, None, None)
+
+    async def serve(self, slot: Slot, intended: float, user: int) -> float:  # noqa: PLR0915
+        """Send one request and record it; return when it completed.
+
+        Every request's path: calls are written out rather than made (each one is a
+        share of what the engine adds to a request).
+        """
         if self.prepared:
             index = 0 if self.single else self.pick()
             checks = self.inspector.checks_for(index) if self.judges else NO_CHECKS
             call = self.driver.call(index, slot)
         else:
-            iteration = self.iterations.get(user, 0)
-            self.iterations[user] = iteration + 1
-            request = self.mix.build(slot.user if slot.user is not None else user, iteration)
-            index = self.mix.intern(request.label)
-            checks = self.inspector.checks_for(index, request)
-            if checks.needs_body:
-                slot.capture = True  # a request made mid-storm brings its own checks
-            call = self.driver.call_request(request, slot)
+            index, checks, call = self.built(slot, user)
         slot.index = index
         if clock.now() - intended >= self.timeout:
             # The client gave up before the loop let it send.
@@ -231,13 +259,33 @@ class AsyncRunner:
         elif book.entries:
             book.entries.clear()
         error = 0
-        steps = slot.steps  # kept from the user's previous request, on the same ledger
-        if steps is not None:
-            steps.coro = call
-        elif book is not None and self.own_steps:
-            steps = slot.steps = OwnSteps(call, book, self.progress)
         try:
-            exchange = await (call if steps is None else steps)
+            if book is None or not self.own_steps:
+                exchange = await call
+            else:
+                # The request's steps are timed (see OwnSteps). Its first step runs here:
+                # most requests complete in it, and need no wrapper around their awaits.
+                steps = slot.steps
+                if steps is None:
+                    steps = slot.steps = OwnSteps(call, book, self.progress)
+                progress = steps.progress
+                began = perf_counter()
+                try:
+                    yielded = call.send(None)
+                except StopIteration as returned:
+                    exchange = returned.value
+                    suspended = False
+                else:
+                    suspended = True
+                finally:
+                    progress[0] = ended = perf_counter()
+                    if ended - began >= LONG_STEP:
+                        steps.own(began, ended - began)
+                if suspended:
+                    # It waits for something: the wrapper hands the loop what it awaits
+                    # and times each of its later steps.
+                    steps.resume(call, yielded)
+                    exchange = await steps
         except Exception as exc:
             status, first, error = STATUS_EXCEPTION, 0.0, self.book.kind(exc)
         except (SystemExit, KeyboardInterrupt) as exc:
@@ -247,23 +295,8 @@ class AsyncRunner:
             status, first, error = STATUS_EXCEPTION, 0.0, self.book.kind(exc)
         else:
             status, first = exchange.status, exchange.first_byte
-            if not status:
-                status, error = STATUS_EXCEPTION, self.book.kind(None, "NoResponse")
-            elif checks.awaits:
-                # The response is in: an async check is held to its own deadline, not the
-                # request's timeout (which would record it as a timeout, unnamed).
-                slot.since = 0.0
-                error = await self.inspector.ajudged(
-                    index,
-                    checks,
-                    self.inspector.seen(slot.user, status, exchange.headers, exchange.body),
-                )
-            elif exchange.headers is not None:
-                error = self.inspector.look(
-                    slot.user, index, checks, status, exchange.headers, exchange.body
-                )
-            elif checks is not NO_CHECKS:
-                error = self.inspector.look(None, index, checks, status, None, None)
+            if not status or checks is not NO_CHECKS or exchange.headers is not None:
+                status, error = await self.judged(slot, index, checks, exchange)
         done = clock.now()
         slot.since = 0.0
         if slot.timed_out:
@@ -271,7 +304,14 @@ class AsyncRunner:
         latency = done - intended
         if latency >= self.timeout:
             status, error, latency, first = self.past_timeout(status, error, first)
-        self.record(intended, latency, first, status, error, index)
+        # self.record() written out: one call less on every request's path.
+        start, latency_, first_, status_, endpoint, error_ = self._appends
+        start(intended)
+        latency_(latency)
+        first_(first)
+        status_(status)
+        endpoint(index)
+        error_(error)
         if book is not None and book.entries:
             self.rec.add_waits(book.entries, self.origin)
         return done
@@ -280,24 +320,24 @@ class AsyncRunner:
 
     async def user(self, uid: int, intended: float | None, slot: Slot) -> None:
         schedule = self.schedule
-        take, next_send, serve, yield_now = (
-            schedule.take,
-            schedule.next_send,
-            self.serve,
-            self.yield_now,
-        )
+        next_send, serve, yield_now = schedule.next_send, self.serve, self.yield_now
+        # schedule.take() and next_send() written out for the common case (a count or a
+        # time to stop at, no think time, no stages): two calls less per request.
+        counter, limit = schedule.counter, schedule.window.total
+        stop_at = schedule.window.stop_at
+        plain = not schedule.thinks and not schedule.profile.varies
         done = 0.0
         try:
             while intended is not None:
                 if intended > done:  # not back to back: think time, a stagger, a stage
                     await sleep_until(intended)
                 await yield_now(0)
-                if not take():
+                if limit is not None and next(counter) >= limit:
                     break
                 done = await serve(slot, intended, uid)
                 if slot.timed_out:
                     return
-                intended = next_send(uid, done)
+                intended = (done if done < stop_at else None) if plain else next_send(uid, done)
         finally:
             self.slots.discard(slot)
             self.alive -= 1
@@ -438,7 +478,7 @@ class AsyncRunner:
         cpu = time.thread_time() - cpu_before
         wall = clock.now() - wall_before
         return RunFigures(
-            self.rec,
+            self.rec.recorder(self.origin),
             self.book,
             window,
             cpu,
