@@ -242,111 +242,149 @@ class AsyncRunner:
             )
         return status, self.inspector.look(None, index, checks, status, None, None)
 
-    async def serve(self, slot: Slot, intended: float, user: int) -> float:  # noqa: PLR0915
+    async def serve(self, slot: Slot, intended: float, user: int) -> float:
+        """Send one request and record it; return when it completed (a runner of another
+        kind serves its own way)."""
+        return await self.requests(slot, intended, user)
+
+    async def requests(  # noqa: PLR0915
+        self, slot: Slot, intended: float, user: int, *, closed: bool = False
+    ) -> float:
         """Send one request and record it; return when it completed.
 
-        Every request's path: calls are written out rather than made (each one is a
-        share of what the engine adds to a request).
+        *closed*: go on as a closed-model user whose first request is due and has had its
+        turn, with each next one: when it is due, after a turn given to the others, while
+        the schedule hands out requests. Return when the last completed (or the user timed
+        out: ``slot.timed_out``).
+
+        Every request's path: what it reads is read once, and calls are written out rather
+        than made (each one is a share of what the engine adds to a request).
         """
-        if self.prepared:
-            index = 0 if self.single else self.pick()
-            checks = self.inspector.checks_for(index) if self.judges else NO_CHECKS
-            call = self.driver.call(index, slot)
-        else:
-            index, checks, call = self.built(slot, user)
-        slot.index = index
-        if clock.now() - intended >= self.timeout:
-            # The client gave up before the loop let it send.
-            call.close()
-            self.record_timeout(slot, intended)
-            return intended + self.timeout
-        slot.since = intended
-        book = slot.book
-        if book is None:
-            if self.attributing:
-                book = self.bind_ledger(slot)
-        elif book.entries:
-            book.entries.clear()
-        error = 0
-        try:
-            if book is None or not self.own_steps:
-                exchange = await call
-            else:
-                # The request's steps are timed (see OwnSteps). Its first step runs here:
-                # most requests complete in it, and need no wrapper around their awaits.
-                steps = slot.steps
-                if steps is None:
-                    steps = slot.steps = OwnSteps(call, book, self.progress)
-                progress = steps.progress
-                began = perf_counter()
-                try:
-                    yielded = call.send(None)
-                except StopIteration as returned:
-                    exchange = returned.value
-                    suspended = False
-                else:
-                    suspended = True
-                finally:
-                    progress[0] = ended = perf_counter()
-                    if ended - began >= LONG_STEP:
-                        steps.own(began, ended - began)
-                if suspended:
-                    # It waits for something: the wrapper hands the loop what it awaits
-                    # and times each of its later steps.
-                    steps.resume(call, yielded)
-                    exchange = await steps
-        except Exception as exc:
-            status, first, error = STATUS_EXCEPTION, 0.0, self.book.kind(exc)
-        except (SystemExit, KeyboardInterrupt) as exc:
-            # The app's own exit or interrupt is the app's failure; a real Ctrl-C is not.
-            if not app_interrupt(exc):
-                raise
-            status, first, error = STATUS_EXCEPTION, 0.0, self.book.kind(exc)
-        else:
-            status, first = exchange.status, exchange.first_byte
-            if not status or checks is not NO_CHECKS or exchange.headers is not None:
-                status, error = await self.judged(slot, index, checks, exchange)
-        done = clock.now()
-        slot.since = 0.0
-        if slot.timed_out:
-            return done  # the monitor counted it at its deadline
-        latency = done - intended
-        if latency >= self.timeout:
-            status, error, latency, first = self.past_timeout(status, error, first)
-        # self.record() written out: one call less on every request's path.
+        prepared, single, judges, pick = self.prepared, self.single, self.judges, self.pick
+        inspector, errors, call_of = self.inspector, self.book, self.driver.call
+        timeout, attributing, own_steps = self.timeout, self.attributing, self.own_steps
         start, latency_, first_, status_, endpoint, error_ = self._appends
-        start(intended)
-        latency_(latency)
-        first_(first)
-        status_(status)
-        endpoint(index)
-        error_(error)
-        if book is not None and book.entries:
-            self.rec.add_waits(book.entries, self.origin)
-        return done
+        schedule = self.schedule
+        counter, limit = schedule.counter, schedule.window.total
+        stop_at = schedule.window.stop_at
+        # schedule.next_send() written out for the common case (no think time, no stages).
+        plain = not schedule.thinks and not schedule.profile.varies
+        yield_now = self.yield_now
+        while True:
+            if prepared:
+                index = 0 if single else pick()
+                checks = inspector.checks_for(index) if judges else NO_CHECKS
+                call = call_of(index, slot)
+            else:
+                index, checks, call = self.built(slot, user)
+            slot.index = index
+            if clock.now() - intended >= timeout:
+                # The client gave up before the loop let it send.
+                call.close()
+                self.record_timeout(slot, intended)
+                done = intended + timeout
+            else:
+                slot.since = intended
+                book = slot.book
+                if book is None:
+                    if attributing:
+                        book = self.bind_ledger(slot)
+                elif book.entries:
+                    book.entries.clear()
+                error = 0
+                try:
+                    if book is None or not own_steps:
+                        exchange = await call
+                    else:
+                        # The request's steps are timed (see OwnSteps). Its first step runs
+                        # here: most requests complete in it, and need no wrapper.
+                        steps = slot.steps
+                        if steps is None:
+                            steps = slot.steps = OwnSteps(call, book, self.progress)
+                        progress = steps.progress
+                        began = perf_counter()
+                        try:
+                            yielded = call.send(None)
+                        except StopIteration as returned:
+                            exchange = returned.value
+                            suspended = False
+                        else:
+                            suspended = True
+                        finally:
+                            progress[0] = ended = perf_counter()
+                            if ended - began >= LONG_STEP:
+                                steps.own(began, ended - began)
+                        if suspended:
+                            # It waits for something: the wrapper hands the loop what it
+                            # awaits and times each of its later steps.
+                            steps.resume(call, yielded)
+                            exchange = await steps
+                except Exception as exc:
+                    status, first, error = STATUS_EXCEPTION, 0.0, errors.kind(exc)
+                except (SystemExit, KeyboardInterrupt) as exc:
+                    # The app's own exit or interrupt is the app's failure; a real Ctrl-C
+                    # is not.
+                    if not app_interrupt(exc):
+                        raise
+                    status, first, error = STATUS_EXCEPTION, 0.0, errors.kind(exc)
+                else:
+                    status, first = exchange.status, exchange.first_byte
+                    if not status or checks is not NO_CHECKS or exchange.headers is not None:
+                        status, error = await self.judged(slot, index, checks, exchange)
+                done = clock.now()
+                slot.since = 0.0
+                if slot.timed_out:
+                    return done  # the monitor counted it at its deadline
+                latency = done - intended
+                if latency >= timeout:
+                    status, error, latency, first = self.past_timeout(status, error, first)
+                # self.record() written out.
+                start(intended)
+                latency_(latency)
+                first_(first)
+                status_(status)
+                endpoint(index)
+                error_(error)
+                if book is not None and book.entries:
+                    self.rec.add_waits(book.entries, self.origin)
+            if not closed:
+                return done
+            # The user's next request, as user() below decides it.
+            following = (
+                (done if done < stop_at else None) if plain else schedule.next_send(user, done)
+            )
+            if following is None:
+                return done
+            intended = following
+            if intended > done:  # not back to back: think time, a stage
+                await sleep_until(intended)
+            await yield_now(0)
+            if limit is not None and next(counter) >= limit:
+                return done
 
     # -- closed model -------------------------------------------------------------------
 
     async def user(self, uid: int, intended: float | None, slot: Slot) -> None:
         schedule = self.schedule
         next_send, serve, yield_now = schedule.next_send, self.serve, self.yield_now
-        # schedule.take() and next_send() written out for the common case (a count or a
-        # time to stop at, no think time, no stages): two calls less per request.
-        counter, limit = schedule.counter, schedule.window.total
-        stop_at = schedule.window.stop_at
-        plain = not schedule.thinks and not schedule.profile.varies
-        done = 0.0
+        # One request after another in requests() itself (one call per user, not per
+        # request), unless a runner of another kind serves its own way.
+        whole = type(self).serve is AsyncRunner.serve
         try:
+            done = 0.0
             while intended is not None:
                 if intended > done:  # not back to back: think time, a stagger, a stage
                     await sleep_until(intended)
                 await yield_now(0)
-                if limit is not None and next(counter) >= limit:
+                if not schedule.take():
                     break
+                if whole:
+                    await self.requests(slot, intended, uid, closed=True)
+                    return
                 done = await serve(slot, intended, uid)
                 if slot.timed_out:
                     return
-                intended = (done if done < stop_at else None) if plain else next_send(uid, done)
+                intended = next_send(uid, done)
         finally:
             self.slots.discard(slot)
             self.alive -= 1
@@ -364,9 +402,10 @@ class AsyncRunner:
     ) -> None:
         loop = asyncio.get_running_loop()
         intended: float | None = first
+        serve = self.requests if type(self).serve is AsyncRunner.serve else self.serve
         try:
             while intended is not None:
-                await self.serve(slot, intended, -1)
+                await serve(slot, intended, -1)
                 if slot.timed_out or self.arrivals_done:
                     return
                 waiter: asyncio.Future[float | None] = loop.create_future()
