@@ -668,6 +668,7 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
             tls_ports=_tls_ports(),
             tls_ca=ca,
         )
+        _serve_new_hosts(cleanup, guard)
         wait_recorder.start()
         try:
             with guard:
@@ -689,6 +690,19 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
         if routes:
             result.upstream = routes
         _say_shard_proxies(result, routes, plan.config.processes)
+
+
+def _serve_new_hosts(cleanup: ExitStack, guard: EgressGuard) -> None:
+    """Send the hosts of http:// routes declared during the storm to the loopback upstream
+    too (after the upstream has taken the route up), until *cleanup* closes."""
+    for upstream in UPSTREAMS:
+
+        def serve(route: Any, declaration: Any, upstream: Any = upstream) -> None:
+            for host in upstream.http_hosts:
+                guard.serve(host)
+
+        upstream._watch(serve)
+        cleanup.callback(upstream._unwatch, serve)
 
 
 def _routes_in_storm(

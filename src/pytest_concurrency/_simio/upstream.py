@@ -534,6 +534,9 @@ class Upstream:
         """Every ``route(...)`` call's arguments, in order."""
         self.proxies: list[Proxy] = []
         """Every latency proxy declared with ``proxy(...)``, in order."""
+        # Told of each route declared from now on (a loopback server already serving this
+        # upstream, a storm's egress guard): a route may be declared while a storm runs.
+        self._watchers: tuple[Callable[[Route, dict[str, Any]], None], ...] = ()
 
     # -- declaring
 
@@ -606,7 +609,19 @@ class Upstream:
                 "seed": seed,
             }
         )
+        for watcher in self._watchers:
+            watcher(new, self.declarations[-1])
         return new
+
+    def _watch(self, watcher: Callable[[Route, dict[str, Any]], None]) -> None:
+        """Call *watcher* with each route declared from now on, and its declaration."""
+        with self._lock:
+            self._watchers = (*self._watchers, watcher)
+
+    def _unwatch(self, watcher: Callable[[Route, dict[str, Any]], None]) -> None:
+        """Stop telling *watcher* of new routes (a no-op when it was not told)."""
+        with self._lock:
+            self._watchers = tuple(w for w in self._watchers if w != watcher)
 
     def proxy(
         self,
