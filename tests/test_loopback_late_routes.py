@@ -7,17 +7,23 @@ Host names are under ``.invalid``; a spy stands in for ``socket.getaddrinfo`` an
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import threading
+import types
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import requests
 
 from pytest_concurrency import Upstream
 from pytest_concurrency._api import run_storm
-from pytest_concurrency._simio import loopserver
+from pytest_concurrency._simio import loopserver, seed_latency
+from pytest_concurrency._simio.distributions import Latency
 
 from ._upstream import MODEL, spy
+from ._upstream import served_by_process as served
 from .test_egress import Spy
 
 __all__ = ["spy"]
@@ -103,3 +109,123 @@ def test_a_route_with_a_handler_declared_mid_storm_runs_its_handler_here(spy: Sp
     assert result.upstream is not None
     assert result.upstream[LATE].calls_in_storm == 8
     assert spy.off_machine == []
+
+
+@pytest.mark.parametrize("seed", [7, None], ids=["route-seed", "storm-seed"])
+def test_a_seeded_route_declared_late_draws_what_it_draws_in_process(
+    seed: int | None, spy: Spy
+) -> None:
+    """The child takes up a late route's generator where this process's stands, and this
+    process takes it up again where the child's stopped."""
+
+    def statuses(serve: bool) -> tuple[list[int], Any]:
+        seed_latency(3)
+        with Upstream() as upstream:
+            upstream.route(MODEL)
+            if not serve:
+                route = upstream.route(LATE, error_rate=0.5, seed=seed)
+                plan = [route._plan(loopserver._NO_TIMEOUT)[2] for _ in range(12)]
+                return [503 if fails else 200 for fails in plan], route._rng.getstate()
+            with served(upstream), requests.Session() as session:
+                route = upstream.route(LATE, error_rate=0.5, seed=seed)
+                answered = [session.get(LATE, timeout=5).status_code for _ in range(12)]
+        assert (route.calls, route.errors) == (12, answered.count(503))
+        return answered, route._rng.getstate()
+
+    answered = statuses(True)
+    assert answered == statuses(False)
+    assert set(answered[0]) == {200, 503}
+
+
+def test_a_late_route_the_process_cannot_load_is_relayed_to_this_one(
+    spy: Spy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A latency class from a module only this process has (not importable by name).
+    module = types.ModuleType("storm_late_latency_only_here")
+
+    class Slow(Latency):
+        def sample(self, rng: Any) -> float:
+            return 0.005
+
+        def describe(self) -> str:
+            return "slow"
+
+    Slow.__module__ = module.__name__
+    Slow.__qualname__ = "Slow"
+    module.Slow = Slow  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    with Upstream() as upstream:
+        upstream.route(MODEL, json={"text": "Hello!"})
+        with served(upstream) as server, requests.Session() as session:
+            late = upstream.route(LATE, latency=Slow(), json={"late": True})
+            answers = [session.post(LATE, json={"n": n}, timeout=5) for n in range(3)]
+            relayed = server._relayed
+            assert relayed is not None
+            model = session.get(MODEL, timeout=5)
+    assert [a.json() for a in answers] == [{"late": True}] * 3
+    assert model.json() == {"text": "Hello!"}
+    assert late.calls == 3
+    assert late.waited_s >= 3 * 0.005
+    assert relayed._thread is None  # stopped with the process
+    assert spy.off_machine == []
+
+
+def test_a_late_https_route_with_a_handler_is_relayed_over_tls(spy: Spy) -> None:
+    pytest.importorskip("trustme")
+    aiohttp = pytest.importorskip("aiohttp")
+    api = "https://api.example.invalid/v1/models"
+    late = "https://api.example.invalid/v1/late"
+    bodies: list[bytes] = []
+
+    def handler(request: Any) -> dict[str, str]:
+        bodies.append(request.content)
+        return {"handled": request.headers["x-call"]}
+
+    calls: list[Any] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if not calls:
+            calls.append(upstream.route(late, method="POST", latency=2, handler=handler))
+        async with aiohttp.ClientSession() as session:
+            headers = {"x-call": str(len(bodies))}
+            async with session.post(late, json={"q": 1}, headers=headers) as response:
+                status, answer = response.status, await response.read()
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": answer})
+
+    with Upstream() as upstream:
+        upstream.route(api, json={"data": []})  # the process serves the host over TLS
+        result = run_storm(app, "GET", "/", users=1, requests=4, check=False)
+    assert result.status_counts == {200: 4}, result.errors
+    assert bodies == [b'{"q": 1}'] * 4
+    assert result.upstream is not None
+    assert result.upstream[f"POST {late}"].calls_in_storm == 4
+    assert spy.off_machine == []
+
+
+def test_the_process_answers_its_own_routes_beside_a_relayed_one_on_one_connection(
+    spy: Spy,
+) -> None:
+    """A relayed call closes its connection (its answer says so); the client's next call
+    opens another, and the process answers it as before."""
+
+    async def calls() -> list[tuple[int, bytes]]:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            seen = []
+            for url in (MODEL, LATE, MODEL, LATE):
+                async with session.get(url) as response:
+                    seen.append((response.status, await response.read()))
+            return seen
+
+    pytest.importorskip("aiohttp")
+    with Upstream() as upstream:
+        model = upstream.route(MODEL, json={"text": "Hello!"})
+        with served(upstream):
+            late = upstream.route(LATE, handler=lambda request: "handled")
+            seen = asyncio.run(calls())
+    assert seen == [(200, b'{"text":"Hello!"}'), (200, b"handled")] * 2
+    assert (model.calls, late.calls) == (2, 2)

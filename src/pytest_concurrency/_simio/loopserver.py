@@ -212,8 +212,8 @@ class LoopbackProcess:
         self._owner = os.getpid()
         #: The generators' states the child last drew on from (given, or reported).
         self._random: dict[str, Any] = {}
-        #: Why a collect failed, once one has: its answer may still come, in whole or in
-        #: part, so what the control socket reads next is no longer the next collect's.
+        #: Which exchange failed and why, once one has: its answer may still come, in whole
+        #: or in part, so what the control socket reads next is no longer the next one's.
         self._failed: str | None = None
         #: The thread answering routes declared while the child ran that it cannot answer
         #: itself (started for the first of them); the child relays their calls to it.
@@ -270,7 +270,7 @@ class LoopbackProcess:
         """Add what the child counted since the last collect to the routes and the recorder."""
         from .waits import wait_recorder
 
-        figures = self._exchange(_COLLECT, "gave no figures")
+        figures = self._exchange(_COLLECT, "collect", "gave no figures")
         if figures is None:
             return
         routes = {route.label: route for route in self._upstream.routes}
@@ -282,25 +282,25 @@ class LoopbackProcess:
         wait_recorder.merge_async(figures["waits"])
         self._draw_on(figures["random"])
 
-    def _exchange(self, message: bytes, failing: str) -> Any:
-        """Send *message* to the child and read its answer (None when no child runs here);
-        a StormError, naming what *failing* did, when the socket fails."""
+    def _exchange(self, message: bytes, kind: str, failing: str) -> Any:
+        """Send *message* (a *kind*) to the child and read its answer (None when no child
+        runs here); a StormError saying the child *failing* when the socket fails."""
         with self._lock:
             control = self._control
             if control is None or os.getpid() != self._owner:
                 return None
             if self._failed is not None:
                 raise StormError(
-                    f"the loopback upstream process {failing}: an earlier exchange "
-                    f"failed ({self._failed}) and its answer may still be on the way, so "
-                    "answers can no longer be told apart"
+                    f"the loopback upstream process {failing}: an earlier {self._failed} "
+                    "and its answer may still be on the way, so answers can no longer be "
+                    "told apart"
                 )
             try:
                 control.settimeout(_COLLECT_TIMEOUT)
                 control.sendall(message)
                 return pickle.loads(_receive(control))
             except (OSError, pickle.UnpicklingError) as exc:
-                self._failed = str(exc) or type(exc).__name__
+                self._failed = f"{kind} failed ({str(exc) or type(exc).__name__})"
                 raise StormError(f"the loopback upstream process {failing}: {exc}") from exc
 
     def _declared(self, route: Any, declaration: dict[str, Any]) -> None:
@@ -326,7 +326,8 @@ class LoopbackProcess:
 
     def _declare(self, message: dict[str, Any]) -> Any:
         payload = pickle.dumps(message)
-        return self._exchange(_DECLARE + _LENGTH.pack(len(payload)) + payload, "missed a route")
+        framed = _DECLARE + _LENGTH.pack(len(payload)) + payload
+        return self._exchange(framed, "route declaration", "could not take up a route")
 
     def _relay(self) -> LoopbackUpstream:
         """The thread answering the routes the child relays (started on first use)."""
