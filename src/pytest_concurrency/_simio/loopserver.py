@@ -156,17 +156,17 @@ def _random_states(routes: Sequence[Any]) -> dict[str, Any]:
     """The states of the generators *routes* draw from: the process-wide one, and each
     route's own by its label (None for a route that draws from the process-wide one)."""
     return {
-        "process": _default_rng().getstate(),
+        "process": _process_rng().getstate(),
         "routes": {r.label: _route_state(r) for r in routes},
     }
 
 
 def _route_state(route: Any) -> Any:
     """The state of *route*'s own generator; None when it draws from the process-wide one."""
-    return None if route._rng is _default_rng() else route._rng.getstate()
+    return None if route._rng is _process_rng() else route._rng.getstate()
 
 
-def _default_rng() -> Any:
+def _process_rng() -> Any:
     from .waits import _default_rng as rng
 
     return rng
@@ -342,7 +342,7 @@ class LoopbackProcess:
     def _draw_on(self, drawn: dict[str, Any]) -> None:
         """Take up the generators where the child's stopped, each that this process has not
         drawn from since the child took it up (else this process's own draws are kept)."""
-        rng = _default_rng()
+        rng = _process_rng()
         given = self._random
         if rng.getstate() == given["process"]:
             rng.setstate(drawn["process"])
@@ -817,7 +817,7 @@ class _Connection(asyncio.Protocol):
                 ssl=context,
                 server_hostname=_split_host(host, 0)[0] if context is not None else None,
             )
-        except (OSError, ssl.SSLError) as exc:
+        except OSError as exc:
             if self._transport is not None:
                 head, body = _plain(502, f"the relay to the storm's process failed: {exc}")
                 self._transport.write(head + body)
@@ -829,7 +829,7 @@ class _Connection(asyncio.Protocol):
                 if self._transport is None:
                     return
                 self._transport.write(data)
-        except (OSError, ssl.SSLError):
+        except OSError:
             pass
         finally:
             writer.transport.abort()
