@@ -562,6 +562,7 @@ class Upstream:
         ``handler(request)`` may return an ``httpx.Response``, a dict or list (JSON), str or
         bytes; ``stream`` sends its chunks with ``chunk_latency`` between them. A fraction
         ``error_rate`` of calls get a 503 and ``timeout_rate`` raise ``httpx.ReadTimeout``.
+        A route declared while a storm runs is answered from then on, whatever the client.
         """
         new = Route(
             url_prefix,
