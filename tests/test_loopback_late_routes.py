@@ -8,9 +8,7 @@ Host names are under ``.invalid``; a spy stands in for ``socket.getaddrinfo`` an
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
-import types
 from collections.abc import Callable
 from typing import Any
 
@@ -20,9 +18,8 @@ import requests
 from pytest_concurrency import Upstream
 from pytest_concurrency._api import run_storm
 from pytest_concurrency._simio import loopserver, seed_latency
-from pytest_concurrency._simio.distributions import Latency
 
-from ._upstream import MODEL, spy
+from ._upstream import MODEL, latency_only_here, spy
 from ._upstream import served_by_process as served
 from .test_egress import Spy
 
@@ -140,24 +137,11 @@ def test_a_seeded_route_declared_late_draws_what_it_draws_in_process(
 def test_a_late_route_the_process_cannot_load_is_relayed_to_this_one(
     spy: Spy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A latency class from a module only this process has (not importable by name).
-    module = types.ModuleType("storm_late_latency_only_here")
-
-    class Slow(Latency):
-        def sample(self, rng: Any) -> float:
-            return 0.005
-
-        def describe(self) -> str:
-            return "slow"
-
-    Slow.__module__ = module.__name__
-    Slow.__qualname__ = "Slow"
-    module.Slow = Slow  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, module.__name__, module)
+    slow = latency_only_here(monkeypatch, "storm_late_latency_only_here")
     with Upstream() as upstream:
         upstream.route(MODEL, json={"text": "Hello!"})
         with served(upstream) as server, requests.Session() as session:
-            late = upstream.route(LATE, latency=Slow(), json={"late": True})
+            late = upstream.route(LATE, latency=slow, json={"late": True})
             answers = [session.post(LATE, json={"n": n}, timeout=5) for n in range(3)]
             relayed = server._relayed
             assert relayed is not None
