@@ -312,7 +312,9 @@ class LoopbackProcess:
         if pickled is not None:
             state = _route_state(route)
             answer = self._declare({"declarations": pickled, "random": state})
-            if answer is not None and "error" not in answer:
+            if answer is None:
+                return  # no child runs here (it has stopped)
+            if "error" not in answer:
                 self._random["routes"][route.label] = state
                 return
         relayed = self._relay()
