@@ -247,6 +247,8 @@ class AsyncRunner:
         kind serves its own way)."""
         return await self.requests(slot, intended, user)
 
+    # long: every request's path, one call per user; each call split out of it is a share
+    # of what the engine adds to a request.
     async def requests(  # noqa: PLR0915
         self, slot: Slot, intended: float, user: int, *, closed: bool = False
     ) -> float:
