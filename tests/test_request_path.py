@@ -187,3 +187,32 @@ def test_users_take_turns_on_the_loop_one_request_each() -> None:
     tail = order[8:]
     for at in range(0, len(tail) - 4, 4):
         assert len(set(tail[at : at + 4])) == 4
+
+
+def test_the_pool_probe_counts_the_cpus_once_not_at_every_tick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    from pytest_concurrency._probes import pools
+
+    counted: list[int] = []
+    real = getattr(os, "process_cpu_count", os.cpu_count)
+
+    def count() -> int | None:
+        counted.append(1)
+        return real()
+
+    monkeypatch.setattr(os, "process_cpu_count", count, raising=False)
+    monkeypatch.setattr(os, "cpu_count", count)
+
+    async def main() -> list[Any]:
+        probe = pools.ThreadPoolProbe()
+        await probe.start()
+        for _ in range(50):
+            probe._tick(reschedule=False)
+        return list(await probe.stop())
+
+    usages = asyncio.run(main())
+    assert usages  # the anyio limiter at least
+    assert len(counted) <= 1
