@@ -283,8 +283,7 @@ def test_a_worker_records_become_the_same_integer_records() -> None:
         ((67.0, 67.125, 67.25, 68.5), 404 | 1 << 16),  # finished after its deadline
     ]
     for times, code in rows:
-        tape.times.extend(times)
-        tape.codes.append(code)
+        tape.add(*times, code)
     rec = Recorder()
     tape.into(rec, origin, timeout)
     assert list(rec.start) == [500_000, 1_000_000, 2_000_000, 3_000_000]
