@@ -244,9 +244,11 @@ def respond(
                 if chunks is not None and (keep or len(chunks) < _SAMPLE_CHUNKS):
                     chunks.append(chunk)
     finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
+        # A list has no close(); any other iterable may (a generator, a file wrapper).
+        if type(result) is not list:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
     status = start_response.status
     if not status:
         raise NoStartResponse("the app returned without calling start_response")
