@@ -117,6 +117,7 @@ def _status_code(status: object) -> int:
 
 #: Response header lists already checked, with their declared content-length.
 _CHECKED_HEADERS = CheckedHeaders()
+_KNOWN_HEADERS = _CHECKED_HEADERS.known
 
 
 def response_headers(headers: Any) -> int:
@@ -195,7 +196,13 @@ class _StartResponse:
         code = _STATUS_CODES.get(status) if type(status) is str else None
         if code is None:
             code = _status_code(status)
-        self.length = response_headers(headers) if headers or type(headers) is not list else -1
+        if headers and type(headers) is list:
+            try:
+                self.length = _KNOWN_HEADERS[tuple(headers)]  # checked before
+            except (KeyError, TypeError):
+                self.length = response_headers(headers)
+        else:
+            self.length = -1 if type(headers) is list else response_headers(headers)
         self.status = code
         self.headers = headers
         self.written = 0
