@@ -690,7 +690,9 @@ class _PoolRound:
             # a check held it, which is named as the failure). The tape caps the latency.
             if finished - intended > timeout and not inspector.check_failed(error):
                 status, error = STATUS_TIMEOUT, timed_out_kind
-            raw += pack(intended, picked, first_byte, finished, status | index << 16 | error << 32)
+            # The code is the status alone for the first endpoint and no error (no shifts).
+            code = status | index << 16 | error << 32 if index or error else status
+            raw += pack(intended, picked, first_byte, finished, code)
             if entries:
                 add_waits(entries, origin, len(raw) // row_size - 1)
                 entries.clear()
