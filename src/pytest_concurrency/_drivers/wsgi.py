@@ -359,9 +359,6 @@ class _Tape:
         """Record one request (the per-request path packs its row inline instead)."""
         self.raw += self.pack(intended, picked, first, finished, code)
 
-    def __len__(self) -> int:
-        return len(self.raw) // self.SIZE
-
     @staticmethod
     def _columns(
         raw: bytes | bytearray,
