@@ -612,7 +612,7 @@ class _PoolRound:
         keep = capture
         index = 0
         # One request for every send: its template, body and checks, read once.
-        fixed = build is None and not picking
+        fixed = build is None and len(templates) == 1
         if fixed:
             template, body = templates[0]
             if judges:
