@@ -18,9 +18,12 @@ connection is used throughout.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import errno
+import select
 import socket
+from collections.abc import Coroutine
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -89,34 +92,102 @@ class _Transport(Protocol):
     def close(self) -> None: ...
 
 
+class _Poller:
+    """The reconnect path's sockets in one epoll set of their own, which the loop watches as
+    one file: a connection costs one ``epoll_ctl`` to add (its close takes it out), never
+    the loop's own per-file bookkeeping (a handle, a selector key, two ``epoll_ctl``).
+
+    Where there is no epoll (not Linux), each socket is given to the loop's own reader.
+    """
+
+    __slots__ = ("_epoll", "_fd", "_wires", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._wires: dict[int, _Wire] = {}
+        self._epoll = select.epoll() if _EPOLL else None
+        self._fd = -1
+        if self._epoll is not None:
+            self._fd = self._epoll.fileno()
+            loop.add_reader(self._fd, self._ready)
+
+    def watch(self, fd: int, wire: _Wire) -> None:
+        """Read *fd* for *wire* from now on."""
+        if self._epoll is None:
+            self.loop.add_reader(fd, wire.readable)
+            return
+        self._epoll.register(fd, _IN)
+        self._wires[fd] = wire
+
+    def writing(self, fd: int, wire: _Wire, on: bool) -> None:
+        """Wait (or stop waiting) for *fd* to take more bytes."""
+        if self._epoll is None:
+            if on:
+                self.loop.add_writer(fd, wire.writable)
+            else:
+                self.loop.remove_writer(fd)
+            return
+        self._epoll.modify(fd, _IN | _OUT if on else _IN)
+
+    def forget(self, fd: int) -> None:
+        """*fd* is about to be closed (which takes it out of the epoll set)."""
+        if self._epoll is None:
+            self.loop.remove_reader(fd)
+            self.loop.remove_writer(fd)
+            return
+        del self._wires[fd]
+
+    def _ready(self) -> None:
+        wires = self._wires
+        for fd, events in self._epoll.poll(0):  # type: ignore[union-attr]
+            wire = wires.get(fd)
+            if wire is None:
+                continue
+            if events & _OUT:
+                wire.writable()
+            if events & ~_OUT and not wire.closed:
+                wire.readable()
+
+    def close(self) -> None:
+        """Stop watching (every socket has been closed or is abandoned)."""
+        if self._epoll is not None and not self._epoll.closed:
+            self.loop.remove_reader(self._fd)
+            self._epoll.close()
+        self._wires.clear()
+
+
+_EPOLL = hasattr(select, "epoll")
+_IN = getattr(select, "EPOLLIN", 1)
+_OUT = getattr(select, "EPOLLOUT", 4)
+
+
 class _Wire:
-    """A connected non-blocking socket read through the loop's reader callback: the part of
-    an asyncio transport that one request at a time needs, without its per-connection
+    """A connected non-blocking socket read through a :class:`_Poller`: the part of an
+    asyncio transport that one request at a time needs, without its per-connection
     futures, callbacks and buffers.
 
     A server that closes every connection (gunicorn's sync workers) makes the client
     connect once per request; this is where that cost goes. Writes go straight to the
     socket (the rest, if the kernel took only part, waits for the socket to be writable);
-    reads are handed to the protocol; the end of the connection is reported to it on the
-    next pass of the loop, as asyncio does.
+    reads are handed to the protocol. The end of the connection is reported to the
+    protocol on the next pass of the loop, as asyncio does, unless nothing waits on it
+    (the client closing it once its response is in): then it is marked closed at once.
     """
 
-    __slots__ = ("_closed", "_fd", "_loop", "_pending", "_protocol", "_sock")
+    __slots__ = ("_fd", "_pending", "_poller", "_protocol", "_sock", "closed")
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: _Connection
-    ) -> None:
-        self._loop = loop
+    def __init__(self, poller: _Poller, sock: _socket.socket, protocol: _Connection) -> None:
+        self._poller = poller
         self._sock = sock
         self._fd = sock.fileno()
         self._protocol = protocol
-        self._closed = False
+        self.closed = False
         self._pending = b""
         protocol.connection_made(self)  # type: ignore[arg-type]
-        loop.add_reader(self._fd, self._readable)
+        poller.watch(self._fd, self)
 
     def write(self, data: bytes) -> None:
-        if self._closed:
+        if self.closed:
             return
         if self._pending:
             self._pending += data
@@ -132,9 +203,11 @@ class _Wire:
             sent = 0
         if sent < len(data):
             self._pending = data[sent:]
-            self._loop.add_writer(self._fd, self._writable)
+            self._poller.writing(self._fd, self, True)
 
-    def _writable(self) -> None:
+    def writable(self) -> None:
+        if not self._pending:
+            return
         try:
             sent = self._sock.send(self._pending)
         except (BlockingIOError, InterruptedError):
@@ -144,9 +217,9 @@ class _Wire:
             return
         self._pending = self._pending[sent:]
         if not self._pending:
-            self._loop.remove_writer(self._fd)
+            self._poller.writing(self._fd, self, False)
 
-    def _readable(self) -> None:
+    def readable(self) -> None:
         try:
             data = self._sock.recv(262144)
         except (BlockingIOError, InterruptedError):
@@ -168,16 +241,17 @@ class _Wire:
         self._lose(None)
 
     def _lose(self, exc: Exception | None) -> None:
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
-        loop = self._loop
-        loop.remove_reader(self._fd)
-        if self._pending:
-            loop.remove_writer(self._fd)
-            self._pending = b""
+        self.closed = True
+        self._poller.forget(self._fd)
+        self._pending = b""
         self._sock.close()
-        loop.call_soon(self._protocol.connection_lost, exc)
+        protocol = self._protocol
+        if exc is None and protocol.idle():
+            protocol.closed = True  # what connection_lost would do, with nothing waiting
+        else:
+            self._poller.loop.call_soon(protocol.connection_lost, exc)
 
 
 class _Connection(asyncio.Protocol):
@@ -242,6 +316,10 @@ class _Connection(asyncio.Protocol):
             self.waiter.set_exception(
                 exc if exc is not None else ServerClosed("the server closed the connection")
             )
+
+    def idle(self) -> bool:
+        """No request waits on this connection: its end has nobody to tell."""
+        return self.exchange is None and (self.waiter is None or self.waiter.done())
 
     def _unsolicited(self, what: str) -> None:
         """Bytes with no request outstanding: fail the connection, never read them as an answer."""
@@ -316,8 +394,8 @@ class _Connection(asyncio.Protocol):
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(exc)
 
-    async def send(self, raw: bytes, exchange: Exchange, head: bool) -> None:
-        """Write *raw* and wait until the whole response has been read."""
+    def send(self, raw: bytes, exchange: Exchange, head: bool) -> asyncio.Future[None]:
+        """Write *raw*; the future returned is done once the whole response has been read."""
         transport = self.transport
         if transport is None or self.closed:
             raise ServerClosed("the connection is closed")
@@ -327,7 +405,7 @@ class _Connection(asyncio.Protocol):
         self.used += 1
         waiter = self.waiter = asyncio.get_running_loop().create_future()
         transport.write(raw)
-        await waiter
+        return waiter
 
     def abort(self) -> None:
         """Close at once (RST), dropping whatever is in flight."""
@@ -367,6 +445,8 @@ class HttpDriver:
         self._connections: set[_Connection] = set()
         #: The (family, address) the first connection reached: later ones go straight there.
         self._address: tuple[int, Any] | None = None
+        #: The reconnect path's sockets, watched as one file by the loop that runs them.
+        self._poller: _Poller | None = None
         self._server = server
         self.base_url = base_url
 
@@ -377,24 +457,41 @@ class HttpDriver:
         return f"server at {self.base_url}, over loopback HTTP"
 
     async def _connect(self) -> _Connection:
+        if self._address is not None:
+            return self._reconnect()
+        # The first connection resolves the host and tries each of its addresses.
         loop = asyncio.get_running_loop()
-        if self._address is None or type(loop).__module__.startswith("uvloop"):
-            # The first connection resolves the host and tries each of its addresses;
-            # uvloop's transports are written in C and cost less than a Python wire.
-            transport, conn = await loop.create_connection(_Connection, self.host, self.port)
-            sock = transport.get_extra_info("socket")
-            self._address = (sock.family, sock.getpeername())
-        else:
-            conn = self._reconnect(loop, *self._address)
+        transport, conn = await loop.create_connection(_Connection, self.host, self.port)
+        sock = transport.get_extra_info("socket")
+        self._address = (sock.family, sock.getpeername())
+        self._connections.add(conn)
+        return conn
+
+    def _reconnect(self) -> _Connection:
+        """A new connection to the address the first one reached, without asyncio's
+        transport (see :class:`_Wire`)."""
+        poller = self._poller
+        loop = asyncio.get_running_loop()
+        if poller is None or poller.loop is not loop:
+            if poller is not None:
+                poller.close()
+            poller = self._poller = _Poller(loop)
+        family, address = self._address  # type: ignore[misc]
+        conn = self._open(poller, family, address)
         self._connections.add(conn)
         return conn
 
     @staticmethod
-    def _reconnect(loop: asyncio.AbstractEventLoop, family: int, address: Any) -> _Connection:
-        """A new connection to the address reached before, without asyncio's transport:
-        on loopback the handshake is done by the time the request is written, and a
-        connection that fails reports it to the request's waiter."""
-        sock = socket.socket(family, socket.SOCK_STREAM)
+    def _open(poller: _Poller, family: int, address: Any) -> _Connection:
+        """A non-blocking connection to *address*: on loopback the handshake is done by the
+        time the request is written, and a connection that fails reports it to the
+        request's waiter.
+
+        The address is the one the first connection reached, through the egress guard
+        (which checked it and applied any redirect); the socket is the C one beneath
+        :class:`socket.socket`, without its Python wrapper's cost per connection.
+        """
+        sock = _socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -402,7 +499,7 @@ class HttpDriver:
             if code not in (0, errno.EINPROGRESS):
                 raise OSError(code, f"connect to {address!r}: {errno.errorcode.get(code, code)}")
             conn = _Connection()
-            _Wire(loop, sock, conn)
+            _Wire(poller, sock, conn)
         except BaseException:
             sock.close()
             raise
@@ -426,12 +523,15 @@ class HttpDriver:
         for conn in self._connections:
             conn.close()
         self._connections.clear()
+        if self._poller is not None:
+            self._poller.close()
+            self._poller = None
         await anyio.sleep(0)
 
-    async def call(self, index: int, holder: Any) -> Exchange:
+    def call(self, index: int, holder: Any) -> Coroutine[Any, Any, Exchange]:
         """Send prebuilt request spec *index* and read the whole response."""
         raw, head = self._templates[index]
-        return await self._send(raw, head, holder)
+        return self._send(raw, head, holder)
 
     async def call_request(self, request: Request, holder: Any) -> Exchange:
         """Send a request built on the fly (templated requests pay for encoding it)."""
@@ -446,7 +546,7 @@ class HttpDriver:
             self._drop(conn, holder)
             raise conn.fault
         if conn is None or conn.closed:
-            conn = await self._connect()
+            conn = self._reconnect() if self._address is not None else await self._connect()
             if holder is not None:
                 holder.conn = conn
         capture = getattr(holder, "capture", False)
@@ -458,7 +558,10 @@ class HttpDriver:
             extra = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in pairs)
             raw = raw[:end] + extra + raw[end:]
         try:
-            exchange = await self._attempt(conn, raw, head, holder, capture)
+            exchange = Exchange(conn, capture)
+            if holder is not None:
+                holder.exchange = exchange  # for a timeout to reach
+            await conn.send(raw, exchange, head)
         except ServerClosed:
             self._connections.discard(conn)
             if conn.used == 1 or conn.received:
@@ -468,7 +571,10 @@ class HttpDriver:
             if holder is not None:
                 holder.conn = conn
             try:
-                exchange = await self._attempt(conn, raw, head, holder, capture)
+                exchange = Exchange(conn, capture)
+                if holder is not None:
+                    holder.exchange = exchange
+                await conn.send(raw, exchange, head)
             except BaseException:
                 self._drop(conn, holder)
                 raise
@@ -478,16 +584,6 @@ class HttpDriver:
             raise
         if not conn.keep_alive or holder is None:
             self._drop(conn, holder)
-        return exchange
-
-    async def _attempt(
-        self, conn: _Connection, raw: bytes, head: bool, holder: Any, capture: bool
-    ) -> Exchange:
-        """Send *raw* on *conn* once, the exchange on the holder for a timeout to reach."""
-        exchange = Exchange(conn, capture)
-        if holder is not None:
-            holder.exchange = exchange
-        await conn.send(raw, exchange, head)
         return exchange
 
     def _drop(self, conn: _Connection, holder: Any) -> None:
