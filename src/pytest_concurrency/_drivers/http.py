@@ -24,6 +24,7 @@ import errno
 import select
 import socket
 from collections.abc import Coroutine
+from threading import get_ident
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -100,10 +101,11 @@ class _Poller:
     Where there is no epoll (not Linux), each socket is given to the loop's own reader.
     """
 
-    __slots__ = ("_epoll", "_fd", "_wires", "loop", "view")
+    __slots__ = ("_epoll", "_fd", "_thread", "_wires", "loop", "view")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self._thread = get_ident()
         #: What each socket reads into, handed on at once: ``recv(n)`` would allocate n
         #: bytes per call (for 256 KiB, about 10 µs: more than the rest of the read).
         self.view = memoryview(bytearray(_READ))
@@ -113,6 +115,11 @@ class _Poller:
         if self._epoll is not None:
             self._fd = self._epoll.fileno()
             loop.add_reader(self._fd, self._ready)
+
+    def current(self) -> bool:
+        """Whether its loop is the one running here (without asyncio's own question,
+        which costs a system call: getpid)."""
+        return self._thread == get_ident() and self.loop.is_running()
 
     def watch(self, fd: int, wire: _Wire) -> None:
         """Read *fd* for *wire* from now on."""
@@ -160,6 +167,9 @@ class _Poller:
 
 
 _EPOLL = hasattr(select, "epoll")
+#: A socket made non-blocking as it is created (Linux), one system call fewer.
+_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+_STREAM = socket.SOCK_STREAM | _NONBLOCK
 _READ = 262144
 _IN = getattr(select, "EPOLLIN", 1)
 _OUT = getattr(select, "EPOLLOUT", 4)
@@ -263,7 +273,25 @@ class _Wire:
 class _Connection(asyncio.Protocol):
     """One client connection; one request in flight at a time."""
 
-    def __init__(self) -> None:
+    __slots__ = (
+        "closed",
+        "exchange",
+        "fault",
+        "head",
+        "interim",
+        "keep_alive",
+        "loop",
+        "parser",
+        "received",
+        "stray",
+        "transport",
+        "used",
+        "waiter",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        #: The loop it runs on, when known (asking asyncio costs a system call, getpid).
+        self.loop = loop
         self.transport: _Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[None] | None = None
@@ -409,7 +437,7 @@ class _Connection(asyncio.Protocol):
         self.head = head
         self.received = False
         self.used += 1
-        waiter = self.waiter = asyncio.get_running_loop().create_future()
+        waiter = self.waiter = (self.loop or asyncio.get_running_loop()).create_future()
         transport.write(raw)
         return waiter
 
@@ -477,11 +505,10 @@ class HttpDriver:
         """A new connection to the address the first one reached, without asyncio's
         transport (see :class:`_Wire`)."""
         poller = self._poller
-        loop = asyncio.get_running_loop()
-        if poller is None or poller.loop is not loop:
+        if poller is None or not poller.current():
             if poller is not None:
                 poller.close()
-            poller = self._poller = _Poller(loop)
+            poller = self._poller = _Poller(asyncio.get_running_loop())
         family, address = self._address  # type: ignore[misc]
         conn = self._open(poller, family, address)
         self._connections.add(conn)
@@ -497,14 +524,15 @@ class HttpDriver:
         (which checked it and applied any redirect); the socket is the C one beneath
         :class:`socket.socket`, without its Python wrapper's cost per connection.
         """
-        sock = _socket.socket(family, socket.SOCK_STREAM)
+        sock = _socket.socket(family, _STREAM)
         try:
-            sock.setblocking(False)
+            if not _NONBLOCK:
+                sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             code = sock.connect_ex(address)
             if code not in (0, errno.EINPROGRESS):
                 raise OSError(code, f"connect to {address!r}: {errno.errorcode.get(code, code)}")
-            conn = _Connection()
+            conn = _Connection(poller.loop)
             _Wire(poller, sock, conn)
         except BaseException:
             sock.close()
