@@ -8,12 +8,15 @@ request for this design, about the same with asyncio streams (the protocol keeps
 first-byte time in the parser's callback, without a reader task's wake-ups) and about
 150 µs with h11 parsing in pure Python.
 
-A server that closes every connection (gunicorn's sync workers) makes each request a new
-connection: the first one resolves the host through asyncio; later ones go straight to
-the address it reached, on a plain socket the loop reads (:class:`_Wire`), which cost
-about 40 % less client CPU per request than an asyncio transport each
-(``benchmarks/reconnect.py``). On uvloop, whose transports are C, the loop's own
-connection is used throughout.
+The driver's first connection resolves the host through asyncio; every later one (each
+user's, and a new one per request on a server that closes every connection, as
+gunicorn's sync workers do) goes straight to the address it reached, on a plain
+non-blocking socket (:class:`_Wire`) in an epoll set
+of the driver's own that the loop watches as one file (:class:`_Poller`), reading into
+one preallocated buffer. Per request that is the system calls a C client makes (socket,
+setsockopt, connect, epoll_ctl, send, recv, close) and no asyncio transport, handle or
+selector key; ``benchmarks/reconnect.py --baseline`` measures it against wrk and against
+another checkout. The same path serves every loop (asyncio's and uvloop's).
 """
 
 from __future__ import annotations
