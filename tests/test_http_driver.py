@@ -737,3 +737,34 @@ def test_reconnects_on_either_loop_answer_every_request(
     got = anyio.run(main, backend_options={"use_uvloop": loop == "uvloop"})
     answer = len(b'{"received": %d}' % POST_LENGTH)
     assert got == [(200, 5), (200, answer), (200, 5), (200, 0), (200, 5)]
+
+
+def test_on_uvloop_lasting_connections_stay_on_its_transports_and_closed_ones_reconnect_plain(
+    uvicorn_server: RunningServer, gunicorn_server: RunningServer
+) -> None:
+    """uvloop's C transports carry connections that last (keep-alive); once a server closes
+    a connection after its response, each new one is a plain socket in the driver's set."""
+    pytest.importorskip("uvloop")
+    from pytest_concurrency._drivers.http import _Wire
+
+    def kinds(url: str) -> list[bool]:
+        driver = HttpDriver(url, REQUESTS)
+        users = [Holder() for _ in range(3)]
+
+        async def main() -> list[bool]:
+            wired = []
+            try:
+                async with anyio.create_task_group() as group:
+                    await driver.startup(group, 5.0)
+                for user in users * 2:
+                    exchange = await driver.call(0, user)
+                    assert exchange.status == 200
+                    wired.append(isinstance(exchange._conn.transport, _Wire))
+            finally:
+                await driver.shutdown(1.0)
+            return wired
+
+        return anyio.run(main, backend_options={"use_uvloop": True})
+
+    assert kinds(uvicorn_server.url) == [False] * 6
+    assert kinds(gunicorn_server.url) == [False] + [True] * 5

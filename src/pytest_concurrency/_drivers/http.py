@@ -484,6 +484,8 @@ class HttpDriver:
         self._address: tuple[int, Any] | None = None
         #: The reconnect path's sockets, watched as one file by the loop that runs them.
         self._poller: _Poller | None = None
+        #: New connections go to that address on a plain socket (:class:`_Wire`).
+        self._wired = False
         self._server = server
         self.base_url = base_url
 
@@ -494,13 +496,17 @@ class HttpDriver:
         return f"server at {self.base_url}, over loopback HTTP"
 
     async def _connect(self) -> _Connection:
-        if self._address is not None:
+        if self._wired:
             return self._reconnect()
-        # The first connection resolves the host and tries each of its addresses.
         loop = asyncio.get_running_loop()
         transport, conn = await loop.create_connection(_Connection, self.host, self.port)
-        sock = transport.get_extra_info("socket")
-        self._address = (sock.family, sock.getpeername())
+        if self._address is None:
+            # The first connection resolves the host and tries each of its addresses.
+            sock = transport.get_extra_info("socket")
+            self._address = (sock.family, sock.getpeername())
+            # uvloop's transports are C: its loop keeps connections that last (keep-alive)
+            # until the server closes one after its response (then each request connects).
+            self._wired = not type(loop).__module__.startswith("uvloop")
         self._connections.add(conn)
         return conn
 
@@ -583,7 +589,7 @@ class HttpDriver:
             self._drop(conn, holder)
             raise conn.fault
         if conn is None or conn.closed:
-            conn = self._reconnect() if self._address is not None else await self._connect()
+            conn = self._reconnect() if self._wired else await self._connect()
             if holder is not None:
                 holder.conn = conn
         capture = getattr(holder, "capture", False)
@@ -619,7 +625,10 @@ class HttpDriver:
             # Cancelled (timeout) or failed mid-response: the connection cannot be reused.
             self._drop(conn, holder)
             raise
-        if not conn.keep_alive or holder is None:
+        if not conn.keep_alive:
+            self._wired = True  # the server closes after its response: plain sockets from now
+            self._drop(conn, holder)
+        elif holder is None:
             self._drop(conn, holder)
         return exchange
 
