@@ -148,7 +148,7 @@ class _Poller:
             self.loop.remove_reader(fd)
             self.loop.remove_writer(fd)
             return
-        del self._wires[fd]
+        self._wires.pop(fd, None)
 
     def _ready(self) -> None:
         wires = self._wires
