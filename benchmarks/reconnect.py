@@ -76,6 +76,15 @@ def start_gunicorn(workers: int, port: int) -> subprocess.Popen[bytes]:
     raise SystemExit("gunicorn did not start")
 
 
+def stop_gunicorn(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -186,12 +195,7 @@ def main() -> None:
                 flush=True,
             )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_gunicorn(proc)
     med = [statistics.median(column) for column in zip(*rows, strict=True)]
     print(
         f"gunicorn -w {args.workers} sync, {args.users} connections, {args.seconds:g} s each: "
@@ -231,12 +235,7 @@ def compare(args: argparse.Namespace) -> None:
                 flush=True,
             )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_gunicorn(proc)
     print(
         f"gunicorn -w {args.workers} sync, {args.users} connections, {args.seconds:g} s each, "
         f"{args.rounds} rounds (medians):"
