@@ -3,6 +3,7 @@
     python benchmarks/gate_power.py [--mode paired|saved|both] [--k 5]
                                     [--fail p99_ms:10%,rps:10%] [--duration 1.0]
                                     [--json PATH] [--until HH:MM]
+                                    [--order alternate|duet] [--changes cpu+20%,...]
 
 A temporary git repository holds an example app (a bare ASGI app: ``/cpu`` spends about
 1 ms of Python per request, ``/io`` awaits 50 ms) and two storm tests, committed as the
@@ -185,8 +186,14 @@ def _loads_line(loads: list[float]) -> str:
 def paired(repo: Path, work: int, args: argparse.Namespace) -> dict[str, Any]:
     """The paired half: each change against the committed control, K times."""
     deadline = _deadline(args.until)
-    gated = ["--concurrency-control=HEAD", f"--concurrency-compare-fail={args.fail}"]
-    counts: dict[str, Counter[str]] = {name: Counter() for name in CHANGES}
+    gated = [
+        "--concurrency-control=HEAD",
+        f"--concurrency-compare-fail={args.fail}",
+        f"--concurrency-control-order={args.order}",
+    ]
+    counts: dict[str, Counter[str]] = {
+        name: Counter() for name in CHANGES if name in args.changes.split(",")
+    }
     figures: Counter[str] = Counter()
     walls: dict[str, list[float]] = {"gated": [], "ungated": []}
     raw: list[dict[str, Any]] = []
@@ -196,6 +203,8 @@ def paired(repo: Path, work: int, args: argparse.Namespace) -> dict[str, Any]:
         if _late(deadline, sum(walls["gated"][-4:]) + sum(walls["ungated"][-1:])):
             break
         for name, (factor, block, changed) in CHANGES.items():
+            if name not in args.changes.split(","):
+                continue
             _write(repo, int(work * factor), block, args.duration)
             wall, code, doc, _ = _session(repo, gated)
             walls["gated"].append(wall)
@@ -222,7 +231,7 @@ def paired(repo: Path, work: int, args: argparse.Namespace) -> dict[str, Any]:
         walls["ungated"].append(wall)
         reached = k + 1
     print(f"\npaired: K = {reached} runs per change, --concurrency-compare-fail={args.fail}, "
-          f"storms of {args.duration:g} s")  # fmt: skip
+          f"--concurrency-control-order={args.order}, storms of {args.duration:g} s")  # fmt: skip
     _summary(counts, loads, figures)
     if walls["gated"] and walls["ungated"]:
         gated_mean = sum(walls["gated"]) / len(walls["gated"])
@@ -351,6 +360,15 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=1.0, help="storm duration, s")
     parser.add_argument("--json", type=Path, help="write the raw outcomes here")
     parser.add_argument("--until", help="start no run likely to end after HH:MM UTC")
+    parser.add_argument(
+        "--order", choices=("alternate", "duet"), default="alternate",
+        help="--concurrency-control-order of the paired mode (default alternate)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--changes",
+        default=",".join(CHANGES),
+        help=f"paired changes to run, comma-separated (default: {','.join(CHANGES)})",
+    )
     args = parser.parse_args()
     work = _calibrate()
     print(f"calibrated: {work} loop iterations ≈ 1 ms of /cpu", flush=True)

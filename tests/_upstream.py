@@ -9,6 +9,8 @@ Host names are under ``.invalid``; the spy stands in for ``socket.getaddrinfo`` 
 
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -17,6 +19,7 @@ import pytest
 
 from pytest_concurrency import Upstream
 from pytest_concurrency._simio import tls
+from pytest_concurrency._simio.distributions import Latency
 from pytest_concurrency._simio.egress import EgressGuard
 from pytest_concurrency._simio.loopback import ALIAS, LoopbackUpstream
 from pytest_concurrency._simio.loopserver import LoopbackProcess
@@ -28,6 +31,7 @@ __all__ = [
     "MODEL",
     "SLACK_MS",
     "calling_with_aiohttp",
+    "latency_only_here",
     "served_by_process",
     "served_by_thread",
     "served_over_tls",
@@ -125,3 +129,22 @@ def calling_with_aiohttp(url: str) -> Callable[[dict[str, Any], Any, Any], Await
         await send({"type": "http.response.body", "body": answer})
 
     return app
+
+
+def latency_only_here(monkeypatch: pytest.MonkeyPatch, module: str) -> Latency:
+    """A 5 ms latency whose class lives in a module only this process has (*module*, put in
+    ``sys.modules`` for the test): it pickles, and another interpreter cannot load it."""
+    home = types.ModuleType(module)
+
+    class Slow(Latency):
+        def sample(self, rng: Any) -> float:
+            return 0.005
+
+        def describe(self) -> str:
+            return "slow"
+
+    Slow.__module__ = home.__name__
+    Slow.__qualname__ = "Slow"
+    home.Slow = Slow  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, home.__name__, home)
+    return Slow()

@@ -862,3 +862,29 @@ def test_cpu_is_judged_relative_to_the_baseline() -> None:
     assert compare_fail.parse_compare_fail("cpu:5%") == [compare_fail.Threshold("cpu", 5.0, True)]
     implied = compare_fail.with_cpu(compare_fail.parse_compare_fail("p99:20%,rps:5%"))
     assert [(t.figure, t.amount, t.implied) for t in implied][-1] == ("cpu", 5.0, True)
+
+
+def test_the_verdict_line_is_one_short_line_worst_first() -> None:
+    from pytest_concurrency._baseline.wording import LINE_LIMIT, short_line
+
+    base = with_rounds(make_result(latencies(1)), [20, 30, 45], [1000, 1000, 1000])
+    now = with_rounds(make_result(latencies(1)), [22, 34, 50], [1000, 1000, 1000])
+    now.latency = type(now.latency)(**{**now.latency.__dict__, "p99": base.latency.p99 * 3})
+    thresholds = compare_fail.parse_compare_fail("p50:10%,p99:10%,max:10%,rps:5%")
+    doc = json.loads(json.dumps(_json.session_document([(NODE, base)], machine={"host": "h"})))
+    (comparison,) = judged_against.compare(
+        [(NODE, now)], doc, noise_for={t.figure for t in thresholds}, load={}, session_noise=0.0
+    )
+    found = judged_against.judgements(comparison, thresholds)
+    line = short_line(comparison, found, against="baseline main")
+    assert len(line) <= LINE_LIMIT
+    verdicts = {j.figure: j.verdict for j in found}
+    assert verdicts["p99"] == "regressed"
+    # The regression leads, with its interval and what it is past; the rest follow, or
+    # an ellipsis when they do not fit.
+    assert line.startswith("regressed vs baseline main: p99 +200.0% [+")
+    assert "] >+10%" in line
+    assert line.endswith("; 3 rounds now")
+    # No storm in the baseline, no threshold: said in a few words.
+    (new,) = judged_against.compare([("other::test", now)], doc, load={})
+    assert short_line(new, [], against="baseline main") == "new: not in baseline main"

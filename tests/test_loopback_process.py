@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
@@ -27,11 +26,11 @@ from pytest_concurrency import BudgetExceeded, Upstream
 from pytest_concurrency._api import run_storm
 from pytest_concurrency._probes import noise
 from pytest_concurrency._simio import loopserver, seed_latency, wait_recorder
-from pytest_concurrency._simio.distributions import ConstantLatency, Latency, normal
+from pytest_concurrency._simio.distributions import ConstantLatency, normal
 from pytest_concurrency._simio.egress import is_loopback
 from pytest_concurrency._simio.loopserver import LoopbackProcess, portable
 
-from ._upstream import LATENCY_MS, MODEL, SLACK_MS, spy
+from ._upstream import LATENCY_MS, MODEL, SLACK_MS, latency_only_here, spy
 from ._upstream import served_by_process as served
 from .test_egress import Spy
 
@@ -219,20 +218,7 @@ def test_a_latency_of_the_users_own_module_loads_in_the_process(spy: Spy) -> Non
 def test_routes_a_process_cannot_import_are_answered_by_the_thread(
     spy: Spy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A latency class from a module only this process has (not importable by name).
-    module = types.ModuleType("storm_latency_only_here")
-
-    class Slow(Latency):
-        def sample(self, rng: Any) -> float:
-            return 0.005
-
-        def describe(self) -> str:
-            return "slow"
-
-    Slow.__module__ = module.__name__
-    Slow.__qualname__ = "Slow"
-    module.Slow = Slow  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, module.__name__, module)
+    slow = latency_only_here(monkeypatch, "storm_latency_only_here")
     threads: list[bool] = []
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -242,7 +228,7 @@ def test_routes_a_process_cannot_import_are_answered_by_the_thread(
         return [answer]
 
     with Upstream() as upstream:
-        upstream.route(MODEL, latency=Slow(), json={"text": "Hello!"})
+        upstream.route(MODEL, latency=slow, json={"text": "Hello!"})
         assert portable(upstream)  # it pickles; the child fails to load it
         result = run_storm(app, "POST", "/", users=2, threads=2, requests=10)
     assert result.status_counts == {200: 10}

@@ -11,11 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from pytest_concurrency._compare.paired import PairedOutcome, could_settle, live_children
+from pytest_concurrency._compare.paired import (
+    Child,
+    Children,
+    PairedOutcome,
+    could_settle,
+    live_children,
+    run_paired,
+)
+from pytest_concurrency._compare.spec import ChildSpec
 from pytest_concurrency._compare.stats import (
     MIN_PAIRS,
     PairedChange,
     paired_change,
+    projected_half_width,
     signed_rank_cdf,
 )
 from pytest_concurrency._compare.verdict import (
@@ -26,10 +35,12 @@ from pytest_concurrency._compare.verdict import (
     verdict_line,
 )
 from pytest_concurrency._errors import ConfigError
-from pytest_concurrency._model.extras import Comparison
+from pytest_concurrency._model.extras import Comparison, ContentionFigures
+from pytest_concurrency._model.result import StormResult
 from pytest_concurrency._report import _json
 from pytest_concurrency._report._markdown import SummaryRow, markdown_summary
 from pytest_concurrency._report._schema import first_problem
+from tests.test_report import make_result
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestAssertRewriteWarning")
 
@@ -355,6 +366,11 @@ def test_a_control_without_the_app_is_an_error_before_any_load(
             "--concurrency-control-time) must be a number of seconds greater than 0",
         ),
         (
+            ["--concurrency-control=control", "--concurrency-control-order=interleaved"],
+            "ERROR: --concurrency-control-order='interleaved' (from command-line option "
+            "--concurrency-control-order) must be one of alternate, duet",
+        ),
+        (
             ["--concurrency-control=control", "--concurrency-compare-fail=cpu:5ms"],
             "ERROR: --concurrency-compare-fail='cpu:5ms': cpu is judged relative to the "
             "control: write cpu:N% (got '5ms')",
@@ -434,6 +450,69 @@ async def test_async(storm):
 
 
 @pytest.mark.timing
+class _FakeChild:
+    """A control or experiment process that answers at once, logging what it was asked."""
+
+    def __init__(self, role: str, log: list[str]) -> None:
+        self.role, self.log, self.alive = role, log, True
+
+    def plan(self, spec: object) -> None:
+        pass
+
+    def receive(self, timeout: float) -> tuple[str, None]:
+        return ("ready", None)
+
+    def round(self, timeout: float) -> StormResult:
+        self.start_round()
+        return self.finish_round(timeout)
+
+    def start_round(self) -> None:
+        self.log.append(f"start {self.role}")
+
+    def finish_round(self, timeout: float) -> StormResult:
+        self.log.append(f"end {self.role}")
+        result = make_result([10.0] * 50)
+        result.cpu_contention = ContentionFigures(run_s=0.05)
+        return result
+
+    def stop(self) -> None:
+        self.alive = False
+
+
+class _FakeChildren(Children):
+    def __init__(self, log: list[str]) -> None:
+        super().__init__()
+        self.log = log
+
+    def get(self, role: str, spec: ChildSpec) -> Child:
+        return _FakeChild(role, self.log)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("duet", [False, True])
+def test_duet_starts_both_rounds_of_a_pair_before_either_ends(duet: bool) -> None:
+    log: list[str] = []
+    spec = ChildSpec(app="app:app", method="GET", path="/", requests=None, layers=[],
+                     scale=None, sys_path=[])  # fmt: skip
+    outcome = run_paired(
+        _FakeChildren(log), spec, spec, thresholds=THRESHOLDS, against="control x",
+        budget=60.0, option="--concurrency-control", round_timeout=5.0, duet=duet,
+    )  # fmt: skip
+    assert outcome.ended == "settled"
+    pairs = outcome.pairs
+    rounds = log[4:]  # after the two warm-up rounds
+    if duet:
+        first = ["start control", "start experiment", "end control", "end experiment"]
+        second = ["start experiment", "start control", "end experiment", "end control"]
+        assert outcome.order == "[AB]" * pairs
+        assert any("rounds ran in duet" in note for note in outcome.notes)
+    else:
+        first = ["start control", "end control", "start experiment", "end experiment"]
+        second = ["start experiment", "end experiment", "start control", "end control"]
+        assert outcome.order == "".join("AB" if i % 2 == 0 else "BA" for i in range(pairs))
+        assert not any("duet" in note for note in outcome.notes)
+    assert rounds == [*first, *second] * (pairs // 2) + first * (pairs % 2)
+
+
 def test_arun_runs_paired_too(session: pytest.Pytester) -> None:
     _control(session, 0.5)
     session.makepyfile(cpu_app=APP.format(ms=0.5), test_async=ASYNC_TEST)
@@ -786,9 +865,13 @@ def test_a_saved_baseline_verdict_is_in_every_artifact(session: pytest.Pytester)
     judged = {f["figure"]: f for f in block["figures"] if f["verdict"] is not None}
     assert judged["cpu"]["verdict"] == "regressed"
     assert judged["cpu"]["change"]["ratio"] > 1.5
-    # The terminal: the same verdict and line, and its storms table as it was.
-    line = block["line"].partition(": ")[2]
-    assert f"regressed: test_cpu.py::test_cpu · GET /: {line}" in slower.stdout.lines
+    # The terminal: the same verdict and line (one of at most 160 characters), and the
+    # storm's row of the storms table says the test failed on it.
+    assert block["line"].startswith("regressed vs baseline main: cpu +")
+    assert len(block["line"]) <= 160
+    lines = slower.stdout.lines
+    assert lines[lines.index("test_cpu.py::test_cpu · GET /") + 1] == "  " + block["line"]
+    slower.stdout.fnmatch_lines(["test_cpu.py::test_cpu*FAIL vs baseline*regressed: cpu +*"])
     assert "vs control" not in slower.stdout.str()
     # The Markdown summary.
     summary = (session.path / "summary.md").read_text(encoding="utf-8")
@@ -817,3 +900,33 @@ def test_a_saved_comparison_block_is_checked_by_the_schema() -> None:
     doc["storms"][0]["comparison"] = block  # no figures
     assert validate(doc, _json.JSON_SCHEMA, _json.JSON_SCHEMA) != []
     assert first_problem(doc) is not None
+
+
+def test_the_spread_of_few_pairs_predicts_a_settling_the_extremes_hide() -> None:
+    # Six pairs around +14 %, one of them low: the exact interval spans the extremes
+    # (+7 % … +17 %) and, narrowed as 1/sqrt(n), would still straddle 10 % at 12 pairs;
+    # the pairs' spread says the interval on 12 pairs clears it.
+    control = [100.0] * 6
+    experiment = [113.0, 114.0, 115.0, 113.5, 114.5, 107.0]
+    change = paired_change(control, experiment)
+    assert change is not None
+    found = judge(THRESHOLDS[1], change)
+    assert found.verdict == "inconclusive"
+    logs = sorted(math.log(e / 100.0) for e in experiment)
+    mid = (logs[2] + logs[3]) / 2
+    deviations = sorted(abs(x - mid) for x in logs)
+    assert change.spread == pytest.approx(1.4826 * (deviations[2] + deviations[3]) / 2)
+    shrunk_only = PairedChange(6, change.ratio, change.low, change.high, 0.97, 100.0, 114.0)
+    assert not could_settle(judge(THRESHOLDS[1], shrunk_only), 6, 12)
+    assert could_settle(found, 6, 12)
+    # No spread can settle a change sitting on its threshold.
+    at = paired_change(control, [110.0, 111.0, 109.0, 110.5, 109.5, 110.0])
+    assert at is not None
+    assert not could_settle(judge(THRESHOLDS[1], at), 6, 600)
+
+
+def test_the_projected_interval_narrows_as_the_square_root_of_the_pairs() -> None:
+    assert projected_half_width(0.1, 24) == pytest.approx(projected_half_width(0.1, 6) / 2)
+    # Normal noise: 1.96 · σ · sqrt(π / 3n).
+    expected = 1.96 * 0.03 * math.sqrt(math.pi / 36)
+    assert projected_half_width(0.03, 12) == pytest.approx(expected, rel=1e-3)

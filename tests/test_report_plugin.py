@@ -186,9 +186,15 @@ def test_compare_fail_fails_the_storm_that_regressed(
         [
             "*storm GET /one regressed against baseline 'main' (*main.json, saved *):",
             "*p50 grew from * ms to * ms (+*%; allowed p50:50%)",
-            "*regressed: test_storms.py::test_one · GET /one: p50 grew from*",
+            "test_storms.py::test_one · GET /one",
+            "  regressed vs baseline main: p50 +*% ?+*%, +*%? >+50%; 3 rounds now",
+            "    p50 grew from * ms to * ms (+*%; allowed p50:50%) — 90% interval of the change *",
         ]
     )
+    line = next(x for x in result.stdout.lines if x.startswith("  regressed vs baseline"))
+    assert len(line.strip()) <= 160
+    # The storm's row says the test failed on it, as the test's own verdict does.
+    result.stdout.fnmatch_lines(["test_storms.py::test_one*FAIL vs baseline*regressed: p50 +*"])
 
 
 def test_compare_fail_passes_within_its_threshold(

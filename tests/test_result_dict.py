@@ -133,3 +133,101 @@ def test_every_record_beside_the_figures_is_typed_and_keeps_its_json_key() -> No
     assert result.extras["abandoned"] == {"tasks": 2, "grace_s": 1.0}
     with pytest.raises(TypeError):
         result.extras["abandoned"] = {"tasks": 3}  # type: ignore[index]
+
+
+def _calling(url: str) -> Any:
+    """A WSGI app whose every request makes one call to *url* with httpx."""
+    import httpx
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        with httpx.Client() as client:
+            body = client.get(url).content
+        start_response("200 OK", [])
+        return [body]
+
+    return app
+
+
+def test_upstream_figures_are_records_written_as_the_route_states_them() -> None:
+    from pytest_concurrency import Upstream
+    from pytest_concurrency._model.extras import UpstreamFigures
+
+    url = "http://model.invalid/generate"
+    with Upstream() as upstream:
+        route = upstream.route(url, latency=1, json={"text": "hi"})
+        _call(url, 2)  # before the storm: in the totals, not in the storm's count
+        result = run_storm(_calling(url), users=2, workers=2, requests=6)
+        stated = route.stats()
+    assert result.upstream is not None
+    figures = result.upstream[url]
+    assert isinstance(figures, UpstreamFigures)
+    assert not figures.is_proxy
+    assert (figures.calls, figures.calls_in_storm, figures.errors) == (8, 6, 0)
+    assert figures.waited_ms_p50 is not None
+    assert figures.waited_ms_p50 >= 1.0
+    assert figures.latency == route.latency.describe()
+    # The document keeps the route's statement, key for key and in its order, and then the
+    # storm's own count: the bytes the plain dict gave.
+    document = result.to_dict()["extras"]["upstream"]
+    assert json.dumps(document) == json.dumps({url: {**stated, "calls_in_storm": 6}})
+    # Read as the mapping it was, silently (warnings are errors here).
+    assert figures["calls_in_storm"] == 6
+    assert dict(figures) == document[url]
+    assert figures.get("bytes_up") is None
+    back = StormResult.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert back.upstream == result.upstream
+    assert back.upstream is not None
+    assert back.upstream[url].waited_ms_p99 == figures.waited_ms_p99
+
+
+def _call(url: str, times: int) -> None:
+    import httpx
+
+    with httpx.Client() as client:
+        for _ in range(times):
+            client.get(url)
+
+
+def test_a_proxys_figures_keep_their_kind_order_and_unknown_keys() -> None:
+    from pytest_concurrency._model.extras import UpstreamFigures
+
+    stated = {
+        "kind": "proxy",
+        "target": "db.invalid:5432",
+        "address": "127.0.0.1:40001",
+        "latency": "constant(20 ms)",
+        "upstream_latency": "none",
+        "calls": 3,
+        "in_flight": 0,
+        "max_in_flight": 2,
+        "errors": 0,
+        "timeouts": 0,
+        "resets": 1,
+        "bytes_up": 300,
+        "bytes_down": 900,
+        "chunks_up": 6,
+        "chunks_down": 9,
+        "chunks_delayed": 9,
+        "waited_ms_total": 180.0,
+        "waited_ms_mean": 20.0,
+        "waited_ms_p50": 20.0,
+        "waited_ms_p99": 21.5,
+        "waited_ms_max": 21.5,
+        "calls_in_storm": 3,
+        "bytes_up_in_storm": 300,
+        "bytes_down_in_storm": 900,
+        "chunks_up_in_storm": 6,
+        "chunks_down_in_storm": 9,
+        "from_a_newer_version": [1],
+    }
+    figures = UpstreamFigures.from_dict(stated)
+    assert figures.is_proxy
+    assert (figures.target, figures.resets, figures.chunks_down_in_storm) == (
+        "db.invalid:5432",
+        1,
+        9,
+    )
+    assert figures.unknown == {"from_a_newer_version": [1]}
+    assert json.dumps(figures.to_dict()) == json.dumps(stated)
+    assert UpstreamFigures.from_dict(figures.to_dict()) == figures
+    assert figures != UpstreamFigures.from_dict({**stated, "calls": 4})

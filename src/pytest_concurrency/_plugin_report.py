@@ -19,11 +19,13 @@ from ._baseline.noise import machine_load
 from ._baseline.store import DEFAULT_DIRECTORY, baseline_path, load, load_document, save_merged
 from ._baseline.thresholds import Threshold, parse_compare_fail, with_cpu
 from ._baseline.wording import (
+    VERDICTS,
     comparison_table,
     judgement_head,
     judgement_interval,
     judgement_line,
     saved_block,
+    short_line,
 )
 from ._errors import ConfigError
 from ._model.result import StormResult
@@ -140,7 +142,7 @@ class ReportSession:
         self._problems: list[str] = []
         self._notes: list[str] = []
         self._machine_cache: dict[str, Any] | None = None
-        self._compared: tuple[tuple[tuple[str, str, int], ...], list[Comparison]] | None = None
+        self._compared: dict[tuple[str, str, int], Comparison] = {}
         self.json = setting(config, "json")
         self.html = setting(config, "html")
         self.csv = setting(config, "csv")
@@ -288,7 +290,7 @@ class ReportSession:
         machine = self._machine(with_noise=bool(records))
         doc = session_document(records, machine=machine, scaled=_scale(self.config))
         # The reports carry the baseline's verdicts; a baseline saved from this session does not.
-        reported = self._with_saved_blocks(records)
+        reported = self.with_saved_blocks(records)
         if self.json is not None:
             shown = (
                 doc
@@ -322,17 +324,19 @@ class ReportSession:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def saved_comparisons(self, records: Sequence[StormRecord]) -> list[Comparison]:
-        """*records* against the saved baseline, compared once: the terminal, the Markdown
-        summary and the JSON and HTML reports state the same verdicts."""
+        """*records* against the saved baseline, each storm compared once: the test's own
+        verdict, the terminal, the Markdown summary and the JSON and HTML reports state the
+        same one."""
         assert self.baseline is not None
         # (The noise depends on the machine's load as it is read: compared twice, a verdict
-        # near its threshold could differ between two reports of one session.)
-        keys = tuple(r.key for r in records)
-        if self._compared is None or self._compared[0] != keys:
-            self._compared = (keys, compare(records, self.baseline, noise_for=self._judged()))
-        return self._compared[1]
+        # near its threshold could differ between the test and a report of one session.)
+        missing = [r for r in records if r.key not in self._compared]
+        if missing:
+            found = compare(missing, self.baseline, noise_for=self._judged())
+            self._compared.update(zip((r.key for r in missing), found, strict=True))
+        return [self._compared[r.key] for r in records]
 
-    def _with_saved_blocks(self, records: list[StormRecord]) -> list[StormRecord]:
+    def with_saved_blocks(self, records: list[StormRecord]) -> list[StormRecord]:
         """*records* with each storm's ``comparison`` block against the saved baseline (the
         same list when this session compares with none)."""
         if self.baseline is None or self.compare_with is None or not records:
@@ -393,7 +397,7 @@ class ReportSession:
         tr = terminalreporter
         if self._transported:
             tr.section("storms")
-            for line in storms_table(records):
+            for line in storms_table(self.with_saved_blocks(records)):
                 tr.write_line(line)
         # Under the storms table (the plugin's, or the one above under xdist).
         for line in storm_notes(records):
@@ -440,16 +444,20 @@ class ReportSession:
             tr.write_line(line)
         tr.write_line(noise_statement())
         within = 0
+        name_of = f"baseline {name}"
+        colour = {"regressed": "red", "inconclusive": "yellow", "improved": "green"}
         for c in comparisons:
             title = f"{c.nodeid} · {c.label}" + (f" [{c.index}]" if c.index else "")
-            for j in judgements(c, self.thresholds):
-                if j.verdict == "unchanged":
-                    within += 1
-                    continue
-                colour = {"regressed": "red", "inconclusive": "yellow", "improved": "green"}
-                tr.write_line(
-                    f"{j.verdict}: {title}: {judgement_line(j)}", **{colour[j.verdict]: True}
-                )
+            found = judgements(c, self.thresholds)
+            shown = [j for j in found if j.verdict != "unchanged"]
+            within += len(found) - len(shown)
+            if not shown:
+                continue
+            verdict = min((j.verdict for j in shown), key=VERDICTS.index)
+            tr.write_line(title)
+            tr.write_line("  " + short_line(c, found, against=name_of), **{colour[verdict]: True})
+            for j in shown:
+                tr.write_line(f"    {judgement_line(j)}")
         if within:
             tr.write_line(
                 f"{within} compared figure{'s' if within != 1 else ''} within "
@@ -466,7 +474,7 @@ class ReportSession:
         if self.baseline is None or not self.thresholds or self.compare_with is None:
             return None
         record = StormRecord.from_result(nodeid, index, result)
-        (comparison,) = compare([record], self.baseline, noise_for=self._judged())
+        (comparison,) = self.saved_comparisons([record])
         lines = []
         for j in judgements(comparison, self.thresholds):
             if j.verdict == "regressed":

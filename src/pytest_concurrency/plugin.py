@@ -19,6 +19,7 @@ from ._fixture import StormFixture
 from ._options import add_run_options, disabled, marker_layer, run_layers, scale
 from ._params import BUDGET_NAMES, WEBSOCKET_BUDGETS, WEBSOCKET_NAMES, WORKLOAD_NAMES, resolve
 from ._plugin_report import ReportSession, add_options
+from ._report._records import as_records
 from ._report._terminal import storms_table
 from ._session import STORMS_KEY, SessionStorms
 from ._simio import Upstream
@@ -88,5 +89,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if not rows:
         return
     terminalreporter.section("storms")
-    for line in storms_table(rows):
+    report = config.pluginmanager.getplugin("concurrency-report")
+    records = as_records(rows)
+    if isinstance(report, ReportSession):
+        # A storm's verdict against a saved baseline is in its row, as a control's is.
+        records = report.with_saved_blocks(records)
+    for line in storms_table(records):
         terminalreporter.write_line(line)

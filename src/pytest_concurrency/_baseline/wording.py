@@ -22,9 +22,13 @@ __all__ = [
     "regression_messages",
     "regressions",
     "saved_block",
+    "short_line",
     "show_figure",
     "storm_verdict",
 ]
+
+#: Longest storm verdict line (the details follow on lines of their own).
+LINE_LIMIT = 160
 
 #: A storm's verdicts, the worst first: a storm takes the worst of its figures'.
 VERDICTS = ("regressed", "inconclusive", "improved", "unchanged")
@@ -232,6 +236,51 @@ def judgement_line(j: Judgement) -> str:
     )
 
 
+def _phrase(j: Judgement) -> str:
+    """``cpu +84.2% [+59.4%, +112.8%] >+10%``: the change, its interval, past what."""
+    d = j.delta
+    change = f"{d.relative:+.1%}" if not math.isnan(d.relative) else f"{d.delta:+g}"
+    text = f"{d.figure} {change}"
+    noise = d.noise
+    if noise is not None and noise.unbounded is not None:
+        text += " (unbounded: 1 round)"
+    elif j.has_noise:
+        low, high = (j.low, j.high) if worse_up(j.figure) else (j.high, j.low)
+        text += f" [{_signed(j, low)}, {_signed(j, high)}]"
+    if j.verdict == "regressed":
+        amount = j.threshold.describe().partition(":")[2]
+        text += f" >{'+' if j.relative else ''}{amount}"
+    elif j.verdict == "inconclusive":
+        text += " (noise)"
+    return text.replace("-", "−")
+
+
+def short_line(comparison: Comparison, found: Sequence[Judgement], *, against: str) -> str:
+    """The storm's verdict in one line of at most :data:`LINE_LIMIT` characters: what
+    changed, by how much, whether beyond the noise, against what (worst figures first)."""
+    verdict = storm_verdict(comparison, found)
+    if comparison.deltas is None:
+        return f"new: not in {against}"
+    if not found:
+        return "unmeasured: no threshold judged it (--concurrency-compare-fail names the figures)"
+    # Worst first; among equals CPU per request, which the machine moves least.
+    ranked = sorted(found, key=lambda j: (VERDICTS.index(j.verdict), j.figure != "cpu"))
+    noise = next((j.delta.noise for j in ranked if j.delta.noise is not None), None)
+    tail = ""
+    if noise is not None:
+        tail = f"; {noise.rounds_now} round{'s' if noise.rounds_now != 1 else ''} now"
+        if noise.history:
+            tail += f", {noise.history} saved sessions"
+    head = f"{verdict} vs {against}: "
+    parts = [_phrase(j) for j in ranked]
+    body = ", ".join(parts)
+    while len(parts) > 1 and len(head) + len(body) + len(tail) > LINE_LIMIT:
+        parts.pop()
+        body = ", ".join(parts) + ", …"
+    line = head + body + tail
+    return line if len(line) <= LINE_LIMIT else line[: LINE_LIMIT - 1] + "…"
+
+
 def storm_verdict(comparison: Comparison, found: Sequence[Judgement]) -> str:
     """The storm's verdict: ``new`` (not in the baseline), ``unmeasured`` (no threshold
     judged a figure of it) or the worst of its figures' verdicts."""
@@ -265,15 +314,7 @@ def saved_block(
     found = judgements(comparison, thresholds)
     verdict = storm_verdict(comparison, found)
     judged = {j.figure: j for j in found}
-    if comparison.deltas is None:
-        line = "new: not in the baseline"
-    elif not found:
-        line = (
-            "unmeasured: no threshold judged it (--concurrency-compare-fail names the figures "
-            "to judge)"
-        )
-    else:
-        line = f"{verdict}: " + judgement_line(next(j for j in found if j.verdict == verdict))
+    line = short_line(comparison, found, against=against)
     figures = []
     deltas = comparison.deltas or {}
     for name in sorted(deltas, key=lambda n: n not in judged):

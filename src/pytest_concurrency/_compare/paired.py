@@ -3,14 +3,18 @@
 Both processes import the app by the same import path, each from its own tree, and
 build the same plan; each runs one warm-up round that is thrown away, then they
 alternate A B, B A, A B … (A the control), so a drift of the machine (a neighbour
-starting, a CPU clocking down) falls on both sides of the pairs alike. Each round is a
-sixth of the storm's duration (or request count), so six pairs cost about two storms.
+starting, a CPU clocking down) falls on both sides of the pairs alike. In *duet* order
+(Bulej et al., "Duet benchmarking", 2020) the two rounds of a pair run at once instead:
+a neighbour's burst falls on both rounds of the pair, pairs cost half the time, but each
+side shares the machine with the other. Each round is a sixth of the storm's duration
+(or request count), so six pairs cost about two storms (one in duet).
 
 After :data:`~.stats.MIN_PAIRS` pairs every judged figure is checked after each pair;
 the rounds stop when none is inconclusive or one regressed ("settled"), when the next
 pair would pass the time budget ("time cap"), or when no inconclusive figure could
-settle within it even if its interval narrowed as ``1/sqrt(pairs)`` ("noise too wide"). Both processes are stopped on every exit
-path: the parent terminates them, and each ends itself when its parent disappears.
+settle within it, by the pairs' spread or by its interval narrowing as ``1/sqrt(pairs)``
+("noise too wide"). Both processes are stopped on every exit path: the parent
+terminates them, and each ends itself when its parent disappears.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from .._errors import ConfigError, StormError
 from .._model.result import StormResult
 from .._params import Layer
 from .spec import ChildSpec
-from .stats import MIN_PAIRS, paired_change
+from .stats import MIN_PAIRS, paired_change, projected_half_width
 from .verdict import (
     IDLE_BUSY,
     FigureVerdict,
@@ -62,6 +66,12 @@ MAX_PAIRS = 30
 ROUND_SHARE = 1 / 6
 #: Shortest round, seconds.
 MIN_ROUND_S = 0.2
+
+#: Said of every storm whose pairs ran in duet.
+DUET_NOTE = (
+    "rounds ran in duet: each experiment round shared the machine with a control round, so "
+    "its figures (and the storm's budgets judged on them) are those of half the machine"
+)
 
 _LIVE: set[subprocess.Popen[bytes]] = set()
 
@@ -219,7 +229,15 @@ class Child:
         )
 
     def round(self, timeout: float) -> StormResult:
+        self.start_round()
+        return self.finish_round(timeout)
+
+    def start_round(self) -> None:
+        """Ask for one round (answered by :meth:`finish_round`)."""
         self.conn.send("round")
+
+    def finish_round(self, timeout: float) -> StormResult:
+        """The round asked for by :meth:`start_round`."""
         kind, payload = self.receive(timeout)
         if kind != "done":
             raise StormError(f"the {self.role} process failed: {payload}")
@@ -296,8 +314,13 @@ def _median(values: Sequence[float]) -> float:
 
 
 def could_settle(verdict: FigureVerdict, pairs: int, reachable: int) -> bool:
-    """Whether an inconclusive figure could settle by *reachable* pairs: its interval,
-    narrowed as ``1/sqrt(n)`` around the estimate, would clear its threshold."""
+    """Whether an inconclusive figure could settle by *reachable* pairs.
+
+    Two projections, either enough: the interval as the pairs' spread predicts it on
+    *reachable* pairs (:func:`~.stats.projected_half_width`, around today's estimate),
+    and today's interval narrowed as ``1/sqrt(n)``. The first matters on few pairs: the
+    exact interval on 6 pairs spans every pair (its extremes), far wider than the spread
+    says, and narrows faster than ``1/sqrt(n)`` as pairs are added."""
     change = verdict.change
     if verdict.verdict != "inconclusive" or change is None or change.low <= 0:
         return verdict.verdict == "inconclusive"
@@ -306,9 +329,12 @@ def could_settle(verdict: FigureVerdict, pairs: int, reachable: int) -> bool:
     if not verdict.figure.bigger_is_worse:
         estimate, low, high = -estimate, -high, -low
     shrink = math.sqrt(pairs / max(pairs, reachable))
-    low = estimate - (estimate - low) * shrink
-    high = estimate + (high - estimate) * shrink
-    return low > allowed or high <= allowed
+    narrowed = (estimate - (estimate - low) * shrink, estimate + (high - estimate) * shrink)
+    candidates = [narrowed]
+    if math.isfinite(change.spread):
+        half = projected_half_width(change.spread, max(pairs, reachable))
+        candidates.append((estimate - half, estimate + half))
+    return any(lo > allowed or hi <= allowed for lo, hi in candidates)
 
 
 def _plan_both(
@@ -342,8 +368,12 @@ def run_paired(
     option: str,
     round_timeout: float,
     cpu_named: bool = True,
+    duet: bool = False,
 ) -> PairedOutcome:
     """Run the storm paired until its verdict settles or the budget is spent.
+
+    *duet*: each pair's two rounds run at once (both processes started together) rather
+    than one after the other.
 
     CPU per request that the thresholds did not name (*cpu_named* False) is left out for
     a storm whose threads ran less than :data:`IDLE_BUSY` of its rounds.
@@ -364,10 +394,16 @@ def run_paired(
         while outcome.pairs < MAX_PAIRS:
             first = perf_counter()
             sides = (a, b) if outcome.pairs % 2 == 0 else (b, a)
-            for child in sides:
-                result = child.round(round_timeout)
+            if duet:
+                for child in sides:
+                    child.start_round()
+                got = [(child, child.finish_round(round_timeout)) for child in sides]
+                order.append("[AB]")
+            else:
+                got = [(child, child.round(round_timeout)) for child in sides]
+                order.extend("A" if child is a else "B" for child in sides)
+            for child, result in got:
                 (outcome.control if child is a else outcome.experiment).append(result)
-                order.append("A" if child is a else "B")
                 for name, value in figure_values(result).items():
                     pair = values.setdefault(name, ([], []))
                     pair[0 if child is a else 1].append(value)
@@ -399,6 +435,8 @@ def run_paired(
         else:
             outcome.ended = f"cap of {MAX_PAIRS} pairs"
         outcome.verdicts = verdicts
+        if duet:
+            outcome.notes.append(DUET_NOTE)
         if len(judged) < len(thresholds):
             outcome.notes.append(
                 f"CPU per request not judged: the storm's threads ran {busy:.0%} of its rounds, "

@@ -54,6 +54,12 @@ OPTIONS: dict[str, tuple[str, str]] = {
         "most seconds of paired rounds per storm under --concurrency-control "
         "(default: 4 times the storm's duration); at least 6 pairs always run",
     ),
+    "control_order": (
+        "alternate|duet",
+        "how the paired rounds run under --concurrency-control: alternate (default; one "
+        "after the other, A B, B A, …, each alone on the machine) or duet (both at once: "
+        "half the time, a neighbour's burst falls on both, but each shares the machine)",
+    ),
     "markdown": (
         "PATH",
         "append a Markdown summary of the comparisons (control or baseline), regressions "
@@ -66,6 +72,9 @@ NOTHING_COMPARED = (
     "this session had no comparison to summarise; run it with --concurrency-compare=NAME "
     "(a baseline saved by --concurrency-save=NAME) or --concurrency-control=REF"
 )
+
+#: Values of ``--concurrency-control-order``.
+ORDERS = ("alternate", "duet")
 
 #: Extra seconds a round may take beyond its own length before the storm fails.
 _ROUND_GRACE = 120.0
@@ -96,6 +105,7 @@ class ControlSession:
         self.config = config
         self.control: Control | None = None
         self.budget: float | None = None
+        self.duet = False
         self.thresholds = parse_thresholds(DEFAULT_THRESHOLDS, origin="default")
         #: Whether the thresholds name CPU per request (else it is judged only when it means
         #: something: a storm whose threads were busy).
@@ -113,6 +123,14 @@ class ControlSession:
         time = setting(self.config, "control_time")
         if time is not None:
             self.budget = _seconds(time)
+        order = setting(self.config, "control_order")
+        if order is not None:
+            if order.value not in ORDERS:
+                raise ConfigError(
+                    f"{order.label}={order.value!r} (from {order.origin}) must be one of "
+                    f"{', '.join(ORDERS)}"
+                )
+            self.duet = order.value == "duet"
         if found is None:
             return
         if setting(self.config, "compare") is not None:
@@ -198,6 +216,7 @@ class ControlSession:
             option=option,
             round_timeout=seconds + _ROUND_GRACE,
             cpu_named=self.cpu_named,
+            duet=self.duet,
         )
         return _attach(outcome, self.failing)
 

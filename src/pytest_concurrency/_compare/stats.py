@@ -30,8 +30,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
+from statistics import NormalDist
 
-__all__ = ["MIN_PAIRS", "PairedChange", "paired_change", "signed_rank_cdf", "verdict_of"]
+__all__ = [
+    "MIN_PAIRS",
+    "PairedChange",
+    "paired_change",
+    "projected_half_width",
+    "signed_rank_cdf",
+    "verdict_of",
+]
 
 #: Two-sided confidence of the interval a verdict rests on.
 CONFIDENCE = 0.95
@@ -96,6 +104,9 @@ class PairedChange:
     confidence: float
     control: float
     experiment: float
+    #: Robust spread of the pairs' log-ratios (1.4826 × their median absolute deviation,
+    #: the standard deviation were they normal); NaN when not known.
+    spread: float = math.nan
 
     def to_dict(self) -> dict[str, float | int | None]:
         """Plain data for JSON (an unbounded side is null)."""
@@ -148,7 +159,16 @@ def paired_change(
         confidence=reached,
         control=_median([c for c, _ in kept]),
         experiment=_median([e for _, e in kept]),
+        spread=1.4826 * _median([abs(x - _median(logs)) for x in logs]),
     )
+
+
+def projected_half_width(spread: float, pairs: int, *, confidence: float = CONFIDENCE) -> float:
+    """Half the width, in log-ratio, that the signed-rank interval is expected to have
+    on *pairs* pairs whose log-ratios spread as *spread*: the Hodges–Lehmann estimate's
+    large-sample standard error is ``spread·sqrt(π / (3·n))`` for normal noise."""
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    return z * spread * math.sqrt(math.pi / (3 * max(1, pairs)))
 
 
 def _median(values: Sequence[float]) -> float:

@@ -25,7 +25,7 @@ import anyio.to_thread
 from .._budget import completed, evaluate, evaluate_endpoint, evaluate_pool
 from .._errors import ConfigError, StormError
 from .._locust import build_locustfile, read_back, run_locust
-from .._model.extras import ServerProbes
+from .._model.extras import ServerProbes, UpstreamFigures
 from .._model.remarks import (
     client_bound_warning,
     client_share_warning,
@@ -539,9 +539,9 @@ def _egress_verdicts(rounds: list[StormResult]) -> list[Verdict]:
     return [Verdict("refused_egress", 0.0, float(refused), False)] if refused else []
 
 
-def _warn_uncalled(result: StormResult, routes: dict[str, Any]) -> None:
+def _warn_uncalled(result: StormResult, routes: Mapping[str, UpstreamFigures]) -> None:
     """Say so when declared routes saw no call while the storm's requests failed."""
-    uncalled = [name for name, stats in routes.items() if not stats["calls_in_storm"]]
+    uncalled = [name for name, figures in routes.items() if not figures.calls_in_storm]
     if not uncalled or not (result.failed or result.refused_egress):
         return
     seen = [(kind, error.count) for kind, error in result.errors.items()]
@@ -668,6 +668,7 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
             tls_ports=_tls_ports(),
             tls_ca=ca,
         )
+        _serve_new_hosts(cleanup, guard)
         wait_recorder.start()
         try:
             with guard:
@@ -691,32 +692,49 @@ def _simulated_io(plan: StormPlan) -> Iterator[Callable[[StormResult], StormResu
         _say_shard_proxies(result, routes, plan.config.processes)
 
 
+def _serve_new_hosts(cleanup: ExitStack, guard: EgressGuard) -> None:
+    """Send the hosts of http:// routes declared during the storm to the loopback upstream
+    too (after the upstream has taken the route up), until *cleanup* closes."""
+    for upstream in UPSTREAMS:
+
+        def serve(route: Any, declaration: Any, upstream: Any = upstream) -> None:
+            for host in upstream.http_hosts:
+                guard.serve(host)
+
+        upstream._watch(serve)
+        cleanup.callback(upstream._unwatch, serve)
+
+
 def _routes_in_storm(
     result: StormResult,
     before: Mapping[int, Mapping[str, Mapping[str, int]]],
     undeclared_before: Mapping[int, int],
-) -> dict[str, Any]:
+) -> dict[str, UpstreamFigures]:
     """Each declared route's figures, with its counts over this storm alone; calls to
     undeclared routes are a warning on *result*."""
-    routes: dict[str, Any] = {}
+    routes: dict[str, UpstreamFigures] = {}
     for upstream in UPSTREAMS:
         for name, stats in upstream.stats().items():
             counts_before = before.get(id(upstream), {}).get(name, {})
-            routes[name] = {
-                **stats,
-                **{
-                    f"{count}_in_storm": stats[count] - counts_before.get(count, 0)
-                    for count in _IN_STORM
-                    if count in stats
-                },
-            }
+            routes[name] = UpstreamFigures.from_dict(
+                {
+                    **stats,
+                    **{
+                        f"{count}_in_storm": stats[count] - counts_before.get(count, 0)
+                        for count in _IN_STORM
+                        if count in stats
+                    },
+                }
+            )
         missed = upstream.undeclared_calls - undeclared_before.get(id(upstream), 0)
         if missed:
             result.warnings.append(undeclared_upstream_warning(missed, upstream.undeclared))
     return routes
 
 
-def _say_shard_proxies(result: StormResult, routes: dict[str, Any], processes: int) -> None:
+def _say_shard_proxies(
+    result: StormResult, routes: Mapping[str, UpstreamFigures], processes: int
+) -> None:
     """A latency proxy runs in this process: the delays it gave requests sent from forked
     shards are in its totals, never charged to those requests. Said when it carried any."""
     if processes <= 1:
@@ -724,15 +742,14 @@ def _say_shard_proxies(result: StormResult, routes: dict[str, Any], processes: i
     carried = [
         name
         for name, figures in routes.items()
-        if figures.get("kind") == "proxy"
-        and (figures.get("calls_in_storm", 0) or figures.get("chunks_down_in_storm", 0))
+        if figures.is_proxy and (figures.calls_in_storm or figures.chunks_down_in_storm)
     ]
     if carried:
         result.notes.append(shard_proxy_note(processes, carried))
 
 
 def _say_why_routes_missed(
-    result: StormResult, routes: dict[str, Any], unserved: set[str], *, virtual: bool
+    result: StormResult, routes: Mapping[str, UpstreamFigures], unserved: set[str], *, virtual: bool
 ) -> None:
     """Why declared routes were not reached. On the virtual clock the loopback upstream,
     which clients other than httpx and httpx2 need, is not started: said apart, since the

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import Any
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "ShardShare",
     "SimulatedWaits",
     "StartHooks",
+    "UpstreamFigures",
     "VirtualClock",
     "WaitFigures",
     "WebSocketConnections",
@@ -578,3 +580,109 @@ class Comparison:
             notes=tuple(str(n) for n in data.get("notes") or ()),
             fails=bool(fails) if fails is not None else None,
         )
+
+
+@dataclass(frozen=True, eq=False)
+class UpstreamFigures(Mapping[str, Any]):
+    """One simulated upstream route's or latency proxy's figures, as it states them
+    (``Route.stats``, ``Proxy.stats``) with its counts over the storm alone (``*_in_storm``).
+
+    Read them by attribute (``figures.calls_in_storm``, ``figures.waited_ms_p99``). A figure
+    the statement left out (a route has no bytes or chunks) is None, and left out of
+    :meth:`to_dict` again. The record also reads as the plain mapping the document has
+    under ``extras["upstream"][label]`` (``figures["calls"]``): the form results had before
+    they were typed, kept for code that indexes them.
+    """
+
+    #: ``route``, or ``proxy`` for a latency proxy (a route's document states no kind).
+    kind: str = "route"
+    #: A proxy's target (``host:port``) and the address it listens on.
+    target: str | None = None
+    address: str | None = None
+    #: The latency the route or proxy was declared with (its description), and a proxy's
+    #: latency toward its target.
+    latency: str | None = None
+    upstream_latency: str | None = None
+    #: Counts since the route or proxy was declared (or reset).
+    calls: int | None = None
+    in_flight: int | None = None
+    max_in_flight: int | None = None
+    errors: int | None = None
+    timeouts: int | None = None
+    #: A proxy's connections reset, and what it carried each way.
+    resets: int | None = None
+    bytes_up: int | None = None
+    bytes_down: int | None = None
+    chunks_up: int | None = None
+    chunks_down: int | None = None
+    chunks_delayed: int | None = None
+    #: The simulated waits its calls (or a proxy's chunks) took, in milliseconds.
+    waited_ms_total: float | None = None
+    waited_ms_mean: float | None = None
+    waited_ms_p50: float | None = None
+    waited_ms_p99: float | None = None
+    waited_ms_max: float | None = None
+    #: The counts above over the storm alone.
+    calls_in_storm: int | None = None
+    bytes_up_in_storm: int | None = None
+    bytes_down_in_storm: int | None = None
+    chunks_up_in_storm: int | None = None
+    chunks_down_in_storm: int | None = None
+    #: Figures this version has no field for (a document from another version), written
+    #: back as they came.
+    unknown: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_proxy(self) -> bool:
+        """Whether these are a latency proxy's figures (else a route's)."""
+        return self.kind == "proxy"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``extras["upstream"][label]``: the keys the statement had, in its order."""
+        return dict(self._plain)
+
+    @cached_property
+    def _plain(self) -> dict[str, Any]:
+        data: dict[str, Any] = {} if self.kind == "route" else {"kind": self.kind}
+        for name in _UPSTREAM_FIGURES:
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = value
+        data.update(self.unknown)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UpstreamFigures:
+        """The record back from :meth:`to_dict` (or from ``Route.stats``/``Proxy.stats``)."""
+        known: dict[str, Any] = {}
+        for name, read in _UPSTREAM_FIGURES.items():
+            value = data.get(name)
+            if value is not None:
+                known[name] = read(value)
+        kind = data.get("kind")
+        unknown = {k: v for k, v in data.items() if k != "kind" and k not in _UPSTREAM_FIGURES}
+        return cls(kind=str(kind) if kind is not None else "route", unknown=unknown, **known)
+
+    # -- the mapping the figures were before they were typed
+
+    def __getitem__(self, key: str) -> Any:
+        return self._plain[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._plain)
+
+    def __len__(self) -> int:
+        return len(self._plain)
+
+    def __repr__(self) -> str:
+        stated = ", ".join(f"{k}={v!r}" for k, v in self._plain.items())
+        return f"UpstreamFigures({stated})"
+
+
+#: The figures of :class:`UpstreamFigures` in the order a statement gives them, and how
+#: each reads back.
+_UPSTREAM_FIGURES: dict[str, type] = {
+    f.name: {"str | None": str, "int | None": int, "float | None": float}[str(f.type)]
+    for f in fields(UpstreamFigures)
+    if f.name not in ("kind", "unknown")
+}

@@ -22,6 +22,7 @@ from .extras import (
     ShardFigures,
     SimulatedWaits,
     StartHooks,
+    UpstreamFigures,
     VirtualClock,
     WebSocketConnections,
 )
@@ -515,7 +516,7 @@ class StormResult:
     simulated_waits: SimulatedWaits | None = None
     #: Per simulated upstream route or proxy, keyed by its label, its figures as it
     #: states them (``Route.stats``, ``Proxy.stats``) with the counts taken in the storm.
-    upstream: dict[str, dict[str, Any]] | None = None
+    upstream: dict[str, UpstreamFigures] | None = None
     #: The factor the storm's load was scaled by (``scale=``).
     scale: float | None = None
     #: How the storm ran in forked processes.
@@ -540,14 +541,10 @@ class StormResult:
 
     def _extras_dict(self) -> dict[str, Any]:
         data = dict(self.unknown_extras)
-        for key in _EXTRAS:
+        for key, (_, write) in _EXTRAS.items():
             value = getattr(self, key)
-            if value is None:
-                continue
-            if key in _PLAIN_EXTRAS:
-                data[key] = dict(value) if isinstance(value, dict) else value
-            else:
-                data[key] = value.to_dict()
+            if value is not None:
+                data[key] = write(value)
         return data
 
     @property
@@ -712,31 +709,48 @@ class StormResult:
         )
 
 
-#: The records of the ``extras`` block, by key: how each reads back.
-_EXTRAS: dict[str, Callable[[Any], Any]] = {
-    "samples": lambda d: {int(k): str(v) for k, v in d.items()},
-    "clock": VirtualClock.from_dict,
-    "abandoned": Abandoned.from_dict,
-    "on_start": StartHooks.from_dict,
-    "cpu_contention": ContentionFigures.from_dict,
-    "server_probes": ServerProbes.from_dict,
-    "server_usage": ServerUsage.from_dict,
-    "simulated_waits": SimulatedWaits.from_dict,
-    "upstream": lambda d: {str(k): dict(v) for k, v in d.items()},
-    "scale": float,
-    "shards": ShardFigures.from_dict,
-    "websocket": WebSocketConnections.from_dict,
-    "locust": LocustInvocation.from_dict,
-    "fidelity": FidelityFigures.from_dict,
-    "comparison": Comparison.from_dict,
+def _to_dict(record: Any) -> Any:
+    return record.to_dict()
+
+
+def _upstream_to_dict(figures: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    # A record, or the plain mapping a caller set in its place: the same keys either way.
+    return {label: dict(each) for label, each in figures.items()}
+
+
+def _samples_from_dict(data: Mapping[str, Any]) -> dict[int, str]:
+    return {int(k): str(v) for k, v in data.items()}
+
+
+#: The records of the ``extras`` block, by key: how each reads back, and how it is written.
+#: ``samples`` (status code → a body) and ``scale`` (a factor) are plain typed values.
+_EXTRAS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+    "samples": (_samples_from_dict, dict),
+    "clock": (VirtualClock.from_dict, _to_dict),
+    "abandoned": (Abandoned.from_dict, _to_dict),
+    "on_start": (StartHooks.from_dict, _to_dict),
+    "cpu_contention": (ContentionFigures.from_dict, _to_dict),
+    "server_probes": (ServerProbes.from_dict, _to_dict),
+    "server_usage": (ServerUsage.from_dict, _to_dict),
+    "simulated_waits": (SimulatedWaits.from_dict, _to_dict),
+    "upstream": (
+        lambda d: {str(k): UpstreamFigures.from_dict(v) for k, v in d.items()},
+        _upstream_to_dict,
+    ),
+    "scale": (float, lambda factor: factor),
+    "shards": (ShardFigures.from_dict, _to_dict),
+    "websocket": (WebSocketConnections.from_dict, _to_dict),
+    "locust": (LocustInvocation.from_dict, _to_dict),
+    "fidelity": (FidelityFigures.from_dict, _to_dict),
+    "comparison": (Comparison.from_dict, _to_dict),
 }
-#: Records that are plain data of their own (no ``to_dict``).
-_PLAIN_EXTRAS = frozenset({"samples", "upstream", "scale"})
 
 
 def _extras_from_dict(data: Mapping[str, Any]) -> dict[str, Any]:
     """Keyword arguments of :class:`StormResult` for an ``extras`` block."""
-    known = {key: read(data[key]) for key, read in _EXTRAS.items() if data.get(key) is not None}
+    known = {
+        key: read(data[key]) for key, (read, _) in _EXTRAS.items() if data.get(key) is not None
+    }
     unknown = {key: value for key, value in data.items() if key not in _EXTRAS}
     return {**known, "unknown_extras": unknown}
 

@@ -66,7 +66,10 @@ COMPARISON_SCHEMA: dict[str, Any] = {
         "pairs": {"type": "integer", "minimum": 0},
         "ended": {"type": "string"},
         "seconds": {"type": "number", "minimum": 0},
-        "order": {"type": "string", "description": "rounds in order: A control, B experiment"},
+        "order": {
+            "type": "string",
+            "description": "rounds in order: A control, B experiment, [AB] both at once (duet)",
+        },
         "figures": {
             "type": "array",
             "items": {

@@ -515,6 +515,15 @@ class EgressGuard:
             with self._lock:
                 self._counts[refusal] = self._counts.get(refusal, 0) + 1
 
+    def serve(self, host: str) -> None:
+        """Send *host* to the loopback server too (an http:// route declared while the guard
+        is in place); a no-op for a guard that sends no host to one."""
+        if self._serve_port is None:
+            return
+        with self._lock:
+            # A new set, never one changed in place: lookups on other threads read it unlocked.
+            self._served = self._served | {_normal(host)}
+
     def _serves(self, host: Any) -> bool:
         if not self._served:
             return False

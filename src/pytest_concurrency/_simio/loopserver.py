@@ -23,6 +23,13 @@ connection took up its request: one pipelined behind another waits from the othe
 larger of the two peaks (a lower bound on their sum). The child ends when that socket
 closes: on :meth:`LoopbackProcess.stop`, and on any end of the storm's process, killed
 included (it is in a session of its own, so a Ctrl-C reaches only the storm, which stops it).
+
+A route declared while the child runs (from the app's first request, from a hook) is sent to
+it over the same socket, and answered once the child has it: a route the child can answer
+by itself as above; any other (a handler's, or one whose latency its interpreter cannot
+import) by a thread of the storm's process (``loopback``) started for it, to which the child
+relays those calls, one connection each, so that their handler runs, and they are counted,
+where the routes live.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from typing import Any, cast
 from urllib.parse import unquote
 
 from .._errors import StormError
+from .loopback import LoopbackUpstream
 
 __all__ = ["LoopbackProcess", "collect_live", "portable"]
 
@@ -55,6 +63,8 @@ _COLLECT_TIMEOUT = 10.0
 _STOP_TIMEOUT = 3.0
 _LENGTH = struct.Struct("!Q")
 _COLLECT = b"c"
+#: Followed by a length-prefixed pickle: a route to answer, or one to relay.
+_DECLARE = b"d"
 _PACKAGE = __name__.split(".", 1)[0]
 #: The child's command (``-c``, not ``-m``: the package imports this module first). The
 #: package's ``__init__`` (the whole engine, ≈ 0.3 s) is run only if something the child
@@ -92,14 +102,18 @@ def portable(upstream: Any, *, tls: bool = False) -> bool:
     every declaration pickles, and (with *tls*) the key can reach it in memory."""
     if tls and not hasattr(os, "memfd_create"):
         return False
-    declarations = list(upstream.declarations)
+    return _pickled(list(upstream.declarations)) is not None
+
+
+def _pickled(declarations: list[dict[str, Any]]) -> bytes | None:
+    """The declarations pickled for another process, or None when one cannot go (a handler,
+    or a value that does not pickle)."""
     if any(d.get("handler") is not None for d in declarations):
-        return False
+        return None
     try:
-        pickle.dumps(declarations)
+        return pickle.dumps(declarations)
     except (pickle.PicklingError, AttributeError, TypeError):
-        return False
-    return True
+        return None
 
 
 def collect_live() -> None:
@@ -140,13 +154,22 @@ os.register_at_fork(after_in_child=_forget_in_child)
 
 def _random_states(routes: Sequence[Any]) -> dict[str, Any]:
     """The states of the generators *routes* draw from: the process-wide one, and each
-    route's own (None for a route that draws from the process-wide one)."""
-    from .waits import _default_rng
-
+    route's own by its label (None for a route that draws from the process-wide one)."""
     return {
-        "process": _default_rng.getstate(),
-        "routes": [None if r._rng is _default_rng else r._rng.getstate() for r in routes],
+        "process": _process_rng().getstate(),
+        "routes": {r.label: _route_state(r) for r in routes},
     }
+
+
+def _route_state(route: Any) -> Any:
+    """The state of *route*'s own generator; None when it draws from the process-wide one."""
+    return None if route._rng is _process_rng() else route._rng.getstate()
+
+
+def _process_rng() -> Any:
+    from .waits import _default_rng as rng
+
+    return rng
 
 
 def _send(sock: socket.socket, payload: bytes) -> None:
@@ -189,9 +212,12 @@ class LoopbackProcess:
         self._owner = os.getpid()
         #: The generators' states the child last drew on from (given, or reported).
         self._random: dict[str, Any] = {}
-        #: Why a collect failed, once one has: its answer may still come, in whole or in
-        #: part, so what the control socket reads next is no longer the next collect's.
+        #: Which exchange failed and why, once one has: its answer may still come, in whole
+        #: or in part, so what the control socket reads next is no longer the next one's.
         self._failed: str | None = None
+        #: The thread answering routes declared while the child ran that it cannot answer
+        #: itself (started for the first of them); the child relays their calls to it.
+        self._relayed: LoopbackUpstream | None = None
 
     def start(self) -> LoopbackProcess:
         """Start the child, hand it the routes, and wait until it listens; return self."""
@@ -237,29 +263,16 @@ class LoopbackProcess:
             raise StormError(f"the loopback upstream process did not start: {exc}") from exc
         self.port = int(ready["port"])
         self.tls_port = ready.get("tls_port")
+        self._upstream._watch(self._declared)
         return self
 
     def collect(self) -> None:
         """Add what the child counted since the last collect to the routes and the recorder."""
         from .waits import wait_recorder
 
-        with self._lock:
-            control = self._control
-            if control is None or os.getpid() != self._owner:
-                return
-            if self._failed is not None:
-                raise StormError(
-                    "the loopback upstream process gave no figures: an earlier collect "
-                    f"failed ({self._failed}) and its answer may still be on the way, so "
-                    "answers can no longer be told apart"
-                )
-            try:
-                control.settimeout(_COLLECT_TIMEOUT)
-                control.sendall(_COLLECT)
-                figures = pickle.loads(_receive(control))
-            except (OSError, pickle.UnpicklingError) as exc:
-                self._failed = str(exc) or type(exc).__name__
-                raise StormError(f"the loopback upstream process gave no figures: {exc}") from exc
+        figures = self._exchange(_COLLECT, "collect", "gave no figures")
+        if figures is None:
+            return
         routes = {route.label: route for route in self._upstream.routes}
         for label, counts in figures["routes"].items():
             route = routes.get(label)
@@ -269,16 +282,75 @@ class LoopbackProcess:
         wait_recorder.merge_async(figures["waits"])
         self._draw_on(figures["random"])
 
+    def _exchange(self, message: bytes, kind: str, failing: str) -> Any:
+        """Send *message* (a *kind*) to the child and read its answer (None when no child
+        runs here); a StormError saying the child *failing* when the socket fails."""
+        with self._lock:
+            control = self._control
+            if control is None or os.getpid() != self._owner:
+                return None
+            if self._failed is not None:
+                raise StormError(
+                    f"the loopback upstream process {failing}: an earlier {self._failed} "
+                    "and its answer may still be on the way, so answers can no longer be "
+                    "told apart"
+                )
+            try:
+                control.settimeout(_COLLECT_TIMEOUT)
+                control.sendall(message)
+                return pickle.loads(_receive(control))
+            except (OSError, pickle.UnpicklingError) as exc:
+                self._failed = f"{kind} failed ({str(exc) or type(exc).__name__})"
+                raise StormError(f"the loopback upstream process {failing}: {exc}") from exc
+
+    def _declared(self, route: Any, declaration: dict[str, Any]) -> None:
+        """Hand the child a route declared while it runs, before the caller can call it:
+        to answer itself, or (a handler's, one it cannot load) to relay to a thread here."""
+        if os.getpid() != self._owner:
+            return
+        pickled = _pickled([declaration])
+        if pickled is not None:
+            state = _route_state(route)
+            answer = self._declare({"declarations": pickled, "random": state})
+            if answer is None:
+                return  # no child runs here (it has stopped)
+            if "error" not in answer:
+                self._random["routes"][route.label] = state
+                return
+        relayed = self._relay()
+        self._declare(
+            {
+                "relay": (route.url_prefix, route.method),
+                "port": relayed.port,
+                "tls_port": relayed.tls_port,
+            }
+        )
+
+    def _declare(self, message: dict[str, Any]) -> Any:
+        payload = pickle.dumps(message)
+        framed = _DECLARE + _LENGTH.pack(len(payload)) + payload
+        return self._exchange(framed, "route declaration", "could not take up a route")
+
+    def _relay(self) -> LoopbackUpstream:
+        """The thread answering the routes the child relays (started on first use)."""
+        with self._lock:
+            relayed = self._relayed
+            if relayed is None:
+                tls = _tls_context(self._tls_pem) if self._tls_pem is not None else None
+                relayed = LoopbackUpstream(lambda: [self._upstream], tls=tls).start()
+                self._relayed = relayed
+            return relayed
+
     def _draw_on(self, drawn: dict[str, Any]) -> None:
         """Take up the generators where the child's stopped, each that this process has not
         drawn from since the child took it up (else this process's own draws are kept)."""
-        from .waits import _default_rng
-
+        rng = _process_rng()
         given = self._random
-        if _default_rng.getstate() == given["process"]:
-            _default_rng.setstate(drawn["process"])
-        routes = self._upstream.routes
-        for route, before, after in zip(routes, given["routes"], drawn["routes"], strict=False):
+        if rng.getstate() == given["process"]:
+            rng.setstate(drawn["process"])
+        for route in self._upstream.routes:
+            before = given["routes"].get(route.label)
+            after = drawn["routes"].get(route.label)
             if before is not None and after is not None and route._rng.getstate() == before:
                 route._rng.setstate(after)
         self._random = drawn
@@ -290,6 +362,7 @@ class LoopbackProcess:
                 _LIVE.remove(self)
         if os.getpid() != self._owner:
             return  # a forked copy: the storm's process stops it
+        self._upstream._unwatch(self._declared)
         process = self._process
         if process is not None and process.poll() is None and self._control is not None:
             with contextlib.suppress(StormError):
@@ -298,13 +371,19 @@ class LoopbackProcess:
             control, self._control = self._control, None
         if control is not None:
             control.close()
-        if process is not None:
-            try:
-                process.wait(_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(_STOP_TIMEOUT)
-        self._process = None
+        try:
+            if process is not None:
+                try:
+                    process.wait(_STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(_STOP_TIMEOUT)
+            self._process = None
+        finally:
+            with self._lock:
+                relayed, self._relayed = self._relayed, None
+            if relayed is not None:
+                relayed.stop()
 
 
 # ---------------------------------------------------------------------- the child's side
@@ -359,6 +438,20 @@ class _Answer:
         self.error_body = _ERROR_BODY
 
 
+class _Relay:
+    """Where the calls of a route the child relays go: the storm process's thread's ports."""
+
+    def __init__(self, port: int, tls_port: int | None) -> None:
+        self.port = port
+        self.tls_port = tls_port
+
+
+#: Request headers the relay sets itself (one connection per call, the body as received).
+_HOP_BY_HOP = frozenset(
+    (b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"te", b"upgrade")
+)
+
+
 def _split_host(value: str, default: int) -> tuple[str, int]:
     if value.startswith("["):
         host, _, rest = value[1:].partition("]")
@@ -378,12 +471,34 @@ class _Server:
         for declaration in declarations:
             self.upstream.route(**declaration)
         self.answers = {id(r): _Answer(r) for r in self.upstream.routes}
+        #: Routes declared here only to be relayed, by id: the ports of the thread answering
+        #: them in the storm's process (plain, TLS).
+        self.relayed: dict[int, _Relay] = {}
         self.waits: list[tuple[int, int, float]] = []
         self.connections: set[_Connection] = set()
+
+    def declare(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Take up a route declared while the storm runs: to answer, or to relay."""
+        try:
+            if "relay" in message:
+                url_prefix, method = message["relay"]
+                route = self.upstream.route(url_prefix, method=method)
+                self.relayed[id(route)] = _Relay(message["port"], message["tls_port"])
+                return {"ok": True}
+            (declaration,) = pickle.loads(message["declarations"])
+            route = self.upstream.route(**declaration)
+        except Exception as exc:  # a latency this interpreter cannot import, say
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        if message["random"] is not None:
+            route._rng.setstate(message["random"])
+        self.answers[id(route)] = _Answer(route)
+        return {"ok": True}
 
     def figures(self) -> dict[str, Any]:
         """What was counted since the last call, then forgotten."""
         upstream = self.upstream
+        # A relayed route's calls are counted where the thread answering them runs.
+        answered = [route for route in upstream.routes if id(route) not in self.relayed]
         figures = {
             "routes": {
                 route.label: {
@@ -394,19 +509,20 @@ class _Server:
                     "max_in_flight": route.max_in_flight,
                     "waits_us": list(route._waits_us),
                 }
-                for route in upstream.routes
+                for route in answered
             },
             "waits": self.waits,
             "undeclared_calls": upstream.undeclared_calls,
             "undeclared": list(upstream.undeclared),
-            "random": _random_states(upstream.routes),
+            "random": _random_states(answered),
         }
         self.waits = []
         upstream.reset()  # routes' counts and undeclared calls (calls in flight stay)
         return figures
 
     def match(self, scheme: str, method: str, host: str, target: str) -> Any:
-        """The route answering, or the 502 (head, body) naming why none does."""
+        """The route answering (or the thread it is relayed to), or the 502 (head, body)
+        naming why none does."""
         from .upstream import _DEFAULT_PORTS
 
         # Decoded, as httpx's ``URL.path`` that routes are matched on in-process (and
@@ -417,7 +533,7 @@ class _Server:
         if routes is not None:
             for route in routes:
                 if route._matches(method, path):
-                    return self.answers[id(route)]
+                    return self.relayed.get(id(route)) or self.answers[id(route)]
         import httpx
 
         try:
@@ -435,6 +551,9 @@ class _Parser:
         self._done = done
         self._url = b""
         self._host = ""
+        #: The headers and body of the request being parsed (whole when ``done`` is called).
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
         self.failed = False
         self._impl: Any
         try:
@@ -451,13 +570,19 @@ class _Parser:
     def on_message_begin(self) -> None:
         self._url = b""
         self._host = ""
+        self.headers = []
+        self.body = b""
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
         if name.lower() == b"host":
             self._host = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
 
     def on_message_complete(self) -> None:
         impl = self._impl
@@ -492,12 +617,16 @@ class _Parser:
                 return
             if isinstance(event, h11.Request):
                 self._url = event.target
+                self.headers = list(event.headers)
+                self.body = b""
                 self._host = next(
                     (v.decode("latin-1") for k, v in event.headers if k == b"host"), ""
                 )
                 close = any(k == b"connection" and b"close" in v.lower() for k, v in event.headers)
                 self._keep = not close and event.http_version == b"1.1"
                 self._method = event.method.decode("ascii")
+            elif isinstance(event, h11.Data):
+                self.body += event.data
             elif isinstance(event, h11.EndOfMessage):
                 self._done(self._method, self._url.decode("latin-1"), self._host, self._keep)
             elif event is h11.PAUSED:
@@ -519,11 +648,12 @@ class _Connection(asyncio.Protocol):
         self._scheme = scheme
         self._transport: asyncio.Transport | None = None
         self._parser = _Parser(self._request)
-        self._queue: deque[tuple[str, str, str, bool]] = deque()
+        self._queue: deque[tuple[str, str, str, bool, list[tuple[bytes, bytes]], bytes]] = deque()
         self._busy = False
         self._holding = False
         self._timers: list[asyncio.TimerHandle] = []
         self._route: Any = None
+        self._relaying: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -537,6 +667,9 @@ class _Connection(asyncio.Protocol):
         if self._route is not None:  # a call cut off while waiting or streaming
             self._route._exit()
             self._route = None
+        if self._relaying is not None:  # the client gave up on a relayed call
+            self._relaying.cancel()
+            self._relaying = None
         self._transport = None
 
     def data_received(self, data: bytes) -> None:
@@ -547,7 +680,8 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
     def _request(self, method: str, target: str, host: str, keep: bool) -> None:
-        self._queue.append((method, target, host, keep))
+        parser = self._parser
+        self._queue.append((method, target, host, keep, parser.headers, parser.body))
         if not self._busy:
             self._next()
 
@@ -557,11 +691,15 @@ class _Connection(asyncio.Protocol):
             self._busy = False
             return
         self._busy = True
-        method, target, host, keep = self._queue.popleft()
+        method, target, host, keep, headers, body = self._queue.popleft()
         answer = self._server.match(self._scheme, method, host, target)
         if isinstance(answer, tuple):
             transport.write(answer[0] + answer[1])
             self._finish(keep)
+            return
+        if isinstance(answer, _Relay):
+            request = _relayed_request(method, target, headers, body)
+            self._relaying = asyncio.ensure_future(self._relay(answer, host, request))
             return
         route = answer.route
         route._enter()
@@ -661,12 +799,63 @@ class _Connection(asyncio.Protocol):
 
         self._timers = [asyncio.get_running_loop().call_later(delay, send)]
 
+    async def _relay(self, relay: _Relay, host: str, request: bytes) -> None:
+        """Pass a call to the thread answering its route in the storm's process, and its
+        answer back as it comes; then close the connection, as the answer says."""
+        context: ssl.SSLContext | None = None
+        port: int | None = relay.port
+        if self._scheme == "https":
+            port = relay.tls_port
+            # The storm's own thread on loopback, holding a certificate of the session CA.
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        try:
+            if port is None:
+                raise ConnectionError("no port answers this scheme")
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1",
+                port,
+                ssl=context,
+                server_hostname=_split_host(host, 0)[0] if context is not None else None,
+            )
+        except OSError as exc:
+            if self._transport is not None:
+                head, body = _plain(502, f"the relay to the storm's process failed: {exc}")
+                self._transport.write(head + body)
+                self._transport.close()
+            return
+        try:
+            writer.write(request)
+            while data := await reader.read(65_536):
+                if self._transport is None:
+                    return
+                self._transport.write(data)
+        except OSError:
+            pass
+        finally:
+            writer.transport.abort()
+            self._relaying = None
+        if self._transport is not None:
+            self._transport.close()
+
     def _finish(self, keep: bool) -> None:
         self._timers = []
         if not keep and self._transport is not None:
             self._transport.close()
             return
         self._next()
+
+
+def _relayed_request(
+    method: str, target: str, headers: Sequence[tuple[bytes, bytes]], body: bytes
+) -> bytes:
+    """A call as the thread in the storm's process is sent it: on a connection of its own
+    (``connection: close``, which its answer repeats to the client), the body as received."""
+    lines = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1")]
+    lines += [k + b": " + v + b"\r\n" for k, v in headers if k.lower() not in _HOP_BY_HOP]
+    lines.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
+    return b"".join(lines) + body
 
 
 def _chunk(data: bytes) -> bytes:
@@ -686,6 +875,50 @@ def _tls_context(pem: bytes) -> ssl.SSLContext:
     return context
 
 
+def _control_reader(
+    control: socket.socket, server: _Server, ended: asyncio.Future[None]
+) -> Callable[[], None]:
+    """What reads the storm's messages on *control*: collects and routes, each answered in
+    turn; *ended* is set when the storm's process closes its end."""
+    loop = asyncio.get_running_loop()
+    pending = bytearray()
+
+    def on_control() -> None:
+        try:
+            data = control.recv(65_536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(control.fileno())
+            if not ended.done():
+                ended.set_result(None)
+            return
+        pending.extend(data)
+        while pending:
+            if pending[:1] == _COLLECT:
+                del pending[:1]
+                answer: Any = server.figures()
+            else:  # a route: its length, then its message
+                header = 1 + _LENGTH.size
+                if len(pending) < header:
+                    return
+                (size,) = _LENGTH.unpack(pending[1:header])
+                if len(pending) < header + size:
+                    return
+                message = pickle.loads(bytes(pending[header : header + size]))
+                del pending[: header + size]
+                answer = server.declare(message)
+            control.setblocking(True)
+            try:
+                _send(control, pickle.dumps(answer))
+            finally:
+                control.setblocking(False)
+
+    return on_control
+
+
 async def _serve(control: socket.socket) -> None:
     from .waits import _default_rng
 
@@ -695,7 +928,8 @@ async def _serve(control: socket.socket) -> None:
         states = setup["random"]
         _default_rng.setstate(states["process"])
         server = _Server(setup["declarations"])
-        for route, state in zip(server.upstream.routes, states["routes"], strict=False):
+        for route in server.upstream.routes:
+            state = states["routes"].get(route.label)
             if state is not None:
                 route._rng.setstate(state)
         plain = await loop.create_server(
@@ -719,25 +953,7 @@ async def _serve(control: socket.socket) -> None:
     ended = loop.create_future()
     control.setblocking(False)
 
-    def on_control() -> None:
-        try:
-            data = control.recv(64)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            loop.remove_reader(control.fileno())
-            if not ended.done():
-                ended.set_result(None)
-            return
-        for _ in range(data.count(_COLLECT)):
-            control.setblocking(True)
-            try:
-                _send(control, pickle.dumps(server.figures()))
-            finally:
-                control.setblocking(False)
-
+    on_control = _control_reader(control, server, ended)
     loop.add_reader(control.fileno(), on_control)
     try:
         await ended

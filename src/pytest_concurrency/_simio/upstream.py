@@ -534,6 +534,9 @@ class Upstream:
         """Every ``route(...)`` call's arguments, in order."""
         self.proxies: list[Proxy] = []
         """Every latency proxy declared with ``proxy(...)``, in order."""
+        # Told of each route declared from now on (a loopback server already serving this
+        # upstream, a storm's egress guard): a route may be declared while a storm runs.
+        self._watchers: tuple[Callable[[Route, dict[str, Any]], None], ...] = ()
 
     # -- declaring
 
@@ -559,6 +562,7 @@ class Upstream:
         ``handler(request)`` may return an ``httpx.Response``, a dict or list (JSON), str or
         bytes; ``stream`` sends its chunks with ``chunk_latency`` between them. A fraction
         ``error_rate`` of calls get a 503 and ``timeout_rate`` raise ``httpx.ReadTimeout``.
+        A route declared while a storm runs is answered from then on, whatever the client.
         """
         new = Route(
             url_prefix,
@@ -606,7 +610,19 @@ class Upstream:
                 "seed": seed,
             }
         )
+        for watcher in self._watchers:
+            watcher(new, self.declarations[-1])
         return new
+
+    def _watch(self, watcher: Callable[[Route, dict[str, Any]], None]) -> None:
+        """Call *watcher* with each route declared from now on, and its declaration."""
+        with self._lock:
+            self._watchers = (*self._watchers, watcher)
+
+    def _unwatch(self, watcher: Callable[[Route, dict[str, Any]], None]) -> None:
+        """Stop telling *watcher* of new routes (a no-op when it was not told)."""
+        with self._lock:
+            self._watchers = tuple(w for w in self._watchers if w != watcher)
 
     def proxy(
         self,
