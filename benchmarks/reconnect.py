@@ -1,6 +1,7 @@
 """The project's real-server client against wrk where the server closes every connection.
 
     python benchmarks/reconnect.py [--seconds S] [--users N] [--rounds R] [--workers W]
+                                   [--baseline SRC]
 
 gunicorn with W sync workers (default 8) serves ``GET /items/7`` of the Flask example on
 loopback; a sync worker answers with ``Connection: close``, so each request of either
@@ -9,11 +10,17 @@ of N users aimed at the same server's URL run S seconds each, the first alternat
 between rounds. Printed per round and as medians: requests per second of each, the ratio
 storm / wrk (goal ≥ 0.95), each client's CPU per request (wrk's from the children's
 rusage, the storm's from its process), and the machine's load average.
+
+``--baseline SRC`` adds, in every round, the same storm run by the package found in the
+directory SRC (another checkout's ``src``), the three clients taking turns to go first:
+a change compared with the code before it in one run, on the same server and machine.
+Each storm then runs in a child process of its own, timed there around ``run_storm``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import resource
@@ -69,6 +76,15 @@ def start_gunicorn(workers: int, port: int) -> subprocess.Popen[bytes]:
     raise SystemExit("gunicorn did not start")
 
 
+def stop_gunicorn(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -103,6 +119,46 @@ def run_project(url: str, users: int, seconds: float) -> tuple[float, float]:
     return result.throughput, cpu / max(1, result.requests + result.discarded) * 1e6
 
 
+_CHILD = """
+import json, sys, time, warnings
+sys.path.insert(0, sys.argv[1])
+from examples.flask_app import app
+from pytest_concurrency import ConcurrencyWarning, run_storm
+warnings.simplefilter("ignore", ConcurrencyWarning)
+before = time.process_time()
+result = run_storm(app, "GET", "/items/7", users=int(sys.argv[3]), duration=float(sys.argv[4]),
+                   server=sys.argv[2])
+cpu = time.process_time() - before
+print(json.dumps([result.throughput, cpu / max(1, result.requests + result.discarded) * 1e6,
+                  bool(result.failed)]))
+"""
+
+
+def run_child(src: str, url: str, users: int, seconds: float) -> tuple[float, float]:
+    """(rps, client CPU µs per request) of a storm run by the package in *src*."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, str(ROOT)])}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _CHILD,
+            str(ROOT),
+            url.rsplit("/items", 1)[0],
+            str(users),
+            str(seconds),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        cwd=ROOT,
+    ).stdout
+    rps, cpu, failed = json.loads(out.strip().splitlines()[-1])
+    if failed:
+        raise SystemExit(f"the storm run from {src} failed")
+    return float(rps), float(cpu)
+
+
 def main() -> None:
     warnings.simplefilter("ignore", ConcurrencyWarning)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -110,7 +166,11 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--baseline", metavar="SRC", help="compare with the package in SRC")
     args = parser.parse_args()
+    if args.baseline:
+        compare(args)
+        return
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     port = free_port()
@@ -135,12 +195,7 @@ def main() -> None:
                 flush=True,
             )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_gunicorn(proc)
     med = [statistics.median(column) for column in zip(*rows, strict=True)]
     print(
         f"gunicorn -w {args.workers} sync, {args.users} connections, {args.seconds:g} s each: "
@@ -148,6 +203,51 @@ def main() -> None:
         f"wrk {med[0]:,.0f} rps at {med[2]:.0f} µs CPU/request, storm {med[1]:,.0f} rps at "
         f"{med[3]:.0f} µs"
     )
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Rounds of wrk, the baseline's storm and this checkout's, each going first in turn."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/items/7"
+    here = str(ROOT / "src")
+    runs = {
+        "wrk": lambda: run_wrk(url, args.users, args.seconds),
+        "before": lambda: run_child(args.baseline, url, args.users, args.seconds),
+        "after": lambda: run_child(here, url, args.users, args.seconds),
+    }
+    order = list(runs)
+    rows: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+    ratios: dict[str, list[float]] = {"before": [], "after": []}
+    proc = start_gunicorn(args.workers, port)
+    try:
+        for index in range(args.rounds):
+            turn = order[index % 3 :] + order[: index % 3]
+            got = {name: runs[name]() for name in turn}
+            for name, figures in got.items():
+                rows[name].append(figures)
+            for name, column in ratios.items():
+                column.append(got[name][0] / got["wrk"][0])
+            print(
+                f"round {index + 1} ({', '.join(turn)}): "
+                + "; ".join(f"{n} {r:,.0f} rps {c:.0f} µs" for n, (r, c) in got.items())
+                + f"; before/wrk {ratios['before'][-1]:.2f}, after/wrk {ratios['after'][-1]:.2f}"
+                f"   load {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
+    finally:
+        stop_gunicorn(proc)
+    print(
+        f"gunicorn -w {args.workers} sync, {args.users} connections, {args.seconds:g} s each, "
+        f"{args.rounds} rounds (medians):"
+    )
+    for name in runs:
+        rps = statistics.median(r for r, _ in rows[name])
+        cpu = statistics.median(c for _, c in rows[name])
+        ratio = ""
+        if name in ratios:
+            r = ratios[name]
+            ratio = f", /wrk {statistics.median(r):.2f} ({min(r):.2f}–{max(r):.2f})"
+        print(f"  {name}: {rps:,.0f} rps at {cpu:.0f} µs CPU/request{ratio}")
 
 
 if __name__ == "__main__":

@@ -596,3 +596,175 @@ def test_a_storm_on_a_real_server_runs_its_client_on_uvloop(
     assert result.requests == 10
     assert loops
     assert {module.split(".")[0] for module in loops} == {"uvloop"}
+
+
+class _ClosingServer:
+    """A loopback server thread answering every request with *body* and closing the
+    connection; its reads are small, so that it allocates little itself."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)
+        self.port = self.listener.getsockname()[1]
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> _ClosingServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        self.listener.close()
+
+    def _serve(self) -> None:
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    chunk = conn.recv(1024)
+                    if not chunk:
+                        break
+                    received += chunk
+                conn.sendall(head % len(self.body) + self.body)
+
+
+def test_a_large_response_on_a_reconnected_socket_is_read_whole() -> None:
+    """Reconnected sockets read into one buffer: what each response keeps is its own copy."""
+    # Distinct bytes at every offset, over several reads of the buffer.
+    body = b"".join(b"%08d" % n for n in range(100_000))
+    with _ClosingServer(body) as server:
+        driver = HttpDriver(f"http://127.0.0.1:{server.port}", [Request(path="/")])
+        user = Holder()
+        user.capture = True  # type: ignore[attr-defined]
+
+        async def main() -> list[Exchange]:
+            try:
+                return [await driver.call(0, user) for _ in range(3)]
+            finally:
+                await driver.shutdown(1.0)
+
+        exchanges = anyio.run(main)
+    assert len({id(e._conn) for e in exchanges}) == 3  # the server closed each connection
+    for exchange in exchanges:
+        assert exchange.status == 200
+        assert exchange.nbytes == len(body)
+        assert exchange.body is not None
+        assert b"".join(exchange.body) == body
+
+
+def test_reading_a_reconnected_socket_allocates_no_read_sized_buffer() -> None:
+    """A read of up to 256 KiB from a reconnected socket does not allocate 256 KiB each time
+    (``recv(n)`` does, and that costs more than the rest of the request on loopback)."""
+    import tracemalloc
+
+    with _ClosingServer(b"ok") as server:
+        driver = HttpDriver(f"http://127.0.0.1:{server.port}", [Request(path="/")])
+        user = Holder()
+
+        async def main() -> tuple[int, int]:
+            try:
+                for _ in range(3):  # the first connection, then the reconnect path set up
+                    await driver.call(0, user)
+                tracemalloc.start()
+                try:
+                    before = tracemalloc.get_traced_memory()[0]
+                    for _ in range(10):
+                        assert (await driver.call(0, user)).status == 200
+                    return before, tracemalloc.get_traced_memory()[1]
+                finally:
+                    tracemalloc.stop()
+            finally:
+                await driver.shutdown(1.0)
+
+        before, peak = anyio.run(main)
+    assert peak - before < 64 * 1024
+
+
+@pytest.mark.skipif(not hasattr(__import__("select"), "epoll"), reason="epoll is Linux's")
+def test_reconnected_sockets_are_watched_by_the_loop_as_one_file(
+    gunicorn_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each new connection costs the loop no reader of its own: the loop watches one epoll
+    set holding them."""
+    driver = HttpDriver(gunicorn_server.url, REQUESTS)
+    user = Holder()
+    readers: list[int] = []
+    original = asyncio.SelectorEventLoop.add_reader
+
+    def counted(self: Any, fd: Any, *args: Any) -> Any:
+        readers.append(fd)
+        return original(self, fd, *args)
+
+    monkeypatch.setattr(asyncio.SelectorEventLoop, "add_reader", counted)
+
+    async def main() -> list[int]:
+        try:
+            return [(await driver.call(0, user)).status for _ in range(20)]
+        finally:
+            await driver.shutdown(1.0)
+
+    assert anyio.run(main) == [200] * 20
+    assert len(readers) == 1
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_reconnects_on_either_loop_answer_every_request(
+    gunicorn_server: RunningServer, loop: str
+) -> None:
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    driver = HttpDriver(gunicorn_server.url, REQUESTS)
+    user = Holder()
+
+    async def main() -> list[tuple[int, int]]:
+        try:
+            return [
+                ((e := await driver.call(index, user)).status, e.nbytes)
+                for index in (0, 1, 0, 4, 0)
+            ]
+        finally:
+            await driver.shutdown(1.0)
+
+    got = anyio.run(main, backend_options={"use_uvloop": loop == "uvloop"})
+    answer = len(b'{"received": %d}' % POST_LENGTH)
+    assert got == [(200, 5), (200, answer), (200, 5), (200, 0), (200, 5)]
+
+
+def test_on_uvloop_lasting_connections_stay_on_its_transports_and_closed_ones_reconnect_plain(
+    uvicorn_server: RunningServer, gunicorn_server: RunningServer
+) -> None:
+    """uvloop's C transports carry connections that last (keep-alive); once a server closes
+    a connection after its response, each new one is a plain socket in the driver's set."""
+    pytest.importorskip("uvloop")
+    from pytest_concurrency._drivers.http import _Wire
+
+    def kinds(url: str) -> list[bool]:
+        driver = HttpDriver(url, REQUESTS)
+        users = [Holder() for _ in range(3)]
+
+        async def main() -> list[bool]:
+            wired = []
+            try:
+                async with anyio.create_task_group() as group:
+                    await driver.startup(group, 5.0)
+                for user in users * 2:
+                    exchange = await driver.call(0, user)
+                    assert exchange.status == 200
+                    wired.append(isinstance(exchange._conn.transport, _Wire))
+            finally:
+                await driver.shutdown(1.0)
+            return wired
+
+        return anyio.run(main, backend_options={"use_uvloop": True})
+
+    assert kinds(uvicorn_server.url) == [False] * 6
+    assert kinds(gunicorn_server.url) == [False] + [True] * 5

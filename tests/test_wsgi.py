@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -182,6 +183,58 @@ def test_responses_gunicorn_sends_pass(
     assert result.status_counts == {200: 10}
 
 
+def test_a_response_that_turns_malformed_after_many_good_ones_is_still_caught() -> None:
+    # Checked headers and statuses are remembered; a response that changes after hundreds
+    # of good ones is checked again.
+    served = [0]
+    lock = threading.Lock()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        with lock:
+            served[0] += 1
+            n = served[0]
+        if n > 700:
+            start_response("OK", [("Content-Type", "text/plain")])
+        elif n > 400:
+            start_response("200 OK", [("Content-Type", "text/plain"), ("X-A", "v\r\nX-B: 1")])
+        else:
+            start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    result = run_storm(app, "GET", "/", users=4, workers=2, requests=1000, check=False)
+    assert result.status_counts[200] == 400
+    assert result.errors["InvalidHeader"].count == 300
+    assert result.errors["BadStatus"].count == 300
+
+
+def test_start_response_with_exc_info_replaces_headers_not_yet_sent() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        try:
+            raise ValueError("late failure")
+        except ValueError:
+            start_response("503 Service Unavailable", [("Retry-After", "1")], sys.exc_info())
+        return [b"busy"]
+
+    result = run_storm(app, "GET", "/", requests=20, check=False)
+    assert result.status_counts == {503: 20}
+
+
+def test_start_response_with_exc_info_after_the_body_started_raises_the_apps_error() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        write = start_response("200 OK", [])
+        write(b"partial")
+        try:
+            raise ValueError("failed mid-body")
+        except ValueError:
+            start_response("500 Internal Server Error", [], sys.exc_info())
+        return [b"never"]
+
+    result = run_storm(app, "GET", "/", requests=20, check=False)
+    assert result.errors["ValueError"].count == result.failed == 20
+    assert "failed mid-body" in result.errors["ValueError"].example
+
+
 @pytest.mark.parametrize(("sleep", "timeout_ms"), [(0.35, 300), (0.15, 100)])
 def test_handlers_slower_than_the_timeout_are_timeouts_not_a_crash(
     sleep: float, timeout_ms: int, no_leaked_threads: None
@@ -283,8 +336,7 @@ def test_a_worker_records_become_the_same_integer_records() -> None:
         ((67.0, 67.125, 67.25, 68.5), 404 | 1 << 16),  # finished after its deadline
     ]
     for times, code in rows:
-        tape.times.extend(times)
-        tape.codes.append(code)
+        tape.add(*times, code)
     rec = Recorder()
     tape.into(rec, origin, timeout)
     assert list(rec.start) == [500_000, 1_000_000, 2_000_000, 3_000_000]

@@ -357,6 +357,34 @@ def _plan_both(
             )
 
 
+def _one_pair(
+    a: Child,
+    b: Child,
+    outcome: PairedOutcome,
+    values: dict[str, tuple[list[float], list[float]]],
+    *,
+    duet: bool,
+    timeout: float,
+) -> str:
+    """Run one pair of rounds (A first on even pairs, B first on odd ones), add them to
+    *outcome* and their figures to *values*; return the pair's order (``AB``, ``BA`` or
+    ``[AB]`` in duet)."""
+    sides = (a, b) if outcome.pairs % 2 == 0 else (b, a)
+    if duet:
+        for child in sides:
+            child.start_round()
+        got = [(child, child.finish_round(timeout)) for child in sides]
+    else:
+        got = [(child, child.round(timeout)) for child in sides]
+    for child, result in got:
+        (outcome.control if child is a else outcome.experiment).append(result)
+        for name, value in figure_values(result).items():
+            pair = values.setdefault(name, ([], []))
+            pair[0 if child is a else 1].append(value)
+    outcome.pairs += 1
+    return "[AB]" if duet else "".join("A" if child is a else "B" for child in sides)
+
+
 def run_paired(
     children: Children,
     control: ChildSpec,
@@ -393,21 +421,7 @@ def run_paired(
         pair_seconds = 0.0
         while outcome.pairs < MAX_PAIRS:
             first = perf_counter()
-            sides = (a, b) if outcome.pairs % 2 == 0 else (b, a)
-            if duet:
-                for child in sides:
-                    child.start_round()
-                got = [(child, child.finish_round(round_timeout)) for child in sides]
-                order.append("[AB]")
-            else:
-                got = [(child, child.round(round_timeout)) for child in sides]
-                order.extend("A" if child is a else "B" for child in sides)
-            for child, result in got:
-                (outcome.control if child is a else outcome.experiment).append(result)
-                for name, value in figure_values(result).items():
-                    pair = values.setdefault(name, ([], []))
-                    pair[0 if child is a else 1].append(value)
-            outcome.pairs += 1
+            order.append(_one_pair(a, b, outcome, values, duet=duet, timeout=round_timeout))
             pair_seconds = max(pair_seconds, perf_counter() - first)
             if outcome.pairs >= MIN_PAIRS:
                 busy = _median([busy_share(r) for r in outcome.control + outcome.experiment])

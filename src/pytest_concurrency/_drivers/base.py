@@ -156,6 +156,9 @@ class CheckedHeaders:
 
     def __init__(self) -> None:
         self._known: dict[tuple[Any, ...], int] = {}
+        #: The lists checked so far (as tuples) and their declared length, for a caller
+        #: that looks a list up itself (one dict lookup, no call per response).
+        self.known = self._known
 
     def lookup(self, headers: Any) -> tuple[tuple[Any, ...] | None, int | None]:
         """The cache key of *headers* (None: unhashable, checked each time) and their

@@ -8,19 +8,26 @@ request for this design, about the same with asyncio streams (the protocol keeps
 first-byte time in the parser's callback, without a reader task's wake-ups) and about
 150 µs with h11 parsing in pure Python.
 
-A server that closes every connection (gunicorn's sync workers) makes each request a new
-connection: the first one resolves the host through asyncio; later ones go straight to
-the address it reached, on a plain socket the loop reads (:class:`_Wire`), which cost
-about 40 % less client CPU per request than an asyncio transport each
-(``benchmarks/reconnect.py``). On uvloop, whose transports are C, the loop's own
-connection is used throughout.
+The driver's first connection resolves the host through asyncio; every later one (each
+user's, and a new one per request on a server that closes every connection, as
+gunicorn's sync workers do) goes straight to the address it reached, on a plain
+non-blocking socket (:class:`_Wire`) in an epoll set
+of the driver's own that the loop watches as one file (:class:`_Poller`), reading into
+one preallocated buffer. Per request that is the system calls a C client makes (socket,
+setsockopt, connect, epoll_ctl, send, recv, close) and no asyncio transport, handle or
+selector key; ``benchmarks/reconnect.py --baseline`` measures it against wrk and against
+another checkout. The same path serves every loop (asyncio's and uvloop's).
 """
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import errno
+import select
 import socket
+from collections.abc import Coroutine
+from threading import get_ident
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -89,34 +96,115 @@ class _Transport(Protocol):
     def close(self) -> None: ...
 
 
+class _Poller:
+    """The reconnect path's sockets in one epoll set of their own, which the loop watches as
+    one file: a connection costs one ``epoll_ctl`` to add (its close takes it out), never
+    the loop's own per-file bookkeeping (a handle, a selector key, two ``epoll_ctl``).
+
+    Where there is no epoll (not Linux), each socket is given to the loop's own reader.
+    """
+
+    __slots__ = ("_epoll", "_fd", "_thread", "_wires", "loop", "view")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._thread = get_ident()
+        #: What each socket reads into, handed on at once: ``recv(n)`` would allocate n
+        #: bytes per call (for 256 KiB, about 10 µs: more than the rest of the read).
+        self.view = memoryview(bytearray(_READ))
+        self._wires: dict[int, _Wire] = {}
+        self._epoll = select.epoll() if _EPOLL else None
+        self._fd = -1
+        if self._epoll is not None:
+            self._fd = self._epoll.fileno()
+            loop.add_reader(self._fd, self._ready)
+
+    def current(self) -> bool:
+        """Whether its loop is the one running here (without asyncio's own question,
+        which costs a system call: getpid)."""
+        return self._thread == get_ident() and self.loop.is_running()
+
+    def watch(self, fd: int, wire: _Wire) -> None:
+        """Read *fd* for *wire* from now on."""
+        if self._epoll is None:
+            self.loop.add_reader(fd, wire.readable)
+            return
+        self._epoll.register(fd, _IN)
+        self._wires[fd] = wire
+
+    def writing(self, fd: int, wire: _Wire, on: bool) -> None:
+        """Wait (or stop waiting) for *fd* to take more bytes."""
+        if self._epoll is None:
+            if on:
+                self.loop.add_writer(fd, wire.writable)
+            else:
+                self.loop.remove_writer(fd)
+            return
+        self._epoll.modify(fd, _IN | _OUT if on else _IN)
+
+    def forget(self, fd: int) -> None:
+        """*fd* is about to be closed (which takes it out of the epoll set)."""
+        if self._epoll is None:
+            self.loop.remove_reader(fd)
+            self.loop.remove_writer(fd)
+            return
+        self._wires.pop(fd, None)
+
+    def _ready(self) -> None:
+        wires = self._wires
+        for fd, events in self._epoll.poll(0):  # type: ignore[union-attr]
+            wire = wires.get(fd)
+            if wire is None:
+                continue
+            if events & _OUT:
+                wire.writable()
+            if events & ~_OUT and not wire.closed:
+                wire.readable()
+
+    def close(self) -> None:
+        """Stop watching (every socket has been closed or is abandoned)."""
+        if self._epoll is not None and not self._epoll.closed:
+            self.loop.remove_reader(self._fd)
+            self._epoll.close()
+        self._wires.clear()
+
+
+_EPOLL = hasattr(select, "epoll")
+#: A socket made non-blocking as it is created (Linux), one system call fewer.
+_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+_STREAM = socket.SOCK_STREAM | _NONBLOCK
+_READ = 262144
+_IN = getattr(select, "EPOLLIN", 1)
+_OUT = getattr(select, "EPOLLOUT", 4)
+
+
 class _Wire:
-    """A connected non-blocking socket read through the loop's reader callback: the part of
-    an asyncio transport that one request at a time needs, without its per-connection
+    """A connected non-blocking socket read through a :class:`_Poller`: the part of an
+    asyncio transport that one request at a time needs, without its per-connection
     futures, callbacks and buffers.
 
     A server that closes every connection (gunicorn's sync workers) makes the client
     connect once per request; this is where that cost goes. Writes go straight to the
     socket (the rest, if the kernel took only part, waits for the socket to be writable);
-    reads are handed to the protocol; the end of the connection is reported to it on the
-    next pass of the loop, as asyncio does.
+    reads are handed to the protocol. The end of the connection is reported to the
+    protocol on the next pass of the loop, as asyncio does, unless nothing waits on it
+    (the client closing it once its response is in): then it is marked closed at once.
     """
 
-    __slots__ = ("_closed", "_fd", "_loop", "_pending", "_protocol", "_sock")
+    __slots__ = ("_fd", "_pending", "_poller", "_protocol", "_sock", "closed")
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: _Connection
-    ) -> None:
-        self._loop = loop
+    def __init__(self, poller: _Poller, sock: _socket.socket, protocol: _Connection) -> None:
+        self._poller = poller
         self._sock = sock
         self._fd = sock.fileno()
         self._protocol = protocol
-        self._closed = False
+        self.closed = False
         self._pending = b""
         protocol.connection_made(self)  # type: ignore[arg-type]
-        loop.add_reader(self._fd, self._readable)
+        poller.watch(self._fd, self)
 
     def write(self, data: bytes) -> None:
-        if self._closed:
+        if self.closed:
             return
         if self._pending:
             self._pending += data
@@ -132,9 +220,11 @@ class _Wire:
             sent = 0
         if sent < len(data):
             self._pending = data[sent:]
-            self._loop.add_writer(self._fd, self._writable)
+            self._poller.writing(self._fd, self, True)
 
-    def _writable(self) -> None:
+    def writable(self) -> None:
+        if not self._pending:
+            return
         try:
             sent = self._sock.send(self._pending)
         except (BlockingIOError, InterruptedError):
@@ -144,18 +234,20 @@ class _Wire:
             return
         self._pending = self._pending[sent:]
         if not self._pending:
-            self._loop.remove_writer(self._fd)
+            self._poller.writing(self._fd, self, False)
 
-    def _readable(self) -> None:
+    def readable(self) -> None:
+        view = self._poller.view
         try:
-            data = self._sock.recv(262144)
+            size = self._sock.recv_into(view)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self._lose(exc)
             return
-        if data:
-            self._protocol.data_received(data)
+        if size:
+            # The parser copies what it keeps: the buffer is the next read's.
+            self._protocol.data_received(view[:size])  # type: ignore[arg-type]
         else:
             self._protocol.eof_received()
             self._lose(None)
@@ -168,22 +260,41 @@ class _Wire:
         self._lose(None)
 
     def _lose(self, exc: Exception | None) -> None:
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
-        loop = self._loop
-        loop.remove_reader(self._fd)
-        if self._pending:
-            loop.remove_writer(self._fd)
-            self._pending = b""
+        self.closed = True
+        self._poller.forget(self._fd)
+        self._pending = b""
         self._sock.close()
-        loop.call_soon(self._protocol.connection_lost, exc)
+        protocol = self._protocol
+        if exc is None and protocol.idle():
+            protocol.closed = True  # what connection_lost would do, with nothing waiting
+        else:
+            self._poller.loop.call_soon(protocol.connection_lost, exc)
 
 
 class _Connection(asyncio.Protocol):
     """One client connection; one request in flight at a time."""
 
-    def __init__(self) -> None:
+    __slots__ = (
+        "closed",
+        "exchange",
+        "fault",
+        "head",
+        "interim",
+        "keep_alive",
+        "loop",
+        "parser",
+        "received",
+        "stray",
+        "transport",
+        "used",
+        "waiter",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        #: The loop it runs on, when known (asking asyncio costs a system call, getpid).
+        self.loop = loop
         self.transport: _Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[None] | None = None
@@ -207,7 +318,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.exchange is None:
-            self._unsolicited(f"{len(data)} bytes ({data[:40]!r})")
+            self._unsolicited(f"{len(data)} bytes ({bytes(data[:40])!r})")
             return
         self.received = True
         try:
@@ -242,6 +353,10 @@ class _Connection(asyncio.Protocol):
             self.waiter.set_exception(
                 exc if exc is not None else ServerClosed("the server closed the connection")
             )
+
+    def idle(self) -> bool:
+        """No request waits on this connection: its end has nobody to tell."""
+        return self.exchange is None and (self.waiter is None or self.waiter.done())
 
     def _unsolicited(self, what: str) -> None:
         """Bytes with no request outstanding: fail the connection, never read them as an answer."""
@@ -316,8 +431,8 @@ class _Connection(asyncio.Protocol):
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(exc)
 
-    async def send(self, raw: bytes, exchange: Exchange, head: bool) -> None:
-        """Write *raw* and wait until the whole response has been read."""
+    def send(self, raw: bytes, exchange: Exchange, head: bool) -> asyncio.Future[None]:
+        """Write *raw*; the future returned is done once the whole response has been read."""
         transport = self.transport
         if transport is None or self.closed:
             raise ServerClosed("the connection is closed")
@@ -325,9 +440,9 @@ class _Connection(asyncio.Protocol):
         self.head = head
         self.received = False
         self.used += 1
-        waiter = self.waiter = asyncio.get_running_loop().create_future()
+        waiter = self.waiter = (self.loop or asyncio.get_running_loop()).create_future()
         transport.write(raw)
-        await waiter
+        return waiter
 
     def abort(self) -> None:
         """Close at once (RST), dropping whatever is in flight."""
@@ -367,6 +482,10 @@ class HttpDriver:
         self._connections: set[_Connection] = set()
         #: The (family, address) the first connection reached: later ones go straight there.
         self._address: tuple[int, Any] | None = None
+        #: The reconnect path's sockets, watched as one file by the loop that runs them.
+        self._poller: _Poller | None = None
+        #: New connections go to that address on a plain socket (:class:`_Wire`).
+        self._wired = False
         self._server = server
         self.base_url = base_url
 
@@ -377,32 +496,53 @@ class HttpDriver:
         return f"server at {self.base_url}, over loopback HTTP"
 
     async def _connect(self) -> _Connection:
+        if self._wired:
+            return self._reconnect()
         loop = asyncio.get_running_loop()
-        if self._address is None or type(loop).__module__.startswith("uvloop"):
-            # The first connection resolves the host and tries each of its addresses;
-            # uvloop's transports are written in C and cost less than a Python wire.
-            transport, conn = await loop.create_connection(_Connection, self.host, self.port)
+        transport, conn = await loop.create_connection(_Connection, self.host, self.port)
+        if self._address is None:
+            # The first connection resolves the host and tries each of its addresses.
             sock = transport.get_extra_info("socket")
             self._address = (sock.family, sock.getpeername())
-        else:
-            conn = self._reconnect(loop, *self._address)
+            # uvloop's transports are C: its loop keeps connections that last (keep-alive)
+            # until the server closes one after its response (then each request connects).
+            self._wired = not type(loop).__module__.startswith("uvloop")
+        self._connections.add(conn)
+        return conn
+
+    def _reconnect(self) -> _Connection:
+        """A new connection to the address the first one reached, without asyncio's
+        transport (see :class:`_Wire`)."""
+        poller = self._poller
+        if poller is None or not poller.current():
+            if poller is not None:
+                poller.close()
+            poller = self._poller = _Poller(asyncio.get_running_loop())
+        family, address = self._address  # type: ignore[misc]
+        conn = self._open(poller, family, address)
         self._connections.add(conn)
         return conn
 
     @staticmethod
-    def _reconnect(loop: asyncio.AbstractEventLoop, family: int, address: Any) -> _Connection:
-        """A new connection to the address reached before, without asyncio's transport:
-        on loopback the handshake is done by the time the request is written, and a
-        connection that fails reports it to the request's waiter."""
-        sock = socket.socket(family, socket.SOCK_STREAM)
+    def _open(poller: _Poller, family: int, address: Any) -> _Connection:
+        """A non-blocking connection to *address*: on loopback the handshake is done by the
+        time the request is written, and a connection that fails reports it to the
+        request's waiter.
+
+        The address is the one the first connection reached, through the egress guard
+        (which checked it and applied any redirect); the socket is the C one beneath
+        :class:`socket.socket`, without its Python wrapper's cost per connection.
+        """
+        sock = _socket.socket(family, _STREAM)
         try:
-            sock.setblocking(False)
+            if not _NONBLOCK:
+                sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             code = sock.connect_ex(address)
             if code not in (0, errno.EINPROGRESS):
                 raise OSError(code, f"connect to {address!r}: {errno.errorcode.get(code, code)}")
-            conn = _Connection()
-            _Wire(loop, sock, conn)
+            conn = _Connection(poller.loop)
+            _Wire(poller, sock, conn)
         except BaseException:
             sock.close()
             raise
@@ -426,12 +566,15 @@ class HttpDriver:
         for conn in self._connections:
             conn.close()
         self._connections.clear()
+        if self._poller is not None:
+            self._poller.close()
+            self._poller = None
         await anyio.sleep(0)
 
-    async def call(self, index: int, holder: Any) -> Exchange:
+    def call(self, index: int, holder: Any) -> Coroutine[Any, Any, Exchange]:
         """Send prebuilt request spec *index* and read the whole response."""
         raw, head = self._templates[index]
-        return await self._send(raw, head, holder)
+        return self._send(raw, head, holder)
 
     async def call_request(self, request: Request, holder: Any) -> Exchange:
         """Send a request built on the fly (templated requests pay for encoding it)."""
@@ -446,7 +589,7 @@ class HttpDriver:
             self._drop(conn, holder)
             raise conn.fault
         if conn is None or conn.closed:
-            conn = await self._connect()
+            conn = self._reconnect() if self._wired else await self._connect()
             if holder is not None:
                 holder.conn = conn
         capture = getattr(holder, "capture", False)
@@ -458,7 +601,10 @@ class HttpDriver:
             extra = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in pairs)
             raw = raw[:end] + extra + raw[end:]
         try:
-            exchange = await self._attempt(conn, raw, head, holder, capture)
+            exchange = Exchange(conn, capture)
+            if holder is not None:
+                holder.exchange = exchange  # for a timeout to reach
+            await conn.send(raw, exchange, head)
         except ServerClosed:
             self._connections.discard(conn)
             if conn.used == 1 or conn.received:
@@ -468,7 +614,10 @@ class HttpDriver:
             if holder is not None:
                 holder.conn = conn
             try:
-                exchange = await self._attempt(conn, raw, head, holder, capture)
+                exchange = Exchange(conn, capture)
+                if holder is not None:
+                    holder.exchange = exchange
+                await conn.send(raw, exchange, head)
             except BaseException:
                 self._drop(conn, holder)
                 raise
@@ -476,18 +625,11 @@ class HttpDriver:
             # Cancelled (timeout) or failed mid-response: the connection cannot be reused.
             self._drop(conn, holder)
             raise
-        if not conn.keep_alive or holder is None:
+        if not conn.keep_alive:
+            self._wired = True  # the server closes after its response: plain sockets from now
             self._drop(conn, holder)
-        return exchange
-
-    async def _attempt(
-        self, conn: _Connection, raw: bytes, head: bool, holder: Any, capture: bool
-    ) -> Exchange:
-        """Send *raw* on *conn* once, the exchange on the holder for a timeout to reach."""
-        exchange = Exchange(conn, capture)
-        if holder is not None:
-            holder.exchange = exchange
-        await conn.send(raw, exchange, head)
+        elif holder is None:
+            self._drop(conn, holder)
         return exchange
 
     def _drop(self, conn: _Connection, holder: Any) -> None:

@@ -19,6 +19,7 @@ from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from queue import SimpleQueue
+from struct import Struct
 from time import perf_counter, process_time, sleep
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +117,7 @@ def _status_code(status: object) -> int:
 
 #: Response header lists already checked, with their declared content-length.
 _CHECKED_HEADERS = CheckedHeaders()
+_KNOWN_HEADERS = _CHECKED_HEADERS.known
 
 
 def response_headers(headers: Any) -> int:
@@ -161,46 +163,58 @@ class _StartResponse:
     server would send.
 
     A worker thread keeps one and :meth:`reset` s it before each request (cheaper than a
-    new object per request)."""
+    new object per request). The app is given :attr:`call`, the bound :meth:`start`: an
+    instance's ``__call__`` costs twice a bound method's call. The body has been sent once
+    :attr:`first_byte` is set (the instant of its first byte).
+    """
 
-    __slots__ = ("first_byte", "headers", "length", "sent", "status", "written")
+    __slots__ = ("call", "first_byte", "headers", "length", "status", "writer", "written")
 
     def __init__(self) -> None:
         self.status = 0
-        self.sent = False
         self.first_byte = 0.0
         self.headers: list[tuple[str, str]] = []
         #: The declared content-length (-1: none) and the bytes given to ``write()``.
         self.length = -1
         self.written = 0
+        # Bound once: a bound method made per response is an allocation per response.
+        self.call: Callable[..., Callable[[bytes], Any]] = self.start
+        self.writer: Callable[[bytes], None] = self.write
 
     def reset(self) -> None:
-        """Ready for the next response (what ``__call__`` does not set itself)."""
+        """Ready for the next response (what :meth:`start` does not set itself)."""
         self.status = 0
-        self.sent = False
         self.first_byte = 0.0
-        self.written = 0
 
-    def __call__(self, status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], Any]:
+    def start(self, status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], Any]:
+        """``start_response(status, headers, exc_info=None)``."""
         if exc_info is not None:
-            if self.sent:
+            if self.first_byte:
                 raise exc_info[1].with_traceback(exc_info[2])
         elif self.status:
             raise StartedTwice("start_response called twice without exc_info")
         code = _STATUS_CODES.get(status) if type(status) is str else None
         if code is None:
             code = _status_code(status)
-        self.length = response_headers(headers) if headers or type(headers) is not list else -1
+        if headers and type(headers) is list:
+            try:
+                self.length = _KNOWN_HEADERS[tuple(headers)]  # checked before
+            except (KeyError, TypeError):
+                self.length = response_headers(headers)
+        else:
+            self.length = -1 if type(headers) is list else response_headers(headers)
         self.status = code
         self.headers = headers
-        return self.write
+        self.written = 0
+        return self.writer
+
+    __call__ = start
 
     def write(self, data: bytes) -> None:
         """The legacy ``write()`` callable: the body sent before the iterable's."""
         if not isinstance(data, bytes):
             raise BodyNotBytes(f"write() takes bytes, not {type(data).__name__}")
         if data:
-            self.sent = True
             self.written += len(data)
             if not self.first_byte:
                 self.first_byte = perf_counter()
@@ -217,7 +231,7 @@ def respond(
     ``start_response`` before the body, ``start_response`` twice, a body that is not as long
     as its content-length).
     """
-    result = app(environ, start_response)
+    result = app(environ, start_response.call)
     chunks: list[bytes] | None = None
     size = 0
     try:
@@ -228,19 +242,20 @@ def respond(
                 )
             if chunk:
                 size += len(chunk)
-                if not start_response.sent:
+                if not start_response.first_byte:
                     if not start_response.status:
                         raise NoStartResponse("a body chunk came before start_response")
-                    start_response.sent = True
-                    start_response.first_byte = start_response.first_byte or perf_counter()
+                    start_response.first_byte = perf_counter()
                     if keep or start_response.status >= 400:
                         chunks = []
                 if chunks is not None and (keep or len(chunks) < _SAMPLE_CHUNKS):
                     chunks.append(chunk)
     finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
+        # A list has no close(); any other iterable may (a generator, a file wrapper).
+        if type(result) is not list:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
     status = start_response.status
     if not status:
         raise NoStartResponse("the app returned without calling start_response")
@@ -322,35 +337,54 @@ class _Expired(Exception):
 class _Tape:
     """One worker thread's records as its per-request path takes them.
 
-    Four ``perf_counter()`` instants per request in ``times`` (intended send, picked by the
-    thread, first body byte or 0.0, finished) and one code in ``codes`` (status, endpoint
-    index << 16, error kind << 32): a few appends per request, where a :class:`Recorder`'s
-    seven integer records take several conversions each. :meth:`into` writes those records
-    after the round, off the per-request path.
+    One row of :data:`ROW` per request in ``raw``: four ``perf_counter()`` instants
+    (intended send, picked by the thread, first body byte or 0.0, finished) and one code
+    (status, endpoint index << 16, error kind << 32). Packing a row is one call and one
+    in-place append per request, where appending to typed arrays converts each value
+    apart and a :class:`Recorder`'s seven integer records take several conversions each.
+    :meth:`into` writes those records after the round, off the per-request path.
     """
 
-    __slots__ = ("codes", "times")
+    __slots__ = ("raw",)
+
+    #: A request's row: four doubles and a signed 64-bit code, native order, no padding.
+    ROW = Struct("=ddddq")
+    pack = ROW.pack
+    SIZE = ROW.size
 
     def __init__(self) -> None:
-        self.times = array("d")
-        self.codes = array("q")
+        self.raw = bytearray()
+
+    def add(self, intended: float, picked: float, first: float, finished: float, code: int) -> None:
+        """Record one request (the per-request path packs its row inline instead)."""
+        self.raw += self.pack(intended, picked, first, finished, code)
+
+    @staticmethod
+    def _columns(
+        raw: bytes | bytearray,
+    ) -> tuple[list[float], list[float], list[float], list[float], list[int]]:
+        """The intended, picked, first-byte and finished instants of rows *raw*, and codes."""
+        floats, ints = array("d"), array("q")
+        floats.frombytes(raw)
+        ints.frombytes(raw)
+        values = floats.tolist()
+        return values[0::5], values[1::5], values[2::5], values[3::5], ints[4::5].tolist()
 
     def tail(self, count: int) -> tuple[int, list[int], list[int]]:
         """Requests recorded so far, and the latencies (µs) and statuses of the last *count*
-        (read from another thread while the worker appends: lengths first)."""
-        n = len(self.codes)
-        first = max(0, n - count)
-        times = self.times[4 * first : 4 * n]
-        latencies = [int((times[i + 3] - times[i]) * 1e6) for i in range(0, len(times), 4)]
-        return n, latencies, [code & 0xFFFF for code in self.codes[first:n]]
+        (read from another thread while the worker appends whole rows: length first, then
+        one slice, a copy)."""
+        size = self.SIZE
+        n = len(self.raw) // size
+        rows = self.raw[max(0, n - count) * size : n * size]
+        intended, _, _, finished, codes = self._columns(rows)
+        latencies = [int((f - i) * 1e6) for i, f in zip(intended, finished, strict=True)]
+        return n, latencies, [code & 0xFFFF for code in codes]
 
     def into(self, rec: Recorder, origin: float, timeout: float) -> None:
         """Append this tape's requests to *rec* as integer µs from *origin*; a latency is
         capped at *timeout*, the client's deadline, and a queue wait at the latency."""
-        n = len(self.codes)
-        times = self.times
-        intended, picked = times[0 : 4 * n : 4], times[1 : 4 * n : 4]
-        first, finished = times[2 : 4 * n : 4], times[3 : 4 * n : 4]
+        intended, picked, first, finished, codes = self._columns(self.raw)
         latency = [min(f - i, timeout) for i, f in zip(intended, finished, strict=True)]
         rec.start.fromlist([int((i - origin) * 1e6) for i in intended])
         rec.latency.fromlist([int(x * 1e6) for x in latency])
@@ -360,7 +394,6 @@ class _Tape:
         rec.queue.fromlist(
             [int(min(p - i, x) * 1e6) for i, p, x in zip(intended, picked, latency, strict=True)]
         )
-        codes = self.codes[:n]
         rec.status.fromlist([code & 0xFFFF for code in codes])
         rec.endpoint.fromlist([(code >> 16) & 0xFFFF for code in codes])
         rec.error.fromlist([code >> 32 for code in codes])
@@ -475,8 +508,8 @@ class _PoolRound:
         self.timer_cv = threading.Condition()
         self.timed_out_kind = book.kind(None, ErrorBook.TIMEOUT)
         self.recorders = [Recorder() for _ in range(pool.size)]
+        # A request is done once its row is on its thread's tape (see :meth:`done`).
         self.tapes = [_Tape() for _ in range(pool.size)]
-        self.done_count = [0] * pool.size
         # When each thread picked the request it is serving (0.0 when idle): a handler is
         # judged stuck from its own deadline, not from the storm's.
         self.busy_since = [0.0] * pool.size
@@ -489,6 +522,10 @@ class _PoolRound:
         self.attributing = attribution_on()
         self.helpers: list[threading.Thread] = []
         self.workers: list[threading.Thread] = []
+
+    def done(self) -> int:
+        """Requests completed so far, every thread's (read while they append)."""
+        return sum(len(tape.raw) for tape in self.tapes) // _Tape.SIZE
 
     def fail(self, exc: BaseException) -> None:
         self.failures.append(exc)
@@ -515,7 +552,7 @@ class _PoolRound:
                 backlog.put((when, user))
 
     def dispatcher_main(self) -> None:
-        schedule, dispatched, done_count = self.schedule, self.dispatched, self.done_count
+        schedule, dispatched, done = self.schedule, self.dispatched, self.done
         try:
             for at in schedule.arrivals():
                 wait = at - perf_counter()
@@ -524,7 +561,7 @@ class _PoolRound:
                 if not schedule.take():
                     return
                 # In flight: put in the backlog and not yet completed.
-                if schedule.admits_arrival(at, dispatched[0] - sum(done_count)):
+                if schedule.admits_arrival(at, dispatched[0] - done()):
                     dispatched[0] += 1
                     self.backlog.put((at, -1))
         finally:
@@ -536,8 +573,8 @@ class _PoolRound:
     # a measurable share of a do-nothing app's cost.
     def worker_main(self, slot: int) -> None:  # noqa: PLR0915
         tape = self.tapes[slot]
-        a_time, a_code = tape.times.append, tape.codes.append
-        add_waits, rec = self.recorders[slot].add_waits, tape.codes
+        raw, pack, row_size = tape.raw, tape.pack, tape.SIZE
+        add_waits = self.recorders[slot].add_waits
         schedule, inspector, book = self.schedule, self.inspector, self.book
         backlog, halt, build, pick, users = (
             self.backlog,
@@ -561,7 +598,7 @@ class _PoolRound:
         plain = not schedule.thinks and not schedule.profile.varies
         stop_at = window.stop_at
         timed_out_kind = self.timed_out_kind
-        retired, done_count, busy_since = self.retired, self.done_count, self.busy_since
+        retired, busy_since = self.retired, self.busy_since
         iterations, fail, later = self.iterations, self.fail, self.later
         # One ledger per thread, emptied after each request: the waits the app's code
         # charges while this thread serves a request are that request's.
@@ -574,6 +611,12 @@ class _PoolRound:
         checks = NO_CHECKS
         keep = capture
         index = 0
+        # One request for every send: its template, body and checks, read once.
+        fixed = build is None and len(templates) == 1
+        if fixed:
+            template, body = templates[0]
+            if judges:
+                checks = checks_for(0)
         while True:
             item = get()
             if item is None:
@@ -601,7 +644,9 @@ class _PoolRound:
                 # Its client gave up while it queued: late, it is a timeout, and not served.
                 if picked - intended >= timeout:
                     raise _Expired
-                if build is None:
+                if fixed:
+                    pass
+                elif build is None:
                     template, body = templates[index]
                     if judges:
                         checks = checks_for(index)
@@ -618,9 +663,7 @@ class _PoolRound:
                     environ = template.copy()
                 environ["wsgi.input"] = new_input(body)
                 start_response.status = 0
-                start_response.sent = False
                 start_response.first_byte = 0.0
-                start_response.written = 0
                 busy_since[slot] = picked
                 chunks = respond(app, environ, start_response, keep)
                 status = start_response.status
@@ -644,23 +687,23 @@ class _PoolRound:
             # a check held it, which is named as the failure). The tape caps the latency.
             if finished - intended > timeout and not inspector.check_failed(error):
                 status, error = STATUS_TIMEOUT, timed_out_kind
-            a_time(intended)
-            a_time(picked)
-            a_time(first_byte)
-            a_time(finished)
-            a_code(status | index << 16 | error << 32)
+            # The code is the status alone for the first endpoint and no error (no shifts).
+            code = status | index << 16 | error << 32 if index or error else status
+            raw += pack(intended, picked, first_byte, finished, code)
             if entries:
-                add_waits(entries, origin, len(rec) - 1)
+                add_waits(entries, origin, len(raw) // row_size - 1)
                 entries.clear()
-            done_count[slot] += 1
             if user < 0:
                 continue
+            if plain:
+                # The next send is this completion, until the stop.
+                if finished < stop_at and not halt[0]:
+                    put((finished, user))
+                else:
+                    retired[slot] += 1
+                continue
             try:
-                again = (
-                    (finished if finished < stop_at else None)
-                    if plain
-                    else next_send(user, finished)
-                )
+                again = next_send(user, finished)
             except BaseException as exc:  # a think-time sampler that failed
                 fail(exc)
                 return
@@ -743,7 +786,7 @@ class _PoolRound:
     def wait(self, population: int) -> bool:
         """Wait for the round's end (deadline, users retired, requests spent, a failure);
         True when it ended because nothing completed for a whole timeout."""
-        schedule, done_count, failures = self.schedule, self.done_count, self.failures
+        schedule, done, failures = self.schedule, self.done, self.failures
         deadline = schedule.window.deadline
         total = schedule.window.total
         # A request-count storm has no stop time: it also ends once nothing has completed
@@ -752,12 +795,12 @@ class _PoolRound:
         completed, progress_at = 0, perf_counter()
         while perf_counter() < deadline and not failures:
             if schedule.open:
-                if self.dispatched[1] and sum(done_count) >= self.dispatched[0]:
+                if self.dispatched[1] and done() >= self.dispatched[0]:
                     return False
             elif sum(self.retired) >= population:
                 return False
             if total is not None:
-                now_done = sum(done_count)
+                now_done = done()
                 if now_done >= total:
                     return False
                 now = perf_counter()
