@@ -342,13 +342,16 @@ class AsgiDriver:
                     (k.lower().encode("latin-1"), v.encode("latin-1"))
                     for k, v in checked_user_headers(user.header_pairs())
                 )
-        exchange = Exchange(body, capture, scope["method"] == "HEAD")
+        exchange = Exchange(body, capture, scope_template["method"] == "HEAD")
         if holder is not None:
             holder.exchange = exchange
         try:
             await self.app(scope, exchange.receive, exchange.send)
         finally:
-            exchange.close()
+            # exchange.close() written out: every request passes here.
+            closed = exchange._closed
+            if closed is not None:
+                closed.set()
         if exchange.violation is not None:
             raise exchange.violation
         if exchange.status and not exchange.done and not exchange._gone:

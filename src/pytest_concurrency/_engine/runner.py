@@ -25,6 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import types
+from collections.abc import Coroutine, Generator
+from time import perf_counter
 from typing import Any
 
 import anyio
@@ -33,10 +36,10 @@ import anyio.lowlevel
 from .. import _clock as clock
 from .._checks import NO_CHECKS, Checks
 from .._drivers.base import AsyncDriver
-from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook, Recorder
+from .._metrics import STATUS_EXCEPTION, STATUS_TIMEOUT, ErrorBook
 from .._metrics.fold import RunFigures
-from .._metrics.records import LiveRecords
-from .._probes.attribution import Ledger, OwnSteps, attributing, bind
+from .._metrics.records import LiveRecords, RawRecords
+from .._probes.attribution import LONG_STEP, Ledger, OwnSteps, attributing, bind
 from .._tasks import ABANDON_GRACE, TaskSet
 from .._workload import RequestMix
 from .inspect import Inspector
@@ -113,6 +116,14 @@ async def _checkpoint(_: float) -> None:
     await anyio.lowlevel.checkpoint()
 
 
+@types.coroutine
+def _turn(_: float) -> Generator[None, None, None]:
+    """Give the others ready on an asyncio loop their turn: what ``asyncio.sleep(0)`` does
+    (a bare yield, which the task answers by scheduling itself again), in one frame
+    rather than two."""
+    yield
+
+
 class AsyncRunner:
     """Executes a :class:`Schedule` with an :class:`AsyncDriver` on the running loop."""
 
@@ -131,14 +142,14 @@ class AsyncRunner:
         self.driver = driver
         self.mix = mix
         self.timeout = schedule.timeout
-        self.rec = rec = Recorder()
+        #: The round's records, in seconds until the round ends (``RawRecords.recorder``).
+        self.rec = rec = RawRecords()
         self.origin = schedule.origin
         # Bound once: recording is on every request's path.
         self._appends = (
             rec.start.append,
             rec.latency.append,
-            rec.ttfb.append,
-            rec.queue.append,
+            rec.first.append,
             rec.status.append,
             rec.endpoint.append,
             rec.error.append,
@@ -159,7 +170,7 @@ class AsyncRunner:
         self.slots: set[Slot] = set()
         self.alive = 0
         self.in_flight: list[tuple[float, int]] = []
-        self.yield_now: Any = asyncio.sleep if running_loop() is not None else _checkpoint
+        self.yield_now: Any = _turn if running_loop() is not None else _checkpoint
         self.iterations: dict[int, int] = {}
         self.arrivals_done = False
         #: Users, arrivals and the monitor: a request whose app ignores its cancellation
@@ -177,11 +188,10 @@ class AsyncRunner:
     def record(
         self, intended: float, latency: float, first: float, status: int, error: int, index: int
     ) -> None:
-        start, latency_, ttfb, queue, status_, endpoint, error_ = self._appends
-        start(int((intended - self.origin) * 1e6))
-        latency_(int(latency * 1e6))
-        ttfb(int((first - intended) * 1e6) if first else -1)
-        queue(-1)
+        start, latency_, first_, status_, endpoint, error_ = self._appends
+        start(intended)
+        latency_(latency)
+        first_(first)
         status_(status)
         endpoint(index)
         error_(error)
@@ -202,98 +212,177 @@ class AsyncRunner:
             return status, error, self.timeout, first  # a check held it: named as such
         return STATUS_TIMEOUT, self.timeout_kind, self.timeout, 0.0
 
+    def built(self, slot: Slot, user: int) -> tuple[int, Checks, Coroutine[Any, Any, Any]]:
+        """The endpoint, checks and call of a request the mix's factory builds for *user*."""
+        iteration = self.iterations.get(user, 0)
+        self.iterations[user] = iteration + 1
+        request = self.mix.build(slot.user if slot.user is not None else user, iteration)
+        index = self.mix.intern(request.label)
+        checks = self.inspector.checks_for(index, request)
+        if checks.needs_body:
+            slot.capture = True  # a request made mid-storm brings its own checks
+        return index, checks, self.driver.call_request(request, slot)
+
+    async def judged(
+        self, slot: Slot, index: int, checks: Checks, exchange: Any
+    ) -> tuple[int, int]:
+        """Status and error of a response that came back: none, or one to look at."""
+        status = exchange.status
+        if not status:
+            return STATUS_EXCEPTION, self.book.kind(None, "NoResponse")
+        if checks.awaits:
+            # The response is in: an async check is held to its own deadline, not the
+            # request's timeout (which would record it as a timeout, unnamed).
+            slot.since = 0.0
+            seen = self.inspector.seen(slot.user, status, exchange.headers, exchange.body)
+            return status, await self.inspector.ajudged(index, checks, seen)
+        if exchange.headers is not None:
+            return status, self.inspector.look(
+                slot.user, index, checks, status, exchange.headers, exchange.body
+            )
+        return status, self.inspector.look(None, index, checks, status, None, None)
+
     async def serve(self, slot: Slot, intended: float, user: int) -> float:
-        """Send one request and record it; return when it completed."""
-        if self.prepared:
-            index = 0 if self.single else self.pick()
-            checks = self.inspector.checks_for(index) if self.judges else NO_CHECKS
-            call = self.driver.call(index, slot)
-        else:
-            iteration = self.iterations.get(user, 0)
-            self.iterations[user] = iteration + 1
-            request = self.mix.build(slot.user if slot.user is not None else user, iteration)
-            index = self.mix.intern(request.label)
-            checks = self.inspector.checks_for(index, request)
-            if checks.needs_body:
-                slot.capture = True  # a request made mid-storm brings its own checks
-            call = self.driver.call_request(request, slot)
-        slot.index = index
-        if clock.now() - intended >= self.timeout:
-            # The client gave up before the loop let it send.
-            call.close()
-            self.record_timeout(slot, intended)
-            return intended + self.timeout
-        slot.since = intended
-        book = slot.book
-        if book is None:
-            if self.attributing:
-                book = self.bind_ledger(slot)
-        elif book.entries:
-            book.entries.clear()
-        error = 0
-        steps = slot.steps  # kept from the user's previous request, on the same ledger
-        if steps is not None:
-            steps.coro = call
-        elif book is not None and self.own_steps:
-            steps = slot.steps = OwnSteps(call, book, self.progress)
-        try:
-            exchange = await (call if steps is None else steps)
-        except Exception as exc:
-            status, first, error = STATUS_EXCEPTION, 0.0, self.book.kind(exc)
-        except (SystemExit, KeyboardInterrupt) as exc:
-            # The app's own exit or interrupt is the app's failure; a real Ctrl-C is not.
-            if not app_interrupt(exc):
-                raise
-            status, first, error = STATUS_EXCEPTION, 0.0, self.book.kind(exc)
-        else:
-            status, first = exchange.status, exchange.first_byte
-            if not status:
-                status, error = STATUS_EXCEPTION, self.book.kind(None, "NoResponse")
-            elif checks.awaits:
-                # The response is in: an async check is held to its own deadline, not the
-                # request's timeout (which would record it as a timeout, unnamed).
+        """Send one request and record it; return when it completed (a runner of another
+        kind serves its own way)."""
+        return await self.requests(slot, intended, user)
+
+    # long: every request's path, one call per user; each call split out of it is a share
+    # of what the engine adds to a request.
+    async def requests(  # noqa: PLR0915
+        self, slot: Slot, intended: float, user: int, *, closed: bool = False
+    ) -> float:
+        """Send one request and record it; return when it completed.
+
+        *closed*: go on as a closed-model user whose first request is due and has had its
+        turn, with each next one: when it is due, after a turn given to the others, while
+        the schedule hands out requests. Return when the last completed (or the user timed
+        out: ``slot.timed_out``).
+
+        Every request's path: what it reads is read once, and calls are written out rather
+        than made (each one is a share of what the engine adds to a request).
+        """
+        prepared, single, judges, pick = self.prepared, self.single, self.judges, self.pick
+        inspector, errors, call_of = self.inspector, self.book, self.driver.call
+        timeout, attributing, own_steps = self.timeout, self.attributing, self.own_steps
+        start, latency_, first_, status_, endpoint, error_ = self._appends
+        schedule = self.schedule
+        counter, limit = schedule.counter, schedule.window.total
+        stop_at = schedule.window.stop_at
+        # schedule.next_send() written out for the common case (no think time, no stages).
+        plain = not schedule.thinks and not schedule.profile.varies
+        yield_now = self.yield_now
+        while True:
+            if prepared:
+                index = 0 if single else pick()
+                checks = inspector.checks_for(index) if judges else NO_CHECKS
+                call = call_of(index, slot)
+            else:
+                index, checks, call = self.built(slot, user)
+            slot.index = index
+            if clock.now() - intended >= timeout:
+                # The client gave up before the loop let it send.
+                call.close()
+                self.record_timeout(slot, intended)
+                done = intended + timeout
+            else:
+                slot.since = intended
+                book = slot.book
+                if book is None:
+                    if attributing:
+                        book = self.bind_ledger(slot)
+                elif book.entries:
+                    book.entries.clear()
+                error = 0
+                try:
+                    if book is None or not own_steps:
+                        exchange = await call
+                    else:
+                        # The request's steps are timed (see OwnSteps). Its first step runs
+                        # here: most requests complete in it, and need no wrapper.
+                        steps = slot.steps
+                        if steps is None:
+                            steps = slot.steps = OwnSteps(call, book, self.progress)
+                        progress = steps.progress
+                        began = perf_counter()
+                        try:
+                            yielded = call.send(None)
+                        except StopIteration as returned:
+                            exchange = returned.value
+                            suspended = False
+                        else:
+                            suspended = True
+                        finally:
+                            progress[0] = ended = perf_counter()
+                            if ended - began >= LONG_STEP:
+                                steps.own(began, ended - began)
+                        if suspended:
+                            # It waits for something: the wrapper hands the loop what it
+                            # awaits and times each of its later steps.
+                            steps.resume(call, yielded)
+                            exchange = await steps
+                except Exception as exc:
+                    status, first, error = STATUS_EXCEPTION, 0.0, errors.kind(exc)
+                except (SystemExit, KeyboardInterrupt) as exc:
+                    # The app's own exit or interrupt is the app's failure; a real Ctrl-C
+                    # is not.
+                    if not app_interrupt(exc):
+                        raise
+                    status, first, error = STATUS_EXCEPTION, 0.0, errors.kind(exc)
+                else:
+                    status, first = exchange.status, exchange.first_byte
+                    if not status or checks is not NO_CHECKS or exchange.headers is not None:
+                        status, error = await self.judged(slot, index, checks, exchange)
+                done = clock.now()
                 slot.since = 0.0
-                error = await self.inspector.ajudged(
-                    index,
-                    checks,
-                    self.inspector.seen(slot.user, status, exchange.headers, exchange.body),
-                )
-            elif exchange.headers is not None:
-                error = self.inspector.look(
-                    slot.user, index, checks, status, exchange.headers, exchange.body
-                )
-            elif checks is not NO_CHECKS:
-                error = self.inspector.look(None, index, checks, status, None, None)
-        done = clock.now()
-        slot.since = 0.0
-        if slot.timed_out:
-            return done  # the monitor counted it at its deadline
-        latency = done - intended
-        if latency >= self.timeout:
-            status, error, latency, first = self.past_timeout(status, error, first)
-        self.record(intended, latency, first, status, error, index)
-        if book is not None and book.entries:
-            self.rec.add_waits(book.entries, self.origin)
-        return done
+                if slot.timed_out:
+                    return done  # the monitor counted it at its deadline
+                latency = done - intended
+                if latency >= timeout:
+                    status, error, latency, first = self.past_timeout(status, error, first)
+                # self.record() written out.
+                start(intended)
+                latency_(latency)
+                first_(first)
+                status_(status)
+                endpoint(index)
+                error_(error)
+                if book is not None and book.entries:
+                    self.rec.add_waits(book.entries, self.origin)
+            if not closed:
+                return done
+            # The user's next request, as user() below decides it.
+            following = (
+                (done if done < stop_at else None) if plain else schedule.next_send(user, done)
+            )
+            if following is None:
+                return done
+            intended = following
+            if intended > done:  # not back to back: think time, a stage
+                await sleep_until(intended)
+            await yield_now(0)
+            if limit is not None and next(counter) >= limit:
+                return done
 
     # -- closed model -------------------------------------------------------------------
 
     async def user(self, uid: int, intended: float | None, slot: Slot) -> None:
         schedule = self.schedule
-        take, next_send, serve, yield_now = (
-            schedule.take,
-            schedule.next_send,
-            self.serve,
-            self.yield_now,
-        )
-        done = 0.0
+        next_send, serve, yield_now = schedule.next_send, self.serve, self.yield_now
+        # One request after another in requests() itself (one call per user, not per
+        # request), unless a runner of another kind serves its own way.
+        whole = type(self).serve is AsyncRunner.serve
         try:
+            done = 0.0
             while intended is not None:
                 if intended > done:  # not back to back: think time, a stagger, a stage
                     await sleep_until(intended)
                 await yield_now(0)
-                if not take():
+                if not schedule.take():
                     break
+                if whole:
+                    await self.requests(slot, intended, uid, closed=True)
+                    return
                 done = await serve(slot, intended, uid)
                 if slot.timed_out:
                     return
@@ -315,9 +404,10 @@ class AsyncRunner:
     ) -> None:
         loop = asyncio.get_running_loop()
         intended: float | None = first
+        serve = self.requests if type(self).serve is AsyncRunner.serve else self.serve
         try:
             while intended is not None:
-                await self.serve(slot, intended, -1)
+                await serve(slot, intended, -1)
                 if slot.timed_out or self.arrivals_done:
                     return
                 waiter: asyncio.Future[float | None] = loop.create_future()
@@ -438,7 +528,7 @@ class AsyncRunner:
         cpu = time.thread_time() - cpu_before
         wall = clock.now() - wall_before
         return RunFigures(
-            self.rec,
+            self.rec.recorder(self.origin),
             self.book,
             window,
             cpu,

@@ -27,6 +27,7 @@ __all__ = [
     "LatencyStats",
     "LiveRecords",
     "Moments",
+    "RawRecords",
     "Recorder",
     "is_failure",
     "latency_stats",
@@ -283,3 +284,55 @@ class Recorder:
         for rec in recorders:
             merged.extend(rec)
         return merged
+
+
+class RawRecords:
+    """An async round's records as its requests complete: instants in seconds, kept as read.
+
+    Turning instants into integer microseconds costs more than the appends themselves;
+    it waits until the round has ended (:meth:`recorder`), which gives exactly the
+    integers a :class:`Recorder` filled on the way would hold. ``start`` is the intended
+    send time, ``latency`` the latency in seconds, ``first`` the first byte's instant
+    (0.0: none). A live line reads :meth:`tail` meanwhile.
+    """
+
+    __slots__ = ("_waits", "endpoint", "error", "first", "latency", "start", "status")
+
+    def __init__(self) -> None:
+        self.start = array("d")
+        self.latency = array("d")
+        self.first = array("d")
+        self.status = array("i")
+        self.endpoint = array("H")
+        self.error = array("H")
+        #: The waits charged to the requests, already in their final form.
+        self._waits = Recorder()
+
+    def __len__(self) -> int:
+        return len(self.latency)
+
+    def add_waits(
+        self, entries: Iterable[tuple[str, str, float, float]], origin: float, at: int = -1
+    ) -> None:
+        """Keep a ledger's entries as the waits of request *at* (default: the last recorded)."""
+        self._waits.add_waits(entries, origin, len(self.latency) - 1 if at < 0 else at)
+
+    def tail(self, count: int) -> tuple[int, list[int], list[int]]:
+        """Requests recorded so far, and the latencies (µs) and statuses of the last *count*."""
+        n = len(self.latency)
+        first = max(0, n - count)
+        return n, [int(x * 1e6) for x in self.latency[first:n]], self.status[first:n].tolist()
+
+    def recorder(self, origin: float) -> Recorder:
+        """The records as a :class:`Recorder`: times in µs, ``start`` from *origin*."""
+        rec = self._waits
+        n = len(self.latency)
+        rec.start = array("q", [int((s - origin) * 1e6) for s in self.start])
+        rec.latency = array("q", [int(x * 1e6) for x in self.latency])
+        pairs = zip(self.start, self.first, strict=True)
+        rec.ttfb = array("q", [int((f - s) * 1e6) if f else -1 for s, f in pairs])
+        rec.queue = array("q", [-1]) * n
+        rec.status = self.status
+        rec.endpoint = self.endpoint
+        rec.error = self.error
+        return rec

@@ -146,6 +146,10 @@ _NOWHERE = [0.0]
 LONG_STEP = 0.001
 
 
+#: No step awaits handing to the loop (see :meth:`OwnSteps.resume`).
+_NOTHING: Any = object()
+
+
 class OwnSteps:
     """Awaits a request's coroutine, keeping each step of its own code that held the loop
     for :data:`LONG_STEP` or more as an :data:`OWN` entry of its ledger.
@@ -154,9 +158,13 @@ class OwnSteps:
     the fold leaves these steps out of the stalls it charges to the request. The end of
     every step is written to *progress* (a one-item list a loop monitor reads): the loop
     ran its callbacks until then, so no call can have held it for longer since.
+
+    A caller may run a request's first step itself, timed the same way (:meth:`own` keeps
+    it when long), and await the wrapper only if the request suspended
+    (:meth:`resume`): most requests complete in their first step.
     """
 
-    __slots__ = ("_book", "_progress", "coro")
+    __slots__ = ("_book", "_pending", "coro", "progress")
 
     def __init__(
         self, coro: Coroutine[Any, Any, _T], book: Ledger, progress: list[float] | None = None
@@ -165,7 +173,15 @@ class OwnSteps:
         #: ledger may set the next one here and await the same wrapper again.
         self.coro: Coroutine[Any, Any, Any] = coro
         self._book = book
-        self._progress = _NOWHERE if progress is None else progress
+        #: Where the end of each step is written.
+        self.progress = _NOWHERE if progress is None else progress
+        self._pending: Any = _NOTHING
+
+    def resume(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
+        """Await *coro* next, whose first step the caller ran and which yielded *yielded*:
+        the wrapper hands that to the loop first, then times the steps that follow."""
+        self.coro = coro
+        self._pending = yielded
 
     def __await__(self) -> OwnSteps:
         return self
@@ -174,43 +190,50 @@ class OwnSteps:
         return self
 
     def __next__(self) -> Any:
+        pending = self._pending
+        if pending is not _NOTHING:
+            self._pending = _NOTHING
+            return pending
         # `send(None)` written out: the loop resumes a request through here at every step,
         # and one call less is a tenth of the wrapper's cost.
-        progress = self._progress
+        progress = self.progress
         began = perf_counter()
         try:
             return self.coro.send(None)
         finally:
             progress[0] = ended = perf_counter()
             if ended - began >= LONG_STEP:
-                self._own(began, ended - began)
+                self.own(began, ended - began)
 
     def send(self, value: Any) -> Any:
         """Run one step of the request."""
-        progress = self._progress
+        progress = self.progress
         began = perf_counter()
         try:
             return self.coro.send(value)
         finally:
             progress[0] = ended = perf_counter()
             if ended - began >= LONG_STEP:
-                self._own(began, ended - began)
+                self.own(began, ended - began)
 
     def throw(self, *args: Any) -> Any:
         """Raise into the request (a cancellation, a timeout)."""
+        self._pending = _NOTHING
         began = perf_counter()
         try:
             return self.coro.throw(*args)
         finally:
-            ended = self._progress[0] = perf_counter()
+            ended = self.progress[0] = perf_counter()
             if ended - began >= LONG_STEP:
-                self._own(began, ended - began)
+                self.own(began, ended - began)
 
     def close(self) -> None:
         """Close the request's coroutine."""
+        self._pending = _NOTHING
         self.coro.close()
 
-    def _own(self, began: float, took: float) -> None:
+    def own(self, began: float, took: float) -> None:
+        """Keep a step of the request's own code that began at *began* and took *took* s."""
         # Steps are timed on the wall clock; the ledger is on the engine's (the same in
         # any round that keeps steps: a virtual round does not).
         self._book.entries.append((OWN, "", took, began + took))

@@ -289,11 +289,14 @@ class _ExecutorWatch:
         self.waiting = 0
         self.probes = 0
         self.sinks: tuple[array[int], ...] = ()
+        #: The size the loop's default executor will have once made (read once: the
+        #: probe asks every millisecond, and counting CPUs is a system call).
+        self.default_workers = _default_workers()
 
     def size(self) -> int:
         executor = getattr(self.loop, "_default_executor", None)
         if executor is None:
-            return _default_workers()
+            return self.default_workers
         workers = getattr(executor, "_max_workers", None)
         return workers if isinstance(workers, int) else _UNBOUNDED
 
