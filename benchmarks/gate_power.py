@@ -35,7 +35,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -271,24 +270,20 @@ def _table(counts: dict[str, Counter[str]]) -> None:
         )
 
 
-#: A judged figure's line in the terminal summary of a saved-baseline compare.
-_JUDGED = re.compile(r"^(regressed|inconclusive|improved): test_gate\.py::(test_\w+) · ")
-_WITHIN = re.compile(r"^(\d+) compared figures? within")
-
-
-def _saved_verdicts(stdout: str, figures: Counter[str]) -> dict[str, str]:
-    """Each storm's verdict from the terminal summary (the worst of its figures)."""
-    rank = ["regressed", "inconclusive", "improved", "unchanged"]
-    found = {"test_cpu": "unchanged", "test_io": "unchanged"}
-    for line in stdout.splitlines():
-        if (match := _JUDGED.match(line)) is not None:
-            verdict, test = match.groups()
-            figures[verdict] += 1
-            if rank.index(verdict) < rank.index(found.get(test, "unchanged")):
-                found[test] = verdict
-        elif (match := _WITHIN.match(line)) is not None:
-            figures["unchanged"] += int(match.group(1))
-    return found
+def _saved_verdicts(doc: dict[str, Any], figures: Counter[str]) -> tuple[dict[str, str], list[str]]:
+    """Each storm's verdict and line from the JSON report's ``comparison`` blocks, counting
+    the judged figures' verdicts."""
+    found: dict[str, str] = {}
+    lines: list[str] = []
+    for storm in doc.get("storms", []):
+        test = storm["nodeid"].rsplit("::", 1)[-1]
+        block = storm.get("comparison") or {}
+        found[test] = block.get("verdict", "missing")
+        lines.append(str(block.get("line", "")))
+        for figure in block.get("figures", []):
+            if figure.get("verdict") is not None:
+                figures[figure["verdict"]] += 1
+    return found, lines
 
 
 #: Saved-baseline runs: (change, baseline) -> (work multiplier of /cpu, the storm that changed).
@@ -327,7 +322,7 @@ def saved(repo: Path, work: int, args: argparse.Namespace) -> dict[str, Any]:
         for (change, baseline), (factor, changed) in SAVED_RUNS.items():
             _write(repo, int(work * factor), 0.0, args.duration)
             name = "one" if baseline == "1 session" else "three"
-            wall, code, _, stdout = _session(
+            wall, code, doc, _ = _session(
                 repo,
                 [f"--concurrency-compare={name}", f"--concurrency-storage={storage}",
                  f"--concurrency-compare-fail={args.fail}"],
@@ -335,10 +330,9 @@ def saved(repo: Path, work: int, args: argparse.Namespace) -> dict[str, Any]:
             walls.append(wall)
             load = _load()
             loads.append(load)
-            outcome = _saved_verdicts(stdout, figures)
+            outcome, lines = _saved_verdicts(doc, figures)
             for test, verdict in outcome.items():
                 _count(counts[f"{change} vs {baseline}"], test, changed, verdict)
-            lines = [line for line in stdout.splitlines() if _JUDGED.match(line)]
             raw.append({"k": k, "change": change, "baseline": baseline, "wall": wall,
                         "exit": code, "verdicts": outcome, "load": load, "lines": lines})  # fmt: skip
             print(f"k={k} {change} vs {baseline}: {outcome} ({wall:.1f} s, exit {code}, "
