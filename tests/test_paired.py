@@ -930,3 +930,13 @@ def test_the_projected_interval_narrows_as_the_square_root_of_the_pairs() -> Non
     # Normal noise: 1.96 · σ · sqrt(π / 3n).
     expected = 1.96 * 0.03 * math.sqrt(math.pi / 36)
     assert projected_half_width(0.03, 12) == pytest.approx(expected, rel=1e-3)
+
+
+def test_pairs_mostly_alike_with_one_far_off_do_not_promise_an_interval_of_no_width() -> None:
+    # Five pairs alike and one 40 % off: the median deviation is 0, the spread is not.
+    change = paired_change([100.0] * 6, [108.0] * 5 + [150.0])
+    assert change is not None
+    assert change.spread > 0.1
+    found = judge(THRESHOLDS[1], change)
+    assert found.verdict == "inconclusive"
+    assert not could_settle(found, 6, 12)

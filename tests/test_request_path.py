@@ -216,3 +216,27 @@ def test_the_pool_probe_counts_the_cpus_once_not_at_every_tick(
     usages = asyncio.run(main())
     assert usages  # the anyio limiter at least
     assert len(counted) <= 1
+
+
+def test_a_request_recorded_after_the_records_were_taken_leaves_them_whole() -> None:
+    # A request abandoned at the round's end may complete later and append its record: the
+    # records already handed to the fold keep their length, every column alike.
+    raw = RawRecords()
+    for k in range(3):
+        raw.start.append(ORIGIN + k)
+        raw.latency.append(0.01)
+        raw.first.append(ORIGIN + k + 0.005)
+        raw.status.append(200)
+        raw.endpoint.append(0)
+        raw.error.append(0)
+    rec = raw.recorder(ORIGIN)
+    raw.start.append(ORIGIN + 9)
+    raw.latency.append(0.5)
+    raw.first.append(0.0)
+    raw.status.append(500)
+    raw.endpoint.append(0)
+    raw.error.append(0)
+    raw.add_waits([("pool", "db", 0.1, ORIGIN + 9.1)], ORIGIN)
+    columns = ("start", "latency", "ttfb", "queue", "status", "endpoint", "error")
+    assert {name: len(getattr(rec, name)) for name in columns} == dict.fromkeys(columns, 3)
+    assert list(rec.wait_at) == []

@@ -474,6 +474,9 @@ class ReportSession:
         if self.baseline is None or not self.thresholds or self.compare_with is None:
             return None
         record = StormRecord.from_result(nodeid, index, result)
+        # Compared afresh (a rerun of the test has the same key): this verdict is the one
+        # its reports then state.
+        self._compared.pop(record.key, None)
         (comparison,) = self.saved_comparisons([record])
         lines = []
         for j in judgements(comparison, self.thresholds):

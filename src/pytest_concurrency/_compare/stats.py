@@ -159,8 +159,19 @@ def paired_change(
         confidence=reached,
         control=_median([c for c, _ in kept]),
         experiment=_median([e for _, e in kept]),
-        spread=1.4826 * _median([abs(x - _median(logs)) for x in logs]),
+        spread=_spread(logs),
     )
+
+
+def _spread(logs: Sequence[float]) -> float:
+    """1.4826 × the median absolute deviation of *logs*, or, where most of them are equal
+    (a deviation of 0 would promise an interval of no width), their standard deviation."""
+    center = _median(logs)
+    robust = 1.4826 * _median([abs(x - center) for x in logs])
+    if robust > 0 or len(logs) < 2:
+        return robust
+    mean = sum(logs) / len(logs)
+    return math.sqrt(sum((x - mean) ** 2 for x in logs) / (len(logs) - 1))
 
 
 def projected_half_width(spread: float, pairs: int, *, confidence: float = CONFIDENCE) -> float:

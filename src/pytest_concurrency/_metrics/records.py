@@ -325,14 +325,17 @@ class RawRecords:
 
     def recorder(self, origin: float) -> Recorder:
         """The records as a :class:`Recorder`: times in µs, ``start`` from *origin*."""
-        rec = self._waits
+        # The Recorder owns copies, cut at the requests recorded now: a request abandoned
+        # at the round's end that completes later appends here, not to the folded records.
+        rec, self._waits = self._waits, Recorder()
         n = len(self.latency)
-        rec.start = array("q", [int((s - origin) * 1e6) for s in self.start])
-        rec.latency = array("q", [int(x * 1e6) for x in self.latency])
-        pairs = zip(self.start, self.first, strict=True)
+        starts = self.start[:n]
+        rec.start = array("q", [int((s - origin) * 1e6) for s in starts])
+        rec.latency = array("q", [int(x * 1e6) for x in self.latency[:n]])
+        pairs = zip(starts, self.first[:n], strict=True)
         rec.ttfb = array("q", [int((f - s) * 1e6) if f else -1 for s, f in pairs])
         rec.queue = array("q", [-1]) * n
-        rec.status = self.status
-        rec.endpoint = self.endpoint
-        rec.error = self.error
+        rec.status = self.status[:n]
+        rec.endpoint = self.endpoint[:n]
+        rec.error = self.error[:n]
         return rec
