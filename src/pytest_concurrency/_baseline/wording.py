@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .._report._text import format_number
+from .._report._text import fit_line, format_number
 from .compare import Comparison, FigureDelta, Judgement, judgements
 from .figures import COMPARED, worse_up
 from .noise import Noise
@@ -167,11 +167,21 @@ def _machine_words(noise: Noise) -> str:
     return ", " + ", ".join(parts[:-1]) + (", and " if len(parts) > 1 else "and ") + parts[-1]
 
 
+def _change(d: FigureDelta) -> str:
+    """``+20.0%``, or the difference where the baseline was 0."""
+    return f"{d.relative:+.1%}" if not math.isnan(d.relative) else f"{d.delta:+g}"
+
+
+def _ends(j: Judgement) -> tuple[float, float]:
+    """The interval's ends in the figure's own direction (a fall in rps is negative)."""
+    return (j.low, j.high) if worse_up(j.figure) else (j.high, j.low)
+
+
 def judgement_head(j: Judgement) -> str:
     """``p99 grew from 10 ms to 12 ms (+20.0%; allowed p99:10%)``."""
     d = j.delta
     verb = "grew" if d.current >= d.baseline else "fell"
-    change = f"{d.relative:+.1%}" if not math.isnan(d.relative) else f"{d.delta:+g}"
+    change = _change(d)
     return (
         f"{d.figure} {verb} from {show_figure(d.figure, d.baseline)} to "
         f"{show_figure(d.figure, d.current)} ({change}; allowed {j.threshold.describe()})"
@@ -190,8 +200,7 @@ def judgement_interval(j: Judgement) -> str:
             f"one round each ({had:,} requests on the smaller side) cannot bound {j.figure} "
             f"from above ({need})"
         )
-    # In the figure's own direction: a fall in throughput is a negative change.
-    low, high = (j.low, j.high) if worse_up(j.figure) else (j.high, j.low)
+    low, high = _ends(j)
     return f"90% interval of the change {_signed(j, low)} … {_signed(j, high)}, {_noise_source(j)}"
 
 
@@ -239,13 +248,12 @@ def judgement_line(j: Judgement) -> str:
 def _phrase(j: Judgement) -> str:
     """``cpu +84.2% [+59.4%, +112.8%] >+10%``: the change, its interval, past what."""
     d = j.delta
-    change = f"{d.relative:+.1%}" if not math.isnan(d.relative) else f"{d.delta:+g}"
-    text = f"{d.figure} {change}"
+    text = f"{d.figure} {_change(d)}"
     noise = d.noise
     if noise is not None and noise.unbounded is not None:
         text += " (unbounded: 1 round)"
     elif j.has_noise:
-        low, high = (j.low, j.high) if worse_up(j.figure) else (j.high, j.low)
+        low, high = _ends(j)
         text += f" [{_signed(j, low)}, {_signed(j, high)}]"
     if j.verdict == "regressed":
         amount = j.threshold.describe().partition(":")[2]
@@ -272,13 +280,7 @@ def short_line(comparison: Comparison, found: Sequence[Judgement], *, against: s
         if noise.history:
             tail += f", {noise.history} saved sessions"
     head = f"{verdict} vs {against}: "
-    parts = [_phrase(j) for j in ranked]
-    body = ", ".join(parts)
-    while len(parts) > 1 and len(head) + len(body) + len(tail) > LINE_LIMIT:
-        parts.pop()
-        body = ", ".join(parts) + ", …"
-    line = head + body + tail
-    return line if len(line) <= LINE_LIMIT else line[: LINE_LIMIT - 1] + "…"
+    return fit_line(head, [_phrase(j) for j in ranked], tail, LINE_LIMIT, keep=1)
 
 
 def storm_verdict(comparison: Comparison, found: Sequence[Judgement]) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 from .._baseline.thresholds import Threshold, parse_compare_fail
 from .._errors import ConfigError
 from .._model.result import StormResult
+from .._report._text import fit_line
 from .stats import PairedChange, verdict_of
 
 __all__ = [
@@ -248,11 +249,4 @@ def verdict_line(verdicts: Sequence[FigureVerdict], *, against: str, pairs: int,
         limit = f" >{_percent(v.allowed)}" if v.verdict == "regressed" else ""
         noise = " (noise)" if v.verdict == "inconclusive" else ""
         parts.append(figure_phrase(v) + limit + noise)
-    body = ", ".join(parts)
-    while parts and len(head) + len(body) + len(tail) > LINE_LIMIT:
-        parts.pop()
-        body = ", ".join(parts) + ", …"
-    line = head + body + tail
-    if len(line) > LINE_LIMIT:
-        line = line[: LINE_LIMIT - 1] + "…"
-    return line
+    return fit_line(head, parts, tail, LINE_LIMIT)

@@ -28,6 +28,7 @@ __all__ = [
     "budget_failure",
     "diagnosis",
     "failure_lines",
+    "fit_line",
     "format_number",
     "headline",
     "machine_line",
@@ -60,6 +61,19 @@ def format_number(value: float | None) -> str:
     if abs(value) >= 1:
         return f"{value:,.2f}".rstrip("0").rstrip(".")
     return f"{value:.3g}"
+
+
+def fit_line(head: str, parts: Sequence[str], tail: str, limit: int, *, keep: int = 0) -> str:
+    """*head*, *parts* joined by ``, `` and *tail* in at most *limit* characters: parts are
+    dropped from the end (``, …`` in their place) down to *keep*, and a line still too long
+    is cut with ``…``."""
+    kept = list(parts)
+    body = ", ".join(kept)
+    while len(kept) > keep and len(head) + len(body) + len(tail) > limit:
+        kept.pop()
+        body = ", ".join(kept) + ", …"
+    line = head + body + tail
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def aligned(rows: Sequence[Sequence[str]], *, right: Collection[int] = ()) -> list[str]:
